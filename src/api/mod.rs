@@ -1,0 +1,353 @@
+//! The user-facing `BalancerPool` resource: the one schema that both the Kubernetes CRD and the
+//! standalone YAML file speak.
+//!
+//! These types are the *raw* form — what a user writes. They are deliberately permissive (strings
+//! for durations and addresses) so that a mistake can be reported with its field path by
+//! [`crate::core::config`], which turns a spec into the validated model the proxy runs on.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A sticky load-balanced pool: which requests it serves (`frontend`), which members serve them
+/// (`backend`), and how a member is chosen (`lbMethod`, `sticky`).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "routeid.io",
+    version = "v1alpha1",
+    kind = "BalancerPool",
+    namespaced,
+    status = "BalancerPoolStatus",
+    shortname = "bp",
+    category = "routeid",
+    printcolumn = r#"{"name":"LB","type":"string","jsonPath":".spec.lbMethod"}"#,
+    printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyMembers"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BalancerPoolSpec {
+    /// Which routeid installation serves this pool; empty means the default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+    /// Which requests this pool serves.
+    #[serde(default)]
+    pub frontend: Frontend,
+    /// Where the members come from.
+    pub backend: Backend,
+    /// How a member is chosen for a request that carries no usable route.
+    #[serde(default)]
+    pub lb_method: LbMethodName,
+    /// Session stickiness; absent means every request is balanced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+    /// Per-route overrides of a member's weight and state (the balancer-manager writes here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberOverride>,
+    /// How failures of members are detected and handled.
+    #[serde(default)]
+    pub health: Health,
+    /// Timeouts towards the members.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// The request side of a pool, like Apache's `ProxyPass "/shop" balancer://shop`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Frontend {
+    /// Host names served (exact, or `*.example.com`); empty serves any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Path prefix served, matched segment-wise (`/shop` matches `/shop/x`, not `/shopping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// What the prefix becomes upstream (`/shop/cart` → `/cart` with `rewritePrefix: /`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_prefix: Option<String>,
+}
+
+/// Where a pool's members come from: a Service's endpoints (controller) or a static list
+/// (standalone).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    /// The Service whose ready endpoints are the members (controller mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+    /// What names a member's route when members come from a Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_from: Option<RouteFrom>,
+    /// Static members (standalone mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<StaticMember>,
+}
+
+/// A Service reference by name and port (port name or number).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRef {
+    /// Service name in the pool's namespace.
+    pub name: String,
+    /// Port name (`http`) or number (`8080`).
+    pub port: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+}
+
+/// Which endpoint field becomes the member's route.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RouteFrom {
+    /// The pod name (`targetRef.name`), like a Tomcat `jvmRoute`.
+    #[default]
+    PodName,
+    /// The endpoint's `hostname`.
+    Hostname,
+    /// The endpoint's address.
+    Address,
+}
+
+/// A member given by address, as in a standalone file.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticMember {
+    /// `host:port` with an IP literal (`127.0.0.1:8081`, `[::1]:8081`).
+    pub address: String,
+    /// The route that names this member in session ids and cookies.
+    pub route: String,
+    /// Relative weight, 1–100 (Apache `loadfactor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub load_factor: Option<u32>,
+}
+
+/// The lb method (Apache `lbmethod`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum LbMethodName {
+    /// Apache's weighted request counting.
+    #[default]
+    ByRequests,
+}
+
+/// Stickiness, with the semantics of Apache `stickysession` and HAProxy `cookie`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sticky {
+    /// `[cookie name, URL parameter name]`, or one name for both (Apache `JSESSIONID|jsessionid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// The route is what follows the first separator in the session value; `""` makes the whole
+    /// value the route. Default `.`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
+    /// Also read `;name=value` path parameters (Apache `scolonpathdelim`). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_parameter: Option<bool>,
+    /// A proxy-managed route cookie (Apache `ROUTEID`, HAProxy `cookie ... insert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<RouteCookie>,
+    /// False: a sticky request whose member is unusable gets 503 (Apache `nofailover=On`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<bool>,
+    /// Debug headers carrying the `BALANCER_*` values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_headers: Option<DebugHeaders>,
+}
+
+/// Where to send the `X-Balancer-*` debug headers; both off by default.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugHeaders {
+    /// Add them to the request forwarded to the member.
+    #[serde(default)]
+    pub to_member: bool,
+    /// Add them to the response sent to the client.
+    #[serde(default)]
+    pub to_client: bool,
+}
+
+/// The proxy's own route cookie.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCookie {
+    /// Cookie name (`ROUTEID`); in Prefix and Rewrite modes it must be the session cookie name.
+    pub name: String,
+    /// How the route is carried (HAProxy `insert` / `prefix` / `rewrite`). Default Insert.
+    #[serde(default)]
+    pub mode: CookieMode,
+    /// Remove the proxy cookie before forwarding (HAProxy `indirect`). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+    /// `Cache-Control: private` on responses that set it (HAProxy `nocache`). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nocache: Option<bool>,
+    /// Cookie `Path`; default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Cookie `Domain`; default none (host-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Cookie `Secure`.
+    #[serde(default)]
+    pub secure: bool,
+    /// Cookie `HttpOnly`; default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_only: Option<bool>,
+    /// Cookie `SameSite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<SameSite>,
+    /// Cookie `Max-Age` as a duration (`30m`); absent means a session cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// HAProxy's cookie modes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CookieMode {
+    /// The proxy adds its own cookie `name=.route`.
+    #[default]
+    Insert,
+    /// The app's session cookie value is prefixed with `route~` on the way out, stripped on the
+    /// way in.
+    Prefix,
+    /// The app's session cookie value is replaced by `.route` on the way out.
+    Rewrite,
+}
+
+/// Cookie `SameSite` attribute.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SameSite {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax`.
+    Lax,
+    /// `SameSite=None` (requires `secure`).
+    None,
+}
+
+/// An administrative state and weight for one route, kept across pod restarts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberOverride {
+    /// The route this override applies to.
+    pub route: String,
+    /// Relative weight, 1–100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub load_factor: Option<u32>,
+    /// Administrative state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<MemberStatus>,
+}
+
+/// Administrative member states, as in Apache's balancer-manager.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MemberStatus {
+    /// Serves sticky and new traffic.
+    #[default]
+    Ok,
+    /// Keeps its sticky sessions, gets no new ones.
+    Drain,
+    /// Gets nothing; its sticky sessions fail over.
+    Disabled,
+    /// Used only when no normal member is usable.
+    HotStandby,
+    /// Gets nothing (an operator stopped it).
+    Stopped,
+}
+
+/// Failure handling.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// What a failed request does to a member.
+    #[serde(default)]
+    pub passive: PassiveHealth,
+}
+
+/// Passive failure detection (Apache `retry`, HAProxy `redispatch`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PassiveHealth {
+    /// How long a member that refused a connection stays in error (`60s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    /// Attempts per request, the first included (default 3, at most 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub max_attempts: Option<u32>,
+}
+
+/// Timeouts towards members, as durations (`2s`, `1m30s`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// TCP connect (default 2s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// Until the member's response headers arrive (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// How long an unused pooled connection to a member is kept (default 90s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+}
+
+/// What the controller reports back.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BalancerPoolStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_count: Option<u32>,
+    /// Number of members that can take new sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_members: Option<u32>,
+    /// The members as last derived.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatusEntry>,
+    /// `Accepted`, `Ready`, `Degraded`, `Conflict`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One member as reported in status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatusEntry {
+    /// The member's route.
+    pub route: String,
+    /// `ip:port`.
+    pub address: String,
+    /// Whether it takes new sessions.
+    pub ready: bool,
+    /// Its state (`Ok`, `Drain`, `Error`, ...).
+    pub state: String,
+}
+
+/// A status condition, shaped like `metav1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable reason.
+    #[serde(default)]
+    pub reason: String,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339 time of the last status change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// The CRD as YAML, exactly what `routeid crd` prints and `crds/balancerpool.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&BalancerPool::crd())
+}

@@ -1,0 +1,557 @@
+//! Raw spec → validated pool configuration.
+//!
+//! Every problem is reported with its field path (`spec.backend.members[1].address: ...`), all
+//! problems at once, so a user fixes a file in one pass. A [`PoolConfig`] cannot hold an invalid
+//! value: the proxy never re-checks what was validated here.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::api::{self, BalancerPoolSpec, CookieMode, MemberStatus, SameSite};
+
+/// Identifies a pool: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolId {
+    /// Kubernetes namespace (`default` in standalone files without one).
+    pub namespace: String,
+    /// Pool name.
+    pub name: String,
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One validation problem, with the field path it concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path from the document root, e.g. `spec.timeouts.connect`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// How a request's host is matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Lowercased exact host, without port.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: matches one or more labels in front.
+    Wildcard(String),
+}
+
+/// Validated proxy-cookie settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CookieConfig {
+    /// Cookie name (an RFC 6265 token).
+    pub name: String,
+    /// Insert / Prefix / Rewrite.
+    pub mode: CookieMode,
+    /// Strip the proxy cookie before forwarding.
+    pub indirect: bool,
+    /// `Cache-Control: private` on responses that set it.
+    pub nocache: bool,
+    /// The attributes appended after `name=value`, precomputed (`; Path=/; HttpOnly`).
+    pub attributes: String,
+}
+
+/// Validated stickiness settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// Cookie name that carries the session (Apache `A` of `A|B`).
+    pub cookie_name: String,
+    /// URL parameter name that carries the session (Apache `B` of `A|B`).
+    pub param_name: String,
+    /// Route separator; `None` makes the whole value the route.
+    pub separator: Option<u8>,
+    /// Read `;name=value` path parameters.
+    pub path_parameter: bool,
+    /// The proxy route cookie, if any.
+    pub cookie: Option<CookieConfig>,
+    /// Re-pin to another member when the routed one is unusable.
+    pub failover: bool,
+    /// Send `X-Balancer-*` headers to the member.
+    pub headers_to_member: bool,
+    /// Send `X-Balancer-*` headers to the client.
+    pub headers_to_client: bool,
+}
+
+/// A validated static member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberConfig {
+    /// The member's route.
+    pub route: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Weight 1–100.
+    pub load_factor: u32,
+    /// Administrative state.
+    pub status: MemberStatus,
+}
+
+/// Validated timeouts towards members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Until the response head arrives.
+    pub response: Duration,
+    /// Idle pooled connection lifetime.
+    pub idle: Duration,
+}
+
+/// A validated pool: everything the proxy needs, nothing it must check again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// `namespace/name`.
+    pub id: PoolId,
+    /// Hosts served; empty = any.
+    pub hosts: Vec<HostMatch>,
+    /// Normalised prefix: starts with `/`, no trailing `/` unless it is `/`.
+    pub path_prefix: String,
+    /// What the prefix becomes upstream.
+    pub rewrite_prefix: Option<String>,
+    /// The lb method.
+    pub lb_method: api::LbMethodName,
+    /// Stickiness.
+    pub sticky: Option<StickyConfig>,
+    /// Members in listed order (the order breaks lb ties).
+    pub members: Vec<MemberConfig>,
+    /// How long a failed member stays in error.
+    pub retry_after: Duration,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Upper bound on attempts per request (bounded retry work per request).
+pub const MAX_ATTEMPTS: u32 = 16;
+/// Longest accepted route: routes travel in cookies and headers.
+pub const MAX_ROUTE_LEN: usize = 253;
+
+/// Whether `s` is an RFC 6265 / RFC 9110 token (cookie and parameter names).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `s` can be a route: it must survive a cookie value, a header and a URL unescaped.
+pub fn is_valid_route(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ROUTE_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
+}
+
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError { path: path.into(), reason: reason.into() });
+    }
+
+    fn duration(&mut self, path: &str, raw: Option<&str>, default: Duration) -> Duration {
+        match raw {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.add(path, "must be longer than zero");
+                    default
+                }
+                Err(e) => {
+                    self.add(path, format!("{s:?} is not a duration like \"2s\" or \"1m30s\" ({e})"));
+                    default
+                }
+            },
+        }
+    }
+}
+
+fn normalise_prefix(p: &mut Problems, path: &str, raw: &str) -> String {
+    if !raw.starts_with('/') {
+        p.add(path, format!("{raw:?} must start with \"/\""));
+    }
+    if raw.bytes().any(|b| b == b'?' || b == b'#' || b == b';' || b.is_ascii_whitespace() || b.is_ascii_control()) {
+        p.add(path, format!("{raw:?} may not contain '?', '#', ';', spaces or control characters"));
+    }
+    let trimmed = raw.trim_end_matches('/');
+    if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }
+}
+
+fn host_match(p: &mut Problems, path: &str, raw: &str) -> Option<HostMatch> {
+    let h = raw.to_ascii_lowercase();
+    let (wild, rest) = match h.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, h.as_str()),
+    };
+    let valid = !rest.is_empty()
+        && rest.len() <= 253
+        && rest
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !valid {
+        p.add(path, format!("{raw:?} is not a host name or a \"*.domain\" wildcard"));
+        return None;
+    }
+    Some(if wild { HostMatch::Wildcard(format!(".{rest}")) } else { HostMatch::Exact(rest.to_owned()) })
+}
+
+fn cookie_attributes(c: &api::RouteCookie, p: &mut Problems, max_age: Option<Duration>) -> String {
+    let mut a = String::new();
+    let path = c.path.as_deref().unwrap_or("/");
+    if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+        p.add(
+            "spec.sticky.cookie.path",
+            format!("{path:?} must start with \"/\" and hold no ';' or control characters"),
+        );
+    }
+    a.push_str("; Path=");
+    a.push_str(path);
+    if let Some(d) = &c.domain {
+        let ok = !d.is_empty() && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            p.add("spec.sticky.cookie.domain", format!("{d:?} is not a domain"));
+        }
+        a.push_str("; Domain=");
+        a.push_str(d);
+    }
+    if let Some(m) = max_age {
+        a.push_str(&format!("; Max-Age={}", m.as_secs()));
+    }
+    if c.secure {
+        a.push_str("; Secure");
+    }
+    if c.http_only.unwrap_or(true) {
+        a.push_str("; HttpOnly");
+    }
+    match c.same_site {
+        Some(SameSite::Strict) => a.push_str("; SameSite=Strict"),
+        Some(SameSite::Lax) => a.push_str("; SameSite=Lax"),
+        Some(SameSite::None) => {
+            if !c.secure {
+                p.add("spec.sticky.cookie.sameSite", "None requires secure: true (browsers drop it otherwise)");
+            }
+            a.push_str("; SameSite=None");
+        }
+        None => {}
+    }
+    a
+}
+
+fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
+    let (cookie_name, param_name) = match s.names.as_slice() {
+        [] => ("JSESSIONID".to_owned(), "jsessionid".to_owned()),
+        [one] => (one.clone(), one.clone()),
+        [a, b] => (a.clone(), b.clone()),
+        _ => {
+            p.add("spec.sticky.names", "takes one name, or two: [cookie name, URL parameter name]");
+            (s.names[0].clone(), s.names[1].clone())
+        }
+    };
+    for (i, n) in s.names.iter().enumerate().take(2) {
+        if !is_token(n) {
+            p.add(
+                format!("spec.sticky.names[{i}]"),
+                format!("{n:?} is not a cookie/parameter name (an RFC 6265 token)"),
+            );
+        }
+    }
+    let separator = match s.separator.as_deref() {
+        None => Some(b'.'),
+        Some("") => None,
+        Some(sep)
+            if sep.len() == 1 && sep.as_bytes()[0].is_ascii_graphic() && !b";,=\"\\".contains(&sep.as_bytes()[0]) =>
+        {
+            Some(sep.as_bytes()[0])
+        }
+        Some(sep) => {
+            p.add(
+                "spec.sticky.separator",
+                format!("{sep:?} must be one visible ASCII character other than ; , = \" \\, or \"\" for none"),
+            );
+            Some(b'.')
+        }
+    };
+    let cookie = s.cookie.as_ref().map(|c| {
+        if !is_token(&c.name) {
+            p.add("spec.sticky.cookie.name", format!("{:?} is not a cookie token (RFC 6265)", c.name));
+        }
+        if c.mode != CookieMode::Insert && c.name != cookie_name {
+            p.add(
+                "spec.sticky.cookie.name",
+                format!(
+                    "{:?} mode works on the session cookie: name must be {cookie_name:?} (sticky.names[0])",
+                    c.mode
+                ),
+            );
+        }
+        let max_age = c.max_age.as_deref().map(|m| p.duration("spec.sticky.cookie.maxAge", Some(m), Duration::ZERO));
+        CookieConfig {
+            name: c.name.clone(),
+            mode: c.mode,
+            indirect: c.indirect.unwrap_or(true),
+            nocache: c.nocache.unwrap_or(true),
+            attributes: cookie_attributes(c, p, max_age),
+        }
+    });
+    let debug = s.debug_headers.clone().unwrap_or_default();
+    StickyConfig {
+        cookie_name,
+        param_name,
+        separator,
+        path_parameter: s.path_parameter.unwrap_or(true),
+        cookie,
+        failover: s.failover.unwrap_or(true),
+        headers_to_member: debug.to_member,
+        headers_to_client: debug.to_client,
+    }
+}
+
+/// Validates a spec whose members are static (standalone mode).
+///
+/// `backend.service` is refused here: it needs the controller.
+pub fn validate_static(id: PoolId, spec: &BalancerPoolSpec) -> Result<PoolConfig, Vec<FieldError>> {
+    let mut p = Problems(Vec::new());
+    if spec.backend.service.is_some() {
+        p.add("spec.backend.service", "needs the Kubernetes controller; a standalone file lists backend.members");
+    }
+    let members = static_members(&mut p, spec);
+    let cfg = validate_with_members(&mut p, id, spec, members);
+    if p.0.is_empty() { Ok(cfg) } else { Err(p.0) }
+}
+
+fn static_members(p: &mut Problems, spec: &BalancerPoolSpec) -> Vec<MemberConfig> {
+    let mut out: Vec<MemberConfig> = Vec::with_capacity(spec.backend.members.len());
+    for (i, m) in spec.backend.members.iter().enumerate() {
+        let path = format!("spec.backend.members[{i}]");
+        let address = match m.address.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                p.add(
+                    format!("{path}.address"),
+                    format!("{:?} is not an ip:port address (e.g. 127.0.0.1:8081 or [::1]:8081)", m.address),
+                );
+                continue;
+            }
+        };
+        if !is_valid_route(&m.route) {
+            p.add(
+                format!("{path}.route"),
+                format!("{:?} must be 1–{MAX_ROUTE_LEN} characters of A-Z a-z 0-9 - _ . : ~", m.route),
+            );
+            continue;
+        }
+        if out.iter().any(|o| o.route == m.route) {
+            p.add(format!("{path}.route"), format!("{:?} is used by another member of this pool", m.route));
+            continue;
+        }
+        let load_factor = m.load_factor.unwrap_or(1);
+        if !(1..=100).contains(&load_factor) {
+            p.add(format!("{path}.loadFactor"), format!("{load_factor} is outside 1–100"));
+        }
+        out.push(MemberConfig { route: m.route.clone(), address, load_factor, status: MemberStatus::Ok });
+    }
+    out
+}
+
+fn validate_with_members(
+    p: &mut Problems,
+    id: PoolId,
+    spec: &BalancerPoolSpec,
+    mut members: Vec<MemberConfig>,
+) -> PoolConfig {
+    let hosts = spec
+        .frontend
+        .hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| host_match(p, &format!("spec.frontend.hosts[{i}]"), h))
+        .collect();
+    let path_prefix =
+        normalise_prefix(p, "spec.frontend.pathPrefix", spec.frontend.path_prefix.as_deref().unwrap_or("/"));
+    let rewrite_prefix =
+        spec.frontend.rewrite_prefix.as_deref().map(|r| normalise_prefix(p, "spec.frontend.rewritePrefix", r));
+    for (i, o) in spec.members.iter().enumerate() {
+        let path = format!("spec.members[{i}]");
+        if let Some(lf) = o.load_factor {
+            if !(1..=100).contains(&lf) {
+                p.add(format!("{path}.loadFactor"), format!("{lf} is outside 1–100"));
+            }
+        }
+        if spec.members[..i].iter().any(|e| e.route == o.route) {
+            p.add(format!("{path}.route"), format!("{:?} has two overrides", o.route));
+        }
+        // An override for a route that is not (yet) a member is kept silently: with Services,
+        // a pod may come back under the same name.
+        if let Some(m) = members.iter_mut().find(|m| m.route == o.route) {
+            if let Some(lf) = o.load_factor {
+                m.load_factor = lf.clamp(1, 100);
+            }
+            if let Some(s) = o.status {
+                m.status = s;
+            }
+        }
+    }
+    let sticky = spec.sticky.as_ref().map(|s| sticky_config(s, p));
+    let max_attempts = spec.health.passive.max_attempts.unwrap_or(3);
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        p.add("spec.health.passive.maxAttempts", format!("{max_attempts} is outside 1–{MAX_ATTEMPTS}"));
+    }
+    let t = &spec.timeouts;
+    let timeouts = Timeouts {
+        connect: p.duration("spec.timeouts.connect", t.connect.as_deref(), Duration::from_secs(2)),
+        response: p.duration("spec.timeouts.response", t.response.as_deref(), Duration::from_secs(60)),
+        idle: p.duration("spec.timeouts.idle", t.idle.as_deref(), Duration::from_secs(90)),
+    };
+    PoolConfig {
+        id,
+        hosts,
+        path_prefix,
+        rewrite_prefix,
+        lb_method: spec.lb_method,
+        sticky,
+        members,
+        retry_after: p.duration(
+            "spec.health.passive.retryAfter",
+            spec.health.passive.retry_after.as_deref(),
+            Duration::from_secs(60),
+        ),
+        max_attempts: max_attempts.clamp(1, MAX_ATTEMPTS),
+        timeouts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Backend, Frontend, StaticMember};
+
+    fn spec(members: &[(&str, &str)]) -> BalancerPoolSpec {
+        BalancerPoolSpec {
+            backend: Backend {
+                members: members
+                    .iter()
+                    .map(|(a, r)| StaticMember { address: (*a).into(), route: (*r).into(), load_factor: None })
+                    .collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn id() -> PoolId {
+        PoolId { namespace: "default".into(), name: "p".into() }
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let c = validate_static(id(), &spec(&[("127.0.0.1:1", "a")])).unwrap();
+        assert_eq!(c.path_prefix, "/");
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.retry_after, Duration::from_secs(60));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(2));
+        assert_eq!(c.members[0].load_factor, 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let mut s = spec(&[("nope", "a"), ("127.0.0.1:2", "b c"), ("127.0.0.1:3", "x"), ("127.0.0.1:4", "x")]);
+        s.frontend =
+            Frontend { hosts: vec!["bad host".into()], path_prefix: Some("shop".into()), rewrite_prefix: None };
+        s.timeouts.connect = Some("2 parsecs".into());
+        s.backend.members[2].load_factor = Some(0);
+        let errs = validate_static(id(), &s).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.backend.members[0].address",
+                "spec.backend.members[1].route",
+                "spec.backend.members[2].loadFactor",
+                "spec.backend.members[3].route",
+                "spec.frontend.hosts[0]",
+                "spec.frontend.pathPrefix",
+                "spec.timeouts.connect",
+            ]
+        );
+        assert!(errs[6].reason.contains("2 parsecs"), "{}", errs[6]);
+    }
+
+    #[test]
+    fn prefixes_and_hosts_are_normalised() {
+        let mut s = spec(&[("[::1]:80", "a")]);
+        s.frontend = Frontend {
+            hosts: vec!["Shop.Example.com".into(), "*.example.org".into()],
+            path_prefix: Some("/shop/".into()),
+            rewrite_prefix: Some("/".into()),
+        };
+        let c = validate_static(id(), &s).unwrap();
+        assert_eq!(c.hosts, [HostMatch::Exact("shop.example.com".into()), HostMatch::Wildcard(".example.org".into())]);
+        assert_eq!(c.path_prefix, "/shop");
+        assert_eq!(c.rewrite_prefix.as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn service_backend_is_refused_in_standalone() {
+        let mut s = spec(&[]);
+        s.backend.service = Some(api::ServiceRef {
+            name: "x".into(),
+            port: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80),
+        });
+        let errs = validate_static(id(), &s).unwrap_err();
+        assert_eq!(errs[0].path, "spec.backend.service");
+    }
+
+    #[test]
+    fn overrides_apply_to_members() {
+        let mut s = spec(&[("127.0.0.1:1", "a"), ("127.0.0.1:2", "b")]);
+        s.members =
+            vec![api::MemberOverride { route: "b".into(), load_factor: Some(7), status: Some(MemberStatus::Drain) }];
+        let c = validate_static(id(), &s).unwrap();
+        assert_eq!((c.members[1].load_factor, c.members[1].status), (7, MemberStatus::Drain));
+    }
+
+    #[test]
+    fn sticky_cookie_is_validated() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.sticky = Some(api::Sticky {
+            names: vec!["JSESSIONID".into(), "jsessionid".into()],
+            separator: Some("::".into()),
+            cookie: Some(api::RouteCookie {
+                name: "ROUTE ID".into(),
+                same_site: Some(SameSite::None),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let errs = validate_static(id(), &s).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["spec.sticky.separator", "spec.sticky.cookie.name", "spec.sticky.cookie.sameSite"]);
+    }
+
+    #[test]
+    fn cookie_attributes_are_rendered() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.sticky = Some(api::Sticky {
+            cookie: Some(api::RouteCookie {
+                name: "ROUTEID".into(),
+                secure: true,
+                same_site: Some(SameSite::Lax),
+                max_age: Some("1h".into()),
+                domain: Some("example.com".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let c = validate_static(id(), &s).unwrap();
+        let cookie = c.sticky.unwrap().cookie.unwrap();
+        assert_eq!(cookie.attributes, "; Path=/; Domain=example.com; Max-Age=3600; Secure; HttpOnly; SameSite=Lax");
+    }
+}

@@ -1,0 +1,15 @@
+//! The kube-free, hyper-free model: validated pools, members, the routing table, route
+//! extraction and lb methods. The standalone loader, the controller and the proxy are adapters
+//! around it, and its tests need neither a client nor a socket.
+
+pub mod config;
+pub mod lb;
+pub mod member;
+pub mod pool;
+pub mod sticky;
+pub mod table;
+
+pub use config::{PoolConfig, PoolId};
+pub use member::{Clock, Member, MemberRuntime};
+pub use pool::{Balanced, Choice, Pool, Tried, Unavailable};
+pub use table::RoutingTable;

@@ -1,0 +1,312 @@
+//! A pool at run time and the choice of a member for one request attempt.
+//!
+//! [`Pool::choose`] applies DESIGN.md §5: a route that names a member that takes sticky requests
+//! wins; a route that names an unusable member fails over (or, with `failover: false`, gives
+//! 503); an unknown or absent route is balanced by the lb method over the members that take new
+//! sessions, then over hot standbys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::config::PoolConfig;
+use super::lb::{ByRequests, LbMethod};
+use super::member::{Member, MemberRuntime};
+use crate::api::LbMethodName;
+
+/// Why the lb method chose a member (the request is then a *route change* in a sticky pool).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balanced {
+    /// The request carried no route.
+    NoRoute,
+    /// The route names no member of this pool (dead pod, forged value).
+    UnknownRoute,
+    /// The route names a member that cannot take it now (error, disabled, stopped).
+    Failover,
+    /// An earlier attempt of this request failed.
+    Retry,
+}
+
+impl Balanced {
+    /// A bounded label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balanced::NoRoute => "no-route",
+            Balanced::UnknownRoute => "unknown-route",
+            Balanced::Failover => "failover",
+            Balanced::Retry => "retry",
+        }
+    }
+}
+
+/// The outcome of choosing a member for one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// The route named a member that takes the request.
+    StickyHit(usize),
+    /// The lb method chose.
+    Balanced(usize, Balanced),
+    /// Nothing can take the request.
+    Unavailable(Unavailable),
+}
+
+/// Why no member can take a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every member is in error, disabled, stopped, draining or already tried.
+    NoUsableMember,
+    /// `failover: false` and the routed member is unusable.
+    StickyMemberUnusable,
+}
+
+/// Members already attempted by one request, so a retry goes elsewhere. Fixed size: attempts
+/// are bounded by [`super::config::MAX_ATTEMPTS`], and it lives on the stack.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tried {
+    list: [u32; super::config::MAX_ATTEMPTS as usize],
+    len: usize,
+}
+
+impl Tried {
+    /// Records an attempt on member `i`.
+    pub fn push(&mut self, i: usize) {
+        if self.len < self.list.len() {
+            self.list[self.len] = i as u32;
+            self.len += 1;
+        }
+    }
+
+    /// Whether member `i` was attempted.
+    pub fn contains(&self, i: usize) -> bool {
+        self.list[..self.len].contains(&(i as u32))
+    }
+
+    /// Number of attempts so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No attempt yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A pool ready to serve: validated config, members with shared runtime, and an lb method.
+#[derive(Debug)]
+pub struct Pool {
+    /// The validated configuration.
+    pub config: PoolConfig,
+    /// Members in listed order.
+    pub members: Vec<Member>,
+    by_route: HashMap<String, usize>,
+    lb: Box<dyn LbMethod>,
+}
+
+impl Pool {
+    /// Builds a pool, taking each member's runtime state from `previous` when the route and the
+    /// address are unchanged, so a rebuild keeps counters and error state.
+    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Pool {
+        let members: Vec<Member> = config
+            .members
+            .iter()
+            .map(|mc| {
+                let runtime = previous
+                    .and_then(|p| p.member(&mc.route))
+                    .filter(|m| m.config.address == mc.address)
+                    .map(|m| Arc::clone(&m.runtime))
+                    .unwrap_or_else(|| Arc::new(MemberRuntime::default()));
+                Member { config: mc.clone(), runtime }
+            })
+            .collect();
+        let by_route = members.iter().enumerate().map(|(i, m)| (m.config.route.clone(), i)).collect();
+        let lb: Box<dyn LbMethod> = match config.lb_method {
+            LbMethodName::ByRequests => Box::new(ByRequests),
+        };
+        Pool { config, members, by_route, lb }
+    }
+
+    /// The member with this route.
+    pub fn member(&self, route: &str) -> Option<&Member> {
+        self.by_route.get(route).map(|&i| &self.members[i])
+    }
+
+    /// The member index with this route.
+    pub fn member_index(&self, route: &str) -> Option<usize> {
+        self.by_route.get(route).copied()
+    }
+
+    /// The lb method's name.
+    pub fn lb_name(&self) -> &'static str {
+        self.lb.name()
+    }
+
+    /// Chooses a member for one attempt of a request whose route (if any) is `route`.
+    pub fn choose(&self, route: Option<&str>, tried: &Tried, now_ms: u64) -> Choice {
+        let new_ok = |i: usize| !tried.contains(i) && self.members[i].takes_new(now_ms);
+        let mut reason = if tried.is_empty() { Balanced::NoRoute } else { Balanced::Retry };
+        if let Some(route) = route {
+            match self.by_route.get(route) {
+                Some(&i) if tried.is_empty() => {
+                    if self.members[i].takes_sticky(now_ms) {
+                        self.lb.account_sticky(&self.members, &new_ok, i);
+                        return Choice::StickyHit(i);
+                    }
+                    if self.config.sticky.as_ref().is_some_and(|s| !s.failover) {
+                        return Choice::Unavailable(Unavailable::StickyMemberUnusable);
+                    }
+                    reason = Balanced::Failover;
+                }
+                Some(_) => {
+                    if self.config.sticky.as_ref().is_some_and(|s| !s.failover) {
+                        return Choice::Unavailable(Unavailable::StickyMemberUnusable);
+                    }
+                }
+                None if tried.is_empty() => reason = Balanced::UnknownRoute,
+                None => {}
+            }
+        }
+        if let Some(i) = self.lb.choose(&self.members, &new_ok) {
+            return Choice::Balanced(i, reason);
+        }
+        let standby_ok = |i: usize| !tried.contains(i) && self.members[i].takes_new_as_standby(now_ms);
+        match self.lb.choose(&self.members, &standby_ok) {
+            Some(i) => Choice::Balanced(i, reason),
+            None => Choice::Unavailable(Unavailable::NoUsableMember),
+        }
+    }
+
+    /// Records a failed attempt that puts the member in error for `retryAfter`.
+    pub fn member_failed(&self, index: usize, now_ms: u64) {
+        self.members[index].runtime.set_error(now_ms, self.config.retry_after.as_millis() as u64);
+    }
+}
+
+/// Members for unit tests: `(route, loadFactor)` on made-up addresses.
+#[cfg(test)]
+pub(crate) fn test_members(spec: &[(&str, u32)]) -> Vec<Member> {
+    use super::config::MemberConfig;
+    spec.iter()
+        .enumerate()
+        .map(|(i, (route, lf))| Member {
+            config: MemberConfig {
+                route: (*route).into(),
+                address: std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+                load_factor: *lf,
+                status: crate::api::MemberStatus::Ok,
+            },
+            runtime: Arc::default(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{self, MemberStatus};
+    use crate::core::config::{PoolId, validate_static};
+
+    fn pool(members: &[(&str, MemberStatus)], failover: bool) -> Pool {
+        let spec = api::BalancerPoolSpec {
+            backend: api::Backend {
+                members: members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (r, _))| api::StaticMember {
+                        address: format!("127.0.0.1:{}", 20_000 + i),
+                        route: (*r).into(),
+                        load_factor: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            members: members
+                .iter()
+                .map(|(r, s)| api::MemberOverride { route: (*r).into(), load_factor: None, status: Some(*s) })
+                .collect(),
+            sticky: Some(api::Sticky { failover: Some(failover), ..Default::default() }),
+            ..Default::default()
+        };
+        let cfg = validate_static(PoolId { namespace: "default".into(), name: "p".into() }, &spec).unwrap();
+        Pool::new(cfg, None)
+    }
+
+    use MemberStatus::*;
+
+    #[test]
+    fn sticky_hit_on_usable_member() {
+        let p = pool(&[("a", Ok), ("b", Ok)], true);
+        assert_eq!(p.choose(Some("b"), &Tried::default(), 1), Choice::StickyHit(1));
+    }
+
+    #[test]
+    fn unknown_route_is_balanced() {
+        let p = pool(&[("a", Ok), ("b", Ok)], true);
+        assert_eq!(p.choose(Some("zz"), &Tried::default(), 1), Choice::Balanced(0, Balanced::UnknownRoute));
+        assert_eq!(p.choose(None, &Tried::default(), 1), Choice::Balanced(1, Balanced::NoRoute));
+    }
+
+    #[test]
+    fn drain_keeps_sticky_but_gets_no_new() {
+        let p = pool(&[("a", Drain), ("b", Ok)], true);
+        assert_eq!(p.choose(Some("a"), &Tried::default(), 1), Choice::StickyHit(0));
+        for _ in 0..5 {
+            assert_eq!(p.choose(None, &Tried::default(), 1), Choice::Balanced(1, Balanced::NoRoute));
+        }
+    }
+
+    #[test]
+    fn disabled_and_stopped_fail_over() {
+        let p = pool(&[("a", Disabled), ("b", Stopped), ("c", Ok)], true);
+        assert_eq!(p.choose(Some("a"), &Tried::default(), 1), Choice::Balanced(2, Balanced::Failover));
+        assert_eq!(p.choose(Some("b"), &Tried::default(), 1), Choice::Balanced(2, Balanced::Failover));
+    }
+
+    #[test]
+    fn no_failover_gives_unavailable() {
+        let p = pool(&[("a", Disabled), ("c", Ok)], false);
+        assert_eq!(p.choose(Some("a"), &Tried::default(), 1), Choice::Unavailable(Unavailable::StickyMemberUnusable));
+        // A route that names nothing is still balanced.
+        assert_eq!(p.choose(Some("x"), &Tried::default(), 1), Choice::Balanced(1, Balanced::UnknownRoute));
+    }
+
+    #[test]
+    fn hot_standby_only_when_no_normal_member() {
+        let p = pool(&[("a", Ok), ("s", HotStandby)], true);
+        for _ in 0..3 {
+            assert_eq!(p.choose(None, &Tried::default(), 1), Choice::Balanced(0, Balanced::NoRoute));
+        }
+        p.member_failed(0, 1);
+        assert_eq!(p.choose(None, &Tried::default(), 2), Choice::Balanced(1, Balanced::NoRoute));
+    }
+
+    #[test]
+    fn error_state_expires_after_retry_after() {
+        let p = pool(&[("a", Ok), ("b", Ok)], true);
+        p.member_failed(0, 1000);
+        assert_eq!(p.choose(Some("a"), &Tried::default(), 1001), Choice::Balanced(1, Balanced::Failover));
+        let later = 1000 + 60_000;
+        assert_eq!(p.choose(Some("a"), &Tried::default(), later + 1), Choice::StickyHit(0));
+    }
+
+    #[test]
+    fn retries_skip_tried_members_and_run_out() {
+        let p = pool(&[("a", Ok), ("b", Ok)], true);
+        let mut tried = Tried::default();
+        tried.push(0);
+        assert_eq!(p.choose(Some("a"), &tried, 1), Choice::Balanced(1, Balanced::Retry));
+        tried.push(1);
+        assert_eq!(p.choose(None, &tried, 1), Choice::Unavailable(Unavailable::NoUsableMember));
+    }
+
+    #[test]
+    fn rebuild_keeps_runtime_of_unchanged_members() {
+        let p1 = pool(&[("a", Ok), ("b", Ok)], true);
+        p1.member_failed(0, 5);
+        let p2 = Pool::new(p1.config.clone(), Some(&p1));
+        assert!(Arc::ptr_eq(&p1.members[0].runtime, &p2.members[0].runtime));
+        let mut moved = p1.config.clone();
+        moved.members[1].address = "127.0.0.1:1".parse().unwrap();
+        let p3 = Pool::new(moved, Some(&p1));
+        assert!(!Arc::ptr_eq(&p1.members[1].runtime, &p3.members[1].runtime));
+    }
+}

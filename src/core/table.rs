@@ -1,0 +1,257 @@
+//! The routing table: every pool, indexed by host and path prefix.
+//!
+//! A table is immutable once built; the proxy reads it through one `Arc` snapshot per request
+//! and a reload publishes a whole new table (pingora's lesson: one snapshot per change).
+//!
+//! Matching, as ingress-nginx users expect: pools with an exact host first, then wildcard hosts
+//! (the longest suffix first), then pools without hosts; within a group the longest path prefix
+//! that matches segment-wise wins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::config::{HostMatch, PoolConfig, PoolId};
+use super::pool::Pool;
+
+/// Two pools claim the same host and prefix: `loser` is left out, `winner` (listed first — the
+/// older one) serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The pool that was left out.
+    pub loser: PoolId,
+    /// The pool that serves the host and prefix.
+    pub winner: PoolId,
+    /// The contested host (`*` for any) and prefix.
+    pub host: String,
+    /// The contested prefix.
+    pub prefix: String,
+}
+
+/// All pools, ready for lookups.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    pools: Vec<Arc<Pool>>,
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: Vec<(String, Vec<usize>)>,
+    any_host: Vec<usize>,
+}
+
+impl RoutingTable {
+    /// Builds a table from validated pools in priority order (older first). Runtime state of
+    /// members is carried over from `previous`. Returns the pools left out by conflicts.
+    pub fn build(configs: Vec<PoolConfig>, previous: Option<&RoutingTable>) -> (RoutingTable, Vec<Conflict>) {
+        let mut table = RoutingTable::default();
+        let mut conflicts = Vec::new();
+        let mut claimed: HashMap<(String, String), PoolId> = HashMap::new();
+        for cfg in configs {
+            let keys: Vec<String> = if cfg.hosts.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                cfg.hosts
+                    .iter()
+                    .map(|h| match h {
+                        HostMatch::Exact(e) => e.clone(),
+                        HostMatch::Wildcard(w) => format!("*{w}"),
+                    })
+                    .collect()
+            };
+            if let Some((host, winner)) = keys
+                .iter()
+                .find_map(|k| claimed.get(&(k.clone(), cfg.path_prefix.clone())).map(|w| (k.clone(), w.clone())))
+            {
+                conflicts.push(Conflict { loser: cfg.id.clone(), winner, host, prefix: cfg.path_prefix.clone() });
+                continue;
+            }
+            for k in keys {
+                claimed.insert((k, cfg.path_prefix.clone()), cfg.id.clone());
+            }
+            let prev = previous.and_then(|t| t.pool(&cfg.id));
+            let idx = table.pools.len();
+            if cfg.hosts.is_empty() {
+                table.any_host.push(idx);
+            }
+            for h in &cfg.hosts {
+                match h {
+                    HostMatch::Exact(e) => table.exact.entry(e.clone()).or_default().push(idx),
+                    HostMatch::Wildcard(w) => match table.wildcard.iter_mut().find(|(s, _)| s == w) {
+                        Some((_, v)) => v.push(idx),
+                        None => table.wildcard.push((w.clone(), vec![idx])),
+                    },
+                }
+            }
+            table.pools.push(Arc::new(Pool::new(cfg, prev.map(|p| &**p))));
+        }
+        let pools = &table.pools;
+        let by_prefix_len =
+            |v: &mut Vec<usize>| v.sort_by_key(|&i| std::cmp::Reverse(pools[i].config.path_prefix.len()));
+        table.exact.values_mut().for_each(by_prefix_len);
+        table.wildcard.iter_mut().for_each(|(_, v)| by_prefix_len(v));
+        by_prefix_len(&mut table.any_host);
+        table.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        (table, conflicts)
+    }
+
+    /// All pools, in priority order.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// The pool with this id.
+    pub fn pool(&self, id: &PoolId) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &p.config.id == id)
+    }
+
+    /// The pool for a request: `host` as sent (any case, with or without port), `path` the
+    /// request path without query.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
+        self.find_index(host, path).map(|i| &self.pools[i])
+    }
+
+    /// Like [`RoutingTable::find`], giving the pool's index in [`RoutingTable::pools`].
+    pub fn find_index(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        let host = host.map(strip_port).filter(|h| !h.is_empty());
+        if let Some(host) = host {
+            let lowered;
+            let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                lowered = host.to_ascii_lowercase();
+                lowered.as_str()
+            } else {
+                host
+            };
+            if let Some(p) = self.exact.get(host).and_then(|v| self.first_prefix(v, path)) {
+                return Some(p);
+            }
+            for (suffix, v) in &self.wildcard {
+                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                    if let Some(p) = self.first_prefix(v, path) {
+                        return Some(p);
+                    }
+                }
+            }
+        }
+        self.first_prefix(&self.any_host, path)
+    }
+
+    fn first_prefix(&self, candidates: &[usize], path: &str) -> Option<usize> {
+        candidates.iter().copied().find(|&i| prefix_matches(&self.pools[i].config.path_prefix, path))
+    }
+}
+
+/// Segment-wise prefix match: `/shop` matches `/shop`, `/shop/x`, `/shop;jsessionid=...`, not
+/// `/shopping`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with(';'),
+        None => false,
+    }
+}
+
+/// Replaces `prefix` at the start of `path_and_query` by `rewrite`; `None` when nothing changes.
+pub fn rewrite_path(prefix: &str, rewrite: &str, path_and_query: &str) -> Option<String> {
+    if prefix == rewrite {
+        return None;
+    }
+    let rest = if prefix == "/" { path_and_query } else { path_and_query.strip_prefix(prefix)? };
+    let mut out = String::with_capacity(rewrite.len() + rest.len() + 1);
+    out.push_str(rewrite.trim_end_matches('/'));
+    if !rest.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(rest);
+    // `/shop?x` with rewrite `/` gives `/?x`; `/shop;a=b` gives `/;a=b` — both valid.
+    Some(out)
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port → v6
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api;
+    use crate::core::config::validate_static;
+
+    fn cfg(name: &str, hosts: &[&str], prefix: &str) -> PoolConfig {
+        let spec = api::BalancerPoolSpec {
+            frontend: api::Frontend {
+                hosts: hosts.iter().map(|h| (*h).into()).collect(),
+                path_prefix: Some(prefix.into()),
+                rewrite_prefix: None,
+            },
+            backend: api::Backend {
+                members: vec![api::StaticMember {
+                    address: "127.0.0.1:1".into(),
+                    route: "a".into(),
+                    load_factor: None,
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        validate_static(PoolId { namespace: "default".into(), name: name.into() }, &spec).unwrap()
+    }
+
+    fn name<'a>(t: &'a RoutingTable, host: Option<&str>, path: &str) -> Option<&'a str> {
+        t.find(host, path).map(|p| p.config.id.name.as_str())
+    }
+
+    #[test]
+    fn host_and_prefix_precedence() {
+        let (t, c) = RoutingTable::build(
+            vec![
+                cfg("catchall", &[], "/"),
+                cfg("any-api", &[], "/api"),
+                cfg("shop", &["shop.example.com"], "/"),
+                cfg("shop-cart", &["shop.example.com"], "/cart"),
+                cfg("wild", &["*.example.com"], "/"),
+                cfg("wild-deep", &["*.eu.example.com"], "/"),
+            ],
+            None,
+        );
+        assert!(c.is_empty());
+        assert_eq!(name(&t, Some("shop.example.com"), "/cart/1"), Some("shop-cart"));
+        assert_eq!(name(&t, Some("SHOP.example.com:8080"), "/cartx"), Some("shop"));
+        assert_eq!(name(&t, Some("x.example.com"), "/"), Some("wild"));
+        assert_eq!(name(&t, Some("a.eu.example.com"), "/"), Some("wild-deep"));
+        assert_eq!(name(&t, Some("example.com"), "/api/x"), Some("any-api"), "a wildcard needs a label in front");
+        assert_eq!(name(&t, None, "/apix"), Some("catchall"));
+        assert_eq!(name(&t, Some("[::1]:80"), "/api;jsessionid=x"), Some("any-api"));
+    }
+
+    #[test]
+    fn no_match_without_catch_all() {
+        let (t, _) = RoutingTable::build(vec![cfg("shop", &["shop.example.com"], "/shop")], None);
+        assert_eq!(name(&t, Some("shop.example.com"), "/shopping"), None);
+        assert_eq!(name(&t, Some("other"), "/shop"), None);
+    }
+
+    #[test]
+    fn conflicts_keep_the_first() {
+        let (t, c) =
+            RoutingTable::build(vec![cfg("old", &["a.com"], "/x"), cfg("new", &["b.com", "a.com"], "/x/")], None);
+        assert_eq!(t.pools().len(), 1);
+        assert_eq!(c[0].loser.name, "new");
+        assert_eq!(c[0].winner.name, "old");
+    }
+
+    #[test]
+    fn rewrites() {
+        assert_eq!(rewrite_path("/shop", "/", "/shop/cart?x=1").as_deref(), Some("/cart?x=1"));
+        assert_eq!(rewrite_path("/shop", "/", "/shop").as_deref(), Some("/"));
+        assert_eq!(rewrite_path("/shop", "/", "/shop?x").as_deref(), Some("/?x"));
+        assert_eq!(rewrite_path("/shop", "/app", "/shop/a").as_deref(), Some("/app/a"));
+        assert_eq!(rewrite_path("/", "/app", "/a/b").as_deref(), Some("/app/a/b"));
+        assert_eq!(rewrite_path("/x", "/x", "/x/a"), None);
+    }
+}

@@ -1,0 +1,490 @@
+//! The per-request path: pool lookup, session route, member choice, forwarding, retries, and
+//! the sticky rewriting of cookies on the way back.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+
+use super::body::{BodySlot, UpstreamBody};
+use super::headers::{add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
+use super::{PoolExt, Proxy};
+use crate::api::CookieMode;
+use crate::core::config::StickyConfig;
+use crate::core::member::MemberRuntime;
+use crate::core::sticky::{RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie};
+use crate::core::{Balanced, Choice, Pool, Tried, Unavailable};
+
+/// The response body: the member's streamed body, or a short body routeid wrote itself.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// A plain-text response from routeid itself (404, 502, 503, 504).
+pub fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(Either::Right(Full::new(text.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The six Apache `BALANCER_*` values of one request, for the access log and debug headers.
+#[derive(Debug, Default)]
+struct BalancerVars<'a> {
+    /// `BALANCER_SESSION_STICKY`: the name the route was read from.
+    session_sticky: Option<&'a str>,
+    /// `BALANCER_SESSION_ROUTE`: the route the request carried.
+    session_route: Option<Cow<'a, str>>,
+    /// `BALANCER_WORKER_ROUTE`: the chosen member's route.
+    worker_route: Option<&'a str>,
+    /// `BALANCER_WORKER_NAME`: the chosen member's URL.
+    worker_name: Option<&'a HeaderValue>,
+    /// `BALANCER_ROUTE_CHANGED`.
+    route_changed: bool,
+    /// Where the route came from, and why the lb method chose.
+    source: Option<RouteSource>,
+    balanced: Option<Balanced>,
+    malformed: bool,
+}
+
+/// Decrements `busy` even when the request future is dropped (client went away).
+struct Busy<'a>(&'a MemberRuntime);
+
+impl<'a> Busy<'a> {
+    fn enter(m: &'a MemberRuntime) -> Self {
+        m.busy.fetch_add(1, Relaxed);
+        m.elected.fetch_add(1, Relaxed);
+        Busy(m)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+fn session_name(cfg: &StickyConfig, src: RouteSource) -> &str {
+    match src {
+        RouteSource::PathParameter | RouteSource::QueryParameter => &cfg.param_name,
+        RouteSource::SessionCookie => &cfg.cookie_name,
+        RouteSource::RouteCookie => cfg.cookie.as_ref().map_or("", |c| c.name.as_str()),
+    }
+}
+
+static X_BALANCER: [HeaderName; 6] = [
+    HeaderName::from_static("x-balancer-session-sticky"),
+    HeaderName::from_static("x-balancer-session-route"),
+    HeaderName::from_static("x-balancer-name"),
+    HeaderName::from_static("x-balancer-worker-name"),
+    HeaderName::from_static("x-balancer-worker-route"),
+    HeaderName::from_static("x-balancer-route-changed"),
+];
+
+fn put_debug_headers(h: &mut HeaderMap, vars: &BalancerVars<'_>, ext: &PoolExt) {
+    let s = |v: Option<&str>| v.and_then(|v| HeaderValue::from_str(v).ok()).unwrap_or(HeaderValue::from_static(""));
+    h.insert(X_BALANCER[0].clone(), s(vars.session_sticky));
+    h.insert(X_BALANCER[1].clone(), s(vars.session_route.as_deref()));
+    h.insert(X_BALANCER[2].clone(), ext.balancer_name.clone());
+    h.insert(X_BALANCER[3].clone(), vars.worker_name.cloned().unwrap_or(HeaderValue::from_static("")));
+    h.insert(X_BALANCER[4].clone(), s(vars.worker_route));
+    h.insert(X_BALANCER[5].clone(), HeaderValue::from_static(if vars.route_changed { "1" } else { "0" }));
+}
+
+/// Joins HTTP/2 cookie crumbs into one header for an HTTP/1.1 member (RFC 9113 §8.2.3) and
+/// applies the sticky cookie rewrites (indirect, Prefix).
+fn prepare_request_cookies(h: &mut HeaderMap, from_h2: bool, sticky: Option<&StickyConfig>) {
+    let drop = sticky
+        .and_then(|s| s.cookie.as_ref())
+        .filter(|c| c.mode == CookieMode::Insert && c.indirect)
+        .map(|c| c.name.as_str());
+    let unprefix =
+        sticky.and_then(|s| s.cookie.as_ref()).filter(|c| c.mode == CookieMode::Prefix).map(|c| c.name.as_str());
+    let count = h.get_all(header::COOKIE).iter().count();
+    if count == 0 || (drop.is_none() && unprefix.is_none() && !(from_h2 && count > 1)) {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    let mut changed = from_h2 && count > 1;
+    for v in h.get_all(header::COOKIE) {
+        let new = rewrite_request_cookie(v.as_bytes(), drop, unprefix);
+        changed |= new.is_some();
+        let part: &[u8] = new.as_deref().unwrap_or(v.as_bytes());
+        if !part.is_empty() {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(part);
+        }
+    }
+    if !changed {
+        return;
+    }
+    h.remove(header::COOKIE);
+    if !joined.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            h.insert(header::COOKIE, v);
+        }
+    }
+}
+
+impl Proxy {
+    /// Serves one client request.
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let snap = self.snapshot();
+        let host: Option<HeaderValue> = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
+            let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
+            self.access_log(&req, None, None, &BalancerVars::default(), resp.status(), 0, started);
+            return resp;
+        };
+        let pool: &Pool = &snap.table.pools()[pi];
+        let ext = &snap.ext[pi];
+        let sticky = pool.config.sticky.as_ref();
+        let now = self.clock.now_ms();
+
+        // The session route and the first choice, while the request is still borrowed.
+        let mut vars = BalancerVars::default();
+        let first = {
+            let lookup = match sticky {
+                Some(cfg) => {
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let headers = req.headers();
+                    extract_route(cfg, pq, || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()))
+                }
+                None => Default::default(),
+            };
+            vars.malformed = lookup.malformed;
+            vars.source = lookup.source;
+            let choice = pool.choose(lookup.route.as_deref(), &Tried::default(), now);
+            // Keep the route beyond the borrow: borrowed from the pool on a hit, owned otherwise.
+            vars.session_route = match (&choice, lookup.route) {
+                (Choice::StickyHit(i), Some(_)) => Some(Cow::Borrowed(pool.members[*i].route())),
+                (_, r) => r.map(|r| Cow::Owned(r.into_owned())),
+            };
+            choice
+        };
+        if let (Some(cfg), Some(src)) = (sticky, vars.source) {
+            vars.session_sticky = Some(session_name(cfg, src));
+        }
+
+        let upgrade = if req.version() == Version::HTTP_11 && wants_upgrade(req.headers()) {
+            Some(hyper::upgrade::on(&mut req))
+        } else {
+            None
+        };
+        let (parts, body) = req.into_parts();
+        let method = parts.method;
+        let client_version = parts.version;
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers, upgrade.is_some());
+        set_forwarded(&mut headers, peer.ip(), host.as_ref());
+        if !headers.contains_key(header::HOST) {
+            if let Some(h) = &host {
+                headers.insert(header::HOST, h.clone());
+            }
+        }
+        if self.settings.via {
+            add_via(&mut headers, client_version);
+        }
+        prepare_request_cookies(&mut headers, client_version == Version::HTTP_2, sticky);
+        let pq: PathAndQuery = {
+            let orig = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            match pool
+                .config
+                .rewrite_prefix
+                .as_deref()
+                .and_then(|rw| crate::core::table::rewrite_path(&pool.config.path_prefix, rw, orig.as_str()))
+            {
+                Some(new) => PathAndQuery::try_from(new).unwrap_or(orig),
+                None => orig,
+            }
+        };
+        let slot: Option<BodySlot> =
+            if body.is_end_stream() { None } else { Some(Arc::new(std::sync::Mutex::new(Some(body)))) };
+        let body_replayable =
+            |slot: &Option<BodySlot>| slot.as_ref().is_none_or(|s| s.lock().map(|b| b.is_some()).unwrap_or(false));
+
+        let mut tried = Tried::default();
+        let mut choice = first;
+        let max_attempts = pool.config.max_attempts as usize;
+        let (resp, idx) = loop {
+            let idx = match choice {
+                Choice::StickyHit(i) => {
+                    vars.balanced = None;
+                    i
+                }
+                Choice::Balanced(i, why) => {
+                    vars.balanced = Some(why);
+                    i
+                }
+                Choice::Unavailable(why) => {
+                    vars.route_changed = false;
+                    vars.worker_route = None;
+                    vars.worker_name = None;
+                    let resp = match why {
+                        Unavailable::NoUsableMember => plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("routeid: no usable member in pool {}\n", pool.config.id),
+                        ),
+                        Unavailable::StickyMemberUnusable => plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "routeid: the member for route {} of pool {} is unavailable and failover is off\n",
+                                vars.session_route.as_deref().unwrap_or("-"),
+                                pool.config.id
+                            ),
+                        ),
+                    };
+                    self.access_log_parts(
+                        &method,
+                        host_str,
+                        &parts.uri,
+                        Some(pool),
+                        None,
+                        &vars,
+                        resp.status(),
+                        tried.len(),
+                        started,
+                    );
+                    return resp;
+                }
+            };
+            tried.push(idx);
+            let member = &pool.members[idx];
+            vars.worker_route = Some(member.route());
+            vars.worker_name = Some(&ext.worker_names[idx]);
+            vars.route_changed = sticky.is_some() && vars.balanced.is_some();
+
+            let body = match &slot {
+                None => UpstreamBody::Empty,
+                Some(s) => match s.lock().ok().and_then(|mut b| b.take()) {
+                    Some(b) => UpstreamBody::streamed(b, Arc::clone(s)),
+                    None => {
+                        break (
+                            plain(
+                                StatusCode::BAD_GATEWAY,
+                                "routeid: the request body was already sent to a member that failed\n",
+                            ),
+                            idx,
+                        );
+                    }
+                },
+            };
+            let last_try = tried.len() >= max_attempts;
+            let mut up = Request::new(body);
+            *up.method_mut() = method.clone();
+            *up.version_mut() = Version::HTTP_11;
+            *up.uri_mut() = Uri::from_parts({
+                let mut p = http::uri::Parts::default();
+                p.scheme = Some(Scheme::HTTP);
+                p.authority = Some(ext.authorities[idx].clone());
+                p.path_and_query = Some(pq.clone());
+                p
+            })
+            .unwrap_or_default();
+            *up.headers_mut() = if last_try { std::mem::take(&mut headers) } else { headers.clone() };
+            if sticky.is_some_and(|s| s.headers_to_member) {
+                put_debug_headers(up.headers_mut(), &vars, ext);
+            }
+
+            let busy = Busy::enter(&member.runtime);
+            let result = tokio::time::timeout(pool.config.timeouts.response, ext.client.request(up)).await;
+            drop(busy);
+            match result {
+                Ok(Ok(resp)) => break (resp.map(Either::Left), idx),
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    member.runtime.errors.fetch_add(u64::from(!connect), Relaxed);
+                    if connect {
+                        pool.member_failed(idx, self.clock.now_ms());
+                    }
+                    tracing::warn!(pool = %pool.config.id, member = member.route(), address = %member.config.address, error = %error_chain(&e), connect, "attempt failed");
+                    let retry =
+                        !last_try && (connect || is_idempotent(&method)) && body_replayable(&slot) && upgrade.is_none();
+                    if !retry {
+                        break (plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n"), idx);
+                    }
+                    choice = pool.choose(vars.session_route.as_deref(), &tried, self.clock.now_ms());
+                }
+                Err(_elapsed) => {
+                    member.runtime.errors.fetch_add(1, Relaxed);
+                    tracing::warn!(pool = %pool.config.id, member = member.route(), "response timeout");
+                    break (plain(StatusCode::GATEWAY_TIMEOUT, "routeid: the member did not answer in time\n"), idx);
+                }
+            }
+        };
+
+        let mut resp = resp;
+        let member = &pool.members[idx];
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match upgrade {
+                Some(client_side) => {
+                    let member_side = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(tunnel(client_side, member_side));
+                }
+                None => {
+                    resp =
+                        plain(StatusCode::BAD_GATEWAY, "routeid: the member switched protocols without being asked\n");
+                }
+            }
+        } else {
+            strip_hop_by_hop(resp.headers_mut(), false);
+        }
+        if let Some(cfg) = sticky {
+            self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed);
+            if cfg.headers_to_client {
+                put_debug_headers(resp.headers_mut(), &vars, ext);
+            }
+        }
+        if self.settings.via {
+            add_via(resp.headers_mut(), Version::HTTP_11);
+        }
+        self.access_log_parts(
+            &method,
+            host_str,
+            &parts.uri,
+            Some(pool),
+            Some(member.config.address),
+            &vars,
+            resp.status(),
+            tried.len(),
+            started,
+        );
+        resp
+    }
+
+    fn sticky_response(&self, cfg: &StickyConfig, h: &mut HeaderMap, route: &str, route_changed: bool) {
+        let Some(c) = &cfg.cookie else { return };
+        let mut set = false;
+        match c.mode {
+            CookieMode::Insert => {
+                if route_changed {
+                    let mut v = Vec::with_capacity(c.name.len() + route.len() + c.attributes.len() + 2);
+                    v.extend_from_slice(c.name.as_bytes());
+                    v.push(b'=');
+                    v.extend(cfg.separator);
+                    v.extend_from_slice(route.as_bytes());
+                    v.extend_from_slice(c.attributes.as_bytes());
+                    if let Ok(v) = HeaderValue::from_bytes(&v) {
+                        h.append(header::SET_COOKIE, v);
+                        set = true;
+                    }
+                }
+            }
+            CookieMode::Prefix | CookieMode::Rewrite => {
+                if let http::header::Entry::Occupied(mut e) = h.entry(header::SET_COOKIE) {
+                    for v in e.iter_mut() {
+                        if let Some(new) = rewrite_set_cookie(v.as_bytes(), &c.name, c.mode, route, cfg.separator) {
+                            if let Ok(nv) = HeaderValue::from_bytes(&new) {
+                                *v = nv;
+                                set = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if set && c.nocache {
+            h.append(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+    }
+
+    fn access_log(
+        &self,
+        req: &Request<Incoming>,
+        pool: Option<&Pool>,
+        member: Option<SocketAddr>,
+        vars: &BalancerVars<'_>,
+        status: StatusCode,
+        attempts: usize,
+        started: Instant,
+    ) {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        self.access_log_parts(req.method(), host, req.uri(), pool, member, vars, status, attempts, started);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn access_log_parts(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        uri: &Uri,
+        pool: Option<&Pool>,
+        member: Option<SocketAddr>,
+        vars: &BalancerVars<'_>,
+        status: StatusCode,
+        attempts: usize,
+        started: Instant,
+    ) {
+        if !self.settings.access_log {
+            return;
+        }
+        tracing::info!(
+            target: "routeid::access",
+            method = %method,
+            host = host.unwrap_or("-"),
+            path = uri.path(),
+            status = status.as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            pool = %pool.map_or(String::from("-"), |p| p.config.id.to_string()),
+            member_address = %member.map_or(String::from("-"), |m| m.to_string()),
+            attempts,
+            BALANCER_SESSION_STICKY = vars.session_sticky.unwrap_or("-"),
+            BALANCER_SESSION_ROUTE = vars.session_route.as_deref().unwrap_or("-"),
+            BALANCER_NAME = %pool.map_or(String::from("-"), |p| p.config.id.to_string()),
+            BALANCER_WORKER_NAME = vars.worker_name.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            BALANCER_WORKER_ROUTE = vars.worker_route.unwrap_or("-"),
+            BALANCER_ROUTE_CHANGED = u8::from(vars.route_changed),
+            route_source = vars.source.map_or("-", RouteSource::as_str),
+            balanced = vars.balanced.map_or("-", Balanced::as_str),
+            malformed_route = vars.malformed,
+            "request"
+        );
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Copies bytes both ways between an upgraded client connection and the member's.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, member: hyper::upgrade::OnUpgrade) {
+    let (client, member) = match tokio::try_join!(client, member) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut member = TokioIo::new(member);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut member).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}

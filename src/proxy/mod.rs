@@ -1,0 +1,170 @@
+//! The data plane: a hyper reverse proxy reading an atomically swapped routing snapshot.
+//!
+//! - [`Proxy`] holds the current [`Snapshot`] in an `ArcSwap`; [`Proxy::publish`] builds a new
+//!   one from validated pools and swaps it in whole. Requests in flight keep the snapshot they
+//!   started with; member runtime state is carried over by the core.
+//! - [`forward`] is the per-request path: pool lookup, route extraction, member choice, retries.
+//! - [`server`] is the listener: HTTP/1.1 and h2c, timeouts, upgrades, graceful drain.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::core::table::Conflict;
+use crate::core::{Clock, PoolConfig, RoutingTable};
+use body::UpstreamBody;
+
+/// The pooled HTTP/1.1 client towards members.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// Listener-wide settings (per-pool settings live in the pool).
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Add `Via` to requests and responses.
+    pub via: bool,
+    /// Time a client has to send a request head; on HTTP/1.1 keep-alive it is also the wait for
+    /// the next request (hyper restarts it for every head), which closes slowloris connections.
+    pub client_header_timeout: Duration,
+    /// A client connection with no bytes either way and no request waiting is closed after this.
+    pub client_idle_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+    /// Emit one access-log event per request.
+    pub access_log: bool,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            via: false,
+            client_header_timeout: Duration::from_secs(15),
+            client_idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            access_log: true,
+        }
+    }
+}
+
+/// What the proxy needs beside the core pool: the member authorities parsed once, the client.
+#[derive(Debug)]
+pub(crate) struct PoolExt {
+    pub(crate) client: UpstreamClient,
+    pub(crate) authorities: Vec<Authority>,
+    /// `BALANCER_WORKER_NAME` per member (`http://10.0.0.1:8080`).
+    pub(crate) worker_names: Vec<HeaderValue>,
+    /// `BALANCER_NAME` (`namespace/name`).
+    pub(crate) balancer_name: HeaderValue,
+}
+
+/// One immutable routing state: the core table and the proxy's per-pool extras, index-aligned.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The core table.
+    pub table: RoutingTable,
+    pub(crate) ext: Vec<PoolExt>,
+}
+
+/// The reverse proxy's shared state.
+#[derive(Debug)]
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    /// Clients by (connect timeout, idle timeout), reused across reloads so pooled member
+    /// connections survive a reload. Locked only while publishing.
+    clients: Mutex<HashMap<(Duration, Duration), UpstreamClient>>,
+    publish_lock: Mutex<()>,
+    pub(crate) clock: Clock,
+    pub(crate) settings: ProxySettings,
+}
+
+impl Proxy {
+    /// A proxy with an empty table (every request gets 404 until the first publish).
+    pub fn new(settings: ProxySettings) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            clients: Mutex::new(HashMap::new()),
+            publish_lock: Mutex::new(()),
+            clock: Clock::default(),
+            settings,
+        })
+    }
+
+    /// The current snapshot (for the admin side and tests).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The proxy's clock (error deadlines are in its milliseconds).
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Builds a new snapshot from validated pools (older first) and swaps it in atomically.
+    /// Returns the pools left out because an older pool claims the same host and prefix.
+    pub fn publish(&self, configs: Vec<PoolConfig>) -> Vec<Conflict> {
+        // Serialise publishers so two reloads cannot both build from the same previous table.
+        let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.snapshot.load_full();
+        let (table, conflicts) = RoutingTable::build(configs, Some(&previous.table));
+        let ext = table
+            .pools()
+            .iter()
+            .map(|p| {
+                let t = p.config.timeouts;
+                PoolExt {
+                    client: self.client_for(t.connect, t.idle),
+                    authorities: p
+                        .members
+                        .iter()
+                        .map(|m| {
+                            Authority::try_from(m.config.address.to_string().as_str())
+                                .unwrap_or_else(|_| Authority::from_static("invalid.invalid"))
+                        })
+                        .collect(),
+                    worker_names: p
+                        .members
+                        .iter()
+                        .map(|m| {
+                            HeaderValue::try_from(format!("http://{}", m.config.address))
+                                .unwrap_or(HeaderValue::from_static(""))
+                        })
+                        .collect(),
+                    balancer_name: HeaderValue::try_from(p.config.id.to_string())
+                        .unwrap_or(HeaderValue::from_static("")),
+                }
+            })
+            .collect();
+        self.snapshot.store(Arc::new(Snapshot { table, ext }));
+        conflicts
+    }
+
+    fn client_for(&self, connect: Duration, idle: Duration) -> UpstreamClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry((connect, idle))
+            .or_insert_with(|| {
+                let mut conn = HttpConnector::new();
+                conn.set_connect_timeout(Some(connect));
+                conn.set_nodelay(true);
+                conn.enforce_http(true);
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(idle)
+                    .pool_max_idle_per_host(256)
+                    .build(conn)
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,195 @@
+//! The client-facing listener.
+//!
+//! Each connection is served by hyper-util's `auto` builder (HTTP/1.1, and HTTP/2 with prior
+//! knowledge), with upgrades. Instead of hyper-util's `GracefulShutdown`, each connection task
+//! runs its own small loop so that one place handles both reasons to close a connection
+//! gracefully: the process is shutting down, or the connection has been idle (no bytes either
+//! way and no request in flight) for the idle timeout — which hyper does not do for HTTP/2.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::Proxy;
+use crate::core::Clock;
+
+/// Last activity and requests in flight on one client connection.
+#[derive(Debug, Default)]
+struct Activity {
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+pin_project_lite::pin_project! {
+    /// A socket that records when bytes last moved.
+    struct ActivityIo {
+        #[pin]
+        inner: TcpStream,
+        activity: Arc<Activity>,
+        clock: Clock,
+    }
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.last_ms.store(this.clock.now_ms(), Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.last_ms.store(this.clock.now_ms(), Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.last_ms.store(this.clock.now_ms(), Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then lets open connections finish their
+/// in-flight requests (closing idle keep-alive connections at once) for at most the drain
+/// timeout. Returns when every connection is closed or the drain timeout passed.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(proxy.settings.client_header_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = serve_connection(builder.clone(), stream, peer, Arc::clone(&proxy), shutdown.clone());
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    drop(done_tx);
+    tracing::info!(drain_timeout = ?proxy.settings.drain_timeout, "stopped accepting; draining connections");
+    if tokio::time::timeout(proxy.settings.drain_timeout, done_rx.recv()).await.is_err() {
+        tracing::warn!("drain timeout passed with connections still open");
+    }
+}
+
+async fn serve_connection(
+    builder: auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let clock = proxy.clock;
+    let activity = Arc::new(Activity { last_ms: AtomicU64::new(clock.now_ms()), in_flight: AtomicUsize::new(0) });
+    let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity), clock });
+    let idle = proxy.settings.client_idle_timeout;
+    let act = Arc::clone(&activity);
+    let svc = service_fn(move |req| {
+        act.in_flight.fetch_add(1, Relaxed);
+        let guard = InFlight(Arc::clone(&act));
+        let proxy = Arc::clone(&proxy);
+        async move {
+            let resp = proxy.handle(req, peer).await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        let since = clock.now_ms().saturating_sub(activity.last_ms.load(Relaxed));
+        let wait = idle.saturating_sub(Duration::from_millis(since)).max(Duration::from_millis(10));
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            changed = shutdown.changed(), if !closing => {
+                if changed.is_err() || *shutdown.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = tokio::time::sleep(wait), if !closing => {
+                let since = clock.now_ms().saturating_sub(activity.last_ms.load(Relaxed));
+                if activity.in_flight.load(Relaxed) == 0 && Duration::from_millis(since) >= idle {
+                    tracing::debug!(%peer, "closing idle client connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Standalone mode: pools from a multi-document YAML file of `BalancerPool`s with static members.
+//!
+//! A bad file is refused whole, with every problem named by document, pool and field; on a
+//! reload the caller keeps serving the previous table.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::api::BalancerPool;
+use crate::core::config::{PoolConfig, PoolId, validate_static};
+use crate::core::table::RoutingTable;
+
+/// Why a pools file was refused: every problem found, each naming its document.
+#[derive(Debug, thiserror::Error)]
+pub struct LoadError {
+    /// The file.
+    pub file: String,
+    /// One line per problem: `document 2 (shop): spec.frontend.hosts[0]: ...`.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is not a valid pools file:", self.file)?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a pools file.
+pub fn load_file(path: &Path) -> Result<Vec<PoolConfig>, LoadError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| LoadError { file: file.clone(), problems: vec![format!("cannot read it: {e}")] })?;
+    parse_pools(&text).map_err(|problems| LoadError { file, problems })
+}
+
+/// Parses and validates pools from YAML text (one or more documents).
+pub fn parse_pools(text: &str) -> Result<Vec<PoolConfig>, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut pools = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("document {n}: not valid YAML: {e}"));
+                // The YAML stream cannot be resynchronised after a syntax error.
+                break;
+            }
+        };
+        let name = value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_owned();
+        let label = if name.is_empty() { format!("document {n}") } else { format!("document {n} ({name})") };
+        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+        if api_version != "routeid.io/v1alpha1" || kind != "BalancerPool" {
+            problems.push(format!("{label}: expected apiVersion routeid.io/v1alpha1 and kind BalancerPool, found {api_version:?} / {kind:?}"));
+            continue;
+        }
+        if name.is_empty() {
+            problems.push(format!("{label}: metadata.name: is required"));
+            continue;
+        }
+        // Re-read from text so serde_yaml reports the field path of a type error.
+        let pool: BalancerPool = match serde_yaml::to_string(&value)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_yaml::from_str(&t).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(format!("{label}: {}", strip_location(&e)));
+                continue;
+            }
+        };
+        let id = PoolId { namespace: pool.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()), name };
+        if pools.iter().any(|p: &PoolConfig| p.id == id) {
+            problems.push(format!("{label}: another document already defines pool {id}"));
+            continue;
+        }
+        match validate_static(id, &pool.spec) {
+            Ok(cfg) => {
+                if cfg.members.is_empty() {
+                    problems
+                        .push(format!("{label}: spec.backend.members: a standalone pool needs at least one member"));
+                } else {
+                    pools.push(cfg);
+                }
+            }
+            Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{label}: {e}"))),
+        }
+    }
+    if problems.is_empty() && pools.is_empty() {
+        problems.push("no BalancerPool documents".to_owned());
+    }
+    if problems.is_empty() {
+        let (_, conflicts) = RoutingTable::build(pools.clone(), None);
+        problems.extend(conflicts.into_iter().map(|c| {
+            format!("pool {} claims host {} prefix {} already served by pool {}", c.loser, c.host, c.prefix, c.winner)
+        }));
+    }
+    if problems.is_empty() { Ok(pools) } else { Err(problems) }
+}
+
+/// serde_yaml's line numbers refer to the re-serialised document, not the user's file: drop them.
+fn strip_location(e: &str) -> &str {
+    match e.find(" at line ") {
+        Some(i) => &e[..i],
+        None => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: routeid.io/v1alpha1
+kind: BalancerPool
+metadata: {name: shop}
+spec:
+  frontend: {hosts: [shop.example.com], pathPrefix: /shop}
+  backend:
+    members:
+      - {address: "127.0.0.1:8081", route: shop-0}
+      - {address: "127.0.0.1:8082", route: shop-1, loadFactor: 2}
+---
+apiVersion: routeid.io/v1alpha1
+kind: BalancerPool
+metadata: {name: api, namespace: web}
+spec:
+  backend:
+    members: [{address: "[::1]:9000", route: api-0}]
+"#;
+
+    #[test]
+    fn loads_multi_document_files() {
+        let pools = parse_pools(GOOD).unwrap();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].id.to_string(), "default/shop");
+        assert_eq!(pools[1].id.to_string(), "web/api");
+        assert_eq!(pools[0].members[1].load_factor, 2);
+    }
+
+    #[test]
+    fn errors_name_document_field_and_reason() {
+        let bad = GOOD.replace("127.0.0.1:8082", "localhost").replace("pathPrefix: /shop", "pathPrefix: 7");
+        let errs = parse_pools(&bad).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("document 1 (shop): spec.backend.members[1].address: \"localhost\""),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[1].starts_with("document 1 (shop): spec.frontend.pathPrefix"), "{}", errs[1]);
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let bad = GOOD.replace("loadFactor: 2", "loadFactor: two");
+        let errs = parse_pools(&bad).unwrap_err();
+        assert!(
+            errs[0].starts_with("document 1 (shop): spec.backend.members[1].loadFactor: invalid type"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn wrong_kind_syntax_error_and_empty_file() {
+        let errs = parse_pools("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n").unwrap_err();
+        assert!(errs[0].contains("expected apiVersion routeid.io/v1alpha1"), "{}", errs[0]);
+        let errs = parse_pools("a: [b\n").unwrap_err();
+        assert!(errs[0].starts_with("document 1: not valid YAML"), "{}", errs[0]);
+        assert_eq!(parse_pools("---\n").unwrap_err(), ["no BalancerPool documents"]);
+    }
+
+    #[test]
+    fn conflicts_and_duplicates_are_refused() {
+        let dup = format!("{GOOD}---\n{}", GOOD.split("---").next().unwrap());
+        let errs = parse_pools(&dup).unwrap_err();
+        assert!(errs[0].contains("already defines pool default/shop"), "{errs:?}");
+        let clash = GOOD.replace("name: api, namespace: web}", "name: api}\n").replace("  backend:\n    members: [{address: \"[::1]:9000\"", "  frontend: {hosts: [shop.example.com], pathPrefix: /shop/}\n  backend:\n    members: [{address: \"[::1]:9000\"");
+        let errs = parse_pools(&clash).unwrap_err();
+        assert!(
+            errs[0].contains(
+                "pool default/api claims host shop.example.com prefix /shop already served by pool default/shop"
+            ),
+            "{errs:?}"
+        );
+    }
+}
