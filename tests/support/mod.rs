@@ -1,0 +1,282 @@
+//! Test support: real hyper members on 127.0.0.1 ephemeral ports, the real proxy, a real client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use routeid::proxy::ProxySettings;
+use routeid::runtime::Running;
+use tokio::net::TcpListener;
+
+/// Every test future runs under this bound.
+pub const TEST_BOUND: Duration = Duration::from_secs(60);
+
+/// Runs `f` with a time bound, failing the test when it is exceeded.
+pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(TEST_BOUND, f).await.expect("test exceeded its time bound")
+}
+
+/// What a member saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+}
+
+/// A member: answers `<route>` (plus the path) and records requests.
+///
+/// Paths it understands:
+/// - `/slow?ms=N`: waits N ms before answering;
+/// - `/upload`: reads the body as a stream and answers with its length;
+/// - `/download?bytes=N`: streams N bytes of `x` in 64 KiB chunks;
+/// - `/ws`: a WebSocket echo endpoint;
+/// - `/set-cookie?c=<raw Set-Cookie value>`: answers with that Set-Cookie header;
+/// - anything else: `route=<route> path=<path-and-query>`.
+pub struct Member {
+    pub addr: SocketAddr,
+    pub route: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    pub async fn start(route: &str) -> Member {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        Self::start_on(listener, route)
+    }
+
+    pub fn start_on(listener: TcpListener, route: &str) -> Member {
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hits = Arc::new(AtomicU64::new(0));
+        let route_s = route.to_owned();
+        let (seen2, hits2) = (Arc::clone(&seen), Arc::clone(&hits));
+        let task = tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (route, seen, hits, builder) = (route_s.clone(), seen2.clone(), hits2.clone(), builder.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| member_answer(route.clone(), seen.clone(), hits.clone(), req));
+                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Member { addr, route: route.to_owned(), seen, hits, task }
+    }
+
+    /// Stops accepting and closes the port.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("the member saw no request")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(s: impl Into<Bytes>) -> AnyBody {
+    Full::new(s.into()).boxed()
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+}
+
+async fn member_answer(
+    route: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    hits: Arc<AtomicU64>,
+    mut req: Request<Incoming>,
+) -> Result<Response<AnyBody>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        path_and_query: pq.clone(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/slow" => {
+            let ms: u64 = query_param(&req, "ms").and_then(|v| v.parse().ok()).unwrap_or(500);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Response::new(full(format!("route={route} slow={ms}"))))
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(e) => return Ok(Response::new(full(format!("error {e}")))),
+                }
+            }
+            Ok(Response::new(full(format!("route={route} received={n}"))))
+        }
+        "/download" => {
+            let total: u64 = query_param(&req, "bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_util::stream::unfold(total, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let n = left.min(chunk.len() as u64) as usize;
+                    Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..n))), left - n as u64))
+                }
+            });
+            Ok(Response::new(StreamBody::new(stream).boxed()))
+        }
+        "/ws" => {
+            let key = req.headers().get("sec-websocket-key").cloned();
+            let Some(key) = key else {
+                return Ok(Response::builder().status(400).body(full("not a websocket")).unwrap());
+            };
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    use futures_util::{SinkExt, StreamExt};
+                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    let (mut tx, mut rx) = ws.split();
+                    while let Some(Ok(msg)) = rx.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            if tx.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .body(full(""))
+                .unwrap())
+        }
+        "/set-cookie" => {
+            let c = query_param(&req, "c").unwrap_or("").replace("%20", " ").replace("%3B", ";");
+            Ok(Response::builder().header("set-cookie", c).body(full(format!("route={route}"))).unwrap())
+        }
+        _ => {
+            let mut resp = Response::new(full(format!("route={route} path={pq}")));
+            resp.headers_mut().insert("x-member", route.parse().unwrap());
+            resp.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
+            resp.headers_mut().insert("x-hop", "must-not-pass".parse().unwrap());
+            Ok(resp)
+        }
+    }
+}
+
+/// A port on 127.0.0.1 with nothing listening.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A minimal pool document: `members` as `(address, route, loadFactor)`, `extra` spliced into
+/// `spec` (indented two spaces).
+pub fn pool_yaml(name: &str, members: &[(SocketAddr, &str, u32)], extra: &str) -> String {
+    let m: String = members
+        .iter()
+        .map(|(a, r, lf)| format!("      - {{address: \"{a}\", route: {r}, loadFactor: {lf}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: {name}}}\nspec:\n{extra}  backend:\n    members:\n{m}"
+    )
+}
+
+/// Starts the real proxy on 127.0.0.1 ephemeral ports with pools from YAML.
+pub async fn start_proxy(yaml: &str) -> Running {
+    start_proxy_with(yaml, ProxySettings { drain_timeout: Duration::from_secs(5), ..Default::default() }).await
+}
+
+pub async fn start_proxy_with(yaml: &str, settings: ProxySettings) -> Running {
+    let pools = routeid::standalone::parse_pools(yaml).unwrap_or_else(|e| panic!("bad test pools: {e:?}"));
+    let any = "127.0.0.1:0".parse().unwrap();
+    Running::start(settings, any, any, pools).await.unwrap().0
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Got {
+    /// The `route=` the member answered with.
+    pub fn route(&self) -> &str {
+        self.body.strip_prefix("route=").and_then(|r| r.split(' ').next()).unwrap_or("")
+    }
+
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    }
+}
+
+/// Sends `GET path` to `proxy` with extra headers.
+pub async fn get(proxy: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Got {
+    send(&client(), proxy, "GET", path, headers, Bytes::new()).await
+}
+
+pub async fn send(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Got {
+    let mut b = Request::builder().method(method).uri(format!("http://{proxy}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = c.request(b.body(Full::new(body)).unwrap()).await.expect("request through the proxy failed");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Got { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
