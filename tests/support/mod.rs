@@ -50,6 +50,7 @@ pub struct Member {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub hits: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Member {
@@ -64,23 +65,35 @@ impl Member {
         let hits = Arc::new(AtomicU64::new(0));
         let route_s = route.to_owned();
         let (seen2, hits2) = (Arc::clone(&seen), Arc::clone(&hits));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let conns2 = Arc::clone(&conns);
         let task = tokio::spawn(async move {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (route, seen, hits, builder) = (route_s.clone(), seen2.clone(), hits2.clone(), builder.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| member_answer(route.clone(), seen.clone(), hits.clone(), req));
                     let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
                 });
+                conns2.lock().unwrap().push(conn.abort_handle());
             }
         });
-        Member { addr, route: route.to_owned(), seen, hits, task }
+        Member { addr, route: route.to_owned(), seen, hits, task, conns }
     }
 
-    /// Stops accepting and closes the port.
+    /// Stops accepting, closes the port and every open connection: a dead pod.
     pub fn kill(&self) {
         self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Like [`Member::kill`], returning once the port is really closed.
+    pub async fn die(&mut self) {
+        self.kill();
+        let _ = (&mut self.task).await;
     }
 
     pub fn hits(&self) -> u64 {
@@ -94,7 +107,7 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
@@ -279,4 +292,137 @@ pub async fn send(
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     Got { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the proxy_* tests: polling, raw clients, temp files, the real binary as a child.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `f` with a time bound of its own (for the long streaming tests).
+pub async fn bounded_for<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
+    tokio::time::timeout(limit, f).await.expect("test exceeded its time bound")
+}
+
+/// Polls `cond` every 10 ms until it holds, panicking with `what` after `limit`.
+pub async fn wait_for<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Like [`get`], but returns the error instead of panicking (for polling a starting process).
+pub async fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Got, String> {
+    let mut b = Request::builder().method("GET").uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client().request(b.body(Full::new(Bytes::new())).unwrap()).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Got { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// A free port on 127.0.0.1 (bound to :0, then released) for a child process to listen on.
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A fresh path under Cargo's per-target temporary directory.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{n}-{nanos}", std::process::id()))
+}
+
+/// Writes `text` to a fresh temporary file and returns its path.
+pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let p = temp_path(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The `routeid` binary running as a child process; killed (and reaped) when dropped.
+pub struct ProxyProcess {
+    pub child: std::process::Child,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub stderr_path: std::path::PathBuf,
+}
+
+impl ProxyProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`) with `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        assert!(st.expect("kill(1) runs").success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// The peak resident set size (`VmHWM`) of the child, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `routeid standalone -f <file>` on free 127.0.0.1 ports (plus `extra` arguments),
+/// stderr captured to a file, and waits until `/readyz` answers 200. A lost race for a port is
+/// retried with new ones.
+pub async fn spawn_standalone(file: &std::path::Path, extra: &[&str]) -> ProxyProcess {
+    for _ in 0..3 {
+        let (proxy_addr, admin_addr) = (free_port(), free_port());
+        let stderr_path = temp_path("routeid-stderr");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+            .arg("standalone")
+            .arg("-f")
+            .arg(file)
+            .args(["--listen", &proxy_addr.to_string(), "--admin-listen", &admin_addr.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("the routeid binary starts");
+        let mut p = ProxyProcess { child, proxy_addr, admin_addr, stderr_path };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = p.child.try_wait().unwrap() {
+                let err = p.stderr();
+                if err.contains("cannot listen") {
+                    break; // lost the port race: try again with new ports
+                }
+                panic!("routeid exited early with {st}: {err}");
+            }
+            if matches!(try_get(admin_addr, "/readyz", &[]).await, Ok(g) if g.status == StatusCode::OK) {
+                return p;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "routeid never became ready: {}", p.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("could not start routeid on free ports");
 }
