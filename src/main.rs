@@ -13,7 +13,8 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -115,6 +116,16 @@ async fn run_standalone(
         }
     };
     let count = pools.len();
+    // Install the handlers before serving: once /readyz answers, a SIGHUP or SIGTERM must reach
+    // the loop below rather than the default action (which kills the process).
+    let (mut term, mut int, mut hup) =
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            _ => {
+                eprintln!("routeid: cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
     let running = match Running::start(settings, listen, admin_listen, pools).await {
         Ok((r, _)) => r,
         Err(e) => {
@@ -123,15 +134,6 @@ async fn run_standalone(
         }
     };
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, pools = count, file = %file.display(), "routeid standalone serving");
-    let (mut term, mut int, mut hup) =
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
-            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-            _ => {
-                eprintln!("routeid: cannot install signal handlers");
-                running.shutdown().await;
-                return ExitCode::FAILURE;
-            }
-        };
     loop {
         tokio::select! {
             _ = term.recv() => break,
