@@ -56,10 +56,8 @@ fn demo_answer(route: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let body = format!("served by {route}, session {session}{}\n", if new { " (new)" } else { "" });
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    if new {
-        if let Ok(v) = HeaderValue::from_str(&format!("JSESSIONID={session}; Path=/; HttpOnly")) {
-            resp.headers_mut().insert(header::SET_COOKIE, v);
-        }
+    if new && let Ok(v) = HeaderValue::from_str(&format!("JSESSIONID={session}; Path=/; HttpOnly")) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
 }

@@ -13,7 +13,7 @@ async fn three() -> (Member, Member, Member) {
     (Member::start("n1").await, Member::start("n2").await, Member::start("n3").await)
 }
 
-fn members3<'a>(m: &'a (Member, Member, Member)) -> [(std::net::SocketAddr, &'a str, u32); 3] {
+fn members3(m: &(Member, Member, Member)) -> [(std::net::SocketAddr, &'static str, u32); 3] {
     [(m.0.addr, "n1", 1), (m.1.addr, "n2", 1), (m.2.addr, "n3", 1)]
 }
 
@@ -300,10 +300,10 @@ async fn access_log_line_shows_the_six_balancer_values_as_json() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_str(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
                 }
             }
         });

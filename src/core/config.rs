@@ -380,10 +380,10 @@ fn validate_with_members(
         spec.frontend.rewrite_prefix.as_deref().map(|r| normalise_prefix(p, "spec.frontend.rewritePrefix", r));
     for (i, o) in spec.members.iter().enumerate() {
         let path = format!("spec.members[{i}]");
-        if let Some(lf) = o.load_factor {
-            if !(1..=100).contains(&lf) {
-                p.add(format!("{path}.loadFactor"), format!("{lf} is outside 1–100"));
-            }
+        if let Some(lf) = o.load_factor
+            && !(1..=100).contains(&lf)
+        {
+            p.add(format!("{path}.loadFactor"), format!("{lf} is outside 1–100"));
         }
         if spec.members[..i].iter().any(|e| e.route == o.route) {
             p.add(format!("{path}.route"), format!("{:?} has two overrides", o.route));

@@ -156,11 +156,10 @@ impl Pool {
                     }
                     reason = Balanced::Failover;
                 }
-                Some(_) => {
-                    if self.config.sticky.as_ref().is_some_and(|s| !s.failover) {
-                        return Choice::Unavailable(Unavailable::StickyMemberUnusable);
-                    }
+                Some(_) if self.config.sticky.as_ref().is_some_and(|s| !s.failover) => {
+                    return Choice::Unavailable(Unavailable::StickyMemberUnusable);
                 }
+                Some(_) => {}
                 None if tried.is_empty() => reason = Balanced::UnknownRoute,
                 None => {}
             }

@@ -122,10 +122,11 @@ impl RoutingTable {
                 return Some(p);
             }
             for (suffix, v) in &self.wildcard {
-                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                    if let Some(p) = self.first_prefix(v, path) {
-                        return Some(p);
-                    }
+                if host.len() > suffix.len()
+                    && host.ends_with(suffix.as_str())
+                    && let Some(p) = self.first_prefix(v, path)
+                {
+                    return Some(p);
                 }
             }
         }

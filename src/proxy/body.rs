@@ -41,12 +41,11 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let UpstreamBody::Streamed { inner, slot, started: false } = self {
-            if let Some(body) = inner.take() {
-                if let Ok(mut s) = slot.lock() {
-                    *s = Some(body);
-                }
-            }
+        if let UpstreamBody::Streamed { inner, slot, started: false } = self
+            && let Some(body) = inner.take()
+            && let Ok(mut s) = slot.lock()
+        {
+            *s = Some(body);
         }
     }
 }

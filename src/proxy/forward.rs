@@ -133,10 +133,10 @@ fn prepare_request_cookies(h: &mut HeaderMap, from_h2: bool, sticky: Option<&Sti
         return;
     }
     h.remove(header::COOKIE);
-    if !joined.is_empty() {
-        if let Ok(v) = HeaderValue::from_bytes(&joined) {
-            h.insert(header::COOKIE, v);
-        }
+    if !joined.is_empty()
+        && let Ok(v) = HeaderValue::from_bytes(&joined)
+    {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -153,7 +153,8 @@ impl Proxy {
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
             let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
-            self.access_log(&req, None, None, &BalancerVars::default(), resp.status(), 0, started);
+            let info = ReqInfo { method: req.method(), host: host_str, path: req.uri().path(), started };
+            self.access_log(&info, None, None, &BalancerVars::default(), resp.status(), 0);
             return resp;
         };
         let pool: &Pool = &snap.table.pools()[pi];
@@ -197,10 +198,10 @@ impl Proxy {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade.is_some());
         set_forwarded(&mut headers, peer.ip(), host.as_ref());
-        if !headers.contains_key(header::HOST) {
-            if let Some(h) = &host {
-                headers.insert(header::HOST, h.clone());
-            }
+        if !headers.contains_key(header::HOST)
+            && let Some(h) = &host
+        {
+            headers.insert(header::HOST, h.clone());
         }
         if self.settings.via {
             add_via(&mut headers, client_version);
@@ -254,17 +255,8 @@ impl Proxy {
                             ),
                         ),
                     };
-                    self.access_log_parts(
-                        &method,
-                        host_str,
-                        &parts.uri,
-                        Some(pool),
-                        None,
-                        &vars,
-                        resp.status(),
-                        tried.len(),
-                        started,
-                    );
+                    let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started };
+                    self.access_log(&info, Some(&ext.balancer_name), None, &vars, resp.status(), tried.len());
                     return resp;
                 }
             };
@@ -358,16 +350,14 @@ impl Proxy {
         if self.settings.via {
             add_via(resp.headers_mut(), Version::HTTP_11);
         }
-        self.access_log_parts(
-            &method,
-            host_str,
-            &parts.uri,
-            Some(pool),
+        let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started };
+        self.access_log(
+            &info,
+            Some(&ext.balancer_name),
             Some(member.config.address),
             &vars,
             resp.status(),
             tried.len(),
-            started,
         );
         resp
     }
@@ -393,11 +383,11 @@ impl Proxy {
             CookieMode::Prefix | CookieMode::Rewrite => {
                 if let http::header::Entry::Occupied(mut e) = h.entry(header::SET_COOKIE) {
                     for v in e.iter_mut() {
-                        if let Some(new) = rewrite_set_cookie(v.as_bytes(), &c.name, c.mode, route, cfg.separator) {
-                            if let Ok(nv) = HeaderValue::from_bytes(&new) {
-                                *v = nv;
-                                set = true;
-                            }
+                        if let Some(new) = rewrite_set_cookie(v.as_bytes(), &c.name, c.mode, route, cfg.separator)
+                            && let Ok(nv) = HeaderValue::from_bytes(&new)
+                        {
+                            *v = nv;
+                            set = true;
                         }
                     }
                 }
@@ -410,47 +400,30 @@ impl Proxy {
 
     fn access_log(
         &self,
-        req: &Request<Incoming>,
-        pool: Option<&Pool>,
+        req: &ReqInfo<'_>,
+        pool: Option<&HeaderValue>,
         member: Option<SocketAddr>,
         vars: &BalancerVars<'_>,
         status: StatusCode,
         attempts: usize,
-        started: Instant,
-    ) {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-        self.access_log_parts(req.method(), host, req.uri(), pool, member, vars, status, attempts, started);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn access_log_parts(
-        &self,
-        method: &Method,
-        host: Option<&str>,
-        uri: &Uri,
-        pool: Option<&Pool>,
-        member: Option<SocketAddr>,
-        vars: &BalancerVars<'_>,
-        status: StatusCode,
-        attempts: usize,
-        started: Instant,
     ) {
         if !self.settings.access_log {
             return;
         }
+        let pool = pool.and_then(|p| p.to_str().ok()).unwrap_or("-");
         tracing::info!(
             target: "routeid::access",
-            method = %method,
-            host = host.unwrap_or("-"),
-            path = uri.path(),
+            method = req.method.as_str(),
+            host = req.host.unwrap_or("-"),
+            path = req.path,
             status = status.as_u16(),
-            duration_us = started.elapsed().as_micros() as u64,
-            pool = %pool.map_or(String::from("-"), |p| p.config.id.to_string()),
-            member_address = %member.map_or(String::from("-"), |m| m.to_string()),
+            duration_us = req.started.elapsed().as_micros() as u64,
+            pool,
+            member_address = member.map(tracing::field::display),
             attempts,
             BALANCER_SESSION_STICKY = vars.session_sticky.unwrap_or("-"),
             BALANCER_SESSION_ROUTE = vars.session_route.as_deref().unwrap_or("-"),
-            BALANCER_NAME = %pool.map_or(String::from("-"), |p| p.config.id.to_string()),
+            BALANCER_NAME = pool,
             BALANCER_WORKER_NAME = vars.worker_name.and_then(|v| v.to_str().ok()).unwrap_or("-"),
             BALANCER_WORKER_ROUTE = vars.worker_route.unwrap_or("-"),
             BALANCER_ROUTE_CHANGED = u8::from(vars.route_changed),
@@ -460,6 +433,14 @@ impl Proxy {
             "request"
         );
     }
+}
+
+/// The request facts the access log needs, kept past the moment the request is taken apart.
+struct ReqInfo<'a> {
+    method: &'a Method,
+    host: Option<&'a str>,
+    path: &'a str,
+    started: Instant,
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

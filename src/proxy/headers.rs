@@ -29,10 +29,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .split(',')
             .map(str::trim)
             .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("keep-alive")
-                    && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
+                let handled_below = t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("keep-alive")
+                    || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"));
+                !t.is_empty() && !handled_below
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();

@@ -184,10 +184,8 @@ async fn member_answer(
                     .await;
                     let (mut tx, mut rx) = ws.split();
                     while let Some(Ok(msg)) = rx.next().await {
-                        if msg.is_text() || msg.is_binary() {
-                            if tx.send(msg).await.is_err() {
-                                break;
-                            }
+                        if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                            break;
                         }
                     }
                 }
@@ -357,6 +355,11 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the child has not exited.
+    pub fn child_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// What the child wrote to stderr so far.

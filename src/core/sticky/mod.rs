@@ -83,10 +83,7 @@ where
         out.source = Some(source);
         let route = if prefix_mode && source == RouteSource::SessionCookie {
             // Prefix mode: `route~session`; the route comes first.
-            match value.iter().position(|&b| b == b'~') {
-                Some(i) => Some(cow_slice(value, 0, i)),
-                None => None,
-            }
+            value.iter().position(|&b| b == b'~').map(|i| cow_slice(value, 0, i))
         } else {
             route_part(cfg.separator, value)
         };
@@ -100,16 +97,16 @@ where
             }
         }
     }
-    if let Some(c) = cfg.cookie.as_ref().filter(|c| c.mode == CookieMode::Insert && c.name != cfg.cookie_name) {
-        if let Some(v) = cookie_value(cookie_headers(), &c.name) {
-            match route_part(cfg.separator, Cow::Borrowed(v)).map(validated) {
-                Some(Ok(r)) => {
-                    out.source = Some(RouteSource::RouteCookie);
-                    out.route = Some(r);
-                }
-                Some(Err(())) => out.malformed = true,
-                None => {}
+    if let Some(c) = cfg.cookie.as_ref().filter(|c| c.mode == CookieMode::Insert && c.name != cfg.cookie_name)
+        && let Some(v) = cookie_value(cookie_headers(), &c.name)
+    {
+        match route_part(cfg.separator, Cow::Borrowed(v)).map(validated) {
+            Some(Ok(r)) => {
+                out.source = Some(RouteSource::RouteCookie);
+                out.route = Some(r);
             }
+            Some(Err(())) => out.malformed = true,
+            None => {}
         }
     }
     out
@@ -148,10 +145,10 @@ fn path_parameter<'a>(path: &'a str, name: &str) -> Option<&'a str> {
         let params = &rest[i + 1..];
         let seg_end = params.find('/').unwrap_or(params.len());
         for p in params[..seg_end].split(';') {
-            if let Some(v) = p.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-                if !v.is_empty() {
-                    return Some(v);
-                }
+            if let Some(v) = p.strip_prefix(name).and_then(|r| r.strip_prefix('='))
+                && !v.is_empty()
+            {
+                return Some(v);
             }
         }
         rest = &params[seg_end..];
@@ -177,12 +174,13 @@ fn percent_decode(v: &str) -> Cow<'_, [u8]> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;

@@ -29,8 +29,10 @@ fn run(c: &StickyConfig, pq: &str, cookies: &[&str]) -> (Option<String>, Option<
 use RouteSource::*;
 
 /// (case, path-and-query, cookie headers, expected route, expected source)
+type Case = (&'static str, &'static str, &'static [&'static str], Option<&'static str>, Option<RouteSource>);
+
 #[rustfmt::skip]
-const CASES: &[(&str, &str, &[&str], Option<&str>, Option<RouteSource>)] = &[
+const CASES: &[Case] = &[
     ("nothing",                        "/",                               &[],                                   None,              None),
     ("cookie",                         "/",                               &["JSESSIONID=abc.pod-1"],             Some("pod-1"),     Some(SessionCookie)),
     ("cookie with spaces",             "/",                               &["  JSESSIONID = abc.pod-1 ; x=1"],   Some("pod-1"),     Some(SessionCookie)),
