@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# bench/run.sh — compare direct (wrk -> nginx), routeid and HAProxy on loopback.
+#
+# Usage:  bash bench/run.sh
+# Env:    DURATION=10s  wrk duration per run
+#         CONNS=32      wrk connections
+#         THREADS=1     wrk threads
+#         ROUNDS=3      rounds; each round runs direct, routeid, haproxy per scenario
+#         WARMUP=2s     one warm-up wrk run per target before round 1 ("0" to skip)
+#         PROXY_CPU=0   CPU for the proxy under test
+#         LOAD_CPU=1    CPU for wrk and nginx
+#         NO_BUILD=1    skip `cargo build --release` (use the binary already built)
+#         CARGO_TARGET_DIR  honoured when locating target/release/routeid
+# Ports (all 127.0.0.1): BACKEND1_PORT=18081 BACKEND2_PORT=18082 ROUTEID_PORT=18090
+#         ROUTEID_ADMIN_PORT=18091 HAPROXY_PORT=18092
+# Output: a table on stdout and in bench/out/latest.txt; per-run rows in bench/out/latest-runs.tsv.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+OUT_DIR="$BENCH_DIR/out"
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-1}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2s}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+BACKEND1_PORT=${BACKEND1_PORT:-18081}
+BACKEND2_PORT=${BACKEND2_PORT:-18082}
+ROUTEID_PORT=${ROUTEID_PORT:-18090}
+ROUTEID_ADMIN_PORT=${ROUTEID_ADMIN_PORT:-18091}
+HAPROXY_PORT=${HAPROXY_PORT:-18092}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] FAIL: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- install what is missing
+ensure_tools() {
+    local -a missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v pgrep >/dev/null || missing+=(procps)
+    if ((${#missing[@]})); then
+        log "installing: ${missing[*]}"
+        [[ $(id -u) -eq 0 ]] || die "need root to apt-get install ${missing[*]}"
+        command -v apt-get >/dev/null || die "no apt-get; install ${missing[*]} by hand"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    export PATH="$PATH:/usr/sbin:/sbin"
+    command -v cargo >/dev/null || die "cargo not found"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- processes and cleanup
+TMP=""
+declare -a PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    [[ -n $TMP && -d $TMP ]] && rm -rf "$TMP"
+    return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# utime+stime in clock ticks of one process (all its threads, dead or alive).
+cpu_ticks() {
+    local stat rest
+    read -r stat <"/proc/$1/stat" || return 1
+    rest=${stat##*) } # drop "pid (comm) "; rest starts at field 3
+    local -a f
+    read -ra f <<<"$rest"
+    echo $((f[11] + f[12])) # fields 14 and 15
+}
+
+# CPU ticks of nginx: master plus its workers.
+nginx_ticks() {
+    local total=0 pid t
+    for pid in "$NGINX_PID" $(pgrep -P "$NGINX_PID" || true); do
+        t=$(cpu_ticks "$pid" 2>/dev/null) || continue
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+wait_until() { # wait_until <what> <pid> <cmd...>: poll cmd for up to 15 s while pid lives
+    local what=$1 pid=$2 i
+    shift 2
+    for ((i = 0; i < 150; i++)); do
+        "$@" && return 0
+        alive "$pid" || return 1
+        sleep 0.1
+    done
+    log "$what: not ready after 15 s"
+    return 1
+}
+
+render() { # render <template> <output>: fill @VARS@
+    sed -e "s|@TMP@|$TMP|g" -e "s|@PORT1@|$BACKEND1_PORT|g" -e "s|@PORT2@|$BACKEND2_PORT|g" \
+        -e "s|@LISTEN@|127.0.0.1:$HAPROXY_PORT|g" "$1" >"$2"
+}
+
+# ---------------------------------------------------------------- wrk
+# run_wrk <label> <url> [cookie]: prints "rps p50ms p99ms requests non2xx sockerr" and keeps the raw output.
+run_wrk() {
+    local label=$1 url=$2 cookie=${3:-} dur=${4:-$DURATION}
+    local raw="$TMP/wrk-$label.txt"
+    local -a args=(-t"$THREADS" -c"$CONNS" -d"$dur" --latency)
+    [[ -n $cookie ]] && args+=(-H "Cookie: $cookie")
+    taskset -c "$LOAD_CPU" wrk "${args[@]}" "$url" >"$raw" 2>&1 || die "wrk failed: $(cat "$raw")"
+    cat "$raw" >>"$OUT_DIR/latest-wrk.txt"
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+            if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+            if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+            if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+            return v + 0
+        }
+        /^ +50%/ { p50 = ms($2) }
+        /^ +99%/ { p99 = ms($2) }
+        / requests in / { reqs = $1 }
+        /^Requests\/sec:/ { rps = $2 }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { gsub(/,/, ""); sockerr = $4 + $6 + $8 + $10 }
+        END {
+            if (rps == "" || reqs == "") exit 1
+            printf "%s %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, non2xx + 0, sockerr + 0
+        }' "$raw" || die "cannot parse wrk output: $(cat "$raw")"
+}
+
+# ---------------------------------------------------------------- main
+main() {
+    ensure_tools
+    mkdir -p "$OUT_DIR"
+    : >"$OUT_DIR/latest-wrk.txt"
+
+    local p
+    for p in "$BACKEND1_PORT" "$BACKEND2_PORT" "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$HAPROXY_PORT"; do
+        port_in_use "$p" && die "port 127.0.0.1:$p is in use; set the *_PORT variables to free ports"
+    done
+    local ncpu
+    ncpu=$(nproc)
+    ((ncpu >= 2)) || log "warning: $ncpu CPU(s); proxy and load share a core"
+
+    # Build routeid.
+    local target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
+    ROUTEID_BIN="$target_dir/release/routeid"
+    if [[ -z ${NO_BUILD:-} ]]; then
+        log "cargo build --release"
+        (cd "$ROOT" && cargo build --release --bin routeid) || die "cargo build --release failed"
+    fi
+    [[ -x $ROUTEID_BIN ]] || die "no binary at $ROUTEID_BIN"
+
+    TMP=$(mktemp -d /tmp/routeid-bench.XXXXXX)
+    chmod 755 "$TMP" # nginx workers drop to nobody
+
+    # Backends: nginx, two server blocks, on the load CPU.
+    render "$BENCH_DIR/nginx.conf.tmpl" "$TMP/nginx.conf"
+    local nginx_bin
+    nginx_bin=$(command -v nginx)
+    taskset -c "$LOAD_CPU" "$nginx_bin" -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" \
+        >"$TMP/nginx.out" 2>&1 &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    wait_until nginx "$NGINX_PID" curl -fs -o /dev/null "http://127.0.0.1:$BACKEND1_PORT/" ||
+        die "nginx did not start: $(cat "$TMP/nginx.out" "$TMP/nginx-error.log" 2>/dev/null)"
+    wait_until nginx "$NGINX_PID" curl -fs -o /dev/null "http://127.0.0.1:$BACKEND2_PORT/" ||
+        die "nginx (2nd server) did not start"
+
+    # routeid on the proxy CPU, one tokio worker.
+    render "$BENCH_DIR/pools.yaml.tmpl" "$TMP/pools.yaml"
+    TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$ROUTEID_BIN" standalone -f "$TMP/pools.yaml" \
+        --listen "127.0.0.1:$ROUTEID_PORT" --admin-listen "127.0.0.1:$ROUTEID_ADMIN_PORT" --no-access-log \
+        >"$TMP/routeid.log" 2>&1 &
+    ROUTEID_PID=$!
+    PIDS+=("$ROUTEID_PID")
+    wait_until routeid "$ROUTEID_PID" curl -fs -o /dev/null "http://127.0.0.1:$ROUTEID_ADMIN_PORT/readyz" ||
+        die "routeid not ready: $(cat "$TMP/routeid.log")"
+
+    # HAProxy on the proxy CPU, nbthread 1, foreground.
+    render "$BENCH_DIR/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
+    haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy config check failed"
+    taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+    HAPROXY_PID=$!
+    PIDS+=("$HAPROXY_PID")
+    wait_until haproxy "$HAPROXY_PID" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_PORT/" ||
+        die "haproxy not ready: $(cat "$TMP/haproxy.log")"
+
+    check_correctness
+
+    local -A URL=(
+        [direct]="http://127.0.0.1:$BACKEND1_PORT/"
+        [routeid]="http://127.0.0.1:$ROUTEID_PORT/"
+        [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
+    )
+    local -A STICKY_COOKIE=([direct]="ROUTEID=s1" [routeid]="ROUTEID=.s1" [haproxy]="ROUTEID=s1")
+    local -A PID_OF=([direct]="" [routeid]=$ROUTEID_PID [haproxy]=$HAPROXY_PID)
+    local -a TARGETS=(direct routeid haproxy) SCENARIOS=(plain sticky)
+    local clk
+    clk=$(getconf CLK_TCK)
+
+    local t s
+    if [[ $WARMUP != 0 ]]; then
+        log "warm-up ($WARMUP per target)"
+        for t in "${TARGETS[@]}"; do
+            run_wrk "warmup-$t" "${URL[$t]}" "" "$WARMUP" >/dev/null
+        done
+    fi
+
+    local runs="$OUT_DIR/latest-runs.tsv"
+    printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\n' >"$runs"
+    local r cookie pid c0 c1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ncpu_req
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for s in "${SCENARIOS[@]}"; do
+            for t in "${TARGETS[@]}"; do
+                cookie=""
+                [[ $s = sticky ]] && cookie=${STICKY_COOKIE[$t]}
+                pid=${PID_OF[$t]}
+                if [[ -n $pid ]]; then
+                    alive "$pid" || die "$t (pid $pid) died: $(tail -n 20 "$TMP/$t.log")"
+                    c0=$(cpu_ticks "$pid")
+                fi
+                n0=$(nginx_ticks)
+                line=$(run_wrk "$r-$s-$t" "${URL[$t]}" "$cookie")
+                n1=$(nginx_ticks)
+                read -r rps p50 p99 reqs non2xx sockerr <<<"$line"
+                cpu="-"
+                if [[ -n $pid ]]; then
+                    c1=$(cpu_ticks "$pid") || die "$t (pid $pid) died during the run"
+                    cpu=$(awk -v d=$((c1 - c0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
+                fi
+                ncpu_req=$(awk -v d=$((n1 - n0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
+                printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$t" "$rps" "$p50" "$p99" "$cpu" \
+                    "$ncpu_req" "$reqs" "$non2xx" "$sockerr" >>"$runs"
+                log "round $r/$ROUNDS $s $t: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, cpu/req ${cpu}us, nginx ${ncpu_req}us/req"
+                if ((non2xx + sockerr)); then
+                    log "WARNING $t ($s, round $r): $non2xx non-2xx/3xx responses, $sockerr socket errors (see bench/out/latest-wrk.txt)"
+                fi
+            done
+        done
+    done
+
+    {
+        report "$runs"
+        local n
+        n=$(grep -cE '\b(WARN|ERROR)\b' "$TMP/routeid.log" || true)
+        ((n == 0)) || printf 'WARNING routeid logged %d WARN/ERROR lines (bench/out/latest-routeid.log)\n' "$n"
+        n=$(grep -cE '\[(WARNING|ALERT)\]' "$TMP/haproxy.log" || true)
+        ((n == 0)) || printf 'WARNING haproxy logged %d WARNING/ALERT lines (bench/out/latest-haproxy.log)\n' "$n"
+    } | tee "$OUT_DIR/latest.txt"
+    alive "$ROUTEID_PID" || log "warning: routeid exited"
+    alive "$HAPROXY_PID" || log "warning: haproxy exited"
+    cp "$TMP/routeid.log" "$OUT_DIR/latest-routeid.log"
+    cp "$TMP/haproxy.log" "$OUT_DIR/latest-haproxy.log"
+}
+
+# ---------------------------------------------------------------- correctness
+header_of() { # header_of <name> <headers file>: values of a header, one a line
+    tr -d '\r' <"$2" | awk -v n="$(tr '[:upper:]' '[:lower:]' <<<"$1")" -F': ' 'tolower($1) == n { print $2 }'
+}
+
+check_one() { # check_one <proxy> <url> <set-cookie regex> <cookie to send> <route expected for it>
+    local name=$1 url=$2 re=$3 cookie=$4 route=$5 h="$TMP/h.txt" sc i b
+    curl -fsS -D "$h" -o /dev/null "$url" || die "$name: request failed"
+    sc=$(header_of set-cookie "$h")
+    [[ $sc =~ $re ]] || die "$name: no cookie-less Set-Cookie matching /$re/; got: '${sc:-none}'"
+    # nocache: routeid adds `Cache-Control: private` whenever it inserts the cookie; HAProxy only
+    # when it deems the response cacheable, which nginx's bare `return 200` is not.
+    if [[ $name == routeid && $(header_of cache-control "$h") != *private* ]]; then
+        die "$name: no 'Cache-Control: private' with the inserted cookie (nocache: true)"
+    fi
+    log "$name: Set-Cookie: $sc"
+    # Balancing without a cookie reaches both members. (Checked before the sticky requests:
+    # routeid's ByRequests also counts sticky requests, and would make up for them first.)
+    local seen=""
+    for ((i = 0; i < 4; i++)); do
+        curl -fsS -D "$h" -o /dev/null "$url" || die "$name: request failed"
+        seen+=" $(header_of x-backend "$h")"
+    done
+    [[ $seen == *s1* && $seen == *s2* ]] || die "$name: cookie-less requests did not reach both members:$seen"
+    for ((i = 0; i < 4; i++)); do
+        curl -fsS -D "$h" -o /dev/null -H "Cookie: $cookie" "$url" || die "$name: sticky request failed"
+        b=$(header_of x-backend "$h")
+        [[ $b == "$route" ]] || die "$name: Cookie '$cookie' went to '$b', expected '$route'"
+        [[ -z $(header_of set-cookie "$h") ]] ||
+            die "$name: Set-Cookie on a request that already had the right cookie: $(header_of set-cookie "$h")"
+    done
+}
+
+check_correctness() {
+    check_one routeid "http://127.0.0.1:$ROUTEID_PORT/" '^ROUTEID=\.s[12](;|$)' "ROUTEID=.s2" s2
+    check_one haproxy "http://127.0.0.1:$HAPROXY_PORT/" '^ROUTEID=s[12](;|$)' "ROUTEID=s2" s2
+    log "correctness checks passed"
+}
+
+# ---------------------------------------------------------------- report
+report() {
+    local runs=$1 rev
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    echo "routeid bench $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $rev$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
+    echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS round(s), medians; proxy on CPU $PROXY_CPU (1 thread), wrk+nginx on CPU $LOAD_CPU; $(nproc) CPUs"
+    echo "$(haproxy -v 2>/dev/null | head -n 1 | cut -d' ' -f1-3); $(nginx -v 2>&1 | head -n 1)"
+    echo
+    awk -F'\t' '
+        function median(key,   n, i, j, tmp, a) {
+            n = split(vals[key], a, " ")
+            if (n == 0 || a[1] == "-") return "-"
+            for (i = 2; i <= n; i++) { tmp = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > tmp + 0; j--) a[j + 1] = a[j]; a[j + 1] = tmp }
+            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        function add(k, v) { vals[k] = (k in vals) ? vals[k] " " v : v }
+        function ratio(a, b) { return (a == "-" || b == "-" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
+        NR == 1 { next }
+        {
+            k = $2 SUBSEP $3
+            add(k SUBSEP "rps", $4); add(k SUBSEP "p50", $5); add(k SUBSEP "p99", $6)
+            add(k SUBSEP "cpu", $7); add(k SUBSEP "ncpu", $8)
+            non2xx[$3] += $10; sockerr[$3] += $11
+        }
+        END {
+            split("plain sticky", S, " "); split("direct routeid haproxy", T, " ")
+            printf "%-9s %-8s %10s %7s %7s %11s %13s\n", "scenario", "target", "req/s", "p50ms", "p99ms", "cpu_us/req", "nginx_us/req"
+            for (i = 1; i <= 2; i++) for (j = 1; j <= 3; j++) {
+                k = S[i] SUBSEP T[j]
+                m[k, "rps"] = median(k SUBSEP "rps"); m[k, "p50"] = median(k SUBSEP "p50")
+                m[k, "p99"] = median(k SUBSEP "p99"); m[k, "cpu"] = median(k SUBSEP "cpu")
+                m[k, "ncpu"] = median(k SUBSEP "ncpu")
+                cpu = m[k, "cpu"] == "-" ? "-" : sprintf("%.2f", m[k, "cpu"])
+                printf "%-9s %-8s %10.0f %7.3f %7.3f %11s %13.2f\n", S[i], T[j], m[k, "rps"], m[k, "p50"], m[k, "p99"], cpu, m[k, "ncpu"]
+            }
+            printf "\n(cpu_us/req: proxy process utime+stime per request; \"-\" for direct: no proxy.\n"
+            printf " nginx_us/req: both backends together, for reference.)\n\n"
+            line = "ratios routeid/haproxy:"
+            for (i = 1; i <= 2; i++) {
+                r = S[i] SUBSEP "routeid"; h = S[i] SUBSEP "haproxy"
+                line = line sprintf(" %s req/s %s, p99 %s, cpu/req %s%s", S[i], ratio(m[r, "rps"], m[h, "rps"]),
+                    ratio(m[r, "p99"], m[h, "p99"]), ratio(m[r, "cpu"], m[h, "cpu"]), i == 1 ? ";" : "")
+            }
+            print line
+            printf "sticky/plain cpu/req: routeid %s, haproxy %s\n",
+                ratio(m["sticky", "routeid", "cpu"], m["plain", "routeid", "cpu"]),
+                ratio(m["sticky", "haproxy", "cpu"], m["plain", "haproxy", "cpu"])
+            for (j = 1; j <= 3; j++)
+                if (non2xx[T[j]] + sockerr[T[j]] > 0)
+                    printf "WARNING %s: %d non-2xx/3xx responses, %d socket errors over all runs\n", T[j], non2xx[T[j]], sockerr[T[j]]
+        }' "$runs"
+}
+
+main "$@"
