@@ -16,7 +16,7 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 
 use super::body::{BodySlot, UpstreamBody};
-use super::headers::{add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
+use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
 use super::{PoolExt, Proxy};
 use crate::api::CookieMode;
 use crate::core::config::StickyConfig;
@@ -142,7 +142,7 @@ fn prepare_request_cookies(h: &mut HeaderMap, from_h2: bool, sticky: Option<&Sti
 
 impl Proxy {
     /// Serves one client request.
-    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: ClientIp) -> Response<ProxyBody> {
         let started = Instant::now();
         let snap = self.snapshot();
         let host: Option<HeaderValue> = req
@@ -197,7 +197,7 @@ impl Proxy {
         let client_version = parts.version;
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade.is_some());
-        set_forwarded(&mut headers, peer.ip(), host.as_ref());
+        set_forwarded(&mut headers, &client, host.as_ref());
         if !headers.contains_key(header::HOST)
             && let Some(h) = &host
         {

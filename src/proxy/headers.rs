@@ -66,16 +66,31 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The client's address, rendered once per connection for `X-Forwarded-For`.
+#[derive(Clone, Debug)]
+pub struct ClientIp {
+    /// The address.
+    pub ip: IpAddr,
+    /// The address as a header value.
+    pub value: HeaderValue,
+}
+
+impl ClientIp {
+    /// Renders `ip` once.
+    pub fn new(ip: IpAddr) -> Self {
+        let value = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        ClientIp { ip, value }
+    }
+}
+
 /// Sets `X-Forwarded-For` (appending the client to an existing list), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&HeaderValue>) {
+    let appended = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => HeaderValue::try_from(format!("{prev}, {}", client.ip)).ok(),
+        _ => None,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), appended.unwrap_or_else(|| client.value.clone()));
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -126,7 +141,7 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&HeaderValue::from_static("shop")));
+        set_forwarded(&mut h, &ClientIp::new("127.0.0.1".parse().unwrap()), Some(&HeaderValue::from_static("shop")));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop");

@@ -150,12 +150,14 @@ async fn serve_connection(
     let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity), clock });
     let idle = proxy.settings.client_idle_timeout;
     let act = Arc::clone(&activity);
+    let client = super::headers::ClientIp::new(peer.ip());
     let svc = service_fn(move |req| {
         act.in_flight.fetch_add(1, Relaxed);
         let guard = InFlight(Arc::clone(&act));
         let proxy = Arc::clone(&proxy);
+        let client = client.clone();
         async move {
-            let resp = proxy.handle(req, peer).await;
+            let resp = proxy.handle(req, client).await;
             drop(guard);
             Ok::<_, Infallible>(resp)
         }
