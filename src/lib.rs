@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod core;
 pub mod demo;
 pub mod proxy;

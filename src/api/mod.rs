@@ -5,7 +5,7 @@
 //! for durations and addresses) so that a mistake can be reported with its field path by
 //! [`crate::core::config`], which turns a spec into the validated model the proxy runs on.
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
     status = "BalancerPoolStatus",
     shortname = "bp",
     category = "routeid",
-    printcolumn = r#"{"name":"LB","type":"string","jsonPath":".spec.lbMethod"}"#,
     printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyMembers"}"#,
+    printcolumn = r#"{"name":"LB","type":"string","jsonPath":".spec.lbMethod"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -68,8 +68,9 @@ pub struct Frontend {
 }
 
 /// Where a pool's members come from: a Service's endpoints (controller) or a static list
-/// (standalone).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// (standalone). Exactly one of the two, which the CRD enforces with a CEL rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(BACKEND_EXACTLY_ONE).message("exactly one of backend.service and backend.members must be set"))]
 #[serde(rename_all = "camelCase")]
 pub struct Backend {
     /// The Service whose ready endpoints are the members (controller mode).
@@ -82,6 +83,15 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<StaticMember>,
 }
+
+/// CEL: a pool's members come from a Service or from a static list, never both, never neither.
+const BACKEND_EXACTLY_ONE: &str = "has(self.service) != (has(self.members) && size(self.members) > 0)";
+
+/// CEL: a Go-style duration (`2s`, `1m30s`, `500ms`), the subset of what the validator accepts
+/// that `kubectl explain` users expect; the controller still parses and range-checks it.
+const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
+/// The message for [`DURATION_RULE`].
+const DURATION_MESSAGE: &str = "must be a duration like 2s, 500ms or 1m30s";
 
 /// A Service reference by name and port (port name or number).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -165,10 +175,11 @@ pub struct DebugHeaders {
 }
 
 /// The proxy's own route cookie.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteCookie {
     /// Cookie name (`ROUTEID`); in Prefix and Rewrite modes it must be the session cookie name.
+    #[x_kube(validation = Rule::new("self.matches('^[!#$%&\\'*+.^_`|~0-9A-Za-z-]+$')").message("must be a cookie name (an RFC 6265 token)"))]
     pub name: String,
     /// How the route is carried (HAProxy `insert` / `prefix` / `rewrite`). Default Insert.
     #[serde(default)]
@@ -196,6 +207,7 @@ pub struct RouteCookie {
     pub same_site: Option<SameSite>,
     /// Cookie `Max-Age` as a duration (`30m`); absent means a session cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub max_age: Option<String>,
 }
 
@@ -264,11 +276,12 @@ pub struct Health {
 }
 
 /// Passive failure detection (Apache `retry`, HAProxy `redispatch`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PassiveHealth {
     /// How long a member that refused a connection stays in error (`60s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub retry_after: Option<String>,
     /// Attempts per request, the first included (default 3, at most 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,17 +290,20 @@ pub struct PassiveHealth {
 }
 
 /// Timeouts towards members, as durations (`2s`, `1m30s`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
     /// TCP connect (default 2s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub connect: Option<String>,
     /// Until the member's response headers arrive (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub response: Option<String>,
     /// How long an unused pooled connection to a member is kept (default 90s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub idle: Option<String>,
 }
 

@@ -327,6 +327,27 @@ pub fn validate_static(id: PoolId, spec: &BalancerPoolSpec) -> Result<PoolConfig
     if p.0.is_empty() { Ok(cfg) } else { Err(p.0) }
 }
 
+/// Validates a spec whose members were derived from a Service's endpoints (controller mode).
+///
+/// `members` come from the controller's derivation; the spec's `members:` overrides (weight,
+/// state) are applied to them by route here, exactly as for static members, so both sources
+/// share one validation. Static `backend.members` are refused: a pool has one source.
+pub fn validate_service_backed(
+    id: PoolId,
+    spec: &BalancerPoolSpec,
+    members: Vec<MemberConfig>,
+) -> Result<PoolConfig, Vec<FieldError>> {
+    let mut p = Problems(Vec::new());
+    if spec.backend.service.is_none() {
+        p.add("spec.backend.service", "is required: the controller derives members from a Service");
+    }
+    if !spec.backend.members.is_empty() {
+        p.add("spec.backend.members", "must be empty when backend.service is set (exactly one source of members)");
+    }
+    let cfg = validate_with_members(&mut p, id, spec, members);
+    if p.0.is_empty() { Ok(cfg) } else { Err(p.0) }
+}
+
 fn static_members(p: &mut Problems, spec: &BalancerPoolSpec) -> Vec<MemberConfig> {
     let mut out: Vec<MemberConfig> = Vec::with_capacity(spec.backend.members.len());
     for (i, m) in spec.backend.members.iter().enumerate() {

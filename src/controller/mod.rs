@@ -1,0 +1,3 @@
+//! The Kubernetes control plane: BalancerPools and EndpointSlices in, routing tables out.
+
+pub mod derive;
