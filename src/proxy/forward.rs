@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{BodySlot, UpstreamBody};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
+use super::upstream::MemberBody;
 use super::{PoolExt, Proxy};
 use crate::api::CookieMode;
 use crate::core::config::StickyConfig;
@@ -25,7 +26,7 @@ use crate::core::sticky::{RouteSource, extract_route, rewrite_request_cookie, re
 use crate::core::{Balanced, Choice, Pool, Tried, Unavailable};
 
 /// The response body: the member's streamed body, or a short body routeid wrote itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<MemberBody, Full<Bytes>>;
 
 /// A plain-text response from routeid itself (404, 502, 503, 504).
 pub fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
@@ -225,6 +226,7 @@ impl Proxy {
             |slot: &Option<BodySlot>| slot.as_ref().is_none_or(|s| s.lock().map(|b| b.is_some()).unwrap_or(false));
 
         let mut tried = Tried::default();
+        let mut returned: Option<Request<UpstreamBody>> = None;
         let mut choice = first;
         let max_attempts = pool.config.max_attempts as usize;
         let (resp, idx) = loop {
@@ -266,55 +268,66 @@ impl Proxy {
             vars.worker_name = Some(&ext.worker_names[idx]);
             vars.route_changed = sticky.is_some() && vars.balanced.is_some();
 
-            let body = match &slot {
-                None => UpstreamBody::Empty,
-                Some(s) => match s.lock().ok().and_then(|mut b| b.take()) {
-                    Some(b) => UpstreamBody::streamed(b, Arc::clone(s)),
-                    None => {
-                        break (
-                            plain(
-                                StatusCode::BAD_GATEWAY,
-                                "routeid: the request body was already sent to a member that failed\n",
-                            ),
-                            idx,
-                        );
-                    }
-                },
-            };
             let last_try = tried.len() >= max_attempts;
-            let mut up = Request::new(body);
-            *up.method_mut() = method.clone();
-            *up.version_mut() = Version::HTTP_11;
-            *up.uri_mut() = Uri::from_parts({
-                let mut p = http::uri::Parts::default();
-                p.scheme = Some(Scheme::HTTP);
-                p.authority = Some(ext.authorities[idx].clone());
-                p.path_and_query = Some(pq.clone());
-                p
-            })
-            .unwrap_or_default();
-            *up.headers_mut() = if last_try { std::mem::take(&mut headers) } else { headers.clone() };
+            // Origin-form, as an origin server expects; the client's Host is kept.
+            let uri = Uri::from(pq.clone());
+            let mut up = match returned.take() {
+                // The previous member never saw a byte of it: send it as it is.
+                Some(mut r) => {
+                    *r.uri_mut() = uri;
+                    r
+                }
+                None => {
+                    let body = match &slot {
+                        None => UpstreamBody::Empty,
+                        Some(s) => match s.lock().ok().and_then(|mut b| b.take()) {
+                            Some(b) => UpstreamBody::streamed(b, Arc::clone(s)),
+                            None => {
+                                let msg = "routeid: the request body was already sent to a member that failed\n";
+                                break (plain(StatusCode::BAD_GATEWAY, msg), idx);
+                            }
+                        },
+                    };
+                    // A copy of the head is only needed to repeat an idempotent request that a
+                    // member received but did not answer; a request that never left comes back.
+                    let keep_copy = !last_try && slot.is_none() && is_idempotent(&method) && upgrade.is_none();
+                    let mut r = Request::new(body);
+                    *r.method_mut() = method.clone();
+                    *r.version_mut() = Version::HTTP_11;
+                    *r.uri_mut() = uri;
+                    *r.headers_mut() = if keep_copy { headers.clone() } else { std::mem::take(&mut headers) };
+                    if !r.headers().contains_key(header::HOST) {
+                        // An HTTP/1.0 client without Host: name the member.
+                        if let Ok(h) = HeaderValue::from_str(ext.authorities[idx].as_str()) {
+                            r.headers_mut().insert(header::HOST, h);
+                        }
+                    }
+                    r
+                }
+            };
             if sticky.is_some_and(|s| s.headers_to_member) {
                 put_debug_headers(up.headers_mut(), &vars, ext);
             }
 
             let busy = Busy::enter(&member.runtime);
-            let result = tokio::time::timeout(pool.config.timeouts.response, ext.client.request(up)).await;
+            let result = tokio::time::timeout(pool.config.timeouts.response, ext.conns[idx].send(up)).await;
             drop(busy);
             match result {
                 Ok(Ok(resp)) => break (resp.map(Either::Left), idx),
-                Ok(Err(e)) => {
-                    let connect = e.is_connect();
-                    member.runtime.errors.fetch_add(u64::from(!connect), Relaxed);
+                Ok(Err(failed)) => {
+                    let connect = failed.error.is_connect();
                     if connect {
                         pool.member_failed(idx, self.clock.now_ms());
+                    } else {
+                        member.runtime.errors.fetch_add(1, Relaxed);
                     }
-                    tracing::warn!(pool = %pool.config.id, member = member.route(), address = %member.config.address, error = %error_chain(&e), connect, "attempt failed");
-                    let retry =
-                        !last_try && (connect || is_idempotent(&method)) && body_replayable(&slot) && upgrade.is_none();
-                    if !retry {
+                    tracing::warn!(pool = %pool.config.id, member = member.route(), error = %error_chain(&failed.error), connect, "attempt failed");
+                    let repeatable = failed.request.is_some()
+                        || (is_idempotent(&method) && !headers.is_empty() && body_replayable(&slot));
+                    if last_try || upgrade.is_some() || !repeatable {
                         break (plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n"), idx);
                     }
+                    returned = failed.request;
                     choice = pool.choose(vars.session_route.as_deref(), &tried, self.clock.now_ms());
                 }
                 Err(_elapsed) => {

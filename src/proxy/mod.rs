@@ -10,6 +10,7 @@ pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod server;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,16 +19,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::core::table::Conflict;
 use crate::core::{Clock, PoolConfig, RoutingTable};
-use body::UpstreamBody;
-
-/// The pooled HTTP/1.1 client towards members.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+use upstream::MemberConns;
 
 /// Listener-wide settings (per-pool settings live in the pool).
 #[derive(Clone, Debug)]
@@ -57,10 +52,11 @@ impl Default for ProxySettings {
     }
 }
 
-/// What the proxy needs beside the core pool: the member authorities parsed once, the client.
+/// What the proxy needs beside the core pool: member authorities parsed once, and each
+/// member's connection pool (index-aligned with the pool's members).
 #[derive(Debug)]
 pub(crate) struct PoolExt {
-    pub(crate) client: UpstreamClient,
+    pub(crate) conns: Vec<Arc<MemberConns>>,
     pub(crate) authorities: Vec<Authority>,
     /// `BALANCER_WORKER_NAME` per member (`http://10.0.0.1:8080`).
     pub(crate) worker_names: Vec<HeaderValue>,
@@ -80,9 +76,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
-    /// Clients by (connect timeout, idle timeout), reused across reloads so pooled member
-    /// connections survive a reload. Locked only while publishing.
-    clients: Mutex<HashMap<(Duration, Duration), UpstreamClient>>,
+    /// Member connection pools by (address, connect timeout, idle timeout), reused across
+    /// reloads so warm connections survive them. Locked only while publishing.
+    conns: Mutex<HashMap<(std::net::SocketAddr, Duration, Duration), Arc<MemberConns>>>,
     publish_lock: Mutex<()>,
     pub(crate) clock: Clock,
     pub(crate) settings: ProxySettings,
@@ -93,7 +89,7 @@ impl Proxy {
     pub fn new(settings: ProxySettings) -> Arc<Proxy> {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            clients: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
             publish_lock: Mutex::new(()),
             clock: Clock::default(),
             settings,
@@ -117,13 +113,24 @@ impl Proxy {
         let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.snapshot.load_full();
         let (table, conflicts) = RoutingTable::build(configs, Some(&previous.table));
+        let mut pools = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_use: HashMap<(std::net::SocketAddr, Duration, Duration), Arc<MemberConns>> = HashMap::new();
         let ext = table
             .pools()
             .iter()
             .map(|p| {
                 let t = p.config.timeouts;
                 PoolExt {
-                    client: self.client_for(t.connect, t.idle),
+                    conns: p
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let key = (m.config.address, t.connect, t.idle);
+                            let c = pools.get(&key).cloned().unwrap_or_else(|| MemberConns::new(key.0, key.1, key.2));
+                            in_use.insert(key, Arc::clone(&c));
+                            c
+                        })
+                        .collect(),
                     authorities: p
                         .members
                         .iter()
@@ -145,26 +152,10 @@ impl Proxy {
                 }
             })
             .collect();
+        // Pools of members that left are dropped here (in-flight requests keep theirs alive).
+        *pools = in_use;
+        drop(pools);
         self.snapshot.store(Arc::new(Snapshot { table, ext }));
         conflicts
-    }
-
-    fn client_for(&self, connect: Duration, idle: Duration) -> UpstreamClient {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
-            .entry((connect, idle))
-            .or_insert_with(|| {
-                let mut conn = HttpConnector::new();
-                conn.set_connect_timeout(Some(connect));
-                conn.set_nodelay(true);
-                conn.enforce_http(true);
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(idle)
-                    .pool_max_idle_per_host(256)
-                    .build(conn)
-            })
-            .clone()
     }
 }

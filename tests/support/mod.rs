@@ -96,6 +96,11 @@ impl Member {
         let _ = (&mut self.task).await;
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
     }
@@ -199,6 +204,7 @@ async fn member_answer(
                 .body(full(""))
                 .unwrap())
         }
+        "/close" => Ok(Response::builder().header("connection", "close").body(full(format!("route={route}"))).unwrap()),
         "/set-cookie" => {
             let c = query_param(&req, "c").unwrap_or("").replace("%20", " ").replace("%3B", ";");
             Ok(Response::builder().header("set-cookie", c).body(full(format!("route={route}"))).unwrap())
