@@ -127,14 +127,29 @@ pub struct StaticMember {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub load_factor: Option<u32>,
+    /// Apache `lbset`: lower sets are used first; a higher set only when every member of the
+    /// lower sets is unusable. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 99))]
+    pub lb_set: Option<u32>,
 }
 
-/// The lb method (Apache `lbmethod`).
+/// The lb method (Apache `lbmethod`, plus `LeastLatency`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum LbMethodName {
     /// Apache's weighted request counting.
     #[default]
     ByRequests,
+    /// Apache's weighted traffic counting: fewest bytes to and from the member per loadFactor.
+    ByTraffic,
+    /// Apache's busyness: fewest requests in flight, ties by request counting.
+    ByBusyness,
+    /// Spare capacity reported by members (`X-Heartbeat: ready=N` on health checks), like
+    /// Apache mod_heartmonitor; members that stop reporting fall back to loadFactor.
+    Heartbeat,
+    /// Power of two choices over latency × requests in flight (as linkerd2-proxy and Envoy):
+    /// keeps tail latency low when one member slows down.
+    LeastLatency,
 }
 
 /// Stickiness, with the semantics of Apache `stickysession` and HAProxy `cookie`.
@@ -248,6 +263,10 @@ pub struct MemberOverride {
     /// Administrative state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<MemberStatus>,
+    /// Apache `lbset` (0–99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 99))]
+    pub lb_set: Option<u32>,
 }
 
 /// Administrative member states, as in Apache's balancer-manager.
@@ -267,12 +286,66 @@ pub enum MemberStatus {
 }
 
 /// Failure handling.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
+    /// Periodic checks of every member (Apache mod_proxy_hcheck, HAProxy `check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveHealth>,
     /// What a failed request does to a member.
     #[serde(default)]
     pub passive: PassiveHealth,
+    /// A member that joins or recovers ramps its weight up over this duration (HAProxy
+    /// `slowstart`), instead of receiving its full share at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub slow_start: Option<String>,
+}
+
+/// Active health checks.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveHealth {
+    /// `GET` (default), `HEAD` or `OPTIONS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<CheckMethod>,
+    /// Path checked (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between two checks of a member (default 5s); checks are spread over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub interval: Option<String>,
+    /// Time a check may take (default 2s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub timeout: Option<String>,
+    /// Consecutive passing checks that bring a failed member back (HAProxy `rise`, default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub passes: Option<u32>,
+    /// Consecutive failing checks that take a member out (HAProxy `fall`, default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub fails: Option<u32>,
+    /// Passing statuses, as ranges: `"200-399"` (default), `"200,204,300-302"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<String>,
+    /// A substring the response body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_body: Option<String>,
+}
+
+/// Health-check request methods.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CheckMethod {
+    /// `GET`.
+    #[default]
+    GET,
+    /// `HEAD`.
+    HEAD,
+    /// `OPTIONS`.
+    OPTIONS,
 }
 
 /// Passive failure detection (Apache `retry`, HAProxy `redispatch`).
@@ -287,6 +360,17 @@ pub struct PassiveHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 16))]
     pub max_attempts: Option<u32>,
+    /// Response statuses that put the member in error (Apache `failonstatus`); the response
+    /// itself still goes to the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fail_on_status: Vec<u16>,
+    /// A response timeout puts the member in error (Apache `failontimeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_on_timeout: Option<bool>,
+    /// When every member is in error, try them again instead of answering 503 (Apache
+    /// `forcerecovery`, default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_recovery: Option<bool>,
 }
 
 /// Timeouts towards members, as durations (`2s`, `1m30s`).

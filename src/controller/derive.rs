@@ -219,6 +219,7 @@ pub fn merge<'a>(slices: impl IntoIterator<Item = &'a SliceMembers>) -> Derived 
                 address: c.address,
                 load_factor: 1,
                 status: if draining && any_ready { MemberStatus::Drain } else { MemberStatus::Ok },
+                lb_set: 0,
             }
         })
         .collect();

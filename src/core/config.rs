@@ -96,6 +96,51 @@ pub struct MemberConfig {
     pub load_factor: u32,
     /// Administrative state.
     pub status: MemberStatus,
+    /// Apache `lbset`: lower sets first.
+    pub lb_set: u32,
+}
+
+/// Validated active health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveCheck {
+    /// Request method.
+    pub method: crate::api::CheckMethod,
+    /// Path (and query) checked.
+    pub path: String,
+    /// Time between checks of one member.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a member back.
+    pub passes: u32,
+    /// Consecutive failures that take a member out.
+    pub fails: u32,
+    /// Inclusive status ranges that pass.
+    pub expect_status: Vec<(u16, u16)>,
+    /// A substring the body must contain.
+    pub expect_body: Option<String>,
+}
+
+impl ActiveCheck {
+    /// Whether `status` is one of the expected ones.
+    pub fn status_passes(&self, status: u16) -> bool {
+        self.expect_status.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// Validated failure handling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Active checks, if configured.
+    pub active: Option<ActiveCheck>,
+    /// Statuses that put a member in error.
+    pub fail_on_status: Vec<u16>,
+    /// A response timeout puts the member in error.
+    pub fail_on_timeout: bool,
+    /// Retry members in error when all are.
+    pub force_recovery: bool,
+    /// Weight ramp-up window for members that join or recover.
+    pub slow_start: Option<Duration>,
 }
 
 /// Validated timeouts towards members.
@@ -132,6 +177,8 @@ pub struct PoolConfig {
     pub max_attempts: u32,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Health checks and failure handling.
+    pub health: HealthConfig,
 }
 
 /// Upper bound on attempts per request (bounded retry work per request).
@@ -377,7 +424,11 @@ fn static_members(p: &mut Problems, spec: &BalancerPoolSpec) -> Vec<MemberConfig
         if !(1..=100).contains(&load_factor) {
             p.add(format!("{path}.loadFactor"), format!("{load_factor} is outside 1–100"));
         }
-        out.push(MemberConfig { route: m.route.clone(), address, load_factor, status: MemberStatus::Ok });
+        let lb_set = m.lb_set.unwrap_or(0);
+        if lb_set > 99 {
+            p.add(format!("{path}.lbSet"), format!("{lb_set} is outside 0–99"));
+        }
+        out.push(MemberConfig { route: m.route.clone(), address, load_factor, status: MemberStatus::Ok, lb_set });
     }
     out
 }
@@ -418,6 +469,14 @@ fn validate_with_members(
             if let Some(s) = o.status {
                 m.status = s;
             }
+            if let Some(set) = o.lb_set {
+                m.lb_set = set.min(99);
+            }
+        }
+        if let Some(set) = o.lb_set
+            && set > 99
+        {
+            p.add(format!("{path}.lbSet"), format!("{set} is outside 0–99"));
         }
     }
     let sticky = spec.sticky.as_ref().map(|s| sticky_config(s, p));
@@ -446,6 +505,57 @@ fn validate_with_members(
         ),
         max_attempts: max_attempts.clamp(1, MAX_ATTEMPTS),
         timeouts,
+        health: health_config(p, &spec.health),
+    }
+}
+
+fn status_ranges(p: &mut Problems, path: &str, raw: &str) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    for part in raw.split(',').map(str::trim) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+            (Ok(lo), Ok(hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => out.push((lo, hi)),
+            _ => p.add(path, format!("{part:?} is not a status or a range like 200-399")),
+        }
+    }
+    out
+}
+
+fn health_config(p: &mut Problems, h: &api::Health) -> HealthConfig {
+    let active = h.active.as_ref().map(|a| {
+        let path = a.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            p.add("spec.health.active.path", format!("{path:?} must start with \"/\" and hold no spaces"));
+        }
+        let bounded = |p: &mut Problems, field: &str, v: Option<u32>, default: u32| {
+            let v = v.unwrap_or(default);
+            if !(1..=100).contains(&v) {
+                p.add(format!("spec.health.active.{field}"), format!("{v} is outside 1–100"));
+            }
+            v.clamp(1, 100)
+        };
+        ActiveCheck {
+            method: a.method.unwrap_or_default(),
+            path,
+            interval: p.duration("spec.health.active.interval", a.interval.as_deref(), Duration::from_secs(5)),
+            timeout: p.duration("spec.health.active.timeout", a.timeout.as_deref(), Duration::from_secs(2)),
+            passes: bounded(p, "passes", a.passes, 2),
+            fails: bounded(p, "fails", a.fails, 3),
+            expect_status: status_ranges(p, "spec.health.active.expectStatus", a.expect_status.as_deref().unwrap_or("200-399")),
+            expect_body: a.expect_body.clone().filter(|b| !b.is_empty()),
+        }
+    });
+    for (i, s) in h.passive.fail_on_status.iter().enumerate() {
+        if !(100..=599).contains(s) {
+            p.add(format!("spec.health.passive.failOnStatus[{i}]"), format!("{s} is not an HTTP status"));
+        }
+    }
+    HealthConfig {
+        active,
+        fail_on_status: h.passive.fail_on_status.clone(),
+        fail_on_timeout: h.passive.fail_on_timeout.unwrap_or(false),
+        force_recovery: h.passive.force_recovery.unwrap_or(true),
+        slow_start: h.slow_start.as_deref().map(|s| p.duration("spec.health.slowStart", Some(s), Duration::ZERO)),
     }
 }
 
@@ -459,7 +569,7 @@ mod tests {
             backend: Backend {
                 members: members
                     .iter()
-                    .map(|(a, r)| StaticMember { address: (*a).into(), route: (*r).into(), load_factor: None })
+                    .map(|(a, r)| StaticMember { address: (*a).into(), route: (*r).into(), load_factor: None, lb_set: None })
                     .collect(),
                 ..Default::default()
             },
@@ -534,7 +644,7 @@ mod tests {
     fn overrides_apply_to_members() {
         let mut s = spec(&[("127.0.0.1:1", "a"), ("127.0.0.1:2", "b")]);
         s.members =
-            vec![api::MemberOverride { route: "b".into(), load_factor: Some(7), status: Some(MemberStatus::Drain) }];
+            vec![api::MemberOverride { route: "b".into(), load_factor: Some(7), status: Some(MemberStatus::Drain), lb_set: None }];
         let c = validate_static(id(), &s).unwrap();
         assert_eq!((c.members[1].load_factor, c.members[1].status), (7, MemberStatus::Drain));
     }

@@ -2,76 +2,288 @@
 //!
 //! As in the first lb hook proposed for Apache's mod_proxy (2003), an lb method has two duties:
 //! choose a member among those the pool says are eligible, and hear that a member was used for a
-//! sticky request so its bookkeeping stays honest. Health, states and retries are the pool's job
-//! ([`super::pool`]); an lb method only ranks eligible members.
+//! sticky request so its bookkeeping stays honest. Health, states, lbSets and retries are the
+//! pool's job ([`super::pool`]); an lb method only ranks the eligible members it is shown.
+//!
+//! Weights are in hundredths of a `loadFactor` ([`LbContext::factor`]) so that slow start can
+//! ramp a member's weight smoothly; scaling every weight alike changes no sequence.
 
 use std::fmt::Debug;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::member::Member;
+
+/// What a choice may depend on besides the members: the time, and the pool's settings that
+/// shape weights.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LbContext {
+    /// Now, on the [`super::member::Clock`] timeline.
+    pub now_ms: u64,
+    /// Slow-start window (0: none).
+    pub slow_start_ms: u64,
+    /// A heartbeat older than this is stale and the member falls back to its loadFactor.
+    pub heartbeat_ttl_ms: u64,
+}
+
+impl LbContext {
+    /// The member's weight in hundredths of a loadFactor, ramped up by slow start; at least 1.
+    pub fn factor(&self, m: &Member) -> i64 {
+        let full = i64::from(m.config.load_factor) * 100;
+        if self.slow_start_ms == 0 {
+            return full;
+        }
+        let elapsed = self.now_ms.saturating_sub(m.runtime.usable_since_ms(self.now_ms));
+        if elapsed >= self.slow_start_ms {
+            full
+        } else {
+            (full * elapsed as i64 / self.slow_start_ms as i64).max(1)
+        }
+    }
+
+    /// The heartbeat-reported spare capacity, when fresh.
+    fn heartbeat(&self, m: &Member) -> Option<i64> {
+        let ready = m.runtime.heartbeat_ready.load(Relaxed);
+        let at = m.runtime.heartbeat_at_ms.load(Relaxed);
+        (ready >= 0 && at > 0 && self.now_ms.saturating_sub(at) <= self.heartbeat_ttl_ms).then_some(ready)
+    }
+}
 
 /// A way of choosing a member for a request that carries no usable route.
 pub trait LbMethod: Send + Sync + Debug {
     /// Chooses one of the members for which `eligible(index)` holds, doing its bookkeeping.
     /// `None` when none is eligible.
-    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool) -> Option<usize>;
+    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize>;
 
     /// A sticky request went to `chosen`, outside the lb method's choice; `eligible` is the set
     /// that would have been balanced over.
-    fn account_sticky(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, chosen: usize);
+    fn account_sticky(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, chosen: usize, ctx: &LbContext);
 
     /// The name shown in logs and the balancer-manager.
     fn name(&self) -> &'static str;
 }
 
+/// Apache's weighted request counting, with the weight given by `weight`: every eligible
+/// member's `lbstatus` grows by its weight, the highest wins (ties to the first listed) and pays
+/// back the total. Shared by ByRequests, ByBusyness's tie-break and Heartbeat.
+fn count_requests(
+    members: &[Member],
+    eligible: &dyn Fn(usize) -> bool,
+    weight: &dyn Fn(&Member) -> i64,
+    better: &dyn Fn(&Member, i64, &Member, i64) -> bool,
+) -> Option<usize> {
+    let mut total: i64 = 0;
+    let mut best: Option<(usize, i64)> = None;
+    for (i, m) in members.iter().enumerate() {
+        if !eligible(i) {
+            continue;
+        }
+        let w = weight(m);
+        let status = m.runtime.lbstatus.fetch_add(w, Relaxed) + w;
+        total += w;
+        if best.is_none_or(|(b, bs)| better(m, status, &members[b], bs)) {
+            best = Some((i, status));
+        }
+    }
+    let (winner, _) = best?;
+    members[winner].runtime.lbstatus.fetch_sub(total, Relaxed);
+    Some(winner)
+}
+
+fn account_requests(members: &[Member], eligible: &dyn Fn(usize) -> bool, chosen: usize, weight: &dyn Fn(&Member) -> i64) {
+    let mut total: i64 = 0;
+    for (i, m) in members.iter().enumerate() {
+        if eligible(i) {
+            let w = weight(m);
+            m.runtime.lbstatus.fetch_add(w, Relaxed);
+            total += w;
+        }
+    }
+    members[chosen].runtime.lbstatus.fetch_sub(total, Relaxed);
+}
+
 /// Apache's `byrequests`: weighted request counting.
 ///
-/// On every request each eligible member's `lbstatus` grows by its `loadFactor`; the member with
-/// the highest `lbstatus` wins (ties go to the member listed first) and pays back the total of
-/// the factors. With factors 1, 2, 3 twelve requests go `n3 n2 n1 n3 n2 n3 n3 n2 n1 n3 n2 n3`,
-/// exactly as Apache 2.4.
-///
-/// Each member's `lbstatus` is an atomic updated without a lock: a request sequence is exactly
-/// Apache's when requests are serialised, and under concurrency two requests may read the same
-/// maximum before either pays — a transient skew that the zero-sum bookkeeping corrects on the
-/// next requests (the sum of all `lbstatus` stays zero), at no lock per request.
+/// With factors 1, 2, 3 twelve requests go `n3 n2 n1 n3 n2 n3 n3 n2 n1 n3 n2 n3`, exactly as
+/// Apache 2.4. Each `lbstatus` is an atomic updated without a lock: the sequence is exactly
+/// Apache's when requests are serialised; under concurrency two requests may read the same
+/// maximum before either pays — a transient skew that the zero-sum bookkeeping (the sum of all
+/// `lbstatus` stays zero) corrects on the next requests, at no lock per request.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ByRequests;
 
 impl LbMethod for ByRequests {
-    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let mut total: i64 = 0;
-        let mut best: Option<(usize, i64)> = None;
-        for (i, m) in members.iter().enumerate() {
-            if !eligible(i) {
-                continue;
-            }
-            let factor = i64::from(m.config.load_factor);
-            let status = m.runtime.lbstatus.fetch_add(factor, Relaxed) + factor;
-            total += factor;
-            if best.is_none_or(|(_, b)| status > b) {
-                best = Some((i, status));
-            }
-        }
-        let (winner, _) = best?;
-        members[winner].runtime.lbstatus.fetch_sub(total, Relaxed);
-        Some(winner)
+    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+        count_requests(members, eligible, &|m| ctx.factor(m), &|_, s, _, bs| s > bs)
     }
 
-    fn account_sticky(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, chosen: usize) {
-        let mut total: i64 = 0;
-        for (i, m) in members.iter().enumerate() {
-            if eligible(i) {
-                let factor = i64::from(m.config.load_factor);
-                m.runtime.lbstatus.fetch_add(factor, Relaxed);
-                total += factor;
-            }
-        }
-        members[chosen].runtime.lbstatus.fetch_sub(total, Relaxed);
+    fn account_sticky(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, chosen: usize, ctx: &LbContext) {
+        account_requests(members, eligible, chosen, &|m| ctx.factor(m));
     }
 
     fn name(&self) -> &'static str {
         "ByRequests"
+    }
+}
+
+/// Apache's `bytraffic`: the member with the fewest bytes transferred (to it and from it) per
+/// unit of weight wins; ties go to the member listed first.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ByTraffic;
+
+impl LbMethod for ByTraffic {
+    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+        let traffic = |m: &Member| {
+            let bytes = u128::from(m.runtime.bytes_to.load(Relaxed)) + u128::from(m.runtime.bytes_from.load(Relaxed));
+            bytes * 100 / ctx.factor(m).max(1) as u128
+        };
+        let mut best: Option<(usize, u128)> = None;
+        for (i, m) in members.iter().enumerate() {
+            if eligible(i) {
+                let t = traffic(m);
+                if best.is_none_or(|(_, bt)| t < bt) {
+                    best = Some((i, t));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn account_sticky(&self, _: &[Member], _: &dyn Fn(usize) -> bool, _: usize, _: &LbContext) {
+        // Traffic is counted by the proxy as bytes move, sticky or not.
+    }
+
+    fn name(&self) -> &'static str {
+        "ByTraffic"
+    }
+}
+
+/// Apache's `bybusyness`: the member with the fewest requests in flight wins; ties are broken by
+/// request counting (the highest `lbstatus`), as in Apache 2.4.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ByBusyness;
+
+impl LbMethod for ByBusyness {
+    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+        count_requests(members, eligible, &|m| ctx.factor(m), &|m, s, b, bs| {
+            let (busy, best_busy) = (m.runtime.busy.load(Relaxed), b.runtime.busy.load(Relaxed));
+            busy < best_busy || (busy == best_busy && s > bs)
+        })
+    }
+
+    fn account_sticky(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, chosen: usize, ctx: &LbContext) {
+        account_requests(members, eligible, chosen, &|m| ctx.factor(m));
+    }
+
+    fn name(&self) -> &'static str {
+        "ByBusyness"
+    }
+}
+
+/// Heartbeat: members report their spare capacity on health checks (`X-Heartbeat: ready=N`,
+/// the field Apache's mod_heartmonitor carries) and are chosen in proportion to it by request
+/// counting. A member without a fresh report weighs its loadFactor; a member reporting
+/// `ready=0` gets nothing while another has capacity; when none has, loadFactors decide.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Heartbeat;
+
+impl Heartbeat {
+    fn weight(members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> impl Fn(&Member) -> i64 {
+        let anyone_ready = members.iter().enumerate().any(|(i, m)| eligible(i) && ctx.heartbeat(m).is_none_or(|r| r > 0));
+        let ctx = *ctx;
+        move |m: &Member| match ctx.heartbeat(m) {
+            Some(ready) if anyone_ready => {
+                // Slow start still applies: scale the report by the ramp.
+                let ramp = ctx.factor(m) as f64 / (i64::from(m.config.load_factor) * 100) as f64;
+                (ready as f64 * 100.0 * ramp) as i64
+            }
+            _ => ctx.factor(m),
+        }
+    }
+}
+
+impl LbMethod for Heartbeat {
+    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+        let weight = Heartbeat::weight(members, eligible, ctx);
+        let has_capacity = |i: usize| eligible(i) && weight(&members[i]) > 0;
+        count_requests(members, &has_capacity, &weight, &|_, s, _, bs| s > bs)
+    }
+
+    fn account_sticky(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, chosen: usize, ctx: &LbContext) {
+        let weight = Heartbeat::weight(members, eligible, ctx);
+        account_requests(members, eligible, chosen, &weight);
+    }
+
+    fn name(&self) -> &'static str {
+        "Heartbeat"
+    }
+}
+
+/// Power of two choices over a latency cost, as linkerd2-proxy and Envoy do: two distinct
+/// eligible members are drawn at random, and the one with the lower
+/// `EWMA latency × (in flight + 1) ÷ weight` wins. A member without a latency yet costs nothing,
+/// so new members are tried. It needs no global ordering, so it scales, and a member that slows
+/// down is avoided within a few requests, which keeps tail latency low.
+#[derive(Debug)]
+pub struct LeastLatency {
+    rng: AtomicU64,
+}
+
+impl Default for LeastLatency {
+    fn default() -> Self {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        LeastLatency::with_seed(seed)
+    }
+}
+
+impl LeastLatency {
+    /// A deterministic instance (tests).
+    pub fn with_seed(seed: u64) -> Self {
+        LeastLatency { rng: AtomicU64::new(seed | 1) }
+    }
+
+    /// xorshift64*: good enough to draw two members, lock-free.
+    fn next(&self) -> u64 {
+        let mut x = self.rng.load(Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.store(x, Relaxed);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn cost(m: &Member, ctx: &LbContext) -> u128 {
+        let ewma = u128::from(m.runtime.ewma_latency_us.load(Relaxed));
+        let busy = u128::from(m.runtime.busy.load(Relaxed)) + 1;
+        ewma * busy * 10_000 / ctx.factor(m).max(1) as u128
+    }
+}
+
+impl LbMethod for LeastLatency {
+    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+        let n = (0..members.len()).filter(|&i| eligible(i)).count();
+        let nth = |k: usize| (0..members.len()).filter(|&i| eligible(i)).nth(k);
+        match n {
+            0 => None,
+            1 => nth(0),
+            _ => {
+                let a = (self.next() % n as u64) as usize;
+                let mut b = (self.next() % (n as u64 - 1)) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (nth(a)?, nth(b)?);
+                if LeastLatency::cost(&members[b], ctx) < LeastLatency::cost(&members[a], ctx) { Some(b) } else { Some(a) }
+            }
+        }
+    }
+
+    fn account_sticky(&self, _: &[Member], _: &dyn Fn(usize) -> bool, _: usize, _: &LbContext) {
+        // Latency is observed by the proxy on every response, sticky or not.
+    }
+
+    fn name(&self) -> &'static str {
+        "LeastLatency"
     }
 }
 
@@ -80,38 +292,138 @@ mod tests {
     use super::*;
     use crate::core::pool::test_members;
 
+    fn seq(lb: &dyn LbMethod, members: &[Member], n: usize, ctx: &LbContext) -> Vec<String> {
+        (0..n).map(|_| members[lb.choose(members, &|_| true, ctx).unwrap()].route().to_owned()).collect()
+    }
+
     #[test]
     fn byrequests_matches_apache_for_weights_1_2_3() {
         let members = test_members(&[("n1", 1), ("n2", 2), ("n3", 3)]);
-        let seq: Vec<&str> =
-            (0..12).map(|_| members[ByRequests.choose(&members, &|_| true).unwrap()].route()).collect();
-        assert_eq!(seq, ["n3", "n2", "n1", "n3", "n2", "n3", "n3", "n2", "n1", "n3", "n2", "n3"]);
+        let got = seq(&ByRequests, &members, 12, &LbContext::default());
+        assert_eq!(got, ["n3", "n2", "n1", "n3", "n2", "n3", "n3", "n2", "n1", "n3", "n2", "n3"]);
     }
 
     #[test]
     fn byrequests_equal_weights_round_robin_in_listed_order() {
         let members = test_members(&[("a", 1), ("b", 1), ("c", 1)]);
-        let seq: Vec<&str> = (0..6).map(|_| members[ByRequests.choose(&members, &|_| true).unwrap()].route()).collect();
-        assert_eq!(seq, ["a", "b", "c", "a", "b", "c"]);
+        assert_eq!(seq(&ByRequests, &members, 6, &LbContext::default()), ["a", "b", "c", "a", "b", "c"]);
     }
 
     #[test]
     fn byrequests_skips_ineligible_and_handles_none() {
         let members = test_members(&[("a", 1), ("b", 1)]);
-        assert_eq!(ByRequests.choose(&members, &|i| i == 1), Some(1));
-        assert_eq!(ByRequests.choose(&members, &|_| false), None);
+        let ctx = LbContext::default();
+        assert_eq!(ByRequests.choose(&members, &|i| i == 1, &ctx), Some(1));
+        assert_eq!(ByRequests.choose(&members, &|_| false, &ctx), None);
     }
 
     #[test]
     fn sticky_accounting_keeps_weights_over_mixed_traffic() {
         // Sticky requests to n1 pay for themselves: balanced traffic then compensates.
         let members = test_members(&[("n1", 1), ("n2", 1)]);
+        let ctx = LbContext::default();
         for _ in 0..4 {
-            ByRequests.account_sticky(&members, &|_| true, 0);
+            ByRequests.account_sticky(&members, &|_| true, 0, &ctx);
         }
-        let seq: Vec<&str> = (0..4).map(|_| members[ByRequests.choose(&members, &|_| true).unwrap()].route()).collect();
-        assert_eq!(seq, ["n2", "n2", "n2", "n2"]);
+        assert_eq!(seq(&ByRequests, &members, 4, &ctx), ["n2", "n2", "n2", "n2"]);
         let sum: i64 = members.iter().map(|m| m.runtime.lbstatus.load(Relaxed)).sum();
         assert_eq!(sum, 0, "bookkeeping is zero-sum");
+    }
+
+    #[test]
+    fn bytraffic_prefers_fewest_bytes_per_weight() {
+        let members = test_members(&[("a", 1), ("b", 2), ("c", 1)]);
+        let set = |i: usize, to: u64, from: u64| {
+            members[i].runtime.bytes_to.store(to, Relaxed);
+            members[i].runtime.bytes_from.store(from, Relaxed);
+        };
+        let ctx = LbContext::default();
+        // a: 1000/1, b: 1500/2 = 750, c: 800/1.
+        set(0, 400, 600);
+        set(1, 500, 1000);
+        set(2, 0, 800);
+        assert_eq!(ByTraffic.choose(&members, &|_| true, &ctx), Some(1));
+        set(1, 500, 1100); // 800: ties with c, b listed first
+        assert_eq!(ByTraffic.choose(&members, &|_| true, &ctx), Some(1));
+        set(1, 500, 1200); // 850
+        assert_eq!(ByTraffic.choose(&members, &|_| true, &ctx), Some(2));
+        assert_eq!(ByTraffic.choose(&members, &|i| i == 0, &ctx), Some(0));
+    }
+
+    #[test]
+    fn bybusyness_prefers_idle_members_then_counts_requests() {
+        let members = test_members(&[("a", 1), ("b", 1), ("c", 1)]);
+        let ctx = LbContext::default();
+        members[0].runtime.busy.store(2, Relaxed);
+        members[1].runtime.busy.store(1, Relaxed);
+        members[2].runtime.busy.store(1, Relaxed);
+        // b and c tie on busyness; request counting alternates them.
+        assert_eq!(seq(&ByBusyness, &members, 4, &ctx), ["b", "c", "b", "c"]);
+        members[0].runtime.busy.store(0, Relaxed);
+        assert_eq!(seq(&ByBusyness, &members, 2, &ctx), ["a", "a"]);
+    }
+
+    #[test]
+    fn heartbeat_follows_reported_capacity_and_falls_back_to_loadfactor() {
+        let members = test_members(&[("a", 1), ("b", 1), ("c", 1)]);
+        let ctx = LbContext { now_ms: 10_000, heartbeat_ttl_ms: 3_000, ..Default::default() };
+        members[0].runtime.report_heartbeat(1, 9_000);
+        members[1].runtime.report_heartbeat(3, 9_000);
+        members[2].runtime.report_heartbeat(0, 9_000);
+        let got = seq(&Heartbeat, &members, 8, &ctx);
+        assert_eq!(got, ["b", "a", "b", "b", "b", "a", "b", "b"], "3:1 for b:a, c has no capacity");
+        // Stale reports: loadFactor (equal) decides.
+        let later = LbContext { now_ms: 20_000, ..ctx };
+        for m in &members {
+            m.runtime.lbstatus.store(0, Relaxed);
+        }
+        assert_eq!(seq(&Heartbeat, &members, 3, &later), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn heartbeat_with_no_capacity_anywhere_uses_loadfactor() {
+        let members = test_members(&[("a", 1), ("b", 2)]);
+        let ctx = LbContext { now_ms: 10, heartbeat_ttl_ms: 100, ..Default::default() };
+        members[0].runtime.report_heartbeat(0, 5);
+        members[1].runtime.report_heartbeat(0, 5);
+        assert_eq!(seq(&Heartbeat, &members, 3, &ctx), ["b", "a", "b"]);
+    }
+
+    #[test]
+    fn least_latency_is_deterministic_with_a_seed_and_avoids_slow_members() {
+        let members = test_members(&[("a", 1), ("b", 1), ("c", 1)]);
+        members[0].runtime.observe_latency(1_000);
+        members[1].runtime.observe_latency(200_000);
+        members[2].runtime.observe_latency(1_200);
+        let ctx = LbContext::default();
+        let lb = LeastLatency::with_seed(42);
+        let got = seq(&lb, &members, 12, &ctx);
+        assert_eq!(got, seq(&LeastLatency::with_seed(42), &members, 12, &ctx), "same seed, same sequence");
+        assert!(!got.iter().any(|r| r == "b"), "the slow member loses every draw it is in: {got:?}");
+        // In-flight requests raise the cost: a busy fast member loses to an idle one.
+        members[0].runtime.busy.store(5, Relaxed);
+        let got = seq(&lb, &members, 12, &ctx);
+        let count = |r: &str| got.iter().filter(|g| *g == r).count();
+        assert_eq!(count("b"), 0, "{got:?}");
+        assert!(count("c") > count("a"), "c wins every draw but (a, b): {got:?}");
+    }
+
+    #[test]
+    fn slow_start_ramps_a_recovered_member() {
+        let members = test_members(&[("old", 1), ("new", 1)]);
+        members[0].runtime.joined_ms.store(0, Relaxed);
+        members[1].runtime.joined_ms.store(10_000, Relaxed);
+        let at = |now_ms| LbContext { now_ms, slow_start_ms: 10_000, ..Default::default() };
+        assert_eq!(at(10_000).factor(&members[1]), 1, "just joined: the least weight");
+        assert_eq!(at(12_500).factor(&members[1]), 25);
+        assert_eq!(at(15_000).factor(&members[1]), 50);
+        assert_eq!(at(20_000).factor(&members[1]), 100);
+        assert_eq!(at(12_500).factor(&members[0]), 100);
+        // At 25 % weight the new member gets one request in five.
+        let got = seq(&ByRequests, &members, 10, &at(12_500));
+        assert_eq!(got.iter().filter(|r| *r == "new").count(), 2, "{got:?}");
+        // An error period that ended restarts the ramp.
+        members[0].runtime.error_until_ms.store(19_000, Relaxed);
+        assert_eq!(at(20_000).factor(&members[0]), 10);
     }
 }

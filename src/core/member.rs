@@ -2,25 +2,25 @@
 //!
 //! The runtime state ([`MemberRuntime`]) is shared by `Arc` between successive routing tables:
 //! a reload or reconcile that keeps a member (same route, same address) keeps its counters, its
-//! lb bookkeeping and its error state. Everything in it is an atomic so the request path never
-//! takes a lock.
+//! lb bookkeeping, its error and health state. Everything in it is an atomic so the request path
+//! never takes a lock.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use super::config::MemberConfig;
 use crate::api::MemberStatus;
 
 /// Counters and health of one member that outlive table rebuilds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemberRuntime {
-    /// Apache's `lbstatus`: the ByRequests credit.
+    /// Apache's `lbstatus`: the request-counting credit.
     pub lbstatus: AtomicI64,
     /// Requests in flight (Apache `busy`).
     pub busy: AtomicU64,
     /// Times chosen (Apache `elected`).
     pub elected: AtomicU64,
-    /// Failed attempts (connect refused, reset, timeout).
+    /// Failed attempts (connect refused, reset, timeout, failOnStatus).
     pub errors: AtomicU64,
     /// Milliseconds on the [`Clock`] until which the member is in error; 0 when it is not.
     pub error_until_ms: AtomicU64,
@@ -28,9 +28,46 @@ pub struct MemberRuntime {
     pub bytes_to: AtomicU64,
     /// Response bytes received from the member.
     pub bytes_from: AtomicU64,
+    /// Active health-check verdict (true until checks say otherwise).
+    pub healthy: AtomicBool,
+    /// When the member last became healthy again (0: never went down).
+    pub healthy_since_ms: AtomicU64,
+    /// When the member joined the pool (slow start ramps from here).
+    pub joined_ms: AtomicU64,
+    /// Exponentially weighted response latency in microseconds (0: none yet).
+    pub ewma_latency_us: AtomicU64,
+    /// Spare capacity the member last reported (`X-Heartbeat: ready=N`); -1: never.
+    pub heartbeat_ready: AtomicI64,
+    /// When that report arrived.
+    pub heartbeat_at_ms: AtomicU64,
+}
+
+impl Default for MemberRuntime {
+    fn default() -> Self {
+        MemberRuntime::joined_at(Clock.now_ms())
+    }
 }
 
 impl MemberRuntime {
+    /// A fresh runtime for a member that joined at `now_ms`.
+    pub fn joined_at(now_ms: u64) -> Self {
+        MemberRuntime {
+            lbstatus: AtomicI64::new(0),
+            busy: AtomicU64::new(0),
+            elected: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            error_until_ms: AtomicU64::new(0),
+            bytes_to: AtomicU64::new(0),
+            bytes_from: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            healthy_since_ms: AtomicU64::new(0),
+            joined_ms: AtomicU64::new(now_ms),
+            ewma_latency_us: AtomicU64::new(0),
+            heartbeat_ready: AtomicI64::new(-1),
+            heartbeat_at_ms: AtomicU64::new(0),
+        }
+    }
+
     /// Whether the member is in error at `now_ms`. Once the error time has passed the member is
     /// tried again (Apache `retry`): no request is needed to "clear" it.
     pub fn in_error(&self, now_ms: u64) -> bool {
@@ -41,6 +78,32 @@ impl MemberRuntime {
     pub fn set_error(&self, now_ms: u64, retry_after_ms: u64) {
         self.errors.fetch_add(1, Relaxed);
         self.error_until_ms.store(now_ms.saturating_add(retry_after_ms).max(1), Relaxed);
+    }
+
+    /// Not in error and not failed by health checks.
+    pub fn usable(&self, now_ms: u64) -> bool {
+        !self.in_error(now_ms) && self.healthy.load(Relaxed)
+    }
+
+    /// When the member last became usable: it joined, its error time ran out, or its health
+    /// checks passed again. Slow start ramps its weight from here.
+    pub fn usable_since_ms(&self, now_ms: u64) -> u64 {
+        let error_end = self.error_until_ms.load(Relaxed).min(now_ms);
+        self.joined_ms.load(Relaxed).max(error_end).max(self.healthy_since_ms.load(Relaxed))
+    }
+
+    /// Folds one response latency into the EWMA (the new sample weighs 1/4: a slowed member is
+    /// noticed within a few requests).
+    pub fn observe_latency(&self, micros: u64) {
+        let old = self.ewma_latency_us.load(Relaxed);
+        let new = if old == 0 { micros } else { (old * 3 + micros) / 4 };
+        self.ewma_latency_us.store(new.max(1), Relaxed);
+    }
+
+    /// Records a heartbeat report of spare capacity.
+    pub fn report_heartbeat(&self, ready: u32, now_ms: u64) {
+        self.heartbeat_ready.store(i64::from(ready), Relaxed);
+        self.heartbeat_at_ms.store(now_ms, Relaxed);
     }
 }
 
@@ -61,24 +124,27 @@ impl Member {
 
     /// May take new (non-sticky) sessions at normal priority.
     pub fn takes_new(&self, now_ms: u64) -> bool {
-        self.config.status == MemberStatus::Ok && !self.runtime.in_error(now_ms)
+        self.config.status == MemberStatus::Ok && self.runtime.usable(now_ms)
     }
 
-    /// May take new sessions when no normal member can.
+    /// May take new sessions when no normal member of its lbSet can.
     pub fn takes_new_as_standby(&self, now_ms: u64) -> bool {
-        self.config.status == MemberStatus::HotStandby && !self.runtime.in_error(now_ms)
+        self.config.status == MemberStatus::HotStandby && self.runtime.usable(now_ms)
     }
 
     /// May take requests of sessions already pinned to it.
     pub fn takes_sticky(&self, now_ms: u64) -> bool {
         matches!(self.config.status, MemberStatus::Ok | MemberStatus::Drain | MemberStatus::HotStandby)
-            && !self.runtime.in_error(now_ms)
+            && self.runtime.usable(now_ms)
     }
 
     /// A short state name for status and the balancer-manager.
     pub fn state_name(&self, now_ms: u64) -> &'static str {
         if self.runtime.in_error(now_ms) {
             return "Error";
+        }
+        if !self.runtime.healthy.load(Relaxed) {
+            return "Unhealthy";
         }
         match self.config.status {
             MemberStatus::Ok => "Ok",
@@ -90,22 +156,16 @@ impl Member {
     }
 }
 
-/// Monotonic milliseconds since the clock was made: the unit of error deadlines. Tests drive
-/// the core with explicit `now_ms` values instead.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    start: std::time::Instant,
-}
+/// Monotonic milliseconds since the process first asked: the one timeline of error deadlines,
+/// health transitions and slow start. Tests drive the core with explicit `now_ms` values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clock;
 
-impl Default for Clock {
-    fn default() -> Self {
-        Clock { start: std::time::Instant::now() }
-    }
-}
+static PROCESS_START: OnceLock<std::time::Instant> = OnceLock::new();
 
 impl Clock {
-    /// Milliseconds since the clock started, at least 1.
+    /// Milliseconds on the process timeline, at least 1.
     pub fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64 + 1
+        PROCESS_START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
     }
 }

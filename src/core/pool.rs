@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::config::PoolConfig;
-use super::lb::{ByRequests, LbMethod};
+use super::lb::{ByBusyness, ByRequests, ByTraffic, Heartbeat, LbContext, LbMethod, LeastLatency};
 use super::member::{Member, MemberRuntime};
-use crate::api::LbMethodName;
+use crate::api::{LbMethodName, MemberStatus};
+use std::sync::atomic::Ordering;
 
 /// Why the lb method chose a member (the request is then a *route change* in a sticky pool).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,12 +100,14 @@ pub struct Pool {
     /// Members in listed order.
     pub members: Vec<Member>,
     by_route: HashMap<String, usize>,
+    /// The distinct lbSets, lowest first.
+    lb_sets: Vec<u32>,
     lb: Box<dyn LbMethod>,
 }
 
 impl Pool {
     /// Builds a pool, taking each member's runtime state from `previous` when the route and the
-    /// address are unchanged, so a rebuild keeps counters and error state.
+    /// address are unchanged, so a rebuild keeps counters, error and health state.
     pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Pool {
         let members: Vec<Member> = config
             .members
@@ -119,10 +122,17 @@ impl Pool {
             })
             .collect();
         let by_route = members.iter().enumerate().map(|(i, m)| (m.config.route.clone(), i)).collect();
+        let mut lb_sets: Vec<u32> = members.iter().map(|m| m.config.lb_set).collect();
+        lb_sets.sort_unstable();
+        lb_sets.dedup();
         let lb: Box<dyn LbMethod> = match config.lb_method {
             LbMethodName::ByRequests => Box::new(ByRequests),
+            LbMethodName::ByTraffic => Box::new(ByTraffic),
+            LbMethodName::ByBusyness => Box::new(ByBusyness),
+            LbMethodName::Heartbeat => Box::new(Heartbeat),
+            LbMethodName::LeastLatency => Box::new(LeastLatency::default()),
         };
-        Pool { config, members, by_route, lb }
+        Pool { config, members, by_route, lb_sets, lb }
     }
 
     /// The member with this route.
@@ -140,15 +150,28 @@ impl Pool {
         self.lb.name()
     }
 
+    /// The lb context at `now_ms`.
+    pub fn lb_context(&self, now_ms: u64) -> LbContext {
+        let h = &self.config.health;
+        LbContext {
+            now_ms,
+            slow_start_ms: h.slow_start.map_or(0, |d| d.as_millis() as u64),
+            // Three missed checks make a heartbeat stale.
+            heartbeat_ttl_ms: h.active.as_ref().map_or(0, |a| 3 * a.interval.as_millis() as u64),
+        }
+    }
+
     /// Chooses a member for one attempt of a request whose route (if any) is `route`.
     pub fn choose(&self, route: Option<&str>, tried: &Tried, now_ms: u64) -> Choice {
-        let new_ok = |i: usize| !tried.contains(i) && self.members[i].takes_new(now_ms);
+        let ctx = self.lb_context(now_ms);
         let mut reason = if tried.is_empty() { Balanced::NoRoute } else { Balanced::Retry };
         if let Some(route) = route {
             match self.by_route.get(route) {
                 Some(&i) if tried.is_empty() => {
                     if self.members[i].takes_sticky(now_ms) {
-                        self.lb.account_sticky(&self.members, &new_ok, i);
+                        let set = self.members[i].config.lb_set;
+                        let same_set = |j: usize| self.members[j].config.lb_set == set && self.members[j].takes_new(now_ms);
+                        self.lb.account_sticky(&self.members, &same_set, i, &ctx);
                         return Choice::StickyHit(i);
                     }
                     if self.config.sticky.as_ref().is_some_and(|s| !s.failover) {
@@ -164,14 +187,53 @@ impl Pool {
                 None => {}
             }
         }
-        if let Some(i) = self.lb.choose(&self.members, &new_ok) {
+        if let Some(i) = self.balance(tried, &ctx) {
             return Choice::Balanced(i, reason);
         }
-        let standby_ok = |i: usize| !tried.contains(i) && self.members[i].takes_new_as_standby(now_ms);
-        match self.lb.choose(&self.members, &standby_ok) {
-            Some(i) => Choice::Balanced(i, reason),
-            None => Choice::Unavailable(Unavailable::NoUsableMember),
+        // Apache `forcerecovery`: when every member that could serve is in error, retry them
+        // rather than fail every request until their retry time has passed.
+        if self.config.health.force_recovery && self.force_recovery(tried, now_ms) {
+            if let Some(i) = self.balance(tried, &ctx) {
+                return Choice::Balanced(i, reason);
+            }
         }
+        Choice::Unavailable(Unavailable::NoUsableMember)
+    }
+
+    /// Apache's order: lbSet 0's normal members, then its hot standbys, then lbSet 1's, ...
+    fn balance(&self, tried: &Tried, ctx: &LbContext) -> Option<usize> {
+        let now = ctx.now_ms;
+        for &set in &self.lb_sets {
+            let in_set = |i: usize| !tried.contains(i) && self.members[i].config.lb_set == set;
+            let normal = |i: usize| in_set(i) && self.members[i].takes_new(now);
+            if let Some(i) = self.lb.choose(&self.members, &normal, ctx) {
+                return Some(i);
+            }
+            let standby = |i: usize| in_set(i) && self.members[i].takes_new_as_standby(now);
+            if let Some(i) = self.lb.choose(&self.members, &standby, ctx) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Clears the error state of every untried member that is only unusable because it is in
+    /// error (not disabled, draining, stopped or failing health checks). True when one was.
+    fn force_recovery(&self, tried: &Tried, now_ms: u64) -> bool {
+        let mut recovered = false;
+        for (i, m) in self.members.iter().enumerate() {
+            let eligible = matches!(m.config.status, MemberStatus::Ok | MemberStatus::HotStandby)
+                && m.runtime.healthy.load(Ordering::Relaxed)
+                && m.runtime.in_error(now_ms);
+            if eligible && !tried.contains(i) {
+                m.runtime.error_until_ms.store(0, Ordering::Relaxed);
+                recovered = true;
+            }
+        }
+        if recovered {
+            tracing::warn!(pool = %self.config.id, "every member was in error: forcing recovery");
+        }
+        recovered
     }
 
     /// Records a failed attempt that puts the member in error for `retryAfter`.
@@ -192,6 +254,7 @@ pub(crate) fn test_members(spec: &[(&str, u32)]) -> Vec<Member> {
                 address: std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
                 load_factor: *lf,
                 status: crate::api::MemberStatus::Ok,
+                lb_set: 0,
             },
             runtime: Arc::default(),
         })
@@ -214,13 +277,14 @@ mod tests {
                         address: format!("127.0.0.1:{}", 20_000 + i),
                         route: (*r).into(),
                         load_factor: None,
+                        lb_set: None,
                     })
                     .collect(),
                 ..Default::default()
             },
             members: members
                 .iter()
-                .map(|(r, s)| api::MemberOverride { route: (*r).into(), load_factor: None, status: Some(*s) })
+                .map(|(r, s)| api::MemberOverride { route: (*r).into(), load_factor: None, status: Some(*s), lb_set: None })
                 .collect(),
             sticky: Some(api::Sticky { failover: Some(failover), ..Default::default() }),
             ..Default::default()
@@ -295,6 +359,63 @@ mod tests {
         assert_eq!(p.choose(Some("a"), &tried, 1), Choice::Balanced(1, Balanced::Retry));
         tried.push(1);
         assert_eq!(p.choose(None, &tried, 1), Choice::Unavailable(Unavailable::NoUsableMember));
+    }
+
+    fn with_sets(p: Pool, sets: &[u32]) -> Pool {
+        let mut cfg = p.config.clone();
+        for (m, s) in cfg.members.iter_mut().zip(sets) {
+            m.lb_set = *s;
+        }
+        Pool::new(cfg, None)
+    }
+
+    #[test]
+    fn lower_lbsets_first_with_their_standbys_before_higher_sets() {
+        let p = with_sets(pool(&[("a", Ok), ("s0", HotStandby), ("b", Ok), ("c", Ok)], true), &[0, 0, 1, 1]);
+        let t = Tried::default();
+        for _ in 0..4 {
+            assert_eq!(p.choose(None, &t, 1), Choice::Balanced(0, Balanced::NoRoute), "only set 0's normal member");
+        }
+        p.member_failed(0, 1);
+        assert_eq!(p.choose(None, &t, 2), Choice::Balanced(1, Balanced::NoRoute), "then set 0's standby");
+        p.member_failed(1, 2);
+        let picks: Vec<_> = (0..4).map(|_| p.choose(None, &t, 3)).collect();
+        assert_eq!(
+            picks,
+            [2, 3, 2, 3].map(|i| Choice::Balanced(i, Balanced::NoRoute)),
+            "then set 1, balanced within the set"
+        );
+    }
+
+    #[test]
+    fn unhealthy_members_take_nothing_and_sticky_fails_over() {
+        let p = pool(&[("a", Ok), ("b", Ok)], true);
+        p.members[0].runtime.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(p.choose(Some("a"), &Tried::default(), 1), Choice::Balanced(1, Balanced::Failover));
+        for _ in 0..3 {
+            assert_eq!(p.choose(None, &Tried::default(), 1), Choice::Balanced(1, Balanced::NoRoute));
+        }
+        assert_eq!(p.members[0].state_name(1), "Unhealthy");
+    }
+
+    #[test]
+    fn force_recovery_retries_members_in_error() {
+        let p = pool(&[("a", Ok), ("b", Ok), ("d", Disabled)], true);
+        p.member_failed(0, 1);
+        p.member_failed(1, 1);
+        let c = p.choose(None, &Tried::default(), 2);
+        assert!(matches!(c, Choice::Balanced(0 | 1, Balanced::NoRoute)), "{c:?}");
+        assert!(!p.members[0].runtime.in_error(2) && !p.members[1].runtime.in_error(2));
+        // Unhealthy members are not recovered by it, and it can be turned off.
+        let mut cfg = p.config.clone();
+        cfg.health.force_recovery = false;
+        let off = Pool::new(cfg, None);
+        off.member_failed(0, 1);
+        off.member_failed(1, 1);
+        assert_eq!(off.choose(None, &Tried::default(), 2), Choice::Unavailable(Unavailable::NoUsableMember));
+        let sick = pool(&[("a", Ok)], true);
+        sick.members[0].runtime.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(sick.choose(None, &Tried::default(), 2), Choice::Unavailable(Unavailable::NoUsableMember));
     }
 
     #[test]

@@ -248,9 +248,9 @@ fn id() -> PoolId {
 fn spec_overrides_apply_by_route_but_terminating_stays_drain() {
     let s = slice("s1").port("http", 80).ep(ep("10.0.0.1", "a")).ep(ep("10.0.0.2", "b").terminating());
     let spec = pool_spec(vec![
-        MemberOverride { route: "a".into(), load_factor: Some(5), status: Some(MemberStatus::Disabled) },
-        MemberOverride { route: "b".into(), load_factor: None, status: Some(MemberStatus::Ok) },
-        MemberOverride { route: "gone".into(), load_factor: Some(2), status: None },
+        MemberOverride { route: "a".into(), load_factor: Some(5), status: Some(MemberStatus::Disabled), lb_set: None },
+        MemberOverride { route: "b".into(), load_factor: None, status: Some(MemberStatus::Ok), lb_set: None },
+        MemberOverride { route: "gone".into(), load_factor: Some(2), status: None, lb_set: None },
     ]);
     let cfg = derive_pool(id(), &spec, [&s.0]).unwrap();
     let got: Vec<_> = cfg.members.iter().map(|m| (m.route.as_str(), m.load_factor, m.status)).collect();
@@ -261,7 +261,7 @@ fn spec_overrides_apply_by_route_but_terminating_stays_drain() {
 fn a_pool_needs_exactly_one_source() {
     let mut spec = pool_spec(Vec::new());
     spec.backend.members =
-        vec![crate::api::StaticMember { address: "127.0.0.1:1".into(), route: "x".into(), load_factor: None }];
+        vec![crate::api::StaticMember { address: "127.0.0.1:1".into(), route: "x".into(), load_factor: None, lb_set: None }];
     let errs = derive_pool(id(), &spec, []).unwrap_err();
     assert_eq!(errs[0].path, "spec.backend.members");
     spec.backend = Backend::default();
