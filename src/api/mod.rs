@@ -337,7 +337,7 @@ pub struct ActiveHealth {
 }
 
 /// Health-check request methods.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum CheckMethod {
     /// `GET`.
     #[default]

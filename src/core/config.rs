@@ -101,7 +101,7 @@ pub struct MemberConfig {
 }
 
 /// Validated active health check.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ActiveCheck {
     /// Request method.
     pub method: crate::api::CheckMethod,
