@@ -1,4 +1,4 @@
-//! The command line: `demo`, `standalone`, `crd`.
+//! The command line: `demo`, `standalone`, `controller`, `crd`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +59,9 @@ pub enum Command {
         #[command(flatten)]
         proxy: ProxyArgs,
     },
+    /// Run the Kubernetes controller and the proxy in one process: BalancerPools and their
+    /// Services' EndpointSlices become the routing table.
+    Controller(ControllerArgs),
     /// Print the BalancerPool CustomResourceDefinition as YAML.
     Crd,
 }
@@ -94,4 +97,40 @@ impl ProxyArgs {
             access_log: !self.no_access_log,
         }
     }
+}
+
+/// `routeid controller` flags.
+#[derive(Debug, Args, Clone)]
+pub struct ControllerArgs {
+    /// A kubeconfig file; without it `KUBECONFIG`, `~/.kube/config`, then the in-cluster service
+    /// account are tried.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (sidecar mode, least privilege); all namespaces when absent.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Serve pools whose `spec.ingressClassName` is this.
+    #[arg(long, default_value = "routeid")]
+    pub ingress_class: String,
+    /// Also serve pools without `spec.ingressClassName` (this installation is the default class).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_class: bool,
+    /// Proxy listen address.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin listen address (/healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:9901")]
+    pub admin_listen: SocketAddr,
+    /// Namespace of the leader-election Lease (default: `--namespace`, `POD_NAMESPACE`, `default`).
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease and in Events (default: `POD_NAME`, the host name).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Do not elect a leader: this replica always writes status (a single replica).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// Proxy tuning.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }

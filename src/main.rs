@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use routeid::cli::{Cli, Command, LogFormat};
+use routeid::cli::{Cli, Command, ControllerArgs, LogFormat};
 use routeid::proxy::ProxySettings;
 use routeid::runtime::Running;
 use routeid::{api, demo, standalone};
@@ -53,6 +53,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Standalone { file, listen, admin_listen, proxy } => {
             run_standalone(&file, listen, admin_listen, proxy.settings()).await
         }
+        Command::Controller(args) => run_controller(args).await,
     }
 }
 
@@ -149,6 +150,82 @@ async fn run_standalone(
         }
     }
     tracing::info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?,
+    };
+    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+}
+
+async fn run_controller(args: ControllerArgs) -> ExitCode {
+    use routeid::controller::{Controller, ControllerOptions, index::ClassFilter};
+    let client = match kube_client(args.kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("routeid controller: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("routeid: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let running =
+        match Running::start_with(args.proxy.settings(), args.listen, args.admin_listen, Vec::new(), false).await {
+            Ok((r, _)) => r,
+            Err(e) => {
+                eprintln!("routeid controller: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| env("POD_NAME"))
+        .or_else(|| env("HOSTNAME"))
+        .unwrap_or_else(|| format!("routeid-{}", std::process::id()));
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| args.namespace.clone())
+        .or_else(|| env("POD_NAMESPACE"))
+        .unwrap_or_else(|| "default".into());
+    let filter = ClassFilter { ingress_class: args.ingress_class.clone(), default_class: args.default_class };
+    let mut opts = ControllerOptions::new(args.namespace.clone(), filter, lease_namespace, identity.clone());
+    opts.leader.enabled = !args.no_leader_election;
+    let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
+    tracing::info!(
+        proxy = %running.proxy_addr,
+        admin = %running.admin_addr,
+        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        ingress_class = %args.ingress_class,
+        %identity,
+        "routeid controller started; /readyz turns ready after the first sync"
+    );
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    controller.shutdown().await;
     running.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -55,6 +55,19 @@ impl Running {
         admin_listen: SocketAddr,
         pools: Vec<PoolConfig>,
     ) -> Result<(Running, Vec<Conflict>), StartError> {
+        Self::start_with(settings, listen, admin_listen, pools, true).await
+    }
+
+    /// Like [`Running::start`], with `/readyz` answering 200 only if `ready`. The controller
+    /// starts unready and sets `admin.ready` after its first complete sync, so no traffic is
+    /// sent to a proxy that does not know its pools yet.
+    pub async fn start_with(
+        settings: ProxySettings,
+        listen: SocketAddr,
+        admin_listen: SocketAddr,
+        pools: Vec<PoolConfig>,
+        ready: bool,
+    ) -> Result<(Running, Vec<Conflict>), StartError> {
         let listener = bind(listen).await?;
         let admin_listener = bind(admin_listen).await?;
         let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
@@ -63,7 +76,7 @@ impl Running {
         let proxy = Proxy::new(settings);
         let conflicts = proxy.publish(pools);
         let admin = Arc::new(AdminState::default());
-        admin.ready.store(true, Ordering::Release);
+        admin.ready.store(ready, Ordering::Release);
         let (shutdown, rx) = watch::channel(false);
         let proxy_task = tokio::spawn(server::serve(listener, Arc::clone(&proxy), rx.clone()));
         let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin), rx));

@@ -1,3 +1,371 @@
 //! The Kubernetes control plane: BalancerPools and EndpointSlices in, routing tables out.
+//!
+//! One task runs the loop: two kube-runtime watchers (BalancerPools, and EndpointSlices that
+//! carry the `kubernetes.io/service-name` label — never Pods), restricted to one namespace or
+//! all, feed an [`index::Index`]. After each batch of watch events the loop re-derives only the
+//! pools whose spec or slices changed ([`derive`] is pure), and when a derived config differs
+//! from the one served it publishes the whole list to the proxy, which swaps one immutable
+//! snapshot in: no request sees a half-built table, and member runtime state survives because
+//! the core carries it over by route and address.
+//!
+//! Readiness: nothing is published and `/readyz` stays 503 until both watchers have completed
+//! their first list. After that a lost API server keeps the last table serving and `/readyz`
+//! ready while the watchers reconnect with kube-runtime's default backoff; a re-list replaces
+//! the index contents only once it is complete (objects that vanished meanwhile are dropped then).
+//!
+//! Status and Events are computed here and written by [`status::Writer`], which only writes
+//! while this replica holds the Lease ([`leader`]).
 
 pub mod derive;
+pub mod index;
+pub mod leader;
+pub mod status;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::events::Reporter;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::AdminState;
+use crate::api::BalancerPool;
+use crate::core::config::PoolId;
+use crate::core::table::Conflict;
+use crate::proxy::Proxy;
+use index::{ClassFilter, Index, PoolChange, pool_id};
+use leader::LeaderOptions;
+use status::{Outbound, PoolEvent, Writer, WriterOptions, WriterStats};
+
+/// Everything `routeid controller` can be told.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// Watch this namespace only (sidecar mode, least privilege); `None` watches all.
+    pub namespace: Option<String>,
+    /// Which pools are ours.
+    pub filter: ClassFilter,
+    /// Who writes status.
+    pub leader: LeaderOptions,
+    /// How status and Events are written.
+    pub writer: WriterOptions,
+    /// How often statuses are recomputed without a change (member health moves on its own).
+    pub status_resync: Duration,
+}
+
+impl ControllerOptions {
+    /// Defaults for `identity`: one Lease `routeid-status` in `lease_namespace`, status writes at
+    /// most once a second per pool and 20 per second overall, statuses refreshed every 10 s.
+    pub fn new(namespace: Option<String>, filter: ClassFilter, lease_namespace: String, identity: String) -> Self {
+        ControllerOptions {
+            namespace,
+            filter,
+            leader: LeaderOptions {
+                enabled: true,
+                namespace: lease_namespace,
+                name: "routeid-status".into(),
+                identity: identity.clone(),
+                duration_secs: 15,
+                grace_secs: 5,
+            },
+            writer: WriterOptions {
+                min_interval: Duration::from_secs(1),
+                rate: 20,
+                reporter: Reporter { controller: "routeid".into(), instance: Some(identity) },
+                field_manager: "routeid".into(),
+            },
+            status_resync: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the controller has done, for tests, logs and the admin side.
+#[derive(Debug, Default)]
+pub struct ControllerStats {
+    /// Both watchers completed their first list and a table was published.
+    pub synced: AtomicBool,
+    /// Routing tables published.
+    pub publishes: AtomicU64,
+    /// Pool derivations run.
+    pub derivations: AtomicU64,
+    /// Watch errors seen (each followed by a backoff and a reconnect).
+    pub watch_errors: AtomicU64,
+    /// Status and Event writes.
+    pub writer: Arc<WriterStats>,
+}
+
+/// A running controller.
+pub struct Controller {
+    /// Counters.
+    pub stats: Arc<ControllerStats>,
+    leader: watch::Receiver<bool>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Controller {
+    /// Starts watching and publishing into `proxy`; sets `admin.ready` after the first complete
+    /// sync.
+    pub fn start(client: Client, opts: ControllerOptions, proxy: Arc<Proxy>, admin: Arc<AdminState>) -> Controller {
+        let stats = Arc::new(ControllerStats::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (leader_rx, leader_task) = leader::spawn(client.clone(), opts.leader.clone(), shutdown_rx.clone());
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let writer = Writer::new(client.clone(), opts.writer.clone(), Arc::clone(&stats.writer));
+        let writer_task = tokio::spawn(writer.run(out_rx, leader_rx.clone()));
+        let looper = Loop {
+            client,
+            opts,
+            proxy,
+            admin,
+            stats: Arc::clone(&stats),
+            out,
+            leader: leader_rx.clone(),
+            index: Index::new(ClassFilter { ingress_class: String::new(), default_class: false }),
+            conflicts: Vec::new(),
+            ready: false,
+        };
+        let loop_task = tokio::spawn(looper.run(shutdown_rx));
+        Controller { stats, leader: leader_rx, shutdown, tasks: vec![loop_task, writer_task, leader_task] }
+    }
+
+    /// Whether this replica writes status now.
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    /// Stops watching, releases the Lease and waits for the tasks. The proxy keeps serving the
+    /// last table.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Loop {
+    client: Client,
+    opts: ControllerOptions,
+    proxy: Arc<Proxy>,
+    admin: Arc<AdminState>,
+    stats: Arc<ControllerStats>,
+    out: mpsc::UnboundedSender<Outbound>,
+    leader: watch::Receiver<bool>,
+    index: Index,
+    conflicts: Vec<Conflict>,
+    ready: bool,
+}
+
+/// Where a watcher is in its (re-)list.
+struct ListState<K> {
+    synced: bool,
+    seen: Option<HashSet<K>>,
+}
+
+impl<K> Default for ListState<K> {
+    fn default() -> Self {
+        ListState { synced: false, seen: None }
+    }
+}
+
+/// At most this many watch events are folded into one publication.
+const MAX_BATCH: usize = 4_096;
+
+impl Loop {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.index = Index::new(self.opts.filter.clone());
+        let (pools_api, slices_api): (Api<BalancerPool>, Api<EndpointSlice>) = match &self.opts.namespace {
+            Some(ns) => (Api::namespaced(self.client.clone(), ns), Api::namespaced(self.client.clone(), ns)),
+            None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
+        };
+        let pool_events = watcher(pools_api, watcher::Config::default()).default_backoff();
+        let slice_events =
+            watcher(slices_api, watcher::Config::default().labels(derive::SERVICE_NAME_LABEL)).default_backoff();
+        let mut pool_events = std::pin::pin!(pool_events);
+        let mut slice_events = std::pin::pin!(slice_events);
+        let mut pools = ListState::<PoolId>::default();
+        let mut slices = ListState::<(String, String)>::default();
+        let mut resync = tokio::time::interval(self.opts.status_resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut status_due = false;
+            tokio::select! {
+                () = leader::stopped(&mut shutdown) => return,
+                ev = pool_events.next() => match ev {
+                    Some(ev) => self.on_pool(ev, &mut pools),
+                    None => {
+                        tracing::error!("the BalancerPool watch ended");
+                        return;
+                    }
+                },
+                ev = slice_events.next() => match ev {
+                    Some(ev) => self.on_slice(ev, &mut slices),
+                    None => {
+                        tracing::error!("the EndpointSlice watch ended");
+                        return;
+                    }
+                },
+                _ = resync.tick() => status_due = true,
+                changed = self.leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    status_due = true;
+                }
+            }
+            // Fold whatever else is already there into this batch: a burst of slice updates
+            // becomes one derivation per pool and one publication.
+            for _ in 0..MAX_BATCH {
+                let mut progressed = false;
+                if let Some(Some(ev)) = pool_events.next().now_or_never() {
+                    self.on_pool(ev, &mut pools);
+                    progressed = true;
+                }
+                if let Some(Some(ev)) = slice_events.next().now_or_never() {
+                    self.on_slice(ev, &mut slices);
+                    progressed = true;
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            if !(pools.synced && slices.synced) {
+                continue;
+            }
+            if self.index.has_work() || !self.ready {
+                let changes = self.index.rederive();
+                if self.index.take_publish_needed() || !self.ready {
+                    self.conflicts = self.proxy.publish(self.index.configs());
+                    self.stats.publishes.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats.derivations.fetch_add(changes.len() as u64, Ordering::Relaxed);
+                self.send_events(changes);
+                status_due = true;
+                if !self.ready {
+                    self.ready = true;
+                    self.admin.ready.store(true, Ordering::Release);
+                    self.stats.synced.store(true, Ordering::Release);
+                    tracing::info!(
+                        pools = self.index.pools().count(),
+                        slices = self.index.slice_count(),
+                        "first sync complete; serving"
+                    );
+                }
+            }
+            if status_due && *self.leader.borrow() {
+                self.send_statuses();
+            }
+        }
+    }
+
+    fn on_pool(&mut self, ev: Result<watcher::Event<BalancerPool>, watcher::Error>, st: &mut ListState<PoolId>) {
+        match ev {
+            Ok(watcher::Event::Apply(p)) => self.index.apply_pool(p),
+            Ok(watcher::Event::Delete(p)) => {
+                self.index.delete_pool(&p);
+                let _ = self.out.send(Outbound::Forget(pool_id(&p)));
+            }
+            Ok(watcher::Event::Init) => st.seen = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(p)) => {
+                if let Some(seen) = &mut st.seen {
+                    seen.insert(pool_id(&p));
+                }
+                self.index.apply_pool(p);
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = st.seen.take() {
+                    self.index.retain_pools(&seen);
+                }
+                st.synced = true;
+            }
+            Err(e) => {
+                self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "BalancerPool watch failed; the last table keeps serving, retrying with backoff");
+            }
+        }
+    }
+
+    fn on_slice(
+        &mut self,
+        ev: Result<watcher::Event<EndpointSlice>, watcher::Error>,
+        st: &mut ListState<(String, String)>,
+    ) {
+        let key = |s: &EndpointSlice| {
+            (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
+        };
+        match ev {
+            Ok(watcher::Event::Apply(mut s)) => {
+                s.metadata.managed_fields = None;
+                self.index.apply_slice(s);
+            }
+            Ok(watcher::Event::Delete(s)) => self.index.delete_slice(&s),
+            Ok(watcher::Event::Init) => st.seen = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(mut s)) => {
+                if let Some(seen) = &mut st.seen {
+                    seen.insert(key(&s));
+                }
+                s.metadata.managed_fields = None;
+                self.index.apply_slice(s);
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = st.seen.take() {
+                    self.index.retain_slices(&seen);
+                }
+                st.synced = true;
+            }
+            Err(e) => {
+                self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "EndpointSlice watch failed; the last table keeps serving, retrying with backoff");
+            }
+        }
+    }
+
+    fn send_events(&self, changes: Vec<PoolChange>) {
+        for c in changes {
+            let Some(entry) = self.index.pool(&c.id) else { continue };
+            let reference = entry.object.object_ref(&());
+            let emit = |warning: bool, reason: &'static str, note: String| {
+                let _ =
+                    self.out.send(Outbound::Event(PoolEvent { reference: reference.clone(), warning, reason, note }));
+            };
+            if let Some(msg) = c.rejected {
+                emit(true, "InvalidSpec", msg);
+            }
+            // The first sync "adds" every member: that is a restart, not news.
+            if !self.ready {
+                continue;
+            }
+            for (list, reason, verb) in [(&c.added, "MemberAdded", "added"), (&c.removed, "MemberRemoved", "removed")] {
+                if list.len() <= 5 {
+                    for m in list {
+                        emit(false, reason, format!("member {m} {verb}"));
+                    }
+                } else {
+                    let mut shown = list.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                    shown.push_str(&format!(" and {} more", list.len() - 5));
+                    emit(false, reason, format!("{} members {verb}: {shown}", list.len()));
+                }
+            }
+        }
+    }
+
+    fn send_statuses(&self) {
+        let snapshot = self.proxy.snapshot();
+        let now_ms = self.proxy.clock().now_ms();
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        for (id, entry) in self.index.pools() {
+            let conflict = self.conflicts.iter().find(|c| &c.loser == id);
+            let mut desired = status::desired_status(entry, id, &snapshot.table, conflict, now_ms, &now);
+            status::cap_members(&mut desired);
+            if entry.object.status.as_ref() != Some(&desired) {
+                let _ = self.out.send(Outbound::Status { id: id.clone(), status: Box::new(desired) });
+            }
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Test support: real hyper members on 127.0.0.1 ephemeral ports, the real proxy, a real client.
 #![allow(dead_code)]
 
+pub mod fake_apiserver;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -260,8 +260,12 @@ fn spec_overrides_apply_by_route_but_terminating_stays_drain() {
 #[test]
 fn a_pool_needs_exactly_one_source() {
     let mut spec = pool_spec(Vec::new());
-    spec.backend.members =
-        vec![crate::api::StaticMember { address: "127.0.0.1:1".into(), route: "x".into(), load_factor: None, lb_set: None }];
+    spec.backend.members = vec![crate::api::StaticMember {
+        address: "127.0.0.1:1".into(),
+        route: "x".into(),
+        load_factor: None,
+        lb_set: None,
+    }];
     let errs = derive_pool(id(), &spec, []).unwrap_err();
     assert_eq!(errs[0].path, "spec.backend.members");
     spec.backend = Backend::default();

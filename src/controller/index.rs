@@ -1,0 +1,387 @@
+//! The controller's view of the cluster: pools and EndpointSlices in scope, and the derived
+//! pool configurations cached per pool.
+//!
+//! Like linkerd's policy index, it is updated through `apply` / `delete` / `retain` calls from
+//! the watchers and does no I/O itself, so the run loop, the tests and the benchmark drive the
+//! same code. A change marks only the pools it concerns dirty; [`Index::rederive`] re-derives
+//! just those, reusing each unchanged slice's candidates, and tells whether the routing table
+//! must be republished. Nothing is published from a half-updated index: the loop publishes after
+//! a batch of watch events, from [`Index::configs`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
+
+use super::derive::{self, SERVICE_NAME_LABEL, Skipped, SliceMembers};
+use crate::api::BalancerPool;
+use crate::core::config::{FieldError, PoolConfig, PoolId};
+
+/// Which pools this installation serves.
+#[derive(Clone, Debug)]
+pub struct ClassFilter {
+    /// `spec.ingressClassName` served.
+    pub ingress_class: String,
+    /// Whether pools without `ingressClassName` are served too.
+    pub default_class: bool,
+}
+
+impl ClassFilter {
+    /// Whether a pool with this class is ours.
+    pub fn serves(&self, class: Option<&str>) -> bool {
+        match class {
+            Some(c) => c == self.ingress_class,
+            None => self.default_class,
+        }
+    }
+}
+
+/// `(namespace, service name)`.
+pub type ServiceKey = (String, String);
+
+/// A pool and what was derived from it.
+#[derive(Debug)]
+pub struct PoolEntry {
+    /// The object as last seen (its status included, to compare with what we would write).
+    pub object: Arc<BalancerPool>,
+    /// Older pools first: creation time, then namespace/name.
+    priority: (bool, Option<Timestamp>, PoolId),
+    /// The latest derivation: a valid config or the problems of the spec.
+    pub result: Result<PoolConfig, Vec<FieldError>>,
+    /// The last valid config: what is published (an invalid spec keeps the old table).
+    pub serving: Option<PoolConfig>,
+    /// What the derivation left out (ports that match nothing, endpoints without a route).
+    pub skipped: Vec<Skipped>,
+    /// Candidates per slice name, with the slice's resourceVersion they were read from.
+    slice_cache: HashMap<String, (Option<String>, Arc<SliceMembers>)>,
+}
+
+/// What a re-derivation changed for one pool, for Events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolChange {
+    /// The pool.
+    pub id: PoolId,
+    /// Routes that became members (`route@address`).
+    pub added: Vec<String>,
+    /// Routes that are no longer members.
+    pub removed: Vec<String>,
+    /// The spec became invalid (or its problems changed): the message.
+    pub rejected: Option<String>,
+}
+
+/// Pools and slices in scope.
+#[derive(Debug)]
+pub struct Index {
+    filter: ClassFilter,
+    pools: HashMap<PoolId, PoolEntry>,
+    slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    slice_service: HashMap<(String, String), ServiceKey>,
+    by_service: HashMap<ServiceKey, BTreeSet<PoolId>>,
+    dirty: BTreeSet<PoolId>,
+    publish_needed: bool,
+}
+
+/// The id of a pool object (`default` namespace when unset, as in standalone files).
+pub fn pool_id(p: &BalancerPool) -> PoolId {
+    PoolId {
+        namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: p.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+fn service_of_pool(id: &PoolId, p: &BalancerPool) -> Option<ServiceKey> {
+    p.spec.backend.service.as_ref().map(|s| (id.namespace.clone(), s.name.clone()))
+}
+
+fn slice_key(s: &EndpointSlice) -> (String, String) {
+    (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
+}
+
+fn service_of_slice(s: &EndpointSlice) -> Option<ServiceKey> {
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((s.metadata.namespace.clone().unwrap_or_default(), svc.clone()))
+}
+
+impl Index {
+    /// An empty index serving pools of `filter`.
+    pub fn new(filter: ClassFilter) -> Index {
+        Index {
+            filter,
+            pools: HashMap::new(),
+            slices: HashMap::new(),
+            slice_service: HashMap::new(),
+            by_service: HashMap::new(),
+            dirty: BTreeSet::new(),
+            publish_needed: false,
+        }
+    }
+
+    /// A pool was added or changed. Pools of another ingress class are treated as deleted.
+    pub fn apply_pool(&mut self, pool: BalancerPool) {
+        let id = pool_id(&pool);
+        if !self.filter.serves(pool.spec.ingress_class_name.as_deref()) {
+            self.delete_pool_id(&id);
+            return;
+        }
+        let priority = (
+            pool.metadata.creation_timestamp.is_none(),
+            pool.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            id.clone(),
+        );
+        let new_service = service_of_pool(&id, &pool);
+        match self.pools.get_mut(&id) {
+            Some(e) => {
+                let spec_changed = e.object.spec != pool.spec;
+                let moved = e.priority != priority;
+                let old_service = service_of_pool(&id, &e.object);
+                e.object = Arc::new(pool);
+                e.priority = priority;
+                if spec_changed {
+                    e.slice_cache.clear();
+                    self.dirty.insert(id.clone());
+                }
+                if moved {
+                    self.publish_needed = true;
+                }
+                if old_service != new_service {
+                    if let Some(s) = old_service
+                        && let Some(set) = self.by_service.get_mut(&s)
+                    {
+                        set.remove(&id);
+                    }
+                    if let Some(s) = new_service {
+                        self.by_service.entry(s).or_default().insert(id);
+                    }
+                }
+            }
+            None => {
+                if let Some(s) = new_service {
+                    self.by_service.entry(s).or_default().insert(id.clone());
+                }
+                self.pools.insert(
+                    id.clone(),
+                    PoolEntry {
+                        object: Arc::new(pool),
+                        priority,
+                        result: Err(Vec::new()),
+                        serving: None,
+                        skipped: Vec::new(),
+                        slice_cache: HashMap::new(),
+                    },
+                );
+                self.dirty.insert(id);
+            }
+        }
+    }
+
+    /// A pool was deleted.
+    pub fn delete_pool(&mut self, pool: &BalancerPool) {
+        self.delete_pool_id(&pool_id(pool));
+    }
+
+    fn delete_pool_id(&mut self, id: &PoolId) {
+        if let Some(e) = self.pools.remove(id) {
+            if let Some(s) = service_of_pool(id, &e.object)
+                && let Some(set) = self.by_service.get_mut(&s)
+            {
+                set.remove(id);
+                if set.is_empty() {
+                    self.by_service.remove(&s);
+                }
+            }
+            self.dirty.remove(id);
+            if e.serving.is_some() {
+                self.publish_needed = true;
+            }
+        }
+    }
+
+    /// Keeps only the pools whose ids are in `seen` (after a re-list).
+    pub fn retain_pools(&mut self, seen: &HashSet<PoolId>) {
+        let gone: Vec<PoolId> = self.pools.keys().filter(|id| !seen.contains(*id)).cloned().collect();
+        for id in gone {
+            self.delete_pool_id(&id);
+        }
+    }
+
+    fn mark_service(&mut self, svc: &ServiceKey) {
+        if let Some(pools) = self.by_service.get(svc) {
+            self.dirty.extend(pools.iter().cloned());
+        }
+    }
+
+    /// A slice was added or changed.
+    pub fn apply_slice(&mut self, slice: EndpointSlice) {
+        let key = slice_key(&slice);
+        let svc = service_of_slice(&slice);
+        if let Some(old_svc) = self.slice_service.get(&key).cloned()
+            && Some(&old_svc) != svc.as_ref()
+        {
+            self.remove_slice(&key, &old_svc);
+        }
+        let Some(svc) = svc else { return };
+        let slices = self.slices.entry(svc.clone()).or_default();
+        if let Some(old) = slices.get(&key.1)
+            && old.metadata.resource_version.is_some()
+            && old.metadata.resource_version == slice.metadata.resource_version
+        {
+            return;
+        }
+        slices.insert(key.1.clone(), Arc::new(slice));
+        self.slice_service.insert(key, svc.clone());
+        self.mark_service(&svc);
+    }
+
+    /// A slice was deleted.
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) {
+        let key = slice_key(slice);
+        if let Some(svc) = self.slice_service.get(&key).cloned() {
+            self.remove_slice(&key, &svc);
+        }
+    }
+
+    fn remove_slice(&mut self, key: &(String, String), svc: &ServiceKey) {
+        self.slice_service.remove(key);
+        if let Some(slices) = self.slices.get_mut(svc) {
+            slices.remove(&key.1);
+            if slices.is_empty() {
+                self.slices.remove(svc);
+            }
+        }
+        self.mark_service(svc);
+    }
+
+    /// Keeps only the slices whose `(namespace, name)` are in `seen` (after a re-list).
+    pub fn retain_slices(&mut self, seen: &HashSet<(String, String)>) {
+        let gone: Vec<((String, String), ServiceKey)> = self
+            .slice_service
+            .iter()
+            .filter(|(k, _)| !seen.contains(*k))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        for (k, s) in gone {
+            self.remove_slice(&k, &s);
+        }
+    }
+
+    /// Whether some pool awaits re-derivation or the table must be republished.
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty() || self.publish_needed
+    }
+
+    /// Re-derives the dirty pools. Returns what changed per pool; afterwards
+    /// [`Index::take_publish_needed`] tells whether the published table is stale.
+    pub fn rederive(&mut self) -> Vec<PoolChange> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut changes = Vec::new();
+        for id in dirty {
+            let Some(e) = self.pools.get_mut(&id) else { continue };
+            let spec = &e.object.spec;
+            let mut derived = derive::Derived::default();
+            if let Some(svc) = &spec.backend.service {
+                let route_from = spec.backend.route_from.unwrap_or_default();
+                let mut cache = HashMap::new();
+                if let Some(slices) = self.slices.get(&(id.namespace.clone(), svc.name.clone())) {
+                    for (name, s) in slices {
+                        let rv = s.metadata.resource_version.clone();
+                        let members = match e.slice_cache.remove(name) {
+                            Some((crv, m)) if crv.is_some() && crv == rv => m,
+                            _ => Arc::new(derive::slice_members(s, &svc.port, route_from)),
+                        };
+                        cache.insert(name.clone(), (rv, members));
+                    }
+                }
+                derived = derive::merge(cache.values().map(|(_, m)| &**m));
+                e.slice_cache = cache;
+            }
+            let result = derive::pool_config(id.clone(), spec, &derived);
+            e.skipped = derived.skipped;
+            let mut change = PoolChange { id: id.clone(), added: Vec::new(), removed: Vec::new(), rejected: None };
+            match &result {
+                Ok(cfg) => {
+                    if e.serving.as_ref() != Some(cfg) {
+                        member_diff(e.serving.as_ref(), cfg, &mut change);
+                        e.serving = Some(cfg.clone());
+                        self.publish_needed = true;
+                    }
+                }
+                Err(problems) => {
+                    if e.result.as_ref().err() != Some(problems) {
+                        change.rejected = Some(problems_message(problems));
+                    }
+                }
+            }
+            e.result = result;
+            if !change.added.is_empty() || !change.removed.is_empty() || change.rejected.is_some() {
+                changes.push(change);
+            }
+        }
+        changes
+    }
+
+    /// Whether the table must be republished; resets the flag.
+    pub fn take_publish_needed(&mut self) -> bool {
+        std::mem::take(&mut self.publish_needed)
+    }
+
+    /// The configs to publish, older pools first (the older pool wins a host+prefix conflict).
+    pub fn configs(&self) -> Vec<PoolConfig> {
+        let mut entries: Vec<&PoolEntry> = self.pools.values().filter(|e| e.serving.is_some()).collect();
+        entries.sort_by(|a, b| a.priority.cmp(&b.priority));
+        entries.into_iter().filter_map(|e| e.serving.clone()).collect()
+    }
+
+    /// Every pool in scope.
+    pub fn pools(&self) -> impl Iterator<Item = (&PoolId, &PoolEntry)> {
+        self.pools.iter()
+    }
+
+    /// One pool.
+    pub fn pool(&self, id: &PoolId) -> Option<&PoolEntry> {
+        self.pools.get(id)
+    }
+
+    /// Number of slices held.
+    pub fn slice_count(&self) -> usize {
+        self.slice_service.len()
+    }
+}
+
+fn member_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChange) {
+    let old_members: HashMap<&str, std::net::SocketAddr> =
+        old.map(|o| o.members.iter().map(|m| (m.route.as_str(), m.address)).collect()).unwrap_or_default();
+    let new_members: HashMap<&str, std::net::SocketAddr> =
+        new.members.iter().map(|m| (m.route.as_str(), m.address)).collect();
+    for m in &new.members {
+        if old_members.get(m.route.as_str()) != Some(&m.address) {
+            change.added.push(format!("{}@{}", m.route, m.address));
+        }
+    }
+    if let Some(o) = old {
+        for m in &o.members {
+            if new_members.get(m.route.as_str()) != Some(&m.address) {
+                change.removed.push(format!("{}@{}", m.route, m.address));
+            }
+        }
+    }
+}
+
+/// All problems of a spec in one line, bounded for a condition message or an Event note.
+pub fn problems_message(problems: &[FieldError]) -> String {
+    let mut s = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    truncate(&mut s, 900);
+    s
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+}

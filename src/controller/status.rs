@@ -1,0 +1,427 @@
+//! What a pool's `status` should say, and the one writer that says it (plus Events).
+//!
+//! [`desired_status`] is pure: from the index entry, the published table and the conflicts it
+//! computes `observedGeneration`, the members and the four conditions, carrying each
+//! condition's `lastTransitionTime` over while its status is unchanged. Since the carried-over
+//! times make an unchanged status compare equal, the run loop skips pools whose status is
+//! already what the object holds.
+//!
+//! The [`Writer`] task does the API calls, off the run loop: only while this replica leads
+//! (every replica computes, one writes), coalesced per pool (the latest status wins), at most one
+//! write per pool per `min_interval`, and at most `rate` writes per second overall, so a storm
+//! of pod changes cannot turn into a storm of API writes. Events go the same way, capped.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::index::{PoolEntry, problems_message, truncate};
+use crate::api::{BalancerPool, BalancerPoolStatus, Condition, MemberStatusEntry};
+use crate::core::config::PoolId;
+use crate::core::table::{Conflict, RoutingTable};
+
+/// Condition types, as users see them in `kubectl describe`.
+pub mod kinds {
+    /// The spec is valid.
+    pub const ACCEPTED: &str = "Accepted";
+    /// At least one member takes new sessions.
+    pub const READY: &str = "Ready";
+    /// Some members are in error.
+    pub const DEGRADED: &str = "Degraded";
+    /// An older pool claims the same host and prefix.
+    pub const CONFLICT: &str = "Conflict";
+}
+
+fn condition(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: String, now: &str) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .or_else(|| Some(now.to_owned()));
+    let mut message = message;
+    truncate(&mut message, 900);
+    Condition { type_: type_.into(), status: status.into(), reason: reason.into(), message, last_transition_time }
+}
+
+fn list_routes<'a>(routes: impl Iterator<Item = &'a str>) -> String {
+    let all: Vec<&str> = routes.collect();
+    let shown = all.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    if all.len() > 10 { format!("{shown} and {} more", all.len() - 10) } else { shown }
+}
+
+/// The status this replica would write for a pool. `now` is an RFC 3339 time for new
+/// transitions; `now_ms` is the proxy clock (member error deadlines are in its milliseconds).
+pub fn desired_status(
+    entry: &PoolEntry,
+    id: &PoolId,
+    table: &RoutingTable,
+    conflict: Option<&Conflict>,
+    now_ms: u64,
+    now: &str,
+) -> BalancerPoolStatus {
+    let prev = entry.object.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let mut members = Vec::new();
+    let mut in_error = Vec::new();
+    if let Some(pool) = table.pool(id) {
+        for m in &pool.members {
+            let state = m.state_name(now_ms);
+            if state == "Error" {
+                in_error.push(m.route().to_owned());
+            }
+            members.push(MemberStatusEntry {
+                route: m.config.route.clone(),
+                address: m.config.address.to_string(),
+                ready: m.takes_new(now_ms) || m.takes_new_as_standby(now_ms),
+                state: state.into(),
+            });
+        }
+    } else if let Some(cfg) = &entry.serving {
+        // Not in the table (a conflict loser): report what would serve, none of it usable.
+        for m in &cfg.members {
+            members.push(MemberStatusEntry {
+                route: m.route.clone(),
+                address: m.address.to_string(),
+                ready: false,
+                state: format!("{:?}", m.status),
+            });
+        }
+    }
+    let ready_members = members.iter().filter(|m| m.ready).count();
+    let mut conditions = Vec::with_capacity(4);
+    conditions.push(match &entry.result {
+        Ok(_) => condition(prev, kinds::ACCEPTED, true, "Valid", "the spec is valid".into(), now),
+        Err(problems) => {
+            let serving = if entry.serving.is_some() {
+                "; the last valid spec keeps serving"
+            } else {
+                "; nothing is served for this pool"
+            };
+            condition(
+                prev,
+                kinds::ACCEPTED,
+                false,
+                "InvalidSpec",
+                format!("{}{serving}", problems_message(problems)),
+                now,
+            )
+        }
+    });
+    conditions.push(if let Some(c) = conflict {
+        condition(
+            prev,
+            kinds::READY,
+            false,
+            "Conflict",
+            format!("not served: {} claims the same host and prefix", c.winner),
+            now,
+        )
+    } else if ready_members > 0 {
+        condition(
+            prev,
+            kinds::READY,
+            true,
+            "MembersAvailable",
+            format!("{ready_members} of {} members take new sessions", members.len()),
+            now,
+        )
+    } else if entry.serving.is_none() {
+        condition(prev, kinds::READY, false, "NotServed", "no valid spec has been served yet".into(), now)
+    } else {
+        let why = if entry.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", entry.skipped.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        };
+        condition(prev, kinds::READY, false, "NoReadyMembers", format!("no member takes new sessions{why}"), now)
+    });
+    conditions.push(if in_error.is_empty() {
+        condition(prev, kinds::DEGRADED, false, "AllHealthy", "no member is in error".into(), now)
+    } else {
+        let msg = format!("in error: {}", list_routes(in_error.iter().map(String::as_str)));
+        condition(prev, kinds::DEGRADED, true, "MembersInError", msg, now)
+    });
+    conditions.push(match conflict {
+        Some(c) => condition(
+            prev,
+            kinds::CONFLICT,
+            true,
+            "HostPrefixClaimed",
+            format!("host {} prefix {} is served by the older pool {}", c.host, c.prefix, c.winner),
+            now,
+        ),
+        None => condition(
+            prev,
+            kinds::CONFLICT,
+            false,
+            "NoConflict",
+            "no older pool claims this host and prefix".into(),
+            now,
+        ),
+    });
+    BalancerPoolStatus {
+        observed_generation: entry.object.metadata.generation,
+        member_count: Some(u32::try_from(members.len()).unwrap_or(u32::MAX)),
+        ready_members: Some(u32::try_from(ready_members).unwrap_or(u32::MAX)),
+        members,
+        conditions,
+    }
+}
+
+/// An Event to publish about a pool.
+#[derive(Debug, Clone)]
+pub struct PoolEvent {
+    /// The pool.
+    pub reference: ObjectReference,
+    /// Warning for rejected specs, Normal otherwise.
+    pub warning: bool,
+    /// `MemberAdded`, `MemberRemoved`, `InvalidSpec`.
+    pub reason: &'static str,
+    /// What happened.
+    pub note: String,
+}
+
+/// Work for the writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// The status a pool should have.
+    Status {
+        /// The pool.
+        id: PoolId,
+        /// The status.
+        status: Box<BalancerPoolStatus>,
+    },
+    /// A pool is gone: forget what was written for it.
+    Forget(PoolId),
+    /// An Event.
+    Event(PoolEvent),
+}
+
+/// Writer tuning.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// At least this long between two status writes of one pool.
+    pub min_interval: Duration,
+    /// Writes (status and events) per second overall.
+    pub rate: u32,
+    /// The `reportingController` / `reportingInstance` of Events.
+    pub reporter: Reporter,
+    /// The field manager of status writes.
+    pub field_manager: String,
+}
+
+/// Counters the tests and logs read.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Status writes accepted by the API server.
+    pub status_writes: AtomicU64,
+    /// Status writes that failed.
+    pub status_errors: AtomicU64,
+    /// Events published.
+    pub events: AtomicU64,
+}
+
+/// The status and event writer task.
+pub struct Writer {
+    client: Client,
+    opts: WriterOptions,
+    stats: Arc<WriterStats>,
+    pending: BTreeMap<PoolId, BalancerPoolStatus>,
+    written: HashMap<PoolId, (Instant, BalancerPoolStatus)>,
+    events: VecDeque<PoolEvent>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Events queued beyond this are dropped (and logged): they are advisory.
+const MAX_QUEUED_EVENTS: usize = 1_000;
+
+/// The merge patch for a status: fields that became empty are sent as `null`, since a merge
+/// patch leaves absent fields alone.
+fn status_patch(status: &BalancerPoolStatus) -> Value {
+    let mut v = serde_json::to_value(status).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        for k in ["observedGeneration", "memberCount", "readyMembers", "members", "conditions"] {
+            m.entry(k).or_insert(Value::Null);
+        }
+    }
+    serde_json::json!({ "status": v })
+}
+
+impl Writer {
+    /// A writer; run it with [`Writer::run`].
+    pub fn new(client: Client, opts: WriterOptions, stats: Arc<WriterStats>) -> Writer {
+        let tokens = f64::from(opts.rate.max(1));
+        Writer {
+            client,
+            opts,
+            stats,
+            pending: BTreeMap::new(),
+            written: HashMap::new(),
+            events: VecDeque::new(),
+            tokens,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn take_token(&mut self) -> bool {
+        let rate = f64::from(self.opts.rate.max(1));
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn accept(&mut self, o: Outbound) {
+        match o {
+            Outbound::Status { id, status } => {
+                if self.written.get(&id).is_some_and(|(_, s)| *s == *status) {
+                    self.pending.remove(&id);
+                } else {
+                    self.pending.insert(id, *status);
+                }
+            }
+            Outbound::Forget(id) => {
+                self.pending.remove(&id);
+                self.written.remove(&id);
+            }
+            Outbound::Event(e) => {
+                if self.events.len() < MAX_QUEUED_EVENTS {
+                    self.events.push_back(e);
+                } else {
+                    tracing::warn!(reason = e.reason, "event queue full; event dropped");
+                }
+            }
+        }
+    }
+
+    /// Writes what is due; returns when to look again.
+    async fn flush(&mut self, recorder: &Recorder) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let due: Vec<PoolId> = self
+            .pending
+            .keys()
+            .filter(|id| match self.written.get(*id) {
+                Some((at, _)) if *at + self.opts.min_interval > now => {
+                    let t = *at + self.opts.min_interval;
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                    false
+                }
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        for id in due {
+            if !self.take_token() {
+                return Some(now + Duration::from_millis(50));
+            }
+            let Some(status) = self.pending.remove(&id) else { continue };
+            let api: Api<BalancerPool> = Api::namespaced(self.client.clone(), &id.namespace);
+            let pp = PatchParams { field_manager: Some(self.opts.field_manager.clone()), ..Default::default() };
+            match api.patch_status(&id.name, &pp, &Patch::Merge(status_patch(&status))).await {
+                Ok(_) => {
+                    self.stats.status_writes.fetch_add(1, Ordering::Relaxed);
+                    self.written.insert(id, (Instant::now(), status));
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    tracing::debug!(pool = %id, "pool gone before its status was written");
+                }
+                Err(e) => {
+                    self.stats.status_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pool = %id, error = %e, "status write failed; will retry");
+                    // Retry after the per-pool interval, unless a newer status replaced it.
+                    self.pending.entry(id.clone()).or_insert(status);
+                    self.written.insert(id, (Instant::now(), BalancerPoolStatus::default()));
+                    let t = Instant::now() + self.opts.min_interval;
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            }
+        }
+        while !self.events.is_empty() {
+            if !self.take_token() {
+                return Some(now + Duration::from_millis(50));
+            }
+            let Some(e) = self.events.pop_front() else { break };
+            let ev = Event {
+                type_: if e.warning { EventType::Warning } else { EventType::Normal },
+                reason: e.reason.into(),
+                note: Some(e.note.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            match recorder.publish(&ev, &e.reference).await {
+                Ok(()) => {
+                    self.stats.events.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => tracing::warn!(error = %err, reason = e.reason, "event not published"),
+            }
+        }
+        next
+    }
+
+    /// Runs until `rx` closes. Writes only while `leader` holds; a replica that does not lead
+    /// drops its work (the leader computes the same statuses).
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outbound>, mut leader: watch::Receiver<bool>) {
+        let recorder = Recorder::new(self.client.clone(), self.opts.reporter.clone());
+        let mut wake: Option<Instant> = None;
+        loop {
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                o = rx.recv() => match o {
+                    Some(o) => {
+                        self.accept(o);
+                        while let Ok(o) = rx.try_recv() {
+                            self.accept(o);
+                        }
+                    }
+                    None => return,
+                },
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // A new leader writes everything again: what the last leader wrote may be stale.
+                    self.written.clear();
+                }
+                () = sleep => {}
+            }
+            if !*leader.borrow() {
+                self.pending.clear();
+                self.events.clear();
+                wake = None;
+                continue;
+            }
+            wake = self.flush(&recorder).await;
+        }
+    }
+}
+
+/// At most this many members are listed in `status.members` (`memberCount` counts them all): a
+/// Service with thousands of pods must not make the object approach etcd's size limit, nor turn
+/// every pod change into a large write.
+pub const MAX_STATUS_MEMBERS: usize = 100;
+
+/// Cuts `status.members` to [`MAX_STATUS_MEMBERS`] entries.
+pub fn cap_members(status: &mut BalancerPoolStatus) {
+    status.members.truncate(MAX_STATUS_MEMBERS);
+}
