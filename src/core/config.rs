@@ -541,7 +541,11 @@ fn health_config(p: &mut Problems, h: &api::Health) -> HealthConfig {
             timeout: p.duration("spec.health.active.timeout", a.timeout.as_deref(), Duration::from_secs(2)),
             passes: bounded(p, "passes", a.passes, 2),
             fails: bounded(p, "fails", a.fails, 3),
-            expect_status: status_ranges(p, "spec.health.active.expectStatus", a.expect_status.as_deref().unwrap_or("200-399")),
+            expect_status: status_ranges(
+                p,
+                "spec.health.active.expectStatus",
+                a.expect_status.as_deref().unwrap_or("200-399"),
+            ),
             expect_body: a.expect_body.clone().filter(|b| !b.is_empty()),
         }
     });
@@ -569,7 +573,12 @@ mod tests {
             backend: Backend {
                 members: members
                     .iter()
-                    .map(|(a, r)| StaticMember { address: (*a).into(), route: (*r).into(), load_factor: None, lb_set: None })
+                    .map(|(a, r)| StaticMember {
+                        address: (*a).into(),
+                        route: (*r).into(),
+                        load_factor: None,
+                        lb_set: None,
+                    })
                     .collect(),
                 ..Default::default()
             },
@@ -643,8 +652,12 @@ mod tests {
     #[test]
     fn overrides_apply_to_members() {
         let mut s = spec(&[("127.0.0.1:1", "a"), ("127.0.0.1:2", "b")]);
-        s.members =
-            vec![api::MemberOverride { route: "b".into(), load_factor: Some(7), status: Some(MemberStatus::Drain), lb_set: None }];
+        s.members = vec![api::MemberOverride {
+            route: "b".into(),
+            load_factor: Some(7),
+            status: Some(MemberStatus::Drain),
+            lb_set: None,
+        }];
         let c = validate_static(id(), &s).unwrap();
         assert_eq!((c.members[1].load_factor, c.members[1].status), (7, MemberStatus::Drain));
     }

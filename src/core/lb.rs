@@ -34,11 +34,7 @@ impl LbContext {
             return full;
         }
         let elapsed = self.now_ms.saturating_sub(m.runtime.usable_since_ms(self.now_ms));
-        if elapsed >= self.slow_start_ms {
-            full
-        } else {
-            (full * elapsed as i64 / self.slow_start_ms as i64).max(1)
-        }
+        if elapsed >= self.slow_start_ms { full } else { (full * elapsed as i64 / self.slow_start_ms as i64).max(1) }
     }
 
     /// The heartbeat-reported spare capacity, when fresh.
@@ -90,7 +86,12 @@ fn count_requests(
     Some(winner)
 }
 
-fn account_requests(members: &[Member], eligible: &dyn Fn(usize) -> bool, chosen: usize, weight: &dyn Fn(&Member) -> i64) {
+fn account_requests(
+    members: &[Member],
+    eligible: &dyn Fn(usize) -> bool,
+    chosen: usize,
+    weight: &dyn Fn(&Member) -> i64,
+) {
     let mut total: i64 = 0;
     for (i, m) in members.iter().enumerate() {
         if eligible(i) {
@@ -189,7 +190,8 @@ pub struct Heartbeat;
 
 impl Heartbeat {
     fn weight(members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> impl Fn(&Member) -> i64 {
-        let anyone_ready = members.iter().enumerate().any(|(i, m)| eligible(i) && ctx.heartbeat(m).is_none_or(|r| r > 0));
+        let anyone_ready =
+            members.iter().enumerate().any(|(i, m)| eligible(i) && ctx.heartbeat(m).is_none_or(|r| r > 0));
         let ctx = *ctx;
         move |m: &Member| match ctx.heartbeat(m) {
             Some(ready) if anyone_ready => {
@@ -231,7 +233,8 @@ pub struct LeastLatency {
 
 impl Default for LeastLatency {
     fn default() -> Self {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         LeastLatency::with_seed(seed)
     }
 }
@@ -273,7 +276,11 @@ impl LbMethod for LeastLatency {
                     b += 1;
                 }
                 let (a, b) = (nth(a)?, nth(b)?);
-                if LeastLatency::cost(&members[b], ctx) < LeastLatency::cost(&members[a], ctx) { Some(b) } else { Some(a) }
+                if LeastLatency::cost(&members[b], ctx) < LeastLatency::cost(&members[a], ctx) {
+                    Some(b)
+                } else {
+                    Some(a)
+                }
             }
         }
     }

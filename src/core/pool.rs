@@ -170,7 +170,8 @@ impl Pool {
                 Some(&i) if tried.is_empty() => {
                     if self.members[i].takes_sticky(now_ms) {
                         let set = self.members[i].config.lb_set;
-                        let same_set = |j: usize| self.members[j].config.lb_set == set && self.members[j].takes_new(now_ms);
+                        let same_set =
+                            |j: usize| self.members[j].config.lb_set == set && self.members[j].takes_new(now_ms);
                         self.lb.account_sticky(&self.members, &same_set, i, &ctx);
                         return Choice::StickyHit(i);
                     }
@@ -284,7 +285,12 @@ mod tests {
             },
             members: members
                 .iter()
-                .map(|(r, s)| api::MemberOverride { route: (*r).into(), load_factor: None, status: Some(*s), lb_set: None })
+                .map(|(r, s)| api::MemberOverride {
+                    route: (*r).into(),
+                    load_factor: None,
+                    status: Some(*s),
+                    lb_set: None,
+                })
                 .collect(),
             sticky: Some(api::Sticky { failover: Some(failover), ..Default::default() }),
             ..Default::default()

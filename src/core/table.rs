@@ -194,7 +194,8 @@ mod tests {
                 members: vec![api::StaticMember {
                     address: "127.0.0.1:1".into(),
                     route: "a".into(),
-                    load_factor: None, lb_set: None,
+                    load_factor: None,
+                    lb_set: None,
                 }],
                 ..Default::default()
             },

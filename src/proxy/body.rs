@@ -12,6 +12,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::core::MemberRuntime;
 
 /// Where a body waits to be reused by the next attempt.
 pub type BodySlot = Arc<Mutex<Option<Incoming>>>;
@@ -29,19 +32,21 @@ pub enum UpstreamBody {
         slot: BodySlot,
         /// A frame was read: the body cannot be replayed.
         started: bool,
+        /// The member the bytes go to (ByTraffic, metrics).
+        counter: Arc<MemberRuntime>,
     },
 }
 
 impl UpstreamBody {
     /// Wraps a client body for one attempt.
-    pub fn streamed(body: Incoming, slot: BodySlot) -> Self {
-        UpstreamBody::Streamed { inner: Some(body), slot, started: false }
+    pub fn streamed(body: Incoming, slot: BodySlot, counter: Arc<MemberRuntime>) -> Self {
+        UpstreamBody::Streamed { inner: Some(body), slot, started: false, counter }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let UpstreamBody::Streamed { inner, slot, started: false } = self
+        if let UpstreamBody::Streamed { inner, slot, started: false, .. } = self
             && let Some(body) = inner.take()
             && let Ok(mut s) = slot.lock()
         {
@@ -57,12 +62,15 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Streamed { inner, started, .. } => match inner.as_mut() {
+            UpstreamBody::Streamed { inner, started, counter, .. } => match inner.as_mut() {
                 None => Poll::Ready(None),
                 Some(body) => {
                     let r = Pin::new(body).poll_frame(cx);
-                    if matches!(r, Poll::Ready(Some(_))) {
+                    if let Poll::Ready(Some(frame)) = &r {
                         *started = true;
+                        if let Some(data) = frame.as_ref().ok().and_then(|f| f.data_ref()) {
+                            counter.bytes_to.fetch_add(data.len() as u64, Relaxed);
+                        }
                     }
                     r
                 }

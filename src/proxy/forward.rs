@@ -281,7 +281,7 @@ impl Proxy {
                     let body = match &slot {
                         None => UpstreamBody::Empty,
                         Some(s) => match s.lock().ok().and_then(|mut b| b.take()) {
-                            Some(b) => UpstreamBody::streamed(b, Arc::clone(s)),
+                            Some(b) => UpstreamBody::streamed(b, Arc::clone(s), Arc::clone(&member.runtime)),
                             None => {
                                 let msg = "routeid: the request body was already sent to a member that failed\n";
                                 break (plain(StatusCode::BAD_GATEWAY, msg), idx);
@@ -310,16 +310,28 @@ impl Proxy {
             }
 
             let busy = Busy::enter(&member.runtime);
+            let sent_at = Instant::now();
             let result = tokio::time::timeout(pool.config.timeouts.response, ext.conns[idx].send(up)).await;
             drop(busy);
             match result {
-                Ok(Ok(resp)) => break (resp.map(Either::Left), idx),
+                Ok(Ok(resp)) => {
+                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64);
+                    if pool.config.health.fail_on_status.contains(&resp.status().as_u16()) {
+                        // Apache failonstatus: the member goes in error, the client still gets
+                        // the response.
+                        pool.member_failed(idx, self.clock.now_ms());
+                        tracing::warn!(pool = %pool.config.id, member = member.route(), status = resp.status().as_u16(), "failOnStatus: member put in error");
+                    }
+                    let counter = Arc::clone(&member.runtime);
+                    break (resp.map(|b| Either::Left(b.counting(counter))), idx);
+                }
                 Ok(Err(failed)) => {
                     let connect = failed.error.is_connect();
-                    if connect {
-                        pool.member_failed(idx, self.clock.now_ms());
-                    } else {
+                    if failed.error.is_keepalive_race() {
                         member.runtime.errors.fetch_add(1, Relaxed);
+                    } else {
+                        // Refused, reset or closed without an answer: the member is in trouble.
+                        pool.member_failed(idx, self.clock.now_ms());
                     }
                     tracing::warn!(pool = %pool.config.id, member = member.route(), error = %error_chain(&failed.error), connect, "attempt failed");
                     let repeatable = failed.request.is_some()
@@ -331,7 +343,12 @@ impl Proxy {
                     choice = pool.choose(vars.session_route.as_deref(), &tried, self.clock.now_ms());
                 }
                 Err(_elapsed) => {
-                    member.runtime.errors.fetch_add(1, Relaxed);
+                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64);
+                    if pool.config.health.fail_on_timeout {
+                        pool.member_failed(idx, self.clock.now_ms());
+                    } else {
+                        member.runtime.errors.fetch_add(1, Relaxed);
+                    }
                     tracing::warn!(pool = %pool.config.id, member = member.route(), "response timeout");
                     break (plain(StatusCode::GATEWAY_TIMEOUT, "routeid: the member did not answer in time\n"), idx);
                 }

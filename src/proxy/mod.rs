@@ -9,6 +9,7 @@
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod health;
 pub mod server;
 pub mod upstream;
 
@@ -80,6 +81,7 @@ pub struct Proxy {
     /// reloads so warm connections survive them. Locked only while publishing.
     conns: Mutex<HashMap<(std::net::SocketAddr, Duration, Duration), Arc<MemberConns>>>,
     publish_lock: Mutex<()>,
+    health: health::HealthChecks,
     pub(crate) clock: Clock,
     pub(crate) settings: ProxySettings,
 }
@@ -91,6 +93,7 @@ impl Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             conns: Mutex::new(HashMap::new()),
             publish_lock: Mutex::new(()),
+            health: health::HealthChecks::default(),
             clock: Clock::default(),
             settings,
         })
@@ -155,6 +158,17 @@ impl Proxy {
         // Pools of members that left are dropped here (in-flight requests keep theirs alive).
         *pools = in_use;
         drop(pools);
+        if previous.table.pools().is_empty() {
+            // Members present at startup are not "joining": no slow start for them (HAProxy).
+            for m in table.pools().iter().flat_map(|p| p.members.iter()) {
+                m.runtime.joined_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.health.reconcile(&table);
+        } else {
+            tracing::warn!("published outside a runtime: health checks not started");
+        }
         self.snapshot.store(Arc::new(Snapshot { table, ext }));
         conflicts
     }

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
+use crate::core::MemberRuntime;
 
 /// Idle connections kept per member; more are closed when their response ends.
 const MAX_IDLE_PER_MEMBER: usize = 512;
@@ -66,6 +67,8 @@ pub enum SendError {
         addr: SocketAddr,
         /// Why.
         source: hyper::Error,
+        /// It happened on a pooled connection, not a fresh one.
+        reused: bool,
     },
 }
 
@@ -73,6 +76,12 @@ impl SendError {
     /// A connect failure: the member is down, not just this request.
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect { .. })
+    }
+
+    /// A pooled keep-alive connection that the member closed just as the request went out: the
+    /// member is fine (it only timed the connection out), so it is not put in error.
+    pub fn is_keepalive_race(&self) -> bool {
+        matches!(self, SendError::Exchange { source, reused: true, .. } if source.is_incomplete_message())
     }
 }
 
@@ -114,7 +123,7 @@ impl MemberConns {
                     Some(back) => req = back,
                     None => {
                         return Err(Failed {
-                            error: SendError::Exchange { addr: self.addr, source: e.into_error() },
+                            error: SendError::Exchange { addr: self.addr, source: e.into_error(), reused: true },
                             request: None,
                         });
                     }
@@ -131,7 +140,10 @@ impl MemberConns {
             Ok(resp) => Ok(self.wrap(resp, sender)),
             Err(mut e) => {
                 let request = e.take_message();
-                Err(Failed { error: SendError::Exchange { addr: self.addr, source: e.into_error() }, request })
+                Err(Failed {
+                    error: SendError::Exchange { addr: self.addr, source: e.into_error(), reused: false },
+                    request,
+                })
             }
         }
     }
@@ -155,7 +167,7 @@ impl MemberConns {
     fn wrap(self: &Arc<Self>, resp: Response<Incoming>, sender: SendRequest<UpstreamBody>) -> Response<MemberBody> {
         let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         resp.map(|inner| {
-            let mut body = MemberBody { inner, give_back: None };
+            let mut body = MemberBody { inner, give_back: None, counter: None };
             if !upgrade {
                 if body.inner.is_end_stream() {
                     self.checkin(sender);
@@ -180,6 +192,15 @@ impl MemberConns {
 pub struct MemberBody {
     inner: Incoming,
     give_back: Option<(SendRequest<UpstreamBody>, Arc<MemberConns>)>,
+    counter: Option<Arc<MemberRuntime>>,
+}
+
+impl MemberBody {
+    /// Counts the body's bytes as received from this member (ByTraffic, metrics).
+    pub fn counting(mut self, member: Arc<MemberRuntime>) -> Self {
+        self.counter = Some(member);
+        self
+    }
 }
 
 impl std::fmt::Debug for MemberBody {
@@ -197,7 +218,12 @@ impl Body for MemberBody {
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         let ended = match &r {
             // hyper stops polling once `is_end_stream` says so: check after every frame.
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(c), Some(d)) = (&this.counter, frame.data_ref()) {
+                    c.bytes_from.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                this.inner.is_end_stream()
+            }
             Poll::Ready(None) => true,
             Poll::Ready(Some(Err(_))) => {
                 this.give_back = None;

@@ -1,0 +1,257 @@
+//! Active health checks (Apache mod_proxy_hcheck, HAProxy `check inter/rise/fall`).
+//!
+//! One task per checked member, keyed by pool, route, address and check settings, so a reload
+//! that keeps a member keeps its task (and its consecutive-result counters). Checks are spread
+//! over the interval by a per-member offset, run over one keep-alive connection per member,
+//! share a small global budget of concurrent checks, and touch the request path only through
+//! the member's atomics: a check never blocks a request.
+//!
+//! A member changes state only after `fails` consecutive failed checks (healthy → unhealthy) or
+//! `passes` consecutive passing ones (unhealthy → healthy). The response header
+//! `X-Heartbeat: ready=N[&busy=M]` reports spare capacity for the Heartbeat lb method.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
+
+use crate::api::CheckMethod;
+use crate::core::config::ActiveCheck;
+use crate::core::{Clock, MemberRuntime, PoolId, RoutingTable};
+
+/// Checks in flight at once, across all pools: the checker's own connection budget.
+const CHECK_BUDGET: usize = 64;
+/// Body bytes read to look for `expectBody`.
+const MAX_CHECK_BODY: usize = 64 * 1024;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CheckKey {
+    pool: PoolId,
+    route: String,
+    address: SocketAddr,
+    check: ActiveCheck,
+}
+
+/// The running health-check tasks.
+#[derive(Debug)]
+pub struct HealthChecks {
+    tasks: Mutex<HashMap<u64, AbortHandle>>,
+    budget: Arc<Semaphore>,
+}
+
+impl Default for HealthChecks {
+    fn default() -> Self {
+        HealthChecks { tasks: Mutex::new(HashMap::new()), budget: Arc::new(Semaphore::new(CHECK_BUDGET)) }
+    }
+}
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.get_mut() {
+            for (_, t) in tasks.drain() {
+                t.abort();
+            }
+        }
+    }
+}
+
+fn key_hash(k: &CheckKey) -> u64 {
+    let mut h = DefaultHasher::new();
+    k.hash(&mut h);
+    h.finish()
+}
+
+impl HealthChecks {
+    /// Makes the running checks match `table`: starts checks of new members, stops checks of
+    /// members (or settings) that are gone, and marks members of pools without checks healthy.
+    /// Must run inside a tokio runtime.
+    pub fn reconcile(&self, table: &RoutingTable) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wanted: HashMap<u64, (CheckKey, Arc<MemberRuntime>)> = HashMap::new();
+        for pool in table.pools() {
+            match &pool.config.health.active {
+                Some(check) => {
+                    for m in &pool.members {
+                        let key = CheckKey {
+                            pool: pool.config.id.clone(),
+                            route: m.config.route.clone(),
+                            address: m.config.address,
+                            check: check.clone(),
+                        };
+                        wanted.insert(key_hash(&key), (key, Arc::clone(&m.runtime)));
+                    }
+                }
+                None => {
+                    for m in &pool.members {
+                        if !m.runtime.healthy.swap(true, Relaxed) {
+                            m.runtime.healthy_since_ms.store(Clock.now_ms(), Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        tasks.retain(|h, task| {
+            let keep = wanted.contains_key(h);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (h, (key, runtime)) in wanted {
+            if tasks.contains_key(&h) {
+                continue;
+            }
+            let task = tokio::spawn(check_loop(key, runtime, Arc::clone(&self.budget)));
+            tasks.insert(h, task.abort_handle());
+        }
+    }
+
+    /// Number of members being checked.
+    pub fn len(&self) -> usize {
+        self.tasks.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// No member is checked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one check found.
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    passed: bool,
+    heartbeat_ready: Option<u32>,
+}
+
+async fn check_loop(key: CheckKey, runtime: Arc<MemberRuntime>, budget: Arc<Semaphore>) {
+    let check = &key.check;
+    // Spread the members' checks over the interval.
+    let interval_ms = check.interval.as_millis().max(1) as u64;
+    let mut h = DefaultHasher::new();
+    (&key.route, key.address).hash(&mut h);
+    tokio::time::sleep(Duration::from_millis(h.finish() % interval_ms)).await;
+    let mut ticker = tokio::time::interval(check.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+    let (mut passes, mut fails) = (0u32, 0u32);
+    loop {
+        ticker.tick().await;
+        let Ok(permit) = budget.acquire().await else { return };
+        let verdict = match tokio::time::timeout(check.timeout, check_once(&mut conn, key.address, check)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!(pool = %key.pool, member = %key.route, error = %e, "health check failed");
+                conn = None;
+                Verdict { passed: false, heartbeat_ready: None }
+            }
+            Err(_) => {
+                tracing::debug!(pool = %key.pool, member = %key.route, "health check timed out");
+                conn = None;
+                Verdict { passed: false, heartbeat_ready: None }
+            }
+        };
+        drop(permit);
+        let now = Clock.now_ms();
+        if let Some(ready) = verdict.heartbeat_ready {
+            runtime.report_heartbeat(ready, now);
+        }
+        if verdict.passed {
+            passes += 1;
+            fails = 0;
+        } else {
+            fails += 1;
+            passes = 0;
+        }
+        let healthy = runtime.healthy.load(Relaxed);
+        if healthy && fails >= check.fails {
+            runtime.healthy.store(false, Relaxed);
+            tracing::warn!(pool = %key.pool, member = %key.route, address = %key.address, fails, "member failed its health checks");
+        } else if !healthy && passes >= check.passes {
+            runtime.healthy_since_ms.store(now, Relaxed);
+            runtime.healthy.store(true, Relaxed);
+            tracing::info!(pool = %key.pool, member = %key.route, address = %key.address, passes, "member passes its health checks again");
+        }
+    }
+}
+
+async fn check_once(
+    conn: &mut Option<SendRequest<Empty<Bytes>>>,
+    addr: SocketAddr,
+    check: &ActiveCheck,
+) -> Result<Verdict, Box<dyn std::error::Error + Send + Sync>> {
+    let sender = match conn {
+        Some(s) if !s.is_closed() => s,
+        _ => {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            conn.insert(sender)
+        }
+    };
+    sender.ready().await?;
+    let method = match check.method {
+        CheckMethod::GET => Method::GET,
+        CheckMethod::HEAD => Method::HEAD,
+        CheckMethod::OPTIONS => Method::OPTIONS,
+    };
+    let req = Request::builder()
+        .method(method)
+        .uri(check.path.as_str())
+        .header(header::HOST, addr.to_string())
+        .header(header::USER_AGENT, "routeid-health-check")
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let heartbeat_ready = resp.headers().get("x-heartbeat").and_then(|v| v.to_str().ok()).and_then(parse_heartbeat);
+    let mut body = resp.into_body();
+    let mut seen: Vec<u8> = Vec::new();
+    let mut body_found = check.expect_body.is_none();
+    // Read the whole body (so the connection can be reused), keeping at most MAX_CHECK_BODY.
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data()
+            && !body_found
+            && seen.len() < MAX_CHECK_BODY
+        {
+            seen.extend_from_slice(&data[..data.len().min(MAX_CHECK_BODY - seen.len())]);
+        }
+    }
+    if let Some(want) = &check.expect_body {
+        body_found = seen.windows(want.len().max(1)).any(|w| w == want.as_bytes());
+    }
+    Ok(Verdict { passed: check.status_passes(status) && body_found, heartbeat_ready })
+}
+
+/// Parses `ready=12&busy=3` (fields in any order, unknown ones ignored) into `ready`.
+fn parse_heartbeat(v: &str) -> Option<u32> {
+    v.split(['&', ';', ',']).find_map(|kv| kv.trim().strip_prefix("ready=")).and_then(|n| n.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_heartbeat;
+
+    #[test]
+    fn heartbeat_header() {
+        assert_eq!(parse_heartbeat("ready=12&busy=3"), Some(12));
+        assert_eq!(parse_heartbeat("busy=3&ready=0"), Some(0));
+        assert_eq!(parse_heartbeat("busy=3"), None);
+        assert_eq!(parse_heartbeat("ready=-1"), None);
+        assert_eq!(parse_heartbeat("ready=x"), None);
+    }
+}
