@@ -193,10 +193,11 @@ impl Pool {
         }
         // Apache `forcerecovery`: when every member that could serve is in error, retry them
         // rather than fail every request until their retry time has passed.
-        if self.config.health.force_recovery && self.force_recovery(tried, now_ms) {
-            if let Some(i) = self.balance(tried, &ctx) {
-                return Choice::Balanced(i, reason);
-            }
+        if self.config.health.force_recovery
+            && self.force_recovery(tried, now_ms)
+            && let Some(i) = self.balance(tried, &ctx)
+        {
+            return Choice::Balanced(i, reason);
         }
         Choice::Unavailable(Unavailable::NoUsableMember)
     }

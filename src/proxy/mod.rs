@@ -94,7 +94,7 @@ impl Proxy {
             conns: Mutex::new(HashMap::new()),
             publish_lock: Mutex::new(()),
             health: health::HealthChecks::default(),
-            clock: Clock::default(),
+            clock: Clock,
             settings,
         })
     }
