@@ -1,0 +1,83 @@
+//! Several replicas: every one serves traffic, only the Lease holder writes status and Events,
+//! and when it goes away another takes over.
+
+#[path = "support/controller.rs"]
+mod cluster;
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use cluster::*;
+use serde_json::{Value, json};
+use support::fake_apiserver::FakeApiServer;
+use support::*;
+
+fn writes(r: &Replica) -> u64 {
+    r.controller.stats.writer.status_writes.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_but_only_the_leader_writes_status() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let a = Member::start("shop-0").await;
+        kube.put_slice(&slice("shop", "shop-0", a.addr, Cond::Ready)).await;
+        kube.create_pool(&pool("shop", "shop", json!({}))).await;
+        let r1 = Replica::start(&api, options("replica-1")).await;
+        let r2 = Replica::start(&api, options("replica-2")).await;
+
+        eventually(WAIT, "one leader", || async { r1.controller.is_leader() || r2.controller.is_leader() }).await;
+        eventually(WAIT, "a status", || async { kube.status("shop").await.is_some_and(|s| s.member_count == Some(1)) })
+            .await;
+        // Both replicas serve traffic.
+        for r in [&r1, &r2] {
+            eventually(WAIT, "the pool served by each replica", || async { r.members("shop").len() == 1 }).await;
+            assert_eq!(get(r.proxy(), "/", &[]).await.route(), "shop-0");
+        }
+        // A change: both replicas see it, one writes.
+        let b = Member::start("shop-1").await;
+        kube.put_slice(&slice("shop", "shop-1", b.addr, Cond::Ready)).await;
+        eventually(WAIT, "the change in status", || async {
+            kube.status("shop").await.is_some_and(|s| s.member_count == Some(2))
+        })
+        .await;
+        eventually(WAIT, "both replicas routing to the new member", || async {
+            r1.members("shop").len() == 2 && r2.members("shop").len() == 2
+        })
+        .await;
+        let (leader, follower) = if r1.controller.is_leader() { (r1, r2) } else { (r2, r1) };
+        assert!(!follower.controller.is_leader(), "exactly one leader");
+        assert!(writes(&leader) >= 2, "the leader wrote status");
+        assert_eq!(writes(&follower), 0, "the follower never writes status");
+        let lease = api.object("coordination.k8s.io", "v1", "leases", NS, "routeid-status").expect("a Lease");
+        let holder = lease.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap().to_owned();
+        let instances: Vec<String> = api
+            .objects("events.k8s.io", "events")
+            .iter()
+            .filter_map(|e| e.pointer("/reportingInstance").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        assert!(!instances.is_empty(), "events were published");
+        assert!(
+            instances.iter().all(|i| *i == holder),
+            "only the Lease holder {holder} publishes events: {instances:?}"
+        );
+        // Every status write came from the one field manager, not from both replicas.
+        let status_writers: Vec<_> =
+            api.writes().into_iter().filter(|w| w.subresource.as_deref() == Some("status")).collect();
+        assert_eq!(status_writers.len() as u64, writes(&leader));
+
+        // The leader goes away (releasing the Lease): the follower takes over and writes.
+        leader.stop().await;
+        eventually(WAIT, "the follower leading", || async { follower.controller.is_leader() }).await;
+        let c = Member::start("shop-2").await;
+        kube.put_slice(&slice("shop", "shop-2", c.addr, Cond::Ready)).await;
+        eventually(WAIT, "status written by the new leader", || async {
+            kube.status("shop").await.is_some_and(|s| s.member_count == Some(3))
+        })
+        .await;
+        assert!(writes(&follower) >= 1);
+        follower.stop().await;
+    })
+    .await;
+}
