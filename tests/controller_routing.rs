@@ -66,3 +66,128 @@ async fn pool_and_slices_give_sticky_traffic_and_readyz_waits_for_the_first_sync
     })
     .await;
 }
+
+/// Two members with a pinned session each.
+async fn two_member_pool(api: &FakeApiServer, kube: &Kube) -> (Replica, Vec<Member>) {
+    let members = vec![Member::start("shop-0").await, Member::start("shop-1").await];
+    for m in &members {
+        kube.put_slice(&slice("shop", &m.route, m.addr, Cond::Ready)).await;
+    }
+    kube.create_pool(&pool("shop", "shop", json!({}))).await;
+    let r = Replica::start(api, options("r1")).await;
+    eventually(WAIT, "two members", || async { r.members("shop").len() == 2 }).await;
+    (r, members)
+}
+
+fn cookie(route: &str) -> String {
+    format!("ROUTEID=.{route}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_gives_new_sessions_to_the_new_pod_and_keeps_old_sessions() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, _members) = two_member_pool(&api, &kube).await;
+        let before = r.running.proxy.snapshot();
+        let runtime_0 = before.table.pools()[0].members[0].runtime.clone();
+
+        let new = Member::start("shop-2").await;
+        kube.put_slice(&slice("shop", "shop-2", new.addr, Cond::Ready)).await;
+        eventually(WAIT, "three members", || async { r.members("shop").len() == 3 }).await;
+        // The rebuild kept the unchanged members' runtime state.
+        let after = r.running.proxy.snapshot();
+        assert!(std::sync::Arc::ptr_eq(&runtime_0, &after.table.pools()[0].members[0].runtime));
+
+        // Old sessions stay where they are.
+        for route in ["shop-0", "shop-1"] {
+            for _ in 0..3 {
+                let got = get(r.proxy(), "/", &[("cookie", &cookie(route))]).await;
+                assert_eq!(got.route(), route);
+                assert!(route_cookie(&got).is_none());
+            }
+        }
+        // New sessions go to the new pod: the sticky traffic above went through the ByRequests
+        // bookkeeping too, so the pod that served none of it has the most credit.
+        for _ in 0..3 {
+            let got = get(r.proxy(), "/", &[]).await;
+            assert_eq!(got.route(), "shop-2");
+            assert_eq!(route_cookie(&got).as_deref(), Some(".shop-2"));
+        }
+        // And balancing goes on over all three.
+        let mut routes = std::collections::BTreeSet::new();
+        for _ in 0..9 {
+            routes.insert(get(r.proxy(), "/", &[]).await.route().to_owned());
+        }
+        assert_eq!(routes.len(), 3, "{routes:?}");
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_moves_the_removed_pods_sessions_once_with_a_new_cookie() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, members) = two_member_pool(&api, &kube).await;
+        kube.delete_slice("shop-shop-1").await;
+        eventually(WAIT, "one member", || async { r.members("shop").len() == 1 }).await;
+
+        // The session pinned to the removed pod moves, and is re-pinned by a new cookie...
+        let moved = get(r.proxy(), "/", &[("cookie", &cookie("shop-1"))]).await;
+        assert_eq!(moved.status, 200);
+        assert_eq!(moved.route(), "shop-0");
+        assert_eq!(route_cookie(&moved).as_deref(), Some(".shop-0"));
+        // ...after which it sticks: no further move, no further cookie.
+        for _ in 0..3 {
+            let again = get(r.proxy(), "/", &[("cookie", &cookie("shop-0"))]).await;
+            assert_eq!(again.route(), "shop-0");
+            assert!(route_cookie(&again).is_none());
+        }
+        assert_eq!(members[1].hits(), 0, "nothing was sent to the removed pod");
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_pod_drains_and_all_terminating_pods_still_serve() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, members) = two_member_pool(&api, &kube).await;
+        kube.put_slice(&slice("shop", "shop-0", members[0].addr, Cond::Terminating)).await;
+        eventually(WAIT, "shop-0 draining", || async {
+            r.members("shop") == [("shop-0".to_owned(), "Drain".to_owned()), ("shop-1".to_owned(), "Ok".to_owned())]
+        })
+        .await;
+        // Its sessions stay...
+        let sticky = get(r.proxy(), "/", &[("cookie", &cookie("shop-0"))]).await;
+        assert_eq!(sticky.route(), "shop-0");
+        // ...it gets no new ones.
+        let hits = members[0].hits();
+        for _ in 0..6 {
+            assert_eq!(get(r.proxy(), "/", &[]).await.route(), "shop-1");
+        }
+        assert_eq!(members[0].hits(), hits);
+
+        // Every pod terminating (a rollout with nothing ready yet): they take all traffic.
+        kube.put_slice(&slice("shop", "shop-1", members[1].addr, Cond::Terminating)).await;
+        eventually(WAIT, "all members taking traffic", || async {
+            r.members("shop").iter().all(|(_, state)| state == "Ok")
+        })
+        .await;
+        let mut routes: Vec<String> = Vec::new();
+        for _ in 0..4 {
+            routes.push(get(r.proxy(), "/", &[]).await.route().to_owned());
+        }
+        assert!(routes.contains(&"shop-0".to_owned()) && routes.contains(&"shop-1".to_owned()), "{routes:?}");
+
+        // Not serving at all: gone.
+        kube.put_slice(&slice("shop", "shop-1", members[1].addr, Cond::NotReady)).await;
+        eventually(WAIT, "shop-1 gone", || async { r.members("shop").len() == 1 }).await;
+        r.stop().await;
+    })
+    .await;
+}

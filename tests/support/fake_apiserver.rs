@@ -29,12 +29,11 @@
 //! collection, finalizers, discovery documents, protobuf, HTTP/2, TLS.
 //!
 //! Failure injection: [`FakeApiServer::drop_watches`] breaks every open watch mid-stream (the
-//! client sees a connection error, not a clean end); [`FakeApiServer::set_unavailable`] makes
-//! every request fail with 503 until it is lifted; [`FakeApiServer::compact`] forgets the event
+//! client sees the stream cut off); [`FakeApiServer::set_unavailable`] closes every connection
+//! without an answer until it is lifted; [`FakeApiServer::compact`] forgets the event
 //! history, so a watch resuming from an old `resourceVersion` gets 410 Gone and must re-list.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,6 +105,7 @@ struct State {
     drop_watches: watch::Sender<u64>,
     unavailable: AtomicBool,
     open_watches: Mutex<u64>,
+    gone_served: std::sync::atomic::AtomicU64,
 }
 
 /// A running fake API server; stops when dropped.
@@ -134,6 +134,7 @@ impl FakeApiServer {
             drop_watches: watch::channel(0).0,
             unavailable: AtomicBool::new(false),
             open_watches: Mutex::new(0),
+            gone_served: std::sync::atomic::AtomicU64::new(0),
         });
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -144,7 +145,13 @@ impl FakeApiServer {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let st = Arc::clone(&st);
-                        async move { Ok::<_, Infallible>(handle(st, req).await) }
+                        async move {
+                            if st.unavailable.load(Ordering::SeqCst) {
+                                // No answer at all: hyper drops the connection.
+                                return Err(std::io::Error::other("the fake API server is unreachable"));
+                            }
+                            Ok::<_, std::io::Error>(handle(st, req).await)
+                        }
                     });
                     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                 });
@@ -164,7 +171,9 @@ impl FakeApiServer {
         self.state.drop_watches.send_modify(|g| *g += 1);
     }
 
-    /// Every request answers 503 while `down` holds (an API server outage).
+    /// While `down` holds every request has its connection closed without an answer: an
+    /// unreachable API server. (Not a 503: kube's client retries 503s internally for minutes,
+    /// which would hide the outage from the watchers under test.)
     pub fn set_unavailable(&self, down: bool) {
         self.state.unavailable.store(down, Ordering::SeqCst);
         if down {
@@ -179,9 +188,32 @@ impl FakeApiServer {
         s.oldest_rv = s.rv;
     }
 
+    /// Deletes an object behind the clients' backs (works while the server is unavailable), as
+    /// a DELETE would: a DELETED event goes to the history and to open watches.
+    pub fn remove(&self, group: &str, version: &str, resource: &str, ns: &str, name: &str) -> bool {
+        let key = Key {
+            group: group.into(),
+            version: version.into(),
+            resource: resource.into(),
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        let mut s = self.state.store.lock().unwrap();
+        let Some(obj) = s.objects.remove(&key) else { return false };
+        s.owners.remove(&key);
+        s.rv += 1;
+        s.emit(&self.state, "DELETED", &key, &obj);
+        true
+    }
+
     /// Number of watch streams open right now.
     pub fn open_watches(&self) -> u64 {
         *self.state.open_watches.lock().unwrap()
+    }
+
+    /// How many watches were answered 410 Gone.
+    pub fn gone_served(&self) -> u64 {
+        self.state.gone_served.load(Ordering::SeqCst)
     }
 
     /// Every accepted write so far.
@@ -451,9 +483,6 @@ impl Store {
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    if state.unavailable.load(Ordering::SeqCst) {
-        return status_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the fake API server is down");
-    }
     let Some(t) = parse_path(req.uri().path()) else {
         return status_error(StatusCode::NOT_FOUND, "NotFound", format!("no such path {}", req.uri().path()));
     };
@@ -738,6 +767,7 @@ fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<B
     let (backlog, gone) = match backlog {
         Ok(b) => (b, false),
         Err(()) => {
+            state.gone_served.fetch_add(1, Ordering::SeqCst);
             let gone = json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": "too old resource version", "reason": "Expired", "code": 410,

@@ -1,0 +1,109 @@
+//! A lost API server: the last table keeps serving, `/readyz` stays ready, the watchers reconnect
+//! with backoff (resuming, or re-listing after 410 Gone) and later changes still arrive.
+
+#[path = "support/controller.rs"]
+mod cluster;
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cluster::*;
+use serde_json::json;
+use support::fake_apiserver::FakeApiServer;
+use support::*;
+
+async fn serving_pool(api: &FakeApiServer, kube: &Kube) -> (Replica, Member) {
+    let a = Member::start("shop-0").await;
+    kube.put_slice(&slice("shop", "shop-0", a.addr, Cond::Ready)).await;
+    kube.create_pool(&pool("shop", "shop", json!({}))).await;
+    let r = Replica::start(api, options("r1")).await;
+    eventually(WAIT, "the pool served", || async { !r.members("shop").is_empty() }).await;
+    (r, a)
+}
+
+fn watch_errors(r: &Replica) -> u64 {
+    r.controller.stats.watch_errors.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_dropped_mid_stream_resume_and_later_changes_arrive() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, _a) = serving_pool(&api, &kube).await;
+        let publishes = r.controller.stats.publishes.load(Ordering::Relaxed);
+
+        api.drop_watches();
+        // kube's client ends a cut-off watch quietly and the watcher resumes from its last
+        // resourceVersion. A change made around the drop...
+        let b = Member::start("shop-1").await;
+        kube.put_slice(&slice("shop", "shop-1", b.addr, Cond::Ready)).await;
+        // ...arrives once it has resumed.
+        eventually(WAIT, "the change made during the drop", || async { r.members("shop").len() == 2 }).await;
+        assert_eq!(get(r.proxy(), "/", &[("cookie", "ROUTEID=.shop-1")]).await.route(), "shop-1");
+
+        // Dropped again: a change made after the reconnection arrives as well.
+        api.drop_watches();
+        eventually(WAIT, "the watches reconnected", || async { api.open_watches() >= 2 }).await;
+        let c = Member::start("shop-2").await;
+        kube.put_slice(&slice("shop", "shop-2", c.addr, Cond::Ready)).await;
+        eventually(WAIT, "the change after the reconnection", || async { r.members("shop").len() == 3 }).await;
+        assert!(r.controller.stats.publishes.load(Ordering::Relaxed) > publishes);
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_keeps_the_table_serving_and_readyz_ready() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, a) = serving_pool(&api, &kube).await;
+
+        api.set_unavailable(true);
+        eventually(WAIT, "the controller noticing the outage", || async { watch_errors(&r) >= 2 }).await;
+        for _ in 0..5 {
+            assert_eq!(get(r.proxy(), "/", &[]).await.route(), "shop-0", "the last table serves on");
+            assert_eq!(get(r.running.admin_addr, "/readyz", &[]).await.status, 200, "still ready");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // more failed reconnects
+        assert_eq!(r.members("shop").len(), 1);
+        assert!(a.hits() >= 5);
+
+        api.set_unavailable(false);
+        let b = Member::start("shop-1").await;
+        kube.put_slice(&slice("shop", "shop-1", b.addr, Cond::Ready)).await;
+        eventually(WAIT, "changes after the outage", || async { r.members("shop").len() == 2 }).await;
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_too_old_resource_version_means_a_full_relist_that_sees_deletions() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let b = Member::start("shop-1").await;
+        kube.put_slice(&slice("shop", "shop-1", b.addr, Cond::Ready)).await;
+        let (r, _a) = serving_pool(&api, &kube).await;
+        eventually(WAIT, "two members", || async { r.members("shop").len() == 2 }).await;
+
+        // While the API server is away, a slice is deleted and the history is compacted: the
+        // watcher's resourceVersion is too old when it comes back (410 Gone).
+        api.set_unavailable(true);
+        assert!(api.remove("discovery.k8s.io", "v1", "endpointslices", NS, "shop-shop-1"));
+        api.compact();
+        // Meanwhile: the old table serves.
+        assert_eq!(get(r.proxy(), "/", &[("cookie", "ROUTEID=.shop-1")]).await.route(), "shop-1");
+        api.set_unavailable(false);
+
+        eventually(WAIT, "the deletion seen through the re-list", || async { r.members("shop").len() == 1 }).await;
+        assert!(api.gone_served() >= 1, "the watcher was told 410 Gone");
+        assert_eq!(r.members("shop")[0].0, "shop-0");
+        r.stop().await;
+    })
+    .await;
+}
