@@ -552,19 +552,19 @@ fn list(state: &State, t: &Target, q: &HashMap<String, String>) -> Response<Body
     full(StatusCode::OK, &v)
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Response<Body>> {
+fn parse_body(body: &Bytes) -> Option<Value> {
     serde_json::from_slice::<Value>(body)
         .or_else(|_| serde_yaml::from_slice::<Value>(body))
         .ok()
         .filter(Value::is_object)
-        .ok_or_else(|| status_error(StatusCode::BAD_REQUEST, "BadRequest", "the body is not a JSON object"))
+}
+
+fn bad_body() -> Response<Body> {
+    status_error(StatusCode::BAD_REQUEST, "BadRequest", "the body is not a JSON object")
 }
 
 fn create(state: &State, t: &Target, q: &HashMap<String, String>, body: &Bytes) -> Response<Body> {
-    let obj = match parse_body(body) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+    let Some(obj) = parse_body(body) else { return bad_body() };
     let mut s = state.store.lock().unwrap();
     let name = match obj.pointer("/metadata/name").and_then(Value::as_str) {
         Some(n) => n.to_owned(),
@@ -626,10 +626,7 @@ fn scope_to_subresource(t: &Target, old: &Value, mut new: Value) -> Value {
 }
 
 fn replace(state: &State, t: &Target, name: &str, q: &HashMap<String, String>, body: &Bytes) -> Response<Body> {
-    let obj = match parse_body(body) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+    let Some(obj) = parse_body(body) else { return bad_body() };
     let key = key_of(t, name);
     let mut s = state.store.lock().unwrap();
     let Some(old) = s.objects.get(&key).cloned() else { return not_found(t, name) };
@@ -661,10 +658,7 @@ fn patch(
             format!("the fake API server does not do {content_type:?} patches"),
         );
     }
-    let p = match parse_body(body) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+    let Some(p) = parse_body(body) else { return bad_body() };
     let manager = q.get("fieldManager").cloned().unwrap_or_default();
     if apply && manager.is_empty() {
         return status_error(StatusCode::BAD_REQUEST, "BadRequest", "fieldManager is required for apply patch");
