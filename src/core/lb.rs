@@ -223,9 +223,19 @@ impl LbMethod for Heartbeat {
 
 /// Power of two choices over a latency cost, as linkerd2-proxy and Envoy do: two distinct
 /// eligible members are drawn at random, and the one with the lower
-/// `EWMA latency × (in flight + 1) ÷ weight` wins. A member without a latency yet costs nothing,
-/// so new members are tried. It needs no global ordering, so it scales, and a member that slows
-/// down is avoided within a few requests, which keeps tail latency low.
+/// `latency × (in flight + 1) ÷ weight` wins. It needs no global ordering, so it scales, and a
+/// member that slows down is avoided within a few requests, which keeps tail latency low.
+///
+/// The latency is the member's EWMA, decayed towards [`DEFAULT_LATENCY_US`] as its last sample
+/// ages over [`LATENCY_DECAY_MS`] (linkerd's "peak EWMA" decays the same way): a member that was
+/// slow and got no traffic since is probed again after a while instead of being shunned forever.
+/// A member without a sample costs the default, so a new member is tried as soon as the others
+/// are busy, but does not soak up traffic before its first answer.
+/// The latency assumed for a member without a (recent) sample: 1 ms.
+pub const DEFAULT_LATENCY_US: u64 = 1_000;
+/// How long a latency sample keeps its full weight in [`LeastLatency`]'s cost.
+pub const LATENCY_DECAY_MS: u64 = 10_000;
+
 #[derive(Debug)]
 pub struct LeastLatency {
     rng: AtomicU64,
@@ -256,9 +266,16 @@ impl LeastLatency {
     }
 
     fn cost(m: &Member, ctx: &LbContext) -> u128 {
-        let ewma = u128::from(m.runtime.ewma_latency_us.load(Relaxed));
+        let ewma = m.runtime.ewma_latency_us.load(Relaxed);
+        let latency = if ewma == 0 {
+            DEFAULT_LATENCY_US
+        } else {
+            let age = ctx.now_ms.saturating_sub(m.runtime.latency_at_ms.load(Relaxed)).min(LATENCY_DECAY_MS);
+            // Linear blend from the sample (age 0) to the default (age ≥ decay window).
+            (ewma * (LATENCY_DECAY_MS - age) + DEFAULT_LATENCY_US * age) / LATENCY_DECAY_MS
+        };
         let busy = u128::from(m.runtime.busy.load(Relaxed)) + 1;
-        ewma * busy * 10_000 / ctx.factor(m).max(1) as u128
+        u128::from(latency.max(1)) * busy * 10_000 / ctx.factor(m).max(1) as u128
     }
 }
 
@@ -399,10 +416,10 @@ mod tests {
     #[test]
     fn least_latency_is_deterministic_with_a_seed_and_avoids_slow_members() {
         let members = test_members(&[("a", 1), ("b", 1), ("c", 1)]);
-        members[0].runtime.observe_latency(1_000);
-        members[1].runtime.observe_latency(200_000);
-        members[2].runtime.observe_latency(1_200);
-        let ctx = LbContext::default();
+        members[0].runtime.observe_latency(1_000, 1);
+        members[1].runtime.observe_latency(200_000, 1);
+        members[2].runtime.observe_latency(1_200, 1);
+        let ctx = LbContext { now_ms: 1, ..Default::default() };
         let lb = LeastLatency::with_seed(42);
         let got = seq(&lb, &members, 12, &ctx);
         assert_eq!(got, seq(&LeastLatency::with_seed(42), &members, 12, &ctx), "same seed, same sequence");
@@ -413,6 +430,24 @@ mod tests {
         let count = |r: &str| got.iter().filter(|g| *g == r).count();
         assert_eq!(count("b"), 0, "{got:?}");
         assert!(count("c") > count("a"), "c wins every draw but (a, b): {got:?}");
+    }
+
+    #[test]
+    fn least_latency_costs_unknown_members_the_default_and_forgets_old_samples() {
+        let members = test_members(&[("fast", 1), ("new", 1), ("was-slow", 1)]);
+        members[0].runtime.observe_latency(900, 1);
+        members[2].runtime.observe_latency(200_000, 1);
+        let at = |now_ms| LbContext { now_ms, ..Default::default() };
+        let cost = |i: usize, now| LeastLatency::cost(&members[i], &at(now));
+        let unknown_idle = cost(1, 1);
+        assert!(cost(0, 1) < unknown_idle, "an unknown member costs the default, more than a known fast one");
+        members[0].runtime.busy.store(1, Relaxed);
+        assert!(unknown_idle < cost(0, 1), "but less than a busy one: new members get tried");
+        members[1].runtime.busy.store(1, Relaxed);
+        assert_eq!(cost(1, 1), 2 * unknown_idle, "in-flight requests count for unknown members too");
+        assert!(cost(2, 1) > 100 * cost(0, 1));
+        assert!(cost(2, 1 + LATENCY_DECAY_MS / 2) < cost(2, 1), "an old sample weighs less");
+        assert_eq!(cost(2, 1 + LATENCY_DECAY_MS), unknown_idle, "a forgotten sample costs the default");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct MemberRuntime {
     pub joined_ms: AtomicU64,
     /// Exponentially weighted response latency in microseconds (0: none yet).
     pub ewma_latency_us: AtomicU64,
+    /// When the last latency sample arrived.
+    pub latency_at_ms: AtomicU64,
     /// Spare capacity the member last reported (`X-Heartbeat: ready=N`); -1: never.
     pub heartbeat_ready: AtomicI64,
     /// When that report arrived.
@@ -63,6 +65,7 @@ impl MemberRuntime {
             healthy_since_ms: AtomicU64::new(0),
             joined_ms: AtomicU64::new(now_ms),
             ewma_latency_us: AtomicU64::new(0),
+            latency_at_ms: AtomicU64::new(0),
             heartbeat_ready: AtomicI64::new(-1),
             heartbeat_at_ms: AtomicU64::new(0),
         }
@@ -94,10 +97,11 @@ impl MemberRuntime {
 
     /// Folds one response latency into the EWMA (the new sample weighs 1/4: a slowed member is
     /// noticed within a few requests).
-    pub fn observe_latency(&self, micros: u64) {
+    pub fn observe_latency(&self, micros: u64, now_ms: u64) {
         let old = self.ewma_latency_us.load(Relaxed);
         let new = if old == 0 { micros } else { (old * 3 + micros) / 4 };
         self.ewma_latency_us.store(new.max(1), Relaxed);
+        self.latency_at_ms.store(now_ms, Relaxed);
     }
 
     /// Records a heartbeat report of spare capacity.

@@ -315,7 +315,7 @@ impl Proxy {
             drop(busy);
             match result {
                 Ok(Ok(resp)) => {
-                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64);
+                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
                     if pool.config.health.fail_on_status.contains(&resp.status().as_u16()) {
                         // Apache failonstatus: the member goes in error, the client still gets
                         // the response.
@@ -343,7 +343,7 @@ impl Proxy {
                     choice = pool.choose(vars.session_route.as_deref(), &tried, self.clock.now_ms());
                 }
                 Err(_elapsed) => {
-                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64);
+                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
                     if pool.config.health.fail_on_timeout {
                         pool.member_failed(idx, self.clock.now_ms());
                     } else {

@@ -149,7 +149,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>, route: String) {
             }
         }
         shared.requests.fetch_add(1, SeqCst);
-        let _ = stream.set_linger(Some(Duration::ZERO));
+        let _ = stream.set_zero_linger();
         drop(stream);
         return;
     }
