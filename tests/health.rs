@@ -303,3 +303,23 @@ async fn least_latency_avoids_a_slow_member_that_byrequests_keeps_feeding() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_balances_by_reported_capacity() {
+    bounded(async {
+        let a = Switchable::start("a").await;
+        let b = Switchable::start("b").await;
+        a.set_heartbeat(Some(1));
+        b.set_heartbeat(Some(3));
+        let extra = format!("  lbMethod: Heartbeat\n{CHECKS}");
+        let p = start_proxy(&pool_yaml("p", &members(&[&a, &b]), &extra)).await;
+        let reported = |i: usize| p.proxy.snapshot().table.pools()[0].members[i].runtime.heartbeat_ready.load(SeqCst);
+        until("both members reported", || reported(0) == 1 && reported(1) == 3).await;
+        for _ in 0..40 {
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.status, 200);
+        }
+        assert_eq!((a.requests(), b.requests()), (10, 30), "in proportion to ready=1 and ready=3");
+        p.shutdown().await;
+    })
+    .await;
+}
