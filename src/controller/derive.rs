@@ -21,7 +21,6 @@
 //! Derivation is split in two steps so the controller can cache the first per slice: only the
 //! slice that changed is re-read when 1 of 100 slices of a 10,000-endpoint Service changes.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
@@ -182,35 +181,38 @@ pub fn slice_members(slice: &EndpointSlice, port: &IntOrString, route_from: Rout
     if no_route > 0 {
         out.skipped.push(Skipped::NoRoute { slice: slice_name(slice), count: no_route });
     }
+    // Sorted once per slice, so merging 100 cached slices is a merge of sorted runs.
+    out.candidates.sort_unstable_by(candidate_order);
     out
+}
+
+/// Route first; for one route a ready endpoint before a terminating one, then the lowest
+/// address: the first of a route in this order is the one that becomes the member.
+fn candidate_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    (a.route.as_str(), a.state, a.address).cmp(&(b.route.as_str(), b.state, b.address))
 }
 
 /// Merges per-slice candidates into members: one per route (ready over terminating, then the
 /// lowest address, so the outcome is independent of slice order), the all-terminating fallback,
 /// sorted by route.
+///
+/// Each slice's candidates are already sorted ([`slice_members`]), so this is a merge of sorted
+/// runs (the stable sort finds them) and one linear pass: no hashing, one allocation per member.
 pub fn merge<'a>(slices: impl IntoIterator<Item = &'a SliceMembers>) -> Derived {
-    let mut best: HashMap<&str, &Candidate> = HashMap::new();
     let mut skipped = Vec::new();
+    let mut all: Vec<&Candidate> = Vec::new();
     for s in slices {
         skipped.extend(s.skipped.iter().cloned());
-        for c in &s.candidates {
-            best.entry(c.route.as_str())
-                .and_modify(|b| {
-                    if (c.state, c.address) < (b.state, b.address) {
-                        *b = c;
-                    }
-                })
-                .or_insert(c);
-        }
+        all.extend(s.candidates.iter());
     }
-    let any_ready = best.values().any(|c| c.state == EndpointState::Ready);
-    let mut chosen: Vec<&Candidate> = best.into_values().collect();
-    chosen.sort_unstable_by(|a, b| a.route.cmp(&b.route));
+    all.sort_by(|a, b| candidate_order(a, b));
+    all.dedup_by(|later, first| later.route == first.route);
+    let any_ready = all.iter().any(|c| c.state == EndpointState::Ready);
     let mut terminating = Vec::new();
-    let members = chosen
+    let members = all
         .into_iter()
         .map(|c| {
-            let draining = c.state == EndpointState::Terminating;
+            let draining = any_ready && c.state == EndpointState::Terminating;
             if draining {
                 terminating.push(c.route.clone());
             }
@@ -218,12 +220,12 @@ pub fn merge<'a>(slices: impl IntoIterator<Item = &'a SliceMembers>) -> Derived 
                 route: c.route.clone(),
                 address: c.address,
                 load_factor: 1,
-                status: if draining && any_ready { MemberStatus::Drain } else { MemberStatus::Ok },
+                status: if draining { MemberStatus::Drain } else { MemberStatus::Ok },
                 lb_set: 0,
             }
         })
         .collect();
-    Derived { members, terminating: if any_ready { terminating } else { Vec::new() }, skipped }
+    Derived { members, terminating, skipped }
 }
 
 /// Members of a Service-backed pool from the Service's slices (in any order).
@@ -240,8 +242,8 @@ pub fn derive_members<'a>(
 /// Validates a Service-backed pool with its derived members: the spec's `members:` overrides
 /// apply by route, except that a terminating endpoint stays `Drain` even when an override says
 /// `Ok` or `HotStandby` (it is going away: it must not take new sessions).
-pub fn pool_config(id: PoolId, spec: &BalancerPoolSpec, derived: &Derived) -> Result<PoolConfig, Vec<FieldError>> {
-    let mut cfg = validate_service_backed(id, spec, derived.members.clone())?;
+pub fn pool_config(id: PoolId, spec: &BalancerPoolSpec, derived: Derived) -> Result<PoolConfig, Vec<FieldError>> {
+    let mut cfg = validate_service_backed(id, spec, derived.members)?;
     if !derived.terminating.is_empty() {
         for m in &mut cfg.members {
             if matches!(m.status, MemberStatus::Ok | MemberStatus::HotStandby)
@@ -264,7 +266,7 @@ pub fn derive_pool<'a>(
         Some(svc) => derive_members(svc, spec.backend.route_from.unwrap_or_default(), slices),
         None => Derived::default(),
     };
-    pool_config(id, spec, &derived)
+    pool_config(id, spec, derived)
 }
 
 #[cfg(test)]

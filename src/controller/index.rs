@@ -47,8 +47,8 @@ pub struct PoolEntry {
     pub object: Arc<BalancerPool>,
     /// Older pools first: creation time, then namespace/name.
     priority: (bool, Option<Timestamp>, PoolId),
-    /// The latest derivation: a valid config or the problems of the spec.
-    pub result: Result<PoolConfig, Vec<FieldError>>,
+    /// The latest derivation: valid (its config is `serving`), or the problems of the spec.
+    pub result: Result<(), Vec<FieldError>>,
     /// The last valid config: what is published (an invalid spec keeps the old table).
     pub serving: Option<PoolConfig>,
     /// What the derivation left out (ports that match nothing, endpoints without a route).
@@ -295,24 +295,24 @@ impl Index {
                 derived = derive::merge(cache.values().map(|(_, m)| &**m));
                 e.slice_cache = cache;
             }
-            let result = derive::pool_config(id.clone(), spec, &derived);
-            e.skipped = derived.skipped;
+            e.skipped = std::mem::take(&mut derived.skipped);
             let mut change = PoolChange { id: id.clone(), added: Vec::new(), removed: Vec::new(), rejected: None };
-            match &result {
+            match derive::pool_config(id.clone(), spec, derived) {
                 Ok(cfg) => {
-                    if e.serving.as_ref() != Some(cfg) {
-                        member_diff(e.serving.as_ref(), cfg, &mut change);
-                        e.serving = Some(cfg.clone());
+                    if e.serving.as_ref() != Some(&cfg) {
+                        member_diff(e.serving.as_ref(), &cfg, &mut change);
+                        e.serving = Some(cfg);
                         self.publish_needed = true;
                     }
+                    e.result = Ok(());
                 }
                 Err(problems) => {
-                    if e.result.as_ref().err() != Some(problems) {
-                        change.rejected = Some(problems_message(problems));
+                    if e.result.as_ref().err() != Some(&problems) {
+                        change.rejected = Some(problems_message(&problems));
                     }
+                    e.result = Err(problems);
                 }
             }
-            e.result = result;
             if !change.added.is_empty() || !change.removed.is_empty() || change.rejected.is_some() {
                 changes.push(change);
             }
@@ -348,20 +348,35 @@ impl Index {
     }
 }
 
+/// Members added and removed, by route and address. Derived members are sorted by route, so
+/// this is one walk over both lists (a spec override does not reorder them).
 fn member_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChange) {
-    let old_members: HashMap<&str, std::net::SocketAddr> =
-        old.map(|o| o.members.iter().map(|m| (m.route.as_str(), m.address)).collect()).unwrap_or_default();
-    let new_members: HashMap<&str, std::net::SocketAddr> =
-        new.members.iter().map(|m| (m.route.as_str(), m.address)).collect();
-    for m in &new.members {
-        if old_members.get(m.route.as_str()) != Some(&m.address) {
-            change.added.push(format!("{}@{}", m.route, m.address));
-        }
-    }
-    if let Some(o) = old {
-        for m in &o.members {
-            if new_members.get(m.route.as_str()) != Some(&m.address) {
-                change.removed.push(format!("{}@{}", m.route, m.address));
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let old = old.map(|o| o.members.as_slice()).unwrap_or_default();
+    let (mut i, mut j) = (0, 0);
+    let label = |m: &crate::core::config::MemberConfig| format!("{}@{}", m.route, m.address);
+    while i < old.len() || j < new.members.len() {
+        let ord = match (old.get(i), new.members.get(j)) {
+            (Some(o), Some(n)) => o.route.cmp(&n.route),
+            (Some(_), None) => Less,
+            _ => Greater,
+        };
+        match ord {
+            Less => {
+                change.removed.push(label(&old[i]));
+                i += 1;
+            }
+            Greater => {
+                change.added.push(label(&new.members[j]));
+                j += 1;
+            }
+            Equal => {
+                if old[i].address != new.members[j].address {
+                    change.removed.push(label(&old[i]));
+                    change.added.push(label(&new.members[j]));
+                }
+                i += 1;
+                j += 1;
             }
         }
     }

@@ -1,0 +1,269 @@
+//! Derivation + publication cost of the controller (`cargo bench --bench derive`).
+//!
+//! Drives the controller's real index and the real proxy publication — the code the watch loop
+//! runs after a batch of events — without any API server:
+//!
+//! 1. one pool over 10,000 endpoints in 100 EndpointSlices; one slice changes per round (a pod
+//!    turns terminating, or gets a new address);
+//! 2. 1,000 pools × 10 endpoints (one slice each); one pool's slice changes per round.
+//!
+//! Reported per round: wall time (p50, p99, max) and CPU time (process user+system over all
+//! rounds, divided by the rounds), split into derivation (index update + re-derivation) and
+//! publication (`Proxy::publish` of the full list: new snapshot, member state carried over),
+//! plus the peak RSS of the process. Targets (DESIGN.md §4): under 1 ms CPU per changed slice
+//! at 10,000 endpoints, under 100 MiB RSS.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use routeid::api::{Backend, BalancerPool, BalancerPoolSpec, Frontend, ServiceRef};
+use routeid::controller::index::{ClassFilter, Index};
+use routeid::proxy::{Proxy, ProxySettings};
+
+const ROUNDS: usize = 300;
+
+fn slice(
+    ns: &str,
+    service: &str,
+    name: &str,
+    first_ip: u32,
+    count: u32,
+    terminating: Option<u32>,
+    rv: u64,
+) -> EndpointSlice {
+    let endpoints = (0..count)
+        .map(|i| {
+            let ip = first_ip + i;
+            let term = terminating == Some(i);
+            Endpoint {
+                addresses: vec![std::net::Ipv4Addr::from(ip).to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(!term),
+                    serving: Some(true),
+                    terminating: Some(term),
+                }),
+                target_ref: Some(ObjectReference {
+                    kind: Some("Pod".into()),
+                    name: Some(format!("{service}-{ip:x}")),
+                    namespace: Some(ns.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    EndpointSlice {
+        address_type: "IPv4".into(),
+        endpoints,
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            resource_version: Some(rv.to_string()),
+            labels: Some(BTreeMap::from([("kubernetes.io/service-name".to_owned(), service.to_owned())])),
+            ..Default::default()
+        },
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    }
+}
+
+fn pool(ns: &str, name: &str, service: &str, host: &str) -> BalancerPool {
+    let mut p = BalancerPool::new(
+        name,
+        BalancerPoolSpec {
+            frontend: Frontend { hosts: vec![host.into()], ..Default::default() },
+            backend: Backend {
+                service: Some(ServiceRef { name: service.into(), port: IntOrString::String("http".into()) }),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    p.metadata.namespace = Some(ns.into());
+    p.metadata.generation = Some(1);
+    p
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of the full line: 11 and 12 after the ')'.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+fn peak_rss_mib() -> f64 {
+    proc_status_mib("VmHWM:")
+}
+
+fn rss_mib() -> f64 {
+    proc_status_mib("VmRSS:")
+}
+
+fn proc_status_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+struct Times {
+    derive: Vec<Duration>,
+    publish: Vec<Duration>,
+    cpu: Duration,
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, mut t: Times, members: usize) {
+    let total: Vec<Duration> = t.derive.iter().zip(&t.publish).map(|(a, b)| *a + *b).collect();
+    let mut total = total;
+    println!("{name}");
+    println!("  members in the table: {members}");
+    println!(
+        "  derivation  wall p50 {:>8.3} ms  p99 {:>8.3} ms",
+        pct(&mut t.derive, 0.5).as_secs_f64() * 1e3,
+        pct(&mut t.derive, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "  publication wall p50 {:>8.3} ms  p99 {:>8.3} ms",
+        pct(&mut t.publish, 0.5).as_secs_f64() * 1e3,
+        pct(&mut t.publish, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "  both        wall p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms",
+        pct(&mut total, 0.5).as_secs_f64() * 1e3,
+        pct(&mut total, 0.99).as_secs_f64() * 1e3,
+        pct(&mut total, 1.0).as_secs_f64() * 1e3
+    );
+    println!(
+        "  CPU per changed slice (user+sys / {ROUNDS} rounds): {:.3} ms",
+        t.cpu.as_secs_f64() * 1e3 / ROUNDS as f64
+    );
+}
+
+/// Applies `change(round)` to the index, re-derives, publishes; times each half.
+fn rounds(index: &mut Index, proxy: &Proxy, mut change: impl FnMut(usize) -> EndpointSlice) -> Times {
+    let mut t = Times { derive: Vec::with_capacity(ROUNDS), publish: Vec::with_capacity(ROUNDS), cpu: Duration::ZERO };
+    let cpu0 = cpu_time();
+    for round in 0..ROUNDS {
+        let s = change(round);
+        let t0 = Instant::now();
+        index.apply_slice(s);
+        let changes = index.rederive();
+        let t1 = Instant::now();
+        assert!(index.take_publish_needed(), "round {round}: the change must be published");
+        let conflicts = proxy.publish(index.configs());
+        let t2 = Instant::now();
+        assert!(conflicts.is_empty() && changes.len() <= 1);
+        t.derive.push(t1 - t0);
+        t.publish.push(t2 - t1);
+    }
+    t.cpu = cpu_time() - cpu0;
+    t
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = rt.enter();
+    let filter = ClassFilter { ingress_class: "routeid".into(), default_class: true };
+    println!("routeid controller: derivation + publication per changed EndpointSlice ({ROUNDS} rounds each)\n");
+
+    // 1. One pool, 10,000 endpoints in 100 slices of 100.
+    {
+        let proxy = Proxy::new(ProxySettings::default());
+        let mut index = Index::new(filter.clone());
+        index.apply_pool(pool("web", "big", "big", "big.example.com"));
+        let base = u32::from(std::net::Ipv4Addr::new(10, 1, 0, 0));
+        for s in 0..100u32 {
+            index.apply_slice(slice("web", "big", &format!("big-{s}"), base + s * 100, 100, None, 1));
+        }
+        let rss0 = rss_mib();
+        let t0 = Instant::now();
+        index.rederive();
+        let d = t0.elapsed();
+        let rss1 = rss_mib();
+        index.take_publish_needed();
+        let t1 = Instant::now();
+        proxy.publish(index.configs());
+        println!(
+            "1 pool x 10,000 endpoints in 100 slices: initial derivation {:.2} ms, publication {:.2} ms",
+            d.as_secs_f64() * 1e3,
+            t1.elapsed().as_secs_f64() * 1e3
+        );
+        println!("  RSS: {rss0:.1} MiB with the slices indexed, {rss1:.1} MiB derived, {:.1} MiB published", rss_mib());
+        // Each round one slice changes: an endpoint turns terminating (then back, next time).
+        let t = rounds(&mut index, &proxy, |round| {
+            let s = (round % 100) as u32;
+            let term = (round / 100) % 2 == 0;
+            slice(
+                "web",
+                "big",
+                &format!("big-{s}"),
+                base + s * 100,
+                100,
+                term.then_some(round as u32 % 100),
+                2 + round as u64,
+            )
+        });
+        let members = proxy.snapshot().table.pools()[0].members.len();
+        report("  one slice of 100 changes, per round:", t, members);
+    }
+    println!();
+    // 2. 1,000 pools x 10 endpoints, one slice each.
+    {
+        let proxy = Proxy::new(ProxySettings::default());
+        let mut index = Index::new(filter);
+        let base = u32::from(std::net::Ipv4Addr::new(10, 2, 0, 0));
+        for p in 0..1000u32 {
+            let name = format!("p{p}");
+            index.apply_pool(pool("web", &name, &name, &format!("{name}.example.com")));
+            index.apply_slice(slice("web", &name, &format!("{name}-a"), base + p * 10, 10, None, 1));
+        }
+        let t0 = Instant::now();
+        index.rederive();
+        let d = t0.elapsed();
+        index.take_publish_needed();
+        let t1 = Instant::now();
+        proxy.publish(index.configs());
+        println!(
+            "1,000 pools x 10 endpoints: initial derivation {:.2} ms, publication {:.2} ms",
+            d.as_secs_f64() * 1e3,
+            t1.elapsed().as_secs_f64() * 1e3
+        );
+        let t = rounds(&mut index, &proxy, |round| {
+            let p = (round * 7 % 1000) as u32;
+            let name = format!("p{p}");
+            let term = (round / 1000) % 2 == 0;
+            slice(
+                "web",
+                &name,
+                &format!("{name}-a"),
+                base + p * 10,
+                10,
+                term.then_some(round as u32 % 10),
+                2 + round as u64,
+            )
+        });
+        let members: usize = proxy.snapshot().table.pools().iter().map(|p| p.members.len()).sum();
+        report("  one pool's slice changes, per round:", t, members);
+    }
+    println!("\npeak RSS of the whole run: {:.1} MiB", peak_rss_mib());
+}
