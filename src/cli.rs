@@ -84,6 +84,15 @@ pub struct ProxyArgs {
     /// Do not log one line per request.
     #[arg(long)]
     pub no_access_log: bool,
+    /// Log one request in N (hot paths).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub access_log_sample: u32,
+    /// Do not count requests in metrics (for measuring what metrics cost).
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// Token that allows changes in the balancer-manager; without one it is read-only.
+    #[arg(long, env = "ROUTEID_MANAGER_TOKEN", hide_env_values = true)]
+    pub manager_token: Option<String>,
 }
 
 impl ProxyArgs {
@@ -95,6 +104,8 @@ impl ProxyArgs {
             client_idle_timeout: self.client_idle_timeout,
             drain_timeout: self.drain_timeout,
             access_log: !self.no_access_log,
+            access_log_sample: self.access_log_sample,
+            metrics: !self.no_metrics,
         }
     }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
+use routeid::admin::manager::{Manager, Persistence};
 use routeid::cli::{Cli, Command, ControllerArgs, LogFormat};
 use routeid::proxy::ProxySettings;
 use routeid::runtime::Running;
@@ -51,7 +52,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Crd => ExitCode::SUCCESS,
         Command::Demo { listen, admin_listen, check } => run_demo(listen, admin_listen, check).await,
         Command::Standalone { file, listen, admin_listen, proxy } => {
-            run_standalone(&file, listen, admin_listen, proxy.settings()).await
+            run_standalone(&file, listen, admin_listen, proxy.settings(), proxy.manager_token.clone()).await
         }
         Command::Controller(args) => run_controller(args).await,
     }
@@ -108,6 +109,7 @@ async fn run_standalone(
     listen: std::net::SocketAddr,
     admin_listen: std::net::SocketAddr,
     settings: ProxySettings,
+    manager_token: Option<String>,
 ) -> ExitCode {
     let pools = match standalone::load_file(file) {
         Ok(p) => p,
@@ -134,6 +136,7 @@ async fn run_standalone(
             return ExitCode::from(2);
         }
     };
+    let _ = running.admin.manager.set(Manager::new(manager_token, Persistence::InMemory));
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, pools = count, file = %file.display(), "routeid standalone serving");
     loop {
         tokio::select! {
@@ -211,6 +214,10 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     let filter = ClassFilter { ingress_class: args.ingress_class.clone(), default_class: args.default_class };
     let mut opts = ControllerOptions::new(args.namespace.clone(), filter, lease_namespace, identity.clone());
     opts.leader.enabled = !args.no_leader_election;
+    let _ = running
+        .admin
+        .manager
+        .set(Manager::new(args.proxy.manager_token.clone(), Persistence::Kubernetes(client.clone())));
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
     tracing::info!(
         proxy = %running.proxy_addr,

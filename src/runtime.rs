@@ -79,7 +79,7 @@ impl Running {
         admin.ready.store(ready, Ordering::Release);
         let (shutdown, rx) = watch::channel(false);
         let proxy_task = tokio::spawn(server::serve(listener, Arc::clone(&proxy), rx.clone()));
-        let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin), rx));
+        let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin), Arc::clone(&proxy), rx));
         Ok((Running { proxy_addr, admin_addr, proxy, admin, shutdown, proxy_task, admin_task }, conflicts))
     }
 

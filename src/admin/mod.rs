@@ -1,15 +1,16 @@
-//! The admin listener: liveness and readiness (metrics and the balancer-manager come later).
+//! The admin listener: liveness, readiness, Prometheus metrics and the balancer-manager.
 //!
 //! `/healthz` answers 200 while the process serves at all; `/readyz` answers 200 once a routing
-//! table has been published, so a load balancer or kubelet sends no traffic to an empty proxy.
+//! table has been published (in controller mode: after the first complete sync), so a load
+//! balancer or kubelet sends no traffic to an empty proxy.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,32 +18,193 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::core::PoolId;
+use crate::core::config::MemberChange;
+use crate::proxy::Proxy;
+
+pub mod manager;
+pub mod metrics;
+
+use manager::{Manager, Persistence, WriteError};
+
 /// What the admin endpoints report on.
 #[derive(Debug, Default)]
 pub struct AdminState {
     /// Set once the first routing table is published.
     pub ready: AtomicBool,
+    /// The balancer-manager's settings; read-only and in-memory until set.
+    pub manager: OnceLock<Manager>,
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+impl AdminState {
+    /// The balancer-manager.
+    pub fn manager(&self) -> &Manager {
+        self.manager.get_or_init(|| Manager::new(None, Persistence::InMemory))
+    }
+}
+
+/// Largest admin request body (a form or a JSON change).
+const MAX_BODY: usize = 64 * 1024;
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> AdminResponse {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
+fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+fn json_error(e: &WriteError) -> AdminResponse {
+    let mut r = respond(e.status(), "application/json", serde_json::json!({"error": e.to_string()}).to_string());
+    if matches!(e, WriteError::Unauthorized) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"routeid\""));
+    }
+    r
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminResponse> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or broken\n")),
+    }
+}
+
 /// Answers one admin request.
-pub fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no routing table yet\n"),
+pub async fn route(state: &AdminState, proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
+    let path = req.uri().path().to_owned();
+    let m = state.manager();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (Method::GET, "/readyz") if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        (Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no routing table yet\n"),
+        (Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            proxy.metrics().render(&proxy.snapshot().table, proxy.clock().now_ms()),
+        ),
+        (Method::GET, "/balancer-manager") => {
+            let notice = req.uri().query().and_then(|q| q.strip_prefix("saved=")).map(|_| "Change saved.");
+            respond(StatusCode::OK, "text/html; charset=utf-8", manager::page(proxy, m, notice))
+        }
+        (Method::POST, "/balancer-manager") => form_post(m, proxy, req).await,
+        (Method::GET, "/balancer-manager/api/pools") => match serde_json::to_string_pretty(&manager::view(proxy, m)) {
+            Ok(j) => respond(StatusCode::OK, "application/json", j),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        (Method::PATCH, p) if p.starts_with("/balancer-manager/api/pools/") => api_patch(m, proxy, req).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/balancer-manager" | "/balancer-manager/api/pools") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
+async fn form_post(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
+    let header_token = bearer(&req);
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let fields = manager::form_fields(&body);
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let token = header_token.as_deref().or(get("token"));
+    let page_error = |e: WriteError| {
+        let mut r = respond(e.status(), "text/html; charset=utf-8", manager::page(proxy, m, Some(&e.to_string())));
+        if matches!(e, WriteError::Unauthorized) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"routeid\""));
+        }
+        r
+    };
+    if let Err(e) = m.authorize(token) {
+        return page_error(e);
+    }
+    if let Err(e) = m.take_nonce(get("nonce").unwrap_or("")) {
+        return page_error(e);
+    }
+    let parse_num = |k: &str| -> Result<Option<u32>, WriteError> {
+        match get(k).map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| WriteError::Invalid(format!("{k}: {v:?} is not a number"))),
+        }
+    };
+    let change = (|| -> Result<MemberChange, WriteError> {
+        let status = match get("status").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+                WriteError::Invalid(format!("status: {s:?} is not Ok, Drain, Disabled, HotStandby or Stopped"))
+            })?),
+        };
+        Ok(MemberChange { load_factor: parse_num("loadFactor")?, lb_set: parse_num("lbSet")?, status })
+    })();
+    let change = match change {
+        Ok(c) => c,
+        Err(e) => return page_error(e),
+    };
+    let pool =
+        PoolId { namespace: get("namespace").unwrap_or("").to_owned(), name: get("pool").unwrap_or("").to_owned() };
+    let route = get("route").unwrap_or("").to_owned();
+    match m.apply(proxy, &pool, &route, change).await {
+        Ok(_) => {
+            let mut r = text(StatusCode::SEE_OTHER, "saved\n");
+            r.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/balancer-manager?saved=1"));
+            r
+        }
+        Err(e) => page_error(e),
+    }
+}
+
+async fn api_patch(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches("/balancer-manager/api/pools/").split('/').collect();
+    let [ns, pool, "members", route] = parts.as_slice() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "expected /balancer-manager/api/pools/{namespace}/{pool}/members/{route}\n",
+        );
+    };
+    let (ns, pool, route) = (ns.to_string(), pool.to_string(), route.to_string());
+    if let Err(e) = m.authorize(bearer(&req).as_deref()) {
+        return json_error(&e);
+    }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let change: MemberChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return json_error(&WriteError::Invalid(format!("body: {e}"))),
+    };
+    match m.apply(proxy, &PoolId { namespace: ns, name: pool }, &route, change).await {
+        Ok(went) => respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({"saved": true, "changesGoTo": went}).to_string(),
+        ),
+        Err(e) => json_error(&e),
+    }
+}
+
 /// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         tokio::select! {
@@ -53,12 +215,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
             }
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let state = Arc::clone(&state);
-                let builder = builder.clone();
+                let (state, proxy, builder) = (Arc::clone(&state), Arc::clone(&proxy), builder.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let resp = route(&state, &req);
-                        async move { Ok::<_, Infallible>(resp) }
+                        let (state, proxy) = (Arc::clone(&state), Arc::clone(&proxy));
+                        async move { Ok::<_, Infallible>(route(&state, &proxy, req).await) }
                     });
                     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                 });

@@ -100,6 +100,64 @@ pub struct MemberConfig {
     pub lb_set: u32,
 }
 
+/// An operator's change to one member (balancer-manager): what to set, `None` keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberChange {
+    /// New weight, 1–100.
+    #[serde(default)]
+    pub load_factor: Option<u32>,
+    /// New lbSet, 0–99.
+    #[serde(default)]
+    pub lb_set: Option<u32>,
+    /// New administrative state.
+    #[serde(default)]
+    pub status: Option<MemberStatus>,
+}
+
+impl MemberChange {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(lf) = self.load_factor
+            && !(1..=100).contains(&lf)
+        {
+            return Err(FieldError { path: "loadFactor".into(), reason: format!("{lf} is outside 1–100") });
+        }
+        if let Some(set) = self.lb_set
+            && set > 99
+        {
+            return Err(FieldError { path: "lbSet".into(), reason: format!("{set} is outside 0–99") });
+        }
+        if self.load_factor.is_none() && self.lb_set.is_none() && self.status.is_none() {
+            return Err(FieldError {
+                path: "".into(),
+                reason: "nothing to change: give loadFactor, lbSet or status".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies the change to a member's configuration.
+    pub fn apply(&self, m: &mut MemberConfig) {
+        if let Some(lf) = self.load_factor {
+            m.load_factor = lf;
+        }
+        if let Some(set) = self.lb_set {
+            m.lb_set = set;
+        }
+        if let Some(s) = self.status {
+            m.status = s;
+        }
+    }
+
+    /// Folds a later change into this one.
+    pub fn merge(&mut self, later: MemberChange) {
+        self.load_factor = later.load_factor.or(self.load_factor);
+        self.lb_set = later.lb_set.or(self.lb_set);
+        self.status = later.status.or(self.status);
+    }
+}
+
 /// Validated active health check.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ActiveCheck {

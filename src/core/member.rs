@@ -42,6 +42,33 @@ pub struct MemberRuntime {
     pub heartbeat_ready: AtomicI64,
     /// When that report arrived.
     pub heartbeat_at_ms: AtomicU64,
+    /// Failed attempts by kind: connect, exchange (reset / closed), timeout, failOnStatus.
+    pub failures: [AtomicU64; 4],
+    /// Health checks passed and failed.
+    pub checks: [AtomicU64; 2],
+}
+
+/// Kinds of failed attempts, indexing [`MemberRuntime::failures`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The connection was refused or timed out.
+    Connect = 0,
+    /// Reset or closed before a response.
+    Exchange = 1,
+    /// No response head within the response timeout.
+    Timeout = 2,
+    /// A `failOnStatus` status.
+    Status = 3,
+}
+
+impl FailureKind {
+    /// All kinds with their metric label.
+    pub const ALL: [(FailureKind, &'static str); 4] = [
+        (FailureKind::Connect, "connect"),
+        (FailureKind::Exchange, "reset"),
+        (FailureKind::Timeout, "timeout"),
+        (FailureKind::Status, "status"),
+    ];
 }
 
 impl Default for MemberRuntime {
@@ -68,6 +95,8 @@ impl MemberRuntime {
             latency_at_ms: AtomicU64::new(0),
             heartbeat_ready: AtomicI64::new(-1),
             heartbeat_at_ms: AtomicU64::new(0),
+            failures: Default::default(),
+            checks: Default::default(),
         }
     }
 
@@ -102,6 +131,11 @@ impl MemberRuntime {
         let new = if old == 0 { micros } else { (old * 3 + micros) / 4 };
         self.ewma_latency_us.store(new.max(1), Relaxed);
         self.latency_at_ms.store(now_ms, Relaxed);
+    }
+
+    /// Counts a failed attempt of this kind.
+    pub fn count_failure(&self, kind: FailureKind) {
+        self.failures[kind as usize].fetch_add(1, Relaxed);
     }
 
     /// Records a heartbeat report of spare capacity.

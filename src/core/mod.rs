@@ -10,6 +10,6 @@ pub mod sticky;
 pub mod table;
 
 pub use config::{PoolConfig, PoolId};
-pub use member::{Clock, Member, MemberRuntime};
+pub use member::{Clock, FailureKind, Member, MemberRuntime};
 pub use pool::{Balanced, Choice, Pool, Tried, Unavailable};
 pub use table::RoutingTable;

@@ -19,11 +19,12 @@ use super::body::{BodySlot, UpstreamBody};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
 use super::upstream::MemberBody;
 use super::{PoolExt, Proxy};
+use crate::admin::metrics::{FailoverReason, StickyOutcome};
 use crate::api::CookieMode;
 use crate::core::config::StickyConfig;
 use crate::core::member::MemberRuntime;
 use crate::core::sticky::{RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie};
-use crate::core::{Balanced, Choice, Pool, Tried, Unavailable};
+use crate::core::{Balanced, Choice, FailureKind, Pool, Tried, Unavailable};
 
 /// The response body: the member's streamed body, or a short body routeid wrote itself.
 pub type ProxyBody = Either<MemberBody, Full<Bytes>>;
@@ -154,6 +155,9 @@ impl Proxy {
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
             let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
+            if self.settings.metrics {
+                self.metrics().unmatched.inc();
+            }
             let info = ReqInfo { method: req.method(), host: host_str, path: req.uri().path(), started };
             self.access_log(&info, None, None, &BalancerVars::default(), resp.status(), 0);
             return resp;
@@ -186,6 +190,23 @@ impl Proxy {
         };
         if let (Some(cfg), Some(src)) = (sticky, vars.source) {
             vars.session_sticky = Some(session_name(cfg, src));
+        }
+        if self.settings.metrics {
+            if sticky.is_some() {
+                let outcome = match first {
+                    _ if vars.malformed => StickyOutcome::Malformed,
+                    Choice::StickyHit(_) => StickyOutcome::Hit,
+                    Choice::Balanced(_, Balanced::UnknownRoute) => StickyOutcome::UnknownRoute,
+                    Choice::Balanced(_, Balanced::Failover)
+                    | Choice::Unavailable(Unavailable::StickyMemberUnusable) => StickyOutcome::RouteChanged,
+                    _ if vars.source.is_none() => StickyOutcome::NewSession,
+                    _ => StickyOutcome::NoRoute,
+                };
+                ext.metrics.sticky(outcome);
+            }
+            if matches!(first, Choice::Balanced(_, Balanced::Failover)) {
+                ext.metrics.failover(FailoverReason::MemberUnusable);
+            }
         }
 
         let upgrade = if req.version() == Version::HTTP_11 && wants_upgrade(req.headers()) {
@@ -240,6 +261,9 @@ impl Proxy {
                     i
                 }
                 Choice::Unavailable(why) => {
+                    if self.settings.metrics {
+                        ext.metrics.unavailable();
+                    }
                     vars.route_changed = false;
                     vars.worker_route = None;
                     vars.worker_name = None;
@@ -317,6 +341,7 @@ impl Proxy {
                 Ok(Ok(resp)) => {
                     member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
                     if pool.config.health.fail_on_status.contains(&resp.status().as_u16()) {
+                        member.runtime.count_failure(FailureKind::Status);
                         // Apache failonstatus: the member goes in error, the client still gets
                         // the response.
                         pool.member_failed(idx, self.clock.now_ms());
@@ -327,6 +352,7 @@ impl Proxy {
                 }
                 Ok(Err(failed)) => {
                     let connect = failed.error.is_connect();
+                    member.runtime.count_failure(if connect { FailureKind::Connect } else { FailureKind::Exchange });
                     if failed.error.is_keepalive_race() {
                         member.runtime.errors.fetch_add(1, Relaxed);
                     } else {
@@ -340,9 +366,13 @@ impl Proxy {
                         break (plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n"), idx);
                     }
                     returned = failed.request;
+                    if self.settings.metrics {
+                        ext.metrics.failover(FailoverReason::Retry);
+                    }
                     choice = pool.choose(vars.session_route.as_deref(), &tried, self.clock.now_ms());
                 }
                 Err(_elapsed) => {
+                    member.runtime.count_failure(FailureKind::Timeout);
                     member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
                     if pool.config.health.fail_on_timeout {
                         pool.member_failed(idx, self.clock.now_ms());
@@ -357,6 +387,9 @@ impl Proxy {
 
         let mut resp = resp;
         let member = &pool.members[idx];
+        if self.settings.metrics {
+            ext.member_metrics[idx].observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             match upgrade {
                 Some(client_side) => {
@@ -438,6 +471,10 @@ impl Proxy {
         attempts: usize,
     ) {
         if !self.settings.access_log {
+            return;
+        }
+        let sample = self.settings.access_log_sample;
+        if sample > 1 && self.log_counter.fetch_add(1, Relaxed) % sample != 0 {
             return;
         }
         let pool = pool.and_then(|p| p.to_str().ok()).unwrap_or("-");

@@ -175,6 +175,7 @@ async fn check_loop(key: CheckKey, runtime: Arc<MemberRuntime>, budget: Arc<Sema
         if let Some(ready) = verdict.heartbeat_ready {
             runtime.report_heartbeat(ready, now);
         }
+        runtime.checks[usize::from(!verdict.passed)].fetch_add(1, Relaxed);
         if verdict.passed {
             passes += 1;
             fails = 0;

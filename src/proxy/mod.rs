@@ -21,6 +21,8 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
 
+use crate::admin::metrics::{MemberMetrics, Metrics, PoolMetrics};
+use crate::core::config::{FieldError, MemberChange};
 use crate::core::table::Conflict;
 use crate::core::{Clock, PoolConfig, RoutingTable};
 use upstream::MemberConns;
@@ -39,6 +41,10 @@ pub struct ProxySettings {
     pub drain_timeout: Duration,
     /// Emit one access-log event per request.
     pub access_log: bool,
+    /// Log one request in this many (1: every request).
+    pub access_log_sample: u32,
+    /// Count requests in Prometheus metrics.
+    pub metrics: bool,
 }
 
 impl Default for ProxySettings {
@@ -49,6 +55,8 @@ impl Default for ProxySettings {
             client_idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             access_log: true,
+            access_log_sample: 1,
+            metrics: true,
         }
     }
 }
@@ -63,6 +71,9 @@ pub(crate) struct PoolExt {
     pub(crate) worker_names: Vec<HeaderValue>,
     /// `BALANCER_NAME` (`namespace/name`).
     pub(crate) balancer_name: HeaderValue,
+    /// Metric handles of the pool and of each member.
+    pub(crate) metrics: PoolMetrics,
+    pub(crate) member_metrics: Vec<MemberMetrics>,
 }
 
 /// One immutable routing state: the core table and the proxy's per-pool extras, index-aligned.
@@ -82,6 +93,12 @@ pub struct Proxy {
     conns: Mutex<HashMap<(std::net::SocketAddr, Duration, Duration), Arc<MemberConns>>>,
     publish_lock: Mutex<()>,
     health: health::HealthChecks,
+    metrics: Arc<Metrics>,
+    /// The pools as last published, before the manager overlay.
+    last_configs: Mutex<Vec<PoolConfig>>,
+    /// In-memory balancer-manager changes (standalone mode), applied on every publication.
+    overlay: Mutex<HashMap<(crate::core::PoolId, String), MemberChange>>,
+    pub(crate) log_counter: std::sync::atomic::AtomicU32,
     pub(crate) clock: Clock,
     pub(crate) settings: ProxySettings,
 }
@@ -94,6 +111,10 @@ impl Proxy {
             conns: Mutex::new(HashMap::new()),
             publish_lock: Mutex::new(()),
             health: health::HealthChecks::default(),
+            metrics: Arc::new(Metrics::new()),
+            last_configs: Mutex::new(Vec::new()),
+            overlay: Mutex::new(HashMap::new()),
+            log_counter: std::sync::atomic::AtomicU32::new(0),
             clock: Clock,
             settings,
         })
@@ -102,6 +123,11 @@ impl Proxy {
     /// The current snapshot (for the admin side and tests).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The metrics registry (the admin listener renders it; the controller counts into it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The proxy's clock (error deadlines are in its milliseconds).
@@ -114,6 +140,49 @@ impl Proxy {
     pub fn publish(&self, configs: Vec<PoolConfig>) -> Vec<Conflict> {
         // Serialise publishers so two reloads cannot both build from the same previous table.
         let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.publish_locked(configs)
+    }
+
+    /// Records an operator's change to a member in memory (standalone mode) and publishes it.
+    /// It is re-applied on every later publication (reloads included) until the process ends.
+    pub fn apply_change(
+        &self,
+        pool: &crate::core::PoolId,
+        route: &str,
+        change: MemberChange,
+    ) -> Result<(), ChangeError> {
+        change.validate().map_err(ChangeError::Invalid)?;
+        let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let configs = self.last_configs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let p = configs.iter().find(|c| &c.id == pool).ok_or(ChangeError::NoPool)?;
+        if !p.members.iter().any(|m| m.route == route) {
+            return Err(ChangeError::NoMember);
+        }
+        self.overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((pool.clone(), route.to_owned()))
+            .or_default()
+            .merge(change);
+        self.publish_locked(configs);
+        Ok(())
+    }
+
+    fn publish_locked(&self, configs: Vec<PoolConfig>) -> Vec<Conflict> {
+        *self.last_configs.lock().unwrap_or_else(|e| e.into_inner()) = configs.clone();
+        let mut configs = configs;
+        {
+            let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            if !overlay.is_empty() {
+                for c in &mut configs {
+                    for m in &mut c.members {
+                        if let Some(change) = overlay.get(&(c.id.clone(), m.route.clone())) {
+                            change.apply(m);
+                        }
+                    }
+                }
+            }
+        }
         let previous = self.snapshot.load_full();
         let (table, conflicts) = RoutingTable::build(configs, Some(&previous.table));
         let mut pools = self.conns.lock().unwrap_or_else(|e| e.into_inner());
@@ -123,7 +192,10 @@ impl Proxy {
             .iter()
             .map(|p| {
                 let t = p.config.timeouts;
+                let (metrics, member_metrics) = self.metrics.handles(p);
                 PoolExt {
+                    metrics,
+                    member_metrics,
                     conns: p
                         .members
                         .iter()
@@ -169,7 +241,23 @@ impl Proxy {
         } else {
             tracing::warn!("published outside a runtime: health checks not started");
         }
+        self.metrics.retain(&table);
+        self.metrics.publications.inc();
         self.snapshot.store(Arc::new(Snapshot { table, ext }));
         conflicts
     }
+}
+
+/// Why an operator's change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The values are out of range.
+    #[error("{0}")]
+    Invalid(FieldError),
+    /// No such pool.
+    #[error("no such pool")]
+    NoPool,
+    /// No member with that route in the pool.
+    #[error("no member with that route in the pool")]
+    NoMember,
 }

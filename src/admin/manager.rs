@@ -1,0 +1,496 @@
+//! The balancer-manager: Apache's page for seeing members live and changing their weight, lbSet
+//! and state — as HTML (no JavaScript) and as a JSON API.
+//!
+//! Security: reading is open on the admin listener (loopback by default in standalone mode);
+//! writing needs the manager token (`--manager-token` / `ROUTEID_MANAGER_TOKEN`), as a bearer
+//! token or, in the HTML form, typed into the form; form posts also need a nonce issued with the
+//! page (as Apache's manager does), so another site cannot make a browser post a change. Without
+//! a token the manager is read-only and says so.
+//!
+//! Where a change goes: in standalone mode into the proxy's in-memory overlay (lost on restart);
+//! in controller mode into the pool's `spec.members` in the Kubernetes API, from where every
+//! replica's controller applies it, and it survives restarts.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use kube::api::{Api, Patch, PatchParams};
+use serde::Serialize;
+
+use crate::api::{BalancerPool, MemberOverride, MemberStatus};
+use crate::core::config::MemberChange;
+use crate::core::{Clock, PoolId};
+use crate::proxy::{ChangeError, Proxy};
+
+/// Where manager changes are kept.
+#[derive(Clone)]
+pub enum Persistence {
+    /// In the proxy's memory (standalone).
+    InMemory,
+    /// In the BalancerPool's `spec.members`, through this client (controller mode).
+    Kubernetes(kube::Client),
+}
+
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Persistence::InMemory => "InMemory",
+            Persistence::Kubernetes(_) => "Kubernetes",
+        })
+    }
+}
+
+/// Nonces live this long.
+const NONCE_TTL_MS: u64 = 3_600_000;
+const MAX_NONCES: usize = 1024;
+
+/// The manager's configuration and its issued nonces.
+#[derive(Debug)]
+pub struct Manager {
+    token: Option<String>,
+    persistence: Persistence,
+    nonces: Mutex<VecDeque<(String, u64)>>,
+}
+
+/// Why a write was refused; maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No token configured: the manager is read-only (403).
+    #[error(
+        "the balancer-manager is read-only: start routeid with --manager-token or ROUTEID_MANAGER_TOKEN to allow changes"
+    )]
+    ReadOnly,
+    /// Missing or wrong token (401).
+    #[error("a valid manager token is required")]
+    Unauthorized,
+    /// Missing, unknown or expired nonce on a form post (403).
+    #[error("the form has expired or did not come from this page: reload the balancer-manager and try again")]
+    BadNonce,
+    /// Bad values (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such pool or member (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The Kubernetes API refused or failed (502).
+    #[error("the Kubernetes API did not take the change: {0}")]
+    Api(String),
+}
+
+impl WriteError {
+    /// The HTTP status for this refusal.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            WriteError::ReadOnly | WriteError::BadNonce => S::FORBIDDEN,
+            WriteError::Unauthorized => S::UNAUTHORIZED,
+            WriteError::Invalid(_) => S::BAD_REQUEST,
+            WriteError::NotFound(_) => S::NOT_FOUND,
+            WriteError::Api(_) => S::BAD_GATEWAY,
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Manager {
+    /// A manager; `token` empty or absent means read-only.
+    pub fn new(token: Option<String>, persistence: Persistence) -> Manager {
+        Manager { token: token.filter(|t| !t.is_empty()), persistence, nonces: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Whether writes are possible at all.
+    pub fn writable(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Where changes go.
+    pub fn persistence(&self) -> &Persistence {
+        &self.persistence
+    }
+
+    /// Checks a presented token.
+    pub fn authorize(&self, presented: Option<&str>) -> Result<(), WriteError> {
+        let Some(token) = &self.token else { return Err(WriteError::ReadOnly) };
+        match presented {
+            Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
+            _ => Err(WriteError::Unauthorized),
+        }
+    }
+
+    /// A fresh nonce for one page.
+    pub fn issue_nonce(&self) -> String {
+        let mut raw = [0u8; 16];
+        if getrandom::fill(&mut raw).is_err() {
+            // No OS randomness: no nonce can be trusted, so none is accepted either.
+            return String::new();
+        }
+        let nonce: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let now = Clock.now_ms();
+        let mut n = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        while n.len() >= MAX_NONCES || n.front().is_some_and(|(_, exp)| *exp < now) {
+            n.pop_front();
+        }
+        n.push_back((nonce.clone(), now + NONCE_TTL_MS));
+        nonce
+    }
+
+    /// Accepts a nonce once.
+    pub fn take_nonce(&self, nonce: &str) -> Result<(), WriteError> {
+        let now = Clock.now_ms();
+        let mut n = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        match n
+            .iter()
+            .position(|(v, exp)| !nonce.is_empty() && constant_time_eq(v.as_bytes(), nonce.as_bytes()) && *exp >= now)
+        {
+            Some(i) => {
+                n.remove(i);
+                Ok(())
+            }
+            None => Err(WriteError::BadNonce),
+        }
+    }
+
+    /// Applies a change where this manager keeps them. Returns where it went, for the reply.
+    pub async fn apply(
+        &self,
+        proxy: &Proxy,
+        pool: &PoolId,
+        route: &str,
+        change: MemberChange,
+    ) -> Result<&'static str, WriteError> {
+        change.validate().map_err(|e| WriteError::Invalid(e.to_string()))?;
+        let exists = proxy.snapshot().table.pool(pool).map(|p| p.member(route).is_some());
+        match exists {
+            None => return Err(WriteError::NotFound(format!("no pool {pool}"))),
+            Some(false) => return Err(WriteError::NotFound(format!("no member with route {route} in pool {pool}"))),
+            Some(true) => {}
+        }
+        match &self.persistence {
+            Persistence::InMemory => {
+                proxy.apply_change(pool, route, change).map_err(|e| match e {
+                    ChangeError::Invalid(f) => WriteError::Invalid(f.to_string()),
+                    other => WriteError::NotFound(other.to_string()),
+                })?;
+                Ok("memory (standalone mode: lost on restart)")
+            }
+            Persistence::Kubernetes(client) => {
+                patch_overrides(client.clone(), pool, route, change).await?;
+                Ok("the BalancerPool's spec.members (every replica applies it)")
+            }
+        }
+    }
+}
+
+/// Writes the change into `spec.members` with optimistic concurrency (one retry on conflict).
+async fn patch_overrides(
+    client: kube::Client,
+    pool: &PoolId,
+    route: &str,
+    change: MemberChange,
+) -> Result<(), WriteError> {
+    let api: Api<BalancerPool> = Api::namespaced(client, &pool.namespace);
+    for attempt in 0..2 {
+        let bp = api.get(&pool.name).await.map_err(|e| WriteError::Api(e.to_string()))?;
+        let mut members = bp.spec.members.clone();
+        match members.iter_mut().find(|o| o.route == route) {
+            Some(o) => {
+                o.load_factor = change.load_factor.or(o.load_factor);
+                o.lb_set = change.lb_set.or(o.lb_set);
+                o.status = change.status.or(o.status);
+            }
+            None => members.push(MemberOverride {
+                route: route.to_owned(),
+                load_factor: change.load_factor,
+                status: change.status,
+                lb_set: change.lb_set,
+            }),
+        }
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": bp.metadata.resource_version},
+            "spec": {"members": members},
+        });
+        match api.patch(&pool.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt == 0 => continue,
+            Err(e) => return Err(WriteError::Api(e.to_string())),
+        }
+    }
+    Err(WriteError::Api("the pool kept changing; try again".into()))
+}
+
+/// One member as the manager shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    route: String,
+    address: String,
+    status: MemberStatus,
+    state: &'static str,
+    load_factor: u32,
+    lb_set: u32,
+    elected: u64,
+    busy: u64,
+    bytes_to: u64,
+    bytes_from: u64,
+    errors: u64,
+    healthy: bool,
+}
+
+/// One pool as the manager shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    namespace: String,
+    name: String,
+    lb_method: &'static str,
+    hosts: Vec<String>,
+    path_prefix: String,
+    sticky_names: Option<[String; 2]>,
+    route_cookie: Option<String>,
+    members: Vec<MemberView>,
+}
+
+/// What `GET /balancer-manager/api/pools` returns.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagerView {
+    read_only: bool,
+    changes_go_to: &'static str,
+    pools: Vec<PoolView>,
+}
+
+/// A view of every pool now.
+pub fn view(proxy: &Proxy, manager: &Manager) -> ManagerView {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = Clock.now_ms();
+    let snap = proxy.snapshot();
+    let pools = snap
+        .table
+        .pools()
+        .iter()
+        .map(|p| PoolView {
+            namespace: p.config.id.namespace.clone(),
+            name: p.config.id.name.clone(),
+            lb_method: p.lb_name(),
+            hosts: p
+                .config
+                .hosts
+                .iter()
+                .map(|h| match h {
+                    crate::core::config::HostMatch::Exact(e) => e.clone(),
+                    crate::core::config::HostMatch::Wildcard(w) => format!("*{w}"),
+                })
+                .collect(),
+            path_prefix: p.config.path_prefix.clone(),
+            sticky_names: p.config.sticky.as_ref().map(|s| [s.cookie_name.clone(), s.param_name.clone()]),
+            route_cookie: p
+                .config
+                .sticky
+                .as_ref()
+                .and_then(|s| s.cookie.as_ref())
+                .map(|c| format!("{} ({:?})", c.name, c.mode)),
+            members: p
+                .members
+                .iter()
+                .map(|m| {
+                    let rt = &m.runtime;
+                    MemberView {
+                        route: m.route().to_owned(),
+                        address: m.config.address.to_string(),
+                        status: m.config.status,
+                        state: m.state_name(now),
+                        load_factor: m.config.load_factor,
+                        lb_set: m.config.lb_set,
+                        elected: rt.elected.load(Relaxed),
+                        busy: rt.busy.load(Relaxed),
+                        bytes_to: rt.bytes_to.load(Relaxed),
+                        bytes_from: rt.bytes_from.load(Relaxed),
+                        errors: rt.errors.load(Relaxed),
+                        healthy: rt.healthy.load(Relaxed),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    ManagerView { read_only: !manager.writable(), changes_go_to: changes_go_to(manager), pools }
+}
+
+fn changes_go_to(manager: &Manager) -> &'static str {
+    match manager.persistence {
+        Persistence::InMemory => "memory: standalone mode, changes are lost when routeid restarts",
+        Persistence::Kubernetes(_) => {
+            "the BalancerPool's spec.members in Kubernetes: every replica applies them and they survive restarts"
+        }
+    }
+}
+
+/// Escapes text for HTML.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STATUSES: [MemberStatus; 5] =
+    [MemberStatus::Ok, MemberStatus::Drain, MemberStatus::Disabled, MemberStatus::HotStandby, MemberStatus::Stopped];
+
+/// The HTML page; `notice` is a message to show on top (already plain text).
+pub fn page(proxy: &Proxy, manager: &Manager, notice: Option<&str>) -> String {
+    let v = view(proxy, manager);
+    let mut h = String::with_capacity(8192);
+    h.push_str("<!doctype html><html lang=en><head><meta charset=utf-8><title>routeid balancer-manager</title><style>");
+    h.push_str(
+        "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}",
+    );
+    h.push_str("th,td{border:1px solid #bbb;padding:.25em .5em;text-align:left;font-size:90%}th{background:#eee}");
+    h.push_str(".Ok{color:#060}.Error,.Unhealthy,.Stopped,.Disabled{color:#a00}.Drain,.HotStandby{color:#a60}");
+    h.push_str(
+        ".notice{background:#ffd;padding:.5em;border:1px solid #cc9}input[type=number]{width:4em}</style></head><body>",
+    );
+    h.push_str("<h1>routeid balancer-manager</h1>");
+    if let Some(n) = notice {
+        let _ = write!(h, "<p class=notice id=notice>{}</p>", esc(n));
+    }
+    let _ = write!(h, "<p id=persistence>Changes go to {}.</p>", esc(v.changes_go_to));
+    if v.read_only {
+        h.push_str("<p id=readonly class=notice>Read-only: start routeid with <code>--manager-token</code> (or <code>ROUTEID_MANAGER_TOKEN</code>) to change members.</p>");
+    }
+    for p in &v.pools {
+        let _ = write!(h, "<h2>Pool {}/{}</h2><table class=settings>", esc(&p.namespace), esc(&p.name));
+        let _ = write!(h, "<tr><th>LB method<td>{}</tr>", p.lb_method);
+        let hosts = if p.hosts.is_empty() { "any".to_owned() } else { p.hosts.join(", ") };
+        let _ = write!(h, "<tr><th>Hosts<td>{}</tr><tr><th>Path prefix<td>{}</tr>", esc(&hosts), esc(&p.path_prefix));
+        let sticky = p.sticky_names.as_ref().map_or("off".to_owned(), |[a, b]| format!("{a} | {b}"));
+        let _ = write!(h, "<tr><th>Sticky session<td>{}</tr>", esc(&sticky));
+        let _ = write!(h, "<tr><th>Route cookie<td>{}</tr></table>", esc(p.route_cookie.as_deref().unwrap_or("none")));
+        h.push_str("<table class=members><tr><th>Route<th>Address<th>Status<th>State<th>Load factor<th>LB set<th>Elected<th>Busy<th>To<th>From<th>Errors<th>Health");
+        if !v.read_only {
+            h.push_str("<th>Change");
+        }
+        h.push_str("</tr>");
+        for m in &p.members {
+            let id = format!("{}-{}-{}", p.namespace, p.name, m.route);
+            let _ = write!(
+                h,
+                "<tr id=\"m-{}\"><td>{}<td>{}<td>{:?}<td class={}>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}",
+                esc(&id),
+                esc(&m.route),
+                esc(&m.address),
+                m.status,
+                m.state,
+                m.state,
+                m.load_factor,
+                m.lb_set,
+                m.elected,
+                m.busy,
+                m.bytes_to,
+                m.bytes_from,
+                m.errors,
+                if m.healthy { "healthy" } else { "failing checks" }
+            );
+            if !v.read_only {
+                let nonce = manager.issue_nonce();
+                let _ = write!(
+                    h,
+                    "<td><form method=post action=/balancer-manager id=\"f-{}\">\
+<input type=hidden name=namespace value=\"{}\"><input type=hidden name=pool value=\"{}\">\
+<input type=hidden name=route value=\"{}\"><input type=hidden name=nonce value=\"{}\">\
+<label>lf <input type=number name=loadFactor min=1 max=100 value={}></label> \
+<label>set <input type=number name=lbSet min=0 max=99 value={}></label> <select name=status>",
+                    esc(&id),
+                    esc(&p.namespace),
+                    esc(&p.name),
+                    esc(&m.route),
+                    nonce,
+                    m.load_factor,
+                    m.lb_set
+                );
+                for s in STATUSES {
+                    let sel = if s == m.status { " selected" } else { "" };
+                    let _ = write!(h, "<option value={s:?}{sel}>{s:?}</option>");
+                }
+                h.push_str("</select> <input type=password name=token placeholder=token autocomplete=off> <button type=submit>Apply</button></form>");
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<p><a href=/balancer-manager/api/pools>JSON</a> · <a href=/metrics>metrics</a></p></body></html>");
+    h
+}
+
+/// Parses `application/x-www-form-urlencoded`.
+pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
+    fn decode(s: &[u8]) -> String {
+        let mut out = Vec::with_capacity(s.len());
+        let mut i = 0;
+        while i < s.len() {
+            match s[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < s.len() => {
+                    match u8::from_str_radix(std::str::from_utf8(&s[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    body.split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.iter().position(|&b| b == b'=') {
+            Some(i) => (decode(&p[..i]), decode(&p[i + 1..])),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_and_nonces() {
+        let m = Manager::new(Some("s3cret".into()), Persistence::InMemory);
+        assert!(m.authorize(Some("s3cret")).is_ok());
+        assert!(matches!(m.authorize(Some("nope")), Err(WriteError::Unauthorized)));
+        assert!(matches!(m.authorize(None), Err(WriteError::Unauthorized)));
+        let n = m.issue_nonce();
+        assert_eq!(n.len(), 32);
+        assert!(m.take_nonce(&n).is_ok());
+        assert!(matches!(m.take_nonce(&n), Err(WriteError::BadNonce)), "a nonce is used once");
+        assert!(matches!(m.take_nonce(""), Err(WriteError::BadNonce)));
+        let ro = Manager::new(None, Persistence::InMemory);
+        assert!(matches!(ro.authorize(Some("s3cret")), Err(WriteError::ReadOnly)));
+        assert!(!Manager::new(Some(String::new()), Persistence::InMemory).writable(), "an empty token is no token");
+    }
+
+    #[test]
+    fn forms_and_escaping() {
+        let f = form_fields(b"pool=a%2Fb&status=Drain&x=1+2&bad=%zz&flag");
+        assert_eq!(f[0], ("pool".into(), "a/b".into()));
+        assert_eq!(f[2], ("x".into(), "1 2".into()));
+        assert_eq!(f[3], ("bad".into(), "%zz".into()));
+        assert_eq!(f[4], ("flag".into(), String::new()));
+        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}

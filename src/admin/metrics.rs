@@ -1,0 +1,375 @@
+//! Prometheus metrics.
+//!
+//! Two kinds of series, so that the request path pays only atomic increments:
+//! - **Event counters and the latency histogram** (requests by status class, sticky decisions,
+//!   failovers, 503s) are `prometheus` vectors whose per-member and per-pool handles are looked
+//!   up once per routing-table publication and kept beside the table ([`PoolMetrics`],
+//!   [`MemberMetrics`]); a request increments a handle, no label hashing, no lock.
+//! - **Member state** (in flight, bytes, elected, failures, health checks, state, latency) is
+//!   already kept in each member's atomics; it is read from the current table at scrape time.
+//!
+//! Labels are `namespace`, `pool`, `member` (the route) — values that passed validation, never
+//! raw request input. When a member or pool leaves the table its series go: the scrape-time
+//! series by construction, the event series by [`Metrics::retain`] at publication.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering::Relaxed;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::core::{FailureKind, Pool, RoutingTable};
+
+/// Response-head latency buckets, in seconds: 1 ms to 60 s.
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Outcomes of the sticky decision, labels of `routeid_sticky_decisions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StickyOutcome {
+    /// The route named a member that took the request.
+    Hit = 0,
+    /// The request carried no session at all.
+    NewSession = 1,
+    /// A session value without a route.
+    NoRoute = 2,
+    /// A route naming no member (dead pod or forged value).
+    UnknownRoute = 3,
+    /// The routed member was unusable: the session moved.
+    RouteChanged = 4,
+    /// A value that is not a valid route (bad bytes, too long).
+    Malformed = 5,
+}
+
+const STICKY_LABELS: [&str; 6] = ["hit", "new-session", "no-route", "unknown-route", "route-changed", "malformed"];
+
+/// Why a request went to another member than first intended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailoverReason {
+    /// The session's member could not take it (error, unhealthy, disabled, stopped).
+    MemberUnusable = 0,
+    /// An attempt failed and the request was retried.
+    Retry = 1,
+}
+
+const FAILOVER_LABELS: [&str; 2] = ["member-unusable", "retry"];
+
+/// Per-member handles, aligned with the pool's members.
+#[derive(Debug, Clone)]
+pub struct MemberMetrics {
+    by_class: [IntCounter; 5],
+    duration: Histogram,
+}
+
+impl MemberMetrics {
+    /// Counts a response of `status` that took `seconds` to its head.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+/// Per-pool handles.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    sticky: [IntCounter; 6],
+    failovers: [IntCounter; 2],
+    unavailable: IntCounter,
+}
+
+impl PoolMetrics {
+    /// Counts a sticky decision.
+    pub fn sticky(&self, outcome: StickyOutcome) {
+        self.sticky[outcome as usize].inc();
+    }
+
+    /// Counts a failover.
+    pub fn failover(&self, reason: FailoverReason) {
+        self.failovers[reason as usize].inc();
+    }
+
+    /// Counts a 503 for want of a usable member.
+    pub fn unavailable(&self) {
+        self.unavailable.inc();
+    }
+}
+
+/// The process's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    sticky: IntCounterVec,
+    failovers: IntCounterVec,
+    unavailable: IntCounterVec,
+    /// Requests no pool matched (404).
+    pub unmatched: IntCounter,
+    /// Routing tables published.
+    pub publications: IntCounter,
+    /// Controller reconciles by result (`ok`, `error`).
+    pub reconciles: IntCounterVec,
+    /// Controller watch restarts by resource.
+    pub watch_restarts: IntCounterVec,
+    /// Unix time of the controller's last complete sync.
+    pub last_sync: Gauge,
+    current: Mutex<(HashSet<[String; 3]>, HashSet<[String; 2]>)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static: an error here is a programming error caught by tests.
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let member = ["namespace", "pool", "member"];
+        let requests = must(IntCounterVec::new(
+            Opts::new("routeid_member_requests_total", "Responses from a member, by status class (1xx-5xx)."),
+            &["namespace", "pool", "member", "code"],
+        ));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "routeid_member_response_seconds",
+                "Time from sending a request to a member to its response head.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &member,
+        ));
+        let sticky = must(IntCounterVec::new(
+            Opts::new("routeid_sticky_decisions_total", "Requests to sticky pools, by how their member was found."),
+            &["namespace", "pool", "outcome"],
+        ));
+        let failovers = must(IntCounterVec::new(
+            Opts::new(
+                "routeid_failovers_total",
+                "Requests that went to another member than first intended, by reason.",
+            ),
+            &["namespace", "pool", "reason"],
+        ));
+        let unavailable = must(IntCounterVec::new(
+            Opts::new("routeid_pool_unavailable_total", "Requests answered 503 because no member could take them."),
+            &["namespace", "pool"],
+        ));
+        let unmatched = must(IntCounter::new("routeid_unmatched_requests_total", "Requests no pool matched (404)."));
+        let publications = must(IntCounter::new("routeid_table_publications_total", "Routing tables published."));
+        let reconciles = must(IntCounterVec::new(
+            Opts::new("routeid_controller_reconciles_total", "Controller reconciles, by result."),
+            &["result"],
+        ));
+        let watch_restarts = must(IntCounterVec::new(
+            Opts::new("routeid_controller_watch_restarts_total", "Kubernetes watches restarted, by resource."),
+            &["resource"],
+        ));
+        let last_sync = must(Gauge::new(
+            "routeid_controller_last_sync_timestamp_seconds",
+            "Unix time of the controller's last complete sync.",
+        ));
+        let build = must(IntGaugeVec::new(Opts::new("routeid_build_info", "Build information."), &["version"]));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(sticky.clone()),
+            Box::new(failovers.clone()),
+            Box::new(unavailable.clone()),
+            Box::new(unmatched.clone()),
+            Box::new(publications.clone()),
+            Box::new(reconciles.clone()),
+            Box::new(watch_restarts.clone()),
+            Box::new(last_sync.clone()),
+            Box::new(build),
+        ] {
+            must(registry.register(c));
+        }
+        #[cfg(target_os = "linux")]
+        must(registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())));
+        Metrics {
+            registry,
+            requests,
+            duration,
+            sticky,
+            failovers,
+            unavailable,
+            unmatched,
+            publications,
+            reconciles,
+            watch_restarts,
+            last_sync,
+            current: Mutex::new((HashSet::new(), HashSet::new())),
+        }
+    }
+
+    /// Handles for one pool and its members (at publication).
+    pub fn handles(&self, pool: &Pool) -> (PoolMetrics, Vec<MemberMetrics>) {
+        let (ns, name) = (pool.config.id.namespace.as_str(), pool.config.id.name.as_str());
+        let pool_metrics = PoolMetrics {
+            sticky: STICKY_LABELS.map(|o| self.sticky.with_label_values(&[ns, name, o])),
+            failovers: FAILOVER_LABELS.map(|r| self.failovers.with_label_values(&[ns, name, r])),
+            unavailable: self.unavailable.with_label_values(&[ns, name]),
+        };
+        let members = pool
+            .members
+            .iter()
+            .map(|m| {
+                let route = m.route();
+                MemberMetrics {
+                    by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                        .map(|c| self.requests.with_label_values(&[ns, name, route, c])),
+                    duration: self.duration.with_label_values(&[ns, name, route]),
+                }
+            })
+            .collect();
+        (pool_metrics, members)
+    }
+
+    /// Removes the event series of members and pools that are not in `table` any more.
+    pub fn retain(&self, table: &RoutingTable) {
+        let mut members = HashSet::new();
+        let mut pools = HashSet::new();
+        for p in table.pools() {
+            let (ns, name) = (p.config.id.namespace.clone(), p.config.id.name.clone());
+            for m in &p.members {
+                members.insert([ns.clone(), name.clone(), m.route().to_owned()]);
+            }
+            pools.insert([ns, name]);
+        }
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        for [ns, pool, member] in current.0.difference(&members) {
+            for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+                let _ = self.requests.remove_label_values(&[ns, pool, member, c]);
+            }
+            let _ = self.duration.remove_label_values(&[ns, pool, member]);
+        }
+        for [ns, pool] in current.1.difference(&pools) {
+            for o in STICKY_LABELS {
+                let _ = self.sticky.remove_label_values(&[ns, pool, o]);
+            }
+            for r in FAILOVER_LABELS {
+                let _ = self.failovers.remove_label_values(&[ns, pool, r]);
+            }
+            let _ = self.unavailable.remove_label_values(&[ns, pool]);
+        }
+        *current = (members, pools);
+    }
+
+    /// The text exposition: registered metrics plus member state read from `table` now.
+    pub fn render(&self, table: &RoutingTable, now_ms: u64) -> String {
+        let mut families = self.registry.gather();
+        families.extend(state_families(table, now_ms));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+const STATES: [&str; 7] = ["ok", "error", "unhealthy", "drain", "disabled", "standby", "stopped"];
+
+/// Member state as metric families, from the table's atomics.
+fn state_families(table: &RoutingTable, now_ms: u64) -> Vec<prometheus::proto::MetricFamily> {
+    let r = Registry::new();
+    let member = ["namespace", "pool", "member"];
+    let in_flight =
+        must(IntGaugeVec::new(Opts::new("routeid_member_in_flight", "Requests in flight to a member."), &member));
+    let bytes_to = must(IntCounterVec::new(
+        Opts::new("routeid_member_sent_bytes_total", "Request body bytes sent to a member."),
+        &member,
+    ));
+    let bytes_from = must(IntCounterVec::new(
+        Opts::new("routeid_member_received_bytes_total", "Response body bytes received from a member."),
+        &member,
+    ));
+    let elected = must(IntCounterVec::new(
+        Opts::new("routeid_member_elected_total", "Attempts sent to a member (Apache elected)."),
+        &member,
+    ));
+    let failures = must(IntCounterVec::new(
+        Opts::new("routeid_member_failures_total", "Failed attempts on a member, by kind."),
+        &["namespace", "pool", "member", "kind"],
+    ));
+    let checks = must(IntCounterVec::new(
+        Opts::new("routeid_member_health_checks_total", "Active health checks of a member, by result."),
+        &["namespace", "pool", "member", "result"],
+    ));
+    let state = must(IntGaugeVec::new(
+        Opts::new("routeid_member_state", "1 for the member's current state."),
+        &["namespace", "pool", "member", "state"],
+    ));
+    let ewma = must(prometheus::GaugeVec::new(
+        Opts::new("routeid_member_latency_ewma_seconds", "Moving average of a member's response-head latency."),
+        &member,
+    ));
+    let pool_members =
+        must(IntGaugeVec::new(Opts::new("routeid_pool_members", "Members of a pool."), &["namespace", "pool"]));
+    let pool_usable = must(IntGaugeVec::new(
+        Opts::new("routeid_pool_members_usable", "Members of a pool that take new sessions now."),
+        &["namespace", "pool"],
+    ));
+    for p in table.pools() {
+        let (ns, name) = (p.config.id.namespace.as_str(), p.config.id.name.as_str());
+        pool_members.with_label_values(&[ns, name]).set(p.members.len() as i64);
+        pool_usable.with_label_values(&[ns, name]).set(p.members.iter().filter(|m| m.takes_new(now_ms)).count() as i64);
+        for m in &p.members {
+            let l = [ns, name, m.route()];
+            let rt = &m.runtime;
+            in_flight.with_label_values(&l).set(rt.busy.load(Relaxed) as i64);
+            bytes_to.with_label_values(&l).inc_by(rt.bytes_to.load(Relaxed));
+            bytes_from.with_label_values(&l).inc_by(rt.bytes_from.load(Relaxed));
+            elected.with_label_values(&l).inc_by(rt.elected.load(Relaxed));
+            for (kind, label) in FailureKind::ALL {
+                failures
+                    .with_label_values(&[ns, name, m.route(), label])
+                    .inc_by(rt.failures[kind as usize].load(Relaxed));
+            }
+            for (i, result) in ["pass", "fail"].into_iter().enumerate() {
+                checks.with_label_values(&[ns, name, m.route(), result]).inc_by(rt.checks[i].load(Relaxed));
+            }
+            let current = match m.state_name(now_ms) {
+                "Error" => "error",
+                "Unhealthy" => "unhealthy",
+                "Drain" => "drain",
+                "Disabled" => "disabled",
+                "HotStandby" => "standby",
+                "Stopped" => "stopped",
+                _ => "ok",
+            };
+            for s in STATES {
+                state.with_label_values(&[ns, name, m.route(), s]).set(i64::from(s == current));
+            }
+            ewma.with_label_values(&l).set(rt.ewma_latency_us.load(Relaxed) as f64 / 1e6);
+        }
+    }
+    for c in [
+        Box::new(in_flight) as Box<dyn prometheus::core::Collector>,
+        Box::new(bytes_to),
+        Box::new(bytes_from),
+        Box::new(elected),
+        Box::new(failures),
+        Box::new(checks),
+        Box::new(state),
+        Box::new(ewma),
+        Box::new(pool_members),
+        Box::new(pool_usable),
+    ] {
+        must(r.register(c));
+    }
+    r.gather()
+}
