@@ -321,7 +321,7 @@ pub fn view(proxy: &Proxy, manager: &Manager) -> ManagerView {
 
 fn changes_go_to(manager: &Manager) -> &'static str {
     match manager.persistence {
-        Persistence::InMemory => "memory: standalone mode, changes are lost when routeid restarts",
+        Persistence::InMemory => "memory: standalone mode, changes are lost on restart",
         Persistence::Kubernetes(_) => {
             "the BalancerPool's spec.members in Kubernetes: every replica applies them and they survive restarts"
         }

@@ -117,8 +117,11 @@ pub struct Metrics {
     pub watch_restarts: IntCounterVec,
     /// Unix time of the controller's last complete sync.
     pub last_sync: Gauge,
-    current: Mutex<(HashSet<[String; 3]>, HashSet<[String; 2]>)>,
+    current: Mutex<LabelSets>,
 }
+
+/// The (namespace, pool, member) and (namespace, pool) label sets that have event series.
+type LabelSets = (HashSet<[String; 3]>, HashSet<[String; 2]>);
 
 impl Default for Metrics {
     fn default() -> Self {

@@ -56,6 +56,11 @@ pub struct ControllerOptions {
     pub writer: WriterOptions,
     /// How often statuses are recomputed without a change (member health moves on its own).
     pub status_resync: Duration,
+    /// At most one derivation + publication per this interval: the first change after a quiet
+    /// period is published at once, changes arriving within the interval are folded into one
+    /// publication at its end. Under a pod storm this bounds the CPU spent rebuilding the table
+    /// (a rebuild costs the same for 1 or 100 changed slices), at the price of this much delay.
+    pub min_publish_interval: Duration,
 }
 
 impl ControllerOptions {
@@ -80,6 +85,7 @@ impl ControllerOptions {
                 field_manager: "routeid".into(),
             },
             status_resync: Duration::from_secs(10),
+            min_publish_interval: Duration::from_millis(100),
         }
     }
 }
@@ -193,9 +199,18 @@ impl Loop {
         let mut slices = ListState::<(String, String)>::default();
         let mut resync = tokio::time::interval(self.opts.status_resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_publish: Option<tokio::time::Instant> = None;
+        let mut publish_at: Option<tokio::time::Instant> = None;
         loop {
             let mut status_due = false;
+            let publish_timer = async {
+                match publish_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = publish_timer => {}
                 () = leader::stopped(&mut shutdown) => return,
                 ev = pool_events.next() => match ev {
                     Some(ev) => self.on_pool(ev, &mut pools),
@@ -239,6 +254,18 @@ impl Loop {
                 continue;
             }
             if self.index.has_work() || !self.ready {
+                let now = tokio::time::Instant::now();
+                let due = last_publish.map(|t| t + self.opts.min_publish_interval).filter(|t| *t > now && self.ready);
+                if let Some(t) = due {
+                    // Too soon after the last rebuild: fold this change into one at `t`.
+                    publish_at = Some(t);
+                    if status_due && *self.leader.borrow() {
+                        self.send_statuses();
+                    }
+                    continue;
+                }
+                publish_at = None;
+                last_publish = Some(now);
                 let changes = self.index.rederive();
                 if self.index.take_publish_needed() || !self.ready {
                     self.conflicts = self.proxy.publish(self.index.configs());

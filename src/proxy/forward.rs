@@ -474,7 +474,7 @@ impl Proxy {
             return;
         }
         let sample = self.settings.access_log_sample;
-        if sample > 1 && self.log_counter.fetch_add(1, Relaxed) % sample != 0 {
+        if sample > 1 && !self.log_counter.fetch_add(1, Relaxed).is_multiple_of(sample) {
             return;
         }
         let pool = pool.and_then(|p| p.to_str().ok()).unwrap_or("-");

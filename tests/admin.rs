@@ -1,0 +1,298 @@
+//! Metrics and the balancer-manager through the real admin listener.
+mod support;
+
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use support::*;
+
+const STICKY: &str = "  sticky:\n    cookie: {name: ROUTEID}\n";
+
+/// The value of the series whose line starts with `prefix` (name and labels).
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+}
+
+async fn metrics(p: &routeid::runtime::Running) -> String {
+    let got = get(p.admin_addr, "/metrics", &[]).await;
+    assert_eq!(got.status, 200);
+    assert!(got.headers["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    got.body
+}
+
+#[tokio::test]
+async fn known_traffic_gives_exact_counters() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let b = Member::start("b").await;
+        let p = start_proxy(&pool_yaml("shop", &[(a.addr, "a", 1), (b.addr, "b", 1)], STICKY)).await;
+        for _ in 0..6 {
+            get(p.proxy_addr, "/", &[]).await;
+        }
+        for _ in 0..4 {
+            get(p.proxy_addr, "/", &[("cookie", "ROUTEID=.a")]).await;
+        }
+        get(p.proxy_addr, "/", &[("cookie", "ROUTEID=.gone")]).await;
+        let c = client();
+        send(&c, p.proxy_addr, "POST", "/upload", &[("cookie", "ROUTEID=.b")], Bytes::from(vec![b'x'; 1000])).await;
+        let m = metrics(&p).await;
+        // Labels come in alphabetical order in the exposition.
+        let l = |member: &str| format!("member=\"{member}\",namespace=\"default\",pool=\"shop\"");
+        // 6 balanced (a b a b a b), 4 sticky to a, 1 unknown route balanced — to b, because
+        // the sticky requests paid a's share — and 1 sticky POST to b.
+        assert_eq!(value(&m, &format!("routeid_member_requests_total{{code=\"2xx\",{}}}", l("a"))), 7.0);
+        assert_eq!(value(&m, &format!("routeid_member_requests_total{{code=\"2xx\",{}}}", l("b"))), 5.0);
+        let sticky = |o: &str| {
+            value(&m, &format!("routeid_sticky_decisions_total{{namespace=\"default\",outcome=\"{o}\",pool=\"shop\"}}"))
+        };
+        assert_eq!((sticky("new-session"), sticky("hit"), sticky("unknown-route")), (6.0, 5.0, 1.0));
+        assert_eq!(value(&m, &format!("routeid_member_sent_bytes_total{{{}}}", l("b"))), 1000.0);
+        assert!(value(&m, &format!("routeid_member_received_bytes_total{{{}}}", l("a"))) > 0.0);
+        assert_eq!(value(&m, &format!("routeid_member_elected_total{{{}}}", l("a"))), 7.0);
+        assert_eq!(value(&m, &format!("routeid_member_in_flight{{{}}}", l("a"))), 0.0);
+        assert_eq!(value(&m, &format!("routeid_member_state{{{},state=\"ok\"}}", l("a"))), 1.0);
+        assert_eq!(value(&m, &format!("routeid_member_state{{{},state=\"error\"}}", l("a"))), 0.0);
+        assert_eq!(value(&m, "routeid_pool_members{namespace=\"default\",pool=\"shop\"}"), 2.0);
+        assert_eq!(value(&m, "routeid_pool_members_usable{namespace=\"default\",pool=\"shop\"}"), 2.0);
+        // The histogram: 7 observations for a, cumulative buckets, +Inf equals the count.
+        let count = value(&m, &format!("routeid_member_response_seconds_count{{{}}}", l("a")));
+        assert_eq!(count, 7.0);
+        let buckets: Vec<f64> = m
+            .lines()
+            .filter(|x| x.starts_with("routeid_member_response_seconds_bucket{") && x.contains("member=\"a\""))
+            .map(|x| x.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), 16, "15 bounds and +Inf");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative: {buckets:?}");
+        assert_eq!(*buckets.last().unwrap(), count);
+        assert!(buckets[9] == count, "every loopback answer is under a second: {buckets:?}");
+        assert!(value(&m, &format!("routeid_member_response_seconds_sum{{{}}}", l("a"))) < 7.0);
+        assert!(m.contains("routeid_build_info{version=\""));
+        assert!(m.contains("process_cpu_seconds_total"));
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failures_503s_and_unmatched_requests_are_counted() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let dead = closed_port().await;
+        let yaml = pool_yaml("shop", &[(dead, "dead", 1), (a.addr, "a", 1)], "  frontend: {pathPrefix: /shop}\n");
+        let p = start_proxy(&yaml).await;
+        assert_eq!(get(p.proxy_addr, "/shop", &[]).await.status, 200);
+        assert_eq!(get(p.proxy_addr, "/elsewhere", &[]).await.status, 404);
+        let m = metrics(&p).await;
+        let dead_l = "member=\"dead\",namespace=\"default\",pool=\"shop\"";
+        assert_eq!(value(&m, &format!("routeid_member_failures_total{{kind=\"connect\",{dead_l}}}")), 1.0);
+        assert_eq!(value(&m, &format!("routeid_member_state{{{dead_l},state=\"error\"}}")), 1.0);
+        assert_eq!(value(&m, "routeid_failovers_total{namespace=\"default\",pool=\"shop\",reason=\"retry\"}"), 1.0);
+        assert_eq!(value(&m, "routeid_unmatched_requests_total"), 1.0);
+        assert_eq!(value(&m, "routeid_pool_members_usable{namespace=\"default\",pool=\"shop\"}"), 1.0);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn series_stay_bounded_over_a_thousand_pod_replacements() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let p = start_proxy(&pool_yaml("shop", &[(a.addr, "pod-0", 1)], "")).await;
+        get(p.proxy_addr, "/", &[]).await;
+        let series = |m: &str| m.lines().filter(|l| !l.starts_with('#') && l.contains("member=\"")).count();
+        let before = series(&metrics(&p).await);
+        for i in 1..=1000 {
+            let pools =
+                routeid::standalone::parse_pools(&pool_yaml("shop", &[(a.addr, &format!("pod-{i}"), 1)], "")).unwrap();
+            p.proxy.publish(pools);
+            if i % 100 == 0 {
+                // Traffic to the current pod creates its event series.
+                assert_eq!(get(p.proxy_addr, "/", &[]).await.route(), "a");
+            }
+        }
+        let m = metrics(&p).await;
+        assert_eq!(series(&m), before, "one member's series, not a thousand");
+        assert!(!m.contains("member=\"pod-999\""));
+        assert!(m.contains("member=\"pod-1000\""));
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exposition_passes_promtool() {
+    bounded(async {
+        let Ok(promtool) = which("promtool") else {
+            assert!(std::env::var("CI").is_err(), "CI must have promtool (Debian package prometheus)");
+            eprintln!("skipped: promtool not installed (apt-get install prometheus)");
+            return;
+        };
+        let a = Member::start("a").await;
+        let p = start_proxy(&pool_yaml("shop", &[(a.addr, "a", 1)], STICKY)).await;
+        get(p.proxy_addr, "/", &[]).await;
+        let m = metrics(&p).await;
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool check metrics failed:\n{text}");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(cmd)).find(|p| p.is_file()))
+        .ok_or(())
+}
+
+async fn start_with_token(yaml: &str, token: Option<&str>) -> routeid::runtime::Running {
+    let p = start_proxy(yaml).await;
+    let m =
+        routeid::admin::manager::Manager::new(token.map(str::to_owned), routeid::admin::manager::Persistence::InMemory);
+    assert!(p.admin.manager.set(m).is_ok());
+    p
+}
+
+async fn patch(p: &routeid::runtime::Running, path: &str, token: Option<&str>, body: &str) -> Got {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+    send(&client(), p.admin_addr, "PATCH", path, &headers, Bytes::from(body.to_owned())).await
+}
+
+#[tokio::test]
+async fn manager_reads_and_changes_weights_and_states() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let b = Member::start("b").await;
+        let p =
+            start_with_token(&pool_yaml("shop", &[(a.addr, "a", 1), (b.addr, "b", 1)], STICKY), Some("s3cret")).await;
+        let page = get(p.admin_addr, "/balancer-manager", &[]).await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("<h2>Pool default/shop</h2>"));
+        assert!(page.body.contains("id=\"m-default-shop-a\"") && page.body.contains("id=\"m-default-shop-b\""));
+        assert!(page.body.contains("lost on restart"), "the page says where changes go");
+        let api = get(p.admin_addr, "/balancer-manager/api/pools", &[]).await;
+        let v: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+        assert_eq!(v["pools"][0]["members"][1]["route"], "b");
+        assert_eq!(v["readOnly"], false);
+
+        // loadFactor 3 for a: the distribution follows.
+        let r = patch(&p, "/balancer-manager/api/pools/default/shop/members/a", Some("s3cret"), r#"{"loadFactor": 3}"#)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mut count = (0, 0);
+        for _ in 0..8 {
+            match get(p.proxy_addr, "/", &[]).await.route() {
+                "a" => count.0 += 1,
+                _ => count.1 += 1,
+            }
+        }
+        assert_eq!(count, (6, 2));
+
+        // Drain b: only its sticky traffic.
+        let r =
+            patch(&p, "/balancer-manager/api/pools/default/shop/members/b", Some("s3cret"), r#"{"status": "Drain"}"#)
+                .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        for _ in 0..6 {
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.route(), "a");
+        }
+        assert_eq!(get(p.proxy_addr, "/", &[("cookie", "ROUTEID=.b")]).await.route(), "b");
+        let v: serde_json::Value =
+            serde_json::from_str(&get(p.admin_addr, "/balancer-manager/api/pools", &[]).await.body).unwrap();
+        assert_eq!(v["pools"][0]["members"][1]["status"], "Drain");
+        assert_eq!(v["pools"][0]["members"][0]["loadFactor"], 3);
+
+        // Refusals.
+        let no_token =
+            patch(&p, "/balancer-manager/api/pools/default/shop/members/a", None, r#"{"status": "Ok"}"#).await;
+        assert_eq!(no_token.status, 401);
+        assert!(no_token.headers.contains_key("www-authenticate"));
+        let wrong =
+            patch(&p, "/balancer-manager/api/pools/default/shop/members/a", Some("guess"), r#"{"status":"Ok"}"#).await;
+        assert_eq!(wrong.status, 401);
+        let bad =
+            patch(&p, "/balancer-manager/api/pools/default/shop/members/a", Some("s3cret"), r#"{"loadFactor": 0}"#)
+                .await;
+        assert_eq!(bad.status, 400);
+        assert!(bad.body.contains("loadFactor"));
+        let unknown =
+            patch(&p, "/balancer-manager/api/pools/default/shop/members/zz", Some("s3cret"), r#"{"lbSet": 1}"#).await;
+        assert_eq!(unknown.status, 404);
+        let junk =
+            patch(&p, "/balancer-manager/api/pools/default/shop/members/a", Some("s3cret"), r#"{"weight": 2}"#).await;
+        assert_eq!(junk.status, 400);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn form_posts_need_the_token_and_a_nonce_from_the_page() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let p = start_with_token(&pool_yaml("shop", &[(a.addr, "a", 1)], ""), Some("s3cret")).await;
+        let page = get(p.admin_addr, "/balancer-manager", &[]).await.body;
+        let nonce = page.split("name=nonce value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        let post = |body: String| async move {
+            send(
+                &client(),
+                p.admin_addr,
+                "POST",
+                "/balancer-manager",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Bytes::from(body),
+            )
+            .await
+        };
+        let fields = "namespace=default&pool=shop&route=a&loadFactor=5&lbSet=0&status=Drain";
+        let r = post(format!("{fields}&nonce=0000&token=s3cret")).await;
+        assert_eq!(r.status, 403, "wrong nonce");
+        let r = post(format!("{fields}&nonce={nonce}")).await;
+        assert_eq!(r.status, 401, "no token");
+        let r = post(format!("{fields}&nonce={nonce}&token=s3cret")).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(r.headers["location"], "/balancer-manager?saved=1");
+        let r = post(format!("{fields}&nonce={nonce}&token=s3cret")).await;
+        assert_eq!(r.status, 403, "a nonce is good once");
+        let snap = p.proxy.snapshot();
+        let m = &snap.table.pools()[0].members[0];
+        assert_eq!((m.config.load_factor, m.config.status), (5, routeid::api::MemberStatus::Drain));
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_token_the_manager_is_read_only_and_says_so() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let p = start_with_token(&pool_yaml("shop", &[(a.addr, "a", 1)], ""), None).await;
+        let page = get(p.admin_addr, "/balancer-manager", &[]).await.body;
+        assert!(page.contains("id=readonly"));
+        assert!(!page.contains("<form"), "no forms when nothing can be changed");
+        let r =
+            patch(&p, "/balancer-manager/api/pools/default/shop/members/a", Some("s3cret"), r#"{"status": "Drain"}"#)
+                .await;
+        assert_eq!(r.status, 403);
+        assert!(r.body.contains("read-only") && r.body.contains("--manager-token"), "{}", r.body);
+        p.shutdown().await;
+    })
+    .await;
+}
