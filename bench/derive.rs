@@ -159,6 +159,30 @@ fn report(name: &str, mut t: Times, members: usize) {
     );
 }
 
+/// A storm: `per_batch` slices change before the next publication (the controller folds the
+/// changes arriving within `min_publish_interval` into one rebuild). Returns the CPU time per
+/// changed slice and the wall time per batch.
+fn storm(
+    index: &mut Index,
+    proxy: &Proxy,
+    batches: usize,
+    per_batch: usize,
+    mut change: impl FnMut(usize, usize) -> EndpointSlice,
+) -> (Duration, Duration) {
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    for b in 0..batches {
+        for i in 0..per_batch {
+            index.apply_slice(change(b, i));
+        }
+        index.rederive();
+        assert!(index.take_publish_needed());
+        proxy.publish(index.configs());
+    }
+    let wall = t0.elapsed() / batches as u32;
+    ((cpu_time() - cpu0) / (batches * per_batch) as u32, wall)
+}
+
 /// Applies `change(round)` to the index, re-derives, publishes; times each half.
 fn rounds(index: &mut Index, proxy: &Proxy, mut change: impl FnMut(usize) -> EndpointSlice) -> Times {
     let mut t = Times { derive: Vec::with_capacity(ROUNDS), publish: Vec::with_capacity(ROUNDS), cpu: Duration::ZERO };
@@ -225,6 +249,17 @@ fn main() {
         });
         let members = proxy.snapshot().table.pools()[0].members.len();
         report("  one slice of 100 changes, per round:", t, members);
+        let (cpu, wall) = storm(&mut index, &proxy, 20, 100, |b, s| {
+            let s = s as u32;
+            // A different endpoint of every slice turns terminating in each batch.
+            let term = (s + b as u32 + 1) % 100;
+            slice("web", "big", &format!("big-{s}"), base + s * 100, 100, Some(term), 1_000 + b as u64)
+        });
+        println!(
+            "  a rollout, all 100 slices changing within one publication interval: {:.3} ms CPU per changed slice ({:.2} ms wall per rebuild)",
+            cpu.as_secs_f64() * 1e3,
+            wall.as_secs_f64() * 1e3
+        );
     }
     println!();
     // 2. 1,000 pools x 10 endpoints, one slice each.
@@ -264,6 +299,24 @@ fn main() {
         });
         let members: usize = proxy.snapshot().table.pools().iter().map(|p| p.members.len()).sum();
         report("  one pool's slice changes, per round:", t, members);
+        let (cpu, wall) = storm(&mut index, &proxy, 20, 100, |b, i| {
+            let p = (b * 100 + i) as u32 % 1000;
+            let name = format!("p{p}");
+            slice(
+                "web",
+                &name,
+                &format!("{name}-a"),
+                base + p * 10,
+                10,
+                Some((b + b / 10) as u32 % 10),
+                10_000 + b as u64,
+            )
+        });
+        println!(
+            "  100 pools' slices changing within one publication interval: {:.3} ms CPU per changed slice ({:.2} ms wall per rebuild)",
+            cpu.as_secs_f64() * 1e3,
+            wall.as_secs_f64() * 1e3
+        );
     }
     println!("\npeak RSS of the whole run: {:.1} MiB", peak_rss_mib());
 }

@@ -191,3 +191,36 @@ async fn a_terminating_pod_drains_and_all_terminating_pods_still_serve() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_slice_changes_is_folded_into_few_publications_and_traffic_never_fails() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, _members) = two_member_pool(&api, &kube).await;
+        let publishes = r.controller.stats.publishes.load(std::sync::atomic::Ordering::Relaxed);
+        let mut more = Vec::new();
+        for i in 0..30 {
+            more.push(Member::start(&format!("burst-{i:02}")).await);
+        }
+        // Traffic runs all along: every request sees a whole table (old or new), never a part.
+        let proxy = r.proxy();
+        let traffic = tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..150 {
+                let got = get(proxy, &format!("/t{i}"), &[]).await;
+                statuses.push(got.status.as_u16());
+            }
+            statuses
+        });
+        let slices: Vec<_> = more.iter().map(|m| slice("shop", &m.route, m.addr, Cond::Ready)).collect();
+        futures_util::future::join_all(slices.iter().map(|s| kube.put_slice(s))).await;
+        eventually(WAIT, "32 members", || async { r.members("shop").len() == 32 }).await;
+        let statuses = traffic.await.unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        let rebuilt = r.controller.stats.publishes.load(std::sync::atomic::Ordering::Relaxed) - publishes;
+        assert!(rebuilt < 15, "30 slice changes folded into {rebuilt} publications");
+        r.stop().await;
+    })
+    .await;
+}

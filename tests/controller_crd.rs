@@ -1,0 +1,47 @@
+//! The controller's side of the CRD: CEL rules and printer columns are in the generated YAML,
+//! and the cluster example is a valid Service-backed pool.
+
+use routeid::api::BalancerPool;
+use routeid::controller::derive::derive_pool;
+use routeid::controller::index::pool_id;
+
+#[test]
+fn crd_carries_cel_rules_and_printer_columns() {
+    let crd = routeid::api::crd_yaml().unwrap();
+    for needle in [
+        "has(self.service) != (has(self.members) && size(self.members) > 0)",
+        "must be a cookie name (an RFC 6265 token)",
+        "must be a duration like 2s, 500ms or 1m30s",
+        "shortNames:\n    - bp",
+        "categories:\n    - routeid",
+    ] {
+        assert!(crd.contains(needle), "the CRD lacks {needle:?}");
+    }
+    let v: serde_json::Value = serde_yaml::from_str(&crd).unwrap();
+    let columns: Vec<&str> = v["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Members", "Ready", "LB", "Age"]);
+}
+
+#[test]
+fn the_cluster_example_is_a_valid_service_backed_pool() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster-pool.yaml")).unwrap();
+    let pool: BalancerPool = serde_yaml::from_str(&text).unwrap();
+    let cfg = derive_pool(pool_id(&pool), &pool.spec, []).unwrap();
+    assert_eq!(cfg.id.to_string(), "web/shop");
+    assert!(cfg.members.is_empty(), "members come from slices, none given here");
+    assert_eq!(pool.spec.backend.service.unwrap().name, "shop");
+}
+
+#[test]
+fn the_rbac_example_grants_what_the_controller_uses() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/controller-rbac.yaml")).unwrap();
+    for needle in ["balancerpools/status", "endpointslices", "events.k8s.io", "leases", "[get, list, watch]"] {
+        assert!(text.contains(needle), "the RBAC example lacks {needle:?}");
+    }
+    assert!(!text.contains("pods"), "the controller never lists Pods");
+}
