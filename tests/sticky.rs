@@ -330,6 +330,11 @@ async fn access_log_line_shows_the_six_balancer_values_as_json() {
         assert_eq!(line["status"], 200);
         assert_eq!(line["path"], "/cart");
         assert_eq!(line["malformed_route"], false);
+        assert_eq!(line["bytes_in"], 0);
+        assert_eq!(line["bytes_out"], got.body.len());
+        assert_eq!(line["attempts"], 1);
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["member_address"], m.1.addr.to_string());
         // A malformed value is counted in the line.
         let _ = get(proxy, "/?jsessionid=a.n%00", &[]).await;
         let line = loop {

@@ -147,6 +147,7 @@ impl Proxy {
     pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: ClientIp) -> Response<ProxyBody> {
         let started = Instant::now();
         let snap = self.snapshot();
+        let bytes_in = req.body().size_hint().exact();
         let host: Option<HeaderValue> = req
             .headers()
             .get(header::HOST)
@@ -158,8 +159,9 @@ impl Proxy {
             if self.settings.metrics {
                 self.metrics().unmatched.inc();
             }
-            let info = ReqInfo { method: req.method(), host: host_str, path: req.uri().path(), started };
-            self.access_log(&info, None, None, &BalancerVars::default(), resp.status(), 0);
+            let info = ReqInfo { method: req.method(), host: host_str, path: req.uri().path(), started, bytes_in };
+            let out = Outcome { status: resp.status(), bytes_out: resp.body().size_hint().exact(), attempts: 0 };
+            self.access_log(&info, None, None, &BalancerVars::default(), out);
             return resp;
         };
         let pool: &Pool = &snap.table.pools()[pi];
@@ -281,8 +283,13 @@ impl Proxy {
                             ),
                         ),
                     };
-                    let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started };
-                    self.access_log(&info, Some(&ext.balancer_name), None, &vars, resp.status(), tried.len());
+                    let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in };
+                    let out = Outcome {
+                        status: resp.status(),
+                        bytes_out: resp.body().size_hint().exact(),
+                        attempts: tried.len(),
+                    };
+                    self.access_log(&info, Some(&ext.balancer_name), None, &vars, out);
                     return resp;
                 }
             };
@@ -413,15 +420,9 @@ impl Proxy {
         if self.settings.via {
             add_via(resp.headers_mut(), Version::HTTP_11);
         }
-        let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started };
-        self.access_log(
-            &info,
-            Some(&ext.balancer_name),
-            Some(member.config.address),
-            &vars,
-            resp.status(),
-            tried.len(),
-        );
+        let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in };
+        let out = Outcome { status: resp.status(), bytes_out: resp.body().size_hint().exact(), attempts: tried.len() };
+        self.access_log(&info, Some(&ext.balancer_name), Some(member.config.address), &vars, out);
         resp
     }
 
@@ -467,8 +468,7 @@ impl Proxy {
         pool: Option<&HeaderValue>,
         member: Option<SocketAddr>,
         vars: &BalancerVars<'_>,
-        status: StatusCode,
-        attempts: usize,
+        out: Outcome,
     ) {
         if !self.settings.access_log {
             return;
@@ -483,11 +483,13 @@ impl Proxy {
             method = req.method.as_str(),
             host = req.host.unwrap_or("-"),
             path = req.path,
-            status = status.as_u16(),
+            status = out.status.as_u16(),
+            bytes_in = req.bytes_in,
+            bytes_out = out.bytes_out,
             duration_us = req.started.elapsed().as_micros() as u64,
             pool,
             member_address = member.map(tracing::field::display),
-            attempts,
+            attempts = out.attempts,
             BALANCER_SESSION_STICKY = vars.session_sticky.unwrap_or("-"),
             BALANCER_SESSION_ROUTE = vars.session_route.as_deref().unwrap_or("-"),
             BALANCER_NAME = pool,
@@ -508,6 +510,16 @@ struct ReqInfo<'a> {
     host: Option<&'a str>,
     path: &'a str,
     started: Instant,
+    /// Request body length when known in advance (`Content-Length`).
+    bytes_in: Option<u64>,
+}
+
+/// What the access log says of the answer.
+struct Outcome {
+    status: StatusCode,
+    /// Response body length when known in advance.
+    bytes_out: Option<u64>,
+    attempts: usize,
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
