@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# routeid: one static-ish binary (glibc) on distroless, non-root, no shell.
+#
+#   docker build -t routeid:dev .
+#   docker run --rm -p 8080:8080 routeid:dev demo --listen 0.0.0.0:8080 --admin-listen 0.0.0.0:9901
+#
+# The builder and the runtime share Debian 12 (bookworm), so the binary's glibc matches.
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+WORKDIR /src
+ENV CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0
+
+# Dependencies first, against stub sources: this layer is rebuilt only when Cargo.toml or
+# Cargo.lock change, not on every source edit.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src bench \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && echo 'fn main() {}' > bench/derive.rs \
+ && cargo build --release --locked --bin routeid \
+ && rm -rf src bench
+
+# The real sources. touch: their mtimes can be older than the stub build's, and cargo would
+# keep the stub binary.
+COPY src ./src
+COPY bench/derive.rs ./bench/derive.rs
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked --bin routeid \
+ && cp target/release/routeid /routeid \
+ && /routeid --version
+
+# distroless/cc: glibc, libgcc, CA certificates, /etc/passwd with nonroot (65532); no shell.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /routeid /usr/local/bin/routeid
+USER 65532:65532
+# 8080: the proxy; 9901: admin (/healthz, /readyz, /metrics, /balancer-manager).
+EXPOSE 8080 9901
+ENTRYPOINT ["routeid"]
+CMD ["controller"]
