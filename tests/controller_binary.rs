@@ -1,0 +1,93 @@
+//! `routeid controller` as users run it: the real binary, a kubeconfig file pointing at the fake
+//! API server, traffic through it, a clean exit on SIGTERM.
+
+#[path = "support/controller.rs"]
+mod cluster;
+mod support;
+
+use std::time::Duration;
+
+use cluster::*;
+use serde_json::json;
+use support::fake_apiserver::FakeApiServer;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_a_kubeconfig_serves_the_pool_and_exits_cleanly() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let m = Member::start("shop-0").await;
+        kube.put_slice(&slice("shop", "shop-0", m.addr, Cond::Ready)).await;
+        kube.create_pool(&pool("shop", "shop", json!({"frontend": {"hosts": ["shop.example.com"]}}))).await;
+        let kubeconfig = temp_file(
+            "kubeconfig",
+            &format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+                api.addr
+            ),
+        );
+        let (proxy_addr, admin_addr) = (free_port(), free_port());
+        let stderr_path = temp_path("routeid-controller-stderr");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+            .arg("controller")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--namespace", NS, "--identity", "bin-1"])
+            .args(["--listen", &proxy_addr.to_string(), "--admin-listen", &admin_addr.to_string()])
+            .env("RUST_LOG", "info")
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("the routeid binary starts");
+        let mut p = ProxyProcess { child, proxy_addr, admin_addr, stderr_path };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = p.child.try_wait().unwrap() {
+                panic!("routeid controller exited early with {st}: {}", p.stderr());
+            }
+            if matches!(try_get(admin_addr, "/readyz", &[]).await, Ok(g) if g.status == 200) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready: {}", p.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = get(proxy_addr, "/", &[("host", "shop.example.com")]).await;
+        assert_eq!(got.route(), "shop-0");
+        eventually(WAIT, "status written by the binary", || async {
+            kube.status("shop").await.is_some_and(|s| s.member_count == Some(1))
+        })
+        .await;
+        p.signal("TERM");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = p.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no exit after SIGTERM: {}", p.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "{status}: {}", p.stderr());
+        // The Lease was released on the way out.
+        let lease = api.object("coordination.k8s.io", "v1", "leases", NS, "routeid-status").unwrap();
+        assert!(lease.pointer("/spec/holderIdentity").is_none_or(|h| h.is_null()), "{lease}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_kubeconfig_is_refused_with_exit_code_2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+        .args(["controller", "--kubeconfig", "/nonexistent/kubeconfig", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read kubeconfig /nonexistent/kubeconfig"), "{err}");
+}
