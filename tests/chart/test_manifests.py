@@ -12,6 +12,7 @@ import yaml
 from conftest import ROOT
 
 import helmrender
+import k8s_schema
 
 FILES = sorted(
     p.relative_to(ROOT).as_posix()
@@ -44,6 +45,13 @@ def test_every_document_is_a_kubernetes_object(rel):
         assert isinstance(d.get("kind"), str) and re.fullmatch(r"[A-Z][A-Za-z]+", d["kind"]), d
         name = (d.get("metadata") or {}).get("name")
         assert isinstance(name, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), f"{rel}: {d['kind']} name {name!r}"
+
+
+@pytest.mark.parametrize("rel", FILES)
+def test_every_field_exists_in_the_kubernetes_api(rel):
+    """Field names and value shapes against the Kubernetes API types (k8s_schema)."""
+    found = [p for d in docs(rel) for p in k8s_schema.problems(d)]
+    assert not found, f"{rel}:\n" + "\n".join(found)
 
 
 def test_generated_files_are_up_to_date():
