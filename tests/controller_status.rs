@@ -76,9 +76,9 @@ async fn status_shows_members_conditions_and_events() {
             assert_eq!(got.status, 200, "failed over");
         }
         eventually(WAIT, "Degraded=True", || async {
-            kube.condition("shop", "Degraded")
-                .await
-                .is_some_and(|(s, reason, msg)| s == "True" && reason == "MembersInError" && msg.contains("shop-1"))
+            kube.condition("shop", "Degraded").await.is_some_and(|(s, reason, msg)| {
+                s == "True" && reason == "MembersUnhealthy" && msg.contains("shop-1 (Error)")
+            })
         })
         .await;
         let st = kube.status("shop").await.unwrap();

@@ -35,7 +35,7 @@ pub mod kinds {
     pub const ACCEPTED: &str = "Accepted";
     /// At least one member takes new sessions.
     pub const READY: &str = "Ready";
-    /// Some members are in error.
+    /// Some members are unhealthy (failed health checks) or in error (refused connections).
     pub const DEGRADED: &str = "Degraded";
     /// An older pool claims the same host and prefix.
     pub const CONFLICT: &str = "Conflict";
@@ -75,8 +75,9 @@ pub fn desired_status(
     if let Some(pool) = table.pool(id) {
         for m in &pool.members {
             let state = m.state_name(now_ms);
-            if state == "Error" {
-                in_error.push(m.route().to_owned());
+            // Passive health (refused connections) and active health checks alike.
+            if state == "Error" || state == "Unhealthy" {
+                in_error.push(format!("{} ({state})", m.route()));
             }
             members.push(MemberStatusEntry {
                 route: m.config.route.clone(),
@@ -145,10 +146,10 @@ pub fn desired_status(
         condition(prev, kinds::READY, false, "NoReadyMembers", format!("no member takes new sessions{why}"), now)
     });
     conditions.push(if in_error.is_empty() {
-        condition(prev, kinds::DEGRADED, false, "AllHealthy", "no member is in error".into(), now)
+        condition(prev, kinds::DEGRADED, false, "AllHealthy", "no member is unhealthy or in error".into(), now)
     } else {
-        let msg = format!("in error: {}", list_routes(in_error.iter().map(String::as_str)));
-        condition(prev, kinds::DEGRADED, true, "MembersInError", msg, now)
+        let msg = format!("unhealthy or in error: {}", list_routes(in_error.iter().map(String::as_str)));
+        condition(prev, kinds::DEGRADED, true, "MembersUnhealthy", msg, now)
     });
     conditions.push(match conflict {
         Some(c) => condition(
