@@ -117,7 +117,8 @@ def _merge(target, patch):
 class FakeKube:
     """Start with `with FakeKube() as kube:`; `kube.kubeconfig` is a kubeconfig YAML string."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = "1.33.0") -> None:
+        self.version = version
         self.lock = threading.Lock()
         self.store: dict[tuple, dict] = {}  # (gv, plural, namespace, name) -> object
         self.created: list[dict] = []  # every object created, in order
@@ -210,7 +211,8 @@ class FakeKube:
     def dispatch(self, method: str, path: str, query: dict, body):
         parts = [p for p in path.split("/") if p]
         if path == "/version":
-            return 200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"}
+            major, minor, _ = self.version.split(".")
+            return 200, {"major": major, "minor": minor, "gitVersion": f"v{self.version}", "platform": "linux/amd64"}
         if parts == ["api"]:
             return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
         if parts == ["apis"]:

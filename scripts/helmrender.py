@@ -92,13 +92,15 @@ def render(
     release: str = "routeid",
     namespace: str = "routeid",
     chart: Path = CHART,
+    kube_version: str = "1.33.0",
 ) -> Release:
     """`helm install RELEASE CHART -n NAMESPACE --create-namespace -f values`, against a fake API
     server. Raises RenderError with Helm's message when Helm refuses."""
     if not _in_process():
-        return Release(**_in_worker("render", dict(values=values, release=release, namespace=namespace, chart=str(chart))))
+        kwargs = dict(values=values, release=release, namespace=namespace, chart=str(chart), kube_version=kube_version)
+        return Release(**_in_worker("render", kwargs))
     helm = _helm()
-    with FakeKube() as kube:
+    with FakeKube(kube_version) as kube:
         cfg = helm.Configuration(namespace=namespace, kubeconfig=kube.kubeconfig)
         try:
             result = asyncio.run(

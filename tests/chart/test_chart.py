@@ -460,6 +460,14 @@ def test_bad_values_are_refused(values, message):
     assert message in str(e.value), str(e.value)
 
 
+def test_kubernetes_older_than_1_30_is_refused():
+    """lifecycle.preStop.sleep (the image has no shell) is on by default from 1.30."""
+    with pytest.raises(helmrender.RenderError) as e:
+        helmrender.render(kube_version="1.29.4")
+    assert "kubeVersion" in str(e.value) or "1.30" in str(e.value), str(e.value)
+    assert helmrender.render(kube_version="1.30.0").one("Deployment")
+
+
 def test_schema_error_names_the_value():
     with pytest.raises(helmrender.RenderError) as e:
         helmrender.render({"replicas": "two"})
