@@ -1,0 +1,68 @@
+//! The balancer-manager in controller mode: a change made on one replica is written to the
+//! pool's `spec.members` in the (fake) Kubernetes API, and every replica applies it.
+
+#[path = "support/controller.rs"]
+mod cluster;
+mod support;
+
+use bytes::Bytes;
+use cluster::*;
+use routeid::admin::manager::{Manager, Persistence};
+use serde_json::json;
+use support::fake_apiserver::FakeApiServer;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_replica_lands_in_the_spec_and_every_replica_applies_it() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let members = [Member::start("shop-0").await, Member::start("shop-1").await];
+        for m in &members {
+            kube.put_slice(&slice("shop", &m.route, m.addr, Cond::Ready)).await;
+        }
+        kube.create_pool(&pool("shop", "shop", json!({}))).await;
+        let r1 = Replica::start(&api, options("r1")).await;
+        let r2 = Replica::start(&api, options("r2")).await;
+        assert!(
+            r1.running
+                .admin
+                .manager
+                .set(Manager::new(Some("tok".into()), Persistence::Kubernetes(api.client())))
+                .is_ok()
+        );
+        for r in [&r1, &r2] {
+            eventually(WAIT, "two members", || async { r.members("shop").len() == 2 }).await;
+        }
+
+        let patch = send(
+            &client(),
+            r1.running.admin_addr,
+            "PATCH",
+            "/balancer-manager/api/pools/web/shop/members/shop-1",
+            &[("authorization", "Bearer tok")],
+            Bytes::from_static(br#"{"status": "Drain", "loadFactor": 4}"#),
+        )
+        .await;
+        assert_eq!(patch.status, 200, "{}", patch.body);
+        assert!(patch.body.contains("spec.members"), "{}", patch.body);
+
+        let stored = kube.pools().get("shop").await.unwrap();
+        let o = stored.spec.members.iter().find(|o| o.route == "shop-1").expect("an override for shop-1");
+        assert_eq!((o.status, o.load_factor), (Some(routeid::api::MemberStatus::Drain), Some(4)));
+
+        for r in [&r1, &r2] {
+            eventually(WAIT, "the replica applies the override", || async {
+                r.members("shop").iter().any(|(route, state)| route == "shop-1" && state == "Drain")
+            })
+            .await;
+        }
+        for _ in 0..6 {
+            assert_eq!(get(r2.proxy(), "/", &[]).await.route(), "shop-0", "a drained member gets no new sessions");
+        }
+        assert_eq!(get(r2.proxy(), "/", &[("cookie", "ROUTEID=.shop-1")]).await.route(), "shop-1");
+        r1.stop().await;
+        r2.stop().await;
+    })
+    .await;
+}
