@@ -198,6 +198,13 @@ class FakeKube:
         )
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
+    def preload(self, obj: dict) -> None:
+        """Puts an object in the store as if it existed before (not recorded in `created`)."""
+        gv, kind = obj["apiVersion"], obj["kind"]
+        plural = next(p for p, k, _ in RESOURCES[gv] if k == kind)
+        meta = obj["metadata"]
+        self.store[(gv, plural, meta.get("namespace", ""), meta["name"])] = copy.deepcopy(obj)
+
     def __enter__(self) -> "FakeKube":
         self.thread.start()
         return self

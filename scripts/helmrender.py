@@ -93,14 +93,19 @@ def render(
     namespace: str = "routeid",
     chart: Path = CHART,
     kube_version: str = "1.33.0",
+    existing: list[dict] | None = None,
 ) -> Release:
     """`helm install RELEASE CHART -n NAMESPACE --create-namespace -f values`, against a fake API
-    server. Raises RenderError with Helm's message when Helm refuses."""
+    server. Raises RenderError with Helm's message when Helm refuses. `existing`: objects the
+    cluster already has (Helm's `lookup` sees them; Helm takes ownership of those it renders)."""
     if not _in_process():
-        kwargs = dict(values=values, release=release, namespace=namespace, chart=str(chart), kube_version=kube_version)
+        kwargs = dict(values=values, release=release, namespace=namespace, chart=str(chart))
+        kwargs.update(kube_version=kube_version, existing=existing)
         return Release(**_in_worker("render", kwargs))
     helm = _helm()
     with FakeKube(kube_version) as kube:
+        for obj in existing or []:
+            kube.preload(obj)
         cfg = helm.Configuration(namespace=namespace, kubeconfig=kube.kubeconfig)
         try:
             result = asyncio.run(
@@ -111,6 +116,7 @@ def render(
                     create_namespace=True,
                     wait=False,
                     timeout=60,
+                    take_ownership=bool(existing),
                 )
             )
         except helm.HelmError as e:

@@ -281,6 +281,24 @@ def test_downward_api_and_manager_token(name):
     assert "--manager-token" not in " ".join(c["args"]), "a token in args is visible in the pod spec"
 
 
+def test_manager_generated_token_survives_upgrades():
+    """The generated token is read back (Helm `lookup`) when the Secret exists: an upgrade keeps it."""
+    import base64
+
+    values = {"manager": {"createSecret": True}}
+    old = base64.b64encode(b"the-token-from-the-first-install").decode()
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "routeid-manager", "namespace": "routeid"},
+        "data": {"token": old},
+    }
+    again = helmrender.render(values, existing=[secret]).one("Secret")
+    assert again["data"]["token"] == old
+    fresh = helmrender.render(values).one("Secret")["data"]["token"]
+    assert fresh != old and len(base64.b64decode(fresh)) == 40
+
+
 def test_manager_existing_secret():
     c = container(helmrender.render({"manager": {"existingSecret": "ops-token", "secretKey": "t"}}))
     env = {e["name"]: e for e in c["env"]}
@@ -499,7 +517,9 @@ def test_notes():
         "kubectl apply --server-side -f charts/routeid/crds/",
     ]:
         assert text in notes, text
+    assert "set it to" not in notes
     full = rendered("full").notes
     assert "get secret edge-routeid-manager" in full and "ServiceMonitor" in full
+    assert "spec.ingressClassName: routeid; set it to public" in full
     for path in re.findall(r"kubectl apply (?:--server-side )?-f (\S+)", notes + rendered("sidecar").notes):
         assert (ROOT / path).exists(), path
