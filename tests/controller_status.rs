@@ -186,6 +186,22 @@ async fn the_newer_of_two_pools_on_one_host_and_prefix_gets_conflict() {
             kube.condition("a-new", "Conflict").await.is_some_and(|(s, _, _)| s == "False")
         })
         .await;
+
+        // Nothing changes any more: statuses are recomputed every 300 ms here, written never.
+        let writes = || r.controller.stats.writer.status_writes.load(std::sync::atomic::Ordering::Relaxed);
+        let settled = {
+            let mut last = writes();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                let now = writes();
+                if now == last {
+                    break now;
+                }
+                last = now;
+            }
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await; // three resyncs
+        assert_eq!(writes(), settled, "an unchanged status is not written again");
         r.stop().await;
     })
     .await;

@@ -400,3 +400,159 @@ pub fn truncate(s: &mut String, max: usize) {
         s.push('…');
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use super::*;
+    use crate::api::{Backend, BalancerPoolSpec, Frontend, ServiceRef};
+
+    fn index() -> Index {
+        Index::new(ClassFilter { ingress_class: "routeid".into(), default_class: true })
+    }
+
+    fn pool(name: &str, service: &str, class: Option<&str>, created: &str) -> BalancerPool {
+        let mut p = BalancerPool::new(
+            name,
+            BalancerPoolSpec {
+                ingress_class_name: class.map(Into::into),
+                frontend: Frontend { hosts: vec![format!("{name}.example.com")], ..Default::default() },
+                backend: Backend {
+                    service: Some(ServiceRef { name: service.into(), port: IntOrString::String("http".into()) }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        p.metadata.namespace = Some("web".into());
+        p.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+        p
+    }
+
+    fn slice(name: &str, service: Option<&str>, pods: &[&str], rv: &str) -> EndpointSlice {
+        EndpointSlice {
+            address_type: "IPv4".into(),
+            endpoints: pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Endpoint {
+                    addresses: vec![format!("10.0.0.{}", i + 1)],
+                    target_ref: Some(ObjectReference { name: Some((*p).into()), ..Default::default() }),
+                    ..Default::default()
+                })
+                .collect(),
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("web".into()),
+                resource_version: Some(rv.into()),
+                labels: service.map(|s| BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), s.to_owned())])),
+                ..Default::default()
+            },
+            ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(80), ..Default::default() }]),
+        }
+    }
+
+    fn routes(ix: &Index, name: &str) -> Vec<String> {
+        let id = PoolId { namespace: "web".into(), name: name.into() };
+        ix.pool(&id)
+            .and_then(|e| e.serving.as_ref())
+            .map(|c| c.members.iter().map(|m| m.route.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn only_pools_of_a_changed_service_are_rederived() {
+        let mut ix = index();
+        ix.apply_pool(pool("a", "svc-a", None, "2025-01-01T00:00:00Z"));
+        ix.apply_pool(pool("b", "svc-b", None, "2025-01-01T00:00:00Z"));
+        ix.apply_slice(slice("a-1", Some("svc-a"), &["a0"], "1"));
+        ix.apply_slice(slice("b-1", Some("svc-b"), &["b0"], "1"));
+        assert_eq!(ix.rederive().len(), 2);
+        assert!(ix.take_publish_needed());
+        ix.apply_slice(slice("a-1", Some("svc-a"), &["a0", "a1"], "2"));
+        let changes = ix.rederive();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].added, ["a1@10.0.0.2:80"]);
+        assert_eq!(routes(&ix, "a"), ["a0", "a1"]);
+        assert!(ix.take_publish_needed());
+        // The same resourceVersion again: nothing to do.
+        ix.apply_slice(slice("a-1", Some("svc-a"), &["a0", "a1"], "2"));
+        assert!(!ix.has_work());
+    }
+
+    #[test]
+    fn a_status_only_update_does_not_rederive() {
+        let mut ix = index();
+        let mut p = pool("a", "svc-a", None, "2025-01-01T00:00:00Z");
+        ix.apply_pool(p.clone());
+        ix.rederive();
+        ix.take_publish_needed();
+        p.status = Some(Default::default());
+        ix.apply_pool(p);
+        assert!(!ix.has_work());
+    }
+
+    #[test]
+    fn class_filter_and_priority_order() {
+        let mut ix = index();
+        ix.apply_pool(pool("young", "s", Some("routeid"), "2025-03-01T00:00:00Z"));
+        ix.apply_pool(pool("old", "s", None, "2025-01-01T00:00:00Z"));
+        ix.apply_pool(pool("other", "s", Some("nginx"), "2024-01-01T00:00:00Z"));
+        ix.rederive();
+        let names: Vec<String> = ix.configs().into_iter().map(|c| c.id.name).collect();
+        assert_eq!(names, ["old", "young"]);
+        // A pool that moves to another class is dropped.
+        ix.apply_pool(pool("old", "s", Some("nginx"), "2025-01-01T00:00:00Z"));
+        assert!(ix.take_publish_needed());
+        let names: Vec<String> = ix.configs().into_iter().map(|c| c.id.name).collect();
+        assert_eq!(names, ["young"]);
+    }
+
+    #[test]
+    fn relist_drops_what_vanished_and_relabelled_slices_move() {
+        let mut ix = index();
+        ix.apply_pool(pool("a", "svc-a", None, "2025-01-01T00:00:00Z"));
+        ix.apply_slice(slice("s1", Some("svc-a"), &["a0"], "1"));
+        ix.apply_slice(slice("s2", Some("svc-a"), &["a1"], "1"));
+        ix.rederive();
+        assert_eq!(routes(&ix, "a"), ["a0", "a1"]);
+        // s2 now belongs to another Service: its endpoints leave pool a.
+        ix.apply_slice(slice("s2", Some("svc-b"), &["a1"], "2"));
+        ix.rederive();
+        assert_eq!(routes(&ix, "a"), ["a0"]);
+        // A re-list that no longer holds s1.
+        ix.retain_slices(&HashSet::from([("web".to_owned(), "s2".to_owned())]));
+        let changes = ix.rederive();
+        assert_eq!(changes[0].removed, ["a0@10.0.0.1:80"]);
+        assert!(routes(&ix, "a").is_empty());
+        ix.retain_pools(&HashSet::new());
+        assert!(ix.configs().is_empty());
+        assert_eq!(ix.slice_count(), 1);
+    }
+
+    #[test]
+    fn an_invalid_spec_keeps_the_last_valid_config() {
+        let mut ix = index();
+        let mut p = pool("a", "svc-a", None, "2025-01-01T00:00:00Z");
+        ix.apply_pool(p.clone());
+        ix.apply_slice(slice("s1", Some("svc-a"), &["a0"], "1"));
+        ix.rederive();
+        p.spec.timeouts.connect = Some("soon".into());
+        ix.apply_pool(p);
+        let changes = ix.rederive();
+        assert!(changes[0].rejected.as_deref().unwrap().contains("spec.timeouts.connect"));
+        let id = PoolId { namespace: "web".into(), name: "a".into() };
+        assert!(ix.pool(&id).unwrap().result.is_err());
+        assert_eq!(routes(&ix, "a"), ["a0"], "the last valid config still serves");
+        // Slices still change underneath: the old config stays until the spec is fixed.
+        ix.apply_slice(slice("s1", Some("svc-a"), &["a0", "a1"], "2"));
+        assert!(ix.rederive().is_empty(), "the same problems are not reported twice");
+        assert_eq!(routes(&ix, "a"), ["a0"]);
+    }
+}

@@ -426,3 +426,75 @@ pub const MAX_STATUS_MEMBERS: usize = 100;
 pub fn cap_members(status: &mut BalancerPoolStatus) {
     status.members.truncate(MAX_STATUS_MEMBERS);
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use super::*;
+    use crate::api::{Backend, BalancerPoolSpec, ServiceRef};
+    use crate::controller::index::{ClassFilter, Index};
+
+    fn pool() -> BalancerPool {
+        let mut p = BalancerPool::new(
+            "shop",
+            BalancerPoolSpec {
+                backend: Backend {
+                    service: Some(ServiceRef { name: "shop".into(), port: IntOrString::String("http".into()) }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        p.metadata.namespace = Some("web".into());
+        p.metadata.generation = Some(3);
+        p
+    }
+
+    fn id() -> PoolId {
+        PoolId { namespace: "web".into(), name: "shop".into() }
+    }
+
+    fn status_of(ix: &Index, now: &str) -> BalancerPoolStatus {
+        let (table, _) = RoutingTable::build(ix.configs(), None);
+        desired_status(ix.pool(&id()).unwrap(), &id(), &table, None, 1, now)
+    }
+
+    #[test]
+    fn transition_times_are_kept_while_a_condition_holds() {
+        let mut ix = Index::new(ClassFilter { ingress_class: "routeid".into(), default_class: true });
+        let mut p = pool();
+        ix.apply_pool(p.clone());
+        ix.rederive();
+        let first = status_of(&ix, "T1");
+        assert_eq!(first.observed_generation, Some(3));
+        assert_eq!((first.member_count, first.ready_members), (Some(0), Some(0)));
+        let ready = first.conditions.iter().find(|c| c.type_ == kinds::READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoReadyMembers"));
+        // The object now holds that status: recomputing later changes nothing, so nothing is
+        // written.
+        p.status = Some(first.clone());
+        ix.apply_pool(p.clone());
+        assert_eq!(status_of(&ix, "T2"), first);
+        // The spec turns invalid: Accepted flips (new time), Ready keeps its time.
+        p.spec.timeouts.idle = Some("later".into());
+        ix.apply_pool(p);
+        ix.rederive();
+        let second = status_of(&ix, "T3");
+        let accepted = second.conditions.iter().find(|c| c.type_ == kinds::ACCEPTED).unwrap();
+        assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("False", "InvalidSpec"));
+        assert_eq!(accepted.last_transition_time.as_deref(), Some("T3"));
+        assert!(accepted.message.contains("spec.timeouts.idle") && accepted.message.contains("keeps serving"));
+        let ready = second.conditions.iter().find(|c| c.type_ == kinds::READY).unwrap();
+        assert_eq!(ready.last_transition_time.as_deref(), Some("T1"));
+    }
+
+    #[test]
+    fn empty_fields_are_sent_as_null_in_the_merge_patch() {
+        let patch = status_patch(&BalancerPoolStatus::default());
+        for k in ["observedGeneration", "memberCount", "readyMembers", "members", "conditions"] {
+            assert!(patch["status"][k].is_null(), "{k}: {patch}");
+            assert!(patch["status"].as_object().unwrap().contains_key(k), "{k} present as null");
+        }
+    }
+}
