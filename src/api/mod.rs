@@ -88,7 +88,8 @@ pub struct Backend {
 const BACKEND_EXACTLY_ONE: &str = "has(self.service) != (has(self.members) && size(self.members) > 0)";
 
 /// CEL: a Go-style duration (`2s`, `1m30s`, `500ms`), the subset of what the validator accepts
-/// that `kubectl explain` users expect; the controller still parses and range-checks it.
+/// that `kubectl explain` users expect; the controller still parses and range-checks it. The
+/// fields carrying it have a `maxLength`, which keeps the API server's CEL cost estimate small.
 const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
 /// The message for [`DURATION_RULE`].
 const DURATION_MESSAGE: &str = "must be a duration like 2s, 500ms or 1m30s";
@@ -195,6 +196,7 @@ pub struct DebugHeaders {
 pub struct RouteCookie {
     /// Cookie name (`ROUTEID`); in Prefix and Rewrite modes it must be the session cookie name.
     #[x_kube(validation = Rule::new("self.matches('^[!#$%&\\'*+.^_`|~0-9A-Za-z-]+$')").message("must be a cookie name (an RFC 6265 token)"))]
+    #[schemars(length(min = 1, max = 256))]
     pub name: String,
     /// How the route is carried (HAProxy `insert` / `prefix` / `rewrite`). Default Insert.
     #[serde(default)]
@@ -223,6 +225,7 @@ pub struct RouteCookie {
     /// Cookie `Max-Age` as a duration (`30m`); absent means a session cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
     pub max_age: Option<String>,
 }
 
@@ -299,6 +302,7 @@ pub struct Health {
     /// `slowstart`), instead of receiving its full share at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
     pub slow_start: Option<String>,
 }
 
@@ -315,10 +319,12 @@ pub struct ActiveHealth {
     /// Time between two checks of a member (default 5s); checks are spread over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
     pub interval: Option<String>,
     /// Time a check may take (default 2s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
     pub timeout: Option<String>,
     /// Consecutive passing checks that bring a failed member back (HAProxy `rise`, default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,6 +361,7 @@ pub struct PassiveHealth {
     /// How long a member that refused a connection stays in error (`60s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
     pub retry_after: Option<String>,
     /// Attempts per request, the first included (default 3, at most 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,14 +387,17 @@ pub struct Timeouts {
     /// TCP connect (default 2s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
     pub connect: Option<String>,
     /// Until the member's response headers arrive (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
     pub response: Option<String>,
     /// How long an unused pooled connection to a member is kept (default 90s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
     pub idle: Option<String>,
 }
 
