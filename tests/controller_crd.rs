@@ -45,3 +45,37 @@ fn the_rbac_example_grants_what_the_controller_uses() {
     }
     assert!(!text.contains("pods"), "the controller never lists Pods");
 }
+
+/// The CRD's CEL rules, evaluated by kube's client-side CEL interpreter on the spec schema: what
+/// an API server would refuse before the controller ever sees it.
+#[test]
+fn cel_rules_accept_good_specs_and_refuse_bad_ones() {
+    use routeid::api::BalancerPoolSpec;
+    use serde_json::json;
+    let check = |spec: serde_json::Value| kube::core::cel::validate_cel_schema::<BalancerPoolSpec>(&spec, None);
+    let svc = json!({"service": {"name": "shop", "port": "http"}});
+    let good = json!({
+        "backend": svc,
+        "sticky": {"cookie": {"name": "ROUTEID", "maxAge": "30m"}},
+        "timeouts": {"connect": "2s", "response": "1m30s", "idle": "500ms"},
+        "health": {"passive": {"retryAfter": "60s"}},
+    });
+    check(good.clone()).unwrap_or_else(|e| panic!("a good spec refused: {e:?}"));
+    check(json!({"backend": {"members": [{"address": "127.0.0.1:1", "route": "a"}]}})).unwrap();
+
+    let refused = |spec: serde_json::Value, what: &str| {
+        let err = check(spec).expect_err(what);
+        format!("{err:?}")
+    };
+    let both = json!({"backend": {"service": {"name": "s", "port": 80}, "members": [{"address": "127.0.0.1:1", "route": "a"}]}});
+    assert!(refused(both, "both sources").contains("exactly one of backend.service and backend.members"));
+    assert!(refused(json!({"backend": {}}), "no source").contains("exactly one of"));
+    let mut bad_cookie = good.clone();
+    bad_cookie["sticky"]["cookie"]["name"] = json!("ROUTE ID");
+    assert!(refused(bad_cookie, "a cookie name with a space").contains("RFC 6265 token"));
+    for bad in ["2 parsecs", "soon", "1h 30m", "-1s", ""] {
+        let mut s = good.clone();
+        s["timeouts"]["connect"] = json!(bad);
+        assert!(refused(s, bad).contains("must be a duration"), "{bad:?}");
+    }
+}
