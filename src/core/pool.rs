@@ -137,12 +137,17 @@ impl Pool {
 
     /// The member with this route.
     pub fn member(&self, route: &str) -> Option<&Member> {
-        self.by_route.get(route).map(|&i| &self.members[i])
+        self.member_index(route).map(|i| &self.members[i])
     }
 
-    /// The member index with this route.
+    /// The member index with this route. Small pools compare routes directly, which is cheaper
+    /// than hashing the route; large ones use the index.
     pub fn member_index(&self, route: &str) -> Option<usize> {
-        self.by_route.get(route).copied()
+        if self.members.len() <= 8 {
+            self.members.iter().position(|m| m.config.route == route)
+        } else {
+            self.by_route.get(route).copied()
+        }
     }
 
     /// The lb method's name.
@@ -166,8 +171,8 @@ impl Pool {
         let ctx = self.lb_context(now_ms);
         let mut reason = if tried.is_empty() { Balanced::NoRoute } else { Balanced::Retry };
         if let Some(route) = route {
-            match self.by_route.get(route) {
-                Some(&i) if tried.is_empty() => {
+            match self.member_index(route) {
+                Some(i) if tried.is_empty() => {
                     if self.members[i].takes_sticky(now_ms) {
                         let set = self.members[i].config.lb_set;
                         let same_set =

@@ -106,7 +106,8 @@ fn put_debug_headers(h: &mut HeaderMap, vars: &BalancerVars<'_>, ext: &PoolExt) 
 }
 
 /// Joins HTTP/2 cookie crumbs into one header for an HTTP/1.1 member (RFC 9113 §8.2.3) and
-/// applies the sticky cookie rewrites (indirect, Prefix).
+/// applies the sticky cookie rewrites (indirect, Prefix) in place: one map lookup, and no
+/// allocation when nothing changes.
 fn prepare_request_cookies(h: &mut HeaderMap, from_h2: bool, sticky: Option<&StickyConfig>) {
     let drop = sticky
         .and_then(|s| s.cookie.as_ref())
@@ -114,31 +115,40 @@ fn prepare_request_cookies(h: &mut HeaderMap, from_h2: bool, sticky: Option<&Sti
         .map(|c| c.name.as_str());
     let unprefix =
         sticky.and_then(|s| s.cookie.as_ref()).filter(|c| c.mode == CookieMode::Prefix).map(|c| c.name.as_str());
-    let count = h.get_all(header::COOKIE).iter().count();
-    if count == 0 || (drop.is_none() && unprefix.is_none() && !(from_h2 && count > 1)) {
+    if drop.is_none() && unprefix.is_none() && !from_h2 {
         return;
     }
-    let mut joined: Vec<u8> = Vec::new();
-    let mut changed = from_h2 && count > 1;
-    for v in h.get_all(header::COOKIE) {
-        let new = rewrite_request_cookie(v.as_bytes(), drop, unprefix);
-        changed |= new.is_some();
-        let part: &[u8] = new.as_deref().unwrap_or(v.as_bytes());
-        if !part.is_empty() {
-            if !joined.is_empty() {
-                joined.extend_from_slice(b"; ");
+    let http::header::Entry::Occupied(mut entry) = h.entry(header::COOKIE) else { return };
+    let several = entry.iter().nth(1).is_some();
+    if from_h2 && several {
+        let mut joined: Vec<u8> = Vec::new();
+        for v in entry.iter() {
+            let new = rewrite_request_cookie(v.as_bytes(), drop, unprefix);
+            let part: &[u8] = new.as_deref().unwrap_or(v.as_bytes());
+            if !part.is_empty() {
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b"; ");
+                }
+                joined.extend_from_slice(part);
             }
-            joined.extend_from_slice(part);
         }
-    }
-    if !changed {
+        entry.remove_entry_mult();
+        if !joined.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(&joined)
+        {
+            h.insert(header::COOKIE, v);
+        }
         return;
     }
-    h.remove(header::COOKIE);
-    if !joined.is_empty()
-        && let Ok(v) = HeaderValue::from_bytes(&joined)
-    {
-        h.insert(header::COOKIE, v);
+    let mut all_empty = true;
+    for v in entry.iter_mut() {
+        if let Some(new) = rewrite_request_cookie(v.as_bytes(), drop, unprefix) {
+            *v = HeaderValue::from_bytes(&new).unwrap_or(HeaderValue::from_static(""));
+        }
+        all_empty &= v.is_empty();
+    }
+    if all_empty {
+        entry.remove_entry_mult();
     }
 }
 

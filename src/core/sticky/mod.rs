@@ -232,7 +232,8 @@ pub fn rewrite_request_cookie(header: &[u8], drop: Option<&str>, unprefix: Optio
     if !touches {
         return None;
     }
-    let mut out = Vec::with_capacity(header.len());
+    // Allocated on the first kept pair only: stripping the only cookie costs nothing.
+    let mut out = Vec::new();
     for pair in header.split(|&b| b == b';') {
         let trimmed = pair.trim_ascii();
         if trimmed.is_empty() {
