@@ -323,3 +323,22 @@ async fn heartbeat_balances_by_reported_capacity() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_whose_body_lacks_the_expected_text_fails() {
+    bounded(async {
+        let a = Switchable::start("a").await;
+        let b = Switchable::start("b").await;
+        // The members answer "route=<r> status=200": only a's body holds "route=a".
+        let extra =
+            "  health:\n    active: {path: /health, interval: 100ms, fails: 2, passes: 1, expectBody: \"route=a\"}\n";
+        let p = start_proxy(&pool_yaml("p", &members(&[&a, &b]), extra)).await;
+        until("b fails on its body", || !healthy(&p, 1)).await;
+        assert!(healthy(&p, 0), "a's body matches");
+        for _ in 0..4 {
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.route(), "a");
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
