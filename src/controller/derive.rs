@@ -244,12 +244,14 @@ pub fn derive_members<'a>(
 /// `Ok` or `HotStandby` (it is going away: it must not take new sessions).
 pub fn pool_config(id: PoolId, spec: &BalancerPoolSpec, derived: Derived) -> Result<PoolConfig, Vec<FieldError>> {
     let mut cfg = validate_service_backed(id, spec, derived.members)?;
-    if !derived.terminating.is_empty() {
-        for m in &mut cfg.members {
-            if matches!(m.status, MemberStatus::Ok | MemberStatus::HotStandby)
-                && derived.terminating.binary_search(&m.route).is_ok()
+    // Only an override can have lifted a terminating member out of Drain. Members keep the
+    // derivation's route order through validation, so each is found by binary search.
+    if !spec.members.is_empty() {
+        for route in &derived.terminating {
+            if let Ok(i) = cfg.members.binary_search_by(|m| m.route.as_str().cmp(route))
+                && matches!(cfg.members[i].status, MemberStatus::Ok | MemberStatus::HotStandby)
             {
-                m.status = MemberStatus::Drain;
+                cfg.members[i].status = MemberStatus::Drain;
             }
         }
     }
