@@ -97,7 +97,7 @@ pub struct ControllerStats {
     pub synced: AtomicBool,
     /// Routing tables published.
     pub publishes: AtomicU64,
-    /// Pool derivations run.
+    /// Pool re-derivations that changed members or rejected a spec.
     pub derivations: AtomicU64,
     /// Watch errors seen (each followed by a backoff and a reconnect).
     pub watch_errors: AtomicU64,
@@ -124,6 +124,7 @@ impl Controller {
         let (out, out_rx) = mpsc::unbounded_channel();
         let writer = Writer::new(client.clone(), opts.writer.clone(), Arc::clone(&stats.writer));
         let writer_task = tokio::spawn(writer.run(out_rx, leader_rx.clone()));
+        let index = Index::new(opts.filter.clone());
         let looper = Loop {
             client,
             opts,
@@ -132,7 +133,7 @@ impl Controller {
             stats: Arc::clone(&stats),
             out,
             leader: leader_rx.clone(),
-            index: Index::new(ClassFilter { ingress_class: String::new(), default_class: false }),
+            index,
             conflicts: Vec::new(),
             ready: false,
         };
@@ -185,7 +186,6 @@ const MAX_BATCH: usize = 4_096;
 
 impl Loop {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        self.index = Index::new(self.opts.filter.clone());
         let (pools_api, slices_api): (Api<BalancerPool>, Api<EndpointSlice>) = match &self.opts.namespace {
             Some(ns) => (Api::namespaced(self.client.clone(), ns), Api::namespaced(self.client.clone(), ns)),
             None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
