@@ -181,6 +181,22 @@ impl<K> Default for ListState<K> {
     }
 }
 
+/// What an operator can do about a watch error: the two setup mistakes get named.
+fn watch_hint(e: &watcher::Error) -> &'static str {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    };
+    match code {
+        Some(404) => "is the BalancerPool CRD installed? kubectl apply -f crds/",
+        Some(401 | 403) => "the service account lacks RBAC permissions: see examples/controller-rbac.yaml",
+        _ => "",
+    }
+}
+
 /// At most this many watch events are folded into one publication.
 const MAX_BATCH: usize = 4_096;
 
@@ -313,7 +329,7 @@ impl Loop {
             }
             Err(e) => {
                 self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "BalancerPool watch failed; the last table keeps serving, retrying with backoff");
+                tracing::warn!(error = %e, hint = watch_hint(&e), "BalancerPool watch failed; the last table keeps serving, retrying with backoff");
             }
         }
     }
@@ -348,7 +364,7 @@ impl Loop {
             }
             Err(e) => {
                 self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "EndpointSlice watch failed; the last table keeps serving, retrying with backoff");
+                tracing::warn!(error = %e, hint = watch_hint(&e), "EndpointSlice watch failed; the last table keeps serving, retrying with backoff");
             }
         }
     }
