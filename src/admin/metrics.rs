@@ -10,10 +10,9 @@
 //!
 //! Labels are `namespace`, `pool`, `member` (the route) — values that passed validation, never
 //! raw request input. When a member or pool leaves the table its series go: the scrape-time
-//! series by construction, the event series by [`Metrics::retain`] at publication.
+//! series by construction, the event series by [`Metrics::remove_member`] and
+//! [`Metrics::remove_pool`] at publication.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus::{
@@ -117,11 +116,7 @@ pub struct Metrics {
     pub watch_restarts: IntCounterVec,
     /// Unix time of the controller's last complete sync.
     pub last_sync: Gauge,
-    current: Mutex<LabelSets>,
 }
-
-/// The (namespace, pool, member) and (namespace, pool) label sets that have event series.
-type LabelSets = (HashSet<[String; 3]>, HashSet<[String; 2]>);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -214,61 +209,51 @@ impl Metrics {
             reconciles,
             watch_restarts,
             last_sync,
-            current: Mutex::new((HashSet::new(), HashSet::new())),
         }
     }
 
-    /// Handles for one pool and its members (at publication).
-    pub fn handles(&self, pool: &Pool) -> (PoolMetrics, Vec<MemberMetrics>) {
+    /// Handles for one pool (at publication).
+    pub fn pool_handles(&self, pool: &Pool) -> PoolMetrics {
         let (ns, name) = (pool.config.id.namespace.as_str(), pool.config.id.name.as_str());
-        let pool_metrics = PoolMetrics {
+        PoolMetrics {
             sticky: STICKY_LABELS.map(|o| self.sticky.with_label_values(&[ns, name, o])),
             failovers: FAILOVER_LABELS.map(|r| self.failovers.with_label_values(&[ns, name, r])),
             unavailable: self.unavailable.with_label_values(&[ns, name]),
-        };
-        let members = pool
-            .members
-            .iter()
-            .map(|m| {
-                let route = m.route();
-                MemberMetrics {
-                    by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                        .map(|c| self.requests.with_label_values(&[ns, name, route, c])),
-                    duration: self.duration.with_label_values(&[ns, name, route]),
-                }
-            })
-            .collect();
-        (pool_metrics, members)
+        }
     }
 
-    /// Removes the event series of members and pools that are not in `table` any more.
-    pub fn retain(&self, table: &RoutingTable) {
-        let mut members = HashSet::new();
-        let mut pools = HashSet::new();
-        for p in table.pools() {
-            let (ns, name) = (p.config.id.namespace.clone(), p.config.id.name.clone());
-            for m in &p.members {
-                members.insert([ns.clone(), name.clone(), m.route().to_owned()]);
-            }
-            pools.insert([ns, name]);
+    /// Handles for one member (at publication, for a member new to its pool).
+    pub fn member_handles(&self, pool: &crate::core::PoolId, route: &str) -> MemberMetrics {
+        let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
+        MemberMetrics {
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.requests.with_label_values(&[ns, name, route, c])),
+            duration: self.duration.with_label_values(&[ns, name, route]),
         }
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        for [ns, pool, member] in current.0.difference(&members) {
-            for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-                let _ = self.requests.remove_label_values(&[ns, pool, member, c]);
-            }
-            let _ = self.duration.remove_label_values(&[ns, pool, member]);
+    }
+
+    /// Removes a member's event series (it left its pool).
+    pub fn remove_member(&self, pool: &crate::core::PoolId, route: &str) {
+        let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
+        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = self.requests.remove_label_values(&[ns, name, route, c]);
         }
-        for [ns, pool] in current.1.difference(&pools) {
-            for o in STICKY_LABELS {
-                let _ = self.sticky.remove_label_values(&[ns, pool, o]);
-            }
-            for r in FAILOVER_LABELS {
-                let _ = self.failovers.remove_label_values(&[ns, pool, r]);
-            }
-            let _ = self.unavailable.remove_label_values(&[ns, pool]);
+        let _ = self.duration.remove_label_values(&[ns, name, route]);
+    }
+
+    /// Removes a pool's event series, its members' included (the pool is gone).
+    pub fn remove_pool(&self, pool: &Pool) {
+        let (ns, name) = (pool.config.id.namespace.as_str(), pool.config.id.name.as_str());
+        for m in &pool.members {
+            self.remove_member(&pool.config.id, m.route());
         }
-        *current = (members, pools);
+        for o in STICKY_LABELS {
+            let _ = self.sticky.remove_label_values(&[ns, name, o]);
+        }
+        for r in FAILOVER_LABELS {
+            let _ = self.failovers.remove_label_values(&[ns, name, r]);
+        }
+        let _ = self.unavailable.remove_label_values(&[ns, name]);
     }
 
     /// The text exposition: registered metrics plus member state read from `table` now.

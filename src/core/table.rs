@@ -31,6 +31,7 @@ pub struct Conflict {
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     pools: Vec<Arc<Pool>>,
+    by_id: HashMap<PoolId, usize>,
     exact: HashMap<String, Vec<usize>>,
     wildcard: Vec<(String, Vec<usize>)>,
     any_host: Vec<usize>,
@@ -67,6 +68,7 @@ impl RoutingTable {
             }
             let prev = previous.and_then(|t| t.pool(&cfg.id));
             let idx = table.pools.len();
+            table.by_id.insert(cfg.id.clone(), idx);
             if cfg.hosts.is_empty() {
                 table.any_host.push(idx);
             }
@@ -79,7 +81,12 @@ impl RoutingTable {
                     },
                 }
             }
-            table.pools.push(Arc::new(Pool::new(cfg, prev.map(|p| &**p))));
+            // An unchanged pool is the same pool: its members, lb state and everything the proxy
+            // keeps beside it are reused as they are (publication cost follows the change).
+            match prev {
+                Some(p) if p.config == cfg => table.pools.push(Arc::clone(p)),
+                _ => table.pools.push(Arc::new(Pool::new(cfg, prev.map(|p| &**p)))),
+            }
         }
         let pools = &table.pools;
         let by_prefix_len =
@@ -98,7 +105,12 @@ impl RoutingTable {
 
     /// The pool with this id.
     pub fn pool(&self, id: &PoolId) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| &p.config.id == id)
+        self.by_id.get(id).map(|&i| &self.pools[i])
+    }
+
+    /// The index of the pool with this id in [`RoutingTable::pools`].
+    pub fn pool_index(&self, id: &PoolId) -> Option<usize> {
+        self.by_id.get(id).copied()
     }
 
     /// The pool for a request: `host` as sent (any case, with or without port), `path` the

@@ -49,7 +49,8 @@ struct CheckKey {
 /// The running health-check tasks.
 #[derive(Debug)]
 pub struct HealthChecks {
-    tasks: Mutex<HashMap<u64, AbortHandle>>,
+    /// Per pool, per (route, address, settings) key hash: the task checking that member.
+    tasks: Mutex<HashMap<PoolId, HashMap<u64, AbortHandle>>>,
     budget: Arc<Semaphore>,
 }
 
@@ -62,8 +63,8 @@ impl Default for HealthChecks {
 impl Drop for HealthChecks {
     fn drop(&mut self) {
         if let Ok(tasks) = self.tasks.get_mut() {
-            for (_, t) in tasks.drain() {
-                t.abort();
+            for (_, pool_tasks) in tasks.drain() {
+                pool_tasks.values().for_each(AbortHandle::abort);
             }
         }
     }
@@ -78,11 +79,24 @@ fn key_hash(k: &CheckKey) -> u64 {
 impl HealthChecks {
     /// Makes the running checks match `table`: starts checks of new members, stops checks of
     /// members (or settings) that are gone, and marks members of pools without checks healthy.
-    /// Must run inside a tokio runtime.
-    pub fn reconcile(&self, table: &RoutingTable) {
+    /// Pools that are the same as in `previous` (unchanged) are skipped: the cost follows the
+    /// change. Must run inside a tokio runtime.
+    pub fn reconcile(&self, table: &RoutingTable, previous: &RoutingTable) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        let mut wanted: HashMap<u64, (CheckKey, Arc<MemberRuntime>)> = HashMap::new();
+        tasks.retain(|id, pool_tasks| {
+            let keep = table.pool(id).is_some();
+            if !keep {
+                pool_tasks.values().for_each(AbortHandle::abort);
+            }
+            keep
+        });
         for pool in table.pools() {
+            if previous.pool(&pool.config.id).is_some_and(|p| Arc::ptr_eq(p, pool))
+                && tasks.contains_key(&pool.config.id)
+            {
+                continue;
+            }
+            let mut wanted: HashMap<u64, (CheckKey, Arc<MemberRuntime>)> = HashMap::new();
             match &pool.config.health.active {
                 Some(check) => {
                     for m in &pool.members {
@@ -103,26 +117,25 @@ impl HealthChecks {
                     }
                 }
             }
-        }
-        tasks.retain(|h, task| {
-            let keep = wanted.contains_key(h);
-            if !keep {
-                task.abort();
+            let pool_tasks = tasks.entry(pool.config.id.clone()).or_default();
+            pool_tasks.retain(|h, task| {
+                let keep = wanted.contains_key(h);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for (h, (key, runtime)) in wanted {
+                if let std::collections::hash_map::Entry::Vacant(slot) = pool_tasks.entry(h) {
+                    slot.insert(tokio::spawn(check_loop(key, runtime, Arc::clone(&self.budget))).abort_handle());
+                }
             }
-            keep
-        });
-        for (h, (key, runtime)) in wanted {
-            if tasks.contains_key(&h) {
-                continue;
-            }
-            let task = tokio::spawn(check_loop(key, runtime, Arc::clone(&self.budget)));
-            tasks.insert(h, task.abort_handle());
         }
     }
 
     /// Number of members being checked.
     pub fn len(&self) -> usize {
-        self.tasks.lock().map(|t| t.len()).unwrap_or(0)
+        self.tasks.lock().map(|t| t.values().map(HashMap::len).sum()).unwrap_or(0)
     }
 
     /// No member is checked.

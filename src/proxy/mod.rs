@@ -81,16 +81,13 @@ pub(crate) struct PoolExt {
 pub struct Snapshot {
     /// The core table.
     pub table: RoutingTable,
-    pub(crate) ext: Vec<PoolExt>,
+    pub(crate) ext: Vec<Arc<PoolExt>>,
 }
 
 /// The reverse proxy's shared state.
 #[derive(Debug)]
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
-    /// Member connection pools by (address, connect timeout, idle timeout), reused across
-    /// reloads so warm connections survive them. Locked only while publishing.
-    conns: Mutex<HashMap<(std::net::SocketAddr, Duration, Duration), Arc<MemberConns>>>,
     publish_lock: Mutex<()>,
     health: health::HealthChecks,
     metrics: Arc<Metrics>,
@@ -108,7 +105,6 @@ impl Proxy {
     pub fn new(settings: ProxySettings) -> Arc<Proxy> {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            conns: Mutex::new(HashMap::new()),
             publish_lock: Mutex::new(()),
             health: health::HealthChecks::default(),
             metrics: Arc::new(Metrics::new()),
@@ -168,6 +164,48 @@ impl Proxy {
         Ok(())
     }
 
+    /// The proxy's extras of a new or changed pool; a member that kept its route and address
+    /// keeps its extras (warm connections, metric handles) from `prev`.
+    fn pool_ext(&self, p: &crate::core::Pool, prev: Option<(&Arc<crate::core::Pool>, &Arc<PoolExt>)>) -> PoolExt {
+        let t = p.config.timeouts;
+        let prev = prev.filter(|(pp, _)| pp.config.timeouts == t);
+        let mut ext = PoolExt {
+            metrics: self.metrics.pool_handles(p),
+            member_metrics: Vec::with_capacity(p.members.len()),
+            conns: Vec::with_capacity(p.members.len()),
+            authorities: Vec::with_capacity(p.members.len()),
+            worker_names: Vec::with_capacity(p.members.len()),
+            balancer_name: HeaderValue::try_from(p.config.id.to_string()).unwrap_or(HeaderValue::from_static("")),
+        };
+        for m in &p.members {
+            let kept = prev.and_then(|(pp, pe)| {
+                pp.member_index(m.route())
+                    .filter(|&j| pp.members[j].config.address == m.config.address)
+                    .map(|j| (pe, j))
+            });
+            match kept {
+                Some((pe, j)) => {
+                    ext.member_metrics.push(pe.member_metrics[j].clone());
+                    ext.conns.push(Arc::clone(&pe.conns[j]));
+                    ext.authorities.push(pe.authorities[j].clone());
+                    ext.worker_names.push(pe.worker_names[j].clone());
+                }
+                None => {
+                    let addr = m.config.address;
+                    ext.member_metrics.push(self.metrics.member_handles(&p.config.id, m.route()));
+                    ext.conns.push(MemberConns::new(addr, t.connect, t.idle));
+                    ext.authorities.push(
+                        Authority::try_from(addr.to_string().as_str())
+                            .unwrap_or_else(|_| Authority::from_static("invalid.invalid")),
+                    );
+                    ext.worker_names
+                        .push(HeaderValue::try_from(format!("http://{addr}")).unwrap_or(HeaderValue::from_static("")));
+                }
+            }
+        }
+        ext
+    }
+
     fn publish_locked(&self, configs: Vec<PoolConfig>) -> Vec<Conflict> {
         *self.last_configs.lock().unwrap_or_else(|e| e.into_inner()) = configs.clone();
         let mut configs = configs;
@@ -185,51 +223,33 @@ impl Proxy {
         }
         let previous = self.snapshot.load_full();
         let (table, conflicts) = RoutingTable::build(configs, Some(&previous.table));
-        let mut pools = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let mut in_use: HashMap<(std::net::SocketAddr, Duration, Duration), Arc<MemberConns>> = HashMap::new();
-        let ext = table
+        let ext: Vec<Arc<PoolExt>> = table
             .pools()
             .iter()
             .map(|p| {
-                let t = p.config.timeouts;
-                let (metrics, member_metrics) = self.metrics.handles(p);
-                PoolExt {
-                    metrics,
-                    member_metrics,
-                    conns: p
-                        .members
-                        .iter()
-                        .map(|m| {
-                            let key = (m.config.address, t.connect, t.idle);
-                            let c = pools.get(&key).cloned().unwrap_or_else(|| MemberConns::new(key.0, key.1, key.2));
-                            in_use.insert(key, Arc::clone(&c));
-                            c
-                        })
-                        .collect(),
-                    authorities: p
-                        .members
-                        .iter()
-                        .map(|m| {
-                            Authority::try_from(m.config.address.to_string().as_str())
-                                .unwrap_or_else(|_| Authority::from_static("invalid.invalid"))
-                        })
-                        .collect(),
-                    worker_names: p
-                        .members
-                        .iter()
-                        .map(|m| {
-                            HeaderValue::try_from(format!("http://{}", m.config.address))
-                                .unwrap_or(HeaderValue::from_static(""))
-                        })
-                        .collect(),
-                    balancer_name: HeaderValue::try_from(p.config.id.to_string())
-                        .unwrap_or(HeaderValue::from_static("")),
+                let prev =
+                    previous.table.pool_index(&p.config.id).map(|i| (&previous.table.pools()[i], &previous.ext[i]));
+                match prev {
+                    // The same pool (unchanged config): the same extras.
+                    Some((pp, pe)) if Arc::ptr_eq(pp, p) => Arc::clone(pe),
+                    _ => Arc::new(self.pool_ext(p, prev)),
                 }
             })
             .collect();
-        // Pools of members that left are dropped here (in-flight requests keep theirs alive).
-        *pools = in_use;
-        drop(pools);
+        // Series of members and pools that left.
+        for old in previous.table.pools() {
+            match table.pool(&old.config.id) {
+                None => self.metrics.remove_pool(old),
+                Some(new) if !Arc::ptr_eq(new, old) => {
+                    for m in &old.members {
+                        if new.member_index(m.route()).is_none() {
+                            self.metrics.remove_member(&old.config.id, m.route());
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         if previous.table.pools().is_empty() {
             // Members present at startup are not "joining": no slow start for them (HAProxy).
             for m in table.pools().iter().flat_map(|p| p.members.iter()) {
@@ -237,11 +257,10 @@ impl Proxy {
             }
         }
         if tokio::runtime::Handle::try_current().is_ok() {
-            self.health.reconcile(&table);
+            self.health.reconcile(&table, &previous.table);
         } else {
             tracing::warn!("published outside a runtime: health checks not started");
         }
-        self.metrics.retain(&table);
         self.metrics.publications.inc();
         self.snapshot.store(Arc::new(Snapshot { table, ext }));
         conflicts
@@ -260,4 +279,41 @@ pub enum ChangeError {
     /// No member with that route in the pool.
     #[error("no member with that route in the pool")]
     NoMember,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(members: &[(&str, u16)]) -> Vec<PoolConfig> {
+        let m: String = members
+            .iter()
+            .map(|(r, port)| format!("      - {{address: \"127.0.0.1:{port}\", route: {r}}}\n"))
+            .collect();
+        let yaml = format!(
+            "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: a}}\nspec:\n  frontend: {{pathPrefix: /a}}\n  backend:\n    members:\n{m}---\napiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: b}}\nspec:\n  frontend: {{pathPrefix: /b}}\n  backend:\n    members:\n      - {{address: \"127.0.0.1:9\", route: b0}}\n"
+        );
+        crate::standalone::parse_pools(&yaml).unwrap()
+    }
+
+    #[tokio::test]
+    async fn publication_reuses_what_did_not_change() {
+        let proxy = Proxy::new(ProxySettings::default());
+        proxy.publish(pools(&[("x", 1), ("y", 2)]));
+        let first = proxy.snapshot();
+        proxy.publish(pools(&[("x", 1), ("y", 2)]));
+        let same = proxy.snapshot();
+        for i in 0..2 {
+            assert!(Arc::ptr_eq(&first.table.pools()[i], &same.table.pools()[i]), "an unchanged pool is reused");
+            assert!(Arc::ptr_eq(&first.ext[i], &same.ext[i]), "and its extras");
+        }
+        // y moves, z joins: pool a is rebuilt, x keeps its connection pool, pool b is untouched.
+        proxy.publish(pools(&[("x", 1), ("y", 3), ("z", 4)]));
+        let changed = proxy.snapshot();
+        assert!(!Arc::ptr_eq(&same.table.pools()[0], &changed.table.pools()[0]));
+        assert!(Arc::ptr_eq(&same.ext[0].conns[0], &changed.ext[0].conns[0]), "x kept its warm connections");
+        assert!(!Arc::ptr_eq(&same.ext[0].conns[1], &changed.ext[0].conns[1]), "y moved: new connections");
+        assert!(Arc::ptr_eq(&same.table.pools()[1], &changed.table.pools()[1]));
+        assert!(Arc::ptr_eq(&same.table.pools()[0].members[0].runtime, &changed.table.pools()[0].members[0].runtime));
+    }
 }

@@ -15,11 +15,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
@@ -39,12 +40,15 @@ pub struct MemberConns {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: ArrayQueue<Idle>,
+    /// Grows in small blocks as connections are returned: an idle member costs no memory (a
+    /// preallocated ring per member would cost megabytes for a pool of thousands).
+    idle: SegQueue<Idle>,
+    idle_len: AtomicUsize,
 }
 
 impl std::fmt::Debug for MemberConns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemberConns").field("addr", &self.addr).field("idle", &self.idle.len()).finish()
+        f.debug_struct("MemberConns").field("addr", &self.addr).field("idle", &self.idle_count()).finish()
     }
 }
 
@@ -96,17 +100,29 @@ pub struct Failed {
 impl MemberConns {
     /// An empty pool for the member at `addr`.
     pub fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
-        Arc::new(MemberConns { addr, connect_timeout, idle_timeout, idle: ArrayQueue::new(MAX_IDLE_PER_MEMBER) })
+        Arc::new(MemberConns {
+            addr,
+            connect_timeout,
+            idle_timeout,
+            idle: SegQueue::new(),
+            idle_len: AtomicUsize::new(0),
+        })
     }
 
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
-        self.idle.len()
+        self.idle_len.load(Ordering::Relaxed)
+    }
+
+    fn pop_idle(&self) -> Option<Idle> {
+        let idle = self.idle.pop()?;
+        self.idle_len.fetch_sub(1, Ordering::Relaxed);
+        Some(idle)
     }
 
     /// Sends `req` over an idle connection, or a new one.
     pub async fn send(self: &Arc<Self>, mut req: Request<UpstreamBody>) -> Result<Response<MemberBody>, Failed> {
-        while let Some(idle) = self.idle.pop() {
+        while let Some(idle) = self.pop_idle() {
             if idle.since.elapsed() > self.idle_timeout || idle.sender.is_closed() {
                 continue;
             }
@@ -180,9 +196,14 @@ impl MemberConns {
     }
 
     fn checkin(&self, sender: SendRequest<UpstreamBody>) {
-        if !sender.is_closed() {
-            // A full queue drops the connection: enough are idle already.
-            let _ = self.idle.push(Idle { sender, since: Instant::now() });
+        // Beyond the bound the connection is dropped: enough are idle already.
+        if sender.is_closed() {
+            return;
+        }
+        if self.idle_len.fetch_add(1, Ordering::Relaxed) < MAX_IDLE_PER_MEMBER {
+            self.idle.push(Idle { sender, since: Instant::now() });
+        } else {
+            self.idle_len.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
