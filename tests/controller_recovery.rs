@@ -71,6 +71,20 @@ async fn an_api_server_outage_keeps_the_table_serving_and_readyz_ready() {
         tokio::time::sleep(Duration::from_millis(500)).await; // more failed reconnects
         assert_eq!(r.members("shop").len(), 1);
         assert!(a.hits() >= 5);
+        // The outage is visible in the metrics.
+        let metrics = get(r.running.admin_addr, "/metrics", &[]).await.body;
+        let value = |series: &str| -> f64 {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(series))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in metrics"))
+        };
+        assert!(value("routeid_controller_watch_restarts_total{resource=\"balancerpools\"}") >= 1.0);
+        assert!(value("routeid_controller_reconciles_total{result=\"ok\"}") >= 1.0);
+        assert!(value("routeid_controller_last_sync_timestamp_seconds") > 1.7e9);
+        assert!(value("routeid_table_publications_total") >= 1.0);
 
         api.set_unavailable(false);
         let b = Member::start("shop-1").await;

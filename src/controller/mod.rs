@@ -283,11 +283,18 @@ impl Loop {
                 publish_at = None;
                 last_publish = Some(now);
                 let changes = self.index.rederive();
+                let metrics = self.proxy.metrics();
+                let rejected = changes.iter().filter(|c| c.rejected.is_some()).count() as u64;
+                metrics.reconciles.with_label_values(&["error"]).inc_by(rejected);
+                metrics.reconciles.with_label_values(&["ok"]).inc_by(changes.len() as u64 - rejected);
                 if self.index.take_publish_needed() || !self.ready {
                     self.conflicts = self.proxy.publish(self.index.configs());
                     self.stats.publishes.fetch_add(1, Ordering::Relaxed);
                 }
                 self.stats.derivations.fetch_add(changes.len() as u64, Ordering::Relaxed);
+                let unix_now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                self.proxy.metrics().last_sync.set(unix_now);
                 self.send_events(changes);
                 status_due = true;
                 if !self.ready {
@@ -329,6 +336,7 @@ impl Loop {
             }
             Err(e) => {
                 self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                self.proxy.metrics().watch_restarts.with_label_values(&["balancerpools"]).inc();
                 tracing::warn!(error = %e, hint = watch_hint(&e), "BalancerPool watch failed; the last table keeps serving, retrying with backoff");
             }
         }
@@ -364,6 +372,7 @@ impl Loop {
             }
             Err(e) => {
                 self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                self.proxy.metrics().watch_restarts.with_label_values(&["endpointslices"]).inc();
                 tracing::warn!(error = %e, hint = watch_hint(&e), "EndpointSlice watch failed; the last table keeps serving, retrying with backoff");
             }
         }
