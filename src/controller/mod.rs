@@ -64,16 +64,23 @@ pub struct ControllerOptions {
 }
 
 impl ControllerOptions {
-    /// Defaults for `identity`: one Lease `routeid-status` in `lease_namespace`, status writes at
-    /// most once a second per pool and 20 per second overall, statuses refreshed every 10 s.
+    /// Defaults for `identity`: one Lease in `lease_namespace` per ingress class (`routeid-status`
+    /// for the class `routeid`, `routeid-status-<class>` for others, so two installations serving
+    /// different classes elect their writers apart), status writes at most once a second per pool
+    /// and 20 per second overall, statuses refreshed every 10 s.
     pub fn new(namespace: Option<String>, filter: ClassFilter, lease_namespace: String, identity: String) -> Self {
+        let lease_name = if filter.ingress_class == "routeid" {
+            "routeid-status".to_owned()
+        } else {
+            format!("routeid-status-{}", filter.ingress_class)
+        };
         ControllerOptions {
             namespace,
             filter,
             leader: LeaderOptions {
                 enabled: true,
                 namespace: lease_namespace,
-                name: "routeid-status".into(),
+                name: lease_name,
                 identity: identity.clone(),
                 duration_secs: 15,
                 grace_secs: 5,
@@ -419,5 +426,20 @@ impl Loop {
                 let _ = self.out.send(Outbound::Status { id: id.clone(), status: Box::new(desired) });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod lease_name_tests {
+    use super::*;
+
+    #[test]
+    fn each_ingress_class_elects_its_own_writer() {
+        let opts = |class: &str| {
+            let filter = ClassFilter { ingress_class: class.into(), default_class: true };
+            ControllerOptions::new(None, filter, "ns".into(), "me".into())
+        };
+        assert_eq!(opts("routeid").leader.name, "routeid-status");
+        assert_eq!(opts("internal").leader.name, "routeid-status-internal");
     }
 }
