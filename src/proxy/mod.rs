@@ -91,8 +91,6 @@ pub struct Proxy {
     publish_lock: Mutex<()>,
     health: health::HealthChecks,
     metrics: Arc<Metrics>,
-    /// The pools as last published, before the manager overlay.
-    last_configs: Mutex<Vec<PoolConfig>>,
     /// In-memory balancer-manager changes (standalone mode), applied on every publication.
     overlay: Mutex<HashMap<(crate::core::PoolId, String), MemberChange>>,
     pub(crate) log_counter: std::sync::atomic::AtomicU32,
@@ -108,7 +106,6 @@ impl Proxy {
             publish_lock: Mutex::new(()),
             health: health::HealthChecks::default(),
             metrics: Arc::new(Metrics::new()),
-            last_configs: Mutex::new(Vec::new()),
             overlay: Mutex::new(HashMap::new()),
             log_counter: std::sync::atomic::AtomicU32::new(0),
             clock: Clock,
@@ -149,7 +146,8 @@ impl Proxy {
     ) -> Result<(), ChangeError> {
         change.validate().map_err(ChangeError::Invalid)?;
         let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let configs = self.last_configs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // The published configs carry the overlay already; applying it again is idempotent.
+        let configs: Vec<PoolConfig> = self.snapshot().table.pools().iter().map(|p| p.config.clone()).collect();
         let p = configs.iter().find(|c| &c.id == pool).ok_or(ChangeError::NoPool)?;
         if !p.members.iter().any(|m| m.route == route) {
             return Err(ChangeError::NoMember);
@@ -207,7 +205,6 @@ impl Proxy {
     }
 
     fn publish_locked(&self, configs: Vec<PoolConfig>) -> Vec<Conflict> {
-        *self.last_configs.lock().unwrap_or_else(|e| e.into_inner()) = configs.clone();
         let mut configs = configs;
         {
             let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
