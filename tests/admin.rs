@@ -84,9 +84,15 @@ async fn failures_503s_and_unmatched_requests_are_counted() {
     bounded(async {
         let a = Member::start("a").await;
         let dead = closed_port().await;
-        let yaml = pool_yaml("shop", &[(dead, "dead", 1), (a.addr, "a", 1)], "  frontend: {pathPrefix: /shop}\n");
+        let yaml = pool_yaml(
+            "shop",
+            &[(dead, "dead", 1), (a.addr, "a", 1)],
+            "  frontend: {pathPrefix: /shop, rewritePrefix: /}\n",
+        );
         let p = start_proxy(&yaml).await;
-        assert_eq!(get(p.proxy_addr, "/shop", &[]).await.status, 200);
+        // A POST refused by the dead member comes back intact and goes to a: its bytes count for a.
+        let posted = send(&client(), p.proxy_addr, "POST", "/shop/upload", &[], Bytes::from(vec![b'x'; 1000])).await;
+        assert_eq!((posted.status.as_u16(), posted.body.as_str()), (200, "route=a received=1000"));
         assert_eq!(get(p.proxy_addr, "/elsewhere", &[]).await.status, 404);
         let m = metrics(&p).await;
         let dead_l = "member=\"dead\",namespace=\"default\",pool=\"shop\"";
@@ -94,6 +100,9 @@ async fn failures_503s_and_unmatched_requests_are_counted() {
         assert_eq!(value(&m, &format!("routeid_member_state{{{dead_l},state=\"error\"}}")), 1.0);
         assert_eq!(value(&m, "routeid_failovers_total{namespace=\"default\",pool=\"shop\",reason=\"retry\"}"), 1.0);
         assert_eq!(value(&m, "routeid_unmatched_requests_total"), 1.0);
+        let a_l = "member=\"a\",namespace=\"default\",pool=\"shop\"";
+        assert_eq!(value(&m, &format!("routeid_member_sent_bytes_total{{{a_l}}}")), 1000.0);
+        assert_eq!(value(&m, &format!("routeid_member_sent_bytes_total{{{dead_l}}}")), 0.0);
         assert_eq!(value(&m, "routeid_pool_members_usable{namespace=\"default\",pool=\"shop\"}"), 1.0);
         p.shutdown().await;
     })

@@ -44,6 +44,15 @@ impl UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    /// Counts the body's bytes for `member` (a request handed back goes to another member).
+    pub fn count_for(&mut self, member: Arc<MemberRuntime>) {
+        if let UpstreamBody::Streamed { counter, .. } = self {
+            *counter = member;
+        }
+    }
+}
+
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         if let UpstreamBody::Streamed { inner, slot, started: false, .. } = self

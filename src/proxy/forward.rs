@@ -316,6 +316,7 @@ impl Proxy {
                 // The previous member never saw a byte of it: send it as it is.
                 Some(mut r) => {
                     *r.uri_mut() = uri;
+                    r.body_mut().count_for(Arc::clone(&member.runtime));
                     r
                 }
                 None => {
