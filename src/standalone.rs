@@ -138,6 +138,16 @@ spec:
 "#;
 
     #[test]
+    fn the_annotated_example_loads() {
+        let pools = parse_pools(include_str!("../examples/pools.yaml")).unwrap();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].id.to_string(), "default/shop");
+        assert_eq!(pools[0].members.len(), 3);
+        assert!(pools[0].sticky.as_ref().and_then(|s| s.cookie.as_ref()).is_some());
+        assert_eq!(pools[1].id.to_string(), "web/api");
+    }
+
+    #[test]
     fn loads_multi_document_files() {
         let pools = parse_pools(GOOD).unwrap();
         assert_eq!(pools.len(), 2);
