@@ -138,7 +138,7 @@ async fn series_stay_bounded_over_a_thousand_pod_replacements() {
 #[tokio::test]
 async fn exposition_passes_promtool() {
     bounded(async {
-        let Ok(promtool) = which("promtool") else {
+        let Some(promtool) = find_on_path("promtool") else {
             assert!(std::env::var("CI").is_err(), "CI must have promtool (Debian package prometheus)");
             eprintln!("skipped: promtool not installed (apt-get install prometheus)");
             return;
@@ -162,12 +162,6 @@ async fn exposition_passes_promtool() {
         p.shutdown().await;
     })
     .await;
-}
-
-fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(cmd)).find(|p| p.is_file()))
-        .ok_or(())
 }
 
 async fn start_with_token(yaml: &str, token: Option<&str>) -> routeid::runtime::Running {

@@ -26,11 +26,6 @@ impl Drop for Driver {
     }
 }
 
-fn find(cmd: &str) -> Option<std::path::PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths).map(|d| d.join(cmd)).find(|p| p.is_file())
-}
-
 async fn call(method: &str, url: &str, body: Option<Value>) -> Value {
     let c = client();
     let addr: SocketAddr = url.trim_start_matches("http://").split('/').next().unwrap().parse().unwrap();
@@ -44,7 +39,7 @@ async fn call(method: &str, url: &str, body: Option<Value>) -> Value {
 
 impl Driver {
     async fn start() -> Option<Driver> {
-        let (Some(driver), Some(chromium)) = (find("chromedriver"), find("chromium")) else {
+        let (Some(driver), Some(chromium)) = (find_on_path("chromedriver"), find_on_path("chromium")) else {
             assert!(std::env::var("CI").is_err(), "CI must have chromium and chromium-driver (Debian packages)");
             eprintln!("skipped: apt-get install chromium chromium-driver");
             return None;

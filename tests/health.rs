@@ -25,12 +25,8 @@ fn in_error(p: &Running, i: usize) -> bool {
     p.proxy.snapshot().table.pools()[0].members[i].runtime.in_error(p.proxy.clock().now_ms())
 }
 
-async fn until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+async fn until(what: &str, f: impl FnMut() -> bool) {
+    wait_for(Duration::from_secs(20), what, f).await;
 }
 
 const CHECKS: &str = "  health:\n    active: {path: /health, interval: 100ms, timeout: 1s, fails: 3, passes: 2}\n";

@@ -435,25 +435,13 @@ pub fn page(proxy: &Proxy, manager: &Manager, notice: Option<&str>) -> String {
 /// Parses `application/x-www-form-urlencoded`.
 pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
     fn decode(s: &[u8]) -> String {
-        let mut out = Vec::with_capacity(s.len());
-        let mut i = 0;
-        while i < s.len() {
-            match s[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < s.len() => {
-                    match u8::from_str_radix(std::str::from_utf8(&s[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                        Ok(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        Err(_) => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
+        // `+` is a space in forms; then the same %XX decoding as URL parameters.
+        let spaced: std::borrow::Cow<'_, [u8]> = if s.contains(&b'+') {
+            s.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect::<Vec<u8>>().into()
+        } else {
+            s.into()
+        };
+        String::from_utf8_lossy(&crate::core::sticky::percent_decode(&spaced)).into_owned()
     }
     body.split(|&b| b == b'&')
         .filter(|p| !p.is_empty())

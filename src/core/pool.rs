@@ -92,6 +92,9 @@ impl Tried {
     }
 }
 
+/// Up to this many members, a route is found by comparing routes, not by hashing.
+const SMALL_POOL: usize = 8;
+
 /// A pool ready to serve: validated config, members with shared runtime, and an lb method.
 #[derive(Debug)]
 pub struct Pool {
@@ -121,7 +124,12 @@ impl Pool {
                 Member { config: mc.clone(), runtime }
             })
             .collect();
-        let by_route = members.iter().enumerate().map(|(i, m)| (m.config.route.clone(), i)).collect();
+        // Small pools are searched directly (see `member_index`): no index to build.
+        let by_route = if members.len() > SMALL_POOL {
+            members.iter().enumerate().map(|(i, m)| (m.config.route.clone(), i)).collect()
+        } else {
+            HashMap::new()
+        };
         let mut lb_sets: Vec<u32> = members.iter().map(|m| m.config.lb_set).collect();
         lb_sets.sort_unstable();
         lb_sets.dedup();
@@ -143,7 +151,7 @@ impl Pool {
     /// The member index with this route. Small pools compare routes directly, which is cheaper
     /// than hashing the route; large ones use the index.
     pub fn member_index(&self, route: &str) -> Option<usize> {
-        if self.members.len() <= 8 {
+        if self.members.len() <= SMALL_POOL {
             self.members.iter().position(|m| m.config.route == route)
         } else {
             self.by_route.get(route).copied()

@@ -170,7 +170,7 @@ impl Proxy {
                 self.metrics().unmatched.inc();
             }
             let info = ReqInfo { method: req.method(), host: host_str, path: req.uri().path(), started, bytes_in };
-            let out = Outcome { status: resp.status(), bytes_out: resp.body().size_hint().exact(), attempts: 0 };
+            let out = Outcome::of(&resp, 0);
             self.access_log(&info, None, None, &BalancerVars::default(), out);
             return resp;
         };
@@ -294,11 +294,7 @@ impl Proxy {
                         ),
                     };
                     let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in };
-                    let out = Outcome {
-                        status: resp.status(),
-                        bytes_out: resp.body().size_hint().exact(),
-                        attempts: tried.len(),
-                    };
+                    let out = Outcome::of(&resp, tried.len());
                     self.access_log(&info, Some(&ext.balancer_name), None, &vars, out);
                     return resp;
                 }
@@ -432,7 +428,7 @@ impl Proxy {
             add_via(resp.headers_mut(), Version::HTTP_11);
         }
         let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in };
-        let out = Outcome { status: resp.status(), bytes_out: resp.body().size_hint().exact(), attempts: tried.len() };
+        let out = Outcome::of(&resp, tried.len());
         self.access_log(&info, Some(&ext.balancer_name), Some(member.config.address), &vars, out);
         resp
     }
@@ -531,6 +527,12 @@ struct Outcome {
     /// Response body length when known in advance.
     bytes_out: Option<u64>,
     attempts: usize,
+}
+
+impl Outcome {
+    fn of(resp: &Response<ProxyBody>, attempts: usize) -> Outcome {
+        Outcome { status: resp.status(), bytes_out: resp.body().size_hint().exact(), attempts }
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

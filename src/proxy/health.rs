@@ -132,16 +132,6 @@ impl HealthChecks {
             }
         }
     }
-
-    /// Number of members being checked.
-    pub fn len(&self) -> usize {
-        self.tasks.lock().map(|t| t.values().map(HashMap::len).sum()).unwrap_or(0)
-    }
-
-    /// No member is checked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What one check found.

@@ -22,22 +22,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::Proxy;
-use crate::core::Clock;
 
-/// Last activity and requests in flight on one client connection.
+/// Activity and requests in flight on one client connection. The socket only counts I/O; the
+/// idle watchdog, which wakes a few times per idle period, compares counts and reads the clock,
+/// so no read or write pays for a clock read.
 #[derive(Debug, Default)]
 struct Activity {
-    last_ms: AtomicU64,
+    io: AtomicU64,
     in_flight: AtomicUsize,
 }
 
 pin_project_lite::pin_project! {
-    /// A socket that records when bytes last moved.
+    /// A socket that counts when bytes move.
     struct ActivityIo {
         #[pin]
         inner: TcpStream,
         activity: Arc<Activity>,
-        clock: Clock,
     }
 }
 
@@ -47,7 +47,7 @@ impl AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.last_ms.store(this.clock.now_ms(), Relaxed);
+            this.activity.io.fetch_add(1, Relaxed);
         }
         r
     }
@@ -58,7 +58,7 @@ impl AsyncWrite for ActivityIo {
         let this = self.project();
         let r = this.inner.poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.last_ms.store(this.clock.now_ms(), Relaxed);
+            this.activity.io.fetch_add(1, Relaxed);
         }
         r
     }
@@ -71,7 +71,7 @@ impl AsyncWrite for ActivityIo {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.last_ms.store(this.clock.now_ms(), Relaxed);
+            this.activity.io.fetch_add(1, Relaxed);
         }
         r
     }
@@ -145,9 +145,8 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let clock = proxy.clock;
-    let activity = Arc::new(Activity { last_ms: AtomicU64::new(clock.now_ms()), in_flight: AtomicUsize::new(0) });
-    let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity), clock });
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity) });
     let idle = proxy.settings.client_idle_timeout;
     let act = Arc::clone(&activity);
     let client = super::headers::ClientIp::new(peer.ip());
@@ -168,9 +167,10 @@ async fn serve_connection(
     if closing {
         conn.as_mut().graceful_shutdown();
     }
+    // Closes between `idle` and `idle + tick` after the last byte.
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let (mut seen_io, mut quiet_since) = (0, tokio::time::Instant::now());
     loop {
-        let since = clock.now_ms().saturating_sub(activity.last_ms.load(Relaxed));
-        let wait = idle.saturating_sub(Duration::from_millis(since)).max(Duration::from_millis(10));
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -184,9 +184,11 @@ async fn serve_connection(
                     closing = true;
                 }
             }
-            _ = tokio::time::sleep(wait), if !closing => {
-                let since = clock.now_ms().saturating_sub(activity.last_ms.load(Relaxed));
-                if activity.in_flight.load(Relaxed) == 0 && Duration::from_millis(since) >= idle {
+            _ = tokio::time::sleep(tick), if !closing => {
+                let io = activity.io.load(Relaxed);
+                if io != seen_io || activity.in_flight.load(Relaxed) > 0 {
+                    (seen_io, quiet_since) = (io, tokio::time::Instant::now());
+                } else if quiet_since.elapsed() >= idle {
                     tracing::debug!(%peer, "closing idle client connection");
                     conn.as_mut().graceful_shutdown();
                     closing = true;

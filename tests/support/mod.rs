@@ -331,6 +331,12 @@ pub async fn try_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
     Ok(Got { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
+/// A program on `PATH` (for tests that drive promtool, chromium, chromedriver).
+pub fn find_on_path(cmd: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths).map(|d| d.join(cmd)).find(|p| p.is_file())
+}
+
 /// A free port on 127.0.0.1 (bound to :0, then released) for a child process to listen on.
 pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();

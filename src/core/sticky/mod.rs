@@ -69,10 +69,10 @@ where
     };
     let app_value: Option<(RouteSource, Cow<'a, [u8]>)> = {
         let from_path = if cfg.path_parameter { path_parameter(path, &cfg.param_name) } else { None };
-        let from_url = from_path.map(|v| (RouteSource::PathParameter, percent_decode(v))).or_else(|| {
+        let from_url = from_path.map(|v| (RouteSource::PathParameter, percent_decode(v.as_bytes()))).or_else(|| {
             query
                 .and_then(|q| query_parameter(q, &cfg.param_name))
-                .map(|v| (RouteSource::QueryParameter, percent_decode(v)))
+                .map(|v| (RouteSource::QueryParameter, percent_decode(v.as_bytes())))
         });
         from_url.or_else(|| {
             cookie_value(cookie_headers(), &cfg.cookie_name).map(|v| (RouteSource::SessionCookie, Cow::Borrowed(v)))
@@ -164,13 +164,12 @@ fn query_parameter<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .find(|v| !v.is_empty())
 }
 
-/// Decodes `%XX` (and `+` is kept: it is not a space in a path or a session id). Borrows when
+/// Decodes `%XX` (`+` is kept: it is not a space in a path or a session id). Borrows when
 /// there is nothing to decode; an invalid escape is kept as it is.
-fn percent_decode(v: &str) -> Cow<'_, [u8]> {
-    if !v.contains('%') {
-        return Cow::Borrowed(v.as_bytes());
+pub fn percent_decode(b: &[u8]) -> Cow<'_, [u8]> {
+    if !b.contains(&b'%') {
+        return Cow::Borrowed(b);
     }
-    let b = v.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
