@@ -162,22 +162,24 @@ impl Manager {
         route: &str,
         change: MemberChange,
     ) -> Result<&'static str, WriteError> {
-        change.validate().map_err(|e| WriteError::Invalid(e.to_string()))?;
-        let exists = proxy.snapshot().table.pool(pool).map(|p| p.member(route).is_some());
-        match exists {
-            None => return Err(WriteError::NotFound(format!("no pool {pool}"))),
-            Some(false) => return Err(WriteError::NotFound(format!("no member with route {route} in pool {pool}"))),
-            Some(true) => {}
-        }
+        let refused = |e: ChangeError| match e {
+            ChangeError::Invalid(f) => WriteError::Invalid(f.to_string()),
+            ChangeError::NoPool => WriteError::NotFound(format!("no pool {pool}")),
+            ChangeError::NoMember => WriteError::NotFound(format!("no member with route {route} in pool {pool}")),
+        };
         match &self.persistence {
+            // The proxy validates the change and checks the member itself.
             Persistence::InMemory => {
-                proxy.apply_change(pool, route, change).map_err(|e| match e {
-                    ChangeError::Invalid(f) => WriteError::Invalid(f.to_string()),
-                    other => WriteError::NotFound(other.to_string()),
-                })?;
+                proxy.apply_change(pool, route, change).map_err(refused)?;
                 Ok("memory (standalone mode: lost on restart)")
             }
             Persistence::Kubernetes(client) => {
+                change.validate().map_err(|e| refused(ChangeError::Invalid(e)))?;
+                match proxy.snapshot().table.pool(pool) {
+                    None => return Err(refused(ChangeError::NoPool)),
+                    Some(p) if p.member(route).is_none() => return Err(refused(ChangeError::NoMember)),
+                    Some(_) => {}
+                }
                 patch_overrides(client.clone(), pool, route, change).await?;
                 Ok("the BalancerPool's spec.members (every replica applies it)")
             }
