@@ -30,33 +30,10 @@ async fn the_binary_reads_a_kubeconfig_serves_the_pool_and_exits_cleanly() {
                 api.addr
             ),
         );
-        let (proxy_addr, admin_addr) = (free_port(), free_port());
-        let stderr_path = temp_path("routeid-controller-stderr");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
-            .arg("controller")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["--namespace", NS, "--identity", "bin-1"])
-            .args(["--listen", &proxy_addr.to_string(), "--admin-listen", &admin_addr.to_string()])
-            .env("RUST_LOG", "info")
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("the routeid binary starts");
-        let mut p = ProxyProcess { child, proxy_addr, admin_addr, stderr_path };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = p.child.try_wait().unwrap() {
-                panic!("routeid controller exited early with {st}: {}", p.stderr());
-            }
-            if matches!(try_get(admin_addr, "/readyz", &[]).await, Ok(g) if g.status == 200) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never ready: {}", p.stderr());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let args = ["controller", "--kubeconfig"].map(std::ffi::OsStr::new);
+        let rest = ["--namespace", NS, "--identity", "bin-1"].map(std::ffi::OsStr::new);
+        let mut p = spawn_routeid(&[&args[..], &[kubeconfig.as_os_str()], &rest[..]].concat()).await;
+        let proxy_addr = p.proxy_addr;
         let got = get(proxy_addr, "/", &[("host", "shop.example.com")]).await;
         assert_eq!(got.route(), "shop-0");
         eventually(WAIT, "status written by the binary", || async {

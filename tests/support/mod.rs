@@ -409,16 +409,23 @@ impl Drop for ProxyProcess {
 /// stderr captured to a file, and waits until `/readyz` answers 200. A lost race for a port is
 /// retried with new ones.
 pub async fn spawn_standalone(file: &std::path::Path, extra: &[&str]) -> ProxyProcess {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["standalone".as_ref(), "-f".as_ref(), file.as_os_str()];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    spawn_routeid(&args).await
+}
+
+/// Starts the routeid binary with `args` (a subcommand and its flags) on free ports, without
+/// `KUBECONFIG` from the environment, and waits until `/readyz` answers 200. Retries with new
+/// ports when it loses the race for one.
+pub async fn spawn_routeid(args: &[&std::ffi::OsStr]) -> ProxyProcess {
     for _ in 0..3 {
         let (proxy_addr, admin_addr) = (free_port(), free_port());
         let stderr_path = temp_path("routeid-stderr");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
-            .arg("standalone")
-            .arg("-f")
-            .arg(file)
+            .args(args)
             .args(["--listen", &proxy_addr.to_string(), "--admin-listen", &admin_addr.to_string()])
-            .args(extra)
             .env("RUST_LOG", "info")
+            .env_remove("KUBECONFIG")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
