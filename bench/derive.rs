@@ -220,18 +220,7 @@ fn main() {
             index.apply_slice(slice("web", "big", &format!("big-{s}"), base + s * 100, 100, None, 1));
         }
         let rss0 = rss_mib();
-        let t0 = Instant::now();
-        index.rederive();
-        let d = t0.elapsed();
-        let rss1 = rss_mib();
-        index.take_publish_needed();
-        let t1 = Instant::now();
-        proxy.publish(index.configs());
-        println!(
-            "1 pool x 10,000 endpoints in 100 slices: initial derivation {:.2} ms, publication {:.2} ms",
-            d.as_secs_f64() * 1e3,
-            t1.elapsed().as_secs_f64() * 1e3
-        );
+        let rss1 = initial(&mut index, &proxy, "1 pool x 10,000 endpoints in 100 slices");
         println!("  RSS: {rss0:.1} MiB with the slices indexed, {rss1:.1} MiB derived, {:.1} MiB published", rss_mib());
         // Each round one slice changes: an endpoint turns terminating (then back, next time).
         let t = rounds(&mut index, &proxy, |round| {
@@ -272,17 +261,7 @@ fn main() {
             index.apply_pool(pool("web", &name, &name, &format!("{name}.example.com")));
             index.apply_slice(slice("web", &name, &format!("{name}-a"), base + p * 10, 10, None, 1));
         }
-        let t0 = Instant::now();
-        index.rederive();
-        let d = t0.elapsed();
-        index.take_publish_needed();
-        let t1 = Instant::now();
-        proxy.publish(index.configs());
-        println!(
-            "1,000 pools x 10 endpoints: initial derivation {:.2} ms, publication {:.2} ms",
-            d.as_secs_f64() * 1e3,
-            t1.elapsed().as_secs_f64() * 1e3
-        );
+        initial(&mut index, &proxy, "1,000 pools x 10 endpoints");
         let t = rounds(&mut index, &proxy, |round| {
             let p = (round * 7 % 1000) as u32;
             let name = format!("p{p}");
@@ -319,4 +298,22 @@ fn main() {
         );
     }
     println!("\npeak RSS of the whole run: {:.1} MiB", peak_rss_mib());
+}
+
+/// Times the first derivation and publication of everything indexed, prints them, and returns
+/// the RSS after the derivation.
+fn initial(index: &mut Index, proxy: &Proxy, label: &str) -> f64 {
+    let t0 = Instant::now();
+    index.rederive();
+    let d = t0.elapsed();
+    let rss = rss_mib();
+    index.take_publish_needed();
+    let t1 = Instant::now();
+    proxy.publish(index.configs());
+    println!(
+        "{label}: initial derivation {:.2} ms, publication {:.2} ms",
+        d.as_secs_f64() * 1e3,
+        t1.elapsed().as_secs_f64() * 1e3
+    );
+    rss
 }

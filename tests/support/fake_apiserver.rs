@@ -68,6 +68,18 @@ pub struct Key {
     pub name: String,
 }
 
+impl Key {
+    fn new(group: &str, version: &str, resource: &str, namespace: &str, name: &str) -> Key {
+        Key {
+            group: group.into(),
+            version: version.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
 /// One write the server accepted, for assertions ("only one replica wrote status").
 #[derive(Clone, Debug)]
 pub struct Write {
@@ -191,13 +203,7 @@ impl FakeApiServer {
     /// Deletes an object behind the clients' backs (works while the server is unavailable), as
     /// a DELETE would: a DELETED event goes to the history and to open watches.
     pub fn remove(&self, group: &str, version: &str, resource: &str, ns: &str, name: &str) -> bool {
-        let key = Key {
-            group: group.into(),
-            version: version.into(),
-            resource: resource.into(),
-            namespace: ns.into(),
-            name: name.into(),
-        };
+        let key = Key::new(group, version, resource, ns, name);
         let mut s = self.state.store.lock().unwrap();
         let Some(obj) = s.objects.remove(&key) else { return false };
         s.owners.remove(&key);
@@ -223,13 +229,7 @@ impl FakeApiServer {
 
     /// The stored object, as JSON.
     pub fn object(&self, group: &str, version: &str, resource: &str, ns: &str, name: &str) -> Option<Value> {
-        let key = Key {
-            group: group.into(),
-            version: version.into(),
-            resource: resource.into(),
-            namespace: ns.into(),
-            name: name.into(),
-        };
+        let key = Key::new(group, version, resource, ns, name);
         self.state.store.lock().unwrap().objects.get(&key).cloned()
     }
 
@@ -516,13 +516,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn key_of(t: &Target, name: &str) -> Key {
-    Key {
-        group: t.group.clone(),
-        version: t.version.clone(),
-        resource: t.resource.clone(),
-        namespace: t.namespace.clone(),
-        name: name.to_owned(),
-    }
+    Key::new(&t.group, &t.version, &t.resource, &t.namespace, name)
 }
 
 fn not_found(t: &Target, name: &str) -> Response<Body> {
