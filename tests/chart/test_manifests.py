@@ -299,7 +299,7 @@ def test_dockerfile_shape():
 
 
 def _routeid_binary() -> Path | None:
-    """The binary `cargo test` just built (tests/chart.rs sets ROUTEID_BIN); not whatever stale
+    """The binary `cargo test` just built (tests/it/chart.rs sets ROUTEID_BIN); not whatever stale
     build lies in target/."""
     import os
 
@@ -312,7 +312,7 @@ def test_chart_flags_exist_in_the_cli():
 
     exe = _routeid_binary()
     if exe is None:
-        pytest.skip("ROUTEID_BIN not set (cargo test --test chart sets it)")
+        pytest.skip("ROUTEID_BIN not set (cargo test --test it chart sets it)")
     help_text = subprocess.run([str(exe), "controller", "--help"], capture_output=True, text=True, check=True).stdout
     flags = set()
     for name in ("default", "full", "sidecar"):

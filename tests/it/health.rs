@@ -1,17 +1,14 @@
 //! Member health, passive failure detection, retries, forcerecovery and failover under load,
 //! through the real proxy with members switched between good and bad behaviour.
-mod support;
-#[path = "support/switchable.rs"]
-mod switchable;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+use crate::support::switchable::{Mode, Switchable};
+use crate::support::*;
 use bytes::Bytes;
 use routeid::runtime::Running;
-use support::*;
-use switchable::{Mode, Switchable};
 
 fn members(ms: &[&Switchable]) -> Vec<(std::net::SocketAddr, &'static str, u32)> {
     ms.iter().map(|m| (m.addr, &*Box::leak(m.route.clone().into_boxed_str()), 1)).collect()

@@ -1,7 +1,9 @@
 //! Test support: real hyper members on 127.0.0.1 ephemeral ports, the real proxy, a real client.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod fake_apiserver;
+pub mod switchable;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

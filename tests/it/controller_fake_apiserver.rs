@@ -1,8 +1,8 @@
 //! The fake API server itself, through a real `kube::Client`: the behaviours the controller tests
 //! rely on, so a failure there points at the fake rather than at the controller.
 
-mod support;
-
+use crate::support::bounded;
+use crate::support::fake_apiserver::FakeApiServer;
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
@@ -11,8 +11,6 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchPar
 use kube::{Api, ResourceExt};
 use routeid::api::BalancerPool;
 use serde_json::json;
-use support::bounded;
-use support::fake_apiserver::FakeApiServer;
 
 fn slice(name: &str, service: &str) -> EndpointSlice {
     serde_json::from_value(json!({

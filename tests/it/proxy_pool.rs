@@ -1,7 +1,6 @@
 //! Connections to members are pooled per member and reused; closed ones are replaced.
-mod support;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn sequential_requests_reuse_one_member_connection() {

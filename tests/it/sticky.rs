@@ -1,11 +1,10 @@
 //! Stickiness through the real proxy with real members: DESIGN.md §5.
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const INSERT: &str = "  sticky:\n    names: [JSESSIONID, jsessionid]\n    cookie: {name: ROUTEID, mode: Insert}\n";
 

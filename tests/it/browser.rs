@@ -1,16 +1,15 @@
 //! The balancer-manager in a real browser: headless Chromium, driven through ChromeDriver's
 //! WebDriver protocol, drains a member with the page's form; the test checks the effect and
 //! keeps a screenshot in `target/browser-test/`.
-mod support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use support::*;
 
 struct Driver {
     child: Child,

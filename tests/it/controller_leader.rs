@@ -1,16 +1,12 @@
 //! Several replicas: every one serves traffic, only the Lease holder writes status and Events,
 //! and when it goes away another takes over.
 
-#[path = "support/controller.rs"]
-mod cluster;
-mod support;
-
 use std::sync::atomic::Ordering;
 
-use cluster::*;
+use crate::support::cluster::*;
+use crate::support::fake_apiserver::FakeApiServer;
+use crate::support::*;
 use serde_json::{Value, json};
-use support::fake_apiserver::FakeApiServer;
-use support::*;
 
 fn writes(r: &Replica) -> u64 {
     r.controller.stats.writer.status_writes.load(Ordering::Relaxed)

@@ -1,12 +1,10 @@
 //! Passive health: a member whose port is closed is failed over without a client-visible error,
 //! put in error, and tried again once `retryAfter` has passed.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use routeid::runtime::Running;
-use support::*;
 use tokio::net::TcpListener;
 
 fn in_error(running: &Running, member: usize) -> bool {

@@ -1,12 +1,10 @@
 //! The proxy's life: reloads (in process and by SIGHUP to the binary), refused files, graceful
 //! shutdown, the demo, and the client header timeout.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use routeid::proxy::ProxySettings;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,11 +1,10 @@
 //! The client idle timeout closes keep-alive connections that carry nothing, on HTTP/1.1 and
 //! HTTP/2, and never one whose request is still waiting for its member.
-mod support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use routeid::proxy::ProxySettings;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,13 +1,9 @@
 //! Status, conditions and Events: what `kubectl get/describe balancerpool` shows.
 
-#[path = "support/controller.rs"]
-mod cluster;
-mod support;
-
-use cluster::*;
+use crate::support::cluster::*;
+use crate::support::fake_apiserver::FakeApiServer;
+use crate::support::*;
 use serde_json::{Value, json};
-use support::fake_apiserver::FakeApiServer;
-use support::*;
 
 fn events(api: &FakeApiServer, pool: &str) -> Vec<(String, String, String)> {
     api.objects("events.k8s.io", "events")

@@ -1,16 +1,12 @@
 //! `routeid controller` as users run it: the real binary, a kubeconfig file pointing at the fake
 //! API server, traffic through it, a clean exit on SIGTERM.
 
-#[path = "support/controller.rs"]
-mod cluster;
-mod support;
-
 use std::time::Duration;
 
-use cluster::*;
+use crate::support::cluster::*;
+use crate::support::fake_apiserver::FakeApiServer;
+use crate::support::*;
 use serde_json::json;
-use support::fake_apiserver::FakeApiServer;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reads_a_kubeconfig_serves_the_pool_and_exits_cleanly() {

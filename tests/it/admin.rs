@@ -1,10 +1,9 @@
 //! Metrics and the balancer-manager through the real admin listener.
-mod support;
 
 use std::process::{Command, Stdio};
 
+use crate::support::*;
 use bytes::Bytes;
-use support::*;
 
 const STICKY: &str = "  sticky:\n    cookie: {name: ROUTEID}\n";
 

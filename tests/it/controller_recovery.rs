@@ -1,17 +1,13 @@
 //! A lost API server: the last table keeps serving, `/readyz` stays ready, the watchers reconnect
 //! with backoff (resuming, or re-listing after 410 Gone) and later changes still arrive.
 
-#[path = "support/controller.rs"]
-mod cluster;
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cluster::*;
+use crate::support::cluster::*;
+use crate::support::fake_apiserver::FakeApiServer;
+use crate::support::*;
 use serde_json::json;
-use support::fake_apiserver::FakeApiServer;
-use support::*;
 
 async fn serving_pool(api: &FakeApiServer, kube: &Kube) -> (Replica, Member) {
     let a = Member::start("shop-0").await;

@@ -1,16 +1,12 @@
 //! The balancer-manager in controller mode: a change made on one replica is written to the
 //! pool's `spec.members` in the (fake) Kubernetes API, and every replica applies it.
 
-#[path = "support/controller.rs"]
-mod cluster;
-mod support;
-
+use crate::support::cluster::*;
+use crate::support::fake_apiserver::FakeApiServer;
+use crate::support::*;
 use bytes::Bytes;
-use cluster::*;
 use routeid::admin::manager::{Manager, Persistence};
 use serde_json::json;
-use support::fake_apiserver::FakeApiServer;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_replica_lands_in_the_spec_and_every_replica_applies_it() {

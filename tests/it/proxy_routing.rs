@@ -1,12 +1,10 @@
 //! Routing through the real proxy: the ByRequests sequence, host and prefix matching, the
 //! proxy's own 404/503 answers, and the header rules of a forwarding proxy.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use routeid::proxy::ProxySettings;
-use support::*;
 
 #[tokio::test]
 async fn byrequests_1_2_3_gives_the_apache_sequence_over_12_requests() {

@@ -1,14 +1,10 @@
 //! The controller end to end: BalancerPools and EndpointSlices in a fake API server become the
 //! proxy's routing table, and real requests reach real members on 127.0.0.1.
 
-#[path = "support/controller.rs"]
-mod cluster;
-mod support;
-
-use cluster::*;
+use crate::support::cluster::*;
+use crate::support::fake_apiserver::FakeApiServer;
+use crate::support::*;
 use serde_json::json;
-use support::fake_apiserver::FakeApiServer;
-use support::*;
 
 fn route_cookie(got: &Got) -> Option<String> {
     got.set_cookies()

@@ -1,15 +1,11 @@
 //! Which pools a replica serves: its namespace (`--namespace`) and its ingress class.
 
-#[path = "support/controller.rs"]
-mod cluster;
-mod support;
-
-use cluster::*;
+use crate::support::cluster::*;
+use crate::support::fake_apiserver::FakeApiServer;
+use crate::support::*;
 use kube::api::PostParams;
 use routeid::api::BalancerPool;
 use serde_json::json;
-use support::fake_apiserver::FakeApiServer;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_and_ingress_class_decide_what_is_served() {

@@ -1,6 +1,5 @@
 //! Controller test fixtures: a fake API server, the real proxy and the real controller wired
-//! together, plus builders for BalancerPools and EndpointSlices. Included by the
-//! `tests/controller_*.rs` files with `#[path]`, next to `mod support;`.
+//! together, plus builders for BalancerPools and EndpointSlices.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
