@@ -15,13 +15,15 @@ struct Driver {
     child: Child,
     base: String,
     session: String,
-    _profile: std::path::PathBuf,
+    /// Chromium's user-data-dir, removed when the driver goes.
+    profile: std::path::PathBuf,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -65,7 +67,7 @@ impl Driver {
         }}}});
         let v = call("POST", &format!("{base}/session"), Some(caps)).await;
         let session = v["sessionId"].as_str().expect("a session").to_owned();
-        Some(Driver { child, base, session, _profile: profile })
+        Some(Driver { child, base, session, profile })
     }
 
     fn url(&self, rest: &str) -> String {
