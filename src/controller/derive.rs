@@ -18,15 +18,18 @@
 //! - Members come out sorted by route: the order breaks lb ties, and it must not depend on the
 //!   order in which slices arrived.
 //!
-//! Derivation is split in two steps so the controller can cache the first per slice: only the
-//! slice that changed is re-read when 1 of 100 slices of a 10,000-endpoint Service changes.
+//! Derivation is split in two steps so the controller can cache the first per slice and apply
+//! the second incrementally ([`MemberClaims`]): when 1 of 100 slices of a 10,000-endpoint
+//! Service changes, only that slice is re-read and only its candidates are re-merged.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{BalancerPoolSpec, MemberStatus, RouteFrom, ServiceRef};
+use crate::core::Route;
 use crate::core::config::{FieldError, MemberConfig, PoolConfig, PoolId, is_valid_route, validate_service_backed};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -45,7 +48,7 @@ pub enum EndpointState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
     /// The member's route.
-    pub route: String,
+    pub route: Route,
     /// `ip:port`.
     pub address: SocketAddr,
     /// Ready or draining.
@@ -102,7 +105,7 @@ pub struct Derived {
     /// Members sorted by route; terminating ones are `Drain` unless nothing is ready.
     pub members: Vec<MemberConfig>,
     /// Routes of members that are terminating (kept `Drain` even over a spec override).
-    pub terminating: Vec<String>,
+    pub terminating: Vec<Route>,
     /// What was left out, and why.
     pub skipped: Vec<Skipped>,
 }
@@ -142,14 +145,14 @@ fn endpoint_ip(e: &Endpoint) -> Option<IpAddr> {
     e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok())
 }
 
-fn endpoint_route(e: &Endpoint, ip: IpAddr, from: RouteFrom) -> Option<String> {
+fn endpoint_route(e: &Endpoint, ip: IpAddr, from: RouteFrom) -> Option<Route> {
     let r = match from {
         RouteFrom::PodName => e.target_ref.as_ref().and_then(|t| t.name.clone())?,
         RouteFrom::Hostname => e.hostname.clone()?,
         // The canonical text form: `fd00::1`, never `fd00:0:0::1`, so the route is stable.
         RouteFrom::Address => ip.to_string(),
     };
-    is_valid_route(&r).then_some(r)
+    is_valid_route(&r).then(|| Route::from(r))
 }
 
 /// The usable endpoints of one slice for the Service port `port`.
@@ -181,51 +184,91 @@ pub fn slice_members(slice: &EndpointSlice, port: &IntOrString, route_from: Rout
     if no_route > 0 {
         out.skipped.push(Skipped::NoRoute { slice: slice_name(slice), count: no_route });
     }
-    // Sorted once per slice, so merging 100 cached slices is a merge of sorted runs.
-    out.candidates.sort_unstable_by(candidate_order);
     out
 }
 
-/// Route first; for one route a ready endpoint before a terminating one, then the lowest
-/// address: the first of a route in this order is the one that becomes the member.
-fn candidate_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    (a.route.as_str(), a.state, a.address).cmp(&(b.route.as_str(), b.state, b.address))
+/// Every candidate of a pool's slices, grouped by route: the state [`merge`] computes from
+/// scratch, kept up to date one slice at a time by the controller. When 1 of 100 slices of a
+/// 10,000-endpoint Service changes, only that slice's candidates are removed and added; the
+/// members then come out of one ordered walk, with no sorting and no string copies.
+#[derive(Clone, Debug, Default)]
+pub struct MemberClaims {
+    /// Per route, every (state, address) that claims it; usually exactly one.
+    routes: BTreeMap<Route, Vec<(EndpointState, SocketAddr)>>,
+}
+
+impl MemberClaims {
+    /// Adds a slice's candidates.
+    pub fn add(&mut self, slice: &SliceMembers) {
+        for c in &slice.candidates {
+            match self.routes.get_mut(c.route.as_str()) {
+                Some(claims) => claims.push((c.state, c.address)),
+                None => {
+                    self.routes.insert(c.route.clone(), vec![(c.state, c.address)]);
+                }
+            }
+        }
+    }
+
+    /// Removes a slice's candidates (as added before: a multiset, so an endpoint listed by two
+    /// slices stays while either lists it).
+    pub fn remove(&mut self, slice: &SliceMembers) {
+        for c in &slice.candidates {
+            let Some(claims) = self.routes.get_mut(c.route.as_str()) else { continue };
+            if let Some(k) = claims.iter().position(|x| *x == (c.state, c.address)) {
+                claims.swap_remove(k);
+            }
+            if claims.is_empty() {
+                self.routes.remove(c.route.as_str());
+            }
+        }
+    }
+
+    /// Forgets everything (the spec changed: every slice is read again).
+    pub fn clear(&mut self) {
+        self.routes.clear();
+    }
+
+    /// The members: one per route (ready over terminating, then the lowest address, so the
+    /// outcome does not depend on slice order), sorted by route, with the all-terminating
+    /// fallback.
+    pub fn derived(&self, skipped: Vec<Skipped>) -> Derived {
+        let mut any_ready = false;
+        let mut members: Vec<MemberConfig> = self
+            .routes
+            .iter()
+            .filter_map(|(route, claims)| {
+                let &(state, address) = claims.iter().min()?;
+                any_ready |= state == EndpointState::Ready;
+                let status = if state == EndpointState::Terminating { MemberStatus::Drain } else { MemberStatus::Ok };
+                Some(MemberConfig { route: route.clone(), address, load_factor: 1, status, lb_set: 0 })
+            })
+            .collect();
+        let mut terminating = Vec::new();
+        for m in &mut members {
+            if m.status == MemberStatus::Drain {
+                if any_ready {
+                    terminating.push(m.route.clone());
+                } else {
+                    m.status = MemberStatus::Ok;
+                }
+            }
+        }
+        Derived { members, terminating, skipped }
+    }
 }
 
 /// Merges per-slice candidates into members: one per route (ready over terminating, then the
 /// lowest address, so the outcome is independent of slice order), the all-terminating fallback,
-/// sorted by route.
-///
-/// Each slice's candidates are already sorted ([`slice_members`]), so this is a merge of sorted
-/// runs (the stable sort finds them) and one linear pass: no hashing, one allocation per member.
+/// sorted by route. The from-scratch form of [`MemberClaims`].
 pub fn merge<'a>(slices: impl IntoIterator<Item = &'a SliceMembers>) -> Derived {
+    let mut claims = MemberClaims::default();
     let mut skipped = Vec::new();
-    let mut all: Vec<&Candidate> = Vec::new();
     for s in slices {
         skipped.extend(s.skipped.iter().cloned());
-        all.extend(s.candidates.iter());
+        claims.add(s);
     }
-    all.sort_by(|a, b| candidate_order(a, b));
-    all.dedup_by(|later, first| later.route == first.route);
-    let any_ready = all.iter().any(|c| c.state == EndpointState::Ready);
-    let mut terminating = Vec::new();
-    let members = all
-        .into_iter()
-        .map(|c| {
-            let draining = any_ready && c.state == EndpointState::Terminating;
-            if draining {
-                terminating.push(c.route.clone());
-            }
-            MemberConfig {
-                route: c.route.clone(),
-                address: c.address,
-                load_factor: 1,
-                status: if draining { MemberStatus::Drain } else { MemberStatus::Ok },
-                lb_set: 0,
-            }
-        })
-        .collect();
-    Derived { members, terminating, skipped }
+    claims.derived(skipped)
 }
 
 /// Members of a Service-backed pool from the Service's slices (in any order).
@@ -248,7 +291,7 @@ pub fn pool_config(id: PoolId, spec: &BalancerPoolSpec, derived: Derived) -> Res
     // derivation's route order through validation, so each is found by binary search.
     if !spec.members.is_empty() {
         for route in &derived.terminating {
-            if let Ok(i) = cfg.members.binary_search_by(|m| m.route.as_str().cmp(route))
+            if let Ok(i) = cfg.members.binary_search_by(|m| m.route.as_str().cmp(route.as_str()))
                 && matches!(cfg.members[i].status, MemberStatus::Ok | MemberStatus::HotStandby)
             {
                 cfg.members[i].status = MemberStatus::Drain;

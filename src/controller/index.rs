@@ -14,7 +14,7 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 
-use super::derive::{self, SERVICE_NAME_LABEL, Skipped, SliceMembers};
+use super::derive::{self, MemberClaims, SERVICE_NAME_LABEL, Skipped, SliceMembers};
 use crate::api::BalancerPool;
 use crate::core::config::{FieldError, PoolConfig, PoolId};
 
@@ -40,21 +40,27 @@ impl ClassFilter {
 /// `(namespace, service name)`.
 pub type ServiceKey = (String, String);
 
+/// Older pools first: pools with a creation time, by creation time, then by namespace/name.
+type Priority = (bool, Option<Timestamp>, PoolId);
+
 /// A pool and what was derived from it.
 #[derive(Debug)]
 pub struct PoolEntry {
     /// The object as last seen (its status included, to compare with what we would write).
     pub object: Arc<BalancerPool>,
     /// Older pools first: creation time, then namespace/name.
-    priority: (bool, Option<Timestamp>, PoolId),
+    priority: Priority,
     /// The latest derivation: valid (its config is `serving`), or the problems of the spec.
     pub result: Result<(), Vec<FieldError>>,
-    /// The last valid config: what is published (an invalid spec keeps the old table).
-    pub serving: Option<PoolConfig>,
+    /// The last valid config: what is published (an invalid spec keeps the old table). Shared
+    /// with the proxy: an unchanged pool is recognised there by pointer.
+    pub serving: Option<Arc<PoolConfig>>,
     /// What the derivation left out (ports that match nothing, endpoints without a route).
     pub skipped: Vec<Skipped>,
     /// Candidates per slice name, with the slice's resourceVersion they were read from.
     slice_cache: HashMap<String, (Option<String>, Arc<SliceMembers>)>,
+    /// The candidates of every cached slice, by route.
+    claims: MemberClaims,
 }
 
 /// What a re-derivation changed for one pool, for Events.
@@ -75,6 +81,8 @@ pub struct PoolChange {
 pub struct Index {
     filter: ClassFilter,
     pools: HashMap<PoolId, PoolEntry>,
+    /// Pool ids by priority: the publication order.
+    order: BTreeSet<Priority>,
     slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
     slice_service: HashMap<(String, String), ServiceKey>,
     by_service: HashMap<ServiceKey, BTreeSet<PoolId>>,
@@ -109,6 +117,7 @@ impl Index {
         Index {
             filter,
             pools: HashMap::new(),
+            order: BTreeSet::new(),
             slices: HashMap::new(),
             slice_service: HashMap::new(),
             by_service: HashMap::new(),
@@ -136,14 +145,17 @@ impl Index {
                 let moved = e.priority != priority;
                 let old_service = service_of_pool(&id, &e.object);
                 e.object = Arc::new(pool);
-                e.priority = priority;
                 if spec_changed {
                     e.slice_cache.clear();
+                    e.claims.clear();
                     self.dirty.insert(id.clone());
                 }
                 if moved {
+                    self.order.remove(&e.priority);
+                    self.order.insert(priority.clone());
                     self.publish_needed = true;
                 }
+                e.priority = priority;
                 if old_service != new_service {
                     if let Some(s) = old_service
                         && let Some(set) = self.by_service.get_mut(&s)
@@ -159,6 +171,7 @@ impl Index {
                 if let Some(s) = new_service {
                     self.by_service.entry(s).or_default().insert(id.clone());
                 }
+                self.order.insert(priority.clone());
                 self.pools.insert(
                     id.clone(),
                     PoolEntry {
@@ -168,6 +181,7 @@ impl Index {
                         serving: None,
                         skipped: Vec::new(),
                         slice_cache: HashMap::new(),
+                        claims: MemberClaims::default(),
                     },
                 );
                 self.dirty.insert(id);
@@ -182,6 +196,7 @@ impl Index {
 
     fn delete_pool_id(&mut self, id: &PoolId) {
         if let Some(e) = self.pools.remove(id) {
+            self.order.remove(&e.priority);
             if let Some(s) = service_of_pool(id, &e.object)
                 && let Some(set) = self.by_service.get_mut(&s)
             {
@@ -281,27 +296,46 @@ impl Index {
             let mut derived = derive::Derived::default();
             if let Some(svc) = &spec.backend.service {
                 let route_from = spec.backend.route_from.unwrap_or_default();
-                let mut cache = HashMap::new();
-                if let Some(slices) = self.slices.get(&(id.namespace.clone(), svc.name.clone())) {
-                    for (name, s) in slices {
-                        let rv = s.metadata.resource_version.clone();
-                        let members = match e.slice_cache.remove(name) {
-                            Some((crv, m)) if crv.is_some() && crv == rv => m,
-                            _ => Arc::new(derive::slice_members(s, &svc.port, route_from)),
-                        };
-                        cache.insert(name.clone(), (rv, members));
+                let slices = self.slices.get(&(id.namespace.clone(), svc.name.clone()));
+                // Only slices whose resourceVersion moved are read again, and only their
+                // candidates are re-merged.
+                let (cache, claims) = (&mut e.slice_cache, &mut e.claims);
+                for (name, s) in slices.into_iter().flatten() {
+                    let rv = &s.metadata.resource_version;
+                    match cache.get_mut(name) {
+                        Some((crv, _)) if crv.is_some() && crv == rv => {}
+                        Some(cached) => {
+                            let fresh = Arc::new(derive::slice_members(s, &svc.port, route_from));
+                            claims.remove(&cached.1);
+                            claims.add(&fresh);
+                            *cached = (rv.clone(), fresh);
+                        }
+                        None => {
+                            let fresh = Arc::new(derive::slice_members(s, &svc.port, route_from));
+                            claims.add(&fresh);
+                            cache.insert(name.clone(), (rv.clone(), fresh));
+                        }
                     }
                 }
-                derived = derive::merge(cache.values().map(|(_, m)| &**m));
-                e.slice_cache = cache;
+                if cache.len() > slices.map_or(0, BTreeMap::len) {
+                    cache.retain(|name, (_, m)| {
+                        let keep = slices.is_some_and(|s| s.contains_key(name));
+                        if !keep {
+                            claims.remove(m);
+                        }
+                        keep
+                    });
+                }
+                let skipped = cache.values().flat_map(|(_, m)| m.skipped.iter().cloned()).collect();
+                derived = claims.derived(skipped);
             }
             e.skipped = std::mem::take(&mut derived.skipped);
             let mut change = PoolChange { id: id.clone(), added: Vec::new(), removed: Vec::new(), rejected: None };
             match derive::pool_config(id.clone(), spec, derived) {
                 Ok(cfg) => {
-                    if e.serving.as_ref() != Some(&cfg) {
-                        member_diff(e.serving.as_ref(), &cfg, &mut change);
-                        e.serving = Some(cfg);
+                    if e.serving.as_deref() != Some(&cfg) {
+                        member_diff(e.serving.as_deref(), &cfg, &mut change);
+                        e.serving = Some(Arc::new(cfg));
                         self.publish_needed = true;
                     }
                     e.result = Ok(());
@@ -326,10 +360,8 @@ impl Index {
     }
 
     /// The configs to publish, older pools first (the older pool wins a host+prefix conflict).
-    pub fn configs(&self) -> Vec<PoolConfig> {
-        let mut entries: Vec<&PoolEntry> = self.pools.values().filter(|e| e.serving.is_some()).collect();
-        entries.sort_by(|a, b| a.priority.cmp(&b.priority));
-        entries.into_iter().filter_map(|e| e.serving.clone()).collect()
+    pub fn configs(&self) -> Vec<Arc<PoolConfig>> {
+        self.order.iter().filter_map(|(_, _, id)| self.pools.get(id)?.serving.clone()).collect()
     }
 
     /// Every pool in scope.
@@ -462,7 +494,7 @@ mod tests {
         let id = PoolId { namespace: "web".into(), name: name.into() };
         ix.pool(&id)
             .and_then(|e| e.serving.as_ref())
-            .map(|c| c.members.iter().map(|m| m.route.clone()).collect())
+            .map(|c| c.members.iter().map(|m| m.route.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -505,12 +537,12 @@ mod tests {
         ix.apply_pool(pool("old", "s", None, "2025-01-01T00:00:00Z"));
         ix.apply_pool(pool("other", "s", Some("nginx"), "2024-01-01T00:00:00Z"));
         ix.rederive();
-        let names: Vec<String> = ix.configs().into_iter().map(|c| c.id.name).collect();
+        let names: Vec<String> = ix.configs().into_iter().map(|c| c.id.name.clone()).collect();
         assert_eq!(names, ["old", "young"]);
         // A pool that moves to another class is dropped.
         ix.apply_pool(pool("old", "s", Some("nginx"), "2025-01-01T00:00:00Z"));
         assert!(ix.take_publish_needed());
-        let names: Vec<String> = ix.configs().into_iter().map(|c| c.id.name).collect();
+        let names: Vec<String> = ix.configs().into_iter().map(|c| c.id.name.clone()).collect();
         assert_eq!(names, ["young"]);
     }
 

@@ -80,7 +80,7 @@ pub fn desired_status(
                 in_error.push(format!("{} ({state})", m.route()));
             }
             members.push(MemberStatusEntry {
-                route: m.config.route.clone(),
+                route: m.config.route.to_string(),
                 address: m.config.address.to_string(),
                 ready: m.takes_new(now_ms) || m.takes_new_as_standby(now_ms),
                 state: state.into(),
@@ -90,7 +90,7 @@ pub fn desired_status(
         // Not in the table (a conflict loser): report what would serve, none of it usable.
         for m in &cfg.members {
             members.push(MemberStatusEntry {
-                route: m.route.clone(),
+                route: m.route.to_string(),
                 address: m.address.to_string(),
                 ready: false,
                 state: format!("{:?}", m.status),

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::route::Route;
 use crate::api::{self, BalancerPoolSpec, CookieMode, MemberStatus, SameSite};
 
 /// Identifies a pool: `namespace/name`.
@@ -89,7 +90,7 @@ pub struct StickyConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberConfig {
     /// The member's route.
-    pub route: String,
+    pub route: Route,
     /// Where it listens.
     pub address: SocketAddr,
     /// Weight 1–100.
@@ -229,6 +230,10 @@ pub struct PoolConfig {
     pub sticky: Option<StickyConfig>,
     /// Members in listed order (the order breaks lb ties).
     pub members: Vec<MemberConfig>,
+    /// The members are strictly ordered by route, as the controller derives them: a pool then
+    /// finds a route by binary search and carries member state over in one merge walk, with
+    /// no index to build on each of a large pool's frequent republications.
+    pub members_sorted: bool,
     /// How long a failed member stays in error.
     pub retry_after: Duration,
     /// Attempts per request, the first included.
@@ -428,7 +433,8 @@ pub fn validate_static(id: PoolId, spec: &BalancerPoolSpec) -> Result<PoolConfig
         p.add("spec.backend.service", "needs the Kubernetes controller; a standalone file lists backend.members");
     }
     let members = static_members(&mut p, spec);
-    let cfg = validate_with_members(&mut p, id, spec, members);
+    let sorted = members.windows(2).all(|w| w[0].route.as_str() < w[1].route.as_str());
+    let cfg = validate_with_members(&mut p, id, spec, members, sorted);
     if p.0.is_empty() { Ok(cfg) } else { Err(p.0) }
 }
 
@@ -437,6 +443,7 @@ pub fn validate_static(id: PoolId, spec: &BalancerPoolSpec) -> Result<PoolConfig
 /// `members` come from the controller's derivation; the spec's `members:` overrides (weight,
 /// state) are applied to them by route here, exactly as for static members, so both sources
 /// share one validation. Static `backend.members` are refused: a pool has one source.
+/// `members` are strictly ordered by route, as the derivation produces them.
 pub fn validate_service_backed(
     id: PoolId,
     spec: &BalancerPoolSpec,
@@ -449,7 +456,10 @@ pub fn validate_service_backed(
     if !spec.backend.members.is_empty() {
         p.add("spec.backend.members", "must be empty when backend.service is set (exactly one source of members)");
     }
-    let cfg = validate_with_members(&mut p, id, spec, members);
+    // Derived members come sorted by route: the derivation's contract (see its tests), checked
+    // in debug builds rather than paid for on every republication.
+    debug_assert!(members.windows(2).all(|w| w[0].route.as_str() < w[1].route.as_str()));
+    let cfg = validate_with_members(&mut p, id, spec, members, true);
     if p.0.is_empty() { Ok(cfg) } else { Err(p.0) }
 }
 
@@ -486,7 +496,13 @@ fn static_members(p: &mut Problems, spec: &BalancerPoolSpec) -> Vec<MemberConfig
         if lb_set > 99 {
             p.add(format!("{path}.lbSet"), format!("{lb_set} is outside 0–99"));
         }
-        out.push(MemberConfig { route: m.route.clone(), address, load_factor, status: MemberStatus::Ok, lb_set });
+        out.push(MemberConfig {
+            route: Route::from(m.route.as_str()),
+            address,
+            load_factor,
+            status: MemberStatus::Ok,
+            lb_set,
+        });
     }
     out
 }
@@ -496,6 +512,7 @@ fn validate_with_members(
     id: PoolId,
     spec: &BalancerPoolSpec,
     mut members: Vec<MemberConfig>,
+    members_sorted: bool,
 ) -> PoolConfig {
     let hosts = spec
         .frontend
@@ -520,7 +537,12 @@ fn validate_with_members(
         }
         // An override for a route that is not (yet) a member is kept silently: with Services,
         // a pod may come back under the same name.
-        if let Some(m) = members.iter_mut().find(|m| m.route == o.route) {
+        let found = if members_sorted {
+            members.binary_search_by(|m| m.route.as_str().cmp(o.route.as_str())).ok()
+        } else {
+            members.iter().position(|m| m.route == o.route)
+        };
+        if let Some(m) = found.map(|i| &mut members[i]) {
             if let Some(lf) = o.load_factor {
                 m.load_factor = lf.clamp(1, 100);
             }
@@ -556,6 +578,7 @@ fn validate_with_members(
         lb_method: spec.lb_method,
         sticky,
         members,
+        members_sorted,
         retry_after: p.duration(
             "spec.health.passive.retryAfter",
             spec.health.passive.retry_after.as_deref(),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::config::PoolConfig;
 use super::lb::{ByBusyness, ByRequests, ByTraffic, Heartbeat, LbContext, LbMethod, LeastLatency};
 use super::member::{Member, MemberRuntime};
+use super::route::Route;
 use crate::api::{LbMethodName, MemberStatus};
 use std::sync::atomic::Ordering;
 
@@ -95,14 +96,31 @@ impl Tried {
 /// Up to this many members, a route is found by comparing routes, not by hashing.
 const SMALL_POOL: usize = 8;
 
+/// [`Pool::previous_index`] of a member that is new in this build.
+const NOT_CARRIED: u32 = u32::MAX;
+
+/// How a pool finds a member by route.
+#[derive(Debug)]
+enum RouteIndex {
+    /// A few members: compare routes one by one, cheaper than hashing.
+    Scan,
+    /// Members sorted by route, as the controller derives them: binary search, nothing to
+    /// build when a 10,000-member pool is republished.
+    Sorted,
+    /// Members in listed order (static pools): a hash index.
+    Hashed(HashMap<Route, usize>),
+}
+
 /// A pool ready to serve: validated config, members with shared runtime, and an lb method.
 #[derive(Debug)]
 pub struct Pool {
-    /// The validated configuration.
-    pub config: PoolConfig,
+    /// The validated configuration, shared with whoever published it.
+    pub config: Arc<PoolConfig>,
     /// Members in listed order.
     pub members: Vec<Member>,
-    by_route: HashMap<String, usize>,
+    /// Per member, its index in the pool this one was built from ([`NOT_CARRIED`] if new).
+    carried: Vec<u32>,
+    route_index: RouteIndex,
     /// The distinct lbSets, lowest first.
     lb_sets: Vec<u32>,
     lb: Box<dyn LbMethod>,
@@ -111,28 +129,70 @@ pub struct Pool {
 impl Pool {
     /// Builds a pool, taking each member's runtime state from `previous` when the route and the
     /// address are unchanged, so a rebuild keeps counters, error and health state.
-    pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Pool {
+    ///
+    /// The cost is one pass over the members without hashing or allocating per member when
+    /// both pools are sorted by route (derived pools): the controller republishes a pool on
+    /// every EndpointSlice change.
+    pub fn new(config: impl Into<Arc<PoolConfig>>, previous: Option<&Pool>) -> Pool {
+        let config: Arc<PoolConfig> = config.into();
+        let n = config.members.len();
+        let sorted = n > SMALL_POOL && config.members_sorted;
+        let mut carried = Vec::new();
+        if let Some(prev) = previous {
+            carried = vec![NOT_CARRIED; n];
+            if sorted && matches!(prev.route_index, RouteIndex::Sorted) {
+                // Both sorted: one merge walk.
+                let (mut i, mut j) = (0, 0);
+                while i < n && j < prev.members.len() {
+                    let (new, old) = (&config.members[i], &prev.members[j].config);
+                    match new.route.cmp(&old.route) {
+                        std::cmp::Ordering::Less => i += 1,
+                        std::cmp::Ordering::Greater => j += 1,
+                        std::cmp::Ordering::Equal => {
+                            if new.address == old.address {
+                                carried[i] = j as u32;
+                            }
+                            i += 1;
+                            j += 1;
+                        }
+                    }
+                }
+            } else {
+                for (i, mc) in config.members.iter().enumerate() {
+                    if let Some(j) = prev.member_index(&mc.route)
+                        && prev.members[j].config.address == mc.address
+                    {
+                        carried[i] = j as u32;
+                    }
+                }
+            }
+        }
         let members: Vec<Member> = config
             .members
             .iter()
-            .map(|mc| {
-                let runtime = previous
-                    .and_then(|p| p.member(&mc.route))
-                    .filter(|m| m.config.address == mc.address)
-                    .map(|m| Arc::clone(&m.runtime))
-                    .unwrap_or_else(|| Arc::new(MemberRuntime::default()));
+            .enumerate()
+            .map(|(i, mc)| {
+                let runtime = match (previous, carried.get(i)) {
+                    (Some(prev), Some(&j)) if j != NOT_CARRIED => Arc::clone(&prev.members[j as usize].runtime),
+                    _ => Arc::new(MemberRuntime::default()),
+                };
                 Member { config: mc.clone(), runtime }
             })
             .collect();
-        // Small pools are searched directly (see `member_index`): no index to build.
-        let by_route = if members.len() > SMALL_POOL {
-            members.iter().enumerate().map(|(i, m)| (m.config.route.clone(), i)).collect()
+        let route_index = if n <= SMALL_POOL {
+            RouteIndex::Scan
+        } else if sorted {
+            RouteIndex::Sorted
         } else {
-            HashMap::new()
+            RouteIndex::Hashed(members.iter().enumerate().map(|(i, m)| (m.config.route.clone(), i)).collect())
         };
-        let mut lb_sets: Vec<u32> = members.iter().map(|m| m.config.lb_set).collect();
+        let mut lb_sets: Vec<u32> = Vec::new();
+        for m in &members {
+            if !lb_sets.contains(&m.config.lb_set) {
+                lb_sets.push(m.config.lb_set);
+            }
+        }
         lb_sets.sort_unstable();
-        lb_sets.dedup();
         let lb: Box<dyn LbMethod> = match config.lb_method {
             LbMethodName::ByRequests => Box::new(ByRequests),
             LbMethodName::ByTraffic => Box::new(ByTraffic),
@@ -140,7 +200,14 @@ impl Pool {
             LbMethodName::Heartbeat => Box::new(Heartbeat),
             LbMethodName::LeastLatency => Box::new(LeastLatency::default()),
         };
-        Pool { config, members, by_route, lb_sets, lb }
+        Pool { config, members, carried, route_index, lb_sets, lb }
+    }
+
+    /// Where member `i` came from in the pool this one was built from: `Some(j)` when the
+    /// member kept its route and address (and so its runtime state). The proxy carries its own
+    /// per-member state (connections, metric handles) along the same mapping.
+    pub fn previous_index(&self, i: usize) -> Option<usize> {
+        self.carried.get(i).filter(|&&j| j != NOT_CARRIED).map(|&j| j as usize)
     }
 
     /// The member with this route.
@@ -148,13 +215,12 @@ impl Pool {
         self.member_index(route).map(|i| &self.members[i])
     }
 
-    /// The member index with this route. Small pools compare routes directly, which is cheaper
-    /// than hashing the route; large ones use the index.
+    /// The member index with this route.
     pub fn member_index(&self, route: &str) -> Option<usize> {
-        if self.members.len() <= SMALL_POOL {
-            self.members.iter().position(|m| m.config.route == route)
-        } else {
-            self.by_route.get(route).copied()
+        match &self.route_index {
+            RouteIndex::Scan => self.members.iter().position(|m| m.config.route == route),
+            RouteIndex::Sorted => self.members.binary_search_by(|m| m.config.route.as_str().cmp(route)).ok(),
+            RouteIndex::Hashed(map) => map.get(route).copied(),
         }
     }
 
@@ -382,7 +448,7 @@ mod tests {
     }
 
     fn with_sets(p: Pool, sets: &[u32]) -> Pool {
-        let mut cfg = p.config.clone();
+        let mut cfg = (*p.config).clone();
         for (m, s) in cfg.members.iter_mut().zip(sets) {
             m.lb_set = *s;
         }
@@ -427,7 +493,7 @@ mod tests {
         assert!(matches!(c, Choice::Balanced(0 | 1, Balanced::NoRoute)), "{c:?}");
         assert!(!p.members[0].runtime.in_error(2) && !p.members[1].runtime.in_error(2));
         // Unhealthy members are not recovered by it, and it can be turned off.
-        let mut cfg = p.config.clone();
+        let mut cfg = (*p.config).clone();
         cfg.health.force_recovery = false;
         let off = Pool::new(cfg, None);
         off.member_failed(0, 1);
@@ -444,7 +510,7 @@ mod tests {
         p1.member_failed(0, 5);
         let p2 = Pool::new(p1.config.clone(), Some(&p1));
         assert!(Arc::ptr_eq(&p1.members[0].runtime, &p2.members[0].runtime));
-        let mut moved = p1.config.clone();
+        let mut moved = (*p1.config).clone();
         moved.members[1].address = "127.0.0.1:1".parse().unwrap();
         let p3 = Pool::new(moved, Some(&p1));
         assert!(!Arc::ptr_eq(&p1.members[1].runtime, &p3.members[1].runtime));

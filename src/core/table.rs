@@ -31,19 +31,34 @@ pub struct Conflict {
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     pools: Vec<Arc<Pool>>,
+    /// Every config given to [`RoutingTable::build`], conflict losers included, in order: the
+    /// next build compares against them to see whether the frontends changed.
+    inputs: Vec<Arc<PoolConfig>>,
+    frontends: Arc<Frontends>,
+}
+
+/// The host and prefix index. It depends only on each pool's id, hosts and prefix, so a
+/// rebuild where those are unchanged (members moved, nothing else) shares it as it is.
+#[derive(Debug, Default)]
+struct Frontends {
+    /// Per input, its index in `pools` (`None`: it lost a conflict).
+    placed: Vec<Option<usize>>,
     by_id: HashMap<PoolId, usize>,
     exact: HashMap<String, Vec<usize>>,
     wildcard: Vec<(String, Vec<usize>)>,
     any_host: Vec<usize>,
+    conflicts: Vec<Conflict>,
 }
 
-impl RoutingTable {
-    /// Builds a table from validated pools in priority order (older first). Runtime state of
-    /// members is carried over from `previous`. Returns the pools left out by conflicts.
-    pub fn build(configs: Vec<PoolConfig>, previous: Option<&RoutingTable>) -> (RoutingTable, Vec<Conflict>) {
-        let mut table = RoutingTable::default();
-        let mut conflicts = Vec::new();
-        let mut claimed: HashMap<(String, String), PoolId> = HashMap::new();
+/// Same id, hosts and prefix: the frontend index does not care about anything else.
+fn same_frontend(a: &Arc<PoolConfig>, b: &Arc<PoolConfig>) -> bool {
+    Arc::ptr_eq(a, b) || (a.id == b.id && a.hosts == b.hosts && a.path_prefix == b.path_prefix)
+}
+
+impl Frontends {
+    fn build(configs: &[Arc<PoolConfig>]) -> Frontends {
+        let mut f = Frontends::default();
+        let mut claimed: HashMap<(String, &str), &PoolId> = HashMap::new();
         for cfg in configs {
             let keys: Vec<String> = if cfg.hosts.is_empty() {
                 vec!["*".to_owned()]
@@ -56,46 +71,92 @@ impl RoutingTable {
                     })
                     .collect()
             };
-            if let Some((host, winner)) = keys
-                .iter()
-                .find_map(|k| claimed.get(&(k.clone(), cfg.path_prefix.clone())).map(|w| (k.clone(), w.clone())))
+            let prefix = cfg.path_prefix.as_str();
+            if let Some((host, winner)) =
+                keys.iter().find_map(|k| claimed.get(&(k.clone(), prefix)).map(|w| (k.clone(), (*w).clone())))
             {
-                conflicts.push(Conflict { loser: cfg.id.clone(), winner, host, prefix: cfg.path_prefix.clone() });
+                f.conflicts.push(Conflict { loser: cfg.id.clone(), winner, host, prefix: prefix.to_owned() });
+                f.placed.push(None);
                 continue;
             }
             for k in keys {
-                claimed.insert((k, cfg.path_prefix.clone()), cfg.id.clone());
+                claimed.insert((k, prefix), &cfg.id);
             }
-            let prev = previous.and_then(|t| t.pool(&cfg.id));
-            let idx = table.pools.len();
-            table.by_id.insert(cfg.id.clone(), idx);
+            let idx = f.by_id.len();
+            f.placed.push(Some(idx));
+            f.by_id.insert(cfg.id.clone(), idx);
             if cfg.hosts.is_empty() {
-                table.any_host.push(idx);
+                f.any_host.push(idx);
             }
             for h in &cfg.hosts {
                 match h {
-                    HostMatch::Exact(e) => table.exact.entry(e.clone()).or_default().push(idx),
-                    HostMatch::Wildcard(w) => match table.wildcard.iter_mut().find(|(s, _)| s == w) {
+                    HostMatch::Exact(e) => f.exact.entry(e.clone()).or_default().push(idx),
+                    HostMatch::Wildcard(w) => match f.wildcard.iter_mut().find(|(s, _)| s == w) {
                         Some((_, v)) => v.push(idx),
-                        None => table.wildcard.push((w.clone(), vec![idx])),
+                        None => f.wildcard.push((w.clone(), vec![idx])),
                     },
                 }
             }
+        }
+        let placed: Vec<&Arc<PoolConfig>> =
+            configs.iter().zip(&f.placed).filter(|(_, p)| p.is_some()).map(|(c, _)| c).collect();
+        let by_prefix_len = |v: &mut Vec<usize>| v.sort_by_key(|&i| std::cmp::Reverse(placed[i].path_prefix.len()));
+        f.exact.values_mut().for_each(by_prefix_len);
+        f.wildcard.iter_mut().for_each(|(_, v)| by_prefix_len(v));
+        by_prefix_len(&mut f.any_host);
+        f.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        f
+    }
+}
+
+impl RoutingTable {
+    /// Builds a table from validated pools in priority order (older first). Runtime state of
+    /// members is carried over from `previous`. Returns the pools left out by conflicts.
+    ///
+    /// The cost follows the change: a pool whose config is unchanged is the previous `Pool`
+    /// (the same `Arc`), and when no pool's id, hosts or prefix changed the host index is
+    /// shared, so republishing 1,000 pools after one of them changed rebuilds one pool.
+    pub fn build<C: Into<Arc<PoolConfig>>>(
+        configs: Vec<C>,
+        previous: Option<&RoutingTable>,
+    ) -> (RoutingTable, Vec<Conflict>) {
+        let inputs: Vec<Arc<PoolConfig>> = configs.into_iter().map(Into::into).collect();
+        let reuse = previous.filter(|p| {
+            p.inputs.len() == inputs.len() && p.inputs.iter().zip(&inputs).all(|(a, b)| same_frontend(a, b))
+        });
+        let frontends = match reuse {
+            Some(p) => Arc::clone(&p.frontends),
+            None => Arc::new(Frontends::build(&inputs)),
+        };
+        let mut pools = Vec::with_capacity(frontends.by_id.len());
+        for (i, cfg) in inputs.iter().enumerate() {
+            if frontends.placed[i].is_none() {
+                continue;
+            }
+            let prev = match reuse {
+                // Same inputs in the same places: the previous pool is at the same index.
+                Some(p) => p.frontends.placed[i].map(|j| &p.pools[j]),
+                None => previous.and_then(|t| t.pool(&cfg.id)),
+            };
             // An unchanged pool is the same pool: its members, lb state and everything the proxy
             // keeps beside it are reused as they are (publication cost follows the change).
             match prev {
-                Some(p) if p.config == cfg => table.pools.push(Arc::clone(p)),
-                _ => table.pools.push(Arc::new(Pool::new(cfg, prev.map(|p| &**p)))),
+                Some(p) if Arc::ptr_eq(&p.config, cfg) || p.config == *cfg => pools.push(Arc::clone(p)),
+                _ => pools.push(Arc::new(Pool::new(Arc::clone(cfg), prev.map(|p| &**p)))),
             }
         }
-        let pools = &table.pools;
-        let by_prefix_len =
-            |v: &mut Vec<usize>| v.sort_by_key(|&i| std::cmp::Reverse(pools[i].config.path_prefix.len()));
-        table.exact.values_mut().for_each(by_prefix_len);
-        table.wildcard.iter_mut().for_each(|(_, v)| by_prefix_len(v));
-        by_prefix_len(&mut table.any_host);
-        table.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        (table, conflicts)
+        let conflicts = frontends.conflicts.clone();
+        (RoutingTable { pools, inputs, frontends }, conflicts)
+    }
+
+    /// The pool at index `i` of `previous` that pool `i` of this table was built from (same
+    /// id), found by position first: the common rebuild keeps every pool in its place.
+    pub fn previous_of<'a>(&self, i: usize, previous: &'a RoutingTable) -> Option<&'a Arc<Pool>> {
+        let id = &self.pools.get(i)?.config.id;
+        match previous.pools.get(i) {
+            Some(p) if p.config.id == *id => Some(p),
+            _ => previous.pool(id),
+        }
     }
 
     /// All pools, in priority order.
@@ -105,12 +166,12 @@ impl RoutingTable {
 
     /// The pool with this id.
     pub fn pool(&self, id: &PoolId) -> Option<&Arc<Pool>> {
-        self.by_id.get(id).map(|&i| &self.pools[i])
+        self.frontends.by_id.get(id).map(|&i| &self.pools[i])
     }
 
     /// The index of the pool with this id in [`RoutingTable::pools`].
     pub fn pool_index(&self, id: &PoolId) -> Option<usize> {
-        self.by_id.get(id).copied()
+        self.frontends.by_id.get(id).copied()
     }
 
     /// The pool for a request: `host` as sent (any case, with or without port), `path` the
@@ -130,10 +191,10 @@ impl RoutingTable {
             } else {
                 host
             };
-            if let Some(p) = self.exact.get(host).and_then(|v| self.first_prefix(v, path)) {
+            if let Some(p) = self.frontends.exact.get(host).and_then(|v| self.first_prefix(v, path)) {
                 return Some(p);
             }
-            for (suffix, v) in &self.wildcard {
+            for (suffix, v) in &self.frontends.wildcard {
                 if host.len() > suffix.len()
                     && host.ends_with(suffix.as_str())
                     && let Some(p) = self.first_prefix(v, path)
@@ -142,7 +203,7 @@ impl RoutingTable {
                 }
             }
         }
-        self.first_prefix(&self.any_host, path)
+        self.first_prefix(&self.frontends.any_host, path)
     }
 
     fn first_prefix(&self, candidates: &[usize], path: &str) -> Option<usize> {

@@ -302,7 +302,7 @@ impl Proxy {
             tried.push(idx);
             let member = &pool.members[idx];
             vars.worker_route = Some(member.route());
-            vars.worker_name = Some(&ext.worker_names[idx]);
+            vars.worker_name = Some(&ext.members[idx].worker_name);
             vars.route_changed = sticky.is_some() && vars.balanced.is_some();
 
             let last_try = tried.len() >= max_attempts;
@@ -336,7 +336,7 @@ impl Proxy {
                     *r.headers_mut() = if keep_copy { headers.clone() } else { std::mem::take(&mut headers) };
                     if !r.headers().contains_key(header::HOST) {
                         // An HTTP/1.0 client without Host: name the member.
-                        if let Ok(h) = HeaderValue::from_str(ext.authorities[idx].as_str()) {
+                        if let Ok(h) = HeaderValue::from_str(ext.members[idx].authority.as_str()) {
                             r.headers_mut().insert(header::HOST, h);
                         }
                     }
@@ -349,7 +349,7 @@ impl Proxy {
 
             let busy = Busy::enter(&member.runtime);
             let sent_at = Instant::now();
-            let result = tokio::time::timeout(pool.config.timeouts.response, ext.conns[idx].send(up)).await;
+            let result = tokio::time::timeout(pool.config.timeouts.response, ext.members[idx].conns.send(up)).await;
             drop(busy);
             match result {
                 Ok(Ok(resp)) => {
@@ -402,7 +402,7 @@ impl Proxy {
         let mut resp = resp;
         let member = &pool.members[idx];
         if self.settings.metrics {
-            ext.member_metrics[idx].observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
+            ext.members[idx].metrics.observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             match upgrade {

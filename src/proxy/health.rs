@@ -10,8 +10,8 @@
 //! `passes` consecutive passing ones (unhealthy → healthy). The response header
 //! `X-Heartbeat: ready=N[&busy=M]` reports spare capacity for the Heartbeat lb method.
 
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,7 +29,7 @@ use tokio::task::AbortHandle;
 
 use crate::api::CheckMethod;
 use crate::core::config::ActiveCheck;
-use crate::core::{Clock, MemberRuntime, PoolId, RoutingTable};
+use crate::core::{Clock, Member, MemberRuntime, Pool, PoolId, Route, RoutingTable};
 
 /// Checks in flight at once, across all pools: the checker's own connection budget.
 const CHECK_BUDGET: usize = 64;
@@ -38,19 +38,32 @@ const SPREAD_SLOTS: u64 = 20;
 /// Body bytes read to look for `expectBody`.
 const MAX_CHECK_BODY: usize = 64 * 1024;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// What one check task checks.
 struct CheckKey {
     pool: PoolId,
-    route: String,
+    route: Route,
     address: SocketAddr,
-    check: ActiveCheck,
+    check: Arc<ActiveCheck>,
+}
+
+/// The checks of one pool: its settings and a task per member (route and address).
+#[derive(Debug)]
+struct PoolChecks {
+    check: Arc<ActiveCheck>,
+    tasks: HashMap<(Route, SocketAddr), AbortHandle>,
+}
+
+impl PoolChecks {
+    fn abort_all(&mut self) {
+        self.tasks.drain().for_each(|(_, t)| t.abort());
+    }
 }
 
 /// The running health-check tasks.
 #[derive(Debug)]
 pub struct HealthChecks {
-    /// Per pool, per (route, address, settings) key hash: the task checking that member.
-    tasks: Mutex<HashMap<PoolId, HashMap<u64, AbortHandle>>>,
+    /// Per pool: its check settings and the task checking each member.
+    tasks: Mutex<HashMap<PoolId, PoolChecks>>,
     budget: Arc<Semaphore>,
 }
 
@@ -63,73 +76,113 @@ impl Default for HealthChecks {
 impl Drop for HealthChecks {
     fn drop(&mut self) {
         if let Ok(tasks) = self.tasks.get_mut() {
-            for (_, pool_tasks) in tasks.drain() {
-                pool_tasks.values().for_each(AbortHandle::abort);
+            for (_, mut checks) in tasks.drain() {
+                checks.abort_all();
             }
         }
     }
 }
 
-fn key_hash(k: &CheckKey) -> u64 {
-    let mut h = DefaultHasher::new();
-    k.hash(&mut h);
-    h.finish()
-}
-
 impl HealthChecks {
     /// Makes the running checks match `table`: starts checks of new members, stops checks of
     /// members (or settings) that are gone, and marks members of pools without checks healthy.
-    /// Pools that are the same as in `previous` (unchanged) are skipped: the cost follows the
-    /// change. Must run inside a tokio runtime.
-    pub fn reconcile(&self, table: &RoutingTable, previous: &RoutingTable) {
+    /// `previous[i]` is the pool that pool `i` of `table` was built from. Unchanged pools are
+    /// skipped and a changed pool with the same check settings is reconciled along
+    /// [`crate::core::Pool::previous_index`]: the cost follows the change, not the pool's size.
+    /// Must run inside a tokio runtime.
+    pub fn reconcile(&self, table: &RoutingTable, previous: &[Option<&Arc<Pool>>]) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|id, pool_tasks| {
-            let keep = table.pool(id).is_some();
-            if !keep {
-                pool_tasks.values().for_each(AbortHandle::abort);
-            }
-            keep
-        });
-        for pool in table.pools() {
-            if previous.pool(&pool.config.id).is_some_and(|p| Arc::ptr_eq(p, pool))
-                && tasks.contains_key(&pool.config.id)
-            {
-                continue;
-            }
-            let mut wanted: HashMap<u64, (CheckKey, Arc<MemberRuntime>)> = HashMap::new();
-            match &pool.config.health.active {
-                Some(check) => {
-                    for m in &pool.members {
-                        let key = CheckKey {
-                            pool: pool.config.id.clone(),
-                            route: m.config.route.clone(),
-                            address: m.config.address,
-                            check: check.clone(),
-                        };
-                        wanted.insert(key_hash(&key), (key, Arc::clone(&m.runtime)));
+        let mut checked_pools = 0;
+        for (i, pool) in table.pools().iter().enumerate() {
+            let prev = previous.get(i).copied().flatten();
+            let id = &pool.config.id;
+            let Some(check) = &pool.config.health.active else {
+                if let Some(mut gone) = tasks.remove(id) {
+                    gone.abort_all();
+                }
+                if prev.is_some_and(|p| Arc::ptr_eq(p, pool)) {
+                    continue;
+                }
+                for m in &pool.members {
+                    if !m.runtime.healthy.load(Relaxed) && !m.runtime.healthy.swap(true, Relaxed) {
+                        m.runtime.healthy_since_ms.store(Clock.now_ms(), Relaxed);
                     }
                 }
-                None => {
+                continue;
+            };
+            checked_pools += 1;
+            let checks = tasks
+                .entry(id.clone())
+                .or_insert_with(|| PoolChecks { check: Arc::new(check.clone()), tasks: HashMap::new() });
+            if *checks.check != *check {
+                checks.abort_all();
+                checks.check = Arc::new(check.clone());
+            }
+            let start = |m: &Member, check: &Arc<ActiveCheck>| {
+                let key = CheckKey {
+                    pool: id.clone(),
+                    route: m.config.route.clone(),
+                    address: m.config.address,
+                    check: Arc::clone(check),
+                };
+                tokio::spawn(check_loop(key, Arc::clone(&m.runtime), Arc::clone(&self.budget))).abort_handle()
+            };
+            match prev {
+                Some(old) if Arc::ptr_eq(old, pool) && !checks.tasks.is_empty() => {}
+                // The tasks match `old`'s members: stop the ones that left, start the new ones.
+                Some(old) if !checks.tasks.is_empty() => {
+                    let mut kept = vec![false; old.members.len()];
+                    for (j, m) in pool.members.iter().enumerate() {
+                        match pool.previous_index(j) {
+                            Some(k) => kept[k] = true,
+                            None => {
+                                let key = (m.config.route.clone(), m.config.address);
+                                if !checks.tasks.contains_key(&key) {
+                                    let task = start(m, &checks.check);
+                                    checks.tasks.insert(key, task);
+                                }
+                            }
+                        }
+                    }
+                    for (m, _) in old.members.iter().zip(&kept).filter(|(_, k)| !**k) {
+                        let key = (m.config.route.clone(), m.config.address);
+                        if pool.member_index(&key.0).is_none_or(|j| pool.members[j].config.address != key.1)
+                            && let Some(task) = checks.tasks.remove(&key)
+                        {
+                            task.abort();
+                        }
+                    }
+                }
+                // New pool, new settings, or tasks never started: every member.
+                _ => {
+                    let wanted: HashSet<(Route, SocketAddr)> =
+                        pool.members.iter().map(|m| (m.config.route.clone(), m.config.address)).collect();
+                    checks.tasks.retain(|k, task| {
+                        let keep = wanted.contains(k);
+                        if !keep {
+                            task.abort();
+                        }
+                        keep
+                    });
                     for m in &pool.members {
-                        if !m.runtime.healthy.swap(true, Relaxed) {
-                            m.runtime.healthy_since_ms.store(Clock.now_ms(), Relaxed);
+                        let key = (m.config.route.clone(), m.config.address);
+                        if !checks.tasks.contains_key(&key) {
+                            let task = start(m, &checks.check);
+                            checks.tasks.insert(key, task);
                         }
                     }
                 }
             }
-            let pool_tasks = tasks.entry(pool.config.id.clone()).or_default();
-            pool_tasks.retain(|h, task| {
-                let keep = wanted.contains_key(h);
+        }
+        if tasks.len() > checked_pools {
+            // Pools that left the table.
+            tasks.retain(|id, checks| {
+                let keep = table.pool(id).is_some();
                 if !keep {
-                    task.abort();
+                    checks.abort_all();
                 }
                 keep
             });
-            for (h, (key, runtime)) in wanted {
-                if let std::collections::hash_map::Entry::Vacant(slot) = pool_tasks.entry(h) {
-                    slot.insert(tokio::spawn(check_loop(key, runtime, Arc::clone(&self.budget))).abort_handle());
-                }
-            }
         }
     }
 }
@@ -142,7 +195,7 @@ struct Verdict {
 }
 
 async fn check_loop(key: CheckKey, runtime: Arc<MemberRuntime>, budget: Arc<Semaphore>) {
-    let check = &key.check;
+    let check = &*key.check;
     // Spread the members' checks over the interval, in up to SPREAD_SLOTS slots: checks that
     // share a slot share the runtime's wake-ups, which makes a check much cheaper than when each
     // one wakes the process on its own millisecond.

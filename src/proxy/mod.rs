@@ -24,7 +24,7 @@ use http::uri::Authority;
 use crate::admin::metrics::{MemberMetrics, Metrics, PoolMetrics};
 use crate::core::config::{FieldError, MemberChange};
 use crate::core::table::Conflict;
-use crate::core::{Clock, PoolConfig, RoutingTable};
+use crate::core::{Clock, PoolConfig, Route, RoutingTable};
 use upstream::MemberConns;
 
 /// Listener-wide settings (per-pool settings live in the pool).
@@ -61,19 +61,26 @@ impl Default for ProxySettings {
     }
 }
 
-/// What the proxy needs beside the core pool: member authorities parsed once, and each
-/// member's connection pool (index-aligned with the pool's members).
+/// What the proxy keeps per member beside the core member: its connection pool, its authority
+/// parsed once, and its metric handles. One `Arc` per member, so republishing a pool whose
+/// members mostly stayed costs a reference count per member.
+#[derive(Debug)]
+pub(crate) struct MemberExt {
+    pub(crate) conns: Arc<MemberConns>,
+    pub(crate) authority: Authority,
+    /// `BALANCER_WORKER_NAME` (`http://10.0.0.1:8080`).
+    pub(crate) worker_name: HeaderValue,
+    pub(crate) metrics: MemberMetrics,
+}
+
+/// What the proxy needs beside the core pool (members index-aligned with the pool's).
 #[derive(Debug)]
 pub(crate) struct PoolExt {
-    pub(crate) conns: Vec<Arc<MemberConns>>,
-    pub(crate) authorities: Vec<Authority>,
-    /// `BALANCER_WORKER_NAME` per member (`http://10.0.0.1:8080`).
-    pub(crate) worker_names: Vec<HeaderValue>,
+    pub(crate) members: Vec<Arc<MemberExt>>,
     /// `BALANCER_NAME` (`namespace/name`).
     pub(crate) balancer_name: HeaderValue,
-    /// Metric handles of the pool and of each member.
+    /// Metric handles of the pool.
     pub(crate) metrics: PoolMetrics,
-    pub(crate) member_metrics: Vec<MemberMetrics>,
 }
 
 /// One immutable routing state: the core table and the proxy's per-pool extras, index-aligned.
@@ -92,7 +99,7 @@ pub struct Proxy {
     health: health::HealthChecks,
     metrics: Arc<Metrics>,
     /// In-memory balancer-manager changes (standalone mode), applied on every publication.
-    overlay: Mutex<HashMap<(crate::core::PoolId, String), MemberChange>>,
+    overlay: Mutex<HashMap<crate::core::PoolId, HashMap<Route, MemberChange>>>,
     pub(crate) log_counter: std::sync::atomic::AtomicU32,
     pub(crate) clock: Clock,
     pub(crate) settings: ProxySettings,
@@ -130,10 +137,11 @@ impl Proxy {
 
     /// Builds a new snapshot from validated pools (older first) and swaps it in atomically.
     /// Returns the pools left out because an older pool claims the same host and prefix.
-    pub fn publish(&self, configs: Vec<PoolConfig>) -> Vec<Conflict> {
+    /// Configs are taken shared (`Arc`) or owned; an unchanged `Arc` is recognised by pointer.
+    pub fn publish<C: Into<Arc<PoolConfig>>>(&self, configs: Vec<C>) -> Vec<Conflict> {
         // Serialise publishers so two reloads cannot both build from the same previous table.
         let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.publish_locked(configs)
+        self.publish_locked(configs.into_iter().map(Into::into).collect())
     }
 
     /// Records an operator's change to a member in memory (standalone mode) and publishes it.
@@ -147,7 +155,8 @@ impl Proxy {
         change.validate().map_err(ChangeError::Invalid)?;
         let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
         // The published configs carry the overlay already; applying it again is idempotent.
-        let configs: Vec<PoolConfig> = self.snapshot().table.pools().iter().map(|p| p.config.clone()).collect();
+        let configs: Vec<Arc<PoolConfig>> =
+            self.snapshot().table.pools().iter().map(|p| Arc::clone(&p.config)).collect();
         let p = configs.iter().find(|c| &c.id == pool).ok_or(ChangeError::NoPool)?;
         if !p.members.iter().any(|m| m.route == route) {
             return Err(ChangeError::NoMember);
@@ -155,7 +164,9 @@ impl Proxy {
         self.overlay
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry((pool.clone(), route.to_owned()))
+            .entry(pool.clone())
+            .or_default()
+            .entry(Route::from(route))
             .or_default()
             .merge(change);
         self.publish_locked(configs);
@@ -163,89 +174,103 @@ impl Proxy {
     }
 
     /// The proxy's extras of a new or changed pool; a member that kept its route and address
-    /// keeps its extras (warm connections, metric handles) from `prev`.
+    /// keeps its extras (warm connections, metric handles) from `prev`, found through
+    /// [`crate::core::Pool::previous_index`] without any lookup.
     fn pool_ext(&self, p: &crate::core::Pool, prev: Option<(&Arc<crate::core::Pool>, &Arc<PoolExt>)>) -> PoolExt {
         let t = p.config.timeouts;
-        let prev = prev.filter(|(pp, _)| pp.config.timeouts == t);
-        let mut ext = PoolExt {
-            metrics: self.metrics.pool_handles(p),
-            member_metrics: Vec::with_capacity(p.members.len()),
-            conns: Vec::with_capacity(p.members.len()),
-            authorities: Vec::with_capacity(p.members.len()),
-            worker_names: Vec::with_capacity(p.members.len()),
-            balancer_name: HeaderValue::try_from(p.config.id.to_string()).unwrap_or(HeaderValue::from_static("")),
-        };
-        for m in &p.members {
-            let kept = prev.and_then(|(pp, pe)| {
-                pp.member_index(m.route())
-                    .filter(|&j| pp.members[j].config.address == m.config.address)
-                    .map(|j| (pe, j))
-            });
-            match kept {
-                Some((pe, j)) => {
-                    ext.member_metrics.push(pe.member_metrics[j].clone());
-                    ext.conns.push(Arc::clone(&pe.conns[j]));
-                    ext.authorities.push(pe.authorities[j].clone());
-                    ext.worker_names.push(pe.worker_names[j].clone());
-                }
-                None => {
+        let same_timeouts = prev.filter(|(pp, _)| pp.config.timeouts == t);
+        let members = p
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| match (same_timeouts, p.previous_index(i)) {
+                (Some((_, pe)), Some(j)) => Arc::clone(&pe.members[j]),
+                _ => {
                     let addr = m.config.address;
-                    ext.member_metrics.push(self.metrics.member_handles(&p.config.id, m.route()));
-                    ext.conns.push(MemberConns::new(addr, t.connect, t.idle));
-                    ext.authorities.push(
-                        Authority::try_from(addr.to_string().as_str())
+                    Arc::new(MemberExt {
+                        conns: MemberConns::new(addr, t.connect, t.idle),
+                        authority: Authority::try_from(addr.to_string().as_str())
                             .unwrap_or_else(|_| Authority::from_static("invalid.invalid")),
-                    );
-                    ext.worker_names
-                        .push(HeaderValue::try_from(format!("http://{addr}")).unwrap_or(HeaderValue::from_static("")));
+                        worker_name: HeaderValue::try_from(format!("http://{addr}"))
+                            .unwrap_or(HeaderValue::from_static("")),
+                        metrics: self.metrics.member_handles(&p.config.id, m.route()),
+                    })
                 }
-            }
-        }
-        ext
+            })
+            .collect();
+        let (metrics, balancer_name) = match prev {
+            Some((_, pe)) => (pe.metrics.clone(), pe.balancer_name.clone()),
+            None => (
+                self.metrics.pool_handles(p),
+                HeaderValue::try_from(p.config.id.to_string()).unwrap_or(HeaderValue::from_static("")),
+            ),
+        };
+        PoolExt { members, balancer_name, metrics }
     }
 
-    fn publish_locked(&self, configs: Vec<PoolConfig>) -> Vec<Conflict> {
+    fn publish_locked(&self, configs: Vec<Arc<PoolConfig>>) -> Vec<Conflict> {
         let mut configs = configs;
         {
             let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
-            if !overlay.is_empty() {
-                for c in &mut configs {
-                    for m in &mut c.members {
-                        if let Some(change) = overlay.get(&(c.id.clone(), m.route.clone())) {
-                            change.apply(m);
-                        }
+            for c in &mut configs {
+                let Some(changes) = overlay.get(&c.id) else { continue };
+                let c = Arc::make_mut(c);
+                for m in &mut c.members {
+                    if let Some(change) = changes.get(m.route.as_str()) {
+                        change.apply(m);
                     }
                 }
             }
         }
         let previous = self.snapshot.load_full();
         let (table, conflicts) = RoutingTable::build(configs, Some(&previous.table));
+        // Per new pool, the previous pool of the same id and its extras.
+        let prevs: Vec<Option<(&Arc<crate::core::Pool>, &Arc<PoolExt>)>> = (0..table.pools().len())
+            .map(|i| {
+                let pp = table.previous_of(i, &previous.table)?;
+                let j = if previous.table.pools().get(i).is_some_and(|x| Arc::ptr_eq(x, pp)) {
+                    i
+                } else {
+                    previous.table.pool_index(&pp.config.id)?
+                };
+                Some((pp, &previous.ext[j]))
+            })
+            .collect();
         let ext: Vec<Arc<PoolExt>> = table
             .pools()
             .iter()
-            .map(|p| {
-                let prev =
-                    previous.table.pool_index(&p.config.id).map(|i| (&previous.table.pools()[i], &previous.ext[i]));
-                match prev {
-                    // The same pool (unchanged config): the same extras.
-                    Some((pp, pe)) if Arc::ptr_eq(pp, p) => Arc::clone(pe),
-                    _ => Arc::new(self.pool_ext(p, prev)),
-                }
+            .zip(&prevs)
+            .map(|(p, prev)| match prev {
+                // The same pool (unchanged config): the same extras.
+                Some((pp, pe)) if Arc::ptr_eq(pp, p) => Arc::clone(pe),
+                _ => Arc::new(self.pool_ext(p, *prev)),
             })
             .collect();
         // Series of members and pools that left.
-        for old in previous.table.pools() {
-            match table.pool(&old.config.id) {
-                None => self.metrics.remove_pool(old),
-                Some(new) if !Arc::ptr_eq(new, old) => {
-                    for m in &old.members {
-                        if new.member_index(m.route()).is_none() {
-                            self.metrics.remove_member(&old.config.id, m.route());
-                        }
-                    }
-                }
-                Some(_) => {}
+        let mut survivors = vec![false; previous.table.pools().len()];
+        for (p, prev) in table.pools().iter().zip(&prevs) {
+            let Some((old, _)) = prev else { continue };
+            if let Some(k) = previous.table.pool_index(&old.config.id) {
+                survivors[k] = true;
             }
+            if Arc::ptr_eq(old, p) {
+                continue;
+            }
+            let mut kept = vec![false; old.members.len()];
+            for i in 0..p.members.len() {
+                if let Some(j) = p.previous_index(i) {
+                    kept[j] = true;
+                }
+            }
+            for (m, _) in old.members.iter().zip(&kept).filter(|(_, k)| !**k) {
+                // A member that only moved to a new address keeps its route, and its series.
+                if p.member_index(m.route()).is_none() {
+                    self.metrics.remove_member(&old.config.id, m.route());
+                }
+            }
+        }
+        for (old, _) in previous.table.pools().iter().zip(&survivors).filter(|(_, s)| !**s) {
+            self.metrics.remove_pool(old);
         }
         if previous.table.pools().is_empty() {
             // Members present at startup are not "joining": no slow start for them (HAProxy).
@@ -254,7 +279,8 @@ impl Proxy {
             }
         }
         if tokio::runtime::Handle::try_current().is_ok() {
-            self.health.reconcile(&table, &previous.table);
+            let prev_pools: Vec<Option<&Arc<crate::core::Pool>>> = prevs.iter().map(|p| p.map(|(pp, _)| pp)).collect();
+            self.health.reconcile(&table, &prev_pools);
         } else {
             tracing::warn!("published outside a runtime: health checks not started");
         }
@@ -308,8 +334,8 @@ mod tests {
         proxy.publish(pools(&[("x", 1), ("y", 3), ("z", 4)]));
         let changed = proxy.snapshot();
         assert!(!Arc::ptr_eq(&same.table.pools()[0], &changed.table.pools()[0]));
-        assert!(Arc::ptr_eq(&same.ext[0].conns[0], &changed.ext[0].conns[0]), "x kept its warm connections");
-        assert!(!Arc::ptr_eq(&same.ext[0].conns[1], &changed.ext[0].conns[1]), "y moved: new connections");
+        assert!(Arc::ptr_eq(&same.ext[0].members[0], &changed.ext[0].members[0]), "x kept its warm connections");
+        assert!(!Arc::ptr_eq(&same.ext[0].members[1], &changed.ext[0].members[1]), "y moved: new connections");
         assert!(Arc::ptr_eq(&same.table.pools()[1], &changed.table.pools()[1]));
         assert!(Arc::ptr_eq(&same.table.pools()[0].members[0].runtime, &changed.table.pools()[0].members[0].runtime));
     }

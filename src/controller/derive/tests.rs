@@ -80,7 +80,7 @@ fn http() -> ServiceRef {
 }
 
 fn members(d: &Derived) -> Vec<(String, String, MemberStatus)> {
-    d.members.iter().map(|m| (m.route.clone(), m.address.to_string(), m.status)).collect()
+    d.members.iter().map(|m| (m.route.to_string(), m.address.to_string(), m.status)).collect()
 }
 
 fn m(route: &str, addr: &str, status: MemberStatus) -> (String, String, MemberStatus) {
