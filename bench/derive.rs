@@ -26,19 +26,27 @@ use routeid::proxy::{Proxy, ProxySettings};
 
 const ROUNDS: usize = 300;
 
-fn slice(
-    ns: &str,
-    service: &str,
-    name: &str,
-    first_ip: u32,
-    count: u32,
-    terminating: Option<u32>,
-    rv: u64,
-) -> EndpointSlice {
+/// What differs in a slice from its all-ready form.
+#[derive(Clone, Copy)]
+enum Change {
+    None,
+    /// Endpoint `i` is terminating (serving, not ready): its member turns `Drain`.
+    Terminating(u32),
+    /// The pod of endpoint `i` was replaced: a new pod name and a new address, so one member
+    /// leaves and another joins.
+    Replaced(u32),
+}
+
+/// The two kinds of change a round makes, for the report.
+const KINDS: [&str; 2] = ["an endpoint turns terminating", "a pod is replaced (one member out, one in)"];
+
+fn slice(ns: &str, service: &str, name: &str, first_ip: u32, count: u32, change: Change, rv: u64) -> EndpointSlice {
     let endpoints = (0..count)
         .map(|i| {
-            let ip = first_ip + i;
-            let term = terminating == Some(i);
+            let term = matches!(change, Change::Terminating(t) if t == i);
+            let replaced = matches!(change, Change::Replaced(r) if r == i);
+            // A replacement pod gets an address from elsewhere in the pod network.
+            let ip = if replaced { (first_ip + i) ^ 0x0080_0000 } else { first_ip + i };
             Endpoint {
                 addresses: vec![std::net::Ipv4Addr::from(ip).to_string()],
                 conditions: Some(EndpointConditions {
@@ -48,7 +56,7 @@ fn slice(
                 }),
                 target_ref: Some(ObjectReference {
                     kind: Some("Pod".into()),
-                    name: Some(format!("{service}-{ip:x}")),
+                    name: Some(if replaced { format!("{service}-{ip:x}-new") } else { format!("{service}-{ip:x}") }),
                     namespace: Some(ns.into()),
                     ..Default::default()
                 }),
@@ -122,7 +130,9 @@ fn proc_status_mib(field: &str) -> f64 {
 struct Times {
     derive: Vec<Duration>,
     publish: Vec<Duration>,
-    cpu: Duration,
+    /// CPU time and rounds, per kind of change.
+    cpu: [Duration; 2],
+    count: [u32; 2],
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -151,9 +161,19 @@ fn report(name: &str, mut t: Times, members: usize) {
         pct(&mut total, 0.99).as_secs_f64() * 1e3,
         pct(&mut total, 1.0).as_secs_f64() * 1e3
     );
+    for k in 0..2 {
+        if t.count[k] > 0 {
+            println!(
+                "  CPU per changed slice, {} ({} rounds): {:.3} ms",
+                KINDS[k],
+                t.count[k],
+                (t.cpu[k] / t.count[k]).as_secs_f64() * 1e3
+            );
+        }
+    }
     println!(
-        "  CPU per changed slice (user+sys / {ROUNDS} rounds): {:.3} ms",
-        t.cpu.as_secs_f64() * 1e3 / ROUNDS as f64
+        "  CPU per changed slice, all {ROUNDS} rounds: {:.3} ms",
+        ((t.cpu[0] + t.cpu[1]) / ROUNDS as u32).as_secs_f64() * 1e3
     );
 }
 
@@ -186,11 +206,16 @@ fn storm(
 }
 
 /// Applies `change(round)` to the index, re-derives, publishes; times each half.
-fn rounds(index: &mut Index, proxy: &Proxy, change: impl Fn(usize) -> EndpointSlice) -> Times {
-    let mut t = Times { derive: Vec::with_capacity(ROUNDS), publish: Vec::with_capacity(ROUNDS), cpu: Duration::ZERO };
+fn rounds(index: &mut Index, proxy: &Proxy, change: impl Fn(usize) -> (EndpointSlice, usize)) -> Times {
+    let mut t = Times {
+        derive: Vec::with_capacity(ROUNDS),
+        publish: Vec::with_capacity(ROUNDS),
+        cpu: [Duration::ZERO; 2],
+        count: [0; 2],
+    };
     for round in 0..ROUNDS {
         // Built outside the measurement: that is the API server's and the decoder's work.
-        let s = change(round);
+        let (s, kind) = change(round);
         let cpu0 = cpu_time();
         let t0 = Instant::now();
         index.apply_slice(s);
@@ -200,7 +225,8 @@ fn rounds(index: &mut Index, proxy: &Proxy, change: impl Fn(usize) -> EndpointSl
         let conflicts = proxy.publish(index.configs());
         let t2 = Instant::now();
         assert!(conflicts.is_empty() && changes.len() <= 1);
-        t.cpu += cpu_time() - cpu0;
+        t.cpu[kind] += cpu_time() - cpu0;
+        t.count[kind] += 1;
         t.derive.push(t1 - t0);
         t.publish.push(t2 - t1);
     }
@@ -212,32 +238,30 @@ fn main() {
     let _guard = rt.enter();
     let filter = ClassFilter { ingress_class: "routeid".into(), default_class: true };
     println!("routeid controller: derivation + publication per changed EndpointSlice ({ROUNDS} rounds each)\n");
+    // `cargo bench --bench derive -- one-pool` (or `many-pools`) runs one case, for a profiler.
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let run = |case: &str| only.as_deref().is_none_or(|o| o == case);
 
     // 1. One pool, 10,000 endpoints in 100 slices of 100.
-    {
+    if run("one-pool") {
         let proxy = Proxy::new(ProxySettings::default());
         let mut index = Index::new(filter.clone());
         index.apply_pool(pool("web", "big", "big", "big.example.com"));
         let base = u32::from(std::net::Ipv4Addr::new(10, 1, 0, 0));
         for s in 0..100u32 {
-            index.apply_slice(slice("web", "big", &format!("big-{s}"), base + s * 100, 100, None, 1));
+            index.apply_slice(slice("web", "big", &format!("big-{s}"), base + s * 100, 100, Change::None, 1));
         }
         let rss0 = rss_mib();
         let rss1 = initial(&mut index, &proxy, "1 pool x 10,000 endpoints in 100 slices");
         println!("  RSS: {rss0:.1} MiB with the slices indexed, {rss1:.1} MiB derived, {:.1} MiB published", rss_mib());
-        // Each round one slice changes: an endpoint turns terminating (then back, next time).
+        // Each round one slice changes: in turn, an endpoint turns terminating, or a pod is
+        // replaced (each against the slice's previous version, which undoes its last change).
         let t = rounds(&mut index, &proxy, |round| {
             let s = (round % 100) as u32;
-            let term = (round / 100) % 2 == 0;
-            slice(
-                "web",
-                "big",
-                &format!("big-{s}"),
-                base + s * 100,
-                100,
-                term.then_some(round as u32 % 100),
-                2 + round as u64,
-            )
+            let kind = round % 2;
+            let at = (round / 100) as u32 * 7 % 100;
+            let change = if kind == 0 { Change::Terminating(at) } else { Change::Replaced(at) };
+            (slice("web", "big", &format!("big-{s}"), base + s * 100, 100, change, 2 + round as u64), kind)
         });
         let members = proxy.snapshot().table.pools()[0].members.len();
         report("  one slice of 100 changes, per round:", t, members);
@@ -245,7 +269,7 @@ fn main() {
             let s = s as u32;
             // A different endpoint of every slice turns terminating in each batch.
             let term = (s + b as u32 + 1) % 100;
-            slice("web", "big", &format!("big-{s}"), base + s * 100, 100, Some(term), 1_000 + b as u64)
+            slice("web", "big", &format!("big-{s}"), base + s * 100, 100, Change::Terminating(term), 1_000 + b as u64)
         });
         println!(
             "  a rollout, all 100 slices changing within one publication interval: {:.3} ms CPU per changed slice ({:.2} ms wall per rebuild)",
@@ -256,29 +280,23 @@ fn main() {
     }
     println!();
     // 2. 1,000 pools x 10 endpoints, one slice each.
-    {
+    if run("many-pools") {
         let proxy = Proxy::new(ProxySettings::default());
         let mut index = Index::new(filter);
         let base = u32::from(std::net::Ipv4Addr::new(10, 2, 0, 0));
         for p in 0..1000u32 {
             let name = format!("p{p}");
             index.apply_pool(pool("web", &name, &name, &format!("{name}.example.com")));
-            index.apply_slice(slice("web", &name, &format!("{name}-a"), base + p * 10, 10, None, 1));
+            index.apply_slice(slice("web", &name, &format!("{name}-a"), base + p * 10, 10, Change::None, 1));
         }
         initial(&mut index, &proxy, "1,000 pools x 10 endpoints");
         let t = rounds(&mut index, &proxy, |round| {
             let p = (round * 7 % 1000) as u32;
             let name = format!("p{p}");
-            let term = (round / 1000) % 2 == 0;
-            slice(
-                "web",
-                &name,
-                &format!("{name}-a"),
-                base + p * 10,
-                10,
-                term.then_some(round as u32 % 10),
-                2 + round as u64,
-            )
+            let kind = round % 2;
+            let at = round as u32 % 10;
+            let change = if kind == 0 { Change::Terminating(at) } else { Change::Replaced(at) };
+            (slice("web", &name, &format!("{name}-a"), base + p * 10, 10, change, 2 + round as u64), kind)
         });
         let members: usize = proxy.snapshot().table.pools().iter().map(|p| p.members.len()).sum();
         report("  one pool's slice changes, per round:", t, members);
@@ -291,7 +309,7 @@ fn main() {
                 &format!("{name}-a"),
                 base + p * 10,
                 10,
-                Some((b + b / 10) as u32 % 10),
+                Change::Terminating((b + b / 10) as u32 % 10),
                 10_000 + b as u64,
             )
         });

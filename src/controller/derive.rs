@@ -184,7 +184,15 @@ pub fn slice_members(slice: &EndpointSlice, port: &IntOrString, route_from: Rout
     if no_route > 0 {
         out.skipped.push(Skipped::NoRoute { slice: slice_name(slice), count: no_route });
     }
+    // Sorted once per slice, so a changed slice is compared with its cached version in one walk
+    // ([`MemberClaims::replace`]).
+    out.candidates.sort_unstable_by(candidate_order);
     out
+}
+
+/// Route, then state (ready first), then address.
+fn candidate_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    (a.route.as_str(), a.state, a.address).cmp(&(b.route.as_str(), b.state, b.address))
 }
 
 /// Every candidate of a pool's slices, grouped by route: the state [`merge`] computes from
@@ -193,20 +201,30 @@ pub fn slice_members(slice: &EndpointSlice, port: &IntOrString, route_from: Rout
 /// members then come out of one ordered walk, with no sorting and no string copies.
 #[derive(Clone, Debug, Default)]
 pub struct MemberClaims {
-    /// Per route, every (state, address) that claims it; usually exactly one.
-    routes: BTreeMap<Route, Vec<(EndpointState, SocketAddr)>>,
+    /// Per route, every (state, address) that claims it.
+    routes: BTreeMap<Route, Claims>,
+}
+
+/// The claims on one route: usually exactly one, kept inline so the walk over 10,000 routes
+/// touches no other memory.
+#[derive(Clone, Debug)]
+struct Claims {
+    first: (EndpointState, SocketAddr),
+    /// The same route listed again (by another slice, or with another address).
+    more: Vec<(EndpointState, SocketAddr)>,
+}
+
+impl Claims {
+    fn best(&self) -> (EndpointState, SocketAddr) {
+        self.more.iter().copied().fold(self.first, std::cmp::min)
+    }
 }
 
 impl MemberClaims {
     /// Adds a slice's candidates.
     pub fn add(&mut self, slice: &SliceMembers) {
         for c in &slice.candidates {
-            match self.routes.get_mut(c.route.as_str()) {
-                Some(claims) => claims.push((c.state, c.address)),
-                None => {
-                    self.routes.insert(c.route.clone(), vec![(c.state, c.address)]);
-                }
-            }
+            self.add_one(c);
         }
     }
 
@@ -214,13 +232,62 @@ impl MemberClaims {
     /// slices stays while either lists it).
     pub fn remove(&mut self, slice: &SliceMembers) {
         for c in &slice.candidates {
-            let Some(claims) = self.routes.get_mut(c.route.as_str()) else { continue };
-            if let Some(k) = claims.iter().position(|x| *x == (c.state, c.address)) {
-                claims.swap_remove(k);
+            self.remove_one(c);
+        }
+    }
+
+    /// Replaces a slice's `old` candidates by its `new` ones, touching only the candidates that
+    /// differ: both lists are sorted ([`slice_members`]), so this is one walk over 100
+    /// candidates and a map update per endpoint that actually changed.
+    pub fn replace(&mut self, old: &SliceMembers, new: &SliceMembers) {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        let (a, b) = (&old.candidates, &new.candidates);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let ord = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => candidate_order(x, y),
+                (Some(_), None) => Less,
+                _ => Greater,
+            };
+            match ord {
+                Less => {
+                    self.remove_one(&a[i]);
+                    i += 1;
+                }
+                Greater => {
+                    self.add_one(&b[j]);
+                    j += 1;
+                }
+                Equal => {
+                    i += 1;
+                    j += 1;
+                }
             }
-            if claims.is_empty() {
-                self.routes.remove(c.route.as_str());
+        }
+    }
+
+    fn add_one(&mut self, c: &Candidate) {
+        let claim = (c.state, c.address);
+        match self.routes.get_mut(c.route.as_str()) {
+            Some(claims) => claims.more.push(claim),
+            None => {
+                self.routes.insert(c.route.clone(), Claims { first: claim, more: Vec::new() });
             }
+        }
+    }
+
+    fn remove_one(&mut self, c: &Candidate) {
+        let claim = (c.state, c.address);
+        let Some(claims) = self.routes.get_mut(c.route.as_str()) else { return };
+        if claims.first == claim {
+            match claims.more.pop() {
+                Some(next) => claims.first = next,
+                None => {
+                    self.routes.remove(c.route.as_str());
+                }
+            }
+        } else if let Some(k) = claims.more.iter().position(|x| *x == claim) {
+            claims.more.swap_remove(k);
         }
     }
 
@@ -237,11 +304,11 @@ impl MemberClaims {
         let mut members: Vec<MemberConfig> = self
             .routes
             .iter()
-            .filter_map(|(route, claims)| {
-                let &(state, address) = claims.iter().min()?;
+            .map(|(route, claims)| {
+                let (state, address) = claims.best();
                 any_ready |= state == EndpointState::Ready;
                 let status = if state == EndpointState::Terminating { MemberStatus::Drain } else { MemberStatus::Ok };
-                Some(MemberConfig { route: route.clone(), address, load_factor: 1, status, lb_set: 0 })
+                MemberConfig { route: route.clone(), address, load_factor: 1, status, lb_set: 0 }
             })
             .collect();
         let mut terminating = Vec::new();

@@ -306,8 +306,7 @@ impl Index {
                         Some((crv, _)) if crv.is_some() && crv == rv => {}
                         Some(cached) => {
                             let fresh = Arc::new(derive::slice_members(s, &svc.port, route_from));
-                            claims.remove(&cached.1);
-                            claims.add(&fresh);
+                            claims.replace(&cached.1, &fresh);
                             *cached = (rv.clone(), fresh);
                         }
                         None => {

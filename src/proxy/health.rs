@@ -103,8 +103,11 @@ impl HealthChecks {
                 if prev.is_some_and(|p| Arc::ptr_eq(p, pool)) {
                     continue;
                 }
-                for m in &pool.members {
-                    if !m.runtime.healthy.load(Relaxed) && !m.runtime.healthy.swap(true, Relaxed) {
+                // Members carried over from a pool without checks are healthy already and a new
+                // runtime starts healthy: only checks that stopped can have left one unhealthy.
+                let checks_stopped = prev.is_none_or(|p| p.config.health.active.is_some());
+                for (j, m) in pool.members.iter().enumerate() {
+                    if (checks_stopped || pool.previous_index(j).is_none()) && !m.runtime.healthy.swap(true, Relaxed) {
                         m.runtime.healthy_since_ms.store(Clock.now_ms(), Relaxed);
                     }
                 }

@@ -241,8 +241,9 @@ impl Proxy {
             .iter()
             .zip(&prevs)
             .map(|(p, prev)| match prev {
-                // The same pool (unchanged config): the same extras.
-                Some((pp, pe)) if Arc::ptr_eq(pp, p) => Arc::clone(pe),
+                // The same pool (unchanged config), or the same members in the same places with
+                // the same connection settings (a member changed state): the same extras.
+                Some((pp, pe)) if Arc::ptr_eq(pp, p) || same_members(pp, p) => Arc::clone(pe),
                 _ => Arc::new(self.pool_ext(p, *prev)),
             })
             .collect();
@@ -288,6 +289,15 @@ impl Proxy {
         self.snapshot.store(Arc::new(Snapshot { table, ext }));
         conflicts
     }
+}
+
+/// Whether `p` was built from `prev` keeping every member at its index (route and address
+/// unchanged) and the per-member connection settings: the proxy's extras of `prev` then serve
+/// `p` as they are, without a reference count per member.
+fn same_members(prev: &crate::core::Pool, p: &crate::core::Pool) -> bool {
+    prev.members.len() == p.members.len()
+        && prev.config.timeouts == p.config.timeouts
+        && (0..p.members.len()).all(|i| p.previous_index(i) == Some(i))
 }
 
 /// Why an operator's change was refused.
