@@ -192,7 +192,7 @@ pub fn slice_members(slice: &EndpointSlice, port: &IntOrString, route_from: Rout
 
 /// Route, then state (ready first), then address.
 fn candidate_order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    (a.route.as_str(), a.state, a.address).cmp(&(b.route.as_str(), b.state, b.address))
+    (&a.route, a.state, a.address).cmp(&(&b.route, b.state, b.address))
 }
 
 /// Every candidate of a pool's slices, grouped by route: the state [`merge`] computes from
@@ -358,7 +358,7 @@ pub fn pool_config(id: PoolId, spec: &BalancerPoolSpec, derived: Derived) -> Res
     // derivation's route order through validation, so each is found by binary search.
     if !spec.members.is_empty() {
         for route in &derived.terminating {
-            if let Ok(i) = cfg.members.binary_search_by(|m| m.route.as_str().cmp(route.as_str()))
+            if let Ok(i) = cfg.members.binary_search_by(|m| m.route.cmp(route))
                 && matches!(cfg.members[i].status, MemberStatus::Ok | MemberStatus::HotStandby)
             {
                 cfg.members[i].status = MemberStatus::Drain;

@@ -433,7 +433,7 @@ pub fn validate_static(id: PoolId, spec: &BalancerPoolSpec) -> Result<PoolConfig
         p.add("spec.backend.service", "needs the Kubernetes controller; a standalone file lists backend.members");
     }
     let members = static_members(&mut p, spec);
-    let sorted = members.windows(2).all(|w| w[0].route.as_str() < w[1].route.as_str());
+    let sorted = members.windows(2).all(|w| w[0].route < w[1].route);
     let cfg = validate_with_members(&mut p, id, spec, members, sorted);
     if p.0.is_empty() { Ok(cfg) } else { Err(p.0) }
 }
@@ -458,7 +458,7 @@ pub fn validate_service_backed(
     }
     // Derived members come sorted by route: the derivation's contract (see its tests), checked
     // in debug builds rather than paid for on every republication.
-    debug_assert!(members.windows(2).all(|w| w[0].route.as_str() < w[1].route.as_str()));
+    debug_assert!(members.windows(2).all(|w| w[0].route < w[1].route));
     let cfg = validate_with_members(&mut p, id, spec, members, true);
     if p.0.is_empty() { Ok(cfg) } else { Err(p.0) }
 }
@@ -538,7 +538,7 @@ fn validate_with_members(
         // An override for a route that is not (yet) a member is kept silently: with Services,
         // a pod may come back under the same name.
         let found = if members_sorted {
-            members.binary_search_by(|m| m.route.as_str().cmp(o.route.as_str())).ok()
+            members.binary_search_by(|m| m.route.as_bytes().cmp(o.route.as_bytes())).ok()
         } else {
             members.iter().position(|m| m.route == o.route)
         };

@@ -219,7 +219,9 @@ impl Pool {
     pub fn member_index(&self, route: &str) -> Option<usize> {
         match &self.route_index {
             RouteIndex::Scan => self.members.iter().position(|m| m.config.route == route),
-            RouteIndex::Sorted => self.members.binary_search_by(|m| m.config.route.as_str().cmp(route)).ok(),
+            RouteIndex::Sorted => {
+                self.members.binary_search_by(|m| m.config.route.as_bytes().cmp(route.as_bytes())).ok()
+            }
             RouteIndex::Hashed(map) => map.get(route).copied(),
         }
     }
