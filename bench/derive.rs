@@ -161,13 +161,11 @@ fn report(name: &str, mut t: Times, members: usize) {
         pct(&mut total, 0.99).as_secs_f64() * 1e3,
         pct(&mut total, 1.0).as_secs_f64() * 1e3
     );
-    for k in 0..2 {
-        if t.count[k] > 0 {
+    for ((kind, cpu), count) in KINDS.iter().zip(t.cpu).zip(t.count) {
+        if count > 0 {
             println!(
-                "  CPU per changed slice, {} ({} rounds): {:.3} ms",
-                KINDS[k],
-                t.count[k],
-                (t.cpu[k] / t.count[k]).as_secs_f64() * 1e3
+                "  CPU per changed slice, {kind} ({count} rounds): {:.3} ms",
+                (cpu / count).as_secs_f64() * 1e3
             );
         }
     }
