@@ -163,10 +163,7 @@ fn report(name: &str, mut t: Times, members: usize) {
     );
     for ((kind, cpu), count) in KINDS.iter().zip(t.cpu).zip(t.count) {
         if count > 0 {
-            println!(
-                "  CPU per changed slice, {kind} ({count} rounds): {:.3} ms",
-                (cpu / count).as_secs_f64() * 1e3
-            );
+            println!("  CPU per changed slice, {kind} ({count} rounds): {:.3} ms", (cpu / count).as_secs_f64() * 1e3);
         }
     }
     println!(

@@ -517,4 +517,58 @@ mod tests {
         let p3 = Pool::new(moved, Some(&p1));
         assert!(!Arc::ptr_eq(&p1.members[1].runtime, &p3.members[1].runtime));
     }
+
+    fn big(routes: &[String], port_of: impl Fn(&str) -> u16) -> PoolConfig {
+        let spec = api::BalancerPoolSpec {
+            backend: api::Backend {
+                members: routes
+                    .iter()
+                    .map(|r| api::StaticMember {
+                        address: format!("127.0.0.1:{}", port_of(r)),
+                        route: r.clone(),
+                        load_factor: None,
+                        lb_set: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        validate_static(PoolId { namespace: "default".into(), name: "big".into() }, &spec).unwrap()
+    }
+
+    #[test]
+    fn large_rebuild_carries_state_along_the_routes() {
+        let routes: Vec<String> = (0..40).map(|i| format!("pod-{i:02}")).collect();
+        let p1 = Pool::new(big(&routes, |_| 9000), None);
+        assert!(p1.config.members_sorted && matches!(p1.route_index, RouteIndex::Sorted));
+        // pod-05 leaves, pod-40 joins, pod-10 moves to a new address.
+        let mut next: Vec<String> = routes.iter().filter(|r| *r != "pod-05").cloned().collect();
+        next.push("pod-40".into());
+        let p2 = Pool::new(big(&next, |r| if r == "pod-10" { 9001 } else { 9000 }), Some(&p1));
+        for (i, m) in p2.members.iter().enumerate() {
+            let carried = p2.previous_index(i).map(|j| p1.members[j].route());
+            match m.route() {
+                "pod-40" | "pod-10" => assert_eq!(carried, None, "{}", m.route()),
+                r => {
+                    assert_eq!(carried, Some(r));
+                    let j = p1.member_index(r).unwrap();
+                    assert!(Arc::ptr_eq(&p1.members[j].runtime, &m.runtime));
+                }
+            }
+            assert_eq!(p2.member_index(m.route()), Some(i), "found by binary search");
+        }
+        assert_eq!(p2.member_index("pod-05"), None);
+        assert_eq!(p2.member_index("pod-99"), None);
+        // Listed out of order, a large static pool is indexed by hash, and carries state too.
+        let mut shuffled = next.clone();
+        shuffled.reverse();
+        let p3 = Pool::new(big(&shuffled, |r| if r == "pod-10" { 9001 } else { 9000 }), Some(&p2));
+        assert!(!p3.config.members_sorted && matches!(p3.route_index, RouteIndex::Hashed(_)));
+        for (i, m) in p3.members.iter().enumerate() {
+            assert_eq!(p3.member_index(m.route()), Some(i));
+            let j = p3.previous_index(i).expect("every member kept its route and address");
+            assert!(Arc::ptr_eq(&p2.members[j].runtime, &m.runtime));
+        }
+    }
 }

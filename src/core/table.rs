@@ -329,4 +329,30 @@ mod tests {
         assert_eq!(rewrite_path("/", "/app", "/a/b").as_deref(), Some("/app/a/b"));
         assert_eq!(rewrite_path("/x", "/x", "/x/a"), None);
     }
+
+    #[test]
+    fn a_rebuild_with_the_same_frontends_shares_the_host_index() {
+        let a = Arc::new(cfg("a", &["a.com"], "/"));
+        let b = Arc::new(cfg("b", &["b.com"], "/"));
+        let loser = Arc::new(cfg("late", &["a.com"], "/"));
+        let (t1, c1) = RoutingTable::build(vec![a.clone(), loser.clone(), b.clone()], None);
+        assert_eq!(c1.len(), 1);
+        // b's members change: same hosts and prefixes everywhere.
+        let mut b2 = (*b).clone();
+        b2.members[0].address = "127.0.0.1:2".parse().unwrap();
+        let (t2, c2) = RoutingTable::build(vec![a.clone(), loser.clone(), Arc::new(b2)], Some(&t1));
+        assert!(Arc::ptr_eq(&t1.frontends, &t2.frontends), "host index shared");
+        assert_eq!(c1, c2, "and the conflicts it found");
+        assert!(Arc::ptr_eq(&t1.pools()[0], &t2.pools()[0]), "a unchanged: the same pool");
+        assert!(!Arc::ptr_eq(&t1.pools()[1], &t2.pools()[1]), "b rebuilt");
+        assert_eq!(name(&t2, Some("b.com"), "/"), Some("b"));
+        assert_eq!(t2.previous_of(1, &t1).map(|p| p.config.id.name.as_str()), Some("b"));
+        // A host changes: a new index, the loser now serves its own host.
+        let moved = Arc::new(cfg("late", &["late.com"], "/"));
+        let (t3, c3) = RoutingTable::build(vec![a, moved, b], Some(&t2));
+        assert!(!Arc::ptr_eq(&t2.frontends, &t3.frontends) && c3.is_empty());
+        assert_eq!(name(&t3, Some("late.com"), "/"), Some("late"));
+        assert_eq!(t3.previous_of(1, &t2).map(|p| p.config.id.name.as_str()), None, "late is new");
+        assert_eq!(t3.previous_of(2, &t2).map(|p| p.config.id.name.as_str()), Some("b"), "found by id");
+    }
 }

@@ -312,7 +312,68 @@ fn parse_heartbeat(v: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_heartbeat;
+    use super::*;
+
+    fn table(members: &[(&str, u16)], interval: Option<&str>, previous: Option<&RoutingTable>) -> RoutingTable {
+        let m: String = members
+            .iter()
+            .map(|(r, port)| format!("      - {{address: \"127.0.0.1:{port}\", route: {r}}}\n"))
+            .collect();
+        let health =
+            interval.map_or(String::new(), |i| format!("  health:\n    active: {{path: /h, interval: {i}}}\n"));
+        let yaml = format!(
+            "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: a}}\nspec:\n  backend:\n    members:\n{m}{health}"
+        );
+        let configs = crate::standalone::parse_pools(&yaml).unwrap();
+        RoutingTable::build(configs, previous).0
+    }
+
+    fn running(checks: &HealthChecks) -> Vec<(String, tokio::task::Id)> {
+        let tasks = checks.tasks.lock().unwrap();
+        let mut v: Vec<_> = tasks
+            .values()
+            .flat_map(|p| p.tasks.iter().map(|((r, a), t)| (format!("{r}@{}", a.port()), t.id())))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn reconcile_follows_the_members_and_the_settings() {
+        let checks = HealthChecks::default();
+        let t1 = table(&[("a", 1), ("b", 2)], Some("1s"), None);
+        checks.reconcile(&t1, &[None]);
+        let first = running(&checks);
+        assert_eq!(first.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a@1", "b@2"]);
+        // b leaves, c joins, a stays: a keeps its task (and its rise/fall counters).
+        let t2 = table(&[("a", 1), ("c", 3)], Some("1s"), Some(&t1));
+        checks.reconcile(&t2, &[t2.previous_of(0, &t1)]);
+        let second = running(&checks);
+        assert_eq!(second.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a@1", "c@3"]);
+        assert_eq!(second[0].1, first[0].1, "a's task was kept");
+        // a moves to a new address: a new task for the new address only.
+        let t3 = table(&[("a", 4), ("c", 3)], Some("1s"), Some(&t2));
+        checks.reconcile(&t3, &[t3.previous_of(0, &t2)]);
+        let third = running(&checks);
+        assert_eq!(third.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a@4", "c@3"]);
+        assert_eq!(third[1].1, second[1].1, "c's task was kept");
+        // New settings: every task restarts.
+        let t4 = table(&[("a", 4), ("c", 3)], Some("2s"), Some(&t3));
+        checks.reconcile(&t4, &[t4.previous_of(0, &t3)]);
+        let fourth = running(&checks);
+        assert!(fourth.iter().zip(&third).all(|(n, o)| n.0 == o.0 && n.1 != o.1));
+        // Checks turned off: no task, and members are healthy.
+        t4.pools()[0].members[0].runtime.healthy.store(false, Relaxed);
+        let t5 = table(&[("a", 4), ("c", 3)], None, Some(&t4));
+        checks.reconcile(&t5, &[t5.previous_of(0, &t4)]);
+        assert!(running(&checks).is_empty());
+        assert!(t5.pools()[0].members.iter().all(|m| m.runtime.healthy.load(Relaxed)));
+        // The pool leaves the table: nothing left behind.
+        let t6 = table(&[("a", 4)], Some("1s"), Some(&t5));
+        checks.reconcile(&t6, &[None]);
+        checks.reconcile(&RoutingTable::default(), &[]);
+        assert!(checks.tasks.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn heartbeat_header() {

@@ -349,4 +349,21 @@ mod tests {
         assert!(Arc::ptr_eq(&same.table.pools()[1], &changed.table.pools()[1]));
         assert!(Arc::ptr_eq(&same.table.pools()[0].members[0].runtime, &changed.table.pools()[0].members[0].runtime));
     }
+
+    #[tokio::test]
+    async fn a_state_change_keeps_the_proxy_extras_whole() {
+        let proxy = Proxy::new(ProxySettings::default());
+        let yaml = |status: &str| {
+            format!(
+                "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: a}}\nspec:\n  backend:\n    members:\n      - {{address: \"127.0.0.1:1\", route: x}}\n      - {{address: \"127.0.0.1:2\", route: y}}\n  members:\n    - {{route: x, status: {status}}}\n"
+            )
+        };
+        proxy.publish(crate::standalone::parse_pools(&yaml("Ok")).unwrap());
+        let before = proxy.snapshot();
+        proxy.publish(crate::standalone::parse_pools(&yaml("Drain")).unwrap());
+        let after = proxy.snapshot();
+        assert!(!Arc::ptr_eq(&before.table.pools()[0], &after.table.pools()[0]), "the pool is rebuilt");
+        assert_eq!(after.table.pools()[0].members[0].config.status, crate::api::MemberStatus::Drain);
+        assert!(Arc::ptr_eq(&before.ext[0], &after.ext[0]), "same members in the same places: same extras");
+    }
 }
