@@ -95,13 +95,15 @@ impl HealthChecks {
         let mut checked_pools = 0;
         for (i, pool) in table.pools().iter().enumerate() {
             let prev = previous.get(i).copied().flatten();
+            let unchanged = prev.is_some_and(|p| Arc::ptr_eq(p, pool));
             let id = &pool.config.id;
             let Some(check) = &pool.config.health.active else {
+                // An unchanged pool without checks has had none since it was built.
+                if unchanged {
+                    continue;
+                }
                 if let Some(mut gone) = tasks.remove(id) {
                     gone.abort_all();
-                }
-                if prev.is_some_and(|p| Arc::ptr_eq(p, pool)) {
-                    continue;
                 }
                 // Members carried over from a pool without checks are healthy already and a new
                 // runtime starts healthy: only checks that stopped can have left one unhealthy.

@@ -249,9 +249,14 @@ impl Proxy {
             .collect();
         // Series of members and pools that left.
         let mut survivors = vec![false; previous.table.pools().len()];
-        for (p, prev) in table.pools().iter().zip(&prevs) {
+        for (i, (p, prev)) in table.pools().iter().zip(&prevs).enumerate() {
             let Some((old, _)) = prev else { continue };
-            if let Some(k) = previous.table.pool_index(&old.config.id) {
+            // Found by position first, like `prevs`: no hashing for pools that kept their place.
+            let k = match previous.table.pools().get(i) {
+                Some(x) if Arc::ptr_eq(x, old) => Some(i),
+                _ => previous.table.pool_index(&old.config.id),
+            };
+            if let Some(k) = k {
                 survivors[k] = true;
             }
             if Arc::ptr_eq(old, p) {
