@@ -46,6 +46,35 @@ pub struct MemberRuntime {
     pub failures: [AtomicU64; 4],
     /// Health checks passed and failed.
     pub checks: [AtomicU64; 2],
+    /// What an adapter keeps beside the member: the proxy's connection pool, parsed authority
+    /// and metric handles.
+    pub extension: Extension,
+}
+
+/// A per-member slot for an adapter's own state. Tied to the runtime, that state lives exactly
+/// as long as the member keeps its route and address, and a table rebuild carries it along
+/// with the runtime: no per-member work in the adapter when 1 of 10,000 members changes. The
+/// core knows nothing of its type (`Any`), so it stays free of hyper.
+#[derive(Default)]
+pub struct Extension(OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Extension {
+    /// The state, made by `init` on first use. `None` only if a value of another type is there
+    /// (two adapters sharing one member): the caller then goes without.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(init())).downcast_ref()
+    }
+
+    /// The state if it was made.
+    pub fn get<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        self.0.get()?.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Extension(set)" } else { "Extension(empty)" })
+    }
 }
 
 /// Kinds of failed attempts, indexing [`MemberRuntime::failures`].
@@ -97,6 +126,7 @@ impl MemberRuntime {
             heartbeat_at_ms: AtomicU64::new(0),
             failures: Default::default(),
             checks: Default::default(),
+            extension: Extension::default(),
         }
     }
 

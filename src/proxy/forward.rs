@@ -299,10 +299,14 @@ impl Proxy {
                     return resp;
                 }
             };
+            let Some(mext) = self.member_ext(pool, idx) else {
+                // Only the proxy fills the member's extension slot: unreachable, but answered.
+                return plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n");
+            };
             tried.push(idx);
             let member = &pool.members[idx];
             vars.worker_route = Some(member.route());
-            vars.worker_name = Some(&ext.members[idx].worker_name);
+            vars.worker_name = Some(&mext.worker_name);
             vars.route_changed = sticky.is_some() && vars.balanced.is_some();
 
             let last_try = tried.len() >= max_attempts;
@@ -336,7 +340,7 @@ impl Proxy {
                     *r.headers_mut() = if keep_copy { headers.clone() } else { std::mem::take(&mut headers) };
                     if !r.headers().contains_key(header::HOST) {
                         // An HTTP/1.0 client without Host: name the member.
-                        if let Ok(h) = HeaderValue::from_str(ext.members[idx].authority.as_str()) {
+                        if let Ok(h) = HeaderValue::from_str(mext.authority.as_str()) {
                             r.headers_mut().insert(header::HOST, h);
                         }
                     }
@@ -349,7 +353,8 @@ impl Proxy {
 
             let busy = Busy::enter(&member.runtime);
             let sent_at = Instant::now();
-            let result = tokio::time::timeout(pool.config.timeouts.response, ext.members[idx].conns.send(up)).await;
+            let t = pool.config.timeouts;
+            let result = tokio::time::timeout(t.response, mext.conns.send(up, t.connect, t.idle)).await;
             drop(busy);
             match result {
                 Ok(Ok(resp)) => {
@@ -401,8 +406,10 @@ impl Proxy {
 
         let mut resp = resp;
         let member = &pool.members[idx];
-        if self.settings.metrics {
-            ext.members[idx].metrics.observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
+        if self.settings.metrics
+            && let Some(mext) = self.member_ext(pool, idx)
+        {
+            mext.metrics.observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             match upgrade {

@@ -62,8 +62,9 @@ impl Default for ProxySettings {
 }
 
 /// What the proxy keeps per member beside the core member: its connection pool, its authority
-/// parsed once, and its metric handles. One `Arc` per member, so republishing a pool whose
-/// members mostly stayed costs a reference count per member.
+/// parsed once, and its metric handles. It lives in the member's runtime
+/// ([`crate::core::member::Extension`]), so it is made once per route and address and a
+/// republication does no per-member work for it.
 #[derive(Debug)]
 pub(crate) struct MemberExt {
     pub(crate) conns: Arc<MemberConns>,
@@ -73,10 +74,9 @@ pub(crate) struct MemberExt {
     pub(crate) metrics: MemberMetrics,
 }
 
-/// What the proxy needs beside the core pool (members index-aligned with the pool's).
+/// What the proxy needs beside the core pool.
 #[derive(Debug)]
 pub(crate) struct PoolExt {
-    pub(crate) members: Vec<Arc<MemberExt>>,
     /// `BALANCER_NAME` (`namespace/name`).
     pub(crate) balancer_name: HeaderValue,
     /// Metric handles of the pool.
@@ -173,39 +173,29 @@ impl Proxy {
         Ok(())
     }
 
-    /// The proxy's extras of a new or changed pool; a member that kept its route and address
-    /// keeps its extras (warm connections, metric handles) from `prev`, found through
-    /// [`crate::core::Pool::previous_index`] without any lookup.
-    fn pool_ext(&self, p: &crate::core::Pool, prev: Option<(&Arc<crate::core::Pool>, &Arc<PoolExt>)>) -> PoolExt {
-        let t = p.config.timeouts;
-        let same_timeouts = prev.filter(|(pp, _)| pp.config.timeouts == t);
-        let members = p
-            .members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| match (same_timeouts, p.previous_index(i)) {
-                (Some((_, pe)), Some(j)) => Arc::clone(&pe.members[j]),
-                _ => {
-                    let addr = m.config.address;
-                    Arc::new(MemberExt {
-                        conns: MemberConns::new(addr, t.connect, t.idle),
-                        authority: Authority::try_from(addr.to_string().as_str())
-                            .unwrap_or_else(|_| Authority::from_static("invalid.invalid")),
-                        worker_name: HeaderValue::try_from(format!("http://{addr}"))
-                            .unwrap_or(HeaderValue::from_static("")),
-                        metrics: self.metrics.member_handles(&p.config.id, m.route()),
-                    })
-                }
-            })
-            .collect();
-        let (metrics, balancer_name) = match prev {
-            Some((_, pe)) => (pe.metrics.clone(), pe.balancer_name.clone()),
-            None => (
-                self.metrics.pool_handles(p),
-                HeaderValue::try_from(p.config.id.to_string()).unwrap_or(HeaderValue::from_static("")),
-            ),
-        };
-        PoolExt { members, balancer_name, metrics }
+    /// The proxy's extras of a new pool.
+    fn pool_ext(&self, p: &crate::core::Pool) -> PoolExt {
+        PoolExt {
+            metrics: self.metrics.pool_handles(p),
+            balancer_name: HeaderValue::try_from(p.config.id.to_string()).unwrap_or(HeaderValue::from_static("")),
+        }
+    }
+
+    /// The proxy's extras of member `i` of `pool`, made on first use (publication makes them
+    /// for every new member, so requests find them made). `None` only if another adapter's
+    /// state sits in the slot, which this crate never does.
+    pub(crate) fn member_ext<'p>(&self, pool: &'p crate::core::Pool, i: usize) -> Option<&'p MemberExt> {
+        let m = &pool.members[i];
+        m.runtime.extension.get_or_init(|| {
+            let addr = m.config.address;
+            MemberExt {
+                conns: MemberConns::new(addr),
+                authority: Authority::try_from(addr.to_string().as_str())
+                    .unwrap_or_else(|_| Authority::from_static("invalid.invalid")),
+                worker_name: HeaderValue::try_from(format!("http://{addr}")).unwrap_or(HeaderValue::from_static("")),
+                metrics: self.metrics.member_handles(&pool.config.id, m.route()),
+            }
+        })
     }
 
     fn publish_locked(&self, configs: Vec<Arc<PoolConfig>>) -> Vec<Conflict> {
@@ -240,11 +230,18 @@ impl Proxy {
             .pools()
             .iter()
             .zip(&prevs)
-            .map(|(p, prev)| match prev {
-                // The same pool (unchanged config), or the same members in the same places with
-                // the same connection settings (a member changed state): the same extras.
-                Some((pp, pe)) if Arc::ptr_eq(pp, p) || same_members(pp, p) => Arc::clone(pe),
-                _ => Arc::new(self.pool_ext(p, *prev)),
+            .map(|(p, prev)| {
+                // Members new to the pool get their extras now, off the request path; the others
+                // carry theirs in their runtime.
+                if prev.is_none_or(|(pp, _)| !Arc::ptr_eq(pp, p)) {
+                    for i in (0..p.members.len()).filter(|&i| p.previous_index(i).is_none()) {
+                        self.member_ext(p, i);
+                    }
+                }
+                match prev {
+                    Some((_, pe)) => Arc::clone(pe),
+                    None => Arc::new(self.pool_ext(p)),
+                }
             })
             .collect();
         // Series of members and pools that left.
@@ -296,15 +293,6 @@ impl Proxy {
     }
 }
 
-/// Whether `p` was built from `prev` keeping every member at its index (route and address
-/// unchanged) and the per-member connection settings: the proxy's extras of `prev` then serve
-/// `p` as they are, without a reference count per member.
-fn same_members(prev: &crate::core::Pool, p: &crate::core::Pool) -> bool {
-    prev.members.len() == p.members.len()
-        && prev.config.timeouts == p.config.timeouts
-        && (0..p.members.len()).all(|i| p.previous_index(i) == Some(i))
-}
-
 /// Why an operator's change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -349,8 +337,12 @@ mod tests {
         proxy.publish(pools(&[("x", 1), ("y", 3), ("z", 4)]));
         let changed = proxy.snapshot();
         assert!(!Arc::ptr_eq(&same.table.pools()[0], &changed.table.pools()[0]));
-        assert!(Arc::ptr_eq(&same.ext[0].members[0], &changed.ext[0].members[0]), "x kept its warm connections");
-        assert!(!Arc::ptr_eq(&same.ext[0].members[1], &changed.ext[0].members[1]), "y moved: new connections");
+        let conns = |s: &Snapshot, i: usize| {
+            let ext = s.table.pools()[0].members[i].runtime.extension.get::<MemberExt>();
+            Arc::clone(&ext.expect("made at publication").conns)
+        };
+        assert!(Arc::ptr_eq(&conns(&same, 0), &conns(&changed, 0)), "x kept its warm connections");
+        assert!(!Arc::ptr_eq(&conns(&same, 1), &conns(&changed, 1)), "y moved: new connections");
         assert!(Arc::ptr_eq(&same.table.pools()[1], &changed.table.pools()[1]));
         assert!(Arc::ptr_eq(&same.table.pools()[0].members[0].runtime, &changed.table.pools()[0].members[0].runtime));
     }
@@ -369,6 +361,10 @@ mod tests {
         let after = proxy.snapshot();
         assert!(!Arc::ptr_eq(&before.table.pools()[0], &after.table.pools()[0]), "the pool is rebuilt");
         assert_eq!(after.table.pools()[0].members[0].config.status, crate::api::MemberStatus::Drain);
-        assert!(Arc::ptr_eq(&before.ext[0], &after.ext[0]), "same members in the same places: same extras");
+        assert!(Arc::ptr_eq(&before.ext[0], &after.ext[0]), "the pool's extras are kept");
+        for (b, a) in before.table.pools()[0].members.iter().zip(&after.table.pools()[0].members) {
+            let (b, a) = (b.runtime.extension.get::<MemberExt>(), a.runtime.extension.get::<MemberExt>());
+            assert!(Arc::ptr_eq(&b.unwrap().conns, &a.unwrap().conns), "and each member's, in its runtime");
+        }
     }
 }

@@ -34,12 +34,11 @@ struct Idle {
     since: Instant,
 }
 
-/// The connection pool of one member (by address and timeouts). Shared across routing tables
-/// so a reload keeps warm connections.
+/// The connection pool of one member (by address). Shared across routing tables so a reload
+/// keeps warm connections; the pool's timeouts come with each request, so a reload that
+/// changes them takes effect on the next one.
 pub struct MemberConns {
     addr: SocketAddr,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
     /// Grows in small blocks as connections are returned: an idle member costs no memory (a
     /// preallocated ring per member would cost megabytes for a pool of thousands).
     idle: SegQueue<Idle>,
@@ -99,14 +98,8 @@ pub struct Failed {
 
 impl MemberConns {
     /// An empty pool for the member at `addr`.
-    pub fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
-        Arc::new(MemberConns {
-            addr,
-            connect_timeout,
-            idle_timeout,
-            idle: SegQueue::new(),
-            idle_len: AtomicUsize::new(0),
-        })
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(MemberConns { addr, idle: SegQueue::new(), idle_len: AtomicUsize::new(0) })
     }
 
     /// Idle connections now.
@@ -120,10 +113,16 @@ impl MemberConns {
         Some(idle)
     }
 
-    /// Sends `req` over an idle connection, or a new one.
-    pub async fn send(self: &Arc<Self>, mut req: Request<UpstreamBody>) -> Result<Response<MemberBody>, Failed> {
+    /// Sends `req` over an idle connection (one idle for less than `idle_timeout`), or a new one
+    /// (made within `connect_timeout`).
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<UpstreamBody>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Response<MemberBody>, Failed> {
         while let Some(idle) = self.pop_idle() {
-            if idle.since.elapsed() > self.idle_timeout || idle.sender.is_closed() {
+            if idle.since.elapsed() > idle_timeout || idle.sender.is_closed() {
                 continue;
             }
             let mut sender = idle.sender;
@@ -146,7 +145,7 @@ impl MemberConns {
                 },
             }
         }
-        let mut sender = match self.connect().await {
+        let mut sender = match self.connect(connect_timeout).await {
             Ok(s) => s,
             Err(source) => {
                 return Err(Failed { error: SendError::Connect { addr: self.addr, source }, request: Some(req) });
@@ -164,8 +163,8 @@ impl MemberConns {
         }
     }
 
-    async fn connect(&self) -> std::io::Result<SendRequest<UpstreamBody>> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+    async fn connect(&self, connect_timeout: Duration) -> std::io::Result<SendRequest<UpstreamBody>> {
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
