@@ -101,12 +101,10 @@ fn pool(ns: &str, name: &str, service: &str, host: &str) -> BalancerPool {
 }
 
 /// CPU time of this thread (the benchmark runs on one thread: a current-thread runtime, no
-/// health-check tasks), in nanoseconds from the scheduler: `/proc/self/stat`'s 10 ms ticks
-/// are too coarse for sub-millisecond rounds.
+/// health-check tasks), from `CLOCK_THREAD_CPUTIME_ID`: exact to the nanosecond, where
+/// `/proc` figures are only brought up to date at scheduler ticks.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    let ns = stat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_nanos(ns)
+    cpu_time::ThreadTime::now().as_duration()
 }
 
 fn peak_rss_mib() -> f64 {
@@ -130,9 +128,8 @@ fn proc_status_mib(field: &str) -> f64 {
 struct Times {
     derive: Vec<Duration>,
     publish: Vec<Duration>,
-    /// CPU time and rounds, per kind of change.
-    cpu: [Duration; 2],
-    count: [u32; 2],
+    /// CPU time of each round, per kind of change.
+    cpu: [Vec<Duration>; 2],
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -161,14 +158,23 @@ fn report(name: &str, mut t: Times, members: usize) {
         pct(&mut total, 0.99).as_secs_f64() * 1e3,
         pct(&mut total, 1.0).as_secs_f64() * 1e3
     );
-    for ((kind, cpu), count) in KINDS.iter().zip(t.cpu).zip(t.count) {
-        if count > 0 {
-            println!("  CPU per changed slice, {kind} ({count} rounds): {:.3} ms", (cpu / count).as_secs_f64() * 1e3);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len().max(1) as u32;
+    for (kind, cpu) in KINDS.iter().zip(&mut t.cpu) {
+        if !cpu.is_empty() {
+            println!(
+                "  CPU per changed slice, {kind} ({} rounds): mean {:.3} ms, p50 {:.3} ms",
+                cpu.len(),
+                ms(mean(cpu)),
+                ms(pct(cpu, 0.5))
+            );
         }
     }
+    let mut all: Vec<Duration> = t.cpu.concat();
     println!(
-        "  CPU per changed slice, all {ROUNDS} rounds: {:.3} ms",
-        ((t.cpu[0] + t.cpu[1]) / ROUNDS as u32).as_secs_f64() * 1e3
+        "  CPU per changed slice, all {ROUNDS} rounds: mean {:.3} ms, p50 {:.3} ms",
+        ms(mean(&all)),
+        ms(pct(&mut all, 0.5))
     );
 }
 
@@ -205,8 +211,7 @@ fn rounds(index: &mut Index, proxy: &Proxy, change: impl Fn(usize) -> (EndpointS
     let mut t = Times {
         derive: Vec::with_capacity(ROUNDS),
         publish: Vec::with_capacity(ROUNDS),
-        cpu: [Duration::ZERO; 2],
-        count: [0; 2],
+        cpu: [Vec::new(), Vec::new()],
     };
     for round in 0..ROUNDS {
         // Built outside the measurement: that is the API server's and the decoder's work.
@@ -220,8 +225,7 @@ fn rounds(index: &mut Index, proxy: &Proxy, change: impl Fn(usize) -> (EndpointS
         let conflicts = proxy.publish(index.configs());
         let t2 = Instant::now();
         assert!(conflicts.is_empty() && changes.len() <= 1);
-        t.cpu[kind] += cpu_time() - cpu0;
-        t.count[kind] += 1;
+        t.cpu[kind].push(cpu_time() - cpu0);
         t.derive.push(t1 - t0);
         t.publish.push(t2 - t1);
     }
