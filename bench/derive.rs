@@ -26,6 +26,10 @@ use routeid::proxy::{Proxy, ProxySettings};
 
 const ROUNDS: usize = 300;
 
+/// The allocator of the `routeid` binary (src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What differs in a slice from its all-ready form.
 #[derive(Clone, Copy)]
 enum Change {
