@@ -1,5 +1,5 @@
 //! The controller end to end: BalancerPools and EndpointSlices in a fake API server become the
-//! proxy's routing table, and real requests reach real members on 127.0.0.1.
+//! proxy's routing table, and real requests reach real members on 127.0.0.x.
 
 use crate::support::cluster::*;
 use crate::support::fake_apiserver::FakeApiServer;
@@ -216,6 +216,116 @@ async fn a_burst_of_slice_changes_is_folded_into_few_publications_and_traffic_ne
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
         let rebuilt = r.controller.stats.publishes.load(std::sync::atomic::Ordering::Relaxed) - publishes;
         assert!(rebuilt < 15, "30 slice changes folded into {rebuilt} publications");
+        r.stop().await;
+    })
+    .await;
+}
+
+/// Binds one port on each of `ips` (127.0.0.x): pods have their own addresses and share the
+/// container port, as in a cluster.
+async fn same_port_on(ips: &[&str]) -> Vec<tokio::net::TcpListener> {
+    for _ in 0..20 {
+        let first = tokio::net::TcpListener::bind((ips[0], 0)).await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut all = vec![first];
+        for ip in &ips[1..] {
+            match tokio::net::TcpListener::bind((*ip, port)).await {
+                Ok(l) => all.push(l),
+                Err(_) => break,
+            }
+        }
+        if all.len() == ips.len() {
+            return all;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+/// One slice listing several pods (`(pod, address, condition)`), the port named `http`.
+fn multi_slice(
+    service: &str,
+    name: &str,
+    port: u16,
+    pods: &[(&str, &str, Cond)],
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    let endpoints: Vec<serde_json::Value> = pods
+        .iter()
+        .map(|(pod, ip, cond)| {
+            let (ready, serving, terminating) = match cond {
+                Cond::Ready => (true, true, false),
+                Cond::Terminating => (false, true, true),
+                Cond::NotReady => (false, false, false),
+            };
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": NS},
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": NS, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_their_own_addresses_behind_one_slice() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+        let listeners = same_port_on(&ips).await;
+        let port = listeners[0].local_addr().unwrap().port();
+        let names = ["shop-0", "shop-1", "shop-2"];
+        let _members: Vec<Member> =
+            listeners.into_iter().zip(names).map(|(l, name)| Member::start_on(l, name)).collect();
+        let all_ready: Vec<(&str, &str, Cond)> = names.iter().zip(ips).map(|(n, ip)| (*n, ip, Cond::Ready)).collect();
+        kube.put_slice(&multi_slice("shop", "shop-abcde", port, &all_ready)).await;
+        kube.create_pool(&pool("shop", "shop", json!({}))).await;
+        let r = Replica::start(&api, options("r1")).await;
+        eventually(WAIT, "three members", || async { r.members("shop").len() == 3 }).await;
+
+        // Each pod is reached at its own address, by the route its cookie names.
+        for name in names {
+            let got = get(r.proxy(), "/", &[("cookie", &format!("ROUTEID=.{name}"))]).await;
+            assert_eq!(got.route(), name);
+        }
+        let want: Vec<String> = ips.iter().map(|ip| format!("{ip}:{port}")).collect();
+        eventually(WAIT, "status lists each pod's address", || async {
+            let status = kube.status("shop").await.unwrap_or_default();
+            status.members.iter().map(|m| m.address.clone()).collect::<Vec<_>>() == want
+        })
+        .await;
+
+        // shop-1 terminates: its session stays, new sessions go elsewhere.
+        let mut draining = all_ready.clone();
+        draining[1].2 = Cond::Terminating;
+        kube.put_slice(&multi_slice("shop", "shop-abcde", port, &draining)).await;
+        eventually(WAIT, "shop-1 draining", || async {
+            r.members("shop").iter().any(|(n, s)| n == "shop-1" && s == "Drain")
+        })
+        .await;
+        assert_eq!(get(r.proxy(), "/", &[("cookie", "ROUTEID=.shop-1")]).await.route(), "shop-1");
+        for _ in 0..6 {
+            assert_ne!(get(r.proxy(), "/", &[]).await.route(), "shop-1", "no new session on a draining pod");
+        }
+
+        // shop-1 is gone: its session moves once, with a new cookie, and sticks there.
+        draining.remove(1);
+        kube.put_slice(&multi_slice("shop", "shop-abcde", port, &draining)).await;
+        eventually(WAIT, "two members", || async { r.members("shop").len() == 2 }).await;
+        let moved = get(r.proxy(), "/", &[("cookie", "ROUTEID=.shop-1")]).await;
+        assert_ne!(moved.route(), "shop-1");
+        let cookie = route_cookie(&moved).expect("a new route cookie for the moved session");
+        assert_eq!(cookie, format!(".{}", moved.route()));
+        let again = get(r.proxy(), "/", &[("cookie", &format!("ROUTEID={cookie}"))]).await;
+        assert_eq!(again.route(), moved.route());
+        assert!(route_cookie(&again).is_none(), "the session stays where it moved");
         r.stop().await;
     })
     .await;
