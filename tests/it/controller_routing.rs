@@ -251,14 +251,9 @@ fn multi_slice(
     let endpoints: Vec<serde_json::Value> = pods
         .iter()
         .map(|(pod, ip, cond)| {
-            let (ready, serving, terminating) = match cond {
-                Cond::Ready => (true, true, false),
-                Cond::Terminating => (false, true, true),
-                Cond::NotReady => (false, false, false),
-            };
             json!({
                 "addresses": [ip],
-                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                "conditions": cond.conditions(),
                 "targetRef": {"kind": "Pod", "name": pod, "namespace": NS},
             })
         })

@@ -121,13 +121,20 @@ pub enum Cond {
     NotReady,
 }
 
+impl Cond {
+    /// The endpoint's `conditions`, as the EndpointSlice controller writes them.
+    pub fn conditions(self) -> Value {
+        let (ready, serving, terminating) = match self {
+            Cond::Ready => (true, true, false),
+            Cond::Terminating => (false, true, true),
+            Cond::NotReady => (false, false, false),
+        };
+        json!({"ready": ready, "serving": serving, "terminating": terminating})
+    }
+}
+
 /// A slice named `<service>-<pod>` holding one endpoint: the member's address, port `http`.
 pub fn slice(service: &str, pod: &str, addr: SocketAddr, cond: Cond) -> EndpointSlice {
-    let (ready, serving, terminating) = match cond {
-        Cond::Ready => (true, true, false),
-        Cond::Terminating => (false, true, true),
-        Cond::NotReady => (false, false, false),
-    };
     serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {
@@ -138,7 +145,7 @@ pub fn slice(service: &str, pod: &str, addr: SocketAddr, cond: Cond) -> Endpoint
         "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
         "endpoints": [{
             "addresses": [addr.ip().to_string()],
-            "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+            "conditions": cond.conditions(),
             "targetRef": {"kind": "Pod", "name": pod, "namespace": NS},
         }],
     }))
