@@ -116,6 +116,9 @@ impl HealthChecks {
                 continue;
             };
             checked_pools += 1;
+            if unchanged && tasks.get(id).is_some_and(|c| !c.tasks.is_empty()) {
+                continue;
+            }
             let checks = tasks
                 .entry(id.clone())
                 .or_insert_with(|| PoolChecks { check: Arc::new(check.clone()), tasks: HashMap::new() });
@@ -133,7 +136,6 @@ impl HealthChecks {
                 tokio::spawn(check_loop(key, Arc::clone(&m.runtime), Arc::clone(&self.budget))).abort_handle()
             };
             match prev {
-                Some(old) if Arc::ptr_eq(old, pool) && !checks.tasks.is_empty() => {}
                 // The tasks match `old`'s members: stop the ones that left, start the new ones.
                 Some(old) if !checks.tasks.is_empty() => {
                     let mut kept = vec![false; old.members.len()];
