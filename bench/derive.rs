@@ -7,6 +7,9 @@
 //!    turns terminating, or gets a new address);
 //! 2. 1,000 pools × 10 endpoints (one slice each); one pool's slice changes per round.
 //!
+//! With `ROUTEID_BENCH_CHECKS=1` every pool has active health checks, so each publication also
+//! reconciles a check task per member.
+//!
 //! Reported per round: wall time (p50, p99, max) and CPU time (process user+system over all
 //! rounds, divided by the rounds), split into derivation (index update + re-derivation) and
 //! publication (`Proxy::publish` of the full list: new snapshot, member state carried over),
@@ -20,7 +23,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use routeid::api::{Backend, BalancerPool, BalancerPoolSpec, Frontend, ServiceRef};
+use routeid::api::{ActiveHealth, Backend, BalancerPool, BalancerPoolSpec, Frontend, ServiceRef};
 use routeid::controller::index::{ClassFilter, Index};
 use routeid::proxy::{Proxy, ProxySettings};
 
@@ -99,6 +102,11 @@ fn pool(ns: &str, name: &str, service: &str, host: &str) -> BalancerPool {
             ..Default::default()
         },
     );
+    if std::env::var_os("ROUTEID_BENCH_CHECKS").is_some() {
+        // Every member health-checked: publication also reconciles the check tasks (spawned
+        // here, never run: the runtime is not driven).
+        p.spec.health.active = Some(ActiveHealth { path: Some("/healthz".into()), ..Default::default() });
+    }
     p.metadata.namespace = Some(ns.into());
     p.metadata.generation = Some(1);
     p
