@@ -56,19 +56,66 @@ pub enum FailoverReason {
 
 const FAILOVER_LABELS: [&str; 2] = ["member-unusable", "retry"];
 
-/// Per-member handles, aligned with the pool's members.
-#[derive(Debug, Clone)]
+/// Status classes, the `code` label of `routeid_member_requests_total`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One member's handles, kept in its runtime.
+///
+/// The 2xx counter and the latency histogram are made with the member; the other classes on
+/// their first response. A series costs about 1 KiB in the `prometheus` crate, and most
+/// members never answer 1xx and rarely 3xx–5xx: made eagerly they were about 25 MiB of a
+/// 10,000-member pool.
+#[derive(Debug)]
 pub struct MemberMetrics {
-    by_class: [IntCounter; 5],
+    ok: IntCounter,
+    /// 1xx, 3xx, 4xx, 5xx; `None` once the member has left (counted nowhere).
+    rare: [std::sync::OnceLock<Option<IntCounter>>; 4],
     duration: Histogram,
+    /// Made on demand from these.
+    requests: IntCounterVec,
+    labels: Box<[String; 3]>,
+    /// Set when the member leaves its pool (before its series are removed), so a response still
+    /// in flight does not bring a removed series back.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl MemberMetrics {
     /// Counts a response of `status` that took `seconds` to its head.
     pub fn observe(&self, status: u16, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].inc();
+        match class {
+            1 => self.ok.inc(),
+            _ => {
+                let slot = &self.rare[if class == 0 { 0 } else { class - 1 }];
+                if let Some(c) = slot.get_or_init(|| self.rare_counter(class)) {
+                    c.inc();
+                }
+            }
+        }
         self.duration.observe(seconds);
+    }
+
+    fn rare_counter(&self, class: usize) -> Option<IntCounter> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.retired.load(SeqCst) {
+            return None;
+        }
+        let [ns, pool, route] = &*self.labels;
+        let values = [ns.as_str(), pool.as_str(), route.as_str(), STATUS_CLASSES[class]];
+        let counter = self.requests.with_label_values(&values);
+        // Retirement stores the flag, then removes the series; this made the series, then
+        // reads the flag again. One of the two removes it (SeqCst orders the flag, the
+        // vector's lock the series), so a retired member's series never outlives its removal.
+        if self.retired.load(SeqCst) {
+            let _ = self.requests.remove_label_values(&values);
+            return None;
+        }
+        Some(counter)
+    }
+
+    /// The member left its pool: series made from now on are removed at once.
+    pub fn retire(&self) {
+        self.retired.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -226,16 +273,19 @@ impl Metrics {
     pub fn member_handles(&self, pool: &crate::core::PoolId, route: &str) -> MemberMetrics {
         let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
         MemberMetrics {
-            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|c| self.requests.with_label_values(&[ns, name, route, c])),
+            ok: self.requests.with_label_values(&[ns, name, route, STATUS_CLASSES[1]]),
+            rare: Default::default(),
             duration: self.duration.with_label_values(&[ns, name, route]),
+            requests: self.requests.clone(),
+            labels: Box::new([ns.to_owned(), name.to_owned(), route.to_owned()]),
+            retired: Default::default(),
         }
     }
 
     /// Removes a member's event series (it left its pool).
     pub fn remove_member(&self, pool: &crate::core::PoolId, route: &str) {
         let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
-        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        for c in STATUS_CLASSES {
             let _ = self.requests.remove_label_values(&[ns, name, route, c]);
         }
         let _ = self.duration.remove_label_values(&[ns, name, route]);
@@ -360,4 +410,38 @@ fn state_families(table: &RoutingTable, now_ms: u64) -> Vec<prometheus::proto::M
         must(r.register(c));
     }
     r.gather()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::PoolId;
+
+    fn request_series(m: &Metrics) -> Vec<String> {
+        m.render(&RoutingTable::default(), 1)
+            .lines()
+            .filter(|l| l.starts_with("routeid_member_requests_total{"))
+            .map(|l| l.split_once("code=\"").map_or("", |(_, r)| &r[..3]).to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn rare_status_classes_appear_on_first_use_and_never_after_retirement() {
+        let m = Metrics::new();
+        let id = PoolId { namespace: "web".into(), name: "shop".into() };
+        let h = m.member_handles(&id, "pod-0");
+        assert_eq!(request_series(&m), ["2xx"], "2xx only, made with the member");
+        h.observe(200, 0.01);
+        h.observe(503, 0.01);
+        h.observe(503, 0.01);
+        assert_eq!(request_series(&m), ["2xx", "5xx"]);
+        let text = m.render(&RoutingTable::default(), 1);
+        assert!(text.lines().any(|l| l.contains("code=\"5xx\"") && l.ends_with(" 2")), "{text}");
+        // The member leaves; a response still in flight must not bring a series back.
+        h.retire();
+        m.remove_member(&id, "pod-0");
+        h.observe(404, 0.01);
+        h.observe(503, 0.01);
+        assert!(request_series(&m).is_empty(), "{:?}", request_series(&m));
+    }
 }

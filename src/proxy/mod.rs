@@ -268,11 +268,13 @@ impl Proxy {
             for (m, _) in old.members.iter().zip(&kept).filter(|(_, k)| !**k) {
                 // A member that only moved to a new address keeps its route, and its series.
                 if p.member_index(m.route()).is_none() {
+                    retire(m);
                     self.metrics.remove_member(&old.config.id, m.route());
                 }
             }
         }
         for (old, _) in previous.table.pools().iter().zip(&survivors).filter(|(_, s)| !**s) {
+            old.members.iter().for_each(retire);
             self.metrics.remove_pool(old);
         }
         if previous.table.pools().is_empty() {
@@ -290,6 +292,14 @@ impl Proxy {
         self.metrics.publications.inc();
         self.snapshot.store(Arc::new(Snapshot { table, ext }));
         conflicts
+    }
+}
+
+/// Marks a member that left its pool, before its series are removed: a response still in flight
+/// to it then makes no new series.
+fn retire(m: &crate::core::Member) {
+    if let Some(ext) = m.runtime.extension.get::<MemberExt>() {
+        ext.metrics.retire();
     }
 }
 
