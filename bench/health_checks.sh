@@ -19,23 +19,8 @@ PORT=${PORT:-18181}
 ADMIN=${ADMIN:-18182}
 LISTEN=${LISTEN:-18183}
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[[ -n ${NO_BUILD:-} ]] || cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-target}/release/routeid
-
-TMP=$(mktemp -d /tmp/routeid-hc.XXXXXX)
-chmod 755 "$TMP"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+source bench/common.sh
+bench_init hc nginx
 
 cat >"$TMP/nginx.conf" <<NGINX
 worker_processes 1;

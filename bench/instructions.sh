@@ -11,21 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}
-for c in wrk nginx valgrind haproxy; do command -v "$c" >/dev/null || MISSING=1; done
-if [[ -n ${MISSING:-} ]]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx valgrind haproxy >/dev/null
-fi
-[[ -n ${NO_BUILD:-} ]] || cargo build --release -q
-BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release/routeid")
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-TMP=$(mktemp -d /tmp/routeid-ir.XXXXXX); chmod 755 "$TMP"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-sed -e "s|@TMP@|$TMP|g" -e "s|@PORT1@|18381|g" -e "s|@PORT2@|18382|g" bench/nginx.conf.tmpl >"$TMP/nginx.conf"
-"$NGINX" -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>&1 &
-pids+=($!)
-sed -e "s|@PORT1@|18381|g" -e "s|@PORT2@|18382|g" bench/pools.yaml.tmpl >"$TMP/pools.yaml"
+source bench/common.sh
+bench_init ir wrk nginx valgrind haproxy
+start_backends 18381 18382
 sed -e "s|@PORT1@|18381|g" -e "s|@PORT2@|18382|g" -e "s|@LISTEN@|127.0.0.1:18390|g" bench/haproxy.cfg.tmpl >"$TMP/haproxy.cfg"
 
 measure() { # label cookie-header command...

@@ -9,20 +9,9 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8s}
 CONNS=${CONNS:-32}
-command -v wrk >/dev/null && command -v nginx >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
-}
-[[ -n ${NO_BUILD:-} ]] || cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-target}/release/routeid
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-TMP=$(mktemp -d /tmp/routeid-mo.XXXXXX); chmod 755 "$TMP"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-sed -e "s|@TMP@|$TMP|g" -e "s|@PORT1@|18281|g" -e "s|@PORT2@|18282|g" bench/nginx.conf.tmpl >"$TMP/nginx.conf"
-taskset -c 1 "$NGINX" -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>&1 &
-pids+=($!)
-sed -e "s|@PORT1@|18281|g" -e "s|@PORT2@|18282|g" bench/pools.yaml.tmpl >"$TMP/pools.yaml"
+source bench/common.sh
+bench_init mo wrk nginx
+start_backends 18281 18282 taskset -c 1
 start() { # port admin extra...
   local port=$1 admin=$2; shift 2
   TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" standalone -f "$TMP/pools.yaml" --listen "127.0.0.1:$port" \

@@ -1,0 +1,38 @@
+# bench/common.sh — sourced by instructions.sh, metrics_overhead.sh and health_checks.sh: the
+# tools a script needs (installed when missing), the release build, a temporary directory that
+# goes away with every process the script started, and the two nginx backends behind the
+# standalone pools file.
+
+# bench_init TAG TOOL...: installs missing tools, builds, sets BIN, NGINX, TMP and pids.
+bench_init() {
+  local tag=$1 missing=()
+  shift
+  for c in "$@"; do command -v "$c" >/dev/null || missing+=("$c"); done
+  if ((${#missing[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  [[ -n ${NO_BUILD:-} ]] || cargo build --release -q
+  BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release/routeid")
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  TMP=$(mktemp -d "/tmp/routeid-$tag.XXXXXX")
+  chmod 755 "$TMP"
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+
+# start_backends PORT1 PORT2 [PREFIX...]: nginx on both ports (run under PREFIX, e.g.
+# `taskset -c 1`), and $TMP/pools.yaml balancing over them.
+start_backends() {
+  local p1=$1 p2=$2
+  shift 2
+  sed -e "s|@TMP@|$TMP|g" -e "s|@PORT1@|$p1|g" -e "s|@PORT2@|$p2|g" bench/nginx.conf.tmpl >"$TMP/nginx.conf"
+  "$@" "$NGINX" -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>&1 &
+  pids+=($!)
+  sed -e "s|@PORT1@|$p1|g" -e "s|@PORT2@|$p2|g" bench/pools.yaml.tmpl >"$TMP/pools.yaml"
+}
