@@ -114,12 +114,6 @@ impl PartialEq<String> for Route {
     }
 }
 
-impl PartialEq<Route> for String {
-    fn eq(&self, other: &Route) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
 impl PartialEq<Route> for &str {
     fn eq(&self, other: &Route) -> bool {
         self.as_bytes() == other.as_bytes()
@@ -129,12 +123,6 @@ impl PartialEq<Route> for &str {
 impl Deref for Route {
     type Target = str;
     fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl AsRef<str> for Route {
-    fn as_ref(&self) -> &str {
         self.as_str()
     }
 }

@@ -149,13 +149,13 @@ impl RoutingTable {
         (RoutingTable { pools, inputs, frontends }, conflicts)
     }
 
-    /// The pool at index `i` of `previous` that pool `i` of this table was built from (same
+    /// The index in `previous` of the pool that pool `i` of this table was built from (same
     /// id), found by position first: the common rebuild keeps every pool in its place.
-    pub fn previous_of<'a>(&self, i: usize, previous: &'a RoutingTable) -> Option<&'a Arc<Pool>> {
+    pub fn previous_index_of(&self, i: usize, previous: &RoutingTable) -> Option<usize> {
         let id = &self.pools.get(i)?.config.id;
         match previous.pools.get(i) {
-            Some(p) if p.config.id == *id => Some(p),
-            _ => previous.pool(id),
+            Some(p) if p.config.id == *id => Some(i),
+            _ => previous.pool_index(id),
         }
     }
 
@@ -346,13 +346,13 @@ mod tests {
         assert!(Arc::ptr_eq(&t1.pools()[0], &t2.pools()[0]), "a unchanged: the same pool");
         assert!(!Arc::ptr_eq(&t1.pools()[1], &t2.pools()[1]), "b rebuilt");
         assert_eq!(name(&t2, Some("b.com"), "/"), Some("b"));
-        assert_eq!(t2.previous_of(1, &t1).map(|p| p.config.id.name.as_str()), Some("b"));
+        assert_eq!(t2.previous_index_of(1, &t1), Some(1), "b, in its place");
         // A host changes: a new index, the loser now serves its own host.
         let moved = Arc::new(cfg("late", &["late.com"], "/"));
         let (t3, c3) = RoutingTable::build(vec![a, moved, b], Some(&t2));
         assert!(!Arc::ptr_eq(&t2.frontends, &t3.frontends) && c3.is_empty());
         assert_eq!(name(&t3, Some("late.com"), "/"), Some("late"));
-        assert_eq!(t3.previous_of(1, &t2).map(|p| p.config.id.name.as_str()), None, "late is new");
-        assert_eq!(t3.previous_of(2, &t2).map(|p| p.config.id.name.as_str()), Some("b"), "found by id");
+        assert_eq!(t3.previous_index_of(1, &t2), None, "late is new");
+        assert_eq!(t3.previous_index_of(2, &t2), Some(1), "b, found by id");
     }
 }

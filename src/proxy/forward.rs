@@ -262,7 +262,7 @@ impl Proxy {
         let mut returned: Option<Request<UpstreamBody>> = None;
         let mut choice = first;
         let max_attempts = pool.config.max_attempts as usize;
-        let (resp, idx) = loop {
+        let (resp, idx, mext) = loop {
             let idx = match choice {
                 Choice::StickyHit(i) => {
                     vars.balanced = None;
@@ -326,7 +326,7 @@ impl Proxy {
                             Some(b) => UpstreamBody::streamed(b, Arc::clone(s), Arc::clone(&member.runtime)),
                             None => {
                                 let msg = "routeid: the request body was already sent to a member that failed\n";
-                                break (plain(StatusCode::BAD_GATEWAY, msg), idx);
+                                break (plain(StatusCode::BAD_GATEWAY, msg), idx, mext);
                             }
                         },
                     };
@@ -367,7 +367,7 @@ impl Proxy {
                         tracing::warn!(pool = %pool.config.id, member = member.route(), status = resp.status().as_u16(), "failOnStatus: member put in error");
                     }
                     let counter = Arc::clone(&member.runtime);
-                    break (resp.map(|b| Either::Left(b.counting(counter))), idx);
+                    break (resp.map(|b| Either::Left(b.counting(counter))), idx, mext);
                 }
                 Ok(Err(failed)) => {
                     let connect = failed.error.is_connect();
@@ -382,7 +382,11 @@ impl Proxy {
                     let repeatable = failed.request.is_some()
                         || (is_idempotent(&method) && !headers.is_empty() && body_replayable(&slot));
                     if last_try || upgrade.is_some() || !repeatable {
-                        break (plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n"), idx);
+                        break (
+                            plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n"),
+                            idx,
+                            mext,
+                        );
                     }
                     returned = failed.request;
                     if self.settings.metrics {
@@ -399,16 +403,18 @@ impl Proxy {
                         member.runtime.errors.fetch_add(1, Relaxed);
                     }
                     tracing::warn!(pool = %pool.config.id, member = member.route(), "response timeout");
-                    break (plain(StatusCode::GATEWAY_TIMEOUT, "routeid: the member did not answer in time\n"), idx);
+                    break (
+                        plain(StatusCode::GATEWAY_TIMEOUT, "routeid: the member did not answer in time\n"),
+                        idx,
+                        mext,
+                    );
                 }
             }
         };
 
         let mut resp = resp;
         let member = &pool.members[idx];
-        if self.settings.metrics
-            && let Some(mext) = self.member_ext(pool, idx)
-        {
+        if self.settings.metrics {
             mext.metrics.observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -136,7 +136,8 @@ impl HealthChecks {
                 tokio::spawn(check_loop(key, Arc::clone(&m.runtime), Arc::clone(&self.budget))).abort_handle()
             };
             match prev {
-                // The tasks match `old`'s members: stop the ones that left, start the new ones.
+                // The tasks match `old`'s members: start the new ones, stop the ones that left
+                // (a member that kept its route and address was carried over, task and all).
                 Some(old) if !checks.tasks.is_empty() => {
                     let mut kept = vec![false; old.members.len()];
                     for (j, m) in pool.members.iter().enumerate() {
@@ -144,18 +145,12 @@ impl HealthChecks {
                             Some(k) => kept[k] = true,
                             None => {
                                 let key = (m.config.route.clone(), m.config.address);
-                                if !checks.tasks.contains_key(&key) {
-                                    let task = start(m, &checks.check);
-                                    checks.tasks.insert(key, task);
-                                }
+                                checks.tasks.entry(key).or_insert_with(|| start(m, &checks.check));
                             }
                         }
                     }
                     for (m, _) in old.members.iter().zip(&kept).filter(|(_, k)| !**k) {
-                        let key = (m.config.route.clone(), m.config.address);
-                        if pool.member_index(&key.0).is_none_or(|j| pool.members[j].config.address != key.1)
-                            && let Some(task) = checks.tasks.remove(&key)
-                        {
+                        if let Some(task) = checks.tasks.remove(&(m.config.route.clone(), m.config.address)) {
                             task.abort();
                         }
                     }
@@ -173,10 +168,7 @@ impl HealthChecks {
                     });
                     for m in &pool.members {
                         let key = (m.config.route.clone(), m.config.address);
-                        if !checks.tasks.contains_key(&key) {
-                            let task = start(m, &checks.check);
-                            checks.tasks.insert(key, task);
-                        }
+                        checks.tasks.entry(key).or_insert_with(|| start(m, &checks.check));
                     }
                 }
             }
@@ -351,25 +343,25 @@ mod tests {
         assert_eq!(first.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a@1", "b@2"]);
         // b leaves, c joins, a stays: a keeps its task (and its rise/fall counters).
         let t2 = table(&[("a", 1), ("c", 3)], Some("1s"), Some(&t1));
-        checks.reconcile(&t2, &[t2.previous_of(0, &t1)]);
+        checks.reconcile(&t2, &[t2.previous_index_of(0, &t1).map(|j| &t1.pools()[j])]);
         let second = running(&checks);
         assert_eq!(second.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a@1", "c@3"]);
         assert_eq!(second[0].1, first[0].1, "a's task was kept");
         // a moves to a new address: a new task for the new address only.
         let t3 = table(&[("a", 4), ("c", 3)], Some("1s"), Some(&t2));
-        checks.reconcile(&t3, &[t3.previous_of(0, &t2)]);
+        checks.reconcile(&t3, &[t3.previous_index_of(0, &t2).map(|j| &t2.pools()[j])]);
         let third = running(&checks);
         assert_eq!(third.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a@4", "c@3"]);
         assert_eq!(third[1].1, second[1].1, "c's task was kept");
         // New settings: every task restarts.
         let t4 = table(&[("a", 4), ("c", 3)], Some("2s"), Some(&t3));
-        checks.reconcile(&t4, &[t4.previous_of(0, &t3)]);
+        checks.reconcile(&t4, &[t4.previous_index_of(0, &t3).map(|j| &t3.pools()[j])]);
         let fourth = running(&checks);
         assert!(fourth.iter().zip(&third).all(|(n, o)| n.0 == o.0 && n.1 != o.1));
         // Checks turned off: no task, and members are healthy.
         t4.pools()[0].members[0].runtime.healthy.store(false, Relaxed);
         let t5 = table(&[("a", 4), ("c", 3)], None, Some(&t4));
-        checks.reconcile(&t5, &[t5.previous_of(0, &t4)]);
+        checks.reconcile(&t5, &[t5.previous_index_of(0, &t4).map(|j| &t4.pools()[j])]);
         assert!(running(&checks).is_empty());
         assert!(t5.pools()[0].members.iter().all(|m| m.runtime.healthy.load(Relaxed)));
         // The pool leaves the table: nothing left behind.

@@ -214,18 +214,11 @@ impl Proxy {
         }
         let previous = self.snapshot.load_full();
         let (table, conflicts) = RoutingTable::build(configs, Some(&previous.table));
-        // Per new pool, the previous pool of the same id and its extras.
-        let prevs: Vec<Option<(&Arc<crate::core::Pool>, &Arc<PoolExt>)>> = (0..table.pools().len())
-            .map(|i| {
-                let pp = table.previous_of(i, &previous.table)?;
-                let j = if previous.table.pools().get(i).is_some_and(|x| Arc::ptr_eq(x, pp)) {
-                    i
-                } else {
-                    previous.table.pool_index(&pp.config.id)?
-                };
-                Some((pp, &previous.ext[j]))
-            })
-            .collect();
+        // Per new pool, the index of the previous pool of the same id, that pool and its extras.
+        let prev_at: Vec<Option<usize>> =
+            (0..table.pools().len()).map(|i| table.previous_index_of(i, &previous.table)).collect();
+        let prevs: Vec<Option<(&Arc<crate::core::Pool>, &Arc<PoolExt>)>> =
+            prev_at.iter().map(|j| j.map(|j| (&previous.table.pools()[j], &previous.ext[j]))).collect();
         let ext: Vec<Arc<PoolExt>> = table
             .pools()
             .iter()
@@ -246,16 +239,9 @@ impl Proxy {
             .collect();
         // Series of members and pools that left.
         let mut survivors = vec![false; previous.table.pools().len()];
-        for (i, (p, prev)) in table.pools().iter().zip(&prevs).enumerate() {
-            let Some((old, _)) = prev else { continue };
-            // Found by position first, like `prevs`: no hashing for pools that kept their place.
-            let k = match previous.table.pools().get(i) {
-                Some(x) if Arc::ptr_eq(x, old) => Some(i),
-                _ => previous.table.pool_index(&old.config.id),
-            };
-            if let Some(k) = k {
-                survivors[k] = true;
-            }
+        for ((p, prev), j) in table.pools().iter().zip(&prevs).zip(&prev_at) {
+            let (Some((old, _)), Some(j)) = (prev, j) else { continue };
+            survivors[*j] = true;
             if Arc::ptr_eq(old, p) {
                 continue;
             }
