@@ -21,6 +21,7 @@ mod health;
 mod manager_controller;
 mod proxy_failover;
 mod proxy_lifecycle;
+mod proxy_members;
 mod proxy_pool;
 mod proxy_routing;
 mod proxy_streaming;
