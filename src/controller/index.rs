@@ -396,6 +396,7 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
         retry_after,
         max_attempts,
         timeouts,
+        max_connections,
         health,
     } = new;
     let mut differs = old.is_none_or(|o| {
@@ -409,6 +410,7 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
             || o.retry_after != *retry_after
             || o.max_attempts != *max_attempts
             || o.timeouts != *timeouts
+            || o.max_connections != *max_connections
             || o.health != *health
     });
     let old = old.map(|o| o.members.as_slice()).unwrap_or_default();

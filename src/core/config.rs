@@ -240,9 +240,17 @@ pub struct PoolConfig {
     pub max_attempts: u32,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Connections open to each member at most; `None`: no cap.
+    pub max_connections: Option<u32>,
     /// Health checks and failure handling.
     pub health: HealthConfig,
 }
+
+/// Default `timeouts.idle`: below the shortest common server keep-alive (Node's 5 s; Tomcat
+/// 20 s, nginx 75 s), so the member never closes a connection routeid is about to reuse.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Largest `backend.maxConnections` (one member address cannot have more ports than this).
+pub const MAX_CONNECTIONS: u32 = 65535;
 
 /// Upper bound on attempts per request (bounded retry work per request).
 pub const MAX_ATTEMPTS: u32 = 16;
@@ -568,8 +576,14 @@ fn validate_with_members(
     let timeouts = Timeouts {
         connect: p.duration("spec.timeouts.connect", t.connect.as_deref(), Duration::from_secs(2)),
         response: p.duration("spec.timeouts.response", t.response.as_deref(), Duration::from_secs(60)),
-        idle: p.duration("spec.timeouts.idle", t.idle.as_deref(), Duration::from_secs(90)),
+        idle: p.duration("spec.timeouts.idle", t.idle.as_deref(), DEFAULT_IDLE_TIMEOUT),
     };
+    let max_connections = spec.backend.max_connections;
+    if let Some(n) = max_connections
+        && !(1..=MAX_CONNECTIONS).contains(&n)
+    {
+        p.add("spec.backend.maxConnections", format!("{n} is outside 1–{MAX_CONNECTIONS} (leave it out for no limit)"));
+    }
     PoolConfig {
         id,
         hosts,
@@ -586,6 +600,7 @@ fn validate_with_members(
         ),
         max_attempts: max_attempts.clamp(1, MAX_ATTEMPTS),
         timeouts,
+        max_connections: max_connections.map(|n| n.clamp(1, MAX_CONNECTIONS)),
         health: health_config(p, &spec.health),
     }
 }
@@ -678,7 +693,22 @@ mod tests {
         assert_eq!(c.max_attempts, 3);
         assert_eq!(c.retry_after, Duration::from_secs(60));
         assert_eq!(c.timeouts.connect, Duration::from_secs(2));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(4), "below Node's 5 s keep-alive");
+        assert_eq!(c.max_connections, None, "no cap unless asked");
         assert_eq!(c.members[0].load_factor, 1);
+    }
+
+    #[test]
+    fn max_connections_is_checked() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.backend.max_connections = Some(8);
+        assert_eq!(validate_static(id(), &s).unwrap().max_connections, Some(8));
+        for bad in [0, MAX_CONNECTIONS + 1] {
+            s.backend.max_connections = Some(bad);
+            let errs = validate_static(id(), &s).unwrap_err();
+            assert_eq!(errs[0].path, "spec.backend.maxConnections", "{bad}");
+            assert!(errs[0].reason.contains("no limit"), "{}", errs[0]);
+        }
     }
 
     #[test]

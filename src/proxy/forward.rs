@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{BodySlot, UpstreamBody};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
-use super::upstream::MemberBody;
+use super::upstream::{Limits, MemberBody};
 use super::{PoolExt, Proxy};
 use crate::admin::metrics::{FailoverReason, StickyOutcome};
 use crate::api::CookieMode;
@@ -354,7 +354,10 @@ impl Proxy {
             let busy = Busy::enter(&member.runtime);
             let sent_at = Instant::now();
             let t = pool.config.timeouts;
-            let result = tokio::time::timeout(t.response, mext.conns.send(up, t.connect, t.idle)).await;
+            // One deadline: waiting for a free connection (maxConnections) counts in it.
+            let deadline = tokio::time::Instant::now() + t.response;
+            let limits = Limits::of(&pool.config, deadline);
+            let result = tokio::time::timeout_at(deadline, mext.conns.send(up, &limits)).await;
             drop(busy);
             match result {
                 Ok(Ok(resp)) => {
@@ -368,6 +371,12 @@ impl Proxy {
                     }
                     let counter = Arc::clone(&member.runtime);
                     break (resp.map(|b| Either::Left(b.counting(counter))), idx, mext);
+                }
+                Ok(Err(failed)) if failed.error.is_saturated() => {
+                    // The pool's cap, not a member failure: no error state, no retry elsewhere.
+                    tracing::warn!(pool = %pool.config.id, member = member.route(), error = %failed.error, "no free connection");
+                    let msg = "routeid: every connection to the member stayed busy (backend.maxConnections)\n";
+                    break (plain(StatusCode::SERVICE_UNAVAILABLE, msg), idx, mext);
                 }
                 Ok(Err(failed)) => {
                     let connect = failed.error.is_connect();

@@ -1,53 +1,130 @@
-//! Connections to members: one small lock-free pool per member.
+//! Connections to members: one small pool per member.
 //!
 //! Why not hyper-util's pooled `Client`: its pool is one `Mutex` that every request of every
 //! member takes; it drops the request when a connection fails (a retry would need a copy of
 //! every request head); and it spawns a task per response to hand the connection back. Here each
-//! member has a lock-free queue of idle HTTP/1.1 connections; a connection goes back to the
-//! queue when its response body ends (see [`MemberBody`]); and a request that was never written —
-//! a connect failure, or a pooled connection found closed — comes back to the caller intact, so
-//! it can go to another member without having been copied.
+//! member has its own queue of idle HTTP/1.1 connections; a connection goes back to the queue
+//! when its response body ends (see [`MemberBody`]); and a request that was never written — a
+//! connect failure, a pooled connection found closed, or a wait for a free connection that ran
+//! out of time — comes back to the caller intact, so it can go elsewhere without having been
+//! copied.
+//!
+//! The queue behaves like the pools of pingora and Envoy:
+//! - **Newest idle connection first** (LIFO). The connection used last is the one least likely
+//!   to have been closed by the member's keep-alive timer; the oldest ones are left to age out.
+//!   The queue is a `VecDeque` behind a per-member `Mutex`: only requests to the same member
+//!   meet there, for a push or a pop (no allocation, no await, no syscall under it), and a
+//!   member with nothing idle is not locked at all. A lock-free LIFO would need a stack with
+//!   epoch reclamation (crossbeam has no concurrent stack; `crossbeam-deque`'s LIFO end is
+//!   single-owner), and the reaper needs the oldest end too.
+//! - **An idle reaper**: one task per member pool, alive only while something is idle, closes
+//!   connections idle past `timeouts.idle` without waiting for the next request, so a member's
+//!   sockets are not held open (and its keep-alive race is not lost) by a quiet proxy.
+//! - **A cap per member** (`backend.maxConnections`): at the cap a request waits for a
+//!   connection to come back or close, until its response deadline; then it gets
+//!   [`SendError::Saturated`], which is the pool being full, not the member failing.
+//!
+//! A response is checked before it is handed on: conflicting framing (both `Content-Length`
+//! and `Transfer-Encoding`, RFC 9112 §6.3) and a first body frame that is already broken are
+//! errors while nothing has reached the client yet, and the response is relabelled with the
+//! proxy's own version (RFC 9110 §6.2). A member may send at most [`HEAD_BUDGET`] bytes before
+//! its final response head, which bounds a flood of `1xx` responses.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use crossbeam_queue::SegQueue;
-use http::{Request, Response};
+use bytes::{Buf, Bytes};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::body::UpstreamBody;
-use crate::core::MemberRuntime;
+use crate::core::{FailureKind, MemberRuntime, PoolConfig};
 
 /// Idle connections kept per member; more are closed when their response ends.
 const MAX_IDLE_PER_MEMBER: usize = 512;
 
-struct Idle {
+/// Bytes a member may send after a request before its final (non-`1xx`) response head. A real
+/// head is at most hyper's read buffer (about 400 KiB); the rest is room for the first body
+/// bytes read along with it. A member streaming `100 Continue` forever hits this in
+/// milliseconds instead of holding the request until the response timeout.
+pub const HEAD_BUDGET: u64 = 4 << 20;
+
+/// What one request may use of a member's pool, taken from its pool's configuration per
+/// request (a reload applies to the next request).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// TCP connect timeout.
+    pub connect: Duration,
+    /// How long a connection may stay idle once its response has ended.
+    pub idle: Duration,
+    /// Connections open to the member at most (`None`: no cap).
+    pub max_connections: Option<u32>,
+    /// When waiting for a free connection gives up (the request's response deadline).
+    pub deadline: tokio::time::Instant,
+}
+
+impl Limits {
+    /// The limits of `pool` for a request whose response is due by `deadline`.
+    pub fn of(pool: &PoolConfig, deadline: tokio::time::Instant) -> Limits {
+        Limits {
+            connect: pool.timeouts.connect,
+            idle: pool.timeouts.idle,
+            max_connections: pool.max_connections,
+            deadline,
+        }
+    }
+}
+
+/// One connection to a member, as the pool holds it.
+struct Conn {
     sender: SendRequest<UpstreamBody>,
-    since: Instant,
+    budget: Arc<ReadBudget>,
+    /// How long it may stay idle once back (the pool's `timeouts.idle` at its last request).
+    idle_for: Duration,
+}
+
+struct Idle {
+    conn: Conn,
+    expires: Instant,
 }
 
 /// The connection pool of one member (by address). Shared across routing tables so a reload
-/// keeps warm connections; the pool's timeouts come with each request, so a reload that
+/// keeps warm connections; the pool's limits come with each request, so a reload that
 /// changes them takes effect on the next one.
 pub struct MemberConns {
     addr: SocketAddr,
-    /// Grows in small blocks as connections are returned: an idle member costs no memory (a
-    /// preallocated ring per member would cost megabytes for a pool of thousands).
-    idle: SegQueue<Idle>,
+    /// Idle connections, oldest first: requests take the newest (back), the reaper the expired.
+    idle: Mutex<VecDeque<Idle>>,
+    /// `idle.len()`, readable without the lock (a member with nothing idle is never locked).
     idle_len: AtomicUsize,
+    /// Connections open now, idle or busy; a connection's task gives its slot back when it ends.
+    open: AtomicUsize,
+    /// Requests waiting for a connection (at `maxConnections`).
+    queued: AtomicUsize,
+    /// Wakes a waiting request: a connection came back idle, or one closed.
+    freed: Notify,
+    /// A reaper task is running.
+    reaping: AtomicBool,
 }
 
 impl std::fmt::Debug for MemberConns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemberConns").field("addr", &self.addr).field("idle", &self.idle_count()).finish()
+        f.debug_struct("MemberConns")
+            .field("addr", &self.addr)
+            .field("idle", &self.idle_count())
+            .field("open", &self.open_count())
+            .finish()
     }
 }
 
@@ -63,7 +140,7 @@ pub enum SendError {
         source: std::io::Error,
     },
     /// The HTTP exchange failed after connecting (reset, closed before the response, bad
-    /// response).
+    /// response head, too many bytes before the head).
     #[error("request to {addr} failed: {source}")]
     Exchange {
         /// The member.
@@ -72,6 +149,31 @@ pub enum SendError {
         source: hyper::Error,
         /// It happened on a pooled connection, not a fresh one.
         reused: bool,
+    },
+    /// The member's response head came but cannot be passed on; its connection is closed.
+    #[error("bad response from {addr}: {reason}")]
+    BadResponse {
+        /// The member.
+        addr: SocketAddr,
+        /// What was wrong with it.
+        reason: &'static str,
+    },
+    /// The member's response body broke before any of it went to the client.
+    #[error("response body from {addr} failed: {source}")]
+    Body {
+        /// The member.
+        addr: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// Every connection the member may have (`backend.maxConnections`) stayed busy until the
+    /// response deadline: the pool is full, the member did not fail.
+    #[error("all {max} connections to {addr} stayed busy until the response deadline (backend.maxConnections)")]
+    Saturated {
+        /// The member.
+        addr: SocketAddr,
+        /// The cap.
+        max: u32,
     },
 }
 
@@ -86,6 +188,11 @@ impl SendError {
     pub fn is_keepalive_race(&self) -> bool {
         matches!(self, SendError::Exchange { source, reused: true, .. } if source.is_incomplete_message())
     }
+
+    /// No connection became free in time: not the member's failure (it is not put in error).
+    pub fn is_saturated(&self) -> bool {
+        matches!(self, SendError::Saturated { .. })
+    }
 }
 
 /// A failed send, with the request when it was never written (it can go elsewhere as it is).
@@ -99,7 +206,15 @@ pub struct Failed {
 impl MemberConns {
     /// An empty pool for the member at `addr`.
     pub fn new(addr: SocketAddr) -> Arc<Self> {
-        Arc::new(MemberConns { addr, idle: SegQueue::new(), idle_len: AtomicUsize::new(0) })
+        Arc::new(MemberConns {
+            addr,
+            idle: Mutex::new(VecDeque::new()),
+            idle_len: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            freed: Notify::new(),
+            reaping: AtomicBool::new(false),
+        })
     }
 
     /// Idle connections now.
@@ -107,52 +222,90 @@ impl MemberConns {
         self.idle_len.load(Ordering::Relaxed)
     }
 
-    fn pop_idle(&self) -> Option<Idle> {
-        let idle = self.idle.pop()?;
-        self.idle_len.fetch_sub(1, Ordering::Relaxed);
-        Some(idle)
+    /// Open connections now, idle or busy.
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
-    /// Sends `req` over an idle connection (one idle for less than `idle_timeout`), or a new one
-    /// (made within `connect_timeout`).
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        // The critical sections cannot panic half-way; a poisoned queue is still consistent.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest idle connection still usable; expired or closed ones met on the way are
+    /// dropped (closed).
+    fn pop_idle(&self) -> Option<Conn> {
+        if self.idle_len.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut q = self.queue();
+        let mut found = None;
+        while let Some(idle) = q.pop_back() {
+            if idle.expires > now && !idle.conn.sender.is_closed() {
+                found = Some(idle.conn);
+                break;
+            }
+        }
+        self.idle_len.store(q.len(), Ordering::SeqCst);
+        found
+    }
+
+    /// Sends `req` over the newest idle connection, or a new one (made within
+    /// `limits.connect`); at `limits.max_connections` it waits for one until
+    /// `limits.deadline`.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
+        limits: &Limits,
     ) -> Result<Response<MemberBody>, Failed> {
-        while let Some(idle) = self.pop_idle() {
-            if idle.since.elapsed() > idle_timeout || idle.sender.is_closed() {
-                continue;
+        loop {
+            while let Some(mut conn) = self.pop_idle() {
+                // It went back to the pool when its last response ended; this only waits for
+                // the connection task to notice.
+                if conn.sender.ready().await.is_err() {
+                    continue;
+                }
+                conn.idle_for = limits.idle;
+                conn.budget.arm();
+                match conn.sender.try_send_request(req).await {
+                    Ok(resp) => return self.answer(resp, conn, true).await,
+                    Err(mut e) => match e.take_message() {
+                        // Closed before our request was written: try the next connection.
+                        Some(back) => req = back,
+                        None => {
+                            let source = e.into_error();
+                            let error = SendError::Exchange { addr: self.addr, source, reused: true };
+                            return Err(Failed { error, request: None });
+                        }
+                    },
+                }
             }
-            let mut sender = idle.sender;
-            // It went back to the pool when its last response ended; this only waits for the
-            // connection task to notice.
-            if sender.ready().await.is_err() {
-                continue;
+            if let Some(slot) = self.reserve(limits.max_connections) {
+                return self.send_fresh(req, slot, limits).await;
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    // Closed before our request was written: try the next connection.
-                    Some(back) => req = back,
-                    None => {
-                        return Err(Failed {
-                            error: SendError::Exchange { addr: self.addr, source: e.into_error(), reused: true },
-                            request: None,
-                        });
-                    }
-                },
+            if !self.wait_for_free(limits).await {
+                let max = limits.max_connections.unwrap_or(u32::MAX);
+                return Err(Failed { error: SendError::Saturated { addr: self.addr, max }, request: Some(req) });
             }
         }
-        let mut sender = match self.connect(connect_timeout).await {
-            Ok(s) => s,
+    }
+
+    async fn send_fresh(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+        slot: Slot,
+        limits: &Limits,
+    ) -> Result<Response<MemberBody>, Failed> {
+        let mut conn = match self.connect(slot, limits).await {
+            Ok(c) => c,
             Err(source) => {
                 return Err(Failed { error: SendError::Connect { addr: self.addr, source }, request: Some(req) });
             }
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.wrap(resp, sender)),
+        conn.budget.arm();
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => self.answer(resp, conn, false).await,
             Err(mut e) => {
                 let request = e.take_message();
                 Err(Failed {
@@ -163,47 +316,263 @@ impl MemberConns {
         }
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> std::io::Result<SendRequest<UpstreamBody>> {
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr))
+    /// A slot for one more connection, unless `max` are open.
+    fn reserve(self: &Arc<Self>, max: Option<u32>) -> Option<Slot> {
+        match max {
+            None => {
+                self.open.fetch_add(1, Ordering::SeqCst);
+            }
+            Some(max) => {
+                let max = max as usize;
+                self.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).ok()?;
+            }
+        }
+        Some(Slot(Arc::downgrade(self)))
+    }
+
+    /// Waits until a connection may be free (one came back idle, or one closed); false when
+    /// `limits.deadline` came first.
+    async fn wait_for_free(&self, limits: &Limits) -> bool {
+        let max = limits.max_connections.map_or(usize::MAX, |m| m as usize);
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let _queued = Dequeue(&self.queued);
+        let notified = self.freed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Checked after registering: a connection freed in between is not missed.
+        if self.idle_len.load(Ordering::SeqCst) > 0 || self.open.load(Ordering::SeqCst) < max {
+            return true;
+        }
+        tokio::time::timeout_at(limits.deadline, notified).await.is_ok()
+    }
+
+    /// Wakes one queued request, if any waits.
+    fn wake_one(&self) {
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
+    }
+
+    async fn connect(&self, slot: Slot, limits: &Limits) -> std::io::Result<Conn> {
+        let stream = tokio::time::timeout(limits.connect, TcpStream::connect(self.addr))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (sender, conn) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+        let budget = Arc::new(ReadBudget::new());
+        let io = Metered { io: stream, budget: Arc::clone(&budget) };
+        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(std::io::Error::other)?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "member connection ended");
             }
+            // The connection is gone: its slot is free for a queued request.
+            drop(slot);
         });
-        Ok(sender)
+        Ok(Conn { sender, budget, idle_for: limits.idle })
     }
 
-    fn wrap(self: &Arc<Self>, resp: Response<Incoming>, sender: SendRequest<UpstreamBody>) -> Response<MemberBody> {
-        let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        resp.map(|inner| {
-            let mut body = MemberBody { inner, give_back: None, counter: None };
-            if !upgrade {
-                if body.inner.is_end_stream() {
-                    self.checkin(sender);
-                } else {
-                    body.give_back = Some((sender, Arc::clone(self)));
+    /// Checks the member's response head (and its first body frame when it came along) before
+    /// it goes to the client.
+    async fn answer(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        conn: Conn,
+        reused: bool,
+    ) -> Result<Response<MemberBody>, Failed> {
+        conn.budget.disarm();
+        let (mut parts, mut inner) = resp.into_parts();
+        // A proxy answers with its own version, whatever the member spoke (RFC 9110 §6.2).
+        parts.version = Version::HTTP_11;
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the tunnel; it never goes back to the pool.
+            return Ok(Response::from_parts(parts, MemberBody::new(inner)));
+        }
+        if parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH) {
+            // RFC 9112 §6.3: a sign of request smuggling or response splitting. Refused as
+            // nginx does, and the connection (dropped here) closed: its framing is not trusted.
+            let reason = "both Content-Length and Transfer-Encoding (RFC 9112 §6.3)";
+            tracing::debug!(addr = %self.addr, reused, reason, "bad member response");
+            return Err(Failed { error: SendError::BadResponse { addr: self.addr, reason }, request: None });
+        }
+        let (mut first, mut ended) = (None, false);
+        if !inner.is_end_stream() {
+            // The first frame, if it came with the head: a broken one is still a clean 502.
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut inner).poll_frame(cx))).await {
+                Poll::Ready(Some(Err(source))) => {
+                    return Err(Failed { error: SendError::Body { addr: self.addr, source }, request: None });
                 }
+                Poll::Ready(Some(Ok(frame))) => first = Some(frame),
+                Poll::Ready(None) => ended = true,
+                Poll::Pending => {}
             }
-            body
-        })
+        }
+        let mut body = MemberBody { first, ended, ..MemberBody::new(inner) };
+        if body.ended || body.inner.is_end_stream() {
+            body.ended = true;
+            self.checkin(conn);
+        } else {
+            body.give_back = Some((conn, Arc::clone(self)));
+        }
+        Ok(Response::from_parts(parts, body))
     }
 
-    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
-        // Beyond the bound the connection is dropped: enough are idle already.
-        if sender.is_closed() {
+    fn checkin(self: &Arc<Self>, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
-        if self.idle_len.fetch_add(1, Ordering::Relaxed) < MAX_IDLE_PER_MEMBER {
-            self.idle.push(Idle { sender, since: Instant::now() });
-        } else {
-            self.idle_len.fetch_sub(1, Ordering::Relaxed);
+        let expires = Instant::now() + conn.idle_for;
+        {
+            let mut q = self.queue();
+            // Beyond the bound the connection is dropped (closed): enough are idle already.
+            if q.len() >= MAX_IDLE_PER_MEMBER {
+                return;
+            }
+            q.push_back(Idle { conn, expires });
+            self.idle_len.store(q.len(), Ordering::SeqCst);
         }
+        self.wake_one();
+        self.start_reaper();
+    }
+
+    /// Starts the reaper unless it runs. Read before written: the flag is set while anything is
+    /// idle, so a busy member pays one shared read here.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaping.load(Ordering::SeqCst) || self.reaping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(reap(Arc::downgrade(self)));
+            }
+            // Outside a runtime (never in the proxy): requests still skip expired connections.
+            Err(_) => self.reaping.store(false, Ordering::SeqCst),
+        }
+    }
+
+    /// Closes the idle connections past their time (or closed by the member). Returns when the
+    /// next one expires, or `None` — and the reaper stops — when nothing is idle.
+    fn reap_expired(&self, now: Instant) -> Option<Instant> {
+        let mut q = self.queue();
+        q.retain(|i| i.expires > now && !i.conn.sender.is_closed());
+        self.idle_len.store(q.len(), Ordering::SeqCst);
+        let next = q.iter().map(|i| i.expires).min();
+        if next.is_none() {
+            // Under the lock: a checkin after this sees the flag down and starts a new reaper.
+            self.reaping.store(false, Ordering::SeqCst);
+        }
+        next
+    }
+}
+
+/// The reaper of one member pool: sleeps until the next idle connection expires, closes what
+/// expired, and ends when nothing is idle (an idle member costs no task) or the pool is gone.
+async fn reap(pool: Weak<MemberConns>) {
+    loop {
+        let next = match pool.upgrade() {
+            Some(p) => p.reap_expired(Instant::now()),
+            None => None,
+        };
+        let Some(next) = next else { return };
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+/// Counts a request waiting for a connection for as long as it waits.
+struct Dequeue<'a>(&'a AtomicUsize);
+
+impl Drop for Dequeue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One open connection's place under `maxConnections`; held by the connection's task and given
+/// back (waking a queued request) when the connection ends.
+struct Slot(Weak<MemberConns>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.open.fetch_sub(1, Ordering::SeqCst);
+            pool.wake_one();
+        }
+    }
+}
+
+/// Bytes the member may still send before a final response head; `u64::MAX` while no head is
+/// awaited. Shared by a connection's socket and the request using it.
+#[derive(Debug)]
+struct ReadBudget(AtomicU64);
+
+impl ReadBudget {
+    fn new() -> Self {
+        ReadBudget(AtomicU64::new(u64::MAX))
+    }
+
+    /// A request is going out: its response head must come within [`HEAD_BUDGET`] bytes.
+    fn arm(&self) {
+        self.0.store(HEAD_BUDGET, Ordering::Relaxed);
+    }
+
+    /// The head came: the body is bounded by the client's reading, not here.
+    fn disarm(&self) {
+        self.0.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// Takes `n` bytes off; false when that is more than was left.
+    fn spend(&self, n: u64) -> bool {
+        self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)).is_ok()
+    }
+}
+
+/// A member socket that fails a read once the member has sent more than its [`ReadBudget`]
+/// allows before a response head.
+struct Metered {
+    io: TcpStream,
+    budget: Arc<ReadBudget>,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        if this.budget.spend(n) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the member sent more than 4 MiB without a final response head (endless 1xx responses?)",
+            )))
+        }
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -211,15 +580,37 @@ impl MemberConns {
 /// dropped before its end closes the connection (its state is unknown).
 pub struct MemberBody {
     inner: Incoming,
-    give_back: Option<(SendRequest<UpstreamBody>, Arc<MemberConns>)>,
+    /// The first frame, read with the head to check it, not yet passed on.
+    first: Option<Frame<Bytes>>,
+    /// `inner` has ended (never polled again).
+    ended: bool,
+    give_back: Option<(Conn, Arc<MemberConns>)>,
     counter: Option<Arc<MemberRuntime>>,
 }
 
 impl MemberBody {
+    fn new(inner: Incoming) -> Self {
+        MemberBody { inner, first: None, ended: false, give_back: None, counter: None }
+    }
+
     /// Counts the body's bytes as received from this member (ByTraffic, metrics).
     pub fn counting(mut self, member: Arc<MemberRuntime>) -> Self {
         self.counter = Some(member);
         self
+    }
+
+    fn count(&self, frame: &Frame<Bytes>) {
+        if let (Some(c), Some(d)) = (&self.counter, frame.data_ref()) {
+            c.bytes_from.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The body has ended: its connection goes back to the pool.
+    fn finish(&mut self) {
+        self.ended = true;
+        if let Some((conn, pool)) = self.give_back.take() {
+            pool.checkin(conn);
+        }
     }
 }
 
@@ -235,33 +626,74 @@ impl Body for MemberBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        if let Some(frame) = this.first.take() {
+            this.count(&frame);
+            if this.ended || this.inner.is_end_stream() {
+                this.finish();
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        let ended = match &r {
-            // hyper stops polling once `is_end_stream` says so: check after every frame.
+        match &r {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(c), Some(d)) = (&this.counter, frame.data_ref()) {
-                    c.bytes_from.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                this.count(frame);
+                // hyper stops polling once `is_end_stream` says so: check after every frame.
+                if this.inner.is_end_stream() {
+                    this.finish();
                 }
-                this.inner.is_end_stream()
             }
-            Poll::Ready(None) => true,
+            Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {
+                // The connection is closed with the body (dropped, not given back). Part of the
+                // response went out already: hyper aborts the client's connection or stream.
+                // Counted against the member, not put in error: it did answer.
                 this.give_back = None;
-                false
+                if let Some(c) = &this.counter {
+                    c.count_failure(FailureKind::Exchange);
+                }
             }
-            Poll::Pending => false,
-        };
-        if ended && let Some((sender, pool)) = this.give_back.take() {
-            pool.checkin(sender);
+            Poll::Pending => {}
         }
         r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let first = self.first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.remaining() as u64);
+        if self.ended {
+            return SizeHint::with_exact(first);
+        }
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(first));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(first));
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_budget_bounds_bytes_before_a_head_only() {
+        let b = ReadBudget::new();
+        assert!(b.spend(u64::MAX / 2), "no head awaited: no bound");
+        b.arm();
+        assert!(b.spend(HEAD_BUDGET - 10));
+        assert!(b.spend(10), "exactly the budget is fine");
+        assert!(!b.spend(1), "one byte more is not");
+        b.disarm();
+        assert!(b.spend(HEAD_BUDGET * 2), "once the head came, the body is not bounded here");
+        b.arm();
+        assert!(b.spend(HEAD_BUDGET), "each request gets the whole budget again");
     }
 }
