@@ -20,7 +20,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use routeid::core::FailureKind;
 use routeid::runtime::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
