@@ -359,15 +359,14 @@ impl MemberConns {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
         let budget = Arc::new(ReadBudget::new());
-        let io = Metered { io: stream, budget: Arc::clone(&budget) };
+        // The slot lives as long as the socket: the connection, or the tunnel it becomes.
+        let io = Metered { io: stream, budget: Arc::clone(&budget), _slot: slot };
         let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(std::io::Error::other)?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "member connection ended");
             }
-            // The connection is gone: its slot is free for a queued request.
-            drop(slot);
         });
         Ok(Conn { sender, budget, idle_for: limits.idle })
     }
@@ -487,8 +486,8 @@ impl Drop for Dequeue<'_> {
     }
 }
 
-/// One open connection's place under `maxConnections`; held by the connection's task and given
-/// back (waking a queued request) when the connection ends.
+/// One open connection's place under `maxConnections`; held by its socket and given back
+/// (waking a queued request) when the socket closes.
 struct Slot(Weak<MemberConns>);
 
 impl Drop for Slot {
@@ -527,10 +526,11 @@ impl ReadBudget {
 }
 
 /// A member socket that fails a read once the member has sent more than its [`ReadBudget`]
-/// allows before a response head.
+/// allows before a response head, and holds the socket's [`Slot`].
 struct Metered {
     io: TcpStream,
     budget: Arc<ReadBudget>,
+    _slot: Slot,
 }
 
 impl AsyncRead for Metered {

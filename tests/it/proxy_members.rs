@@ -20,7 +20,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use routeid::core::FailureKind;
 use routeid::runtime::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -185,9 +186,10 @@ async fn a_bad_first_chunk_is_a_502_not_an_empty_reply() {
 #[tokio::test]
 async fn a_body_that_breaks_after_bytes_were_sent_aborts_the_client_response() {
     bounded(async {
-        // The member sends its head and part of a chunked body, then (once the client has the
-        // head) a bad chunk; a second case does the same with Content-Length and an early close.
-        for framing in ["chunked", "length"] {
+        // The member sends its head and part of its body, then (once the client has the head)
+        // a bad chunk, or it closes 95 bytes short of its Content-Length. The client reads over
+        // HTTP/1.1 (the connection is aborted) and over HTTP/2 (the stream is reset).
+        for (framing, h2) in [("chunked", false), ("length", false), ("chunked", true), ("length", true)] {
             let go = Arc::new(Notify::new());
             let go2 = Arc::clone(&go);
             let bad = raw_member(move |mut s| {
@@ -201,26 +203,25 @@ async fn a_body_that_breaks_after_bytes_were_sent_aborts_the_client_response() {
                     let _ = s.write_all(head).await;
                     go.notified().await;
                     let _ = s.write_all(rest).await;
-                    // Then close (the Content-Length case ends 95 bytes short).
                 }
             })
             .await;
             let good = Member::start("good").await;
             let p = proxy_for(bad.addr, &good, "").await;
 
-            let c = client();
+            let c = Client::builder(TokioExecutor::new()).http2_only(h2).build_http::<Full<Bytes>>();
             let req = Request::get(format!("http://{}/", p.proxy_addr)).body(Full::new(Bytes::new())).unwrap();
             let resp = c.request(req).await.expect("the head arrives");
-            assert_eq!(resp.status(), StatusCode::OK, "{framing}");
+            assert_eq!(resp.status(), StatusCode::OK, "{framing} h2={h2}");
             go.notify_one();
             let body = resp.into_body().collect().await;
-            assert!(body.is_err(), "{framing}: a broken body must not look complete: {body:?}");
+            assert!(body.is_err(), "{framing} h2={h2}: a broken body must not look complete: {body:?}");
             // Counted against the member (failures{kind="reset"}), but not put in error: it
             // answered, and the next request may well succeed.
             let snap = p.proxy.snapshot();
             let bad_pool = snap.table.pools().iter().find(|p| p.config.id.name == "bad").unwrap();
             let resets = &bad_pool.members[0].runtime.failures[FailureKind::Exchange as usize];
-            assert_eq!(resets.load(Ordering::SeqCst), 1, "{framing}");
+            assert_eq!(resets.load(Ordering::SeqCst), 1, "{framing} h2={h2}");
             good_pool_answers(&p).await;
             p.shutdown().await;
         }
@@ -561,4 +562,31 @@ async fn max_connections_is_validated() {
     let err = routeid::standalone::parse_pools(&yaml).expect_err("0 connections is refused");
     let text = format!("{err:?}");
     assert!(text.contains("spec.backend.maxConnections"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_a_member_closing_every_connection_still_gets_every_request() {
+    bounded(async {
+        // Each response closes its connection; its slot must come back for the next request.
+        let a = Member::start("a").await;
+        let p = start_proxy(&one_member_pool(a.addr, "    maxConnections: 1\n", "  timeouts: {response: 5s}\n")).await;
+        let proxy = p.proxy_addr;
+        let tasks: Vec<_> = (0..4)
+            .map(|t| {
+                tokio::spawn(async move {
+                    for i in 0..10 {
+                        let got = get(proxy, &format!("/close?t={t}&i={i}"), &[]).await;
+                        assert_eq!((got.status, got.route()), (StatusCode::OK, "a"), "{got:?}");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(a.hits(), 40);
+        assert_eq!(a.connections(), 40, "one connection per request: each closed one gave its slot back");
+        p.shutdown().await;
+    })
+    .await;
 }
