@@ -51,7 +51,7 @@ use tokio::sync::Notify;
 use super::body::UpstreamBody;
 use crate::core::{FailureKind, MemberRuntime, PoolConfig};
 
-/// Idle connections kept per member; more are closed when their response ends.
+/// Idle connections kept per member; beyond it the oldest is closed.
 const MAX_IDLE_PER_MEMBER: usize = 512;
 
 /// Bytes a member may send after a request before its final (non-`1xx`) response head. A real
@@ -423,9 +423,9 @@ impl MemberConns {
         let expires = Instant::now() + conn.idle_for;
         {
             let mut q = self.queue();
-            // Beyond the bound the connection is dropped (closed): enough are idle already.
+            // Beyond the bound the oldest idle connection is dropped (closed).
             if q.len() >= MAX_IDLE_PER_MEMBER {
-                return;
+                q.pop_front();
             }
             q.push_back(Idle { conn, expires });
             self.idle_len.store(q.len(), Ordering::SeqCst);
