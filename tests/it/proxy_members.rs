@@ -590,3 +590,31 @@ async fn at_max_connections_a_member_closing_every_connection_still_gets_every_r
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_holds_its_connection_slot_until_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    bounded(async {
+        let m = Member::start("ws").await;
+        let p =
+            start_proxy(&one_member_pool(m.addr, "    maxConnections: 1\n", "  timeouts: {response: 500ms}\n")).await;
+        let tcp = TcpStream::connect(p.proxy_addr).await.unwrap();
+        let (mut ws, resp) =
+            tokio_tungstenite::client_async(format!("ws://{}/ws", p.proxy_addr), tcp).await.expect("handshake");
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+
+        let got = get(p.proxy_addr, "/", &[]).await;
+        assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "the tunnel is the one connection: {got:?}");
+
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+        drop(ws); // both sides closed: the tunnel ends
+        let got = get(p.proxy_addr, "/", &[]).await;
+        assert_eq!((got.status, got.route()), (StatusCode::OK, "ws"), "the closed tunnel gave its slot back");
+        p.shutdown().await;
+    })
+    .await;
+}
