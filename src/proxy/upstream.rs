@@ -387,7 +387,8 @@ impl MemberConns {
             // The connection becomes the tunnel; it never goes back to the pool.
             return Ok(Response::from_parts(parts, MemberBody::new(inner)));
         }
-        if parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH) {
+        let framed_body = !inner.is_end_stream(); // not HEAD, 204, 304 (RFC 9112 §6.3 rule 1)
+        if framed_body && parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH) {
             // RFC 9112 §6.3: a sign of request smuggling or response splitting. Refused as
             // nginx does, and the connection (dropped here) closed: its framing is not trusted.
             let reason = "both Content-Length and Transfer-Encoding (RFC 9112 §6.3)";
@@ -395,7 +396,7 @@ impl MemberConns {
             return Err(Failed { error: SendError::BadResponse { addr: self.addr, reason }, request: None });
         }
         let (mut first, mut ended) = (None, false);
-        if !inner.is_end_stream() {
+        if framed_body {
             // The first frame, if it came with the head: a broken one is still a clean 502.
             match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut inner).poll_frame(cx))).await {
                 Poll::Ready(Some(Err(source))) => {

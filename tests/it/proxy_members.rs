@@ -163,6 +163,25 @@ async fn a_response_with_both_content_length_and_transfer_encoding_is_a_502_and_
 }
 
 #[tokio::test]
+async fn a_head_response_may_carry_both_framing_headers() {
+    bounded(async {
+        // A response to HEAD has no body whatever its headers say (RFC 9112 §6.3 rule 1).
+        let member = raw_member(|mut s| async move {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+            closed_by_peer(&mut s, Duration::from_secs(5)).await;
+        })
+        .await;
+        let good = Member::start("good").await;
+        let p = proxy_for(member.addr, &good, "").await;
+        let got = send(&client(), p.proxy_addr, "HEAD", "/", &[], Bytes::new()).await;
+        assert_eq!(got.status, StatusCode::OK, "{got:?}");
+        assert!(!bad_member_in_error(&p));
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_bad_first_chunk_is_a_502_not_an_empty_reply() {
     bounded(async {
         let bad = raw_member(|mut s| async move {
@@ -614,6 +633,35 @@ async fn a_websocket_tunnel_holds_its_connection_slot_until_it_closes() {
         drop(ws); // both sides closed: the tunnel ends
         let got = get(p.proxy_addr, "/", &[]).await;
         assert_eq!((got.status, got.route()), (StatusCode::OK, "ws"), "the closed tunnel gave its slot back");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_max_connections_without_a_lost_wakeup() {
+    bounded(async {
+        let m = PortMember::start().await;
+        // A lost wakeup would leave a request queued until its 5 s deadline: a 503 here.
+        let p = start_proxy(&one_member_pool(m.addr, "    maxConnections: 2\n", "  timeouts: {response: 5s}\n")).await;
+        let proxy = p.proxy_addr;
+        let started = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                tokio::spawn(async move {
+                    let c = client();
+                    for i in 0..25 {
+                        let got = send(&c, proxy, "GET", &format!("/{t}/{i}"), &[], Bytes::new()).await;
+                        assert_eq!(got.status, StatusCode::OK, "{got:?}");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(m.accepted() <= 2, "{} connections for a cap of 2", m.accepted());
+        assert!(started.elapsed() < Duration::from_secs(5), "no request waited for its deadline");
         p.shutdown().await;
     })
     .await;
