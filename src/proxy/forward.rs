@@ -355,7 +355,7 @@ impl Proxy {
             let sent_at = Instant::now();
             let t = pool.config.timeouts;
             // One deadline: waiting for a free connection (maxConnections) counts in it.
-            let deadline = tokio::time::Instant::now() + t.response;
+            let deadline = Limits::deadline_in(t.response);
             let limits = Limits::of(&pool.config, deadline);
             let result = tokio::time::timeout_at(deadline, mext.conns.send(up, &limits)).await;
             drop(busy);

@@ -74,7 +74,17 @@ pub struct Limits {
     pub deadline: tokio::time::Instant,
 }
 
+/// Stands for "never" when a configured duration does not fit in an `Instant` (as tokio does).
+const FAR_FUTURE: Duration = Duration::from_secs(86400 * 365 * 30);
+
 impl Limits {
+    /// `after` from now; a duration too long to represent (a huge configured timeout) is taken
+    /// as 30 years instead of overflowing.
+    pub fn deadline_in(after: Duration) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        now.checked_add(after).unwrap_or(now + FAR_FUTURE)
+    }
+
     /// The limits of `pool` for a request whose response is due by `deadline`.
     pub fn of(pool: &PoolConfig, deadline: tokio::time::Instant) -> Limits {
         Limits {
@@ -421,7 +431,8 @@ impl MemberConns {
         if conn.sender.is_closed() {
             return;
         }
-        let expires = Instant::now() + conn.idle_for;
+        let now = Instant::now();
+        let expires = now.checked_add(conn.idle_for).unwrap_or(now + FAR_FUTURE);
         {
             let mut q = self.queue();
             // Beyond the bound the oldest idle connection is dropped (closed).
@@ -696,5 +707,13 @@ mod tests {
         assert!(b.spend(HEAD_BUDGET * 2), "once the head came, the body is not bounded here");
         b.arm();
         assert!(b.spend(HEAD_BUDGET), "each request gets the whole budget again");
+    }
+
+    #[tokio::test]
+    async fn a_huge_timeout_is_a_far_deadline_not_a_panic() {
+        let far = Limits::deadline_in(Duration::from_secs(u64::MAX));
+        assert!(far > tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+        let soon = Limits::deadline_in(Duration::from_secs(1));
+        assert!(soon <= tokio::time::Instant::now() + Duration::from_secs(1));
     }
 }

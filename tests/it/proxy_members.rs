@@ -666,3 +666,18 @@ async fn many_clients_share_max_connections_without_a_lost_wakeup() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn huge_timeouts_are_served_not_a_panic() {
+    bounded(async {
+        let m = PortMember::start().await;
+        let spec = "  timeouts: {response: 500000000000y, idle: 500000000000y}\n";
+        let p = start_proxy(&one_member_pool(m.addr, "    maxConnections: 1\n", spec)).await;
+        for _ in 0..3 {
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.status, StatusCode::OK);
+        }
+        assert_eq!(m.accepted(), 1, "the idle connection is kept and reused");
+        p.shutdown().await;
+    })
+    .await;
+}
