@@ -709,6 +709,37 @@ mod tests {
         assert!(b.spend(HEAD_BUDGET), "each request gets the whole budget again");
     }
 
+    fn limits(max: Option<u32>, wait: Duration) -> Limits {
+        Limits {
+            connect: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+            max_connections: max,
+            deadline: Limits::deadline_in(wait),
+        }
+    }
+
+    #[tokio::test]
+    async fn slots_are_capped_and_a_freed_one_wakes_a_waiter() {
+        let pool = MemberConns::new("127.0.0.1:9".parse().unwrap());
+        drop(pool.reserve(None).expect("no cap"));
+        assert_eq!(pool.open_count(), 0, "a dropped slot is given back");
+        let first = pool.reserve(Some(1)).expect("below the cap");
+        assert_eq!(pool.open_count(), 1);
+        assert!(pool.reserve(Some(1)).is_none(), "at the cap");
+        assert!(pool.reserve(Some(2)).is_some(), "a reload that raises the cap applies at once");
+        assert!(!pool.wait_for_free(&limits(Some(1), Duration::from_millis(20))).await, "nothing freed");
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
+        };
+        while pool.queued.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        assert!(waiter.await.unwrap(), "woken by the freed slot, long before its deadline");
+        assert_eq!((pool.open_count(), pool.queued.load(Ordering::SeqCst)), (0, 0));
+    }
+
     #[tokio::test]
     async fn a_huge_timeout_is_a_far_deadline_not_a_panic() {
         let far = Limits::deadline_in(Duration::from_secs(u64::MAX));
