@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
-use crate::core::MemberRuntime;
+use crate::core::BusyGuard;
 
 /// Idle connections kept per member; more are closed when their response ends.
 const MAX_IDLE_PER_MEMBER: usize = 512;
@@ -182,7 +182,7 @@ impl MemberConns {
     fn wrap(self: &Arc<Self>, resp: Response<Incoming>, sender: SendRequest<UpstreamBody>) -> Response<MemberBody> {
         let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         resp.map(|inner| {
-            let mut body = MemberBody { inner, give_back: None, counter: None };
+            let mut body = MemberBody { inner, give_back: None, busy: None };
             if !upgrade {
                 if body.inner.is_end_stream() {
                     self.checkin(sender);
@@ -212,13 +212,15 @@ impl MemberConns {
 pub struct MemberBody {
     inner: Incoming,
     give_back: Option<(SendRequest<UpstreamBody>, Arc<MemberConns>)>,
-    counter: Option<Arc<MemberRuntime>>,
+    /// The request's place in the member's busy count, released when the body ends or drops.
+    busy: Option<BusyGuard>,
 }
 
 impl MemberBody {
-    /// Counts the body's bytes as received from this member (ByTraffic, metrics).
-    pub fn counting(mut self, member: Arc<MemberRuntime>) -> Self {
-        self.counter = Some(member);
+    /// Keeps the member busy until the body ends, counting its bytes as received from the
+    /// member (ByTraffic, metrics).
+    pub fn counting(mut self, busy: BusyGuard) -> Self {
+        self.busy = Some(busy);
         self
     }
 }
@@ -239,20 +241,24 @@ impl Body for MemberBody {
         let ended = match &r {
             // hyper stops polling once `is_end_stream` says so: check after every frame.
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(c), Some(d)) = (&this.counter, frame.data_ref()) {
-                    c.bytes_from.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if let (Some(b), Some(d)) = (&this.busy, frame.data_ref()) {
+                    b.runtime().bytes_from.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 this.inner.is_end_stream()
             }
             Poll::Ready(None) => true,
             Poll::Ready(Some(Err(_))) => {
                 this.give_back = None;
+                this.busy = None;
                 false
             }
             Poll::Pending => false,
         };
-        if ended && let Some((sender, pool)) = this.give_back.take() {
-            pool.checkin(sender);
+        if ended {
+            this.busy = None;
+            if let Some((sender, pool)) = this.give_back.take() {
+                pool.checkin(sender);
+            }
         }
         r
     }

@@ -19,6 +19,7 @@ mod controller_status;
 mod crd;
 mod health;
 mod manager_controller;
+mod proxy_clients;
 mod proxy_failover;
 mod proxy_lifecycle;
 mod proxy_pool;
