@@ -27,6 +27,13 @@ use crate::core::table::Conflict;
 use crate::core::{Clock, PoolConfig, Route, RoutingTable};
 use upstream::MemberConns;
 
+/// The most a connection buffers in user space in each direction (hyper's read buffer and write
+/// queue for HTTP/1, the per-stream send buffer for HTTP/2). A client that reads a response
+/// slowly then holds at most about twice this much of the proxy's memory (the member side's
+/// read buffer and the client side's write queue); beyond it, backpressure reaches the member
+/// through TCP flow control.
+pub const MAX_BUF_PER_CONNECTION: usize = 32 * 1024;
+
 /// Listener-wide settings (per-pool settings live in the pool).
 #[derive(Clone, Debug)]
 pub struct ProxySettings {

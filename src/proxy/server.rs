@@ -102,8 +102,18 @@ impl Drop for InFlight {
 /// timeout. Returns when every connection is closed or the drain timeout passed.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(proxy.settings.client_header_timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.settings.client_header_timeout)
+        .keep_alive(true)
+        .writev(false)
+        .max_buf_size(super::MAX_BUF_PER_CONNECTION);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .max_send_buf_size(super::MAX_BUF_PER_CONNECTION);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {

@@ -168,8 +168,11 @@ impl MemberConns {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (sender, conn) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(super::MAX_BUF_PER_CONNECTION)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {

@@ -22,6 +22,7 @@ mod manager_controller;
 mod proxy_clients;
 mod proxy_failover;
 mod proxy_lifecycle;
+mod proxy_memory;
 mod proxy_pool;
 mod proxy_routing;
 mod proxy_streaming;
