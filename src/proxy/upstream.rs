@@ -168,6 +168,7 @@ impl MemberConns {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
+        super::server::set_tcp_keepalive(&stream);
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
         let addr = self.addr;
