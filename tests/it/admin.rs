@@ -486,3 +486,68 @@ async fn the_first_admin_request_after_startup_sees_the_configured_manager() {
     })
     .await;
 }
+
+/// CPU time (user + system) of a process so far, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is the 3rd, utime the 14th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_both_listeners_back_off_instead_of_spinning() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let file = temp_file("emfile.yaml", &pool_yaml("shop", &[(a.addr, "a", 1)], ""));
+        let (proxy, admin) = (free_port(), free_port());
+        let stderr = temp_path("emfile-stderr");
+        // 32 descriptors: the runtime, the listeners and a handful of connections.
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "ulimit -n 32 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_routeid"), "standalone", "-f"])
+            .arg(&file)
+            .args(["--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
+            .args(["--client-header-timeout", "30s", "--no-access-log"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !matches!(try_get(admin, "/readyz", &[]).await, Ok(g) if g.status == 200) {
+            assert!(child.try_wait().unwrap().is_none(), "routeid exited: {}", log());
+            assert!(std::time::Instant::now() < deadline, "routeid never became ready: {}", log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // More connections than descriptors, to both listeners: the kernel completes them (the
+        // backlog), routeid cannot accept them.
+        let mut held = Vec::new();
+        for addr in [admin, proxy] {
+            for _ in 0..40 {
+                held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log().matches("accept failed").count() < 2 {
+            assert!(std::time::Instant::now() < deadline, "accepting never failed: {}", log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = cpu_ticks(child.id());
+        tokio::time::sleep(Duration::from_secs(1)).await; // the measuring window
+        let used = cpu_ticks(child.id()) - before;
+        eprintln!("CPU while out of descriptors: {used} ticks in 1 s");
+        let _ = child.kill();
+        let _ = child.wait();
+        // A spinning accept loop burns a whole core: ~100 ticks in that second.
+        assert!(used < 30, "{used} ticks of CPU in 1 s while out of descriptors");
+        assert!(
+            log().matches("accept failed").count() < 40,
+            "a flood of accept warnings: {}",
+            log().matches("accept failed").count()
+        );
+    })
+    .await;
+}
