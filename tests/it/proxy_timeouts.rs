@@ -168,3 +168,62 @@ async fn a_silent_http2_connection_is_closed_after_the_header_timeout_too() {
     })
     .await;
 }
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Resident set size of a process now, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_pinging_http2_clients_give_their_sockets_back_when_idle() {
+    bounded(async {
+        let m = Member::start("m").await;
+        let file = temp_file("idle-h2.yaml", &pool_yaml("p", &[(m.addr, "m", 1)], ""));
+        // Long enough that the first client is not idle before the hundredth has connected.
+        let p = spawn_standalone(&file, &["--client-idle-timeout", "2s", "--no-access-log"]).await;
+        let (pid, baseline) = (p.pid(), open_fds(p.pid()));
+        let mut conns = Vec::new();
+        for _ in 0..100 {
+            let stream = TcpStream::connect(p.proxy_addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Duration::from_millis(100))
+                .keep_alive_while_idle(true)
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+            let conn = tokio::spawn(conn);
+            let req = http::Request::get(format!("http://{}/", p.proxy_addr))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+            conns.push((sender, conn));
+        }
+        let (open, rss_open) = (open_fds(pid), rss_kib(pid));
+        assert!(open >= baseline + 100, "{open} descriptors open with 100 clients (baseline {baseline})");
+        for (_sender, conn) in conns {
+            tokio::time::timeout(Duration::from_secs(10), conn).await.expect("an idle PINGing client was kept").unwrap().ok();
+        }
+        // The proxy closed them all: its descriptors are back (its member connections aside).
+        wait_for(Duration::from_secs(5), "the proxy's descriptors back to the baseline", || {
+            open_fds(pid) <= baseline + 2
+        })
+        .await;
+        eprintln!(
+            "100 idle PINGing h2 clients: {open} fds open (baseline {baseline}), RSS {rss_open} KiB; after the idle timeout: {} fds, RSS {} KiB",
+            open_fds(pid),
+            rss_kib(pid)
+        );
+    })
+    .await;
+}
