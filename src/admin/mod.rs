@@ -30,7 +30,8 @@ pub mod metrics;
 use manager::{Manager, Persistence, WriteError};
 
 /// What the admin endpoints report on. It is whole before the admin listener accepts: the
-/// manager (and its token) is part of it from the start, so no request can see another.
+/// manager (and its token) is part of it from the start, so even the very first request sees
+/// the configured manager, never a read-only stand-in.
 #[derive(Debug)]
 pub struct AdminState {
     /// Set once the first routing table is published.
