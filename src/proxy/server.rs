@@ -139,7 +139,10 @@ where
             None => None,
             Some(p) => match Arc::clone(p).try_acquire_owned() {
                 Ok(permit) => Some(permit),
-                Err(_) => return refused.refuse(limits.name, peer),
+                Err(_) => {
+                    refused.refuse(limits.name, peer);
+                    return; // dropping `stream` closes it at once
+                }
             },
         };
         let _ = stream.set_nodelay(true);
