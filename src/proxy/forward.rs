@@ -13,7 +13,6 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
 
 use super::body::{BodySlot, BodyState, ClientBodyError, UpstreamBody};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
@@ -639,7 +638,7 @@ impl Proxy {
             match upgrade {
                 Some(client_side) => {
                     let member_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client_side, member_side, tunnel_busy.take()));
+                    self.tunnels.spawn(client_side, member_side, self.settings.client_idle_timeout, tunnel_busy.take());
                 }
                 None => {
                     resp =
@@ -779,21 +778,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = c.source();
     }
     s
-}
-
-/// Copies bytes both ways between an upgraded client connection and the member's; the member
-/// counts as busy while the tunnel is open.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, member: hyper::upgrade::OnUpgrade, _busy: Option<BusyGuard>) {
-    let (client, member) = match tokio::try_join!(client, member) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut member = TokioIo::new(member);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut member).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
-    }
 }

@@ -168,6 +168,7 @@ impl MemberConns {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
+        super::server::set_tcp_keepalive(&stream);
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(super::MAX_BUF_PER_CONNECTION)
             .handshake(TokioIo::new(stream))

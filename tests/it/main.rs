@@ -27,5 +27,6 @@ mod proxy_pool;
 mod proxy_routing;
 mod proxy_streaming;
 mod proxy_timeouts;
+mod proxy_tunnels;
 mod smoke;
 mod sticky;

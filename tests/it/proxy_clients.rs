@@ -85,10 +85,10 @@ async fn a_client_gone_mid_upload_is_not_the_members_fault() {
         let a = Member::start("a").await;
         let p = start_proxy(&pool_yaml("up", &[(a.addr, "a", 1)], "  sticky: {failover: false}\n")).await;
         for _ in 0..3 {
+            let hits = a.hits();
             let mut s = TcpStream::connect(p.proxy_addr).await.unwrap();
             s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n").await.unwrap();
             s.write_all(&[b'x'; 1000]).await.unwrap();
-            let hits = a.hits();
             wait_for(Duration::from_secs(5), "the member to see the upload", || a.hits() > hits).await;
             drop(s);
             wait_for(Duration::from_secs(5), "the attempt to end", || runtime(&p, 0, 0).busy.load(Relaxed) == 0).await;
