@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
+use routeid::admin::AdminState;
 use routeid::admin::manager::{Manager, Persistence};
 use routeid::cli::{Cli, Command, ControllerArgs, LogFormat};
 use routeid::proxy::ProxySettings;
@@ -136,14 +137,14 @@ async fn run_standalone(
                 return ExitCode::FAILURE;
             }
         };
-    let running = match Running::start(settings, listen, admin_listen, pools).await {
+    let admin = AdminState::new(Manager::new(manager_token, Persistence::InMemory), true);
+    let running = match Running::start_with_admin(settings, listen, admin_listen, pools, admin).await {
         Ok((r, _)) => r,
         Err(e) => {
             eprintln!("routeid: {e}");
             return ExitCode::from(2);
         }
     };
-    let _ = running.admin.manager.set(Manager::new(manager_token, Persistence::InMemory));
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, pools = count, file = %file.display(), "routeid standalone serving");
     loop {
         tokio::select! {
@@ -197,8 +198,12 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The manager (and its token) is part of the admin state before the listener accepts.
+    let manager = Manager::new(args.proxy.manager_token.clone(), Persistence::Kubernetes(client.clone()));
+    let admin = AdminState::new(manager, false);
     let running =
-        match Running::start_with(args.proxy.settings(), args.listen, args.admin_listen, Vec::new(), false).await {
+        match Running::start_with_admin(args.proxy.settings(), args.listen, args.admin_listen, Vec::new(), admin).await
+        {
             Ok((r, _)) => r,
             Err(e) => {
                 eprintln!("routeid controller: {e}");
@@ -221,10 +226,6 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     let filter = ClassFilter { ingress_class: args.ingress_class.clone(), default_class: args.default_class };
     let mut opts = ControllerOptions::new(args.namespace.clone(), filter, lease_namespace, identity.clone());
     opts.leader.enabled = !args.no_leader_election;
-    let _ = running
-        .admin
-        .manager
-        .set(Manager::new(args.proxy.manager_token.clone(), Persistence::Kubernetes(client.clone())));
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
     tracing::info!(
         proxy = %running.proxy_addr,

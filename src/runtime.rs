@@ -3,12 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::manager::{Manager, Persistence};
 use crate::admin::{self, AdminState};
 use crate::core::PoolConfig;
 use crate::core::table::Conflict;
@@ -60,13 +60,26 @@ impl Running {
 
     /// Like [`Running::start`], with `/readyz` answering 200 only if `ready`. The controller
     /// starts unready and sets `admin.ready` after its first complete sync, so no traffic is
-    /// sent to a proxy that does not know its pools yet.
+    /// sent to a proxy that does not know its pools yet. The balancer-manager is read-only.
     pub async fn start_with(
         settings: ProxySettings,
         listen: SocketAddr,
         admin_listen: SocketAddr,
         pools: Vec<PoolConfig>,
         ready: bool,
+    ) -> Result<(Running, Vec<Conflict>), StartError> {
+        let admin = AdminState::new(Manager::new(None, Persistence::InMemory), ready);
+        Self::start_with_admin(settings, listen, admin_listen, pools, admin).await
+    }
+
+    /// Like [`Running::start`], with the admin state (readiness, the balancer-manager and its
+    /// token) made by the caller: it is whole before the admin listener accepts a connection.
+    pub async fn start_with_admin(
+        settings: ProxySettings,
+        listen: SocketAddr,
+        admin_listen: SocketAddr,
+        pools: Vec<PoolConfig>,
+        admin: AdminState,
     ) -> Result<(Running, Vec<Conflict>), StartError> {
         let listener = bind(listen).await?;
         let admin_listener = bind(admin_listen).await?;
@@ -75,8 +88,7 @@ impl Running {
             admin_listener.local_addr().map_err(|source| StartError::Bind { addr: admin_listen, source })?;
         let proxy = Proxy::new(settings);
         let conflicts = proxy.publish(pools);
-        let admin = Arc::new(AdminState::default());
-        admin.ready.store(ready, Ordering::Release);
+        let admin = Arc::new(admin);
         let (shutdown, rx) = watch::channel(false);
         let proxy_task = tokio::spawn(server::serve(listener, Arc::clone(&proxy), rx.clone()));
         let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin), Arc::clone(&proxy), rx));

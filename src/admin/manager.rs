@@ -7,6 +7,13 @@
 //! page (as Apache's manager does), so another site cannot make a browser post a change. Without
 //! a token the manager is read-only and says so.
 //!
+//! The nonce is a signed, time-limited token, one per rendered page: a random id and an expiry,
+//! with an HMAC-SHA256 over both under a key made at random when the process starts. Checking
+//! it needs no record of the pages served, so reading the page (which anyone on the admin port
+//! may do) stores nothing and cannot push an operator's open form out of any table. Only a post
+//! that presented the manager token records its nonce, until it expires, so that each form is
+//! good once.
+//!
 //! Where a change goes: in standalone mode into the proxy's in-memory overlay (lost on restart);
 //! in controller mode into the pool's `spec.members` in the Kubernetes API, from where every
 //! replica's controller applies it, and it survives restarts.
@@ -16,6 +23,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use kube::api::{Api, Patch, PatchParams};
+use ring::hmac;
 use serde::Serialize;
 
 use crate::api::{BalancerPool, MemberOverride, MemberStatus};
@@ -41,16 +49,28 @@ impl std::fmt::Debug for Persistence {
     }
 }
 
-/// Nonces live this long.
+/// A page's nonce is good for this long.
 const NONCE_TTL_MS: u64 = 3_600_000;
-const MAX_NONCES: usize = 1024;
+/// Used nonces remembered (each until it expires) so that a form is good once. Only posts that
+/// presented the manager token add to it; past this many, the oldest is forgotten.
+const MAX_USED_NONCES: usize = 4096;
 
-/// The manager's configuration and its issued nonces.
-#[derive(Debug)]
+/// The manager's configuration, the key its nonces are signed with, and the nonces used.
 pub struct Manager {
     token: Option<String>,
     persistence: Persistence,
-    nonces: Mutex<VecDeque<(String, u64)>>,
+    /// `None` if the OS gave no randomness: then no nonce is issued or accepted.
+    nonce_key: Option<hmac::Key>,
+    used: Mutex<VecDeque<(String, u64)>>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("writable", &self.writable())
+            .field("persistence", &self.persistence)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a write was refused; maps to an HTTP status.
@@ -92,6 +112,17 @@ impl WriteError {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -99,7 +130,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Manager {
     /// A manager; `token` empty or absent means read-only.
     pub fn new(token: Option<String>, persistence: Persistence) -> Manager {
-        Manager { token: token.filter(|t| !t.is_empty()), persistence, nonces: Mutex::new(VecDeque::new()) }
+        let nonce_key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new()).ok();
+        if nonce_key.is_none() {
+            tracing::error!("no OS randomness: the balancer-manager's forms are refused (the JSON API still works)");
+        }
+        Manager { token: token.filter(|t| !t.is_empty()), persistence, nonce_key, used: Mutex::new(VecDeque::new()) }
     }
 
     /// Whether writes are possible at all.
@@ -121,37 +156,46 @@ impl Manager {
         }
     }
 
-    /// A fresh nonce for one page.
+    /// A fresh nonce for one page: `<id>.<expiry ms>.<HMAC>`, recorded nowhere.
     pub fn issue_nonce(&self) -> String {
-        let mut raw = [0u8; 16];
-        if getrandom::fill(&mut raw).is_err() {
-            // No OS randomness: no nonce can be trusted, so none is accepted either.
-            return String::new();
-        }
-        let nonce: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let now = Clock.now_ms();
-        let mut n = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
-        while n.len() >= MAX_NONCES || n.front().is_some_and(|(_, exp)| *exp < now) {
-            n.pop_front();
-        }
-        n.push_back((nonce.clone(), now + NONCE_TTL_MS));
-        nonce
+        self.issue_nonce_at(Clock.now_ms())
     }
 
-    /// Accepts a nonce once.
+    fn issue_nonce_at(&self, now_ms: u64) -> String {
+        let (Some(key), Ok(id)) = (&self.nonce_key, ring::rand::generate::<[u8; 12]>(&ring::rand::SystemRandom::new()))
+        else {
+            return String::new();
+        };
+        let signed = format!("{}.{}", hex(&id.expose()), now_ms + NONCE_TTL_MS);
+        let tag = hmac::sign(key, signed.as_bytes());
+        format!("{signed}.{}", hex(tag.as_ref()))
+    }
+
+    /// Accepts a nonce this process issued, not expired and not used before; records it as used.
+    /// Call it only once the post has presented the manager token.
     pub fn take_nonce(&self, nonce: &str) -> Result<(), WriteError> {
-        let now = Clock.now_ms();
-        let mut n = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
-        match n
-            .iter()
-            .position(|(v, exp)| !nonce.is_empty() && constant_time_eq(v.as_bytes(), nonce.as_bytes()) && *exp >= now)
-        {
-            Some(i) => {
-                n.remove(i);
-                Ok(())
-            }
-            None => Err(WriteError::BadNonce),
+        self.take_nonce_at(nonce, Clock.now_ms())
+    }
+
+    fn take_nonce_at(&self, nonce: &str, now_ms: u64) -> Result<(), WriteError> {
+        let key = self.nonce_key.as_ref().ok_or(WriteError::BadNonce)?;
+        let (signed, tag) = nonce.rsplit_once('.').ok_or(WriteError::BadNonce)?;
+        let tag = unhex(tag).ok_or(WriteError::BadNonce)?;
+        hmac::verify(key, signed.as_bytes(), &tag).map_err(|_| WriteError::BadNonce)?;
+        let expiry: u64 = signed.rsplit_once('.').and_then(|(_, e)| e.parse().ok()).ok_or(WriteError::BadNonce)?;
+        if expiry < now_ms {
+            return Err(WriteError::BadNonce);
         }
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.retain(|(_, exp)| *exp >= now_ms);
+        if used.iter().any(|(n, _)| n == nonce) {
+            return Err(WriteError::BadNonce);
+        }
+        if used.len() >= MAX_USED_NONCES {
+            used.pop_front();
+        }
+        used.push_back((nonce.to_owned(), expiry));
+        Ok(())
     }
 
     /// Applies a change where this manager keeps them. Returns where it went, for the reply.
@@ -352,6 +396,8 @@ const STATUSES: [MemberStatus; 5] =
 /// The HTML page; `notice` is a message to show on top (already plain text).
 pub fn page(proxy: &Proxy, manager: &Manager, notice: Option<&str>) -> String {
     let v = view(proxy, manager);
+    // One nonce for the page: every form on it carries the same.
+    let nonce = if v.read_only { String::new() } else { manager.issue_nonce() };
     let mut h = String::with_capacity(8192);
     h.push_str("<!doctype html><html lang=en><head><meta charset=utf-8><title>routeid balancer-manager</title><style>");
     h.push_str(
@@ -404,7 +450,6 @@ pub fn page(proxy: &Proxy, manager: &Manager, notice: Option<&str>) -> String {
                 if m.healthy { "healthy" } else { "failing checks" }
             );
             if !v.read_only {
-                let nonce = manager.issue_nonce();
                 let _ = write!(
                     h,
                     "<td><form method=post action=/balancer-manager id=\"f-{}\">\
@@ -416,7 +461,7 @@ pub fn page(proxy: &Proxy, manager: &Manager, notice: Option<&str>) -> String {
                     esc(&p.namespace),
                     esc(&p.name),
                     esc(&m.route),
-                    nonce,
+                    esc(&nonce),
                     m.load_factor,
                     m.lb_set
                 );
@@ -465,13 +510,56 @@ mod tests {
         assert!(matches!(m.authorize(Some("nope")), Err(WriteError::Unauthorized)));
         assert!(matches!(m.authorize(None), Err(WriteError::Unauthorized)));
         let n = m.issue_nonce();
-        assert_eq!(n.len(), 32);
         assert!(m.take_nonce(&n).is_ok());
         assert!(matches!(m.take_nonce(&n), Err(WriteError::BadNonce)), "a nonce is used once");
         assert!(matches!(m.take_nonce(""), Err(WriteError::BadNonce)));
         let ro = Manager::new(None, Persistence::InMemory);
         assert!(matches!(ro.authorize(Some("s3cret")), Err(WriteError::ReadOnly)));
         assert!(!Manager::new(Some(String::new()), Persistence::InMemory).writable(), "an empty token is no token");
+    }
+
+    #[test]
+    fn nonces_are_signed_time_limited_and_good_once() {
+        let m = Manager::new(Some("s3cret".into()), Persistence::InMemory);
+        let now = 1_000_000;
+        let n = m.issue_nonce_at(now);
+        // Reads store nothing: ten thousand later pages do not push this one out.
+        for _ in 0..10_000 {
+            m.issue_nonce_at(now);
+        }
+        assert!(m.used.lock().unwrap().is_empty(), "issuing records nothing");
+        assert!(m.take_nonce_at(&n, now + NONCE_TTL_MS - 1).is_ok(), "good until it expires");
+        assert!(matches!(m.take_nonce_at(&n, now + 1), Err(WriteError::BadNonce)), "and once");
+        let late = m.issue_nonce_at(now);
+        assert!(matches!(m.take_nonce_at(&late, now + NONCE_TTL_MS + 1), Err(WriteError::BadNonce)), "expired");
+        // Tampering with the expiry or the id breaks the signature.
+        let fresh = m.issue_nonce_at(now);
+        let (id, rest) = fresh.split_once('.').unwrap();
+        let (_, tag) = rest.split_once('.').unwrap();
+        let longer = format!("{id}.{}.{tag}", now + 10 * NONCE_TTL_MS);
+        assert!(matches!(m.take_nonce_at(&longer, now), Err(WriteError::BadNonce)));
+        let other_id = format!("{}.{rest}", "0".repeat(id.len()));
+        assert!(matches!(m.take_nonce_at(&other_id, now), Err(WriteError::BadNonce)));
+        for junk in ["", ".", "..", "a.b.c", "x.1.zz", "é.1.é"] {
+            assert!(matches!(m.take_nonce_at(junk, now), Err(WriteError::BadNonce)), "{junk:?}");
+        }
+        // Another process (another key) issued it: refused.
+        let other = Manager::new(Some("s3cret".into()), Persistence::InMemory);
+        assert!(matches!(other.take_nonce_at(&fresh, now), Err(WriteError::BadNonce)));
+        assert!(m.take_nonce_at(&fresh, now).is_ok());
+    }
+
+    #[test]
+    fn used_nonces_are_forgotten_when_they_expire() {
+        let m = Manager::new(Some("s3cret".into()), Persistence::InMemory);
+        for i in 0..(MAX_USED_NONCES as u64 + 10) {
+            let n = m.issue_nonce_at(i);
+            assert!(m.take_nonce_at(&n, i).is_ok());
+        }
+        assert_eq!(m.used.lock().unwrap().len(), MAX_USED_NONCES, "bounded");
+        let n = m.issue_nonce_at(2 * NONCE_TTL_MS);
+        assert!(m.take_nonce_at(&n, 2 * NONCE_TTL_MS).is_ok());
+        assert_eq!(m.used.lock().unwrap().len(), 1, "the expired ones are gone");
     }
 
     #[test]

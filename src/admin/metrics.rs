@@ -56,6 +56,23 @@ pub enum FailoverReason {
 
 const FAILOVER_LABELS: [&str; 2] = ["member-unusable", "retry"];
 
+/// Requests that failed on the client's side, labels of `routeid_client_errors_total`. None of
+/// them counts against a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// Refused before routing: ambiguous (two `Host`s, no `Host`, `Host` ≠ `:authority`), a bad
+    /// path, or `CONNECT` (400, 405).
+    BadRequest = 0,
+    /// A malformed request body (400).
+    BrokenBody = 1,
+    /// The client went away before its answer (logged 499).
+    Gone = 2,
+    /// The upload stalled on the client past the client idle timeout (408).
+    UploadStalled = 3,
+}
+
+const CLIENT_ERROR_LABELS: [&str; 4] = ["bad-request", "broken-body", "gone", "upload-stalled"];
+
 /// Status classes, the `code` label of `routeid_member_requests_total`.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -155,6 +172,8 @@ pub struct Metrics {
     unavailable: IntCounterVec,
     /// Requests no pool matched (404).
     pub unmatched: IntCounter,
+    /// Client-side failures by [`ClientError`], made once.
+    client_errors: [IntCounter; 4],
     /// Routing tables published.
     pub publications: IntCounter,
     /// Controller reconciles by result (`ok`, `error`).
@@ -212,6 +231,14 @@ impl Metrics {
             &["namespace", "pool"],
         ));
         let unmatched = must(IntCounter::new("routeid_unmatched_requests_total", "Requests no pool matched (404)."));
+        let client_error_vec = must(IntCounterVec::new(
+            Opts::new(
+                "routeid_client_errors_total",
+                "Requests that failed on the client's side (never counted against a member), by reason.",
+            ),
+            &["reason"],
+        ));
+        let client_errors = CLIENT_ERROR_LABELS.map(|l| client_error_vec.with_label_values(&[l]));
         let publications = must(IntCounter::new("routeid_table_publications_total", "Routing tables published."));
         let reconciles = must(IntCounterVec::new(
             Opts::new("routeid_controller_reconciles_total", "Controller reconciles, by result."),
@@ -234,6 +261,7 @@ impl Metrics {
             Box::new(failovers.clone()),
             Box::new(unavailable.clone()),
             Box::new(unmatched.clone()),
+            Box::new(client_error_vec),
             Box::new(publications.clone()),
             Box::new(reconciles.clone()),
             Box::new(watch_restarts.clone()),
@@ -252,11 +280,17 @@ impl Metrics {
             failovers,
             unavailable,
             unmatched,
+            client_errors,
             publications,
             reconciles,
             watch_restarts,
             last_sync,
         }
+    }
+
+    /// Counts a request that failed on the client's side.
+    pub fn client_error(&self, reason: ClientError) {
+        self.client_errors[reason as usize].inc();
     }
 
     /// Handles for one pool (at publication).

@@ -3,45 +3,59 @@
 //! `/healthz` answers 200 while the process serves at all; `/readyz` answers 200 once a routing
 //! table has been published (in controller mode: after the first complete sync), so a load
 //! balancer or kubelet sends no traffic to an empty proxy.
+//!
+//! The listener has the proxy listener's protections (it shares its code): the header and idle
+//! timeouts, a backoff when accepting fails, a drain on shutdown, and at most
+//! [`MAX_CONNECTIONS`] connections at once; one more is closed as soon as it is accepted, so a
+//! client holding connections open cannot take file descriptors from the proxy.
 
-use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::core::PoolId;
 use crate::core::config::MemberChange;
 use crate::proxy::Proxy;
+use crate::proxy::server::{self, ListenerLimits};
 
 pub mod manager;
 pub mod metrics;
 
 use manager::{Manager, Persistence, WriteError};
 
-/// What the admin endpoints report on.
-#[derive(Debug, Default)]
+/// What the admin endpoints report on. It is whole before the admin listener accepts: the
+/// manager (and its token) is part of it from the start, so even the very first request sees
+/// the configured manager, never a read-only stand-in.
+#[derive(Debug)]
 pub struct AdminState {
     /// Set once the first routing table is published.
     pub ready: AtomicBool,
-    /// The balancer-manager's settings; read-only and in-memory until set.
-    pub manager: OnceLock<Manager>,
+    /// The balancer-manager's settings.
+    pub manager: Manager,
 }
 
 impl AdminState {
-    /// The balancer-manager.
-    pub fn manager(&self) -> &Manager {
-        self.manager.get_or_init(|| Manager::new(None, Persistence::InMemory))
+    /// Admin state with this manager; `ready` says whether `/readyz` answers 200 from the start.
+    pub fn new(manager: Manager, ready: bool) -> AdminState {
+        AdminState { ready: AtomicBool::new(ready), manager }
     }
 }
+
+impl Default for AdminState {
+    /// Not ready, with a read-only, in-memory manager (no token configured).
+    fn default() -> Self {
+        AdminState::new(Manager::new(None, Persistence::InMemory), false)
+    }
+}
+
+/// Admin connections served at once; one more is closed as soon as it is accepted.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Largest admin request body (a form or a JSON change).
 const MAX_BODY: usize = 64 * 1024;
@@ -86,7 +100,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminResponse> {
 /// Answers one admin request.
 pub async fn route(state: &AdminState, proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
     let path = req.uri().path().to_owned();
-    let m = state.manager();
+    let m = &state.manager;
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (Method::GET, "/readyz") if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
@@ -198,32 +212,20 @@ async fn api_patch(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminR
     }
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        tokio::select! {
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    return;
-                }
-            }
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let (state, proxy, builder) = (Arc::clone(&state), Arc::clone(&proxy), builder.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let (state, proxy) = (Arc::clone(&state), Arc::clone(&proxy));
-                        async move { Ok::<_, Infallible>(route(&state, &proxy, req).await) }
-                    });
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
+/// Serves the admin endpoints until `shutdown` turns true, then drains like the proxy listener,
+/// with the proxy listener's header, idle and drain timeouts.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
+    let limits = ListenerLimits {
+        name: "admin",
+        max_connections: Some(MAX_CONNECTIONS),
+        ..ListenerLimits::proxy(&proxy.settings)
+    };
+    server::run(listener, limits, shutdown, move |_peer| {
+        let (state, proxy) = (Arc::clone(&state), Arc::clone(&proxy));
+        move |req| {
+            let (state, proxy) = (Arc::clone(&state), Arc::clone(&proxy));
+            async move { route(&state, &proxy, req).await }
         }
-    }
+    })
+    .await;
 }

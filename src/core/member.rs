@@ -175,6 +175,34 @@ impl MemberRuntime {
     }
 }
 
+/// One request in flight to a member (Apache `busy`, `routeid_member_in_flight`): taken when the
+/// member is chosen and released when the guard drops — when the response body ends, the
+/// tunnel of an upgraded connection closes, or the request fails or is abandoned. ByBusyness
+/// and LeastLatency then see streamed bodies, long polls and server-sent events as the load
+/// they are. It also carries the runtime, so the body that holds it can count bytes.
+#[derive(Debug)]
+pub struct BusyGuard(Arc<MemberRuntime>);
+
+impl BusyGuard {
+    /// Counts a request in flight to `member` (and one more election).
+    pub fn enter(member: &Arc<MemberRuntime>) -> BusyGuard {
+        member.busy.fetch_add(1, Relaxed);
+        member.elected.fetch_add(1, Relaxed);
+        BusyGuard(Arc::clone(member))
+    }
+
+    /// The member's runtime.
+    pub fn runtime(&self) -> &Arc<MemberRuntime> {
+        &self.0
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A member of a pool: validated configuration plus shared runtime state.
 #[derive(Debug, Clone)]
 pub struct Member {

@@ -5,13 +5,14 @@
 pub mod config;
 pub mod lb;
 pub mod member;
+pub mod path;
 pub mod pool;
 pub mod route;
 pub mod sticky;
 pub mod table;
 
 pub use config::{PoolConfig, PoolId};
-pub use member::{Clock, FailureKind, Member, MemberRuntime};
+pub use member::{BusyGuard, Clock, FailureKind, Member, MemberRuntime};
 pub use pool::{Balanced, Choice, Pool, Tried, Unavailable};
 pub use route::Route;
 pub use table::RoutingTable;

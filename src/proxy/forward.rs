@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -13,18 +13,16 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
 
-use super::body::{BodySlot, UpstreamBody};
+use super::body::{BodySlot, BodyState, ClientBodyError, UpstreamBody};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
-use super::upstream::{Limits, MemberBody};
+use super::upstream::{Failed, Limits, MemberBody};
 use super::{PoolExt, Proxy};
-use crate::admin::metrics::{FailoverReason, StickyOutcome};
+use crate::admin::metrics::{ClientError, FailoverReason, StickyOutcome};
 use crate::api::CookieMode;
 use crate::core::config::StickyConfig;
-use crate::core::member::MemberRuntime;
 use crate::core::sticky::{RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie};
-use crate::core::{Balanced, Choice, FailureKind, Pool, Tried, Unavailable};
+use crate::core::{Balanced, BusyGuard, Choice, FailureKind, Pool, Tried, Unavailable};
 
 /// The response body: the member's streamed body, or a short body routeid wrote itself.
 pub type ProxyBody = Either<MemberBody, Full<Bytes>>;
@@ -55,23 +53,6 @@ struct BalancerVars<'a> {
     source: Option<RouteSource>,
     balanced: Option<Balanced>,
     malformed: bool,
-}
-
-/// Decrements `busy` even when the request future is dropped (client went away).
-struct Busy<'a>(&'a MemberRuntime);
-
-impl<'a> Busy<'a> {
-    fn enter(m: &'a MemberRuntime) -> Self {
-        m.busy.fetch_add(1, Relaxed);
-        m.elected.fetch_add(1, Relaxed);
-        Busy(m)
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Relaxed);
-    }
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -140,29 +121,242 @@ fn prepare_request_cookies(h: &mut HeaderMap, from_h2: bool, sticky: Option<&Sti
         }
         return;
     }
-    let mut all_empty = true;
+    let mut emptied = false;
     for v in entry.iter_mut() {
         if let Some(new) = rewrite_request_cookie(v.as_bytes(), drop, unprefix) {
             *v = HeaderValue::from_bytes(&new).unwrap_or(HeaderValue::from_static(""));
+            emptied |= v.is_empty();
         }
-        all_empty &= v.is_empty();
     }
-    if all_empty {
-        entry.remove_entry_mult();
+    if emptied {
+        // A header left holding nothing is not forwarded as an empty `cookie:` line.
+        let kept: Vec<HeaderValue> = entry.remove_entry_mult().1.filter(|v| !v.is_empty()).collect();
+        for v in kept {
+            h.append(header::COOKIE, v);
+        }
+    }
+}
+
+/// Who made the response the client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// The member's own response.
+    Member,
+    /// routeid's, after the member failed or was too slow (502, 504).
+    Proxy,
+    /// routeid's, because the client's side failed (400, 408, 499).
+    ClientFault,
+}
+
+/// How the client's side of an exchange failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientFault {
+    /// A malformed or early-ending body, or the client went away.
+    Body(ClientBodyError),
+    /// The upload stalled on the client for the client idle timeout.
+    Stalled,
+}
+
+/// nginx's "client closed request": logged, never really sent.
+fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+impl ClientFault {
+    fn reason(self) -> ClientError {
+        match self {
+            ClientFault::Body(ClientBodyError::Broken) => ClientError::BrokenBody,
+            ClientFault::Body(ClientBodyError::Gone) => ClientError::Gone,
+            ClientFault::Stalled => ClientError::UploadStalled,
+        }
+    }
+
+    fn response(self) -> Response<ProxyBody> {
+        let mut r = match self {
+            ClientFault::Body(ClientBodyError::Broken) => {
+                plain(StatusCode::BAD_REQUEST, "routeid: the request body is malformed or incomplete\n")
+            }
+            ClientFault::Body(ClientBodyError::Gone) => plain(client_closed_request(), "routeid: client went away\n"),
+            ClientFault::Stalled => {
+                plain(StatusCode::REQUEST_TIMEOUT, "routeid: the request body stalled past the client idle timeout\n")
+            }
+        };
+        // The connection's state is unknown after a broken body: close it.
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    }
+}
+
+/// How waiting for a member's answer ended.
+enum Waited {
+    /// The member answered.
+    Answered(Response<MemberBody>),
+    /// The attempt failed on the member's side (refused, reset, closed, bad response).
+    Failed(Failed),
+    /// No response head within the response timeout.
+    MemberSlow,
+    /// The client's side failed first.
+    ClientFault(ClientFault),
+}
+
+/// Why a request is refused before it is routed: a request two parties could read
+/// differently (RFC 9112 §3.2, RFC 9113 §8.3.1), or a tunnel routeid does not open.
+fn refusal(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
+    if req.method() == Method::CONNECT {
+        return Some((StatusCode::METHOD_NOT_ALLOWED, "routeid: CONNECT is not supported\n"));
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some((StatusCode::BAD_REQUEST, "routeid: more than one Host header\n"));
+    }
+    match (req.version(), host, req.uri().authority()) {
+        (Version::HTTP_11, None, _) => {
+            Some((StatusCode::BAD_REQUEST, "routeid: an HTTP/1.1 request needs a Host header\n"))
+        }
+        (Version::HTTP_2, Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
+            Some((StatusCode::BAD_REQUEST, "routeid: the Host header differs from :authority\n"))
+        }
+        _ => None,
+    }
+}
+
+/// Resolves dot-segments in the request path (see [`crate::core::path`]) so that matching,
+/// route extraction and forwarding all see the resolved path. Allocates only when the path has
+/// dot-segments.
+fn normalize_path(req: &mut Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+    let Some(path) = crate::core::path::normalize(req.uri().path()) else { return Ok(()) };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(pq).map_err(|_| (StatusCode::BAD_REQUEST, "routeid: bad path\n"))?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| (StatusCode::BAD_REQUEST, "routeid: bad path\n"))?;
+    Ok(())
+}
+
+/// The host a request is for: the request target's authority when it has one (absolute-form,
+/// HTTP/2 `:authority`), which RFC 9112 §3.2.2 and RFC 9113 §8.3.1 rank above `Host`; else `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => {
+            // Never userinfo: `user@host` names `host`.
+            let hostport = a.as_str().rsplit('@').next().unwrap_or("");
+            HeaderValue::from_str(hostport).ok()
+        }
+        None => req.headers().get(header::HOST).cloned(),
+    }
+}
+
+/// Logs a request whose client went away before it was answered (nginx's 499): hyper drops
+/// the request's future then, and nothing else would log it.
+struct LogIfAbandoned<'a> {
+    proxy: &'a Proxy,
+    info: ReqInfo<'a>,
+    pool: &'a HeaderValue,
+    armed: bool,
+}
+
+impl Drop for LogIfAbandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.proxy.settings.metrics {
+            self.proxy.metrics().client_error(ClientError::Gone);
+        }
+        let out = Outcome { status: client_closed_request(), bytes_out: None, attempts: 0 };
+        self.proxy.access_log(&self.info, Some(self.pool), None, &BalancerVars::default(), out);
     }
 }
 
 impl Proxy {
+    /// Answers a request refused before routing, logged and counted.
+    fn refuse(
+        &self,
+        req: &Request<Incoming>,
+        status: StatusCode,
+        why: &'static str,
+        started: Instant,
+        bytes_in: Option<u64>,
+    ) -> Response<ProxyBody> {
+        let mut resp = plain(status, why);
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"));
+        }
+        if req.version() != Version::HTTP_2 {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.settings.metrics {
+            self.metrics().client_error(ClientError::BadRequest);
+        }
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let info = ReqInfo { method: req.method(), host, path: req.uri().path(), started, bytes_in };
+        self.access_log(&info, None, None, &BalancerVars::default(), Outcome::of(&resp, 0));
+        resp
+    }
+
+    /// Waits for the member's answer. While the request body is still being sent, the upload
+    /// is bounded by the client idle timeout when it waits on the client (the client's fault,
+    /// 408) and by the response timeout when it waits on the member; the response timeout
+    /// proper starts once the body is fully sent.
+    async fn await_member<F>(&self, exchange: F, body: Option<&BodySlot>, response: Duration) -> Waited
+    where
+        F: std::future::Future<Output = Result<Response<MemberBody>, Failed>>,
+    {
+        tokio::pin!(exchange);
+        let done = |r: Result<Response<MemberBody>, Failed>| match (r, body.and_then(|b| b.client_error())) {
+            (Err(_), Some(e)) => Waited::ClientFault(ClientFault::Body(e)),
+            (Err(f), None) => Waited::Failed(f),
+            (Ok(resp), _) => Waited::Answered(resp),
+        };
+        if let Some(b) = body {
+            let idle = self.settings.client_idle_timeout;
+            // Checked a few times per period: a stall is noticed between `idle` and `idle * 1.25`.
+            let tick = (idle.min(response) / 4).max(Duration::from_millis(10));
+            let (mut seen, mut client_stall, mut member_stall) = (b.frames(), Duration::ZERO, Duration::ZERO);
+            while !b.complete() {
+                tokio::select! {
+                    r = &mut exchange => return done(r),
+                    _ = b.changed() => {}
+                    _ = tokio::time::sleep(tick) => {
+                        let now = b.frames();
+                        if now != seen || b.complete() {
+                            (seen, client_stall, member_stall) = (now, Duration::ZERO, Duration::ZERO);
+                        } else if b.waiting_on_client() {
+                            client_stall += tick;
+                            if client_stall >= idle {
+                                return Waited::ClientFault(ClientFault::Stalled);
+                            }
+                        } else {
+                            // The member does not read the body: that time counts as its answering time.
+                            member_stall += tick;
+                            if member_stall >= response {
+                                return Waited::MemberSlow;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match tokio::time::timeout(response, exchange).await {
+            Ok(r) => done(r),
+            Err(_) => Waited::MemberSlow,
+        }
+    }
+
     /// Serves one client request.
     pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: ClientIp) -> Response<ProxyBody> {
         let started = Instant::now();
-        let snap = self.snapshot();
         let bytes_in = req.body().size_hint().exact();
-        let host: Option<HeaderValue> = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        if let Some((status, why)) = refusal(&req).or_else(|| normalize_path(&mut req).err()) {
+            return self.refuse(&req, status, why, started, bytes_in);
+        }
+        let snap = self.snapshot();
+        let host = request_host(&req);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
             let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
@@ -226,13 +420,23 @@ impl Proxy {
         } else {
             None
         };
+        let target_names_host = req.uri().authority().is_some();
         let (parts, body) = req.into_parts();
         let method = parts.method;
         let client_version = parts.version;
         let mut headers = parts.headers;
+        // From here on, a request whose client goes away before its answer is logged as 499.
+        let mut abandoned = LogIfAbandoned {
+            proxy: &self,
+            info: ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in },
+            pool: &ext.balancer_name,
+            armed: true,
+        };
         strip_hop_by_hop(&mut headers, upgrade.is_some());
         set_forwarded(&mut headers, &client, host.as_ref());
-        if !headers.contains_key(header::HOST)
+        // The member sees the host the request was routed by (RFC 9112 §3.2.2: an absolute-form
+        // target's authority replaces Host).
+        if (target_names_host || !headers.contains_key(header::HOST))
             && let Some(h) = &host
         {
             headers.insert(header::HOST, h.clone());
@@ -254,15 +458,15 @@ impl Proxy {
             }
         };
         let slot: Option<BodySlot> =
-            if body.is_end_stream() { None } else { Some(Arc::new(std::sync::Mutex::new(Some(body)))) };
-        let body_replayable =
-            |slot: &Option<BodySlot>| slot.as_ref().is_none_or(|s| s.lock().map(|b| b.is_some()).unwrap_or(false));
+            if body.is_end_stream() { None } else { Some(BodyState::new(body, client_version == Version::HTTP_2)) };
+        let body_replayable = |slot: &Option<BodySlot>| slot.as_ref().is_none_or(|s| s.replayable());
 
         let mut tried = Tried::default();
+        let mut tunnel_busy: Option<BusyGuard> = None;
         let mut returned: Option<Request<UpstreamBody>> = None;
         let mut choice = first;
         let max_attempts = pool.config.max_attempts as usize;
-        let (resp, idx, mext) = loop {
+        let (resp, idx, mext, answer) = loop {
             let idx = match choice {
                 Choice::StickyHit(i) => {
                     vars.balanced = None;
@@ -293,9 +497,9 @@ impl Proxy {
                             ),
                         ),
                     };
-                    let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in };
+                    abandoned.armed = false;
                     let out = Outcome::of(&resp, tried.len());
-                    self.access_log(&info, Some(&ext.balancer_name), None, &vars, out);
+                    self.access_log(&abandoned.info, Some(&ext.balancer_name), None, &vars, out);
                     return resp;
                 }
             };
@@ -322,11 +526,11 @@ impl Proxy {
                 None => {
                     let body = match &slot {
                         None => UpstreamBody::Empty,
-                        Some(s) => match s.lock().ok().and_then(|mut b| b.take()) {
+                        Some(s) => match s.take() {
                             Some(b) => UpstreamBody::streamed(b, Arc::clone(s), Arc::clone(&member.runtime)),
                             None => {
                                 let msg = "routeid: the request body was already sent to a member that failed\n";
-                                break (plain(StatusCode::BAD_GATEWAY, msg), idx, mext);
+                                break (plain(StatusCode::BAD_GATEWAY, msg), idx, mext, Answer::Proxy);
                             }
                         },
                     };
@@ -351,16 +555,22 @@ impl Proxy {
                 put_debug_headers(up.headers_mut(), &vars, ext);
             }
 
-            let busy = Busy::enter(&member.runtime);
+            let busy = BusyGuard::enter(&member.runtime);
             let sent_at = Instant::now();
             let t = pool.config.timeouts;
-            // One deadline: waiting for a free connection (maxConnections) counts in it.
-            let deadline = Limits::deadline_in(t.response);
-            let limits = Limits::of(&pool.config, deadline);
-            let result = tokio::time::timeout_at(deadline, mext.conns.send(up, &limits)).await;
-            drop(busy);
-            match result {
-                Ok(Ok(resp)) => {
+            // Waiting for a free connection (maxConnections) ends within the response timeout.
+            let limits = Limits::of(&pool.config, Limits::deadline_in(t.response));
+            let exchange = mext.conns.send(up, &limits);
+            match self.await_member(exchange, slot.as_ref(), t.response).await {
+                Waited::ClientFault(fault) => {
+                    // The client's side failed: the member is not to blame, nothing is retried.
+                    tracing::debug!(pool = %pool.config.id, member = member.route(), ?fault, "client side of the exchange failed");
+                    if self.settings.metrics {
+                        self.metrics().client_error(fault.reason());
+                    }
+                    break (fault.response(), idx, mext, Answer::ClientFault);
+                }
+                Waited::Answered(resp) => {
                     member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
                     if pool.config.health.fail_on_status.contains(&resp.status().as_u16()) {
                         member.runtime.count_failure(FailureKind::Status);
@@ -369,16 +579,20 @@ impl Proxy {
                         pool.member_failed(idx, self.clock.now_ms());
                         tracing::warn!(pool = %pool.config.id, member = member.route(), status = resp.status().as_u16(), "failOnStatus: member put in error");
                     }
-                    let counter = Arc::clone(&member.runtime);
-                    break (resp.map(|b| Either::Left(b.counting(counter))), idx, mext);
+                    // The member stays busy until the body ends (or, upgraded, the tunnel closes).
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        tunnel_busy = Some(busy);
+                        break (resp.map(Either::Left), idx, mext, Answer::Member);
+                    }
+                    break (resp.map(|b| Either::Left(b.counting(busy))), idx, mext, Answer::Member);
                 }
-                Ok(Err(failed)) if failed.error.is_saturated() => {
+                Waited::Failed(failed) if failed.error.is_saturated() => {
                     // The pool's cap, not a member failure: no error state, no retry elsewhere.
                     tracing::warn!(pool = %pool.config.id, member = member.route(), error = %failed.error, "no free connection");
                     let msg = "routeid: every connection to the member stayed busy (backend.maxConnections)\n";
-                    break (plain(StatusCode::SERVICE_UNAVAILABLE, msg), idx, mext);
+                    break (plain(StatusCode::SERVICE_UNAVAILABLE, msg), idx, mext, Answer::Proxy);
                 }
-                Ok(Err(failed)) => {
+                Waited::Failed(failed) => {
                     let connect = failed.error.is_connect();
                     member.runtime.count_failure(if connect { FailureKind::Connect } else { FailureKind::Exchange });
                     if failed.error.is_keepalive_race() {
@@ -395,6 +609,7 @@ impl Proxy {
                             plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n"),
                             idx,
                             mext,
+                            Answer::Proxy,
                         );
                     }
                     returned = failed.request;
@@ -403,7 +618,7 @@ impl Proxy {
                     }
                     choice = pool.choose(vars.session_route.as_deref(), &tried, self.clock.now_ms());
                 }
-                Err(_elapsed) => {
+                Waited::MemberSlow => {
                     member.runtime.count_failure(FailureKind::Timeout);
                     member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
                     if pool.config.health.fail_on_timeout {
@@ -416,6 +631,7 @@ impl Proxy {
                         plain(StatusCode::GATEWAY_TIMEOUT, "routeid: the member did not answer in time\n"),
                         idx,
                         mext,
+                        Answer::Proxy,
                     );
                 }
             }
@@ -423,14 +639,14 @@ impl Proxy {
 
         let mut resp = resp;
         let member = &pool.members[idx];
-        if self.settings.metrics {
+        if self.settings.metrics && answer != Answer::ClientFault {
             mext.metrics.observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
         }
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if answer == Answer::Member && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             match upgrade {
                 Some(client_side) => {
                     let member_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client_side, member_side));
+                    self.tunnels.spawn(client_side, member_side, self.settings.client_idle_timeout, tunnel_busy.take());
                 }
                 None => {
                     resp =
@@ -441,7 +657,11 @@ impl Proxy {
             strip_hop_by_hop(resp.headers_mut(), false);
         }
         if let Some(cfg) = sticky {
-            self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed);
+            // Only a member's own answer pins the session: a 502/504 routeid made after a failed
+            // attempt must not send the client back to the member that failed.
+            if answer == Answer::Member {
+                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed);
+            }
             if cfg.headers_to_client {
                 put_debug_headers(resp.headers_mut(), &vars, ext);
             }
@@ -449,9 +669,9 @@ impl Proxy {
         if self.settings.via {
             add_via(resp.headers_mut(), Version::HTTP_11);
         }
-        let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in };
+        abandoned.armed = false;
         let out = Outcome::of(&resp, tried.len());
-        self.access_log(&info, Some(&ext.balancer_name), Some(member.config.address), &vars, out);
+        self.access_log(&abandoned.info, Some(&ext.balancer_name), Some(member.config.address), &vars, out);
         resp
     }
 
@@ -566,20 +786,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = c.source();
     }
     s
-}
-
-/// Copies bytes both ways between an upgraded client connection and the member's.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, member: hyper::upgrade::OnUpgrade) {
-    let (client, member) = match tokio::try_join!(client, member) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut member = TokioIo::new(member);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut member).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
-    }
 }

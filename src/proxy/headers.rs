@@ -26,12 +26,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k) || k == PROXY_CONNECTION) {
         return;
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
+    {
+        // Every `Connection` header counts (a second one's tokens are as binding as the first's).
         // Named headers: only allocate when there are any besides the usual suspects.
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|conn| conn.to_str().unwrap_or("").split(','))
             .map(str::trim)
             .filter(|t| {
                 let handled_below = t.eq_ignore_ascii_case("close")
@@ -129,6 +130,18 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_connection_header_names_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("x-one"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-two, close"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("x-kept", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]

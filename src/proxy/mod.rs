@@ -5,12 +5,15 @@
 //!   started with; member runtime state is carried over by the core.
 //! - [`forward`] is the per-request path: pool lookup, route extraction, member choice, retries.
 //! - [`server`] is the listener: HTTP/1.1 and h2c, timeouts, upgrades, graceful drain.
+//! - `tunnel` copies upgraded connections (WebSocket) and tracks them for the idle timeout and
+//!   the drain.
 
 pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod server;
+pub(crate) mod tunnel;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -27,17 +30,26 @@ use crate::core::table::Conflict;
 use crate::core::{Clock, PoolConfig, Route, RoutingTable};
 use upstream::MemberConns;
 
+/// The most a connection buffers in user space in each direction (hyper's read buffer and write
+/// queue for HTTP/1, the per-stream send buffer for HTTP/2). A client that reads a response
+/// slowly then holds at most about twice this much of the proxy's memory (the member side's
+/// read buffer and the client side's write queue); beyond it, backpressure reaches the member
+/// through TCP flow control.
+pub const MAX_BUF_PER_CONNECTION: usize = 32 * 1024;
+
 /// Listener-wide settings (per-pool settings live in the pool).
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
     /// Add `Via` to requests and responses.
     pub via: bool,
-    /// Time a client has to send a request head; on HTTP/1.1 keep-alive it is also the wait for
-    /// the next request (hyper restarts it for every head), which closes slowloris connections.
+    /// Time a new connection has to start its first request, and a client to send a request
+    /// head; on HTTP/1.1 keep-alive it is also the wait for the next request (hyper restarts it
+    /// for every head), which closes silent and slowloris connections.
     pub client_header_timeout: Duration,
-    /// A client connection with no bytes either way and no request waiting is closed after this.
+    /// A client connection with no request in flight (HTTP/2 PINGs do not count) is closed after
+    /// this, and so is an upgraded connection (WebSocket) with no byte either way.
     pub client_idle_timeout: Duration,
-    /// On shutdown, how long in-flight requests may take to finish.
+    /// On shutdown, how long in-flight requests and upgraded connections may take to finish.
     pub drain_timeout: Duration,
     /// Emit one access-log event per request.
     pub access_log: bool,
@@ -97,6 +109,8 @@ pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     publish_lock: Mutex<()>,
     health: health::HealthChecks,
+    /// Upgraded connections, tracked for the idle timeout and the shutdown drain.
+    pub(crate) tunnels: tunnel::Tunnels,
     metrics: Arc<Metrics>,
     /// In-memory balancer-manager changes (standalone mode), applied on every publication.
     overlay: Mutex<HashMap<crate::core::PoolId, HashMap<Route, MemberChange>>>,
@@ -112,6 +126,7 @@ impl Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             publish_lock: Mutex::new(()),
             health: health::HealthChecks::default(),
+            tunnels: tunnel::Tunnels::default(),
             metrics: Arc::new(Metrics::new()),
             overlay: Mutex::new(HashMap::new()),
             log_counter: std::sync::atomic::AtomicU32::new(0),

@@ -49,16 +49,17 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::body::UpstreamBody;
-use crate::core::{FailureKind, MemberRuntime, PoolConfig};
+use crate::core::{BusyGuard, FailureKind, PoolConfig};
 
 /// Idle connections kept per member; beyond it the oldest is closed.
 const MAX_IDLE_PER_MEMBER: usize = 512;
 
 /// Bytes a member may send after a request before its final (non-`1xx`) response head. A real
-/// head is at most hyper's read buffer (about 400 KiB); the rest is room for the first body
-/// bytes read along with it. A member streaming `100 Continue` forever hits this in
-/// milliseconds instead of holding the request until the response timeout.
-pub const HEAD_BUDGET: u64 = 4 << 20;
+/// head fits the connection's read buffer ([`super::MAX_BUF_PER_CONNECTION`], 32 KiB); the rest
+/// is ample room for the first body reads made along with it. A member streaming
+/// `100 Continue` forever hits this in milliseconds instead of holding the request until the
+/// response timeout.
+pub const HEAD_BUDGET: u64 = 1 << 20;
 
 /// What one request may use of a member's pool, taken from its pool's configuration per
 /// request (a reload applies to the next request).
@@ -368,10 +369,15 @@ impl MemberConns {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
+        super::server::set_tcp_keepalive(&stream);
         let budget = Arc::new(ReadBudget::new());
         // The slot lives as long as the socket: the connection, or the tunnel it becomes.
         let io = Metered { io: stream, budget: Arc::clone(&budget), _slot: slot };
-        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(std::io::Error::other)?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(super::MAX_BUF_PER_CONNECTION)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(std::io::Error::other)?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -556,7 +562,7 @@ impl AsyncRead for Metered {
         } else {
             Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "the member sent more than 4 MiB without a final response head (endless 1xx responses?)",
+                "the member sent more than 1 MiB without a final response head (endless 1xx responses?)",
             )))
         }
     }
@@ -597,29 +603,32 @@ pub struct MemberBody {
     /// `inner` has ended (never polled again).
     ended: bool,
     give_back: Option<(Conn, Arc<MemberConns>)>,
-    counter: Option<Arc<MemberRuntime>>,
+    /// The request's place in the member's busy count, released when the body ends or drops.
+    busy: Option<BusyGuard>,
 }
 
 impl MemberBody {
     fn new(inner: Incoming) -> Self {
-        MemberBody { inner, first: None, ended: false, give_back: None, counter: None }
+        MemberBody { inner, first: None, ended: false, give_back: None, busy: None }
     }
 
-    /// Counts the body's bytes as received from this member (ByTraffic, metrics).
-    pub fn counting(mut self, member: Arc<MemberRuntime>) -> Self {
-        self.counter = Some(member);
+    /// Keeps the member busy until the body ends, counting its bytes as received from the
+    /// member (ByTraffic, metrics).
+    pub fn counting(mut self, busy: BusyGuard) -> Self {
+        self.busy = Some(busy);
         self
     }
 
     fn count(&self, frame: &Frame<Bytes>) {
-        if let (Some(c), Some(d)) = (&self.counter, frame.data_ref()) {
-            c.bytes_from.fetch_add(d.len() as u64, Ordering::Relaxed);
+        if let (Some(b), Some(d)) = (&self.busy, frame.data_ref()) {
+            b.runtime().bytes_from.fetch_add(d.len() as u64, Ordering::Relaxed);
         }
     }
 
-    /// The body has ended: its connection goes back to the pool.
+    /// The body has ended: the member is no longer busy, its connection goes back to the pool.
     fn finish(&mut self) {
         self.ended = true;
+        self.busy = None;
         if let Some((conn, pool)) = self.give_back.take() {
             pool.checkin(conn);
         }
@@ -646,6 +655,7 @@ impl Body for MemberBody {
             return Poll::Ready(Some(Ok(frame)));
         }
         if this.ended {
+            this.busy = None;
             return Poll::Ready(None);
         }
         let r = Pin::new(&mut this.inner).poll_frame(cx);
@@ -663,8 +673,8 @@ impl Body for MemberBody {
                 // response went out already: hyper aborts the client's connection or stream.
                 // Counted against the member, not put in error: it did answer.
                 this.give_back = None;
-                if let Some(c) = &this.counter {
-                    c.count_failure(FailureKind::Exchange);
+                if let Some(b) = this.busy.take() {
+                    b.runtime().count_failure(FailureKind::Exchange);
                 }
             }
             Poll::Pending => {}

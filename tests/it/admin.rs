@@ -2,8 +2,11 @@
 
 use std::process::{Command, Stdio};
 
+use std::time::Duration;
+
 use crate::support::*;
 use bytes::Bytes;
+use routeid::proxy::ProxySettings;
 
 const STICKY: &str = "  sticky:\n    cookie: {name: ROUTEID}\n";
 
@@ -164,11 +167,8 @@ async fn exposition_passes_promtool() {
 }
 
 async fn start_with_token(yaml: &str, token: Option<&str>) -> routeid::runtime::Running {
-    let p = start_proxy(yaml).await;
-    let m =
-        routeid::admin::manager::Manager::new(token.map(str::to_owned), routeid::admin::manager::Persistence::InMemory);
-    assert!(p.admin.manager.set(m).is_ok());
-    p
+    start_proxy_with_token(yaml, ProxySettings { drain_timeout: Duration::from_secs(5), ..Default::default() }, token)
+        .await
 }
 
 async fn patch(p: &routeid::runtime::Running, path: &str, token: Option<&str>, body: &str) -> Got {
@@ -295,6 +295,259 @@ async fn without_a_token_the_manager_is_read_only_and_says_so() {
         assert_eq!(r.status, 403);
         assert!(r.body.contains("read-only") && r.body.contains("--manager-token"), "{}", r.body);
         p.shutdown().await;
+    })
+    .await;
+}
+
+/// Reads until the peer closes; returns how long that took.
+async fn closed_after(s: &mut tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return t.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// One keep-alive `GET /healthz` on a raw connection; true if it was answered 200.
+async fn healthz(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1024];
+    matches!(s.read(&mut buf).await, Ok(n) if n > 0 && buf[..n].starts_with(b"HTTP/1.1 200"))
+}
+
+#[tokio::test]
+async fn a_silent_admin_connection_is_closed_after_the_header_timeout() {
+    bounded(async {
+        let settings = ProxySettings {
+            client_header_timeout: Duration::from_millis(300),
+            client_idle_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let a = Member::start("a").await;
+        let p = start_proxy_with_token(&pool_yaml("shop", &[(a.addr, "a", 1)], ""), settings, None).await;
+        let mut silent = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(5), closed_after(&mut silent))
+            .await
+            .expect("an admin connection that sent nothing was still open after 5 s");
+        assert!(waited >= Duration::from_millis(200), "closed after {waited:?}");
+        // A keep-alive connection whose next request never comes is closed too (HTTP/1.1: the
+        // header timeout bounds the wait for the next head).
+        let mut idle = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
+        assert!(healthz(&mut idle).await);
+        tokio::time::timeout(Duration::from_secs(5), closed_after(&mut idle))
+            .await
+            .expect("idle admin connection closed");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn admin_connections_over_the_limit_are_closed_at_once() {
+    bounded(async {
+        // Long timeouts: only the limit can close a connection here.
+        let settings = ProxySettings {
+            client_header_timeout: Duration::from_secs(30),
+            client_idle_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let a = Member::start("a").await;
+        let p = start_proxy_with_token(&pool_yaml("shop", &[(a.addr, "a", 1)], ""), settings, None).await;
+        let mut held = Vec::new();
+        for _ in 0..routeid::admin::MAX_CONNECTIONS {
+            let mut s = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
+            assert!(healthz(&mut s).await, "a connection within the limit is served");
+            held.push(s);
+        }
+        let mut over = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(5), closed_after(&mut over))
+            .await
+            .expect("a connection over the limit was kept open");
+        assert!(waited < Duration::from_secs(2), "closed after {waited:?}: not at once");
+        // The proxy listener is not limited by the admin's connections.
+        assert_eq!(get(p.proxy_addr, "/", &[]).await.route(), "a");
+        // One connection closes: a new one is served again.
+        drop(held.pop());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
+            if healthz(&mut s).await {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a freed slot was never reused");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn anonymous_page_loads_do_not_expire_an_operator_form() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let p = start_with_token(&pool_yaml("shop", &[(a.addr, "a", 1)], ""), Some("s3cret")).await;
+        let page = get(p.admin_addr, "/balancer-manager", &[]).await.body;
+        let nonce = page.split("name=nonce value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        // 2,000 page loads by anyone, four at a time, while the operator's form is open.
+        let c = client();
+        let loads = (0..4).map(|_| {
+            let c = c.clone();
+            let admin = p.admin_addr;
+            tokio::spawn(async move {
+                for _ in 0..500 {
+                    assert_eq!(send(&c, admin, "GET", "/balancer-manager", &[], Bytes::new()).await.status, 200);
+                }
+            })
+        });
+        for l in loads {
+            l.await.unwrap();
+        }
+        let body =
+            format!("namespace=default&pool=shop&route=a&loadFactor=7&lbSet=0&status=Ok&nonce={nonce}&token=s3cret");
+        let r = send(
+            &c,
+            p.admin_addr,
+            "POST",
+            "/balancer-manager",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Bytes::from(body),
+        )
+        .await;
+        assert_eq!(r.status, 303, "the operator's form still posts: {}", r.body);
+        assert_eq!(p.proxy.snapshot().table.pools()[0].members[0].config.load_factor, 7);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_form_of_a_page_carries_the_same_nonce() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let b = Member::start("b").await;
+        let p = start_with_token(&pool_yaml("shop", &[(a.addr, "a", 1), (b.addr, "b", 1)], ""), Some("s3cret")).await;
+        let page = get(p.admin_addr, "/balancer-manager", &[]).await.body;
+        let nonces: Vec<&str> =
+            page.split("name=nonce value=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+        assert_eq!(nonces.len(), 2);
+        assert_eq!(nonces[0], nonces[1], "one nonce per page");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_first_admin_request_after_startup_sees_the_configured_manager() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let file = temp_file("first-admin-request.yaml", &pool_yaml("shop", &[(a.addr, "a", 1)], ""));
+        // Several starts, each asked by the manager API before anything else (not /readyz).
+        for _ in 0..3 {
+            let (proxy, admin) = (free_port(), free_port());
+            let stderr = temp_path("first-admin-request-stderr");
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+                .args(["standalone", "-f"])
+                .arg(&file)
+                .args(["--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
+                .args(["--manager-token", "s3cret", "--no-access-log"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr).unwrap())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let first = loop {
+                if let Ok(g) = try_get(admin, "/balancer-manager/api/pools", &[]).await {
+                    break g;
+                }
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "routeid exited: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
+                assert!(std::time::Instant::now() < deadline, "routeid never answered");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(first.status, 200);
+            let v: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+            assert_eq!(v["readOnly"], false, "the very first answer knows the token");
+        }
+    })
+    .await;
+}
+
+/// CPU time (user + system) of a process so far, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is the 3rd, utime the 14th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_both_listeners_back_off_instead_of_spinning() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let file = temp_file("emfile.yaml", &pool_yaml("shop", &[(a.addr, "a", 1)], ""));
+        let (proxy, admin) = (free_port(), free_port());
+        let stderr = temp_path("emfile-stderr");
+        // 32 descriptors: the runtime, the listeners and a handful of connections.
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "ulimit -n 32 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_routeid"), "standalone", "-f"])
+            .arg(&file)
+            .args(["--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
+            .args(["--client-header-timeout", "30s", "--no-access-log"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !matches!(try_get(admin, "/readyz", &[]).await, Ok(g) if g.status == 200) {
+            assert!(child.try_wait().unwrap().is_none(), "routeid exited: {}", log());
+            assert!(std::time::Instant::now() < deadline, "routeid never became ready: {}", log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // More connections than descriptors, to both listeners: the kernel completes them (the
+        // backlog), routeid cannot accept them.
+        let mut held = Vec::new();
+        for addr in [admin, proxy] {
+            for _ in 0..40 {
+                held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log().matches("accept failed").count() < 2 {
+            assert!(std::time::Instant::now() < deadline, "accepting never failed: {}", log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = cpu_ticks(child.id());
+        tokio::time::sleep(Duration::from_secs(1)).await; // the measuring window
+        let used = cpu_ticks(child.id()) - before;
+        eprintln!("CPU while out of descriptors: {used} ticks in 1 s");
+        let _ = child.kill();
+        let _ = child.wait();
+        // A spinning accept loop burns a whole core: ~100 ticks in that second.
+        assert!(used < 30, "{used} ticks of CPU in 1 s while out of descriptors");
+        assert!(
+            log().matches("accept failed").count() < 40,
+            "a flood of accept warnings: {}",
+            log().matches("accept failed").count()
+        );
     })
     .await;
 }

@@ -120,12 +120,8 @@ async fn a_browser_drains_a_member_through_the_form() {
         let a = Member::start("a").await;
         let b = Member::start("b").await;
         let yaml = pool_yaml("shop", &[(a.addr, "a", 1), (b.addr, "b", 1)], "  sticky:\n    cookie: {name: ROUTEID}\n");
-        let p = start_proxy(&yaml).await;
-        let m = routeid::admin::manager::Manager::new(
-            Some("s3cret".into()),
-            routeid::admin::manager::Persistence::InMemory,
-        );
-        assert!(p.admin.manager.set(m).is_ok());
+        let settings = routeid::proxy::ProxySettings { drain_timeout: Duration::from_secs(5), ..Default::default() };
+        let p = start_proxy_with_token(&yaml, settings, Some("s3cret")).await;
 
         browser.go(&format!("http://{}/balancer-manager", p.admin_addr)).await;
         assert!(browser.displayed("table.members").await, "the member table is shown");

@@ -18,15 +18,9 @@ async fn a_change_on_one_replica_lands_in_the_spec_and_every_replica_applies_it(
             kube.put_slice(&slice("shop", &m.route, m.addr, Cond::Ready)).await;
         }
         kube.create_pool(&pool("shop", "shop", json!({}))).await;
-        let r1 = Replica::start(&api, options("r1")).await;
+        let manager = Manager::new(Some("tok".into()), Persistence::Kubernetes(api.client()));
+        let r1 = Replica::start_with_manager(&api, options("r1"), manager).await;
         let r2 = Replica::start(&api, options("r2")).await;
-        assert!(
-            r1.running
-                .admin
-                .manager
-                .set(Manager::new(Some("tok".into()), Persistence::Kubernetes(api.client())))
-                .is_ok()
-        );
         for r in [&r1, &r2] {
             eventually(WAIT, "two members", || async { r.members("shop").len() == 2 }).await;
         }

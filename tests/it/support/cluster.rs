@@ -8,6 +8,8 @@ use std::time::Duration;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use routeid::admin::AdminState;
+use routeid::admin::manager::{Manager, Persistence};
 use routeid::api::BalancerPool;
 use routeid::controller::index::ClassFilter;
 use routeid::controller::{Controller, ControllerOptions};
@@ -40,9 +42,15 @@ pub struct Replica {
 
 impl Replica {
     pub async fn start(api: &FakeApiServer, opts: ControllerOptions) -> Replica {
+        Self::start_with_manager(api, opts, Manager::new(None, Persistence::InMemory)).await
+    }
+
+    /// A replica whose balancer-manager is `manager`.
+    pub async fn start_with_manager(api: &FakeApiServer, opts: ControllerOptions, manager: Manager) -> Replica {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let settings = ProxySettings { drain_timeout: Duration::from_secs(2), access_log: false, ..Default::default() };
-        let (running, _) = Running::start_with(settings, any, any, Vec::new(), false).await.unwrap();
+        let admin = AdminState::new(manager, false);
+        let (running, _) = Running::start_with_admin(settings, any, any, Vec::new(), admin).await.unwrap();
         let controller = Controller::start(api.client(), opts, running.proxy.clone(), running.admin.clone());
         Replica { running, controller }
     }

@@ -254,6 +254,16 @@ pub async fn start_proxy_with(yaml: &str, settings: ProxySettings) -> Running {
     Running::start(settings, any, any, pools).await.unwrap().0
 }
 
+/// Like [`start_proxy_with`], with a balancer-manager that takes `token` (read-only without).
+pub async fn start_proxy_with_token(yaml: &str, settings: ProxySettings, token: Option<&str>) -> Running {
+    use routeid::admin::AdminState;
+    use routeid::admin::manager::{Manager, Persistence};
+    let pools = routeid::standalone::parse_pools(yaml).unwrap_or_else(|e| panic!("bad test pools: {e:?}"));
+    let any = "127.0.0.1:0".parse().unwrap();
+    let admin = AdminState::new(Manager::new(token.map(str::to_owned), Persistence::InMemory), true);
+    Running::start_with_admin(settings, any, any, pools, admin).await.unwrap().0
+}
+
 /// A pooled HTTP/1.1 client.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()

@@ -1,0 +1,67 @@
+//! Memory bounds under slow peers: a client that reads a large response slowly costs a bounded
+//! amount of the proxy's memory, whatever the member sends.
+
+use std::time::Duration;
+
+use crate::support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The resident set size (`VmRSS`) of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Waits until the RSS of `pid` stops growing (no growth over 600 ms), returning it.
+async fn settled_rss_kib(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    let mut still = 0;
+    while still < 6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rss_kib(pid);
+        if now > last + 64 {
+            still = 0;
+        } else {
+            still += 1;
+        }
+        last = last.max(now);
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_cost_bounded_memory() {
+    bounded(async {
+        let m = Member::start("m").await;
+        let file = temp_file("slow-readers.yaml", &pool_yaml("big", &[(m.addr, "m", 1)], ""));
+        let p = spawn_standalone(&file, &[]).await;
+        // Warm up: the allocator's arenas and the runtime's threads exist before the baseline.
+        for _ in 0..20 {
+            let got = get(p.proxy_addr, "/download?bytes=1048576", &[]).await;
+            assert_eq!(got.body.len(), 1 << 20);
+        }
+        let base = settled_rss_kib(p.pid()).await;
+        const READERS: u64 = 50;
+        let mut conns = Vec::new();
+        for _ in 0..READERS {
+            let mut s = TcpStream::connect(p.proxy_addr).await.unwrap();
+            s.write_all(b"GET /download?bytes=67108864 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            // The response has started; from here on the client reads nothing.
+            let mut head = [0u8; 1024];
+            let n = s.read(&mut head).await.unwrap();
+            assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+            conns.push(s);
+        }
+        let grown = settled_rss_kib(p.pid()).await.saturating_sub(base);
+        let per_reader = grown / READERS;
+        eprintln!("RSS grew {grown} KiB for {READERS} slow readers: {per_reader} KiB each");
+        assert!(per_reader <= 256, "each slow reader costs {per_reader} KiB, more than the 256 KiB bound");
+        drop(conns);
+    })
+    .await;
+}
