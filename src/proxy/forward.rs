@@ -320,6 +320,8 @@ impl Proxy {
             let (mut seen, mut client_stall, mut member_stall) = (b.frames(), Duration::ZERO, Duration::ZERO);
             while !b.complete() {
                 tokio::select! {
+                    // An answer (or a maxConnections wait that ran out) wins a tie with a tick.
+                    biased;
                     r = &mut exchange => return done(r),
                     _ = b.changed() => {}
                     _ = tokio::time::sleep(tick) => {

@@ -561,6 +561,9 @@ async fn a_request_queued_past_the_response_timeout_gets_503_and_the_member_stay
         assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{got:?}");
         assert!(got.body.contains("maxConnections"), "{}", got.body);
         assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+        // A request with a body waits the same way: its body is not read while it waits.
+        let got = send(&client(), proxy, "POST", "/queued", &[], Bytes::from_static(b"payload")).await;
+        assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{got:?}");
         let snap = p.proxy.snapshot();
         let member = &snap.table.pools()[0].members[0];
         assert!(!member.runtime.in_error(p.proxy.clock().now_ms()), "a full queue is not a member failure");
