@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use routeid::admin::manager::{Manager, Persistence};
-use routeid::cli::{Cli, Command, ControllerArgs, LogFormat};
+use routeid::cli::{Cli, Command, ControllerArgs, LogFormat, TlsArgs};
 use routeid::proxy::ProxySettings;
-use routeid::runtime::Running;
+use routeid::runtime::{Running, TlsStart};
 use routeid::{api, demo, standalone};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -58,8 +58,8 @@ async fn run(command: Command) -> ExitCode {
     match command {
         Command::Crd => ExitCode::SUCCESS,
         Command::Demo { listen, admin_listen, check } => run_demo(listen, admin_listen, check).await,
-        Command::Standalone { file, listen, admin_listen, proxy } => {
-            run_standalone(&file, listen, admin_listen, proxy.settings(), proxy.manager_token.clone()).await
+        Command::Standalone { file, listen, admin_listen, tls, proxy } => {
+            run_standalone(&file, listen, admin_listen, tls, proxy.settings(), proxy.manager_token.clone()).await
         }
         Command::Controller(args) => run_controller(args).await,
     }
@@ -115,16 +115,25 @@ async fn run_standalone(
     file: &Path,
     listen: std::net::SocketAddr,
     admin_listen: std::net::SocketAddr,
+    tls: TlsArgs,
     settings: ProxySettings,
     manager_token: Option<String>,
 ) -> ExitCode {
-    let pools = match standalone::load_file(file) {
+    let loaded = match standalone::load(file) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("routeid: {e}");
             return ExitCode::from(2);
         }
     };
+    let tls_start = match standalone_tls(&tls, &loaded, file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("routeid: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pools = loaded.pools;
     let count = pools.len();
     // Install the handlers before serving: once /readyz answers, a SIGHUP or SIGTERM must reach
     // the loop below rather than the default action (which kills the process).
@@ -136,7 +145,7 @@ async fn run_standalone(
                 return ExitCode::FAILURE;
             }
         };
-    let running = match Running::start(settings, listen, admin_listen, pools).await {
+    let running = match Running::start_full(settings, listen, admin_listen, pools, true, tls_start).await {
         Ok((r, _)) => r,
         Err(e) => {
             eprintln!("routeid: {e}");
@@ -149,11 +158,11 @@ async fn run_standalone(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match standalone::load_file(file) {
-                Ok(pools) => {
-                    let n = pools.len();
-                    running.proxy.publish(pools);
-                    tracing::info!(pools = n, file = %file.display(), "reloaded");
+            _ = hup.recv() => match standalone::load(file) {
+                Ok(loaded) => {
+                    let (n, s) = (loaded.pools.len(), loaded.secrets.len());
+                    running.proxy.publish_with_secrets(loaded.pools, &loaded.secrets);
+                    tracing::info!(pools = n, secrets = s, file = %file.display(), "reloaded");
                 }
                 Err(e) => tracing::error!(error = %e, "reload refused; the previous pools keep serving"),
             },
@@ -162,6 +171,23 @@ async fn run_standalone(
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The TLS listener of a standalone run: it needs a certificate to serve, from the file.
+fn standalone_tls(tls: &TlsArgs, loaded: &standalone::Loaded, file: &Path) -> Result<Option<TlsStart>, String> {
+    let Some(listen) = tls.tls_listen else { return Ok(None) };
+    if loaded.secrets.is_empty() {
+        return Err(format!(
+            "--tls-listen needs a certificate: {} holds no kind: Secret document of type kubernetes.io/tls",
+            file.display()
+        ));
+    }
+    if let Some(d) = &tls.default_tls_secret
+        && !loaded.secrets.iter().any(|(r, _)| r == d)
+    {
+        return Err(format!("--default-tls-secret {d}: no such Secret in {}", file.display()));
+    }
+    Ok(Some(TlsStart { listen, secrets: loaded.secrets.clone(), default: tls.default_tls_secret.clone() }))
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {

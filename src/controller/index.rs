@@ -397,6 +397,9 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
         max_attempts,
         timeouts,
         health,
+        tls,
+        https_redirect,
+        hsts,
     } = new;
     let mut differs = old.is_none_or(|o| {
         o.id != *id
@@ -410,6 +413,9 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
             || o.max_attempts != *max_attempts
             || o.timeouts != *timeouts
             || o.health != *health
+            || o.tls != *tls
+            || o.https_redirect != *https_redirect
+            || o.hsts != *hsts
     });
     let old = old.map(|o| o.members.as_slice()).unwrap_or_default();
     let (mut i, mut j) = (0, 0);

@@ -164,18 +164,41 @@ impl Proxy {
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        let fwd = super::headers::forwarded(req.headers(), &client);
         let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
             let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
             if self.settings.metrics {
                 self.metrics().unmatched.inc();
             }
-            let info = ReqInfo { method: req.method(), host: host_str, path: req.uri().path(), started, bytes_in };
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
             let out = Outcome::of(&resp, 0);
             self.access_log(&info, None, None, &BalancerVars::default(), out);
             return resp;
         };
         let pool: &Pool = &snap.table.pools()[pi];
         let ext = &snap.ext[pi];
+        if pool.config.https_redirect
+            && !fwd.https
+            && let Some(resp) = super::tls::https_redirect(host_str, req.uri())
+        {
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
+            self.access_log(&info, Some(&ext.balancer_name), None, &BalancerVars::default(), Outcome::of(&resp, 0));
+            return resp;
+        }
         let sticky = pool.config.sticky.as_ref();
         let now = self.clock.now_ms();
 
@@ -293,7 +316,14 @@ impl Proxy {
                             ),
                         ),
                     };
-                    let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in };
+                    let info = ReqInfo {
+                        method: &method,
+                        host: host_str,
+                        path: parts.uri.path(),
+                        started,
+                        bytes_in,
+                        client: fwd.client,
+                    };
                     let out = Outcome::of(&resp, tried.len());
                     self.access_log(&info, Some(&ext.balancer_name), None, &vars, out);
                     return resp;
@@ -432,7 +462,7 @@ impl Proxy {
             strip_hop_by_hop(resp.headers_mut(), false);
         }
         if let Some(cfg) = sticky {
-            self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed);
+            self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed, fwd.https);
             if cfg.headers_to_client {
                 put_debug_headers(resp.headers_mut(), &vars, ext);
             }
@@ -440,24 +470,31 @@ impl Proxy {
         if self.settings.via {
             add_via(resp.headers_mut(), Version::HTTP_11);
         }
-        let info = ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in };
+        if fwd.https
+            && let Some(Some(v)) = snap.tls.hsts.get(pi)
+        {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
+        let info =
+            ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in, client: fwd.client };
         let out = Outcome::of(&resp, tried.len());
         self.access_log(&info, Some(&ext.balancer_name), Some(member.config.address), &vars, out);
         resp
     }
 
-    fn sticky_response(&self, cfg: &StickyConfig, h: &mut HeaderMap, route: &str, route_changed: bool) {
+    fn sticky_response(&self, cfg: &StickyConfig, h: &mut HeaderMap, route: &str, route_changed: bool, https: bool) {
         let Some(c) = &cfg.cookie else { return };
+        let attributes = if https { &c.secure_attributes } else { &c.attributes };
         let mut set = false;
         match c.mode {
             CookieMode::Insert => {
                 if route_changed {
-                    let mut v = Vec::with_capacity(c.name.len() + route.len() + c.attributes.len() + 2);
+                    let mut v = Vec::with_capacity(c.name.len() + route.len() + attributes.len() + 2);
                     v.extend_from_slice(c.name.as_bytes());
                     v.push(b'=');
                     v.extend(cfg.separator);
                     v.extend_from_slice(route.as_bytes());
-                    v.extend_from_slice(c.attributes.as_bytes());
+                    v.extend_from_slice(attributes.as_bytes());
                     if let Ok(v) = HeaderValue::from_bytes(&v) {
                         h.append(header::SET_COOKIE, v);
                         set = true;
@@ -507,6 +544,7 @@ impl Proxy {
             bytes_in = req.bytes_in,
             bytes_out = out.bytes_out,
             duration_us = req.started.elapsed().as_micros() as u64,
+            client = %req.client,
             pool,
             member_address = member.map(tracing::field::display),
             attempts = out.attempts,
@@ -532,6 +570,8 @@ struct ReqInfo<'a> {
     started: Instant,
     /// Request body length when known in advance (`Content-Length`).
     bytes_in: Option<u64>,
+    /// The client, as the trusted chain names it.
+    client: std::net::IpAddr,
 }
 
 /// What the access log says of the answer.

@@ -7,7 +7,6 @@
 //! way and no request in flight) for the idle timeout — which hyper does not do for HTTP/2.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -18,10 +17,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::Proxy;
+use super::headers::ClientIp;
+use super::listener::{ClientStream, Edge};
 
 /// Activity and requests in flight on one client connection. The socket only counts I/O; the
 /// idle watchdog, which wakes a few times per idle period, compares counts and reads the clock,
@@ -36,7 +37,7 @@ pin_project_lite::pin_project! {
     /// A socket that counts when bytes move.
     struct ActivityIo {
         #[pin]
-        inner: TcpStream,
+        inner: ClientStream,
         activity: Arc<Activity>,
     }
 }
@@ -99,8 +100,9 @@ impl Drop for InFlight {
 
 /// Accepts connections until `shutdown` turns true, then lets open connections finish their
 /// in-flight requests (closing idle keep-alive connections at once) for at most the drain
-/// timeout. Returns when every connection is closed or the drain timeout passed.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+/// timeout. Returns when every connection is closed or the drain timeout passed. `edge` says
+/// what happens to a socket before HTTP (TLS, PROXY protocol).
+pub async fn serve(listener: TcpListener, edge: Edge, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(proxy.settings.client_header_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
@@ -115,10 +117,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = serve_connection(builder.clone(), stream, peer, Arc::clone(&proxy), shutdown.clone());
+                    let (builder, edge, proxy, shutdown) = (builder.clone(), edge.clone(), Arc::clone(&proxy), shutdown.clone());
                     let done = done_tx.clone();
                     tokio::spawn(async move {
-                        conn.await;
+                        if let Some((stream, client)) = edge.accept(stream, peer).await {
+                            serve_connection(builder, stream, client, proxy, shutdown).await;
+                        }
                         drop(done);
                     });
                 }
@@ -140,16 +144,16 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
 
 async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: ClientStream,
+    client: ClientIp,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let peer = client.ip;
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(ActivityIo { inner: stream, activity: Arc::clone(&activity) });
     let idle = proxy.settings.client_idle_timeout;
     let act = Arc::clone(&activity);
-    let client = super::headers::ClientIp::new(peer.ip());
     let svc = service_fn(move |req| {
         act.in_flight.fetch_add(1, Relaxed);
         let guard = InFlight(Arc::clone(&act));
