@@ -56,9 +56,10 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     parse(&text).map_err(|problems| LoadError { file, problems })
 }
 
-/// Parses and validates pools from YAML text (one or more documents).
+/// Parses and validates pools from YAML text (one or more documents). The Secrets the pools
+/// name need not be in the text (the caller brings certificates another way).
 pub fn parse_pools(text: &str) -> Result<Vec<PoolConfig>, Vec<String>> {
-    parse(text).map(|l| l.pools)
+    parse_with(text, false).map(|l| l.pools)
 }
 
 /// Reads a `kind: Secret` document: a `kubernetes.io/tls` Secret whose certificate serves.
@@ -76,8 +77,13 @@ fn parse_secret(value: serde_yaml::Value, label: &str) -> Result<(SecretRef, Res
     }
 }
 
-/// Parses and validates pools and Secrets from YAML text (one or more documents).
+/// Parses and validates pools and Secrets from YAML text (one or more documents); every Secret
+/// a pool names must be among them.
 pub fn parse(text: &str) -> Result<Loaded, Vec<String>> {
+    parse_with(text, true)
+}
+
+fn parse_with(text: &str, need_secrets: bool) -> Result<Loaded, Vec<String>> {
     let mut problems = Vec::new();
     let mut pools = Vec::new();
     let mut secrets: Vec<(SecretRef, Result<TlsData, CertError>)> = Vec::new();
@@ -145,7 +151,7 @@ pub fn parse(text: &str) -> Result<Loaded, Vec<String>> {
     if problems.is_empty() && pools.is_empty() {
         problems.push("no BalancerPool documents".to_owned());
     }
-    for p in &pools {
+    for p in pools.iter().filter(|_| need_secrets) {
         for (i, t) in p.tls.iter().enumerate() {
             let r = SecretRef::new(&p.id.namespace, &t.secret_name);
             if !secrets.iter().any(|(s, _)| *s == r) {

@@ -27,3 +27,4 @@ mod proxy_streaming;
 mod proxy_timeouts;
 mod smoke;
 mod sticky;
+mod tls;
