@@ -223,14 +223,19 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running =
-        match Running::start_with(args.proxy.settings(), args.listen, args.admin_listen, Vec::new(), false).await {
-            Ok((r, _)) => r,
-            Err(e) => {
-                eprintln!("routeid controller: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let tls = args.tls.tls_listen.map(|listen| TlsStart {
+        listen,
+        secrets: Vec::new(),
+        default: args.tls.default_tls_secret.clone(),
+    });
+    let settings = args.proxy.settings();
+    let running = match Running::start_full(settings, args.listen, args.admin_listen, Vec::new(), false, tls).await {
+        Ok((r, _)) => r,
+        Err(e) => {
+            eprintln!("routeid controller: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let identity = args
         .identity
@@ -247,6 +252,7 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     let filter = ClassFilter { ingress_class: args.ingress_class.clone(), default_class: args.default_class };
     let mut opts = ControllerOptions::new(args.namespace.clone(), filter, lease_namespace, identity.clone());
     opts.leader.enabled = !args.no_leader_election;
+    opts.default_tls_secret = args.tls.default_tls_secret.clone();
     let _ = running
         .admin
         .manager

@@ -202,6 +202,12 @@ impl Proxy {
         (self.publish_locked(configs.into_iter().map(Into::into).collect()), problems)
     }
 
+    /// Forgets Secrets no pool names any more (their certificates and expiry series go).
+    pub fn forget_tls_secrets(&self, gone: &[tls::SecretRef]) {
+        let mut certs = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        gone.iter().for_each(|r| certs.forget(r, &self.metrics));
+    }
+
     fn apply_secrets(
         &self,
         changes: &[(tls::SecretRef, Result<tls::TlsData, tls::CertError>)],

@@ -268,9 +268,18 @@ pub struct TlsSnapshot {
     pub store: CertStore,
     /// Per pool that names a Secret: what is wrong (empty when all is well). Pools without TLS
     /// entries are absent.
-    pub problems: HashMap<PoolId, Vec<String>>,
+    pub problems: HashMap<PoolId, Vec<TlsProblem>>,
     /// `Strict-Transport-Security` per pool, index-aligned with the table, rendered once.
     pub hsts: Vec<Option<http::HeaderValue>>,
+}
+
+/// Why a pool's certificate is not what it asked for (a `TLSReady=False` condition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsProblem {
+    /// A bounded `CamelCase` reason.
+    pub reason: &'static str,
+    /// Which Secret or host, and what is wrong; never Secret content.
+    pub message: String,
 }
 
 #[derive(Debug, Default)]
@@ -322,7 +331,7 @@ impl Certificates {
         }
     }
 
-    /// The Secrets known.
+    /// The Secrets known (parsed or not).
     pub fn known(&self) -> impl Iterator<Item = &SecretRef> {
         self.secrets.keys()
     }
@@ -349,7 +358,10 @@ impl Certificates {
                 for host in &entry.hosts {
                     match claimed.get(host) {
                         Some(owner) if *owner != id => {
-                            problems.push(format!("host {} already has a certificate from pool {owner}", show(host)));
+                            problems.push(TlsProblem {
+                                reason: "HostCertificateConflict",
+                                message: format!("host {} already has a certificate from pool {owner}", show(host)),
+                            });
                             continue;
                         }
                         Some(_) => continue,
@@ -373,7 +385,7 @@ impl Certificates {
     }
 
     /// The certificate `r` serves, noting in `problems` when it is broken or absent.
-    fn usable(&self, r: &SecretRef, problems: &mut Vec<String>) -> Option<Arc<CertifiedKey>> {
+    fn usable(&self, r: &SecretRef, problems: &mut Vec<TlsProblem>) -> Option<Arc<CertifiedKey>> {
         let state = self.secrets.get(r);
         let serving = state.and_then(|s| s.serving.as_ref()).map(|c| Arc::clone(&c.key));
         let error = match state {
@@ -382,7 +394,7 @@ impl Certificates {
         };
         if let Some(e) = error {
             let tail = if serving.is_some() { "; the last good certificate keeps serving" } else { "" };
-            problems.push(format!("Secret {r}: {e}{tail}"));
+            problems.push(TlsProblem { reason: e.reason(), message: format!("Secret {r}: {e}{tail}") });
         }
         serving
     }

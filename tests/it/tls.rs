@@ -220,9 +220,10 @@ async fn a_broken_secret_keeps_the_last_good_certificate_and_says_why() {
         let snap = p.proxy.snapshot();
         let said = &snap.tls.problems[&snap.table.pools()[0].config.id];
         assert_eq!(said.len(), 1);
-        assert!(said[0].contains("Secret default/a-cert: tls.key does not belong"), "{said:?}");
-        assert!(said[0].contains("last good certificate keeps serving"), "{said:?}");
-        assert!(!said[0].contains("BEGIN"), "no Secret content in messages");
+        assert_eq!(said[0].reason, "KeyMismatch");
+        assert!(said[0].message.contains("Secret default/a-cert: tls.key does not belong"), "{said:?}");
+        assert!(said[0].message.contains("last good certificate keeps serving"), "{said:?}");
+        assert!(!said[0].message.contains("BEGIN"), "no Secret content in messages");
         p.proxy.update_tls_secrets(&[(r, Err(CertError::Missing))]);
         assert_eq!(handshake(p.tls_addr.unwrap(), Some("a.test")).await.unwrap(), good.der);
         p.shutdown().await;
@@ -240,7 +241,7 @@ async fn a_pool_cannot_use_a_secret_of_another_namespace() {
         assert!(handshake(p.tls_addr.unwrap(), Some("a.test")).await.is_err(), "other/shared is not default/shared");
         let snap = p.proxy.snapshot();
         let said = &snap.tls.problems[&snap.table.pools()[0].config.id];
-        assert!(said[0].contains("Secret default/shared: the Secret does not exist"), "{said:?}");
+        assert!(said[0].message.contains("Secret default/shared: the Secret does not exist"), "{said:?}");
         p.shutdown().await;
     })
     .await;
@@ -432,4 +433,146 @@ async fn standalone_tls_listen_without_a_secret_is_a_startup_error() {
         assert!(err.contains("--tls-listen needs a certificate") && err.contains("kubernetes.io/tls"), "{err}");
     })
     .await;
+}
+
+mod controller {
+    //! The controller: Secrets from the (fake) API server, rotation, broken Secrets, namespaces.
+
+    use super::*;
+    use crate::support::cluster::*;
+    use crate::support::fake_apiserver::FakeApiServer;
+    use serde_json::{Value, json};
+
+    fn tls_frontend() -> Value {
+        json!({"frontend": {"hosts": ["a.test"], "tls": [{"secretName": "a-cert"}]}})
+    }
+
+    fn events(api: &FakeApiServer, pool: &str) -> Vec<(String, String)> {
+        api.objects("events.k8s.io", "events")
+            .iter()
+            .filter(|e| e.pointer("/regarding/name").and_then(Value::as_str) == Some(pool))
+            .map(|e| {
+                let s = |p: &str| e.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+                (s("/reason"), s("/note"))
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewed_secret_serves_within_two_seconds_under_load_and_a_broken_one_keeps_the_last_good() {
+        bounded(async {
+            let api = FakeApiServer::start().await;
+            let kube = Kube::new(&api);
+            let m = Member::start("shop-0").await;
+            kube.put_slice(&slice("shop", "shop-0", m.addr, Cond::Ready)).await;
+            let (one, two) = (TestCert::new(&["a.test"]), TestCert::new(&["a.test"]));
+            kube.put_tls_secret(NS, "a-cert", &one.data).await;
+            kube.create_pool(&pool("shop", "shop", tls_frontend())).await;
+            let r = Replica::start_tls(&api, options("r1")).await;
+            let addr = r.running.tls_addr.unwrap();
+            eventually(WAIT, "the Secret's certificate served", || async {
+                handshake(addr, Some("a.test")).await.is_ok_and(|c| c == one.der)
+            })
+            .await;
+            eventually(WAIT, "TLSReady=True", || async {
+                kube.condition("shop", "TLSReady").await.is_some_and(|(s, _, _)| s == "True")
+            })
+            .await;
+
+            // cert-manager renews the Secret while clients keep coming.
+            let (stop, ok, failed) =
+                (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let load: Vec<_> = (0..4)
+                .map(|_| {
+                    let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            match https_get(addr, Some("a.test"), H1, "a.test", "/", &[]).await {
+                                Ok(s) if s.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                                _ => failed.fetch_add(1, Ordering::Relaxed),
+                            };
+                        }
+                    })
+                })
+                .collect();
+            wait_for(Duration::from_secs(5), "load running", || ok.load(Ordering::Relaxed) > 20).await;
+            let changed = tokio::time::Instant::now();
+            kube.put_tls_secret(NS, "a-cert", &two.data).await;
+            while handshake(addr, Some("a.test")).await.unwrap() != two.der {
+                assert!(
+                    changed.elapsed() < Duration::from_secs(2),
+                    "the renewed certificate was not served within 2 s"
+                );
+            }
+            let took = changed.elapsed();
+            let before = ok.load(Ordering::Relaxed);
+            wait_for(Duration::from_secs(5), "load after the change", || ok.load(Ordering::Relaxed) > before + 20)
+                .await;
+            stop.store(true, Ordering::Relaxed);
+            for t in load {
+                t.await.unwrap();
+            }
+            assert_eq!(failed.load(Ordering::Relaxed), 0, "{} requests passed", ok.load(Ordering::Relaxed));
+            eprintln!("renewed certificate served after {took:?}");
+
+            // A key that does not match: the last good certificate stays, the pool says why.
+            let broken = TlsData { crt: one.data.crt.clone(), key: two.data.key.clone() };
+            kube.put_tls_secret(NS, "a-cert", &broken).await;
+            eventually(WAIT, "TLSReady=False", || async {
+                kube.condition("shop", "TLSReady")
+                    .await
+                    .is_some_and(|(s, reason, _)| s == "False" && reason == "KeyMismatch")
+            })
+            .await;
+            let (_, _, message) = kube.condition("shop", "TLSReady").await.unwrap();
+            assert!(
+                message.contains("Secret web/a-cert") && message.contains("last good certificate keeps serving"),
+                "{message}"
+            );
+            assert_eq!(handshake(addr, Some("a.test")).await.unwrap(), two.der);
+            eventually(WAIT, "a KeyMismatch Event", || async {
+                events(&api, "shop").iter().any(|(reason, note)| reason == "KeyMismatch" && note.contains("web/a-cert"))
+            })
+            .await;
+            for (_, note) in events(&api, "shop") {
+                assert!(!note.contains("BEGIN"), "no Secret content in Events");
+            }
+            let st = serde_json::to_string(&kube.status("shop").await.unwrap()).unwrap();
+            assert!(!st.contains("BEGIN"));
+            r.stop().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_never_gets_a_secret_of_another_namespace() {
+        bounded(async {
+            let api = FakeApiServer::start().await;
+            let kube = Kube::new(&api);
+            let m = Member::start("shop-0").await;
+            kube.put_slice(&slice("shop", "shop-0", m.addr, Cond::Ready)).await;
+            let theirs = TestCert::new(&["a.test"]);
+            kube.put_tls_secret("other", "a-cert", &theirs.data).await;
+            kube.create_pool(&pool("shop", "shop", tls_frontend())).await;
+            let r = Replica::start_tls(&api, options("r1")).await;
+            eventually(WAIT, "TLSReady=False, SecretNotFound", || async {
+                kube.condition("shop", "TLSReady")
+                    .await
+                    .is_some_and(|(s, reason, _)| s == "False" && reason == "SecretNotFound")
+            })
+            .await;
+            let (_, _, message) = kube.condition("shop", "TLSReady").await.unwrap();
+            assert!(message.contains("Secret web/a-cert: the Secret does not exist"), "{message}");
+            assert!(handshake(r.running.tls_addr.unwrap(), Some("a.test")).await.is_err());
+            // Created in the right namespace, it serves.
+            let ours = TestCert::new(&["a.test"]);
+            kube.put_tls_secret(NS, "a-cert", &ours.data).await;
+            eventually(WAIT, "our certificate served", || async {
+                handshake(r.running.tls_addr.unwrap(), Some("a.test")).await.is_ok_and(|c| c == ours.der)
+            })
+            .await;
+            r.stop().await;
+        })
+        .await;
+    }
 }
