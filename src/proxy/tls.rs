@@ -339,12 +339,12 @@ impl Certificates {
     /// Builds the SNI store for `table`'s pools (older first: the older pool's certificate wins
     /// a host two pools name).
     pub fn build(&self, table: &RoutingTable) -> TlsSnapshot {
-        let mut out = TlsSnapshot::default();
-        out.hsts = table
+        let hsts = table
             .pools()
             .iter()
             .map(|p| p.config.hsts.as_deref().and_then(|v| http::HeaderValue::from_str(v).ok()))
             .collect();
+        let mut out = TlsSnapshot { hsts, ..TlsSnapshot::default() };
         let mut claimed: HashMap<&HostMatch, &PoolId> = HashMap::new();
         for pool in table.pools() {
             let id = &pool.config.id;

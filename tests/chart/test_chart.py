@@ -245,7 +245,8 @@ def test_probes_on_the_admin_port(name):
     if name == "sidecar":
         assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": admin_port}
     else:
-        assert ports == {"http": int(a["listen"].rsplit(":", 1)[1]), "admin": admin_port}
+        https = int(a["tls-listen"].rsplit(":", 1)[1])
+        assert ports == {"http": int(a["listen"].rsplit(":", 1)[1]), "https": https, "admin": admin_port}
 
 
 @pytest.mark.parametrize("name", ["default", "namespaced", "full"])
