@@ -70,7 +70,14 @@ fn parse_secret(value: serde_yaml::Value, label: &str) -> Result<(SecretRef, Res
         secret.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
         secret.metadata.name.clone().unwrap_or_default(),
     );
-    let data = TlsData::from_secret(&secret).and_then(|d| crate::proxy::tls::load_pem(&d).map(|_| d));
+    let data = TlsData::from_secret(&secret).and_then(|d| {
+        if !d.crt.is_empty() || !d.key.is_empty() {
+            crate::proxy::tls::load_pem(&d)?;
+        } else if let Some(ca) = &d.ca {
+            crate::proxy::tls::load_ca(ca)?;
+        }
+        Ok(d)
+    });
     match data {
         Ok(d) => Ok((r, Ok(d))),
         Err(e) => Err(format!("{label}: Secret {r}: {e}")),
@@ -152,11 +159,17 @@ fn parse_with(text: &str, need_secrets: bool) -> Result<Loaded, Vec<String>> {
         problems.push("no BalancerPool documents".to_owned());
     }
     for p in pools.iter().filter(|_| need_secrets) {
-        for (i, t) in p.tls.iter().enumerate() {
-            let r = SecretRef::new(&p.id.namespace, &t.secret_name);
+        let ca = p.backend_tls.as_ref().and_then(|b| b.ca_secret_name.as_deref());
+        let named = p
+            .tls
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("spec.frontend.tls[{i}].secretName"), t.secret_name.as_str()));
+        for (field, name) in named.chain(ca.map(|n| ("spec.backend.tls.caSecretName".to_owned(), n))) {
+            let r = SecretRef::new(&p.id.namespace, name);
             if !secrets.iter().any(|(s, _)| *s == r) {
                 problems.push(format!(
-                    "pool {}: spec.frontend.tls[{i}].secretName: no Secret {r} in this file (a pool uses Secrets of its own namespace)",
+                    "pool {}: {field}: no Secret {r} in this file (a pool uses Secrets of its own namespace)",
                     p.id
                 ));
             }

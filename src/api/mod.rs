@@ -119,6 +119,27 @@ pub struct Backend {
     /// Static members (standalone mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<StaticMember>,
+    /// Speak HTTPS to the members (Tomcat on 8443, a zero-trust cluster without a mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS towards the members: verified against a CA from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// A Secret in the pool's namespace whose `ca.crt` holds the CA certificates (PEM) that sign
+    /// the members' certificates (cert-manager writes `ca.crt` into its TLS Secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub ca_secret_name: Option<String>,
+    /// The name the members' certificates must carry (and the SNI sent); default: the member's IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub server_name: Option<String>,
+    /// Do not verify the members' certificates (encryption without authentication). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// CEL: a pool's members come from a Service or from a static list, never both, never neither.

@@ -251,6 +251,20 @@ pub struct PoolConfig {
     pub https_redirect: bool,
     /// The `Strict-Transport-Security` value added to HTTPS responses.
     pub hsts: Option<String>,
+    /// TLS towards the members.
+    pub backend_tls: Option<BackendTlsConfig>,
+}
+
+/// Validated `backend.tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTlsConfig {
+    /// The Secret (pool's namespace) whose `ca.crt` verifies the members; `None` only with
+    /// `insecure_skip_verify`.
+    pub ca_secret_name: Option<String>,
+    /// The name to verify and send as SNI; `None`: the member's IP address.
+    pub server_name: Option<String>,
+    /// Accept any member certificate.
+    pub insecure_skip_verify: bool,
 }
 
 /// One validated `frontend.tls` entry.
@@ -550,6 +564,7 @@ fn validate_with_members(
         .filter_map(|(i, h)| host_match(p, &format!("spec.frontend.hosts[{i}]"), h))
         .collect();
     let tls = tls_entries(p, &spec.frontend.tls, &hosts);
+    let backend_tls = spec.backend.tls.as_ref().map(|t| backend_tls(p, t, spec.health.active.is_some()));
     let hsts = spec.frontend.hsts.as_ref().map(hsts_value);
     let path_prefix =
         normalise_prefix(p, "spec.frontend.pathPrefix", spec.frontend.path_prefix.as_deref().unwrap_or("/"));
@@ -620,6 +635,7 @@ fn validate_with_members(
         tls,
         https_redirect: spec.frontend.https_redirect.unwrap_or(false),
         hsts,
+        backend_tls,
     }
 }
 
@@ -665,6 +681,32 @@ fn tls_entries(p: &mut Problems, raw: &[api::FrontendTls], pool_hosts: &[HostMat
         out.push(TlsEntry { hosts, secret_name: n.clone() });
     }
     out
+}
+
+/// Validates `backend.tls`: a CA unless verification is explicitly off, a DNS server name.
+fn backend_tls(p: &mut Problems, t: &api::BackendTls, active_checks: bool) -> BackendTlsConfig {
+    let insecure = t.insecure_skip_verify.unwrap_or(false);
+    if t.ca_secret_name.is_none() && !insecure {
+        p.add("spec.backend.tls.caSecretName", "is required unless insecureSkipVerify is true");
+    }
+    if let Some(n) = &t.ca_secret_name
+        && (n.is_empty() || !n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+    {
+        p.add("spec.backend.tls.caSecretName", format!("{n:?} is not a Secret name"));
+    }
+    if let Some(n) = &t.server_name
+        && rustls_pki_types::ServerName::try_from(n.as_str()).is_err()
+    {
+        p.add("spec.backend.tls.serverName", format!("{n:?} is not a DNS name or an IP address"));
+    }
+    if active_checks {
+        p.add("spec.health.active", "active health checks speak plain HTTP: not supported with backend.tls yet");
+    }
+    BackendTlsConfig {
+        ca_secret_name: t.ca_secret_name.clone(),
+        server_name: t.server_name.clone(),
+        insecure_skip_verify: insecure,
+    }
 }
 
 /// The `Strict-Transport-Security` value (RFC 6797 §6.1).
@@ -880,6 +922,20 @@ mod tests {
             assert_eq!(c.secure, want, "{yaml}");
         }
         assert!(serde_yaml::from_str::<api::RouteCookie>("{name: R, secure: Sometimes}").is_err());
+    }
+
+    #[test]
+    fn backend_tls_needs_a_ca_unless_told_not_to_verify() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.backend.tls = Some(api::BackendTls { server_name: Some("bad name".into()), ..Default::default() });
+        s.health.active = Some(Default::default());
+        let errs = validate_static(id(), &s).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["spec.backend.tls.caSecretName", "spec.backend.tls.serverName", "spec.health.active"]);
+        s.health.active = None;
+        s.backend.tls = Some(api::BackendTls { insecure_skip_verify: Some(true), ..Default::default() });
+        let c = validate_static(id(), &s).unwrap();
+        assert!(c.backend_tls.unwrap().insecure_skip_verify);
     }
 
     #[test]

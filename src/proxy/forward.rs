@@ -184,6 +184,20 @@ impl Proxy {
         };
         let pool: &Pool = &snap.table.pools()[pi];
         let ext = &snap.ext[pi];
+        let upstream_tls = snap.tls.backend.get(pi).unwrap_or(&super::tls::UpstreamTls::Plain);
+        if let super::tls::UpstreamTls::Unavailable = upstream_tls {
+            let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "routeid: TLS to this pool's members is not ready\n");
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
+            self.access_log(&info, Some(&ext.balancer_name), None, &BalancerVars::default(), Outcome::of(&resp, 0));
+            return resp;
+        }
         if pool.config.https_redirect
             && !fwd.https
             && let Some(resp) = super::tls::https_redirect(host_str, req.uri())
@@ -384,7 +398,7 @@ impl Proxy {
             let busy = Busy::enter(&member.runtime);
             let sent_at = Instant::now();
             let t = pool.config.timeouts;
-            let result = tokio::time::timeout(t.response, mext.conns.send(up, t.connect, t.idle)).await;
+            let result = tokio::time::timeout(t.response, mext.conns.send(up, t.connect, t.idle, upstream_tls)).await;
             drop(busy);
             match result {
                 Ok(Ok(resp)) => {

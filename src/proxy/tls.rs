@@ -65,13 +65,23 @@ impl std::str::FromStr for SecretRef {
     }
 }
 
-/// The two PEM fields of a TLS Secret. Its `Debug` never shows them.
+/// The PEM fields of a Secret: a TLS Secret's certificate and key, and `ca.crt` when present.
+/// Its `Debug` never shows them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsData {
-    /// `tls.crt`: the certificate chain, leaf first.
+    /// `tls.crt`: the certificate chain, leaf first (empty in a CA-only Secret).
     pub crt: Vec<u8>,
-    /// `tls.key`: the private key.
+    /// `tls.key`: the private key (empty in a CA-only Secret).
     pub key: Vec<u8>,
+    /// `ca.crt`: CA certificates that verify members (`backend.tls.caSecretName`).
+    pub ca: Option<Vec<u8>>,
+}
+
+impl TlsData {
+    /// A serving certificate and key.
+    pub fn new(crt: Vec<u8>, key: Vec<u8>) -> Self {
+        TlsData { crt, key, ca: None }
+    }
 }
 
 impl fmt::Debug for TlsData {
@@ -82,12 +92,9 @@ impl fmt::Debug for TlsData {
 
 impl TlsData {
     /// Reads a Secret of type `kubernetes.io/tls` (`data`, or `stringData` as a standalone file
-    /// may carry it).
+    /// may carry it), or a Secret of another type that holds only `ca.crt`.
     pub fn from_secret(s: &k8s_openapi::api::core::v1::Secret) -> Result<TlsData, CertError> {
         let ty = s.type_.as_deref().unwrap_or("Opaque");
-        if ty != "kubernetes.io/tls" {
-            return Err(CertError::WrongType(ty.chars().take(64).collect()));
-        }
         let empty = BTreeMap::new();
         let data = s.data.as_ref().unwrap_or(&empty);
         let field = |k: &'static str| -> Result<Vec<u8>, CertError> {
@@ -99,7 +106,14 @@ impl TlsData {
                 None => Err(CertError::MissingField(k)),
             }
         };
-        Ok(TlsData { crt: field("tls.crt")?, key: field("tls.key")? })
+        let ca = field("ca.crt").ok();
+        if ty != "kubernetes.io/tls" {
+            return match ca {
+                Some(ca) => Ok(TlsData { crt: Vec::new(), key: Vec::new(), ca: Some(ca) }),
+                None => Err(CertError::WrongType(ty.chars().take(64).collect())),
+            };
+        }
+        Ok(TlsData { crt: field("tls.crt")?, key: field("tls.key")?, ca })
     }
 }
 
@@ -127,6 +141,9 @@ pub enum CertError {
     /// The key is not the certificate's.
     #[error("tls.key does not belong to the certificate in tls.crt")]
     KeyMismatch,
+    /// No usable CA certificate.
+    #[error("ca.crt holds no readable PEM CA certificate")]
+    BadCa,
 }
 
 impl CertError {
@@ -139,6 +156,7 @@ impl CertError {
             CertError::BadCertificate => "InvalidCertificate",
             CertError::BadKey | CertError::UnsupportedKey => "InvalidKey",
             CertError::KeyMismatch => "KeyMismatch",
+            CertError::BadCa => "InvalidCA",
         }
     }
 }
@@ -154,6 +172,9 @@ pub struct LoadedCert {
 
 /// Parses a PEM chain and key and checks that they belong together.
 pub fn load_pem(data: &TlsData) -> Result<LoadedCert, CertError> {
+    if data.crt.is_empty() && data.key.is_empty() {
+        return Err(CertError::MissingField("tls.crt"));
+    }
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&data.crt).collect::<Result<_, _>>().map_err(|_| CertError::BadCertificate)?;
     let leaf = chain.first().ok_or(CertError::BadCertificate)?;
@@ -271,6 +292,8 @@ pub struct TlsSnapshot {
     pub problems: HashMap<PoolId, Vec<TlsProblem>>,
     /// `Strict-Transport-Security` per pool, index-aligned with the table, rendered once.
     pub hsts: Vec<Option<http::HeaderValue>>,
+    /// How each pool reaches its members, index-aligned with the table.
+    pub backend: Vec<UpstreamTls>,
 }
 
 /// Why a pool's certificate is not what it asked for (a `TLSReady=False` condition).
@@ -286,6 +309,38 @@ pub struct TlsProblem {
 struct SecretState {
     serving: Option<LoadedCert>,
     error: Option<CertError>,
+    /// From `ca.crt`: roots that verify members, or why not.
+    ca: Option<Result<Arc<rustls::RootCertStore>, CertError>>,
+}
+
+/// Parses `ca.crt` into trust anchors.
+pub fn load_ca(pem: &[u8]) -> Result<Arc<rustls::RootCertStore>, CertError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        roots.add(c.map_err(|_| CertError::BadCa)?).map_err(|_| CertError::BadCa)?;
+    }
+    if roots.is_empty() {
+        return Err(CertError::BadCa);
+    }
+    Ok(Arc::new(roots))
+}
+
+/// How a pool's requests reach its members.
+#[derive(Clone, Debug, Default)]
+pub enum UpstreamTls {
+    /// Plain HTTP.
+    #[default]
+    Plain,
+    /// HTTPS with this client configuration and server name (`None`: the member's IP).
+    Tls {
+        /// Verifies the members against the pool's CA (or not at all, when asked).
+        config: Arc<rustls::ClientConfig>,
+        /// `backend.tls.serverName`.
+        server_name: Option<rustls_pki_types::ServerName<'static>>,
+    },
+    /// HTTPS was asked for but its CA is not available: requests are answered 503 by routeid
+    /// rather than sent in clear or blamed on the members.
+    Unavailable,
 }
 
 /// Every Secret the proxy knows, parsed, with its last good certificate. Changed only on
@@ -311,6 +366,25 @@ impl Certificates {
     /// certificate. Returns the problem, if any, for logging.
     pub fn apply(&mut self, r: &SecretRef, data: Result<&TlsData, CertError>, metrics: &Metrics) -> Option<CertError> {
         let state = self.secrets.entry(r.clone()).or_default();
+        match &data {
+            Ok(d) => match &d.ca {
+                Some(ca) => state.ca = Some(load_ca(ca)),
+                None => state.ca = Some(Err(CertError::MissingField("ca.crt"))),
+            },
+            // Keep the last good CA, as the last good certificate.
+            Err(e) => {
+                if !state.ca.as_ref().is_some_and(|c| c.is_ok()) {
+                    state.ca = Some(Err(e.clone()));
+                }
+            }
+        }
+        if let Ok(d) = &data
+            && d.crt.is_empty()
+            && d.key.is_empty()
+        {
+            // A CA-only Secret: it serves no certificate, and that is no error of its own.
+            return None;
+        }
         match data.and_then(load_pem) {
             Ok(c) => {
                 if let Some(t) = c.not_after {
@@ -345,6 +419,7 @@ impl Certificates {
             .map(|p| p.config.hsts.as_deref().and_then(|v| http::HeaderValue::from_str(v).ok()))
             .collect();
         let mut out = TlsSnapshot { hsts, ..TlsSnapshot::default() };
+        out.backend = table.pools().iter().map(|p| self.upstream(p, &mut out.problems)).collect();
         let mut claimed: HashMap<&HostMatch, &PoolId> = HashMap::new();
         for pool in table.pools() {
             let id = &pool.config.id;
@@ -382,6 +457,33 @@ impl Certificates {
             out.store.default = self.secrets.get(d).and_then(|s| s.serving.as_ref()).map(|c| Arc::clone(&c.key));
         }
         out
+    }
+
+    /// How `pool` reaches its members, noting a missing CA in `problems`.
+    fn upstream(&self, pool: &crate::core::Pool, problems: &mut HashMap<PoolId, Vec<TlsProblem>>) -> UpstreamTls {
+        let Some(t) = &pool.config.backend_tls else { return UpstreamTls::Plain };
+        let id = &pool.config.id;
+        let server_name =
+            t.server_name.as_deref().and_then(|n| rustls_pki_types::ServerName::try_from(n.to_owned()).ok());
+        let cfg = if t.insecure_skip_verify {
+            client_config_any()
+        } else {
+            let Some(name) = &t.ca_secret_name else { return UpstreamTls::Unavailable };
+            let r = SecretRef::new(&id.namespace, name);
+            let ca = self.secrets.get(&r).and_then(|s| s.ca.clone()).unwrap_or(Err(CertError::Missing));
+            match ca {
+                Ok(roots) => client_config(roots),
+                Err(e) => {
+                    let message = format!("backend.tls CA Secret {r}: {e}; requests are answered 503");
+                    problems.entry(id.clone()).or_default().push(TlsProblem { reason: e.reason(), message });
+                    return UpstreamTls::Unavailable;
+                }
+            }
+        };
+        match cfg {
+            Ok(config) => UpstreamTls::Tls { config, server_name },
+            Err(_) => UpstreamTls::Unavailable,
+        }
     }
 
     /// The certificate `r` serves, noting in `problems` when it is broken or absent.
@@ -448,6 +550,67 @@ pub(crate) fn https_redirect(host: Option<&str>, uri: &http::Uri) -> Option<http
     Some(r)
 }
 
+/// A client configuration that verifies members against `roots` (TLS 1.3 and 1.2, ring).
+fn client_config(roots: Arc<rustls::RootCertStore>) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// `insecureSkipVerify`: encryption without authentication of the member.
+fn client_config_any() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let schemes = provider.signature_verification_algorithms.supported_schemes();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SkipVerify(schemes)))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts any member certificate (`backend.tls.insecureSkipVerify: true` only).
+#[derive(Debug)]
+struct SkipVerify(Vec<rustls::SignatureScheme>);
+
+impl rustls::client::danger::ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.clone()
+    }
+}
+
 /// Why a handshake failed, the `reason` label of `routeid_tls_handshake_errors_total`.
 pub fn handshake_error_reason(e: &std::io::Error) -> &'static str {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
@@ -471,7 +634,7 @@ mod tests {
         let alg = if ec { &rcgen::PKCS_ECDSA_P256_SHA256 } else { &rcgen::PKCS_ED25519 };
         let key = rcgen::KeyPair::generate_for(alg).unwrap();
         let c = params.self_signed(&key).unwrap();
-        TlsData { crt: c.pem().into_bytes(), key: key.serialize_pem().into_bytes() }
+        TlsData::new(c.pem().into_bytes(), key.serialize_pem().into_bytes())
     }
 
     #[test]
@@ -498,11 +661,11 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode(sec1);
         let pem = format!("-----BEGIN EC PRIVATE KEY-----\n{b64}\n-----END EC PRIVATE KEY-----\n");
         assert!(matches!(PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap(), PrivateKeyDer::Sec1(_)));
-        load_pem(&TlsData { crt: data.crt, key: pem.into_bytes() }).unwrap();
-        let rsa = TlsData {
-            crt: include_bytes!("testdata/rsa.crt").to_vec(),
-            key: include_bytes!("testdata/rsa-pkcs1.key").to_vec(),
-        };
+        load_pem(&TlsData::new(data.crt, pem.into_bytes())).unwrap();
+        let rsa = TlsData::new(
+            include_bytes!("testdata/rsa.crt").to_vec(),
+            include_bytes!("testdata/rsa-pkcs1.key").to_vec(),
+        );
         assert!(matches!(PrivateKeyDer::from_pem_slice(&rsa.key).unwrap(), PrivateKeyDer::Pkcs1(_)));
         load_pem(&rsa).unwrap();
     }
@@ -511,11 +674,11 @@ mod tests {
     fn broken_inputs_are_named_without_content() {
         let a = cert(&["a.example.com"], true);
         let b = cert(&["b.example.com"], true);
-        let mismatch = TlsData { crt: a.crt.clone(), key: b.key.clone() };
+        let mismatch = TlsData::new(a.crt.clone(), b.key.clone());
         assert_eq!(load_pem(&mismatch).unwrap_err(), CertError::KeyMismatch);
-        let garbage = TlsData { crt: b"hello".to_vec(), key: a.key.clone() };
+        let garbage = TlsData::new(b"hello".to_vec(), a.key.clone());
         assert_eq!(load_pem(&garbage).unwrap_err(), CertError::BadCertificate);
-        let nokey = TlsData { crt: a.crt.clone(), key: b"-----BEGIN PRIVATE KEY-----\n!!\n".to_vec() };
+        let nokey = TlsData::new(a.crt.clone(), b"-----BEGIN PRIVATE KEY-----\n!!\n".to_vec());
         assert_eq!(load_pem(&nokey).unwrap_err(), CertError::BadKey);
         assert_eq!(format!("{:?}", a), "TlsData { .. }");
         for e in [CertError::KeyMismatch, CertError::BadCertificate, CertError::BadKey] {

@@ -114,12 +114,13 @@ impl MemberConns {
     }
 
     /// Sends `req` over an idle connection (one idle for less than `idle_timeout`), or a new one
-    /// (made within `connect_timeout`).
+    /// (made within `connect_timeout`, with TLS when `tls` says so).
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        tls: &super::tls::UpstreamTls,
     ) -> Result<Response<MemberBody>, Failed> {
         while let Some(idle) = self.pop_idle() {
             if idle.since.elapsed() > idle_timeout || idle.sender.is_closed() {
@@ -145,7 +146,7 @@ impl MemberConns {
                 },
             }
         }
-        let mut sender = match self.connect(connect_timeout).await {
+        let mut sender = match self.connect(connect_timeout, tls).await {
             Ok(s) => s,
             Err(source) => {
                 return Err(Failed { error: SendError::Connect { addr: self.addr, source }, request: Some(req) });
@@ -163,11 +164,33 @@ impl MemberConns {
         }
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> std::io::Result<SendRequest<UpstreamBody>> {
+    async fn connect(
+        &self,
+        connect_timeout: Duration,
+        tls: &super::tls::UpstreamTls,
+    ) -> std::io::Result<SendRequest<UpstreamBody>> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
+        match tls {
+            super::tls::UpstreamTls::Tls { config, server_name } => {
+                let name = server_name.clone().unwrap_or_else(|| self.addr.ip().into());
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+                let stream = tokio::time::timeout(connect_timeout, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                self.handshake(stream).await
+            }
+            _ => self.handshake(stream).await,
+        }
+    }
+
+    /// HTTP/1.1 over a connected stream; the connection runs in its own task.
+    async fn handshake<S>(&self, stream: S) -> std::io::Result<SendRequest<UpstreamBody>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
         let addr = self.addr;

@@ -213,7 +213,7 @@ async fn a_broken_secret_keeps_the_last_good_certificate_and_says_why() {
             start_tls(&tls_pool("a", &m, "a.test", "a-cert", ""), settings(), &[("default", "a-cert", &good)], None)
                 .await;
         let r = SecretRef::new("default", "a-cert");
-        let mismatch = TlsData { crt: other.data.crt.clone(), key: good.data.key.clone() };
+        let mismatch = TlsData::new(other.data.crt.clone(), good.data.key.clone());
         let problems = p.proxy.update_tls_secrets(&[(r.clone(), Ok(mismatch))]);
         assert_eq!(problems, [(r.clone(), CertError::KeyMismatch)]);
         assert_eq!(handshake(p.tls_addr.unwrap(), Some("a.test")).await.unwrap(), good.der, "last good keeps serving");
@@ -516,7 +516,7 @@ mod controller {
             eprintln!("renewed certificate served after {took:?}");
 
             // A key that does not match: the last good certificate stays, the pool says why.
-            let broken = TlsData { crt: one.data.crt.clone(), key: two.data.key.clone() };
+            let broken = TlsData::new(one.data.crt.clone(), two.data.key.clone());
             kube.put_tls_secret(NS, "a-cert", &broken).await;
             eventually(WAIT, "TLSReady=False", || async {
                 kube.condition("shop", "TLSReady")
@@ -572,6 +572,85 @@ mod controller {
             })
             .await;
             r.stop().await;
+        })
+        .await;
+    }
+}
+
+mod members {
+    //! `backend.tls`: members that speak only HTTPS, verified with a CA from a Secret.
+
+    use super::*;
+    use crate::support::tls::{TestCa, https_member};
+
+    fn pool(addr: SocketAddr, tls: &str) -> String {
+        let m = format!("      - {{address: \"{addr}\", route: m}}\n");
+        format!(
+            "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: tomcat}}\nspec:\n  backend:\n    tls: {tls}\n    members:\n{m}"
+        )
+    }
+
+    async fn start(yaml: &str, secrets: Vec<(SecretRef, Result<TlsData, CertError>)>) -> Running {
+        let pools = routeid::standalone::parse_pools(yaml).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let tls = TlsStart { listen: any, secrets, default: None };
+        Running::start_full(settings(), any, any, pools, true, Some(tls)).await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn https_members_are_verified_with_the_ca_and_refused_without_it() {
+        bounded(async {
+            let (ca, other) = (TestCa::new(), TestCa::new());
+            let (addr, member) = https_member("m", &ca.leaf(&["member.test"])).await;
+            let yaml = pool(addr, "{caSecretName: member-ca, serverName: member.test}");
+            let r = SecretRef::new("default", "member-ca");
+            let p = start(&yaml, vec![(r.clone(), Ok(ca.secret_data()))]).await;
+            let got = get(p.proxy_addr, "/", &[]).await;
+            assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "route=m proto=http"));
+            assert!(p.proxy.snapshot().tls.problems.is_empty());
+            p.shutdown().await;
+
+            // A CA that did not sign the member's certificate: the member is refused.
+            let p = start(&yaml, vec![(r.clone(), Ok(other.secret_data()))]).await;
+            let got = get(p.proxy_addr, "/", &[]).await;
+            assert!(got.status.is_server_error(), "{got:?}");
+            assert!(!got.body.starts_with("route="));
+            p.shutdown().await;
+
+            // The wrong name: refused too.
+            let wrong = pool(addr, "{caSecretName: member-ca, serverName: other.test}");
+            let p = start(&wrong, vec![(r.clone(), Ok(ca.secret_data()))]).await;
+            assert!(get(p.proxy_addr, "/", &[]).await.status.is_server_error());
+            p.shutdown().await;
+
+            // insecureSkipVerify: encrypted, unverified.
+            let p = start(&pool(addr, "{insecureSkipVerify: true}"), Vec::new()).await;
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.status, 200);
+            p.shutdown().await;
+            member.abort();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_ca_answers_503_instead_of_sending_in_clear() {
+        bounded(async {
+            let ca = TestCa::new();
+            // Without serverName the member's IP is verified.
+            let (addr, member) = https_member("m", &ca.leaf(&["127.0.0.1"])).await;
+            let p = start(&pool(addr, "{caSecretName: member-ca}"), Vec::new()).await;
+            let got = get(p.proxy_addr, "/", &[]).await;
+            assert_eq!(got.status, 503);
+            assert!(got.body.contains("TLS to this pool's members is not ready"), "{}", got.body);
+            let snap = p.proxy.snapshot();
+            let said = &snap.tls.problems[&snap.table.pools()[0].config.id];
+            assert!(said[0].message.contains("backend.tls CA Secret default/member-ca"), "{said:?}");
+            // The Secret arrives: served.
+            let r = SecretRef::new("default", "member-ca");
+            p.proxy.update_tls_secrets(&[(r, Ok(ca.secret_data()))]);
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.status, 200);
+            p.shutdown().await;
+            member.abort();
         })
         .await;
     }

@@ -29,10 +29,7 @@ impl TestCert {
         let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let c = params.self_signed(&key).unwrap();
-        TestCert {
-            data: TlsData { crt: c.pem().into_bytes(), key: key.serialize_pem().into_bytes() },
-            der: c.der().to_vec(),
-        }
+        TestCert { data: TlsData::new(c.pem().into_bytes(), key.serialize_pem().into_bytes()), der: c.der().to_vec() }
     }
 
     /// A `kind: Secret` document with this certificate in `stringData`.
@@ -164,4 +161,71 @@ pub async fn handshake(addr: SocketAddr, sni: Option<&str>) -> Result<Vec<u8>, S
         .await
         .map_err(|e| e.to_string())?;
     Ok(tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default())
+}
+
+/// A test CA and the PEM of its certificate (what a `ca.crt` holds).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let pem = params.self_signed(&key).unwrap().pem().into_bytes();
+        TestCa { issuer: rcgen::Issuer::new(params, key), pem }
+    }
+
+    /// A leaf certificate for `names`, signed by this CA.
+    pub fn leaf(&self, names: &[&str]) -> TlsData {
+        let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let c = params.signed_by(&key, &self.issuer).unwrap();
+        TlsData::new(c.pem().into_bytes(), key.serialize_pem().into_bytes())
+    }
+
+    /// A CA-only Secret's data.
+    pub fn secret_data(&self) -> TlsData {
+        TlsData { crt: Vec::new(), key: Vec::new(), ca: Some(self.pem.clone()) }
+    }
+}
+
+/// A member that speaks only HTTPS with `cert`, answering `route=<route> proto=<X-Forwarded-Proto>`.
+pub async fn https_member(route: &'static str, cert: &TlsData) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use hyper::service::service_fn;
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&cert.crt).collect::<Result<_, _>>().unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&cert.key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let proto =
+                        req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(format!(
+                        "route={route} proto={proto}"
+                    )))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    (addr, task)
 }
