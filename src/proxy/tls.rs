@@ -463,6 +463,7 @@ impl Certificates {
     fn upstream(&self, pool: &crate::core::Pool, problems: &mut HashMap<PoolId, Vec<TlsProblem>>) -> UpstreamTls {
         let Some(t) = &pool.config.backend_tls else { return UpstreamTls::Plain };
         let id = &pool.config.id;
+        problems.entry(id.clone()).or_default(); // TLSReady is reported for this pool
         let server_name =
             t.server_name.as_deref().and_then(|n| rustls_pki_types::ServerName::try_from(n.to_owned()).ok());
         let cfg = if t.insecure_skip_verify {
