@@ -607,7 +607,7 @@ mod members {
             let p = start(&yaml, vec![(r.clone(), Ok(ca.secret_data()))]).await;
             let got = get(p.proxy_addr, "/", &[]).await;
             assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "route=m proto=http"));
-            assert!(p.proxy.snapshot().tls.problems.is_empty());
+            assert!(p.proxy.snapshot().tls.problems.values().all(Vec::is_empty), "TLSReady=True");
             p.shutdown().await;
 
             // A CA that did not sign the member's certificate: the member is refused.
