@@ -218,6 +218,8 @@ main() {
 
     # HAProxy on the proxy CPU, nbthread 1, foreground.
     render "$BENCH_DIR/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
+    render "$BENCH_DIR/haproxy-tls.cfg.tmpl" "$TMP/haproxy-tls.cfg"
+    cat "$TMP/haproxy-tls.cfg" >>"$TMP/haproxy.cfg"
     haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy config check failed"
     taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
     HAPROXY_PID=$!

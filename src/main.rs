@@ -20,7 +20,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls logs a client's odd hello (an IP address as SNI, as wrk and curl send) at WARN, once
+    // per connection: any client could flood the log. Failed handshakes are counted in
+    // routeid_tls_handshake_errors_total instead; RUST_LOG=rustls=... still turns them on.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"))
+        && let Ok(d) = "rustls=error".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
