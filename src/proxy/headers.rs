@@ -132,7 +132,6 @@ pub fn forwarded(headers: &HeaderMap, client: &ClientIp) -> Forwarded {
 /// its `X-Forwarded-For` is appended to and its `-Proto` / `-Host` are kept; from any other
 /// peer all three are replaced, so a client cannot forge them. Returns [`forwarded`].
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&HeaderValue>) -> Forwarded {
-    let found = forwarded(headers, client);
     let proto = HeaderValue::from_static(if client.tls { "https" } else { "http" });
     if client.trusted.is_none() {
         headers.insert(X_FORWARDED_FOR.clone(), client.value.clone());
@@ -140,8 +139,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&H
         if let Some(h) = host {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
         }
-        return found;
+        return Forwarded { client: client.ip, https: client.tls };
     }
+    let found = forwarded(headers, client);
     let prev = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|p| !p.trim().is_empty());
     let appended = prev.and_then(|p| HeaderValue::try_from(format!("{p}, {}", client.ip)).ok());
     headers.insert(X_FORWARDED_FOR.clone(), appended.unwrap_or_else(|| client.value.clone()));
