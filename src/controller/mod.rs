@@ -19,9 +19,10 @@
 pub mod derive;
 pub mod index;
 pub mod leader;
+pub mod secrets;
 pub mod status;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,6 +40,7 @@ use crate::api::BalancerPool;
 use crate::core::config::PoolId;
 use crate::core::table::Conflict;
 use crate::proxy::Proxy;
+use crate::proxy::tls::{SecretRef, TlsProblem};
 use index::{ClassFilter, Index, PoolChange, pool_id};
 use leader::LeaderOptions;
 use status::{Outbound, PoolEvent, Writer, WriterOptions, WriterStats};
@@ -61,6 +63,8 @@ pub struct ControllerOptions {
     /// publication at its end. Under a pod storm this bounds the CPU spent rebuilding the table
     /// (a rebuild costs the same for 1 or 100 changed slices), at the price of this much delay.
     pub min_publish_interval: Duration,
+    /// The Secret (`--default-tls-secret`) served to TLS clients with no or an unknown name.
+    pub default_tls_secret: Option<SecretRef>,
 }
 
 impl ControllerOptions {
@@ -93,6 +97,7 @@ impl ControllerOptions {
             },
             status_resync: Duration::from_secs(10),
             min_publish_interval: Duration::from_millis(100),
+            default_tls_secret: None,
         }
     }
 }
@@ -132,6 +137,8 @@ impl Controller {
         let writer = Writer::new(client.clone(), opts.writer.clone(), Arc::clone(&stats.writer));
         let writer_task = tokio::spawn(writer.run(out_rx, leader_rx.clone()));
         let index = Index::new(opts.filter.clone());
+        proxy.set_default_tls_secret(opts.default_tls_secret.clone());
+        let (secrets, secret_rx) = secrets::SecretWatches::new(client.clone());
         let looper = Loop {
             client,
             opts,
@@ -143,8 +150,10 @@ impl Controller {
             index,
             conflicts: Vec::new(),
             ready: false,
+            secrets,
+            tls_reported: HashMap::new(),
         };
-        let loop_task = tokio::spawn(looper.run(shutdown_rx));
+        let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx));
         Controller { stats, leader: leader_rx, shutdown, tasks: vec![loop_task, writer_task, leader_task] }
     }
 
@@ -174,6 +183,10 @@ struct Loop {
     index: Index,
     conflicts: Vec<Conflict>,
     ready: bool,
+    /// One watch per Secret the pools name.
+    secrets: secrets::SecretWatches,
+    /// The TLS problems last reported by an Event, per pool.
+    tls_reported: HashMap<PoolId, Vec<TlsProblem>>,
 }
 
 /// Where a watcher is in its (re-)list.
@@ -208,7 +221,11 @@ fn watch_hint(e: &watcher::Error) -> &'static str {
 const MAX_BATCH: usize = 4_096;
 
 impl Loop {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut secret_rx: mpsc::UnboundedReceiver<secrets::SecretEvent>,
+    ) {
         let (pools_api, slices_api): (Api<BalancerPool>, Api<EndpointSlice>) = match &self.opts.namespace {
             Some(ns) => (Api::namespaced(self.client.clone(), ns), Api::namespaced(self.client.clone(), ns)),
             None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
@@ -249,6 +266,10 @@ impl Loop {
                         return;
                     }
                 },
+                Some(ev) = secret_rx.recv() => {
+                    self.on_secrets(ev, &mut secret_rx);
+                    status_due = true;
+                }
                 _ = resync.tick() => status_due = true,
                 changed = self.leader.changed() => {
                     if changed.is_err() {
@@ -295,8 +316,11 @@ impl Loop {
                 metrics.reconciles.with_label_values(&["error"]).inc_by(rejected);
                 metrics.reconciles.with_label_values(&["ok"]).inc_by(changes.len() as u64 - rejected);
                 if self.index.take_publish_needed() || !self.ready {
-                    self.conflicts = self.proxy.publish(self.index.configs());
+                    let configs = self.index.configs();
+                    self.watch_secrets(&configs);
+                    self.conflicts = self.proxy.publish(configs);
                     self.stats.publishes.fetch_add(1, Ordering::Relaxed);
+                    self.report_tls();
                 }
                 self.stats.derivations.fetch_add(changes.len() as u64, Ordering::Relaxed);
                 let unix_now =
@@ -385,6 +409,43 @@ impl Loop {
         }
     }
 
+    /// Watches exactly the Secrets the pools name; forgets the others.
+    fn watch_secrets(&mut self, configs: &[Arc<crate::core::PoolConfig>]) {
+        let wanted = secrets::named(configs, self.opts.default_tls_secret.as_ref());
+        let gone = self.secrets.reconcile(&wanted);
+        self.proxy.forget_tls_secrets(&gone);
+    }
+
+    /// Hands changed Secrets (this one and any others already waiting) to the proxy in one
+    /// publication.
+    fn on_secrets(&mut self, first: secrets::SecretEvent, rx: &mut mpsc::UnboundedReceiver<secrets::SecretEvent>) {
+        let mut changes = vec![(first.secret, first.data)];
+        while let Ok(ev) = rx.try_recv() {
+            changes.push((ev.secret, ev.data));
+        }
+        for (secret, e) in self.proxy.update_tls_secrets(&changes) {
+            tracing::warn!(%secret, reason = e.reason(), error = %e, "TLS Secret cannot serve; its last good certificate (if any) keeps serving");
+        }
+        self.report_tls();
+    }
+
+    /// An Event on each pool whose TLS problems changed to something new.
+    fn report_tls(&mut self) {
+        let snapshot = self.proxy.snapshot();
+        for (id, problems) in &snapshot.tls.problems {
+            if self.tls_reported.get(id) == Some(problems) {
+                continue;
+            }
+            if let (Some(first), Some(entry)) = (problems.first(), self.index.pool(id)) {
+                let note = problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
+                let reference = entry.object.object_ref(&());
+                let _ =
+                    self.out.send(Outbound::Event(PoolEvent { reference, warning: true, reason: first.reason, note }));
+            }
+        }
+        self.tls_reported = snapshot.tls.problems.clone();
+    }
+
     fn send_events(&self, changes: Vec<PoolChange>) {
         for c in changes {
             let Some(entry) = self.index.pool(&c.id) else { continue };
@@ -421,6 +482,9 @@ impl Loop {
         for (id, entry) in self.index.pools() {
             let conflict = self.conflicts.iter().find(|c| &c.loser == id);
             let mut desired = status::desired_status(entry, id, &snapshot.table, conflict, now_ms, &now);
+            if let Some(problems) = snapshot.tls.problems.get(id) {
+                desired.conditions.push(status::tls_condition(entry, problems, &now));
+            }
             status::cap_members(&mut desired);
             if entry.object.status.as_ref() != Some(&desired) {
                 let _ = self.out.send(Outbound::Status { id: id.clone(), status: Box::new(desired) });

@@ -261,7 +261,7 @@ mod tests {
             frontend: api::Frontend {
                 hosts: hosts.iter().map(|h| (*h).into()).collect(),
                 path_prefix: Some(prefix.into()),
-                rewrite_prefix: None,
+                ..Default::default()
             },
             backend: api::Backend {
                 members: vec![api::StaticMember {

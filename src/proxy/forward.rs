@@ -277,6 +277,7 @@ impl Proxy {
     fn refuse(
         &self,
         req: &Request<Incoming>,
+        client: &ClientIp,
         status: StatusCode,
         why: &'static str,
         started: Instant,
@@ -294,7 +295,8 @@ impl Proxy {
             self.metrics().client_error(ClientError::BadRequest);
         }
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-        let info = ReqInfo { method: req.method(), host, path: req.uri().path(), started, bytes_in };
+        let client = super::headers::forwarded(req.headers(), client).client;
+        let info = ReqInfo { method: req.method(), host, path: req.uri().path(), started, bytes_in, client };
         self.access_log(&info, None, None, &BalancerVars::default(), Outcome::of(&resp, 0));
         resp
     }
@@ -355,23 +357,60 @@ impl Proxy {
         let started = Instant::now();
         let bytes_in = req.body().size_hint().exact();
         if let Some((status, why)) = refusal(&req).or_else(|| normalize_path(&mut req).err()) {
-            return self.refuse(&req, status, why, started, bytes_in);
+            return self.refuse(&req, &client, status, why, started, bytes_in);
         }
         let snap = self.snapshot();
         let host = request_host(&req);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        let fwd = super::headers::forwarded(req.headers(), &client);
         let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
             let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
             if self.settings.metrics {
                 self.metrics().unmatched.inc();
             }
-            let info = ReqInfo { method: req.method(), host: host_str, path: req.uri().path(), started, bytes_in };
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
             let out = Outcome::of(&resp, 0);
             self.access_log(&info, None, None, &BalancerVars::default(), out);
             return resp;
         };
         let pool: &Pool = &snap.table.pools()[pi];
         let ext = &snap.ext[pi];
+        let upstream_tls = snap.tls.backend.get(pi).unwrap_or(&super::tls::UpstreamTls::Plain);
+        if let super::tls::UpstreamTls::Unavailable = upstream_tls {
+            let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "routeid: TLS to this pool's members is not ready\n");
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
+            self.access_log(&info, Some(&ext.balancer_name), None, &BalancerVars::default(), Outcome::of(&resp, 0));
+            return resp;
+        }
+        if pool.config.https_redirect
+            && !fwd.https
+            && let Some(resp) = super::tls::https_redirect(host_str, req.uri())
+        {
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
+            self.access_log(&info, Some(&ext.balancer_name), None, &BalancerVars::default(), Outcome::of(&resp, 0));
+            return resp;
+        }
         let sticky = pool.config.sticky.as_ref();
         let now = self.clock.now_ms();
 
@@ -430,7 +469,14 @@ impl Proxy {
         // From here on, a request whose client goes away before its answer is logged as 499.
         let mut abandoned = LogIfAbandoned {
             proxy: &self,
-            info: ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in },
+            info: ReqInfo {
+                method: &method,
+                host: host_str,
+                path: parts.uri.path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            },
             pool: &ext.balancer_name,
             armed: true,
         };
@@ -562,7 +608,7 @@ impl Proxy {
             let t = pool.config.timeouts;
             // Waiting for a free connection (maxConnections) ends within the response timeout.
             let limits = Limits::of(&pool.config, Limits::deadline_in(t.response));
-            let exchange = mext.conns.send(up, &limits);
+            let exchange = mext.conns.send(up, &limits, upstream_tls);
             match self.await_member(exchange, slot.as_ref(), t.response).await {
                 Waited::ClientFault(fault) => {
                     // The client's side failed: the member is not to blame, nothing is retried.
@@ -662,7 +708,7 @@ impl Proxy {
             // Only a member's own answer pins the session: a 502/504 routeid made after a failed
             // attempt must not send the client back to the member that failed.
             if answer == Answer::Member {
-                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed);
+                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed, fwd.https);
             }
             if cfg.headers_to_client {
                 put_debug_headers(resp.headers_mut(), &vars, ext);
@@ -671,24 +717,30 @@ impl Proxy {
         if self.settings.via {
             add_via(resp.headers_mut(), Version::HTTP_11);
         }
+        if fwd.https
+            && let Some(Some(v)) = snap.tls.hsts.get(pi)
+        {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
         abandoned.armed = false;
         let out = Outcome::of(&resp, tried.len());
         self.access_log(&abandoned.info, Some(&ext.balancer_name), Some(member.config.address), &vars, out);
         resp
     }
 
-    fn sticky_response(&self, cfg: &StickyConfig, h: &mut HeaderMap, route: &str, route_changed: bool) {
+    fn sticky_response(&self, cfg: &StickyConfig, h: &mut HeaderMap, route: &str, route_changed: bool, https: bool) {
         let Some(c) = &cfg.cookie else { return };
+        let attributes = if https { &c.secure_attributes } else { &c.attributes };
         let mut set = false;
         match c.mode {
             CookieMode::Insert => {
                 if route_changed {
-                    let mut v = Vec::with_capacity(c.name.len() + route.len() + c.attributes.len() + 2);
+                    let mut v = Vec::with_capacity(c.name.len() + route.len() + attributes.len() + 2);
                     v.extend_from_slice(c.name.as_bytes());
                     v.push(b'=');
                     v.extend(cfg.separator);
                     v.extend_from_slice(route.as_bytes());
-                    v.extend_from_slice(c.attributes.as_bytes());
+                    v.extend_from_slice(attributes.as_bytes());
                     if let Ok(v) = HeaderValue::from_bytes(&v) {
                         h.append(header::SET_COOKIE, v);
                         set = true;
@@ -738,6 +790,7 @@ impl Proxy {
             bytes_in = req.bytes_in,
             bytes_out = out.bytes_out,
             duration_us = req.started.elapsed().as_micros() as u64,
+            client = %req.client,
             pool,
             member_address = member.map(tracing::field::display),
             attempts = out.attempts,
@@ -763,6 +816,8 @@ struct ReqInfo<'a> {
     started: Instant,
     /// Request body length when known in advance (`Content-Length`).
     bytes_in: Option<u64>,
+    /// The client, as the trusted chain names it.
+    client: std::net::IpAddr,
 }
 
 /// What the access log says of the answer.

@@ -31,3 +31,4 @@ mod proxy_timeouts;
 mod proxy_tunnels;
 mod smoke;
 mod sticky;
+mod tls;

@@ -16,8 +16,14 @@ fn cfg() -> StickyConfig {
 }
 
 fn with_cookie(mut c: StickyConfig, name: &str, mode: CookieMode) -> StickyConfig {
-    c.cookie =
-        Some(CookieConfig { name: name.into(), mode, indirect: true, nocache: true, attributes: "; Path=/".into() });
+    c.cookie = Some(CookieConfig {
+        name: name.into(),
+        mode,
+        indirect: true,
+        nocache: true,
+        attributes: "; Path=/".into(),
+        secure_attributes: "; Path=/; Secure".into(),
+    });
     c
 }
 
