@@ -10,6 +10,7 @@
 #         PROXY_CPU=0   CPU for the proxy under test
 #         LOAD_CPU=1    CPU for wrk and nginx
 #         NO_BUILD=1    skip `cargo build --release` (use the binary already built)
+#         ACCESS_LOG=1  run routeid with its access log on (written to a file), as users run it
 #         CARGO_TARGET_DIR  honoured when locating target/release/routeid
 # Ports (all 127.0.0.1): BACKEND1_PORT=18081 BACKEND2_PORT=18082 ROUTEID_PORT=18090
 #         ROUTEID_ADMIN_PORT=18091 HAPROXY_PORT=18092 ROUTEID_TLS_PORT=18093 HAPROXY_TLS_PORT=18094
@@ -37,6 +38,7 @@ ROUTEID_ADMIN_PORT=${ROUTEID_ADMIN_PORT:-18091}
 HAPROXY_PORT=${HAPROXY_PORT:-18092}
 ROUTEID_TLS_PORT=${ROUTEID_TLS_PORT:-18093}
 HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-18094}
+ACCESS_LOG=${ACCESS_LOG:-0}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] FAIL: %s\n' "$*" >&2; exit 1; }
@@ -207,8 +209,10 @@ main() {
         printf '  tls.key: |\n'
         sed 's/^/    /' "$TMP/tls.key"
     } >>"$TMP/pools.yaml"
+    local -a log_flag=(--no-access-log)
+    [[ $ACCESS_LOG = 1 ]] && log_flag=()
     TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$ROUTEID_BIN" standalone -f "$TMP/pools.yaml" \
-        --listen "127.0.0.1:$ROUTEID_PORT" --admin-listen "127.0.0.1:$ROUTEID_ADMIN_PORT" --no-access-log \
+        --listen "127.0.0.1:$ROUTEID_PORT" --admin-listen "127.0.0.1:$ROUTEID_ADMIN_PORT" "${log_flag[@]}" \
         --tls-listen "127.0.0.1:$ROUTEID_TLS_PORT" --default-tls-secret default/bench-tls \
         >"$TMP/routeid.log" 2>&1 &
     ROUTEID_PID=$!
