@@ -15,3 +15,6 @@ pub mod demo;
 pub mod proxy;
 pub mod runtime;
 pub mod standalone;
+
+#[cfg(test)]
+mod fuzz;

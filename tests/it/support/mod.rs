@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod fake_apiserver;
+pub mod raw;
 pub mod switchable;
 pub mod tls;
 
