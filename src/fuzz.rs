@@ -106,6 +106,7 @@ fn sticky_config(sel: u8) -> StickyConfig {
             indirect: true,
             nocache: true,
             attributes: "; Path=/".into(),
+            secure_attributes: "; Path=/; Secure".into(),
         }),
         failover: true,
         headers_to_member: false,
