@@ -20,7 +20,19 @@ use tokio::signal::unix::{SignalKind, signal};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(format: LogFormat) {
+/// Sets up logging to stderr through a writer thread: the request path formats its access-log
+/// line and queues it (at most `LOG_QUEUE_LINES`; beyond that lines are dropped and counted in
+/// `routeid_log_lines_dropped_total` rather than slowing requests down), and the writer thread
+/// writes what has queued up in one batch. The guard flushes the queue when `main` returns.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    const LOG_QUEUE_LINES: usize = 128 * 1024;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("routeid-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let dropped = writer.error_counter();
+    routeid::admin::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // rustls logs a client's odd hello (an IP address as SNI, as wrk and curl send) at WARN, once
     // per connection: any client could flood the log. Failed handshakes are counted in
@@ -31,11 +43,12 @@ fn init_logging(format: LogFormat) {
         filter = filter.add_directive(d);
     }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -52,7 +65,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(cli.log_format);
+    let _log_writer = init_logging(cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -161,6 +161,16 @@ impl PoolMetrics {
     }
 }
 
+/// Where the number of log lines dropped so far comes from (the log writer's queue was full):
+/// set once by the binary, read at every scrape.
+static DROPPED_LOG_LINES: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = std::sync::OnceLock::new();
+
+/// Tells the metrics how to read the count of log lines dropped because the log writer fell
+/// behind (`routeid_log_lines_dropped_total`). The first call wins.
+pub fn count_dropped_log_lines(read: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = DROPPED_LOG_LINES.set(Box::new(read));
+}
+
 /// The process's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -174,6 +184,8 @@ pub struct Metrics {
     pub unmatched: IntCounter,
     /// Client-side failures by [`ClientError`], made once.
     client_errors: [IntCounter; 4],
+    /// Log lines dropped because the log writer fell behind (brought up to date at scrape).
+    log_lines_dropped: IntCounter,
     /// Routing tables published.
     pub publications: IntCounter,
     /// Controller reconciles by result (`ok`, `error`).
@@ -245,6 +257,10 @@ impl Metrics {
             &["reason"],
         ));
         let client_errors = CLIENT_ERROR_LABELS.map(|l| client_error_vec.with_label_values(&[l]));
+        let log_lines_dropped = must(IntCounter::new(
+            "routeid_log_lines_dropped_total",
+            "Log lines (access log included) dropped because the log writer fell behind.",
+        ));
         let publications = must(IntCounter::new("routeid_table_publications_total", "Routing tables published."));
         let reconciles = must(IntCounterVec::new(
             Opts::new("routeid_controller_reconciles_total", "Controller reconciles, by result."),
@@ -286,6 +302,7 @@ impl Metrics {
             Box::new(unavailable.clone()),
             Box::new(unmatched.clone()),
             Box::new(client_error_vec),
+            Box::new(log_lines_dropped.clone()),
             Box::new(publications.clone()),
             Box::new(reconciles.clone()),
             Box::new(watch_restarts.clone()),
@@ -308,6 +325,7 @@ impl Metrics {
             unavailable,
             unmatched,
             client_errors,
+            log_lines_dropped,
             publications,
             reconciles,
             watch_restarts,
@@ -372,6 +390,10 @@ impl Metrics {
 
     /// The text exposition: registered metrics plus member state read from `table` now.
     pub fn render(&self, table: &RoutingTable, now_ms: u64) -> String {
+        if let Some(read) = DROPPED_LOG_LINES.get() {
+            let (dropped, shown) = (read(), self.log_lines_dropped.get());
+            self.log_lines_dropped.inc_by(dropped.saturating_sub(shown));
+        }
         let mut families = self.registry.gather();
         families.extend(state_families(table, now_ms));
         families.sort_by(|a, b| a.name().cmp(b.name()));

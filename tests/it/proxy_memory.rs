@@ -65,3 +65,26 @@ async fn slow_readers_cost_bounded_memory() {
     })
     .await;
 }
+
+/// The access log goes through a bounded queue to a writer thread: every line still arrives,
+/// and the count of lines dropped (when the writer falls behind) is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_written_off_the_request_path_and_drops_are_counted() {
+    bounded(async {
+        let m = Member::start("m").await;
+        let file = temp_file("access-log.yaml", &pool_yaml("log", &[(m.addr, "m", 1)], ""));
+        let p = spawn_standalone(&file, &[]).await;
+        for i in 0..50 {
+            assert_eq!(get(p.proxy_addr, &format!("/logged-{i}"), &[]).await.status, 200);
+        }
+        wait_for(Duration::from_secs(10), "50 access-log lines", || {
+            (0..50).all(|i| {
+                p.stderr().contains(&format!("/logged-{i} ")) || p.stderr().contains(&format!("/logged-{i}\""))
+            })
+        })
+        .await;
+        let metrics = get(p.admin_addr, "/metrics", &[]).await.body;
+        assert!(metrics.contains("routeid_log_lines_dropped_total 0"), "{metrics}");
+    })
+    .await;
+}
