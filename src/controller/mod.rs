@@ -19,6 +19,7 @@
 pub mod derive;
 pub mod index;
 pub mod leader;
+pub mod services;
 pub mod status;
 
 use std::collections::HashSet;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -216,6 +218,13 @@ impl Loop {
         let pool_events = watcher(pools_api, watcher::Config::default()).default_backoff();
         let slice_events =
             watcher(slices_api, watcher::Config::default().labels(derive::SERVICE_NAME_LABEL)).default_backoff();
+        let services_api: Api<Service> = match &self.opts.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let service_events = watcher(services_api, watcher::Config::default()).default_backoff();
+        let mut service_events = std::pin::pin!(service_events);
+        let mut services = ListState::<(String, String)>::default();
         let mut pool_events = std::pin::pin!(pool_events);
         let mut slice_events = std::pin::pin!(slice_events);
         let mut pools = ListState::<PoolId>::default();
@@ -249,6 +258,13 @@ impl Loop {
                         return;
                     }
                 },
+                ev = service_events.next() => match ev {
+                    Some(ev) => self.on_service(ev, &mut services),
+                    None => {
+                        tracing::error!("the Service watch ended");
+                        return;
+                    }
+                },
                 _ = resync.tick() => status_due = true,
                 changed = self.leader.changed() => {
                     if changed.is_err() {
@@ -269,11 +285,15 @@ impl Loop {
                     self.on_slice(ev, &mut slices);
                     progressed = true;
                 }
+                if let Some(Some(ev)) = service_events.next().now_or_never() {
+                    self.on_service(ev, &mut services);
+                    progressed = true;
+                }
                 if !progressed {
                     break;
                 }
             }
-            if !(pools.synced && slices.synced) {
+            if !(pools.synced && slices.synced && services.synced) {
                 continue;
             }
             if self.index.has_work() || !self.ready {
@@ -381,6 +401,38 @@ impl Loop {
                 self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
                 self.proxy.metrics().watch_restarts.with_label_values(&["endpointslices"]).inc();
                 tracing::warn!(error = %e, hint = watch_hint(&e), "EndpointSlice watch failed; the last table keeps serving, retrying with backoff");
+            }
+        }
+    }
+
+    fn on_service(
+        &mut self,
+        ev: Result<watcher::Event<Service>, watcher::Error>,
+        st: &mut ListState<(String, String)>,
+    ) {
+        let key = |s: &Service| {
+            (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
+        };
+        match ev {
+            Ok(watcher::Event::Apply(s)) => self.index.apply_service(s),
+            Ok(watcher::Event::Delete(s)) => self.index.delete_service(&s),
+            Ok(watcher::Event::Init) => st.seen = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(s)) => {
+                if let Some(seen) = &mut st.seen {
+                    seen.insert(key(&s));
+                }
+                self.index.apply_service(s);
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = st.seen.take() {
+                    self.index.retain_services(&seen);
+                }
+                st.synced = true;
+            }
+            Err(e) => {
+                self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                self.proxy.metrics().watch_restarts.with_label_values(&["services"]).inc();
+                tracing::warn!(error = %e, hint = watch_hint(&e), "Service watch failed; the last table keeps serving, retrying with backoff");
             }
         }
     }
