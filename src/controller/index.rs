@@ -448,6 +448,7 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
         id,
         hosts,
         path_prefix,
+        path_exact,
         rewrite_prefix,
         lb_method,
         sticky,
@@ -463,6 +464,7 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
         o.id != *id
             || o.hosts != *hosts
             || o.path_prefix != *path_prefix
+            || o.path_exact != *path_exact
             || o.rewrite_prefix != *rewrite_prefix
             || o.lb_method != *lb_method
             || o.sticky != *sticky

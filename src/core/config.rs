@@ -63,6 +63,11 @@ pub struct CookieConfig {
     pub nocache: bool,
     /// The attributes appended after `name=value`, precomputed (`; Path=/; HttpOnly`).
     pub attributes: String,
+    /// The same without `SameSite=None`, for user agents that reject it; set only when asked
+    /// for (`conditionalSameSiteNone`).
+    pub attributes_no_same_site: Option<String>,
+    /// `Expires` this long after the cookie is set (computed when it is set).
+    pub expires: Option<Duration>,
 }
 
 /// Validated stickiness settings.
@@ -80,6 +85,9 @@ pub struct StickyConfig {
     pub cookie: Option<CookieConfig>,
     /// Re-pin to another member when the routed one is unusable.
     pub failover: bool,
+    /// A session whose listed member failed gets a new cookie (true), or keeps pointing at its
+    /// member (false: ingress-nginx `change-on-failure: false`).
+    pub change_on_failure: bool,
     /// Send `X-Balancer-*` headers to the member.
     pub headers_to_member: bool,
     /// Send `X-Balancer-*` headers to the client.
@@ -220,8 +228,11 @@ pub struct PoolConfig {
     pub id: PoolId,
     /// Hosts served; empty = any.
     pub hosts: Vec<HostMatch>,
-    /// Normalised prefix: starts with `/`, no trailing `/` unless it is `/`.
+    /// Normalised prefix: starts with `/`, no trailing `/` unless it is `/`. With `path_exact`,
+    /// the exact path as written.
     pub path_prefix: String,
+    /// Only `path_prefix` itself matches (Ingress `pathType: Exact`).
+    pub path_exact: bool,
     /// What the prefix becomes upstream.
     pub rewrite_prefix: Option<String>,
     /// The lb method.
@@ -411,12 +422,19 @@ fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
             );
         }
         let max_age = c.max_age.as_deref().map(|m| p.duration("spec.sticky.cookie.maxAge", Some(m), Duration::ZERO));
+        let expires = c.expires.as_deref().map(|m| p.duration("spec.sticky.cookie.expires", Some(m), Duration::ZERO));
+        let attributes = cookie_attributes(c, p, max_age);
+        let attributes_no_same_site = (c.conditional_same_site_none == Some(true)
+            && c.same_site == Some(SameSite::None))
+        .then(|| attributes.replace("; SameSite=None", ""));
         CookieConfig {
             name: c.name.clone(),
             mode: c.mode,
             indirect: c.indirect.unwrap_or(true),
             nocache: c.nocache.unwrap_or(true),
-            attributes: cookie_attributes(c, p, max_age),
+            attributes,
+            attributes_no_same_site,
+            expires,
         }
     });
     let debug = s.debug_headers.clone().unwrap_or_default();
@@ -427,6 +445,7 @@ fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
         path_parameter: s.path_parameter.unwrap_or(true),
         cookie,
         failover: s.failover.unwrap_or(true),
+        change_on_failure: s.change_on_failure.unwrap_or(true),
         headers_to_member: debug.to_member,
         headers_to_client: debug.to_client,
     }
@@ -529,8 +548,13 @@ fn validate_with_members(
         .enumerate()
         .filter_map(|(i, h)| host_match(p, &format!("spec.frontend.hosts[{i}]"), h))
         .collect();
-    let path_prefix =
-        normalise_prefix(p, "spec.frontend.pathPrefix", spec.frontend.path_prefix.as_deref().unwrap_or("/"));
+    let raw_prefix = spec.frontend.path_prefix.as_deref().unwrap_or("/");
+    let path_exact = spec.frontend.path_type == Some(api::PathType::Exact);
+    let mut path_prefix = normalise_prefix(p, "spec.frontend.pathPrefix", raw_prefix);
+    if path_exact {
+        // Exact keeps a trailing slash: `/a/` and `/a` are two paths.
+        path_prefix = raw_prefix.to_owned();
+    }
     let rewrite_prefix =
         spec.frontend.rewrite_prefix.as_deref().map(|r| normalise_prefix(p, "spec.frontend.rewritePrefix", r));
     for (i, o) in spec.members.iter().enumerate() {
@@ -588,6 +612,7 @@ fn validate_with_members(
         id,
         hosts,
         path_prefix,
+        path_exact,
         rewrite_prefix,
         lb_method: spec.lb_method,
         sticky,
@@ -715,7 +740,7 @@ mod tests {
     fn every_problem_is_reported_with_its_path() {
         let mut s = spec(&[("nope", "a"), ("127.0.0.1:2", "b c"), ("127.0.0.1:3", "x"), ("127.0.0.1:4", "x")]);
         s.frontend =
-            Frontend { hosts: vec!["bad host".into()], path_prefix: Some("shop".into()), rewrite_prefix: None };
+            Frontend { hosts: vec!["bad host".into()], path_prefix: Some("shop".into()), ..Default::default() };
         s.timeouts.connect = Some("2 parsecs".into());
         s.backend.members[2].load_factor = Some(0);
         let errs = validate_static(id(), &s).unwrap_err();
@@ -742,6 +767,7 @@ mod tests {
             hosts: vec!["Shop.Example.com".into(), "*.example.org".into()],
             path_prefix: Some("/shop/".into()),
             rewrite_prefix: Some("/".into()),
+            path_type: None,
         };
         let c = validate_static(id(), &s).unwrap();
         assert_eq!(c.hosts, [HostMatch::Exact("shop.example.com".into()), HostMatch::Wildcard(".example.org".into())]);
@@ -808,5 +834,36 @@ mod tests {
         let c = validate_static(id(), &s).unwrap();
         let cookie = c.sticky.unwrap().cookie.unwrap();
         assert_eq!(cookie.attributes, "; Path=/; Domain=example.com; Max-Age=3600; Secure; HttpOnly; SameSite=Lax");
+        assert_eq!((cookie.expires, cookie.attributes_no_same_site), (None, None));
+    }
+
+    #[test]
+    fn expires_and_conditional_same_site_none() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.sticky = Some(api::Sticky {
+            cookie: Some(api::RouteCookie {
+                name: "ROUTEID".into(),
+                secure: true,
+                same_site: Some(SameSite::None),
+                expires: Some("2h".into()),
+                conditional_same_site_none: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let c = validate_static(id(), &s).unwrap();
+        let cookie = c.sticky.unwrap().cookie.unwrap();
+        assert_eq!(cookie.attributes, "; Path=/; Secure; HttpOnly; SameSite=None");
+        assert_eq!(cookie.attributes_no_same_site.as_deref(), Some("; Path=/; Secure; HttpOnly"));
+        assert_eq!(cookie.expires, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn an_exact_path_keeps_its_trailing_slash() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.frontend.path_prefix = Some("/a/".into());
+        s.frontend.path_type = Some(api::PathType::Exact);
+        let c = validate_static(id(), &s).unwrap();
+        assert_eq!((c.path_prefix.as_str(), c.path_exact), ("/a/", true));
     }
 }

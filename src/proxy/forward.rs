@@ -21,7 +21,9 @@ use super::{PoolExt, Proxy};
 use crate::admin::metrics::{ClientError, FailoverReason, StickyOutcome};
 use crate::api::CookieMode;
 use crate::core::config::StickyConfig;
-use crate::core::sticky::{RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie};
+use crate::core::sticky::{
+    RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie, same_site_none_compatible,
+};
 use crate::core::{Balanced, BusyGuard, Choice, FailureKind, Pool, Tried, Unavailable};
 
 /// The response body: the member's streamed body, or a short body routeid wrote itself.
@@ -399,6 +401,13 @@ impl Proxy {
         if let (Some(cfg), Some(src)) = (sticky, vars.source) {
             vars.session_sticky = Some(session_name(cfg, src));
         }
+        // The session's route names a member of this pool (a sticky hit, or a listed member
+        // that cannot take it now), as opposed to no route or a route of a pod that left.
+        let session_member_listed = matches!(first, Choice::StickyHit(_) | Choice::Balanced(_, Balanced::Failover));
+        // Read only when the pool asks for conditional `SameSite=None`.
+        let same_site_none_ok =
+            sticky.and_then(|c| c.cookie.as_ref()).is_none_or(|c| c.attributes_no_same_site.is_none())
+                || req.headers().get(header::USER_AGENT).is_none_or(|ua| same_site_none_compatible(ua.as_bytes()));
         if self.settings.metrics {
             if sticky.is_some() {
                 let outcome = match first {
@@ -662,7 +671,13 @@ impl Proxy {
             // Only a member's own answer pins the session: a 502/504 routeid made after a failed
             // attempt must not send the client back to the member that failed.
             if answer == Answer::Member {
-                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed);
+                // ingress-nginx `change-on-failure: false`: a session whose member is still
+                // listed keeps its cookie when another member answered for it.
+                let keep = !cfg.change_on_failure
+                    && session_member_listed
+                    && matches!(vars.balanced, Some(Balanced::Failover | Balanced::Retry));
+                let cookie = CookieContext { same_site_none_ok };
+                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed && !keep, cookie);
             }
             if cfg.headers_to_client {
                 put_debug_headers(resp.headers_mut(), &vars, ext);
@@ -677,18 +692,34 @@ impl Proxy {
         resp
     }
 
-    fn sticky_response(&self, cfg: &StickyConfig, h: &mut HeaderMap, route: &str, route_changed: bool) {
+    fn sticky_response(
+        &self,
+        cfg: &StickyConfig,
+        h: &mut HeaderMap,
+        route: &str,
+        route_changed: bool,
+        ctx: CookieContext,
+    ) {
         let Some(c) = &cfg.cookie else { return };
         let mut set = false;
         match c.mode {
             CookieMode::Insert => {
                 if route_changed {
-                    let mut v = Vec::with_capacity(c.name.len() + route.len() + c.attributes.len() + 2);
+                    let attributes = match &c.attributes_no_same_site {
+                        Some(a) if !ctx.same_site_none_ok => a,
+                        _ => &c.attributes,
+                    };
+                    let mut v = Vec::with_capacity(c.name.len() + route.len() + attributes.len() + 40);
                     v.extend_from_slice(c.name.as_bytes());
                     v.push(b'=');
                     v.extend(cfg.separator);
                     v.extend_from_slice(route.as_bytes());
-                    v.extend_from_slice(c.attributes.as_bytes());
+                    if let Some(d) = c.expires {
+                        let at = std::time::SystemTime::now() + d;
+                        v.extend_from_slice(b"; Expires=");
+                        v.extend_from_slice(httpdate::fmt_http_date(at).as_bytes());
+                    }
+                    v.extend_from_slice(attributes.as_bytes());
                     if let Ok(v) = HeaderValue::from_bytes(&v) {
                         h.append(header::SET_COOKIE, v);
                         set = true;
@@ -756,6 +787,13 @@ impl Proxy {
 }
 
 /// The request facts the access log needs, kept past the moment the request is taken apart.
+/// What the route cookie's attributes depend on in the request.
+#[derive(Clone, Copy)]
+struct CookieContext {
+    /// The client's user agent accepts `SameSite=None` (or it does not matter).
+    same_site_none_ok: bool,
+}
+
 struct ReqInfo<'a> {
     method: &'a Method,
     host: Option<&'a str>,
