@@ -204,7 +204,8 @@ impl Index {
         self.delete_pool_id(&pool_id(pool));
     }
 
-    fn delete_pool_id(&mut self, id: &PoolId) {
+    /// A pool was deleted, by id (pools made from an Ingress have no object of their own).
+    pub fn delete_pool_id(&mut self, id: &PoolId) {
         if let Some(e) = self.pools.remove(id) {
             self.order.remove(&e.priority);
             if let Some(s) = service_of_pool(id, &e.object)

@@ -18,6 +18,7 @@
 
 pub mod derive;
 pub mod index;
+pub mod ingress;
 pub mod leader;
 pub mod services;
 pub mod status;
