@@ -226,6 +226,23 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     let filter = ClassFilter { ingress_class: args.ingress_class.clone(), default_class: args.default_class };
     let mut opts = ControllerOptions::new(args.namespace.clone(), filter, lease_namespace, identity.clone());
     opts.leader.enabled = !args.no_leader_election;
+    opts.ingress = args.watch_ingresses.then(|| routeid::controller::ingress::IngressFilter {
+        class: args.ingress_class.clone(),
+        watch_without_class: args.watch_ingress_without_class,
+    });
+    opts.publish = match (&args.publish_service, args.publish_status_address.as_slice()) {
+        (Some(s), _) => match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                routeid::controller::ingress::Publish::Service(ns.to_owned(), name.to_owned())
+            }
+            _ => {
+                eprintln!("routeid controller: --publish-service takes NAMESPACE/NAME, not {s:?}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, []) => routeid::controller::ingress::Publish::Nothing,
+        (None, addrs) => routeid::controller::ingress::Publish::Addresses(addrs.to_vec()),
+    };
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
     tracing::info!(
         proxy = %running.proxy_addr,

@@ -74,6 +74,18 @@ pub struct Translated {
     pub notes: Vec<String>,
 }
 
+/// What `status.loadBalancer.ingress` of a served Ingress says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Publish {
+    /// Nothing is written.
+    #[default]
+    Nothing,
+    /// The load-balancer addresses of this Service (`--publish-service NS/NAME`).
+    Service(String, String),
+    /// These addresses (`--publish-status-address`): IPs become `ip`, names `hostname`.
+    Addresses(Vec<String>),
+}
+
 /// The id of pool `n` of Ingress `name`: a colon is not allowed in Kubernetes names, so it
 /// cannot be a BalancerPool's.
 pub fn pool_name(ingress: &str, n: &str) -> String {
@@ -411,6 +423,10 @@ pub struct IngressNews {
     pub note: String,
 }
 
+fn unsupported_note(list: &[String]) -> String {
+    format!("annotations routeid does not support, ignored: {}", list.join(", "))
+}
+
 /// What was last accepted from one Ingress.
 #[derive(Debug, Default)]
 struct Served {
@@ -428,6 +444,8 @@ pub struct Ingresses {
     objects: HashMap<IngressKey, Arc<Ingress>>,
     classes: HashMap<String, Arc<IngressClass>>,
     served: HashMap<IngressKey, Served>,
+    /// Conflicts (loser, winner) already reported with an Event.
+    pub(crate) reported_conflicts: std::collections::HashSet<(PoolId, PoolId)>,
 }
 
 fn key_of(ing: &Ingress) -> IngressKey {
@@ -437,7 +455,13 @@ fn key_of(ing: &Ingress) -> IngressKey {
 impl Ingresses {
     /// Nothing yet.
     pub fn new(filter: IngressFilter) -> Ingresses {
-        Ingresses { filter, objects: HashMap::new(), classes: HashMap::new(), served: HashMap::new() }
+        Ingresses {
+            filter,
+            objects: HashMap::new(),
+            classes: HashMap::new(),
+            served: HashMap::new(),
+            reported_conflicts: Default::default(),
+        }
     }
 
     /// An Ingress in scope.
@@ -533,7 +557,7 @@ impl Ingresses {
                 }
                 served.pools = ids;
                 if t.unsupported != served.unsupported && !t.unsupported.is_empty() {
-                    let note = format!("annotations routeid does not support, ignored: {}", t.unsupported.join(", "));
+                    let note = unsupported_note(&t.unsupported);
                     tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), "{note}");
                     out.push(news(true, "UnsupportedAnnotations", note));
                 }
@@ -550,6 +574,23 @@ impl Ingresses {
         out
     }
 
+    /// The warnings that still hold (refusals, unsupported annotations, notes), for a replica
+    /// that just became the one that writes Events.
+    pub fn standing_news(&self) -> Vec<IngressNews> {
+        let mut out = Vec::new();
+        for (key, s) in &self.served {
+            let news = |reason, note: String| IngressNews { key: key.clone(), warning: true, reason, note };
+            if let Some(r) = &s.rejected {
+                out.push(news("Rejected", r.clone()));
+            }
+            if !s.unsupported.is_empty() {
+                out.push(news("UnsupportedAnnotations", unsupported_note(&s.unsupported)));
+            }
+            out.extend(s.notes.iter().map(|n| news("TLSNotAvailable", n.clone())));
+        }
+        out
+    }
+
     /// Notes on a served Ingress (for its status).
     pub fn notes(&self, key: &IngressKey) -> &[String] {
         self.served.get(key).map(|s| s.notes.as_slice()).unwrap_or_default()
@@ -558,3 +599,4 @@ impl Ingresses {
 
 #[cfg(test)]
 mod tests;
+pub mod watch;

@@ -59,6 +59,10 @@ pub struct ControllerOptions {
     pub writer: WriterOptions,
     /// How often statuses are recomputed without a change (member health moves on its own).
     pub status_resync: Duration,
+    /// Serve Ingresses of this class too (`None`: BalancerPools only).
+    pub ingress: Option<ingress::IngressFilter>,
+    /// What Ingress status says about where the Ingresses are served.
+    pub publish: ingress::Publish,
     /// At most one derivation + publication per this interval: the first change after a quiet
     /// period is published at once, changes arriving within the interval are folded into one
     /// publication at its end. Under a pod storm this bounds the CPU spent rebuilding the table
@@ -77,8 +81,11 @@ impl ControllerOptions {
         } else {
             format!("routeid-status-{}", filter.ingress_class)
         };
+        let ingress = Some(ingress::IngressFilter { class: filter.ingress_class.clone(), watch_without_class: false });
         ControllerOptions {
             namespace,
+            ingress,
+            publish: ingress::Publish::default(),
             filter,
             leader: LeaderOptions {
                 enabled: true,
@@ -135,6 +142,10 @@ impl Controller {
         let writer = Writer::new(client.clone(), opts.writer.clone(), Arc::clone(&stats.writer));
         let writer_task = tokio::spawn(writer.run(out_rx, leader_rx.clone()));
         let index = Index::new(opts.filter.clone());
+        let ingresses = ingress::Ingresses::new(opts.ingress.clone().unwrap_or(ingress::IngressFilter {
+            class: opts.filter.ingress_class.clone(),
+            watch_without_class: false,
+        }));
         let looper = Loop {
             client,
             opts,
@@ -144,6 +155,7 @@ impl Controller {
             out,
             leader: leader_rx.clone(),
             index,
+            ingresses,
             conflicts: Vec::new(),
             ready: false,
         };
@@ -175,6 +187,7 @@ struct Loop {
     out: mpsc::UnboundedSender<Outbound>,
     leader: watch::Receiver<bool>,
     index: Index,
+    ingresses: ingress::Ingresses,
     conflicts: Vec<Conflict>,
     ready: bool,
 }
@@ -226,6 +239,14 @@ impl Loop {
         let service_events = watcher(services_api, watcher::Config::default()).default_backoff();
         let mut service_events = std::pin::pin!(service_events);
         let mut services = ListState::<(String, String)>::default();
+        let (ingress_events, class_events) = ingress::watch::streams(&self.client, &self.opts);
+        let (mut ingress_events, mut class_events) = (ingress_events, class_events);
+        let mut ingress_state = ListState::<(String, String)>::default();
+        let mut class_state = ListState::<String>::default();
+        if self.opts.ingress.is_none() {
+            ingress_state.synced = true;
+            class_state.synced = true;
+        }
         let mut pool_events = std::pin::pin!(pool_events);
         let mut slice_events = std::pin::pin!(slice_events);
         let mut pools = ListState::<PoolId>::default();
@@ -259,6 +280,8 @@ impl Loop {
                         return;
                     }
                 },
+                Some(ev) = ingress_events.next() => self.on_ingress(ev, &mut ingress_state),
+                Some(ev) = class_events.next() => self.on_ingress_class(ev, &mut class_state),
                 ev = service_events.next() => match ev {
                     Some(ev) => self.on_service(ev, &mut services),
                     None => {
@@ -270,6 +293,11 @@ impl Loop {
                 changed = self.leader.changed() => {
                     if changed.is_err() {
                         return;
+                    }
+                    if *self.leader.borrow() {
+                        // Events computed while another replica led were not written: repeat
+                        // the standing warnings about Ingresses.
+                        self.send_ingress_news(self.ingresses.standing_news());
                     }
                     status_due = true;
                 }
@@ -290,11 +318,19 @@ impl Loop {
                     self.on_service(ev, &mut services);
                     progressed = true;
                 }
+                if let Some(Some(ev)) = ingress_events.next().now_or_never() {
+                    self.on_ingress(ev, &mut ingress_state);
+                    progressed = true;
+                }
+                if let Some(Some(ev)) = class_events.next().now_or_never() {
+                    self.on_ingress_class(ev, &mut class_state);
+                    progressed = true;
+                }
                 if !progressed {
                     break;
                 }
             }
-            if !(pools.synced && slices.synced && services.synced) {
+            if !(pools.synced && slices.synced && services.synced && ingress_state.synced && class_state.synced) {
                 continue;
             }
             if self.index.has_work() || !self.ready {
@@ -324,6 +360,7 @@ impl Loop {
                     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
                 self.proxy.metrics().last_sync.set(unix_now);
                 self.send_events(changes);
+                self.send_conflict_events();
                 status_due = true;
                 if !self.ready {
                     self.ready = true;
@@ -357,7 +394,9 @@ impl Loop {
                 self.index.apply_pool(p);
             }
             Ok(watcher::Event::InitDone) => {
-                if let Some(seen) = st.seen.take() {
+                if let Some(mut seen) = st.seen.take() {
+                    // The pools made from Ingresses are not BalancerPools: they stay.
+                    seen.extend(self.ingresses.served().flat_map(|(_, ids)| ids.iter().cloned()));
                     self.index.retain_pools(&seen);
                 }
                 st.synced = true;
@@ -441,7 +480,13 @@ impl Loop {
     fn send_events(&self, changes: Vec<PoolChange>) {
         for c in changes {
             let Some(entry) = self.index.pool(&c.id) else { continue };
-            let reference = entry.object.object_ref(&());
+            let reference = match ingress::ingress_of(&c.id) {
+                Some(key) => match self.ingresses.ingress(&key) {
+                    Some(ing) => ing.object_ref(&()),
+                    None => continue,
+                },
+                None => entry.object.object_ref(&()),
+            };
             let emit = |warning: bool, reason: &'static str, note: String| {
                 let _ =
                     self.out.send(Outbound::Event(PoolEvent { reference: reference.clone(), warning, reason, note }));
@@ -471,7 +516,11 @@ impl Loop {
         let snapshot = self.proxy.snapshot();
         let now_ms = self.proxy.clock().now_ms();
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        self.send_ingress_statuses();
         for (id, entry) in self.index.pools() {
+            if ingress::ingress_of(id).is_some() {
+                continue;
+            }
             let conflict = self.conflicts.iter().find(|c| &c.loser == id);
             let mut desired = status::desired_status(entry, id, &snapshot.table, conflict, now_ms, &now);
             status::cap_members(&mut desired);

@@ -18,6 +18,7 @@ mod controller_scope;
 mod controller_status;
 mod crd;
 mod health;
+mod ingress;
 mod manager_controller;
 mod proxy_clients;
 mod proxy_failover;
