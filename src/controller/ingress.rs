@@ -328,8 +328,8 @@ pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldErro
     let map = ing.metadata.annotations.as_ref().unwrap_or(&empty);
     let mut a = Annotations { map, problems: Vec::new() };
     let shared = shared(&mut a);
-    let mut out = Translated::default();
-    out.unsupported = map.keys().filter(|k| support_of(k) == Some(Support::Unsupported)).cloned().collect();
+    let unsupported = map.keys().filter(|k| support_of(k) == Some(Support::Unsupported)).cloned().collect();
+    let mut out = Translated { unsupported, ..Default::default() };
     let redirect = a.bool(NGINX_PREFIX, "ssl-redirect").unwrap_or(false)
         | a.bool(NGINX_PREFIX, "force-ssl-redirect").unwrap_or(false);
     let spec = ing.spec.clone().unwrap_or_default();
@@ -338,8 +338,7 @@ pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldErro
     }
     let name = ing.metadata.name.clone().unwrap_or_default();
     let mut problems = std::mem::take(&mut a.problems);
-    // (pool suffix, host, path, exact, backend, field path)
-    let mut wanted: Vec<(String, Option<&str>, &str, bool, &IngressBackend, String)> = Vec::new();
+    let mut wanted: Vec<Place<'_>> = Vec::new();
     for (i, rule) in spec.rules.iter().flatten().enumerate() {
         let host = rule.host.as_deref().filter(|h| !h.is_empty());
         for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
@@ -356,34 +355,38 @@ pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldErro
                     continue;
                 }
             };
-            wanted.push((format!("{i}-{j}"), host, path, exact, &p.backend, format!("{field}.backend")));
+            let (n, field) = (format!("{i}-{j}"), format!("{field}.backend"));
+            wanted.push(Place { n, host, path, exact, backend: &p.backend, field });
         }
     }
     if let Some(b) = &spec.default_backend {
-        wanted.push(("default".into(), None, "/", false, b, "spec.defaultBackend".into()));
+        let (n, field) = ("default".to_owned(), "spec.defaultBackend".to_owned());
+        wanted.push(Place { n, host: None, path: "/", exact: false, backend: b, field });
     }
-    for (n, host, path, exact, backend, field) in wanted {
-        match service_ref(backend, &field) {
-            Ok(service) => out.pools.push(pool(ing, &name, &n, class, &shared, service, host, path, exact)),
+    for place in wanted {
+        match service_ref(place.backend, &place.field) {
+            Ok(service) => out.pools.push(pool(ing, &name, class, &shared, service, &place)),
             Err(e) => problems.push(e),
         }
     }
     if problems.is_empty() { Ok(out) } else { Err(problems) }
 }
 
-/// One pool of an Ingress.
-#[allow(clippy::too_many_arguments)]
-fn pool(
-    ing: &Ingress,
-    name: &str,
-    n: &str,
-    class: &str,
-    shared: &Shared,
-    service: ServiceRef,
-    host: Option<&str>,
-    path: &str,
+/// Where one pool of an Ingress serves, and from which field.
+struct Place<'a> {
+    /// The pool's suffix (`<rule>-<path>`, `default`).
+    n: String,
+    host: Option<&'a str>,
+    path: &'a str,
     exact: bool,
-) -> BalancerPool {
+    backend: &'a IngressBackend,
+    /// The field path, for errors.
+    field: String,
+}
+
+/// One pool of an Ingress.
+fn pool(ing: &Ingress, name: &str, class: &str, shared: &Shared, service: ServiceRef, at: &Place<'_>) -> BalancerPool {
+    let (host, path, exact) = (at.host, at.path, at.exact);
     let mut spec = shared.template.clone();
     spec.ingress_class_name = Some(class.to_owned());
     spec.frontend = Frontend {
@@ -404,7 +407,7 @@ fn pool(
         }
         s
     });
-    let mut pool = BalancerPool::new(&pool_name(name, n), spec);
+    let mut pool = BalancerPool::new(&pool_name(name, &at.n), spec);
     pool.metadata.namespace = ing.metadata.namespace.clone();
     pool.metadata.creation_timestamp = ing.metadata.creation_timestamp.clone();
     pool
