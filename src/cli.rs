@@ -64,6 +64,19 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Print the BalancerPool CustomResourceDefinition as YAML.
     Crd,
+    /// List the Ingresses of a class (e.g. `nginx`) and, per annotation, whether routeid
+    /// supports it: what moving them to routeid means, before switching `ingressClassName`.
+    IngressCheck {
+        /// A kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Only this namespace (default: all).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// The class whose Ingresses are checked.
+        #[arg(long, default_value = "nginx")]
+        class: String,
+    },
 }
 
 /// Listener-wide proxy settings.

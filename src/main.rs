@@ -63,7 +63,37 @@ async fn run(command: Command) -> ExitCode {
             run_standalone(&file, listen, admin_listen, proxy.settings(), proxy.manager_token.clone()).await
         }
         Command::Controller(args) => run_controller(args).await,
+        Command::IngressCheck { kubeconfig, namespace, class } => {
+            run_ingress_check(kubeconfig.as_deref(), namespace, &class).await
+        }
     }
+}
+
+/// `routeid ingress-check`: exit 0 when every annotation is supported, 1 when some are not, 2
+/// when the cluster cannot be read.
+async fn run_ingress_check(kubeconfig: Option<&Path>, namespace: Option<String>, class: &str) -> ExitCode {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let client = match kube_client(kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("routeid ingress-check: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let api: kube::Api<Ingress> = match &namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::all(client),
+    };
+    let list = match api.list(&Default::default()).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            eprintln!("routeid ingress-check: cannot list Ingresses: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (text, unsupported) = routeid::controller::ingress::check::report(&list, class);
+    print!("{text}");
+    if unsupported == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 async fn run_demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr, check: bool) -> ExitCode {

@@ -600,6 +600,7 @@ impl Ingresses {
     }
 }
 
+pub mod check;
 #[cfg(test)]
 mod tests;
 pub mod watch;

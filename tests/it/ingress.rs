@@ -329,3 +329,39 @@ async fn status_address_is_written_by_the_leader_only() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_check_lists_another_class_and_its_unsupported_annotations() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let annotations = json!({
+            "nginx.ingress.kubernetes.io/affinity": "cookie",
+            "nginx.ingress.kubernetes.io/auth-url": "http://auth",
+        });
+        create(ingresses(&kube), ingress_json("legacy-shop", "nginx", annotations, json!({"number": 80}))).await;
+        create(ingresses(&kube), ingress_json("mine", "routeid", json!({}), json!({"number": 80}))).await;
+        let kubeconfig = temp_file(
+            "kubeconfig-check",
+            &format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+                api.addr
+            ),
+        );
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+            .args(["ingress-check", "--class", "nginx", "-n", NS, "--kubeconfig"])
+            .arg(&kubeconfig)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(10), out).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "an unsupported annotation: exit 1\n{text}");
+        assert!(text.contains("Ingress web/legacy-shop"), "{text}");
+        assert!(text.contains("NOT SUPPORTED        nginx.ingress.kubernetes.io/auth-url"), "{text}");
+        assert!(text.contains("supported            nginx.ingress.kubernetes.io/affinity"), "{text}");
+        assert!(!text.contains("web/mine"), "{text}");
+    })
+    .await;
+}
