@@ -298,6 +298,8 @@ impl Loop {
                         // Events computed while another replica led were not written: repeat
                         // the standing warnings about Ingresses.
                         self.send_ingress_news(self.ingresses.standing_news());
+                        self.ingresses.reported_conflicts.clear();
+                        self.send_conflict_events();
                     }
                     status_due = true;
                 }

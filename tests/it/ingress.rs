@@ -365,3 +365,29 @@ async fn ingress_check_lists_another_class_and_its_unsupported_annotations() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_that_claims_an_older_pools_host_and_path_gets_a_conflict_event() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        class(&kube, "routeid", "routeid.io/ingress-controller").await;
+        let m = Member::start("old-0").await;
+        kube.put_slice(&slice("old", "old-0", m.addr, Cond::Ready)).await;
+        let mut older = pool("old", "old", json!({"frontend": {"hosts": [HOST], "pathPrefix": "/app"}}));
+        older.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2020-01-01T00:00:00Z".parse().unwrap()));
+        kube.create_pool(&older).await;
+        create(ingresses(&kube), ingress_json("shop", "routeid", json!({}), json!({"number": 80}))).await;
+        let r = Replica::start(&api, options("r1")).await;
+        eventually(WAIT, "a Conflict event on the Ingress", || async {
+            events(&api, "shop").iter().any(|(t, reason, note)| {
+                t == "Warning" && reason == "Conflict" && note.contains("BalancerPool web/old") && note.contains("/app")
+            })
+        })
+        .await;
+        assert_eq!(host_get(&r, &[]).await.route(), "old-0", "the older object serves");
+        r.stop().await;
+    })
+    .await;
+}
