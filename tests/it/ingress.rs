@@ -391,3 +391,24 @@ async fn an_ingress_that_claims_an_older_pools_host_and_path_gets_a_conflict_eve
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_pool_re_list_keeps_the_ingress_pools() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, _members) = shop(&api, &kube, json!({})).await;
+        // The history is forgotten while the API server is away: every watcher re-lists.
+        api.set_unavailable(true);
+        api.compact();
+        api.set_unavailable(false);
+        eventually(WAIT, "410 Gone served", || async { api.gone_served() >= 1 }).await;
+        // A pool created now arrives after the re-list of BalancerPools completed.
+        kube.create_pool(&pool("later", "shop", json!({"frontend": {"hosts": ["later.example.com"]}}))).await;
+        eventually(WAIT, "the later pool", || async { !r.members("later").is_empty() }).await;
+        assert_eq!(pool_members(&r, "shop").len(), 3, "the Ingress's pool survived the re-list");
+        assert_eq!(host_get(&r, &[]).await.status, 200);
+        r.stop().await;
+    })
+    .await;
+}
