@@ -412,3 +412,26 @@ async fn a_balancer_pool_re_list_keeps_the_ingress_pools() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_samesite_none_is_withheld_from_incompatible_user_agents() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let annotations = json!({
+            "nginx.ingress.kubernetes.io/affinity": "cookie",
+            "nginx.ingress.kubernetes.io/session-cookie-samesite": "None",
+            "nginx.ingress.kubernetes.io/session-cookie-conditional-samesite-none": "true",
+        });
+        let (r, _members) = shop(&api, &kube, annotations).await;
+        let modern =
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+        let old = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/62.0 Safari/537.36";
+        let set = cookie_of(&host_get(&r, &[("user-agent", modern)]).await, "INGRESSCOOKIE").unwrap();
+        assert!(set.ends_with("; Path=/app; Secure; HttpOnly; SameSite=None"), "{set}");
+        let set = cookie_of(&host_get(&r, &[("user-agent", old)]).await, "INGRESSCOOKIE").unwrap();
+        assert!(set.ends_with("; Path=/app; Secure; HttpOnly"), "{set}");
+        r.stop().await;
+    })
+    .await;
+}
