@@ -294,13 +294,12 @@ impl Index {
     /// A Service was added or changed: its pools re-resolve their port.
     pub fn apply_service(&mut self, svc: Service) {
         let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
-        if let Some(old) = self.services.get(&key)
-            && old.spec == svc.spec
-        {
-            return;
-        }
+        let same_ports = self.services.get(&key).is_some_and(|old| old.spec == svc.spec);
+        // Kept even when only the status moved: `--publish-service` reads its load balancer.
         self.services.insert(key.clone(), Arc::new(svc));
-        self.mark_service(&key);
+        if !same_ports {
+            self.mark_service(&key);
+        }
     }
 
     /// A Service was deleted.

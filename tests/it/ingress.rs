@@ -435,3 +435,31 @@ async fn conditional_samesite_none_is_withheld_from_incompatible_user_agents() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_service_copies_the_services_load_balancer_addresses() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        service(&kube, "routeid", "http", 80, json!(8080)).await;
+        let services: Api<Service> = Api::namespaced(kube.client.clone(), NS);
+        let lb = |ip: &str| json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        services.patch_status("routeid", &PatchParams::default(), &Patch::Merge(lb("198.51.100.1"))).await.unwrap();
+        class(&kube, "routeid", "routeid.io/ingress-controller").await;
+        create(ingresses(&kube), ingress_json("shop", "routeid", json!({}), json!({"number": 80}))).await;
+        let mut o = options("r1");
+        o.publish = Publish::Service(NS.into(), "routeid".into());
+        let r = Replica::start(&api, o).await;
+        let ip_of = || async {
+            let ing = ingresses(&kube).get("shop").await.unwrap();
+            let lb = ing.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).unwrap_or_default();
+            lb.first().and_then(|e| e.ip.clone())
+        };
+        eventually(WAIT, "the Service's address", || async { ip_of().await.as_deref() == Some("198.51.100.1") }).await;
+        // The load balancer moves: the Ingress follows.
+        services.patch_status("routeid", &PatchParams::default(), &Patch::Merge(lb("198.51.100.2"))).await.unwrap();
+        eventually(WAIT, "the new address", || async { ip_of().await.as_deref() == Some("198.51.100.2") }).await;
+        r.stop().await;
+    })
+    .await;
+}
