@@ -10,9 +10,13 @@
 #         PROXY_CPU=0   CPU for the proxy under test
 #         LOAD_CPU=1    CPU for wrk and nginx
 #         NO_BUILD=1    skip `cargo build --release` (use the binary already built)
+#         ACCESS_LOG=1  run routeid with its access log on (written to a file), as users run it
 #         CARGO_TARGET_DIR  honoured when locating target/release/routeid
 # Ports (all 127.0.0.1): BACKEND1_PORT=18081 BACKEND2_PORT=18082 ROUTEID_PORT=18090
-#         ROUTEID_ADMIN_PORT=18091 HAPROXY_PORT=18092
+#         ROUTEID_ADMIN_PORT=18091 HAPROXY_PORT=18092 ROUTEID_TLS_PORT=18093 HAPROXY_TLS_PORT=18094
+# Scenarios: plain, sticky (HTTP keep-alive); tls (HTTPS keep-alive) and handshake (HTTPS,
+#         `Connection: close`: one TLS handshake per request), both proxies with the same
+#         ECDSA P-256 certificate made by openssl for the run.
 # Output: a table on stdout and in bench/out/latest.txt; per-run rows in bench/out/latest-runs.tsv.
 set -euo pipefail
 
@@ -32,6 +36,9 @@ BACKEND2_PORT=${BACKEND2_PORT:-18082}
 ROUTEID_PORT=${ROUTEID_PORT:-18090}
 ROUTEID_ADMIN_PORT=${ROUTEID_ADMIN_PORT:-18091}
 HAPROXY_PORT=${HAPROXY_PORT:-18092}
+ROUTEID_TLS_PORT=${ROUTEID_TLS_PORT:-18093}
+HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-18094}
+ACCESS_LOG=${ACCESS_LOG:-0}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] FAIL: %s\n' "$*" >&2; exit 1; }
@@ -112,16 +119,17 @@ wait_until() { # wait_until <what> <pid> <cmd...>: poll cmd for up to 15 s while
 
 render() { # render <template> <output>: fill @VARS@
     sed -e "s|@TMP@|$TMP|g" -e "s|@PORT1@|$BACKEND1_PORT|g" -e "s|@PORT2@|$BACKEND2_PORT|g" \
-        -e "s|@LISTEN@|127.0.0.1:$HAPROXY_PORT|g" "$1" >"$2"
+        -e "s|@LISTEN@|127.0.0.1:$HAPROXY_PORT|g" -e "s|@TLSLISTEN@|127.0.0.1:$HAPROXY_TLS_PORT|g" "$1" >"$2"
 }
 
 # ---------------------------------------------------------------- wrk
-# run_wrk <label> <url> [cookie]: prints "rps p50ms p99ms requests non2xx sockerr" and keeps the raw output.
+# run_wrk <label> <url> [header] [duration]: prints "rps p50ms p99ms requests non2xx sockerr" and
+# keeps the raw output.
 run_wrk() {
-    local label=$1 url=$2 cookie=${3:-} dur=${4:-$DURATION}
+    local label=$1 url=$2 header=${3:-} dur=${4:-$DURATION}
     local raw="$TMP/wrk-$label.txt"
     local -a args=(-t"$THREADS" -c"$CONNS" -d"$dur" --latency)
-    [[ -n $cookie ]] && args+=(-H "Cookie: $cookie")
+    [[ -n $header ]] && args+=(-H "$header")
     taskset -c "$LOAD_CPU" wrk "${args[@]}" "$url" >"$raw" 2>&1 || die "wrk failed: $(cat "$raw")"
     cat "$raw" >>"$OUT_DIR/latest-wrk.txt"
     awk '
@@ -151,7 +159,8 @@ main() {
     : >"$OUT_DIR/latest-wrk.txt"
 
     local p
-    for p in "$BACKEND1_PORT" "$BACKEND2_PORT" "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$HAPROXY_PORT"; do
+    for p in "$BACKEND1_PORT" "$BACKEND2_PORT" "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$HAPROXY_PORT" \
+        "$ROUTEID_TLS_PORT" "$HAPROXY_TLS_PORT"; do
         port_in_use "$p" && die "port 127.0.0.1:$p is in use; set the *_PORT variables to free ports"
     done
     local ncpu
@@ -184,10 +193,27 @@ main() {
     wait_until nginx "$NGINX_PID" curl -fs -o /dev/null "http://127.0.0.1:$BACKEND2_PORT/" ||
         die "nginx (2nd server) did not start"
 
+    # One ECDSA P-256 certificate for both proxies: a Secret document for routeid (the default
+    # certificate, whatever name wrk sends), one PEM bundle for HAProxy.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
+        -addext subjectAltName=DNS:bench.test -keyout "$TMP/tls.key" -out "$TMP/tls.crt" 2>/dev/null ||
+        die "openssl could not make the bench certificate"
+    cat "$TMP/tls.crt" "$TMP/tls.key" >"$TMP/bench.pem"
+
     # routeid on the proxy CPU, one tokio worker.
     render "$BENCH_DIR/pools.yaml.tmpl" "$TMP/pools.yaml"
+    {
+        printf -- '---\napiVersion: v1\nkind: Secret\nmetadata: {name: bench-tls}\ntype: kubernetes.io/tls\nstringData:\n'
+        printf '  tls.crt: |\n'
+        sed 's/^/    /' "$TMP/tls.crt"
+        printf '  tls.key: |\n'
+        sed 's/^/    /' "$TMP/tls.key"
+    } >>"$TMP/pools.yaml"
+    local -a log_flag=(--no-access-log)
+    [[ $ACCESS_LOG = 1 ]] && log_flag=()
     TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$ROUTEID_BIN" standalone -f "$TMP/pools.yaml" \
-        --listen "127.0.0.1:$ROUTEID_PORT" --admin-listen "127.0.0.1:$ROUTEID_ADMIN_PORT" --no-access-log \
+        --listen "127.0.0.1:$ROUTEID_PORT" --admin-listen "127.0.0.1:$ROUTEID_ADMIN_PORT" "${log_flag[@]}" \
+        --tls-listen "127.0.0.1:$ROUTEID_TLS_PORT" --default-tls-secret default/bench-tls \
         >"$TMP/routeid.log" 2>&1 &
     ROUTEID_PID=$!
     PIDS+=("$ROUTEID_PID")
@@ -196,6 +222,8 @@ main() {
 
     # HAProxy on the proxy CPU, nbthread 1, foreground.
     render "$BENCH_DIR/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
+    render "$BENCH_DIR/haproxy-tls.cfg.tmpl" "$TMP/haproxy-tls.cfg"
+    cat "$TMP/haproxy-tls.cfg" >>"$TMP/haproxy.cfg"
     haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy config check failed"
     taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
     HAPROXY_PID=$!
@@ -210,9 +238,10 @@ main() {
         [routeid]="http://127.0.0.1:$ROUTEID_PORT/"
         [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
     )
+    local -A TLS_URL=([routeid]="https://127.0.0.1:$ROUTEID_TLS_PORT/" [haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/")
     local -A STICKY_COOKIE=([direct]="ROUTEID=s1" [routeid]="ROUTEID=.s1" [haproxy]="ROUTEID=s1")
     local -A PID_OF=([direct]="" [routeid]=$ROUTEID_PID [haproxy]=$HAPROXY_PID)
-    local -a TARGETS=(direct routeid haproxy) SCENARIOS=(plain sticky)
+    local -a TARGETS=(direct routeid haproxy) SCENARIOS=(${SCENARIOS:-plain sticky tls handshake})
     local clk
     clk=$(getconf CLK_TCK)
 
@@ -226,19 +255,24 @@ main() {
 
     local runs="$OUT_DIR/latest-runs.tsv"
     printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\n' >"$runs"
-    local r cookie pid c0 c1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ncpu_req
+    local r header url pid c0 c1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ncpu_req
     for ((r = 1; r <= ROUNDS; r++)); do
         for s in "${SCENARIOS[@]}"; do
             for t in "${TARGETS[@]}"; do
-                cookie=""
-                [[ $s = sticky ]] && cookie=${STICKY_COOKIE[$t]}
+                header="" url=${URL[$t]}
+                [[ $s = sticky ]] && header="Cookie: ${STICKY_COOKIE[$t]}"
+                if [[ $s = tls || $s = handshake ]]; then
+                    [[ $t = direct ]] && continue # the nginx backends speak plain HTTP only
+                    url=${TLS_URL[$t]}
+                    [[ $s = handshake ]] && header="Connection: close"
+                fi
                 pid=${PID_OF[$t]}
                 if [[ -n $pid ]]; then
                     alive "$pid" || die "$t (pid $pid) died: $(tail -n 20 "$TMP/$t.log")"
                     c0=$(cpu_ticks "$pid")
                 fi
                 n0=$(nginx_ticks)
-                line=$(run_wrk "$r-$s-$t" "${URL[$t]}" "$cookie")
+                line=$(run_wrk "$r-$s-$t" "$url" "$header")
                 n1=$(nginx_ticks)
                 read -r rps p50 p99 reqs non2xx sockerr <<<"$line"
                 cpu="-"
@@ -335,10 +369,11 @@ report() {
             non2xx[$3] += $10; sockerr[$3] += $11
         }
         END {
-            split("plain sticky", S, " "); split("direct routeid haproxy", T, " ")
+            ns = split("plain sticky tls handshake", S, " "); split("direct routeid haproxy", T, " ")
             printf "%-9s %-8s %10s %7s %7s %11s %13s\n", "scenario", "target", "req/s", "p50ms", "p99ms", "cpu_us/req", "nginx_us/req"
-            for (i = 1; i <= 2; i++) for (j = 1; j <= 3; j++) {
+            for (i = 1; i <= ns; i++) for (j = 1; j <= 3; j++) {
                 k = S[i] SUBSEP T[j]
+                if (!((k SUBSEP "rps") in vals)) continue
                 m[k, "rps"] = median(k SUBSEP "rps"); m[k, "p50"] = median(k SUBSEP "p50")
                 m[k, "p99"] = median(k SUBSEP "p99"); m[k, "cpu"] = median(k SUBSEP "cpu")
                 m[k, "ncpu"] = median(k SUBSEP "ncpu")
@@ -346,14 +381,15 @@ report() {
                 printf "%-9s %-8s %10.0f %7.3f %7.3f %11s %13.2f\n", S[i], T[j], m[k, "rps"], m[k, "p50"], m[k, "p99"], cpu, m[k, "ncpu"]
             }
             printf "\n(cpu_us/req: proxy process utime+stime per request; \"-\" for direct: no proxy.\n"
-            printf " nginx_us/req: both backends together, for reference.)\n\n"
-            line = "ratios routeid/haproxy:"
-            for (i = 1; i <= 2; i++) {
+            printf " tls: HTTPS keep-alive; handshake: HTTPS with Connection: close, so cpu_us/req is the cost of a\n"
+            printf " handshake plus one request. nginx_us/req: both backends together, for reference.)\n\n"
+            print "ratios routeid/haproxy:"
+            for (i = 1; i <= ns; i++) {
                 r = S[i] SUBSEP "routeid"; h = S[i] SUBSEP "haproxy"
-                line = line sprintf(" %s req/s %s, p99 %s, cpu/req %s%s", S[i], ratio(m[r, "rps"], m[h, "rps"]),
-                    ratio(m[r, "p99"], m[h, "p99"]), ratio(m[r, "cpu"], m[h, "cpu"]), i == 1 ? ";" : "")
+                if (!((r, "rps") in m)) continue
+                printf "  %-9s req/s %s, p99 %s, cpu/req %s\n", S[i], ratio(m[r, "rps"], m[h, "rps"]),
+                    ratio(m[r, "p99"], m[h, "p99"]), ratio(m[r, "cpu"], m[h, "cpu"])
             }
-            print line
             printf "sticky/plain cpu/req: routeid %s, haproxy %s\n",
                 ratio(m["sticky", "routeid", "cpu"], m["plain", "routeid", "cpu"]),
                 ratio(m["sticky", "haproxy", "cpu"], m["plain", "haproxy", "cpu"])

@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::proxy::ProxySettings;
+use crate::proxy::listener::TrustedProxies;
+use crate::proxy::tls::SecretRef;
 
 /// routeid — a sticky-session load balancer for session-bound apps.
 #[derive(Debug, Parser)]
@@ -55,6 +57,9 @@ pub enum Command {
         /// Admin listen address (/healthz, /readyz); loopback by default.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin_listen: SocketAddr,
+        /// TLS listener.
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Proxy tuning.
         #[command(flatten)]
         proxy: ProxyArgs,
@@ -106,6 +111,31 @@ pub struct ProxyArgs {
     /// Token that allows changes in the balancer-manager; without one it is read-only.
     #[arg(long, env = "ROUTEID_MANAGER_TOKEN", hide_env_values = true)]
     pub manager_token: Option<String>,
+    /// Front proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For/-Proto/-Host
+    /// and PROXY protocol headers are believed; from any other peer they are replaced.
+    #[arg(long, default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+    /// The plain listener expects a PROXY protocol header (v1 or v2) from --trusted-proxies.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// The TLS listener expects a PROXY protocol header (v1 or v2) from --trusted-proxies.
+    #[arg(long)]
+    pub tls_proxy_protocol: bool,
+    /// Time a client has for the PROXY header and the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+}
+
+/// The TLS listener's flags.
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// Serve HTTPS here too (certificates from the pools' `frontend.tls` Secrets).
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// The Secret (`namespace/name`) served to clients that send no server name or an unknown
+    /// one; without it such handshakes fail.
+    #[arg(long)]
+    pub default_tls_secret: Option<SecretRef>,
 }
 
 impl ProxyArgs {
@@ -119,6 +149,10 @@ impl ProxyArgs {
             access_log: !self.no_access_log,
             access_log_sample: self.access_log_sample,
             metrics: !self.no_metrics,
+            trusted_proxies: self.trusted_proxies.clone(),
+            proxy_protocol: self.proxy_protocol,
+            tls_proxy_protocol: self.tls_proxy_protocol,
+            handshake_timeout: self.handshake_timeout,
         }
     }
 }
@@ -162,6 +196,9 @@ pub struct ControllerArgs {
     /// Admin listen address (/healthz, /readyz).
     #[arg(long, default_value = "0.0.0.0:9901")]
     pub admin_listen: SocketAddr,
+    /// TLS listener.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Namespace of the leader-election Lease (default: `--namespace`, `POD_NAMESPACE`, `default`).
     #[arg(long)]
     pub lease_namespace: Option<String>,

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use routeid::admin::AdminState;
 use routeid::admin::manager::{Manager, Persistence};
-use routeid::cli::{Cli, Command, ControllerArgs, LogFormat};
+use routeid::cli::{Cli, Command, ControllerArgs, LogFormat, TlsArgs};
 use routeid::proxy::ProxySettings;
-use routeid::runtime::Running;
+use routeid::runtime::{Running, TlsStart};
 use routeid::{api, demo, standalone};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -21,7 +21,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls logs a client's odd hello (an IP address as SNI, as wrk and curl send) at WARN, once
+    // per connection: any client could flood the log. Failed handshakes are counted in
+    // routeid_tls_handshake_errors_total instead; RUST_LOG=rustls=... still turns them on.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"))
+        && let Ok(d) = "rustls=error".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
@@ -59,8 +67,8 @@ async fn run(command: Command) -> ExitCode {
     match command {
         Command::Crd => ExitCode::SUCCESS,
         Command::Demo { listen, admin_listen, check } => run_demo(listen, admin_listen, check).await,
-        Command::Standalone { file, listen, admin_listen, proxy } => {
-            run_standalone(&file, listen, admin_listen, proxy.settings(), proxy.manager_token.clone()).await
+        Command::Standalone { file, listen, admin_listen, tls, proxy } => {
+            run_standalone(&file, listen, admin_listen, tls, proxy.settings(), proxy.manager_token.clone()).await
         }
         Command::Controller(args) => run_controller(args).await,
         Command::IngressCheck { kubeconfig, namespace, class } => {
@@ -146,16 +154,25 @@ async fn run_standalone(
     file: &Path,
     listen: std::net::SocketAddr,
     admin_listen: std::net::SocketAddr,
+    tls: TlsArgs,
     settings: ProxySettings,
     manager_token: Option<String>,
 ) -> ExitCode {
-    let pools = match standalone::load_file(file) {
+    let loaded = match standalone::load(file) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("routeid: {e}");
             return ExitCode::from(2);
         }
     };
+    let tls_start = match standalone_tls(&tls, &loaded, file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("routeid: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pools = loaded.pools;
     let count = pools.len();
     // Install the handlers before serving: once /readyz answers, a SIGHUP or SIGTERM must reach
     // the loop below rather than the default action (which kills the process).
@@ -168,7 +185,7 @@ async fn run_standalone(
             }
         };
     let admin = AdminState::new(Manager::new(manager_token, Persistence::InMemory), true);
-    let running = match Running::start_with_admin(settings, listen, admin_listen, pools, admin).await {
+    let running = match Running::start_full(settings, listen, admin_listen, pools, admin, tls_start).await {
         Ok((r, _)) => r,
         Err(e) => {
             eprintln!("routeid: {e}");
@@ -180,11 +197,11 @@ async fn run_standalone(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match standalone::load_file(file) {
-                Ok(pools) => {
-                    let n = pools.len();
-                    running.proxy.publish(pools);
-                    tracing::info!(pools = n, file = %file.display(), "reloaded");
+            _ = hup.recv() => match standalone::load(file) {
+                Ok(loaded) => {
+                    let (n, s) = (loaded.pools.len(), loaded.secrets.len());
+                    running.proxy.publish_with_secrets(loaded.pools, &loaded.secrets);
+                    tracing::info!(pools = n, secrets = s, file = %file.display(), "reloaded");
                 }
                 Err(e) => tracing::error!(error = %e, "reload refused; the previous pools keep serving"),
             },
@@ -193,6 +210,23 @@ async fn run_standalone(
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The TLS listener of a standalone run: it needs a certificate to serve, from the file.
+fn standalone_tls(tls: &TlsArgs, loaded: &standalone::Loaded, file: &Path) -> Result<Option<TlsStart>, String> {
+    let Some(listen) = tls.tls_listen else { return Ok(None) };
+    if loaded.secrets.is_empty() {
+        return Err(format!(
+            "--tls-listen needs a certificate: {} holds no kind: Secret document of type kubernetes.io/tls",
+            file.display()
+        ));
+    }
+    if let Some(d) = &tls.default_tls_secret
+        && !loaded.secrets.iter().any(|(r, _)| r == d)
+    {
+        return Err(format!("--default-tls-secret {d}: no such Secret in {}", file.display()));
+    }
+    Ok(Some(TlsStart { listen, secrets: loaded.secrets.clone(), default: tls.default_tls_secret.clone() }))
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
@@ -231,15 +265,19 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     // The manager (and its token) is part of the admin state before the listener accepts.
     let manager = Manager::new(args.proxy.manager_token.clone(), Persistence::Kubernetes(client.clone()));
     let admin = AdminState::new(manager, false);
-    let running =
-        match Running::start_with_admin(args.proxy.settings(), args.listen, args.admin_listen, Vec::new(), admin).await
-        {
-            Ok((r, _)) => r,
-            Err(e) => {
-                eprintln!("routeid controller: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let tls = args.tls.tls_listen.map(|listen| TlsStart {
+        listen,
+        secrets: Vec::new(),
+        default: args.tls.default_tls_secret.clone(),
+    });
+    let settings = args.proxy.settings();
+    let running = match Running::start_full(settings, args.listen, args.admin_listen, Vec::new(), admin, tls).await {
+        Ok((r, _)) => r,
+        Err(e) => {
+            eprintln!("routeid controller: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let identity = args
         .identity
@@ -273,6 +311,7 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         (None, []) => routeid::controller::ingress::Publish::Nothing,
         (None, addrs) => routeid::controller::ingress::Publish::Addresses(addrs.to_vec()),
     };
+    opts.default_tls_secret = args.tls.default_tls_secret.clone();
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
     tracing::info!(
         proxy = %running.proxy_addr,

@@ -1,7 +1,9 @@
-//! Standalone mode: pools from a multi-document YAML file of `BalancerPool`s with static members.
+//! Standalone mode: pools from a multi-document YAML file of `BalancerPool`s with static members,
+//! and the `kubernetes.io/tls` Secrets they name (`data` base64 or `stringData`), so one file
+//! works with both `kubectl apply -f` and `routeid standalone -f`.
 //!
 //! A bad file is refused whole, with every problem named by document, pool and field; on a
-//! reload the caller keeps serving the previous table.
+//! reload the caller keeps serving the previous table and certificates.
 
 use std::fmt;
 use std::path::Path;
@@ -11,6 +13,16 @@ use serde::Deserialize;
 use crate::api::BalancerPool;
 use crate::core::config::{PoolConfig, PoolId, validate_static};
 use crate::core::table::RoutingTable;
+use crate::proxy::tls::{CertError, SecretRef, TlsData};
+
+/// What a pools file holds.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The pools, in file order.
+    pub pools: Vec<PoolConfig>,
+    /// The TLS Secrets, each checked (it parses and its key matches its certificate).
+    pub secrets: Vec<(SecretRef, Result<TlsData, CertError>)>,
+}
 
 /// Why a pools file was refused: every problem found, each naming its document.
 #[derive(Debug, thiserror::Error)]
@@ -33,16 +45,55 @@ impl fmt::Display for LoadError {
 
 /// Reads and validates a pools file.
 pub fn load_file(path: &Path) -> Result<Vec<PoolConfig>, LoadError> {
+    load(path).map(|l| l.pools)
+}
+
+/// Reads and validates a pools file with its Secrets.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| LoadError { file: file.clone(), problems: vec![format!("cannot read it: {e}")] })?;
-    parse_pools(&text).map_err(|problems| LoadError { file, problems })
+    parse(&text).map_err(|problems| LoadError { file, problems })
 }
 
-/// Parses and validates pools from YAML text (one or more documents).
+/// Parses and validates pools from YAML text (one or more documents). The Secrets the pools
+/// name need not be in the text (the caller brings certificates another way).
 pub fn parse_pools(text: &str) -> Result<Vec<PoolConfig>, Vec<String>> {
+    parse_with(text, false).map(|l| l.pools)
+}
+
+/// Reads a `kind: Secret` document: a `kubernetes.io/tls` Secret whose certificate serves.
+fn parse_secret(value: serde_yaml::Value, label: &str) -> Result<(SecretRef, Result<TlsData, CertError>), String> {
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_yaml::from_value(value).map_err(|e| format!("{label}: {}", strip_location(&e.to_string())))?;
+    let r = SecretRef::new(
+        secret.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        secret.metadata.name.clone().unwrap_or_default(),
+    );
+    let data = TlsData::from_secret(&secret).and_then(|d| {
+        if !d.crt.is_empty() || !d.key.is_empty() {
+            crate::proxy::tls::load_pem(&d)?;
+        } else if let Some(ca) = &d.ca {
+            crate::proxy::tls::load_ca(ca)?;
+        }
+        Ok(d)
+    });
+    match data {
+        Ok(d) => Ok((r, Ok(d))),
+        Err(e) => Err(format!("{label}: Secret {r}: {e}")),
+    }
+}
+
+/// Parses and validates pools and Secrets from YAML text (one or more documents); every Secret
+/// a pool names must be among them.
+pub fn parse(text: &str) -> Result<Loaded, Vec<String>> {
+    parse_with(text, true)
+}
+
+fn parse_with(text: &str, need_secrets: bool) -> Result<Loaded, Vec<String>> {
     let mut problems = Vec::new();
     let mut pools = Vec::new();
+    let mut secrets: Vec<(SecretRef, Result<TlsData, CertError>)> = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
         let value = match serde_yaml::Value::deserialize(doc) {
@@ -58,12 +109,22 @@ pub fn parse_pools(text: &str) -> Result<Vec<PoolConfig>, Vec<String>> {
         let label = if name.is_empty() { format!("document {n}") } else { format!("document {n} ({name})") };
         let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
         let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-        if api_version != "routeid.io/v1alpha1" || kind != "BalancerPool" {
-            problems.push(format!("{label}: expected apiVersion routeid.io/v1alpha1 and kind BalancerPool, found {api_version:?} / {kind:?}"));
-            continue;
-        }
         if name.is_empty() {
             problems.push(format!("{label}: metadata.name: is required"));
+            continue;
+        }
+        if api_version == "v1" && kind == "Secret" {
+            match parse_secret(value, &label) {
+                Ok((r, _)) if secrets.iter().any(|(s, _)| *s == r) => {
+                    problems.push(format!("{label}: another document already defines Secret {r}"));
+                }
+                Ok(s) => secrets.push(s),
+                Err(p) => problems.push(p),
+            }
+            continue;
+        }
+        if api_version != "routeid.io/v1alpha1" || kind != "BalancerPool" {
+            problems.push(format!("{label}: expected apiVersion routeid.io/v1alpha1 and kind BalancerPool (or v1 Secret), found {api_version:?} / {kind:?}"));
             continue;
         }
         // Re-read from text so serde_yaml reports the field path of a type error.
@@ -97,13 +158,30 @@ pub fn parse_pools(text: &str) -> Result<Vec<PoolConfig>, Vec<String>> {
     if problems.is_empty() && pools.is_empty() {
         problems.push("no BalancerPool documents".to_owned());
     }
+    for p in pools.iter().filter(|_| need_secrets) {
+        let ca = p.backend_tls.as_ref().and_then(|b| b.ca_secret_name.as_deref());
+        let named = p
+            .tls
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("spec.frontend.tls[{i}].secretName"), t.secret_name.as_str()));
+        for (field, name) in named.chain(ca.map(|n| ("spec.backend.tls.caSecretName".to_owned(), n))) {
+            let r = SecretRef::new(&p.id.namespace, name);
+            if !secrets.iter().any(|(s, _)| *s == r) {
+                problems.push(format!(
+                    "pool {}: {field}: no Secret {r} in this file (a pool uses Secrets of its own namespace)",
+                    p.id
+                ));
+            }
+        }
+    }
     if problems.is_empty() {
         let (_, conflicts) = RoutingTable::build(pools.clone(), None);
         problems.extend(conflicts.into_iter().map(|c| {
             format!("pool {} claims host {} prefix {} already served by pool {}", c.loser, c.host, c.prefix, c.winner)
         }));
     }
-    if problems.is_empty() { Ok(pools) } else { Err(problems) }
+    if problems.is_empty() { Ok(Loaded { pools, secrets }) } else { Err(problems) }
 }
 
 /// serde_yaml's line numbers refer to the re-serialised document, not the user's file: drop them.

@@ -16,8 +16,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::core::{FailureKind, Pool, RoutingTable};
@@ -182,6 +182,12 @@ pub struct Metrics {
     pub watch_restarts: IntCounterVec,
     /// Unix time of the controller's last complete sync.
     pub last_sync: Gauge,
+    /// Failed TLS handshakes by `reason` (a bounded set, see `proxy::tls`).
+    pub tls_handshake_errors: IntCounterVec,
+    /// `notAfter` of each Secret's certificate, by `namespace` and `secret`.
+    pub tls_expiry: GaugeVec,
+    /// Connections closed for their PROXY protocol header, by `reason`.
+    pub proxy_protocol_rejected: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -252,6 +258,24 @@ impl Metrics {
             "routeid_controller_last_sync_timestamp_seconds",
             "Unix time of the controller's last complete sync.",
         ));
+        let tls_handshake_errors = must(IntCounterVec::new(
+            Opts::new("routeid_tls_handshake_errors_total", "TLS handshakes that failed, by reason."),
+            &["reason"],
+        ));
+        let tls_expiry = must(GaugeVec::new(
+            Opts::new(
+                "routeid_tls_certificate_expiry_timestamp_seconds",
+                "Unix time when the certificate of a TLS Secret expires.",
+            ),
+            &["namespace", "secret"],
+        ));
+        let proxy_protocol_rejected = must(IntCounterVec::new(
+            Opts::new(
+                "routeid_proxy_protocol_rejected_total",
+                "Connections closed for a missing, bad or untrusted PROXY protocol header, by reason.",
+            ),
+            &["reason"],
+        ));
         let build = must(IntGaugeVec::new(Opts::new("routeid_build_info", "Build information."), &["version"]));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -266,6 +290,9 @@ impl Metrics {
             Box::new(reconciles.clone()),
             Box::new(watch_restarts.clone()),
             Box::new(last_sync.clone()),
+            Box::new(tls_handshake_errors.clone()),
+            Box::new(tls_expiry.clone()),
+            Box::new(proxy_protocol_rejected.clone()),
             Box::new(build),
         ] {
             must(registry.register(c));
@@ -285,6 +312,9 @@ impl Metrics {
             reconciles,
             watch_restarts,
             last_sync,
+            tls_handshake_errors,
+            tls_expiry,
+            proxy_protocol_rejected,
         }
     }
 

@@ -71,6 +71,16 @@ pub struct Frontend {
     /// Ingress `pathType: Exact`). An exact path wins over a prefix of the same length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_type: Option<PathType>,
+    /// Certificates for this pool's hosts, as an Ingress's `spec.tls`: each names a
+    /// `kubernetes.io/tls` Secret in the pool's own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<FrontendTls>,
+    /// Answer plain-HTTP requests with `308` to the `https://` URL (ingress-nginx `ssl-redirect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<bool>,
+    /// Add `Strict-Transport-Security` to HTTPS responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Hsts>,
 }
 
 /// How a pool's path is matched, as an Ingress `pathType`.
@@ -81,6 +91,33 @@ pub enum PathType {
     Prefix,
     /// The path itself only (case-sensitive; a trailing `/` matters).
     Exact,
+}
+
+/// One certificate of a pool: the hosts it serves and the Secret that holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendTls {
+    /// Hosts this certificate serves; each must be one of `frontend.hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// A Secret of type `kubernetes.io/tls` (`tls.crt`, `tls.key`) in the pool's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// HTTP Strict Transport Security (RFC 6797), as ingress-nginx's `hsts-*` settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hsts {
+    /// `max-age` in seconds; default 31536000 (one year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
+    /// Add `includeSubDomains`.
+    #[serde(default)]
+    pub include_sub_domains: bool,
+    /// Add `preload`.
+    #[serde(default)]
+    pub preload: bool,
 }
 
 /// Where a pool's members come from: a Service's endpoints (controller) or a static list
@@ -104,6 +141,27 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub max_connections: Option<u32>,
+    /// Speak HTTPS to the members (Tomcat on 8443, a zero-trust cluster without a mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS towards the members: verified against a CA from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// A Secret in the pool's namespace whose `ca.crt` holds the CA certificates (PEM) that sign
+    /// the members' certificates (cert-manager writes `ca.crt` into its TLS Secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub ca_secret_name: Option<String>,
+    /// The name the members' certificates must carry (and the SNI sent); default: the member's IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub server_name: Option<String>,
+    /// Do not verify the members' certificates (encryption without authentication). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// CEL: a pool's members come from a Service or from a static list, never both, never neither.
@@ -242,9 +300,10 @@ pub struct RouteCookie {
     /// Cookie `Domain`; default none (host-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    /// Cookie `Secure`.
+    /// Cookie `Secure`: `Auto` (default) when the request came over TLS or a trusted front
+    /// proxy said `https`; `Always`; `Never`. Standalone files may still say `true` / `false`.
     #[serde(default)]
-    pub secure: bool,
+    pub secure: CookieSecure,
     /// Cookie `HttpOnly`; default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_only: Option<bool>,
@@ -269,6 +328,40 @@ pub struct RouteCookie {
     pub conditional_same_site_none: Option<bool>,
 }
 
+/// When the route cookie carries `Secure`.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CookieSecure {
+    /// When the client connection is TLS, or a trusted front proxy said `https`.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl<'de> Deserialize<'de> for CookieSecure {
+    /// Also reads the older boolean form: `true` is `Always`, `false` is `Never`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(CookieSecure::Always),
+            Raw::Bool(false) => Ok(CookieSecure::Never),
+            Raw::Name(n) => match n.as_str() {
+                "Auto" => Ok(CookieSecure::Auto),
+                "Always" => Ok(CookieSecure::Always),
+                "Never" => Ok(CookieSecure::Never),
+                _ => Err(serde::de::Error::unknown_variant(&n, &["Auto", "Always", "Never"])),
+            },
+        }
+    }
+}
+
 /// HAProxy's cookie modes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum CookieMode {
@@ -289,7 +382,7 @@ pub enum SameSite {
     Strict,
     /// `SameSite=Lax`.
     Lax,
-    /// `SameSite=None` (requires `secure`).
+    /// `SameSite=None` (requires `secure` other than `Never`).
     None,
 }
 

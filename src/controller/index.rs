@@ -459,6 +459,10 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
         timeouts,
         max_connections,
         health,
+        tls,
+        https_redirect,
+        hsts,
+        backend_tls,
     } = new;
     let mut differs = old.is_none_or(|o| {
         o.id != *id
@@ -474,6 +478,10 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
             || o.timeouts != *timeouts
             || o.max_connections != *max_connections
             || o.health != *health
+            || o.tls != *tls
+            || o.https_redirect != *https_redirect
+            || o.hsts != *hsts
+            || o.backend_tls != *backend_tls
     });
     let old = old.map(|o| o.members.as_slice()).unwrap_or_default();
     let (mut i, mut j) = (0, 0);

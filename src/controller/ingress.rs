@@ -23,8 +23,8 @@ use crate::api::ingress::{
     support_of,
 };
 use crate::api::{
-    ActiveHealth, BalancerPool, BalancerPoolSpec, CookieMode, Frontend, LbMethodName, PathType, RouteCookie, RouteFrom,
-    SameSite, ServiceRef, Sticky,
+    ActiveHealth, BalancerPool, BalancerPoolSpec, CookieMode, CookieSecure, Frontend, FrontendTls, LbMethodName,
+    PathType, RouteCookie, RouteFrom, SameSite, ServiceRef, Sticky,
 };
 use crate::core::config::{FieldError, PoolId};
 
@@ -70,7 +70,7 @@ pub struct Translated {
     pub pools: Vec<BalancerPool>,
     /// `nginx.ingress.kubernetes.io/*` and `routeid.io/*` annotations routeid does not read.
     pub unsupported: Vec<String>,
-    /// Things that are accepted but do not take effect (TLS without a TLS listener).
+    /// Parts of `spec.tls` that cannot be served (no Secret named, no host to serve it for).
     pub notes: Vec<String>,
 }
 
@@ -212,7 +212,12 @@ fn shared(a: &mut Annotations<'_>) -> Shared {
                 "session-cookie-samesite",
                 &[("None", SameSite::None), ("Lax", SameSite::Lax), ("Strict", SameSite::Strict)],
             );
-            let secure = a.bool(NGINX_PREFIX, "session-cookie-secure").unwrap_or(false);
+            // Unset: `Secure` over HTTPS, as ingress-nginx does.
+            let secure = match a.bool(NGINX_PREFIX, "session-cookie-secure") {
+                None => CookieSecure::Auto,
+                Some(true) => CookieSecure::Always,
+                Some(false) => CookieSecure::Never,
+            };
             let max_age = a.seconds("session-cookie-max-age").map(|s| format!("{s}s"));
             let expires = a.seconds("session-cookie-expires").map(|s| format!("{s}s"));
             let path = a.nginx("session-cookie-path").map(str::to_owned);
@@ -222,8 +227,7 @@ fn shared(a: &mut Annotations<'_>) -> Shared {
                 mode,
                 path,
                 domain: a.nginx("session-cookie-domain").map(str::to_owned),
-                // Browsers drop `SameSite=None` without `Secure`.
-                secure: secure || same_site == Some(SameSite::None),
+                secure,
                 http_only: Some(true),
                 same_site,
                 max_age: max_age.filter(|m| m != "0s"),
@@ -330,12 +334,15 @@ pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldErro
     let shared = shared(&mut a);
     let unsupported = map.keys().filter(|k| support_of(k) == Some(Support::Unsupported)).cloned().collect();
     let mut out = Translated { unsupported, ..Default::default() };
-    let redirect = a.bool(NGINX_PREFIX, "ssl-redirect").unwrap_or(false)
-        | a.bool(NGINX_PREFIX, "force-ssl-redirect").unwrap_or(false);
+    // ingress-nginx redirects plain HTTP to HTTPS for hosts with TLS unless told not to, and for
+    // every host with force-ssl-redirect.
+    let redirect = Redirect {
+        tls_hosts: a.bool(NGINX_PREFIX, "ssl-redirect").unwrap_or(true),
+        always: a.bool(NGINX_PREFIX, "force-ssl-redirect").unwrap_or(false),
+    };
     let spec = ing.spec.clone().unwrap_or_default();
-    if !spec.tls.as_deref().unwrap_or_default().is_empty() || redirect {
-        out.notes.push("TLS is not available in this routeid: the Ingress is served on plain HTTP only".into());
-    }
+    let tls = spec.tls.clone().unwrap_or_default();
+    out.notes = tls_notes(&spec);
     let name = ing.metadata.name.clone().unwrap_or_default();
     let mut problems = std::mem::take(&mut a.problems);
     let mut wanted: Vec<Place<'_>> = Vec::new();
@@ -365,11 +372,78 @@ pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldErro
     }
     for place in wanted {
         match service_ref(place.backend, &place.field) {
-            Ok(service) => out.pools.push(pool(ing, &name, class, &shared, service, &place)),
+            Ok(service) => {
+                let mut p = pool(ing, &name, class, &shared, service, &place);
+                p.spec.frontend.tls = certificates(&tls, place.host);
+                p.spec.frontend.https_redirect =
+                    Some(redirect.always || (redirect.tls_hosts && !p.spec.frontend.tls.is_empty()));
+                out.pools.push(p);
+            }
             Err(e) => problems.push(e),
         }
     }
     if problems.is_empty() { Ok(out) } else { Err(problems) }
+}
+
+/// `ssl-redirect` / `force-ssl-redirect`.
+struct Redirect {
+    /// Redirect the hosts that have a certificate (`ssl-redirect`, default true).
+    tls_hosts: bool,
+    /// Redirect every host (`force-ssl-redirect`).
+    always: bool,
+}
+
+/// Whether the Ingress TLS host `tls_host` covers the rule host `host` (equal, or a
+/// `*.example.com` wildcard over one label).
+fn covers(tls_host: &str, host: &str) -> bool {
+    if tls_host.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    match (tls_host.strip_prefix("*."), host.split_once('.')) {
+        (Some(domain), Some((label, rest))) => !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(domain),
+        _ => false,
+    }
+}
+
+/// The certificates of `spec.tls` that serve the rule host `host`: each entry naming it (or
+/// naming no host: the entry covers every rule host). A rule without host gets none (routeid's
+/// `--default-tls-secret` serves such requests).
+fn certificates(tls: &[k8s_openapi::api::networking::v1::IngressTLS], host: Option<&str>) -> Vec<FrontendTls> {
+    let Some(host) = host else { return Vec::new() };
+    tls.iter()
+        .filter_map(|t| {
+            let secret = t.secret_name.as_deref().filter(|s| !s.is_empty())?;
+            let hosts = t.hosts.as_deref().unwrap_or_default();
+            (hosts.is_empty() || hosts.iter().any(|h| covers(h, host)))
+                .then(|| FrontendTls { hosts: vec![host.to_owned()], secret_name: secret.to_owned() })
+        })
+        .collect()
+}
+
+/// What of `spec.tls` cannot be served, said once per Ingress change.
+fn tls_notes(spec: &k8s_openapi::api::networking::v1::IngressSpec) -> Vec<String> {
+    let tls = spec.tls.as_deref().unwrap_or_default();
+    let rule_hosts: Vec<&str> = spec.rules.iter().flatten().filter_map(|r| r.host.as_deref()).collect();
+    let mut notes = Vec::new();
+    for (i, t) in tls.iter().enumerate() {
+        if t.secret_name.as_deref().is_none_or(str::is_empty) {
+            notes.push(format!("spec.tls[{i}] names no Secret: its hosts are not served with TLS"));
+        }
+        for h in t.hosts.iter().flatten() {
+            if !rule_hosts.iter().any(|r| covers(h, r)) {
+                notes.push(format!("spec.tls[{i}]: no rule serves host {h:?}"));
+            }
+        }
+    }
+    let hostless = spec.rules.iter().flatten().any(|r| r.host.as_deref().is_none_or(str::is_empty));
+    if !tls.is_empty() && (hostless || spec.default_backend.is_some()) {
+        notes.push(
+            "rules without a host and the default backend get no certificate from spec.tls: \
+             routeid's --default-tls-secret serves them"
+                .into(),
+        );
+    }
+    notes
 }
 
 /// Where one pool of an Ingress serves, and from which field.
@@ -394,6 +468,7 @@ fn pool(ing: &Ingress, name: &str, class: &str, shared: &Shared, service: Servic
         path_prefix: Some(path.to_owned()),
         rewrite_prefix: shared.rewrite.clone(),
         path_type: exact.then_some(PathType::Exact),
+        ..Default::default()
     };
     spec.backend.service = Some(service);
     spec.backend.route_from = shared.route_from;
@@ -420,7 +495,7 @@ pub struct IngressNews {
     pub key: IngressKey,
     /// Warning or Normal.
     pub warning: bool,
-    /// `Accepted`, `Rejected`, `UnsupportedAnnotations`, `TLSNotAvailable`.
+    /// `Accepted`, `Rejected`, `UnsupportedAnnotations`, `TLSNotApplied`.
     pub reason: &'static str,
     /// What happened, naming annotations and values.
     pub note: String,
@@ -568,7 +643,7 @@ impl Ingresses {
                 if t.notes != served.notes {
                     for n in &t.notes {
                         tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), "{n}");
-                        out.push(news(true, "TLSNotAvailable", n.clone()));
+                        out.push(news(true, "TLSNotApplied", n.clone()));
                     }
                 }
                 served.notes = t.notes;
@@ -589,7 +664,7 @@ impl Ingresses {
             if !s.unsupported.is_empty() {
                 out.push(news("UnsupportedAnnotations", unsupported_note(&s.unsupported)));
             }
-            out.extend(s.notes.iter().map(|n| news("TLSNotAvailable", n.clone())));
+            out.extend(s.notes.iter().map(|n| news("TLSNotApplied", n.clone())));
         }
         out
     }

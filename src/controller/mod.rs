@@ -20,16 +20,17 @@ pub mod derive;
 pub mod index;
 pub mod ingress;
 pub mod leader;
+pub mod secrets;
 pub mod services;
 pub mod status;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -42,6 +43,7 @@ use crate::api::BalancerPool;
 use crate::core::config::PoolId;
 use crate::core::table::Conflict;
 use crate::proxy::Proxy;
+use crate::proxy::tls::{SecretRef, TlsProblem};
 use index::{ClassFilter, Index, PoolChange, pool_id};
 use leader::LeaderOptions;
 use status::{Outbound, PoolEvent, Writer, WriterOptions, WriterStats};
@@ -68,6 +70,8 @@ pub struct ControllerOptions {
     /// publication at its end. Under a pod storm this bounds the CPU spent rebuilding the table
     /// (a rebuild costs the same for 1 or 100 changed slices), at the price of this much delay.
     pub min_publish_interval: Duration,
+    /// The Secret (`--default-tls-secret`) served to TLS clients with no or an unknown name.
+    pub default_tls_secret: Option<SecretRef>,
 }
 
 impl ControllerOptions {
@@ -103,6 +107,7 @@ impl ControllerOptions {
             },
             status_resync: Duration::from_secs(10),
             min_publish_interval: Duration::from_millis(100),
+            default_tls_secret: None,
         }
     }
 }
@@ -146,6 +151,8 @@ impl Controller {
             class: opts.filter.ingress_class.clone(),
             watch_without_class: false,
         }));
+        proxy.set_default_tls_secret(opts.default_tls_secret.clone());
+        let (secrets, secret_rx) = secrets::SecretWatches::new(client.clone());
         let looper = Loop {
             client,
             opts,
@@ -158,8 +165,10 @@ impl Controller {
             ingresses,
             conflicts: Vec::new(),
             ready: false,
+            secrets,
+            tls_reported: HashMap::new(),
         };
-        let loop_task = tokio::spawn(looper.run(shutdown_rx));
+        let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx));
         Controller { stats, leader: leader_rx, shutdown, tasks: vec![loop_task, writer_task, leader_task] }
     }
 
@@ -190,6 +199,10 @@ struct Loop {
     ingresses: ingress::Ingresses,
     conflicts: Vec<Conflict>,
     ready: bool,
+    /// One watch per Secret the pools name.
+    secrets: secrets::SecretWatches,
+    /// The TLS problems last reported by an Event, per pool.
+    tls_reported: HashMap<PoolId, Vec<TlsProblem>>,
 }
 
 /// Where a watcher is in its (re-)list.
@@ -224,7 +237,11 @@ fn watch_hint(e: &watcher::Error) -> &'static str {
 const MAX_BATCH: usize = 4_096;
 
 impl Loop {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut secret_rx: mpsc::UnboundedReceiver<secrets::SecretEvent>,
+    ) {
         let (pools_api, slices_api): (Api<BalancerPool>, Api<EndpointSlice>) = match &self.opts.namespace {
             Some(ns) => (Api::namespaced(self.client.clone(), ns), Api::namespaced(self.client.clone(), ns)),
             None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
@@ -289,6 +306,10 @@ impl Loop {
                         return;
                     }
                 },
+                Some(ev) = secret_rx.recv() => {
+                    self.on_secrets(ev, &mut secret_rx);
+                    status_due = true;
+                }
                 _ = resync.tick() => status_due = true,
                 changed = self.leader.changed() => {
                     if changed.is_err() {
@@ -354,8 +375,11 @@ impl Loop {
                 metrics.reconciles.with_label_values(&["error"]).inc_by(rejected);
                 metrics.reconciles.with_label_values(&["ok"]).inc_by(changes.len() as u64 - rejected);
                 if self.index.take_publish_needed() || !self.ready {
-                    self.conflicts = self.proxy.publish(self.index.configs());
+                    let configs = self.index.configs();
+                    self.watch_secrets(&configs);
+                    self.conflicts = self.proxy.publish(configs);
                     self.stats.publishes.fetch_add(1, Ordering::Relaxed);
+                    self.report_tls();
                 }
                 self.stats.derivations.fetch_add(changes.len() as u64, Ordering::Relaxed);
                 let unix_now =
@@ -479,16 +503,57 @@ impl Loop {
         }
     }
 
+    /// The object an Event about pool `id` goes to: the BalancerPool, or the Ingress it was made
+    /// from (`None` when that Ingress is gone).
+    fn event_reference(&self, id: &PoolId, entry: &index::PoolEntry) -> Option<ObjectReference> {
+        match ingress::ingress_of(id) {
+            Some(key) => self.ingresses.ingress(&key).map(|ing| ing.object_ref(&())),
+            None => Some(entry.object.object_ref(&())),
+        }
+    }
+
+    /// Watches exactly the Secrets the pools name; forgets the others.
+    fn watch_secrets(&mut self, configs: &[Arc<crate::core::PoolConfig>]) {
+        let wanted = secrets::named(configs, self.opts.default_tls_secret.as_ref());
+        let gone = self.secrets.reconcile(&wanted);
+        self.proxy.forget_tls_secrets(&gone);
+    }
+
+    /// Hands changed Secrets (this one and any others already waiting) to the proxy in one
+    /// publication.
+    fn on_secrets(&mut self, first: secrets::SecretEvent, rx: &mut mpsc::UnboundedReceiver<secrets::SecretEvent>) {
+        let mut changes = vec![(first.secret, first.data)];
+        while let Ok(ev) = rx.try_recv() {
+            changes.push((ev.secret, ev.data));
+        }
+        for (secret, e) in self.proxy.update_tls_secrets(&changes) {
+            tracing::warn!(%secret, reason = e.reason(), error = %e, "TLS Secret cannot serve; its last good certificate (if any) keeps serving");
+        }
+        self.report_tls();
+    }
+
+    /// An Event on each pool whose TLS problems changed to something new.
+    fn report_tls(&mut self) {
+        let snapshot = self.proxy.snapshot();
+        for (id, problems) in &snapshot.tls.problems {
+            if self.tls_reported.get(id) == Some(problems) {
+                continue;
+            }
+            if let (Some(first), Some(entry)) = (problems.first(), self.index.pool(id))
+                && let Some(reference) = self.event_reference(id, entry)
+            {
+                let note = problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
+                let _ =
+                    self.out.send(Outbound::Event(PoolEvent { reference, warning: true, reason: first.reason, note }));
+            }
+        }
+        self.tls_reported = snapshot.tls.problems.clone();
+    }
+
     fn send_events(&self, changes: Vec<PoolChange>) {
         for c in changes {
             let Some(entry) = self.index.pool(&c.id) else { continue };
-            let reference = match ingress::ingress_of(&c.id) {
-                Some(key) => match self.ingresses.ingress(&key) {
-                    Some(ing) => ing.object_ref(&()),
-                    None => continue,
-                },
-                None => entry.object.object_ref(&()),
-            };
+            let Some(reference) = self.event_reference(&c.id, entry) else { continue };
             let emit = |warning: bool, reason: &'static str, note: String| {
                 let _ =
                     self.out.send(Outbound::Event(PoolEvent { reference: reference.clone(), warning, reason, note }));
@@ -525,6 +590,9 @@ impl Loop {
             }
             let conflict = self.conflicts.iter().find(|c| &c.loser == id);
             let mut desired = status::desired_status(entry, id, &snapshot.table, conflict, now_ms, &now);
+            if let Some(problems) = snapshot.tls.problems.get(id) {
+                desired.conditions.push(status::tls_condition(entry, problems, &now));
+            }
             status::cap_members(&mut desired);
             if entry.object.status.as_ref() != Some(&desired) {
                 let _ = self.out.send(Outbound::Status { id: id.clone(), status: Box::new(desired) });

@@ -53,6 +53,18 @@ fn condition(prev: &[Condition], type_: &str, ok: bool, reason: &str, message: S
     Condition { type_: type_.into(), status: status.into(), reason: reason.into(), message, last_transition_time }
 }
 
+/// `TLSReady`: every Secret the pool names serves its hosts, or which one does not and why.
+pub fn tls_condition(entry: &PoolEntry, problems: &[crate::proxy::tls::TlsProblem], now: &str) -> Condition {
+    let prev = entry.object.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    match problems.first() {
+        None => condition(prev, "TLSReady", true, "CertificatesServed", "every named Secret serves".into(), now),
+        Some(first) => {
+            let message = problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
+            condition(prev, "TLSReady", false, first.reason, message, now)
+        }
+    }
+}
+
 fn list_routes<'a>(routes: impl Iterator<Item = &'a str>) -> String {
     let all: Vec<&str> = routes.collect();
     let shown = all.iter().take(10).copied().collect::<Vec<_>>().join(", ");

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::route::Route;
-use crate::api::{self, BalancerPoolSpec, CookieMode, MemberStatus, SameSite};
+use crate::api::{self, BalancerPoolSpec, CookieMode, CookieSecure, MemberStatus, SameSite};
 
 /// Identifies a pool: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,7 +42,7 @@ impl fmt::Display for FieldError {
 }
 
 /// How a request's host is matched.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostMatch {
     /// Lowercased exact host, without port.
     Exact(String),
@@ -61,13 +61,16 @@ pub struct CookieConfig {
     pub indirect: bool,
     /// `Cache-Control: private` on responses that set it.
     pub nocache: bool,
-    /// The attributes appended after `name=value`, precomputed (`; Path=/; HttpOnly`).
+    /// The attributes appended after `name=value`, precomputed (`; Path=/; HttpOnly`), for a
+    /// request that did not come over HTTPS.
     pub attributes: String,
-    /// The same without `SameSite=None`, for user agents that reject it; set only when asked
-    /// for (`conditionalSameSiteNone`).
-    pub attributes_no_same_site: Option<String>,
+    /// `SameSite=None` is left out for user agents that reject it (`conditionalSameSiteNone`,
+    /// with `sameSite: None`).
+    pub conditional_same_site_none: bool,
     /// `Expires` this long after the cookie is set (computed when it is set).
     pub expires: Option<Duration>,
+    /// The same for a request that came over HTTPS (with `Secure` unless `secure: Never`).
+    pub secure_attributes: String,
 }
 
 /// Validated stickiness settings.
@@ -255,6 +258,35 @@ pub struct PoolConfig {
     pub max_connections: Option<u32>,
     /// Health checks and failure handling.
     pub health: HealthConfig,
+    /// Certificates named for the pool's hosts; the Secrets are in the pool's namespace.
+    pub tls: Vec<TlsEntry>,
+    /// Plain-HTTP requests get `308` to the `https://` URL.
+    pub https_redirect: bool,
+    /// The `Strict-Transport-Security` value added to HTTPS responses.
+    pub hsts: Option<String>,
+    /// TLS towards the members.
+    pub backend_tls: Option<BackendTlsConfig>,
+}
+
+/// Validated `backend.tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTlsConfig {
+    /// The Secret (pool's namespace) whose `ca.crt` verifies the members; `None` only with
+    /// `insecure_skip_verify`.
+    pub ca_secret_name: Option<String>,
+    /// The name to verify and send as SNI; `None`: the member's IP address.
+    pub server_name: Option<String>,
+    /// Accept any member certificate.
+    pub insecure_skip_verify: bool,
+}
+
+/// One validated `frontend.tls` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsEntry {
+    /// Hosts served with this certificate (a subset of the pool's hosts).
+    pub hosts: Vec<HostMatch>,
+    /// The Secret's name, in the pool's namespace.
+    pub secret_name: String,
 }
 
 /// Default `timeouts.idle`: below the shortest common server keep-alive (Node's 5 s; Tomcat
@@ -332,7 +364,8 @@ fn host_match(p: &mut Problems, path: &str, raw: &str) -> Option<HostMatch> {
     Some(if wild { HostMatch::Wildcard(format!(".{rest}")) } else { HostMatch::Exact(rest.to_owned()) })
 }
 
-fn cookie_attributes(c: &api::RouteCookie, p: &mut Problems, max_age: Option<Duration>) -> String {
+/// The attributes for plain and for HTTPS requests, which differ only in `Secure` under `Auto`.
+fn cookie_attributes(c: &api::RouteCookie, p: &mut Problems, max_age: Option<Duration>) -> (String, String) {
     let mut a = String::new();
     let path = c.path.as_deref().unwrap_or("/");
     if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
@@ -354,24 +387,31 @@ fn cookie_attributes(c: &api::RouteCookie, p: &mut Problems, max_age: Option<Dur
     if let Some(m) = max_age {
         a.push_str(&format!("; Max-Age={}", m.as_secs()));
     }
-    if c.secure {
-        a.push_str("; Secure");
-    }
+    let mut rest = String::new();
     if c.http_only.unwrap_or(true) {
-        a.push_str("; HttpOnly");
+        rest.push_str("; HttpOnly");
     }
     match c.same_site {
-        Some(SameSite::Strict) => a.push_str("; SameSite=Strict"),
-        Some(SameSite::Lax) => a.push_str("; SameSite=Lax"),
+        Some(SameSite::Strict) => rest.push_str("; SameSite=Strict"),
+        Some(SameSite::Lax) => rest.push_str("; SameSite=Lax"),
         Some(SameSite::None) => {
-            if !c.secure {
-                p.add("spec.sticky.cookie.sameSite", "None requires secure: true (browsers drop it otherwise)");
+            if c.secure == CookieSecure::Never {
+                p.add(
+                    "spec.sticky.cookie.sameSite",
+                    "None requires secure: Auto or Always (browsers drop it otherwise)",
+                );
             }
-            a.push_str("; SameSite=None");
+            rest.push_str("; SameSite=None");
         }
         None => {}
     }
-    a
+    let (plain, secure) = match c.secure {
+        CookieSecure::Always => (true, true),
+        CookieSecure::Auto => (false, true),
+        CookieSecure::Never => (false, false),
+    };
+    let render = |s: bool| format!("{a}{}{rest}", if s { "; Secure" } else { "" });
+    (render(plain), render(secure))
 }
 
 fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
@@ -423,18 +463,18 @@ fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
         }
         let max_age = c.max_age.as_deref().map(|m| p.duration("spec.sticky.cookie.maxAge", Some(m), Duration::ZERO));
         let expires = c.expires.as_deref().map(|m| p.duration("spec.sticky.cookie.expires", Some(m), Duration::ZERO));
-        let attributes = cookie_attributes(c, p, max_age);
-        let attributes_no_same_site = (c.conditional_same_site_none == Some(true)
-            && c.same_site == Some(SameSite::None))
-        .then(|| attributes.replace("; SameSite=None", ""));
+        let conditional_same_site_none =
+            c.conditional_same_site_none == Some(true) && c.same_site == Some(SameSite::None);
+        let (attributes, secure_attributes) = cookie_attributes(c, p, max_age);
         CookieConfig {
             name: c.name.clone(),
             mode: c.mode,
             indirect: c.indirect.unwrap_or(true),
             nocache: c.nocache.unwrap_or(true),
             attributes,
-            attributes_no_same_site,
+            conditional_same_site_none,
             expires,
+            secure_attributes,
         }
     });
     let debug = s.debug_headers.clone().unwrap_or_default();
@@ -541,13 +581,16 @@ fn validate_with_members(
     mut members: Vec<MemberConfig>,
     members_sorted: bool,
 ) -> PoolConfig {
-    let hosts = spec
+    let hosts: Vec<HostMatch> = spec
         .frontend
         .hosts
         .iter()
         .enumerate()
         .filter_map(|(i, h)| host_match(p, &format!("spec.frontend.hosts[{i}]"), h))
         .collect();
+    let tls = tls_entries(p, &spec.frontend.tls, &hosts);
+    let backend_tls = spec.backend.tls.as_ref().map(|t| backend_tls(p, t, spec.health.active.is_some()));
+    let hsts = spec.frontend.hsts.as_ref().map(hsts_value);
     let raw_prefix = spec.frontend.path_prefix.as_deref().unwrap_or("/");
     let path_exact = spec.frontend.path_type == Some(api::PathType::Exact);
     let mut path_prefix = normalise_prefix(p, "spec.frontend.pathPrefix", raw_prefix);
@@ -627,6 +670,10 @@ fn validate_with_members(
         timeouts,
         max_connections: max_connections.map(|n| n.clamp(1, MAX_CONNECTIONS)),
         health: health_config(p, &spec.health),
+        tls,
+        https_redirect: spec.frontend.https_redirect.unwrap_or(false),
+        hsts,
+        backend_tls,
     }
 }
 
@@ -640,6 +687,76 @@ fn status_ranges(p: &mut Problems, path: &str, raw: &str) -> Vec<(u16, u16)> {
         }
     }
     out
+}
+
+/// Validates `frontend.tls`: a certificate may only be named for hosts the pool serves, so one
+/// tenant cannot put its certificate on another tenant's host; no hosts means all of them.
+fn tls_entries(p: &mut Problems, raw: &[api::FrontendTls], pool_hosts: &[HostMatch]) -> Vec<TlsEntry> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let path = format!("spec.frontend.tls[{i}]");
+        let n = &t.secret_name;
+        let dns = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+        if n.is_empty() || n.len() > 253 || !n.bytes().all(dns) {
+            p.add(format!("{path}.secretName"), format!("{n:?} is not a Secret name"));
+        }
+        let mut hosts = Vec::with_capacity(t.hosts.len());
+        for (j, h) in t.hosts.iter().enumerate() {
+            let hpath = format!("{path}.hosts[{j}]");
+            let Some(m) = host_match(p, &hpath, h) else { continue };
+            if !pool_hosts.is_empty() && !pool_hosts.contains(&m) {
+                p.add(hpath, format!("{h:?} is not one of spec.frontend.hosts"));
+                continue;
+            }
+            hosts.push(m);
+        }
+        if t.hosts.is_empty() {
+            if pool_hosts.is_empty() {
+                p.add(format!("{path}.hosts"), "name the hosts: the pool serves any host");
+            }
+            hosts = pool_hosts.to_vec();
+        }
+        out.push(TlsEntry { hosts, secret_name: n.clone() });
+    }
+    out
+}
+
+/// Validates `backend.tls`: a CA unless verification is explicitly off, a DNS server name.
+fn backend_tls(p: &mut Problems, t: &api::BackendTls, active_checks: bool) -> BackendTlsConfig {
+    let insecure = t.insecure_skip_verify.unwrap_or(false);
+    if t.ca_secret_name.is_none() && !insecure {
+        p.add("spec.backend.tls.caSecretName", "is required unless insecureSkipVerify is true");
+    }
+    if let Some(n) = &t.ca_secret_name
+        && (n.is_empty() || !n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+    {
+        p.add("spec.backend.tls.caSecretName", format!("{n:?} is not a Secret name"));
+    }
+    if let Some(n) = &t.server_name
+        && rustls_pki_types::ServerName::try_from(n.as_str()).is_err()
+    {
+        p.add("spec.backend.tls.serverName", format!("{n:?} is not a DNS name or an IP address"));
+    }
+    if active_checks {
+        p.add("spec.health.active", "active health checks speak plain HTTP: not supported with backend.tls yet");
+    }
+    BackendTlsConfig {
+        ca_secret_name: t.ca_secret_name.clone(),
+        server_name: t.server_name.clone(),
+        insecure_skip_verify: insecure,
+    }
+}
+
+/// The `Strict-Transport-Security` value (RFC 6797 §6.1).
+fn hsts_value(h: &api::Hsts) -> String {
+    let mut v = format!("max-age={}", h.max_age.unwrap_or(31_536_000));
+    if h.include_sub_domains {
+        v.push_str("; includeSubDomains");
+    }
+    if h.preload {
+        v.push_str("; preload");
+    }
+    v
 }
 
 fn health_config(p: &mut Problems, h: &api::Health) -> HealthConfig {
@@ -739,8 +856,12 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_path() {
         let mut s = spec(&[("nope", "a"), ("127.0.0.1:2", "b c"), ("127.0.0.1:3", "x"), ("127.0.0.1:4", "x")]);
-        s.frontend =
-            Frontend { hosts: vec!["bad host".into()], path_prefix: Some("shop".into()), ..Default::default() };
+        s.frontend = Frontend {
+            hosts: vec!["bad host".into()],
+            path_prefix: Some("shop".into()),
+            rewrite_prefix: None,
+            ..Default::default()
+        };
         s.timeouts.connect = Some("2 parsecs".into());
         s.backend.members[2].load_factor = Some(0);
         let errs = validate_static(id(), &s).unwrap_err();
@@ -767,7 +888,7 @@ mod tests {
             hosts: vec!["Shop.Example.com".into(), "*.example.org".into()],
             path_prefix: Some("/shop/".into()),
             rewrite_prefix: Some("/".into()),
-            path_type: None,
+            ..Default::default()
         };
         let c = validate_static(id(), &s).unwrap();
         assert_eq!(c.hosts, [HostMatch::Exact("shop.example.com".into()), HostMatch::Wildcard(".example.org".into())]);
@@ -808,6 +929,7 @@ mod tests {
             cookie: Some(api::RouteCookie {
                 name: "ROUTE ID".into(),
                 same_site: Some(SameSite::None),
+                secure: CookieSecure::Never,
                 ..Default::default()
             }),
             ..Default::default()
@@ -823,7 +945,7 @@ mod tests {
         s.sticky = Some(api::Sticky {
             cookie: Some(api::RouteCookie {
                 name: "ROUTEID".into(),
-                secure: true,
+                secure: CookieSecure::Always,
                 same_site: Some(SameSite::Lax),
                 max_age: Some("1h".into()),
                 domain: Some("example.com".into()),
@@ -834,7 +956,8 @@ mod tests {
         let c = validate_static(id(), &s).unwrap();
         let cookie = c.sticky.unwrap().cookie.unwrap();
         assert_eq!(cookie.attributes, "; Path=/; Domain=example.com; Max-Age=3600; Secure; HttpOnly; SameSite=Lax");
-        assert_eq!((cookie.expires, cookie.attributes_no_same_site), (None, None));
+        assert_eq!((cookie.expires, cookie.conditional_same_site_none), (None, false));
+        assert_eq!(cookie.secure_attributes, cookie.attributes);
     }
 
     #[test]
@@ -843,7 +966,7 @@ mod tests {
         s.sticky = Some(api::Sticky {
             cookie: Some(api::RouteCookie {
                 name: "ROUTEID".into(),
-                secure: true,
+                secure: CookieSecure::Always,
                 same_site: Some(SameSite::None),
                 expires: Some("2h".into()),
                 conditional_same_site_none: Some(true),
@@ -854,7 +977,7 @@ mod tests {
         let c = validate_static(id(), &s).unwrap();
         let cookie = c.sticky.unwrap().cookie.unwrap();
         assert_eq!(cookie.attributes, "; Path=/; Secure; HttpOnly; SameSite=None");
-        assert_eq!(cookie.attributes_no_same_site.as_deref(), Some("; Path=/; Secure; HttpOnly"));
+        assert!(cookie.conditional_same_site_none);
         assert_eq!(cookie.expires, Some(Duration::from_secs(7200)));
     }
 
@@ -865,5 +988,57 @@ mod tests {
         s.frontend.path_type = Some(api::PathType::Exact);
         let c = validate_static(id(), &s).unwrap();
         assert_eq!((c.path_prefix.as_str(), c.path_exact), ("/a/", true));
+    }
+
+    #[test]
+    fn secure_auto_differs_by_scheme_and_the_old_bool_still_reads() {
+        let auto: api::RouteCookie = serde_yaml::from_str("{name: R}").unwrap();
+        assert_eq!(auto.secure, CookieSecure::Auto);
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.sticky = Some(api::Sticky { cookie: Some(auto), ..Default::default() });
+        let cookie = validate_static(id(), &s).unwrap().sticky.unwrap().cookie.unwrap();
+        assert_eq!(cookie.attributes, "; Path=/; HttpOnly");
+        assert_eq!(cookie.secure_attributes, "; Path=/; Secure; HttpOnly");
+        for (yaml, want) in
+            [("true", CookieSecure::Always), ("false", CookieSecure::Never), ("Never", CookieSecure::Never)]
+        {
+            let c: api::RouteCookie = serde_yaml::from_str(&format!("{{name: R, secure: {yaml}}}")).unwrap();
+            assert_eq!(c.secure, want, "{yaml}");
+        }
+        assert!(serde_yaml::from_str::<api::RouteCookie>("{name: R, secure: Sometimes}").is_err());
+    }
+
+    #[test]
+    fn backend_tls_needs_a_ca_unless_told_not_to_verify() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.backend.tls = Some(api::BackendTls { server_name: Some("bad name".into()), ..Default::default() });
+        s.health.active = Some(Default::default());
+        let errs = validate_static(id(), &s).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["spec.backend.tls.caSecretName", "spec.backend.tls.serverName", "spec.health.active"]);
+        s.health.active = None;
+        s.backend.tls = Some(api::BackendTls { insecure_skip_verify: Some(true), ..Default::default() });
+        let c = validate_static(id(), &s).unwrap();
+        assert!(c.backend_tls.unwrap().insecure_skip_verify);
+    }
+
+    #[test]
+    fn tls_entries_name_only_the_pools_hosts() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.frontend.hosts = vec!["shop.example.com".into(), "*.example.org".into()];
+        s.frontend.tls = vec![
+            api::FrontendTls { hosts: vec!["Shop.example.com".into()], secret_name: "shop-tls".into() },
+            api::FrontendTls { hosts: vec![], secret_name: "all".into() },
+        ];
+        s.frontend.hsts = Some(api::Hsts { max_age: Some(60), include_sub_domains: true, preload: false });
+        let c = validate_static(id(), &s).unwrap();
+        assert_eq!(c.tls[0].hosts, [HostMatch::Exact("shop.example.com".into())]);
+        assert_eq!(c.tls[1].hosts, c.hosts, "no hosts: every host of the pool");
+        assert_eq!(c.hsts.as_deref(), Some("max-age=60; includeSubDomains"));
+        s.frontend.tls =
+            vec![api::FrontendTls { hosts: vec!["bank.example.net".into()], secret_name: "Bad_Name".into() }];
+        let errs = validate_static(id(), &s).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["spec.frontend.tls[0].secretName", "spec.frontend.tls[0].hosts[0]"]);
     }
 }

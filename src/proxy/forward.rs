@@ -279,6 +279,7 @@ impl Proxy {
     fn refuse(
         &self,
         req: &Request<Incoming>,
+        client: &ClientIp,
         status: StatusCode,
         why: &'static str,
         started: Instant,
@@ -296,7 +297,8 @@ impl Proxy {
             self.metrics().client_error(ClientError::BadRequest);
         }
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-        let info = ReqInfo { method: req.method(), host, path: req.uri().path(), started, bytes_in };
+        let client = super::headers::forwarded(req.headers(), client).client;
+        let info = ReqInfo { method: req.method(), host, path: req.uri().path(), started, bytes_in, client };
         self.access_log(&info, None, None, &BalancerVars::default(), Outcome::of(&resp, 0));
         resp
     }
@@ -357,23 +359,60 @@ impl Proxy {
         let started = Instant::now();
         let bytes_in = req.body().size_hint().exact();
         if let Some((status, why)) = refusal(&req).or_else(|| normalize_path(&mut req).err()) {
-            return self.refuse(&req, status, why, started, bytes_in);
+            return self.refuse(&req, &client, status, why, started, bytes_in);
         }
         let snap = self.snapshot();
         let host = request_host(&req);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        let fwd = super::headers::forwarded(req.headers(), &client);
         let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
             let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
             if self.settings.metrics {
                 self.metrics().unmatched.inc();
             }
-            let info = ReqInfo { method: req.method(), host: host_str, path: req.uri().path(), started, bytes_in };
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
             let out = Outcome::of(&resp, 0);
             self.access_log(&info, None, None, &BalancerVars::default(), out);
             return resp;
         };
         let pool: &Pool = &snap.table.pools()[pi];
         let ext = &snap.ext[pi];
+        let upstream_tls = snap.tls.backend.get(pi).unwrap_or(&super::tls::UpstreamTls::Plain);
+        if let super::tls::UpstreamTls::Unavailable = upstream_tls {
+            let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "routeid: TLS to this pool's members is not ready\n");
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
+            self.access_log(&info, Some(&ext.balancer_name), None, &BalancerVars::default(), Outcome::of(&resp, 0));
+            return resp;
+        }
+        if pool.config.https_redirect
+            && !fwd.https
+            && let Some(resp) = super::tls::https_redirect(host_str, req.uri())
+        {
+            let info = ReqInfo {
+                method: req.method(),
+                host: host_str,
+                path: req.uri().path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            };
+            self.access_log(&info, Some(&ext.balancer_name), None, &BalancerVars::default(), Outcome::of(&resp, 0));
+            return resp;
+        }
         let sticky = pool.config.sticky.as_ref();
         let now = self.clock.now_ms();
 
@@ -405,9 +444,8 @@ impl Proxy {
         // that cannot take it now), as opposed to no route or a route of a pod that left.
         let session_member_listed = matches!(first, Choice::StickyHit(_) | Choice::Balanced(_, Balanced::Failover));
         // Read only when the pool asks for conditional `SameSite=None`.
-        let same_site_none_ok =
-            sticky.and_then(|c| c.cookie.as_ref()).is_none_or(|c| c.attributes_no_same_site.is_none())
-                || req.headers().get(header::USER_AGENT).is_none_or(|ua| same_site_none_compatible(ua.as_bytes()));
+        let same_site_none_ok = sticky.and_then(|c| c.cookie.as_ref()).is_none_or(|c| !c.conditional_same_site_none)
+            || req.headers().get(header::USER_AGENT).is_none_or(|ua| same_site_none_compatible(ua.as_bytes()));
         if self.settings.metrics {
             if sticky.is_some() {
                 let outcome = match first {
@@ -439,7 +477,14 @@ impl Proxy {
         // From here on, a request whose client goes away before its answer is logged as 499.
         let mut abandoned = LogIfAbandoned {
             proxy: &self,
-            info: ReqInfo { method: &method, host: host_str, path: parts.uri.path(), started, bytes_in },
+            info: ReqInfo {
+                method: &method,
+                host: host_str,
+                path: parts.uri.path(),
+                started,
+                bytes_in,
+                client: fwd.client,
+            },
             pool: &ext.balancer_name,
             armed: true,
         };
@@ -571,7 +616,7 @@ impl Proxy {
             let t = pool.config.timeouts;
             // Waiting for a free connection (maxConnections) ends within the response timeout.
             let limits = Limits::of(&pool.config, Limits::deadline_in(t.response));
-            let exchange = mext.conns.send(up, &limits);
+            let exchange = mext.conns.send(up, &limits, upstream_tls);
             match self.await_member(exchange, slot.as_ref(), t.response).await {
                 Waited::ClientFault(fault) => {
                     // The client's side failed: the member is not to blame, nothing is retried.
@@ -676,7 +721,7 @@ impl Proxy {
                 let keep = !cfg.change_on_failure
                     && session_member_listed
                     && matches!(vars.balanced, Some(Balanced::Failover | Balanced::Retry));
-                let cookie = CookieContext { same_site_none_ok };
+                let cookie = CookieContext { same_site_none_ok, https: fwd.https };
                 self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed && !keep, cookie);
             }
             if cfg.headers_to_client {
@@ -685,6 +730,11 @@ impl Proxy {
         }
         if self.settings.via {
             add_via(resp.headers_mut(), Version::HTTP_11);
+        }
+        if fwd.https
+            && let Some(Some(v)) = snap.tls.hsts.get(pi)
+        {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
         abandoned.armed = false;
         let out = Outcome::of(&resp, tried.len());
@@ -701,13 +751,16 @@ impl Proxy {
         ctx: CookieContext,
     ) {
         let Some(c) = &cfg.cookie else { return };
+        let attributes = if ctx.https { &c.secure_attributes } else { &c.attributes };
         let mut set = false;
         match c.mode {
             CookieMode::Insert => {
                 if route_changed {
-                    let attributes = match &c.attributes_no_same_site {
-                        Some(a) if !ctx.same_site_none_ok => a,
-                        _ => &c.attributes,
+                    // Only a user agent that rejects `SameSite=None` costs a copy.
+                    let attributes: Cow<'_, str> = if ctx.same_site_none_ok {
+                        Cow::Borrowed(attributes)
+                    } else {
+                        Cow::Owned(attributes.replace("; SameSite=None", ""))
                     };
                     let mut v = Vec::with_capacity(c.name.len() + route.len() + attributes.len() + 40);
                     v.extend_from_slice(c.name.as_bytes());
@@ -769,6 +822,7 @@ impl Proxy {
             bytes_in = req.bytes_in,
             bytes_out = out.bytes_out,
             duration_us = req.started.elapsed().as_micros() as u64,
+            client = %req.client,
             pool,
             member_address = member.map(tracing::field::display),
             attempts = out.attempts,
@@ -792,6 +846,8 @@ impl Proxy {
 struct CookieContext {
     /// The client's user agent accepts `SameSite=None` (or it does not matter).
     same_site_none_ok: bool,
+    /// The client connection is HTTPS (TLS, or a trusted front proxy said so).
+    https: bool,
 }
 
 struct ReqInfo<'a> {
@@ -801,6 +857,8 @@ struct ReqInfo<'a> {
     started: Instant,
     /// Request body length when known in advance (`Content-Length`).
     bytes_in: Option<u64>,
+    /// The client, as the trusted chain names it.
+    client: std::net::IpAddr,
 }
 
 /// What the access log says of the answer.

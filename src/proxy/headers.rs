@@ -72,35 +72,107 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The client's address, rendered once per connection for `X-Forwarded-For`.
+/// The client side of one connection, as the listener found it (once per connection): the
+/// client's address (the peer's, or the one its PROXY header carried), rendered for
+/// `X-Forwarded-For`; whether the connection is TLS; and, when the peer is a trusted proxy, the
+/// trusted list to read its `X-Forwarded-*` headers with.
 #[derive(Clone, Debug)]
 pub struct ClientIp {
     /// The address.
     pub ip: IpAddr,
     /// The address as a header value.
     pub value: HeaderValue,
+    /// The client connection is TLS.
+    pub tls: bool,
+    /// Set when `ip` is a trusted proxy.
+    pub trusted: Option<std::sync::Arc<super::listener::TrustedProxies>>,
 }
 
 impl ClientIp {
-    /// Renders `ip` once.
+    /// Renders `ip` once: a plain connection from an untrusted peer.
     pub fn new(ip: IpAddr) -> Self {
         let value = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ClientIp { ip, value }
+        ClientIp { ip, value, tls: false, trusted: None }
+    }
+
+    /// The same, over TLS or not.
+    pub fn secure(self, tls: bool) -> Self {
+        ClientIp { tls, ..self }
+    }
+
+    /// The same, from a trusted proxy (`Some`) or not.
+    pub fn trusting(self, trusted: Option<std::sync::Arc<super::listener::TrustedProxies>>) -> Self {
+        ClientIp { trusted, ..self }
     }
 }
 
-/// Sets `X-Forwarded-For` (appending the client to an existing list), `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&HeaderValue>) {
-    let appended = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => HeaderValue::try_from(format!("{prev}, {}", client.ip)).ok(),
-        _ => None,
+/// Who the client of one request is, after trusted proxies have had their say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The client: the rightmost untrusted hop of the trusted chain, or the peer.
+    pub client: IpAddr,
+    /// The client used HTTPS: to us, or to a trusted proxy that said so.
+    pub https: bool,
+}
+
+/// Who the client of a request is and whether it used HTTPS, without touching the headers: the
+/// peer itself, unless the peer is a trusted proxy whose `X-Forwarded-*` headers say more.
+pub fn forwarded(headers: &HeaderMap, client: &ClientIp) -> Forwarded {
+    let Some(trusted) = &client.trusted else {
+        return Forwarded { client: client.ip, https: client.tls };
     };
+    let xff = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|p| !p.trim().is_empty());
+    let https = match headers.get(&X_FORWARDED_PROTO) {
+        Some(p) => p.as_bytes().eq_ignore_ascii_case(b"https"),
+        None => client.tls,
+    };
+    Forwarded { client: xff.map_or(client.ip, |p| rightmost_untrusted(p, trusted, client.ip)), https }
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`. From a trusted proxy,
+/// its `X-Forwarded-For` is appended to and its `-Proto` / `-Host` are kept; from any other
+/// peer all three are replaced, so a client cannot forge them. Returns [`forwarded`].
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&HeaderValue>) -> Forwarded {
+    let proto = HeaderValue::from_static(if client.tls { "https" } else { "http" });
+    if client.trusted.is_none() {
+        headers.insert(X_FORWARDED_FOR.clone(), client.value.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        if let Some(h) = host {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        return Forwarded { client: client.ip, https: client.tls };
+    }
+    let found = forwarded(headers, client);
+    let prev = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|p| !p.trim().is_empty());
+    let appended = prev.and_then(|p| HeaderValue::try_from(format!("{p}, {}", client.ip)).ok());
     headers.insert(X_FORWARDED_FOR.clone(), appended.unwrap_or_else(|| client.value.clone()));
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(h) = host {
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    }
+    if let Some(h) = host
+        && !headers.contains_key(&X_FORWARDED_HOST)
+    {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
+    found
+}
+
+/// The client a trusted chain names: walking `X-Forwarded-For` from the right, the first hop
+/// that is not a trusted proxy. A hop that is not an address ends the walk at its right
+/// neighbour (what a trusted proxy wrote last), never at the forged value.
+fn rightmost_untrusted(xff: &str, trusted: &super::listener::TrustedProxies, peer: IpAddr) -> IpAddr {
+    let mut client = peer;
+    for hop in xff.rsplit(',').map(str::trim) {
+        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        else {
+            break;
+        };
+        client = ip;
+        if !trusted.contains(ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// Appends `Via: <version> routeid` (RFC 9110 §7.6.3).
@@ -155,13 +227,49 @@ mod tests {
         assert_eq!(h[header::CONNECTION], "upgrade");
     }
 
-    #[test]
-    fn forwarded_for_appends() {
+    fn spoofed() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        set_forwarded(&mut h, &ClientIp::new("127.0.0.1".parse().unwrap()), Some(&HeaderValue::from_static("shop")));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.0.0.2"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        h
+    }
+
+    #[test]
+    fn an_untrusted_peer_gets_its_forwarded_headers_replaced() {
+        let mut h = spoofed();
+        let f = set_forwarded(
+            &mut h,
+            &ClientIp::new("127.0.0.1".parse().unwrap()),
+            Some(&HeaderValue::from_static("shop")),
+        );
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop");
+        assert_eq!(f, Forwarded { client: "127.0.0.1".parse().unwrap(), https: false });
+        let mut h = HeaderMap::new();
+        let tls = ClientIp::new("127.0.0.1".parse().unwrap()).secure(true);
+        assert!(set_forwarded(&mut h, &tls, None).https);
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn a_trusted_peer_is_appended_to_and_names_the_client() {
+        let trusted = std::sync::Arc::new("10.0.0.0/8".parse::<super::super::listener::TrustedProxies>().unwrap());
+        let peer = ClientIp::new("10.0.0.1".parse().unwrap()).trusting(Some(trusted));
+        let mut h = spoofed();
+        let f = set_forwarded(&mut h, &peer, Some(&HeaderValue::from_static("shop")));
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.9, 10.0.0.2, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil", "kept from the trusted proxy");
+        // 10.0.0.2 is another trusted hop; 203.0.113.9 is the client; 6.6.6.6 is its forgery.
+        assert_eq!(f, Forwarded { client: "203.0.113.9".parse().unwrap(), https: true });
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("junk, 10.0.0.3"));
+        assert_eq!(set_forwarded(&mut h, &peer, None).client, "10.0.0.3".parse::<IpAddr>().unwrap());
+        let mut h = HeaderMap::new();
+        let f = set_forwarded(&mut h, &peer, None);
+        assert_eq!((f.client, f.https), (peer.ip, false));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
 }

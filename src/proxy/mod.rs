@@ -12,7 +12,10 @@ pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod health;
+pub mod listener;
+pub mod proxy_protocol;
 pub mod server;
+pub mod tls;
 pub(crate) mod tunnel;
 pub mod upstream;
 
@@ -57,6 +60,14 @@ pub struct ProxySettings {
     pub access_log_sample: u32,
     /// Count requests in Prometheus metrics.
     pub metrics: bool,
+    /// Peers whose `X-Forwarded-*` and PROXY protocol headers are believed.
+    pub trusted_proxies: listener::TrustedProxies,
+    /// The plain listener expects a PROXY protocol header (from trusted peers only).
+    pub proxy_protocol: bool,
+    /// The TLS listener expects a PROXY protocol header (from trusted peers only).
+    pub tls_proxy_protocol: bool,
+    /// Time a client has for the PROXY header and the TLS handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -69,6 +80,10 @@ impl Default for ProxySettings {
             access_log: true,
             access_log_sample: 1,
             metrics: true,
+            trusted_proxies: listener::TrustedProxies::default(),
+            proxy_protocol: false,
+            tls_proxy_protocol: false,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -101,6 +116,8 @@ pub struct Snapshot {
     /// The core table.
     pub table: RoutingTable,
     pub(crate) ext: Vec<Arc<PoolExt>>,
+    /// The SNI store and the pools' TLS problems, made with the table.
+    pub tls: Arc<tls::TlsSnapshot>,
 }
 
 /// The reverse proxy's shared state.
@@ -114,6 +131,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// In-memory balancer-manager changes (standalone mode), applied on every publication.
     overlay: Mutex<HashMap<crate::core::PoolId, HashMap<Route, MemberChange>>>,
+    /// Parsed TLS Secrets; read at publication only.
+    tls: Mutex<tls::Certificates>,
     pub(crate) log_counter: std::sync::atomic::AtomicU32,
     pub(crate) clock: Clock,
     pub(crate) settings: ProxySettings,
@@ -129,6 +148,7 @@ impl Proxy {
             tunnels: tunnel::Tunnels::default(),
             metrics: Arc::new(Metrics::new()),
             overlay: Mutex::new(HashMap::new()),
+            tls: Mutex::new(tls::Certificates::default()),
             log_counter: std::sync::atomic::AtomicU32::new(0),
             clock: Clock,
             settings,
@@ -157,6 +177,69 @@ impl Proxy {
         // Serialise publishers so two reloads cannot both build from the same previous table.
         let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.publish_locked(configs.into_iter().map(Into::into).collect())
+    }
+
+    /// Sets the Secret that serves TLS clients with no or an unknown server name, and republishes.
+    pub fn set_default_tls_secret(&self, secret: Option<tls::SecretRef>) {
+        let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.tls.lock().unwrap_or_else(|e| e.into_inner()).set_default(secret);
+        self.republish_locked();
+    }
+
+    /// Records changed Secrets (new content, or why there is none) and republishes the current
+    /// pools with them: new handshakes use the new certificates, open connections keep theirs.
+    /// Returns the problems found, by Secret, for the caller to report.
+    pub fn update_tls_secrets(
+        &self,
+        changes: &[(tls::SecretRef, Result<tls::TlsData, tls::CertError>)],
+    ) -> Vec<(tls::SecretRef, tls::CertError)> {
+        let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let problems = self.apply_secrets(changes);
+        self.republish_locked();
+        problems
+    }
+
+    /// Publishes pools and exactly these Secrets (a standalone file: Secrets it no longer holds
+    /// are forgotten) in one swap. A broken Secret keeps its last good certificate.
+    pub fn publish_with_secrets<C: Into<Arc<PoolConfig>>>(
+        &self,
+        configs: Vec<C>,
+        secrets: &[(tls::SecretRef, Result<tls::TlsData, tls::CertError>)],
+    ) -> (Vec<Conflict>, Vec<(tls::SecretRef, tls::CertError)>) {
+        let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut certs = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<tls::SecretRef> =
+                certs.known().filter(|r| !secrets.iter().any(|(s, _)| s == *r)).cloned().collect();
+            gone.iter().for_each(|r| certs.forget(r, &self.metrics));
+        }
+        let problems = self.apply_secrets(secrets);
+        (self.publish_locked(configs.into_iter().map(Into::into).collect()), problems)
+    }
+
+    /// Forgets Secrets no pool names any more (their certificates and expiry series go).
+    pub fn forget_tls_secrets(&self, gone: &[tls::SecretRef]) {
+        let mut certs = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        gone.iter().for_each(|r| certs.forget(r, &self.metrics));
+    }
+
+    fn apply_secrets(
+        &self,
+        changes: &[(tls::SecretRef, Result<tls::TlsData, tls::CertError>)],
+    ) -> Vec<(tls::SecretRef, tls::CertError)> {
+        let mut certs = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        changes
+            .iter()
+            .filter_map(|(r, data)| {
+                certs.apply(r, data.as_ref().map_err(Clone::clone), &self.metrics).map(|e| (r.clone(), e))
+            })
+            .collect()
+    }
+
+    fn republish_locked(&self) {
+        let configs: Vec<Arc<PoolConfig>> =
+            self.snapshot().table.pools().iter().map(|p| Arc::clone(&p.config)).collect();
+        self.publish_locked(configs);
     }
 
     /// Records an operator's change to a member in memory (standalone mode) and publishes it.
@@ -290,8 +373,9 @@ impl Proxy {
         } else {
             tracing::warn!("published outside a runtime: health checks not started");
         }
+        let tls = Arc::new(self.tls.lock().unwrap_or_else(|e| e.into_inner()).build(&table));
         self.metrics.publications.inc();
-        self.snapshot.store(Arc::new(Snapshot { table, ext }));
+        self.snapshot.store(Arc::new(Snapshot { table, ext, tls }));
         conflicts
     }
 }

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Proxy;
+use super::listener::Edge;
 
 /// How a listener protects itself from its clients; the proxy and admin listeners share it.
 #[derive(Clone, Debug)]
@@ -111,13 +112,17 @@ fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
 /// Accepts connections until `shutdown` turns true, then lets open connections finish their
 /// in-flight requests (closing idle keep-alive connections at once) and tunnels end, for at most
 /// the drain timeout; what is left then is closed. Returns when everything is closed.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, edge: Edge, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
     let limits = ListenerLimits::proxy(&proxy.settings);
     let p = Arc::clone(&proxy);
-    let deadline = run(listener, limits, shutdown, move |peer| {
-        let client = super::headers::ClientIp::new(peer.ip());
-        let proxy = Arc::clone(&p);
-        move |req| Arc::clone(&proxy).handle(req, client.clone())
+    let deadline = run_with(listener, limits, shutdown, move |stream, peer| {
+        let (edge, proxy) = (edge.clone(), Arc::clone(&p));
+        async move {
+            // TLS handshake and PROXY header, bounded by the edge's own timeout.
+            let (stream, client) = edge.accept(stream, peer).await?;
+            let handler = move |req| Arc::clone(&proxy).handle(req, client.clone());
+            Some((stream, peer, handler))
+        }
     })
     .await;
     proxy.tunnels.drain(deadline).await;
@@ -134,6 +139,29 @@ pub(crate) async fn run<M, H, F, B>(
 ) -> Instant
 where
     M: Fn(SocketAddr) -> H,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    run_with(listener, limits, shutdown, |stream, peer| std::future::ready(Some((stream, peer, make_handler(peer)))))
+        .await
+}
+
+/// Like [`run`], with an asynchronous step between accepting a socket and serving HTTP on it
+/// (`prepare`: a TLS handshake, a PROXY protocol header), run in the connection's own task;
+/// `None` closes the connection.
+pub(crate) async fn run_with<P, PF, S, H, F, B>(
+    listener: TcpListener,
+    limits: ListenerLimits,
+    shutdown: watch::Receiver<bool>,
+    prepare: P,
+) -> Instant
+where
+    P: Fn(TcpStream, SocketAddr) -> PF,
+    PF: Future<Output = Option<(S, SocketAddr, H)>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
@@ -159,17 +187,17 @@ where
         };
         let _ = stream.set_nodelay(true);
         set_tcp_keepalive(&stream);
-        let conn = serve_connection(
-            builder.clone(),
-            stream,
-            peer,
-            make_handler(peer),
-            Arc::clone(&limits),
-            shutdown.clone(),
-            abort.clone(),
-        );
+        let prepared = prepare(stream, peer);
+        let (builder, limits, shutdown, abort) =
+            (builder.clone(), Arc::clone(&limits), shutdown.clone(), abort.clone());
         tracker.spawn(async move {
-            conn.await;
+            let prepared = tokio::select! {
+                p = prepared => p,
+                _ = abort.cancelled() => None,
+            };
+            if let Some((io, peer, handler)) = prepared {
+                serve_connection(builder, io, peer, handler, limits, shutdown, abort).await;
+            }
             drop(permit);
         });
     })

@@ -263,12 +263,13 @@ impl MemberConns {
     }
 
     /// Sends `req` over the newest idle connection, or a new one (made within
-    /// `limits.connect`); at `limits.max_connections` it waits for one until
-    /// `limits.deadline`.
+    /// `limits.connect`, with TLS when `tls` says so); at `limits.max_connections` it waits for
+    /// one until `limits.deadline`.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
         limits: &Limits,
+        tls: &super::tls::UpstreamTls,
     ) -> Result<Response<MemberBody>, Failed> {
         loop {
             while let Some(mut conn) = self.pop_idle() {
@@ -293,7 +294,7 @@ impl MemberConns {
                 }
             }
             if let Some(slot) = self.reserve(limits.max_connections) {
-                return self.send_fresh(req, slot, limits).await;
+                return self.send_fresh(req, slot, limits, tls).await;
             }
             if !self.wait_for_free(limits).await {
                 let max = limits.max_connections.unwrap_or(u32::MAX);
@@ -307,8 +308,9 @@ impl MemberConns {
         req: Request<UpstreamBody>,
         slot: Slot,
         limits: &Limits,
+        tls: &super::tls::UpstreamTls,
     ) -> Result<Response<MemberBody>, Failed> {
-        let mut conn = match self.connect(slot, limits).await {
+        let mut conn = match self.connect(slot, limits, tls).await {
             Ok(c) => c,
             Err(source) => {
                 return Err(Failed { error: SendError::Connect { addr: self.addr, source }, request: Some(req) });
@@ -364,7 +366,7 @@ impl MemberConns {
         }
     }
 
-    async fn connect(&self, slot: Slot, limits: &Limits) -> std::io::Result<Conn> {
+    async fn connect(&self, slot: Slot, limits: &Limits, tls: &super::tls::UpstreamTls) -> std::io::Result<Conn> {
         let stream = tokio::time::timeout(limits.connect, TcpStream::connect(self.addr))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -373,9 +375,28 @@ impl MemberConns {
         let budget = Arc::new(ReadBudget::new());
         // The slot lives as long as the socket: the connection, or the tunnel it becomes.
         let io = Metered { io: stream, budget: Arc::clone(&budget), _slot: slot };
+        let sender = match tls {
+            super::tls::UpstreamTls::Tls { config, server_name } => {
+                let name = server_name.clone().unwrap_or_else(|| self.addr.ip().into());
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+                let stream = tokio::time::timeout(limits.connect, connector.connect(name, io))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                self.handshake(stream).await?
+            }
+            _ => self.handshake(io).await?,
+        };
+        Ok(Conn { sender, budget, idle_for: limits.idle })
+    }
+
+    /// HTTP/1.1 over a connected stream; the connection runs in its own task.
+    async fn handshake<S>(&self, stream: S) -> std::io::Result<SendRequest<UpstreamBody>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(super::MAX_BUF_PER_CONNECTION)
-            .handshake(TokioIo::new(io))
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
         let addr = self.addr;
@@ -384,7 +405,7 @@ impl MemberConns {
                 tracing::debug!(%addr, error = %e, "member connection ended");
             }
         });
-        Ok(Conn { sender, budget, idle_for: limits.idle })
+        Ok(sender)
     }
 
     /// Checks the member's response head (and its first body frame when it came along) before

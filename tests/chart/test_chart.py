@@ -31,6 +31,8 @@ INGRESS_RULES = {
 }
 # Cluster-scoped, so always in a ClusterRole (ingress mode).
 INGRESS_CLASS_RULES = {("networking.k8s.io", "ingressclasses"): ["get", "list", "watch"]}
+# Ingress mode serves TLS: the Secrets pools name (one watch each, fieldSelector metadata.name).
+INGRESS_WATCH_RULES = {**WATCH_RULES, ("", "secrets"): ["get", "list", "watch"]}
 LEASE_RULES = {("coordination.k8s.io", "leases"): ["get", "create", "update", "patch"]}  # kube-lease-manager
 
 
@@ -157,7 +159,7 @@ def check_binding(rel, binding: dict, role: dict, sa_name: str, sa_ns: str):
 def test_rbac_all_namespaces():
     rel = rendered("default")
     role, binding = rel.one("ClusterRole"), rel.one("ClusterRoleBinding")
-    assert rules_of(role) == WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES
+    assert rules_of(role) == INGRESS_WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES
     check_binding(rel, binding, role, "routeid", "routeid")
     lease, lease_binding = rel.one("Role"), rel.one("RoleBinding")
     assert lease["metadata"] == {**lease["metadata"], "name": "routeid-lease", "namespace": "routeid"}
@@ -176,7 +178,7 @@ def test_rbac_one_namespace():
     check_binding(rel, rel.one("ClusterRoleBinding"), classes, "routeid", "routeid")
     watch = rel.one("Role", "routeid")
     assert watch["metadata"]["namespace"] == "web"
-    assert rules_of(watch) == WATCH_RULES | INGRESS_RULES
+    assert rules_of(watch) == INGRESS_WATCH_RULES | INGRESS_RULES
     check_binding(rel, rel.one("RoleBinding", "routeid"), watch, "routeid", "routeid")
     lease = rel.one("Role", "routeid-lease")
     assert lease["metadata"]["namespace"] == "routeid" and rules_of(lease) == LEASE_RULES
@@ -202,6 +204,14 @@ def test_rbac_lease_namespace_and_disabled_election():
     assert not rel.of_kind("Role") and not rel.of_kind("RoleBinding")
     a = args_of(container(rel))
     assert a["no-leader-election"] is True and "lease-namespace" not in a
+
+
+def test_tls_can_be_switched_off():
+    rel = helmrender.render({"tls": {"enabled": False, "port": 8443, "servicePort": 443}})
+    a = args_of(container(rel))
+    assert "tls-listen" not in a and "default-tls-secret" not in a
+    assert [p["name"] for p in rel.one("Service")["spec"]["ports"]] == ["http"]
+    assert rules_of(rel.one("ClusterRole")) == WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES, "no Secret access without TLS"
 
 
 def test_rbac_and_service_account_can_be_left_out():
@@ -249,7 +259,8 @@ def test_probes_on_the_admin_port(name):
     if name == "sidecar":
         assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": admin_port}
     else:
-        assert ports == {"http": int(a["listen"].rsplit(":", 1)[1]), "admin": admin_port}
+        https = int(a["tls-listen"].rsplit(":", 1)[1])
+        assert ports == {"http": int(a["listen"].rsplit(":", 1)[1]), "https": https, "admin": admin_port}
 
 
 @pytest.mark.parametrize("name", ["default", "namespaced", "full"])
@@ -324,6 +335,7 @@ def test_default_args_match_the_cli_defaults():
     assert a == {
         "listen": "0.0.0.0:8080",
         "admin-listen": "0.0.0.0:9901",
+        "tls-listen": "0.0.0.0:8443",
         "ingress-class": "routeid",
         "default-class": "true",
         "lease-namespace": "routeid",
@@ -342,6 +354,11 @@ def test_full_values_reach_the_pod():
     assert a["via"] is True and a["no-access-log"] is True
     assert a["client-idle-timeout"] == "2m" and a["log-format"] == "text"
     assert a["identity"] == "$(POD_NAME)"
+    assert a["tls-listen"] == "0.0.0.0:9443" and a["handshake-timeout"] == "5s"
+    assert a["default-tls-secret"] == "routeid-system/wildcard-example-com"
+    assert a["trusted-proxies"] == "10.0.0.0/8,192.168.7.1"
+    assert a["proxy-protocol"] is True and a["tls-proxy-protocol"] is True
+    assert {"name": "https", "containerPort": 9443, "protocol": "TCP"} in c["ports"]
     assert c["image"] == "registry.example.com/platform/routeid@sha256:" + "0123456789abcdef" * 4
     assert c["imagePullPolicy"] == "Always"
     assert rel.one("Deployment")["spec"]["replicas"] == 3
@@ -385,7 +402,10 @@ def test_services_default():
     svc = rel.one("Service")
     assert svc["metadata"]["name"] == "routeid"
     assert svc["spec"]["type"] == "ClusterIP"
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"},
+    ]
     assert "externalTrafficPolicy" not in svc["spec"]
     assert not rel.of_kind("ServiceMonitor"), "no ServiceMonitor unless enabled"
 
@@ -396,6 +416,7 @@ def test_services_full():
     assert proxy["spec"]["type"] == "LoadBalancer"
     assert proxy["spec"]["externalTrafficPolicy"] == "Local"
     assert proxy["spec"]["ports"][0]["nodePort"] == 30080
+    assert proxy["spec"]["ports"][1] == {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP", "nodePort": 30443}
     assert proxy["spec"]["loadBalancerClass"] == "service.k8s.aws/nlb"
     assert proxy["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
     assert proxy["metadata"]["labels"]["exposure"] == "public"
@@ -476,6 +497,11 @@ BAD_VALUES = [
     ({"image": {"digest": "latest"}}, "/image/digest"),
     ({"extraArgs": ["controller"]}, "/extraArgs/0"),
     ({"sidecar": {"listen": "localhost:15001"}}, "/sidecar/listen"),
+    ({"defaultTlsSecret": "just-a-name"}, "/defaultTlsSecret"),
+    ({"trustedProxies": "10.0.0.0/8"}, "/trustedProxies"),
+    ({"trustedProxies": ["everyone"]}, "/trustedProxies/0"),
+    ({"tls": {"enabled": True, "port": 0, "servicePort": 443}}, "/tls/port"),
+    ({"proxyProtocol": {"tcp": True}}, "tcp"),
     # Checks across values, in the templates:
     ({"shutdown": {"terminationGracePeriodSeconds": 20}}, "must be at least"),
     ({"leaderElection": {"enabled": False}}, "needs replicas: 1"),

@@ -52,7 +52,8 @@ async fn list_with_label_selectors_namespaced_and_cluster_wide() {
         assert_eq!(names(web.list(&shop).await.unwrap()), ["a"]);
         let not_shop = ListParams::default().labels("kubernetes.io/service-name!=shop");
         assert_eq!(names(web.list(&not_shop).await.unwrap()), ["b", "d"]);
-        let err = web.list(&ListParams::default().fields("metadata.name=a")).await.unwrap_err();
+        assert_eq!(names(web.list(&ListParams::default().fields("metadata.name=a")).await.unwrap()), ["a"]);
+        let err = web.list(&ListParams::default().fields("metadata.namespace=web")).await.unwrap_err();
         assert!(err.to_string().contains("fieldSelector"), "{err}");
     })
     .await;

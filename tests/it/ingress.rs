@@ -428,9 +428,9 @@ async fn conditional_samesite_none_is_withheld_from_incompatible_user_agents() {
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
         let old = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/62.0 Safari/537.36";
         let set = cookie_of(&host_get(&r, &[("user-agent", modern)]).await, "INGRESSCOOKIE").unwrap();
-        assert!(set.ends_with("; Path=/app; Secure; HttpOnly; SameSite=None"), "{set}");
+        assert!(set.ends_with("; Path=/app; HttpOnly; SameSite=None"), "{set}");
         let set = cookie_of(&host_get(&r, &[("user-agent", old)]).await, "INGRESSCOOKIE").unwrap();
-        assert!(set.ends_with("; Path=/app; Secure; HttpOnly"), "{set}");
+        assert!(set.ends_with("; Path=/app; HttpOnly"), "{set}");
         r.stop().await;
     })
     .await;
@@ -459,6 +459,48 @@ async fn publish_service_copies_the_services_load_balancer_addresses() {
         // The load balancer moves: the Ingress follows.
         services.patch_status("routeid", &PatchParams::default(), &Patch::Merge(lb("198.51.100.2"))).await.unwrap();
         eventually(WAIT, "the new address", || async { ip_of().await.as_deref() == Some("198.51.100.2") }).await;
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_tls_serves_the_secrets_certificate_secures_the_cookie_and_redirects_http() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let cert = crate::support::tls::TestCert::new(&[HOST]);
+        kube.put_tls_secret(NS, "shop-tls", &cert.data).await;
+        class(&kube, "routeid", "routeid.io/ingress-controller").await;
+        service(&kube, "shop", "http", 80, json!("http")).await;
+        let m = Member::start("shop-0").await;
+        kube.put_slice(&serde_json::from_value(named_slice("shop", "shop-0", "http", m.addr, Cond::Ready)).unwrap())
+            .await;
+        let mut ing = ingress_json(
+            "shop",
+            "routeid",
+            json!({"nginx.ingress.kubernetes.io/affinity": "cookie"}),
+            json!({"number": 80}),
+        );
+        ing["spec"]["tls"] = json!([{"hosts": [HOST], "secretName": "shop-tls"}]);
+        create(ingresses(&kube), ing).await;
+        let r = Replica::start_tls(&api, options("r1")).await;
+        eventually(WAIT, "the pool", || async { pool_members(&r, "shop").len() == 1 }).await;
+        let tls_addr = r.running.tls_addr.expect("a TLS listener");
+        eventually(WAIT, "the Secret's certificate", || async {
+            let got = crate::support::tls::https_get(tls_addr, Some(HOST), &[b"http/1.1"], HOST, "/", &[]).await;
+            got.is_ok_and(|g| g.cert == cert.der)
+        })
+        .await;
+        let shown =
+            crate::support::tls::https_get(tls_addr, Some(HOST), &[b"http/1.1"], HOST, "/app/cart", &[]).await.unwrap();
+        assert_eq!(shown.status, 200);
+        let set =
+            shown.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+        assert!(set.iter().any(|c| c.starts_with("INGRESSCOOKIE=.shop-0") && c.contains("; Secure")), "{set:?}");
+        // ssl-redirect defaults to true for a host with a certificate.
+        let plain = host_get(&r, &[]).await;
+        assert_eq!(plain.status, 308);
         r.stop().await;
     })
     .await;

@@ -32,3 +32,4 @@ mod proxy_timeouts;
 mod proxy_tunnels;
 mod smoke;
 mod sticky;
+mod tls;

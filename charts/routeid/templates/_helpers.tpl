@@ -144,6 +144,11 @@ app.kubernetes.io/part-of: routeid
 - apiGroups: [events.k8s.io]            # MemberAdded / MemberRemoved / InvalidSpec on pools
   resources: [events]
   verbs: [create, patch]
+{{- if and .Values.tls.enabled (ne .Values.mode "sidecar") }}
+- apiGroups: [""]                       # TLS certificates: one watch per Secret a pool names (fieldSelector metadata.name)
+  resources: [secrets]
+  verbs: [get, list, watch]
+{{- end }}
 {{- end }}
 
 {{/* Ingress mode: the Ingresses served, and their status (status.loadBalancer). */}}
@@ -196,6 +201,26 @@ args:
   {{- end }}
   - --listen=0.0.0.0:{{ .Values.proxy.port }}
   - --admin-listen=0.0.0.0:{{ .Values.admin.port }}
+  {{- if .Values.tls.enabled }}
+  - --tls-listen=0.0.0.0:{{ .Values.tls.port }}
+  {{- with .Values.tls.handshakeTimeout }}
+  {{- if ne . "10s" }}
+  - --handshake-timeout={{ . }}
+  {{- end }}
+  {{- end }}
+  {{- with .Values.defaultTlsSecret }}
+  - --default-tls-secret={{ . }}
+  {{- end }}
+  {{- if .Values.proxyProtocol.https }}
+  - --tls-proxy-protocol
+  {{- end }}
+  {{- end }}
+  {{- if .Values.proxyProtocol.http }}
+  - --proxy-protocol
+  {{- end }}
+  {{- end }}
+  {{- with .Values.trustedProxies }}
+  - --trusted-proxies={{ join "," . }}
   {{- end }}
   - --ingress-class={{ include "routeid.ingressClass" . }}
   - --default-class={{ include "routeid.defaultClass" . }}
@@ -243,6 +268,11 @@ ports:
   - name: http
     containerPort: {{ .Values.proxy.port }}
     protocol: TCP
+  {{- if .Values.tls.enabled }}
+  - name: https
+    containerPort: {{ .Values.tls.port }}
+    protocol: TCP
+  {{- end }}
   {{- end }}
   - name: {{ ternary "routeid-admin" "admin" $sidecar }}
     containerPort: {{ $adminPort }}

@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::api::CookieMode;
+use crate::api::{CookieMode, CookieSecure};
 use crate::controller::index::ClassFilter;
 use crate::core::config::PoolConfig;
 
@@ -227,7 +227,11 @@ fn affinity_cookie_defaults() {
     assert_eq!(sticky.change_on_failure, Some(false), "ingress-nginx's default");
     let c = sticky.cookie.unwrap();
     assert_eq!((c.name.as_str(), c.mode, c.path.as_deref()), ("INGRESSCOOKIE", CookieMode::Insert, Some("/cart")));
-    assert_eq!((c.secure, c.http_only, c.same_site, c.max_age, c.expires), (false, Some(true), None, None, None));
+    assert_eq!(
+        (c.secure, c.http_only, c.same_site, c.max_age, c.expires),
+        (CookieSecure::Auto, Some(true), None, None, None),
+        "Secure over HTTPS, as ingress-nginx"
+    );
 }
 
 #[test]
@@ -282,7 +286,14 @@ fn session_cookie_expires_and_max_age() {
 
 #[test]
 fn session_cookie_secure() {
-    assert!(cookie(json!({"nginx.ingress.kubernetes.io/session-cookie-secure": "true"})).secure);
+    assert_eq!(
+        cookie(json!({"nginx.ingress.kubernetes.io/session-cookie-secure": "true"})).secure,
+        CookieSecure::Always
+    );
+    assert_eq!(
+        cookie(json!({"nginx.ingress.kubernetes.io/session-cookie-secure": "false"})).secure,
+        CookieSecure::Never
+    );
     let e = refused(sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-secure": "yes"})));
     assert!(e[0].reason.contains("\"yes\" is not \"true\" or \"false\""));
 }
@@ -290,9 +301,9 @@ fn session_cookie_secure() {
 #[test]
 fn session_cookie_samesite() {
     let c = cookie(json!({"nginx.ingress.kubernetes.io/session-cookie-samesite": "Strict"}));
-    assert_eq!((c.same_site, c.secure), (Some(SameSite::Strict), false));
+    assert_eq!(c.same_site, Some(SameSite::Strict));
     let c = cookie(json!({"nginx.ingress.kubernetes.io/session-cookie-samesite": "None"}));
-    assert_eq!((c.same_site, c.secure), (Some(SameSite::None), true), "None implies Secure");
+    assert_eq!((c.same_site, c.secure), (Some(SameSite::None), CookieSecure::Auto));
     let e = refused(sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-samesite": "lax"})));
     assert!(e[0].reason.contains("is not one of None, Lax, Strict"));
 }
@@ -312,21 +323,47 @@ fn session_cookie_change_on_failure() {
     assert_eq!(s.sticky.unwrap().change_on_failure, Some(true));
 }
 
-#[test]
-fn ssl_redirect_without_tls_is_a_note() {
-    for a in ["ssl-redirect", "force-ssl-redirect"] {
-        let t = translate(&simple(json!({format!("nginx.ingress.kubernetes.io/{a}"): "true"})), "routeid").unwrap();
-        assert!(t.notes[0].contains("TLS is not available"), "{a}");
-    }
-    let t = translate(&simple(json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"})), "routeid").unwrap();
-    assert!(t.notes.is_empty());
+fn with_tls(annotations: Value, tls: Value) -> Ingress {
+    let mut ing = simple(annotations);
+    ing.spec.as_mut().unwrap().tls = Some(serde_json::from_value(tls).unwrap());
+    ing
 }
 
 #[test]
-fn spec_tls_without_tls_is_a_note() {
-    let mut ing = simple(json!({}));
-    ing.spec.as_mut().unwrap().tls = Some(vec![Default::default()]);
-    assert_eq!(translate(&ing, "routeid").unwrap().notes.len(), 1);
+fn spec_tls_names_the_certificate_for_the_rule_host() {
+    let s = one(&with_tls(json!({}), json!([{"hosts": ["shop.example.com"], "secretName": "shop-tls"}])));
+    assert_eq!(
+        s.frontend.tls,
+        [FrontendTls { hosts: vec!["shop.example.com".into()], secret_name: "shop-tls".into() }]
+    );
+    // A wildcard certificate, and an entry without hosts, cover the rule host too.
+    let s =
+        one(&with_tls(json!({}), json!([{"hosts": ["*.example.com"], "secretName": "wild"}, {"secretName": "any"}])));
+    let secrets: Vec<&str> = s.frontend.tls.iter().map(|t| t.secret_name.as_str()).collect();
+    assert_eq!(secrets, ["wild", "any"]);
+    // Another host's certificate is not this rule's, and is reported.
+    let t = translate(&with_tls(json!({}), json!([{"hosts": ["bank.example.net"], "secretName": "bank"}])), "routeid")
+        .unwrap();
+    assert!(t.pools[0].spec.frontend.tls.is_empty());
+    assert!(t.notes[0].contains("no rule serves host \"bank.example.net\""), "{:?}", t.notes);
+    let t = translate(&with_tls(json!({}), json!([{"hosts": ["shop.example.com"]}])), "routeid").unwrap();
+    assert!(t.notes[0].contains("names no Secret"));
+}
+
+#[test]
+fn ssl_redirect_defaults_to_true_for_hosts_with_a_certificate() {
+    let tls = json!([{"hosts": ["shop.example.com"], "secretName": "shop-tls"}]);
+    assert_eq!(one(&with_tls(json!({}), tls.clone())).frontend.https_redirect, Some(true));
+    let off = json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"});
+    assert_eq!(one(&with_tls(off, tls)).frontend.https_redirect, Some(false));
+    assert_eq!(one(&simple(json!({}))).frontend.https_redirect, Some(false), "no certificate, no redirect");
+    assert!(!refused(json!({"nginx.ingress.kubernetes.io/ssl-redirect": "on"})).is_empty());
+}
+
+#[test]
+fn force_ssl_redirect_without_a_certificate() {
+    let s = one(&simple(json!({"nginx.ingress.kubernetes.io/force-ssl-redirect": "true"})));
+    assert_eq!(s.frontend.https_redirect, Some(true));
 }
 
 #[test]
@@ -492,6 +529,7 @@ fn cookie_attributes_reach_the_pool_config() {
     let sticky = got[0].sticky.as_ref().unwrap();
     let c = sticky.cookie.as_ref().unwrap();
     assert_eq!(c.attributes, "; Path=/cart; Domain=example.com; Max-Age=3600; Secure; HttpOnly; SameSite=Lax");
+    assert_eq!(c.secure_attributes, c.attributes, "session-cookie-secure: true is Always");
     assert_eq!(c.expires, Some(Duration::from_secs(7200)));
     assert!(!sticky.change_on_failure);
 }

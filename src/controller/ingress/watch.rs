@@ -183,7 +183,7 @@ impl Loop {
                 let port = IngressPortStatus {
                     port: 443,
                     protocol: "TCP".into(),
-                    error: Some("routeid.io/TLSNotAvailable".into()),
+                    error: Some("routeid.io/TLSNotApplied".into()),
                 };
                 entries.iter_mut().for_each(|e| e.ports = Some(vec![port.clone()]));
             }

@@ -23,8 +23,9 @@ fn with_cookie(mut c: StickyConfig, name: &str, mode: CookieMode) -> StickyConfi
         indirect: true,
         nocache: true,
         attributes: "; Path=/".into(),
-        attributes_no_same_site: None,
+        conditional_same_site_none: false,
         expires: None,
+        secure_attributes: "; Path=/; Secure".into(),
     });
     c
 }

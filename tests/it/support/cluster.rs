@@ -55,6 +55,29 @@ impl Replica {
         Replica { running, controller }
     }
 
+    /// A replica that also serves HTTPS (`--tls-listen`), certificates from Secrets.
+    pub async fn start_tls(api: &FakeApiServer, opts: ControllerOptions) -> Replica {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let settings = ProxySettings { drain_timeout: Duration::from_secs(2), access_log: false, ..Default::default() };
+        let tls =
+            routeid::runtime::TlsStart { listen: any, secrets: Vec::new(), default: opts.default_tls_secret.clone() };
+        let (running, _) = Running::start_full(
+            settings,
+            any,
+            any,
+            Vec::new(),
+            routeid::admin::AdminState::new(
+                routeid::admin::manager::Manager::new(None, routeid::admin::manager::Persistence::InMemory),
+                false,
+            ),
+            Some(tls),
+        )
+        .await
+        .unwrap();
+        let controller = Controller::start(api.client(), opts, running.proxy.clone(), running.admin.clone());
+        Replica { running, controller }
+    }
+
     pub fn proxy(&self) -> SocketAddr {
         self.running.proxy_addr
     }
@@ -194,6 +217,27 @@ impl Kube {
 
     pub async fn delete_slice(&self, name: &str) {
         self.slices().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+
+    /// Creates or replaces a `kubernetes.io/tls` Secret in `ns` (apply).
+    pub async fn put_tls_secret(&self, ns: &str, name: &str, data: &routeid::proxy::tls::TlsData) {
+        use k8s_openapi::ByteString;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": ns},
+            "type": "kubernetes.io/tls",
+        }))
+        .unwrap();
+        let mut secret = secret;
+        secret.data = Some(
+            [
+                ("tls.crt".to_owned(), ByteString(data.crt.clone())),
+                ("tls.key".to_owned(), ByteString(data.key.clone())),
+            ]
+            .into(),
+        );
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), ns);
+        api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&secret)).await.unwrap();
     }
 
     pub async fn status(&self, name: &str) -> Option<routeid::api::BalancerPoolStatus> {

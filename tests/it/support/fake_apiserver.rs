@@ -24,7 +24,8 @@
 //!   and core v1) need nothing special.
 //!
 //! What it does not do: authentication, RBAC, admission, defaulting, schema or CEL validation,
-//! `fieldSelector` (refused with 400), pagination (`limit` is ignored, everything comes in one
+//! `fieldSelector` other than `metadata.name=NAME` (refused with 400; that one is how the
+//! controller watches exactly the Secrets pools name), pagination (`limit` is ignored, everything comes in one
 //! page), JSON patch, real strategic-merge list semantics, `managedFields` in responses, garbage
 //! collection, finalizers, discovery documents, protobuf, HTTP/2, TLS.
 //!
@@ -337,6 +338,28 @@ fn decode(s: &str) -> String {
 }
 
 /// `k`, `!k`, `k=v`, `k==v`, `k!=v`, comma-separated (no set-based `in`/`notin`).
+/// What a LIST or WATCH selects: a label selector and, optionally, one object name.
+struct Selector {
+    labels: String,
+    name: Option<String>,
+}
+
+impl Selector {
+    fn of(q: &HashMap<String, String>) -> Selector {
+        let name = q.get("fieldSelector").and_then(|f| {
+            let v = f.strip_prefix("metadata.name=").or_else(|| f.strip_prefix("metadata.name=="))?;
+            (!v.contains(',')).then(|| v.to_owned())
+        });
+        Selector { labels: q.get("labelSelector").cloned().unwrap_or_default(), name }
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        let name_ok =
+            self.name.as_deref().is_none_or(|n| obj.pointer("/metadata/name").and_then(Value::as_str) == Some(n));
+        name_ok && labels_match(&self.labels, obj)
+    }
+}
+
 fn labels_match(selector: &str, obj: &Value) -> bool {
     let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
     let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
@@ -489,8 +512,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         return status_error(StatusCode::NOT_FOUND, "NotFound", format!("no such path {}", req.uri().path()));
     };
     let q = query(&req);
-    if q.get("fieldSelector").is_some_and(|f| !f.is_empty()) {
-        return status_error(StatusCode::BAD_REQUEST, "BadRequest", "the fake API server does not do fieldSelector");
+    if q.get("fieldSelector").is_some_and(|f| !f.is_empty() && Selector::of(&q).name.is_none()) {
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the fake API server does only fieldSelector=metadata.name=NAME",
+        );
     }
     let method = req.method().clone();
     let content_type =
@@ -533,10 +560,9 @@ fn in_scope(t: &Target, key: &Key) -> bool {
 }
 
 fn list(state: &State, t: &Target, q: &HashMap<String, String>) -> Response<Body> {
-    let sel = q.get("labelSelector").cloned().unwrap_or_default();
+    let sel = Selector::of(q);
     let s = state.store.lock().unwrap();
-    let mut items: Vec<(&Key, &Value)> =
-        s.objects.iter().filter(|(k, o)| in_scope(t, k) && labels_match(&sel, o)).collect();
+    let mut items: Vec<(&Key, &Value)> = s.objects.iter().filter(|(k, o)| in_scope(t, k) && sel.matches(o)).collect();
     items.sort_by(|a, b| a.0.cmp(b.0));
     let items: Vec<Value> = items.into_iter().map(|(_, o)| o.clone()).collect();
     let v = json!({
@@ -725,7 +751,7 @@ fn event_line(type_: &str, object: &Value) -> Bytes {
 }
 
 fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<Body> {
-    let sel = q.get("labelSelector").cloned().unwrap_or_default();
+    let sel = Selector::of(&q);
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let timeout = q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(1800);
     let from: Option<u64> =
@@ -740,7 +766,7 @@ fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<B
         let backlog: Result<Vec<Bytes>, ()> = match from {
             None => {
                 let mut objs: Vec<(&Key, &Value)> =
-                    s.objects.iter().filter(|(k, o)| in_scope(&t, k) && labels_match(&sel, o)).collect();
+                    s.objects.iter().filter(|(k, o)| in_scope(&t, k) && sel.matches(o)).collect();
                 objs.sort_by(|a, b| a.0.cmp(b.0));
                 Ok(objs.into_iter().map(|(_, o)| event_line("ADDED", o)).collect())
             }
@@ -748,7 +774,7 @@ fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<B
             Some(rv) => Ok(s
                 .history
                 .iter()
-                .filter(|e| e.rv > rv && in_scope(&t, &e.key) && labels_match(&sel, &e.object))
+                .filter(|e| e.rv > rv && in_scope(&t, &e.key) && sel.matches(&e.object))
                 .map(|e| event_line(e.type_, &e.object))
                 .collect()),
         };
@@ -798,7 +824,7 @@ fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<B
                 _ = tx.closed() => return,
                 ev = sub.recv() => match ev {
                     Ok(ev) => {
-                        if ev.rv > current_rv && in_scope(&t, &ev.key) && labels_match(&sel, &ev.object)
+                        if ev.rv > current_rv && in_scope(&t, &ev.key) && sel.matches(&ev.object)
                             && tx.send(Ok(Frame::data(event_line(ev.type_, &ev.object)))).await.is_err()
                         {
                             return;

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod fake_apiserver;
 pub mod switchable;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
