@@ -176,88 +176,8 @@ struct Shared {
 
 fn shared(a: &mut Annotations<'_>) -> Shared {
     let mut out = Shared::default();
-    let cookie = match a.nginx("affinity") {
-        None => false,
-        Some("cookie") => true,
-        Some(v) => {
-            a.bad(NGINX_PREFIX, "affinity", v, "is not supported: only \"cookie\"");
-            false
-        }
-    };
-    let _mode = a.one_of(NGINX_PREFIX, "affinity-mode", &[("balanced", ()), ("persistent", ())]);
-    let names: Option<Vec<String>> =
-        a.routeid("sticky-names").map(|v| v.split('|').map(|n| n.trim().to_owned()).collect());
-    let cookie_mode = a.one_of(
-        ROUTEID_PREFIX,
-        "cookie-mode",
-        &[("Insert", CookieMode::Insert), ("Prefix", CookieMode::Prefix), ("Rewrite", CookieMode::Rewrite)],
-    );
-    if cookie || names.is_some() {
-        let mut sticky = Sticky { names: names.clone().unwrap_or_default(), ..Default::default() };
-        if names.is_none() {
-            // No application session id: the route cookie is the only source, its value the route.
-            sticky.names = vec![a.nginx("session-cookie-name").unwrap_or("INGRESSCOOKIE").to_owned()];
-        }
-        sticky.separator = a.routeid("sticky-separator").map(str::to_owned);
-        sticky.failover = a.bool(ROUTEID_PREFIX, "failover");
-        sticky.change_on_failure = Some(a.bool(NGINX_PREFIX, "session-cookie-change-on-failure").unwrap_or(false));
-        if cookie {
-            let mode = cookie_mode.unwrap_or_default();
-            let default_name = match (mode, &names) {
-                (CookieMode::Prefix | CookieMode::Rewrite, Some(n)) => n.first().cloned().unwrap_or_default(),
-                _ => "INGRESSCOOKIE".to_owned(),
-            };
-            let same_site = a.one_of(
-                NGINX_PREFIX,
-                "session-cookie-samesite",
-                &[("None", SameSite::None), ("Lax", SameSite::Lax), ("Strict", SameSite::Strict)],
-            );
-            // Unset: `Secure` over HTTPS, as ingress-nginx does.
-            let secure = match a.bool(NGINX_PREFIX, "session-cookie-secure") {
-                None => CookieSecure::Auto,
-                Some(true) => CookieSecure::Always,
-                Some(false) => CookieSecure::Never,
-            };
-            let max_age = a.seconds("session-cookie-max-age").map(|s| format!("{s}s"));
-            let expires = a.seconds("session-cookie-expires").map(|s| format!("{s}s"));
-            let path = a.nginx("session-cookie-path").map(str::to_owned);
-            out.cookie_path_given = path.is_some();
-            sticky.cookie = Some(RouteCookie {
-                name: a.nginx("session-cookie-name").map_or(default_name, str::to_owned),
-                mode,
-                path,
-                domain: a.nginx("session-cookie-domain").map(str::to_owned),
-                secure,
-                http_only: Some(true),
-                same_site,
-                max_age: max_age.filter(|m| m != "0s"),
-                expires: expires.filter(|m| m != "0s"),
-                conditional_same_site_none: a.bool(NGINX_PREFIX, "session-cookie-conditional-samesite-none"),
-                ..Default::default()
-            });
-        }
-        out.sticky = Some(sticky);
-    }
-    out.lb_method = a
-        .one_of(
-            NGINX_PREFIX,
-            "load-balance",
-            &[("round_robin", LbMethodName::ByRequests), ("ewma", LbMethodName::LeastLatency)],
-        )
-        .unwrap_or_default();
-    if let Some(m) = a.one_of(
-        ROUTEID_PREFIX,
-        "lb-method",
-        &[
-            ("ByRequests", LbMethodName::ByRequests),
-            ("ByTraffic", LbMethodName::ByTraffic),
-            ("ByBusyness", LbMethodName::ByBusyness),
-            ("Heartbeat", LbMethodName::Heartbeat),
-            ("LeastLatency", LbMethodName::LeastLatency),
-        ],
-    ) {
-        out.lb_method = m;
-    }
+    (out.sticky, out.cookie_path_given) = sticky(a);
+    out.lb_method = lb_method(a);
     out.route_from = a.one_of(
         ROUTEID_PREFIX,
         "route-from",
@@ -282,6 +202,102 @@ fn shared(a: &mut Annotations<'_>) -> Shared {
     }
     routeid_health(a, t);
     out
+}
+
+/// Stickiness from `affinity` and `routeid.io/sticky-names`, and whether the cookie path was
+/// given (otherwise each pool's path is its cookie path).
+fn sticky(a: &mut Annotations<'_>) -> (Option<Sticky>, bool) {
+    let cookie = match a.nginx("affinity") {
+        None => false,
+        Some("cookie") => true,
+        Some(v) => {
+            a.bad(NGINX_PREFIX, "affinity", v, "is not supported: only \"cookie\"");
+            false
+        }
+    };
+    // Both modes keep a session on its pod while the pod is listed (see the README).
+    let _mode = a.one_of(NGINX_PREFIX, "affinity-mode", &[("balanced", ()), ("persistent", ())]);
+    let names: Option<Vec<String>> =
+        a.routeid("sticky-names").map(|v| v.split('|').map(|n| n.trim().to_owned()).collect());
+    let cookie_mode = a.one_of(
+        ROUTEID_PREFIX,
+        "cookie-mode",
+        &[("Insert", CookieMode::Insert), ("Prefix", CookieMode::Prefix), ("Rewrite", CookieMode::Rewrite)],
+    );
+    if !cookie && names.is_none() {
+        return (None, false);
+    }
+    let mut sticky = Sticky { names: names.clone().unwrap_or_default(), ..Default::default() };
+    if names.is_none() {
+        // No application session id: the route cookie is the only source, its value the route.
+        sticky.names = vec![a.nginx("session-cookie-name").unwrap_or("INGRESSCOOKIE").to_owned()];
+    }
+    sticky.separator = a.routeid("sticky-separator").map(str::to_owned);
+    sticky.failover = a.bool(ROUTEID_PREFIX, "failover");
+    sticky.change_on_failure = Some(a.bool(NGINX_PREFIX, "session-cookie-change-on-failure").unwrap_or(false));
+    let mut path_given = false;
+    if cookie {
+        let mode = cookie_mode.unwrap_or_default();
+        let default_name = match (mode, &names) {
+            (CookieMode::Prefix | CookieMode::Rewrite, Some(n)) => n.first().cloned().unwrap_or_default(),
+            _ => "INGRESSCOOKIE".to_owned(),
+        };
+        let c = route_cookie(a, mode, default_name);
+        path_given = c.path.is_some();
+        sticky.cookie = Some(c);
+    }
+    (Some(sticky), path_given)
+}
+
+/// The route cookie with the attributes the `session-cookie-*` annotations ask for.
+fn route_cookie(a: &mut Annotations<'_>, mode: CookieMode, default_name: String) -> RouteCookie {
+    let same_site = a.one_of(
+        NGINX_PREFIX,
+        "session-cookie-samesite",
+        &[("None", SameSite::None), ("Lax", SameSite::Lax), ("Strict", SameSite::Strict)],
+    );
+    // Unset: `Secure` over HTTPS, as ingress-nginx does.
+    let secure = match a.bool(NGINX_PREFIX, "session-cookie-secure") {
+        None => CookieSecure::Auto,
+        Some(true) => CookieSecure::Always,
+        Some(false) => CookieSecure::Never,
+    };
+    let max_age = a.seconds("session-cookie-max-age").map(|s| format!("{s}s"));
+    let expires = a.seconds("session-cookie-expires").map(|s| format!("{s}s"));
+    RouteCookie {
+        name: a.nginx("session-cookie-name").map_or(default_name, str::to_owned),
+        mode,
+        path: a.nginx("session-cookie-path").map(str::to_owned),
+        domain: a.nginx("session-cookie-domain").map(str::to_owned),
+        secure,
+        http_only: Some(true),
+        same_site,
+        max_age: max_age.filter(|m| m != "0s"),
+        expires: expires.filter(|m| m != "0s"),
+        conditional_same_site_none: a.bool(NGINX_PREFIX, "session-cookie-conditional-samesite-none"),
+        ..Default::default()
+    }
+}
+
+/// `load-balance`, overridden by `routeid.io/lb-method`.
+fn lb_method(a: &mut Annotations<'_>) -> LbMethodName {
+    let nginx = a.one_of(
+        NGINX_PREFIX,
+        "load-balance",
+        &[("round_robin", LbMethodName::ByRequests), ("ewma", LbMethodName::LeastLatency)],
+    );
+    let ours = a.one_of(
+        ROUTEID_PREFIX,
+        "lb-method",
+        &[
+            ("ByRequests", LbMethodName::ByRequests),
+            ("ByTraffic", LbMethodName::ByTraffic),
+            ("ByBusyness", LbMethodName::ByBusyness),
+            ("Heartbeat", LbMethodName::Heartbeat),
+            ("LeastLatency", LbMethodName::LeastLatency),
+        ],
+    );
+    ours.or(nginx).unwrap_or_default()
 }
 
 fn routeid_health(a: &mut Annotations<'_>, t: &mut BalancerPoolSpec) {

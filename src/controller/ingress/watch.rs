@@ -44,6 +44,7 @@ fn class_name(c: &IngressClass) -> String {
 }
 
 impl Loop {
+    /// An Ingress watch event: the Ingress is (re-)translated, its news sent as Events.
     pub(crate) fn on_ingress(
         &mut self,
         ev: Result<watcher::Event<Ingress>, watcher::Error>,
@@ -84,6 +85,7 @@ impl Loop {
         self.send_ingress_news(news);
     }
 
+    /// An IngressClass watch event: every Ingress is looked at again (ours may have changed).
     pub(crate) fn on_ingress_class(
         &mut self,
         ev: Result<watcher::Event<IngressClass>, watcher::Error>,
@@ -123,6 +125,7 @@ impl Loop {
         tracing::warn!(error = %e, hint = watch_hint(e), "{what} watch failed; the last table keeps serving, retrying with backoff");
     }
 
+    /// Sends news about Ingresses as Events on them (written by the Lease holder only).
     pub(crate) fn send_ingress_news(&self, news: Vec<IngressNews>) {
         for n in news {
             let Some(ing) = self.ingresses.ingress(&n.key) else { continue };
