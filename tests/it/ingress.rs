@@ -398,10 +398,13 @@ async fn a_balancer_pool_re_list_keeps_the_ingress_pools() {
         let api = FakeApiServer::start().await;
         let kube = Kube::new(&api);
         let (r, _members) = shop(&api, &kube, json!({})).await;
-        // The history is forgotten while the API server is away: every watcher re-lists.
-        api.set_unavailable(true);
+        // The history is forgotten and every watch is cut: each watcher resumes from a
+        // resourceVersion that is gone, gets 410 and re-lists.
+        // (A write nobody watches first, so every watcher's resourceVersion is behind.)
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bump", "namespace": NS}});
+        create(Api::<k8s_openapi::api::core::v1::Pod>::namespaced(kube.client.clone(), NS), pod).await;
         api.compact();
-        api.set_unavailable(false);
+        api.drop_watches();
         eventually(WAIT, "410 Gone served", || async { api.gone_served() >= 1 }).await;
         // A pool created now arrives after the re-list of BalancerPools completed.
         kube.create_pool(&pool("later", "shop", json!({"frontend": {"hosts": ["later.example.com"]}}))).await;
