@@ -508,3 +508,44 @@ async fn spec_tls_serves_the_secrets_certificate_secures_the_cookie_and_redirect
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_manager_drains_an_ingress_pools_member_in_memory() {
+    bounded(async {
+        use routeid::admin::manager::{Manager, Persistence};
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        class(&kube, "routeid", "routeid.io/ingress-controller").await;
+        service(&kube, "shop", "http", 80, json!("http")).await;
+        let members = [Member::start("shop-0").await, Member::start("shop-1").await];
+        for m in &members {
+            let s = named_slice("shop", &m.route, "http", m.addr, Cond::Ready);
+            kube.put_slice(&serde_json::from_value(s).unwrap()).await;
+        }
+        create(ingresses(&kube), ingress_json("shop", "routeid", json!({}), json!({"number": 80}))).await;
+        let manager = Manager::new(Some("tok".into()), Persistence::Kubernetes(api.client()));
+        let r = Replica::start_with_manager(&api, options("r1"), manager).await;
+        eventually(WAIT, "two members", || async { pool_members(&r, "shop").len() == 2 }).await;
+        let patch = send(
+            &client(),
+            r.running.admin_addr,
+            "PATCH",
+            "/balancer-manager/api/pools/web/ingress:shop:0-0/members/shop-1",
+            &[("authorization", "Bearer tok")],
+            bytes::Bytes::from_static(br#"{"status": "Drain"}"#),
+        )
+        .await;
+        assert_eq!(patch.status, 200, "{}", patch.body);
+        assert!(patch.body.contains("memory"), "{}", patch.body);
+        let drained = || pool_members(&r, "shop").iter().any(|(route, state)| route == "shop-1" && state == "Drain");
+        assert!(drained());
+        // A republication (a new pod) keeps the operator's change.
+        let m2 = Member::start("shop-2").await;
+        kube.put_slice(&serde_json::from_value(named_slice("shop", "shop-2", "http", m2.addr, Cond::Ready)).unwrap())
+            .await;
+        eventually(WAIT, "three members", || async { pool_members(&r, "shop").len() == 3 }).await;
+        assert!(drained(), "{:?}", pool_members(&r, "shop"));
+        r.stop().await;
+    })
+    .await;
+}
