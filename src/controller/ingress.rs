@@ -596,12 +596,18 @@ impl Ingresses {
         }
     }
 
-    /// An IngressClass was added, changed or deleted (`None`): every Ingress is looked at again.
+    /// An IngressClass was added, changed or deleted (`None`): when it is routeid's class, every
+    /// Ingress is looked at again.
     pub fn apply_class(&mut self, name: String, class: Option<IngressClass>, index: &mut Index) -> Vec<IngressNews> {
+        // Only routeid's own class decides what is served: another class changing changes nothing.
+        let ours = name == self.filter.class;
         match class {
             Some(c) => self.classes.insert(name, Arc::new(c)),
             None => self.classes.remove(&name),
         };
+        if !ours {
+            return Vec::new();
+        }
         let keys: Vec<IngressKey> = self.objects.keys().cloned().collect();
         keys.iter().flat_map(|k| self.sync(k, index)).collect()
     }
