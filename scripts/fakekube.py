@@ -51,7 +51,11 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
     "coordination.k8s.io/v1": [("leases", "Lease", True)],
     "discovery.k8s.io/v1": [("endpointslices", "EndpointSlice", True)],
     "events.k8s.io/v1": [("events", "Event", True)],
-    "networking.k8s.io/v1": [("ingresses", "Ingress", True), ("networkpolicies", "NetworkPolicy", True)],
+    "networking.k8s.io/v1": [
+        ("ingresses", "Ingress", True),
+        ("ingressclasses", "IngressClass", False),
+        ("networkpolicies", "NetworkPolicy", True),
+    ],
     "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True), ("podmonitors", "PodMonitor", True)],
     "routeid.io/v1alpha1": [("balancerpools", "BalancerPool", True)],
 }

@@ -69,6 +69,19 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Print the BalancerPool CustomResourceDefinition as YAML.
     Crd,
+    /// List the Ingresses of a class (e.g. `nginx`) and, per annotation, whether routeid
+    /// supports it: what moving them to routeid means, before switching `ingressClassName`.
+    IngressCheck {
+        /// A kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Only this namespace (default: all).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// The class whose Ingresses are checked.
+        #[arg(long, default_value = "nginx")]
+        class: String,
+    },
 }
 
 /// Listener-wide proxy settings.
@@ -160,6 +173,23 @@ pub struct ControllerArgs {
     /// Also serve pools without `spec.ingressClassName` (this installation is the default class).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub default_class: bool,
+    /// Serve Kubernetes Ingresses whose IngressClass (named by `--ingress-class`) has
+    /// `spec.controller: routeid.io/ingress-controller` (needs RBAC for ingresses and
+    /// ingressclasses; `false` serves BalancerPools only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_ingresses: bool,
+    /// Also serve Ingresses without any class when routeid's IngressClass carries
+    /// `ingressclass.kubernetes.io/is-default-class: "true"`.
+    #[arg(long)]
+    pub watch_ingress_without_class: bool,
+    /// Write this Service's load-balancer addresses (`NAMESPACE/NAME`) into the status of the
+    /// Ingresses served.
+    #[arg(long, conflicts_with = "publish_status_address")]
+    pub publish_service: Option<String>,
+    /// Write these addresses (comma-separated IPs or host names) into the status of the
+    /// Ingresses served.
+    #[arg(long, value_delimiter = ',')]
+    pub publish_status_address: Vec<String>,
     /// Proxy listen address.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,

@@ -107,8 +107,11 @@ fn sticky_config(sel: u8) -> StickyConfig {
             nocache: true,
             attributes: "; Path=/".into(),
             secure_attributes: "; Path=/; Secure".into(),
+            conditional_same_site_none: false,
+            expires: None,
         }),
         failover: true,
+        change_on_failure: true,
         headers_to_member: false,
         headers_to_client: false,
     }

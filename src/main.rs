@@ -84,7 +84,37 @@ async fn run(command: Command) -> ExitCode {
             run_standalone(&file, listen, admin_listen, tls, proxy.settings(), proxy.manager_token.clone()).await
         }
         Command::Controller(args) => run_controller(args).await,
+        Command::IngressCheck { kubeconfig, namespace, class } => {
+            run_ingress_check(kubeconfig.as_deref(), namespace, &class).await
+        }
     }
+}
+
+/// `routeid ingress-check`: exit 0 when every annotation is supported, 1 when some are not, 2
+/// when the cluster cannot be read.
+async fn run_ingress_check(kubeconfig: Option<&Path>, namespace: Option<String>, class: &str) -> ExitCode {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let client = match kube_client(kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("routeid ingress-check: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let api: kube::Api<Ingress> = match &namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::all(client),
+    };
+    let list = match api.list(&Default::default()).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            eprintln!("routeid ingress-check: cannot list Ingresses: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (text, unsupported) = routeid::controller::ingress::check::report(&list, class);
+    print!("{text}");
+    if unsupported == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 async fn run_demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr, check: bool) -> ExitCode {
@@ -277,6 +307,23 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     let filter = ClassFilter { ingress_class: args.ingress_class.clone(), default_class: args.default_class };
     let mut opts = ControllerOptions::new(args.namespace.clone(), filter, lease_namespace, identity.clone());
     opts.leader.enabled = !args.no_leader_election;
+    opts.ingress = args.watch_ingresses.then(|| routeid::controller::ingress::IngressFilter {
+        class: args.ingress_class.clone(),
+        watch_without_class: args.watch_ingress_without_class,
+    });
+    opts.publish = match (&args.publish_service, args.publish_status_address.as_slice()) {
+        (Some(s), _) => match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                routeid::controller::ingress::Publish::Service(ns.to_owned(), name.to_owned())
+            }
+            _ => {
+                eprintln!("routeid controller: --publish-service takes NAMESPACE/NAME, not {s:?}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, []) => routeid::controller::ingress::Publish::Nothing,
+        (None, addrs) => routeid::controller::ingress::Publish::Addresses(addrs.to_vec()),
+    };
     opts.default_tls_secret = args.tls.default_tls_secret.clone();
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
     tracing::info!(

@@ -217,6 +217,11 @@ impl Manager {
                 proxy.apply_change(pool, route, change).map_err(refused)?;
                 Ok("memory (standalone mode: lost on restart)")
             }
+            // A pool made from an Ingress has no object to keep the change in.
+            Persistence::Kubernetes(_) if crate::controller::ingress::ingress_of(pool).is_some() => {
+                proxy.apply_change(pool, route, change).map_err(refused)?;
+                Ok("this replica's memory (a pool made from an Ingress: lost on restart, not shared)")
+            }
             Persistence::Kubernetes(client) => {
                 change.validate().map_err(|e| refused(ChangeError::Invalid(e)))?;
                 match proxy.snapshot().table.pool(pool) {

@@ -5,6 +5,8 @@
 //! for durations and addresses) so that a mistake can be reported with its field path by
 //! [`crate::core::config`], which turns a spec into the validated model the proxy runs on.
 
+pub mod ingress;
+
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,10 @@ pub struct Frontend {
     /// What the prefix becomes upstream (`/shop/cart` → `/cart` with `rewritePrefix: /`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite_prefix: Option<String>,
+    /// `Prefix` (default): `pathPrefix` and everything under it; `Exact`: that path only (an
+    /// Ingress `pathType: Exact`). An exact path wins over a prefix of the same length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_type: Option<PathType>,
     /// Certificates for this pool's hosts, as an Ingress's `spec.tls`: each names a
     /// `kubernetes.io/tls` Secret in the pool's own namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -75,6 +81,16 @@ pub struct Frontend {
     /// Add `Strict-Transport-Security` to HTTPS responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts: Option<Hsts>,
+}
+
+/// How a pool's path is matched, as an Ingress `pathType`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PathType {
+    /// Segment-wise prefix: `/shop` matches `/shop` and `/shop/x`, not `/shopping`.
+    #[default]
+    Prefix,
+    /// The path itself only (case-sensitive; a trailing `/` matters).
+    Exact,
 }
 
 /// One certificate of a pool: the hosts it serves and the Secret that holds it.
@@ -237,6 +253,13 @@ pub struct Sticky {
     /// False: a sticky request whose member is unusable gets 503 (Apache `nofailover=On`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<bool>,
+    /// When a session's member fails and the request is served by another one: true (default)
+    /// gives the session a new route cookie there; false keeps the cookie pointing at its member
+    /// while that member is listed, so the session returns to it (ingress-nginx
+    /// `session-cookie-change-on-failure: "false"`). A member that leaves the Service always
+    /// moves its sessions, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_on_failure: Option<bool>,
     /// Debug headers carrying the `BALANCER_*` values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug_headers: Option<DebugHeaders>,
@@ -292,6 +315,17 @@ pub struct RouteCookie {
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     #[schemars(length(max = 64))]
     pub max_age: Option<String>,
+    /// Cookie `Expires`, as a duration from the moment the cookie is set (`48h`): the legacy
+    /// form of `maxAge` for old browsers (ingress-nginx `session-cookie-expires`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub expires: Option<String>,
+    /// With `sameSite: None`, leave the attribute out for the user agents known to reject such
+    /// cookies (Chrome 51–66, iOS 12, Safari on macOS 10.14), as ingress-nginx
+    /// `session-cookie-conditional-samesite-none` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditional_same_site_none: Option<bool>,
 }
 
 /// When the route cookie carries `Secure`.

@@ -69,6 +69,11 @@ pub enum Skipped {
         /// The slice's name.
         slice: String,
     },
+    /// The Service has no such port (see [`super::services`]).
+    ServicePort {
+        /// What was resolved, and how.
+        message: String,
+    },
     /// Endpoints without the field that names the route, or whose value cannot be a route.
     NoRoute {
         /// The slice's name.
@@ -83,6 +88,7 @@ impl std::fmt::Display for Skipped {
         match self {
             Skipped::NoMatchingPort { slice } => write!(f, "EndpointSlice {slice} has no matching port"),
             Skipped::NotIp { slice } => write!(f, "EndpointSlice {slice} does not hold IP addresses"),
+            Skipped::ServicePort { message } => f.write_str(message),
             Skipped::NoRoute { slice, count } => {
                 write!(f, "EndpointSlice {slice}: {count} endpoint(s) without a usable route")
             }

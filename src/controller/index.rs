@@ -11,10 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
 use super::derive::{self, MemberClaims, SERVICE_NAME_LABEL, Skipped, SliceMembers};
+use super::services;
 use crate::api::BalancerPool;
 use crate::core::config::{FieldError, PoolConfig, PoolId};
 
@@ -61,6 +64,8 @@ pub struct PoolEntry {
     slice_cache: HashMap<String, (Option<String>, Arc<SliceMembers>)>,
     /// The candidates of every cached slice, by route.
     claims: MemberClaims,
+    /// The slice port the cache was read with (the Service port resolved through the Service).
+    slice_port: Option<IntOrString>,
 }
 
 /// What a re-derivation changed for one pool, for Events.
@@ -86,6 +91,8 @@ pub struct Index {
     slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
     slice_service: HashMap<(String, String), ServiceKey>,
     by_service: HashMap<ServiceKey, BTreeSet<PoolId>>,
+    /// Services in scope: a backend's port is the Service's port ([`services`]).
+    services: HashMap<ServiceKey, Arc<Service>>,
     dirty: BTreeSet<PoolId>,
     publish_needed: bool,
 }
@@ -121,6 +128,7 @@ impl Index {
             slices: HashMap::new(),
             slice_service: HashMap::new(),
             by_service: HashMap::new(),
+            services: HashMap::new(),
             dirty: BTreeSet::new(),
             publish_needed: false,
         }
@@ -148,6 +156,7 @@ impl Index {
                 if spec_changed {
                     e.slice_cache.clear();
                     e.claims.clear();
+                    e.slice_port = None;
                     self.dirty.insert(id.clone());
                 }
                 if moved {
@@ -182,6 +191,7 @@ impl Index {
                         skipped: Vec::new(),
                         slice_cache: HashMap::new(),
                         claims: MemberClaims::default(),
+                        slice_port: None,
                     },
                 );
                 self.dirty.insert(id);
@@ -194,7 +204,8 @@ impl Index {
         self.delete_pool_id(&pool_id(pool));
     }
 
-    fn delete_pool_id(&mut self, id: &PoolId) {
+    /// A pool was deleted, by id (pools made from an Ingress have no object of their own).
+    pub fn delete_pool_id(&mut self, id: &PoolId) {
         if let Some(e) = self.pools.remove(id) {
             self.order.remove(&e.priority);
             if let Some(s) = service_of_pool(id, &e.object)
@@ -280,6 +291,39 @@ impl Index {
         }
     }
 
+    /// A Service was added or changed: its pools re-resolve their port.
+    pub fn apply_service(&mut self, svc: Service) {
+        let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+        let same_ports = self.services.get(&key).is_some_and(|old| old.spec == svc.spec);
+        // Kept even when only the status moved: `--publish-service` reads its load balancer.
+        self.services.insert(key.clone(), Arc::new(svc));
+        if !same_ports {
+            self.mark_service(&key);
+        }
+    }
+
+    /// A Service was deleted.
+    pub fn delete_service(&mut self, svc: &Service) {
+        let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+        if self.services.remove(&key).is_some() {
+            self.mark_service(&key);
+        }
+    }
+
+    /// Keeps only the Services whose `(namespace, name)` are in `seen` (after a re-list).
+    pub fn retain_services(&mut self, seen: &HashSet<ServiceKey>) {
+        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        for k in gone {
+            self.services.remove(&k);
+            self.mark_service(&k);
+        }
+    }
+
+    /// A Service in scope.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
     /// Whether some pool awaits re-derivation or the table must be republished.
     pub fn has_work(&self) -> bool {
         !self.dirty.is_empty() || self.publish_needed
@@ -296,7 +340,20 @@ impl Index {
             let mut derived = derive::Derived::default();
             if let Some(svc) = &spec.backend.service {
                 let route_from = spec.backend.route_from.unwrap_or_default();
-                let slices = self.slices.get(&(id.namespace.clone(), svc.name.clone()));
+                let key = (id.namespace.clone(), svc.name.clone());
+                let resolution = services::resolve(self.services.get(&key).map(|s| &**s), &svc.port);
+                let port_problem = services::problem(&svc.name, &resolution);
+                let port = resolution.slice_port();
+                if e.slice_port.as_ref() != Some(port) {
+                    if let Some(message) = &port_problem {
+                        tracing::warn!(pool = %id, "{message}");
+                    }
+                    // Another slice port: every cached slice was read with the old one.
+                    e.slice_cache.clear();
+                    e.claims.clear();
+                    e.slice_port = Some(port.clone());
+                }
+                let slices = self.slices.get(&key);
                 // Only slices whose resourceVersion moved are read again, and only their
                 // candidates are re-merged.
                 let (cache, claims) = (&mut e.slice_cache, &mut e.claims);
@@ -305,12 +362,12 @@ impl Index {
                     match cache.get_mut(name) {
                         Some((crv, _)) if crv.is_some() && crv == rv => {}
                         Some(cached) => {
-                            let fresh = Arc::new(derive::slice_members(s, &svc.port, route_from));
+                            let fresh = Arc::new(derive::slice_members(s, port, route_from));
                             claims.replace(&cached.1, &fresh);
                             *cached = (rv.clone(), fresh);
                         }
                         None => {
-                            let fresh = Arc::new(derive::slice_members(s, &svc.port, route_from));
+                            let fresh = Arc::new(derive::slice_members(s, port, route_from));
                             claims.add(&fresh);
                             cache.insert(name.clone(), (rv.clone(), fresh));
                         }
@@ -325,7 +382,10 @@ impl Index {
                         keep
                     });
                 }
-                let skipped = cache.values().flat_map(|(_, m)| m.skipped.iter().cloned()).collect();
+                let mut skipped: Vec<Skipped> = cache.values().flat_map(|(_, m)| m.skipped.iter().cloned()).collect();
+                if let Some(message) = port_problem {
+                    skipped.push(Skipped::ServicePort { message });
+                }
                 derived = claims.derived(skipped);
             }
             e.skipped = std::mem::take(&mut derived.skipped);
@@ -388,6 +448,7 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
         id,
         hosts,
         path_prefix,
+        path_exact,
         rewrite_prefix,
         lb_method,
         sticky,
@@ -407,6 +468,7 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
         o.id != *id
             || o.hosts != *hosts
             || o.path_prefix != *path_prefix
+            || o.path_exact != *path_exact
             || o.rewrite_prefix != *rewrite_prefix
             || o.lb_method != *lb_method
             || o.sticky != *sticky
@@ -628,6 +690,56 @@ mod tests {
         ix.apply_slice(slice("s1", Some("svc-a"), &["a0", "a1"], "2"));
         assert!(ix.rederive().is_empty(), "the same problems are not reported twice");
         assert_eq!(routes(&ix, "a"), ["a0"]);
+    }
+
+    fn service(name: &str, port: i32, port_name: &str) -> Service {
+        use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+        Service {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("web".into()), ..Default::default() },
+            spec: Some(ServiceSpec {
+                ports: Some(vec![ServicePort {
+                    name: Some(port_name.into()),
+                    port,
+                    target_port: Some(IntOrString::Int(8080)),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_port_number_is_the_services_port_once_the_service_is_known() {
+        let mut ix = index();
+        let mut p = pool("a", "svc-a", None, "2025-01-01T00:00:00Z");
+        // `port: 443` is the Service's port; the slices list the target port (80 here) by name.
+        p.spec.backend.service.as_mut().unwrap().port = IntOrString::Int(443);
+        ix.apply_pool(p);
+        ix.apply_slice(slice("s1", Some("svc-a"), &["a0"], "1"));
+        ix.rederive();
+        assert!(routes(&ix, "a").is_empty(), "443 is no endpoint port and the Service is unknown");
+        ix.apply_service(service("svc-a", 443, "http"));
+        ix.rederive();
+        assert_eq!(routes(&ix, "a"), ["a0"]);
+        let id = PoolId { namespace: "web".into(), name: "a".into() };
+        assert_eq!(ix.pool(&id).unwrap().serving.as_ref().unwrap().members[0].address.port(), 80);
+        // The Service port is renamed: the slices no longer list it.
+        ix.apply_service(service("svc-a", 443, "https"));
+        ix.rederive();
+        assert!(routes(&ix, "a").is_empty());
+        // A number that is no Service port still matches an endpoint port (the old meaning),
+        // and says so.
+        let mut p = pool("a", "svc-a", None, "2025-01-01T00:00:00Z");
+        p.spec.backend.service.as_mut().unwrap().port = IntOrString::Int(80);
+        ix.apply_pool(p);
+        ix.rederive();
+        assert_eq!(routes(&ix, "a"), ["a0"]);
+        let skipped = &ix.pool(&id).unwrap().skipped;
+        assert!(skipped.iter().any(|s| s.to_string().contains("has no port 80")), "{skipped:?}");
+        ix.delete_service(&service("svc-a", 443, "https"));
+        ix.rederive();
+        assert!(ix.pool(&id).unwrap().skipped.is_empty());
     }
 
     /// One endpoint for the incremental-derivation property: pod `p<n>`, address `10.0.0.<ip>`,

@@ -18,8 +18,10 @@
 
 pub mod derive;
 pub mod index;
+pub mod ingress;
 pub mod leader;
 pub mod secrets;
+pub mod services;
 pub mod status;
 
 use std::collections::{HashMap, HashSet};
@@ -28,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -58,6 +61,10 @@ pub struct ControllerOptions {
     pub writer: WriterOptions,
     /// How often statuses are recomputed without a change (member health moves on its own).
     pub status_resync: Duration,
+    /// Serve Ingresses of this class too (`None`: BalancerPools only).
+    pub ingress: Option<ingress::IngressFilter>,
+    /// What Ingress status says about where the Ingresses are served.
+    pub publish: ingress::Publish,
     /// At most one derivation + publication per this interval: the first change after a quiet
     /// period is published at once, changes arriving within the interval are folded into one
     /// publication at its end. Under a pod storm this bounds the CPU spent rebuilding the table
@@ -78,8 +85,11 @@ impl ControllerOptions {
         } else {
             format!("routeid-status-{}", filter.ingress_class)
         };
+        let ingress = Some(ingress::IngressFilter { class: filter.ingress_class.clone(), watch_without_class: false });
         ControllerOptions {
             namespace,
+            ingress,
+            publish: ingress::Publish::default(),
             filter,
             leader: LeaderOptions {
                 enabled: true,
@@ -137,6 +147,10 @@ impl Controller {
         let writer = Writer::new(client.clone(), opts.writer.clone(), Arc::clone(&stats.writer));
         let writer_task = tokio::spawn(writer.run(out_rx, leader_rx.clone()));
         let index = Index::new(opts.filter.clone());
+        let ingresses = ingress::Ingresses::new(opts.ingress.clone().unwrap_or(ingress::IngressFilter {
+            class: opts.filter.ingress_class.clone(),
+            watch_without_class: false,
+        }));
         proxy.set_default_tls_secret(opts.default_tls_secret.clone());
         let (secrets, secret_rx) = secrets::SecretWatches::new(client.clone());
         let looper = Loop {
@@ -148,6 +162,7 @@ impl Controller {
             out,
             leader: leader_rx.clone(),
             index,
+            ingresses,
             conflicts: Vec::new(),
             ready: false,
             secrets,
@@ -181,6 +196,7 @@ struct Loop {
     out: mpsc::UnboundedSender<Outbound>,
     leader: watch::Receiver<bool>,
     index: Index,
+    ingresses: ingress::Ingresses,
     conflicts: Vec<Conflict>,
     ready: bool,
     /// One watch per Secret the pools name.
@@ -233,6 +249,21 @@ impl Loop {
         let pool_events = watcher(pools_api, watcher::Config::default()).default_backoff();
         let slice_events =
             watcher(slices_api, watcher::Config::default().labels(derive::SERVICE_NAME_LABEL)).default_backoff();
+        let services_api: Api<Service> = match &self.opts.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let service_events = watcher(services_api, watcher::Config::default()).default_backoff();
+        let mut service_events = std::pin::pin!(service_events);
+        let mut services = ListState::<(String, String)>::default();
+        let (ingress_events, class_events) = ingress::watch::streams(&self.client, &self.opts);
+        let (mut ingress_events, mut class_events) = (ingress_events, class_events);
+        let mut ingress_state = ListState::<(String, String)>::default();
+        let mut class_state = ListState::<String>::default();
+        if self.opts.ingress.is_none() {
+            ingress_state.synced = true;
+            class_state.synced = true;
+        }
         let mut pool_events = std::pin::pin!(pool_events);
         let mut slice_events = std::pin::pin!(slice_events);
         let mut pools = ListState::<PoolId>::default();
@@ -266,6 +297,15 @@ impl Loop {
                         return;
                     }
                 },
+                Some(ev) = ingress_events.next() => self.on_ingress(ev, &mut ingress_state),
+                Some(ev) = class_events.next() => self.on_ingress_class(ev, &mut class_state),
+                ev = service_events.next() => match ev {
+                    Some(ev) => self.on_service(ev, &mut services),
+                    None => {
+                        tracing::error!("the Service watch ended");
+                        return;
+                    }
+                },
                 Some(ev) = secret_rx.recv() => {
                     self.on_secrets(ev, &mut secret_rx);
                     status_due = true;
@@ -274,6 +314,13 @@ impl Loop {
                 changed = self.leader.changed() => {
                     if changed.is_err() {
                         return;
+                    }
+                    if *self.leader.borrow() {
+                        // Events computed while another replica led were not written: repeat
+                        // the standing warnings about Ingresses.
+                        self.send_ingress_news(self.ingresses.standing_news());
+                        self.ingresses.reported_conflicts.clear();
+                        self.send_conflict_events();
                     }
                     status_due = true;
                 }
@@ -290,11 +337,23 @@ impl Loop {
                     self.on_slice(ev, &mut slices);
                     progressed = true;
                 }
+                if let Some(Some(ev)) = service_events.next().now_or_never() {
+                    self.on_service(ev, &mut services);
+                    progressed = true;
+                }
+                if let Some(Some(ev)) = ingress_events.next().now_or_never() {
+                    self.on_ingress(ev, &mut ingress_state);
+                    progressed = true;
+                }
+                if let Some(Some(ev)) = class_events.next().now_or_never() {
+                    self.on_ingress_class(ev, &mut class_state);
+                    progressed = true;
+                }
                 if !progressed {
                     break;
                 }
             }
-            if !(pools.synced && slices.synced) {
+            if !(pools.synced && slices.synced && services.synced && ingress_state.synced && class_state.synced) {
                 continue;
             }
             if self.index.has_work() || !self.ready {
@@ -327,6 +386,7 @@ impl Loop {
                     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
                 self.proxy.metrics().last_sync.set(unix_now);
                 self.send_events(changes);
+                self.send_conflict_events();
                 status_due = true;
                 if !self.ready {
                     self.ready = true;
@@ -360,7 +420,9 @@ impl Loop {
                 self.index.apply_pool(p);
             }
             Ok(watcher::Event::InitDone) => {
-                if let Some(seen) = st.seen.take() {
+                if let Some(mut seen) = st.seen.take() {
+                    // The pools made from Ingresses are not BalancerPools: they stay.
+                    seen.extend(self.ingresses.served().flat_map(|(_, ids)| ids.iter().cloned()));
                     self.index.retain_pools(&seen);
                 }
                 st.synced = true;
@@ -409,6 +471,47 @@ impl Loop {
         }
     }
 
+    fn on_service(
+        &mut self,
+        ev: Result<watcher::Event<Service>, watcher::Error>,
+        st: &mut ListState<(String, String)>,
+    ) {
+        let key = |s: &Service| {
+            (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
+        };
+        match ev {
+            Ok(watcher::Event::Apply(s)) => self.index.apply_service(s),
+            Ok(watcher::Event::Delete(s)) => self.index.delete_service(&s),
+            Ok(watcher::Event::Init) => st.seen = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(s)) => {
+                if let Some(seen) = &mut st.seen {
+                    seen.insert(key(&s));
+                }
+                self.index.apply_service(s);
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = st.seen.take() {
+                    self.index.retain_services(&seen);
+                }
+                st.synced = true;
+            }
+            Err(e) => {
+                self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                self.proxy.metrics().watch_restarts.with_label_values(&["services"]).inc();
+                tracing::warn!(error = %e, hint = watch_hint(&e), "Service watch failed; the last table keeps serving, retrying with backoff");
+            }
+        }
+    }
+
+    /// The object an Event about pool `id` goes to: the BalancerPool, or the Ingress it was made
+    /// from (`None` when that Ingress is gone).
+    fn event_reference(&self, id: &PoolId, entry: &index::PoolEntry) -> Option<ObjectReference> {
+        match ingress::ingress_of(id) {
+            Some(key) => self.ingresses.ingress(&key).map(|ing| ing.object_ref(&())),
+            None => Some(entry.object.object_ref(&())),
+        }
+    }
+
     /// Watches exactly the Secrets the pools name; forgets the others.
     fn watch_secrets(&mut self, configs: &[Arc<crate::core::PoolConfig>]) {
         let wanted = secrets::named(configs, self.opts.default_tls_secret.as_ref());
@@ -436,9 +539,10 @@ impl Loop {
             if self.tls_reported.get(id) == Some(problems) {
                 continue;
             }
-            if let (Some(first), Some(entry)) = (problems.first(), self.index.pool(id)) {
+            if let (Some(first), Some(entry)) = (problems.first(), self.index.pool(id))
+                && let Some(reference) = self.event_reference(id, entry)
+            {
                 let note = problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
-                let reference = entry.object.object_ref(&());
                 let _ =
                     self.out.send(Outbound::Event(PoolEvent { reference, warning: true, reason: first.reason, note }));
             }
@@ -449,7 +553,7 @@ impl Loop {
     fn send_events(&self, changes: Vec<PoolChange>) {
         for c in changes {
             let Some(entry) = self.index.pool(&c.id) else { continue };
-            let reference = entry.object.object_ref(&());
+            let Some(reference) = self.event_reference(&c.id, entry) else { continue };
             let emit = |warning: bool, reason: &'static str, note: String| {
                 let _ =
                     self.out.send(Outbound::Event(PoolEvent { reference: reference.clone(), warning, reason, note }));
@@ -479,7 +583,11 @@ impl Loop {
         let snapshot = self.proxy.snapshot();
         let now_ms = self.proxy.clock().now_ms();
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        self.send_ingress_statuses();
         for (id, entry) in self.index.pools() {
+            if ingress::ingress_of(id).is_some() {
+                continue;
+            }
             let conflict = self.conflicts.iter().find(|c| &c.loser == id);
             let mut desired = status::desired_status(entry, id, &snapshot.table, conflict, now_ms, &now);
             if let Some(problems) = snapshot.tls.problems.get(id) {

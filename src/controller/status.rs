@@ -215,6 +215,13 @@ pub enum Outbound {
     },
     /// A pool is gone: forget what was written for it.
     Forget(PoolId),
+    /// The status an Ingress should have (`status.loadBalancer`).
+    IngressStatus {
+        /// `(namespace, name)`.
+        key: (String, String),
+        /// The status.
+        status: Box<k8s_openapi::api::networking::v1::IngressStatus>,
+    },
     /// An Event.
     Event(PoolEvent),
 }
@@ -251,6 +258,8 @@ pub struct Writer {
     pending: BTreeMap<PoolId, BalancerPoolStatus>,
     written: HashMap<PoolId, (Instant, BalancerPoolStatus)>,
     events: VecDeque<PoolEvent>,
+    /// Ingress statuses to write (the latest wins).
+    ingress_pending: BTreeMap<(String, String), k8s_openapi::api::networking::v1::IngressStatus>,
     tokens: f64,
     refilled: Instant,
 }
@@ -281,6 +290,7 @@ impl Writer {
             pending: BTreeMap::new(),
             written: HashMap::new(),
             events: VecDeque::new(),
+            ingress_pending: BTreeMap::new(),
             tokens,
             refilled: Instant::now(),
         }
@@ -307,6 +317,9 @@ impl Writer {
                 } else {
                     self.pending.insert(id, *status);
                 }
+            }
+            Outbound::IngressStatus { key, status } => {
+                self.ingress_pending.insert(key, *status);
             }
             Outbound::Forget(id) => {
                 self.pending.remove(&id);
@@ -365,6 +378,13 @@ impl Writer {
                 }
             }
         }
+        while let Some((key, status)) = self.ingress_pending.pop_first() {
+            if !self.take_token() {
+                self.ingress_pending.insert(key, status);
+                return Some(now + Duration::from_millis(50));
+            }
+            self.write_ingress_status(&key, &status).await;
+        }
         while !self.events.is_empty() {
             if !self.take_token() {
                 return Some(now + Duration::from_millis(50));
@@ -385,6 +405,30 @@ impl Writer {
             }
         }
         next
+    }
+
+    /// Writes one Ingress's `status.loadBalancer`; a failure is logged and retried on the next
+    /// status round (the loop sends the status again while the object differs).
+    async fn write_ingress_status(
+        &self,
+        key: &(String, String),
+        status: &k8s_openapi::api::networking::v1::IngressStatus,
+    ) {
+        let api: Api<k8s_openapi::api::networking::v1::Ingress> = Api::namespaced(self.client.clone(), &key.0);
+        let pp = PatchParams { field_manager: Some(self.opts.field_manager.clone()), ..Default::default() };
+        let patch = serde_json::json!({ "status": status });
+        match api.patch_status(&key.1, &pp, &Patch::Merge(patch)).await {
+            Ok(_) => {
+                self.stats.status_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::debug!(ingress = %format!("{}/{}", key.0, key.1), "Ingress gone before its status was written");
+            }
+            Err(e) => {
+                self.stats.status_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), error = %e, "Ingress status write failed; will retry");
+            }
+        }
     }
 
     /// Runs until `rx` closes. Writes only while `leader` holds; a replica that does not lead
@@ -420,6 +464,7 @@ impl Writer {
             }
             if !*leader.borrow() {
                 self.pending.clear();
+                self.ingress_pending.clear();
                 self.events.clear();
                 wake = None;
                 continue;

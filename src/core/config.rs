@@ -64,6 +64,11 @@ pub struct CookieConfig {
     /// The attributes appended after `name=value`, precomputed (`; Path=/; HttpOnly`), for a
     /// request that did not come over HTTPS.
     pub attributes: String,
+    /// `SameSite=None` is left out for user agents that reject it (`conditionalSameSiteNone`,
+    /// with `sameSite: None`).
+    pub conditional_same_site_none: bool,
+    /// `Expires` this long after the cookie is set (computed when it is set).
+    pub expires: Option<Duration>,
     /// The same for a request that came over HTTPS (with `Secure` unless `secure: Never`).
     pub secure_attributes: String,
 }
@@ -83,6 +88,9 @@ pub struct StickyConfig {
     pub cookie: Option<CookieConfig>,
     /// Re-pin to another member when the routed one is unusable.
     pub failover: bool,
+    /// A session whose listed member failed gets a new cookie (true), or keeps pointing at its
+    /// member (false: ingress-nginx `change-on-failure: false`).
+    pub change_on_failure: bool,
     /// Send `X-Balancer-*` headers to the member.
     pub headers_to_member: bool,
     /// Send `X-Balancer-*` headers to the client.
@@ -223,8 +231,11 @@ pub struct PoolConfig {
     pub id: PoolId,
     /// Hosts served; empty = any.
     pub hosts: Vec<HostMatch>,
-    /// Normalised prefix: starts with `/`, no trailing `/` unless it is `/`.
+    /// Normalised prefix: starts with `/`, no trailing `/` unless it is `/`. With `path_exact`,
+    /// the exact path as written.
     pub path_prefix: String,
+    /// Only `path_prefix` itself matches (Ingress `pathType: Exact`).
+    pub path_exact: bool,
     /// What the prefix becomes upstream.
     pub rewrite_prefix: Option<String>,
     /// The lb method.
@@ -451,6 +462,9 @@ fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
             );
         }
         let max_age = c.max_age.as_deref().map(|m| p.duration("spec.sticky.cookie.maxAge", Some(m), Duration::ZERO));
+        let expires = c.expires.as_deref().map(|m| p.duration("spec.sticky.cookie.expires", Some(m), Duration::ZERO));
+        let conditional_same_site_none =
+            c.conditional_same_site_none == Some(true) && c.same_site == Some(SameSite::None);
         let (attributes, secure_attributes) = cookie_attributes(c, p, max_age);
         CookieConfig {
             name: c.name.clone(),
@@ -458,6 +472,8 @@ fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
             indirect: c.indirect.unwrap_or(true),
             nocache: c.nocache.unwrap_or(true),
             attributes,
+            conditional_same_site_none,
+            expires,
             secure_attributes,
         }
     });
@@ -469,6 +485,7 @@ fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
         path_parameter: s.path_parameter.unwrap_or(true),
         cookie,
         failover: s.failover.unwrap_or(true),
+        change_on_failure: s.change_on_failure.unwrap_or(true),
         headers_to_member: debug.to_member,
         headers_to_client: debug.to_client,
     }
@@ -574,8 +591,13 @@ fn validate_with_members(
     let tls = tls_entries(p, &spec.frontend.tls, &hosts);
     let backend_tls = spec.backend.tls.as_ref().map(|t| backend_tls(p, t, spec.health.active.is_some()));
     let hsts = spec.frontend.hsts.as_ref().map(hsts_value);
-    let path_prefix =
-        normalise_prefix(p, "spec.frontend.pathPrefix", spec.frontend.path_prefix.as_deref().unwrap_or("/"));
+    let raw_prefix = spec.frontend.path_prefix.as_deref().unwrap_or("/");
+    let path_exact = spec.frontend.path_type == Some(api::PathType::Exact);
+    let mut path_prefix = normalise_prefix(p, "spec.frontend.pathPrefix", raw_prefix);
+    if path_exact {
+        // Exact keeps a trailing slash: `/a/` and `/a` are two paths.
+        path_prefix = raw_prefix.to_owned();
+    }
     let rewrite_prefix =
         spec.frontend.rewrite_prefix.as_deref().map(|r| normalise_prefix(p, "spec.frontend.rewritePrefix", r));
     for (i, o) in spec.members.iter().enumerate() {
@@ -633,6 +655,7 @@ fn validate_with_members(
         id,
         hosts,
         path_prefix,
+        path_exact,
         rewrite_prefix,
         lb_method: spec.lb_method,
         sticky,
@@ -933,7 +956,38 @@ mod tests {
         let c = validate_static(id(), &s).unwrap();
         let cookie = c.sticky.unwrap().cookie.unwrap();
         assert_eq!(cookie.attributes, "; Path=/; Domain=example.com; Max-Age=3600; Secure; HttpOnly; SameSite=Lax");
+        assert_eq!((cookie.expires, cookie.conditional_same_site_none), (None, false));
         assert_eq!(cookie.secure_attributes, cookie.attributes);
+    }
+
+    #[test]
+    fn expires_and_conditional_same_site_none() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.sticky = Some(api::Sticky {
+            cookie: Some(api::RouteCookie {
+                name: "ROUTEID".into(),
+                secure: CookieSecure::Always,
+                same_site: Some(SameSite::None),
+                expires: Some("2h".into()),
+                conditional_same_site_none: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let c = validate_static(id(), &s).unwrap();
+        let cookie = c.sticky.unwrap().cookie.unwrap();
+        assert_eq!(cookie.attributes, "; Path=/; Secure; HttpOnly; SameSite=None");
+        assert!(cookie.conditional_same_site_none);
+        assert_eq!(cookie.expires, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn an_exact_path_keeps_its_trailing_slash() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        s.frontend.path_prefix = Some("/a/".into());
+        s.frontend.path_type = Some(api::PathType::Exact);
+        let c = validate_static(id(), &s).unwrap();
+        assert_eq!((c.path_prefix.as_str(), c.path_exact), ("/a/", true));
     }
 
     #[test]

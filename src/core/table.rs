@@ -52,13 +52,14 @@ struct Frontends {
 
 /// Same id, hosts and prefix: the frontend index does not care about anything else.
 fn same_frontend(a: &Arc<PoolConfig>, b: &Arc<PoolConfig>) -> bool {
-    Arc::ptr_eq(a, b) || (a.id == b.id && a.hosts == b.hosts && a.path_prefix == b.path_prefix)
+    Arc::ptr_eq(a, b)
+        || (a.id == b.id && a.hosts == b.hosts && a.path_prefix == b.path_prefix && a.path_exact == b.path_exact)
 }
 
 impl Frontends {
     fn build(configs: &[Arc<PoolConfig>]) -> Frontends {
         let mut f = Frontends::default();
-        let mut claimed: HashMap<(String, &str), &PoolId> = HashMap::new();
+        let mut claimed: HashMap<(String, &str, bool), &PoolId> = HashMap::new();
         for cfg in configs {
             let keys: Vec<String> = if cfg.hosts.is_empty() {
                 vec!["*".to_owned()]
@@ -72,15 +73,16 @@ impl Frontends {
                     .collect()
             };
             let prefix = cfg.path_prefix.as_str();
+            let exact = cfg.path_exact;
             if let Some((host, winner)) =
-                keys.iter().find_map(|k| claimed.get(&(k.clone(), prefix)).map(|w| (k.clone(), (*w).clone())))
+                keys.iter().find_map(|k| claimed.get(&(k.clone(), prefix, exact)).map(|w| (k.clone(), (*w).clone())))
             {
                 f.conflicts.push(Conflict { loser: cfg.id.clone(), winner, host, prefix: prefix.to_owned() });
                 f.placed.push(None);
                 continue;
             }
             for k in keys {
-                claimed.insert((k, prefix), &cfg.id);
+                claimed.insert((k, prefix, exact), &cfg.id);
             }
             let idx = f.by_id.len();
             f.placed.push(Some(idx));
@@ -100,7 +102,10 @@ impl Frontends {
         }
         let placed: Vec<&Arc<PoolConfig>> =
             configs.iter().zip(&f.placed).filter(|(_, p)| p.is_some()).map(|(c, _)| c).collect();
-        let by_prefix_len = |v: &mut Vec<usize>| v.sort_by_key(|&i| std::cmp::Reverse(placed[i].path_prefix.len()));
+        // Longest first; an exact path before a prefix of the same length.
+        let by_prefix_len = |v: &mut Vec<usize>| {
+            v.sort_by_key(|&i| (std::cmp::Reverse(placed[i].path_prefix.len()), !placed[i].path_exact))
+        };
         f.exact.values_mut().for_each(by_prefix_len);
         f.wildcard.iter_mut().for_each(|(_, v)| by_prefix_len(v));
         by_prefix_len(&mut f.any_host);
@@ -207,7 +212,10 @@ impl RoutingTable {
     }
 
     fn first_prefix(&self, candidates: &[usize], path: &str) -> Option<usize> {
-        candidates.iter().copied().find(|&i| prefix_matches(&self.pools[i].config.path_prefix, path))
+        candidates.iter().copied().find(|&i| {
+            let c = &self.pools[i].config;
+            if c.path_exact { exact_matches(&c.path_prefix, path) } else { prefix_matches(&c.path_prefix, path) }
+        })
     }
 }
 
@@ -219,6 +227,15 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with(';'),
+        None => false,
+    }
+}
+
+/// Exact match (Ingress `pathType: Exact`); a `;name=value` path parameter after the last segment
+/// (`/login;jsessionid=...`) is not part of the path.
+pub fn exact_matches(exact: &str, path: &str) -> bool {
+    match path.strip_prefix(exact) {
+        Some(rest) => rest.is_empty() || rest.starts_with(';'),
         None => false,
     }
 }
@@ -302,6 +319,27 @@ mod tests {
         assert_eq!(name(&t, Some("example.com"), "/api/x"), Some("any-api"), "a wildcard needs a label in front");
         assert_eq!(name(&t, None, "/apix"), Some("catchall"));
         assert_eq!(name(&t, Some("[::1]:80"), "/api;jsessionid=x"), Some("any-api"));
+    }
+
+    #[test]
+    fn an_exact_path_matches_itself_only_and_wins_over_the_same_prefix() {
+        let exact = |name: &str, path: &str| {
+            let mut c = cfg(name, &["a.com"], path);
+            c.path_exact = true;
+            c.path_prefix = path.into();
+            c
+        };
+        let (t, c) = RoutingTable::build(
+            vec![cfg("prefix", &["a.com"], "/login"), exact("exact", "/login"), exact("slash", "/login/")],
+            None,
+        );
+        assert!(c.is_empty(), "an exact path and a prefix of the same text do not conflict");
+        assert_eq!(name(&t, Some("a.com"), "/login"), Some("exact"));
+        assert_eq!(name(&t, Some("a.com"), "/login;jsessionid=x.a"), Some("exact"));
+        assert_eq!(name(&t, Some("a.com"), "/login/"), Some("slash"));
+        assert_eq!(name(&t, Some("a.com"), "/login/x"), Some("prefix"));
+        let (_, c) = RoutingTable::build(vec![exact("one", "/a"), exact("two", "/a")], None);
+        assert_eq!(c[0].loser.name, "two");
     }
 
     #[test]

@@ -21,7 +21,9 @@ use super::{PoolExt, Proxy};
 use crate::admin::metrics::{ClientError, FailoverReason, StickyOutcome};
 use crate::api::CookieMode;
 use crate::core::config::StickyConfig;
-use crate::core::sticky::{RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie};
+use crate::core::sticky::{
+    RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie, same_site_none_compatible,
+};
 use crate::core::{Balanced, BusyGuard, Choice, FailureKind, Pool, Tried, Unavailable};
 
 /// The response body: the member's streamed body, or a short body routeid wrote itself.
@@ -438,6 +440,12 @@ impl Proxy {
         if let (Some(cfg), Some(src)) = (sticky, vars.source) {
             vars.session_sticky = Some(session_name(cfg, src));
         }
+        // The session's route names a member of this pool (a sticky hit, or a listed member
+        // that cannot take it now), as opposed to no route or a route of a pod that left.
+        let session_member_listed = matches!(first, Choice::StickyHit(_) | Choice::Balanced(_, Balanced::Failover));
+        // Read only when the pool asks for conditional `SameSite=None`.
+        let same_site_none_ok = sticky.and_then(|c| c.cookie.as_ref()).is_none_or(|c| !c.conditional_same_site_none)
+            || req.headers().get(header::USER_AGENT).is_none_or(|ua| same_site_none_compatible(ua.as_bytes()));
         if self.settings.metrics {
             if sticky.is_some() {
                 let outcome = match first {
@@ -708,7 +716,13 @@ impl Proxy {
             // Only a member's own answer pins the session: a 502/504 routeid made after a failed
             // attempt must not send the client back to the member that failed.
             if answer == Answer::Member {
-                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed, fwd.https);
+                // ingress-nginx `change-on-failure: false`: a session whose member is still
+                // listed keeps its cookie when another member answered for it.
+                let keep = !cfg.change_on_failure
+                    && session_member_listed
+                    && matches!(vars.balanced, Some(Balanced::Failover | Balanced::Retry));
+                let cookie = CookieContext { same_site_none_ok, https: fwd.https };
+                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed && !keep, cookie);
             }
             if cfg.headers_to_client {
                 put_debug_headers(resp.headers_mut(), &vars, ext);
@@ -728,18 +742,36 @@ impl Proxy {
         resp
     }
 
-    fn sticky_response(&self, cfg: &StickyConfig, h: &mut HeaderMap, route: &str, route_changed: bool, https: bool) {
+    fn sticky_response(
+        &self,
+        cfg: &StickyConfig,
+        h: &mut HeaderMap,
+        route: &str,
+        route_changed: bool,
+        ctx: CookieContext,
+    ) {
         let Some(c) = &cfg.cookie else { return };
-        let attributes = if https { &c.secure_attributes } else { &c.attributes };
+        let attributes = if ctx.https { &c.secure_attributes } else { &c.attributes };
         let mut set = false;
         match c.mode {
             CookieMode::Insert => {
                 if route_changed {
-                    let mut v = Vec::with_capacity(c.name.len() + route.len() + attributes.len() + 2);
+                    // Only a user agent that rejects `SameSite=None` costs a copy.
+                    let attributes: Cow<'_, str> = if ctx.same_site_none_ok {
+                        Cow::Borrowed(attributes)
+                    } else {
+                        Cow::Owned(attributes.replace("; SameSite=None", ""))
+                    };
+                    let mut v = Vec::with_capacity(c.name.len() + route.len() + attributes.len() + 40);
                     v.extend_from_slice(c.name.as_bytes());
                     v.push(b'=');
                     v.extend(cfg.separator);
                     v.extend_from_slice(route.as_bytes());
+                    if let Some(d) = c.expires {
+                        let at = std::time::SystemTime::now() + d;
+                        v.extend_from_slice(b"; Expires=");
+                        v.extend_from_slice(httpdate::fmt_http_date(at).as_bytes());
+                    }
                     v.extend_from_slice(attributes.as_bytes());
                     if let Ok(v) = HeaderValue::from_bytes(&v) {
                         h.append(header::SET_COOKIE, v);
@@ -809,6 +841,15 @@ impl Proxy {
 }
 
 /// The request facts the access log needs, kept past the moment the request is taken apart.
+/// What the route cookie's attributes depend on in the request.
+#[derive(Clone, Copy)]
+struct CookieContext {
+    /// The client's user agent accepts `SameSite=None` (or it does not matter).
+    same_site_none_ok: bool,
+    /// The client connection is HTTPS (TLS, or a trusted front proxy said so).
+    https: bool,
+}
+
 struct ReqInfo<'a> {
     method: &'a Method,
     host: Option<&'a str>,

@@ -14,15 +14,23 @@ NAMESPACED_KINDS = {
     "ServiceAccount", "Service", "Secret", "ConfigMap", "Deployment", "Role", "RoleBinding",
     "PodDisruptionBudget", "ServiceMonitor",
 }  # fmt: skip
-CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace", "IngressClass"}
 
 # What the controller reads and writes (src/controller), and nothing more.
 WATCH_RULES = {
     ("routeid.io", "balancerpools"): ["get", "list", "watch", "patch"],  # patch: balancer-manager spec.members
     ("routeid.io", "balancerpools/status"): ["patch"],  # status merge patches by the Lease holder
     ("discovery.k8s.io", "endpointslices"): ["get", "list", "watch"],
+    ("", "services"): ["get", "list", "watch"],  # a backend port is the Service's port
     ("events.k8s.io", "events"): ["create", "patch"],  # kube-runtime's Recorder
 }
+# Ingress mode only: the Ingresses served and their status.loadBalancer.
+INGRESS_RULES = {
+    ("networking.k8s.io", "ingresses"): ["get", "list", "watch"],
+    ("networking.k8s.io", "ingresses/status"): ["update", "patch"],
+}
+# Cluster-scoped, so always in a ClusterRole (ingress mode).
+INGRESS_CLASS_RULES = {("networking.k8s.io", "ingressclasses"): ["get", "list", "watch"]}
 # Ingress mode serves TLS: the Secrets pools name (one watch each, fieldSelector metadata.name).
 INGRESS_WATCH_RULES = {**WATCH_RULES, ("", "secrets"): ["get", "list", "watch"]}
 LEASE_RULES = {("coordination.k8s.io", "leases"): ["get", "create", "update", "patch"]}  # kube-lease-manager
@@ -108,16 +116,18 @@ def test_every_field_exists_in_the_kubernetes_api(scenario):
 def test_kinds_per_mode():
     kinds = lambda n: sorted({o["kind"] for o in rendered(n).objects})  # noqa: E731
     assert kinds("default") == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
-        "Service", "ServiceAccount",
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "IngressClass", "PodDisruptionBudget", "Role",
+        "RoleBinding", "Service", "ServiceAccount",
     ]  # fmt: skip
+    # One namespace: IngressClasses are cluster-scoped, so reading them takes a ClusterRole.
     assert kinds("namespaced") == [
-        "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount",
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "IngressClass", "PodDisruptionBudget", "Role",
+        "RoleBinding", "Service", "ServiceAccount",
     ]  # fmt: skip
     # Sidecar: only the RBAC and the snippet: no pod, no Service, nothing cluster-wide.
     assert kinds("sidecar") == ["ConfigMap", "Role", "RoleBinding", "ServiceAccount"]
     assert kinds("full") == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "IngressClass", "PodDisruptionBudget", "Role", "RoleBinding",
         "Secret", "Service", "ServiceAccount", "ServiceMonitor",
     ]  # fmt: skip
 
@@ -149,7 +159,7 @@ def check_binding(rel, binding: dict, role: dict, sa_name: str, sa_ns: str):
 def test_rbac_all_namespaces():
     rel = rendered("default")
     role, binding = rel.one("ClusterRole"), rel.one("ClusterRoleBinding")
-    assert rules_of(role) == INGRESS_WATCH_RULES
+    assert rules_of(role) == INGRESS_WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES
     check_binding(rel, binding, role, "routeid", "routeid")
     lease, lease_binding = rel.one("Role"), rel.one("RoleBinding")
     assert lease["metadata"] == {**lease["metadata"], "name": "routeid-lease", "namespace": "routeid"}
@@ -162,10 +172,13 @@ def test_rbac_all_namespaces():
 
 def test_rbac_one_namespace():
     rel = rendered("namespaced")
-    assert not rel.of_kind("ClusterRole") and not rel.of_kind("ClusterRoleBinding")
+    # Only IngressClasses (cluster-scoped) are read cluster-wide.
+    classes = rel.one("ClusterRole")
+    assert classes["metadata"]["name"] == "routeid-ingressclasses" and rules_of(classes) == INGRESS_CLASS_RULES
+    check_binding(rel, rel.one("ClusterRoleBinding"), classes, "routeid", "routeid")
     watch = rel.one("Role", "routeid")
     assert watch["metadata"]["namespace"] == "web"
-    assert rules_of(watch) == INGRESS_WATCH_RULES
+    assert rules_of(watch) == INGRESS_WATCH_RULES | INGRESS_RULES
     check_binding(rel, rel.one("RoleBinding", "routeid"), watch, "routeid", "routeid")
     lease = rel.one("Role", "routeid-lease")
     assert lease["metadata"]["namespace"] == "routeid" and rules_of(lease) == LEASE_RULES
@@ -175,6 +188,7 @@ def test_rbac_one_namespace():
 
 def test_rbac_sidecar():
     rel = rendered("sidecar")
+    assert not rel.of_kind("ClusterRole") and not rel.of_kind("IngressClass")
     watch, lease = rel.one("Role", "routeid-sidecar"), rel.one("Role", "routeid-sidecar-lease")
     assert watch["metadata"]["namespace"] == lease["metadata"]["namespace"] == "demo"
     assert rules_of(watch) == WATCH_RULES and rules_of(lease) == LEASE_RULES
@@ -197,12 +211,12 @@ def test_tls_can_be_switched_off():
     a = args_of(container(rel))
     assert "tls-listen" not in a and "default-tls-secret" not in a
     assert [p["name"] for p in rel.one("Service")["spec"]["ports"]] == ["http"]
-    assert rules_of(rel.one("ClusterRole")) == WATCH_RULES, "no Secret access without TLS"
+    assert rules_of(rel.one("ClusterRole")) == WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES, "no Secret access without TLS"
 
 
 def test_rbac_and_service_account_can_be_left_out():
     rel = helmrender.render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
-    assert {o["kind"] for o in rel.objects} == {"Deployment", "Service", "PodDisruptionBudget"}
+    assert {o["kind"] for o in rel.objects} == {"Deployment", "Service", "PodDisruptionBudget", "IngressClass"}
     assert rel.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
 
 
@@ -451,6 +465,7 @@ def test_sidecar_snippet():
     assert a["namespace"] == "$(POD_NAMESPACE)" and a["lease-namespace"] == "$(POD_NAMESPACE)"
     assert a["listen"] == "127.0.0.1:15001"
     assert a["ingress-class"] == "routeid-sidecar" and a["default-class"] == "false"
+    assert a["watch-ingresses"] == "false", "a sidecar serves BalancerPools only"
     assert "lifecycle" not in c  # the app's containers stop first; no endpoint to leave
     assert "kubectl -n demo get configmap routeid-sidecar-snippet" in rel.notes
 
@@ -549,3 +564,19 @@ def test_notes():
     assert "spec.ingressClassName: routeid; set it to public" in full
     for path in re.findall(r"kubectl apply (?:--server-side )?-f (\S+)", notes + rendered("sidecar").notes):
         assert (ROOT / path).exists(), path
+
+
+def test_ingress_class_is_created_and_default_only_when_asked():
+    rel = rendered("default")
+    ic = rel.one("IngressClass")
+    assert ic["metadata"]["name"] == "routeid"
+    assert ic["spec"] == {"controller": "routeid.io/ingress-controller"}
+    assert "ingressclass.kubernetes.io/is-default-class" not in (ic["metadata"].get("annotations") or {})
+    assert "watch-ingress-without-class" not in args_of(container(rel))
+    rel = helmrender.render({"ingressClass": {"name": "edge", "default": True}})
+    ic = rel.one("IngressClass")
+    assert ic["metadata"]["name"] == "edge"
+    assert ic["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"] == "true"
+    a = args_of(container(rel))
+    assert a["watch-ingress-without-class"] is True and a["ingress-class"] == "edge"
+    assert not helmrender.render({"ingressClass": {"create": False}}).of_kind("IngressClass")

@@ -19,6 +19,7 @@ mod controller_status;
 mod crd;
 mod health;
 mod hostile;
+mod ingress;
 mod manager_controller;
 mod proxy_clients;
 mod proxy_failover;

@@ -138,6 +138,9 @@ app.kubernetes.io/part-of: routeid
 - apiGroups: [discovery.k8s.io]         # the members (never Pods)
   resources: [endpointslices]
   verbs: [get, list, watch]
+- apiGroups: [""]                       # a backend port is the Service's port: port -> targetPort
+  resources: [services]
+  verbs: [get, list, watch]
 - apiGroups: [events.k8s.io]            # MemberAdded / MemberRemoved / InvalidSpec on pools
   resources: [events]
   verbs: [create, patch]
@@ -146,6 +149,28 @@ app.kubernetes.io/part-of: routeid
   resources: [secrets]
   verbs: [get, list, watch]
 {{- end }}
+{{- end }}
+
+{{/* Ingress mode: the Ingresses served, and their status (status.loadBalancer). */}}
+{{- define "routeid.ingressRules" -}}
+- apiGroups: [networking.k8s.io]        # Ingresses of routeid's IngressClass
+  resources: [ingresses]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]        # status.loadBalancer, written by the Lease holder
+  resources: [ingresses/status]
+  verbs: [update, patch]
+{{- end }}
+
+{{/* IngressClasses are cluster-scoped: a ClusterRole even when one namespace is watched. */}}
+{{- define "routeid.ingressClassRules" -}}
+- apiGroups: [networking.k8s.io]        # which IngressClass is routeid's, and whether it is the default
+  resources: [ingressclasses]
+  verbs: [get, list, watch]
+{{- end }}
+
+{{/* The IngressClass is the cluster default only when ingressClass.default is explicitly true. */}}
+{{- define "routeid.clusterDefaultIngressClass" -}}
+{{- and (ne .Values.mode "sidecar") (kindIs "bool" .Values.ingressClass.default) .Values.ingressClass.default }}
 {{- end }}
 
 {{- define "routeid.leaseRules" -}}
@@ -199,6 +224,11 @@ args:
   {{- end }}
   - --ingress-class={{ include "routeid.ingressClass" . }}
   - --default-class={{ include "routeid.defaultClass" . }}
+  {{- if $sidecar }}
+  - --watch-ingresses=false
+  {{- else if eq (include "routeid.clusterDefaultIngressClass" .) "true" }}
+  - --watch-ingress-without-class
+  {{- end }}
   {{- if .Values.leaderElection.enabled }}
   - --lease-namespace={{ ternary "$(POD_NAMESPACE)" (include "routeid.leaseNamespace" .) $sidecar }}
   {{- else }}

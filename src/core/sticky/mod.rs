@@ -305,5 +305,16 @@ pub fn rewrite_set_cookie(
     Some(out)
 }
 
+/// Whether a user agent handles `SameSite=None` (false for the clients Chromium lists as
+/// incompatible: Chrome 40–69 era builds, iOS 12, Safari on macOS 10.14). The same substring
+/// tests ingress-nginx applies with `session-cookie-conditional-samesite-none`.
+pub fn same_site_none_compatible(user_agent: &[u8]) -> bool {
+    let has = |needle: &[u8]| user_agent.windows(needle.len()).any(|w| w == needle);
+    let old_chrome = has(b"Chrome/4") || has(b"Chrome/5") || has(b"Chrome/6");
+    let ios12 = has(b"CPU iPhone OS 12") || has(b"iPad; CPU OS 12");
+    let mojave_safari = has(b"Macintosh") && has(b"Intel Mac OS X 10_14") && has(b"Safari") && !has(b"Chrome");
+    !(old_chrome || ios12 || mojave_safari)
+}
+
 #[cfg(test)]
 mod tests;

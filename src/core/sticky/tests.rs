@@ -10,6 +10,7 @@ fn cfg() -> StickyConfig {
         path_parameter: true,
         cookie: None,
         failover: true,
+        change_on_failure: true,
         headers_to_member: false,
         headers_to_client: false,
     }
@@ -22,6 +23,8 @@ fn with_cookie(mut c: StickyConfig, name: &str, mode: CookieMode) -> StickyConfi
         indirect: true,
         nocache: true,
         attributes: "; Path=/".into(),
+        conditional_same_site_none: false,
+        expires: None,
         secure_attributes: "; Path=/; Secure".into(),
     });
     c
@@ -230,5 +233,27 @@ proptest! {
         let url = format!("/a;jsessionid={session}.{route}?jsessionid=x.other");
         let from_url = run(&c, &url, &[]).0;
         prop_assert_eq!(from_url.as_deref(), Some(route.as_str()));
+    }
+}
+
+#[test]
+fn same_site_none_incompatible_clients() {
+    let incompatible = [
+        "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/59.0.3071.115 Safari/537.36",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 12_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+        "Mozilla/5.0 (iPad; CPU OS 12_1 like Mac OS X) AppleWebKit/605.1.15",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/12.1 Safari/605.1.15",
+    ];
+    for ua in incompatible {
+        assert!(!same_site_none_compatible(ua.as_bytes()), "{ua}");
+    }
+    let compatible = [
+        "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_6) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        "curl/8.0",
+        "",
+    ];
+    for ua in compatible {
+        assert!(same_site_none_compatible(ua.as_bytes()), "{ua}");
     }
 }

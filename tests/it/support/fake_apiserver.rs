@@ -17,7 +17,7 @@
 //!   without lists, like Leases); server-side apply treated as a merge patch that creates a
 //!   missing object, **plus** the one piece of field ownership leader election relies on: an
 //!   apply that changes a field another field manager owns fails with 409 Conflict unless forced;
-//! - the `/status` subresource for `balancerpools`: the main endpoint ignores status, `/status`
+//! - the `/status` subresource for `balancerpools`, `ingresses` and `services`: the main endpoint ignores status, `/status`
 //!   changes only status, and `metadata.generation` moves only when the spec (anything outside
 //!   metadata and status) changes;
 //! - works for any resource path, so Leases (coordination.k8s.io/v1) and Events (events.k8s.io/v1
@@ -55,7 +55,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
 
 /// Resources whose status is a subresource (the main endpoint ignores `status`).
-const STATUS_SUBRESOURCE: &[&str] = &["balancerpools"];
+const STATUS_SUBRESOURCE: &[&str] = &["balancerpools", "ingresses", "services"];
 /// How many events the watch history keeps before older resourceVersions become "too old".
 const HISTORY: usize = 10_000;
 
@@ -384,6 +384,8 @@ fn kind_of(resource: &str) -> String {
         "events" => "Event".into(),
         "pods" => "Pod".into(),
         "services" => "Service".into(),
+        "ingresses" => "Ingress".into(),
+        "ingressclasses" => "IngressClass".into(),
         other => {
             let s = other.trim_end_matches('s');
             let mut c = s.chars();

@@ -1,0 +1,210 @@
+//! The run loop's Ingress side: the two watchers (Ingresses in scope, IngressClasses cluster
+//! wide), their events into [`super::Ingresses`], and what the loop tells about Ingresses
+//! (Events, `status.loadBalancer`). Kept here so the shared loop only gains a few calls.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use k8s_openapi::api::networking::v1::{
+    Ingress, IngressClass, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressPortStatus, IngressStatus,
+};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+
+use super::{IngressKey, IngressNews, Publish, ingress_of};
+use crate::controller::status::{Outbound, PoolEvent};
+use crate::controller::{ControllerOptions, ListState, Loop, watch_hint};
+
+type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// The Ingress and IngressClass watch streams; streams that never yield when Ingresses are off.
+pub(crate) fn streams(client: &Client, opts: &ControllerOptions) -> (Events<Ingress>, Events<IngressClass>) {
+    if opts.ingress.is_none() {
+        return (futures_util::stream::pending().boxed(), futures_util::stream::pending().boxed());
+    }
+    let ingresses: Api<Ingress> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let classes: Api<IngressClass> = Api::all(client.clone());
+    (
+        watcher(ingresses, watcher::Config::default()).default_backoff().boxed(),
+        watcher(classes, watcher::Config::default()).default_backoff().boxed(),
+    )
+}
+
+fn key(i: &Ingress) -> IngressKey {
+    (i.metadata.namespace.clone().unwrap_or_default(), i.metadata.name.clone().unwrap_or_default())
+}
+
+fn class_name(c: &IngressClass) -> String {
+    c.metadata.name.clone().unwrap_or_default()
+}
+
+impl Loop {
+    /// An Ingress watch event: the Ingress is (re-)translated, its news sent as Events.
+    pub(crate) fn on_ingress(
+        &mut self,
+        ev: Result<watcher::Event<Ingress>, watcher::Error>,
+        st: &mut ListState<IngressKey>,
+    ) {
+        let news = match ev {
+            Ok(watcher::Event::Apply(mut i)) => {
+                i.metadata.managed_fields = None;
+                self.ingresses.apply(i, &mut self.index)
+            }
+            Ok(watcher::Event::Delete(i)) => {
+                self.ingresses.delete(&key(&i), &mut self.index);
+                Vec::new()
+            }
+            Ok(watcher::Event::Init) => {
+                st.seen = Some(HashSet::new());
+                Vec::new()
+            }
+            Ok(watcher::Event::InitApply(mut i)) => {
+                if let Some(seen) = &mut st.seen {
+                    seen.insert(key(&i));
+                }
+                i.metadata.managed_fields = None;
+                self.ingresses.apply(i, &mut self.index)
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = st.seen.take() {
+                    self.ingresses.retain(&seen, &mut self.index);
+                }
+                st.synced = true;
+                Vec::new()
+            }
+            Err(e) => {
+                self.watch_failed("ingresses", &e);
+                Vec::new()
+            }
+        };
+        self.send_ingress_news(news);
+    }
+
+    /// An IngressClass watch event: every Ingress is looked at again (ours may have changed).
+    pub(crate) fn on_ingress_class(
+        &mut self,
+        ev: Result<watcher::Event<IngressClass>, watcher::Error>,
+        st: &mut ListState<String>,
+    ) {
+        let news = match ev {
+            Ok(watcher::Event::Apply(c)) => self.ingresses.apply_class(class_name(&c), Some(c), &mut self.index),
+            Ok(watcher::Event::Delete(c)) => self.ingresses.apply_class(class_name(&c), None, &mut self.index),
+            Ok(watcher::Event::Init) => {
+                st.seen = Some(HashSet::new());
+                Vec::new()
+            }
+            Ok(watcher::Event::InitApply(c)) => {
+                if let Some(seen) = &mut st.seen {
+                    seen.insert(class_name(&c));
+                }
+                self.ingresses.apply_class(class_name(&c), Some(c), &mut self.index)
+            }
+            Ok(watcher::Event::InitDone) => {
+                st.synced = true;
+                match st.seen.take() {
+                    Some(seen) => self.ingresses.retain_classes(&seen, &mut self.index),
+                    None => Vec::new(),
+                }
+            }
+            Err(e) => {
+                self.watch_failed("ingressclasses", &e);
+                Vec::new()
+            }
+        };
+        self.send_ingress_news(news);
+    }
+
+    fn watch_failed(&self, what: &'static str, e: &watcher::Error) {
+        self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+        self.proxy.metrics().watch_restarts.with_label_values(&[what]).inc();
+        tracing::warn!(error = %e, hint = watch_hint(e), "{what} watch failed; the last table keeps serving, retrying with backoff");
+    }
+
+    /// Sends news about Ingresses as Events on them (written by the Lease holder only).
+    pub(crate) fn send_ingress_news(&self, news: Vec<IngressNews>) {
+        for n in news {
+            let Some(ing) = self.ingresses.ingress(&n.key) else { continue };
+            let reference = ing.object_ref(&());
+            let _ = self.out.send(Outbound::Event(PoolEvent {
+                reference,
+                warning: n.warning,
+                reason: n.reason,
+                note: n.note,
+            }));
+        }
+    }
+
+    /// A Warning Event on each Ingress that newly lost a host+path to an older object.
+    pub(crate) fn send_conflict_events(&mut self) {
+        let mut news = Vec::new();
+        let mut now = HashSet::new();
+        for c in &self.conflicts {
+            let Some(key) = ingress_of(&c.loser) else { continue };
+            now.insert((c.loser.clone(), c.winner.clone()));
+            if self.ingresses.reported_conflicts.contains(&(c.loser.clone(), c.winner.clone())) {
+                continue;
+            }
+            let winner = match ingress_of(&c.winner) {
+                Some((ns, name)) => format!("Ingress {ns}/{name}"),
+                None => format!("BalancerPool {}", c.winner),
+            };
+            news.push(IngressNews {
+                key,
+                warning: true,
+                reason: "Conflict",
+                note: format!("host {} path {} is already served by the older {winner}", c.host, c.prefix),
+            });
+        }
+        self.ingresses.reported_conflicts = now;
+        self.send_ingress_news(news);
+    }
+
+    /// `status.loadBalancer` of every served Ingress, when it differs from what the object says.
+    pub(crate) fn send_ingress_statuses(&self) {
+        let addresses: Vec<IngressLoadBalancerIngress> = match &self.opts.publish {
+            Publish::Nothing => return,
+            Publish::Addresses(a) => a.iter().map(|a| lb_entry(a)).collect(),
+            Publish::Service(ns, name) => self
+                .index
+                .service(&(ns.clone(), name.clone()))
+                .and_then(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| IngressLoadBalancerIngress { ip: i.ip, hostname: i.hostname, ports: None })
+                .collect(),
+        };
+        for (key, _) in self.ingresses.served() {
+            let Some(ing) = self.ingresses.ingress(key) else { continue };
+            let mut entries = addresses.clone();
+            if !self.ingresses.notes(key).is_empty() {
+                // Ingress status has no conditions: the port status is where a problem goes.
+                let port = IngressPortStatus {
+                    port: 443,
+                    protocol: "TCP".into(),
+                    error: Some("routeid.io/TLSNotApplied".into()),
+                };
+                entries.iter_mut().for_each(|e| e.ports = Some(vec![port.clone()]));
+            }
+            let desired = IngressStatus { load_balancer: Some(IngressLoadBalancerStatus { ingress: Some(entries) }) };
+            let current = ing.status.clone().unwrap_or_default();
+            let same = current.load_balancer.and_then(|l| l.ingress).unwrap_or_default()
+                == desired.load_balancer.clone().and_then(|l| l.ingress).unwrap_or_default();
+            if !same {
+                let _ = self.out.send(Outbound::IngressStatus { key: key.clone(), status: Box::new(desired) });
+            }
+        }
+    }
+}
+
+fn lb_entry(a: &str) -> IngressLoadBalancerIngress {
+    if a.parse::<std::net::IpAddr>().is_ok() {
+        IngressLoadBalancerIngress { ip: Some(a.to_owned()), ..Default::default() }
+    } else {
+        IngressLoadBalancerIngress { hostname: Some(a.to_owned()), ..Default::default() }
+    }
+}
