@@ -824,6 +824,57 @@ mod tests {
         assert_eq!((pool.open_count(), pool.queued.load(Ordering::SeqCst)), (0, 0));
     }
 
+    /// A member that answers every request head with `200 ok`, on keep-alive connections.
+    async fn ok_member() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut buf, mut got) = (vec![0u8; 4096], Vec::new());
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        got.extend_from_slice(&buf[..n]);
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            got.drain(..end + 4);
+                            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_that_does_not_get_ready_is_closed_not_waited_on() {
+        let addr = ok_member().await;
+        let pool = MemberConns::new(addr);
+        // A connection whose task never runs is never ready to send, and not closed either.
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, stuck) = http1::Builder::new().handshake::<_, UpstreamBody>(TokioIo::new(stream)).await.unwrap();
+        let never = tokio::spawn(std::future::pending::<()>());
+        let task = never.abort_handle();
+        let budget = Arc::new(ReadBudget::new());
+        let idle_for = Duration::from_secs(30);
+        pool.checkin(Conn { sender, budget, idle_for, tls: UpstreamTls::Plain, upload: None, task: task.clone() });
+        assert_eq!(pool.idle_count(), 1);
+        let limits = Limits { connect: Duration::from_millis(100), ..limits(None, Duration::from_secs(20)) };
+        let send = pool.send(Request::new(UpstreamBody::Empty), &limits, &UpstreamTls::Plain);
+        let resp =
+            tokio::time::timeout(Duration::from_secs(5), send).await.expect("not held until the response deadline");
+        assert_eq!(
+            resp.map(|r| r.status()).map_err(|f| f.error.to_string()),
+            Ok(StatusCode::OK),
+            "on a new connection"
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), never).await.expect("the stuck connection is closed");
+        assert!(ended.is_err_and(|e| e.is_cancelled()));
+        drop(stuck);
+    }
+
     #[tokio::test]
     async fn a_huge_timeout_is_a_far_deadline_not_a_panic() {
         let far = Limits::deadline_in(Duration::from_secs(u64::MAX));

@@ -97,7 +97,8 @@ async fn a_connection_answered_before_its_upload_ended_is_closed_not_pooled() {
         }
         // That member connection cannot carry another request before the rest of A's upload:
         // it is closed, not handed to the next client.
-        closed.recv().await.expect("the member saw its connection closed");
+        let closing = tokio::time::timeout(std::time::Duration::from_secs(5), closed.recv()).await;
+        assert_eq!(closing, Ok(Some(())), "the member saw that connection closed");
         let t = std::time::Instant::now();
         let b = get(p.proxy_addr, "/b", &[]).await;
         assert_eq!((b.status.as_u16(), b.body.as_str()), (200, "ok"), "another client is not held up");
