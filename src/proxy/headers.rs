@@ -152,7 +152,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&H
     let appended = joined_xff(headers).and_then(|mut list| {
         list.extend_from_slice(b", ");
         list.extend_from_slice(client.value.as_bytes());
-        HeaderValue::from_bytes(&list).ok()
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(list)).ok()
     });
     headers.insert(X_FORWARDED_FOR.clone(), appended.unwrap_or_else(|| client.value.clone()));
     if !headers.contains_key(&X_FORWARDED_PROTO) {
