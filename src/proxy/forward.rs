@@ -560,8 +560,13 @@ impl Proxy {
                 }
             };
             let Some(mext) = self.member_ext(pool, idx) else {
-                // Only the proxy fills the member's extension slot: unreachable, but answered.
-                return plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n");
+                // Only the proxy fills the member's extension slot: unreachable, but answered,
+                // and logged as routeid's fault, not as a client that went away (499).
+                abandoned.armed = false;
+                let resp = plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n");
+                let out = Outcome::of(&resp, tried.len());
+                self.access_log(&abandoned.info, Some(&ext.balancer_name), None, &vars, out);
+                return resp;
             };
             tried.push(idx);
             let member = &pool.members[idx];

@@ -117,34 +117,43 @@ pub struct Forwarded {
 
 /// Who the client of a request is and whether it used HTTPS, without touching the headers: the
 /// peer itself, unless the peer is a trusted proxy whose `X-Forwarded-*` headers say more.
+/// Every `X-Forwarded-For` line counts, in order, as one list (RFC 9110 §5.3): HAProxy's
+/// `option forwardfor` adds a line of its own after the client's. A multi-hop
+/// `X-Forwarded-Proto` (`https, http`) names the client's protocol first.
 pub fn forwarded(headers: &HeaderMap, client: &ClientIp) -> Forwarded {
     let Some(trusted) = &client.trusted else {
         return Forwarded { client: client.ip, https: client.tls };
     };
-    let xff = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|p| !p.trim().is_empty());
     let https = match headers.get(&X_FORWARDED_PROTO) {
-        Some(p) => p.as_bytes().eq_ignore_ascii_case(b"https"),
+        Some(p) => {
+            p.as_bytes().split(|b| *b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"https"))
+        }
         None => client.tls,
     };
-    Forwarded { client: xff.map_or(client.ip, |p| rightmost_untrusted(p, trusted, client.ip)), https }
+    Forwarded { client: rightmost_untrusted(headers, trusted, client.ip), https }
 }
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`. From a trusted proxy,
-/// its `X-Forwarded-For` is appended to and its `-Proto` / `-Host` are kept; from any other
-/// peer all three are replaced, so a client cannot forge them. Returns [`forwarded`].
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&HeaderValue>) -> Forwarded {
+/// its `X-Forwarded-For` lines are joined and appended to (one line) and its `-Proto` / `-Host`
+/// are kept; from any other peer all three are replaced, so a client cannot forge them: a
+/// request without a host gets no `X-Forwarded-Host` at all. Who the client is comes from
+/// [`forwarded`], read once per request by the caller.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&HeaderValue>) {
     let proto = HeaderValue::from_static(if client.tls { "https" } else { "http" });
     if client.trusted.is_none() {
         headers.insert(X_FORWARDED_FOR.clone(), client.value.clone());
         headers.insert(X_FORWARDED_PROTO.clone(), proto);
-        if let Some(h) = host {
-            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-        }
-        return Forwarded { client: client.ip, https: client.tls };
+        match host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        return;
     }
-    let found = forwarded(headers, client);
-    let prev = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|p| !p.trim().is_empty());
-    let appended = prev.and_then(|p| HeaderValue::try_from(format!("{p}, {}", client.ip)).ok());
+    let appended = joined_xff(headers).and_then(|mut list| {
+        list.extend_from_slice(b", ");
+        list.extend_from_slice(client.value.as_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(list)).ok()
+    });
     headers.insert(X_FORWARDED_FOR.clone(), appended.unwrap_or_else(|| client.value.clone()));
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), proto);
@@ -154,22 +163,46 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientIp, host: Option<&H
     {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
-    found
 }
 
-/// The client a trusted chain names: walking `X-Forwarded-For` from the right, the first hop
-/// that is not a trusted proxy. A hop that is not an address ends the walk at its right
+/// Every non-empty `X-Forwarded-For` line, in order, joined with `, `; `None` when there is
+/// none. Only called for a trusted peer.
+fn joined_xff(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let mut list: Option<Vec<u8>> = None;
+    for line in headers.get_all(&X_FORWARDED_FOR) {
+        let v = line.as_bytes().trim_ascii();
+        if v.is_empty() {
+            continue;
+        }
+        match &mut list {
+            Some(l) => {
+                l.extend_from_slice(b", ");
+                l.extend_from_slice(v);
+            }
+            None => list = Some(v.to_vec()),
+        }
+    }
+    list
+}
+
+/// The client a trusted chain names: walking every `X-Forwarded-For` line from the last one,
+/// each from the right, the first hop that is not a trusted proxy. Empty list elements are
+/// skipped (RFC 9110 §5.6.1); a hop that is not an address ends the walk at its right
 /// neighbour (what a trusted proxy wrote last), never at the forged value.
-fn rightmost_untrusted(xff: &str, trusted: &super::listener::TrustedProxies, peer: IpAddr) -> IpAddr {
+fn rightmost_untrusted(headers: &HeaderMap, trusted: &super::listener::TrustedProxies, peer: IpAddr) -> IpAddr {
     let mut client = peer;
-    for hop in xff.rsplit(',').map(str::trim) {
-        let Some(ip) = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
-        else {
-            break;
-        };
-        client = ip;
-        if !trusted.contains(ip) {
-            break;
+    for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(line) = line.to_str() else { return client };
+        for hop in line.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let Some(ip) =
+                hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+            else {
+                return client;
+            };
+            client = ip;
+            if !trusted.contains(ip) {
+                return client;
+            }
         }
     }
     client
@@ -235,30 +268,45 @@ mod tests {
         h
     }
 
+    /// What the proxy does per request: read who the client is, then rewrite the headers.
+    fn both(h: &mut HeaderMap, peer: &ClientIp, host: Option<&HeaderValue>) -> Forwarded {
+        let f = forwarded(h, peer);
+        set_forwarded(h, peer, host);
+        f
+    }
+
     #[test]
     fn an_untrusted_peer_gets_its_forwarded_headers_replaced() {
         let mut h = spoofed();
-        let f = set_forwarded(
-            &mut h,
-            &ClientIp::new("127.0.0.1".parse().unwrap()),
-            Some(&HeaderValue::from_static("shop")),
-        );
+        let f = both(&mut h, &ClientIp::new("127.0.0.1".parse().unwrap()), Some(&HeaderValue::from_static("shop")));
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop");
         assert_eq!(f, Forwarded { client: "127.0.0.1".parse().unwrap(), https: false });
         let mut h = HeaderMap::new();
         let tls = ClientIp::new("127.0.0.1".parse().unwrap()).secure(true);
-        assert!(set_forwarded(&mut h, &tls, None).https);
+        assert!(both(&mut h, &tls, None).https);
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]
-    fn a_trusted_peer_is_appended_to_and_names_the_client() {
-        let trusted = std::sync::Arc::new("10.0.0.0/8".parse::<super::super::listener::TrustedProxies>().unwrap());
-        let peer = ClientIp::new("10.0.0.1".parse().unwrap()).trusting(Some(trusted));
+    fn an_untrusted_request_without_host_loses_a_forged_forwarded_host() {
         let mut h = spoofed();
-        let f = set_forwarded(&mut h, &peer, Some(&HeaderValue::from_static("shop")));
+        set_forwarded(&mut h, &ClientIp::new("127.0.0.1".parse().unwrap()), None);
+        assert_eq!(h.get("x-forwarded-host"), None);
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    fn trusted_peer() -> ClientIp {
+        let trusted = std::sync::Arc::new("10.0.0.0/8".parse::<super::super::listener::TrustedProxies>().unwrap());
+        ClientIp::new("10.0.0.1".parse().unwrap()).trusting(Some(trusted))
+    }
+
+    #[test]
+    fn a_trusted_peer_is_appended_to_and_names_the_client() {
+        let peer = trusted_peer();
+        let mut h = spoofed();
+        let f = both(&mut h, &peer, Some(&HeaderValue::from_static("shop")));
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.9, 10.0.0.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil", "kept from the trusted proxy");
@@ -266,10 +314,43 @@ mod tests {
         assert_eq!(f, Forwarded { client: "203.0.113.9".parse().unwrap(), https: true });
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("junk, 10.0.0.3"));
-        assert_eq!(set_forwarded(&mut h, &peer, None).client, "10.0.0.3".parse::<IpAddr>().unwrap());
+        assert_eq!(both(&mut h, &peer, None).client, "10.0.0.3".parse::<IpAddr>().unwrap());
         let mut h = HeaderMap::new();
-        let f = set_forwarded(&mut h, &peer, None);
+        let f = both(&mut h, &peer, None);
         assert_eq!((f.client, f.https), (peer.ip, false));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_counts_in_order() {
+        // The client's forgery, then the line HAProxy's `option forwardfor` adds.
+        let peer = trusted_peer();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", HeaderValue::from_static(" "));
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 10.0.0.2"));
+        let f = both(&mut h, &peer, None);
+        assert_eq!(f.client, "203.0.113.9".parse::<IpAddr>().unwrap());
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["6.6.6.6, 203.0.113.9, 10.0.0.2, 10.0.0.1"], "one line, every hop kept");
+        // A line that is all trusted hops walks on into the line before it.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2,,10.0.0.3"));
+        assert_eq!(forwarded(&h, &peer).client, "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn a_multi_hop_forwarded_proto_names_the_client_first() {
+        let peer = trusted_peer();
+        let proto = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-proto", HeaderValue::from_static(v));
+            forwarded(&h, &peer).https
+        };
+        assert!(proto("https, http"));
+        assert!(proto(" HTTPS"));
+        assert!(!proto("http, https"));
+        assert!(!proto(""));
     }
 }

@@ -459,21 +459,33 @@ impl Certificates {
         out
     }
 
-    /// How `pool` reaches its members, noting a missing CA in `problems`.
+    /// How `pool` reaches its members, noting a missing CA in `problems`. The client
+    /// configuration is shared per setting (CA roots, `insecureSkipVerify`, `serverName`) and
+    /// across publications: a pooled member connection is only reused under the very
+    /// configuration it was made with, which then only changes when the setting does, and
+    /// rustls's session cache survives EndpointSlice changes.
     fn upstream(&self, pool: &crate::core::Pool, problems: &mut HashMap<PoolId, Vec<TlsProblem>>) -> UpstreamTls {
+        /// By (address of the CA roots, 0 for `insecureSkipVerify`; server name). The entry
+        /// holds the roots, so their address cannot be reused by other roots while it exists.
+        type Key = (usize, Option<rustls_pki_types::ServerName<'static>>);
+        type Configs = HashMap<Key, (Option<Arc<rustls::RootCertStore>>, Arc<rustls::ClientConfig>)>;
+        static CONFIGS: std::sync::Mutex<Option<Configs>> = std::sync::Mutex::new(None);
+        /// Size at which entries nothing uses any more start being dropped.
+        const PRUNE_FROM: usize = 64;
+
         let Some(t) = &pool.config.backend_tls else { return UpstreamTls::Plain };
         let id = &pool.config.id;
         problems.entry(id.clone()).or_default(); // TLSReady is reported for this pool
         let server_name =
             t.server_name.as_deref().and_then(|n| rustls_pki_types::ServerName::try_from(n.to_owned()).ok());
-        let cfg = if t.insecure_skip_verify {
-            client_config_any()
+        let roots = if t.insecure_skip_verify {
+            None
         } else {
             let Some(name) = &t.ca_secret_name else { return UpstreamTls::Unavailable };
             let r = SecretRef::new(&id.namespace, name);
             let ca = self.secrets.get(&r).and_then(|s| s.ca.clone()).unwrap_or(Err(CertError::Missing));
             match ca {
-                Ok(roots) => client_config(roots),
+                Ok(roots) => Some(roots),
                 Err(e) => {
                     let message = format!("backend.tls CA Secret {r}: {e}; requests are answered 503");
                     problems.entry(id.clone()).or_default().push(TlsProblem { reason: e.reason(), message });
@@ -481,10 +493,24 @@ impl Certificates {
                 }
             }
         };
-        match cfg {
-            Ok(config) => UpstreamTls::Tls { config, server_name },
-            Err(_) => UpstreamTls::Unavailable,
+        let key = (roots.as_ref().map_or(0, |r| Arc::as_ptr(r) as usize), server_name.clone());
+        // Only publications take this lock, never a request.
+        let mut configs = CONFIGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let configs = configs.get_or_insert_with(HashMap::new);
+        if let Some((_, config)) = configs.get(&key) {
+            return UpstreamTls::Tls { config: Arc::clone(config), server_name };
         }
+        let made = match &roots {
+            None => client_config_any(),
+            Some(r) => client_config(Arc::clone(r)),
+        };
+        let Ok(config) = made else { return UpstreamTls::Unavailable };
+        // Each time the cache doubles, the configurations no snapshot or connection holds go.
+        if configs.len() >= PRUNE_FROM && configs.len().is_power_of_two() {
+            configs.retain(|_, (_, c)| Arc::strong_count(c) > 1);
+        }
+        configs.insert(key, (roots, Arc::clone(&config)));
+        UpstreamTls::Tls { config, server_name }
     }
 
     /// The certificate `r` serves, noting in `problems` when it is broken or absent.

@@ -47,8 +47,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 
-use super::body::UpstreamBody;
+use super::body::{BodySlot, UpstreamBody};
+use super::tls::UpstreamTls;
 use crate::core::{BusyGuard, FailureKind, PoolConfig};
 
 /// Idle connections kept per member; beyond it the oldest is closed.
@@ -103,6 +105,37 @@ struct Conn {
     budget: Arc<ReadBudget>,
     /// How long it may stay idle once back (the pool's `timeouts.idle` at its last request).
     idle_for: Duration,
+    /// The TLS setting it was made under: it is never used under another (a pool switched to
+    /// `backend.tls`, or to another CA or server name, must not go on in clear or unverified).
+    tls: UpstreamTls,
+    /// The upload of the exchange in flight, if it has a body: the connection only goes back
+    /// to the pool once that went out whole.
+    upload: Option<BodySlot>,
+    /// The connection's task, to close it at once.
+    task: AbortHandle,
+}
+
+impl Conn {
+    /// Whether a request that reaches the member through `tls` may use this connection: the
+    /// same client configuration (by identity: it is cached per setting) and server name.
+    fn made_under(&self, tls: &UpstreamTls) -> bool {
+        match (&self.tls, tls) {
+            (UpstreamTls::Plain, UpstreamTls::Plain) => true,
+            (UpstreamTls::Tls { config: a, server_name: na }, UpstreamTls::Tls { config: b, server_name: nb }) => {
+                Arc::ptr_eq(a, b) && na == nb
+            }
+            _ => false,
+        }
+    }
+
+    /// Remembers the upload of the request about to go out on this connection.
+    fn sending(&mut self, req: &Request<UpstreamBody>) {
+        self.budget.arm();
+        self.upload = match req.body() {
+            UpstreamBody::Streamed { state, .. } => Some(Arc::clone(state)),
+            UpstreamBody::Empty => None,
+        };
+    }
 }
 
 struct Idle {
@@ -243,9 +276,9 @@ impl MemberConns {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The newest idle connection still usable; expired or closed ones met on the way are
-    /// dropped (closed).
-    fn pop_idle(&self) -> Option<Conn> {
+    /// The newest idle connection still usable through `tls`; expired or closed ones, and
+    /// ones made under another TLS setting, met on the way are dropped (closed).
+    fn pop_idle(&self, tls: &UpstreamTls) -> Option<Conn> {
         if self.idle_len.load(Ordering::SeqCst) == 0 {
             return None;
         }
@@ -253,33 +286,41 @@ impl MemberConns {
         let mut q = self.queue();
         let mut found = None;
         while let Some(idle) = q.pop_back() {
-            if idle.expires > now && !idle.conn.sender.is_closed() {
+            if idle.expires > now && !idle.conn.sender.is_closed() && idle.conn.made_under(tls) {
                 found = Some(idle.conn);
                 break;
             }
+            idle.conn.task.abort();
         }
         self.idle_len.store(q.len(), Ordering::SeqCst);
         found
     }
 
-    /// Sends `req` over the newest idle connection, or a new one (made within
-    /// `limits.connect`, with TLS when `tls` says so); at `limits.max_connections` it waits for
-    /// one until `limits.deadline`.
+    /// Sends `req` over the newest idle connection made under `tls`, or a new one (made
+    /// within `limits.connect`, with TLS when `tls` says so); at `limits.max_connections` it
+    /// waits for one until `limits.deadline`.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
         limits: &Limits,
-        tls: &super::tls::UpstreamTls,
+        tls: &UpstreamTls,
     ) -> Result<Response<MemberBody>, Failed> {
         loop {
-            while let Some(mut conn) = self.pop_idle() {
-                // It went back to the pool when its last response ended; this only waits for
-                // the connection task to notice.
-                if conn.sender.ready().await.is_err() {
-                    continue;
+            while let Some(mut conn) = self.pop_idle(tls) {
+                // It went back to the pool when its last exchange ended whole; this only waits
+                // for the connection task to notice. Bounded all the same: a connection that
+                // does not get ready is closed, not waited on until the response deadline.
+                match tokio::time::timeout(limits.connect, conn.sender.ready()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => continue,
+                    Err(_) => {
+                        tracing::debug!(addr = %self.addr, "pooled member connection not ready in time; closed");
+                        conn.task.abort();
+                        continue;
+                    }
                 }
                 conn.idle_for = limits.idle;
-                conn.budget.arm();
+                conn.sending(&req);
                 match conn.sender.try_send_request(req).await {
                     Ok(resp) => return self.answer(resp, conn, true).await,
                     Err(mut e) => match e.take_message() {
@@ -308,7 +349,7 @@ impl MemberConns {
         req: Request<UpstreamBody>,
         slot: Slot,
         limits: &Limits,
-        tls: &super::tls::UpstreamTls,
+        tls: &UpstreamTls,
     ) -> Result<Response<MemberBody>, Failed> {
         let mut conn = match self.connect(slot, limits, tls).await {
             Ok(c) => c,
@@ -316,7 +357,7 @@ impl MemberConns {
                 return Err(Failed { error: SendError::Connect { addr: self.addr, source }, request: Some(req) });
             }
         };
-        conn.budget.arm();
+        conn.sending(&req);
         match conn.sender.try_send_request(req).await {
             Ok(resp) => self.answer(resp, conn, false).await,
             Err(mut e) => {
@@ -366,8 +407,11 @@ impl MemberConns {
         }
     }
 
-    async fn connect(&self, slot: Slot, limits: &Limits, tls: &super::tls::UpstreamTls) -> std::io::Result<Conn> {
-        let stream = tokio::time::timeout(limits.connect, TcpStream::connect(self.addr))
+    /// A new connection: TCP connect and, for `backend.tls`, the TLS handshake, both within
+    /// one `limits.connect`.
+    async fn connect(&self, slot: Slot, limits: &Limits, tls: &UpstreamTls) -> std::io::Result<Conn> {
+        let deadline = Limits::deadline_in(limits.connect);
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(self.addr))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
@@ -375,22 +419,22 @@ impl MemberConns {
         let budget = Arc::new(ReadBudget::new());
         // The slot lives as long as the socket: the connection, or the tunnel it becomes.
         let io = Metered { io: stream, budget: Arc::clone(&budget), _slot: slot };
-        let sender = match tls {
-            super::tls::UpstreamTls::Tls { config, server_name } => {
+        let (sender, task) = match tls {
+            UpstreamTls::Tls { config, server_name } => {
                 let name = server_name.clone().unwrap_or_else(|| self.addr.ip().into());
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-                let stream = tokio::time::timeout(limits.connect, connector.connect(name, io))
+                let stream = tokio::time::timeout_at(deadline, connector.connect(name, io))
                     .await
                     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
                 self.handshake(stream).await?
             }
             _ => self.handshake(io).await?,
         };
-        Ok(Conn { sender, budget, idle_for: limits.idle })
+        Ok(Conn { sender, budget, idle_for: limits.idle, tls: tls.clone(), upload: None, task })
     }
 
     /// HTTP/1.1 over a connected stream; the connection runs in its own task.
-    async fn handshake<S>(&self, stream: S) -> std::io::Result<SendRequest<UpstreamBody>>
+    async fn handshake<S>(&self, stream: S) -> std::io::Result<(SendRequest<UpstreamBody>, AbortHandle)>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -400,12 +444,12 @@ impl MemberConns {
             .await
             .map_err(std::io::Error::other)?;
         let addr = self.addr;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "member connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, task.abort_handle()))
     }
 
     /// Checks the member's response head (and its first body frame when it came along) before
@@ -454,8 +498,17 @@ impl MemberConns {
         Ok(Response::from_parts(parts, body))
     }
 
-    fn checkin(self: &Arc<Self>, conn: Conn) {
+    /// Gives a connection back once its response has ended. One whose request body did not go
+    /// out whole (a member that answered an upload early) is closed instead: hyper cannot send
+    /// on it before the rest of that upload, so the next request would wait on another
+    /// client's upload, and the member would be blamed for it.
+    fn checkin(self: &Arc<Self>, mut conn: Conn) {
         if conn.sender.is_closed() {
+            return;
+        }
+        if conn.upload.take().is_some_and(|u| !u.complete()) {
+            tracing::debug!(addr = %self.addr, "member answered before the whole upload; connection closed");
+            conn.task.abort();
             return;
         }
         let now = Instant::now();
@@ -769,6 +822,57 @@ mod tests {
         drop(first);
         assert!(waiter.await.unwrap(), "woken by the freed slot, long before its deadline");
         assert_eq!((pool.open_count(), pool.queued.load(Ordering::SeqCst)), (0, 0));
+    }
+
+    /// A member that answers every request head with `200 ok`, on keep-alive connections.
+    async fn ok_member() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut buf, mut got) = (vec![0u8; 4096], Vec::new());
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        got.extend_from_slice(&buf[..n]);
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            got.drain(..end + 4);
+                            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_that_does_not_get_ready_is_closed_not_waited_on() {
+        let addr = ok_member().await;
+        let pool = MemberConns::new(addr);
+        // A connection whose task never runs is never ready to send, and not closed either.
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, stuck) = http1::Builder::new().handshake::<_, UpstreamBody>(TokioIo::new(stream)).await.unwrap();
+        let never = tokio::spawn(std::future::pending::<()>());
+        let task = never.abort_handle();
+        let budget = Arc::new(ReadBudget::new());
+        let idle_for = Duration::from_secs(30);
+        pool.checkin(Conn { sender, budget, idle_for, tls: UpstreamTls::Plain, upload: None, task: task.clone() });
+        assert_eq!(pool.idle_count(), 1);
+        let limits = Limits { connect: Duration::from_millis(100), ..limits(None, Duration::from_secs(20)) };
+        let send = pool.send(Request::new(UpstreamBody::Empty), &limits, &UpstreamTls::Plain);
+        let resp =
+            tokio::time::timeout(Duration::from_secs(5), send).await.expect("not held until the response deadline");
+        assert_eq!(
+            resp.map(|r| r.status()).map_err(|f| f.error.to_string()),
+            Ok(StatusCode::OK),
+            "on a new connection"
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(5), never).await.expect("the stuck connection is closed");
+        assert!(ended.is_err_and(|e| e.is_cancelled()));
+        drop(stuck);
     }
 
     #[tokio::test]

@@ -210,3 +210,23 @@ async fn hop_by_hop_headers_are_stripped_both_ways_and_forwarded_headers_set() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_http10_request_without_host_cannot_forge_forwarded_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let m = Member::start("m").await;
+        let p = start_proxy(&pool_yaml("p", &[(m.addr, "m", 1)], "")).await;
+        let mut c = tokio::net::TcpStream::connect(p.proxy_addr).await.unwrap();
+        let forged = b"GET /x HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n\r\n";
+        c.write_all(forged).await.unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).await.unwrap();
+        assert!(out.starts_with(b"HTTP/1.0 200"), "{}", String::from_utf8_lossy(&out));
+        let seen = m.last_seen();
+        assert_eq!(seen.headers.get("x-forwarded-host"), None, "no host: no X-Forwarded-Host at all");
+        assert_eq!(seen.headers["x-forwarded-proto"], "http");
+        p.shutdown().await;
+    })
+    .await;
+}

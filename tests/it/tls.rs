@@ -658,6 +658,58 @@ mod members {
         .await;
     }
 
+    /// The member configuration `p` publishes for its only pool.
+    fn member_config(p: &Running) -> Arc<rustls::ClientConfig> {
+        match &p.proxy.snapshot().tls.backend[0] {
+            routeid::proxy::tls::UpstreamTls::Tls { config, .. } => Arc::clone(config),
+            other => panic!("not TLS to the members: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pooled_plain_connection_is_not_reused_once_the_pool_asks_for_tls() {
+        bounded(async {
+            let m = Member::start("m").await;
+            let plain = pool_yaml("p", &[(m.addr, "m", 1)], "");
+            let p = start(&plain, Vec::new()).await;
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.status, 200);
+            let hits = m.hits();
+            let tls = plain.replace("  backend:\n", "  backend:\n    tls: {insecureSkipVerify: true}\n");
+            p.proxy.publish(routeid::standalone::parse_pools(&tls).unwrap());
+            for _ in 0..5 {
+                let got = get(p.proxy_addr, "/", &[]).await;
+                assert!(got.status.is_server_error(), "a plain member cannot answer over TLS: {got:?}");
+            }
+            assert_eq!(m.hits(), hits, "not one request went out in clear text");
+            p.shutdown().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_publication_keeps_the_member_tls_configuration_unless_its_setting_changes() {
+        bounded(async {
+            let (addr, member) = https_member("m", &TestCa::new().leaf(&["member.test"])).await;
+            let yaml = pool(addr, "{insecureSkipVerify: true}");
+            let p = start(&yaml, Vec::new()).await;
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.status, 200);
+            let before = member_config(&p);
+            // The same setting published again (an EndpointSlice change): the same configuration,
+            // so pooled connections and TLS sessions carry on.
+            p.proxy.publish(routeid::standalone::parse_pools(&yaml).unwrap());
+            assert!(Arc::ptr_eq(&before, &member_config(&p)));
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.status, 200);
+            // Another server name: another configuration, so no connection is shared.
+            let named = pool(addr, "{insecureSkipVerify: true, serverName: member.test}");
+            p.proxy.publish(routeid::standalone::parse_pools(&named).unwrap());
+            assert!(!Arc::ptr_eq(&before, &member_config(&p)));
+            assert_eq!(get(p.proxy_addr, "/", &[]).await.status, 200);
+            p.shutdown().await;
+            member.abort();
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn a_missing_ca_answers_503_instead_of_sending_in_clear() {
         bounded(async {
