@@ -307,7 +307,7 @@ impl EvictionLog {
 struct Slots {
     max: usize,
     per_ip: usize,
-    /// What [`Activity::last_active_ms`] counts from.
+    /// What [`Activity::last_active_us`] counts from.
     epoch: Instant,
     inner: Mutex<SlotsInner>,
 }
@@ -340,10 +340,12 @@ impl SlotsInner {
     }
 
     /// The connection idle longest (of `ip`, if given): one with no request in flight if there
-    /// is one, the least recently active first.
+    /// is one, the least recently active first, the oldest of those.
     fn idlest(&self, ip: Option<IpAddr>) -> Option<u64> {
-        let a = |s: &Slot| (s.activity.in_flight.load(Relaxed) > 0, s.activity.last_active_ms.load(Relaxed));
-        self.conns.iter().filter(|(_, s)| ip.is_none_or(|ip| s.ip == ip)).min_by_key(|(_, s)| a(s)).map(|(id, _)| *id)
+        let key = |(id, s): &(&u64, &Slot)| {
+            (s.activity.in_flight.load(Relaxed) > 0, s.activity.last_active_us.load(Relaxed), **id)
+        };
+        self.conns.iter().filter(|(_, s)| ip.is_none_or(|ip| s.ip == ip)).min_by_key(key).map(|(id, _)| *id)
     }
 }
 
@@ -415,10 +417,10 @@ struct Activity {
     owed: AtomicUsize,
     /// Polls of a body in `owed`: each one means the client read what it was sent.
     written: AtomicU64,
-    /// On a capped listener: what `last_active_ms` counts from. `None`: no time stamps.
+    /// On a capped listener: what `last_active_us` counts from. `None`: no time stamps.
     epoch: Option<Instant>,
     /// When a request last started or ended (or the connection was accepted).
-    last_active_ms: AtomicU64,
+    last_active_us: AtomicU64,
 }
 
 impl Activity {
@@ -430,8 +432,8 @@ impl Activity {
 
     fn stamp(&self) {
         if let Some(epoch) = self.epoch {
-            let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.last_active_ms.store(ms, Relaxed);
+            let us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.last_active_us.store(us, Relaxed);
         }
     }
 
