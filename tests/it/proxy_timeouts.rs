@@ -298,6 +298,11 @@ async fn a_client_that_stops_reading_its_response_is_closed_after_the_idle_timeo
         let waited = t.elapsed();
         assert!(waited >= Duration::from_millis(900), "closed after {waited:?}: before the idle timeout");
         member_in_flight_drops_to_zero(&p).await;
+        // The client's fault: the member is not blamed.
+        let m = get(p.admin_addr, "/metrics", &[]).await.body;
+        let blamed: Vec<_> =
+            m.lines().filter(|l| l.starts_with("routeid_member_failures_total{") && !l.ends_with(" 0")).collect();
+        assert!(blamed.is_empty(), "{blamed:?}");
         eprintln!("a client that stopped reading (idle timeout 1 s): member connection closed after {waited:?}");
         p.shutdown().await;
     })
