@@ -540,14 +540,13 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new() -> Watchdog {
-        Watchdog { seen_started: 0, quiet_since: Instant::now(), owed_since: None }
+    fn new(now: Instant) -> Watchdog {
+        Watchdog { seen_started: 0, quiet_since: now, owed_since: None }
     }
 
     /// Idle between `idle` and `idle + tick` after the last request ended; stalled between
     /// `idle` and `idle + tick` after the client last read.
-    fn tick(&mut self, a: &Activity, idle: Duration) -> Verdict {
-        let now = Instant::now();
+    fn tick(&mut self, a: &Activity, idle: Duration, now: Instant) -> Verdict {
         let written = a.written.load(Relaxed);
         match self.owed_since {
             _ if a.owed.load(Relaxed) == 0 => self.owed_since = None,
@@ -604,7 +603,7 @@ async fn serve_connection<I, H, F, B>(
     let mut awaiting_first = true;
     let idle = limits.idle_timeout;
     let tick = (idle / 4).max(Duration::from_millis(10));
-    let mut watch = Watchdog::new();
+    let mut watch = Watchdog::new(Instant::now());
     // Set when closed for idleness: a connection still open then (hyper still writing to a
     // client that does not read) is closed outright one idle timeout later.
     let mut idle_closed_by = None;
@@ -630,7 +629,7 @@ async fn serve_connection<I, H, F, B>(
                     return;
                 }
             }
-            _ = tokio::time::sleep(tick), if !closing => match watch.tick(&activity, idle) {
+            _ = tokio::time::sleep(tick), if !closing => match watch.tick(&activity, idle, Instant::now()) {
                 Verdict::Busy => {}
                 Verdict::Idle => {
                     tracing::debug!(listener = limits.name, %peer, "closing idle client connection");
@@ -690,6 +689,75 @@ mod tests {
         drop(stop);
         accept_loop(&listener, &mut rx, |(), _| {}).await;
         assert!(listener.0.load(Relaxed) <= 1, "a gone sender stops the loop");
+    }
+
+    fn capped(max: usize, per_ip: usize) -> Arc<Slots> {
+        let limits = ListenerLimits {
+            name: "test",
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(1),
+            max_connections: Some(max),
+            max_connections_per_ip: Some(per_ip),
+        };
+        Slots::new(&limits).unwrap()
+    }
+
+    /// Admits a connection from `ip`; returns its guard, activity and close token.
+    fn admit(slots: &Arc<Slots>, ip: [u8; 4]) -> (SlotGuard, Arc<Activity>, CancellationToken, Option<IpAddr>) {
+        let (a, close) = (Arc::new(Activity::new(Some(slots.epoch))), CancellationToken::new());
+        let (g, evicted) = slots.admit(IpAddr::from(ip), Arc::clone(&a), close.clone());
+        (g, a, close, evicted)
+    }
+
+    #[test]
+    fn at_a_cap_the_connection_idle_longest_is_closed_not_the_new_one() {
+        let slots = capped(3, 2);
+        let first = admit(&slots, [10, 0, 0, 1]);
+        let second = admit(&slots, [10, 0, 0, 1]);
+        // The peer's cap: its own connection idle longest goes.
+        let third = admit(&slots, [10, 0, 0, 1]);
+        assert_eq!(third.3, Some(IpAddr::from([10, 0, 0, 1])));
+        assert!(first.2.is_cancelled() && !second.2.is_cancelled());
+        drop(first); // its slot was freed already: dropping its guard changes nothing
+        let other = admit(&slots, [10, 0, 0, 2]);
+        assert_eq!(other.3, None, "2 of 3 slots were taken");
+        // The listener's cap: a request in flight keeps `second` open; `third` is idle.
+        let busy = second.1.begin();
+        let last = admit(&slots, [10, 0, 0, 3]);
+        assert_eq!(last.3, Some(IpAddr::from([10, 0, 0, 1])));
+        assert!(third.2.is_cancelled() && !second.2.is_cancelled() && !other.2.is_cancelled());
+        drop((busy, last));
+        assert_eq!(slots.inner.lock().unwrap().conns.len(), 2, "closed connections free their slot");
+    }
+
+    #[test]
+    fn a_body_hyper_stops_polling_after_data_is_a_write_stall() {
+        let (a, idle) = (Arc::new(Activity::new(None)), Duration::from_secs(1));
+        let mut now = Instant::now();
+        let mut dog = Watchdog::new(now);
+        let mut req = a.begin();
+        // A long poll: in flight, nothing handed to hyper. Never idle, never stalled.
+        for _ in 0..8 {
+            now += idle / 2;
+            assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+        }
+        // A client that reads: hyper polls again after each chunk.
+        req.handed();
+        for _ in 0..8 {
+            now += idle / 2;
+            assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+            req.polled();
+            req.handed();
+        }
+        // A client that stopped reading: no poll since the last chunk.
+        assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+        now += idle / 2;
+        assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+        now += idle / 2;
+        assert_eq!(dog.tick(&a, idle, now), Verdict::Stalled);
+        drop(req);
+        assert_eq!(a.owed.load(Relaxed), 0, "a dropped body owes nothing");
     }
 
     #[tokio::test]
