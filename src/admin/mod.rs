@@ -61,7 +61,7 @@ impl Default for AdminState {
 /// one more closes the connection idle longest.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Admin connections served at once from one peer IP, so that one peer cannot fill
+/// Admin connections served at once from one peer IP (IPv6: one /64), so that one peer cannot fill
 /// [`MAX_CONNECTIONS`]; one more closes that peer's connection idle longest. A browser opens up
 /// to 6, Prometheus and kubelet one or two each.
 pub const MAX_CONNECTIONS_PER_IP: usize = 8;

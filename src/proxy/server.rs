@@ -64,8 +64,9 @@ pub struct ListenerLimits {
     /// Connections served at once; at the cap, a new one makes the connection idle longest
     /// close (so that file descriptors stay bounded, yet the newest client is served).
     pub max_connections: Option<usize>,
-    /// Connections served at once per peer IP, in front of `max_connections`, so one peer
-    /// cannot fill it; at the cap, a new one closes that peer's connection idle longest.
+    /// Connections served at once per peer IP (IPv6: per /64), in front of `max_connections`,
+    /// so one peer cannot fill it; at the cap, a new one closes that peer's connection idle
+    /// longest.
     pub max_connections_per_ip: Option<usize>,
 }
 
@@ -370,7 +371,7 @@ impl Slots {
         activity: Arc<Activity>,
         close: CancellationToken,
     ) -> (SlotGuard, Option<IpAddr>) {
-        let ip = ip.to_canonical();
+        let ip = peer_key(ip);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let victim = if inner.by_ip.get(&ip).is_some_and(|n| *n >= self.per_ip) {
             inner.idlest(Some(ip))
@@ -388,6 +389,15 @@ impl Slots {
         inner.conns.insert(id, Slot { ip, activity, close });
         *inner.by_ip.entry(ip).or_default() += 1;
         (SlotGuard { slots: Arc::clone(self), id }, evicted)
+    }
+}
+
+/// Who a per-peer cap counts: the IPv4 address, or the IPv6 /64 (one host usually has a whole
+/// /64, and would otherwise have as many addresses as it likes).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -629,8 +639,10 @@ async fn serve_connection<I, H, F, B>(
                     return;
                 }
             }
-            _ = tokio::time::sleep(tick), if !closing => match watch.tick(&activity, idle, Instant::now()) {
+            // Also while closing: a response a client stopped reading would hold the drain.
+            _ = tokio::time::sleep(tick) => match watch.tick(&activity, idle, Instant::now()) {
                 Verdict::Busy => {}
+                Verdict::Idle if closing => {}
                 Verdict::Idle => {
                     tracing::debug!(listener = limits.name, %peer, "closing idle client connection");
                     conn.as_mut().graceful_shutdown();
@@ -643,6 +655,11 @@ async fn serve_connection<I, H, F, B>(
                 }
             },
             _ = tokio::time::sleep_until(idle_closed_by.unwrap_or(first_request_by)), if idle_closed_by.is_some() => {
+                // A request that came in as it was closed is let finish.
+                if activity.in_flight.load(Relaxed) > 0 {
+                    idle_closed_by = Some(Instant::now() + idle);
+                    continue;
+                }
                 tracing::debug!(listener = limits.name, %peer, "idle client connection did not close: closed outright");
                 return;
             }
@@ -729,6 +746,15 @@ mod tests {
         assert!(third.2.is_cancelled() && !second.2.is_cancelled() && !other.2.is_cancelled());
         drop((busy, last));
         assert_eq!(slots.inner.lock().unwrap().conns.len(), 2, "closed connections free their slot");
+    }
+
+    #[test]
+    fn a_peer_is_an_ipv4_address_or_an_ipv6_64() {
+        let k = |s: &str| peer_key(s.parse().unwrap());
+        assert_eq!(k("10.0.0.1"), k("::ffff:10.0.0.1"), "a mapped IPv4 peer is that IPv4 peer");
+        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
+        assert_eq!(k("2001:db8::1"), k("2001:db8::ffff:2"));
+        assert_ne!(k("2001:db8::1"), k("2001:db8:0:1::1"));
     }
 
     #[test]
