@@ -6,8 +6,11 @@
 //!
 //! The listener has the proxy listener's protections (it shares its code): the header and idle
 //! timeouts, a backoff when accepting fails, a drain on shutdown, and at most
-//! [`MAX_CONNECTIONS`] connections at once; one more is closed as soon as it is accepted, so a
-//! client holding connections open cannot take file descriptors from the proxy.
+//! [`MAX_CONNECTIONS`] connections at once (so a client holding connections open cannot take
+//! file descriptors from the proxy), [`MAX_CONNECTIONS_PER_IP`] of them from one peer IP. At
+//! either cap the connection idle longest is closed to make room, never the new one: a peer
+//! holding silent connections open cannot lock the kubelet's liveness probe out (which would
+//! get every pod restarted).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,8 +57,14 @@ impl Default for AdminState {
     }
 }
 
-/// Admin connections served at once; one more is closed as soon as it is accepted.
+/// Admin connections served at once, to bound the file descriptors the admin port can take;
+/// one more closes the connection idle longest.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// Admin connections served at once from one peer IP (IPv6: one /64), so that one peer cannot fill
+/// [`MAX_CONNECTIONS`]; one more closes that peer's connection idle longest. A browser opens up
+/// to 6, Prometheus and kubelet one or two each.
+pub const MAX_CONNECTIONS_PER_IP: usize = 8;
 
 /// Largest admin request body (a form or a JSON change).
 const MAX_BODY: usize = 64 * 1024;
@@ -218,6 +227,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, proxy: Arc<Pro
     let limits = ListenerLimits {
         name: "admin",
         max_connections: Some(MAX_CONNECTIONS),
+        max_connections_per_ip: Some(MAX_CONNECTIONS_PER_IP),
         ..ListenerLimits::proxy(&proxy.settings)
     };
     server::run(listener, limits, shutdown, move |_peer| {

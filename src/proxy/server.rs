@@ -9,20 +9,28 @@
 //!   the idle timeout. On HTTP/1.1 hyper then bounds every later request head itself.
 //! - **Idle timeout.** Activity is counted in requests, not bytes: a request is in flight from
 //!   its head until its response body has been sent (or dropped). A connection with no request
-//!   in flight and none started for the idle timeout is closed gracefully. HTTP/2 PINGs, their
-//!   ACKs, SETTINGS and WINDOW_UPDATEs keep nothing open.
+//!   in flight and none started for the idle timeout is closed gracefully (and outright if it is
+//!   still open one idle timeout later). HTTP/2 PINGs, their ACKs, SETTINGS and WINDOW_UPDATEs
+//!   keep nothing open.
+//! - **Write stall.** A client that stops reading its response would keep its request in flight,
+//!   and the member connection behind it, for ever. So a response body that handed hyper data
+//!   and is not polled again for the idle timeout (hyper polls it as soon as the client has read
+//!   enough) closes the connection. A long poll is not affected: its body is polled and waits.
 //! - **Drain.** On shutdown every connection is closed gracefully (idle ones at once, the others
 //!   after their in-flight requests); those still open after the drain timeout are closed.
 //!
 //! The accept loop backs off when accepting fails (EMFILE and friends) instead of spinning, and
-//! can cap the connections served at once (the admin listener does).
+//! can cap the connections served at once, in all and per peer IP (the admin listener does). At
+//! a cap the connection idle longest is closed to make room, never the new one: a peer holding
+//! silent connections open then cannot lock out a liveness probe.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,7 +41,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,8 +61,13 @@ pub struct ListenerLimits {
     pub idle_timeout: Duration,
     /// On shutdown, how long open connections may take to finish.
     pub drain_timeout: Duration,
-    /// Connections served at once; one more is closed as soon as it is accepted.
+    /// Connections served at once; at the cap, a new one makes the connection idle longest
+    /// close (so that file descriptors stay bounded, yet the newest client is served).
     pub max_connections: Option<usize>,
+    /// Connections served at once per peer IP (IPv6: per /64), in front of `max_connections`,
+    /// so one peer cannot fill it; at the cap, a new one closes that peer's connection idle
+    /// longest.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl ListenerLimits {
@@ -66,6 +79,7 @@ impl ListenerLimits {
             idle_timeout: settings.client_idle_timeout,
             drain_timeout: settings.drain_timeout,
             max_connections: None,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -170,35 +184,34 @@ where
 {
     let builder = builder(&limits);
     let limits = Arc::new(limits);
-    let permits = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    let slots = Slots::new(&limits);
     let (tracker, abort) = (TaskTracker::new(), CancellationToken::new());
-    let refused = RefusalLog::default();
+    let evictions = EvictionLog::default();
     let mut stop = shutdown.clone();
     accept_loop(&listener, &mut stop, |stream: TcpStream, peer| {
-        let permit = match &permits {
-            None => None,
-            Some(p) => match Arc::clone(p).try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    refused.refuse(limits.name, peer);
-                    return; // dropping `stream` closes it at once
-                }
-            },
-        };
+        // Its own token, so the listener can close this one connection (a cap evicts it).
+        let close = abort.child_token();
+        let activity = Arc::new(Activity::new(slots.as_ref().map(|s| s.epoch)));
+        let slot = slots.as_ref().map(|s| {
+            let (slot, evicted) = s.admit(peer.ip(), Arc::clone(&activity), close.clone());
+            if let Some(evicted) = evicted {
+                evictions.evict(limits.name, evicted);
+            }
+            slot
+        });
         let _ = stream.set_nodelay(true);
         set_tcp_keepalive(&stream);
         let prepared = prepare(stream, peer);
-        let (builder, limits, shutdown, abort) =
-            (builder.clone(), Arc::clone(&limits), shutdown.clone(), abort.clone());
+        let (builder, limits, shutdown) = (builder.clone(), Arc::clone(&limits), shutdown.clone());
         tracker.spawn(async move {
             let prepared = tokio::select! {
                 p = prepared => p,
-                _ = abort.cancelled() => None,
+                _ = close.cancelled() => None,
             };
             if let Some((io, peer, handler)) = prepared {
-                serve_connection(builder, io, peer, handler, limits, shutdown, abort).await;
+                serve_connection(builder, io, peer, handler, activity, limits, shutdown, close).await;
             }
-            drop(permit);
+            drop(slot);
         });
     })
     .await;
@@ -266,48 +279,212 @@ pub(crate) async fn accept_loop<A: Accept>(
     }
 }
 
-/// Connections refused for the connection limit: each one is logged at debug, and a warning
-/// with the count goes out at most once a second, so a flood cannot flood the log too.
+/// Connections closed for a connection cap: each one is logged at debug, and a warning with
+/// the count goes out at most once a second, so a flood cannot flood the log too.
 #[derive(Debug, Default)]
-struct RefusalLog {
+struct EvictionLog {
     count: AtomicU64,
     last_warned_s: AtomicU64,
 }
 
-impl RefusalLog {
-    fn refuse(&self, listener: &'static str, peer: SocketAddr) {
+impl EvictionLog {
+    fn evict(&self, listener: &'static str, ip: IpAddr) {
         let n = self.count.fetch_add(1, Relaxed) + 1;
-        tracing::debug!(listener, %peer, "connection limit reached: connection closed");
+        tracing::debug!(listener, peer = %ip, "connection limit reached: the connection idle longest was closed");
         let now_s = crate::core::Clock.now_ms() / 1000;
         if self.last_warned_s.swap(now_s, Relaxed) != now_s {
-            tracing::warn!(listener, refused_so_far = n, "connection limit reached: new connections are closed");
+            tracing::warn!(
+                listener,
+                closed_so_far = n,
+                "connection limit reached: connections idle longest are closed to make room"
+            );
         }
     }
 }
 
-/// Requests started and in flight on one connection. The watchdog, which wakes a few times per
-/// idle period, compares counts and reads the clock; a request only counts.
+/// The connections of a capped listener, by peer IP. Only accepting and closing a connection
+/// take the lock, never a request.
+#[derive(Debug)]
+struct Slots {
+    max: usize,
+    per_ip: usize,
+    /// What [`Activity::last_active_us`] counts from.
+    epoch: Instant,
+    inner: Mutex<SlotsInner>,
+}
+
+#[derive(Debug, Default)]
+struct SlotsInner {
+    next_id: u64,
+    conns: HashMap<u64, Slot>,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// One open connection: its peer, its activity (to find the one idle longest) and what closes it.
+#[derive(Debug)]
+struct Slot {
+    ip: IpAddr,
+    activity: Arc<Activity>,
+    close: CancellationToken,
+}
+
+impl SlotsInner {
+    fn remove(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.conns.remove(&id)?;
+        if let Some(n) = self.by_ip.get_mut(&slot.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_ip.remove(&slot.ip);
+            }
+        }
+        Some(slot)
+    }
+
+    /// The connection idle longest (of `ip`, if given): one with no request in flight if there
+    /// is one, the least recently active first, the oldest of those.
+    fn idlest(&self, ip: Option<IpAddr>) -> Option<u64> {
+        let key = |(id, s): &(&u64, &Slot)| {
+            (s.activity.in_flight.load(Relaxed) > 0, s.activity.last_active_us.load(Relaxed), **id)
+        };
+        self.conns.iter().filter(|(_, s)| ip.is_none_or(|ip| s.ip == ip)).min_by_key(key).map(|(id, _)| *id)
+    }
+}
+
+impl Slots {
+    fn new(limits: &ListenerLimits) -> Option<Arc<Slots>> {
+        if limits.max_connections.is_none() && limits.max_connections_per_ip.is_none() {
+            return None;
+        }
+        Some(Arc::new(Slots {
+            max: limits.max_connections.unwrap_or(usize::MAX).max(1),
+            per_ip: limits.max_connections_per_ip.unwrap_or(usize::MAX).max(1),
+            epoch: Instant::now(),
+            inner: Mutex::default(),
+        }))
+    }
+
+    /// Takes a slot for a new connection from `ip`. At the peer's cap that peer's connection
+    /// idle longest is closed, at the listener's cap the listener's; returns the closed one's IP.
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        activity: Arc<Activity>,
+        close: CancellationToken,
+    ) -> (SlotGuard, Option<IpAddr>) {
+        let ip = peer_key(ip);
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let victim = if inner.by_ip.get(&ip).is_some_and(|n| *n >= self.per_ip) {
+            inner.idlest(Some(ip))
+        } else if inner.conns.len() >= self.max {
+            inner.idlest(None)
+        } else {
+            None
+        };
+        let evicted = victim.and_then(|id| inner.remove(id)).map(|slot| {
+            slot.close.cancel();
+            slot.ip
+        });
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.conns.insert(id, Slot { ip, activity, close });
+        *inner.by_ip.entry(ip).or_default() += 1;
+        (SlotGuard { slots: Arc::clone(self), id }, evicted)
+    }
+}
+
+/// Who a per-peer cap counts: the IPv4 address, or the IPv6 /64 (one host usually has a whole
+/// /64, and would otherwise have as many addresses as it likes).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
+/// A connection's slot; it frees the slot when the connection ends.
+#[derive(Debug)]
+struct SlotGuard {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        // Already gone if the connection was evicted.
+        self.slots.inner.lock().unwrap_or_else(PoisonError::into_inner).remove(self.id);
+    }
+}
+
+/// Requests started and in flight on one connection, and the state of its response bodies.
+/// The watchdog, which wakes a few times per idle period, compares counts and reads the clock;
+/// a request only counts.
 #[derive(Debug, Default)]
 struct Activity {
     started: AtomicU64,
     in_flight: AtomicUsize,
+    /// Response bodies that handed hyper data and have not been polled since: hyper is writing
+    /// that data to the client.
+    owed: AtomicUsize,
+    /// Polls of a body in `owed`: each one means the client read what it was sent.
+    written: AtomicU64,
+    /// On a capped listener: what `last_active_us` counts from. `None`: no time stamps.
+    epoch: Option<Instant>,
+    /// When a request last started or ended (or the connection was accepted).
+    last_active_us: AtomicU64,
 }
 
 impl Activity {
+    fn new(epoch: Option<Instant>) -> Activity {
+        let a = Activity { epoch, ..Activity::default() };
+        a.stamp();
+        a
+    }
+
+    fn stamp(&self) {
+        if let Some(epoch) = self.epoch {
+            let us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.last_active_us.store(us, Relaxed);
+        }
+    }
+
     fn begin(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight(Arc::clone(self))
+        self.stamp();
+        InFlight { activity: Arc::clone(self), owes: false }
     }
 }
 
-/// One request in flight; it ends when dropped.
+/// One request in flight; it ends when dropped. `owes`: its body is counted in `owed`.
 #[derive(Debug)]
-struct InFlight(Arc<Activity>);
+struct InFlight {
+    activity: Arc<Activity>,
+    owes: bool,
+}
+
+impl InFlight {
+    /// hyper polls the body: it has written what the body handed it before.
+    fn polled(&mut self) {
+        if std::mem::take(&mut self.owes) {
+            self.activity.owed.fetch_sub(1, Relaxed);
+            self.activity.written.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The body handed hyper data to write.
+    fn handed(&mut self) {
+        self.owes = true;
+        self.activity.owed.fetch_add(1, Relaxed);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        if self.owes {
+            self.activity.owed.fetch_sub(1, Relaxed);
+        }
+        self.activity.in_flight.fetch_sub(1, Relaxed);
+        self.activity.stamp();
     }
 }
 
@@ -327,9 +504,18 @@ impl<B: Body> Body for Tracked<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
+        if let Some(g) = this.guard.as_mut() {
+            g.polled();
+        }
         let r = this.inner.poll_frame(cx);
-        if matches!(r, Poll::Ready(None | Some(Err(_)))) {
-            this.guard.take();
+        match &r {
+            Poll::Ready(Some(Ok(f))) if f.is_data() => {
+                if let Some(g) = this.guard.as_mut() {
+                    g.handed();
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => drop(this.guard.take()),
+            _ => {}
         }
         r
     }
@@ -343,13 +529,63 @@ impl<B: Body> Body for Tracked<B> {
     }
 }
 
+/// What the watchdog found on one of its ticks.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Requests in flight or started lately, and the client reads what it is sent.
+    Busy,
+    /// No request in flight or started for the idle timeout.
+    Idle,
+    /// A response body has waited for the client to read it for the idle timeout.
+    Stalled,
+}
+
+/// The watchdog's memory between two ticks.
+#[derive(Debug)]
+struct Watchdog {
+    seen_started: u64,
+    quiet_since: Instant,
+    /// `written` when a body was first seen owed, and when.
+    owed_since: Option<(u64, Instant)>,
+}
+
+impl Watchdog {
+    fn new(now: Instant) -> Watchdog {
+        Watchdog { seen_started: 0, quiet_since: now, owed_since: None }
+    }
+
+    /// Idle between `idle` and `idle + tick` after the last request ended; stalled between
+    /// `idle` and `idle + tick` after the client last read.
+    fn tick(&mut self, a: &Activity, idle: Duration, now: Instant) -> Verdict {
+        let written = a.written.load(Relaxed);
+        match self.owed_since {
+            _ if a.owed.load(Relaxed) == 0 => self.owed_since = None,
+            Some((w, since)) if w == written => {
+                if now.duration_since(since) >= idle {
+                    return Verdict::Stalled;
+                }
+            }
+            _ => self.owed_since = Some((written, now)),
+        }
+        let started = a.started.load(Relaxed);
+        if started != self.seen_started || a.in_flight.load(Relaxed) > 0 {
+            (self.seen_started, self.quiet_since) = (started, now);
+        } else if now.duration_since(self.quiet_since) >= idle {
+            return Verdict::Idle;
+        }
+        Verdict::Busy
+    }
+}
+
 /// Serves one connection, with the watchdog described in the module doc. `abort` closes it
-/// outright (the drain timeout passed).
-pub(crate) async fn serve_connection<I, H, F, B>(
+/// outright (the drain timeout passed, or a connection cap evicted it).
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<I, H, F, B>(
     builder: auto::Builder<TokioExecutor>,
     io: I,
     peer: SocketAddr,
     handler: H,
+    activity: Arc<Activity>,
     limits: Arc<ListenerLimits>,
     mut shutdown: watch::Receiver<bool>,
     abort: CancellationToken,
@@ -361,7 +597,6 @@ pub(crate) async fn serve_connection<I, H, F, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let activity = Arc::new(Activity::default());
     let act = Arc::clone(&activity);
     let svc = service_fn(move |req| {
         let guard = act.begin();
@@ -376,10 +611,12 @@ pub(crate) async fn serve_connection<I, H, F, B>(
     }
     let first_request_by = Instant::now() + limits.header_timeout;
     let mut awaiting_first = true;
-    // Closes between `idle` and `idle + tick` after the last request ended.
     let idle = limits.idle_timeout;
     let tick = (idle / 4).max(Duration::from_millis(10));
-    let (mut seen_started, mut quiet_since) = (0, Instant::now());
+    let mut watch = Watchdog::new(Instant::now());
+    // Set when closed for idleness: a connection still open then (hyper still writing to a
+    // client that does not read) is closed outright one idle timeout later.
+    let mut idle_closed_by = None;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -402,15 +639,29 @@ pub(crate) async fn serve_connection<I, H, F, B>(
                     return;
                 }
             }
-            _ = tokio::time::sleep(tick), if !closing => {
-                let started = activity.started.load(Relaxed);
-                if started != seen_started || activity.in_flight.load(Relaxed) > 0 {
-                    (seen_started, quiet_since) = (started, Instant::now());
-                } else if quiet_since.elapsed() >= idle {
+            // Also while closing: a response a client stopped reading would hold the drain.
+            _ = tokio::time::sleep(tick) => match watch.tick(&activity, idle, Instant::now()) {
+                Verdict::Busy => {}
+                Verdict::Idle if closing => {}
+                Verdict::Idle => {
                     tracing::debug!(listener = limits.name, %peer, "closing idle client connection");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    idle_closed_by = Some(Instant::now() + idle);
                 }
+                Verdict::Stalled => {
+                    tracing::debug!(listener = limits.name, %peer, "the client stopped reading its response: connection closed");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep_until(idle_closed_by.unwrap_or(first_request_by)), if idle_closed_by.is_some() => {
+                // A request that came in as it was closed is let finish.
+                if activity.in_flight.load(Relaxed) > 0 {
+                    idle_closed_by = Some(Instant::now() + idle);
+                    continue;
+                }
+                tracing::debug!(listener = limits.name, %peer, "idle client connection did not close: closed outright");
+                return;
             }
         }
     }
@@ -455,6 +706,84 @@ mod tests {
         drop(stop);
         accept_loop(&listener, &mut rx, |(), _| {}).await;
         assert!(listener.0.load(Relaxed) <= 1, "a gone sender stops the loop");
+    }
+
+    fn capped(max: usize, per_ip: usize) -> Arc<Slots> {
+        let limits = ListenerLimits {
+            name: "test",
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(1),
+            max_connections: Some(max),
+            max_connections_per_ip: Some(per_ip),
+        };
+        Slots::new(&limits).unwrap()
+    }
+
+    /// Admits a connection from `ip`; returns its guard, activity and close token.
+    fn admit(slots: &Arc<Slots>, ip: [u8; 4]) -> (SlotGuard, Arc<Activity>, CancellationToken, Option<IpAddr>) {
+        let (a, close) = (Arc::new(Activity::new(Some(slots.epoch))), CancellationToken::new());
+        let (g, evicted) = slots.admit(IpAddr::from(ip), Arc::clone(&a), close.clone());
+        (g, a, close, evicted)
+    }
+
+    #[test]
+    fn at_a_cap_the_connection_idle_longest_is_closed_not_the_new_one() {
+        let slots = capped(3, 2);
+        let first = admit(&slots, [10, 0, 0, 1]);
+        let second = admit(&slots, [10, 0, 0, 1]);
+        // The peer's cap: its own connection idle longest goes.
+        let third = admit(&slots, [10, 0, 0, 1]);
+        assert_eq!(third.3, Some(IpAddr::from([10, 0, 0, 1])));
+        assert!(first.2.is_cancelled() && !second.2.is_cancelled());
+        drop(first); // its slot was freed already: dropping its guard changes nothing
+        let other = admit(&slots, [10, 0, 0, 2]);
+        assert_eq!(other.3, None, "2 of 3 slots were taken");
+        // The listener's cap: a request in flight keeps `second` open; `third` is idle.
+        let busy = second.1.begin();
+        let last = admit(&slots, [10, 0, 0, 3]);
+        assert_eq!(last.3, Some(IpAddr::from([10, 0, 0, 1])));
+        assert!(third.2.is_cancelled() && !second.2.is_cancelled() && !other.2.is_cancelled());
+        drop((busy, last));
+        assert_eq!(slots.inner.lock().unwrap().conns.len(), 2, "closed connections free their slot");
+    }
+
+    #[test]
+    fn a_peer_is_an_ipv4_address_or_an_ipv6_64() {
+        let k = |s: &str| peer_key(s.parse().unwrap());
+        assert_eq!(k("10.0.0.1"), k("::ffff:10.0.0.1"), "a mapped IPv4 peer is that IPv4 peer");
+        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
+        assert_eq!(k("2001:db8::1"), k("2001:db8::ffff:2"));
+        assert_ne!(k("2001:db8::1"), k("2001:db8:0:1::1"));
+    }
+
+    #[test]
+    fn a_body_hyper_stops_polling_after_data_is_a_write_stall() {
+        let (a, idle) = (Arc::new(Activity::new(None)), Duration::from_secs(1));
+        let mut now = Instant::now();
+        let mut dog = Watchdog::new(now);
+        let mut req = a.begin();
+        // A long poll: in flight, nothing handed to hyper. Never idle, never stalled.
+        for _ in 0..8 {
+            now += idle / 2;
+            assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+        }
+        // A client that reads: hyper polls again after each chunk.
+        req.handed();
+        for _ in 0..8 {
+            now += idle / 2;
+            assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+            req.polled();
+            req.handed();
+        }
+        // A client that stopped reading: no poll since the last chunk.
+        assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+        now += idle / 2;
+        assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+        now += idle / 2;
+        assert_eq!(dog.tick(&a, idle, now), Verdict::Stalled);
+        drop(req);
+        assert_eq!(a.owed.load(Relaxed), 0, "a dropped body owes nothing");
     }
 
     #[tokio::test]

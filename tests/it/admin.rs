@@ -349,42 +349,86 @@ async fn a_silent_admin_connection_is_closed_after_the_header_timeout() {
     .await;
 }
 
+/// A connection to `to` from the source address `from` (any 127.0.0.x: all are loopback).
+async fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind((from, 0).into()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Admin settings where only the connection caps can close a connection.
+fn long_timeouts() -> ProxySettings {
+    ProxySettings {
+        client_header_timeout: Duration::from_secs(30),
+        client_idle_timeout: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
-async fn admin_connections_over_the_limit_are_closed_at_once() {
+async fn silent_connections_from_one_peer_do_not_lock_out_healthz() {
     bounded(async {
-        // Long timeouts: only the limit can close a connection here.
-        let settings = ProxySettings {
-            client_header_timeout: Duration::from_secs(30),
-            client_idle_timeout: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(1),
-            ..Default::default()
-        };
         let a = Member::start("a").await;
-        let p = start_proxy_with_token(&pool_yaml("shop", &[(a.addr, "a", 1)], ""), settings, None).await;
+        let p = start_proxy_with_token(&pool_yaml("shop", &[(a.addr, "a", 1)], ""), long_timeouts(), None).await;
         let mut held = Vec::new();
         for _ in 0..routeid::admin::MAX_CONNECTIONS {
-            let mut s = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
-            assert!(healthz(&mut s).await, "a connection within the limit is served");
+            held.push(tokio::net::TcpStream::connect(p.admin_addr).await.unwrap());
+        }
+        // The same host (kubelet on the node) and another one still get their probe answered.
+        for from in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+            let r = try_get(p.admin_addr, "/healthz", &[]).await;
+            assert_eq!(r.map(|g| g.status.as_u16()), Ok(200), "/healthz from the peer's host");
+            let mut s = connect_from(from, p.admin_addr).await;
+            assert!(healthz(&mut s).await, "/healthz from {from:?} with 64 silent connections held");
+        }
+        // The peer's first connections were closed to make room, in the order they came.
+        for (i, s) in held.iter_mut().take(4).enumerate() {
+            tokio::time::timeout(Duration::from_secs(5), closed_after(s))
+                .await
+                .unwrap_or_else(|_| panic!("silent connection {i} is still open"));
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn at_the_admin_caps_the_connection_idle_longest_is_closed() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let p = start_proxy_with_token(&pool_yaml("shop", &[(a.addr, "a", 1)], ""), long_timeouts(), None).await;
+        let per_ip = routeid::admin::MAX_CONNECTIONS_PER_IP;
+        // Fill the listener's cap from 127.0.0.2, 127.0.0.3, ..., per_ip connections each.
+        let mut held = Vec::new();
+        for i in 0..routeid::admin::MAX_CONNECTIONS {
+            let from = [127, 0, 0, 2 + u8::try_from(i / per_ip).unwrap()];
+            let mut s = connect_from(from, p.admin_addr).await;
+            assert!(healthz(&mut s).await, "connection {i} within the caps is served");
             held.push(s);
         }
-        let mut over = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
-        let waited = tokio::time::timeout(Duration::from_secs(5), closed_after(&mut over))
+        // One more, from a new peer: served, and the connection idle longest (the first) closed.
+        let mut new = connect_from([127, 0, 0, 100], p.admin_addr).await;
+        assert!(healthz(&mut new).await, "a new connection at the cap is served");
+        let waited = tokio::time::timeout(Duration::from_secs(5), closed_after(&mut held[0]))
             .await
-            .expect("a connection over the limit was kept open");
+            .expect("the connection idle longest was kept open");
         assert!(waited < Duration::from_secs(2), "closed after {waited:?}: not at once");
+        // A connection used lately is kept over one idle longer: the second is used now.
+        assert!(healthz(&mut held[1]).await);
+        let mut again = connect_from([127, 0, 0, 101], p.admin_addr).await;
+        assert!(healthz(&mut again).await);
+        tokio::time::timeout(Duration::from_secs(5), closed_after(&mut held[2])).await.expect("the idlest closed");
+        assert!(healthz(&mut held[1]).await, "the connection used last is still served");
+        // At a peer's own cap, that peer's connection idle longest is closed, no one else's.
+        let mut ninth = connect_from([127, 0, 0, 3], p.admin_addr).await;
+        assert!(healthz(&mut ninth).await, "a peer's connection over its cap is served");
+        tokio::time::timeout(Duration::from_secs(5), closed_after(&mut held[per_ip]))
+            .await
+            .expect("the peer's connection idle longest was kept open");
+        assert!(healthz(&mut held[3]).await, "another peer's idle connection is untouched");
         // The proxy listener is not limited by the admin's connections.
         assert_eq!(get(p.proxy_addr, "/", &[]).await.route(), "a");
-        // One connection closes: a new one is served again.
-        drop(held.pop());
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut s = tokio::net::TcpStream::connect(p.admin_addr).await.unwrap();
-            if healthz(&mut s).await {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "a freed slot was never reused");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         p.shutdown().await;
     })
     .await;

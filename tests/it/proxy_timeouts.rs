@@ -1,5 +1,6 @@
 //! The client idle timeout closes keep-alive connections that carry nothing, on HTTP/1.1 and
-//! HTTP/2, and never one whose request is still waiting for its member.
+//! HTTP/2, and never one whose request is still waiting for its member; a client that stops
+//! reading its response is closed after it too.
 
 use std::time::{Duration, Instant};
 
@@ -224,6 +225,100 @@ async fn a_hundred_pinging_http2_clients_give_their_sockets_back_when_idle() {
             open_fds(pid),
             rss_kib(pid)
         );
+    })
+    .await;
+}
+
+/// A member that answers its one request with `content-length: len` and then writes the body in
+/// chunks, waiting `pause` between them. The receiver fires when its connection is closed (a
+/// write fails), or when the body was all written.
+async fn raw_member(
+    len: usize,
+    chunk: usize,
+    pause: Duration,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+        let mut left = len;
+        let mut ok = s.write_all(head.as_bytes()).await.is_ok();
+        while ok && left > 0 {
+            let n = left.min(chunk);
+            ok = s.write_all(&vec![b'x'; n]).await.is_ok();
+            left -= n;
+            if left > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        let _ = tx.send(());
+    });
+    (addr, rx)
+}
+
+/// Polls the proxy's metrics until the member's `routeid_member_in_flight` is 0.
+async fn member_in_flight_drops_to_zero(p: &routeid::runtime::Running) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = get(p.admin_addr, "/metrics", &[]).await.body;
+        let line = m.lines().find(|l| l.starts_with("routeid_member_in_flight{")).unwrap_or("-").to_owned();
+        if line.ends_with(" 0") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still in flight: {line}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_closed_after_the_idle_timeout() {
+    bounded(async {
+        // 64 MiB the client never reads: far more than the socket buffers on both sides hold.
+        let (member, member_closed) = raw_member(64 << 20, 64 << 10, Duration::ZERO).await;
+        let settings = ProxySettings { client_idle_timeout: Duration::from_secs(1), ..settings() };
+        let p = start_proxy_with(&pool_yaml("p", &[(member, "m", 1)], ""), settings).await;
+        let mut c = TcpStream::connect(p.proxy_addr).await.unwrap();
+        let _ = socket2::SockRef::from(&c).set_recv_buffer_size(4096);
+        c.write_all(b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), member_closed)
+            .await
+            .expect("the member connection was still held 10 s after the client stopped reading")
+            .unwrap();
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(900), "closed after {waited:?}: before the idle timeout");
+        member_in_flight_drops_to_zero(&p).await;
+        // The client's fault: the member is not blamed.
+        let m = get(p.admin_addr, "/metrics", &[]).await.body;
+        let blamed: Vec<_> =
+            m.lines().filter(|l| l.starts_with("routeid_member_failures_total{") && !l.ends_with(" 0")).collect();
+        assert!(blamed.is_empty(), "{blamed:?}");
+        eprintln!("a client that stopped reading (idle timeout 1 s): member connection closed after {waited:?}");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_response_body_waiting_for_its_member_is_not_a_write_stall() {
+    bounded(async {
+        // A long poll: the body waits 500 ms on the member between its chunks, 1 s in all (idle
+        // timeout 300 ms).
+        let (member, _done) = raw_member(3, 1, Duration::from_millis(500)).await;
+        let p = start_proxy_with(&pool_yaml("p", &[(member, "m", 1)], ""), settings()).await;
+        let got = get(p.proxy_addr, "/poll", &[]).await;
+        assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "xxx"));
+        p.shutdown().await;
     })
     .await;
 }
