@@ -70,6 +70,9 @@ pub struct Translated {
     pub pools: Vec<BalancerPool>,
     /// `nginx.ingress.kubernetes.io/*` and `routeid.io/*` annotations routeid does not read.
     pub unsupported: Vec<String>,
+    /// ingress-nginx annotations that are valid but do nothing on this Ingress, each with why
+    /// (e.g. `session-cookie-name` without `affinity: cookie`): reported like the unsupported ones.
+    pub no_effect: Vec<String>,
     /// Parts of `spec.tls` that cannot be served (no Secret named, no host to serve it for).
     pub notes: Vec<String>,
 }
@@ -443,15 +446,16 @@ fn service_ref(b: &IngressBackend, field: &str) -> Result<ServiceRef, FieldError
 
 /// Translates an Ingress into pool specs (see the module docs). `class` is set on every pool so
 /// the index serves them. Invalid annotation values and unusable backends refuse the whole
-/// Ingress, with every problem named.
+/// Ingress, with every problem named. Each pool is also run through the core validator here (all
+/// but its members), so a value only the core knows is wrong is refused now, before any
+/// `Accepted`, under the annotation that set it rather than a BalancerPool field path.
 pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldError>> {
     let empty = BTreeMap::new();
     let map = ing.metadata.annotations.as_ref().unwrap_or(&empty);
     let mut a = Annotations { map, problems: Vec::new(), no_effect: Vec::new() };
     let shared = shared(&mut a);
-    let mut unsupported = unsupported_annotations(ing);
-    unsupported.append(&mut a.no_effect);
-    let mut out = Translated { unsupported, ..Default::default() };
+    let no_effect = std::mem::take(&mut a.no_effect);
+    let mut out = Translated { unsupported: unsupported_annotations(ing), no_effect, ..Default::default() };
     // ingress-nginx redirects plain HTTP to HTTPS for hosts with TLS unless told not to, and for
     // every host with force-ssl-redirect.
     let redirect = Redirect {
@@ -839,7 +843,7 @@ impl Ingresses {
                     out.push(news(false, "Accepted", format!("serving {} path(s)", ids.len())));
                 }
                 served.pools = ids;
-                report_unsupported(key, served, t.unsupported, &mut out);
+                report_unsupported(key, served, [t.unsupported, t.no_effect].concat(), &mut out);
                 if t.notes != served.notes {
                     for n in &t.notes {
                         tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), "{n}");

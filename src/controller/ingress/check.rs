@@ -95,8 +95,8 @@ fn one(out: &mut String, ing: &Ingress) -> (usize, bool) {
     }
     match translate(ing, "routeid") {
         Ok(t) => {
-            // Valid annotations that would do nothing (the key-unsupported ones are listed above).
-            for u in t.unsupported.iter().filter(|u| u.contains(" (no effect: ")) {
+            // Valid annotations that would do nothing (the unsupported ones are listed above).
+            for u in &t.no_effect {
                 let _ = writeln!(out, "  {:<20} {u}", "NO EFFECT");
             }
             for n in &t.notes {

@@ -585,8 +585,14 @@ fn annotations_without_effect_are_never_silent() {
         "routeid",
     )
     .unwrap();
-    assert_eq!(t.unsupported.len(), 2, "{:?}", t.unsupported);
-    assert!(t.unsupported.iter().all(|u| u.contains("no effect: affinity is not cookie")), "{:?}", t.unsupported);
+    assert_eq!(t.no_effect.len(), 2, "{:?}", t.no_effect);
+    assert!(t.no_effect.iter().all(|u| u.contains("no effect: affinity is not cookie")), "{:?}", t.no_effect);
+    let mut ix = index();
+    let mut ings = Ingresses::new(filter(false));
+    ings.apply_class("routeid".into(), Some(class("routeid", CONTROLLER_NAME, false)), &mut ix);
+    let news = ings.apply(simple(json!({"nginx.ingress.kubernetes.io/session-cookie-name": "S"})), &mut ix);
+    let warn = news.iter().find(|n| n.reason == "UnsupportedAnnotations").unwrap();
+    assert!(warn.note.contains("session-cookie-name (no effect: affinity is not cookie)"), "{warn:?}");
 }
 
 #[test]
