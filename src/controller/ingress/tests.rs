@@ -795,3 +795,12 @@ fn older_object_wins_a_conflict_with_a_balancer_pool() {
     assert_eq!(conflicts[0].winner.name, "ingress:shop:0-0", "the Ingress is older");
     assert_eq!(conflicts[0].loser.name, "shop");
 }
+
+/// The shipped example passes the whole translation, core validation included.
+#[test]
+fn the_example_ingress_is_accepted() {
+    let ing: Ingress = serde_yaml::from_str(include_str!("../../../examples/ingress.yaml")).unwrap();
+    let t = translate(&ing, "routeid").unwrap();
+    assert_eq!(t.pools.len(), 1);
+    assert!(t.unsupported.is_empty() && t.no_effect.is_empty(), "{t:?}");
+}
