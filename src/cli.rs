@@ -70,7 +70,8 @@ pub enum Command {
     /// Print the BalancerPool CustomResourceDefinition as YAML.
     Crd,
     /// List the Ingresses of a class (e.g. `nginx`) and, per annotation, whether routeid
-    /// supports it: what moving them to routeid means, before switching `ingressClassName`.
+    /// supports it, and which Ingresses routeid would refuse and why: what moving them to routeid
+    /// means, before switching `ingressClassName`.
     IngressCheck {
         /// A kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, in-cluster).
         #[arg(long)]

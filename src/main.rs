@@ -90,8 +90,8 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-/// `routeid ingress-check`: exit 0 when every annotation is supported, 1 when some are not, 2
-/// when the cluster cannot be read.
+/// `routeid ingress-check`: exit 0 when every annotation is supported and no Ingress would be
+/// refused, 1 otherwise, 2 when the cluster cannot be read.
 async fn run_ingress_check(kubeconfig: Option<&Path>, namespace: Option<String>, class: &str) -> ExitCode {
     use k8s_openapi::api::networking::v1::Ingress;
     let client = match kube_client(kubeconfig).await {

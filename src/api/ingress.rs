@@ -29,7 +29,7 @@ pub const NGINX_ANNOTATIONS: &[(&str, Support, &str)] = &[
     (
         "affinity-mode",
         Support::Differs,
-        "`persistent` and `balanced` both keep a session on its pod while the pod is listed; routeid never re-spreads sessions on scale-out",
+        "`persistent`, `persistent-drainable` and `balanced` all keep a session on its pod while the pod is listed; routeid never re-spreads sessions on scale-out",
     ),
     ("session-cookie-name", Support::Supported, "default `INGRESSCOOKIE`"),
     ("session-cookie-path", Support::Supported, "default: the matched path (`/` for the default backend)"),
@@ -49,9 +49,10 @@ pub const NGINX_ANNOTATIONS: &[(&str, Support, &str)] = &[
     (
         "rewrite-target",
         Support::Differs,
-        "the plain form only (`/`, `/app`); regex capture groups (`$1`) refuse the Ingress",
+        "the plain form replaces the matched prefix only: path `/app`, target `/` sends `/app/cart` as `/cart` (ingress-nginx: `/`); \
+         `/app(/|$)(.*)` with `/$2` is read as that prefix strip; other capture groups refuse the Ingress",
     ),
-    ("proxy-connect-timeout", Support::Supported, "seconds"),
+    ("proxy-connect-timeout", Support::Differs, "seconds; unset: 2s (ingress-nginx: 5s)"),
     ("proxy-read-timeout", Support::Differs, "seconds; routeid bounds the wait for the response head"),
     ("proxy-next-upstream-tries", Support::Supported, "`0` (no limit) becomes routeid's maximum, 16"),
     ("load-balance", Support::Supported, "`round_robin` → ByRequests, `ewma` → LeastLatency"),

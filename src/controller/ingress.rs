@@ -26,7 +26,7 @@ use crate::api::{
     ActiveHealth, BalancerPool, BalancerPoolSpec, CookieMode, CookieSecure, Frontend, FrontendTls, LbMethodName,
     PathType, RouteCookie, RouteFrom, SameSite, ServiceRef, Sticky,
 };
-use crate::core::config::{FieldError, PoolId};
+use crate::core::config::{FieldError, PoolId, validate_service_backed};
 
 /// `(namespace, name)` of an Ingress.
 pub type IngressKey = (String, String);
@@ -70,6 +70,9 @@ pub struct Translated {
     pub pools: Vec<BalancerPool>,
     /// `nginx.ingress.kubernetes.io/*` and `routeid.io/*` annotations routeid does not read.
     pub unsupported: Vec<String>,
+    /// ingress-nginx annotations that are valid but do nothing on this Ingress, each with why
+    /// (e.g. `session-cookie-name` without `affinity: cookie`): reported like the unsupported ones.
+    pub no_effect: Vec<String>,
     /// Parts of `spec.tls` that cannot be served (no Secret named, no host to serve it for).
     pub notes: Vec<String>,
 }
@@ -103,6 +106,8 @@ pub fn ingress_of(id: &PoolId) -> Option<IngressKey> {
 struct Annotations<'a> {
     map: &'a BTreeMap<String, String>,
     problems: Vec<FieldError>,
+    /// ingress-nginx annotations that are valid but do nothing here, each with why.
+    no_effect: Vec<String>,
 }
 
 impl<'a> Annotations<'a> {
@@ -117,6 +122,24 @@ impl<'a> Annotations<'a> {
         });
     }
 
+    /// Refuses each of `names` that is set: it would do nothing without what `why` names.
+    fn needs(&mut self, prefix: &str, names: &[&str], why: &str) {
+        for n in names {
+            if let Some(v) = self.raw(prefix, n) {
+                self.bad(prefix, n, v, why);
+            }
+        }
+    }
+
+    /// Reports each of `names` that is set as having no effect (ingress-nginx accepts them too).
+    fn ignored(&mut self, names: &[&str], why: &str) {
+        for n in names {
+            if self.nginx(n).is_some() {
+                self.no_effect.push(format!("{NGINX_PREFIX}{n} (no effect: {why})"));
+            }
+        }
+    }
+
     fn nginx(&self, name: &str) -> Option<&'a str> {
         self.raw(NGINX_PREFIX, name)
     }
@@ -127,11 +150,12 @@ impl<'a> Annotations<'a> {
 
     fn bool(&mut self, prefix: &str, name: &str) -> Option<bool> {
         let v = self.raw(prefix, name)?;
+        // The spellings Go's strconv.ParseBool accepts, as ingress-nginx parses its annotations.
         match v {
-            "true" | "True" | "TRUE" => Some(true),
-            "false" | "False" | "FALSE" => Some(false),
+            "1" | "t" | "T" | "true" | "True" | "TRUE" => Some(true),
+            "0" | "f" | "F" | "false" | "False" | "FALSE" => Some(false),
             _ => {
-                self.bad(prefix, name, v, "is not \"true\" or \"false\"");
+                self.bad(prefix, name, v, "is not a boolean (true, false, 1, 0, t, f)");
                 None
             }
         }
@@ -150,8 +174,17 @@ impl<'a> Annotations<'a> {
     }
 
     fn one_of<T: Copy>(&mut self, prefix: &str, name: &str, choices: &[(&str, T)]) -> Option<T> {
+        self.choose(prefix, name, choices, false)
+    }
+
+    /// [`Self::one_of`], ignoring ASCII case (for values browsers read case-insensitively).
+    fn one_of_any_case<T: Copy>(&mut self, prefix: &str, name: &str, choices: &[(&str, T)]) -> Option<T> {
+        self.choose(prefix, name, choices, true)
+    }
+
+    fn choose<T: Copy>(&mut self, prefix: &str, name: &str, choices: &[(&str, T)], any_case: bool) -> Option<T> {
         let v = self.raw(prefix, name)?;
-        match choices.iter().find(|(n, _)| *n == v) {
+        match choices.iter().find(|(n, _)| *n == v || (any_case && n.eq_ignore_ascii_case(v))) {
             Some((_, t)) => Some(*t),
             None => {
                 let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
@@ -171,7 +204,29 @@ struct Shared {
     lb_method: LbMethodName,
     route_from: Option<RouteFrom>,
     rewrite: Option<String>,
+    /// `rewrite-target: /$2`: every path is `<prefix>(/|$)(.*)`, served as `<prefix>` stripped.
+    strip_capture: bool,
     template: BalancerPoolSpec,
+}
+
+/// The one capture-group rewrite routeid reads (with paths ending in [`STRIP_PATH_TAIL`]).
+const STRIP_TARGET: &str = "/$2";
+/// The path tail of ingress-nginx's prefix-strip idiom: `/app(/|$)(.*)`.
+const STRIP_PATH_TAIL: &str = "(/|$)(.*)";
+
+/// The literal prefix of a `<prefix>(/|$)(.*)` path: with `rewrite-target: /$2` it means exactly
+/// a segment-wise prefix match stripped to `/` (`/app` → `/`, `/app/cart` → `/cart`, not `/apps`).
+/// Any other regex is refused: routeid does not match regular expressions.
+fn strip_prefix_of(path: &str) -> Result<&str, String> {
+    let prefix = path.strip_suffix(STRIP_PATH_TAIL).ok_or_else(|| {
+        format!("{path:?}: with rewrite-target \"/$2\" every path must be written `/prefix(/|$)(.*)`")
+    })?;
+    if prefix.contains(|c: char| "\\.*+?()[]{}|^$".contains(c)) || (!prefix.is_empty() && !prefix.starts_with('/')) {
+        return Err(format!(
+            "{path:?}: the part before `(/|$)(.*)` must be a plain path (routeid does not match regular expressions)"
+        ));
+    }
+    Ok(if prefix.is_empty() { "/" } else { prefix })
 }
 
 fn shared(a: &mut Annotations<'_>) -> Shared {
@@ -184,8 +239,18 @@ fn shared(a: &mut Annotations<'_>) -> Shared {
         &[("PodName", RouteFrom::PodName), ("Hostname", RouteFrom::Hostname), ("Address", RouteFrom::Address)],
     );
     if let Some(r) = a.nginx("rewrite-target") {
-        if r.contains('$') {
-            a.bad(NGINX_PREFIX, "rewrite-target", r, "uses regex capture groups, which routeid does not support");
+        if r == STRIP_TARGET {
+            // ingress-nginx's prefix strip, with paths written `<prefix>(/|$)(.*)`.
+            out.strip_capture = true;
+            out.rewrite = Some("/".to_owned());
+        } else if r.contains('$') {
+            a.bad(
+                NGINX_PREFIX,
+                "rewrite-target",
+                r,
+                "uses capture groups: routeid reads only the prefix strip, path `/app(/|$)(.*)` with \
+                 rewrite-target `/$2`; write that, or path `/app` (pathType Prefix) with rewrite-target `/`",
+            );
         } else {
             out.rewrite = Some(r.to_owned());
         }
@@ -216,7 +281,8 @@ fn sticky(a: &mut Annotations<'_>) -> (Option<Sticky>, bool) {
         }
     };
     // Both modes keep a session on its pod while the pod is listed (see the README).
-    let _mode = a.one_of(NGINX_PREFIX, "affinity-mode", &[("balanced", ()), ("persistent", ())]);
+    let _mode =
+        a.one_of(NGINX_PREFIX, "affinity-mode", &[("balanced", ()), ("persistent", ()), ("persistent-drainable", ())]);
     let names: Option<Vec<String>> =
         a.routeid("sticky-names").map(|v| v.split('|').map(|n| n.trim().to_owned()).collect());
     let cookie_mode = a.one_of(
@@ -224,6 +290,9 @@ fn sticky(a: &mut Annotations<'_>) -> (Option<Sticky>, bool) {
         "cookie-mode",
         &[("Insert", CookieMode::Insert), ("Prefix", CookieMode::Prefix), ("Rewrite", CookieMode::Rewrite)],
     );
+    if !cookie {
+        not_sticky_by_cookie(a, names.is_some());
+    }
     if !cookie && names.is_none() {
         return (None, false);
     }
@@ -249,9 +318,38 @@ fn sticky(a: &mut Annotations<'_>) -> (Option<Sticky>, bool) {
     (Some(sticky), path_given)
 }
 
+/// Without `affinity: cookie` the cookie annotations do nothing: ingress-nginx's are reported,
+/// routeid's own refused (see the README).
+fn not_sticky_by_cookie(a: &mut Annotations<'_>, sticky_names: bool) {
+    const WHY: &str = "needs nginx.ingress.kubernetes.io/affinity: cookie";
+    a.needs(ROUTEID_PREFIX, &["cookie-mode"], WHY);
+    a.ignored(
+        &[
+            "affinity-mode",
+            "session-cookie-name",
+            "session-cookie-path",
+            "session-cookie-domain",
+            "session-cookie-expires",
+            "session-cookie-max-age",
+            "session-cookie-secure",
+            "session-cookie-samesite",
+            "session-cookie-conditional-samesite-none",
+        ],
+        "affinity is not cookie",
+    );
+    if !sticky_names {
+        a.needs(
+            ROUTEID_PREFIX,
+            &["sticky-separator", "failover"],
+            "needs nginx.ingress.kubernetes.io/affinity: cookie or routeid.io/sticky-names",
+        );
+        a.ignored(&["session-cookie-change-on-failure"], "affinity is not cookie");
+    }
+}
+
 /// The route cookie with the attributes the `session-cookie-*` annotations ask for.
 fn route_cookie(a: &mut Annotations<'_>, mode: CookieMode, default_name: String) -> RouteCookie {
-    let same_site = a.one_of(
+    let same_site = a.one_of_any_case(
         NGINX_PREFIX,
         "session-cookie-samesite",
         &[("None", SameSite::None), ("Lax", SameSite::Lax), ("Strict", SameSite::Strict)],
@@ -309,6 +407,12 @@ fn routeid_health(a: &mut Annotations<'_>, t: &mut BalancerPoolSpec) {
             expect_status: a.routeid("health-expect-status").map(str::to_owned),
             ..Default::default()
         });
+    } else {
+        a.needs(
+            ROUTEID_PREFIX,
+            &["health-interval", "health-timeout", "health-expect-status"],
+            "needs routeid.io/health-path (active checks are off without it)",
+        );
     }
     t.health.passive.retry_after = a.routeid("retry-after").map(str::to_owned);
     if let Some(v) = a.routeid("fail-on-status") {
@@ -342,14 +446,16 @@ fn service_ref(b: &IngressBackend, field: &str) -> Result<ServiceRef, FieldError
 
 /// Translates an Ingress into pool specs (see the module docs). `class` is set on every pool so
 /// the index serves them. Invalid annotation values and unusable backends refuse the whole
-/// Ingress, with every problem named.
+/// Ingress, with every problem named. Each pool is also run through the core validator here (all
+/// but its members), so a value only the core knows is wrong is refused now, before any
+/// `Accepted`, under the annotation that set it rather than a BalancerPool field path.
 pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldError>> {
     let empty = BTreeMap::new();
     let map = ing.metadata.annotations.as_ref().unwrap_or(&empty);
-    let mut a = Annotations { map, problems: Vec::new() };
+    let mut a = Annotations { map, problems: Vec::new(), no_effect: Vec::new() };
     let shared = shared(&mut a);
-    let unsupported = map.keys().filter(|k| support_of(k) == Some(Support::Unsupported)).cloned().collect();
-    let mut out = Translated { unsupported, ..Default::default() };
+    let no_effect = std::mem::take(&mut a.no_effect);
+    let mut out = Translated { unsupported: unsupported_annotations(ing), no_effect, ..Default::default() };
     // ingress-nginx redirects plain HTTP to HTTPS for hosts with TLS unless told not to, and for
     // every host with force-ssl-redirect.
     let redirect = Redirect {
@@ -366,9 +472,19 @@ pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldErro
         let host = rule.host.as_deref().filter(|h| !h.is_empty());
         for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
             let field = format!("spec.rules[{i}].http.paths[{j}]");
-            let path = p.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+            let mut path = p.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+            if shared.strip_capture {
+                match strip_prefix_of(path) {
+                    Ok(prefix) => path = prefix,
+                    Err(reason) => {
+                        problems.push(FieldError { path: format!("{field}.path"), reason });
+                        continue;
+                    }
+                }
+            }
             let exact = match p.path_type.as_str() {
-                "Exact" => true,
+                // A capture-group path is a regex in ingress-nginx, whatever its pathType.
+                "Exact" => !shared.strip_capture,
                 "Prefix" | "ImplementationSpecific" | "" => false,
                 other => {
                     problems.push(FieldError {
@@ -393,12 +509,71 @@ pub fn translate(ing: &Ingress, class: &str) -> Result<Translated, Vec<FieldErro
                 p.spec.frontend.tls = certificates(&tls, place.host);
                 p.spec.frontend.https_redirect =
                     Some(redirect.always || (redirect.tls_hosts && !p.spec.frontend.tls.is_empty()));
+                if let Err(errors) = validate_service_backed(super::index::pool_id(&p), &p.spec, Vec::new()) {
+                    let at = place.field.strip_suffix(".backend").unwrap_or(&place.field);
+                    for e in errors.into_iter().map(|e| blame(map, at, e)) {
+                        if !problems.contains(&e) {
+                            problems.push(e);
+                        }
+                    }
+                }
                 out.pools.push(p);
             }
             Err(e) => problems.push(e),
         }
     }
     if problems.is_empty() { Ok(out) } else { Err(problems) }
+}
+
+/// The `nginx.ingress.kubernetes.io/*` and `routeid.io/*` annotations of `ing` that routeid does
+/// not read, whether or not the Ingress is accepted.
+pub fn unsupported_annotations(ing: &Ingress) -> Vec<String> {
+    let keys = ing.metadata.annotations.iter().flat_map(|m| m.keys());
+    keys.filter(|k| support_of(k) == Some(Support::Unsupported)).cloned().collect()
+}
+
+/// Which annotations set a pool field, first the one that decides it; so that a value the core
+/// validator refuses is reported under the annotation the user wrote.
+const BLAME: &[(&str, &[&str])] = &[
+    ("spec.sticky.cookie.name", &["nginx.ingress.kubernetes.io/session-cookie-name", "routeid.io/sticky-names"]),
+    ("spec.sticky.cookie.path", &["nginx.ingress.kubernetes.io/session-cookie-path"]),
+    ("spec.sticky.cookie.domain", &["nginx.ingress.kubernetes.io/session-cookie-domain"]),
+    ("spec.sticky.cookie.expires", &["nginx.ingress.kubernetes.io/session-cookie-expires"]),
+    ("spec.sticky.cookie.maxAge", &["nginx.ingress.kubernetes.io/session-cookie-max-age"]),
+    (
+        "spec.sticky.cookie.sameSite",
+        &["nginx.ingress.kubernetes.io/session-cookie-samesite", "nginx.ingress.kubernetes.io/session-cookie-secure"],
+    ),
+    ("spec.sticky.names", &["routeid.io/sticky-names", "nginx.ingress.kubernetes.io/session-cookie-name"]),
+    ("spec.sticky.separator", &["routeid.io/sticky-separator"]),
+    ("spec.frontend.rewritePrefix", &["nginx.ingress.kubernetes.io/rewrite-target"]),
+    ("spec.health.active.path", &["routeid.io/health-path"]),
+    ("spec.health.active.interval", &["routeid.io/health-interval"]),
+    ("spec.health.active.timeout", &["routeid.io/health-timeout"]),
+    ("spec.health.active.expectStatus", &["routeid.io/health-expect-status"]),
+    ("spec.health.passive.retryAfter", &["routeid.io/retry-after"]),
+    ("spec.health.passive.failOnStatus", &["routeid.io/fail-on-status"]),
+    ("spec.health.passive.maxAttempts", &["nginx.ingress.kubernetes.io/proxy-next-upstream-tries"]),
+    ("spec.backend.maxConnections", &["routeid.io/max-connections"]),
+    ("spec.timeouts.connect", &["nginx.ingress.kubernetes.io/proxy-connect-timeout"]),
+    ("spec.timeouts.response", &["nginx.ingress.kubernetes.io/proxy-read-timeout"]),
+];
+
+/// A core validation problem of the pool made at `at`, renamed to the annotation that set the
+/// field (with its value), or else to the Ingress field `at` (its host, path or backend).
+fn blame(annotations: &BTreeMap<String, String>, at: &str, e: FieldError) -> FieldError {
+    let key = BLAME
+        .iter()
+        .find(|(field, _)| e.path.starts_with(field))
+        .and_then(|(_, keys)| keys.iter().find(|k| annotations.contains_key(**k)));
+    match key.and_then(|k| annotations.get(*k).map(|v| (k, v.trim()))) {
+        Some((k, v)) => {
+            let quoted = format!("{v:?}");
+            let reason = if e.reason.contains(&quoted) { e.reason } else { format!("{quoted}: {}", e.reason) };
+            FieldError { path: format!("metadata.annotations[{k}]"), reason }
+        }
+        None => FieldError { path: at.to_owned(), reason: format!("{} {}", e.path, e.reason) },
+    }
 }
 
 /// `ssl-redirect` / `force-ssl-redirect`.
@@ -518,7 +693,17 @@ pub struct IngressNews {
 }
 
 fn unsupported_note(list: &[String]) -> String {
-    format!("annotations routeid does not support, ignored: {}", list.join(", "))
+    format!("annotations routeid does not read or that have no effect, ignored: {}", list.join(", "))
+}
+
+/// Says (once per change) which annotations of the Ingress `key` routeid does not read.
+fn report_unsupported(key: &IngressKey, served: &mut Served, list: Vec<String>, out: &mut Vec<IngressNews>) {
+    if list != served.unsupported && !list.is_empty() {
+        let note = unsupported_note(&list);
+        tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), "{note}");
+        out.push(IngressNews { key: key.clone(), warning: true, reason: "UnsupportedAnnotations", note });
+    }
+    served.unsupported = list;
 }
 
 /// What was last accepted from one Ingress.
@@ -643,6 +828,8 @@ impl Ingresses {
                     out.push(news(true, "Rejected", msg.clone()));
                     served.rejected = Some(msg);
                 }
+                // What routeid does not read is said while the Ingress is refused too.
+                report_unsupported(key, served, unsupported_annotations(&ing), &mut out);
             }
             Ok(t) => {
                 let ids: BTreeSet<PoolId> = t.pools.iter().map(super::index::pool_id).collect();
@@ -656,12 +843,7 @@ impl Ingresses {
                     out.push(news(false, "Accepted", format!("serving {} path(s)", ids.len())));
                 }
                 served.pools = ids;
-                if t.unsupported != served.unsupported && !t.unsupported.is_empty() {
-                    let note = unsupported_note(&t.unsupported);
-                    tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), "{note}");
-                    out.push(news(true, "UnsupportedAnnotations", note));
-                }
-                served.unsupported = t.unsupported;
+                report_unsupported(key, served, [t.unsupported, t.no_effect].concat(), &mut out);
                 if t.notes != served.notes {
                     for n in &t.notes {
                         tracing::warn!(ingress = %format!("{}/{}", key.0, key.1), "{n}");

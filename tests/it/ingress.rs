@@ -330,6 +330,128 @@ async fn status_address_is_written_by_the_leader_only() {
     .await;
 }
 
+/// Runs `routeid ingress-check --class nginx -n NS` against the fake API server: exit code, stdout.
+async fn ingress_check(api: &FakeApiServer, file: &str) -> (Option<i32>, String) {
+    let kubeconfig = temp_file(
+        file,
+        &format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+            api.addr
+        ),
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+        .args(["ingress-check", "--class", "nginx", "-n", NS, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), out).await.unwrap().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_check_reports_an_ingress_routeid_would_refuse_and_exits_1() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        // Every key is one routeid reads; only the values would refuse the Ingress.
+        let annotations = json!({
+            "nginx.ingress.kubernetes.io/affinity": "cookie",
+            "nginx.ingress.kubernetes.io/session-cookie-samesite": "None",
+            "nginx.ingress.kubernetes.io/session-cookie-secure": "false",
+        });
+        create(ingresses(&kube), ingress_json("shop", "nginx", annotations, json!({"number": 80}))).await;
+        let (code, text) = ingress_check(&api, "kubeconfig-check-refused").await;
+        assert_eq!(code, Some(1), "a refusal: exit 1\n{text}");
+        assert!(
+            text.contains(
+                "REFUSED: metadata.annotations[nginx.ingress.kubernetes.io/session-cookie-samesite]: \"None\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("1 Ingress(es) routeid would refuse"), "{text}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_only_the_core_validator_refuses_is_rejected_by_name_never_accepted() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        class(&kube, "routeid", "routeid.io/ingress-controller").await;
+        service(&kube, "shop", "http", 80, json!("http")).await;
+        let m = Member::start("shop-0").await;
+        kube.put_slice(&serde_json::from_value(named_slice("shop", &m.route, "http", m.addr, Cond::Ready)).unwrap())
+            .await;
+        let annotations = json!({
+            "nginx.ingress.kubernetes.io/affinity": "cookie",
+            "nginx.ingress.kubernetes.io/session-cookie-name": "shop id",
+            "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: y\";",
+        });
+        create(ingresses(&kube), ingress_json("shop", "routeid", annotations, json!({"number": 80}))).await;
+        let r = Replica::start(&api, options("r1")).await;
+        eventually(WAIT, "Rejected and UnsupportedAnnotations events", || async {
+            let ev = events(&api, "shop");
+            let has = |want: &str, text: &str| ev.iter().any(|(_, reason, note)| reason == want && note.contains(text));
+            has("Rejected", "metadata.annotations[nginx.ingress.kubernetes.io/session-cookie-name]: \"shop id\"")
+                && has("UnsupportedAnnotations", "configuration-snippet")
+        })
+        .await;
+        // The fix is accepted: every Event up to then said why, none said Accepted.
+        let patch = json!({"metadata": {"annotations": {"nginx.ingress.kubernetes.io/session-cookie-name": "SHOPID"}}});
+        ingresses(&kube).patch("shop", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+        eventually(WAIT, "an Accepted event", || async {
+            events(&api, "shop").iter().any(|(_, reason, _)| reason == "Accepted")
+        })
+        .await;
+        let reasons: Vec<String> = events(&api, "shop").into_iter().map(|e| e.1).collect();
+        let accepted = reasons.iter().position(|r| r == "Accepted").unwrap();
+        let rejected = reasons.iter().position(|r| r == "Rejected").unwrap();
+        assert!(rejected < accepted, "{reasons:?}");
+        assert!(!reasons.iter().any(|r| r == "InvalidSpec"), "{reasons:?}");
+        eventually(WAIT, "the pool served", || async { pool_members(&r, "shop").len() == 1 }).await;
+        let got = host_get(&r, &[]).await;
+        assert_eq!(got.status, 200);
+        assert!(cookie_of(&got, "SHOPID").is_some(), "{got:?}");
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrite_target_capture_pair_strips_the_prefix_at_the_member() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        class(&kube, "routeid", "routeid.io/ingress-controller").await;
+        service(&kube, "shop", "http", 80, json!("http")).await;
+        let m = Member::start("shop-0").await;
+        kube.put_slice(&serde_json::from_value(named_slice("shop", &m.route, "http", m.addr, Cond::Ready)).unwrap())
+            .await;
+        let mut ing = ingress_json(
+            "shop",
+            "routeid",
+            json!({"nginx.ingress.kubernetes.io/rewrite-target": "/$2"}),
+            json!({"number": 80}),
+        );
+        ing["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!("/app(/|$)(.*)");
+        ing["spec"]["rules"][0]["http"]["paths"][0]["pathType"] = json!("ImplementationSpecific");
+        create(ingresses(&kube), ing).await;
+        let r = Replica::start(&api, options("r1")).await;
+        eventually(WAIT, "one member", || async { pool_members(&r, "shop").len() == 1 }).await;
+        for (path, seen) in [("/app/cart?x=1", "/cart?x=1"), ("/app", "/"), ("/app/", "/")] {
+            let got = get(r.proxy(), path, &[("host", HOST)]).await;
+            assert_eq!(got.status, 200, "{path}");
+            assert_eq!(m.last_seen().path_and_query, seen, "{path}");
+        }
+        assert_eq!(get(r.proxy(), "/apps", &[("host", HOST)]).await.status, 404, "not a segment prefix");
+        r.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_check_lists_another_class_and_its_unsupported_annotations() {
     bounded(async {
@@ -341,23 +463,8 @@ async fn ingress_check_lists_another_class_and_its_unsupported_annotations() {
         });
         create(ingresses(&kube), ingress_json("legacy-shop", "nginx", annotations, json!({"number": 80}))).await;
         create(ingresses(&kube), ingress_json("mine", "routeid", json!({}), json!({"number": 80}))).await;
-        let kubeconfig = temp_file(
-            "kubeconfig-check",
-            &format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-                api.addr
-            ),
-        );
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
-            .args(["ingress-check", "--class", "nginx", "-n", NS, "--kubeconfig"])
-            .arg(&kubeconfig)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(10), out).await.unwrap().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "an unsupported annotation: exit 1\n{text}");
+        let (code, text) = ingress_check(&api, "kubeconfig-check").await;
+        assert_eq!(code, Some(1), "an unsupported annotation: exit 1\n{text}");
         assert!(text.contains("Ingress web/legacy-shop"), "{text}");
         assert!(text.contains("NOT SUPPORTED        nginx.ingress.kubernetes.io/auth-url"), "{text}");
         assert!(text.contains("supported            nginx.ingress.kubernetes.io/affinity"), "{text}");

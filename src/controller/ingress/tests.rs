@@ -295,7 +295,24 @@ fn session_cookie_secure() {
         CookieSecure::Never
     );
     let e = refused(sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-secure": "yes"})));
-    assert!(e[0].reason.contains("\"yes\" is not \"true\" or \"false\""));
+    assert!(e[0].reason.contains("\"yes\" is not a boolean"), "{e:?}");
+}
+
+#[test]
+fn booleans_take_every_spelling_go_parse_bool_takes() {
+    for (v, want) in [("1", true), ("t", true), ("T", true), ("TRUE", true), ("True", true), ("true", true)]
+        .into_iter()
+        .chain([("0", false), ("f", false), ("F", false), ("FALSE", false), ("False", false), ("false", false)])
+    {
+        let secure = cookie(json!({"nginx.ingress.kubernetes.io/session-cookie-secure": v})).secure;
+        let expected = if want { CookieSecure::Always } else { CookieSecure::Never };
+        assert_eq!(secure, expected, "{v}");
+        let s = one(&simple(json!({"nginx.ingress.kubernetes.io/force-ssl-redirect": v})));
+        assert_eq!(s.frontend.https_redirect, Some(want), "{v}");
+    }
+    for v in ["yes", "on", "2", ""] {
+        refused(json!({"nginx.ingress.kubernetes.io/ssl-redirect": v}));
+    }
 }
 
 #[test]
@@ -304,7 +321,11 @@ fn session_cookie_samesite() {
     assert_eq!(c.same_site, Some(SameSite::Strict));
     let c = cookie(json!({"nginx.ingress.kubernetes.io/session-cookie-samesite": "None"}));
     assert_eq!((c.same_site, c.secure), (Some(SameSite::None), CookieSecure::Auto));
-    let e = refused(sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-samesite": "lax"})));
+    for (v, want) in [("lax", SameSite::Lax), ("none", SameSite::None), ("STRICT", SameSite::Strict)] {
+        let c = cookie(json!({"nginx.ingress.kubernetes.io/session-cookie-samesite": v}));
+        assert_eq!(c.same_site, Some(want), "any case, canonical spelling");
+    }
+    let e = refused(sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-samesite": "relaxed"})));
     assert!(e[0].reason.contains("is not one of None, Lax, Strict"));
 }
 
@@ -370,8 +391,42 @@ fn force_ssl_redirect_without_a_certificate() {
 fn rewrite_target() {
     let s = one(&simple(json!({"nginx.ingress.kubernetes.io/rewrite-target": "/"})));
     assert_eq!(s.frontend.rewrite_prefix.as_deref(), Some("/"));
-    let e = refused(json!({"nginx.ingress.kubernetes.io/rewrite-target": "/$2"}));
-    assert!(e[0].reason.contains("capture groups"));
+    let e = refused(json!({"nginx.ingress.kubernetes.io/rewrite-target": "/$1"}));
+    assert_eq!(e[0].path, "metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]");
+    assert!(e[0].reason.contains("capture groups") && e[0].reason.contains("/app(/|$)(.*)"), "{e:?}");
+    // The plain form without a leading slash: refused by the core validator, under its name.
+    let e = refused(json!({"nginx.ingress.kubernetes.io/rewrite-target": "app"}));
+    assert_eq!(e[0].path, "metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]", "{e:?}");
+    assert!(e[0].reason.contains("\"app\""), "{e:?}");
+}
+
+fn strip(path: &str, path_type: &str) -> Result<Translated, Vec<FieldError>> {
+    let mut ing = with_path(path, path_type);
+    ing.metadata.annotations =
+        Some([("nginx.ingress.kubernetes.io/rewrite-target".to_owned(), "/$2".to_owned())].into());
+    translate(&ing, "routeid")
+}
+
+#[test]
+fn rewrite_target_capture_pair_is_a_prefix_strip() {
+    for (path, prefix) in [("/app(/|$)(.*)", "/app"), ("/a/b(/|$)(.*)", "/a/b"), ("(/|$)(.*)", "/")] {
+        for path_type in ["ImplementationSpecific", "Prefix", "Exact"] {
+            let t = strip(path, path_type).unwrap();
+            let f = &t.pools[0].spec.frontend;
+            assert_eq!(f.path_prefix.as_deref(), Some(prefix), "{path}");
+            assert_eq!(f.rewrite_prefix.as_deref(), Some("/"));
+            assert_eq!(f.path_type, None, "{path_type}: a segment-wise prefix");
+        }
+    }
+    // What the strip does to requests: ingress-nginx's `/app(/|$)(.*)` → `/$2`.
+    for (req, want) in [("/app", "/"), ("/app/", "/"), ("/app/cart?x=1", "/cart?x=1")] {
+        assert_eq!(crate::core::table::rewrite_path("/app", "/", req).as_deref(), Some(want), "{req}");
+    }
+    for path in ["/app", "/app(.*)", "/a.b(/|$)(.*)", "/a(x|y)(/|$)(.*)", "app(/|$)(.*)"] {
+        let e = strip(path, "ImplementationSpecific").unwrap_err();
+        assert_eq!(e[0].path, "spec.rules[0].http.paths[0].path", "{path}");
+        assert!(e[0].reason.contains("(/|$)(.*)"), "{e:?}");
+    }
 }
 
 #[test]
@@ -429,10 +484,129 @@ fn unsupported_annotations_are_listed() {
 #[test]
 fn every_problem_is_named_at_once() {
     let e = refused(sticky_ann(json!({
-        "nginx.ingress.kubernetes.io/session-cookie-secure": "1",
+        "nginx.ingress.kubernetes.io/session-cookie-secure": "yes",
         "nginx.ingress.kubernetes.io/load-balance": "random",
     })));
     assert_eq!(e.len(), 2);
+}
+
+/// Values only the core validator knows are wrong refuse the Ingress in `translate`, named by
+/// their annotation and value, never as `spec.*` fields of a BalancerPool.
+#[test]
+fn values_the_core_validator_refuses_name_the_annotation() {
+    let cases = [
+        (
+            sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-name": "a b"})),
+            "session-cookie-name",
+            "\"a b\"",
+        ),
+        (
+            sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-path": "cart"})),
+            "session-cookie-path",
+            "\"cart\"",
+        ),
+        (
+            sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-domain": "a;b"})),
+            "session-cookie-domain",
+            "\"a;b\"",
+        ),
+        (
+            sticky_ann(json!({
+                "nginx.ingress.kubernetes.io/session-cookie-samesite": "None",
+                "nginx.ingress.kubernetes.io/session-cookie-secure": "false",
+            })),
+            "session-cookie-samesite",
+            "\"None\"",
+        ),
+        (json!({"routeid.io/health-path": "/h", "routeid.io/health-interval": "soon"}), "health-interval", "\"soon\""),
+        (json!({"routeid.io/health-path": "/h", "routeid.io/health-timeout": "0s"}), "health-timeout", "\"0s\""),
+        (
+            json!({"routeid.io/health-path": "/h", "routeid.io/health-expect-status": "ok"}),
+            "health-expect-status",
+            "\"ok\"",
+        ),
+        (json!({"routeid.io/health-path": "h"}), "health-path", "\"h\""),
+        (json!({"routeid.io/retry-after": "later"}), "retry-after", "\"later\""),
+        (json!({"routeid.io/max-connections": "0"}), "max-connections", "\"0\""),
+        (json!({"routeid.io/sticky-names": "JSESSION ID"}), "sticky-names", "\"JSESSION ID\""),
+        (
+            json!({"routeid.io/sticky-names": "JSESSIONID", "routeid.io/sticky-separator": "ab"}),
+            "sticky-separator",
+            "\"ab\"",
+        ),
+    ];
+    for (annotations, name, value) in cases {
+        let e = refused(annotations);
+        let named = e.iter().find(|e| e.path.ends_with(&format!("/{name}]")));
+        let named = named.unwrap_or_else(|| panic!("{name}: {e:?}"));
+        assert!(named.reason.contains(value), "{name}: {e:?}");
+        assert!(e.iter().all(|e| !e.path.starts_with("spec.sticky") && !e.path.starts_with("spec.health")), "{e:?}");
+    }
+}
+
+#[test]
+fn a_refused_value_is_never_accepted() {
+    let mut ix = index();
+    let mut ings = Ingresses::new(filter(false));
+    ings.apply_class("routeid".into(), Some(class("routeid", CONTROLLER_NAME, false)), &mut ix);
+    let news =
+        ings.apply(simple(sticky_ann(json!({"nginx.ingress.kubernetes.io/session-cookie-name": "a b"}))), &mut ix);
+    assert!(news.iter().all(|n| n.reason != "Accepted"), "{news:?}");
+    let rejected = news.iter().find(|n| n.reason == "Rejected").unwrap();
+    assert!(rejected.note.contains("nginx.ingress.kubernetes.io/session-cookie-name"), "{rejected:?}");
+    assert!(ix.configs().is_empty());
+}
+
+#[test]
+fn affinity_mode_persistent_drainable() {
+    let s = one(&simple(sticky_ann(json!({"nginx.ingress.kubernetes.io/affinity-mode": "persistent-drainable"}))));
+    assert!(s.sticky.is_some());
+}
+
+/// Annotations that would do nothing: routeid's own are refused, ingress-nginx's reported.
+#[test]
+fn annotations_without_effect_are_never_silent() {
+    let e = refused(json!({"routeid.io/sticky-names": "JSESSIONID", "routeid.io/cookie-mode": "Prefix"}));
+    assert_eq!(e[0].path, "metadata.annotations[routeid.io/cookie-mode]");
+    assert!(e[0].reason.contains("needs nginx.ingress.kubernetes.io/affinity: cookie"), "{e:?}");
+    for name in ["health-interval", "health-timeout", "health-expect-status"] {
+        let e = refused(json!({format!("routeid.io/{name}"): "5s"}));
+        assert!(e[0].reason.contains("needs routeid.io/health-path"), "{name}: {e:?}");
+    }
+    for name in ["sticky-separator", "failover"] {
+        let e = refused(json!({format!("routeid.io/{name}"): "-"}));
+        assert!(e.iter().any(|e| e.path.ends_with(&format!("/{name}]"))), "{name}: {e:?}");
+    }
+    let t = translate(
+        &simple(json!({
+            "nginx.ingress.kubernetes.io/session-cookie-name": "S",
+            "nginx.ingress.kubernetes.io/affinity-mode": "persistent",
+        })),
+        "routeid",
+    )
+    .unwrap();
+    assert_eq!(t.no_effect.len(), 2, "{:?}", t.no_effect);
+    assert!(t.no_effect.iter().all(|u| u.contains("no effect: affinity is not cookie")), "{:?}", t.no_effect);
+    let mut ix = index();
+    let mut ings = Ingresses::new(filter(false));
+    ings.apply_class("routeid".into(), Some(class("routeid", CONTROLLER_NAME, false)), &mut ix);
+    let news = ings.apply(simple(json!({"nginx.ingress.kubernetes.io/session-cookie-name": "S"})), &mut ix);
+    let warn = news.iter().find(|n| n.reason == "UnsupportedAnnotations").unwrap();
+    assert!(warn.note.contains("session-cookie-name (no effect: affinity is not cookie)"), "{warn:?}");
+}
+
+#[test]
+fn unsupported_annotations_are_reported_while_refused() {
+    let mut ix = index();
+    let mut ings = Ingresses::new(filter(false));
+    ings.apply_class("routeid".into(), Some(class("routeid", CONTROLLER_NAME, false)), &mut ix);
+    let a =
+        json!({"nginx.ingress.kubernetes.io/configuration-snippet": "x", "nginx.ingress.kubernetes.io/affinity": "ip"});
+    let news = ings.apply(simple(a), &mut ix);
+    let reasons: Vec<&str> = news.iter().map(|n| n.reason).collect();
+    assert_eq!(reasons, ["Rejected", "UnsupportedAnnotations"], "{news:?}");
+    assert!(news[1].note.contains("configuration-snippet"));
+    assert!(ings.standing_news().iter().any(|n| n.reason == "UnsupportedAnnotations"));
 }
 
 // ---- routeid.io annotations ----
@@ -620,4 +794,13 @@ fn older_object_wins_a_conflict_with_a_balancer_pool() {
     assert_eq!(conflicts.len(), 1);
     assert_eq!(conflicts[0].winner.name, "ingress:shop:0-0", "the Ingress is older");
     assert_eq!(conflicts[0].loser.name, "shop");
+}
+
+/// The shipped example passes the whole translation, core validation included.
+#[test]
+fn the_example_ingress_is_accepted() {
+    let ing: Ingress = serde_yaml::from_str(include_str!("../../../examples/ingress.yaml")).unwrap();
+    let t = translate(&ing, "routeid").unwrap();
+    assert_eq!(t.pools.len(), 1);
+    assert!(t.unsupported.is_empty() && t.no_effect.is_empty(), "{t:?}");
 }
