@@ -561,12 +561,14 @@ async fn proxy_protocol_without_trusted_proxies_is_a_startup_error() {
         let m = Member::start("a").await;
         let file = temp_file("pp-untrusted", &pool_yaml("a", &[(m.addr, "a", 1)], ""));
         for flag in ["--proxy-protocol", "--tls-proxy-protocol"] {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+            // Bounded: a routeid that starts anyway is killed when the wait gives up.
+            let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
                 .args(["standalone", "-f"])
                 .arg(&file)
                 .args([flag, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-                .output()
-                .unwrap();
+                .kill_on_drop(true)
+                .output();
+            let out = tokio::time::timeout(Duration::from_secs(5), run).await.expect("routeid started").unwrap();
             assert_eq!(out.status.code(), Some(2), "{flag}");
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(err.contains(&format!("{flag} needs --trusted-proxies")), "{err}");
