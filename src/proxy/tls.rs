@@ -8,7 +8,8 @@
 //!   requests after it see the same generation. A pool names Secrets of its own namespace only,
 //!   and only for hosts it serves, so one tenant's certificate is never shown for another's host.
 //! - [`SniResolver`] answers rustls from the current snapshot: exact host, then the longest
-//!   wildcard, then the `--default-tls-secret`; nothing else. Without a match rustls ends the
+//!   wildcard that covers one label, then the `--default-tls-secret`; nothing else. An exact host
+//!   that another namespace's pool lists never gets this namespace's wildcard. Without a match rustls ends the
 //!   handshake with a fatal alert (`access_denied`: rustls offers no hook for RFC 6066's
 //!   `unrecognized_name`).
 //!
@@ -837,6 +838,24 @@ mod tests {
         {
             assert_eq!(bad(h), Some(http::StatusCode::BAD_REQUEST), "{h:?}");
         }
+    }
+
+    #[test]
+    fn a_broken_ca_update_keeps_the_last_good_ca_and_pending_is_no_error() {
+        let metrics = Metrics::new();
+        let mut c = Certificates::default();
+        let r = SecretRef::new("web", "ca");
+        let good = TlsData { crt: Vec::new(), key: Vec::new(), ca: Some(cert(&["ca"], true).crt) };
+        assert_eq!(c.apply(&r, Err(CertError::Pending), &metrics), None, "nothing to log");
+        assert_eq!(c.apply(&r, Ok(&good), &metrics), None);
+        let roots = |c: &Certificates| c.secrets[&r].ca.clone().and_then(Result::ok).map(|a| Arc::as_ptr(&a));
+        let before = roots(&c).expect("a CA");
+        let garbage = TlsData { ca: Some(b"not pem".to_vec()), ..good.clone() };
+        let no_ca = TlsData { ca: None, ..good.clone() };
+        assert_eq!(c.apply(&r, Ok(&garbage), &metrics), Some(CertError::BadCa), "logged");
+        assert_eq!(c.apply(&r, Ok(&no_ca), &metrics), Some(CertError::MissingField("ca.crt")));
+        c.apply(&r, Err(CertError::Missing), &metrics);
+        assert_eq!(roots(&c), Some(before), "the last good CA stays");
     }
 
     #[test]
