@@ -140,6 +140,18 @@ pub struct TlsArgs {
 }
 
 impl ProxyArgs {
+    /// Refuses flag combinations that cannot work: a PROXY protocol listener believes headers
+    /// from `--trusted-proxies` only, so with none it would drop every connection.
+    pub fn check(&self) -> Result<(), String> {
+        if (self.proxy_protocol || self.tls_proxy_protocol) && self.trusted_proxies.is_empty() {
+            let flag = if self.proxy_protocol { "--proxy-protocol" } else { "--tls-proxy-protocol" };
+            return Err(format!(
+                "{flag} needs --trusted-proxies (the load balancer's addresses): without it every connection is refused"
+            ));
+        }
+        Ok(())
+    }
+
     /// The settings these flags describe.
     pub fn settings(&self) -> ProxySettings {
         ProxySettings {
@@ -212,4 +224,27 @@ pub struct ControllerArgs {
     /// Proxy tuning.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy_args(args: &[&str]) -> ProxyArgs {
+        let argv = ["routeid", "standalone", "-f", "pools.yaml"].iter().chain(args);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Standalone { proxy, .. }) => proxy,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        for flag in ["--proxy-protocol", "--tls-proxy-protocol"] {
+            let err = proxy_args(&[flag]).check().unwrap_err();
+            assert!(err.starts_with(flag) && err.contains("--trusted-proxies"), "{err}");
+            proxy_args(&[flag, "--trusted-proxies", "10.0.0.0/8"]).check().unwrap();
+        }
+        proxy_args(&[]).check().unwrap();
+    }
 }

@@ -77,6 +77,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> ExitCode {
+    let proxy = match &command {
+        Command::Standalone { proxy, .. } => Some(proxy),
+        Command::Controller(args) => Some(&args.proxy),
+        Command::Demo { .. } | Command::Crd | Command::IngressCheck { .. } => None,
+    };
+    if let Some(Err(e)) = proxy.map(|p| p.check()) {
+        eprintln!("routeid: {e}");
+        return ExitCode::from(2);
+    }
     match command {
         Command::Crd => ExitCode::SUCCESS,
         Command::Demo { listen, admin_listen, check } => run_demo(listen, admin_listen, check).await,

@@ -12,6 +12,9 @@
 //! their first list. After that a lost API server keeps the last table serving and `/readyz`
 //! ready while the watchers reconnect with kube-runtime's default backoff; a re-list replaces
 //! the index contents only once it is complete (objects that vanished meanwhile are dropped then).
+//! The first `/readyz` also waits until every named TLS Secret's watch has listed once (at most
+//! [`TLS_READY_WAIT`]), so a new pod does not take HTTPS clients with an empty certificate store;
+//! until then such a Secret is `SecretPending` in status, never a false `SecretNotFound` Event.
 //!
 //! Status and Events are computed here and written by [`status::Writer`], which only writes
 //! while this replica holds the Lease ([`leader`]).
@@ -43,7 +46,7 @@ use crate::api::BalancerPool;
 use crate::core::config::PoolId;
 use crate::core::table::Conflict;
 use crate::proxy::Proxy;
-use crate::proxy::tls::{SecretRef, TlsProblem};
+use crate::proxy::tls::{CertError, SecretRef, TlsProblem};
 use index::{ClassFilter, Index, PoolChange, pool_id};
 use leader::LeaderOptions;
 use status::{Outbound, PoolEvent, Writer, WriterOptions, WriterStats};
@@ -165,6 +168,9 @@ impl Controller {
             ingresses,
             conflicts: Vec::new(),
             ready: false,
+            announced: false,
+            ready_by: None,
+            pending: HashSet::new(),
             secrets,
             tls_reported: HashMap::new(),
         };
@@ -198,7 +204,14 @@ struct Loop {
     index: Index,
     ingresses: ingress::Ingresses,
     conflicts: Vec<Conflict>,
+    /// The first table is published.
     ready: bool,
+    /// `/readyz` is ready (after the first table and the first list of its Secrets).
+    announced: bool,
+    /// When the first readiness stops waiting for Secrets that have not listed.
+    ready_by: Option<tokio::time::Instant>,
+    /// Secrets whose watch has not reported yet.
+    pending: HashSet<SecretRef>,
     /// One watch per Secret the pools name.
     secrets: secrets::SecretWatches,
     /// The TLS problems last reported by an Event, per pool.
@@ -235,6 +248,10 @@ fn watch_hint(e: &watcher::Error) -> &'static str {
 
 /// At most this many watch events are folded into one publication.
 const MAX_BATCH: usize = 4_096;
+
+/// The longest the first readiness waits for the named Secrets' first list (a Secret the
+/// service account may not read never lists: its watch error is logged, readiness goes on).
+pub const TLS_READY_WAIT: Duration = Duration::from_secs(10);
 
 impl Loop {
     async fn run(
@@ -280,8 +297,15 @@ impl Loop {
                     None => std::future::pending().await,
                 }
             };
+            let ready_timer = async {
+                match self.ready_by.filter(|_| !self.announced) {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = publish_timer => {}
+                () = ready_timer => {}
                 () = leader::stopped(&mut shutdown) => return,
                 ev = pool_events.next() => match ev {
                     Some(ev) => self.on_pool(ev, &mut pools),
@@ -353,6 +377,7 @@ impl Loop {
                     break;
                 }
             }
+            self.announce_when_ready();
             if !(pools.synced && slices.synced && services.synced && ingress_state.synced && class_state.synced) {
                 continue;
             }
@@ -390,13 +415,8 @@ impl Loop {
                 status_due = true;
                 if !self.ready {
                     self.ready = true;
-                    self.admin.ready.store(true, Ordering::Release);
-                    self.stats.synced.store(true, Ordering::Release);
-                    tracing::info!(
-                        pools = self.index.pools().count(),
-                        slices = self.index.slice_count(),
-                        "first sync complete; serving"
-                    );
+                    self.ready_by = Some(tokio::time::Instant::now() + TLS_READY_WAIT);
+                    self.announce_when_ready();
                 }
             }
             if status_due && *self.leader.borrow() {
@@ -512,11 +532,44 @@ impl Loop {
         }
     }
 
-    /// Watches exactly the Secrets the pools name; forgets the others.
+    /// Sets `/readyz` ready once the first table is out and every named Secret has listed, or
+    /// [`TLS_READY_WAIT`] has passed.
+    fn announce_when_ready(&mut self) {
+        if self.announced || !self.ready {
+            return;
+        }
+        let waited_out = self.ready_by.is_some_and(|t| tokio::time::Instant::now() >= t);
+        if !self.pending.is_empty() && !waited_out {
+            return;
+        }
+        self.announced = true;
+        self.admin.ready.store(true, Ordering::Release);
+        self.stats.synced.store(true, Ordering::Release);
+        if !self.pending.is_empty() {
+            let unread: Vec<String> = self.pending.iter().take(5).map(ToString::to_string).collect();
+            tracing::warn!(unread = self.pending.len(), first = ?unread, "TLS Secrets not read within {TLS_READY_WAIT:?}; ready without them");
+        }
+        tracing::info!(
+            pools = self.index.pools().count(),
+            slices = self.index.slice_count(),
+            "first sync complete; serving"
+        );
+    }
+
+    /// Watches exactly the Secrets the pools name; forgets the others. A new watch's Secret is
+    /// pending (not missing) until the watch reports.
     fn watch_secrets(&mut self, configs: &[Arc<crate::core::PoolConfig>]) {
         let wanted = secrets::named(configs, self.opts.default_tls_secret.as_ref());
-        let gone = self.secrets.reconcile(&wanted);
+        let (gone, started) = self.secrets.reconcile(&wanted);
         self.proxy.forget_tls_secrets(&gone);
+        gone.iter().for_each(|r| {
+            self.pending.remove(r);
+        });
+        if !started.is_empty() {
+            let marks: Vec<_> = started.iter().map(|r| (r.clone(), Err(CertError::Pending))).collect();
+            self.proxy.update_tls_secrets(&marks);
+            self.pending.extend(started);
+        }
     }
 
     /// Hands changed Secrets (this one and any others already waiting) to the proxy in one
@@ -526,28 +579,34 @@ impl Loop {
         while let Ok(ev) = rx.try_recv() {
             changes.push((ev.secret, ev.data));
         }
+        for (secret, _) in &changes {
+            self.pending.remove(secret);
+        }
         for (secret, e) in self.proxy.update_tls_secrets(&changes) {
             tracing::warn!(%secret, reason = e.reason(), error = %e, "TLS Secret cannot serve; its last good certificate (if any) keeps serving");
         }
         self.report_tls();
     }
 
-    /// An Event on each pool whose TLS problems changed to something new.
+    /// An Event on each pool whose TLS problems changed to something new. A Secret not read yet
+    /// (`SecretPending`) is no news: it shows in status only.
     fn report_tls(&mut self) {
         let snapshot = self.proxy.snapshot();
+        let pending = CertError::Pending.reason();
+        let mut reported = HashMap::with_capacity(snapshot.tls.problems.len());
         for (id, problems) in &snapshot.tls.problems {
-            if self.tls_reported.get(id) == Some(problems) {
-                continue;
-            }
-            if let (Some(first), Some(entry)) = (problems.first(), self.index.pool(id))
+            let problems: Vec<TlsProblem> = problems.iter().filter(|p| p.reason != pending).cloned().collect();
+            if self.tls_reported.get(id) != Some(&problems)
+                && let (Some(first), Some(entry)) = (problems.first(), self.index.pool(id))
                 && let Some(reference) = self.event_reference(id, entry)
             {
                 let note = problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
                 let _ =
                     self.out.send(Outbound::Event(PoolEvent { reference, warning: true, reason: first.reason, note }));
             }
+            reported.insert(id.clone(), problems);
         }
-        self.tls_reported = snapshot.tls.problems.clone();
+        self.tls_reported = reported;
     }
 
     fn send_events(&self, changes: Vec<PoolChange>) {

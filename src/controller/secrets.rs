@@ -43,21 +43,24 @@ impl SecretWatches {
         (SecretWatches { client, tasks: HashMap::new(), tx }, rx)
     }
 
-    /// Watches exactly `wanted`: starts the new ones, stops the others. Returns the stopped ones.
-    pub fn reconcile(&mut self, wanted: &HashSet<SecretRef>) -> Vec<SecretRef> {
+    /// Watches exactly `wanted`: starts the new ones, stops the others. Returns the stopped ones
+    /// and the started ones (pending until their watch first lists).
+    pub fn reconcile(&mut self, wanted: &HashSet<SecretRef>) -> (Vec<SecretRef>, Vec<SecretRef>) {
         let gone: Vec<SecretRef> = self.tasks.keys().filter(|r| !wanted.contains(*r)).cloned().collect();
         for r in &gone {
             if let Some(t) = self.tasks.remove(r) {
                 t.abort();
             }
         }
+        let mut started = Vec::new();
         for r in wanted {
             if !self.tasks.contains_key(r) {
                 let task = tokio::spawn(watch_one(self.client.clone(), r.clone(), self.tx.clone()));
                 self.tasks.insert(r.clone(), task);
+                started.push(r.clone());
             }
         }
-        gone
+        (gone, started)
     }
 }
 
@@ -73,10 +76,16 @@ impl Drop for SecretWatches {
     }
 }
 
-/// The Secrets `configs` name, each in its pool's namespace, plus the default.
+/// The Secrets `configs` name (`frontend.tls` certificates and `backend.tls.caSecretName`),
+/// each in its pool's namespace, plus the default.
 pub fn named(configs: &[std::sync::Arc<PoolConfig>], default: Option<&SecretRef>) -> HashSet<SecretRef> {
-    let mut out: HashSet<SecretRef> =
-        configs.iter().flat_map(|c| c.tls.iter().map(|t| SecretRef::new(&c.id.namespace, &t.secret_name))).collect();
+    let mut out = HashSet::new();
+    for c in configs {
+        let ns = &c.id.namespace;
+        out.extend(c.tls.iter().map(|t| SecretRef::new(ns, &t.secret_name)));
+        let ca = c.backend_tls.as_ref().and_then(|b| b.ca_secret_name.as_deref());
+        out.extend(ca.map(|n| SecretRef::new(ns, n)));
+    }
     out.extend(default.cloned());
     out
 }

@@ -690,11 +690,21 @@ fn status_ranges(p: &mut Problems, path: &str, raw: &str) -> Vec<(u16, u16)> {
 }
 
 /// Validates `frontend.tls`: a certificate may only be named for hosts the pool serves, so one
-/// tenant cannot put its certificate on another tenant's host; no hosts means all of them.
+/// tenant cannot put its certificate on another tenant's host; no hosts means all of them. A
+/// pool that serves any host (no `frontend.hosts`) names no certificate at all: any host it
+/// named could be another tenant's.
 fn tls_entries(p: &mut Problems, raw: &[api::FrontendTls], pool_hosts: &[HostMatch]) -> Vec<TlsEntry> {
     let mut out = Vec::with_capacity(raw.len());
     for (i, t) in raw.iter().enumerate() {
         let path = format!("spec.frontend.tls[{i}]");
+        if pool_hosts.is_empty() {
+            p.add(
+                path,
+                "a pool that serves any host (no spec.frontend.hosts) cannot name certificates; \
+                 list its hosts, or use --default-tls-secret",
+            );
+            continue;
+        }
         let n = &t.secret_name;
         let dns = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
         if n.is_empty() || n.len() > 253 || !n.bytes().all(dns) {
@@ -704,16 +714,13 @@ fn tls_entries(p: &mut Problems, raw: &[api::FrontendTls], pool_hosts: &[HostMat
         for (j, h) in t.hosts.iter().enumerate() {
             let hpath = format!("{path}.hosts[{j}]");
             let Some(m) = host_match(p, &hpath, h) else { continue };
-            if !pool_hosts.is_empty() && !pool_hosts.contains(&m) {
+            if !pool_hosts.contains(&m) {
                 p.add(hpath, format!("{h:?} is not one of spec.frontend.hosts"));
                 continue;
             }
             hosts.push(m);
         }
         if t.hosts.is_empty() {
-            if pool_hosts.is_empty() {
-                p.add(format!("{path}.hosts"), "name the hosts: the pool serves any host");
-            }
             hosts = pool_hosts.to_vec();
         }
         out.push(TlsEntry { hosts, secret_name: n.clone() });
@@ -1040,5 +1047,16 @@ mod tests {
         let errs = validate_static(id(), &s).unwrap_err();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["spec.frontend.tls[0].secretName", "spec.frontend.tls[0].hosts[0]"]);
+    }
+
+    #[test]
+    fn a_pool_serving_any_host_names_no_certificate() {
+        let mut s = spec(&[("127.0.0.1:1", "a")]);
+        for hosts in [vec!["bank.example.com".to_owned()], vec![]] {
+            s.frontend.tls = vec![api::FrontendTls { hosts, secret_name: "evil".into() }];
+            let errs = validate_static(id(), &s).unwrap_err();
+            let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, ["spec.frontend.tls[0]"]);
+        }
     }
 }

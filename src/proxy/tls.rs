@@ -8,7 +8,8 @@
 //!   requests after it see the same generation. A pool names Secrets of its own namespace only,
 //!   and only for hosts it serves, so one tenant's certificate is never shown for another's host.
 //! - [`SniResolver`] answers rustls from the current snapshot: exact host, then the longest
-//!   wildcard, then the `--default-tls-secret`; nothing else. Without a match rustls ends the
+//!   wildcard that covers one label, then the `--default-tls-secret`; nothing else. An exact host
+//!   that another namespace's pool lists never gets this namespace's wildcard. Without a match rustls ends the
 //!   handshake with a fatal alert (`access_denied`: rustls offers no hook for RFC 6066's
 //!   `unrecognized_name`).
 //!
@@ -123,6 +124,9 @@ pub enum CertError {
     /// No such Secret in the pool's namespace.
     #[error("the Secret does not exist in the pool's namespace")]
     Missing,
+    /// Its watch has not listed it yet: not known to be missing, so no warning is due.
+    #[error("the Secret has not been read yet")]
+    Pending,
     /// Not a `kubernetes.io/tls` Secret.
     #[error("its type is {0:?}, not kubernetes.io/tls")]
     WrongType(String),
@@ -151,6 +155,7 @@ impl CertError {
     pub fn reason(&self) -> &'static str {
         match self {
             CertError::Missing => "SecretNotFound",
+            CertError::Pending => "SecretPending",
             CertError::WrongType(_) => "SecretWrongType",
             CertError::MissingField(_) => "SecretFieldMissing",
             CertError::BadCertificate => "InvalidCertificate",
@@ -247,15 +252,18 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// The SNI store of one snapshot.
 #[derive(Debug, Default)]
 pub struct CertStore {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Exact hosts. `None`: a host of the routing table that no certificate of its own tenant
+    /// covers; it gets the default, never another tenant's wildcard.
+    exact: HashMap<String, Option<Arc<CertifiedKey>>>,
     /// `.example.com` suffixes, longest first.
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
     default: Option<Arc<CertifiedKey>>,
 }
 
 impl CertStore {
-    /// The certificate for a client's server name: exact, then the longest wildcard, then the
-    /// default. No name, or an unknown one, gets the default only.
+    /// The certificate for a client's server name: exact, then the longest wildcard that covers
+    /// exactly one label in front (RFC 6125 §6.4.3: clients accept no more), then the default.
+    /// No name, or an unknown one, gets the default only.
     pub fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = sni {
             let lowered;
@@ -266,14 +274,18 @@ impl CertStore {
                 name
             };
             if let Some(k) = self.exact.get(name) {
-                return Some(Arc::clone(k));
+                return k.clone().or_else(|| self.default.clone());
             }
-            if let Some((_, k)) = self.wildcard.iter().find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
-            {
+            if let Some((_, k)) = self.wildcard(name) {
                 return Some(Arc::clone(k));
             }
         }
         self.default.clone()
+    }
+
+    /// The longest wildcard entry that covers `name` (lower case) with one label.
+    fn wildcard(&self, name: &str) -> Option<&(String, Arc<CertifiedKey>)> {
+        self.wildcard.iter().find(|(s, _)| one_label_under(name, s))
     }
 
     /// Whether no certificate at all can be served.
@@ -366,23 +378,29 @@ impl Certificates {
     /// certificate. Returns the problem, if any, for logging.
     pub fn apply(&mut self, r: &SecretRef, data: Result<&TlsData, CertError>, metrics: &Metrics) -> Option<CertError> {
         let state = self.secrets.entry(r.clone()).or_default();
-        match &data {
-            Ok(d) => match &d.ca {
-                Some(ca) => state.ca = Some(load_ca(ca)),
-                None => state.ca = Some(Err(CertError::MissingField("ca.crt"))),
-            },
-            // Keep the last good CA, as the last good certificate.
-            Err(e) => {
-                if !state.ca.as_ref().is_some_and(|c| c.is_ok()) {
-                    state.ca = Some(Err(e.clone()));
-                }
-            }
+        let ca = match &data {
+            Ok(d) => d.ca.as_deref().map_or(Err(CertError::MissingField("ca.crt")), load_ca),
+            Err(e) => Err(e.clone()),
+        };
+        let ca_error = ca.as_ref().err().cloned();
+        // Keep the last good CA on any error, as the last good certificate.
+        if ca.is_ok() || !state.ca.as_ref().is_some_and(|c| c.is_ok()) {
+            state.ca = Some(ca);
         }
         if let Ok(d) = &data
             && d.crt.is_empty()
             && d.key.is_empty()
         {
-            // A CA-only Secret: it serves no certificate, and that is no error of its own.
+            // A CA-only Secret serves no certificate; only its CA can be wrong.
+            if state.error == Some(CertError::Pending) {
+                state.error = None;
+            }
+            return ca_error;
+        }
+        if data.as_ref().err() == Some(&CertError::Pending) {
+            if state.serving.is_none() && state.error.is_none() {
+                state.error = Some(CertError::Pending);
+            }
             return None;
         }
         match data.and_then(load_pem) {
@@ -411,7 +429,9 @@ impl Certificates {
     }
 
     /// Builds the SNI store for `table`'s pools (older first: the older pool's certificate wins
-    /// a host two pools name).
+    /// a host two pools name). A certificate is never placed on a host that routes only to
+    /// other namespaces, and an exact host of the table is never served another namespace's
+    /// wildcard: it gets the default instead.
     pub fn build(&self, table: &RoutingTable) -> TlsSnapshot {
         let hsts = table
             .pools()
@@ -420,6 +440,7 @@ impl Certificates {
             .collect();
         let mut out = TlsSnapshot { hsts, ..TlsSnapshot::default() };
         out.backend = table.pools().iter().map(|p| self.upstream(p, &mut out.problems)).collect();
+        let listed = exact_hosts(table);
         let mut claimed: HashMap<&HostMatch, &PoolId> = HashMap::new();
         for pool in table.pools() {
             let id = &pool.config.id;
@@ -431,6 +452,17 @@ impl Certificates {
                 let r = SecretRef::new(&id.namespace, &entry.secret_name);
                 let Some(key) = self.usable(&r, problems) else { continue };
                 for host in &entry.hosts {
+                    if let HostMatch::Exact(h) = host
+                        && !routes_to_namespace(table, &listed, h, pool)
+                    {
+                        problems.push(TlsProblem {
+                            reason: "HostOfAnotherNamespace",
+                            message: format!(
+                                "host {h} is served by pools of other namespaces; not served with Secret {r}"
+                            ),
+                        });
+                        continue;
+                    }
                     match claimed.get(host) {
                         Some(owner) if *owner != id => {
                             problems.push(TlsProblem {
@@ -445,7 +477,7 @@ impl Certificates {
                     claimed.insert(host, id);
                     match host {
                         HostMatch::Exact(h) => {
-                            out.store.exact.insert(h.clone(), Arc::clone(&key));
+                            out.store.exact.insert(h.clone(), Some(Arc::clone(&key)));
                         }
                         HostMatch::Wildcard(s) => out.store.wildcard.push((s.clone(), Arc::clone(&key))),
                     }
@@ -453,6 +485,7 @@ impl Certificates {
             }
         }
         out.store.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        shield_exact_hosts(&mut out.store, &listed, &claimed);
         if let Some(d) = &self.default {
             out.store.default = self.secrets.get(d).and_then(|s| s.serving.as_ref()).map(|c| Arc::clone(&c.key));
         }
@@ -513,7 +546,8 @@ impl Certificates {
         UpstreamTls::Tls { config, server_name }
     }
 
-    /// The certificate `r` serves, noting in `problems` when it is broken or absent.
+    /// The certificate `r` serves, noting in `problems` when it is broken, absent or not read
+    /// yet (`SecretPending`, which the controller reports in status but sends no Event for).
     fn usable(&self, r: &SecretRef, problems: &mut Vec<TlsProblem>) -> Option<Arc<CertifiedKey>> {
         let state = self.secrets.get(r);
         let serving = state.and_then(|s| s.serving.as_ref()).map(|c| Arc::clone(&c.key));
@@ -527,6 +561,65 @@ impl Certificates {
         }
         serving
     }
+}
+
+/// Every exact host of the table's pools, with the namespaces of the pools that list it.
+fn exact_hosts(table: &RoutingTable) -> HashMap<&str, Vec<&str>> {
+    let mut out: HashMap<&str, Vec<&str>> = HashMap::new();
+    for pool in table.pools() {
+        for h in &pool.config.hosts {
+            if let HostMatch::Exact(h) = h {
+                let v = out.entry(h.as_str()).or_default();
+                if !v.contains(&pool.config.id.namespace.as_str()) {
+                    v.push(&pool.config.id.namespace);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `host` routes to `pool`'s namespace: a pool of that namespace lists it, or (listed by
+/// none) the table sends it there. Validation already keeps a pool to its own hosts; this holds
+/// even for a config that skipped it.
+fn routes_to_namespace(
+    table: &RoutingTable,
+    listed: &HashMap<&str, Vec<&str>>,
+    host: &str,
+    pool: &crate::core::Pool,
+) -> bool {
+    let ns = pool.config.id.namespace.as_str();
+    match listed.get(host) {
+        Some(namespaces) => namespaces.contains(&ns),
+        None => table
+            .find_index(Some(host), &pool.config.path_prefix)
+            .is_some_and(|i| table.pools()[i].config.id.namespace == ns),
+    }
+}
+
+/// Gives each exact host that has no certificate of its own but falls under a wildcard an
+/// entry of its own: the wildcard when only the wildcard's namespace lists the host, else the
+/// default (`None`). Lookups stay one hash probe.
+fn shield_exact_hosts(
+    store: &mut CertStore,
+    listed: &HashMap<&str, Vec<&str>>,
+    claimed: &HashMap<&HostMatch, &PoolId>,
+) {
+    for (host, namespaces) in listed {
+        if store.exact.contains_key(*host) {
+            continue;
+        }
+        let Some((suffix, key)) = store.wildcard(host) else { continue };
+        let owner = claimed.get(&HostMatch::Wildcard(suffix.clone())).map(|id| id.namespace.as_str());
+        let same = owner.is_some_and(|o| namespaces.iter().all(|n| *n == o));
+        let entry = same.then(|| Arc::clone(key));
+        store.exact.insert((*host).to_owned(), entry);
+    }
+}
+
+/// Whether `name` is one label in front of the `.example.com` suffix `s`.
+fn one_label_under(name: &str, s: &str) -> bool {
+    name.len() > s.len() && name.ends_with(s) && !name[..name.len() - s.len()].contains('.')
 }
 
 fn show(h: &HostMatch) -> String {
@@ -562,19 +655,39 @@ pub fn server_config(proxy: Arc<Proxy>) -> Result<Arc<ServerConfig>, rustls::Err
 
 /// The `308 Permanent Redirect` to the `https://` URL of a plain-HTTP request (ingress-nginx
 /// `ssl-redirect`; 308 keeps the method and body). The port is dropped: HTTPS is on 443 in
-/// front of routeid. `None` without a usable host.
+/// front of routeid. Without a host that is a plain DNS name or address (no `user@`, no other
+/// characters that would make `Location` point elsewhere) the answer is `400 Bad Request`, never
+/// a redirect, and the request is not served in clear either. Always `Some`.
 pub(crate) fn https_redirect(host: Option<&str>, uri: &http::Uri) -> Option<http::Response<super::forward::ProxyBody>> {
-    let host = host?;
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => h,
-        _ => host,
+    let bad = || {
+        Some(super::forward::plain(
+            http::StatusCode::BAD_REQUEST,
+            "routeid: this site is served over HTTPS, and the request has no valid Host to redirect to\n",
+        ))
     };
+    let Some(host) = host.map(redirect_host).filter(|h| valid_redirect_host(h)) else { return bad() };
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = http::HeaderValue::try_from(format!("https://{host}{pq}")).ok()?;
+    let Ok(location) = http::HeaderValue::try_from(format!("https://{host}{pq}")) else { return bad() };
     let mut r =
         super::forward::plain(http::StatusCode::PERMANENT_REDIRECT, "routeid: this site is served over HTTPS\n");
     r.headers_mut().insert(http::header::LOCATION, location);
     Some(r)
+}
+
+/// The host of a `Host` header without its port.
+fn redirect_host(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => h,
+        _ => host,
+    }
+}
+
+/// A DNS name or IPv4 address (`[A-Za-z0-9.-]+`), or a bracketed IPv6 literal.
+fn valid_redirect_host(h: &str) -> bool {
+    if let Some(inner) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 /// A client configuration that verifies members against `roots` (TLS 1.3 and 1.2, ring).
@@ -723,13 +836,14 @@ mod tests {
             key(&cert(&["default"], true)),
         );
         let mut s = CertStore::default();
-        s.exact.insert("a.example.com".into(), Arc::clone(&e));
+        s.exact.insert("a.example.com".into(), Some(Arc::clone(&e)));
         s.wildcard = vec![(".eu.example.com".into(), Arc::clone(&w2)), (".example.com".into(), Arc::clone(&w1))];
         let is = |got: Option<Arc<CertifiedKey>>, want: &Arc<CertifiedKey>| got.is_some_and(|g| Arc::ptr_eq(&g, want));
         assert!(is(s.find(Some("A.example.com")), &e));
         assert!(is(s.find(Some("x.eu.example.com")), &w2));
         assert!(is(s.find(Some("b.example.com")), &w1));
         assert!(s.find(Some("example.com")).is_none(), "a wildcard needs a label in front");
+        assert!(s.find(Some("a.b.example.com")).is_none(), "a wildcard covers one label only");
         assert!(s.find(None).is_none());
         s.default = Some(Arc::clone(&d));
         assert!(is(s.find(Some("other.org")), &d));
@@ -744,7 +858,30 @@ mod tests {
         assert_eq!(r.headers()["location"], "https://shop.example.com/a/b?x=1");
         let r = https_redirect(Some("[::1]:80"), &uri).unwrap();
         assert_eq!(r.headers()["location"], "https://[::1]/a/b?x=1");
-        assert!(https_redirect(None, &uri).is_none());
+        let bad = |h: Option<&str>| https_redirect(h, &uri).map(|r| r.status());
+        for h in
+            [None, Some(""), Some("shop.example@evil.example"), Some("a/b"), Some("[zz]"), Some("a b"), Some(":80")]
+        {
+            assert_eq!(bad(h), Some(http::StatusCode::BAD_REQUEST), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn a_broken_ca_update_keeps_the_last_good_ca_and_pending_is_no_error() {
+        let metrics = Metrics::new();
+        let mut c = Certificates::default();
+        let r = SecretRef::new("web", "ca");
+        let good = TlsData { crt: Vec::new(), key: Vec::new(), ca: Some(cert(&["ca"], true).crt) };
+        assert_eq!(c.apply(&r, Err(CertError::Pending), &metrics), None, "nothing to log");
+        assert_eq!(c.apply(&r, Ok(&good), &metrics), None);
+        let roots = |c: &Certificates| c.secrets[&r].ca.clone().and_then(Result::ok).map(|a| Arc::as_ptr(&a));
+        let before = roots(&c).expect("a CA");
+        let garbage = TlsData { ca: Some(b"not pem".to_vec()), ..good.clone() };
+        let no_ca = TlsData { ca: None, ..good.clone() };
+        assert_eq!(c.apply(&r, Ok(&garbage), &metrics), Some(CertError::BadCa), "logged");
+        assert_eq!(c.apply(&r, Ok(&no_ca), &metrics), Some(CertError::MissingField("ca.crt")));
+        c.apply(&r, Err(CertError::Missing), &metrics);
+        assert_eq!(roots(&c), Some(before), "the last good CA stays");
     }
 
     #[test]

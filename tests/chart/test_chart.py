@@ -505,6 +505,8 @@ BAD_VALUES = [
     # Checks across values, in the templates:
     ({"shutdown": {"terminationGracePeriodSeconds": 20}}, "must be at least"),
     ({"leaderElection": {"enabled": False}}, "needs replicas: 1"),
+    ({"proxyProtocol": {"http": True}}, "proxyProtocol needs trustedProxies"),
+    ({"proxyProtocol": {"https": True}}, "proxyProtocol needs trustedProxies"),
     ({"service": {"externalTrafficPolicy": "Local"}}, "NodePort or LoadBalancer only"),
     ({"service": {"nodePort": 30080}}, "NodePort or LoadBalancer only"),
     ({"manager": {"existingSecret": "x", "createSecret": True}}, "choose one"),

@@ -30,6 +30,15 @@ async fn start_tls(
     default: Option<&str>,
 ) -> Running {
     let pools = routeid::standalone::parse_pools(yaml).unwrap_or_else(|e| panic!("bad test pools: {e:?}"));
+    start_tls_pools(pools, settings, secrets, default).await
+}
+
+async fn start_tls_pools(
+    pools: Vec<routeid::core::PoolConfig>,
+    settings: ProxySettings,
+    secrets: &[(&str, &str, &TestCert)],
+    default: Option<&str>,
+) -> Running {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let secrets = secrets.iter().map(|(ns, n, c)| (SecretRef::new(*ns, *n), Ok(c.data.clone()))).collect();
     let tls = TlsStart { listen: any, secrets, default: default.map(|d| d.parse().unwrap()) };
@@ -79,7 +88,7 @@ async fn sni_picks_the_exact_host_then_the_longest_wildcard_then_the_default() {
         let p = start_tls(&yaml, settings(), &secrets, Some("ops/d")).await;
         let addr = p.tls_addr.unwrap();
         for (sni, want, route) in
-            [("a.test", &a, "a"), ("b.test", &b, "b"), ("x.w.test", &w, "w"), ("deep.x.w.test", &w, "w")]
+            [("a.test", &a, "a"), ("b.test", &b, "b"), ("x.w.test", &w, "w"), ("deep.x.w.test", &d, "w")]
         {
             let shown = https_get(addr, Some(sni), H1, sni, "/", &[]).await.unwrap();
             assert!(shown.cert == want.der, "{sni} got another certificate");
@@ -166,6 +175,104 @@ async fn https_redirect_answers_plain_http_and_hsts_goes_on_https_only() {
         let shown = https_get(p.tls_addr.unwrap(), Some("a.test"), H1, "a.test", "/cart", &[]).await.unwrap();
         assert_eq!(shown.status, 200);
         assert_eq!(shown.headers["strict-transport-security"], "max-age=600; includeSubDomains");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn https_redirect_refuses_a_host_that_would_send_the_client_elsewhere() {
+    bounded(async {
+        let m = Member::start("any").await;
+        let p = start_tls(
+            &pool_yaml("any", &[(m.addr, "any", 1)], "  frontend:\n    httpsRedirect: true\n"),
+            settings(),
+            &[],
+            None,
+        )
+        .await;
+        for host in ["shop.example@evil.example", "shop.example/evil", "[zz]"] {
+            let got = get(p.proxy_addr, "/x", &[("host", host)]).await;
+            assert_eq!(got.status, 400, "{host}: {got:?}");
+            assert!(!got.headers.contains_key("location"), "{host}");
+        }
+        let got = get(p.proxy_addr, "/x", &[("host", "shop.example:80")]).await;
+        assert_eq!(
+            (got.status.as_u16(), &got.headers["location"]),
+            (308, &"https://shop.example/x".parse::<http::HeaderValue>().unwrap())
+        );
+        assert_eq!(m.hits(), 0, "nothing was served in clear");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+/// Two tenants: `evil` serves any host, `bank` serves bank.test with its own certificate.
+fn catch_all_and_bank(evil: &Member, bank: &Member, evil_tls: &str) -> String {
+    format!(
+        "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: evil, namespace: evil}}\nspec:\n  frontend:\n{evil_tls}  backend:\n    members:\n      - {{address: \"{}\", route: e}}\n---\napiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: bank, namespace: bank}}\nspec:\n  frontend:\n    hosts: [bank.test]\n    tls: [{{secretName: bank-cert}}]\n  backend:\n    members:\n      - {{address: \"{}\", route: b}}\n",
+        evil.addr, bank.addr
+    )
+}
+
+#[tokio::test]
+async fn a_catch_all_pool_cannot_put_its_certificate_on_another_tenants_host() {
+    bounded(async {
+        let (me, mb) = (Member::start("evil").await, Member::start("bank").await);
+        let (evil, bank) = (TestCert::new(&["bank.test"]), TestCert::new(&["bank.test"]));
+        // Refused by validation: a pool serving any host names no certificate.
+        let claim = "    tls: [{hosts: [bank.test], secretName: evil-cert}]\n";
+        let errs = routeid::standalone::parse_pools(&catch_all_and_bank(&me, &mb, claim)).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("spec.frontend.tls[0]") && e.contains("serves any host")), "{errs:?}");
+        // And a config that skipped validation still cannot: the host routes to another namespace.
+        let mut pools =
+            routeid::standalone::parse_pools(&catch_all_and_bank(&me, &mb, "    httpsRedirect: false\n")).unwrap();
+        pools[0].tls = vec![routeid::core::config::TlsEntry {
+            hosts: vec![routeid::core::config::HostMatch::Exact("bank.test".into())],
+            secret_name: "evil-cert".into(),
+        }];
+        let secrets = [("evil", "evil-cert", &evil), ("bank", "bank-cert", &bank)];
+        let p = start_tls_pools(pools, settings(), &secrets, None).await;
+        assert_eq!(handshake(p.tls_addr.unwrap(), Some("bank.test")).await.unwrap(), bank.der);
+        let snap = p.proxy.snapshot();
+        let said = |ns: &str| snap.tls.problems.iter().find(|(id, _)| id.namespace == ns).map(|(_, v)| v.clone());
+        assert_eq!(said("bank"), Some(Vec::new()), "bank's own certificate is not in conflict");
+        assert!(said("evil").is_some_and(|v| v.iter().any(|p| p.reason == "HostOfAnotherNamespace")));
+        assert_eq!(get(p.proxy_addr, "/", &[("host", "bank.test")]).await.body, "route=bank path=/");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wildcard_of_one_tenant_is_never_shown_for_an_exact_host_of_another() {
+    bounded(async {
+        let (ma, ma2, mb) = (Member::start("a").await, Member::start("a2").await, Member::start("bank").await);
+        let (wild, own, d) = (TestCert::new(&["*.example.test"]), TestCert::new(&["x"]), TestCert::new(&["default"]));
+        let pool = |name: &str, ns: &str, hosts: &str, tls: &str, m: &Member| {
+            format!(
+                "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  frontend:\n    hosts: [{hosts}]\n{tls}  backend:\n    members:\n      - {{address: \"{}\", route: {name}}}\n",
+                m.addr
+            )
+        };
+        let yaml = [
+            pool("a", "tenant-a", "\"*.example.test\"", "    tls: [{secretName: wild}]\n", &ma),
+            pool("a2", "tenant-a", "shop.example.test", "", &ma2),
+            pool("bank", "tenant-b", "bank.example.test", "", &mb),
+        ]
+        .join("---\n");
+        let secrets = [("tenant-a", "wild", &wild), ("ops", "own", &own), ("ops", "d", &d)];
+        let p = start_tls(&yaml, settings(), &secrets[..1], None).await;
+        let tls = p.tls_addr.unwrap();
+        assert!(handshake(tls, Some("bank.example.test")).await.is_err(), "tenant-b's host gets no tenant-a certificate");
+        assert_eq!(get(p.proxy_addr, "/", &[("host", "bank.example.test")]).await.body, "route=bank path=/");
+        assert_eq!(handshake(tls, Some("shop.example.test")).await.unwrap(), wild.der, "same tenant: the wildcard");
+        assert_eq!(handshake(tls, Some("any.example.test")).await.unwrap(), wild.der);
+        assert!(handshake(tls, Some("a.b.example.test")).await.is_err(), "a wildcard certificate covers one label");
+        p.shutdown().await;
+        // With a default certificate, the other tenant's host gets the default.
+        let p = start_tls(&yaml, settings(), &[secrets[0], secrets[2]], Some("ops/d")).await;
+        assert_eq!(handshake(p.tls_addr.unwrap(), Some("bank.example.test")).await.unwrap(), d.der);
         p.shutdown().await;
     })
     .await;
@@ -448,6 +555,28 @@ async fn standalone_tls_listen_without_a_secret_is_a_startup_error() {
     .await;
 }
 
+#[tokio::test]
+async fn proxy_protocol_without_trusted_proxies_is_a_startup_error() {
+    bounded(async {
+        let m = Member::start("a").await;
+        let file = temp_file("pp-untrusted", &pool_yaml("a", &[(m.addr, "a", 1)], ""));
+        for flag in ["--proxy-protocol", "--tls-proxy-protocol"] {
+            // Bounded: a routeid that starts anyway is killed when the wait gives up.
+            let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+                .args(["standalone", "-f"])
+                .arg(&file)
+                .args([flag, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+                .kill_on_drop(true)
+                .output();
+            let out = tokio::time::timeout(Duration::from_secs(5), run).await.expect("routeid started").unwrap();
+            assert_eq!(out.status.code(), Some(2), "{flag}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(&format!("{flag} needs --trusted-proxies")), "{err}");
+        }
+    })
+    .await;
+}
+
 mod controller {
     //! The controller: Secrets from the (fake) API server, rotation, broken Secrets, namespaces.
 
@@ -558,6 +687,50 @@ mod controller {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_secret_not_read_yet_is_pending_not_missing_and_readiness_waits_for_it() {
+        bounded(async {
+            let api = FakeApiServer::start().await;
+            let kube = Kube::new(&api);
+            let m = Member::start("shop-0").await;
+            kube.put_slice(&slice("shop", "shop-0", m.addr, Cond::Ready)).await;
+            let (one, two) = (TestCert::new(&["a.test"]), TestCert::new(&["b.test"]));
+            kube.put_tls_secret(NS, "a-cert", &one.data).await;
+            kube.put_tls_secret(NS, "b-cert", &two.data).await;
+            kube.create_pool(&pool("shop", "shop", tls_frontend())).await;
+            let r = Replica::start_tls(&api, options("r1")).await;
+            let tls = r.running.tls_addr.unwrap();
+            eventually(WAIT, "/readyz 200", || async {
+                try_get(r.running.admin_addr, "/readyz", &[]).await.is_ok_and(|g| g.status == 200)
+            })
+            .await;
+            // Ready means the Secret is read: its certificate serves at once.
+            assert_eq!(handshake(tls, Some("a.test")).await.unwrap(), one.der);
+            // A new pool naming a Secret that exists: no SecretNotFound on the way.
+            kube.put_slice(&slice("b", "b-0", m.addr, Cond::Ready)).await;
+            let b = json!({"frontend": {"hosts": ["b.test"], "tls": [{"secretName": "b-cert"}]}});
+            kube.create_pool(&pool("b", "b", b)).await;
+            eventually(WAIT, "b.test served", || async {
+                handshake(tls, Some("b.test")).await.is_ok_and(|c| c == two.der)
+            })
+            .await;
+            eventually(WAIT, "TLSReady=True on b", || async {
+                kube.condition("b", "TLSReady").await.is_some_and(|(s, _, _)| s == "True")
+            })
+            .await;
+            // An Event queued after any TLS Event of this publication (the writer keeps order).
+            eventually(WAIT, "MemberAdded on b", || async {
+                events(&api, "b").iter().any(|(r, _)| r == "MemberAdded")
+            })
+            .await;
+            let evs = events(&api, "b");
+            assert!(!evs.iter().any(|(r, _)| r == "SecretNotFound" || r == "SecretPending"), "{evs:?}");
+            assert!(!events(&api, "shop").iter().any(|(r, _)| r == "SecretNotFound"));
+            r.stop().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pool_never_gets_a_secret_of_another_namespace() {
         bounded(async {
             let api = FakeApiServer::start().await;
@@ -653,6 +826,45 @@ mod members {
             let p = start(&pool(addr, "{insecureSkipVerify: true}"), Vec::new()).await;
             assert_eq!(get(p.proxy_addr, "/", &[]).await.status, 200);
             p.shutdown().await;
+            member.abort();
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_controller_watches_the_backend_ca_secret() {
+        use crate::support::cluster::*;
+        use crate::support::fake_apiserver::FakeApiServer;
+        use serde_json::json;
+        bounded(async {
+            let api = FakeApiServer::start().await;
+            let kube = Kube::new(&api);
+            let ca = TestCa::new();
+            let (addr, member) = https_member("m", &ca.leaf(&["member.test"])).await;
+            kube.put_slice(&slice("shop", "shop-0", addr, Cond::Ready)).await;
+            let mut secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "member-ca", "namespace": NS},
+            }))
+            .unwrap();
+            secret.data = Some([("ca.crt".to_owned(), k8s_openapi::ByteString(ca.pem.clone()))].into());
+            let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(api.client(), NS);
+            let apply = kube::api::PatchParams::apply("test").force();
+            secrets.patch("member-ca", &apply, &kube::api::Patch::Apply(&secret)).await.unwrap();
+            let tls = json!({"backend": {"tls": {"caSecretName": "member-ca", "serverName": "member.test"}}});
+            kube.create_pool(&pool("shop", "shop", tls)).await;
+            let r = Replica::start(&api, options("r1")).await;
+            eventually(WAIT, "/readyz 200", || async {
+                try_get(r.running.admin_addr, "/readyz", &[]).await.is_ok_and(|g| g.status == 200)
+            })
+            .await;
+            let got = get(r.proxy(), "/", &[]).await;
+            assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "route=m proto=http"));
+            eventually(WAIT, "TLSReady=True", || async {
+                kube.condition("shop", "TLSReady").await.is_some_and(|(s, _, _)| s == "True")
+            })
+            .await;
+            r.stop().await;
             member.abort();
         })
         .await;

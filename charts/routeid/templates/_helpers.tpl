@@ -107,6 +107,9 @@ app.kubernetes.io/part-of: routeid
 
 {{/* Checks that need more than one value (the schema checks each value alone). */}}
 {{- define "routeid.validate" -}}
+{{- if and (or .Values.proxyProtocol.http .Values.proxyProtocol.https) (empty .Values.trustedProxies) }}
+{{- fail "proxyProtocol needs trustedProxies (the load balancer's addresses): without them every connection is refused" }}
+{{- end }}
 {{- if and (eq .Values.mode "ingress") (not .Values.leaderElection.enabled) (gt (int .Values.replicas) 1) }}
 {{- fail (printf "leaderElection.enabled=false needs replicas: 1 (got %d): every replica would write BalancerPool status" (int .Values.replicas)) }}
 {{- end }}
