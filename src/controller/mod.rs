@@ -167,6 +167,7 @@ impl Controller {
             ready: false,
             secrets,
             tls_reported: HashMap::new(),
+            publish_service: None,
         };
         let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx));
         Controller { stats, leader: leader_rx, shutdown, tasks: vec![loop_task, writer_task, leader_task] }
@@ -203,6 +204,8 @@ struct Loop {
     secrets: secrets::SecretWatches,
     /// The TLS problems last reported by an Event, per pool.
     tls_reported: HashMap<PoolId, Vec<TlsProblem>>,
+    /// The `--publish-service` Service when it lies outside `--namespace` (its own watch).
+    publish_service: Option<Service>,
 }
 
 /// Where a watcher is in its (re-)list.
@@ -258,6 +261,7 @@ impl Loop {
         let mut services = ListState::<(String, String)>::default();
         let (ingress_events, class_events) = ingress::watch::streams(&self.client, &self.opts);
         let (mut ingress_events, mut class_events) = (ingress_events, class_events);
+        let mut publish_events = ingress::watch::publish_service_stream(&self.client, &self.opts);
         let mut ingress_state = ListState::<(String, String)>::default();
         let mut class_state = ListState::<String>::default();
         if self.opts.ingress.is_none() {
@@ -299,6 +303,10 @@ impl Loop {
                 },
                 Some(ev) = ingress_events.next() => self.on_ingress(ev, &mut ingress_state),
                 Some(ev) = class_events.next() => self.on_ingress_class(ev, &mut class_state),
+                Some(ev) = publish_events.next() => {
+                    self.on_publish_service(ev);
+                    status_due = true;
+                }
                 ev = service_events.next() => match ev {
                     Some(ev) => self.on_service(ev, &mut services),
                     None => {
@@ -579,7 +587,7 @@ impl Loop {
         }
     }
 
-    fn send_statuses(&self) {
+    fn send_statuses(&mut self) {
         let snapshot = self.proxy.snapshot();
         let now_ms = self.proxy.clock().now_ms();
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
