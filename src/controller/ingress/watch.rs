@@ -247,7 +247,8 @@ impl Loop {
         for key in left {
             self.ingresses.status_cleared(&key);
             let Some(ing) = self.ingresses.ingress(&key) else { continue };
-            let current = ing.status.as_ref().and_then(|s| s.load_balancer.as_ref()?.ingress.clone()).unwrap_or_default();
+            let current =
+                ing.status.as_ref().and_then(|s| s.load_balancer.as_ref()?.ingress.clone()).unwrap_or_default();
             if current.is_empty() || !same_addresses(&current, ours) {
                 continue;
             }
