@@ -168,6 +168,7 @@ impl Controller {
             secrets,
             tls_reported: HashMap::new(),
             publish_service: None,
+            publish_service_missing: false,
         };
         let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx));
         Controller { stats, leader: leader_rx, shutdown, tasks: vec![loop_task, writer_task, leader_task] }
@@ -206,6 +207,8 @@ struct Loop {
     tls_reported: HashMap<PoolId, Vec<TlsProblem>>,
     /// The `--publish-service` Service when it lies outside `--namespace` (its own watch).
     publish_service: Option<Service>,
+    /// The `--publish-service` Service was missing at the last status round (said once).
+    publish_service_missing: bool,
 }
 
 /// Where a watcher is in its (re-)list.

@@ -620,7 +620,7 @@ fn served_only_once_accepted_and_left_when_no_longer_ours() {
     ings.apply(simple(json!({"nginx.ingress.kubernetes.io/affinity": "ip"})), &mut ix);
     assert_eq!(ings.served().count(), 0, "refused on first sight serves nothing");
     ings.apply(simple(json!({})), &mut ix);
-    assert_eq!(ings.served().map(|(k, _)| k.clone()).collect::<Vec<_>>(), [key.clone()]);
+    assert_eq!(ings.served().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![key.clone()]);
     // Refused later: the previous configuration keeps serving, so it stays served.
     ings.apply(simple(json!({"nginx.ingress.kubernetes.io/affinity": "ip"})), &mut ix);
     assert_eq!(ings.served().count(), 1);

@@ -210,10 +210,22 @@ impl Loop {
         })
     }
 
+    /// Logs once each time the `--publish-service` Service goes missing: the status then lists no
+    /// address, which should not go unexplained.
+    fn say_if_publish_service_missing(&mut self) {
+        let Publish::Service(ns, name) = &self.opts.publish else { return };
+        let found = self.publish_service.is_some() || self.index.service(&(ns.clone(), name.clone())).is_some();
+        if !found && !self.publish_service_missing {
+            tracing::warn!(service = %format!("{ns}/{name}"), "the --publish-service Service is not found (yet): Ingress status lists no address until it exists");
+        }
+        self.publish_service_missing = !found;
+    }
+
     /// `status.loadBalancer` of every served Ingress, when it differs from what the object says;
     /// emptied on each Ingress that stopped being served (called by the Lease holder only).
     pub(crate) fn send_ingress_statuses(&mut self) {
         let Some(addresses) = self.published_addresses() else { return };
+        self.say_if_publish_service_missing();
         self.clear_left_statuses(&addresses);
         for (key, _) in self.ingresses.served() {
             let Some(ing) = self.ingresses.ingress(key) else { continue };
