@@ -285,3 +285,18 @@ fn lb_entry(a: &str) -> IngressLoadBalancerIngress {
         IngressLoadBalancerIngress { hostname: Some(a.to_owned()), ..Default::default() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_routeid_s_own_addresses_are_cleared() {
+        let ours = vec![lb_entry("203.0.113.7"), lb_entry("lb.example.com")];
+        let mut with_ports = ours.clone();
+        with_ports[0].ports = Some(vec![IngressPortStatus { port: 443, protocol: "TCP".into(), error: None }]);
+        assert!(same_addresses(&with_ports, &ours), "ports aside");
+        assert!(!same_addresses(&[lb_entry("198.51.100.9")], &ours), "another controller's status stays");
+        assert!(!same_addresses(&ours[..1], &ours));
+    }
+}
