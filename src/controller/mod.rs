@@ -265,6 +265,7 @@ impl Loop {
         let (ingress_events, class_events) = ingress::watch::streams(&self.client, &self.opts);
         let (mut ingress_events, mut class_events) = (ingress_events, class_events);
         let mut publish_events = ingress::watch::publish_service_stream(&self.client, &self.opts);
+        let mut publish_state = ListState::<(String, String)>::default();
         let mut ingress_state = ListState::<(String, String)>::default();
         let mut class_state = ListState::<String>::default();
         if self.opts.ingress.is_none() {
@@ -307,7 +308,7 @@ impl Loop {
                 Some(ev) = ingress_events.next() => self.on_ingress(ev, &mut ingress_state),
                 Some(ev) = class_events.next() => self.on_ingress_class(ev, &mut class_state),
                 Some(ev) = publish_events.next() => {
-                    self.on_publish_service(ev);
+                    self.on_publish_service(ev, &mut publish_state);
                     status_due = true;
                 }
                 ev = service_events.next() => match ev {

@@ -735,6 +735,9 @@ async fn publish_service_outside_the_watched_namespace_is_watched_on_its_own() {
         .await;
         edge.patch_status("routeid", &PatchParams::default(), &Patch::Merge(lb("198.51.100.2"))).await.unwrap();
         eventually(WAIT, "the new address", || async { lb_of_named(&kube, "shop").await == ["198.51.100.2"] }).await;
+        // The Service goes: so does the address it gave.
+        edge.delete("routeid", &Default::default()).await.unwrap();
+        eventually(WAIT, "no address", || async { lb_of_named(&kube, "shop").await.is_empty() }).await;
         r.stop().await;
     })
     .await;

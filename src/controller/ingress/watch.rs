@@ -1,5 +1,5 @@
-//! The run loop's Ingress side: the two watchers (Ingresses in scope, IngressClasses cluster
-//! wide), their events into [`super::Ingresses`], and what the loop tells about Ingresses
+//! The run loop's Ingress side: the watchers (Ingresses in scope, IngressClasses cluster
+//! wide, the `--publish-service` Service outside `--namespace`), their events into [`super::Ingresses`], and what the loop tells about Ingresses
 //! (Events, `status.loadBalancer`). Kept here so the shared loop only gains a few calls.
 
 use std::collections::HashSet;
@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::{
     Ingress, IngressClass, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressPortStatus, IngressStatus,
 };
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use super::{IngressKey, IngressNews, Publish, ingress_of};
 use crate::controller::status::{Outbound, PoolEvent};
@@ -135,15 +135,32 @@ impl Loop {
         self.send_ingress_news(news);
     }
 
-    /// A watch event of the `--publish-service` Service outside the watched namespace.
-    pub(crate) fn on_publish_service(&mut self, ev: Result<watcher::Event<Service>, watcher::Error>) {
+    /// A watch event of the `--publish-service` Service outside the watched namespace; a re-list
+    /// that no longer finds it forgets it (its deletion may have been missed).
+    pub(crate) fn on_publish_service(
+        &mut self,
+        ev: Result<watcher::Event<Service>, watcher::Error>,
+        st: &mut ListState<(String, String)>,
+    ) {
         match ev {
-            Ok(watcher::Event::Apply(mut s) | watcher::Event::InitApply(mut s)) => {
+            Ok(watcher::Event::Apply(mut s)) => {
+                s.metadata.managed_fields = None;
+                self.publish_service = Some(s);
+            }
+            Ok(watcher::Event::InitApply(mut s)) => {
+                if let Some(seen) = &mut st.seen {
+                    seen.insert((s.metadata.namespace.clone().unwrap_or_default(), s.name_any()));
+                }
                 s.metadata.managed_fields = None;
                 self.publish_service = Some(s);
             }
             Ok(watcher::Event::Delete(_)) => self.publish_service = None,
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Ok(watcher::Event::Init) => st.seen = Some(HashSet::new()),
+            Ok(watcher::Event::InitDone) => {
+                if st.seen.take().is_some_and(|seen| seen.is_empty()) {
+                    self.publish_service = None;
+                }
+            }
             Err(e) => self.watch_failed("publish-service", &e),
         }
     }
