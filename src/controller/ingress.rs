@@ -709,6 +709,8 @@ fn report_unsupported(key: &IngressKey, served: &mut Served, list: Vec<String>, 
 /// What was last accepted from one Ingress.
 #[derive(Debug, Default)]
 struct Served {
+    /// Translated at least once: only then is it served (and its status written).
+    accepted: bool,
     pools: BTreeSet<PoolId>,
     /// The last refusal, so it is reported once.
     rejected: Option<String>,
@@ -723,6 +725,9 @@ pub struct Ingresses {
     objects: HashMap<IngressKey, Arc<Ingress>>,
     classes: HashMap<String, Arc<IngressClass>>,
     served: HashMap<IngressKey, Served>,
+    /// Ingresses that were served and stopped being ours while still in scope: their
+    /// `status.loadBalancer` is to be cleared by the Lease holder.
+    left: std::collections::HashSet<IngressKey>,
     /// Conflicts (loser, winner) already reported with an Event.
     pub(crate) reported_conflicts: std::collections::HashSet<(PoolId, PoolId)>,
 }
@@ -739,6 +744,7 @@ impl Ingresses {
             objects: HashMap::new(),
             classes: HashMap::new(),
             served: HashMap::new(),
+            left: Default::default(),
             reported_conflicts: Default::default(),
         }
     }
@@ -748,9 +754,21 @@ impl Ingresses {
         self.objects.get(key)
     }
 
-    /// The served Ingresses, with the pools each one has.
+    /// The served Ingresses (accepted at least once), with the pools each one has. One refused
+    /// on first sight serves nothing, so it is not listed and gets no status.
     pub fn served(&self) -> impl Iterator<Item = (&IngressKey, &BTreeSet<PoolId>)> {
-        self.served.iter().map(|(k, s)| (k, &s.pools))
+        self.served.iter().filter(|(_, s)| s.accepted).map(|(k, s)| (k, &s.pools))
+    }
+
+    /// The Ingresses that stopped being served (class changed, annotation removed) and whose
+    /// load-balancer status has not been cleared yet.
+    pub fn left(&self) -> impl Iterator<Item = &IngressKey> {
+        self.left.iter()
+    }
+
+    /// The status of `key` was cleared (or is not ours to clear): it is no longer [`Self::left`].
+    pub fn status_cleared(&mut self, key: &IngressKey) {
+        self.left.remove(key);
     }
 
     /// An Ingress was added or changed: re-translated now.
@@ -770,6 +788,7 @@ impl Ingresses {
     /// An Ingress was deleted: its pools go.
     pub fn delete(&mut self, key: &IngressKey, index: &mut Index) {
         self.objects.remove(key);
+        self.left.remove(key);
         self.drop_pools(key, index);
     }
 
@@ -808,6 +827,9 @@ impl Ingresses {
             for id in &s.pools {
                 index.delete_pool_id(id);
             }
+            if s.accepted && self.objects.contains_key(key) {
+                self.left.insert(key.clone());
+            }
         }
     }
 
@@ -843,6 +865,8 @@ impl Ingresses {
                     out.push(news(false, "Accepted", format!("serving {} path(s)", ids.len())));
                 }
                 served.pools = ids;
+                served.accepted = true;
+                self.left.remove(key);
                 report_unsupported(key, served, [t.unsupported, t.no_effect].concat(), &mut out);
                 if t.notes != served.notes {
                     for n in &t.notes {

@@ -173,6 +173,8 @@ impl Controller {
             pending: HashSet::new(),
             secrets,
             tls_reported: HashMap::new(),
+            publish_service: None,
+            publish_service_missing: false,
         };
         let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx));
         Controller { stats, leader: leader_rx, shutdown, tasks: vec![loop_task, writer_task, leader_task] }
@@ -216,6 +218,10 @@ struct Loop {
     secrets: secrets::SecretWatches,
     /// The TLS problems last reported by an Event, per pool.
     tls_reported: HashMap<PoolId, Vec<TlsProblem>>,
+    /// The `--publish-service` Service when it lies outside `--namespace` (its own watch).
+    publish_service: Option<Service>,
+    /// The `--publish-service` Service was missing at the last status round (said once).
+    publish_service_missing: bool,
 }
 
 /// Where a watcher is in its (re-)list.
@@ -275,6 +281,8 @@ impl Loop {
         let mut services = ListState::<(String, String)>::default();
         let (ingress_events, class_events) = ingress::watch::streams(&self.client, &self.opts);
         let (mut ingress_events, mut class_events) = (ingress_events, class_events);
+        let mut publish_events = ingress::watch::publish_service_stream(&self.client, &self.opts);
+        let mut publish_state = ListState::<(String, String)>::default();
         let mut ingress_state = ListState::<(String, String)>::default();
         let mut class_state = ListState::<String>::default();
         if self.opts.ingress.is_none() {
@@ -323,6 +331,10 @@ impl Loop {
                 },
                 Some(ev) = ingress_events.next() => self.on_ingress(ev, &mut ingress_state),
                 Some(ev) = class_events.next() => self.on_ingress_class(ev, &mut class_state),
+                Some(ev) = publish_events.next() => {
+                    self.on_publish_service(ev, &mut publish_state);
+                    status_due = true;
+                }
                 ev = service_events.next() => match ev {
                     Some(ev) => self.on_service(ev, &mut services),
                     None => {
@@ -638,7 +650,7 @@ impl Loop {
         }
     }
 
-    fn send_statuses(&self) {
+    fn send_statuses(&mut self) {
         let snapshot = self.proxy.snapshot();
         let now_ms = self.proxy.clock().now_ms();
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();

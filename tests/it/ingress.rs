@@ -656,3 +656,89 @@ async fn the_balancer_manager_drains_an_ingress_pools_member_in_memory() {
     })
     .await;
 }
+
+fn lb_of(ing: &Ingress) -> Vec<String> {
+    let lb = ing.status.clone().and_then(|s| s.load_balancer).and_then(|l| l.ingress).unwrap_or_default();
+    lb.into_iter().filter_map(|e| e.ip.or(e.hostname)).collect()
+}
+
+async fn lb_of_named(kube: &Kube, name: &str) -> Vec<String> {
+    lb_of(&ingresses(kube).get(name).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_written_only_while_served_and_cleared_when_an_ingress_stops_being_ours() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        class(&kube, "routeid", "routeid.io/ingress-controller").await;
+        service(&kube, "shop", "http", 80, json!(8080)).await;
+        create(ingresses(&kube), ingress_json("shop", "routeid", json!({}), json!({"number": 80}))).await;
+        let legacy_class = json!({"kubernetes.io/ingress.class": "routeid"});
+        let mut legacy = ingress_json("legacy", "routeid", legacy_class, json!({"number": 80}));
+        legacy["spec"].as_object_mut().unwrap().remove("ingressClassName");
+        legacy["spec"]["rules"][0]["host"] = json!("legacy.example.com");
+        create(ingresses(&kube), legacy).await;
+        // Refused on first sight: it serves nothing, so it must get no address.
+        let bogus = json!({"nginx.ingress.kubernetes.io/affinity": "bogus"});
+        create(ingresses(&kube), ingress_json("bad", "routeid", bogus, json!({"number": 80}))).await;
+        let mut o = options("r1");
+        o.publish = Publish::Addresses(vec!["203.0.113.7".into()]);
+        let r = Replica::start(&api, o).await;
+        let ours = vec!["203.0.113.7".to_owned()];
+        eventually(WAIT, "both served Ingresses' status", || async {
+            lb_of_named(&kube, "shop").await == ours && lb_of_named(&kube, "legacy").await == ours
+        })
+        .await;
+        eventually(WAIT, "bad is refused", || async {
+            events(&api, "bad").iter().any(|(_, reason, _)| reason == "Rejected")
+        })
+        .await;
+        // The writer flushes Ingress statuses in key order: "bad" would have gone before "shop".
+        assert_eq!(lb_of_named(&kube, "bad").await, Vec::<String>::new(), "a refused Ingress gets no status");
+
+        // Class changed to another controller's: routeid empties the address it wrote.
+        let patch = json!({"spec": {"ingressClassName": "nginx"}});
+        ingresses(&kube).patch("shop", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+        eventually(WAIT, "shop's status cleared", || async { lb_of_named(&kube, "shop").await.is_empty() }).await;
+        // The legacy class annotation removed: the same.
+        let patch = json!({"metadata": {"annotations": {"kubernetes.io/ingress.class": null}}});
+        ingresses(&kube).patch("legacy", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+        eventually(WAIT, "legacy's status cleared", || async { lb_of_named(&kube, "legacy").await.is_empty() }).await;
+        assert_eq!(r.controller.stats.writer.status_errors.load(Ordering::Relaxed), 0);
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_service_outside_the_watched_namespace_is_watched_on_its_own() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let edge: Api<Service> = Api::namespaced(kube.client.clone(), "edge");
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "routeid", "namespace": "edge"},
+                         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}});
+        create(edge.clone(), svc).await;
+        let lb = |ip: &str| json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        edge.patch_status("routeid", &PatchParams::default(), &Patch::Merge(lb("198.51.100.1"))).await.unwrap();
+        class(&kube, "routeid", "routeid.io/ingress-controller").await;
+        service(&kube, "shop", "http", 80, json!(8080)).await;
+        create(ingresses(&kube), ingress_json("shop", "routeid", json!({}), json!({"number": 80}))).await;
+        let mut o = options("r1");
+        o.namespace = Some(NS.into());
+        o.publish = Publish::Service("edge".into(), "routeid".into());
+        let r = Replica::start(&api, o).await;
+        eventually(WAIT, "the edge Service's address", || async {
+            lb_of_named(&kube, "shop").await == ["198.51.100.1"]
+        })
+        .await;
+        edge.patch_status("routeid", &PatchParams::default(), &Patch::Merge(lb("198.51.100.2"))).await.unwrap();
+        eventually(WAIT, "the new address", || async { lb_of_named(&kube, "shop").await == ["198.51.100.2"] }).await;
+        // The Service goes: so does the address it gave.
+        edge.delete("routeid", &Default::default()).await.unwrap();
+        eventually(WAIT, "no address", || async { lb_of_named(&kube, "shop").await.is_empty() }).await;
+        r.stop().await;
+    })
+    .await;
+}

@@ -609,6 +609,35 @@ fn unsupported_annotations_are_reported_while_refused() {
     assert!(ings.standing_news().iter().any(|n| n.reason == "UnsupportedAnnotations"));
 }
 
+/// Status follows what is served: a refused-on-first-sight Ingress is not served; one that
+/// stops being ours is `left` (its status to clear) until served again or deleted.
+#[test]
+fn served_only_once_accepted_and_left_when_no_longer_ours() {
+    let mut ix = index();
+    let mut ings = Ingresses::new(filter(false));
+    ings.apply_class("routeid".into(), Some(class("routeid", CONTROLLER_NAME, false)), &mut ix);
+    let key: IngressKey = ("web".into(), "shop".into());
+    ings.apply(simple(json!({"nginx.ingress.kubernetes.io/affinity": "ip"})), &mut ix);
+    assert_eq!(ings.served().count(), 0, "refused on first sight serves nothing");
+    ings.apply(simple(json!({})), &mut ix);
+    assert_eq!(ings.served().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![key.clone()]);
+    // Refused later: the previous configuration keeps serving, so it stays served.
+    ings.apply(simple(json!({"nginx.ingress.kubernetes.io/affinity": "ip"})), &mut ix);
+    assert_eq!(ings.served().count(), 1);
+    assert_eq!(ings.left().count(), 0);
+    let mut other = simple(json!({}));
+    other.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
+    ings.apply(other, &mut ix);
+    assert_eq!((ings.served().count(), ings.left().cloned().collect::<Vec<_>>()), (0, vec![key.clone()]));
+    ings.apply(simple(json!({})), &mut ix);
+    assert_eq!((ings.served().count(), ings.left().count()), (1, 0), "served again: nothing to clear");
+    let mut other = simple(json!({}));
+    other.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
+    ings.apply(other, &mut ix);
+    ings.delete(&key, &mut ix);
+    assert_eq!(ings.left().count(), 0, "a deleted Ingress has no status to clear");
+}
+
 // ---- routeid.io annotations ----
 
 #[test]
