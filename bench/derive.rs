@@ -13,7 +13,7 @@
 //! Reported per round: wall time (p50, p99, max) and CPU time (process user+system over all
 //! rounds, divided by the rounds), split into derivation (index update + re-derivation) and
 //! publication (`Proxy::publish` of the full list: new snapshot, member state carried over),
-//! plus the peak RSS of the process. Targets (DESIGN.md §4): under 1 ms CPU per changed slice
+//! plus the peak RSS of the process. Targets: under 1 ms CPU per changed slice
 //! at 10,000 endpoints, under 100 MiB RSS.
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! `(pool spec, EndpointSlices) -> PoolConfig`: the pure heart of the controller.
 //!
 //! No I/O, no clock, no client: the controller only feeds this and publishes the result, so the
-//! semantics users rely on (DESIGN.md §4) are pinned down by unit tests here.
+//! semantics users rely on (README "How members are derived") are pinned down by unit tests here.
 //!
 //! - A **ready** endpoint is a normal member (a missing `ready` condition means ready, the API's
 //!   documented default).

@@ -1,6 +1,6 @@
 //! A pool at run time and the choice of a member for one request attempt.
 //!
-//! [`Pool::choose`] applies DESIGN.md §5: a route that names a member that takes sticky requests
+//! [`Pool::choose`] applies the stickiness rules of the README: a route that names a member that takes sticky requests
 //! wins; a route that names an unusable member fails over (or, with `failover: false`, gives
 //! 503); an unknown or absent route is balanced by the lb method over the members that take new
 //! sessions, then over hot standbys.

@@ -1,4 +1,4 @@
-//! Stickiness through the real proxy with real members: DESIGN.md §5.
+//! Stickiness through the real proxy with real members (the README's "Stickiness" rules).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! Finding a request's session route, with Apache mod_proxy_balancer's precedence and parsed
 //! properly (Apache does a raw substring search and never unquotes; routeid does neither).
 //!
-//! Sources, first non-empty value wins (DESIGN.md §5):
+//! Sources, first non-empty value wins (README "Stickiness"):
 //! 1. the path parameter `;B=value` (when `pathParameter` is on), then the query parameter `B`;
 //! 2. the session cookie `A`;
 //! 3. the proxy's own route cookie, when it has another name — consulted also when the value found

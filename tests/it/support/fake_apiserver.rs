@@ -1,4 +1,4 @@
-//! A fake Kubernetes API server for controller tests (DESIGN.md §6), spoken to by a real
+//! A fake Kubernetes API server for controller tests, spoken to by a real
 //! `kube::Client` over plain HTTP on 127.0.0.1.
 //!
 //! What it does:
