@@ -299,7 +299,18 @@ impl Proxy {
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
         let client = super::headers::forwarded(req.headers(), client).client;
         let info = ReqInfo { method: req.method(), host, path: req.uri().path(), started, bytes_in, client };
-        self.access_log(&info, None, None, &BalancerVars::default(), Outcome::of(&resp, 0));
+        self.answer_early(&info, None, resp)
+    }
+
+    /// Logs and returns an answer routeid gives before any member is chosen (refusal, no pool,
+    /// TLS to the members not ready, HTTPS redirect).
+    fn answer_early(
+        &self,
+        info: &ReqInfo<'_>,
+        pool: Option<&HeaderValue>,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        self.access_log(info, pool, None, &BalancerVars::default(), Outcome::of(&resp, 0));
         resp
     }
 
@@ -365,53 +376,33 @@ impl Proxy {
         let host = request_host(&req);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let fwd = super::headers::forwarded(req.headers(), &client);
+        let early = ReqInfo {
+            method: req.method(),
+            host: host_str,
+            path: req.uri().path(),
+            started,
+            bytes_in,
+            client: fwd.client,
+        };
         let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
-            let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
             if self.settings.metrics {
                 self.metrics().unmatched.inc();
             }
-            let info = ReqInfo {
-                method: req.method(),
-                host: host_str,
-                path: req.uri().path(),
-                started,
-                bytes_in,
-                client: fwd.client,
-            };
-            let out = Outcome::of(&resp, 0);
-            self.access_log(&info, None, None, &BalancerVars::default(), out);
-            return resp;
+            let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
+            return self.answer_early(&early, None, resp);
         };
         let pool: &Pool = &snap.table.pools()[pi];
         let ext = &snap.ext[pi];
         let upstream_tls = snap.tls.backend.get(pi).unwrap_or(&super::tls::UpstreamTls::Plain);
         if let super::tls::UpstreamTls::Unavailable = upstream_tls {
             let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "routeid: TLS to this pool's members is not ready\n");
-            let info = ReqInfo {
-                method: req.method(),
-                host: host_str,
-                path: req.uri().path(),
-                started,
-                bytes_in,
-                client: fwd.client,
-            };
-            self.access_log(&info, Some(&ext.balancer_name), None, &BalancerVars::default(), Outcome::of(&resp, 0));
-            return resp;
+            return self.answer_early(&early, Some(&ext.balancer_name), resp);
         }
         if pool.config.https_redirect
             && !fwd.https
             && let Some(resp) = super::tls::https_redirect(host_str, req.uri())
         {
-            let info = ReqInfo {
-                method: req.method(),
-                host: host_str,
-                path: req.uri().path(),
-                started,
-                bytes_in,
-                client: fwd.client,
-            };
-            self.access_log(&info, Some(&ext.balancer_name), None, &BalancerVars::default(), Outcome::of(&resp, 0));
-            return resp;
+            return self.answer_early(&early, Some(&ext.balancer_name), resp);
         }
         let sticky = pool.config.sticky.as_ref();
         let now = self.clock.now_ms();

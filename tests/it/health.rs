@@ -150,7 +150,7 @@ async fn a_reset_is_retried_for_get_but_not_for_a_streamed_post() {
         let b_before = b.requests();
         let p = start_proxy(&pool_yaml("p", &members(&[&a, &b]), "")).await;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(4);
-        let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let body = http_body_util::StreamBody::new(stream_from(rx));
         let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
         let req = http::Request::post(format!("http://{}/upload", p.proxy_addr)).body(body).unwrap();
         let sender = tokio::spawn(async move {
@@ -168,12 +168,6 @@ async fn a_reset_is_retried_for_get_but_not_for_a_streamed_post() {
         p.shutdown().await;
     })
     .await;
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// 2,000 sticky GETs at concurrency 32 over three members; one member dies after 500.

@@ -113,7 +113,7 @@ async fn an_h2_stream_reset_mid_upload_is_not_the_members_fault() {
         tokio::spawn(conn);
         for _ in 0..3 {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
-            let body = StreamBody::new(tokio_stream_from(rx));
+            let body = StreamBody::new(stream_from(rx));
             let req = Request::post(format!("http://{}/upload", p.proxy_addr)).body(body).unwrap();
             let hits = a.hits();
             let resp = tokio::spawn(send.send_request(req));
@@ -130,12 +130,6 @@ async fn an_h2_stream_reset_mid_upload_is_not_the_members_fault() {
         p.shutdown().await;
     })
     .await;
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,7 +359,7 @@ async fn a_member_is_busy_until_its_response_body_ends() {
                 let rx = std::sync::Arc::clone(&rx);
                 async move {
                     let rx = rx.lock().await.take().unwrap();
-                    Ok::<_, Infallible>(Response::new(StreamBody::new(tokio_stream_from(rx))))
+                    Ok::<_, Infallible>(Response::new(StreamBody::new(stream_from(rx))))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;

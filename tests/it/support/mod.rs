@@ -225,6 +225,13 @@ async fn member_answer(
     }
 }
 
+/// The items of a channel as a stream (a body a test feeds frame by frame).
+pub fn stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// A port on 127.0.0.1 with nothing listening.
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
