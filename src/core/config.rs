@@ -8,8 +8,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::names::{CheckMethod, CookieMode, CookieSecure, MemberStatus, SameSite};
 use super::route::Route;
-use crate::api::{self, BalancerPoolSpec, CookieMode, CookieSecure, MemberStatus, SameSite};
+use crate::api::{self, BalancerPoolSpec};
 
 /// Identifies a pool: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,7 +175,7 @@ impl MemberChange {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ActiveCheck {
     /// Request method.
-    pub method: crate::api::CheckMethod,
+    pub method: CheckMethod,
     /// Path (and query) checked.
     pub path: String,
     /// Time between checks of one member.

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod lb;
 pub mod member;
+pub mod names;
 pub mod path;
 pub mod pool;
 pub mod route;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use super::config::PoolConfig;
 use super::lb::{ByBusyness, ByRequests, ByTraffic, Heartbeat, LbContext, LbMethod, LeastLatency};
 use super::member::{Member, MemberRuntime};
+use super::names::{LbMethodName, MemberStatus};
 use super::route::Route;
-use crate::api::{LbMethodName, MemberStatus};
 use std::sync::atomic::Ordering;
 
 /// Why the lb method chose a member (the request is then a *route change* in a sticky pool).
@@ -336,7 +336,7 @@ pub(crate) fn test_members(spec: &[(&str, u32)]) -> Vec<Member> {
                 route: (*route).into(),
                 address: std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
                 load_factor: *lf,
-                status: crate::api::MemberStatus::Ok,
+                status: MemberStatus::Ok,
                 lb_set: 0,
             },
             runtime: Arc::default(),
