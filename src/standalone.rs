@@ -11,7 +11,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::api::BalancerPool;
-use crate::core::config::{PoolConfig, PoolId, validate_static};
+use crate::api::validate::validate_static;
+use crate::core::config::{PoolConfig, PoolId};
 use crate::core::table::RoutingTable;
 use crate::proxy::tls::{CertError, SecretRef, TlsData};
 

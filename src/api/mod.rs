@@ -3,9 +3,10 @@
 //!
 //! These types are the *raw* form — what a user writes. They are deliberately permissive (strings
 //! for durations and addresses) so that a mistake can be reported with its field path by
-//! [`crate::core::config`], which turns a spec into the validated model the proxy runs on.
+//! [`validate`], which turns a spec into the core's validated model the proxy runs on.
 
 pub mod ingress;
+pub mod validate;
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

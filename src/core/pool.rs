@@ -347,8 +347,9 @@ pub(crate) fn test_members(spec: &[(&str, u32)]) -> Vec<Member> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::validate::validate_static;
     use crate::api::{self, MemberStatus};
-    use crate::core::config::{PoolId, validate_static};
+    use crate::core::config::PoolId;
 
     fn pool(members: &[(&str, MemberStatus)], failover: bool) -> Pool {
         let spec = api::BalancerPoolSpec {

@@ -271,7 +271,7 @@ fn strip_port(host: &str) -> &str {
 mod tests {
     use super::*;
     use crate::api;
-    use crate::core::config::validate_static;
+    use crate::api::validate::validate_static;
 
     fn cfg(name: &str, hosts: &[&str], prefix: &str) -> PoolConfig {
         let spec = api::BalancerPoolSpec {
