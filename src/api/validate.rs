@@ -544,6 +544,26 @@ mod tests {
     }
 
     #[test]
+    fn the_core_test_builder_matches_validation() {
+        let mut s = spec(&[("127.0.0.1:2", "b"), ("127.0.0.1:1", "a")]);
+        s.frontend.hosts = vec!["Shop.Example.com".into(), "*.example.org".into()];
+        s.frontend.path_prefix = Some("/shop/".into());
+        s.members =
+            vec![api::MemberOverride { route: "a".into(), status: Some(MemberStatus::Drain), ..Default::default() }];
+        s.sticky = Some(api::Sticky { failover: Some(false), ..Default::default() });
+        let built = PoolConfig::test("p")
+            .host("Shop.Example.com")
+            .host("*.example.org")
+            .prefix("/shop/")
+            .member_at("b", "127.0.0.1:2")
+            .member_at("a", "127.0.0.1:1")
+            .status(MemberStatus::Drain)
+            .sticky(false)
+            .build();
+        assert_eq!(validate_static(id(), &s).unwrap(), built);
+    }
+
+    #[test]
     fn defaults_are_applied() {
         let c = validate_static(id(), &spec(&[("127.0.0.1:1", "a")])).unwrap();
         assert_eq!(c.path_prefix, "/");

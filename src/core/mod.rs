@@ -11,6 +11,8 @@ pub mod pool;
 pub mod route;
 pub mod sticky;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use config::{PoolConfig, PoolId};
 pub use member::{BusyGuard, Clock, FailureKind, Member, MemberRuntime};
