@@ -2,6 +2,8 @@
 //! extraction and lb methods. The standalone loader, the controller and the proxy are adapters
 //! around it, and its tests need neither a client nor a socket.
 
+#[cfg(test)]
+mod boundary;
 pub mod config;
 pub mod lb;
 pub mod member;
