@@ -26,6 +26,7 @@ pub mod leader;
 pub mod secrets;
 pub mod services;
 pub mod status;
+pub mod watches;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::Reporter;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -269,14 +270,14 @@ impl Loop {
             Some(ns) => (Api::namespaced(self.client.clone(), ns), Api::namespaced(self.client.clone(), ns)),
             None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
         };
-        let pool_events = watcher(pools_api, watcher::Config::default()).default_backoff();
-        let slice_events =
-            watcher(slices_api, watcher::Config::default().labels(derive::SERVICE_NAME_LABEL)).default_backoff();
+        let pool_events = watches::watch(pools_api, watcher::Config::default(), "balancerpools");
+        let slice_labels = watcher::Config::default().labels(derive::SERVICE_NAME_LABEL);
+        let slice_events = watches::watch(slices_api, slice_labels, "endpointslices");
         let services_api: Api<Service> = match &self.opts.namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         };
-        let service_events = watcher(services_api, watcher::Config::default()).default_backoff();
+        let service_events = watches::watch(services_api, watcher::Config::default(), "services");
         let mut service_events = std::pin::pin!(service_events);
         let mut services = ListState::<(String, String)>::default();
         let (ingress_events, class_events) = ingress::watch::streams(&self.client, &self.opts);
