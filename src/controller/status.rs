@@ -82,6 +82,31 @@ pub fn desired_status(
     now: &str,
 ) -> BalancerPoolStatus {
     let prev = entry.object.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let (members, in_error) = member_entries(entry, id, table, now_ms);
+    let ready_members = members.iter().filter(|m| m.ready).count();
+    let conditions = vec![
+        accepted(entry, prev, now),
+        ready(entry, prev, conflict, ready_members, members.len(), now),
+        degraded(prev, &in_error, now),
+        conflicted(prev, conflict, now),
+    ];
+    BalancerPoolStatus {
+        observed_generation: entry.object.metadata.generation,
+        member_count: Some(u32::try_from(members.len()).unwrap_or(u32::MAX)),
+        ready_members: Some(u32::try_from(ready_members).unwrap_or(u32::MAX)),
+        members,
+        conditions,
+    }
+}
+
+/// The members as the published table holds them (and which are unhealthy or in error); for a
+/// pool not in the table (a conflict loser), what would serve, none of it usable.
+fn member_entries(
+    entry: &PoolEntry,
+    id: &PoolId,
+    table: &RoutingTable,
+    now_ms: u64,
+) -> (Vec<MemberStatusEntry>, Vec<String>) {
     let mut members = Vec::new();
     let mut in_error = Vec::new();
     if let Some(pool) = table.pool(id) {
@@ -99,7 +124,6 @@ pub fn desired_status(
             });
         }
     } else if let Some(cfg) = &entry.serving {
-        // Not in the table (a conflict loser): report what would serve, none of it usable.
         for m in &cfg.members {
             members.push(MemberStatusEntry {
                 route: m.route.to_string(),
@@ -109,9 +133,12 @@ pub fn desired_status(
             });
         }
     }
-    let ready_members = members.iter().filter(|m| m.ready).count();
-    let mut conditions = Vec::with_capacity(4);
-    conditions.push(match &entry.result {
+    (members, in_error)
+}
+
+/// `Accepted`: the spec is valid, or its problems (and whether an older spec still serves).
+fn accepted(entry: &PoolEntry, prev: &[Condition], now: &str) -> Condition {
+    match &entry.result {
         Ok(_) => condition(prev, kinds::ACCEPTED, true, "Valid", "the spec is valid".into(), now),
         Err(problems) => {
             let serving = if entry.serving.is_some() {
@@ -119,34 +146,27 @@ pub fn desired_status(
             } else {
                 "; nothing is served for this pool"
             };
-            condition(
-                prev,
-                kinds::ACCEPTED,
-                false,
-                "InvalidSpec",
-                format!("{}{serving}", problems_message(problems)),
-                now,
-            )
+            let message = format!("{}{serving}", problems_message(problems));
+            condition(prev, kinds::ACCEPTED, false, "InvalidSpec", message, now)
         }
-    });
-    conditions.push(if let Some(c) = conflict {
-        condition(
-            prev,
-            kinds::READY,
-            false,
-            "Conflict",
-            format!("not served: {} claims the same host and prefix", c.winner),
-            now,
-        )
+    }
+}
+
+/// `Ready`: some member takes new sessions, or why none does.
+fn ready(
+    entry: &PoolEntry,
+    prev: &[Condition],
+    conflict: Option<&Conflict>,
+    ready_members: usize,
+    members: usize,
+    now: &str,
+) -> Condition {
+    if let Some(c) = conflict {
+        let message = format!("not served: {} claims the same host and prefix", c.winner);
+        condition(prev, kinds::READY, false, "Conflict", message, now)
     } else if ready_members > 0 {
-        condition(
-            prev,
-            kinds::READY,
-            true,
-            "MembersAvailable",
-            format!("{ready_members} of {} members take new sessions", members.len()),
-            now,
-        )
+        let message = format!("{ready_members} of {members} members take new sessions");
+        condition(prev, kinds::READY, true, "MembersAvailable", message, now)
     } else if entry.serving.is_none() {
         condition(prev, kinds::READY, false, "NotServed", "no valid spec has been served yet".into(), now)
     } else {
@@ -156,37 +176,30 @@ pub fn desired_status(
             format!(" ({})", entry.skipped.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         };
         condition(prev, kinds::READY, false, "NoReadyMembers", format!("no member takes new sessions{why}"), now)
-    });
-    conditions.push(if in_error.is_empty() {
+    }
+}
+
+/// `Degraded`: members unhealthy or in error, as this replica (the leader) sees them.
+fn degraded(prev: &[Condition], in_error: &[String], now: &str) -> Condition {
+    if in_error.is_empty() {
         condition(prev, kinds::DEGRADED, false, "AllHealthy", "no member is unhealthy or in error".into(), now)
     } else {
         let msg = format!("unhealthy or in error: {}", list_routes(in_error.iter().map(String::as_str)));
         condition(prev, kinds::DEGRADED, true, "MembersUnhealthy", msg, now)
-    });
-    conditions.push(match conflict {
-        Some(c) => condition(
-            prev,
-            kinds::CONFLICT,
-            true,
-            "HostPrefixClaimed",
-            format!("host {} prefix {} is served by the older pool {}", c.host, c.prefix, c.winner),
-            now,
-        ),
-        None => condition(
-            prev,
-            kinds::CONFLICT,
-            false,
-            "NoConflict",
-            "no older pool claims this host and prefix".into(),
-            now,
-        ),
-    });
-    BalancerPoolStatus {
-        observed_generation: entry.object.metadata.generation,
-        member_count: Some(u32::try_from(members.len()).unwrap_or(u32::MAX)),
-        ready_members: Some(u32::try_from(ready_members).unwrap_or(u32::MAX)),
-        members,
-        conditions,
+    }
+}
+
+/// `Conflict`: an older pool serves the same host and prefix.
+fn conflicted(prev: &[Condition], conflict: Option<&Conflict>, now: &str) -> Condition {
+    match conflict {
+        Some(c) => {
+            let message = format!("host {} prefix {} is served by the older pool {}", c.host, c.prefix, c.winner);
+            condition(prev, kinds::CONFLICT, true, "HostPrefixClaimed", message, now)
+        }
+        None => {
+            let message = "no older pool claims this host and prefix".into();
+            condition(prev, kinds::CONFLICT, false, "NoConflict", message, now)
+        }
     }
 }
 
