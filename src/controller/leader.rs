@@ -4,8 +4,9 @@
 //!
 //! A replica that cannot reach the API server keeps believing it leads until it can renew
 //! (kube-lease-manager reports no change on errors), so for up to a lease duration two replicas
-//! may both write. That is harmless here: both compute the same status from the same objects,
-//! and the writes are idempotent merge patches.
+//! may both write. That is mostly harmless: both derive the same members and conditions from the
+//! same objects, and the writes are idempotent merge patches; only member health (each replica's
+//! own observation) may differ, and the next status round of the one leader settles it.
 
 use std::time::Duration;
 

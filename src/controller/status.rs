@@ -6,12 +6,22 @@
 //! times make an unchanged status compare equal, the run loop skips pools whose status is
 //! already what the object holds.
 //!
-//! The [`Writer`] task does the API calls, off the run loop: only while this replica leads
-//! (every replica computes, one writes), coalesced per pool (the latest status wins), at most one
-//! write per pool per `min_interval`, and at most `rate` writes per second overall, so a storm
-//! of pod changes cannot turn into a storm of API writes. Events go the same way, capped.
+//! The [`Writer`] task does the API calls, off the run loop, fed through a bounded [`outbox`]:
+//! only while this replica leads (every replica computes, one writes), coalesced per pool (the
+//! latest status wins), at most one write per pool per `min_interval`, and at most `rate` writes
+//! per second overall, so a storm of pod changes cannot turn into a storm of API writes. Events
+//! go the same way, capped.
+//!
+//! Status reports what the **leader** sees. The spec-derived parts (members, `Accepted`,
+//! `Conflict`) are the same on every replica, but member health (`Error`, `Unhealthy`, hence
+//! `Degraded` and `readyMembers`) is each replica's own observation of the members it talks to;
+//! when leadership moves, status shows the new leader's view (a member one replica cannot reach
+//! may be fine from another). Events, too, are written only by the leader: while no replica
+//! leads (between a leader's exit and the next election) Events are not queued for the next
+//! leader, which writes the standing warnings (conflicts, Ingress problems) again when it takes
+//! over; per-member Normal Events of that gap are lost.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,7 +31,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::index::{PoolEntry, problems_message, truncate};
@@ -239,6 +249,132 @@ pub enum Outbound {
     Event(PoolEvent),
 }
 
+/// The hand-over from the run loop to the writer: bounded by what it holds, not by how often
+/// the loop sends. Statuses are kept per pool and Ingress (the latest wins: a writer busy with
+/// a slow API server never has more than one status per object waiting), removals as a set,
+/// Events up to [`MAX_QUEUED_EVENTS`] (beyond that they are dropped, logged and counted: they
+/// are advisory). The loop never waits on it.
+pub fn outbox() -> (Outbox, OutboxReceiver) {
+    let shared = Arc::new(Shared::default());
+    (Outbox { shared: Arc::clone(&shared) }, OutboxReceiver { shared })
+}
+
+/// The run loop's end of [`outbox`]; dropping it closes the outbox.
+#[derive(Debug)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+/// The writer's end of [`outbox`].
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    shared: Arc<Shared>,
+}
+
+/// The writer has stopped: nothing more is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterGone;
+
+#[derive(Debug, Default)]
+struct Shared {
+    held: std::sync::Mutex<Held>,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    forget: BTreeSet<PoolId>,
+    statuses: BTreeMap<PoolId, BalancerPoolStatus>,
+    ingress: BTreeMap<(String, String), k8s_openapi::api::networking::v1::IngressStatus>,
+    events: VecDeque<PoolEvent>,
+    dropped_events: u64,
+    sender_closed: bool,
+    receiver_closed: bool,
+}
+
+impl Shared {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // A panic while holding this lock leaves plain data behind: keep using it.
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Outbox {
+    /// Hands work to the writer, coalescing it with what waits there.
+    pub fn send(&self, o: Outbound) -> Result<(), WriterGone> {
+        let mut h = self.shared.held();
+        if h.receiver_closed {
+            return Err(WriterGone);
+        }
+        match o {
+            Outbound::Status { id, status } => {
+                h.statuses.insert(id, *status);
+            }
+            Outbound::Forget(id) => {
+                h.statuses.remove(&id);
+                h.forget.insert(id);
+            }
+            Outbound::IngressStatus { key, status } => {
+                h.ingress.insert(key, *status);
+            }
+            Outbound::Event(e) if h.events.len() >= MAX_QUEUED_EVENTS => {
+                h.dropped_events += 1;
+                tracing::warn!(reason = e.reason, dropped = h.dropped_events, "event queue full; event dropped");
+            }
+            Outbound::Event(e) => h.events.push_back(e),
+        }
+        drop(h);
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Statuses and removals waiting for the writer (for tests).
+    pub fn waiting(&self) -> (usize, usize, usize) {
+        let h = self.shared.held();
+        (h.statuses.len(), h.forget.len(), h.events.len())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shared.held().sender_closed = true;
+        self.shared.notify.notify_one();
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.shared.held().receiver_closed = true;
+    }
+}
+
+impl OutboxReceiver {
+    /// Waits for work; `None` once the loop's end is gone and nothing is left. Removals come
+    /// first, so a pool removed and then re-added gets its new status written.
+    pub async fn recv(&mut self) -> Option<Vec<Outbound>> {
+        loop {
+            {
+                let mut h = self.shared.held();
+                let forget = std::mem::take(&mut h.forget);
+                let statuses = std::mem::take(&mut h.statuses);
+                let ingress = std::mem::take(&mut h.ingress);
+                let events = std::mem::take(&mut h.events);
+                let mut out: Vec<Outbound> = forget.into_iter().map(Outbound::Forget).collect();
+                out.extend(statuses.into_iter().map(|(id, s)| Outbound::Status { id, status: Box::new(s) }));
+                out.extend(ingress.into_iter().map(|(key, s)| Outbound::IngressStatus { key, status: Box::new(s) }));
+                out.extend(events.into_iter().map(Outbound::Event));
+                if !out.is_empty() {
+                    return Some(out);
+                }
+                if h.sender_closed {
+                    return None;
+                }
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+}
+
 /// Writer tuning.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -445,8 +581,8 @@ impl Writer {
     }
 
     /// Runs until `rx` closes. Writes only while `leader` holds; a replica that does not lead
-    /// drops its work (the leader computes the same statuses).
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outbound>, mut leader: watch::Receiver<bool>) {
+    /// drops its work (the leader computes and writes its own).
+    pub async fn run(mut self, mut rx: OutboxReceiver, mut leader: watch::Receiver<bool>) {
         let recorder = Recorder::new(self.client.clone(), self.opts.reporter.clone());
         let mut wake: Option<Instant> = None;
         loop {
@@ -457,13 +593,8 @@ impl Writer {
                 }
             };
             tokio::select! {
-                o = rx.recv() => match o {
-                    Some(o) => {
-                        self.accept(o);
-                        while let Ok(o) = rx.try_recv() {
-                            self.accept(o);
-                        }
-                    }
+                work = rx.recv() => match work {
+                    Some(work) => work.into_iter().for_each(|o| self.accept(o)),
                     None => return,
                 },
                 changed = leader.changed() => {
@@ -557,6 +688,52 @@ mod tests {
         assert!(accepted.message.contains("spec.timeouts.idle") && accepted.message.contains("keeps serving"));
         let ready = second.conditions.iter().find(|c| c.type_ == kinds::READY).unwrap();
         assert_eq!(ready.last_transition_time.as_deref(), Some("T1"));
+    }
+
+    fn event(n: usize) -> Outbound {
+        Outbound::Event(PoolEvent {
+            reference: ObjectReference::default(),
+            warning: false,
+            reason: "MemberAdded",
+            note: format!("member {n} added"),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_outbox_holds_one_status_per_pool_and_a_bounded_number_of_events() {
+        let (out, mut rx) = outbox();
+        let pool = |n: usize| PoolId { namespace: "web".into(), name: format!("p{n}") };
+        for round in 0..1_000 {
+            for n in 0..3 {
+                let status = BalancerPoolStatus { observed_generation: Some(round), ..Default::default() };
+                out.send(Outbound::Status { id: pool(n), status: Box::new(status) }).unwrap();
+            }
+        }
+        for n in 0..MAX_QUEUED_EVENTS + 50 {
+            out.send(event(n)).unwrap();
+        }
+        out.send(Outbound::Forget(pool(1))).unwrap();
+        assert_eq!(out.waiting(), (2, 1, MAX_QUEUED_EVENTS), "the latest status per pool, a capped event queue");
+        let work = rx.recv().await.unwrap();
+        assert!(matches!(&work[0], Outbound::Forget(id) if *id == pool(1)), "removals first");
+        let statuses: Vec<_> = work
+            .iter()
+            .filter_map(|o| match o {
+                Outbound::Status { id, status } => Some((id.name.clone(), status.observed_generation)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, [("p0".to_owned(), Some(999)), ("p2".to_owned(), Some(999))]);
+        assert_eq!(out.waiting(), (0, 0, 0));
+        drop(out);
+        assert!(rx.recv().await.is_none(), "closed once the loop's end is gone");
+    }
+
+    #[test]
+    fn sending_to_a_stopped_writer_says_so() {
+        let (out, rx) = outbox();
+        drop(rx);
+        assert_eq!(out.send(event(0)).unwrap_err(), WriterGone);
     }
 
     #[test]
