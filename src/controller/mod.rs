@@ -145,6 +145,9 @@ impl Controller {
     /// Starts watching and publishing into `proxy`; sets `admin.ready` after the first complete
     /// sync.
     pub fn start(client: Client, opts: ControllerOptions, proxy: Arc<Proxy>, admin: Arc<AdminState>) -> Controller {
+        if let Some(warning) = second_writer_warning(&opts) {
+            tracing::warn!(namespace = ?opts.namespace, class = %opts.filter.ingress_class, "{warning}");
+        }
         let stats = Arc::new(ControllerStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (leader_rx, leader_task) = leader::spawn(client.clone(), opts.leader.clone(), shutdown_rx.clone());
@@ -236,6 +239,23 @@ impl<K> Default for ListState<K> {
     fn default() -> Self {
         ListState { synced: false, seen: None }
     }
+}
+
+/// Why this instance may become a second status writer for pools another instance also
+/// writes, if it may: a `--namespace` instance that serves the default class `routeid` elects
+/// its own writer (its Lease lives where it may write, its own namespace), so beside a
+/// cluster-wide installation of the same class both would write status and Events for that
+/// namespace's pools. routeid warns rather than refuses: a namespace-only installation with no
+/// cluster-wide one is legitimate (least privilege), and from inside one namespace it cannot
+/// tell whether a cluster-wide installation exists.
+pub fn second_writer_warning(opts: &ControllerOptions) -> Option<&'static str> {
+    let namespaced_default = opts.namespace.is_some() && opts.filter.ingress_class == "routeid";
+    namespaced_default.then_some(
+        "this --namespace instance serves the default class routeid and elects its own status writer: \
+         if a cluster-wide routeid of the same class runs too, both write status and Events for these \
+         pools; give this instance its own --ingress-class (and --default-class=false), as the \
+         chart's sidecar mode does with routeid-sidecar",
+    )
 }
 
 /// What an operator can do about a watch error: the two setup mistakes get named.
@@ -763,5 +783,19 @@ mod lease_name_tests {
         };
         assert_eq!(opts("routeid").leader.name, "routeid-status");
         assert_eq!(opts("internal").leader.name, "routeid-status-internal");
+    }
+
+    #[test]
+    fn a_namespaced_instance_of_the_default_class_is_warned_about() {
+        let opts = |ns: Option<&str>, class: &str| {
+            let filter = ClassFilter { ingress_class: class.into(), default_class: true };
+            ControllerOptions::new(ns.map(Into::into), filter, "ns".into(), "me".into())
+        };
+        assert!(second_writer_warning(&opts(Some("web"), "routeid")).is_some_and(|w| w.contains("--ingress-class")));
+        assert_eq!(second_writer_warning(&opts(None, "routeid")), None, "cluster-wide: the one writer");
+        assert_eq!(second_writer_warning(&opts(Some("web"), "routeid-sidecar")), None, "its own class, its own Lease");
+        let mut single = opts(Some("web"), "routeid");
+        single.leader.enabled = false;
+        assert!(second_writer_warning(&single).is_some(), "without election it writes all the more");
     }
 }
