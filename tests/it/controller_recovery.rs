@@ -175,3 +175,20 @@ async fn every_watch_ended_with_410_gone_relists_at_once() {
     })
     .await;
 }
+
+/// Once the controller stops, nothing watches the API server: `/readyz` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_when_the_controller_stops_watching() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, _a) = serving_pool(&api, &kube).await;
+        eventually(WAIT, "ready", || async { get(r.running.admin_addr, "/readyz", &[]).await.status == 200 }).await;
+        let Replica { running, controller } = r;
+        controller.shutdown().await;
+        assert_eq!(get(running.admin_addr, "/readyz", &[]).await.status, 503, "nothing watches any more");
+        assert_eq!(get(running.proxy_addr, "/", &[]).await.route(), "shop-0", "the last table still serves");
+        running.shutdown().await;
+    })
+    .await;
+}
