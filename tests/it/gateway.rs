@@ -382,3 +382,24 @@ async fn redirect_rewrite_and_header_filters() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_draining_pod_keeps_its_sessions_and_gets_no_new_ones() {
+    bounded(async {
+        let m = three().await;
+        let mut pool = rule("shop", &weights(&m), vec![]);
+        pool.sticky = Some(cookie_session(Some(600), CookieLifetime::Session));
+        let p = start(vec![pool.clone()], settings(&WallClock::manual(START), 1)).await;
+        let on_n1 = get(p.proxy_addr, "/", &[]).await;
+        assert_eq!(on_n1.route(), "n1");
+        let cookie = cookie_pair(&on_n1);
+        pool.members[0].status = routeid::api::MemberStatus::Drain;
+        p.proxy.publish(vec![pool]);
+        for _ in 0..10 {
+            assert_eq!(get(p.proxy_addr, "/", &[("cookie", &cookie)]).await.route(), "n1");
+            assert_ne!(get(p.proxy_addr, "/", &[]).await.route(), "n1", "no new session on a draining pod");
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
