@@ -117,12 +117,12 @@ def test_kinds_per_mode():
     kinds = lambda n: sorted({o["kind"] for o in rendered(n).objects})  # noqa: E731
     assert kinds("default") == [
         "ClusterRole", "ClusterRoleBinding", "Deployment", "IngressClass", "PodDisruptionBudget", "Role",
-        "RoleBinding", "Secret", "Service", "ServiceAccount",
+        "RoleBinding", "Service", "ServiceAccount",
     ]  # fmt: skip
     # One namespace: IngressClasses are cluster-scoped, so reading them takes a ClusterRole.
     assert kinds("namespaced") == [
         "ClusterRole", "ClusterRoleBinding", "Deployment", "IngressClass", "PodDisruptionBudget", "Role",
-        "RoleBinding", "Secret", "Service", "ServiceAccount",
+        "RoleBinding", "Service", "ServiceAccount",
     ]  # fmt: skip
     # Sidecar: only the RBAC and the snippet: no pod, no Service, nothing cluster-wide.
     assert kinds("sidecar") == ["ConfigMap", "Role", "RoleBinding", "ServiceAccount"]
@@ -216,7 +216,7 @@ def test_tls_can_be_switched_off():
 
 def test_rbac_and_service_account_can_be_left_out():
     rel = helmrender.render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
-    assert {o["kind"] for o in rel.objects} == {"Deployment", "Service", "PodDisruptionBudget", "IngressClass", "Secret"}
+    assert {o["kind"] for o in rel.objects} == {"Deployment", "Service", "PodDisruptionBudget", "IngressClass"}
     assert rel.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
 
 
@@ -294,7 +294,7 @@ def test_downward_api_and_manager_token(name):
     ref = env["ROUTEID_MANAGER_TOKEN"]["valueFrom"]["secretKeyRef"]
     rel = rendered(name)
     if name == "full":  # createSecret: the chart's Secret, required
-        secret = rel.one("Secret", "edge-routeid-manager")
+        secret = rel.one("Secret")
         assert ref == {"name": secret["metadata"]["name"], "key": "token", "optional": False}
         assert secret["metadata"]["name"] == "edge-routeid-manager"
         import base64
@@ -302,7 +302,7 @@ def test_downward_api_and_manager_token(name):
         assert len(base64.b64decode(secret["data"]["token"])) == 40
     else:  # read if the operator created it
         assert ref["optional"] is True and ref["key"] == "token"
-        assert not [s for s in rel.of_kind("Secret") if s["metadata"]["name"].endswith("-manager")]
+        assert not rel.of_kind("Secret")
     assert "--manager-token" not in " ".join(c["args"]), "a token in args is visible in the pod spec"
 
 
@@ -318,52 +318,10 @@ def test_manager_generated_token_survives_upgrades():
         "metadata": {"name": "routeid-manager", "namespace": "routeid"},
         "data": {"token": old},
     }
-    again = helmrender.render(values, existing=[secret]).one("Secret", "routeid-manager")
+    again = helmrender.render(values, existing=[secret]).one("Secret")
     assert again["data"]["token"] == old
-    fresh = helmrender.render(values).one("Secret", "routeid-manager")["data"]["token"]
+    fresh = helmrender.render(values).one("Secret")["data"]["token"]
     assert fresh != old and len(base64.b64decode(fresh)) == 40
-
-
-@pytest.mark.parametrize("name", list(SCENARIOS))
-def test_session_key_secret_is_mounted_in_every_replica(name):
-    """Gateway API session values are sealed with one key per installation: every replica mounts it."""
-    import base64
-
-    rel = rendered(name)
-    if name == "sidecar":  # a sidecar serves no Gateway API routes
-        assert not rel.of_kind("Secret")
-        return
-    release = SCENARIOS[name][1]
-    secret = rel.one("Secret", f"{release}-routeid-session-key" if release != "routeid" else "routeid-session-key")
-    assert len(base64.b64decode(secret["data"]["key"])) == 64
-    pod, c = pod_and_container(name)
-    env = {e["name"]: e for e in c["env"]}
-    assert env["ROUTEID_SESSION_KEY_FILE"]["value"] == "/etc/routeid/session-key/key"
-    assert c["volumeMounts"] == [{"name": "session-key", "mountPath": "/etc/routeid/session-key", "readOnly": True}]
-    assert pod["volumes"] == [{"name": "session-key", "secret": {"secretName": secret["metadata"]["name"]}}]
-
-
-def test_session_key_survives_upgrades_or_comes_from_an_existing_secret():
-    import base64
-
-    old = base64.b64encode(b"k" * 64).decode()
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "routeid-session-key", "namespace": "routeid"},
-        "data": {"key": old},
-    }
-    again = helmrender.render({}, existing=[secret]).one("Secret", "routeid-session-key")
-    assert again["data"]["key"] == old, "an upgrade keeps the key: sessions survive it"
-    rel = helmrender.render({"sessionKey": {"existingSecret": "ops-key", "secretKey": "k"}})
-    assert not rel.of_kind("Secret")
-    pod = rel.one("Deployment")["spec"]["template"]["spec"]
-    assert pod["volumes"] == [{"name": "session-key", "secret": {"secretName": "ops-key"}}]
-    env = {e["name"]: e for e in container(rel)["env"]}
-    assert env["ROUTEID_SESSION_KEY_FILE"]["value"] == "/etc/routeid/session-key/k"
-    rel = helmrender.render({"sessionKey": {"createSecret": False}})
-    assert not rel.of_kind("Secret") and "volumes" not in rel.one("Deployment")["spec"]["template"]["spec"]
-    assert "ROUTEID_SESSION_KEY_FILE" not in {e["name"] for e in container(rel)["env"]}
 
 
 def test_manager_existing_secret():

@@ -93,16 +93,6 @@ app.kubernetes.io/part-of: routeid
 {{- and (not .Values.manager.existingSecret) (not .Values.manager.createSecret) }}
 {{- end }}
 
-{{/* The Secret holding the Gateway API session key. */}}
-{{- define "routeid.sessionKeySecretName" -}}
-{{- default (printf "%s-session-key" (include "routeid.fullname" .)) .Values.sessionKey.existingSecret }}
-{{- end }}
-
-{{/* "true" when the session key Secret is mounted (ingress mode, a Secret created or named). */}}
-{{- define "routeid.sessionKeyMounted" -}}
-{{- if and (ne .Values.mode "sidecar") (or .Values.sessionKey.existingSecret .Values.sessionKey.createSecret) }}true{{ end }}
-{{- end }}
-
 {{- define "routeid.terminationGracePeriodSeconds" -}}
 {{- $min := add .Values.shutdown.preStopSleepSeconds .Values.proxy.drainTimeoutSeconds }}
 {{- $set := .Values.shutdown.terminationGracePeriodSeconds }}
@@ -273,10 +263,6 @@ env:
         name: {{ include "routeid.managerSecretName" . }}
         key: {{ .Values.manager.secretKey }}
         optional: {{ include "routeid.managerSecretOptional" . }}
-  {{- if include "routeid.sessionKeyMounted" . }}
-  - name: ROUTEID_SESSION_KEY_FILE
-    value: /etc/routeid/session-key/{{ .Values.sessionKey.secretKey }}
-  {{- end }}
   {{- with .Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -315,10 +301,4 @@ resources:
   {{- toYaml (ternary .Values.sidecar.resources .Values.resources $sidecar) | nindent 2 }}
 securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
-{{- if include "routeid.sessionKeyMounted" . }}
-volumeMounts:
-  - name: session-key
-    mountPath: /etc/routeid/session-key
-    readOnly: true
-{{- end }}
 {{- end }}
