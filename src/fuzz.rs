@@ -313,8 +313,8 @@ fn check_gateway_input(input: &[u8]) {
             }
         }
     }
-    if text.starts_with('/') {
-        let (prefix, rest) = text.split_at(text[1..].find('/').map_or(text.len(), |i| i + 1));
+    if let Some(after) = text.strip_prefix('/') {
+        let (prefix, rest) = text.split_at(after.find('/').map_or(text.len(), |i| i + 1));
         for repl in ["", "/", "/x", "/x/"] {
             let out = crate::proxy::gateway::replace_prefix(prefix, repl, text);
             assert!(out.starts_with('/'), "{prefix:?} {repl:?} {text:?} gave {out:?}");
