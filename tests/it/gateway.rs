@@ -403,3 +403,23 @@ async fn a_draining_pod_keeps_its_sessions_and_gets_no_new_ones() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_short_or_missing_session_key_file_is_refused_with_exit_code_2() {
+    let pools = temp_file("gw-pools.yaml", &pool_yaml("shop", &[("127.0.0.1:1".parse().unwrap(), "a", 1)], ""));
+    let short = temp_file("gw-short-key", "too short\n");
+    for (key, why) in [(short.to_str().unwrap(), "needs at least 32"), ("/nonexistent/key", "/nonexistent/key")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+            .args(["standalone", "-f", pools.to_str().unwrap(), "--session-key-file", key])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--session-key-file") && err.contains(why), "{err}");
+    }
+    // A key of 32 bytes or more serves.
+    let good = temp_file("gw-good-key", &"k".repeat(48));
+    let p = spawn_standalone(&pools, &["--session-key-file", good.to_str().unwrap()]).await;
+    assert!(!p.stderr().contains("no --session-key-file"), "no warning in standalone mode");
+}
