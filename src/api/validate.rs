@@ -196,6 +196,7 @@ fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
         change_on_failure: s.change_on_failure.unwrap_or(true),
         headers_to_member: debug.to_member,
         headers_to_client: debug.to_client,
+        persistence: None,
     }
 }
 
@@ -382,6 +383,7 @@ fn validate_with_members(
         https_redirect: spec.frontend.https_redirect.unwrap_or(false),
         hsts,
         backend_tls,
+        gateway: None,
     }
 }
 

@@ -5,12 +5,14 @@
 #[cfg(test)]
 mod boundary;
 pub mod config;
+pub mod gateway;
 pub mod lb;
 pub mod member;
 pub mod names;
 pub mod path;
 pub mod pool;
 pub mod route;
+pub mod session;
 pub mod sticky;
 pub mod table;
 #[cfg(test)]

@@ -49,6 +49,7 @@ impl PoolConfig {
                 https_redirect: false,
                 hsts: None,
                 backend_tls: None,
+                gateway: None,
             },
         }
     }
@@ -66,6 +67,7 @@ pub(crate) fn default_sticky() -> StickyConfig {
         change_on_failure: true,
         headers_to_member: false,
         headers_to_client: false,
+        persistence: None,
     }
 }
 
