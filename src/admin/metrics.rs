@@ -23,7 +23,7 @@ use prometheus::{
 use crate::core::{FailureKind, Pool, RoutingTable};
 
 /// Response-head latency buckets, in seconds: 1 ms to 60 s.
-const LATENCY_BUCKETS: [f64; 15] =
+pub const LATENCY_BUCKETS: [f64; 15] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Outcomes of the sticky decision, labels of `routeid_sticky_decisions_total`.
@@ -130,6 +130,23 @@ impl MemberMetrics {
         Some(counter)
     }
 
+    /// Responses so far (all classes), the 5xx among them, and the latency histogram's
+    /// cumulative bucket counts ([`LATENCY_BUCKETS`], then +Inf): what the balancer-manager's
+    /// once-a-second sampler reads (never the request path).
+    pub fn totals(&self) -> (u64, u64, [u64; LATENCY_BUCKETS.len() + 1]) {
+        use prometheus::core::Metric;
+        let rare = |i: usize| self.rare[i].get().and_then(Option::as_ref).map_or(0, IntCounter::get);
+        let all = self.ok.get() + (0..4).map(rare).sum::<u64>();
+        let proto = self.duration.metric();
+        let h = proto.get_histogram();
+        let mut buckets = [0u64; LATENCY_BUCKETS.len() + 1];
+        for (b, got) in buckets.iter_mut().zip(h.get_bucket()) {
+            *b = got.cumulative_count();
+        }
+        buckets[LATENCY_BUCKETS.len()] = h.get_sample_count();
+        (all, rare(3), buckets)
+    }
+
     /// The member left its pool: series made from now on are removed at once.
     pub fn retire(&self) {
         self.retired.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -158,6 +175,12 @@ impl PoolMetrics {
     /// Counts a 503 for want of a usable member.
     pub fn unavailable(&self) {
         self.unavailable.inc();
+    }
+
+    /// Sticky decisions so far, by [`StickyOutcome`], and the 503s for want of a member (read
+    /// by the balancer-manager's sampler).
+    pub fn totals(&self) -> ([u64; 6], u64) {
+        (self.sticky.each_ref().map(IntCounter::get), self.unavailable.get())
     }
 }
 
