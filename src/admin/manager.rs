@@ -505,10 +505,14 @@ pub fn esc(s: &str) -> String {
 const STATUSES: [MemberStatus; 5] =
     [MemberStatus::Ok, MemberStatus::Drain, MemberStatus::Disabled, MemberStatus::HotStandby, MemberStatus::Stopped];
 
+/// Members per pool in the page's no-JavaScript tables; `?from=N` shows the next ones. (A
+/// browser takes seconds to lay out a thousand rows of forms; the live view pages by itself.)
+pub const PAGE_MEMBERS: usize = 100;
+
 /// The HTML page; `notice` is a message to show on top (already plain text). It works without
-/// JavaScript (a form per member); `manager.js`, served beside it, turns it into the live view
-/// built on the JSON API.
-pub fn page(proxy: &Proxy, manager: &Manager, live: &Live, notice: Option<&str>) -> String {
+/// JavaScript (a form per member, [`PAGE_MEMBERS`] members per pool from `from`); `manager.js`,
+/// served beside it, turns it into the live view built on the JSON API.
+pub fn page(proxy: &Proxy, manager: &Manager, live: &Live, notice: Option<&str>, from: usize) -> String {
     let v = view(proxy, manager, live);
     // One nonce for the page: every form on it carries the same.
     let nonce = if v.read_only { String::new() } else { manager.issue_nonce() };
@@ -528,7 +532,7 @@ pub fn page(proxy: &Proxy, manager: &Manager, live: &Live, notice: Option<&str>)
     h.push_str("<div id=live></div><div id=static>");
     overview_html(&mut h, &v);
     for p in &v.pools {
-        pool_html(&mut h, p, &nonce, v.read_only);
+        pool_html(&mut h, p, &nonce, v.read_only, from);
     }
     h.push_str(
         "</div><p><a href=/balancer-manager/api/pools>JSON</a> · <a href=/metrics>metrics</a></p></body></html>",
@@ -561,7 +565,7 @@ fn overview_html(h: &mut String, v: &ManagerView) {
     h.push_str("</table>");
 }
 
-fn pool_html(h: &mut String, p: &PoolView, nonce: &str, read_only: bool) {
+fn pool_html(h: &mut String, p: &PoolView, nonce: &str, read_only: bool, from: usize) {
     let _ = write!(h, "<h2>Pool {}/{}</h2><table class=settings>", esc(&p.namespace), esc(&p.name));
     let _ = write!(h, "<tr><th>LB method<td>{}</tr>", p.lb_method);
     let hosts = if p.hosts.is_empty() { "any".to_owned() } else { p.hosts.join(", ") };
@@ -574,7 +578,7 @@ fn pool_html(h: &mut String, p: &PoolView, nonce: &str, read_only: bool) {
         h.push_str("<th>Change");
     }
     h.push_str("</tr>");
-    for m in &p.members {
+    for m in p.members.iter().skip(from).take(PAGE_MEMBERS) {
         let id = format!("{}-{}-{}", p.namespace, p.name, m.route);
         let _ = write!(
             h,
@@ -636,6 +640,18 @@ fn pool_html(h: &mut String, p: &PoolView, nonce: &str, read_only: bool) {
         h.push_str("</tr>");
     }
     h.push_str("</table>");
+    if p.members.len() > PAGE_MEMBERS {
+        let shown = p.members.len().min(from + PAGE_MEMBERS);
+        let _ = write!(h, "<p class=pager>Members {}–{shown} of {}.", (from + 1).min(shown), p.members.len());
+        if from > 0 {
+            let _ =
+                write!(h, " <a href=\"/balancer-manager?from={}\">‹ previous</a>", from.saturating_sub(PAGE_MEMBERS));
+        }
+        if shown < p.members.len() {
+            let _ = write!(h, " <a href=\"/balancer-manager?from={shown}\">next ›</a>");
+        }
+        h.push_str("</p>");
+    }
 }
 
 /// `status Drain, loadFactor 3` for the fields a change sets.

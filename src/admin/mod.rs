@@ -127,8 +127,15 @@ fn static_file(path: &str) -> Option<AdminResponse> {
     Some(r)
 }
 
-fn manager_page(state: &AdminState, proxy: &Proxy, status: StatusCode, notice: Option<&str>) -> AdminResponse {
-    let mut r = respond(status, "text/html; charset=utf-8", manager::page(proxy, &state.manager, &state.live, notice));
+fn manager_page(
+    state: &AdminState,
+    proxy: &Proxy,
+    status: StatusCode,
+    notice: Option<&str>,
+    from: usize,
+) -> AdminResponse {
+    let page = manager::page(proxy, &state.manager, &state.live, notice, from);
+    let mut r = respond(status, "text/html; charset=utf-8", page);
     r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(MANAGER_CSP));
     r.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
@@ -153,8 +160,10 @@ pub async fn route(state: &AdminState, proxy: &Proxy, peer: SocketAddr, req: Req
             proxy.metrics().render(&proxy.snapshot().table, proxy.clock().now_ms()),
         ),
         (Method::GET, "/balancer-manager") => {
-            let notice = req.uri().query().and_then(|q| q.strip_prefix("saved=")).map(|_| "Change saved.");
-            manager_page(state, proxy, StatusCode::OK, notice)
+            let query = req.uri().query().unwrap_or("");
+            let notice = query.starts_with("saved=").then_some("Change saved.");
+            let from = query.strip_prefix("from=").and_then(|n| n.parse().ok()).unwrap_or(0);
+            manager_page(state, proxy, StatusCode::OK, notice, from)
         }
         (Method::POST, "/balancer-manager") => form_post(state, proxy, peer, req).await,
         (Method::GET, p) if p.starts_with("/balancer-manager/static/") => {
@@ -186,7 +195,7 @@ async fn form_post(state: &AdminState, proxy: &Proxy, peer: SocketAddr, req: Req
     let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let token = header_token.as_deref().or(get("token"));
     let page_error = |e: WriteError| {
-        let mut r = manager_page(state, proxy, e.status(), Some(&e.to_string()));
+        let mut r = manager_page(state, proxy, e.status(), Some(&e.to_string()), 0);
         if matches!(e, WriteError::Unauthorized) {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"routeid\""));
         }

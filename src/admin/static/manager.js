@@ -189,6 +189,7 @@
         headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json" } });
       const j = await r.json().catch(() => ({}));
       if (r.status === 401) token = null;
+      if (r.ok) editing = null;
       if (r.ok) note(what + " — done (" + (j.changesGoTo || j.result || "saved") + ")", false);
       else note(what + " — refused: " + (j.error || r.status), true);
     } catch (e) {
