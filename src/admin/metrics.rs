@@ -211,6 +211,8 @@ pub struct Metrics {
     log_lines_dropped: IntCounter,
     /// Routing tables published.
     pub publications: IntCounter,
+    /// Time to build and swap in one routing table (the cost of a publication).
+    pub publication_seconds: Histogram,
     /// Controller reconciles by result (`ok`, `error`).
     pub reconciles: IntCounterVec,
     /// Controller watch restarts by resource.
@@ -285,6 +287,10 @@ impl Metrics {
             "Log lines (access log included) dropped because the log writer fell behind.",
         ));
         let publications = must(IntCounter::new("routeid_table_publications_total", "Routing tables published."));
+        let publication_seconds = must(Histogram::with_opts(
+            HistogramOpts::new("routeid_table_publication_seconds", "Time to build and swap in one routing table.")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        ));
         let reconciles = must(IntCounterVec::new(
             Opts::new("routeid_controller_reconciles_total", "Controller reconciles, by result."),
             &["result"],
@@ -327,6 +333,7 @@ impl Metrics {
             Box::new(client_error_vec),
             Box::new(log_lines_dropped.clone()),
             Box::new(publications.clone()),
+            Box::new(publication_seconds.clone()),
             Box::new(reconciles.clone()),
             Box::new(watch_restarts.clone()),
             Box::new(last_sync.clone()),
@@ -350,6 +357,7 @@ impl Metrics {
             client_errors,
             log_lines_dropped,
             publications,
+            publication_seconds,
             reconciles,
             watch_restarts,
             last_sync,

@@ -330,6 +330,7 @@ impl Proxy {
     }
 
     fn publish_locked(&self, configs: Vec<Arc<PoolConfig>>) -> Vec<Conflict> {
+        let started = std::time::Instant::now();
         let mut configs = configs;
         self.overlay.lock().unwrap_or_else(|e| e.into_inner()).apply(&mut configs);
         let previous = self.snapshot.load_full();
@@ -397,6 +398,7 @@ impl Proxy {
         }
         let tls = Arc::new(self.tls.lock().unwrap_or_else(|e| e.into_inner()).build(&table));
         self.metrics.publications.inc();
+        self.metrics.publication_seconds.observe(started.elapsed().as_secs_f64());
         self.snapshot.store(Arc::new(Snapshot { table, ext, tls }));
         conflicts
     }
