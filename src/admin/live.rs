@@ -78,6 +78,7 @@ pub struct Live {
 struct LiveState {
     pools: HashMap<PoolId, PoolHistory>,
     tick: u64,
+    sampled_at: Option<SystemTime>,
 }
 
 fn push<T>(ring: &mut VecDeque<T>, s: T) {
@@ -107,6 +108,7 @@ impl Live {
     pub fn tick(&self, snap: &Snapshot, now_ms: u64, wall: SystemTime) {
         let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         st.tick += 1;
+        st.sampled_at = Some(wall);
         let tick = st.tick;
         for (p, ext) in snap.table.pools().iter().zip(&snap.ext) {
             if !st.pools.contains_key(&p.config.id) {
@@ -137,6 +139,11 @@ impl Live {
             ph.members.retain(|_, h| h.tick == tick);
         }
         st.pools.retain(|_, p| p.tick == tick);
+    }
+
+    /// When the newest sample was taken (RFC 3339); `None` before the first.
+    pub fn sampled_at(&self) -> Option<String> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).sampled_at.map(rfc3339)
     }
 
     /// The live figures of one pool's members, in the pool's order, and of the pool.

@@ -385,6 +385,8 @@ pub struct ManagerView {
     latency_window_seconds: u64,
     /// When this view was made (RFC 3339).
     generated_at: String,
+    /// When the live figures were last sampled (RFC 3339; `null` before the first sample).
+    sampled_at: Option<String>,
     pools: Vec<PoolView>,
 }
 
@@ -473,6 +475,7 @@ pub fn view(proxy: &Proxy, manager: &Manager, live: &Live) -> ManagerView {
         rate_window_seconds: crate::admin::live::RATE_WINDOW_S,
         latency_window_seconds: crate::admin::live::LATENCY_WINDOW_S,
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        sampled_at: live.sampled_at(),
         pools,
     }
 }

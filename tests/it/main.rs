@@ -21,6 +21,7 @@ mod health;
 mod hostile;
 mod ingress;
 mod manager_controller;
+mod manager_live;
 mod manager_overrides;
 mod observability;
 mod proxy_clients;
