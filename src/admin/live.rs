@@ -157,7 +157,7 @@ impl Live {
                 let ring = &ph?.members.get(m.route())?.ring;
                 let newest = *ring.back()?;
                 let at =
-                    |secs: u64| *ring.iter().find(|s| s.at_ms + secs * 1000 >= newest.at_ms + 500).unwrap_or(&newest);
+                    |secs: u64| *ring.iter().find(|s| s.at_ms + secs * 1000 + 500 >= newest.at_ms).unwrap_or(&newest);
                 Some((newest, at(RATE_WINDOW_S), at(LATENCY_WINDOW_S)))
             })
             .collect();
@@ -228,7 +228,7 @@ impl Live {
 /// Sticky decisions and 503s of a pool over the rate window.
 fn pool_delta(ring: &VecDeque<PoolSample>) -> ([u64; 6], u64) {
     let Some(newest) = ring.back() else { return ([0; 6], 0) };
-    let old = ring.iter().find(|s| s.at_ms + RATE_WINDOW_S * 1000 >= newest.at_ms + 500).unwrap_or(newest);
+    let old = ring.iter().find(|s| s.at_ms + RATE_WINDOW_S * 1000 + 500 >= newest.at_ms).unwrap_or(newest);
     let mut sticky = [0; 6];
     for (i, d) in sticky.iter_mut().enumerate() {
         *d = newest.sticky[i].saturating_sub(old.sticky[i]);
@@ -355,6 +355,97 @@ mod tests {
         assert!((p99 - 2.5).abs() < 1e-9, "{p99}");
         assert_eq!(quantile(&c, 1.0), Some(60_000.0), "the +Inf bucket reads as the largest bound");
         assert_eq!(quantile(&[0; BUCKETS], 0.5), None);
+    }
+
+    fn proxy_with(members: &[&str]) -> std::sync::Arc<Proxy> {
+        let m: String = members
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("      - {{address: \"127.0.0.1:{}\", route: {r}}}\n", 20_000 + i))
+            .collect();
+        let yaml = format!(
+            "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: shop}}\nspec:\n  backend:\n    members:\n{m}"
+        );
+        let proxy = Proxy::new(crate::proxy::ProxySettings::default());
+        proxy.publish(crate::standalone::parse_pools(&yaml).unwrap());
+        proxy
+    }
+
+    fn ext(m: &Member) -> &MemberExt {
+        m.runtime.extension.get::<MemberExt>().unwrap()
+    }
+
+    #[test]
+    fn figures_follow_the_counters_and_forget_members_that_leave() {
+        let proxy = proxy_with(&["a", "b"]);
+        let live = Live::default();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        live.tick(&proxy.snapshot(), 1_000, wall);
+        let snap = proxy.snapshot();
+        let pool = &snap.table.pools()[0];
+        let (a, b) = (&pool.members[0], &pool.members[1]);
+        a.runtime.elected.fetch_add(30, Relaxed);
+        a.runtime.sessions_started.fetch_add(3, Relaxed);
+        for _ in 0..30 {
+            ext(a).metrics.observe(200, 0.002);
+        }
+        b.runtime.elected.fetch_add(10, Relaxed);
+        b.runtime.failures[0].fetch_add(1, Relaxed);
+        for _ in 0..9 {
+            ext(b).metrics.observe(503, 0.02);
+        }
+        live.tick(&snap, 11_000, wall + Duration::from_secs(10));
+        let (m, p) = live.figures(pool, 11_000);
+        assert_eq!(m[0].requests_per_second, 3.0);
+        assert_eq!((m[0].share, m[1].share), (Some(0.75), Some(0.25)));
+        assert_eq!((m[0].new_session_share, m[1].new_session_share), (Some(1.0), Some(0.0)));
+        let p50 = m[0].p50_ms.unwrap();
+        assert!((1.0..=2.5).contains(&p50), "{p50}");
+        assert_eq!((m[1].error_ratio, m[1].five_xx_ratio), (Some(0.1), Some(1.0)));
+        assert_eq!((p.members, p.members_usable, p.state), (2, 2, "Ok"));
+        assert_eq!(p.five_xx_ratio, Some(9.0 / 39.0));
+        assert_eq!(p.sticky_hit_ratio, None, "not sticky");
+        assert_eq!(m[1].state_since, None, "no change seen yet");
+
+        // b goes into error: Degraded, and the time of the change is kept.
+        b.runtime.set_error(11_000, 60_000);
+        live.tick(&snap, 12_000, wall + Duration::from_secs(11));
+        let (m, p) = live.figures(pool, 12_000);
+        assert_eq!(p.state, "Degraded");
+        assert_eq!(m[1].state_since.as_deref(), Some("2027-01-15T08:00:11Z"));
+        assert_eq!(live.sampled_at().as_deref(), Some("2027-01-15T08:00:11Z"));
+
+        // b leaves the pool: its history goes at the next tick.
+        proxy.publish(crate::standalone::parse_pools(&format!(
+            "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {{name: shop}}\nspec:\n  backend:\n    members:\n      - {{address: \"{}\", route: a}}\n",
+            a.config.address
+        )).unwrap());
+        live.tick(&proxy.snapshot(), 13_000, wall + Duration::from_secs(12));
+        let st = live.inner.lock().unwrap();
+        let routes: Vec<&str> = st.pools.values().flat_map(|p| p.members.keys().map(|r| r.as_str())).collect();
+        assert_eq!(routes, ["a"]);
+        assert_eq!(st.pools.values().next().unwrap().members["a"].ring.len(), 4, "a keeps its history");
+    }
+
+    #[test]
+    fn a_thousand_members_are_sampled_in_milliseconds() {
+        let routes: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+        let proxy = proxy_with(&routes.iter().map(String::as_str).collect::<Vec<_>>());
+        let live = Live::default();
+        let snap = proxy.snapshot();
+        let started = std::time::Instant::now();
+        for t in 0..(RING as u64 + 5) {
+            live.tick(&snap, 1_000 * (t + 1), SystemTime::now());
+        }
+        let per_tick = started.elapsed() / (RING as u32 + 5);
+        let started = std::time::Instant::now();
+        let (m, _) = live.figures(&snap.table.pools()[0], 70_000);
+        let figures = started.elapsed();
+        eprintln!("1,000 members: a tick takes {per_tick:?}, the figures {figures:?}");
+        assert_eq!(m.len(), 1000);
+        assert!(per_tick < Duration::from_millis(200), "{per_tick:?}");
+        let st = live.inner.lock().unwrap();
+        assert!(st.pools.values().all(|p| p.members.values().all(|h| h.ring.len() == RING)), "bounded");
     }
 
     #[test]
