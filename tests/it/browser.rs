@@ -209,8 +209,12 @@ fn traffic(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let c = client();
+        let mut returning = false;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = send(&c, proxy, "GET", path, &[], Bytes::new()).await;
+            // Every other request is a returning session (a sticky hit in the shop pool).
+            returning = !returning;
+            let headers: &[(&str, &str)] = if returning { &[("cookie", "ROUTEID=.shop-0")] } else { &[] };
+            let _ = send(&c, proxy, "GET", path, headers, Bytes::new()).await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -290,6 +294,7 @@ async fn the_live_manager_updates_itself_drains_a_member_and_stays_on_its_origin
 
         // The README's picture, made here so that it cannot go stale silently.
         browser.wait_text("#o-default-shop .rps", "traffic still shown", |t| t != "0.0").await;
+        browser.wait_text("#r-default-shop-shop-1 td:nth-child(16)", "when shop-1 changed", |t| t.ends_with("ago")).await;
         let png = browser.screenshot().await;
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000, "a real screenshot");
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
