@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::admin::metrics::LATENCY_BUCKETS;
+use crate::admin::metrics::{LATENCY_BUCKETS, StickyOutcome};
 use crate::core::{Clock, Member, PoolId, Route};
 use crate::proxy::{MemberExt, Proxy, Snapshot};
 
@@ -150,85 +150,95 @@ impl Live {
     pub fn figures(&self, pool: &crate::core::Pool, now_ms: u64) -> (Vec<MemberFigures>, PoolFigures) {
         let st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let ph = st.pools.get(&pool.config.id);
-        let windows: Vec<Option<(Sample, Sample, Sample)>> = pool
+        let history = |m: &Member| ph.and_then(|ph| ph.members.get(m.route()));
+        let deltas: Vec<Deltas> = pool.members.iter().map(|m| history(m).map(deltas).unwrap_or_default()).collect();
+        let all = deltas.iter().fold(Deltas::default(), |mut a, d| {
+            a.add(d);
+            a
+        });
+        let members = pool
             .members
             .iter()
-            .map(|m| {
-                let ring = &ph?.members.get(m.route())?.ring;
-                let newest = *ring.back()?;
-                let at =
-                    |secs: u64| *ring.iter().find(|s| s.at_ms + secs * 1000 + 500 >= newest.at_ms).unwrap_or(&newest);
-                Some((newest, at(RATE_WINDOW_S), at(LATENCY_WINDOW_S)))
-            })
-            .collect();
-        let delta = |f: fn(&Sample) -> u64| -> Vec<(u64, f64)> {
-            windows
-                .iter()
-                .map(|w| match w {
-                    Some((n, o, _)) if n.at_ms > o.at_ms => {
-                        (f(n).saturating_sub(f(o)), (n.at_ms - o.at_ms) as f64 / 1000.0)
-                    }
-                    _ => (0, 0.0),
-                })
-                .collect()
-        };
-        let elected = delta(|s| s.elected);
-        let sessions = delta(|s| s.sessions);
-        let responses = delta(|s| s.responses);
-        let five_xx = delta(|s| s.five_xx);
-        let failures = delta(|s| s.failures);
-        let sum = |v: &[(u64, f64)]| v.iter().map(|(d, _)| d).sum::<u64>();
-        let (all_elected, all_sessions) = (sum(&elected), sum(&sessions));
-        let mut pool_buckets = [0u64; BUCKETS];
-        let members: Vec<MemberFigures> = pool
-            .members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let lat = windows[i].map(|(n, _, o)| bucket_delta(&n, &o)).unwrap_or([0; BUCKETS]);
-                pool_buckets.iter_mut().zip(lat).for_each(|(p, d)| *p += d);
-                let h = ph.and_then(|ph| ph.members.get(m.route()));
-                MemberFigures {
-                    requests_per_second: per_second(elected[i]),
-                    share: ratio(elected[i].0, all_elected),
-                    new_session_share: ratio(sessions[i].0, all_sessions),
-                    in_flight: m.runtime.busy.load(Relaxed),
-                    p50_ms: quantile(&lat, 0.5),
-                    p99_ms: quantile(&lat, 0.99),
-                    error_ratio: ratio(failures[i].0, elected[i].0),
-                    five_xx_ratio: ratio(five_xx[i].0, responses[i].0),
-                    state_since: h.and_then(|h| h.state_since).map(rfc3339),
-                }
+            .zip(&deltas)
+            .map(|(m, d)| MemberFigures {
+                requests_per_second: per_second(d.elected, d.secs),
+                share: ratio(d.elected, all.elected),
+                new_session_share: ratio(d.sessions, all.sessions),
+                in_flight: m.runtime.busy.load(Relaxed),
+                p50_ms: quantile(&d.latency, 0.5),
+                p99_ms: quantile(&d.latency, 0.99),
+                error_ratio: ratio(d.failures, d.elected),
+                five_xx_ratio: ratio(d.five_xx, d.responses),
+                state_since: history(m).and_then(|h| h.state_since).map(rfc3339),
             })
             .collect();
         let usable = pool.members.iter().filter(|m| m.takes_new(now_ms)).count();
         let failing = pool.members.iter().any(|m| matches!(m.state_name(now_ms), "Error" | "Unhealthy"));
-        let (pool_sticky, unavailable) = ph.map_or(([0; 6], 0), |ph| pool_delta(&ph.ring));
-        let sticky_all: u64 = pool_sticky.iter().sum();
-        let all_five_xx = sum(&five_xx) + unavailable;
+        let (sticky, unavailable) = ph.map_or(([0; 6], 0), |ph| pool_delta(&ph.ring));
         let pool_figures = PoolFigures {
             members: pool.members.len(),
             members_usable: usable,
-            requests_per_second: elected.iter().map(|&e| per_second(e)).sum(),
-            five_xx_ratio: ratio(all_five_xx, sum(&responses) + unavailable),
-            p99_ms: quantile(&pool_buckets, 0.99),
-            sticky_hit_ratio: ratio(pool_sticky[0], sticky_all),
-            state: if usable == 0 {
-                "Down"
-            } else if failing {
-                "Degraded"
-            } else {
-                "Ok"
+            requests_per_second: deltas.iter().map(|d| per_second(d.elected, d.secs)).sum(),
+            five_xx_ratio: ratio(all.five_xx + unavailable, all.responses + unavailable),
+            p99_ms: quantile(&all.latency, 0.99),
+            sticky_hit_ratio: ratio(sticky[StickyOutcome::Hit as usize], sticky.iter().sum()),
+            state: match (usable, failing) {
+                (0, _) => "Down",
+                (_, true) => "Degraded",
+                _ => "Ok",
             },
         };
         (members, pool_figures)
     }
 }
 
+/// What changed over the windows of one member's history: counts over the rate window
+/// (`secs` long), latency buckets over the latency window.
+#[derive(Debug, Default)]
+struct Deltas {
+    elected: u64,
+    sessions: u64,
+    responses: u64,
+    five_xx: u64,
+    failures: u64,
+    secs: f64,
+    latency: [u64; BUCKETS],
+}
+
+impl Deltas {
+    fn add(&mut self, d: &Deltas) {
+        self.elected += d.elected;
+        self.sessions += d.sessions;
+        self.responses += d.responses;
+        self.five_xx += d.five_xx;
+        self.failures += d.failures;
+        self.latency.iter_mut().zip(d.latency).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// The oldest sample of `ring` within `secs` of `newest` (half a second of tick jitter allowed).
+fn back<T: Copy>(ring: &VecDeque<T>, at_ms: impl Fn(&T) -> u64, newest: T, secs: u64) -> T {
+    *ring.iter().find(|s| at_ms(s) + secs * 1000 + 500 >= at_ms(&newest)).unwrap_or(&newest)
+}
+
+fn deltas(h: &MemberHistory) -> Deltas {
+    let Some(&n) = h.ring.back() else { return Deltas::default() };
+    let (o, l) = (back(&h.ring, |s| s.at_ms, n, RATE_WINDOW_S), back(&h.ring, |s| s.at_ms, n, LATENCY_WINDOW_S));
+    Deltas {
+        elected: n.elected.saturating_sub(o.elected),
+        sessions: n.sessions.saturating_sub(o.sessions),
+        responses: n.responses.saturating_sub(o.responses),
+        five_xx: n.five_xx.saturating_sub(o.five_xx),
+        failures: n.failures.saturating_sub(o.failures),
+        secs: (n.at_ms - o.at_ms) as f64 / 1000.0,
+        latency: bucket_delta(&n, &l),
+    }
+}
+
 /// Sticky decisions and 503s of a pool over the rate window.
 fn pool_delta(ring: &VecDeque<PoolSample>) -> ([u64; 6], u64) {
-    let Some(newest) = ring.back() else { return ([0; 6], 0) };
-    let old = ring.iter().find(|s| s.at_ms + RATE_WINDOW_S * 1000 + 500 >= newest.at_ms).unwrap_or(newest);
+    let Some(&newest) = ring.back() else { return ([0; 6], 0) };
+    let old = back(ring, |s| s.at_ms, newest, RATE_WINDOW_S);
     let mut sticky = [0; 6];
     for (i, d) in sticky.iter_mut().enumerate() {
         *d = newest.sticky[i].saturating_sub(old.sticky[i]);
@@ -244,7 +254,7 @@ fn bucket_delta(newest: &Sample, old: &Sample) -> [u64; BUCKETS] {
     d
 }
 
-fn per_second((d, secs): (u64, f64)) -> f64 {
+fn per_second(d: u64, secs: f64) -> f64 {
     if secs > 0.0 { d as f64 / secs } else { 0.0 }
 }
 
@@ -452,7 +462,7 @@ mod tests {
     fn ratios_and_rates() {
         assert_eq!(ratio(1, 0), None);
         assert_eq!(ratio(1, 4), Some(0.25));
-        assert_eq!(per_second((10, 2.0)), 5.0);
-        assert_eq!(per_second((10, 0.0)), 0.0);
+        assert_eq!(per_second(10, 2.0), 5.0);
+        assert_eq!(per_second(10, 0.0), 0.0);
     }
 }
