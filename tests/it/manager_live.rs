@@ -66,6 +66,9 @@ async fn live_figures_follow_the_traffic() {
             assert_eq!(m["errorRatio"], 0.0);
             assert_eq!(m["fiveXxRatio"], 0.0);
         }
+        let compact = get(p.admin_addr, "/balancer-manager/api/pools?compact=1", &[]).await.body;
+        assert!(!compact.contains('\n'), "compact JSON");
+        assert!(compact.contains("\"newSessionShare\":"), "the same fields");
         let s = &pool["summary"];
         let hit = s["stickyHitRatio"].as_f64().unwrap();
         assert!((hit - 20.0 / 60.0).abs() < 1e-9, "{hit}");

@@ -232,7 +232,7 @@
   let first = true;
   async function poll() {
     try {
-      const r = await fetch(API, { cache: "no-store" });
+      const r = await fetch(API + "?compact=1", { cache: "no-store" });
       if (r.ok) {
         data = await r.json();
         document.body.classList.add("live-on");
