@@ -56,7 +56,11 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
         ("ingressclasses", "IngressClass", False),
         ("networkpolicies", "NetworkPolicy", True),
     ],
-    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True), ("podmonitors", "PodMonitor", True)],
+    "monitoring.coreos.com/v1": [
+        ("servicemonitors", "ServiceMonitor", True),
+        ("podmonitors", "PodMonitor", True),
+        ("prometheusrules", "PrometheusRule", True),
+    ],
     "routeid.io/v1alpha1": [("balancerpools", "BalancerPool", True)],
 }
 

@@ -231,6 +231,7 @@ async fn run_standalone(
                     let (n, s) = (loaded.pools.len(), loaded.secrets.len());
                     running.proxy.publish_with_secrets(loaded.pools, &loaded.secrets);
                     tracing::info!(pools = n, secrets = s, file = %file.display(), "reloaded");
+                    running.proxy.log_overrides();
                 }
                 Err(e) => tracing::error!(error = %e, "reload refused; the previous pools keep serving"),
             },

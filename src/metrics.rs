@@ -23,7 +23,7 @@ use prometheus::{
 use crate::core::{FailureKind, Pool, RoutingTable};
 
 /// Response-head latency buckets, in seconds: 1 ms to 60 s.
-const LATENCY_BUCKETS: [f64; 15] =
+pub const LATENCY_BUCKETS: [f64; 15] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Outcomes of the sticky decision, labels of `routeid_sticky_decisions_total`.
@@ -46,7 +46,10 @@ pub enum StickyOutcome {
     Expired = 6,
 }
 
-const STICKY_LABELS: [&str; 7] =
+/// How many sticky outcomes there are (the length of every per-outcome array).
+pub const STICKY_OUTCOMES: usize = 7;
+
+const STICKY_LABELS: [&str; STICKY_OUTCOMES] =
     ["hit", "new-session", "no-route", "unknown-route", "route-changed", "malformed", "expired"];
 
 /// Why a request went to another member than first intended.
@@ -134,6 +137,23 @@ impl MemberMetrics {
         Some(counter)
     }
 
+    /// Responses so far (all classes), the 5xx among them, and the latency histogram's
+    /// cumulative bucket counts ([`LATENCY_BUCKETS`], then +Inf): what the balancer-manager's
+    /// once-a-second sampler reads (never the request path).
+    pub fn totals(&self) -> (u64, u64, [u64; LATENCY_BUCKETS.len() + 1]) {
+        use prometheus::core::Metric;
+        let rare = |i: usize| self.rare[i].get().and_then(Option::as_ref).map_or(0, IntCounter::get);
+        let all = self.ok.get() + (0..4).map(rare).sum::<u64>();
+        let proto = self.duration.metric();
+        let h = proto.get_histogram();
+        let mut buckets = [0u64; LATENCY_BUCKETS.len() + 1];
+        for (b, got) in buckets.iter_mut().zip(h.get_bucket()) {
+            *b = got.cumulative_count();
+        }
+        buckets[LATENCY_BUCKETS.len()] = h.get_sample_count();
+        (all, rare(3), buckets)
+    }
+
     /// The member left its pool: series made from now on are removed at once.
     pub fn retire(&self) {
         self.retired.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -162,6 +182,12 @@ impl PoolMetrics {
     /// Counts a 503 for want of a usable member.
     pub fn unavailable(&self) {
         self.unavailable.inc();
+    }
+
+    /// Sticky decisions so far, by [`StickyOutcome`], and the 503s for want of a member (read
+    /// by the balancer-manager's sampler).
+    pub fn totals(&self) -> ([u64; STICKY_OUTCOMES], u64) {
+        (self.sticky.each_ref().map(IntCounter::get), self.unavailable.get())
     }
 }
 
@@ -192,6 +218,8 @@ pub struct Metrics {
     log_lines_dropped: IntCounter,
     /// Routing tables published.
     pub publications: IntCounter,
+    /// Time to build and swap in one routing table (the cost of a publication).
+    pub publication_seconds: Histogram,
     /// Controller reconciles by result (`ok`, `error`).
     pub reconciles: IntCounterVec,
     /// Controller watch restarts by resource.
@@ -266,6 +294,10 @@ impl Metrics {
             "Log lines (access log included) dropped because the log writer fell behind.",
         ));
         let publications = must(IntCounter::new("routeid_table_publications_total", "Routing tables published."));
+        let publication_seconds = must(Histogram::with_opts(
+            HistogramOpts::new("routeid_table_publication_seconds", "Time to build and swap in one routing table.")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        ));
         let reconciles = must(IntCounterVec::new(
             Opts::new("routeid_controller_reconciles_total", "Controller reconciles, by result."),
             &["result"],
@@ -308,6 +340,7 @@ impl Metrics {
             Box::new(client_error_vec),
             Box::new(log_lines_dropped.clone()),
             Box::new(publications.clone()),
+            Box::new(publication_seconds.clone()),
             Box::new(reconciles.clone()),
             Box::new(watch_restarts.clone()),
             Box::new(last_sync.clone()),
@@ -331,6 +364,7 @@ impl Metrics {
             client_errors,
             log_lines_dropped,
             publications,
+            publication_seconds,
             reconciles,
             watch_restarts,
             last_sync,

@@ -26,6 +26,7 @@ use kube::api::{Api, Patch, PatchParams};
 use ring::hmac;
 use serde::Serialize;
 
+use crate::admin::live::{Live, MemberFigures, PoolFigures};
 use crate::api::{BalancerPool, MemberOverride, MemberStatus};
 use crate::core::config::MemberChange;
 use crate::core::{Clock, PoolId};
@@ -198,62 +199,103 @@ impl Manager {
         Ok(())
     }
 
-    /// Applies a change where this manager keeps them. Returns where it went, for the reply.
+    /// Applies a change where this manager keeps them; `by` says who made it. Returns where it
+    /// went, for the reply.
     pub async fn apply(
         &self,
         proxy: &Proxy,
         pool: &PoolId,
         route: &str,
         change: MemberChange,
+        by: String,
     ) -> Result<&'static str, WriteError> {
-        let refused = |e: ChangeError| match e {
-            ChangeError::Invalid(f) => WriteError::Invalid(f.to_string()),
-            ChangeError::NoPool => WriteError::NotFound(format!("no pool {pool}")),
-            ChangeError::NoMember => WriteError::NotFound(format!("no member with route {route} in pool {pool}")),
-        };
+        let refused = |e| refusal(e, pool, route);
         match &self.persistence {
             // The proxy validates the change and checks the member itself.
             Persistence::InMemory => {
-                proxy.apply_change(pool, route, change).map_err(refused)?;
+                proxy.apply_change(pool, route, change, by).map_err(refused)?;
                 Ok("memory (standalone mode: lost on restart)")
             }
             // A pool made from an Ingress has no object to keep the change in.
             Persistence::Kubernetes(_) if crate::controller::ingress::ingress_of(pool).is_some() => {
-                proxy.apply_change(pool, route, change).map_err(refused)?;
+                proxy.apply_change(pool, route, change, by).map_err(refused)?;
                 Ok("this replica's memory (a pool made from an Ingress: lost on restart, not shared)")
             }
             Persistence::Kubernetes(client) => {
                 change.validate().map_err(|e| refused(ChangeError::Invalid(e)))?;
-                match proxy.snapshot().table.pool(pool) {
-                    None => return Err(refused(ChangeError::NoPool)),
-                    Some(p) if p.member(route).is_none() => return Err(refused(ChangeError::NoMember)),
-                    Some(_) => {}
-                }
-                patch_overrides(client.clone(), pool, route, change).await?;
+                check_member(proxy, pool, route)?;
+                tracing::info!(pool = %pool, member = route, ?change, by, "balancer-manager change to spec.members");
+                patch_overrides(client.clone(), pool, route, Some(change)).await?;
                 Ok("the BalancerPool's spec.members (every replica applies it)")
+            }
+        }
+    }
+
+    /// Clears a member's override: the file's (or the spec's) values apply again. In controller
+    /// mode it removes the member's entry from the BalancerPool's `spec.members`.
+    pub async fn clear(
+        &self,
+        proxy: &Proxy,
+        pool: &PoolId,
+        route: &str,
+        by: String,
+    ) -> Result<&'static str, WriteError> {
+        match &self.persistence {
+            Persistence::Kubernetes(client) if crate::controller::ingress::ingress_of(pool).is_none() => {
+                check_member(proxy, pool, route)?;
+                tracing::info!(pool = %pool, member = route, by, "balancer-manager override removed from spec.members");
+                patch_overrides(client.clone(), pool, route, None).await?;
+                Ok("removed from the BalancerPool's spec.members")
+            }
+            _ => {
+                let gone = proxy.clear_change(pool, route).map_err(|e| refusal(e, pool, route))?;
+                tracing::info!(pool = %pool, member = route, by, cleared = ?gone.set, restored = ?gone.file, "balancer-manager override cleared");
+                Ok("cleared: the file's values apply again")
             }
         }
     }
 }
 
-/// Writes the change into `spec.members` with optimistic concurrency (one retry on conflict).
+fn refusal(e: ChangeError, pool: &PoolId, route: &str) -> WriteError {
+    match e {
+        ChangeError::Invalid(f) => WriteError::Invalid(f.to_string()),
+        ChangeError::NoPool => WriteError::NotFound(format!("no pool {pool}")),
+        ChangeError::NoMember => WriteError::NotFound(format!("no member with route {route} in pool {pool}")),
+        ChangeError::NoOverride => WriteError::NotFound(format!("member {route} of pool {pool} has no override")),
+    }
+}
+
+fn check_member(proxy: &Proxy, pool: &PoolId, route: &str) -> Result<(), WriteError> {
+    match proxy.snapshot().table.pool(pool) {
+        None => Err(refusal(ChangeError::NoPool, pool, route)),
+        Some(p) if p.member(route).is_none() => Err(refusal(ChangeError::NoMember, pool, route)),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Writes the change into `spec.members` (`None`: removes the route's entry) with optimistic
+/// concurrency (one retry on conflict).
 async fn patch_overrides(
     client: kube::Client,
     pool: &PoolId,
     route: &str,
-    change: MemberChange,
+    change: Option<MemberChange>,
 ) -> Result<(), WriteError> {
     let api: Api<BalancerPool> = Api::namespaced(client, &pool.namespace);
     for attempt in 0..2 {
         let bp = api.get(&pool.name).await.map_err(|e| WriteError::Api(e.to_string()))?;
         let mut members = bp.spec.members.clone();
-        match members.iter_mut().find(|o| o.route == route) {
-            Some(o) => {
+        match (change, members.iter_mut().find(|o| o.route == route)) {
+            (None, None) => {
+                return Err(WriteError::NotFound(format!("{pool} has no spec.members entry for {route}")));
+            }
+            (None, Some(_)) => members.retain(|o| o.route != route),
+            (Some(change), Some(o)) => {
                 o.load_factor = change.load_factor.or(o.load_factor);
                 o.lb_set = change.lb_set.or(o.lb_set);
                 o.status = change.status.or(o.status);
             }
-            None => members.push(MemberOverride {
+            (Some(change), None) => members.push(MemberOverride {
                 route: route.to_owned(),
                 load_factor: change.load_factor,
                 status: change.status,
@@ -273,7 +315,8 @@ async fn patch_overrides(
     Err(WriteError::Api("the pool kept changing; try again".into()))
 }
 
-/// One member as the manager shows it.
+/// One member as the manager shows it. Fields are only ever added (the page and scripts use
+/// them); the README documents each.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberView {
@@ -288,7 +331,30 @@ pub struct MemberView {
     bytes_to: u64,
     bytes_from: u64,
     errors: u64,
+    /// Whether the member can take traffic as far as its health goes: false while it is in
+    /// error (passive) or failing its active checks.
     healthy: bool,
+    /// The active checks' verdict: `passing`, `failing`, or `off` (no active checks).
+    health_check: &'static str,
+    /// The balancer-manager override in effect, if any.
+    #[serde(rename = "override")]
+    override_: Option<OverrideView>,
+    #[serde(flatten)]
+    live: MemberFigures,
+}
+
+/// An override as the manager shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideView {
+    /// The values the manager set.
+    set: MemberChange,
+    /// The file's values they replace.
+    file: MemberChange,
+    /// When (RFC 3339).
+    made_at: String,
+    /// Who: the interface and peer address.
+    made_by: String,
 }
 
 /// One pool as the manager shows it.
@@ -302,6 +368,8 @@ pub struct PoolView {
     path_prefix: String,
     sticky_names: Option<[String; 2]>,
     route_cookie: Option<String>,
+    /// The overview line: members usable/total, rates, p99, sticky hits, state.
+    summary: PoolFigures,
     members: Vec<MemberView>,
 }
 
@@ -311,63 +379,105 @@ pub struct PoolView {
 pub struct ManagerView {
     read_only: bool,
     changes_go_to: &'static str,
+    /// Seconds behind rates, shares and ratios.
+    rate_window_seconds: u64,
+    /// Seconds behind the latency percentiles.
+    latency_window_seconds: u64,
+    /// When this view was made (RFC 3339).
+    generated_at: String,
+    /// When the live figures were last sampled (RFC 3339; `null` before the first sample).
+    sampled_at: Option<String>,
     pools: Vec<PoolView>,
 }
 
-/// A view of every pool now.
-pub fn view(proxy: &Proxy, manager: &Manager) -> ManagerView {
+fn member_view(
+    proxy: &Proxy,
+    p: &crate::core::Pool,
+    m: &crate::core::Member,
+    live: MemberFigures,
+    now: u64,
+) -> MemberView {
     use std::sync::atomic::Ordering::Relaxed;
+    let rt = &m.runtime;
+    let state = m.state_name(now);
+    let health_check = match (&p.config.health.active, rt.healthy.load(Relaxed)) {
+        (None, _) => "off",
+        (Some(_), true) => "passing",
+        (Some(_), false) => "failing",
+    };
+    let override_ = proxy.override_of(&p.config.id, m.route()).map(|o| OverrideView {
+        set: o.set,
+        file: o.file,
+        made_at: humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(o.made_at_unix_ms),
+        )
+        .to_string(),
+        made_by: o.made_by,
+    });
+    MemberView {
+        route: m.route().to_owned(),
+        address: m.config.address.to_string(),
+        status: m.config.status,
+        state,
+        load_factor: m.config.load_factor,
+        lb_set: m.config.lb_set,
+        elected: rt.elected.load(Relaxed),
+        busy: rt.busy.load(Relaxed),
+        bytes_to: rt.bytes_to.load(Relaxed),
+        bytes_from: rt.bytes_from.load(Relaxed),
+        errors: rt.errors.load(Relaxed),
+        healthy: !matches!(state, "Error" | "Unhealthy"),
+        health_check,
+        override_,
+        live,
+    }
+}
+
+/// A view of every pool now, with the live figures `live` sampled.
+pub fn view(proxy: &Proxy, manager: &Manager, live: &Live) -> ManagerView {
     let now = Clock.now_ms();
     let snap = proxy.snapshot();
     let pools = snap
         .table
         .pools()
         .iter()
-        .map(|p| PoolView {
-            namespace: p.config.id.namespace.clone(),
-            name: p.config.id.name.clone(),
-            lb_method: p.lb_name(),
-            hosts: p
-                .config
-                .hosts
-                .iter()
-                .map(|h| match h {
-                    crate::core::config::HostMatch::Exact(e) => e.clone(),
-                    crate::core::config::HostMatch::Wildcard(w) => format!("*{w}"),
-                })
-                .collect(),
-            path_prefix: p.config.path_prefix.clone(),
-            sticky_names: p.config.sticky.as_ref().map(|s| [s.cookie_name.clone(), s.param_name.clone()]),
-            route_cookie: p
-                .config
-                .sticky
-                .as_ref()
-                .and_then(|s| s.cookie.as_ref())
-                .map(|c| format!("{} ({:?})", c.name, c.mode)),
-            members: p
-                .members
-                .iter()
-                .map(|m| {
-                    let rt = &m.runtime;
-                    MemberView {
-                        route: m.route().to_owned(),
-                        address: m.config.address.to_string(),
-                        status: m.config.status,
-                        state: m.state_name(now),
-                        load_factor: m.config.load_factor,
-                        lb_set: m.config.lb_set,
-                        elected: rt.elected.load(Relaxed),
-                        busy: rt.busy.load(Relaxed),
-                        bytes_to: rt.bytes_to.load(Relaxed),
-                        bytes_from: rt.bytes_from.load(Relaxed),
-                        errors: rt.errors.load(Relaxed),
-                        healthy: rt.healthy.load(Relaxed),
-                    }
-                })
-                .collect(),
+        .map(|p| {
+            let (figures, summary) = live.figures(p, now);
+            PoolView {
+                namespace: p.config.id.namespace.clone(),
+                name: p.config.id.name.clone(),
+                lb_method: p.lb_name(),
+                hosts: p
+                    .config
+                    .hosts
+                    .iter()
+                    .map(|h| match h {
+                        crate::core::config::HostMatch::Exact(e) => e.clone(),
+                        crate::core::config::HostMatch::Wildcard(w) => format!("*{w}"),
+                    })
+                    .collect(),
+                path_prefix: p.config.path_prefix.clone(),
+                sticky_names: p.config.sticky.as_ref().map(|s| [s.cookie_name.clone(), s.param_name.clone()]),
+                route_cookie: p
+                    .config
+                    .sticky
+                    .as_ref()
+                    .and_then(|s| s.cookie.as_ref())
+                    .map(|c| format!("{} ({:?})", c.name, c.mode)),
+                summary,
+                members: p.members.iter().zip(figures).map(|(m, f)| member_view(proxy, p, m, f, now)).collect(),
+            }
         })
         .collect();
-    ManagerView { read_only: !manager.writable(), changes_go_to: changes_go_to(manager), pools }
+    ManagerView {
+        read_only: !manager.writable(),
+        changes_go_to: changes_go_to(manager),
+        rate_window_seconds: crate::admin::live::RATE_WINDOW_S,
+        latency_window_seconds: crate::admin::live::LATENCY_WINDOW_S,
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        sampled_at: live.sampled_at(),
+        pools,
+    }
 }
 
 fn changes_go_to(manager: &Manager) -> &'static str {
@@ -398,22 +508,23 @@ pub fn esc(s: &str) -> String {
 const STATUSES: [MemberStatus; 5] =
     [MemberStatus::Ok, MemberStatus::Drain, MemberStatus::Disabled, MemberStatus::HotStandby, MemberStatus::Stopped];
 
-/// The HTML page; `notice` is a message to show on top (already plain text).
-pub fn page(proxy: &Proxy, manager: &Manager, notice: Option<&str>) -> String {
-    let v = view(proxy, manager);
+/// Members per pool in the page's no-JavaScript tables; `?from=N` shows the next ones. (A
+/// browser takes seconds to lay out a thousand rows of forms; the live view pages by itself.)
+pub const PAGE_MEMBERS: usize = 100;
+
+/// The HTML page; `notice` is a message to show on top (already plain text). It works without
+/// JavaScript (a form per member, [`PAGE_MEMBERS`] members per pool from `from`); `manager.js`,
+/// served beside it, turns it into the live view built on the JSON API.
+pub fn page(proxy: &Proxy, manager: &Manager, live: &Live, notice: Option<&str>, from: usize) -> String {
+    let v = view(proxy, manager, live);
     // One nonce for the page: every form on it carries the same.
     let nonce = if v.read_only { String::new() } else { manager.issue_nonce() };
     let mut h = String::with_capacity(8192);
-    h.push_str("<!doctype html><html lang=en><head><meta charset=utf-8><title>routeid balancer-manager</title><style>");
-    h.push_str(
-        "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}",
-    );
-    h.push_str("th,td{border:1px solid #bbb;padding:.25em .5em;text-align:left;font-size:90%}th{background:#eee}");
-    h.push_str(".Ok{color:#060}.Error,.Unhealthy,.Stopped,.Disabled{color:#a00}.Drain,.HotStandby{color:#a60}");
-    h.push_str(
-        ".notice{background:#ffd;padding:.5em;border:1px solid #cc9}input[type=number]{width:4em}</style></head><body>",
-    );
-    h.push_str("<h1>routeid balancer-manager</h1>");
+    h.push_str("<!doctype html><html lang=en><head><meta charset=utf-8><title>routeid balancer-manager</title>");
+    h.push_str("<meta name=viewport content=\"width=device-width, initial-scale=1\">");
+    h.push_str("<link rel=stylesheet href=/balancer-manager/static/manager.css>");
+    h.push_str("<script src=/balancer-manager/static/manager.js defer></script></head>");
+    let _ = write!(h, "<body data-read-only={}><h1>routeid balancer-manager</h1>", v.read_only);
     if let Some(n) = notice {
         let _ = write!(h, "<p class=notice id=notice>{}</p>", esc(n));
     }
@@ -421,67 +532,144 @@ pub fn page(proxy: &Proxy, manager: &Manager, notice: Option<&str>) -> String {
     if v.read_only {
         h.push_str("<p id=readonly class=notice>Read-only: start routeid with <code>--manager-token</code> (or <code>ROUTEID_MANAGER_TOKEN</code>) to change members.</p>");
     }
+    h.push_str("<div id=live></div><div id=static>");
+    overview_html(&mut h, &v);
     for p in &v.pools {
-        let _ = write!(h, "<h2>Pool {}/{}</h2><table class=settings>", esc(&p.namespace), esc(&p.name));
-        let _ = write!(h, "<tr><th>LB method<td>{}</tr>", p.lb_method);
-        let hosts = if p.hosts.is_empty() { "any".to_owned() } else { p.hosts.join(", ") };
-        let _ = write!(h, "<tr><th>Hosts<td>{}</tr><tr><th>Path prefix<td>{}</tr>", esc(&hosts), esc(&p.path_prefix));
-        let sticky = p.sticky_names.as_ref().map_or("off".to_owned(), |[a, b]| format!("{a} | {b}"));
-        let _ = write!(h, "<tr><th>Sticky session<td>{}</tr>", esc(&sticky));
-        let _ = write!(h, "<tr><th>Route cookie<td>{}</tr></table>", esc(p.route_cookie.as_deref().unwrap_or("none")));
-        h.push_str("<table class=members><tr><th>Route<th>Address<th>Status<th>State<th>Load factor<th>LB set<th>Elected<th>Busy<th>To<th>From<th>Errors<th>Health");
-        if !v.read_only {
-            h.push_str("<th>Change");
-        }
-        h.push_str("</tr>");
-        for m in &p.members {
-            let id = format!("{}-{}-{}", p.namespace, p.name, m.route);
+        pool_html(&mut h, p, &nonce, v.read_only, from);
+    }
+    h.push_str(
+        "</div><p><a href=/balancer-manager/api/pools>JSON</a> · <a href=/metrics>metrics</a></p></body></html>",
+    );
+    h
+}
+
+fn overview_html(h: &mut String, v: &ManagerView) {
+    h.push_str(
+        "<table class=overview><tr><th>Pool<th>Members usable<th>Req/s<th>5xx<th>p99<th>Sticky hits<th>State</tr>",
+    );
+    let pct = |r: Option<f64>| r.map_or("–".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    for p in &v.pools {
+        let s = &p.summary;
+        let _ = write!(
+            h,
+            "<tr><td>{}/{}<td>{}/{}<td>{:.1}<td>{}<td>{}<td>{}<td class={}>{}</tr>",
+            esc(&p.namespace),
+            esc(&p.name),
+            s.members_usable,
+            s.members,
+            s.requests_per_second,
+            pct(s.five_xx_ratio),
+            s.p99_ms.map_or("–".to_owned(), |ms| format!("{ms:.1} ms")),
+            pct(s.sticky_hit_ratio),
+            s.state,
+            s.state
+        );
+    }
+    h.push_str("</table>");
+}
+
+fn pool_html(h: &mut String, p: &PoolView, nonce: &str, read_only: bool, from: usize) {
+    let _ = write!(h, "<h2>Pool {}/{}</h2><table class=settings>", esc(&p.namespace), esc(&p.name));
+    let _ = write!(h, "<tr><th>LB method<td>{}</tr>", p.lb_method);
+    let hosts = if p.hosts.is_empty() { "any".to_owned() } else { p.hosts.join(", ") };
+    let _ = write!(h, "<tr><th>Hosts<td>{}</tr><tr><th>Path prefix<td>{}</tr>", esc(&hosts), esc(&p.path_prefix));
+    let sticky = p.sticky_names.as_ref().map_or("off".to_owned(), |[a, b]| format!("{a} | {b}"));
+    let _ = write!(h, "<tr><th>Sticky session<td>{}</tr>", esc(&sticky));
+    let _ = write!(h, "<tr><th>Route cookie<td>{}</tr></table>", esc(p.route_cookie.as_deref().unwrap_or("none")));
+    h.push_str("<table class=members><tr><th>Route<th>Address<th>Status<th>State<th>Load factor<th>LB set<th>Elected<th>Busy<th>To<th>From<th>Errors<th>Health<th>Override");
+    if !read_only {
+        h.push_str("<th>Change");
+    }
+    h.push_str("</tr>");
+    for m in p.members.iter().skip(from).take(PAGE_MEMBERS) {
+        let id = format!("{}-{}-{}", p.namespace, p.name, m.route);
+        let _ = write!(
+            h,
+            "<tr id=\"m-{}\"><td>{}<td>{}<td>{:?}<td class={}>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}",
+            esc(&id),
+            esc(&m.route),
+            esc(&m.address),
+            m.status,
+            m.state,
+            m.state,
+            m.load_factor,
+            m.lb_set,
+            m.elected,
+            m.busy,
+            m.bytes_to,
+            m.bytes_from,
+            m.errors,
+            m.health_check,
+            m.override_.as_ref().map_or("none".to_owned(), |o| esc(&format!(
+                "{} (file: {}) at {} by {}",
+                change_text(&o.set),
+                change_text(&o.file),
+                o.made_at,
+                o.made_by
+            )))
+        );
+        if !read_only {
+            let hidden = format!(
+                "<input type=hidden name=namespace value=\"{}\"><input type=hidden name=pool value=\"{}\">\
+<input type=hidden name=route value=\"{}\"><input type=hidden name=nonce value=\"{}\">",
+                esc(&p.namespace),
+                esc(&p.name),
+                esc(&m.route),
+                esc(nonce)
+            );
             let _ = write!(
                 h,
-                "<tr id=\"m-{}\"><td>{}<td>{}<td>{:?}<td class={}>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{}",
-                esc(&id),
-                esc(&m.route),
-                esc(&m.address),
-                m.status,
-                m.state,
-                m.state,
-                m.load_factor,
-                m.lb_set,
-                m.elected,
-                m.busy,
-                m.bytes_to,
-                m.bytes_from,
-                m.errors,
-                if m.healthy { "healthy" } else { "failing checks" }
-            );
-            if !v.read_only {
-                let _ = write!(
-                    h,
-                    "<td><form method=post action=/balancer-manager id=\"f-{}\">\
-<input type=hidden name=namespace value=\"{}\"><input type=hidden name=pool value=\"{}\">\
-<input type=hidden name=route value=\"{}\"><input type=hidden name=nonce value=\"{}\">\
+                "<td><form method=post action=/balancer-manager id=\"f-{}\">{hidden}\
 <label>lf <input type=number name=loadFactor min=1 max=100 value={}></label> \
 <label>set <input type=number name=lbSet min=0 max=99 value={}></label> <select name=status>",
-                    esc(&id),
-                    esc(&p.namespace),
-                    esc(&p.name),
-                    esc(&m.route),
-                    esc(&nonce),
-                    m.load_factor,
-                    m.lb_set
-                );
-                for s in STATUSES {
-                    let sel = if s == m.status { " selected" } else { "" };
-                    let _ = write!(h, "<option value={s:?}{sel}>{s:?}</option>");
-                }
-                h.push_str("</select> <input type=password name=token placeholder=token autocomplete=off> <button type=submit>Apply</button></form>");
+                esc(&id),
+                m.load_factor,
+                m.lb_set
+            );
+            for s in STATUSES {
+                let sel = if s == m.status { " selected" } else { "" };
+                let _ = write!(h, "<option value={s:?}{sel}>{s:?}</option>");
             }
-            h.push_str("</tr>");
+            h.push_str("</select> <input type=password name=token placeholder=token autocomplete=off> <button type=submit>Apply</button></form>");
+            if m.override_.is_some() {
+                let _ = write!(
+                    h,
+                    "<form method=post action=/balancer-manager id=\"c-{}\">{hidden}<input type=hidden name=action value=clear>\
+<input type=password name=token placeholder=token autocomplete=off> <button type=submit>Clear override</button></form>",
+                    esc(&id)
+                );
+            }
         }
-        h.push_str("</table>");
+        h.push_str("</tr>");
     }
-    h.push_str("<p><a href=/balancer-manager/api/pools>JSON</a> · <a href=/metrics>metrics</a></p></body></html>");
-    h
+    h.push_str("</table>");
+    if p.members.len() > PAGE_MEMBERS {
+        let shown = p.members.len().min(from + PAGE_MEMBERS);
+        let _ = write!(h, "<p class=pager>Members {}–{shown} of {}.", (from + 1).min(shown), p.members.len());
+        if from > 0 {
+            let _ =
+                write!(h, " <a href=\"/balancer-manager?from={}\">‹ previous</a>", from.saturating_sub(PAGE_MEMBERS));
+        }
+        if shown < p.members.len() {
+            let _ = write!(h, " <a href=\"/balancer-manager?from={shown}\">next ›</a>");
+        }
+        h.push_str("</p>");
+    }
+}
+
+/// `status Drain, loadFactor 3` for the fields a change sets.
+fn change_text(c: &MemberChange) -> String {
+    let mut parts = Vec::new();
+    if let Some(s) = c.status {
+        parts.push(format!("status {s:?}"));
+    }
+    if let Some(lf) = c.load_factor {
+        parts.push(format!("loadFactor {lf}"));
+    }
+    if let Some(set) = c.lb_set {
+        parts.push(format!("lbSet {set}"));
+    }
+    parts.join(", ")
 }
 
 /// Parses `application/x-www-form-urlencoded`.

@@ -12,6 +12,7 @@
 //! holding silent connections open cannot lock the kubelet's liveness probe out (which would
 //! get every pod restarted).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,6 +28,7 @@ use crate::core::config::MemberChange;
 use crate::proxy::Proxy;
 use crate::proxy::server::{self, ListenerLimits};
 
+pub mod live;
 pub mod manager;
 
 /// The metrics moved to [`crate::metrics`], below both the proxy and the admin listener. This
@@ -46,12 +48,14 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// The balancer-manager's settings.
     pub manager: Manager,
+    /// The live figures' history, sampled once a second while the admin listener serves.
+    pub live: Arc<live::Live>,
 }
 
 impl AdminState {
     /// Admin state with this manager; `ready` says whether `/readyz` answers 200 from the start.
     pub fn new(manager: Manager, ready: bool) -> AdminState {
-        AdminState { ready: AtomicBool::new(ready), manager }
+        AdminState { ready: AtomicBool::new(ready), manager, live: Arc::default() }
     }
 }
 
@@ -111,8 +115,44 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminResponse> {
     }
 }
 
-/// Answers one admin request.
-pub async fn route(state: &AdminState, proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
+/// The balancer-manager page's Content-Security-Policy: scripts, styles and requests from the
+/// admin listener only, nothing inline, no framing.
+const MANAGER_CSP: &str =
+    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'";
+
+/// Serves the page's script and style sheet, compiled into the binary (works offline).
+fn static_file(path: &str) -> Option<AdminResponse> {
+    let (ctype, body): (&'static str, &'static str) = match path {
+        "/balancer-manager/static/manager.js" => ("text/javascript; charset=utf-8", include_str!("static/manager.js")),
+        "/balancer-manager/static/manager.css" => ("text/css; charset=utf-8", include_str!("static/manager.css")),
+        _ => return None,
+    };
+    let mut r = respond(StatusCode::OK, ctype, Bytes::from_static(body.as_bytes()));
+    r.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    Some(r)
+}
+
+fn manager_page(
+    state: &AdminState,
+    proxy: &Proxy,
+    status: StatusCode,
+    notice: Option<&str>,
+    from: usize,
+) -> AdminResponse {
+    let page = manager::page(proxy, &state.manager, &state.live, notice, from);
+    let mut r = respond(status, "text/html; charset=utf-8", page);
+    r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(MANAGER_CSP));
+    r.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    r
+}
+
+/// Who made a change, as shown beside it: the interface and the peer's address.
+fn made_by(via: &str, peer: SocketAddr) -> String {
+    format!("{via} from {}", peer.ip())
+}
+
+/// Answers one admin request from `peer`.
+pub async fn route(state: &AdminState, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> AdminResponse {
     let path = req.uri().path().to_owned();
     let m = &state.manager;
     match (req.method().clone(), path.as_str()) {
@@ -125,15 +165,29 @@ pub async fn route(state: &AdminState, proxy: &Proxy, req: Request<Incoming>) ->
             proxy.metrics().render(&proxy.snapshot().table, proxy.clock().now_ms()),
         ),
         (Method::GET, "/balancer-manager") => {
-            let notice = req.uri().query().and_then(|q| q.strip_prefix("saved=")).map(|_| "Change saved.");
-            respond(StatusCode::OK, "text/html; charset=utf-8", manager::page(proxy, m, notice))
+            let query = req.uri().query().unwrap_or("");
+            let notice = query.starts_with("saved=").then_some("Change saved.");
+            let from = query.strip_prefix("from=").and_then(|n| n.parse().ok()).unwrap_or(0);
+            manager_page(state, proxy, StatusCode::OK, notice, from)
         }
-        (Method::POST, "/balancer-manager") => form_post(m, proxy, req).await,
-        (Method::GET, "/balancer-manager/api/pools") => match serde_json::to_string_pretty(&manager::view(proxy, m)) {
-            Ok(j) => respond(StatusCode::OK, "application/json", j),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        },
-        (Method::PATCH, p) if p.starts_with("/balancer-manager/api/pools/") => api_patch(m, proxy, req).await,
+        (Method::POST, "/balancer-manager") => form_post(state, proxy, peer, req).await,
+        (Method::GET, p) if p.starts_with("/balancer-manager/static/") => {
+            static_file(p).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))
+        }
+        (Method::GET, "/balancer-manager/api/pools") => {
+            // `?compact=1` (the live page's poll): no indentation, about half the bytes.
+            let view = manager::view(proxy, m, &state.live);
+            let json = match req.uri().query() {
+                Some("compact=1") => serde_json::to_string(&view),
+                _ => serde_json::to_string_pretty(&view),
+            };
+            match json {
+                Ok(j) => respond(StatusCode::OK, "application/json", j),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        (Method::PATCH, p) if p.starts_with("/balancer-manager/api/pools/") => api_patch(m, proxy, peer, req).await,
+        (Method::DELETE, p) if p.starts_with("/balancer-manager/api/pools/") => api_delete(m, proxy, peer, req).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/balancer-manager" | "/balancer-manager/api/pools") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -141,7 +195,8 @@ pub async fn route(state: &AdminState, proxy: &Proxy, req: Request<Incoming>) ->
     }
 }
 
-async fn form_post(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
+async fn form_post(state: &AdminState, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> AdminResponse {
+    let m = &state.manager;
     let header_token = bearer(&req);
     let body = match read_body(req).await {
         Ok(b) => b,
@@ -151,7 +206,7 @@ async fn form_post(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminR
     let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let token = header_token.as_deref().or(get("token"));
     let page_error = |e: WriteError| {
-        let mut r = respond(e.status(), "text/html; charset=utf-8", manager::page(proxy, m, Some(&e.to_string())));
+        let mut r = manager_page(state, proxy, e.status(), Some(&e.to_string()), 0);
         if matches!(e, WriteError::Unauthorized) {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"routeid\""));
         }
@@ -162,6 +217,15 @@ async fn form_post(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminR
     }
     if let Err(e) = m.take_nonce(get("nonce").unwrap_or("")) {
         return page_error(e);
+    }
+    let pool =
+        PoolId { namespace: get("namespace").unwrap_or("").to_owned(), name: get("pool").unwrap_or("").to_owned() };
+    let route = get("route").unwrap_or("").to_owned();
+    if get("action") == Some("clear") {
+        return match m.clear(proxy, &pool, &route, made_by("form", peer)).await {
+            Ok(_) => saved(),
+            Err(e) => page_error(e),
+        };
     }
     let parse_num = |k: &str| -> Result<Option<u32>, WriteError> {
         match get(k).map(str::trim).filter(|v| !v.is_empty()) {
@@ -182,29 +246,64 @@ async fn form_post(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminR
         Ok(c) => c,
         Err(e) => return page_error(e),
     };
-    let pool =
-        PoolId { namespace: get("namespace").unwrap_or("").to_owned(), name: get("pool").unwrap_or("").to_owned() };
-    let route = get("route").unwrap_or("").to_owned();
-    match m.apply(proxy, &pool, &route, change).await {
-        Ok(_) => {
-            let mut r = text(StatusCode::SEE_OTHER, "saved\n");
-            r.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/balancer-manager?saved=1"));
-            r
-        }
+    match m.apply(proxy, &pool, &route, change, made_by("form", peer)).await {
+        Ok(_) => saved(),
         Err(e) => page_error(e),
     }
 }
 
-async fn api_patch(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
-    let path = req.uri().path().to_owned();
+/// The answer to a form post that worked: back to the page, which says so.
+fn saved() -> AdminResponse {
+    let mut r = text(StatusCode::SEE_OTHER, "saved\n");
+    r.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/balancer-manager?saved=1"));
+    r
+}
+
+/// The `{namespace}/{pool}/members/{route}` (and what follows) of an API path.
+fn member_path(path: &str) -> Option<(PoolId, String, Option<String>)> {
     let parts: Vec<&str> = path.trim_start_matches("/balancer-manager/api/pools/").split('/').collect();
-    let [ns, pool, "members", route] = parts.as_slice() else {
+    match parts.as_slice() {
+        [ns, pool, "members", route] => {
+            Some((PoolId { namespace: ns.to_string(), name: pool.to_string() }, route.to_string(), None))
+        }
+        [ns, pool, "members", route, rest] => Some((
+            PoolId { namespace: ns.to_string(), name: pool.to_string() },
+            route.to_string(),
+            Some(rest.to_string()),
+        )),
+        _ => None,
+    }
+}
+
+/// `DELETE .../members/{route}/override`: clears the member's override.
+async fn api_delete(m: &Manager, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> AdminResponse {
+    let Some((pool, route, _)) = member_path(req.uri().path()).filter(|(_, _, r)| r.as_deref() == Some("override"))
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "expected /balancer-manager/api/pools/{namespace}/{pool}/members/{route}/override\n",
+        );
+    };
+    if let Err(e) = m.authorize(bearer(&req).as_deref()) {
+        return json_error(&e);
+    }
+    match m.clear(proxy, &pool, &route, made_by("api", peer)).await {
+        Ok(what) => respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({"cleared": true, "result": what}).to_string(),
+        ),
+        Err(e) => json_error(&e),
+    }
+}
+
+async fn api_patch(m: &Manager, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> AdminResponse {
+    let Some((pool, route, None)) = member_path(req.uri().path()) else {
         return text(
             StatusCode::NOT_FOUND,
             "expected /balancer-manager/api/pools/{namespace}/{pool}/members/{route}\n",
         );
     };
-    let (ns, pool, route) = (ns.to_string(), pool.to_string(), route.to_string());
     if let Err(e) = m.authorize(bearer(&req).as_deref()) {
         return json_error(&e);
     }
@@ -216,7 +315,7 @@ async fn api_patch(m: &Manager, proxy: &Proxy, req: Request<Incoming>) -> AdminR
         Ok(c) => c,
         Err(e) => return json_error(&WriteError::Invalid(format!("body: {e}"))),
     };
-    match m.apply(proxy, &PoolId { namespace: ns, name: pool }, &route, change).await {
+    match m.apply(proxy, &pool, &route, change, made_by("api", peer)).await {
         Ok(went) => respond(
             StatusCode::OK,
             "application/json",
@@ -235,12 +334,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, proxy: Arc<Pro
         max_connections_per_ip: Some(MAX_CONNECTIONS_PER_IP),
         ..ListenerLimits::proxy(&proxy.settings)
     };
-    server::run(listener, limits, shutdown, move |_peer| {
+    let sampler = tokio::spawn(live::run(Arc::clone(&state.live), Arc::clone(&proxy), shutdown.clone()));
+    server::run(listener, limits, shutdown, move |peer| {
         let (state, proxy) = (Arc::clone(&state), Arc::clone(&proxy));
         move |req| {
             let (state, proxy) = (Arc::clone(&state), Arc::clone(&proxy));
-            async move { route(&state, &proxy, req).await }
+            async move { route(&state, &proxy, peer, req).await }
         }
     })
     .await;
+    sampler.abort();
 }

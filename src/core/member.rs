@@ -46,6 +46,9 @@ pub struct MemberRuntime {
     pub failures: [AtomicU64; 4],
     /// Health checks passed and failed.
     pub checks: [AtomicU64; 2],
+    /// Sessions the member was given (answers of a sticky pool that chose it by the lb method:
+    /// `BALANCER_ROUTE_CHANGED`), for the balancer-manager's share of new sessions.
+    pub sessions_started: AtomicU64,
     /// What an adapter keeps beside the member: the proxy's connection pool, parsed authority
     /// and metric handles.
     pub extension: Extension,
@@ -126,6 +129,7 @@ impl MemberRuntime {
             heartbeat_at_ms: AtomicU64::new(0),
             failures: Default::default(),
             checks: Default::default(),
+            sessions_started: AtomicU64::new(0),
             extension: Extension::default(),
         }
     }

@@ -762,6 +762,9 @@ impl Proxy {
             // Only a member's own answer pins the session: a 502/504 routeid made after a failed
             // attempt must not send the client back to the member that failed.
             if answer == Answer::Member {
+                if vars.route_changed {
+                    member.runtime.sessions_started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 // ingress-nginx `change-on-failure: false`: a session whose member is still
                 // listed keeps its cookie when another member answered for it.
                 let keep = !cfg.change_on_failure

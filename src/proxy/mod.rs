@@ -14,13 +14,13 @@ pub mod gateway;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod overrides;
 pub mod proxy_protocol;
 pub mod server;
 pub mod tls;
 pub(crate) mod tunnel;
 pub mod upstream;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use http::uri::Authority;
 use crate::core::config::{FieldError, MemberChange};
 use crate::core::session::{SessionKey, WallClock};
 use crate::core::table::Conflict;
-use crate::core::{Clock, PoolConfig, Route, RoutingTable};
+use crate::core::{Clock, PoolConfig, RoutingTable};
 use crate::metrics::{MemberMetrics, Metrics, PoolMetrics};
 use upstream::MemberConns;
 
@@ -140,8 +140,9 @@ pub struct Proxy {
     /// Upgraded connections, tracked for the idle timeout and the shutdown drain.
     pub(crate) tunnels: tunnel::Tunnels,
     metrics: Arc<Metrics>,
-    /// In-memory balancer-manager changes (standalone mode), applied on every publication.
-    overlay: Mutex<HashMap<crate::core::PoolId, HashMap<Route, MemberChange>>>,
+    /// In-memory balancer-manager changes (standalone mode), applied on every publication
+    /// (precedence over file edits: see [`overrides`]).
+    overlay: Mutex<overrides::Overrides>,
     /// Parsed TLS Secrets; read at publication only.
     tls: Mutex<tls::Certificates>,
     pub(crate) log_counter: std::sync::atomic::AtomicU32,
@@ -160,7 +161,7 @@ impl Proxy {
             health: health::HealthChecks::default(),
             tunnels: tunnel::Tunnels::default(),
             metrics: Arc::new(Metrics::new()),
-            overlay: Mutex::new(HashMap::new()),
+            overlay: Mutex::new(overrides::Overrides::default()),
             tls: Mutex::new(tls::Certificates::default()),
             log_counter: std::sync::atomic::AtomicU32::new(0),
             clock: Clock,
@@ -257,12 +258,15 @@ impl Proxy {
     }
 
     /// Records an operator's change to a member in memory (standalone mode) and publishes it.
-    /// It is re-applied on every later publication (reloads included) until the process ends.
+    /// It is re-applied on every later publication (reloads included) until it is cleared, the
+    /// file changes the same field, or the member leaves (see [`overrides`]). `by` says who
+    /// made it (shown beside the override).
     pub fn apply_change(
         &self,
         pool: &crate::core::PoolId,
         route: &str,
         change: MemberChange,
+        by: String,
     ) -> Result<(), ChangeError> {
         change.validate().map_err(ChangeError::Invalid)?;
         let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -270,19 +274,48 @@ impl Proxy {
         let configs: Vec<Arc<PoolConfig>> =
             self.snapshot().table.pools().iter().map(|p| Arc::clone(&p.config)).collect();
         let p = configs.iter().find(|c| &c.id == pool).ok_or(ChangeError::NoPool)?;
-        if !p.members.iter().any(|m| m.route == route) {
-            return Err(ChangeError::NoMember);
-        }
-        self.overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(pool.clone())
-            .or_default()
-            .entry(Route::from(route))
-            .or_default()
-            .merge(change);
+        let m = p.members.iter().find(|m| m.route == route).ok_or(ChangeError::NoMember)?;
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner()).record(pool, m, change, by);
         self.publish_locked(configs);
         Ok(())
+    }
+
+    /// Clears the in-memory override of a member and publishes the file's values again.
+    /// Returns the override cleared.
+    pub fn clear_change(&self, pool: &crate::core::PoolId, route: &str) -> Result<overrides::Override, ChangeError> {
+        let _g = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let snap = self.snapshot();
+        let p = snap.table.pool(pool).ok_or(ChangeError::NoPool)?;
+        let m = p.member(route).ok_or(ChangeError::NoMember)?;
+        let gone = self.overlay.lock().unwrap_or_else(|e| e.into_inner()).clear(pool, route);
+        let Some(gone) = gone else { return Err(ChangeError::NoOverride) };
+        // The published config carries the override: put the file's values back, then publish.
+        let configs: Vec<Arc<PoolConfig>> = snap
+            .table
+            .pools()
+            .iter()
+            .map(|q| {
+                let mut c = Arc::clone(&q.config);
+                if &c.id == pool
+                    && let Some(mc) = Arc::make_mut(&mut c).members.iter_mut().find(|x| x.route == m.config.route)
+                {
+                    gone.file.apply(mc);
+                }
+                c
+            })
+            .collect();
+        self.publish_locked(configs);
+        Ok(gone)
+    }
+
+    /// The in-memory override of a member, if any.
+    pub fn override_of(&self, pool: &crate::core::PoolId, route: &str) -> Option<overrides::Override> {
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner()).get(pool, route).cloned()
+    }
+
+    /// Logs the overrides in effect (after a reload of the pools file).
+    pub fn log_overrides(&self) {
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner()).log_kept();
     }
 
     /// The proxy's extras of a new pool.
@@ -312,19 +345,9 @@ impl Proxy {
     }
 
     fn publish_locked(&self, configs: Vec<Arc<PoolConfig>>) -> Vec<Conflict> {
+        let started = std::time::Instant::now();
         let mut configs = configs;
-        {
-            let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
-            for c in &mut configs {
-                let Some(changes) = overlay.get(&c.id) else { continue };
-                let c = Arc::make_mut(c);
-                for m in &mut c.members {
-                    if let Some(change) = changes.get(m.route.as_str()) {
-                        change.apply(m);
-                    }
-                }
-            }
-        }
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner()).apply(&mut configs);
         let previous = self.snapshot.load_full();
         let (table, conflicts) = RoutingTable::build(configs, Some(&previous.table));
         // Per new pool, the index of the previous pool of the same id, that pool and its extras.
@@ -390,6 +413,7 @@ impl Proxy {
         }
         let tls = Arc::new(self.tls.lock().unwrap_or_else(|e| e.into_inner()).build(&table));
         self.metrics.publications.inc();
+        self.metrics.publication_seconds.observe(started.elapsed().as_secs_f64());
         self.snapshot.store(Arc::new(Snapshot { table, ext, tls }));
         conflicts
     }
@@ -412,6 +436,9 @@ pub enum ChangeError {
     /// No such pool.
     #[error("no such pool")]
     NoPool,
+    /// The member has no override to clear.
+    #[error("the member has no manager override")]
+    NoOverride,
     /// No member with that route in the pool.
     #[error("no member with that route in the pool")]
     NoMember,

@@ -1,6 +1,7 @@
 """charts/routeid, rendered by Helm for the default values, one watched namespace, sidecar mode
 and everything enabled (charts/routeid/ci/*-values.yaml): what a cluster would receive."""
 
+import json
 import re
 
 import pytest
@@ -12,7 +13,7 @@ import k8s_schema
 
 NAMESPACED_KINDS = {
     "ServiceAccount", "Service", "Secret", "ConfigMap", "Deployment", "Role", "RoleBinding",
-    "PodDisruptionBudget", "ServiceMonitor",
+    "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
 }  # fmt: skip
 CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace", "IngressClass"}
 
@@ -128,8 +129,8 @@ def test_kinds_per_mode():
     # Sidecar: only the RBAC and the snippet: no pod, no Service, nothing cluster-wide.
     assert kinds("sidecar") == ["ConfigMap", "Role", "RoleBinding", "ServiceAccount"]
     assert kinds("full") == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "IngressClass", "PodDisruptionBudget", "Role", "RoleBinding",
-        "Secret", "Service", "ServiceAccount", "ServiceMonitor",
+        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "IngressClass", "PodDisruptionBudget",
+        "PrometheusRule", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "ServiceMonitor",
     ]  # fmt: skip
 
 
@@ -409,6 +410,8 @@ def test_services_default():
     ]
     assert "externalTrafficPolicy" not in svc["spec"]
     assert not rel.of_kind("ServiceMonitor"), "no ServiceMonitor unless enabled"
+    assert not rel.of_kind("PrometheusRule"), "no PrometheusRule unless enabled"
+    assert not rel.of_kind("ConfigMap"), "no dashboard unless enabled"
 
 
 def test_services_full():
@@ -583,3 +586,47 @@ def test_ingress_class_is_created_and_default_only_when_asked():
     a = args_of(container(rel))
     assert a["watch-ingress-without-class"] is True and a["ingress-class"] == "edge"
     assert not helmrender.render({"ingressClass": {"create": False}}).of_kind("IngressClass")
+
+
+RULES = yaml.safe_load((CHART / "rules" / "routeid.rules.yaml").read_text())
+DASHBOARD = (CHART / "dashboards" / "routeid.json").read_text()
+
+
+def test_prometheus_rule_carries_the_checked_rules():
+    rel = helmrender.render({"prometheusRule": {"enabled": True, "additionalRuleLabels": {"team": "platform"}}})
+    pr = rel.one("PrometheusRule")
+    assert pr["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pr["metadata"]["namespace"] == "routeid"
+    got = [r for g in pr["spec"]["groups"] for r in g["rules"]]
+    want = [r for g in RULES["groups"] for r in g["rules"]]
+    assert [r["alert"] for r in got] == [r["alert"] for r in want]
+    for g, w in zip(got, want):
+        # The same expression, duration and annotations (Prometheus templates kept as written).
+        assert {k: v for k, v in g.items() if k != "labels"} == {k: v for k, v in w.items() if k != "labels"}
+        assert g["labels"] == {**w["labels"], "team": "platform"}
+        assert "{{ $labels.namespace }}/{{ $labels.pool }}" in g["annotations"]["summary"] + g["annotations"]["description"] \
+            or "$labels.secret" in g["annotations"]["summary"] or "$labels.instance" in g["annotations"]["description"]
+
+
+def test_prometheus_rule_labels_and_namespace():
+    rel = rendered("full")
+    pr = rel.one("PrometheusRule")
+    assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert pr["metadata"]["labels"]["app.kubernetes.io/name"] == "routeid"
+    rel = helmrender.render({"prometheusRule": {"enabled": True, "namespace": "monitoring"}})
+    pr = rel.one("PrometheusRule")
+    assert pr["metadata"]["namespace"] == "monitoring"
+    assert all("team" not in r["labels"] for g in pr["spec"]["groups"] for r in g["rules"])
+
+
+def test_grafana_dashboard_configmap():
+    cm = rendered("full").one("ConfigMap")
+    assert cm["metadata"]["name"] == "edge-routeid-dashboard"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Ingress"}
+    assert json.loads(cm["data"]["routeid.json"]) == json.loads(DASHBOARD)
+    rel = helmrender.render({"grafanaDashboard": {"enabled": True, "label": "dashboards", "labelValue": "routeid", "namespace": "grafana"}})
+    cm = rel.one("ConfigMap")
+    assert cm["metadata"]["labels"]["dashboards"] == "routeid"
+    assert cm["metadata"]["namespace"] == "grafana"
+    assert not rel.of_kind("PrometheusRule")

@@ -1,5 +1,6 @@
 //! The balancer-manager in controller mode: a change made on one replica is written to the
-//! pool's `spec.members` in the (fake) Kubernetes API, and every replica applies it.
+//! pool's `spec.members` in the (fake) Kubernetes API, and every replica applies it; clearing
+//! it removes the entry.
 
 use crate::support::cluster::*;
 use crate::support::fake_apiserver::FakeApiServer;
@@ -51,6 +52,27 @@ async fn a_change_on_one_replica_lands_in_the_spec_and_every_replica_applies_it(
             assert_eq!(get(r2.proxy(), "/", &[]).await.route(), "shop-0", "a drained member gets no new sessions");
         }
         assert_eq!(get(r2.proxy(), "/", &[("cookie", "ROUTEID=.shop-1")]).await.route(), "shop-1");
+
+        // Clearing the override removes the member's entry from spec.members; every replica
+        // goes back to the member's own state.
+        let clear = send(
+            &client(),
+            r1.running.admin_addr,
+            "DELETE",
+            "/balancer-manager/api/pools/web/shop/members/shop-1/override",
+            &[("authorization", "Bearer tok")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(clear.status, 200, "{}", clear.body);
+        let stored = kube.pools().get("shop").await.unwrap();
+        assert!(stored.spec.members.iter().all(|o| o.route != "shop-1"), "{:?}", stored.spec.members);
+        for r in [&r1, &r2] {
+            eventually(WAIT, "the replica drops the override", || async {
+                r.members("shop").iter().any(|(route, state)| route == "shop-1" && state == "Ok")
+            })
+            .await;
+        }
         r1.stop().await;
         r2.stop().await;
     })
