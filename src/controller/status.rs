@@ -737,6 +737,27 @@ mod tests {
     }
 
     #[test]
+    fn degraded_and_conflict_say_which_and_keep_their_times() {
+        let c = degraded(&[], &["shop-1 (Error)".to_owned()], "T1");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "MembersUnhealthy"));
+        assert!(c.message.contains("shop-1 (Error)"), "{}", c.message);
+        let healthy = degraded(std::slice::from_ref(&c), &[], "T2");
+        assert_eq!((healthy.status.as_str(), healthy.last_transition_time.as_deref()), ("False", Some("T2")));
+        let still = degraded(std::slice::from_ref(&c), &["shop-2 (Unhealthy)".to_owned()], "T3");
+        assert_eq!(still.last_transition_time.as_deref(), Some("T1"), "still degraded: the time holds");
+        let claim = Conflict {
+            host: "a.com".into(),
+            prefix: "/".into(),
+            winner: PoolId { namespace: "web".into(), name: "old".into() },
+            loser: id(),
+        };
+        let c = conflicted(&[], Some(&claim), "T1");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "HostPrefixClaimed"));
+        assert!(c.message.contains("web/old"), "{}", c.message);
+        assert_eq!(conflicted(&[], None, "T1").reason, "NoConflict");
+    }
+
+    #[test]
     fn empty_fields_are_sent_as_null_in_the_merge_patch() {
         let patch = status_patch(&BalancerPoolStatus::default());
         for k in ["observedGeneration", "memberCount", "readyMembers", "members", "conditions"] {
