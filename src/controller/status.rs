@@ -252,8 +252,8 @@ pub enum Outbound {
 /// The hand-over from the run loop to the writer: bounded by what it holds, not by how often
 /// the loop sends. Statuses are kept per pool and Ingress (the latest wins: a writer busy with
 /// a slow API server never has more than one status per object waiting), removals as a set,
-/// Events up to [`MAX_QUEUED_EVENTS`] (beyond that they are dropped, logged and counted: they
-/// are advisory). The loop never waits on it.
+/// Events up to 1,000 (beyond that they are dropped, logged and counted: they are advisory).
+/// The loop never waits on it.
 pub fn outbox() -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared::default());
     (Outbox { shared: Arc::clone(&shared) }, OutboxReceiver { shared })
