@@ -61,7 +61,7 @@ pub fn spawn(
     }
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
-        let mut released = LeaseWatch { events: lease_watch(&client, &opts), errors: 0 };
+        let mut released = LeaseWatch { events: lease_watch(&client, &opts), holder: None, errors: 0 };
         loop {
             let built = LeaseManagerBuilder::new(client.clone(), opts.name.clone())
                 .with_namespace(opts.namespace.clone())
@@ -137,8 +137,10 @@ async fn elect(
             }
             free = released.next_free(opts), if !*tx.borrow() => if free {
                 tracing::info!(lease = %opts.name, "the Lease was released; standing for election now");
+                // Stopped, not closed: closing would make the manager "release" a Lease it
+                // does not hold, which, read from its stale copy, could clear the new holder's.
+                lease_task.abort();
                 drop(lease_rx);
-                let _ = lease_task.await;
                 return Outcome::Released;
             }
         }
@@ -155,6 +157,8 @@ async fn elect(
 /// The watch of this election's Lease object, for a standby to see it released.
 struct LeaseWatch {
     events: Events<Lease>,
+    /// The holder last seen.
+    holder: Option<String>,
     errors: u64,
 }
 
@@ -166,12 +170,13 @@ fn lease_watch(client: &Client, opts: &LeaderOptions) -> Events<Lease> {
 }
 
 impl LeaseWatch {
-    /// The next event's verdict: whether it shows the Lease free (no holder, or deleted).
+    /// The next event's verdict: whether it shows the Lease released, i.e. held by another
+    /// replica before and by none now (a Lease created without a holder is no news: the
+    /// manager takes a Lease nobody ever held by itself).
     async fn next_free(&mut self, opts: &LeaderOptions) -> bool {
-        match self.events.next().await {
-            Some(Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l))) => lease_is_free(&l),
-            Some(Ok(watcher::Event::Delete(_))) => true,
-            Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) | None => false,
+        let now = match self.events.next().await {
+            Some(Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l))) => holder(&l),
+            Some(Ok(watcher::Event::Delete(_))) => None,
             Some(Err(e)) => {
                 self.errors += 1;
                 if self.errors == 1 {
@@ -180,15 +185,23 @@ impl LeaseWatch {
                 } else {
                     tracing::debug!(error = %e, "Lease watch failed");
                 }
-                false
+                return false;
             }
-        }
+            Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) | None => return false,
+        };
+        let before = std::mem::replace(&mut self.holder, now);
+        released(before.as_deref(), self.holder.as_deref(), &opts.identity)
     }
 }
 
-/// Whether no replica holds the Lease (released: no holder, or an empty one).
-pub fn lease_is_free(l: &Lease) -> bool {
-    l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty)
+/// Whether a Lease went from held by another replica to held by none.
+fn released(before: Option<&str>, now: Option<&str>, me: &str) -> bool {
+    before.is_some_and(|h| h != me) && now.is_none()
+}
+
+/// Who holds the Lease; `None` when it is free (no holder, or an empty one).
+fn holder(l: &Lease) -> Option<String> {
+    l.spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty())
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
@@ -203,14 +216,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lease_without_a_holder_is_free() {
+    fn released_means_held_by_another_before_and_by_none_now() {
         let held = |h: Option<&str>| Lease {
             spec: Some(LeaseSpec { holder_identity: h.map(Into::into), ..Default::default() }),
             ..Default::default()
         };
-        assert!(!lease_is_free(&held(Some("replica-1"))));
-        assert!(lease_is_free(&held(None)));
-        assert!(lease_is_free(&held(Some(""))));
-        assert!(lease_is_free(&Lease::default()));
+        assert_eq!(holder(&held(Some("replica-1"))).as_deref(), Some("replica-1"));
+        assert_eq!(holder(&held(Some(""))), None);
+        assert_eq!(holder(&Lease::default()), None);
+        assert!(released(Some("replica-1"), None, "replica-2"));
+        assert!(!released(None, None, "replica-2"), "created without a holder: the manager takes it");
+        assert!(!released(Some("replica-2"), None, "replica-2"), "our own release");
+        assert!(!released(Some("replica-1"), Some("replica-3"), "replica-2"), "taken over, not free");
     }
 }

@@ -10,8 +10,10 @@
 //!
 //! Readiness: nothing is published and `/readyz` stays 503 until both watchers have completed
 //! their first list. After that a lost API server keeps the last table serving and `/readyz`
-//! ready while the watchers reconnect with kube-runtime's default backoff; a re-list replaces
-//! the index contents only once it is complete (objects that vanished meanwhile are dropped then).
+//! ready while the watchers reconnect ([`watches`]: at once after `410 Gone`, otherwise within
+//! 2 s); a re-list replaces the index contents only once it is complete (objects that vanished
+//! meanwhile are dropped then, and the status writer forgets them). When the loop ends, nothing
+//! watches any more and `/readyz` turns 503.
 //! The first `/readyz` also waits until every named TLS Secret's watch has listed once (at most
 //! [`TLS_READY_WAIT`]), so a new pod does not take HTTPS clients with an empty certificate store;
 //! until then such a Secret is `SecretPending` in status, never a false `SecretNotFound` Event.
@@ -190,8 +192,8 @@ impl Controller {
         *self.leader.borrow()
     }
 
-    /// Stops watching, releases the Lease and waits for the tasks. The proxy keeps serving the
-    /// last table.
+    /// Stops watching (`/readyz` turns 503), releases the Lease and waits for the tasks. The
+    /// proxy keeps serving the last table.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {

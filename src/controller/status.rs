@@ -252,8 +252,8 @@ pub enum Outbound {
 /// The hand-over from the run loop to the writer: bounded by what it holds, not by how often
 /// the loop sends. Statuses are kept per pool and Ingress (the latest wins: a writer busy with
 /// a slow API server never has more than one status per object waiting), removals as a set,
-/// Events up to [`MAX_QUEUED_EVENTS`] (beyond that they are dropped, logged and counted: they
-/// are advisory). The loop never waits on it.
+/// Events up to 1,000 (beyond that they are dropped, logged and counted: they are advisory).
+/// The loop never waits on it.
 pub fn outbox() -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared::default());
     (Outbox { shared: Arc::clone(&shared) }, OutboxReceiver { shared })
@@ -734,6 +734,27 @@ mod tests {
         let (out, rx) = outbox();
         drop(rx);
         assert_eq!(out.send(event(0)).unwrap_err(), WriterGone);
+    }
+
+    #[test]
+    fn degraded_and_conflict_say_which_and_keep_their_times() {
+        let c = degraded(&[], &["shop-1 (Error)".to_owned()], "T1");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "MembersUnhealthy"));
+        assert!(c.message.contains("shop-1 (Error)"), "{}", c.message);
+        let healthy = degraded(std::slice::from_ref(&c), &[], "T2");
+        assert_eq!((healthy.status.as_str(), healthy.last_transition_time.as_deref()), ("False", Some("T2")));
+        let still = degraded(std::slice::from_ref(&c), &["shop-2 (Unhealthy)".to_owned()], "T3");
+        assert_eq!(still.last_transition_time.as_deref(), Some("T1"), "still degraded: the time holds");
+        let claim = Conflict {
+            host: "a.com".into(),
+            prefix: "/".into(),
+            winner: PoolId { namespace: "web".into(), name: "old".into() },
+            loser: id(),
+        };
+        let c = conflicted(&[], Some(&claim), "T1");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "HostPrefixClaimed"));
+        assert!(c.message.contains("web/old"), "{}", c.message);
+        assert_eq!(conflicted(&[], None, "T1").reason, "NoConflict");
     }
 
     #[test]

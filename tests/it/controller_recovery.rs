@@ -136,9 +136,10 @@ async fn after_an_outage_and_410_gone_a_new_change_is_served_within_5_s() {
         api.set_unavailable(true);
         // Four failed reconnections: kube's default backoff would now wait 6.4–12.8 s.
         eventually(WAIT, "four failed reconnections", || async { slice_watch_errors(&r) >= 4 }).await;
-        api.set_unavailable(false);
-        api.expire_watches();
+        // It comes back with its watch cache restarted: every resumed watch gets 410 Gone.
         let gone_before = api.gone_served();
+        api.expire_watches();
+        api.set_unavailable(false);
         let b = Member::start("shop-1").await;
         kube.put_slice(&slice("shop", "shop-1", b.addr, Cond::Ready)).await;
         let changed = tokio::time::Instant::now();
