@@ -668,7 +668,10 @@ async fn a_member_sending_a_thousand_1xx_then_answering_is_passed_through() {
 async fn a_member_sending_1xx_forever_gets_502() {
     bounded(async {
         let bad = ScriptedMember::start(|mut s| async move {
-            let chunk = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(100);
+            // Padded heads reach the 1 MiB budget in a few hundred responses, well inside the
+            // pool's 500 ms response timeout even on a loaded machine (bare 102s took ~40,000).
+            let pad = "p".repeat(4000);
+            let chunk = format!("HTTP/1.1 102 Processing\r\nX-Pad: {pad}\r\n\r\n").repeat(4).into_bytes();
             let until = Instant::now() + READ_BOUND;
             while Instant::now() < until && s.write_all(&chunk).await.is_ok() {
                 tokio::task::yield_now().await;
