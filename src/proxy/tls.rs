@@ -449,7 +449,7 @@ impl Certificates {
             }
             let problems = out.problems.entry(id.clone()).or_default();
             for entry in &pool.config.tls {
-                let r = SecretRef::new(&id.namespace, &entry.secret_name);
+                let r = SecretRef::new(entry.namespace.as_deref().unwrap_or(&id.namespace), &entry.secret_name);
                 let Some(key) = self.usable(&r, problems) else { continue };
                 for host in &entry.hosts {
                     if let HostMatch::Exact(h) = host
