@@ -20,6 +20,7 @@
 //! while this replica holds the Lease ([`leader`]).
 
 pub mod derive;
+pub mod gateway;
 pub mod index;
 pub mod ingress;
 pub mod leader;
