@@ -114,6 +114,7 @@ fn sticky_config(sel: u8) -> StickyConfig {
         change_on_failure: true,
         headers_to_member: false,
         headers_to_client: false,
+        persistence: None,
     }
 }
 

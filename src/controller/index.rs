@@ -463,6 +463,7 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
         https_redirect,
         hsts,
         backend_tls,
+        gateway,
     } = new;
     let mut differs = old.is_none_or(|o| {
         o.id != *id
@@ -482,6 +483,7 @@ fn config_diff(old: Option<&PoolConfig>, new: &PoolConfig, change: &mut PoolChan
             || o.https_redirect != *https_redirect
             || o.hsts != *hsts
             || o.backend_tls != *backend_tls
+            || o.gateway != *gateway
     });
     let old = old.map(|o| o.members.as_slice()).unwrap_or_default();
     let (mut i, mut j) = (0, 0);

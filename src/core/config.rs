@@ -95,6 +95,30 @@ pub struct StickyConfig {
     pub headers_to_member: bool,
     /// Send `X-Balancer-*` headers to the client.
     pub headers_to_client: bool,
+    /// Gateway API session persistence (GEP-1619): when set, the session travels in its own
+    /// cookie or header, and the Apache sources above (`cookie_name`, `param_name`, `cookie`)
+    /// are not read. `None` for BalancerPool and Ingress pools.
+    pub persistence: Option<super::gateway::SessionPersistence>,
+}
+
+impl StickyConfig {
+    /// The sticky configuration of a Gateway API rule with `sessionPersistence`: the session
+    /// travels only as `p` says; failover re-pins a session whose member is unusable, as for
+    /// BalancerPools.
+    pub fn persistence(p: super::gateway::SessionPersistence) -> StickyConfig {
+        StickyConfig {
+            cookie_name: p.name.clone(),
+            param_name: p.name.clone(),
+            separator: None,
+            path_parameter: false,
+            cookie: None,
+            failover: true,
+            change_on_failure: true,
+            headers_to_member: false,
+            headers_to_client: false,
+            persistence: Some(p),
+        }
+    }
 }
 
 /// A validated static member.
@@ -266,6 +290,9 @@ pub struct PoolConfig {
     pub hsts: Option<String>,
     /// TLS towards the members.
     pub backend_tls: Option<BackendTlsConfig>,
+    /// The HTTPRoute rule this pool serves (matches, precedence, filters); `None` for
+    /// BalancerPool and Ingress pools, which match on `hosts` and the path alone.
+    pub gateway: Option<super::gateway::GatewayRule>,
 }
 
 /// Validated `backend.tls`.
@@ -491,6 +518,7 @@ fn sticky_config(s: &api::Sticky, p: &mut Problems) -> StickyConfig {
         change_on_failure: s.change_on_failure.unwrap_or(true),
         headers_to_member: debug.to_member,
         headers_to_client: debug.to_client,
+        persistence: None,
     }
 }
 
@@ -677,6 +705,7 @@ fn validate_with_members(
         https_redirect: spec.frontend.https_redirect.unwrap_or(false),
         hsts,
         backend_tls,
+        gateway: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! around it, and its tests need neither a client nor a socket.
 
 pub mod config;
+pub mod gateway;
 pub mod lb;
 pub mod member;
 pub mod path;

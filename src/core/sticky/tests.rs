@@ -13,6 +13,7 @@ fn cfg() -> StickyConfig {
         change_on_failure: true,
         headers_to_member: false,
         headers_to_client: false,
+        persistence: None,
     }
 }
 

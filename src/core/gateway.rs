@@ -1,0 +1,414 @@
+//! Gateway API rules in core terms: what an HTTPRoute rule adds to a pool.
+//!
+//! The control plane translates one HTTPRoute rule into one [`super::PoolConfig`] whose
+//! `gateway` field holds a [`GatewayRule`]: the rule's request matches (OR'd), the data the
+//! Gateway API precedence needs to break ties between matches of different rules, and the
+//! rule's filters. Session persistence (GEP-1619) lives on the pool's sticky configuration as a
+//! [`SessionPersistence`]. BalancerPool and Ingress pools leave both empty and behave as before.
+//!
+//! The types hold plain strings and numbers (no kube, no hyper); [`GatewayRule::validate`] and
+//! [`SessionPersistence::validate`] say what the proxy relies on, so a translation that calls
+//! them can report a bad value on the route instead of serving something else.
+
+use std::time::Duration;
+
+use super::config::{FieldError, is_token};
+
+/// An HTTPRoute rule as the proxy serves it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewayRule {
+    /// The rule's matches, OR'd. Empty means the Gateway API default: one `PathPrefix /` match.
+    /// The pool's `path_prefix`/`path_exact` are not used for matching when this is present.
+    pub matches: Vec<RequestMatch>,
+    /// Tie-break between equally specific matches of different rules.
+    pub order: RouteOrder,
+    /// The rule's filters.
+    pub filters: Filters,
+}
+
+/// How a request path is compared (HTTPRoute `path.type`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// `Exact`: the path as written, byte for byte.
+    Exact(String),
+    /// `PathPrefix`: element-wise prefix; normalised without a trailing `/` (except `/` itself).
+    Prefix(String),
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        PathMatch::Prefix("/".to_owned())
+    }
+}
+
+impl PathMatch {
+    /// The path text (the prefix, or the exact path).
+    pub fn value(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+        }
+    }
+}
+
+/// One HTTPRoute match: every condition must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RequestMatch {
+    /// The path condition (default `PathPrefix /`).
+    pub path: PathMatch,
+    /// Header conditions (type `Exact`); all must hold.
+    pub headers: Vec<HeaderMatch>,
+    /// Query-parameter conditions (type `Exact`); all must hold.
+    pub query: Vec<QueryMatch>,
+    /// The request method, upper case as on the wire (`GET`); `None` matches any.
+    pub method: Option<String>,
+}
+
+/// A header condition: the first value of header `name` equals `value`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HeaderMatch {
+    /// Lower-case header name (header names are case-insensitive).
+    pub name: String,
+    /// The exact value (case-sensitive).
+    pub value: String,
+}
+
+/// A query-parameter condition: the first parameter `name` (case-sensitive) has `value`,
+/// compared after percent-decoding.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QueryMatch {
+    /// Parameter name, as written.
+    pub name: String,
+    /// The exact value.
+    pub value: String,
+}
+
+/// Where a rule stands among equally specific matches (Gateway API precedence): the oldest
+/// route first, then `namespace/name` alphabetically, then the rule's position in its route.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteOrder {
+    /// The HTTPRoute's `metadata.creationTimestamp`, in seconds since the Unix epoch.
+    pub created_unix: i64,
+    /// The HTTPRoute's `namespace/name`.
+    pub route: String,
+    /// The rule's index in `spec.rules`.
+    pub rule: u32,
+}
+
+/// The filters of a rule, applied in this order: a redirect answers at once (no member is
+/// chosen); otherwise the request headers are modified, the URL rewritten, and the member's
+/// response headers modified on the way back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// `RequestHeaderModifier`.
+    pub request_headers: Option<HeaderModifier>,
+    /// `ResponseHeaderModifier`.
+    pub response_headers: Option<HeaderModifier>,
+    /// `RequestRedirect`.
+    pub redirect: Option<RequestRedirect>,
+    /// `URLRewrite`.
+    pub rewrite: Option<UrlRewrite>,
+}
+
+impl Filters {
+    /// No filter at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Filters::default()
+    }
+}
+
+/// `RequestHeaderModifier` / `ResponseHeaderModifier`: set replaces, add appends, remove drops,
+/// applied in that order (the order the spec lists them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderModifier {
+    /// Headers replaced (or added when absent): `(lower-case name, value)`.
+    pub set: Vec<(String, String)>,
+    /// Headers appended to any existing values: `(lower-case name, value)`.
+    pub add: Vec<(String, String)>,
+    /// Lower-case names of headers removed.
+    pub remove: Vec<String>,
+}
+
+/// How a redirect or rewrite changes the path (HTTPRoute `HTTPPathModifier`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathModifier {
+    /// The whole path becomes this.
+    ReplaceFullPath(String),
+    /// The matched `PathPrefix` is replaced by this, on segment boundaries.
+    ReplacePrefixMatch(String),
+}
+
+/// `RequestRedirect`: routeid answers with `Location` built from the request and these parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRedirect {
+    /// `http` or `https`; `None` keeps the request's scheme.
+    pub scheme: Option<String>,
+    /// `None` keeps the request's host.
+    pub hostname: Option<String>,
+    /// `None` keeps the request's path.
+    pub path: Option<PathModifier>,
+    /// `None`: the scheme's default port when the scheme changes, else the request's port.
+    pub port: Option<u16>,
+    /// 301 or 302.
+    pub status: u16,
+}
+
+/// `URLRewrite`: what the member sees instead of the client's host and path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UrlRewrite {
+    /// The `Host` sent to the member.
+    pub hostname: Option<String>,
+    /// The path sent to the member.
+    pub path: Option<PathModifier>,
+}
+
+/// How the session travels (GEP-1619 `type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    /// A cookie the proxy inserts.
+    #[default]
+    Cookie,
+    /// A response header the client sends back as a request header of the same name.
+    Header,
+}
+
+/// A session cookie's lifetime (GEP-1619 `cookieConfig.lifetimeType`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CookieLifetime {
+    /// No `Expires`/`Max-Age`: the browser forgets it when it closes.
+    #[default]
+    Session,
+    /// `Max-Age` equal to the absolute timeout (which is then required).
+    Permanent,
+}
+
+/// GEP-1619 session persistence of one rule (`sessionPersistence`). The value the client
+/// holds names the member's route (its pod name); with an absolute timeout it also carries an
+/// expiry and a MAC, so the proxy itself stops honouring it after the timeout and a client
+/// cannot forge or extend it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SessionPersistence {
+    /// Cookie or header.
+    pub kind: SessionKind,
+    /// `sessionName`: the cookie or header name (the translation generates one when unset).
+    pub name: String,
+    /// The cookie's `Path`: the rule's path match (`/` when none).
+    pub cookie_path: String,
+    /// Session or Permanent (cookies only).
+    pub lifetime: CookieLifetime,
+    /// `absoluteTimeout`: how long after it starts a session is honoured.
+    pub absolute_timeout: Option<Duration>,
+}
+
+/// Longest `sessionName` accepted (it travels in every request).
+pub const MAX_SESSION_NAME_LEN: usize = 128;
+
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+fn is_path(s: &str) -> bool {
+    s.starts_with('/') && s.bytes().all(|b| b > 0x20 && b != 0x7f && b != b'?' && b != b'#')
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+impl HeaderModifier {
+    fn validate(&self, at: &str, out: &mut Vec<FieldError>) {
+        let names = self.set.iter().chain(&self.add).map(|(n, _)| n).chain(&self.remove);
+        for n in names {
+            if !is_token(n) || n.bytes().any(|b| b.is_ascii_uppercase()) {
+                out.push(FieldError { path: at.into(), reason: format!("{n:?} is not a lower-case header name") });
+            }
+        }
+        for (n, v) in self.set.iter().chain(&self.add) {
+            if !is_header_value(v) {
+                out.push(FieldError {
+                    path: at.into(),
+                    reason: format!("the value of {n:?} holds control characters"),
+                });
+            }
+        }
+    }
+}
+
+impl PathModifier {
+    fn validate(&self, at: &str, out: &mut Vec<FieldError>) {
+        let p = match self {
+            PathModifier::ReplaceFullPath(p) | PathModifier::ReplacePrefixMatch(p) => p,
+        };
+        if !is_path(p) {
+            out.push(FieldError { path: at.into(), reason: format!("{p:?} is not an absolute path") });
+        }
+    }
+}
+
+impl GatewayRule {
+    /// Every problem that would make the proxy serve the rule differently than written, with
+    /// the field path under `at` (e.g. `spec.rules[0]`).
+    pub fn validate(&self, at: &str) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        let mut err = |path: String, reason: String| out.push(FieldError { path, reason });
+        for (i, m) in self.matches.iter().enumerate() {
+            let here = format!("{at}.matches[{i}]");
+            if !is_path(m.path.value()) {
+                err(format!("{here}.path.value"), format!("{:?} is not an absolute path", m.path.value()));
+            }
+            for (j, h) in m.headers.iter().enumerate() {
+                if !is_token(&h.name) || h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    err(format!("{here}.headers[{j}].name"), format!("{:?} is not a lower-case header name", h.name));
+                }
+                if !is_header_value(&h.value) {
+                    err(format!("{here}.headers[{j}].value"), "holds control characters".into());
+                }
+            }
+            for (j, q) in m.query.iter().enumerate() {
+                if q.name.is_empty() || q.name.bytes().any(|b| b"&=#".contains(&b) || b <= 0x20) {
+                    err(format!("{here}.queryParams[{j}].name"), format!("{:?} is not a parameter name", q.name));
+                }
+            }
+            if let Some(method) = &m.method
+                && !(is_token(method) && method.bytes().all(|b| !b.is_ascii_lowercase()))
+            {
+                err(format!("{here}.method"), format!("{method:?} is not an upper-case method"));
+            }
+        }
+        let f = &self.filters;
+        if let Some(h) = &f.request_headers {
+            h.validate(&format!("{at}.filters.requestHeaderModifier"), &mut out);
+        }
+        if let Some(h) = &f.response_headers {
+            h.validate(&format!("{at}.filters.responseHeaderModifier"), &mut out);
+        }
+        if let Some(r) = &f.redirect {
+            let here = format!("{at}.filters.requestRedirect");
+            if r.scheme.as_deref().is_some_and(|s| s != "http" && s != "https") {
+                out.push(FieldError { path: format!("{here}.scheme"), reason: "must be http or https".into() });
+            }
+            if r.hostname.as_deref().is_some_and(|h| !is_hostname(h)) {
+                out.push(FieldError { path: format!("{here}.hostname"), reason: "is not a host name".into() });
+            }
+            if r.status != 301 && r.status != 302 {
+                out.push(FieldError {
+                    path: format!("{here}.statusCode"),
+                    reason: format!("{} is not 301 or 302", r.status),
+                });
+            }
+            if let Some(p) = &r.path {
+                p.validate(&format!("{here}.path"), &mut out);
+            }
+            if f.rewrite.is_some() {
+                out.push(FieldError { path: here, reason: "cannot be combined with URLRewrite".into() });
+            }
+        }
+        if let Some(r) = &f.rewrite {
+            let here = format!("{at}.filters.urlRewrite");
+            if r.hostname.as_deref().is_some_and(|h| !is_hostname(h)) {
+                out.push(FieldError { path: format!("{here}.hostname"), reason: "is not a host name".into() });
+            }
+            if let Some(p) = &r.path {
+                p.validate(&format!("{here}.path"), &mut out);
+            }
+        }
+        let prefix_modifier =
+            [f.redirect.as_ref().and_then(|r| r.path.as_ref()), f.rewrite.as_ref().and_then(|r| r.path.as_ref())]
+                .into_iter()
+                .flatten()
+                .any(|p| matches!(p, PathModifier::ReplacePrefixMatch(_)));
+        if prefix_modifier && self.matches.iter().any(|m| matches!(m.path, PathMatch::Exact(_))) {
+            out.push(FieldError {
+                path: format!("{at}.filters"),
+                reason: "ReplacePrefixMatch needs PathPrefix matches only".into(),
+            });
+        }
+        out
+    }
+}
+
+impl SessionPersistence {
+    /// Every problem that would make the proxy serve the persistence differently than written,
+    /// with the field path under `at` (e.g. `spec.rules[0].sessionPersistence`).
+    pub fn validate(&self, at: &str) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        if !is_token(&self.name) || self.name.len() > MAX_SESSION_NAME_LEN {
+            out.push(FieldError {
+                path: format!("{at}.sessionName"),
+                reason: format!("{:?} is not a cookie or header name", self.name),
+            });
+        }
+        if !is_path(&self.cookie_path) || self.cookie_path.contains(';') {
+            out.push(FieldError {
+                path: format!("{at}.cookiePath"),
+                reason: format!("{:?} is not a path", self.cookie_path),
+            });
+        }
+        if self.lifetime == CookieLifetime::Permanent && self.absolute_timeout.is_none() {
+            out.push(FieldError {
+                path: format!("{at}.cookieConfig.lifetimeType"),
+                reason: "Permanent needs absoluteTimeout".into(),
+            });
+        }
+        if self.absolute_timeout.is_some_and(|t| t.as_secs() == 0) {
+            out.push(FieldError { path: format!("{at}.absoluteTimeout"), reason: "must be at least 1s".into() });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let rule = GatewayRule {
+            matches: vec![RequestMatch {
+                path: PathMatch::Exact("/a".into()),
+                headers: vec![HeaderMatch { name: "X-Up".into(), value: "1".into() }],
+                query: vec![],
+                method: Some("get".into()),
+            }],
+            filters: Filters {
+                redirect: Some(RequestRedirect {
+                    scheme: Some("ftp".into()),
+                    hostname: None,
+                    path: Some(PathModifier::ReplacePrefixMatch("/b".into())),
+                    port: None,
+                    status: 307,
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let paths: Vec<String> = rule.validate("spec.rules[0]").into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.rules[0].matches[0].headers[0].name",
+                "spec.rules[0].matches[0].method",
+                "spec.rules[0].filters.requestRedirect.scheme",
+                "spec.rules[0].filters.requestRedirect.statusCode",
+                "spec.rules[0].filters",
+            ]
+        );
+        assert!(GatewayRule::default().validate("r").is_empty());
+    }
+
+    #[test]
+    fn permanent_needs_a_timeout() {
+        let mut p = SessionPersistence {
+            kind: SessionKind::Cookie,
+            name: "sticky".into(),
+            cookie_path: "/".into(),
+            lifetime: CookieLifetime::Permanent,
+            absolute_timeout: None,
+        };
+        assert_eq!(p.validate("s").len(), 1);
+        p.absolute_timeout = Some(Duration::from_secs(60));
+        assert!(p.validate("s").is_empty());
+    }
+}
