@@ -42,8 +42,9 @@ use crate::api::gateway::{
     CONTROLLER_NAME, GROUP, Gateway, GatewayClass, HTTPBackendRef, HTTPRoute, HTTPRouteRule, Listener, ParentReference,
     ReferenceGrant, RouteGroupKind, SessionPersistence, XBackendTrafficPolicy,
 };
-use crate::api::{BalancerPoolSpec, CookieMode, MemberStatus, PathType, RouteCookie, RouteFrom, ServiceRef, Sticky};
-use crate::core::config::{MemberConfig, PoolConfig, PoolId, TlsEntry, validate_service_backed};
+use crate::api::{BalancerPoolSpec, MemberStatus, PathType, RouteFrom, ServiceRef};
+use crate::core::config::{MemberConfig, PoolConfig, PoolId, StickyConfig, TlsEntry, validate_service_backed};
+use crate::core::gateway as core_gw;
 use hosts::Hosts;
 
 /// `(namespace, name)` of a namespaced object.
@@ -164,10 +165,6 @@ pub fn pool_name(route: &str, rule: usize) -> String {
 /// Whether a pool was made from an HTTPRoute.
 pub fn is_route_pool(id: &PoolId) -> bool {
     id.name.starts_with("httproute:")
-}
-
-fn key_of<K: kube::Resource>(o: &K) -> Key {
-    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
 }
 
 /// The names of our classes, with their status.
@@ -484,20 +481,20 @@ fn route_pools(
     if ours.is_empty() {
         return;
     }
-    let unsupported = unsupported(&route.spec);
+    let mut unsupported = unsupported(&route.spec);
     let mut got = Attached::default();
     let mut rules = Vec::new();
     let mut refs = Cond::yes("ResolvedRefs", "ResolvedRefs", "");
     if unsupported.is_empty() {
         for (i, rule) in route.spec.rules.iter().enumerate() {
             match rule_pool(inputs, key, route, i, rule) {
-                Ok((spec, members, problem)) => {
+                Ok((pool, problem)) => {
                     if let Some(p) = problem {
                         refs = p;
                     }
-                    rules.push((i, spec, members));
+                    rules.push(pool);
                 }
-                Err(e) => refs = Cond::no("ResolvedRefs", "UnsupportedValue", e),
+                Err(e) => unsupported.push(e),
             }
         }
     }
@@ -525,12 +522,12 @@ fn route_pools(
 /// The validated pools of a route's rules, or the first problem (the route is then not served).
 fn rule_configs(
     key: &Key,
-    rules: Vec<(usize, BalancerPoolSpec, Vec<MemberConfig>)>,
+    rules: Vec<RulePool>,
     hosts: &Hosts,
     certs: &[(String, String)],
 ) -> Result<Vec<PoolConfig>, String> {
     let mut out = Vec::with_capacity(rules.len());
-    for (i, mut spec, members) in rules {
+    for RulePool { index: i, mut spec, members, rule, persistence } in rules {
         if let Hosts::Some(h) = hosts {
             spec.frontend.hosts = h.clone();
         }
@@ -538,6 +535,8 @@ fn rule_configs(
         match validate_service_backed(id, &spec, members) {
             Ok(mut cfg) => {
                 cfg.tls = certificates(certs, hosts);
+                cfg.gateway = Some(rule);
+                cfg.sticky = persistence.map(StickyConfig::persistence);
                 out.push(cfg);
             }
             Err(problems) => {
@@ -720,47 +719,179 @@ fn rule_persistence<'a>(
     })
 }
 
-/// The pool spec, weighted members and a `ResolvedRefs` problem of rule `i`.
+/// A rule, ready to become a pool: the spec the core validates (path, backend), the members,
+/// and what only Gateway API pools have.
+struct RulePool {
+    index: usize,
+    spec: BalancerPoolSpec,
+    members: Vec<MemberConfig>,
+    rule: core_gw::GatewayRule,
+    persistence: Option<core_gw::SessionPersistence>,
+}
+
+/// The pool of rule `i` and a `ResolvedRefs` problem of its backends; `Err` when the rule asks
+/// for something routeid does not serve.
 fn rule_pool(
     inputs: &Inputs<'_>,
     key: &Key,
     route: &HTTPRoute,
     i: usize,
     rule: &HTTPRouteRule,
-) -> Result<(BalancerPoolSpec, Vec<MemberConfig>, Option<Cond>), String> {
-    let _ = route;
-    let path = rule.matches.first().and_then(|m| m.path.clone()).unwrap_or_default();
-    let value = path.value.unwrap_or_else(|| "/".into());
+) -> Result<(RulePool, Option<Cond>), String> {
+    let at = format!("spec.rules[{i}]");
+    let gw_rule = gateway_rule(route, key, i, rule)?;
+    let first = gw_rule.matches.first().map(|m| m.path.clone()).unwrap_or_default();
     let mut spec = BalancerPoolSpec::default();
-    spec.frontend.path_prefix = Some(value.clone());
-    spec.frontend.path_type = (path.type_.as_deref() == Some("Exact")).then_some(PathType::Exact);
-    if let Some(sp) = rule_persistence(inputs, &key.0, rule) {
-        let p = persistence(sp, &format!("spec.rules[{i}].sessionPersistence"))?;
-        spec.sticky = Some(sticky(&p, key, i, &value));
-    }
+    spec.frontend.path_prefix = Some(first.value().to_owned());
+    spec.frontend.path_type = matches!(first, core_gw::PathMatch::Exact(_)).then_some(PathType::Exact);
+    let persistence = match rule_persistence(inputs, &key.0, rule) {
+        Some(sp) => {
+            let p = persistence(sp, &format!("{at}.sessionPersistence"))?;
+            let cookie_path = match &first {
+                core_gw::PathMatch::Prefix(p) => p.clone(),
+                core_gw::PathMatch::Exact(_) => "/".to_owned(),
+            };
+            let core = core_gw::SessionPersistence {
+                kind: if p.header { core_gw::SessionKind::Header } else { core_gw::SessionKind::Cookie },
+                name: p.name.clone().unwrap_or_else(|| generated_session_name(key, i)),
+                cookie_path,
+                lifetime: if p.permanent {
+                    core_gw::CookieLifetime::Permanent
+                } else {
+                    core_gw::CookieLifetime::Session
+                },
+                absolute_timeout: p.absolute_timeout,
+            };
+            if let Some(e) = core.validate(&format!("{at}.sessionPersistence")).first() {
+                return Err(e.to_string());
+            }
+            Some(core)
+        }
+        None => None,
+    };
     let (members, problem) = weighted_members(inputs, key, &rule.backend_refs);
     let first = rule.backend_refs.first().map_or_else(|| "none".to_owned(), |b| b.name.clone());
     spec.backend.service = Some(ServiceRef { name: first, port: IntOrString::Int(0) });
-    Ok((spec, members, problem))
+    Ok((RulePool { index: i, spec, members, rule: gw_rule, persistence }, problem))
 }
 
-/// The BalancerPool sticky settings of a checked persistence.
-fn sticky(p: &Persistence, key: &Key, i: usize, path: &str) -> Sticky {
-    let name = p.name.clone().unwrap_or_else(|| generated_session_name(key, i));
-    let cookie = (!p.header).then(|| RouteCookie {
-        name: name.clone(),
-        mode: CookieMode::Insert,
-        path: Some(path.to_owned()),
-        max_age: p.permanent.then(|| p.absolute_timeout.map(|d| format!("{}s", d.as_secs()))).flatten(),
-        ..Default::default()
-    });
-    Sticky {
-        names: vec![name],
-        separator: Some(String::new()),
-        path_parameter: Some(false),
-        cookie,
-        ..Default::default()
+/// The core form of a rule's matches, precedence data and filters, checked.
+fn gateway_rule(route: &HTTPRoute, key: &Key, i: usize, rule: &HTTPRouteRule) -> Result<core_gw::GatewayRule, String> {
+    let at = format!("spec.rules[{i}]");
+    let matches = rule.matches.iter().map(request_match).collect();
+    let created_unix = route.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
+    let order = core_gw::RouteOrder {
+        created_unix,
+        route: format!("{}/{}", key.0, key.1),
+        rule: u32::try_from(i).unwrap_or(u32::MAX),
+    };
+    let out = core_gw::GatewayRule { matches, order, filters: filters(&rule.filters, &at)? };
+    match out.validate(&at).first() {
+        Some(e) => Err(e.to_string()),
+        None => Ok(out),
     }
+}
+
+fn request_match(m: &crate::api::gateway::HTTPRouteMatch) -> core_gw::RequestMatch {
+    let path = m.path.clone().unwrap_or_default();
+    let value = path.value.unwrap_or_else(|| "/".to_owned());
+    let path = match path.type_.as_deref() {
+        Some("Exact") => core_gw::PathMatch::Exact(value),
+        _ => {
+            let trimmed = value.trim_end_matches('/');
+            core_gw::PathMatch::Prefix(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() })
+        }
+    };
+    core_gw::RequestMatch {
+        path,
+        headers: m
+            .headers
+            .iter()
+            .map(|h| core_gw::HeaderMatch { name: h.name.to_ascii_lowercase(), value: h.value.clone() })
+            .collect(),
+        query: m
+            .query_params
+            .iter()
+            .map(|q| core_gw::QueryMatch { name: q.name.clone(), value: q.value.clone() })
+            .collect(),
+        method: m.method.clone(),
+    }
+}
+
+fn header_modifier(h: &crate::api::gateway::HeaderModifier) -> core_gw::HeaderModifier {
+    let pair = |x: &crate::api::gateway::HTTPHeader| (x.name.to_ascii_lowercase(), x.value.clone());
+    core_gw::HeaderModifier {
+        set: h.set.iter().map(pair).collect(),
+        add: h.add.iter().map(pair).collect(),
+        remove: h.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+    }
+}
+
+fn path_modifier(p: &crate::api::gateway::HTTPPathModifier, at: &str) -> Result<core_gw::PathModifier, String> {
+    match (p.type_.as_str(), &p.replace_full_path, &p.replace_prefix_match) {
+        ("ReplaceFullPath", Some(v), _) => Ok(core_gw::PathModifier::ReplaceFullPath(v.clone())),
+        ("ReplacePrefixMatch", _, Some(v)) => Ok(core_gw::PathModifier::ReplacePrefixMatch(v.clone())),
+        (t, _, _) => Err(format!("{at}.type {t} needs its value (replaceFullPath or replacePrefixMatch)")),
+    }
+}
+
+/// A rule's filters: at most one of each type, each with its configuration.
+fn filters(list: &[crate::api::gateway::HTTPRouteFilter], at: &str) -> Result<core_gw::Filters, String> {
+    let mut out = core_gw::Filters::default();
+    for (j, f) in list.iter().enumerate() {
+        let here = format!("{at}.filters[{j}]");
+        let missing = || format!("{here}: type {} without its configuration", f.type_);
+        let twice = || format!("{here}: a second {} filter is not served", f.type_);
+        match f.type_.as_str() {
+            "RequestHeaderModifier" => {
+                let h = f.request_header_modifier.as_ref().ok_or_else(missing)?;
+                if out.request_headers.replace(header_modifier(h)).is_some() {
+                    return Err(twice());
+                }
+            }
+            "ResponseHeaderModifier" => {
+                let h = f.response_header_modifier.as_ref().ok_or_else(missing)?;
+                if out.response_headers.replace(header_modifier(h)).is_some() {
+                    return Err(twice());
+                }
+            }
+            "RequestRedirect" => {
+                let r = f.request_redirect.as_ref().ok_or_else(missing)?;
+                let port = match r.port {
+                    None => None,
+                    Some(p) => {
+                        Some(u16::try_from(p).map_err(|_| format!("{here}.requestRedirect.port {p} is not a port"))?)
+                    }
+                };
+                let redirect = core_gw::RequestRedirect {
+                    scheme: r.scheme.clone(),
+                    hostname: r.hostname.clone(),
+                    path: r
+                        .path
+                        .as_ref()
+                        .map(|p| path_modifier(p, &format!("{here}.requestRedirect.path")))
+                        .transpose()?,
+                    port,
+                    status: u16::try_from(r.status_code.unwrap_or(302)).unwrap_or(0),
+                };
+                if out.redirect.replace(redirect).is_some() {
+                    return Err(twice());
+                }
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.as_ref().ok_or_else(missing)?;
+                let rewrite = core_gw::UrlRewrite {
+                    hostname: r.hostname.clone(),
+                    path: r.path.as_ref().map(|p| path_modifier(p, &format!("{here}.urlRewrite.path"))).transpose()?,
+                };
+                if out.rewrite.replace(rewrite).is_some() {
+                    return Err(twice());
+                }
+            }
+            other => return Err(format!("{here}.type {other} is not served")),
+        }
+    }
+    Ok(out)
 }
 
 /// A backendRef resolved to its Service's slices.

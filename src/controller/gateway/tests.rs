@@ -325,16 +325,54 @@ fn session_persistence_becomes_the_sticky_settings() {
     );
     let t = w.translate();
     assert_eq!(accepted(&t, "shop"), (true, "Accepted"));
-    let sticky = |i: usize| t.pools[i].sticky.clone().unwrap();
-    let a = sticky(0).cookie.unwrap();
-    assert_eq!(a.name, "SHOP");
-    assert_eq!(a.attributes, "; Path=/a; HttpOnly");
-    let b = sticky(1).cookie.unwrap();
+    let p = |i: usize| t.pools[i].sticky.clone().unwrap().persistence.unwrap();
+    use crate::core::gateway::{CookieLifetime, SessionKind};
+    let a = p(0);
+    assert_eq!((a.kind, a.name.as_str(), a.cookie_path.as_str()), (SessionKind::Cookie, "SHOP", "/a"));
+    assert_eq!((a.lifetime, a.absolute_timeout), (CookieLifetime::Session, None));
+    let b = p(1);
     assert!(b.name.starts_with("routeid-") && b.name != a.name, "a generated name per rule: {}", b.name);
-    assert!(b.attributes.contains("Max-Age=3600"), "{}", b.attributes);
-    let c = sticky(2);
-    assert!(c.cookie.is_none());
-    assert_eq!(c.cookie_name, "X-Session");
+    assert_eq!(b.lifetime, CookieLifetime::Permanent);
+    assert_eq!(b.absolute_timeout, Some(std::time::Duration::from_secs(3600)));
+    let c = p(2);
+    assert_eq!((c.kind, c.name.as_str()), (SessionKind::Header, "X-Session"));
+    assert!(t.pools.iter().all(|p| p.gateway.is_some()));
+}
+
+#[test]
+fn matches_filters_and_precedence_data_reach_the_pool() {
+    let mut w = World::new();
+    w.route(
+        "shop",
+        simple_route(json!({"rules": [
+            {"matches": [
+                {"path": {"type": "Exact", "value": "/x"}, "method": "POST"},
+                {"path": {"value": "/y/"}, "headers": [{"name": "X-Env", "value": "canary"}],
+                 "queryParams": [{"name": "v", "value": "2"}]}],
+             "filters": [
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "X-A", "value": "1"}], "remove": ["X-B"]}},
+                {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/z"}}}],
+             "backendRefs": [{"name": "shop", "port": 80}]},
+            {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]},
+        ]})),
+    );
+    let t = w.translate();
+    assert_eq!(accepted(&t, "shop"), (true, "Accepted"));
+    use crate::core::gateway::{PathMatch, PathModifier};
+    let g = t.pools[0].gateway.clone().unwrap();
+    assert_eq!(g.matches[0].path, PathMatch::Exact("/x".into()));
+    assert_eq!(g.matches[0].method.as_deref(), Some("POST"));
+    assert_eq!(g.matches[1].path, PathMatch::Prefix("/y".into()));
+    assert_eq!(g.matches[1].headers[0].name, "x-env");
+    assert_eq!(g.matches[1].query[0].value, "2");
+    assert_eq!(g.order.route, "web/shop");
+    assert_eq!(g.order.rule, 0);
+    let rh = g.filters.request_headers.unwrap();
+    assert_eq!((rh.set, rh.remove), (vec![("x-a".to_owned(), "1".to_owned())], vec!["x-b".to_owned()]));
+    assert_eq!(g.filters.rewrite.unwrap().path, Some(PathModifier::ReplaceFullPath("/z".into())));
+    let r = t.pools[1].gateway.clone().unwrap().filters.redirect.unwrap();
+    assert_eq!((r.scheme.as_deref(), r.status), (Some("https"), 301));
+    assert!(t.pools[1].members.is_empty());
 }
 
 #[test]
@@ -377,6 +415,21 @@ fn what_is_not_served_is_refused_with_unsupported_value() {
         ("idle", json!({"rules": [{"sessionPersistence": {"idleTimeout": "1m"}}]})),
         ("bad-duration", json!({"rules": [{"sessionPersistence": {"absoluteTimeout": "1 hour"}}]})),
         ("bad-type", json!({"rules": [{"sessionPersistence": {"type": "IP"}}]})),
+        (
+            "two-rewrites",
+            json!({"rules": [{"filters": [
+            {"type": "URLRewrite", "urlRewrite": {"hostname": "a.test"}},
+            {"type": "URLRewrite", "urlRewrite": {"hostname": "b.test"}}]}]}),
+        ),
+        (
+            "redirect-307",
+            json!({"rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 307}}]}]}),
+        ),
+        (
+            "prefix-on-exact",
+            json!({"rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+            "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}]}]}),
+        ),
     ];
     let mut w = World::new();
     for (name, spec) in cases {
