@@ -42,7 +42,8 @@ pub type Unknown = BTreeMap<String, Value>;
     version = "v1",
     kind = "GatewayClass",
     status = "GatewayClassStatus",
-    schema = "disabled"
+    schema = "disabled",
+    derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayClassSpec {
@@ -73,7 +74,8 @@ pub struct GatewayClassStatus {
     kind = "Gateway",
     namespaced,
     status = "GatewayStatus",
-    schema = "disabled"
+    schema = "disabled",
+    derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
@@ -228,7 +230,8 @@ pub struct ListenerStatus {
     kind = "HTTPRoute",
     namespaced,
     status = "HTTPRouteStatus",
-    schema = "disabled"
+    schema = "disabled",
+    derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteSpec {
@@ -520,7 +523,8 @@ pub struct RouteParentStatus {
     version = "v1beta1",
     kind = "ReferenceGrant",
     namespaced,
-    schema = "disabled"
+    schema = "disabled",
+    derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ReferenceGrantSpec {
@@ -563,7 +567,8 @@ pub struct ReferenceGrantTo {
     version = "v1alpha1",
     kind = "XBackendTrafficPolicy",
     namespaced,
-    schema = "disabled"
+    schema = "disabled",
+    derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct XBackendTrafficPolicySpec {

@@ -27,6 +27,7 @@ pub mod hosts;
 pub mod report;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -76,6 +76,8 @@ pub struct ControllerOptions {
     pub min_publish_interval: Duration,
     /// The Secret (`--default-tls-secret`) served to TLS clients with no or an unknown name.
     pub default_tls_secret: Option<SecretRef>,
+    /// Serve the Gateway API too (`None`: not at all; its CRDs are waited for when absent).
+    pub gateway: Option<gateway::watch::GatewayOptions>,
 }
 
 impl ControllerOptions {
@@ -112,6 +114,7 @@ impl ControllerOptions {
             status_resync: Duration::from_secs(10),
             min_publish_interval: Duration::from_millis(100),
             default_tls_secret: None,
+            gateway: Some(gateway::watch::GatewayOptions::default()),
         }
     }
 }
@@ -157,6 +160,10 @@ impl Controller {
         }));
         proxy.set_default_tls_secret(opts.default_tls_secret.clone());
         let (secrets, secret_rx) = secrets::SecretWatches::new(client.clone());
+        let (gw_rx, gw_tasks) = match &opts.gateway {
+            Some(g) => gateway::watch::spawn(&client, opts.namespace.clone(), g, shutdown_rx.clone()),
+            None => (mpsc::unbounded_channel().1, Vec::new()),
+        };
         let looper = Loop {
             client,
             opts,
@@ -176,9 +183,12 @@ impl Controller {
             tls_reported: HashMap::new(),
             publish_service: None,
             publish_service_missing: false,
+            gateways: gateway::watch::GatewayState::default(),
         };
-        let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx));
-        Controller { stats, leader: leader_rx, shutdown, tasks: vec![loop_task, writer_task, leader_task] }
+        let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx, gw_rx));
+        let mut tasks = vec![loop_task, writer_task, leader_task];
+        tasks.extend(gw_tasks);
+        Controller { stats, leader: leader_rx, shutdown, tasks }
     }
 
     /// Whether this replica writes status now.
@@ -223,6 +233,8 @@ struct Loop {
     publish_service: Option<Service>,
     /// The `--publish-service` Service was missing at the last status round (said once).
     publish_service_missing: bool,
+    /// The Gateway API objects and the pools made from them.
+    gateways: gateway::watch::GatewayState,
 }
 
 /// Where a watcher is in its (re-)list.
@@ -265,6 +277,7 @@ impl Loop {
         mut self,
         mut shutdown: watch::Receiver<bool>,
         mut secret_rx: mpsc::UnboundedReceiver<secrets::SecretEvent>,
+        mut gw_rx: mpsc::UnboundedReceiver<gateway::watch::GwEvent>,
     ) {
         let (pools_api, slices_api): (Api<BalancerPool>, Api<EndpointSlice>) = match &self.opts.namespace {
             Some(ns) => (Api::namespaced(self.client.clone(), ns), Api::namespaced(self.client.clone(), ns)),
@@ -290,6 +303,7 @@ impl Loop {
             ingress_state.synced = true;
             class_state.synced = true;
         }
+        let gateway_on = self.opts.gateway.is_some();
         let mut pool_events = std::pin::pin!(pool_events);
         let mut slice_events = std::pin::pin!(slice_events);
         let mut pools = ListState::<PoolId>::default();
@@ -331,6 +345,7 @@ impl Loop {
                     }
                 },
                 Some(ev) = ingress_events.next() => self.on_ingress(ev, &mut ingress_state),
+                Some(ev) = gw_rx.recv() => self.on_gateway_event(ev),
                 Some(ev) = class_events.next() => self.on_ingress_class(ev, &mut class_state),
                 Some(ev) = publish_events.next() => {
                     self.on_publish_service(ev, &mut publish_state);
@@ -386,15 +401,26 @@ impl Loop {
                     self.on_ingress_class(ev, &mut class_state);
                     progressed = true;
                 }
+                if let Ok(ev) = gw_rx.try_recv() {
+                    self.on_gateway_event(ev);
+                    progressed = true;
+                }
                 if !progressed {
                     break;
                 }
             }
             self.announce_when_ready();
-            if !(pools.synced && slices.synced && services.synced && ingress_state.synced && class_state.synced) {
+            let gateways_synced = !gateway_on || self.gateways.synced();
+            if !(pools.synced
+                && slices.synced
+                && services.synced
+                && ingress_state.synced
+                && class_state.synced
+                && gateways_synced)
+            {
                 continue;
             }
-            if self.index.has_work() || !self.ready {
+            if self.index.has_work() || self.gateways.dirty() || !self.ready {
                 let now = tokio::time::Instant::now();
                 let due = last_publish.map(|t| t + self.opts.min_publish_interval).filter(|t| *t > now && self.ready);
                 if let Some(t) = due {
@@ -412,8 +438,11 @@ impl Loop {
                 let rejected = changes.iter().filter(|c| c.rejected.is_some()).count() as u64;
                 metrics.reconciles.with_label_values(&["error"]).inc_by(rejected);
                 metrics.reconciles.with_label_values(&["ok"]).inc_by(changes.len() as u64 - rejected);
-                if self.index.take_publish_needed() || !self.ready {
-                    let configs = self.index.configs();
+                let listening = self.opts.gateway.as_ref().map(|g| g.listening.clone()).unwrap_or_default();
+                let gateway_changed = self.gateways.retranslate(&self.index, &listening);
+                if self.index.take_publish_needed() || gateway_changed || !self.ready {
+                    let mut configs = self.index.configs();
+                    configs.extend(self.gateways.pools().iter().cloned());
                     self.watch_secrets(&configs);
                     self.conflicts = self.proxy.publish(configs);
                     self.stats.publishes.fetch_add(1, Ordering::Relaxed);
@@ -473,6 +502,7 @@ impl Loop {
         ev: Result<watcher::Event<EndpointSlice>, watcher::Error>,
         st: &mut ListState<(String, String)>,
     ) {
+        self.gateways.touch();
         let key = |s: &EndpointSlice| {
             (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
         };
@@ -509,6 +539,7 @@ impl Loop {
         ev: Result<watcher::Event<Service>, watcher::Error>,
         st: &mut ListState<(String, String)>,
     ) {
+        self.gateways.touch();
         let key = |s: &Service| {
             (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
         };
@@ -656,6 +687,7 @@ impl Loop {
         let now_ms = self.proxy.clock().now_ms();
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         self.send_ingress_statuses();
+        self.send_gateway_statuses();
         for (id, entry) in self.index.pools() {
             if ingress::ingress_of(id).is_some() {
                 continue;

@@ -222,8 +222,21 @@ pub enum Outbound {
         /// The status.
         status: Box<k8s_openapi::api::networking::v1::IngressStatus>,
     },
+    /// The status a Gateway API object should have.
+    GatewayApi(Box<GatewayApiStatus>),
     /// An Event.
     Event(PoolEvent),
+}
+
+/// A Gateway API object's status, written whole (a merge patch of `status`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GatewayApiStatus {
+    /// A GatewayClass, by name.
+    Class(String, crate::api::gateway::GatewayClassStatus),
+    /// A Gateway.
+    Gateway((String, String), crate::api::gateway::GatewayStatus),
+    /// An HTTPRoute (its `parents`, other controllers' entries included).
+    Route((String, String), crate::api::gateway::HTTPRouteStatus),
 }
 
 /// Writer tuning.
@@ -260,6 +273,8 @@ pub struct Writer {
     events: VecDeque<PoolEvent>,
     /// Ingress statuses to write (the latest wins).
     ingress_pending: BTreeMap<(String, String), k8s_openapi::api::networking::v1::IngressStatus>,
+    /// Gateway API statuses to write, by kind and key (the latest wins).
+    gateway_pending: BTreeMap<(u8, String, String), GatewayApiStatus>,
     tokens: f64,
     refilled: Instant,
 }
@@ -291,6 +306,7 @@ impl Writer {
             written: HashMap::new(),
             events: VecDeque::new(),
             ingress_pending: BTreeMap::new(),
+            gateway_pending: BTreeMap::new(),
             tokens,
             refilled: Instant::now(),
         }
@@ -320,6 +336,14 @@ impl Writer {
             }
             Outbound::IngressStatus { key, status } => {
                 self.ingress_pending.insert(key, *status);
+            }
+            Outbound::GatewayApi(s) => {
+                let key = match &*s {
+                    GatewayApiStatus::Class(n, _) => (0, String::new(), n.clone()),
+                    GatewayApiStatus::Gateway((ns, n), _) => (1, ns.clone(), n.clone()),
+                    GatewayApiStatus::Route((ns, n), _) => (2, ns.clone(), n.clone()),
+                };
+                self.gateway_pending.insert(key, *s);
             }
             Outbound::Forget(id) => {
                 self.pending.remove(&id);
@@ -385,6 +409,13 @@ impl Writer {
             }
             self.write_ingress_status(&key, &status).await;
         }
+        while let Some((key, status)) = self.gateway_pending.pop_first() {
+            if !self.take_token() {
+                self.gateway_pending.insert(key, status);
+                return Some(now + Duration::from_millis(50));
+            }
+            self.write_gateway_status(&status).await;
+        }
         while !self.events.is_empty() {
             if !self.take_token() {
                 return Some(now + Duration::from_millis(50));
@@ -431,6 +462,45 @@ impl Writer {
         }
     }
 
+    /// Writes one Gateway API object's status; a failure is logged and retried on the next
+    /// status round (the loop sends the status again while the object differs).
+    async fn write_gateway_status(&self, status: &GatewayApiStatus) {
+        use crate::api::gateway::{Gateway, GatewayClass, HTTPRoute};
+        let pp = PatchParams { field_manager: Some(self.opts.field_manager.clone()), ..Default::default() };
+        let c = self.client.clone();
+        let (what, result) = match status {
+            GatewayApiStatus::Class(name, st) => {
+                let patch = Patch::Merge(serde_json::json!({ "status": st }));
+                (
+                    format!("GatewayClass {name}"),
+                    Api::<GatewayClass>::all(c).patch_status(name, &pp, &patch).await.map(drop),
+                )
+            }
+            GatewayApiStatus::Gateway((ns, name), st) => {
+                let patch = Patch::Merge(serde_json::json!({ "status": st }));
+                let api = Api::<Gateway>::namespaced(c, ns);
+                (format!("Gateway {ns}/{name}"), api.patch_status(name, &pp, &patch).await.map(drop))
+            }
+            GatewayApiStatus::Route((ns, name), st) => {
+                let patch = Patch::Merge(serde_json::json!({ "status": st }));
+                let api = Api::<HTTPRoute>::namespaced(c, ns);
+                (format!("HTTPRoute {ns}/{name}"), api.patch_status(name, &pp, &patch).await.map(drop))
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.stats.status_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::debug!(object = %what, "gone before its status was written")
+            }
+            Err(e) => {
+                self.stats.status_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(object = %what, error = %e, "status write failed; will retry");
+            }
+        }
+    }
+
     /// Runs until `rx` closes. Writes only while `leader` holds; a replica that does not lead
     /// drops its work (the leader computes the same statuses).
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outbound>, mut leader: watch::Receiver<bool>) {
@@ -465,6 +535,7 @@ impl Writer {
             if !*leader.borrow() {
                 self.pending.clear();
                 self.ingress_pending.clear();
+                self.gateway_pending.clear();
                 self.events.clear();
                 wake = None;
                 continue;
