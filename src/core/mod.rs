@@ -9,6 +9,7 @@ pub mod member;
 pub mod path;
 pub mod pool;
 pub mod route;
+pub mod session;
 pub mod sticky;
 pub mod table;
 

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::config::{HostMatch, PoolConfig, PoolId};
+use super::gateway::{PathMatch, RequestMatch, RouteOrder};
 use super::pool::Pool;
+use super::sticky::percent_decode;
 
 /// Two pools claim the same host and prefix: `loser` is left out, `winner` (listed first — the
 /// older one) serves.
@@ -37,23 +39,114 @@ pub struct RoutingTable {
     frontends: Arc<Frontends>,
 }
 
-/// The host and prefix index. It depends only on each pool's id, hosts and prefix, so a
-/// rebuild where those are unchanged (members moved, nothing else) shares it as it is.
+/// One way into a pool: the pool's index in `pools`, and which of its Gateway API matches
+/// ([`NO_MATCH`]: the pool's own host-and-prefix frontend, or a rule without matches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    pool: u32,
+    rule_match: u32,
+}
+
+/// [`Entry::rule_match`] of a pool without Gateway API matches.
+const NO_MATCH: u32 = u32::MAX;
+
+/// The host and prefix index. It depends only on each pool's id, hosts, prefix and Gateway API
+/// matches, so a rebuild where those are unchanged (members moved, nothing else) shares it.
 #[derive(Debug, Default)]
 struct Frontends {
     /// Per input, its index in `pools` (`None`: it lost a conflict).
     placed: Vec<Option<usize>>,
     by_id: HashMap<PoolId, usize>,
-    exact: HashMap<String, Vec<usize>>,
-    wildcard: Vec<(String, Vec<usize>)>,
-    any_host: Vec<usize>,
+    exact: HashMap<String, Vec<Entry>>,
+    wildcard: Vec<(String, Vec<Entry>)>,
+    any_host: Vec<Entry>,
     conflicts: Vec<Conflict>,
 }
 
-/// Same id, hosts and prefix: the frontend index does not care about anything else.
+/// Same id, hosts, prefix and matches: the frontend index does not care about anything else.
 fn same_frontend(a: &Arc<PoolConfig>, b: &Arc<PoolConfig>) -> bool {
+    fn rule(c: &PoolConfig) -> Option<(&[RequestMatch], &RouteOrder)> {
+        c.gateway.as_ref().map(|g| (g.matches.as_slice(), &g.order))
+    }
     Arc::ptr_eq(a, b)
-        || (a.id == b.id && a.hosts == b.hosts && a.path_prefix == b.path_prefix && a.path_exact == b.path_exact)
+        || (a.id == b.id
+            && a.hosts == b.hosts
+            && a.path_prefix == b.path_prefix
+            && a.path_exact == b.path_exact
+            && rule(a) == rule(b))
+}
+
+/// A request as the matcher sees it. `headers` gives the first value of a lower-case header.
+pub struct RequestFacts<'a, H> {
+    /// The host as sent (any case, with or without port).
+    pub host: Option<&'a str>,
+    /// The path, without query.
+    pub path: &'a str,
+    /// The query, without `?`.
+    pub query: Option<&'a str>,
+    /// The method as on the wire.
+    pub method: &'a str,
+    /// The request's headers.
+    pub headers: &'a H,
+}
+
+/// Where the matcher reads request headers from (the proxy's header map; `()` for none), so
+/// the core needs no HTTP library.
+pub trait HeaderSource {
+    /// The first value of header `name` (given in lower case).
+    fn first(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl HeaderSource for () {
+    fn first(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// The pool a request goes to, and the Gateway API match that chose it.
+#[derive(Clone, Copy, Debug)]
+pub struct Found<'a> {
+    /// The pool's index in [`RoutingTable::pools`].
+    pub pool: usize,
+    /// The rule's match that held (`None`: a pool without Gateway API matches).
+    pub rule_match: Option<&'a RequestMatch>,
+}
+
+/// The Gateway API precedence of an entry, most specific first: an Exact path before a
+/// PathPrefix, the longer path first, a method match, more header matches, more query matches;
+/// then the oldest route, its `namespace/name`, the rule's index, the match's index. A pool
+/// without a rule (BalancerPool, Ingress) has the same path keys, and ties go to it before any
+/// rule, then to the older pool (listed first).
+type Precedence<'a> = (
+    bool,
+    std::cmp::Reverse<usize>,
+    bool,
+    std::cmp::Reverse<usize>,
+    std::cmp::Reverse<usize>,
+    Option<&'a RouteOrder>,
+    u32,
+    usize,
+);
+
+fn precedence<'a>(cfg: &'a PoolConfig, rule_match: u32, pool: usize) -> Precedence<'a> {
+    use std::cmp::Reverse;
+    let m = cfg.gateway.as_ref().and_then(|g| g.matches.get(rule_match as usize));
+    let (exact, len) = match m {
+        Some(m) => (matches!(m.path, PathMatch::Exact(_)), m.path.value().len()),
+        None if cfg.gateway.is_some() => (false, 1),
+        None => (cfg.path_exact, cfg.path_prefix.len()),
+    };
+    let (method, headers, query) = m.map_or((false, 0, 0), |m| (m.method.is_some(), m.headers.len(), m.query.len()));
+    (
+        !exact,
+        Reverse(len),
+        !method,
+        Reverse(headers),
+        Reverse(query),
+        cfg.gateway.as_ref().map(|g| &g.order),
+        rule_match,
+        pool,
+    )
 }
 
 impl Frontends {
@@ -74,41 +167,48 @@ impl Frontends {
             };
             let prefix = cfg.path_prefix.as_str();
             let exact = cfg.path_exact;
-            if let Some((host, winner)) =
-                keys.iter().find_map(|k| claimed.get(&(k.clone(), prefix, exact)).map(|w| (k.clone(), (*w).clone())))
-            {
-                f.conflicts.push(Conflict { loser: cfg.id.clone(), winner, host, prefix: prefix.to_owned() });
-                f.placed.push(None);
-                continue;
-            }
-            for k in keys {
-                claimed.insert((k, prefix, exact), &cfg.id);
+            // Gateway API rules never conflict: equal matches are ordered by precedence.
+            if cfg.gateway.is_none() {
+                if let Some((host, winner)) = keys
+                    .iter()
+                    .find_map(|k| claimed.get(&(k.clone(), prefix, exact)).map(|w| (k.clone(), (*w).clone())))
+                {
+                    f.conflicts.push(Conflict { loser: cfg.id.clone(), winner, host, prefix: prefix.to_owned() });
+                    f.placed.push(None);
+                    continue;
+                }
+                for k in keys {
+                    claimed.insert((k, prefix, exact), &cfg.id);
+                }
             }
             let idx = f.by_id.len();
             f.placed.push(Some(idx));
             f.by_id.insert(cfg.id.clone(), idx);
+            let entries: Vec<Entry> = match cfg.gateway.as_ref().map(|g| g.matches.len()).filter(|&n| n > 0) {
+                Some(n) => (0..n as u32).map(|m| Entry { pool: idx as u32, rule_match: m }).collect(),
+                None => vec![Entry { pool: idx as u32, rule_match: NO_MATCH }],
+            };
             if cfg.hosts.is_empty() {
-                f.any_host.push(idx);
+                f.any_host.extend_from_slice(&entries);
             }
             for h in &cfg.hosts {
                 match h {
-                    HostMatch::Exact(e) => f.exact.entry(e.clone()).or_default().push(idx),
+                    HostMatch::Exact(e) => f.exact.entry(e.clone()).or_default().extend_from_slice(&entries),
                     HostMatch::Wildcard(w) => match f.wildcard.iter_mut().find(|(s, _)| s == w) {
-                        Some((_, v)) => v.push(idx),
-                        None => f.wildcard.push((w.clone(), vec![idx])),
+                        Some((_, v)) => v.extend_from_slice(&entries),
+                        None => f.wildcard.push((w.clone(), entries.clone())),
                     },
                 }
             }
         }
         let placed: Vec<&Arc<PoolConfig>> =
             configs.iter().zip(&f.placed).filter(|(_, p)| p.is_some()).map(|(c, _)| c).collect();
-        // Longest first; an exact path before a prefix of the same length.
-        let by_prefix_len = |v: &mut Vec<usize>| {
-            v.sort_by_key(|&i| (std::cmp::Reverse(placed[i].path_prefix.len()), !placed[i].path_exact))
+        let by_precedence = |v: &mut Vec<Entry>| {
+            v.sort_by_cached_key(|e| precedence(placed[e.pool as usize], e.rule_match, e.pool as usize))
         };
-        f.exact.values_mut().for_each(by_prefix_len);
-        f.wildcard.iter_mut().for_each(|(_, v)| by_prefix_len(v));
-        by_prefix_len(&mut f.any_host);
+        f.exact.values_mut().for_each(by_precedence);
+        f.wildcard.iter_mut().for_each(|(_, v)| by_precedence(v));
+        by_precedence(&mut f.any_host);
         f.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         f
     }
@@ -179,15 +279,23 @@ impl RoutingTable {
         self.frontends.by_id.get(id).copied()
     }
 
-    /// The pool for a request: `host` as sent (any case, with or without port), `path` the
-    /// request path without query.
+    /// The pool for a `GET` with no query and no headers: `host` as sent (any case, with or
+    /// without port), `path` the request path without query.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
         self.find_index(host, path).map(|i| &self.pools[i])
     }
 
     /// Like [`RoutingTable::find`], giving the pool's index in [`RoutingTable::pools`].
     pub fn find_index(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        let host = host.map(strip_port).filter(|h| !h.is_empty());
+        let req = RequestFacts { host, path, query: None, method: "GET", headers: &() };
+        self.find_request(&req).map(|f| f.pool)
+    }
+
+    /// The pool for a request, by host first (exact, then the longest wildcard, then pools
+    /// for any host) and, among the pools of a host, by Gateway API match precedence. No
+    /// allocation unless the host has upper-case letters.
+    pub fn find_request<'s, H: HeaderSource>(&'s self, req: &RequestFacts<'_, H>) -> Option<Found<'s>> {
+        let host = req.host.map(strip_port).filter(|h| !h.is_empty());
         if let Some(host) = host {
             let lowered;
             let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -196,27 +304,69 @@ impl RoutingTable {
             } else {
                 host
             };
-            if let Some(p) = self.frontends.exact.get(host).and_then(|v| self.first_prefix(v, path)) {
+            if let Some(p) = self.frontends.exact.get(host).and_then(|v| self.first_match(v, req)) {
                 return Some(p);
             }
             for (suffix, v) in &self.frontends.wildcard {
                 if host.len() > suffix.len()
                     && host.ends_with(suffix.as_str())
-                    && let Some(p) = self.first_prefix(v, path)
+                    && let Some(p) = self.first_match(v, req)
                 {
                     return Some(p);
                 }
             }
         }
-        self.first_prefix(&self.frontends.any_host, path)
+        self.first_match(&self.frontends.any_host, req)
     }
 
-    fn first_prefix(&self, candidates: &[usize], path: &str) -> Option<usize> {
-        candidates.iter().copied().find(|&i| {
-            let c = &self.pools[i].config;
-            if c.path_exact { exact_matches(&c.path_prefix, path) } else { prefix_matches(&c.path_prefix, path) }
+    fn first_match<'s, H: HeaderSource>(&'s self, entries: &[Entry], req: &RequestFacts<'_, H>) -> Option<Found<'s>> {
+        entries.iter().find_map(|e| {
+            let c = &self.pools[e.pool as usize].config;
+            let found = |rule_match| Some(Found { pool: e.pool as usize, rule_match });
+            match c.gateway.as_ref().and_then(|g| g.matches.get(e.rule_match as usize)) {
+                Some(m) => {
+                    if request_matches(m, req) {
+                        found(Some(m))
+                    } else {
+                        None
+                    }
+                }
+                None if c.gateway.is_some() => found(None),
+                None => {
+                    let hit = if c.path_exact {
+                        exact_matches(&c.path_prefix, req.path)
+                    } else {
+                        prefix_matches(&c.path_prefix, req.path)
+                    };
+                    if hit { found(None) } else { None }
+                }
+            }
         })
     }
+}
+
+/// Whether every condition of a Gateway API match holds for the request.
+pub fn request_matches<H: HeaderSource>(m: &RequestMatch, req: &RequestFacts<'_, H>) -> bool {
+    let path = match &m.path {
+        PathMatch::Exact(p) => exact_matches(p, req.path),
+        PathMatch::Prefix(p) => prefix_matches(p, req.path),
+    };
+    path && m.method.as_deref().is_none_or(|want| want == req.method)
+        && m.headers.iter().all(|h| req.headers.first(&h.name).is_some_and(|v| v == h.value.as_bytes()))
+        && m.query.iter().all(|q| {
+            req.query
+                .and_then(|query| query_value(query, &q.name))
+                .is_some_and(|v| *percent_decode(v.as_bytes()) == *q.value.as_bytes())
+        })
+}
+
+/// The value of the first `name=value` pair of a query (`name` alone has the empty value).
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| match pair.split_once('=') {
+        Some((n, v)) if n == name => Some(v),
+        None if pair == name => Some(""),
+        _ => None,
+    })
 }
 
 /// Segment-wise prefix match: `/shop` matches `/shop`, `/shop/x`, `/shop;jsessionid=...`, not
@@ -392,5 +542,167 @@ mod tests {
         assert_eq!(name(&t3, Some("late.com"), "/"), Some("late"));
         assert_eq!(t3.previous_index_of(1, &t2), None, "late is new");
         assert_eq!(t3.previous_index_of(2, &t2), Some(1), "b, found by id");
+    }
+
+    use crate::core::gateway::{GatewayRule, HeaderMatch, QueryMatch};
+
+    /// A Gateway API pool: one rule of route `ns/route` created at `created`, with `matches`.
+    fn rule(name: &str, hosts: &[&str], created: i64, route: &str, idx: u32, matches: Vec<RequestMatch>) -> PoolConfig {
+        let mut c = cfg(name, hosts, "/");
+        c.gateway = Some(GatewayRule {
+            matches,
+            order: RouteOrder { created_unix: created, route: route.into(), rule: idx },
+            ..Default::default()
+        });
+        c
+    }
+
+    fn prefix(p: &str) -> RequestMatch {
+        RequestMatch { path: PathMatch::Prefix(p.into()), ..Default::default() }
+    }
+
+    fn exact(p: &str) -> RequestMatch {
+        RequestMatch { path: PathMatch::Exact(p.into()), ..Default::default() }
+    }
+
+    struct Headers(&'static [(&'static str, &'static str)]);
+
+    impl HeaderSource for Headers {
+        fn first(&self, name: &str) -> Option<&[u8]> {
+            self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes())
+        }
+    }
+
+    fn route_for<'t>(t: &'t RoutingTable, host: &str, method: &str, pq: &str, headers: &Headers) -> Option<&'t str> {
+        let (path, query) = match pq.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (pq, None),
+        };
+        let req = RequestFacts { host: Some(host), path, query, method, headers };
+        t.find_request(&req).map(|f| t.pools()[f.pool].config.id.name.as_str())
+    }
+
+    #[test]
+    fn gateway_precedence_path_then_method_headers_query() {
+        let with = |mut m: RequestMatch, f: &dyn Fn(&mut RequestMatch)| {
+            f(&mut m);
+            m
+        };
+        let hdr = |n: &str, v: &str| HeaderMatch { name: n.into(), value: v.into() };
+        let qp = |n: &str, v: &str| QueryMatch { name: n.into(), value: v.into() };
+        let (t, c) = RoutingTable::build(
+            vec![
+                rule("root", &["a.com"], 1, "ns/r", 0, vec![prefix("/")]),
+                rule("long", &["a.com"], 1, "ns/r", 1, vec![prefix("/api/v1")]),
+                rule("api", &["a.com"], 1, "ns/r", 2, vec![prefix("/api")]),
+                rule("exact", &["a.com"], 9, "ns/z", 0, vec![exact("/api")]),
+                rule("post", &["a.com"], 9, "ns/z", 1, vec![with(prefix("/api"), &|m| m.method = Some("POST".into()))]),
+                rule(
+                    "one-h",
+                    &["a.com"],
+                    9,
+                    "ns/z",
+                    2,
+                    vec![with(prefix("/api"), &|m| m.headers = vec![hdr("x-a", "1")])],
+                ),
+                rule(
+                    "two-h",
+                    &["a.com"],
+                    9,
+                    "ns/z",
+                    3,
+                    vec![with(prefix("/api"), &|m| m.headers = vec![hdr("x-a", "1"), hdr("x-b", "2")])],
+                ),
+                rule(
+                    "query",
+                    &["a.com"],
+                    9,
+                    "ns/z",
+                    4,
+                    vec![with(prefix("/api"), &|m| m.query = vec![qp("v", "a b")])],
+                ),
+            ],
+            None,
+        );
+        assert!(c.is_empty(), "rules never conflict");
+        let none = Headers(&[]);
+        assert_eq!(route_for(&t, "a.com", "GET", "/api", &none), Some("exact"), "Exact over any prefix");
+        assert_eq!(route_for(&t, "a.com", "POST", "/api", &none), Some("exact"));
+        assert_eq!(route_for(&t, "a.com", "GET", "/api/v1/x", &none), Some("long"), "the longest prefix");
+        assert_eq!(route_for(&t, "a.com", "POST", "/api/x", &Headers(&[("x-a", "1")])), Some("post"), "method first");
+        let both = Headers(&[("x-a", "1"), ("x-b", "2")]);
+        assert_eq!(route_for(&t, "a.com", "GET", "/api/x?v=a%20b", &both), Some("two-h"), "most headers");
+        assert_eq!(route_for(&t, "a.com", "GET", "/api/x?v=a%20b", &Headers(&[("x-a", "1")])), Some("one-h"));
+        assert_eq!(route_for(&t, "a.com", "GET", "/api/x?w=1&v=a%20b", &none), Some("query"), "then query");
+        assert_eq!(route_for(&t, "a.com", "GET", "/api/x?v=other", &Headers(&[("x-a", "2")])), Some("api"));
+        assert_eq!(route_for(&t, "a.com", "GET", "/apix", &none), Some("root"), "segment-wise prefixes");
+    }
+
+    #[test]
+    fn gateway_ties_go_to_the_oldest_route_then_its_name_then_the_rule() {
+        let (t, _) = RoutingTable::build(
+            vec![
+                rule("young", &["a.com"], 20, "a/first", 0, vec![prefix("/x")]),
+                rule("old-b", &["a.com"], 10, "ns/b", 0, vec![prefix("/x")]),
+                rule("old-a-1", &["a.com"], 10, "ns/a", 1, vec![prefix("/x")]),
+                rule("old-a-0", &["a.com"], 10, "ns/a", 0, vec![prefix("/y"), prefix("/x")]),
+            ],
+            None,
+        );
+        assert_eq!(route_for(&t, "a.com", "GET", "/x", &Headers(&[])), Some("old-a-0"));
+        let (t, _) = RoutingTable::build(
+            vec![
+                rule("young", &["a.com"], 20, "a/first", 0, vec![prefix("/x")]),
+                rule("old-b", &["a.com"], 10, "ns/b", 0, vec![prefix("/x")]),
+                rule("old-a-1", &["a.com"], 10, "ns/a", 1, vec![prefix("/x")]),
+            ],
+            None,
+        );
+        assert_eq!(route_for(&t, "a.com", "GET", "/x", &Headers(&[])), Some("old-a-1"), "ns/a before ns/b");
+        let (t, _) = RoutingTable::build(
+            vec![
+                rule("young", &["a.com"], 20, "a/first", 0, vec![prefix("/x")]),
+                rule("old-b", &["a.com"], 10, "ns/b", 0, vec![prefix("/x")]),
+            ],
+            None,
+        );
+        assert_eq!(route_for(&t, "a.com", "GET", "/x", &Headers(&[])), Some("old-b"), "the oldest route");
+    }
+
+    #[test]
+    fn gateway_hostnames_exact_over_wildcard_longest_wildcard_first() {
+        let (t, _) = RoutingTable::build(
+            vec![
+                rule("any", &[], 1, "ns/any", 0, vec![]),
+                rule("wild", &["*.example.com"], 1, "ns/w", 0, vec![exact("/only")]),
+                rule("wild-eu", &["*.eu.example.com"], 1, "ns/weu", 0, vec![prefix("/")]),
+                rule("exact", &["shop.eu.example.com"], 1, "ns/e", 0, vec![prefix("/cart")]),
+            ],
+            None,
+        );
+        let none = Headers(&[]);
+        assert_eq!(route_for(&t, "shop.eu.example.com", "GET", "/cart/1", &none), Some("exact"));
+        assert_eq!(route_for(&t, "shop.eu.example.com", "GET", "/other", &none), Some("wild-eu"), "falls through");
+        assert_eq!(route_for(&t, "x.eu.example.com", "GET", "/only", &none), Some("wild-eu"), "longest wildcard");
+        assert_eq!(route_for(&t, "x.example.com", "GET", "/only", &none), Some("wild"));
+        assert_eq!(route_for(&t, "x.example.com", "GET", "/else", &none), Some("any"), "a rule without matches");
+    }
+
+    #[test]
+    fn a_rule_found_by_request_says_which_match_held() {
+        let (t, _) = RoutingTable::build(vec![rule("r", &[], 1, "ns/r", 0, vec![exact("/a"), prefix("/b")])], None);
+        let req = RequestFacts { host: None, path: "/b/c", query: None, method: "GET", headers: &() };
+        let found = t.find_request(&req).unwrap();
+        assert_eq!(found.rule_match.map(|m| &m.path), Some(&PathMatch::Prefix("/b".into())));
+        // BalancerPools keep their frontends beside rules; equal paths go to the BalancerPool.
+        let (t, c) = RoutingTable::build(
+            vec![rule("rule", &["a.com"], 1, "ns/r", 0, vec![prefix("/x")]), cfg("pool", &["a.com"], "/x")],
+            None,
+        );
+        assert!(c.is_empty());
+        assert_eq!(name(&t, Some("a.com"), "/x/1"), Some("pool"));
+        assert!(
+            t.find_request(&RequestFacts { host: Some("a.com"), path: "/x/1", ..req }).unwrap().rule_match.is_none()
+        );
     }
 }

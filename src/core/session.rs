@@ -1,0 +1,236 @@
+//! Gateway API session values (GEP-1619): the route a client holds, and, with an
+//! `absoluteTimeout`, when the session ends, sealed so that the proxy can enforce it.
+//!
+//! Without a timeout the value is the member's route itself (`shop-0`), like Apache's `ROUTEID`:
+//! a client that forges one only picks a pod it could have been given anyway. With a timeout it
+//! is `route.expires.mac`: `expires` in seconds since the Unix epoch, `mac` the first 16 bytes
+//! of HMAC-SHA256 over the session name, the route and the expiry (base64url), compared in
+//! constant time. A client can neither extend a session nor carry it to another rule, and every
+//! replica that holds the same key reads the same value the same way (the key comes from a
+//! file, the chart's Secret, so restarts and other replicas keep sessions working).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+
+use super::config::is_valid_route;
+use super::gateway::SessionPersistence;
+
+/// Bytes of the HMAC kept in a value: 128 bits, as much as a forger must guess.
+const MAC_LEN: usize = 16;
+/// Shortest key accepted from a file.
+pub const MIN_KEY_LEN: usize = 32;
+
+/// The HMAC key that seals session values. Every replica must hold the same one.
+#[derive(Clone)]
+pub struct SessionKey(hmac::Key);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+/// A key file that cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Fewer bytes than [`MIN_KEY_LEN`].
+    #[error("the session key has {0} bytes; it needs at least {MIN_KEY_LEN}")]
+    TooShort(usize),
+    /// The system's random generator failed.
+    #[error("no random bytes for a session key")]
+    NoRandom,
+}
+
+impl SessionKey {
+    /// A key from secret bytes (a mounted Secret's content; surrounding white space, such as a
+    /// trailing newline, is not part of it).
+    pub fn from_bytes(bytes: &[u8]) -> Result<SessionKey, KeyError> {
+        let bytes = bytes.trim_ascii();
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(KeyError::TooShort(bytes.len()));
+        }
+        Ok(SessionKey(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
+    }
+
+    /// A random key: sessions with a timeout then end with the process and are not read by
+    /// other replicas.
+    pub fn random() -> Result<SessionKey, KeyError> {
+        let rng = ring::rand::SystemRandom::new();
+        let k = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| KeyError::NoRandom)?;
+        Ok(SessionKey(k))
+    }
+
+    fn mac(&self, name: &str, route: &str, expires: u64) -> [u8; MAC_LEN] {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(name.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(route.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(&expires.to_be_bytes());
+        let tag = ctx.sign();
+        let mut out = [0; MAC_LEN];
+        out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
+        out
+    }
+}
+
+/// Wall-clock seconds for session expiry: the system clock, or a clock a test moves.
+#[derive(Clone, Debug, Default)]
+pub enum WallClock {
+    /// `SystemTime::now()`.
+    #[default]
+    System,
+    /// Seconds since the epoch, set by hand (tests).
+    Manual(Arc<AtomicU64>),
+}
+
+impl WallClock {
+    /// A hand-moved clock starting at `unix_secs`.
+    pub fn manual(unix_secs: u64) -> WallClock {
+        WallClock::Manual(Arc::new(AtomicU64::new(unix_secs)))
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn now_unix(&self) -> u64 {
+        match self {
+            WallClock::System => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            WallClock::Manual(s) => s.load(Relaxed),
+        }
+    }
+
+    /// Moves a manual clock forward (no effect on the system clock).
+    pub fn advance(&self, by: Duration) {
+        if let WallClock::Manual(s) = self {
+            s.fetch_add(by.as_secs(), Relaxed);
+        }
+    }
+}
+
+/// What a session value says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened<'a> {
+    /// A valid session for `route`, ending at `expires` (Unix seconds) when it has a timeout.
+    Valid {
+        /// The member's route.
+        route: &'a str,
+        /// When the session ends.
+        expires: Option<u64>,
+    },
+    /// A genuine value whose time is up.
+    Expired,
+    /// Not a value this proxy made (bad bytes, wrong MAC, no expiry where one is needed).
+    Forged,
+}
+
+/// Reads a session value of persistence `p` at `now` (Unix seconds).
+pub fn open<'a>(p: &SessionPersistence, key: &SessionKey, value: &'a str, now: u64) -> Opened<'a> {
+    if p.absolute_timeout.is_none() {
+        return if is_valid_route(value) { Opened::Valid { route: value, expires: None } } else { Opened::Forged };
+    }
+    let mut parts = value.rsplitn(3, '.');
+    let (Some(mac), Some(expires), Some(route)) = (parts.next(), parts.next(), parts.next()) else {
+        return Opened::Forged;
+    };
+    let Ok(expires) = expires.parse::<u64>() else { return Opened::Forged };
+    let mut got = [0u8; MAC_LEN];
+    let ok_len = URL_SAFE_NO_PAD.decode_slice(mac, &mut got).ok() == Some(MAC_LEN);
+    let want = key.mac(&p.name, route, expires);
+    // Constant time: nothing about the right MAC leaks through how long a wrong one takes.
+    if !ok_len || !is_valid_route(route) || !same_mac(&got, &want) {
+        return Opened::Forged;
+    }
+    if now >= expires { Opened::Expired } else { Opened::Valid { route, expires: Some(expires) } }
+}
+
+/// Compares two MACs in time that does not depend on where they differ (ring's own helper for
+/// this is deprecated; this is the usual XOR fold, kept opaque to the optimiser).
+fn same_mac(a: &[u8; MAC_LEN], b: &[u8; MAC_LEN]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The value for a session of `route` ending at `expires` (with a timeout), or the bare route.
+pub fn seal(p: &SessionPersistence, key: &SessionKey, route: &str, expires: Option<u64>) -> String {
+    match expires {
+        None => route.to_owned(),
+        Some(at) => {
+            let mac = key.mac(&p.name, route, at);
+            format!("{route}.{at}.{}", URL_SAFE_NO_PAD.encode(mac))
+        }
+    }
+}
+
+/// When a session starting now ends, if `p` has a timeout.
+pub fn expiry(p: &SessionPersistence, now: u64) -> Option<u64> {
+    p.absolute_timeout.map(|t| now.saturating_add(t.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::gateway::{CookieLifetime, SessionKind};
+
+    fn persistence(timeout: Option<u64>) -> SessionPersistence {
+        SessionPersistence {
+            kind: SessionKind::Cookie,
+            name: "s".into(),
+            cookie_path: "/".into(),
+            lifetime: CookieLifetime::Session,
+            absolute_timeout: timeout.map(Duration::from_secs),
+        }
+    }
+
+    fn key(b: u8) -> SessionKey {
+        SessionKey::from_bytes(&[b; 32]).unwrap()
+    }
+
+    #[test]
+    fn a_sealed_value_opens_until_it_expires() {
+        let p = persistence(Some(60));
+        let v = seal(&p, &key(1), "shop-0.x", expiry(&p, 1000));
+        assert!(v.starts_with("shop-0.x.1060."), "{v}");
+        assert_eq!(open(&p, &key(1), &v, 1059), Opened::Valid { route: "shop-0.x", expires: Some(1060) });
+        assert_eq!(open(&p, &key(1), &v, 1060), Opened::Expired);
+    }
+
+    #[test]
+    fn forged_extended_or_foreign_values_are_refused() {
+        let p = persistence(Some(60));
+        let v = seal(&p, &key(1), "a", Some(1060));
+        let extended = v.replace(".1060.", ".9999.");
+        assert_eq!(open(&p, &key(1), &extended, 1000), Opened::Forged, "a longer expiry breaks the MAC");
+        assert_eq!(open(&p, &key(2), &v, 1000), Opened::Forged, "another key");
+        let other_rule = SessionPersistence { name: "t".into(), ..p.clone() };
+        assert_eq!(open(&other_rule, &key(1), &v, 1000), Opened::Forged, "another rule's session");
+        let rerouted = v.replacen('a', "b", 1);
+        assert_eq!(open(&p, &key(1), &rerouted, 1000), Opened::Forged, "another route");
+        for junk in ["a", "a.1060", "a.x.AAAA", "", "..", "a.1060.!!!!", "a b.1060.AAAAAAAAAAAAAAAAAAAAAA"] {
+            assert_eq!(open(&p, &key(1), junk, 1000), Opened::Forged, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_timeout_the_value_is_the_route() {
+        let p = persistence(None);
+        assert_eq!(seal(&p, &key(1), "shop-0", None), "shop-0");
+        assert_eq!(open(&p, &key(1), "shop-0", 0), Opened::Valid { route: "shop-0", expires: None });
+        assert_eq!(open(&p, &key(1), "a b", 0), Opened::Forged);
+    }
+
+    #[test]
+    fn keys_need_32_bytes_and_ignore_a_trailing_newline() {
+        assert!(matches!(SessionKey::from_bytes(b"short\n"), Err(KeyError::TooShort(5))));
+        let p = persistence(Some(5));
+        let a = SessionKey::from_bytes(&[b'k'; 40]).unwrap();
+        let mut with_nl = vec![b'k'; 40];
+        with_nl.push(b'\n');
+        let b = SessionKey::from_bytes(&with_nl).unwrap();
+        assert_eq!(seal(&p, &a, "r", Some(9)), seal(&p, &b, "r", Some(9)), "replicas with the same Secret agree");
+        assert!(SessionKey::random().is_ok());
+    }
+}
