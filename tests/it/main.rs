@@ -17,6 +17,7 @@ mod controller_routing;
 mod controller_scope;
 mod controller_status;
 mod crd;
+mod gateway;
 mod health;
 mod hostile;
 mod ingress;
