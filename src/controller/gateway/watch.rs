@@ -292,20 +292,32 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let mut told = false;
+    let mut failing = false;
+    // An unreachable API server is retried soon (backing off to `poll`); absent CRDs at `poll`.
+    let mut retry = Duration::from_millis(250);
     loop {
-        match installed(api).await {
+        let wait = match installed(api).await {
             Ok(true) => return true,
-            Ok(false) if !told => {
-                told = true;
-                if tx.send(GwEvent::Absent(group)).is_err() {
-                    return false;
+            Ok(false) => {
+                if !told {
+                    told = true;
+                    if tx.send(GwEvent::Absent(group)).is_err() {
+                        return false;
+                    }
                 }
+                poll
             }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(group, error = %e, "probing the Gateway API CRDs failed; retrying"),
-        }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(group, error = %e, "probing the Gateway API CRDs failed; retrying with backoff");
+                }
+                failing = true;
+                retry = (retry * 2).min(poll);
+                retry
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(poll) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return false,
         }
     }
