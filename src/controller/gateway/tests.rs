@@ -542,3 +542,36 @@ fn gep_2257_durations() {
         assert_eq!(parse_duration(bad), None, "{bad:?}");
     }
 }
+
+#[test]
+fn the_example_in_examples_is_accepted_with_its_sessions() {
+    let text = include_str!("../../../examples/gateway.yaml");
+    let mut w = World::new();
+    w.add_service("web", "shop", &["shop-0"]);
+    w.add_service("web", "shop-canary", &["canary-0"]);
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "GatewayClass" => {
+                let c: GatewayClass = obj(v);
+                w.classes.insert(c.metadata.name.clone().unwrap(), Arc::new(c));
+            }
+            "Gateway" => {
+                let g: Gateway = obj(v);
+                w.gateways.insert(("web".into(), g.metadata.name.clone().unwrap()), Arc::new(g));
+            }
+            "HTTPRoute" => {
+                let r: HTTPRoute = obj(v);
+                w.routes.insert(("web".into(), r.metadata.name.clone().unwrap()), Arc::new(r));
+            }
+            k => panic!("unexpected kind {k}"),
+        }
+    }
+    let t = w.translate();
+    let parents = &t.routes[&("web".to_owned(), "shop".to_owned())];
+    assert!(parents[0].conditions.iter().all(|c| c.ok), "{:?}", parents[0].conditions);
+    assert_eq!(t.pools.len(), 2);
+    let sessions: Vec<_> = t.pools.iter().map(|p| p.sticky.clone().unwrap().persistence.unwrap().name).collect();
+    assert_eq!(sessions, ["SHOPID", "x-session"]);
+    assert_eq!(t.pools[0].tls.len(), 1, "the HTTPS listener's certificate");
+}
