@@ -125,6 +125,12 @@ pub struct ProxyArgs {
     /// Time a client has for the PROXY header and the TLS handshake.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// A file holding the key (at least 32 bytes) that seals Gateway API session values with an
+    /// `absoluteTimeout`; every replica must read the same key (the chart mounts a Secret).
+    /// Without it a random key is made at start, and such sessions end with the process and are
+    /// not honoured by other replicas.
+    #[arg(long, env = "ROUTEID_SESSION_KEY_FILE")]
+    pub session_key_file: Option<PathBuf>,
 }
 
 /// The TLS listener's flags.
@@ -152,7 +158,25 @@ impl ProxyArgs {
         Ok(())
     }
 
-    /// The settings these flags describe.
+    /// The settings these flags describe, with the session key read from its file (or a
+    /// warning that there is none).
+    pub fn load_settings(&self) -> Result<ProxySettings, String> {
+        let mut settings = self.settings();
+        match &self.session_key_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| format!("--session-key-file {}: {e}", path.display()))?;
+                let key = crate::core::session::SessionKey::from_bytes(&bytes)
+                    .map_err(|e| format!("--session-key-file {}: {e}", path.display()))?;
+                settings.session_key = Some(key);
+            }
+            None => tracing::warn!(
+                "no --session-key-file: Gateway API sessions with an absoluteTimeout use a random key, so they do not survive a restart and other replicas do not honour them"
+            ),
+        }
+        Ok(settings)
+    }
+
+    /// The settings these flags describe (no session key: see [`ProxyArgs::load_settings`]).
     pub fn settings(&self) -> ProxySettings {
         ProxySettings {
             via: self.via,
@@ -166,6 +190,7 @@ impl ProxyArgs {
             proxy_protocol: self.proxy_protocol,
             tls_proxy_protocol: self.tls_proxy_protocol,
             handshake_timeout: self.handshake_timeout,
+            ..Default::default()
         }
     }
 }

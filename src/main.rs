@@ -90,7 +90,14 @@ async fn run(command: Command) -> ExitCode {
         Command::Crd => ExitCode::SUCCESS,
         Command::Demo { listen, admin_listen, check } => run_demo(listen, admin_listen, check).await,
         Command::Standalone { file, listen, admin_listen, tls, proxy } => {
-            run_standalone(&file, listen, admin_listen, tls, proxy.settings(), proxy.manager_token.clone()).await
+            let settings = match proxy.load_settings() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("routeid: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run_standalone(&file, listen, admin_listen, tls, settings, proxy.manager_token.clone()).await
         }
         Command::Controller(args) => run_controller(args).await,
         Command::IngressCheck { kubeconfig, namespace, class } => {
@@ -292,7 +299,13 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         secrets: Vec::new(),
         default: args.tls.default_tls_secret.clone(),
     });
-    let settings = args.proxy.settings();
+    let settings = match args.proxy.load_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("routeid controller: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let running = match Running::start_full(settings, args.listen, args.admin_listen, Vec::new(), admin, tls).await {
         Ok((r, _)) => r,
         Err(e) => {

@@ -39,11 +39,15 @@ pub enum StickyOutcome {
     UnknownRoute = 3,
     /// The routed member was unusable: the session moved.
     RouteChanged = 4,
-    /// A value that is not a valid route (bad bytes, too long).
+    /// A value that is not a valid route (bad bytes, too long), or a Gateway API session value
+    /// this proxy did not seal (forged).
     Malformed = 5,
+    /// A genuine Gateway API session value past its `absoluteTimeout`.
+    Expired = 6,
 }
 
-const STICKY_LABELS: [&str; 6] = ["hit", "new-session", "no-route", "unknown-route", "route-changed", "malformed"];
+const STICKY_LABELS: [&str; 7] =
+    ["hit", "new-session", "no-route", "unknown-route", "route-changed", "malformed", "expired"];
 
 /// Why a request went to another member than first intended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +143,7 @@ impl MemberMetrics {
 /// Per-pool handles.
 #[derive(Debug, Clone)]
 pub struct PoolMetrics {
-    sticky: [IntCounter; 6],
+    sticky: [IntCounter; 7],
     failovers: [IntCounter; 2],
     unavailable: IntCounter,
 }

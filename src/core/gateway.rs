@@ -238,8 +238,11 @@ impl HeaderModifier {
 
 impl PathModifier {
     fn validate(&self, at: &str, out: &mut Vec<FieldError>) {
+        // An empty ReplacePrefixMatch removes the prefix (the spec's table allows it).
         let p = match self {
-            PathModifier::ReplaceFullPath(p) | PathModifier::ReplacePrefixMatch(p) => p,
+            PathModifier::ReplaceFullPath(p) => p,
+            PathModifier::ReplacePrefixMatch(p) if p.is_empty() => return,
+            PathModifier::ReplacePrefixMatch(p) => p,
         };
         if !is_path(p) {
             out.push(FieldError { path: at.into(), reason: format!("{p:?} is not an absolute path") });

@@ -253,7 +253,10 @@ impl Pool {
                         let set = self.members[i].config.lb_set;
                         let same_set =
                             |j: usize| self.members[j].config.lb_set == set && self.members[j].takes_new(now_ms);
-                        self.lb.account_sticky(&self.members, &same_set, i, &ctx);
+                        // Gateway API session persistence: weights apply to new sessions only.
+                        if self.config.sticky.as_ref().is_none_or(|s| s.persistence.is_none()) {
+                            self.lb.account_sticky(&self.members, &same_set, i, &ctx);
+                        }
                         return Choice::StickyHit(i);
                     }
                     if self.config.sticky.as_ref().is_some_and(|s| !s.failover) {

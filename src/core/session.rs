@@ -128,10 +128,12 @@ pub enum Opened<'a> {
 }
 
 /// Reads a session value of persistence `p` at `now` (Unix seconds).
-pub fn open<'a>(p: &SessionPersistence, key: &SessionKey, value: &'a str, now: u64) -> Opened<'a> {
-    if p.absolute_timeout.is_none() {
-        return if is_valid_route(value) { Opened::Valid { route: value, expires: None } } else { Opened::Forged };
-    }
+/// Without a key a value with a timeout is never valid (it could not have been sealed).
+pub fn open<'a>(p: &SessionPersistence, key: Option<&SessionKey>, value: &'a str, now: u64) -> Opened<'a> {
+    let Some(key) = key.filter(|_| p.absolute_timeout.is_some()) else {
+        let valid = p.absolute_timeout.is_none() && is_valid_route(value);
+        return if valid { Opened::Valid { route: value, expires: None } } else { Opened::Forged };
+    };
     let mut parts = value.rsplitn(3, '.');
     let (Some(mac), Some(expires), Some(route)) = (parts.next(), parts.next(), parts.next()) else {
         return Opened::Forged;
@@ -154,14 +156,16 @@ fn same_mac(a: &[u8; MAC_LEN], b: &[u8; MAC_LEN]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The value for a session of `route` ending at `expires` (with a timeout), or the bare route.
-pub fn seal(p: &SessionPersistence, key: &SessionKey, route: &str, expires: Option<u64>) -> String {
-    match expires {
-        None => route.to_owned(),
-        Some(at) => {
+/// The value for a session of `route` ending at `expires` (with a timeout), or the bare route;
+/// `None` when a timed session has no key to seal it.
+pub fn seal(p: &SessionPersistence, key: Option<&SessionKey>, route: &str, expires: Option<u64>) -> Option<String> {
+    match (expires, key) {
+        (None, _) => Some(route.to_owned()),
+        (Some(at), Some(key)) => {
             let mac = key.mac(&p.name, route, at);
-            format!("{route}.{at}.{}", URL_SAFE_NO_PAD.encode(mac))
+            Some(format!("{route}.{at}.{}", URL_SAFE_NO_PAD.encode(mac)))
         }
+        (Some(_), None) => None,
     }
 }
 
@@ -185,41 +189,44 @@ mod tests {
         }
     }
 
-    fn key(b: u8) -> SessionKey {
-        SessionKey::from_bytes(&[b; 32]).unwrap()
+    fn key(b: u8) -> Option<SessionKey> {
+        Some(SessionKey::from_bytes(&[b; 32]).unwrap())
     }
 
     #[test]
     fn a_sealed_value_opens_until_it_expires() {
         let p = persistence(Some(60));
-        let v = seal(&p, &key(1), "shop-0.x", expiry(&p, 1000));
+        let v = seal(&p, key(1).as_ref(), "shop-0.x", expiry(&p, 1000)).unwrap();
         assert!(v.starts_with("shop-0.x.1060."), "{v}");
-        assert_eq!(open(&p, &key(1), &v, 1059), Opened::Valid { route: "shop-0.x", expires: Some(1060) });
-        assert_eq!(open(&p, &key(1), &v, 1060), Opened::Expired);
+        assert_eq!(open(&p, key(1).as_ref(), &v, 1059), Opened::Valid { route: "shop-0.x", expires: Some(1060) });
+        assert_eq!(open(&p, key(1).as_ref(), &v, 1060), Opened::Expired);
     }
 
     #[test]
     fn forged_extended_or_foreign_values_are_refused() {
         let p = persistence(Some(60));
-        let v = seal(&p, &key(1), "a", Some(1060));
+        let v = seal(&p, key(1).as_ref(), "a", Some(1060)).unwrap();
+        assert_eq!(seal(&p, None, "a", Some(1060)), None, "no key, no timed session");
+        assert_eq!(open(&p, None, &v, 1000), Opened::Forged);
         let extended = v.replace(".1060.", ".9999.");
-        assert_eq!(open(&p, &key(1), &extended, 1000), Opened::Forged, "a longer expiry breaks the MAC");
-        assert_eq!(open(&p, &key(2), &v, 1000), Opened::Forged, "another key");
+        assert_eq!(open(&p, key(1).as_ref(), &extended, 1000), Opened::Forged, "a longer expiry breaks the MAC");
+        assert_eq!(open(&p, key(2).as_ref(), &v, 1000), Opened::Forged, "another key");
         let other_rule = SessionPersistence { name: "t".into(), ..p.clone() };
-        assert_eq!(open(&other_rule, &key(1), &v, 1000), Opened::Forged, "another rule's session");
+        assert_eq!(open(&other_rule, key(1).as_ref(), &v, 1000), Opened::Forged, "another rule's session");
         let rerouted = v.replacen('a', "b", 1);
-        assert_eq!(open(&p, &key(1), &rerouted, 1000), Opened::Forged, "another route");
+        assert_eq!(open(&p, key(1).as_ref(), &rerouted, 1000), Opened::Forged, "another route");
         for junk in ["a", "a.1060", "a.x.AAAA", "", "..", "a.1060.!!!!", "a b.1060.AAAAAAAAAAAAAAAAAAAAAA"] {
-            assert_eq!(open(&p, &key(1), junk, 1000), Opened::Forged, "{junk:?}");
+            assert_eq!(open(&p, key(1).as_ref(), junk, 1000), Opened::Forged, "{junk:?}");
         }
     }
 
     #[test]
     fn without_a_timeout_the_value_is_the_route() {
         let p = persistence(None);
-        assert_eq!(seal(&p, &key(1), "shop-0", None), "shop-0");
-        assert_eq!(open(&p, &key(1), "shop-0", 0), Opened::Valid { route: "shop-0", expires: None });
-        assert_eq!(open(&p, &key(1), "a b", 0), Opened::Forged);
+        assert_eq!(seal(&p, key(1).as_ref(), "shop-0", None).as_deref(), Some("shop-0"));
+        assert_eq!(open(&p, None, "shop-0", 0), Opened::Valid { route: "shop-0", expires: None });
+        assert_eq!(open(&p, key(1).as_ref(), "shop-0", 0), Opened::Valid { route: "shop-0", expires: None });
+        assert_eq!(open(&p, key(1).as_ref(), "a b", 0), Opened::Forged);
     }
 
     #[test]
@@ -230,7 +237,11 @@ mod tests {
         let mut with_nl = vec![b'k'; 40];
         with_nl.push(b'\n');
         let b = SessionKey::from_bytes(&with_nl).unwrap();
-        assert_eq!(seal(&p, &a, "r", Some(9)), seal(&p, &b, "r", Some(9)), "replicas with the same Secret agree");
+        assert_eq!(
+            seal(&p, Some(&a), "r", Some(9)),
+            seal(&p, Some(&b), "r", Some(9)),
+            "replicas with the same Secret agree"
+        );
         assert!(SessionKey::random().is_ok());
     }
 }

@@ -15,15 +15,18 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 
 use super::body::{BodySlot, BodyState, ClientBodyError, UpstreamBody};
+use super::gateway::{NewSession, write_session};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
 use super::upstream::{Failed, Limits, MemberBody};
 use super::{PoolExt, Proxy};
 use crate::admin::metrics::{ClientError, FailoverReason, StickyOutcome};
 use crate::api::CookieMode;
 use crate::core::config::StickyConfig;
+use crate::core::gateway::SessionKind;
 use crate::core::sticky::{
-    RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie, same_site_none_compatible,
+    RouteLookup, RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie, same_site_none_compatible,
 };
+use crate::core::table::{Found, RequestFacts};
 use crate::core::{Balanced, BusyGuard, Choice, FailureKind, Pool, Tried, Unavailable};
 
 /// The response body: the member's streamed body, or a short body routeid wrote itself.
@@ -65,7 +68,8 @@ fn session_name(cfg: &StickyConfig, src: RouteSource) -> &str {
     match src {
         RouteSource::PathParameter | RouteSource::QueryParameter => &cfg.param_name,
         RouteSource::SessionCookie => &cfg.cookie_name,
-        RouteSource::RouteCookie => cfg.cookie.as_ref().map_or("", |c| c.name.as_str()),
+        RouteSource::RouteCookie => cfg.cookie.as_ref().map_or(cfg.cookie_name.as_str(), |c| c.name.as_str()),
+        RouteSource::Header => &cfg.cookie_name,
     }
 }
 
@@ -384,7 +388,14 @@ impl Proxy {
             bytes_in,
             client: fwd.client,
         };
-        let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
+        let facts = RequestFacts {
+            host: host_str,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method().as_str(),
+            headers: req.headers(),
+        };
+        let Some(Found { pool: pi, rule_match }) = snap.table.find_request(&facts) else {
             if self.settings.metrics {
                 self.metrics().unmatched.inc();
             }
@@ -404,13 +415,36 @@ impl Proxy {
         {
             return self.answer_early(&early, Some(&ext.balancer_name), resp);
         }
+        let filters = pool.config.gateway.as_ref().map(|g| &g.filters);
+        if let Some(r) = filters.and_then(|f| f.redirect.as_ref()) {
+            let resp = super::gateway::redirect(r, rule_match, host_str, fwd.https, req.uri());
+            return self.answer_early(&early, Some(&ext.balancer_name), resp);
+        }
         let sticky = pool.config.sticky.as_ref();
         let now = self.clock.now_ms();
+        let persistence = sticky.and_then(|s| s.persistence.as_ref());
+        let wall_now = if persistence.is_some() { self.settings.wall_clock.now_unix() } else { 0 };
+        // A Gateway API session's end (kept when it moves) and whether its time was up.
+        let (mut session_end, mut session_expired) = (None, false);
 
         // The session route and the first choice, while the request is still borrowed.
         let mut vars = BalancerVars::default();
         let first = {
             let lookup = match sticky {
+                Some(_) if let Some(p) = persistence => {
+                    let key = self.session_key.as_ref();
+                    let session = super::gateway::read_session(p, key, req.headers(), ext.rule.as_ref(), wall_now);
+                    (session_end, session_expired) = (session.expires, session.expired);
+                    let source = match p.kind {
+                        SessionKind::Cookie => RouteSource::RouteCookie,
+                        SessionKind::Header => RouteSource::Header,
+                    };
+                    RouteLookup {
+                        source: session.present.then_some(source),
+                        route: session.route.map(Cow::Borrowed),
+                        malformed: session.forged,
+                    }
+                }
                 Some(cfg) => {
                     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
                     let headers = req.headers();
@@ -440,6 +474,7 @@ impl Proxy {
         if self.settings.metrics {
             if sticky.is_some() {
                 let outcome = match first {
+                    _ if session_expired => StickyOutcome::Expired,
                     _ if vars.malformed => StickyOutcome::Malformed,
                     Choice::StickyHit(_) => StickyOutcome::Hit,
                     Choice::Balanced(_, Balanced::UnknownRoute) => StickyOutcome::UnknownRoute,
@@ -492,14 +527,29 @@ impl Proxy {
             add_via(&mut headers, client_version);
         }
         prepare_request_cookies(&mut headers, client_version == Version::HTTP_2, sticky);
+        if let Some(rule) = &ext.rule {
+            if let Some(m) = &rule.request_headers {
+                m.apply(&mut headers);
+            }
+            if let Some(h) = &rule.rewrite_host {
+                headers.insert(header::HOST, h.clone());
+            }
+        }
         let pq: PathAndQuery = {
             let orig = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-            match pool
-                .config
-                .rewrite_prefix
-                .as_deref()
-                .and_then(|rw| crate::core::table::rewrite_path(&pool.config.path_prefix, rw, orig.as_str()))
-            {
+            let rewrite = filters.and_then(|f| f.rewrite.as_ref()).and_then(|r| r.path.as_ref());
+            let rewritten = match rewrite {
+                Some(m) => {
+                    let path = super::gateway::modified_path(m, rule_match, parts.uri.path());
+                    Some(super::gateway::with_query(path, &parts.uri))
+                }
+                None => pool
+                    .config
+                    .rewrite_prefix
+                    .as_deref()
+                    .and_then(|rw| crate::core::table::rewrite_path(&pool.config.path_prefix, rw, orig.as_str())),
+            };
+            match rewritten {
                 Some(new) => PathAndQuery::try_from(new).unwrap_or(orig),
                 None => orig,
             }
@@ -718,11 +768,24 @@ impl Proxy {
                     && session_member_listed
                     && matches!(vars.balanced, Some(Balanced::Failover | Balanced::Retry));
                 let cookie = CookieContext { same_site_none_ok, https: fwd.https };
-                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed && !keep, cookie);
+                let changed = vars.route_changed && !keep;
+                match &cfg.persistence {
+                    Some(p) if changed => {
+                        // A moved session keeps its end; a new one starts now.
+                        let expires = session_end.or_else(|| crate::core::session::expiry(p, wall_now));
+                        let new = NewSession { route: member.route(), expires, now: wall_now, https: fwd.https };
+                        write_session(p, self.session_key.as_ref(), resp.headers_mut(), ext.rule.as_ref(), new);
+                    }
+                    Some(_) => {}
+                    None => self.sticky_response(cfg, resp.headers_mut(), member.route(), changed, cookie),
+                }
             }
             if cfg.headers_to_client {
                 put_debug_headers(resp.headers_mut(), &vars, ext);
             }
+        }
+        if let Some(m) = ext.rule.as_ref().and_then(|r| r.response_headers.as_ref()) {
+            m.apply(resp.headers_mut());
         }
         if self.settings.via {
             add_via(resp.headers_mut(), Version::HTTP_11);

@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod gateway;
 pub mod headers;
 pub mod health;
 pub mod listener;
@@ -29,6 +30,7 @@ use http::uri::Authority;
 
 use crate::admin::metrics::{MemberMetrics, Metrics, PoolMetrics};
 use crate::core::config::{FieldError, MemberChange};
+use crate::core::session::{SessionKey, WallClock};
 use crate::core::table::Conflict;
 use crate::core::{Clock, PoolConfig, Route, RoutingTable};
 use upstream::MemberConns;
@@ -68,6 +70,11 @@ pub struct ProxySettings {
     pub tls_proxy_protocol: bool,
     /// Time a client has for the PROXY header and the TLS handshake.
     pub handshake_timeout: Duration,
+    /// The key that seals Gateway API session values with an `absoluteTimeout`; the same on
+    /// every replica. `None`: a random key per process (timed sessions end with it).
+    pub session_key: Option<SessionKey>,
+    /// The clock session expiry is read on (the system clock; tests move a manual one).
+    pub wall_clock: WallClock,
 }
 
 impl Default for ProxySettings {
@@ -84,6 +91,8 @@ impl Default for ProxySettings {
             proxy_protocol: false,
             tls_proxy_protocol: false,
             handshake_timeout: Duration::from_secs(10),
+            session_key: None,
+            wall_clock: WallClock::System,
         }
     }
 }
@@ -108,6 +117,8 @@ pub(crate) struct PoolExt {
     pub(crate) balancer_name: HeaderValue,
     /// Metric handles of the pool.
     pub(crate) metrics: PoolMetrics,
+    /// A Gateway API rule's filters and session header, parsed (`None` for other pools).
+    pub(crate) rule: Option<gateway::RuleExt>,
 }
 
 /// One immutable routing state: the core table and the proxy's per-pool extras, index-aligned.
@@ -136,6 +147,8 @@ pub struct Proxy {
     pub(crate) log_counter: std::sync::atomic::AtomicU32,
     pub(crate) clock: Clock,
     pub(crate) settings: ProxySettings,
+    /// The session key in use: the configured one, else a random one.
+    pub(crate) session_key: Option<SessionKey>,
 }
 
 impl Proxy {
@@ -151,6 +164,7 @@ impl Proxy {
             tls: Mutex::new(tls::Certificates::default()),
             log_counter: std::sync::atomic::AtomicU32::new(0),
             clock: Clock,
+            session_key: settings.session_key.clone().or_else(|| SessionKey::random().ok()),
             settings,
         })
     }
@@ -276,6 +290,7 @@ impl Proxy {
         PoolExt {
             metrics: self.metrics.pool_handles(p),
             balancer_name: HeaderValue::try_from(p.config.id.to_string()).unwrap_or(HeaderValue::from_static("")),
+            rule: gateway::RuleExt::of(&p.config),
         }
     }
 

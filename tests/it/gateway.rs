@@ -1,184 +1,384 @@
-//! Gateway API end to end: GatewayClasses, Gateways, HTTPRoutes, Services and EndpointSlices in
-//! the fake API server, the real controller and proxy, real members on 127.0.0.1. The session
-//! persistence tests follow GEP-1619's conformance plan.
+//! Gateway API rules through the real proxy with real members: request matches, filters and
+//! GEP-1619 session persistence. The pools are core configs built here, as the controller's
+//! translation builds them (no API server needed).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
-use routeid::api::gateway::{Gateway, GatewayClass, HTTPRoute};
-use serde_json::{Value, json};
+use routeid::core::PoolConfig;
+use routeid::core::config::StickyConfig;
+use routeid::core::gateway::{
+    CookieLifetime, Filters, GatewayRule, HeaderMatch, HeaderModifier, PathMatch, PathModifier, RequestMatch,
+    RequestRedirect, RouteOrder, SessionKind, SessionPersistence, UrlRewrite,
+};
+use routeid::core::session::{SessionKey, WallClock};
+use routeid::proxy::ProxySettings;
+use routeid::runtime::Running;
 
-use crate::support::cluster::*;
-use crate::support::fake_apiserver::FakeApiServer;
 use crate::support::*;
 
-const GW_GROUP: &str = "gateway.networking.k8s.io";
+const START: u64 = 1_800_000_000;
 
-/// Creates or replaces an object (server-side apply).
-async fn put<K>(api: Api<K>, v: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).unwrap();
-    let name = obj.meta().name.clone().unwrap();
-    api.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&obj)).await.unwrap();
+/// One HTTPRoute rule as a pool: `members` as `(address, route, weight)`.
+fn rule(name: &str, members: &[(SocketAddr, &str, u32)], matches: Vec<RequestMatch>) -> PoolConfig {
+    let mut c = routeid::standalone::parse_pools(&pool_yaml(name, members, "")).unwrap().remove(0);
+    c.gateway = Some(GatewayRule {
+        matches,
+        order: RouteOrder { created_unix: 1, route: format!("default/{name}"), rule: 0 },
+        filters: Filters::default(),
+    });
+    c
 }
 
-/// The class `routeid`, Gateway `gw` with one HTTP listener on port 80, and Service `shop`
-/// (port 80 named `http`).
-async fn gateway_basics(kube: &Kube) {
-    put(
-        Api::<GatewayClass>::all(kube.client.clone()),
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-               "metadata": {"name": "routeid"}, "spec": {"controllerName": "routeid.io/gateway-controller"}}),
-    )
-    .await;
-    put(
-        Api::<Gateway>::namespaced(kube.client.clone(), NS),
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-               "metadata": {"name": "gw", "namespace": NS},
-               "spec": {"gatewayClassName": "routeid",
-                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"},
-                                      {"name": "alt", "port": 8081, "protocol": "HTTP"}]}}),
-    )
-    .await;
-    service(kube, "shop").await;
+fn prefix(p: &str) -> RequestMatch {
+    RequestMatch { path: PathMatch::Prefix(p.into()), ..Default::default() }
 }
 
-async fn service(kube: &Kube, name: &str) {
-    put(
-        Api::<Service>::namespaced(kube.client.clone(), NS),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
-               "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}),
-    )
-    .await;
+fn persistence(
+    kind: SessionKind,
+    name: &str,
+    path: &str,
+    lifetime: CookieLifetime,
+    timeout: Option<u64>,
+) -> StickyConfig {
+    StickyConfig::persistence(SessionPersistence {
+        kind,
+        name: name.into(),
+        cookie_path: path.into(),
+        lifetime,
+        absolute_timeout: timeout.map(Duration::from_secs),
+    })
 }
 
-async fn route(kube: &Kube, name: &str, rules: Value) {
-    put(
-        Api::<HTTPRoute>::namespaced(kube.client.clone(), NS),
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-               "metadata": {"name": name, "namespace": NS},
-               "spec": {"parentRefs": [{"name": "gw", "sectionName": "http"}], "rules": rules}}),
-    )
-    .await;
+fn cookie_session(timeout: Option<u64>, lifetime: CookieLifetime) -> StickyConfig {
+    persistence(SessionKind::Cookie, "gw-session", "/", lifetime, timeout)
 }
 
-/// `(status, reason)` of condition `type_` of the route's routeid parent entry.
-async fn route_condition(kube: &Kube, name: &str, type_: &str) -> Option<(String, String)> {
-    let r = Api::<HTTPRoute>::namespaced(kube.client.clone(), NS).get(name).await.ok()?;
-    let parent = r.status?.parents.into_iter().find(|p| p.controller_name == "routeid.io/gateway-controller")?;
-    let c = parent.conditions.into_iter().find(|c| c.type_ == type_)?;
-    Some((c.status, c.reason))
-}
-
-/// Condition `type_` of listener `listener` of Gateway `gw`, as `(status, reason, message)`.
-async fn listener_condition(kube: &Kube, listener: &str, type_: &str) -> Option<(String, String, String)> {
-    let g = Api::<Gateway>::namespaced(kube.client.clone(), NS).get("gw").await.ok()?;
-    let l = g.status?.listeners.into_iter().find(|l| l.name == listener)?;
-    let c = l.conditions.into_iter().find(|c| c.type_ == type_)?;
-    Some((c.status, c.reason, c.message))
-}
-
-async fn members(kube: &Kube, pods: &[(&str, &Member)]) {
-    for (pod, m) in pods {
-        kube.put_slice(&slice("shop", pod, m.addr, Cond::Ready)).await;
+fn settings(clock: &WallClock, key: u8) -> ProxySettings {
+    ProxySettings {
+        drain_timeout: Duration::from_secs(5),
+        session_key: Some(SessionKey::from_bytes(&[key; 32]).unwrap()),
+        wall_clock: clock.clone(),
+        ..Default::default()
     }
 }
 
-#[tokio::test]
-async fn a_route_is_accepted_served_and_its_listener_ports_reported() {
-    bounded(async {
-        let api = FakeApiServer::start().await;
-        let kube = Kube::new(&api);
-        let m = Member::start("shop-0").await;
-        gateway_basics(&kube).await;
-        members(&kube, &[("shop-0", &m)]).await;
-        route(&kube, "shop", json!([{"backendRefs": [{"name": "shop", "port": 80}]}])).await;
-        let r = Replica::start(&api, options("a")).await;
-        eventually(WAIT, "route Accepted", || async {
-            route_condition(&kube, "shop", "Accepted").await == Some(("True".into(), "Accepted".into()))
-        })
-        .await;
-        assert_eq!(route_condition(&kube, "shop", "ResolvedRefs").await, Some(("True".into(), "ResolvedRefs".into())));
-        let got = get(r.proxy(), "/anything", &[]).await;
-        assert_eq!((got.status.as_u16(), got.route()), (200, "shop-0"));
-        eventually(WAIT, "listener statuses", || async {
-            listener_condition(&kube, "alt", "Programmed").await.is_some()
-        })
-        .await;
-        let (status, _, message) = listener_condition(&kube, "alt", "Programmed").await.unwrap();
-        assert_eq!(status, "False");
-        assert!(message.contains("--gateway-http-ports") && message.contains("gateway.httpPorts"), "{message}");
-        assert_eq!(listener_condition(&kube, "http", "Programmed").await.unwrap().0, "True");
-        let gw = Api::<Gateway>::namespaced(kube.client.clone(), NS).get("gw").await.unwrap();
-        assert_eq!(gw.status.unwrap().listeners.iter().find(|l| l.name == "http").unwrap().attached_routes, 1);
-        let class = Api::<GatewayClass>::all(kube.client.clone()).get("routeid").await.unwrap();
-        assert_eq!(class.status.unwrap().conditions[0].reason, "Accepted");
-        r.stop().await;
-    })
-    .await;
+async fn start(pools: Vec<PoolConfig>, settings: ProxySettings) -> Running {
+    let any = "127.0.0.1:0".parse().unwrap();
+    Running::start(settings, any, any, pools).await.unwrap().0
+}
+
+async fn three() -> [Member; 3] {
+    [Member::start("n1").await, Member::start("n2").await, Member::start("n3").await]
+}
+
+fn weights(m: &[Member; 3]) -> [(SocketAddr, &'static str, u32); 3] {
+    [(m[0].addr, "n1", 1), (m[1].addr, "n2", 1), (m[2].addr, "n3", 1)]
+}
+
+/// The `name=value` part of the first Set-Cookie.
+fn cookie_pair(got: &Got) -> String {
+    let all = got.set_cookies();
+    let first = all.first().unwrap_or_else(|| panic!("no Set-Cookie in {:?}", got.headers));
+    first.split(';').next().unwrap().to_owned()
+}
+
+async fn sticky_count(p: &Running, pool: &str, outcome: &str) -> f64 {
+    let m = get(p.admin_addr, "/metrics", &[]).await.body;
+    let series =
+        format!("routeid_sticky_decisions_total{{namespace=\"default\",outcome=\"{outcome}\",pool=\"{pool}\"}} ");
+    m.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.parse().unwrap())
 }
 
 #[tokio::test]
-async fn an_unsupported_feature_is_refused_with_unsupported_value_and_not_served() {
+async fn session_cookie_round_trip_sticks_and_has_no_expiry() {
     bounded(async {
-        let api = FakeApiServer::start().await;
-        let kube = Kube::new(&api);
-        let m = Member::start("shop-0").await;
-        gateway_basics(&kube).await;
-        members(&kube, &[("shop-0", &m)]).await;
-        route(&kube, "shop", json!([{"backendRefs": [{"name": "shop", "port": 80}], "timeouts": {"request": "1s"}}]))
-            .await;
-        let r = Replica::start(&api, options("a")).await;
-        eventually(WAIT, "route refused", || async {
-            route_condition(&kube, "shop", "Accepted").await == Some(("False".into(), "UnsupportedValue".into()))
-        })
-        .await;
-        assert_eq!(get(r.proxy(), "/", &[]).await.status, 404, "a refused route serves nothing");
-        r.stop().await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn without_the_crds_balancerpools_are_served_and_gateways_once_the_crds_appear() {
-    bounded(async {
-        let api = FakeApiServer::start().await;
-        api.uninstall_group(GW_GROUP);
-        api.uninstall_group("gateway.networking.x-k8s.io");
-        let kube = Kube::new(&api);
-        let m = Member::start("shop-0").await;
-        kube.create_pool(&pool("bp", "bp", json!({"frontend": {"pathPrefix": "/bp"}}))).await;
-        kube.put_slice(&slice("bp", "bp-0", m.addr, Cond::Ready)).await;
-        let mut opts = options("a");
-        if let Some(g) = opts.gateway.as_mut() {
-            g.crd_poll = Duration::from_millis(200);
+        let m = three().await;
+        let mut pool = rule("shop", &weights(&m), vec![]);
+        pool.sticky = Some(cookie_session(None, CookieLifetime::Session));
+        let p = start(vec![pool], settings(&WallClock::manual(START), 1)).await;
+        let first = get(p.proxy_addr, "/", &[]).await;
+        assert_eq!(first.status, 200);
+        let set = first.set_cookies();
+        assert_eq!(set, [format!("gw-session={}; Path=/; HttpOnly", first.route())], "no Expires, no Max-Age");
+        let cookie = cookie_pair(&first);
+        for _ in 0..50 {
+            let got = get(p.proxy_addr, "/", &[("cookie", &cookie)]).await;
+            assert_eq!(got.route(), first.route());
+            assert!(got.set_cookies().is_empty(), "an established session is not re-set");
         }
-        let r = Replica::start(&api, opts).await;
-        eventually(WAIT, "BalancerPool served", || async {
-            try_get(r.proxy(), "/bp", &[]).await.is_ok_and(|g| g.status == 200)
-        })
-        .await;
-        assert!(r.running.admin.ready.load(std::sync::atomic::Ordering::Acquire), "ready without the Gateway API CRDs");
-        api.install_group(GW_GROUP);
-        api.install_group("gateway.networking.x-k8s.io");
-        gateway_basics(&kube).await;
-        members(&kube, &[("shop-0", &m)]).await;
-        route(
-            &kube,
-            "shop",
-            json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/shop"}}],
-                                     "backendRefs": [{"name": "shop", "port": 80}]}]),
-        )
-        .await;
-        eventually(WAIT, "route served after the CRDs appeared", || async {
-            try_get(r.proxy(), "/shop", &[]).await.is_ok_and(|g| g.status == 200 && g.route() == "shop-0")
-        })
-        .await;
-        r.stop().await;
+        let hits: Vec<u64> = m.iter().map(Member::hits).collect();
+        assert_eq!(hits.iter().sum::<u64>(), 51);
+        assert_eq!(hits.iter().filter(|&&h| h == 51).count(), 1, "one pod took them all: {hits:?}");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn permanent_cookie_max_age_is_the_timeout_and_the_proxy_ends_the_session() {
+    bounded(async {
+        let m = three().await;
+        let mut pool = rule("shop", &weights(&m), vec![]);
+        pool.sticky = Some(cookie_session(Some(60), CookieLifetime::Permanent));
+        let clock = WallClock::manual(START);
+        let p = start(vec![pool], settings(&clock, 1)).await;
+        let first = get(p.proxy_addr, "/", &[]).await;
+        let set = first.set_cookies();
+        assert_eq!(set.len(), 1);
+        assert!(set[0].ends_with("; Path=/; HttpOnly; Max-Age=60"), "{set:?}");
+        let cookie = cookie_pair(&first);
+        assert!(cookie.starts_with(&format!("gw-session={}.{}.", first.route(), START + 60)), "{cookie}");
+        clock.advance(Duration::from_secs(59));
+        let got = get(p.proxy_addr, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(got.route(), first.route());
+        assert!(got.set_cookies().is_empty(), "honoured before the timeout, and not extended");
+        clock.advance(Duration::from_secs(1));
+        let late = get(p.proxy_addr, "/", &[("cookie", &cookie)]).await;
+        let renewed = late.set_cookies();
+        assert_eq!(renewed.len(), 1, "after the timeout the session is a new one");
+        assert!(renewed[0].contains(&format!("={}.{}.", late.route(), START + 120)), "{renewed:?}");
+        assert_eq!(sticky_count(&p, "shop", "expired").await, 1.0);
+        assert_eq!(sticky_count(&p, "shop", "hit").await, 1.0);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_forged_or_extended_value_is_no_session() {
+    bounded(async {
+        let a = Member::start("a").await;
+        let b = Member::start("b").await;
+        let mut pool = rule("shop", &[(a.addr, "a", 1), (b.addr, "b", 1)], vec![]);
+        pool.sticky = Some(cookie_session(Some(60), CookieLifetime::Session));
+        let clock = WallClock::manual(START);
+        let p = start(vec![pool], settings(&clock, 1)).await;
+        // Sessions on b: the first request goes to a (listed first), the second to b.
+        get(p.proxy_addr, "/", &[]).await;
+        let on_b = get(p.proxy_addr, "/", &[]).await;
+        assert_eq!(on_b.route(), "b");
+        let genuine = cookie_pair(&on_b);
+        assert!(!on_b.set_cookies()[0].contains("Max-Age"), "a Session cookie with a timeout has no Max-Age");
+        clock.advance(Duration::from_secs(61));
+        // The client rewrites the expiry to extend its session: the MAC no longer holds.
+        let extended = genuine.replace(&format!(".{}.", START + 60), &format!(".{}.", START + 6000));
+        let forged = [extended.as_str(), "gw-session=b", "gw-session=b.9999999999.AAAAAAAAAAAAAAAAAAAAAA"];
+        for cookie in forged {
+            let got = get(p.proxy_addr, "/", &[("cookie", cookie)]).await;
+            assert_eq!(got.status, 200, "a forged value is never an error");
+            assert_eq!(got.set_cookies().len(), 1, "{cookie}: treated as no session, a new one is set");
+        }
+        assert_eq!(sticky_count(&p, "shop", "malformed").await, 3.0);
+        assert_eq!(sticky_count(&p, "shop", "hit").await, 0.0);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn header_sessions_round_trip() {
+    bounded(async {
+        let m = three().await;
+        let mut pool = rule("api", &weights(&m), vec![]);
+        pool.sticky = Some(persistence(SessionKind::Header, "x-session", "/", CookieLifetime::Session, Some(600)));
+        let p = start(vec![pool], settings(&WallClock::manual(START), 1)).await;
+        get(p.proxy_addr, "/", &[]).await; // n1 takes the first session
+        let first = get(p.proxy_addr, "/", &[]).await;
+        assert_eq!(first.route(), "n2");
+        assert!(first.set_cookies().is_empty(), "a header session sets no cookie");
+        let value = first.headers.get("x-session").expect("the session header").to_str().unwrap().to_owned();
+        assert!(value.starts_with("n2."), "{value}");
+        for _ in 0..20 {
+            let got = get(p.proxy_addr, "/", &[("x-session", &value)]).await;
+            assert_eq!(got.route(), "n2");
+            assert!(got.headers.get("x-session").is_none(), "an established session is not re-sent");
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rules_a_and_b_keep_independent_sessions() {
+    bounded(async {
+        let m = three().await;
+        let mut a = rule("rule-a", &weights(&m), vec![prefix("/a")]);
+        a.sticky = Some(persistence(SessionKind::Cookie, "sess-a", "/a", CookieLifetime::Session, Some(600)));
+        let mut b = rule("rule-b", &weights(&m), vec![prefix("/b")]);
+        b.sticky = Some(persistence(SessionKind::Cookie, "sess-b", "/b", CookieLifetime::Session, Some(600)));
+        let p = start(vec![a, b], settings(&WallClock::manual(START), 1)).await;
+        let on_a = get(p.proxy_addr, "/a/x", &[]).await;
+        get(p.proxy_addr, "/b/x", &[]).await; // rule b's first session: n1
+        let on_b = get(p.proxy_addr, "/b/x", &[]).await;
+        assert_eq!((on_a.route(), on_b.route()), ("n1", "n2"), "each rule balances on its own");
+        assert!(on_a.set_cookies()[0].contains("; Path=/a;"), "{:?}", on_a.set_cookies());
+        assert!(on_b.set_cookies()[0].contains("; Path=/b;"), "{:?}", on_b.set_cookies());
+        let both = format!("{}; {}", cookie_pair(&on_a), cookie_pair(&on_b));
+        for _ in 0..10 {
+            assert_eq!(get(p.proxy_addr, "/a/y", &[("cookie", &both)]).await.route(), "n1");
+            assert_eq!(get(p.proxy_addr, "/b/y", &[("cookie", &both)]).await.route(), "n2");
+        }
+        // Rule a's value is no session for rule b, even under b's name (the MAC binds the name).
+        let a_value = cookie_pair(&on_a).replace("sess-a=", "sess-b=");
+        let got = get(p.proxy_addr, "/b/z", &[("cookie", &a_value)]).await;
+        assert_eq!(got.set_cookies().len(), 1, "a new session for rule b");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_replica_with_the_same_key_routes_the_same_cookie() {
+    bounded(async {
+        let m = three().await;
+        let mut pool = rule("shop", &weights(&m), vec![]);
+        pool.sticky = Some(cookie_session(Some(600), CookieLifetime::Permanent));
+        let clock = WallClock::manual(START);
+        let one = start(vec![pool.clone()], settings(&clock, 7)).await;
+        let two = start(vec![pool.clone()], settings(&clock, 7)).await;
+        let other_key = start(vec![pool], settings(&clock, 8)).await;
+        get(one.proxy_addr, "/", &[]).await;
+        let first = get(one.proxy_addr, "/", &[]).await;
+        assert_eq!(first.route(), "n2", "replica two would pick n1 for a new session");
+        let cookie = cookie_pair(&first);
+        let got = get(two.proxy_addr, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(got.route(), "n2");
+        assert!(got.set_cookies().is_empty());
+        let got = get(other_key.proxy_addr, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(got.set_cookies().len(), 1, "a replica with another key cannot read it");
+        for p in [one, two, other_key] {
+            p.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_pods_sessions_move_once_and_weights_apply_to_new_sessions_only() {
+    bounded(async {
+        let mut heavy = Member::start("heavy").await;
+        let light = Member::start("light").await;
+        let mut pool = rule("shop", &[(heavy.addr, "heavy", 7), (light.addr, "light", 3)], vec![]);
+        pool.sticky = Some(cookie_session(Some(600), CookieLifetime::Session));
+        let p = start(vec![pool], settings(&WallClock::manual(START), 1)).await;
+        // 100 new sessions split exactly 70/30 (Apache byrequests), whatever the sticky traffic
+        // in between: an established session does not pay for its member's share.
+        let mut cookies = Vec::new();
+        for i in 0..100 {
+            let got = get(p.proxy_addr, "/", &[]).await;
+            cookies.push((got.route().to_owned(), cookie_pair(&got)));
+            if i % 10 == 0 {
+                let (_, c) = cookies.iter().find(|(r, _)| r == "light").unwrap_or(&cookies[0]);
+                for _ in 0..5 {
+                    get(p.proxy_addr, "/", &[("cookie", c)]).await;
+                }
+            }
+        }
+        let on_light = cookies.iter().filter(|(r, _)| r == "light").count();
+        assert_eq!(on_light, 30, "new sessions follow the weights");
+        // heavy dies: its session moves to light once, and stays there.
+        heavy.die().await;
+        let (_, old) = cookies.iter().find(|(r, _)| r == "heavy").unwrap();
+        let moved = get(p.proxy_addr, "/", &[("cookie", old)]).await;
+        assert_eq!(moved.route(), "light");
+        let new_cookie = cookie_pair(&moved);
+        assert_ne!(&new_cookie, old);
+        assert!(new_cookie.contains(&format!(".{}.", START + 600)), "a moved session keeps its end: {new_cookie}");
+        for _ in 0..5 {
+            let got = get(p.proxy_addr, "/", &[("cookie", &new_cookie)]).await;
+            assert_eq!(got.route(), "light");
+            assert!(got.set_cookies().is_empty(), "moved once");
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn matches_choose_the_rule_by_precedence() {
+    bounded(async {
+        let plain = Member::start("plain").await;
+        let canary = Member::start("canary").await;
+        let exact = Member::start("exact").await;
+        let mut canary_match = prefix("/app");
+        canary_match.headers = vec![HeaderMatch { name: "x-canary".into(), value: "yes".into() }];
+        let mut post = prefix("/app");
+        post.method = Some("POST".into());
+        let pools = vec![
+            rule("plain", &[(plain.addr, "plain", 1)], vec![prefix("/app")]),
+            rule("canary", &[(canary.addr, "canary", 1)], vec![canary_match, post]),
+            rule(
+                "exact",
+                &[(exact.addr, "exact", 1)],
+                vec![RequestMatch { path: PathMatch::Exact("/app/login".into()), ..Default::default() }],
+            ),
+        ];
+        let p = start(pools, settings(&WallClock::manual(START), 1)).await;
+        assert_eq!(get(p.proxy_addr, "/app/x", &[]).await.route(), "plain");
+        assert_eq!(get(p.proxy_addr, "/app/x", &[("x-canary", "yes")]).await.route(), "canary");
+        assert_eq!(get(p.proxy_addr, "/app/x", &[("x-canary", "no")]).await.route(), "plain");
+        let c = client();
+        assert_eq!(send(&c, p.proxy_addr, "POST", "/app/x", &[], Default::default()).await.route(), "canary");
+        assert_eq!(get(p.proxy_addr, "/app/login", &[("x-canary", "yes")]).await.route(), "exact");
+        assert_eq!(get(p.proxy_addr, "/other", &[]).await.status, 404);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redirect_rewrite_and_header_filters() {
+    bounded(async {
+        let m = Member::start("m").await;
+        let mut redirect = rule("old", &[(m.addr, "m", 1)], vec![prefix("/old")]);
+        redirect.gateway.as_mut().unwrap().filters.redirect = Some(RequestRedirect {
+            scheme: Some("https".into()),
+            hostname: Some("new.example.com".into()),
+            path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
+            port: None,
+            status: 301,
+        });
+        let mut shop = rule("shop", &[(m.addr, "m", 1)], vec![prefix("/shop")]);
+        shop.gateway.as_mut().unwrap().filters = Filters {
+            request_headers: Some(HeaderModifier {
+                set: vec![("x-set".into(), "set".into())],
+                add: vec![("x-add".into(), "added".into())],
+                remove: vec!["x-drop".into()],
+            }),
+            response_headers: Some(HeaderModifier {
+                set: vec![("x-served-by".into(), "routeid".into())],
+                add: vec![],
+                remove: vec!["x-member".into()],
+            }),
+            rewrite: Some(UrlRewrite {
+                hostname: Some("store.internal".into()),
+                path: Some(PathModifier::ReplacePrefixMatch("/store".into())),
+            }),
+            redirect: None,
+        };
+        let p = start(vec![redirect, shop], settings(&WallClock::manual(START), 1)).await;
+
+        let got = get(p.proxy_addr, "/old/page?x=1", &[]).await;
+        assert_eq!(got.status, 301);
+        assert_eq!(got.headers.get("location").unwrap(), "https://new.example.com/new/page?x=1");
+        assert_eq!(m.hits(), 0, "a redirect never reaches a member");
+
+        let got =
+            get(p.proxy_addr, "/shop/cart?id=7", &[("x-set", "client"), ("x-add", "client"), ("x-drop", "1")]).await;
+        assert_eq!(got.status, 200);
+        let seen = m.last_seen();
+        assert_eq!(seen.path_and_query, "/store/cart?id=7");
+        assert_eq!(seen.headers.get("host").unwrap(), "store.internal");
+        assert_eq!(seen.headers.get_all("x-set").iter().collect::<Vec<_>>(), ["set"]);
+        assert_eq!(seen.headers.get_all("x-add").iter().collect::<Vec<_>>(), ["client", "added"]);
+        assert!(seen.headers.get("x-drop").is_none());
+        assert_eq!(got.headers.get("x-served-by").unwrap(), "routeid");
+        // `/shopping` is not under `/shop`: segment boundaries.
+        assert_eq!(get(p.proxy_addr, "/shopping", &[]).await.status, 404);
+        get(p.proxy_addr, "/shop", &[]).await;
+        assert_eq!(m.last_seen().path_and_query, "/store");
+        p.shutdown().await;
     })
     .await;
 }

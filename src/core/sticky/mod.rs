@@ -27,8 +27,10 @@ pub enum RouteSource {
     QueryParameter,
     /// The application's session cookie.
     SessionCookie,
-    /// The proxy's route cookie.
+    /// The proxy's route cookie (or a Gateway API session cookie).
     RouteCookie,
+    /// A Gateway API session header.
+    Header,
 }
 
 impl RouteSource {
@@ -39,6 +41,7 @@ impl RouteSource {
             RouteSource::QueryParameter => "query-parameter",
             RouteSource::SessionCookie => "session-cookie",
             RouteSource::RouteCookie => "route-cookie",
+            RouteSource::Header => "header",
         }
     }
 }
