@@ -206,6 +206,15 @@ app.kubernetes.io/part-of: routeid
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the Gateway API session key, or "" when none is mounted. */}}
+{{- define "routeid.sessionKeySecret" -}}
+{{- if and (ne .Values.mode "sidecar") .Values.gateway.enabled }}
+{{- if .Values.gateway.sessionKey.existingSecret }}{{ .Values.gateway.sessionKey.existingSecret }}
+{{- else if .Values.gateway.sessionKey.createSecret }}{{ printf "%s-session-key" (include "routeid.fullname" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "routeid.leaseRules" -}}
 - apiGroups: [coordination.k8s.io]      # leader election (kube-lease-manager): the Lease routeid-status
   resources: [leases]
@@ -268,6 +277,9 @@ args:
   - --gateway-http-ports={{ join "," (default (list .Values.service.port) .Values.gateway.httpPorts) }}
   {{- if .Values.tls.enabled }}
   - --gateway-https-ports={{ join "," (default (list .Values.tls.servicePort) .Values.gateway.httpsPorts) }}
+  {{- end }}
+  {{- if include "routeid.sessionKeySecret" . }}
+  - --session-key-file=/etc/routeid/session-key/{{ .Values.gateway.sessionKey.secretKey }}
   {{- end }}
   {{- else }}
   - --watch-gateways=false
@@ -342,4 +354,10 @@ resources:
   {{- toYaml (ternary .Values.sidecar.resources .Values.resources $sidecar) | nindent 2 }}
 securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
+{{- if include "routeid.sessionKeySecret" . }}
+volumeMounts:
+  - name: session-key                   # seals Gateway API sessions; the same in every replica
+    mountPath: /etc/routeid/session-key
+    readOnly: true
+{{- end }}
 {{- end }}
