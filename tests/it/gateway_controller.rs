@@ -182,3 +182,264 @@ async fn without_the_crds_balancerpools_are_served_and_gateways_once_the_crds_ap
     })
     .await;
 }
+
+// --- GEP-1619 conformance plan, through the controller ---------------------------------------
+
+use routeid::core::session::{SessionKey, WallClock};
+
+const START: u64 = 1_800_000_000;
+
+/// Proxy settings sharing one session key (as replicas mounting one Secret do) and `clock`.
+fn settings(clock: &WallClock) -> routeid::proxy::ProxySettings {
+    routeid::proxy::ProxySettings {
+        drain_timeout: Duration::from_secs(2),
+        access_log: false,
+        session_key: Some(SessionKey::from_bytes(&[7; 32]).unwrap()),
+        wall_clock: clock.clone(),
+        ..Default::default()
+    }
+}
+
+/// The `name=value` of the only Set-Cookie of `got`.
+fn cookie_pair(got: &Got) -> String {
+    let all = got.set_cookies();
+    assert_eq!(all.len(), 1, "one Set-Cookie expected: {all:?}");
+    all[0].split(';').next().unwrap().to_owned()
+}
+
+/// Waits until the route is Accepted and the proxy serves `path` (the table is published).
+async fn served(kube: &Kube, r: &Replica, name: &str, path: &str) {
+    eventually(WAIT, "route Accepted", || async {
+        route_condition(kube, name, "Accepted").await == Some(("True".into(), "Accepted".into()))
+    })
+    .await;
+    eventually(WAIT, "route served", || async { try_get(r.proxy(), path, &[]).await.is_ok_and(|g| g.status == 200) })
+        .await;
+}
+
+/// Pods `shop-0..n` of Service `shop`, each a real member.
+async fn shop_pods(kube: &Kube, n: usize) -> Vec<Member> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let m = Member::start(&format!("shop-{i}")).await;
+        kube.put_slice(&slice("shop", &m.route, m.addr, Cond::Ready)).await;
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test]
+async fn gep1619_cookie_session_is_set_once_pins_50_requests_and_has_no_expiry() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        let pods = shop_pods(&kube, 3).await;
+        route(
+            &kube,
+            "shop",
+            json!([{"backendRefs": [{"name": "shop", "port": 80}],
+                                     "sessionPersistence": {"sessionName": "SHOPID"}}]),
+        )
+        .await;
+        let r = Replica::start_with_settings(&api, options("a"), settings(&WallClock::manual(START))).await;
+        served(&kube, &r, "shop", "/warmup").await;
+        let first = get(r.proxy(), "/", &[]).await;
+        let set = first.set_cookies();
+        assert_eq!(set, [format!("SHOPID={}; Path=/; HttpOnly", first.route())]);
+        assert!(!set[0].contains("Expires") && !set[0].contains("Max-Age"), "a Session cookie: {set:?}");
+        let cookie = cookie_pair(&first);
+        let before: Vec<u64> = pods.iter().map(Member::hits).collect();
+        for _ in 0..50 {
+            let got = get(r.proxy(), "/", &[("cookie", &cookie)]).await;
+            assert_eq!(got.route(), first.route());
+            assert!(got.set_cookies().is_empty());
+        }
+        let gained: Vec<u64> = pods.iter().zip(&before).map(|(m, b)| m.hits() - b).collect();
+        assert_eq!(gained.iter().filter(|&&g| g == 50).count(), 1, "one pod took all 50: {gained:?}");
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn gep1619_weights_70_30_split_new_sessions_while_established_ones_stay_pinned() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        service(&kube, "canary").await;
+        let stable = Member::start("stable-0").await;
+        let canary = Member::start("canary-0").await;
+        kube.put_slice(&slice("shop", "stable-0", stable.addr, Cond::Ready)).await;
+        kube.put_slice(&slice("canary", "canary-0", canary.addr, Cond::Ready)).await;
+        let rules = |w: (i32, i32)| {
+            json!([{"backendRefs": [{"name": "shop", "port": 80, "weight": w.0},
+                                    {"name": "canary", "port": 80, "weight": w.1}],
+                    "sessionPersistence": {"sessionName": "S"}}])
+        };
+        route(&kube, "shop", rules((70, 30))).await;
+        let r = Replica::start_with_settings(&api, options("a"), settings(&WallClock::manual(START))).await;
+        served(&kube, &r, "shop", "/warmup").await;
+        // An established session on the canary, used between the new sessions.
+        let mut pinned = None;
+        while pinned.is_none() {
+            let g = get(r.proxy(), "/", &[]).await;
+            if g.route() == "canary-0" {
+                pinned = Some(cookie_pair(&g));
+            }
+        }
+        let pinned = pinned.unwrap();
+        let mut canary_new = 0;
+        const NEW: usize = 200;
+        for _ in 0..NEW {
+            let g = get(r.proxy(), "/", &[]).await;
+            assert_eq!(g.set_cookies().len(), 1, "every cookieless request starts a session");
+            canary_new += usize::from(g.route() == "canary-0");
+            let s = get(r.proxy(), "/", &[("cookie", &pinned)]).await;
+            assert_eq!(s.route(), "canary-0", "the established session stays on its pod");
+        }
+        // Tolerance: the weights are 70/30; load factors 100/43 give 30.1 %; allow ±5 points.
+        let share = canary_new as f64 / NEW as f64;
+        assert!((share - 0.30).abs() <= 0.05, "canary share of new sessions {share}");
+        // Weight 0: no new sessions on the canary, the established one still reaches it.
+        route(&kube, "shop", rules((100, 0))).await;
+        eventually(WAIT, "weight 0 applied", || async {
+            r.members("httproute:shop:0").iter().any(|(route, state)| route == "canary-0" && state == "Drain")
+        })
+        .await;
+        for _ in 0..20 {
+            assert_eq!(get(r.proxy(), "/", &[]).await.route(), "stable-0");
+        }
+        assert_eq!(get(r.proxy(), "/", &[("cookie", &pinned)]).await.route(), "canary-0");
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn gep1619_rules_a_and_b_keep_independent_sessions_and_the_header_type_round_trips() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        let _pods = shop_pods(&kube, 3).await;
+        let rule = |path: &str, persistence: Value| {
+            json!({"matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                   "backendRefs": [{"name": "shop", "port": 80}], "sessionPersistence": persistence})
+        };
+        route(
+            &kube,
+            "shop",
+            json!([
+                rule("/a", json!({})),
+                rule("/b", json!({})),
+                rule("/h", json!({"type": "Header", "sessionName": "x-session"}))
+            ]),
+        )
+        .await;
+        let r = Replica::start_with_settings(&api, options("a"), settings(&WallClock::manual(START))).await;
+        served(&kube, &r, "shop", "/a").await;
+        let a = get(r.proxy(), "/a", &[]).await;
+        let b = get(r.proxy(), "/b", &[]).await;
+        let (ca, cb) = (cookie_pair(&a), cookie_pair(&b));
+        let name = |c: &str| c.split('=').next().unwrap().to_owned();
+        assert_ne!(name(&ca), name(&cb), "generated session names differ per rule");
+        assert!(a.set_cookies()[0].contains("Path=/a") && b.set_cookies()[0].contains("Path=/b"));
+        // /a's session does not carry over to /b: /b starts its own.
+        let b_with_a = get(r.proxy(), "/b", &[("cookie", &ca)]).await;
+        assert_eq!(b_with_a.set_cookies().len(), 1);
+        // Both held together: each rule reads its own.
+        let both = format!("{ca}; {cb}");
+        for _ in 0..5 {
+            assert_eq!(get(r.proxy(), "/a/x", &[("cookie", &both)]).await.route(), a.route());
+            assert_eq!(get(r.proxy(), "/b/x", &[("cookie", &both)]).await.route(), b.route());
+        }
+        // Header type: the route travels in the response header and comes back in the request.
+        let h = get(r.proxy(), "/h", &[]).await;
+        let value = h.headers.get("x-session").expect("the session header").to_str().unwrap().to_owned();
+        assert!(h.set_cookies().is_empty(), "no cookie for a Header session");
+        for _ in 0..10 {
+            let again = get(r.proxy(), "/h", &[("x-session", &value)]).await;
+            assert_eq!(again.route(), h.route());
+            assert!(again.headers.get("x-session").is_none(), "an established session is not re-sent");
+        }
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn gep1619_permanent_cookie_max_age_and_the_proxy_ends_the_session_after_the_timeout() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        let _pods = shop_pods(&kube, 3).await;
+        route(
+            &kube,
+            "shop",
+            json!([{"backendRefs": [{"name": "shop", "port": 80}],
+            "sessionPersistence": {"sessionName": "P", "absoluteTimeout": "1m",
+                                   "cookieConfig": {"lifetimeType": "Permanent"}}}]),
+        )
+        .await;
+        let clock = WallClock::manual(START);
+        let r = Replica::start_with_settings(&api, options("a"), settings(&clock)).await;
+        served(&kube, &r, "shop", "/warmup").await;
+        let first = get(r.proxy(), "/", &[]).await;
+        let set = first.set_cookies();
+        assert!(set[0].contains("Max-Age=60"), "Max-Age is the absoluteTimeout: {set:?}");
+        let cookie = cookie_pair(&first);
+        clock.advance(Duration::from_secs(59));
+        let kept = get(r.proxy(), "/", &[("cookie", &cookie)]).await;
+        assert_eq!((kept.route(), kept.set_cookies().len()), (first.route(), 0));
+        clock.advance(Duration::from_secs(1));
+        let late = get(r.proxy(), "/", &[("cookie", &cookie)]).await;
+        assert_eq!(late.set_cookies().len(), 1, "after the timeout the proxy no longer honours the session");
+        r.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn gep1619_a_removed_pod_moves_its_session_once_and_a_second_replica_routes_the_same_cookie() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        let pods = shop_pods(&kube, 3).await;
+        route(
+            &kube,
+            "shop",
+            json!([{"backendRefs": [{"name": "shop", "port": 80}],
+            "sessionPersistence": {"sessionName": "S", "absoluteTimeout": "1h"}}]),
+        )
+        .await;
+        let clock = WallClock::manual(START);
+        let r1 = Replica::start_with_settings(&api, options("a"), settings(&clock)).await;
+        let r2 = Replica::start_with_settings(&api, options("b"), settings(&clock)).await;
+        served(&kube, &r1, "shop", "/warmup").await;
+        served(&kube, &r2, "shop", "/warmup").await;
+        let first = get(r1.proxy(), "/", &[]).await;
+        let cookie = cookie_pair(&first);
+        for _ in 0..10 {
+            let other = get(r2.proxy(), "/", &[("cookie", &cookie)]).await;
+            assert_eq!((other.route(), other.set_cookies().len()), (first.route(), 0), "replica b honours a's session");
+        }
+        // The pinned pod goes away: its session moves once, then sticks to the new pod.
+        let gone = pods.iter().find(|m| m.route == first.route()).unwrap();
+        kube.delete_slice(&format!("shop-{}", gone.route)).await;
+        eventually(WAIT, "pod removed", || async { r1.members("httproute:shop:0").len() == 2 }).await;
+        let moved = get(r1.proxy(), "/", &[("cookie", &cookie)]).await;
+        assert_ne!(moved.route(), first.route());
+        let new_cookie = cookie_pair(&moved);
+        for _ in 0..10 {
+            let again = get(r1.proxy(), "/", &[("cookie", &new_cookie)]).await;
+            assert_eq!((again.route(), again.set_cookies().len()), (moved.route(), 0), "moved once, then pinned");
+        }
+        r1.stop().await;
+        r2.stop().await;
+    })
+    .await;
+}
