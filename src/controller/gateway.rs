@@ -638,7 +638,7 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
         rest = &rest[len..];
         parts += 1;
     }
-    (parts >= 1 && parts <= 4).then_some(total)
+    (1..=4).contains(&parts).then_some(total)
 }
 
 /// Session persistence, checked.
