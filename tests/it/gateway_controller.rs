@@ -117,6 +117,21 @@ async fn a_route_is_accepted_served_and_its_listener_ports_reported() {
         assert_eq!(gw.status.unwrap().listeners.iter().find(|l| l.name == "http").unwrap().attached_routes, 1);
         let class = Api::<GatewayClass>::all(kube.client.clone()).get("routeid").await.unwrap();
         assert_eq!(class.status.unwrap().conditions[0].reason, "Accepted");
+        // Detached from routeid's Gateway: routeid's status entry goes, and so does the route.
+        put(
+            Api::<HTTPRoute>::namespaced(kube.client.clone(), NS),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                   "metadata": {"name": "shop", "namespace": NS},
+                   "spec": {"parentRefs": [{"name": "elsewhere"}],
+                            "rules": [{"backendRefs": [{"name": "shop", "port": 80}]}]}}),
+        )
+        .await;
+        eventually(WAIT, "routeid's parent entry removed", || async {
+            let r = Api::<HTTPRoute>::namespaced(kube.client.clone(), NS).get("shop").await.unwrap();
+            r.status.is_some_and(|s| s.parents.is_empty())
+        })
+        .await;
+        assert_eq!(get(r.proxy(), "/anything", &[]).await.status, 404);
         r.stop().await;
     })
     .await;

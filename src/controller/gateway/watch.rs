@@ -246,8 +246,15 @@ impl GatewayState {
                 out.push(GatewayApiStatus::Gateway(key.clone(), st));
             }
         }
-        for (key, parents) in &self.last.routes {
-            let Some(r) = self.routes.objects.get(key) else { continue };
+        for (key, r) in &self.routes.objects {
+            // A route no longer attached to routeid's Gateways loses routeid's entries.
+            let parents = self.last.routes.get(key).map(Vec::as_slice).unwrap_or_default();
+            let ours = |s: &crate::api::gateway::HTTPRouteStatus| {
+                s.parents.iter().any(|p| p.controller_name == crate::api::gateway::CONTROLLER_NAME)
+            };
+            if parents.is_empty() && !r.status.as_ref().is_some_and(ours) {
+                continue;
+            }
             let st = report::route_status(parents, r.status.as_ref(), r.metadata.generation, now);
             if r.status.as_ref() != Some(&st) {
                 out.push(GatewayApiStatus::Route(key.clone(), st));
