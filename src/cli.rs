@@ -232,6 +232,10 @@ pub struct ControllerArgs {
     /// their Gateways and HTTPRoutes). Without its CRDs the controller waits for them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_gateways: bool,
+    /// Serve only the GatewayClass of this name (default: every GatewayClass whose
+    /// `controllerName` is `routeid.io/gateway-controller`; name one when two installations run).
+    #[arg(long)]
+    pub gateway_class: Option<String>,
     /// The Gateway listener ports `--listen` serves (the ports of routeid's Service that lead to
     /// it): an HTTP listener on another port is `Programmed=False`.
     #[arg(long, value_delimiter = ',', default_value = "80")]

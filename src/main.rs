@@ -352,6 +352,7 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
             http_ports: args.gateway_http_ports.clone(),
             https_ports: if args.tls.tls_listen.is_some() { args.gateway_https_ports.clone() } else { Vec::new() },
         },
+        class: args.gateway_class.clone(),
         ..Default::default()
     });
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());

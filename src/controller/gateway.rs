@@ -88,6 +88,10 @@ pub struct Inputs<'a> {
     pub backends: &'a dyn Backends,
     /// Which ports routeid serves.
     pub listening: &'a Listening,
+    /// Serve only the GatewayClass of this name (`None`: every class naming routeid's controller).
+    pub class: Option<&'a str>,
+    /// The installed CRDs' `gateway.networking.k8s.io/bundle-version`, when it could be read.
+    pub bundle_version: Option<&'a str>,
 }
 
 /// One status condition, before it gets its times and generation.
@@ -171,7 +175,7 @@ pub fn is_route_pool(id: &PoolId) -> bool {
 /// The names of our classes, with their status.
 fn classes(inputs: &Inputs<'_>, out: &mut Translation) {
     for (name, class) in inputs.classes {
-        if class.spec.controller_name != CONTROLLER_NAME {
+        if class.spec.controller_name != CONTROLLER_NAME || inputs.class.is_some_and(|c| c != name) {
             continue;
         }
         let accepted = if class.spec.parameters_ref.is_some() {
@@ -179,7 +183,28 @@ fn classes(inputs: &Inputs<'_>, out: &mut Translation) {
         } else {
             Cond::yes("Accepted", "Accepted", "served by routeid")
         };
-        out.classes.insert(name.clone(), vec![accepted]);
+        let mut conds = vec![accepted];
+        conds.extend(inputs.bundle_version.map(supported_version));
+        out.classes.insert(name.clone(), conds);
+    }
+}
+
+/// `SupportedVersion`: whether the installed CRDs are the release routeid follows (same major
+/// and minor version as [`crate::api::gateway::BUNDLE_VERSION`]).
+pub fn supported_version(installed: &str) -> Cond {
+    let minor = |v: &str| -> Option<(u32, u32)> {
+        let mut parts = v.trim_start_matches('v').split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    let ours = crate::api::gateway::BUNDLE_VERSION;
+    if minor(installed).is_some_and(|m| Some(m) == minor(ours)) {
+        Cond::yes("SupportedVersion", "SupportedVersion", format!("the installed CRDs are {installed}"))
+    } else {
+        Cond::no(
+            "SupportedVersion",
+            "UnsupportedVersion",
+            format!("the installed Gateway API CRDs are {installed}; routeid follows {ours}"),
+        )
     }
 }
 
@@ -371,7 +396,8 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     classes(inputs, &mut out);
     let mut views: Vec<ListenerView<'_>> = Vec::new();
     for (key, gw) in inputs.gateways {
-        if !out.classes.get(&gw.spec.gateway_class_name).is_some_and(|c| c.iter().all(|c| c.ok)) {
+        let accepted = |c: &Vec<Cond>| c.iter().any(|c| c.type_ == "Accepted" && c.ok);
+        if !out.classes.get(&gw.spec.gateway_class_name).is_some_and(accepted) {
             continue;
         }
         let (listeners, v) = listeners(inputs, key, gw);

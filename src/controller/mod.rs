@@ -438,8 +438,8 @@ impl Loop {
                 let rejected = changes.iter().filter(|c| c.rejected.is_some()).count() as u64;
                 metrics.reconciles.with_label_values(&["error"]).inc_by(rejected);
                 metrics.reconciles.with_label_values(&["ok"]).inc_by(changes.len() as u64 - rejected);
-                let listening = self.opts.gateway.as_ref().map(|g| g.listening.clone()).unwrap_or_default();
-                let gateway_changed = self.gateways.retranslate(&self.index, &listening);
+                let gateway_changed =
+                    self.opts.gateway.as_ref().is_some_and(|g| self.gateways.retranslate(&self.index, g));
                 if self.index.take_publish_needed() || gateway_changed || !self.ready {
                     let mut configs = self.index.configs();
                     configs.extend(self.gateways.pools().iter().cloned());

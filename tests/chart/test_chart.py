@@ -45,6 +45,7 @@ GATEWAY_CLASS_RULES = {
     ("gateway.networking.k8s.io", "gatewayclasses"): ["get", "list", "watch"],
     ("gateway.networking.k8s.io", "gatewayclasses/status"): ["update", "patch"],
     ("", "namespaces"): ["get", "list", "watch"],
+    ("apiextensions.k8s.io", "customresourcedefinitions"): ["get"],
 }
 # Ingress mode serves TLS: the Secrets pools name (one watch each, fieldSelector metadata.name).
 INGRESS_WATCH_RULES = {**WATCH_RULES, ("", "secrets"): ["get", "list", "watch"]}

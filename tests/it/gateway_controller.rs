@@ -47,6 +47,23 @@ async fn gateway_basics(kube: &Kube) {
     service(kube, "shop").await;
 }
 
+/// The GatewayClass CRD, as the upstream bundle `version` installs it (its metadata is what
+/// routeid reads).
+async fn installed_crds(kube: &Kube, version: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    put(
+        Api::<CustomResourceDefinition>::all(kube.client.clone()),
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": "gatewayclasses.gateway.networking.k8s.io",
+                            "annotations": {"gateway.networking.k8s.io/bundle-version": version,
+                                            "gateway.networking.k8s.io/channel": "experimental"}},
+               "spec": {"group": GW_GROUP, "scope": "Cluster",
+                        "names": {"kind": "GatewayClass", "plural": "gatewayclasses"},
+                        "versions": [{"name": "v1", "served": true, "storage": true}]}}),
+    )
+    .await;
+}
+
 async fn service(kube: &Kube, name: &str) {
     put(
         Api::<Service>::namespaced(kube.client.clone(), NS),
@@ -95,6 +112,7 @@ async fn a_route_is_accepted_served_and_its_listener_ports_reported() {
         let kube = Kube::new(&api);
         let m = Member::start("shop-0").await;
         gateway_basics(&kube).await;
+        installed_crds(&kube, "v1.6.0").await;
         members(&kube, &[("shop-0", &m)]).await;
         route(&kube, "shop", json!([{"backendRefs": [{"name": "shop", "port": 80}]}])).await;
         let r = Replica::start(&api, options("a")).await;
@@ -116,7 +134,12 @@ async fn a_route_is_accepted_served_and_its_listener_ports_reported() {
         let gw = Api::<Gateway>::namespaced(kube.client.clone(), NS).get("gw").await.unwrap();
         assert_eq!(gw.status.unwrap().listeners.iter().find(|l| l.name == "http").unwrap().attached_routes, 1);
         let class = Api::<GatewayClass>::all(kube.client.clone()).get("routeid").await.unwrap();
-        assert_eq!(class.status.unwrap().conditions[0].reason, "Accepted");
+        let conds: Vec<(String, String)> =
+            class.status.unwrap().conditions.into_iter().map(|c| (c.type_, c.reason)).collect();
+        assert_eq!(
+            conds,
+            [("Accepted".into(), "Accepted".into()), ("SupportedVersion".into(), "SupportedVersion".into())]
+        );
         // Detached from routeid's Gateway: routeid's status entry goes, and so does the route.
         put(
             Api::<HTTPRoute>::namespaced(kube.client.clone(), NS),

@@ -203,6 +203,9 @@ app.kubernetes.io/part-of: routeid
 - apiGroups: [""]                         # namespace labels, for allowedRoutes from: Selector
   resources: [namespaces]
   verbs: [get, list, watch]
+- apiGroups: [apiextensions.k8s.io]       # the installed Gateway API version (SupportedVersion)
+  resources: [customresourcedefinitions]
+  verbs: [get]
 {{- end }}
 {{- end }}
 

@@ -24,6 +24,8 @@ struct World {
     services: HashMap<Key, Service>,
     slices: HashMap<Key, Vec<EndpointSlice>>,
     listening: Listening,
+    class: Option<String>,
+    bundle_version: Option<String>,
 }
 
 impl Backends for World {
@@ -128,6 +130,8 @@ impl World {
             namespaces: &self.namespaces,
             backends: self,
             listening: &self.listening,
+            class: self.class.as_deref(),
+            bundle_version: self.bundle_version.as_deref(),
         })
     }
 }
@@ -574,4 +578,22 @@ fn the_example_in_examples_is_accepted_with_its_sessions() {
     let sessions: Vec<_> = t.pools.iter().map(|p| p.sticky.clone().unwrap().persistence.unwrap().name).collect();
     assert_eq!(sessions, ["SHOPID", "x-session"]);
     assert_eq!(t.pools[0].tls.len(), 1, "the HTTPS listener's certificate");
+}
+
+#[test]
+fn a_class_filter_and_the_installed_crd_version_are_reported_on_the_class() {
+    let mut w = World::new();
+    w.class("second", CONTROLLER_NAME);
+    w.bundle_version = Some("v1.6.1".into());
+    let t = w.translate();
+    assert_eq!(t.classes.len(), 2, "without a filter every class naming routeid's controller");
+    assert_eq!(t.classes["routeid"][1], supported_version("v1.6.1"));
+    assert!(t.classes["routeid"][1].ok);
+    w.class = Some("second".into());
+    w.bundle_version = Some("v1.3.0".into());
+    let t = w.translate();
+    assert_eq!(t.classes.keys().collect::<Vec<_>>(), ["second"]);
+    let v = &t.classes["second"][1];
+    assert_eq!((v.ok, v.reason), (false, "UnsupportedVersion"));
+    assert!(t.gateways.is_empty(), "the Gateway of class routeid is another installation's");
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -38,6 +39,9 @@ pub struct GatewayOptions {
     pub listening: Listening,
     /// How often a missing API group is probed again.
     pub crd_poll: Duration,
+    /// Serve only this GatewayClass (`--gateway-class`); `None`: every class naming routeid's
+    /// controller.
+    pub class: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -45,6 +49,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             listening: Listening { http_ports: vec![80], https_ports: vec![443] },
             crd_poll: Duration::from_secs(30),
+            class: None,
         }
     }
 }
@@ -65,6 +70,8 @@ pub enum GwEvent {
     Policy(Result<watcher::Event<XBackendTrafficPolicy>, watcher::Error>),
     /// Namespace labels.
     Namespace(Result<watcher::Event<Namespace>, watcher::Error>),
+    /// The installed CRDs' bundle version (`None`: not readable).
+    BundleVersion(Option<String>),
 }
 
 const STANDARD: &str = "gateway.networking.k8s.io";
@@ -128,6 +135,8 @@ pub struct GatewayState {
     namespaces: HashMap<String, BTreeMap<String, String>>,
     /// Groups found missing (their kinds count as synced).
     absent: HashSet<&'static str>,
+    /// The installed CRDs' `gateway.networking.k8s.io/bundle-version`.
+    bundle_version: Option<String>,
     /// Something changed since the last translation.
     dirty: bool,
     /// The last translation (for statuses).
@@ -174,6 +183,11 @@ impl GatewayState {
             GwEvent::Grant(e) => self.grants.on(e).map_err(|e| ("referencegrants", e))?,
             GwEvent::Policy(e) => self.policies.on(e).map_err(|e| ("xbackendtrafficpolicies", e))?,
             GwEvent::Namespace(e) => self.on_namespace(e).map_err(|e| ("namespaces", e))?,
+            GwEvent::BundleVersion(v) => {
+                let changed = self.bundle_version != v;
+                self.bundle_version = v;
+                changed
+            }
         };
         self.dirty |= changed;
         Ok(())
@@ -192,7 +206,7 @@ impl GatewayState {
     }
 
     /// Translates again when something changed; whether the pools differ from the last ones.
-    pub fn retranslate(&mut self, index: &Index, listening: &Listening) -> bool {
+    pub fn retranslate(&mut self, index: &Index, opts: &GatewayOptions) -> bool {
         if !std::mem::take(&mut self.dirty) {
             return false;
         }
@@ -204,7 +218,9 @@ impl GatewayState {
             policies: &self.policies.objects,
             namespaces: &self.namespaces,
             backends: index,
-            listening,
+            listening: &opts.listening,
+            class: opts.class.as_deref(),
+            bundle_version: self.bundle_version.as_deref(),
         });
         let mut changed = t.pools.len() != self.pools.len();
         let pools: Vec<Arc<PoolConfig>> = t
@@ -363,6 +379,7 @@ pub fn spawn(
         (api::<Gateway>(client, ns), api::<HTTPRoute>(client, ns), api::<ReferenceGrant>(client, ns));
     let policies = api::<XBackendTrafficPolicy>(client, ns);
     let namespaces: Api<Namespace> = Api::all(client.clone());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let poll = opts.crd_poll;
     let (std_tx, mut std_shutdown) = (tx.clone(), shutdown.clone());
     let standard = tokio::spawn(async move {
@@ -372,6 +389,9 @@ pub fn spawn(
         tracing::info!(
             "the Gateway API CRDs are installed; watching GatewayClasses, Gateways, HTTPRoutes, ReferenceGrants"
         );
+        if std_tx.send(GwEvent::BundleVersion(bundle_version(&crds).await)).is_err() {
+            return;
+        }
         let merged = futures_util::stream::select_all([
             events(classes).map(GwEvent::Class).boxed(),
             events(gateways).map(GwEvent::Gateway).boxed(),
@@ -389,6 +409,18 @@ pub fn spawn(
         forward(events(policies).map(GwEvent::Policy).boxed(), &tx, &mut x_shutdown).await;
     });
     (rx, vec![standard, experimental])
+}
+
+/// The `gateway.networking.k8s.io/bundle-version` of the installed GatewayClass CRD; `None`
+/// when it cannot be read (no RBAC for CRDs, no annotation): `SupportedVersion` is then not said.
+async fn bundle_version(crds: &Api<CustomResourceDefinition>) -> Option<String> {
+    match crds.get_metadata("gatewayclasses.gateway.networking.k8s.io").await {
+        Ok(m) => m.metadata.annotations?.remove("gateway.networking.k8s.io/bundle-version"),
+        Err(e) => {
+            tracing::info!(error = %e, "the Gateway API CRDs' bundle version is not readable; SupportedVersion is not reported");
+            None
+        }
+    }
 }
 
 async fn forward(

@@ -416,6 +416,7 @@ fn kind_of(resource: &str) -> String {
         "httproutes" => "HTTPRoute".into(),
         "referencegrants" => "ReferenceGrant".into(),
         "xbackendtrafficpolicies" => "XBackendTrafficPolicy".into(),
+        "customresourcedefinitions" => "CustomResourceDefinition".into(),
         other => {
             let s = other.trim_end_matches('s');
             let mut c = s.chars();
