@@ -32,6 +32,8 @@ pub enum LogFormat {
 }
 
 /// Subcommands.
+// Parsed once at start and matched once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Three demo members behind the proxy on 127.0.0.1, with a guided tour.
