@@ -502,7 +502,14 @@ impl Loop {
         ev: Result<watcher::Event<EndpointSlice>, watcher::Error>,
         st: &mut ListState<(String, String)>,
     ) {
-        self.gateways.touch();
+        let service = match &ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s)) => {
+                let name = s.metadata.labels.as_ref().and_then(|l| l.get(derive::SERVICE_NAME_LABEL));
+                name.map(|n| (s.metadata.namespace.clone().unwrap_or_default(), n.clone()))
+            }
+            _ => None,
+        };
+        self.gateways.touch(service.as_ref());
         let key = |s: &EndpointSlice| {
             (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
         };
@@ -539,7 +546,14 @@ impl Loop {
         ev: Result<watcher::Event<Service>, watcher::Error>,
         st: &mut ListState<(String, String)>,
     ) {
-        self.gateways.touch();
+        let key = |s: &Service| {
+            (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
+        };
+        let service = match &ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s)) => Some(key(s)),
+            _ => None,
+        };
+        self.gateways.touch(service.as_ref());
         let key = |s: &Service| {
             (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
         };

@@ -143,6 +143,8 @@ pub struct GatewayState {
     last: Translation,
     /// The pools last published, shared with the proxy (an unchanged pool keeps its `Arc`).
     pools: Vec<Arc<PoolConfig>>,
+    /// The Services the routes send to (whose changes need a new translation).
+    backends: HashSet<Key>,
 }
 
 impl GatewayState {
@@ -153,10 +155,16 @@ impl GatewayState {
         std && (self.absent.contains(EXPERIMENTAL) || self.policies.synced)
     }
 
-    /// Services or slices changed: the pools are made again before the next publication.
-    pub fn touch(&mut self) {
-        if !self.gateways.objects.is_empty() {
-            self.dirty = true;
+    /// A Service or its slices changed (`None`: possibly any, as on a re-list): the pools are
+    /// made again before the next publication if a route sends to it. A pod storm in Services no
+    /// route names costs nothing here.
+    pub fn touch(&mut self, service: Option<&Key>) {
+        if self.gateways.objects.is_empty() {
+            return;
+        }
+        match service {
+            Some(k) => self.dirty |= self.backends.contains(k),
+            None => self.dirty = true,
         }
     }
 
@@ -236,6 +244,18 @@ impl GatewayState {
             .collect();
         self.pools = pools;
         self.last = t;
+        self.backends = self
+            .routes
+            .objects
+            .iter()
+            .flat_map(|((ns, _), r)| {
+                r.spec
+                    .rules
+                    .iter()
+                    .flat_map(|rule| &rule.backend_refs)
+                    .map(move |b| (b.namespace.clone().unwrap_or_else(|| ns.clone()), b.name.clone()))
+            })
+            .collect();
         changed
     }
 
