@@ -29,7 +29,9 @@ pub mod report;
 mod tests;
 pub mod watch;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
@@ -419,13 +421,14 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
         out.gateways.insert(key.clone(), GatewayReport { conditions: conds, listeners });
         views.extend(v);
     }
+    let cache = MemberCache::default();
     let mut routes: Vec<(&Key, &Arc<HTTPRoute>)> = inputs.routes.iter().collect();
     // Older routes first: their pools win a conflict, as for BalancerPools and Ingresses.
     routes.sort_by_key(|(k, r)| {
         (r.metadata.creation_timestamp.is_none(), r.metadata.creation_timestamp.clone(), (*k).clone())
     });
     for (key, route) in routes {
-        route_pools(inputs, key, route, &mut views, &mut out);
+        route_pools(inputs, &cache, key, route, &mut views, &mut out);
     }
     for v in &views {
         if let Some(l) =
@@ -493,6 +496,7 @@ fn attach(
 /// Attaches a route to its parents and makes its pools.
 fn route_pools(
     inputs: &Inputs<'_>,
+    cache: &MemberCache,
     key: &Key,
     route: &HTTPRoute,
     views: &mut [ListenerView<'_>],
@@ -514,7 +518,7 @@ fn route_pools(
     let mut refs = Cond::yes("ResolvedRefs", "ResolvedRefs", "");
     if unsupported.is_empty() {
         for (i, rule) in route.spec.rules.iter().enumerate() {
-            match rule_pool(inputs, key, route, i, rule) {
+            match rule_pool(inputs, cache, key, route, i, rule) {
                 Ok((pool, problem)) => {
                     if let Some(p) = problem {
                         refs = p;
@@ -760,6 +764,7 @@ struct RulePool {
 /// for something routeid does not serve.
 fn rule_pool(
     inputs: &Inputs<'_>,
+    cache: &MemberCache,
     key: &Key,
     route: &HTTPRoute,
     i: usize,
@@ -796,7 +801,7 @@ fn rule_pool(
         }
         None => None,
     };
-    let (members, problem) = weighted_members(inputs, key, &rule.backend_refs);
+    let (members, problem) = weighted_members(inputs, cache, key, &rule.backend_refs);
     let first = rule.backend_refs.first().map_or_else(|| "none".to_owned(), |b| b.name.clone());
     spec.backend.service = Some(ServiceRef { name: first, port: IntOrString::Int(0) });
     Ok((RulePool { index: i, spec, members, rule: gw_rule, persistence }, problem))
@@ -923,9 +928,30 @@ fn filters(list: &[crate::api::gateway::HTTPRouteFilter], at: &str) -> Result<co
 
 /// A backendRef resolved to its Service's slices.
 struct Backend<'a> {
+    service: Key,
     weight: u32,
     slices: Vec<&'a EndpointSlice>,
     port: IntOrString,
+}
+
+/// The members of each Service port derived once per translation: many rules share a Service.
+type MemberCache = RefCell<HashMap<(Key, String), Rc<Vec<MemberConfig>>>>;
+
+/// A Service port's members (ready, or draining while terminating), from its slices.
+fn service_members(cache: &MemberCache, b: &Backend<'_>) -> Rc<Vec<MemberConfig>> {
+    let port = match &b.port {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => format!("name:{s}"),
+    };
+    let k = (b.service.clone(), port);
+    if let Some(m) = cache.borrow().get(&k) {
+        return Rc::clone(m);
+    }
+    let per_slice: Vec<SliceMembers> =
+        b.slices.iter().map(|s| derive::slice_members(s, &b.port, RouteFrom::PodName)).collect();
+    let members = Rc::new(derive::merge(&per_slice).members);
+    cache.borrow_mut().insert(k, Rc::clone(&members));
+    members
 }
 
 /// Resolves a backendRef, or says why it cannot be used (`ResolvedRefs=False`).
@@ -953,13 +979,19 @@ fn backend<'a>(inputs: &'a Inputs<'_>, key: &Key, b: &HTTPBackendRef) -> Result<
         return bad("BackendNotFound", msg);
     }
     let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-    Ok(Backend { weight, slices: inputs.backends.slices(&svc_key), port: resolved.slice_port().clone() })
+    let slices = inputs.backends.slices(&svc_key);
+    Ok(Backend { service: svc_key, weight, slices, port: resolved.slice_port().clone() })
 }
 
 /// The members of a rule: every backend's pods, each backend's weight split over its ready
 /// pods and scaled to load factors 1–100; a weight-0 backend's pods are `Drain` (their sessions
 /// stay, no new ones).
-fn weighted_members(inputs: &Inputs<'_>, key: &Key, refs: &[HTTPBackendRef]) -> (Vec<MemberConfig>, Option<Cond>) {
+fn weighted_members(
+    inputs: &Inputs<'_>,
+    cache: &MemberCache,
+    key: &Key,
+    refs: &[HTTPBackendRef],
+) -> (Vec<MemberConfig>, Option<Cond>) {
     let mut problem = None;
     let mut shares: BTreeMap<crate::core::Route, (MemberConfig, f64)> = BTreeMap::new();
     for b in refs {
@@ -970,12 +1002,11 @@ fn weighted_members(inputs: &Inputs<'_>, key: &Key, refs: &[HTTPBackendRef]) -> 
                 continue;
             }
         };
-        let per_slice: Vec<SliceMembers> =
-            backend.slices.iter().map(|s| derive::slice_members(s, &backend.port, RouteFrom::PodName)).collect();
-        let derived = derive::merge(&per_slice);
-        let ready = derived.members.iter().filter(|m| m.status == MemberStatus::Ok).count().max(1);
+        let derived = service_members(cache, &backend);
+        let ready = derived.iter().filter(|m| m.status == MemberStatus::Ok).count().max(1);
         let share = f64::from(backend.weight) / ready as f64;
-        for mut m in derived.members {
+        for m in derived.iter() {
+            let mut m = m.clone();
             let s = if m.status == MemberStatus::Ok && backend.weight > 0 { share } else { 0.0 };
             if backend.weight == 0 {
                 m.status = MemberStatus::Drain;
