@@ -160,9 +160,9 @@ impl ProxyArgs {
         Ok(())
     }
 
-    /// The settings these flags describe, with the session key read from its file (or a
-    /// warning that there is none).
-    pub fn load_settings(&self) -> Result<ProxySettings, String> {
+    /// The settings these flags describe, with the session key read from its file; without
+    /// one, a warning when this process serves Gateway API routes (`gateway`).
+    pub fn load_settings(&self, gateway: bool) -> Result<ProxySettings, String> {
         let mut settings = self.settings();
         match &self.session_key_file {
             Some(path) => {
@@ -171,9 +171,10 @@ impl ProxyArgs {
                     .map_err(|e| format!("--session-key-file {}: {e}", path.display()))?;
                 settings.session_key = Some(key);
             }
-            None => tracing::warn!(
+            None if gateway => tracing::warn!(
                 "no --session-key-file: Gateway API sessions with an absoluteTimeout use a random key, so they do not survive a restart and other replicas do not honour them"
             ),
+            None => {}
         }
         Ok(settings)
     }

@@ -1,5 +1,6 @@
 //! Fuzz targets for everything a client or a pools file can put in front of routeid's parsers:
-//! route extraction, the `Cookie` and `Set-Cookie` rewrites, and the standalone config parser.
+//! route extraction, the `Cookie` and `Set-Cookie` rewrites, the standalone config parser, and
+//! Gateway API session values and path rewrites.
 //!
 //! They are [bolero](https://docs.rs/bolero) targets in test mode, so they run on the stable
 //! toolchain inside `cargo test`: each replays its committed corpus
@@ -287,4 +288,42 @@ fn pools_file() {
 #[test]
 fn pools_fields() {
     bolero::check!().with_test_time(CI_TIME).for_each(check_pools_fields);
+}
+
+/// A Gateway API session value from the client: never a panic; valid only with a route-safe
+/// route, and, with a timeout, only if this proxy sealed it (random bytes never carry a good MAC).
+/// The same bytes as a request path: a prefix replacement is an absolute path.
+fn check_gateway_input(input: &[u8]) {
+    use crate::core::gateway::{CookieLifetime, SessionKind, SessionPersistence};
+    use crate::core::session::{Opened, SessionKey, open, seal};
+    let Ok(text) = std::str::from_utf8(input) else { return };
+    let Ok(key) = SessionKey::from_bytes(&[7; 32]) else { return };
+    for timeout in [None, Some(Duration::from_secs(60))] {
+        let p = SessionPersistence {
+            kind: SessionKind::Cookie,
+            name: "s".into(),
+            cookie_path: "/".into(),
+            lifetime: CookieLifetime::Session,
+            absolute_timeout: timeout,
+        };
+        if let Opened::Valid { route, expires } = open(&p, Some(&key), text, 1000) {
+            assert!(is_valid_route(route), "{text:?}");
+            if timeout.is_some() {
+                assert_eq!(seal(&p, Some(&key), route, expires).as_deref(), Some(text), "only sealed values open");
+            }
+        }
+    }
+    if let Some(after) = text.strip_prefix('/') {
+        let (prefix, rest) = text.split_at(after.find('/').map_or(text.len(), |i| i + 1));
+        for repl in ["", "/", "/x", "/x/"] {
+            let out = crate::proxy::gateway::replace_prefix(prefix, repl, text);
+            assert!(out.starts_with('/'), "{prefix:?} {repl:?} {text:?} gave {out:?}");
+            assert!(out.ends_with(rest.trim_start_matches('/')), "{out:?} keeps {rest:?}");
+        }
+    }
+}
+
+#[test]
+fn gateway_input() {
+    bolero::check!().with_test_time(CI_TIME).for_each(check_gateway_input);
 }

@@ -90,7 +90,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Crd => ExitCode::SUCCESS,
         Command::Demo { listen, admin_listen, check } => run_demo(listen, admin_listen, check).await,
         Command::Standalone { file, listen, admin_listen, tls, proxy } => {
-            let settings = match proxy.load_settings() {
+            let settings = match proxy.load_settings(false) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("routeid: {e}");
@@ -299,7 +299,7 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         secrets: Vec::new(),
         default: args.tls.default_tls_secret.clone(),
     });
-    let settings = match args.proxy.load_settings() {
+    let settings = match args.proxy.load_settings(true) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("routeid controller: {e}");

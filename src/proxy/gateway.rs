@@ -376,4 +376,54 @@ mod tests {
         assert_eq!(h.get_all("x-add").iter().collect::<Vec<_>>(), ["first", "a"]);
         assert!(!h.contains_key("x-gone"));
     }
+
+    fn persistence(kind: SessionKind, lifetime: CookieLifetime, timeout: Option<u64>) -> SessionPersistence {
+        SessionPersistence {
+            kind,
+            name: "Sess".into(),
+            cookie_path: "/app".into(),
+            lifetime,
+            absolute_timeout: timeout.map(std::time::Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn session_cookies_and_headers_round_trip() {
+        let key = SessionKey::from_bytes(&[3; 32]).ok();
+        let new = NewSession { route: "pod-1", expires: Some(1100), now: 1000, https: true };
+        let p = persistence(SessionKind::Cookie, CookieLifetime::Permanent, Some(100));
+        let mut h = HeaderMap::new();
+        write_session(&p, key.as_ref(), &mut h, None, new);
+        let set = h.get(header::SET_COOKIE).unwrap().to_str().unwrap().to_owned();
+        assert!(set.starts_with("Sess=pod-1.1100."), "{set}");
+        assert!(set.ends_with("; Path=/app; HttpOnly; Secure; Max-Age=100"), "{set}");
+        let mut req = HeaderMap::new();
+        let pair = set.split(';').next().unwrap();
+        req.insert(header::COOKIE, HeaderValue::try_from(format!("a=b; {pair}")).unwrap());
+        let s = read_session(&p, key.as_ref(), &req, None, 1099);
+        assert_eq!((s.route, s.expires, s.expired, s.forged), (Some("pod-1"), Some(1100), false, false));
+        let s = read_session(&p, key.as_ref(), &req, None, 1100);
+        assert_eq!((s.route, s.present, s.expired), (None, true, true));
+
+        let p = persistence(SessionKind::Header, CookieLifetime::Session, None);
+        let rule = RuleExt { session_header: HeaderName::try_from("sess").ok(), ..Default::default() };
+        let mut h = HeaderMap::new();
+        write_session(&p, None, &mut h, Some(&rule), NewSession { expires: None, ..new });
+        assert_eq!(h.get("sess").unwrap(), "pod-1", "no timeout: the route itself, no key needed");
+        assert!(h.get(header::SET_COOKIE).is_none());
+        let s = read_session(&p, None, &h, Some(&rule), 0);
+        assert_eq!(s.route, Some("pod-1"));
+    }
+
+    #[test]
+    fn a_timed_session_without_a_key_is_never_set_nor_honoured() {
+        let p = persistence(SessionKind::Cookie, CookieLifetime::Session, Some(100));
+        let mut h = HeaderMap::new();
+        let new = NewSession { route: "pod-1", expires: Some(1100), now: 1000, https: false };
+        write_session(&p, None, &mut h, None, new);
+        assert!(h.is_empty());
+        h.insert(header::COOKIE, HeaderValue::from_static("Sess=pod-1"));
+        let s = read_session(&p, None, &h, None, 0);
+        assert!(s.forged && s.route.is_none());
+    }
 }

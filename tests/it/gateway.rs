@@ -382,3 +382,44 @@ async fn redirect_rewrite_and_header_filters() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_draining_pod_keeps_its_sessions_and_gets_no_new_ones() {
+    bounded(async {
+        let m = three().await;
+        let mut pool = rule("shop", &weights(&m), vec![]);
+        pool.sticky = Some(cookie_session(Some(600), CookieLifetime::Session));
+        let p = start(vec![pool.clone()], settings(&WallClock::manual(START), 1)).await;
+        let on_n1 = get(p.proxy_addr, "/", &[]).await;
+        assert_eq!(on_n1.route(), "n1");
+        let cookie = cookie_pair(&on_n1);
+        pool.members[0].status = routeid::api::MemberStatus::Drain;
+        p.proxy.publish(vec![pool]);
+        for _ in 0..10 {
+            assert_eq!(get(p.proxy_addr, "/", &[("cookie", &cookie)]).await.route(), "n1");
+            assert_ne!(get(p.proxy_addr, "/", &[]).await.route(), "n1", "no new session on a draining pod");
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_short_or_missing_session_key_file_is_refused_with_exit_code_2() {
+    let pools = temp_file("gw-pools.yaml", &pool_yaml("shop", &[("127.0.0.1:1".parse().unwrap(), "a", 1)], ""));
+    let short = temp_file("gw-short-key", "too short\n");
+    for (key, why) in [(short.to_str().unwrap(), "needs at least 32"), ("/nonexistent/key", "/nonexistent/key")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+            .args(["standalone", "-f", pools.to_str().unwrap(), "--session-key-file", key])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--session-key-file") && err.contains(why), "{err}");
+    }
+    // A key of 32 bytes or more serves.
+    let good = temp_file("gw-good-key", &"k".repeat(48));
+    let p = spawn_standalone(&pools, &["--session-key-file", good.to_str().unwrap()]).await;
+    assert!(!p.stderr().contains("no --session-key-file"), "no warning in standalone mode");
+}
