@@ -115,7 +115,10 @@ async fn a_route_is_accepted_served_and_its_listener_ports_reported() {
         installed_crds(&kube, "v1.6.0").await;
         members(&kube, &[("shop-0", &m)]).await;
         route(&kube, "shop", json!([{"backendRefs": [{"name": "shop", "port": 80}]}])).await;
-        let r = Replica::start(&api, options("a")).await;
+        let mut opts = options("a");
+        opts.publish =
+            routeid::controller::ingress::Publish::Addresses(vec!["203.0.113.7".into(), "lb.example.com".into()]);
+        let r = Replica::start(&api, opts).await;
         eventually(WAIT, "route Accepted", || async {
             route_condition(&kube, "shop", "Accepted").await == Some(("True".into(), "Accepted".into()))
         })
@@ -131,8 +134,12 @@ async fn a_route_is_accepted_served_and_its_listener_ports_reported() {
         assert_eq!(status, "False");
         assert!(message.contains("--gateway-http-ports") && message.contains("gateway.httpPorts"), "{message}");
         assert_eq!(listener_condition(&kube, "http", "Programmed").await.unwrap().0, "True");
-        let gw = Api::<Gateway>::namespaced(kube.client.clone(), NS).get("gw").await.unwrap();
-        assert_eq!(gw.status.unwrap().listeners.iter().find(|l| l.name == "http").unwrap().attached_routes, 1);
+        let gw = Api::<Gateway>::namespaced(kube.client.clone(), NS).get("gw").await.unwrap().status.unwrap();
+        assert_eq!(gw.listeners.iter().find(|l| l.name == "http").unwrap().attached_routes, 1);
+        let addresses: Vec<(&str, &str)> = gw.addresses.iter().map(|a| (a.type_.as_str(), a.value.as_str())).collect();
+        assert_eq!(addresses, [("IPAddress", "203.0.113.7"), ("Hostname", "lb.example.com")]);
+        let conds: Vec<(&str, &str)> = gw.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(conds, [("Accepted", "True"), ("Programmed", "True")]);
         let class = Api::<GatewayClass>::all(kube.client.clone()).get("routeid").await.unwrap();
         let conds: Vec<(String, String)> =
             class.status.unwrap().conditions.into_iter().map(|c| (c.type_, c.reason)).collect();
