@@ -130,6 +130,22 @@ pub struct ListenerReport {
     pub attached_routes: i32,
     /// `Accepted`, `ResolvedRefs`, `Programmed`, `Conflicted`.
     pub conditions: Vec<Cond>,
+    /// The certificates it serves (namespace, Secret), for a check of their content at status
+    /// time ([`ListenerReport::check_certificates`]).
+    pub certificates: Vec<(String, String)>,
+}
+
+impl ListenerReport {
+    /// `ResolvedRefs=False, InvalidCertificateRef` when a certificate's Secret is known broken
+    /// (`problem` says why, or `None`).
+    pub fn check_certificates(&mut self, problem: impl Fn(&str, &str) -> Option<String>) {
+        let bad = self.certificates.iter().find_map(|(ns, n)| problem(ns, n).map(|why| (ns, n, why)));
+        if let Some((ns, n, why)) = bad
+            && let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == "ResolvedRefs" && c.ok)
+        {
+            *c = Cond::no("ResolvedRefs", "InvalidCertificateRef", format!("Secret {ns}/{n}: {why}"));
+        }
+    }
 }
 
 /// What one Gateway's status says (addresses are added by the controller).
@@ -372,7 +388,13 @@ fn listeners<'a>(inputs: &Inputs<'_>, key: &Key, gw: &'a Gateway) -> (Vec<Listen
             None => Cond::no("Conflicted", "NoConflicts", ""),
         });
         conds.push(programmed);
-        reports.push(ListenerReport { name: l.name.clone(), supported_kinds, attached_routes: 0, conditions: conds });
+        reports.push(ListenerReport {
+            name: l.name.clone(),
+            supported_kinds,
+            attached_routes: 0,
+            conditions: conds,
+            certificates: certificates.clone(),
+        });
         views.push(ListenerView { gateway: key.clone(), listener: l, usable, certificates, from, attached: 0 });
     }
     (reports, views)

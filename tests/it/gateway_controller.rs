@@ -488,3 +488,37 @@ async fn gep1619_a_removed_pod_moves_its_session_once_and_a_second_replica_route
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_listener_whose_certificate_secret_is_broken_says_invalid_certificate_ref() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let m = Member::start("shop-0").await;
+        gateway_basics(&kube).await;
+        put(
+            Api::<Gateway>::namespaced(kube.client.clone(), NS),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "gw", "namespace": NS},
+                   "spec": {"gatewayClassName": "routeid",
+                            "listeners": [{"name": "http", "port": 443, "protocol": "HTTPS", "hostname": "shop.test",
+                                           "tls": {"certificateRefs": [{"name": "shop-cert"}]}}]}}),
+        )
+        .await;
+        let garbage = routeid::proxy::tls::TlsData::new(b"not a certificate".to_vec(), b"not a key".to_vec());
+        kube.put_tls_secret(NS, "shop-cert", &garbage).await;
+        members(&kube, &[("shop-0", &m)]).await;
+        route(&kube, "shop", json!([{"backendRefs": [{"name": "shop", "port": 80}]}])).await;
+        let r = Replica::start(&api, options("a")).await;
+        eventually(WAIT, "InvalidCertificateRef", || async {
+            listener_condition(&kube, "http", "ResolvedRefs")
+                .await
+                .is_some_and(|(s, reason, _)| s == "False" && reason == "InvalidCertificateRef")
+        })
+        .await;
+        let (_, _, message) = listener_condition(&kube, "http", "ResolvedRefs").await.unwrap();
+        assert!(message.contains("web/shop-cert"), "{message}");
+        r.stop().await;
+    })
+    .await;
+}

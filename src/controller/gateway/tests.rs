@@ -627,3 +627,20 @@ fn translation_cost() {
     let each = start.elapsed() / runs;
     println!("translation of 1000 routes x 2 backends x 10 pods: {each:?} per translation");
 }
+
+#[test]
+fn a_broken_certificate_secret_makes_the_listener_refs_unresolved() {
+    let mut w = World::new();
+    w.gateway(
+        "gw",
+        json!([{"name": "https", "port": 443, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "bad"}]}}]),
+    );
+    let t = w.translate();
+    let mut l = t.gateways[&(NS.to_owned(), "gw".to_owned())].listeners[0].clone();
+    l.check_certificates(|_, n| (n == "other").then(|| "no".to_owned()));
+    assert!(l.conditions.iter().all(|c| c.type_ != "ResolvedRefs" || c.ok));
+    l.check_certificates(|ns, n| (ns == NS && n == "bad").then(|| "tls.key is missing".to_owned()));
+    let c = l.conditions.iter().find(|c| c.type_ == "ResolvedRefs").unwrap();
+    assert_eq!((c.ok, c.reason), (false, "InvalidCertificateRef"));
+    assert!(c.message.contains("web/bad: tls.key is missing"), "{}", c.message);
+}

@@ -265,7 +265,11 @@ impl GatewayState {
     }
 
     /// The statuses that differ from the objects' own, to be written by the Lease holder.
-    pub fn statuses(&self, addresses: &[GatewayStatusAddress]) -> Vec<GatewayApiStatus> {
+    pub fn statuses(
+        &self,
+        addresses: &[GatewayStatusAddress],
+        secret_problem: impl Fn(&str, &str) -> Option<String>,
+    ) -> Vec<GatewayApiStatus> {
         let now = k8s_openapi::jiff::Timestamp::now();
         let mut out = Vec::new();
         for (name, conds) in &self.last.classes {
@@ -277,7 +281,9 @@ impl GatewayState {
         }
         for (key, r) in &self.last.gateways {
             let Some(g) = self.gateways.objects.get(key) else { continue };
-            let st = report::gateway_status(r, addresses.to_vec(), g.status.as_ref(), g.metadata.generation, now);
+            let mut r = r.clone();
+            r.listeners.iter_mut().for_each(|l| l.check_certificates(&secret_problem));
+            let st = report::gateway_status(&r, addresses.to_vec(), g.status.as_ref(), g.metadata.generation, now);
             if g.status.as_ref() != Some(&st) {
                 out.push(GatewayApiStatus::Gateway(key.clone(), st));
             }
@@ -481,7 +487,11 @@ impl Loop {
                 _ => None,
             })
             .collect();
-        for s in self.gateways.statuses(&addresses) {
+        let problem = |ns: &str, name: &str| {
+            let r = crate::proxy::tls::SecretRef::new(ns, name);
+            self.proxy.tls_secret_problem(&r).map(|e| e.to_string())
+        };
+        for s in self.gateways.statuses(&addresses, problem) {
             let _ = self.out.send(Outbound::GatewayApi(Box::new(s)));
         }
     }
