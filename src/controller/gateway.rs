@@ -302,99 +302,107 @@ fn listening_hint(protocol: &str, port: i32, listening: &Listening) -> Option<St
     ))
 }
 
+/// A listener's protocol and certificates: its `Accepted` and `ResolvedRefs`, and the
+/// certificates (namespace, Secret) it may serve.
+fn protocol_and_certificates(inputs: &Inputs<'_>, key: &Key, l: &Listener) -> (Cond, Cond, Vec<(String, String)>) {
+    let mut accepted = Cond::yes("Accepted", "Accepted", "");
+    let mut resolved = Cond::yes("ResolvedRefs", "ResolvedRefs", "");
+    let mut certificates = Vec::new();
+    match l.protocol.as_str() {
+        "HTTP" => {}
+        "HTTPS" => {
+            let tls = l.tls.clone().unwrap_or_default();
+            if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
+                accepted = Cond::no("Accepted", "UnsupportedProtocol", "only tls.mode Terminate is served");
+            } else if tls.certificate_refs.is_empty() {
+                resolved = Cond::no("ResolvedRefs", "InvalidCertificateRef", "HTTPS needs tls.certificateRefs");
+            }
+            for c in &tls.certificate_refs {
+                let ns = c.namespace.clone().unwrap_or_else(|| key.0.clone());
+                let secret =
+                    c.group.as_deref().unwrap_or("").is_empty() && c.kind.as_deref().unwrap_or("Secret") == "Secret";
+                if !secret {
+                    let msg = format!("certificateRef {:?} is not a Secret", c.name);
+                    resolved = Cond::no("ResolvedRefs", "InvalidCertificateRef", msg);
+                } else if ns != key.0 && !granted(inputs.grants, "Gateway", &key.0, &ns, "Secret", &c.name) {
+                    let msg =
+                        format!("Secret {ns}/{} needs a ReferenceGrant in {ns} for Gateways of {}", c.name, key.0);
+                    resolved = Cond::no("ResolvedRefs", "RefNotPermitted", msg);
+                } else {
+                    certificates.push((ns, c.name.clone()));
+                }
+            }
+        }
+        other => {
+            let msg = format!("protocol {other} is not served (HTTP and HTTPS are)");
+            accepted = Cond::no("Accepted", "UnsupportedProtocol", msg);
+        }
+    }
+    (accepted, resolved, certificates)
+}
+
+/// The route kinds a listener takes (HTTPRoute, unless `allowedRoutes.kinds` names others
+/// only), and `InvalidRouteKinds` when it names a kind routeid does not serve.
+fn route_kinds(l: &Listener) -> (Vec<RouteGroupKind>, Option<Cond>) {
+    let http_route = |k: &RouteGroupKind| k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GROUP) == GROUP;
+    match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+        None => (vec![RouteGroupKind { group: Some(GROUP.into()), kind: "HTTPRoute".into() }], None),
+        Some(ks) => {
+            let bad = ks.iter().any(|k| !http_route(k));
+            let problem = bad.then(|| Cond::no("ResolvedRefs", "InvalidRouteKinds", "only HTTPRoute is served"));
+            (ks.iter().filter(|k| http_route(k)).cloned().collect(), problem)
+        }
+    }
+}
+
+/// `allowedRoutes.namespaces`.
+fn route_namespaces(l: &Listener) -> From {
+    match l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()) {
+        None => From::Same,
+        Some(n) => match (n.from.as_deref().unwrap_or("Same"), &n.selector) {
+            ("Same", _) => From::Same,
+            ("All", _) => From::All,
+            ("Selector", Some(s)) => From::Selector(s.clone()),
+            _ => From::Nothing,
+        },
+    }
+}
+
 /// The status and route-facing view of each listener of one Gateway.
 fn listeners<'a>(inputs: &Inputs<'_>, key: &Key, gw: &'a Gateway) -> (Vec<ListenerReport>, Vec<ListenerView<'a>>) {
     let ls = &gw.spec.listeners;
     let mut reports = Vec::with_capacity(ls.len());
     let mut views = Vec::with_capacity(ls.len());
     for l in ls {
-        let mut conds = Vec::new();
-        let mut accepted = Cond::yes("Accepted", "Accepted", "");
-        let mut resolved = Cond::yes("ResolvedRefs", "ResolvedRefs", "");
-        let mut certificates = Vec::new();
-        match l.protocol.as_str() {
-            "HTTP" => {}
-            "HTTPS" => {
-                let tls = l.tls.clone().unwrap_or_default();
-                if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
-                    accepted = Cond::no("Accepted", "UnsupportedProtocol", "only tls.mode Terminate is served");
-                } else if tls.certificate_refs.is_empty() {
-                    resolved = Cond::no("ResolvedRefs", "InvalidCertificateRef", "HTTPS needs tls.certificateRefs");
-                }
-                for c in &tls.certificate_refs {
-                    let ns = c.namespace.clone().unwrap_or_else(|| key.0.clone());
-                    let secret = c.group.as_deref().unwrap_or("").is_empty()
-                        && c.kind.as_deref().unwrap_or("Secret") == "Secret";
-                    if !secret {
-                        resolved = Cond::no(
-                            "ResolvedRefs",
-                            "InvalidCertificateRef",
-                            format!("certificateRef {:?} is not a Secret", c.name),
-                        );
-                    } else if ns != key.0 && !granted(inputs.grants, "Gateway", &key.0, &ns, "Secret", &c.name) {
-                        resolved = Cond::no(
-                            "ResolvedRefs",
-                            "RefNotPermitted",
-                            format!("Secret {ns}/{} needs a ReferenceGrant in {ns} for Gateways of {}", c.name, key.0),
-                        );
-                    } else {
-                        certificates.push((ns, c.name.clone()));
-                    }
-                }
-            }
-            other => {
-                accepted = Cond::no(
-                    "Accepted",
-                    "UnsupportedProtocol",
-                    format!("protocol {other} is not served (HTTP and HTTPS are)"),
-                );
-            }
-        }
-        let kinds = l.allowed_routes.as_ref().and_then(|a| a.kinds.clone());
-        let http_route = |k: &RouteGroupKind| k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GROUP) == GROUP;
-        let supported_kinds: Vec<RouteGroupKind> = match &kinds {
-            None => vec![RouteGroupKind { group: Some(GROUP.into()), kind: "HTTPRoute".into() }],
-            Some(ks) => ks.iter().filter(|k| http_route(k)).cloned().collect(),
-        };
-        if let Some(ks) = &kinds
-            && ks.iter().any(|k| !http_route(k))
-        {
-            resolved = Cond::no("ResolvedRefs", "InvalidRouteKinds", "only HTTPRoute is served");
+        let (accepted, mut resolved, certificates) = protocol_and_certificates(inputs, key, l);
+        let (supported_kinds, kinds_problem) = route_kinds(l);
+        if let Some(p) = kinds_problem {
+            resolved = p;
         }
         let conflict = conflict_of(ls, l);
         let hint = listening_hint(&l.protocol, l.port, inputs.listening);
+        let no_certificate = l.protocol == "HTTPS" && certificates.is_empty();
         let programmed = match (&conflict, &hint) {
-            _ if !accepted.ok || !resolved.ok && certificates.is_empty() && l.protocol == "HTTPS" => {
+            _ if !accepted.ok || no_certificate => {
                 Cond::no("Programmed", "Invalid", "the listener is not accepted or has no usable certificate")
             }
             (Some(_), _) => Cond::no("Programmed", "Invalid", "the listener conflicts with another"),
             (None, Some(h)) => Cond::no("Programmed", "Invalid", h.clone()),
             (None, None) => Cond::yes("Programmed", "Programmed", ""),
         };
-        let from = match l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()) {
-            None => From::Same,
-            Some(n) => match (n.from.as_deref().unwrap_or("Same"), &n.selector) {
-                ("Same", _) => From::Same,
-                ("All", _) => From::All,
-                ("Selector", Some(s)) => From::Selector(s.clone()),
-                _ => From::Nothing,
-            },
-        };
         let usable = accepted.ok && conflict.is_none() && !supported_kinds.is_empty();
-        conds.push(accepted);
-        conds.push(resolved);
-        conds.push(match conflict {
+        let conflicted = match conflict {
             Some(reason) => Cond::yes("Conflicted", reason, "another listener has this port"),
             None => Cond::no("Conflicted", "NoConflicts", ""),
-        });
-        conds.push(programmed);
+        };
         reports.push(ListenerReport {
             name: l.name.clone(),
             supported_kinds,
             attached_routes: 0,
-            conditions: conds,
+            conditions: vec![accepted, resolved, conflicted, programmed],
             certificates: certificates.clone(),
         });
+        let from = route_namespaces(l);
         views.push(ListenerView { gateway: key.clone(), listener: l, usable, certificates, from, attached: 0 });
     }
     (reports, views)
