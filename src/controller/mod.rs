@@ -268,6 +268,9 @@ fn watch_hint(e: &watcher::Error) -> &'static str {
 /// At most this many watch events are folded into one publication.
 const MAX_BATCH: usize = 4_096;
 
+/// The longest the first publication waits for the Gateway API watches' first list.
+pub const GATEWAY_SYNC_WAIT: Duration = Duration::from_secs(30);
+
 /// The longest the first readiness waits for the named Secrets' first list (a Secret the
 /// service account may not read never lists: its watch error is logged, readiness goes on).
 pub const TLS_READY_WAIT: Duration = Duration::from_secs(10);
@@ -304,6 +307,10 @@ impl Loop {
             class_state.synced = true;
         }
         let gateway_on = self.opts.gateway.is_some();
+        // Gateway API watches that cannot list (a bad object, RBAC lost mid-way) hold the first
+        // publication back at most this long; BalancerPools and Ingresses are served meanwhile.
+        let gateway_wait = tokio::time::Instant::now() + GATEWAY_SYNC_WAIT;
+        let mut gateway_waited = false;
         let mut pool_events = std::pin::pin!(pool_events);
         let mut slice_events = std::pin::pin!(slice_events);
         let mut pools = ListState::<PoolId>::default();
@@ -410,7 +417,14 @@ impl Loop {
                 }
             }
             self.announce_when_ready();
-            let gateways_synced = !gateway_on || self.gateways.synced();
+            let waited_out = tokio::time::Instant::now() >= gateway_wait;
+            if gateway_on && waited_out && !gateway_waited && !self.gateways.synced() {
+                gateway_waited = true;
+                tracing::warn!(
+                    "the Gateway API watches have not listed within {GATEWAY_SYNC_WAIT:?}; serving without them until they do"
+                );
+            }
+            let gateways_synced = !gateway_on || self.gateways.synced() || waited_out;
             if !(pools.synced
                 && slices.synced
                 && services.synced

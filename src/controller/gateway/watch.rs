@@ -56,7 +56,7 @@ impl Default for GatewayOptions {
 
 /// One watch event of a Gateway API kind (or a namespace, for `from: Selector`).
 pub enum GwEvent {
-    /// The group's CRDs are not installed (sent each time a probe finds them missing).
+    /// The group's CRDs are not installed or not readable (sent once per absence).
     Absent(&'static str),
     /// GatewayClass.
     Class(Result<watcher::Event<GatewayClass>, watcher::Error>),
@@ -180,7 +180,7 @@ impl GatewayState {
                 if self.absent.insert(group) {
                     tracing::info!(
                         group,
-                        "the Gateway API CRDs of this group are not installed; Gateway API objects of it are served once they are"
+                        "the Gateway API CRDs of this group are not installed (or not readable); its objects are served once they are"
                     );
                 }
                 false
@@ -316,20 +316,32 @@ impl Backends for Index {
     }
 }
 
-/// Whether the API group of `K` is served: `Ok(false)` on 404 (CRDs not installed).
-async fn installed<K>(api: &Api<K>) -> Result<bool, kube::Error>
+/// What a probe of an API group found.
+enum Probe {
+    /// Installed and readable.
+    Installed,
+    /// 404: the CRDs are not installed.
+    Absent,
+    /// 401/403: installed or not, the service account may not list it.
+    Forbidden,
+}
+
+/// Whether the API group of `K` is served and readable.
+async fn probe<K>(api: &Api<K>) -> Result<Probe, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Ok(_) => Ok(Probe::Installed),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Probe::Absent),
+        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => Ok(Probe::Forbidden),
         Err(e) => Err(e),
     }
 }
 
-/// Waits until `probe` finds the group installed, telling the loop once per absence. `false`
-/// when the loop is gone or shutting down.
+/// Waits until the group is installed and readable, telling the loop once that it is not (so
+/// missing CRDs or RBAC never hold the controller's readiness back). `false` when the loop is
+/// gone or shutting down.
 async fn wait_installed<K>(
     api: &Api<K>,
     group: &'static str,
@@ -340,14 +352,24 @@ async fn wait_installed<K>(
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let mut told = false;
-    let mut failing = false;
+    let (mut told, mut forbidden_told, mut failing) = (false, false, false);
     // An unreachable API server is retried soon (backing off to `poll`); absent CRDs at `poll`.
     let mut retry = Duration::from_millis(250);
     loop {
-        let wait = match installed(api).await {
-            Ok(true) => return true,
-            Ok(false) => {
+        let found = probe(api).await;
+        if let Ok(Probe::Forbidden) = found
+            && !forbidden_told
+        {
+            forbidden_told = true;
+            tracing::warn!(
+                group,
+                "the service account may not list this Gateway API group: it is not served until it may \
+                 (see the chart's RBAC, or run with --watch-gateways=false)"
+            );
+        }
+        let wait = match found {
+            Ok(Probe::Installed) => return true,
+            Ok(Probe::Absent | Probe::Forbidden) => {
                 if !told {
                     told = true;
                     if tx.send(GwEvent::Absent(group)).is_err() {
