@@ -522,3 +522,50 @@ async fn a_listener_whose_certificate_secret_is_broken_says_invalid_certificate_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_selector_listener_follows_namespace_labels() {
+    use k8s_openapi::api::core::v1::Namespace;
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        put(
+            Api::<Gateway>::namespaced(kube.client.clone(), NS),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "gw", "namespace": NS},
+                   "spec": {"gatewayClassName": "routeid",
+                            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                                           "allowedRoutes": {"namespaces": {"from": "Selector",
+                                               "selector": {"matchLabels": {"gateway": "shared"}}}}}]}}),
+        )
+        .await;
+        let namespace = |labels: Value| {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team", "labels": labels}})
+        };
+        let namespaces = Api::<Namespace>::all(kube.client.clone());
+        put(namespaces.clone(), namespace(json!({"gateway": "shared"}))).await;
+        put(
+            Api::<HTTPRoute>::namespaced(kube.client.clone(), "team"),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                   "metadata": {"name": "r", "namespace": "team"},
+                   "spec": {"parentRefs": [{"name": "gw", "namespace": NS}], "rules": [{}]}}),
+        )
+        .await;
+        let r = Replica::start(&api, options("a")).await;
+        let accepted = || async {
+            let route = Api::<HTTPRoute>::namespaced(kube.client.clone(), "team").get("r").await.ok()?;
+            let c = route.status?.parents.into_iter().next()?.conditions.into_iter().find(|c| c.type_ == "Accepted")?;
+            Some((c.status, c.reason))
+        };
+        eventually(WAIT, "attached by label", || async { accepted().await == Some(("True".into(), "Accepted".into())) })
+            .await;
+        put(namespaces, namespace(json!({"gateway": "private"}))).await;
+        eventually(WAIT, "detached when the label changes", || async {
+            accepted().await == Some(("False".into(), "NotAllowedByListeners".into()))
+        })
+        .await;
+        r.stop().await;
+    })
+    .await;
+}
