@@ -569,3 +569,24 @@ async fn a_selector_listener_follows_namespace_labels() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn without_rbac_for_the_gateway_api_the_controller_is_ready_and_serves_balancerpools() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        api.forbid_group(GW_GROUP);
+        api.forbid_group("gateway.networking.x-k8s.io");
+        let kube = Kube::new(&api);
+        let m = Member::start("bp-0").await;
+        kube.create_pool(&pool("bp", "bp", json!({}))).await;
+        kube.put_slice(&slice("bp", "bp-0", m.addr, Cond::Ready)).await;
+        let r = Replica::start(&api, options("a")).await;
+        eventually(WAIT, "ready and serving", || async {
+            r.running.admin.ready.load(std::sync::atomic::Ordering::Acquire)
+                && try_get(r.proxy(), "/", &[]).await.is_ok_and(|g| g.route() == "bp-0")
+        })
+        .await;
+        r.stop().await;
+    })
+    .await;
+}

@@ -32,7 +32,8 @@
 //!
 //! CRDs: every resource path exists, as if every CRD were installed, except the API groups
 //! [`FakeApiServer::uninstall_group`] hides: those answer 404 as a server without the CRDs does,
-//! until [`FakeApiServer::install_group`].
+//! until [`FakeApiServer::install_group`]. RBAC: [`FakeApiServer::forbid_group`] answers 403 for
+//! a whole API group (nothing finer).
 //!
 //! Failure injection: [`FakeApiServer::drop_watches`] breaks every open watch mid-stream (the
 //! client sees the stream cut off); [`FakeApiServer::set_unavailable`] closes every connection
@@ -125,6 +126,8 @@ struct State {
     unavailable: AtomicBool,
     /// API groups whose CRDs are "not installed": 404 for every request.
     missing_groups: Mutex<std::collections::HashSet<String>>,
+    /// API groups the client may not read: 403 for every request (RBAC without them).
+    forbidden_groups: Mutex<std::collections::HashSet<String>>,
     open_watches: Mutex<u64>,
     gone_served: std::sync::atomic::AtomicU64,
     missing_served: std::sync::atomic::AtomicU64,
@@ -156,6 +159,7 @@ impl FakeApiServer {
             drop_watches: watch::channel(0).0,
             unavailable: AtomicBool::new(false),
             missing_groups: Mutex::new(Default::default()),
+            forbidden_groups: Mutex::new(Default::default()),
             open_watches: Mutex::new(0),
             gone_served: std::sync::atomic::AtomicU64::new(0),
             missing_served: std::sync::atomic::AtomicU64::new(0),
@@ -208,6 +212,17 @@ impl FakeApiServer {
     /// Makes every resource of `group` answer 404, as before its CRDs are installed.
     pub fn uninstall_group(&self, group: &str) {
         self.state.missing_groups.lock().unwrap().insert(group.to_owned());
+    }
+
+    /// Answers 403 Forbidden for every resource of `group` (a service account without RBAC
+    /// for it), until [`FakeApiServer::allow_group`].
+    pub fn forbid_group(&self, group: &str) {
+        self.state.forbidden_groups.lock().unwrap().insert(group.to_owned());
+    }
+
+    /// Lifts [`FakeApiServer::forbid_group`].
+    pub fn allow_group(&self, group: &str) {
+        self.state.forbidden_groups.lock().unwrap().remove(group);
     }
 
     /// Serves `group` again (its CRDs were installed).
@@ -545,6 +560,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if state.missing_groups.lock().unwrap().contains(&t.group) {
         state.missing_served.fetch_add(1, Ordering::SeqCst);
         return status_error(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
+    }
+    if state.forbidden_groups.lock().unwrap().contains(&t.group) {
+        return status_error(StatusCode::FORBIDDEN, "Forbidden", format!("{} is forbidden", t.resource));
     }
     let q = query(&req);
     if q.get("fieldSelector").is_some_and(|f| !f.is_empty() && Selector::of(&q).name.is_none()) {
