@@ -32,6 +32,8 @@ pub enum LogFormat {
 }
 
 /// Subcommands.
+// Parsed once at start and matched once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Three demo members behind the proxy on 127.0.0.1, with a guided tour.
@@ -229,6 +231,21 @@ pub struct ControllerArgs {
     /// Ingresses served.
     #[arg(long, value_delimiter = ',')]
     pub publish_status_address: Vec<String>,
+    /// Serve the Gateway API (GatewayClasses with `controllerName: routeid.io/gateway-controller`,
+    /// their Gateways and HTTPRoutes). Without its CRDs the controller waits for them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_gateways: bool,
+    /// Serve only the GatewayClass of this name (default: every GatewayClass whose
+    /// `controllerName` is `routeid.io/gateway-controller`; name one when two installations run).
+    #[arg(long)]
+    pub gateway_class: Option<String>,
+    /// The Gateway listener ports `--listen` serves (the ports of routeid's Service that lead to
+    /// it): an HTTP listener on another port is `Programmed=False`.
+    #[arg(long, value_delimiter = ',', default_value = "80")]
+    pub gateway_http_ports: Vec<i32>,
+    /// The Gateway listener ports `--tls-listen` serves; ignored without `--tls-listen`.
+    #[arg(long, value_delimiter = ',', default_value = "443")]
+    pub gateway_https_ports: Vec<i32>,
     /// Proxy listen address.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,

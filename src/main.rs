@@ -348,6 +348,14 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         (None, addrs) => routeid::controller::ingress::Publish::Addresses(addrs.to_vec()),
     };
     opts.default_tls_secret = args.tls.default_tls_secret.clone();
+    opts.gateway = args.watch_gateways.then(|| routeid::controller::gateway::watch::GatewayOptions {
+        listening: routeid::controller::gateway::Listening {
+            http_ports: args.gateway_http_ports.clone(),
+            https_ports: if args.tls.tls_listen.is_some() { args.gateway_https_ports.clone() } else { Vec::new() },
+        },
+        class: args.gateway_class.clone(),
+        ..Default::default()
+    });
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
     tracing::info!(
         proxy = %running.proxy_addr,

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::metrics::{LATENCY_BUCKETS, STICKY_OUTCOMES, StickyOutcome};
 use crate::core::{Clock, Member, PoolId, Route};
+use crate::metrics::{LATENCY_BUCKETS, STICKY_OUTCOMES, StickyOutcome};
 use crate::proxy::{MemberExt, Proxy, Snapshot};
 
 /// Seconds of history behind rates, shares and error ratios.

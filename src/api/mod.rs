@@ -5,6 +5,7 @@
 //! for durations and addresses) so that a mistake can be reported with its field path by
 //! [`validate`], which turns a spec into the core's validated model the proxy runs on.
 
+pub mod gateway;
 pub mod ingress;
 pub mod validate;
 

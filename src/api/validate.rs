@@ -432,7 +432,7 @@ fn tls_entries(p: &mut Problems, raw: &[api::FrontendTls], pool_hosts: &[HostMat
         if t.hosts.is_empty() {
             hosts = pool_hosts.to_vec();
         }
-        out.push(TlsEntry { hosts, secret_name: n.clone() });
+        out.push(TlsEntry { hosts, secret_name: n.clone(), namespace: None });
     }
     out
 }

@@ -334,6 +334,11 @@ impl Index {
         self.services.get(key)
     }
 
+    /// The EndpointSlices of a Service in scope (the Gateway API translation reads them).
+    pub fn slices_of(&self, key: &ServiceKey) -> impl Iterator<Item = &Arc<EndpointSlice>> {
+        self.slices.get(key).into_iter().flat_map(|m| m.values())
+    }
+
     /// Whether some pool awaits re-derivation or the table must be republished.
     pub fn has_work(&self) -> bool {
         !self.dirty.is_empty() || self.publish_needed

@@ -22,6 +22,7 @@
 //! while this replica holds the Lease ([`leader`]).
 
 pub mod derive;
+pub mod gateway;
 pub mod index;
 pub mod ingress;
 pub mod leader;
@@ -79,6 +80,8 @@ pub struct ControllerOptions {
     pub min_publish_interval: Duration,
     /// The Secret (`--default-tls-secret`) served to TLS clients with no or an unknown name.
     pub default_tls_secret: Option<SecretRef>,
+    /// Serve the Gateway API too (`None`: not at all; its CRDs are waited for when absent).
+    pub gateway: Option<gateway::watch::GatewayOptions>,
 }
 
 impl ControllerOptions {
@@ -115,6 +118,7 @@ impl ControllerOptions {
             status_resync: Duration::from_secs(10),
             min_publish_interval: Duration::from_millis(100),
             default_tls_secret: None,
+            gateway: Some(gateway::watch::GatewayOptions::default()),
         }
     }
 }
@@ -163,6 +167,10 @@ impl Controller {
         }));
         proxy.set_default_tls_secret(opts.default_tls_secret.clone());
         let (secrets, secret_rx) = secrets::SecretWatches::new(client.clone());
+        let (gw_rx, gw_tasks) = match &opts.gateway {
+            Some(g) => gateway::watch::spawn(&client, opts.namespace.clone(), g, shutdown_rx.clone()),
+            None => (mpsc::unbounded_channel().1, Vec::new()),
+        };
         let looper = Loop {
             client,
             opts,
@@ -182,9 +190,12 @@ impl Controller {
             tls_reported: HashMap::new(),
             publish_service: None,
             publish_service_missing: false,
+            gateways: gateway::watch::GatewayState::default(),
         };
-        let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx));
-        Controller { stats, leader: leader_rx, shutdown, tasks: vec![loop_task, writer_task, leader_task] }
+        let loop_task = tokio::spawn(looper.run(shutdown_rx, secret_rx, gw_rx));
+        let mut tasks = vec![loop_task, writer_task, leader_task];
+        tasks.extend(gw_tasks);
+        Controller { stats, leader: leader_rx, shutdown, tasks }
     }
 
     /// Whether this replica writes status now.
@@ -229,6 +240,8 @@ struct Loop {
     publish_service: Option<Service>,
     /// The `--publish-service` Service was missing at the last status round (said once).
     publish_service_missing: bool,
+    /// The Gateway API objects and the pools made from them.
+    gateways: gateway::watch::GatewayState,
 }
 
 /// Where a watcher is in its (re-)list.
@@ -278,6 +291,9 @@ fn watch_hint(e: &watcher::Error) -> &'static str {
 
 /// At most this many watch events are folded into one publication.
 const MAX_BATCH: usize = 4_096;
+
+/// The longest the first publication waits for the Gateway API watches' first list.
+pub const GATEWAY_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// The longest the first readiness waits for the named Secrets' first list (a Secret the
 /// service account may not read never lists: its watch error is logged, readiness goes on).
@@ -386,19 +402,35 @@ impl Loop {
         mut self,
         mut shutdown: watch::Receiver<bool>,
         mut secret_rx: mpsc::UnboundedReceiver<secrets::SecretEvent>,
+        mut gw_rx: mpsc::UnboundedReceiver<gateway::watch::GwEvent>,
     ) {
         // Whatever ends this loop, nothing watches any more: `/readyz` must not stay 200.
         let _unready = UnreadyOnExit(Arc::clone(&self.admin));
         let mut w = Watches::start(&self.client, &self.opts);
         let mut pace = Pace::new(self.opts.status_resync);
+        let gateway_on = self.opts.gateway.is_some();
+        // Gateway API watches that cannot list (a bad object, RBAC lost mid-way) hold the first
+        // publication back at most this long; BalancerPools and Ingresses are served meanwhile.
+        let gateway_wait = tokio::time::Instant::now() + GATEWAY_SYNC_WAIT;
+        let mut gateway_waited = false;
         loop {
-            let Some(mut status_due) = self.next_event(&mut w, &mut pace, &mut shutdown, &mut secret_rx).await else {
+            let Some(mut status_due) =
+                self.next_event(&mut w, &mut pace, &mut shutdown, &mut secret_rx, &mut gw_rx).await
+            else {
                 return;
             };
-            self.fold_ready_events(&mut w);
+            self.fold_ready_events(&mut w, &mut gw_rx);
             self.forget_removed();
             self.announce_when_ready();
-            if !w.synced() {
+            let waited_out = tokio::time::Instant::now() >= gateway_wait;
+            if gateway_on && waited_out && !gateway_waited && !self.gateways.synced() {
+                gateway_waited = true;
+                tracing::warn!(
+                    "the Gateway API watches have not listed within {GATEWAY_SYNC_WAIT:?}; serving without them until they do"
+                );
+            }
+            let gateways_synced = !gateway_on || self.gateways.synced() || waited_out;
+            if !(w.synced() && gateways_synced) {
                 continue;
             }
             status_due |= self.publish_when_due(&mut pace);
@@ -416,6 +448,7 @@ impl Loop {
         pace: &mut Pace,
         shutdown: &mut watch::Receiver<bool>,
         secret_rx: &mut mpsc::UnboundedReceiver<secrets::SecretEvent>,
+        gw_rx: &mut mpsc::UnboundedReceiver<gateway::watch::GwEvent>,
     ) -> Option<bool> {
         let publish_timer = until(pace.publish_at);
         let ready_timer = until(self.ready_by.filter(|_| !self.announced));
@@ -428,6 +461,7 @@ impl Loop {
             Some(ev) = w.services.next() => self.on_service(ev, &mut w.services_state),
             Some(ev) = w.ingresses.next() => self.on_ingress(ev, &mut w.ingress_state),
             Some(ev) = w.classes.next() => self.on_ingress_class(ev, &mut w.class_state),
+            Some(ev) = gw_rx.recv() => self.on_gateway_event(ev),
             Some(ev) = w.publish.next() => {
                 self.on_publish_service(ev, &mut w.publish_state);
                 return Some(true);
@@ -448,7 +482,7 @@ impl Loop {
 
     /// Folds whatever else is already there into this batch: a burst of slice updates becomes
     /// one derivation per pool and one publication.
-    fn fold_ready_events(&mut self, w: &mut Watches) {
+    fn fold_ready_events(&mut self, w: &mut Watches, gw_rx: &mut mpsc::UnboundedReceiver<gateway::watch::GwEvent>) {
         for _ in 0..MAX_BATCH {
             let mut progressed = false;
             if let Some(Some(ev)) = w.pools.next().now_or_never() {
@@ -469,6 +503,10 @@ impl Loop {
             }
             if let Some(Some(ev)) = w.classes.next().now_or_never() {
                 self.on_ingress_class(ev, &mut w.class_state);
+                progressed = true;
+            }
+            if let Ok(ev) = gw_rx.try_recv() {
+                self.on_gateway_event(ev);
                 progressed = true;
             }
             if !progressed {
@@ -499,7 +537,7 @@ impl Loop {
     /// Re-derives and publishes when there is work, at most once per `min_publish_interval`
     /// (a change within it is folded into one publication at its end); whether it did.
     fn publish_when_due(&mut self, pace: &mut Pace) -> bool {
-        if !self.index.has_work() && self.ready {
+        if !self.index.has_work() && !self.gateways.dirty() && self.ready {
             return false;
         }
         let now = tokio::time::Instant::now();
@@ -521,8 +559,10 @@ impl Loop {
         let rejected = changes.iter().filter(|c| c.rejected.is_some()).count() as u64;
         metrics.reconciles.with_label_values(&["error"]).inc_by(rejected);
         metrics.reconciles.with_label_values(&["ok"]).inc_by(changes.len() as u64 - rejected);
-        if self.index.take_publish_needed() || !self.ready {
-            let configs = self.index.configs();
+        let gateway_changed = self.opts.gateway.as_ref().is_some_and(|g| self.gateways.retranslate(&self.index, g));
+        if self.index.take_publish_needed() || gateway_changed || !self.ready {
+            let mut configs = self.index.configs();
+            configs.extend(self.gateways.pools().iter().cloned());
             self.watch_secrets(&configs);
             self.conflicts = self.proxy.publish(configs);
             self.stats.publishes.fetch_add(1, Ordering::Relaxed);
@@ -573,6 +613,14 @@ impl Loop {
         ev: Result<watcher::Event<EndpointSlice>, watcher::Error>,
         st: &mut ListState<(String, String)>,
     ) {
+        let service = match &ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s)) => {
+                let name = s.metadata.labels.as_ref().and_then(|l| l.get(derive::SERVICE_NAME_LABEL));
+                name.map(|n| (s.metadata.namespace.clone().unwrap_or_default(), n.clone()))
+            }
+            _ => None,
+        };
+        self.gateways.touch(service.as_ref());
         let key = |s: &EndpointSlice| {
             (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
         };
@@ -609,6 +657,14 @@ impl Loop {
         ev: Result<watcher::Event<Service>, watcher::Error>,
         st: &mut ListState<(String, String)>,
     ) {
+        let key = |s: &Service| {
+            (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
+        };
+        let service = match &ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s)) => Some(key(s)),
+            _ => None,
+        };
+        self.gateways.touch(service.as_ref());
         let key = |s: &Service| {
             (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
         };
@@ -756,6 +812,7 @@ impl Loop {
         let now_ms = self.proxy.clock().now_ms();
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         self.send_ingress_statuses();
+        self.send_gateway_statuses();
         for (id, entry) in self.index.pools() {
             if ingress::ingress_of(id).is_some() {
                 continue;

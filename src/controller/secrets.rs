@@ -82,7 +82,7 @@ pub fn named(configs: &[std::sync::Arc<PoolConfig>], default: Option<&SecretRef>
     let mut out = HashSet::new();
     for c in configs {
         let ns = &c.id.namespace;
-        out.extend(c.tls.iter().map(|t| SecretRef::new(ns, &t.secret_name)));
+        out.extend(c.tls.iter().map(|t| SecretRef::new(t.namespace.as_deref().unwrap_or(ns), &t.secret_name)));
         let ca = c.backend_tls.as_ref().and_then(|b| b.ca_secret_name.as_deref());
         out.extend(ca.map(|n| SecretRef::new(ns, n)));
     }

@@ -245,6 +245,8 @@ pub enum Outbound {
         /// The status.
         status: Box<k8s_openapi::api::networking::v1::IngressStatus>,
     },
+    /// The status a Gateway API object should have.
+    GatewayApi(Box<GatewayApiStatus>),
     /// An Event.
     Event(PoolEvent),
 }
@@ -286,6 +288,7 @@ struct Held {
     forget: BTreeSet<PoolId>,
     statuses: BTreeMap<PoolId, BalancerPoolStatus>,
     ingress: BTreeMap<(String, String), k8s_openapi::api::networking::v1::IngressStatus>,
+    gateway: BTreeMap<(u8, String, String), GatewayApiStatus>,
     events: VecDeque<PoolEvent>,
     dropped_events: u64,
     sender_closed: bool,
@@ -316,6 +319,9 @@ impl Outbox {
             }
             Outbound::IngressStatus { key, status } => {
                 h.ingress.insert(key, *status);
+            }
+            Outbound::GatewayApi(st) => {
+                h.gateway.insert(st.key(), *st);
             }
             Outbound::Event(e) if h.events.len() >= MAX_QUEUED_EVENTS => {
                 h.dropped_events += 1;
@@ -358,10 +364,12 @@ impl OutboxReceiver {
                 let forget = std::mem::take(&mut h.forget);
                 let statuses = std::mem::take(&mut h.statuses);
                 let ingress = std::mem::take(&mut h.ingress);
+                let gateway = std::mem::take(&mut h.gateway);
                 let events = std::mem::take(&mut h.events);
                 let mut out: Vec<Outbound> = forget.into_iter().map(Outbound::Forget).collect();
                 out.extend(statuses.into_iter().map(|(id, s)| Outbound::Status { id, status: Box::new(s) }));
                 out.extend(ingress.into_iter().map(|(key, s)| Outbound::IngressStatus { key, status: Box::new(s) }));
+                out.extend(gateway.into_values().map(|s| Outbound::GatewayApi(Box::new(s))));
                 out.extend(events.into_iter().map(Outbound::Event));
                 if !out.is_empty() {
                     return Some(out);
@@ -371,6 +379,28 @@ impl OutboxReceiver {
                 }
             }
             self.shared.notify.notified().await;
+        }
+    }
+}
+
+/// A Gateway API object's status, written whole (a merge patch of `status`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GatewayApiStatus {
+    /// A GatewayClass, by name.
+    Class(String, crate::api::gateway::GatewayClassStatus),
+    /// A Gateway.
+    Gateway((String, String), crate::api::gateway::GatewayStatus),
+    /// An HTTPRoute (its `parents`, other controllers' entries included).
+    Route((String, String), crate::api::gateway::HTTPRouteStatus),
+}
+
+impl GatewayApiStatus {
+    /// Kind and object, so a newer status of the same object replaces a waiting one.
+    fn key(&self) -> (u8, String, String) {
+        match self {
+            GatewayApiStatus::Class(n, _) => (0, String::new(), n.clone()),
+            GatewayApiStatus::Gateway((ns, n), _) => (1, ns.clone(), n.clone()),
+            GatewayApiStatus::Route((ns, n), _) => (2, ns.clone(), n.clone()),
         }
     }
 }
@@ -409,6 +439,8 @@ pub struct Writer {
     events: VecDeque<PoolEvent>,
     /// Ingress statuses to write (the latest wins).
     ingress_pending: BTreeMap<(String, String), k8s_openapi::api::networking::v1::IngressStatus>,
+    /// Gateway API statuses to write, by kind and key (the latest wins).
+    gateway_pending: BTreeMap<(u8, String, String), GatewayApiStatus>,
     tokens: f64,
     refilled: Instant,
 }
@@ -440,6 +472,7 @@ impl Writer {
             written: HashMap::new(),
             events: VecDeque::new(),
             ingress_pending: BTreeMap::new(),
+            gateway_pending: BTreeMap::new(),
             tokens,
             refilled: Instant::now(),
         }
@@ -469,6 +502,9 @@ impl Writer {
             }
             Outbound::IngressStatus { key, status } => {
                 self.ingress_pending.insert(key, *status);
+            }
+            Outbound::GatewayApi(s) => {
+                self.gateway_pending.insert(s.key(), *s);
             }
             Outbound::Forget(id) => {
                 self.pending.remove(&id);
@@ -534,6 +570,13 @@ impl Writer {
             }
             self.write_ingress_status(&key, &status).await;
         }
+        while let Some((key, status)) = self.gateway_pending.pop_first() {
+            if !self.take_token() {
+                self.gateway_pending.insert(key, status);
+                return Some(now + Duration::from_millis(50));
+            }
+            self.write_gateway_status(&status).await;
+        }
         while !self.events.is_empty() {
             if !self.take_token() {
                 return Some(now + Duration::from_millis(50));
@@ -580,6 +623,45 @@ impl Writer {
         }
     }
 
+    /// Writes one Gateway API object's status; a failure is logged and retried on the next
+    /// status round (the loop sends the status again while the object differs).
+    async fn write_gateway_status(&self, status: &GatewayApiStatus) {
+        use crate::api::gateway::{Gateway, GatewayClass, HTTPRoute};
+        let pp = PatchParams { field_manager: Some(self.opts.field_manager.clone()), ..Default::default() };
+        let c = self.client.clone();
+        let (what, result) = match status {
+            GatewayApiStatus::Class(name, st) => {
+                let patch = Patch::Merge(serde_json::json!({ "status": st }));
+                (
+                    format!("GatewayClass {name}"),
+                    Api::<GatewayClass>::all(c).patch_status(name, &pp, &patch).await.map(drop),
+                )
+            }
+            GatewayApiStatus::Gateway((ns, name), st) => {
+                let patch = Patch::Merge(serde_json::json!({ "status": st }));
+                let api = Api::<Gateway>::namespaced(c, ns);
+                (format!("Gateway {ns}/{name}"), api.patch_status(name, &pp, &patch).await.map(drop))
+            }
+            GatewayApiStatus::Route((ns, name), st) => {
+                let patch = Patch::Merge(serde_json::json!({ "status": st }));
+                let api = Api::<HTTPRoute>::namespaced(c, ns);
+                (format!("HTTPRoute {ns}/{name}"), api.patch_status(name, &pp, &patch).await.map(drop))
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.stats.status_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::debug!(object = %what, "gone before its status was written")
+            }
+            Err(e) => {
+                self.stats.status_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(object = %what, error = %e, "status write failed; will retry");
+            }
+        }
+    }
+
     /// Runs until `rx` closes. Writes only while `leader` holds; a replica that does not lead
     /// drops its work (the leader computes and writes its own).
     pub async fn run(mut self, mut rx: OutboxReceiver, mut leader: watch::Receiver<bool>) {
@@ -609,6 +691,7 @@ impl Writer {
             if !*leader.borrow() {
                 self.pending.clear();
                 self.ingress_pending.clear();
+                self.gateway_pending.clear();
                 self.events.clear();
                 wake = None;
                 continue;

@@ -312,8 +312,11 @@ pub struct BackendTlsConfig {
 pub struct TlsEntry {
     /// Hosts served with this certificate (a subset of the pool's hosts).
     pub hosts: Vec<HostMatch>,
-    /// The Secret's name, in the pool's namespace.
+    /// The Secret's name, in the pool's namespace unless `namespace` says otherwise.
     pub secret_name: String,
+    /// The Secret's namespace when it is not the pool's: a Gateway listener's certificate,
+    /// which the Gateway's owner chose (across namespaces only with a ReferenceGrant).
+    pub namespace: Option<String>,
 }
 
 /// Default `timeouts.idle`: below the shortest common server keep-alive (Node's 5 s; Tomcat

@@ -232,6 +232,12 @@ impl Proxy {
         (self.publish_locked(configs.into_iter().map(Into::into).collect()), problems)
     }
 
+    /// Why the Secret `r` serves no certificate, if it is known and broken (for status; never
+    /// called on the request path).
+    pub fn tls_secret_problem(&self, r: &tls::SecretRef) -> Option<tls::CertError> {
+        self.tls.lock().unwrap_or_else(|e| e.into_inner()).problem(r).cloned()
+    }
+
     /// Forgets Secrets no pool names any more (their certificates and expiry series go).
     pub fn forget_tls_secrets(&self, gone: &[tls::SecretRef]) {
         let mut certs = self.tls.lock().unwrap_or_else(|e| e.into_inner());

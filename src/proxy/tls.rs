@@ -423,6 +423,16 @@ impl Certificates {
         }
     }
 
+    /// Why a known Secret serves no certificate (`None`: it serves one, has not been read yet,
+    /// or is not known). A Secret that broke after a good certificate keeps serving that one.
+    pub fn problem(&self, r: &SecretRef) -> Option<&CertError> {
+        let s = self.secrets.get(r)?;
+        if s.serving.is_some() {
+            return None;
+        }
+        s.error.as_ref().filter(|e| **e != CertError::Pending)
+    }
+
     /// The Secrets known (parsed or not).
     pub fn known(&self) -> impl Iterator<Item = &SecretRef> {
         self.secrets.keys()
@@ -449,7 +459,7 @@ impl Certificates {
             }
             let problems = out.problems.entry(id.clone()).or_default();
             for entry in &pool.config.tls {
-                let r = SecretRef::new(&id.namespace, &entry.secret_name);
+                let r = SecretRef::new(entry.namespace.as_deref().unwrap_or(&id.namespace), &entry.secret_name);
                 let Some(key) = self.usable(&r, problems) else { continue };
                 for host in &entry.hosts {
                     if let HostMatch::Exact(h) = host

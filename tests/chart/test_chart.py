@@ -32,6 +32,22 @@ INGRESS_RULES = {
 }
 # Cluster-scoped, so always in a ClusterRole (ingress mode).
 INGRESS_CLASS_RULES = {("networking.k8s.io", "ingressclasses"): ["get", "list", "watch"]}
+# Ingress mode: the Gateway API's namespaced kinds, and the status of those served.
+GATEWAY_RULES = {
+    ("gateway.networking.k8s.io", "gateways"): ["get", "list", "watch"],
+    ("gateway.networking.k8s.io", "httproutes"): ["get", "list", "watch"],
+    ("gateway.networking.k8s.io", "referencegrants"): ["get", "list", "watch"],
+    ("gateway.networking.k8s.io", "gateways/status"): ["update", "patch"],
+    ("gateway.networking.k8s.io", "httproutes/status"): ["update", "patch"],
+    ("gateway.networking.x-k8s.io", "xbackendtrafficpolicies"): ["get", "list", "watch"],
+}
+# Cluster-scoped Gateway API reads (GatewayClasses, namespace labels for allowedRoutes Selector).
+GATEWAY_CLASS_RULES = {
+    ("gateway.networking.k8s.io", "gatewayclasses"): ["get", "list", "watch"],
+    ("gateway.networking.k8s.io", "gatewayclasses/status"): ["update", "patch"],
+    ("", "namespaces"): ["get", "list", "watch"],
+    ("apiextensions.k8s.io", "customresourcedefinitions"): ["get"],
+}
 # Ingress mode serves TLS: the Secrets pools name (one watch each, fieldSelector metadata.name).
 INGRESS_WATCH_RULES = {**WATCH_RULES, ("", "secrets"): ["get", "list", "watch"]}
 # kube-lease-manager; list + watch: a standby sees a released Lease at once.
@@ -161,7 +177,9 @@ def check_binding(rel, binding: dict, role: dict, sa_name: str, sa_ns: str):
 def test_rbac_all_namespaces():
     rel = rendered("default")
     role, binding = rel.one("ClusterRole"), rel.one("ClusterRoleBinding")
-    assert rules_of(role) == INGRESS_WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES
+    assert rules_of(role) == (
+        INGRESS_WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES | GATEWAY_RULES | GATEWAY_CLASS_RULES
+    )
     check_binding(rel, binding, role, "routeid", "routeid")
     lease, lease_binding = rel.one("Role"), rel.one("RoleBinding")
     assert lease["metadata"] == {**lease["metadata"], "name": "routeid-lease", "namespace": "routeid"}
@@ -174,13 +192,14 @@ def test_rbac_all_namespaces():
 
 def test_rbac_one_namespace():
     rel = rendered("namespaced")
-    # Only IngressClasses (cluster-scoped) are read cluster-wide.
+    # Only cluster-scoped kinds (IngressClasses, GatewayClasses, Namespaces) are read cluster-wide.
     classes = rel.one("ClusterRole")
-    assert classes["metadata"]["name"] == "routeid-ingressclasses" and rules_of(classes) == INGRESS_CLASS_RULES
+    assert classes["metadata"]["name"] == "routeid-ingressclasses"
+    assert rules_of(classes) == INGRESS_CLASS_RULES | GATEWAY_CLASS_RULES
     check_binding(rel, rel.one("ClusterRoleBinding"), classes, "routeid", "routeid")
     watch = rel.one("Role", "routeid")
     assert watch["metadata"]["namespace"] == "web"
-    assert rules_of(watch) == INGRESS_WATCH_RULES | INGRESS_RULES
+    assert rules_of(watch) == INGRESS_WATCH_RULES | INGRESS_RULES | GATEWAY_RULES
     check_binding(rel, rel.one("RoleBinding", "routeid"), watch, "routeid", "routeid")
     lease = rel.one("Role", "routeid-lease")
     assert lease["metadata"]["namespace"] == "routeid" and rules_of(lease) == LEASE_RULES
@@ -340,6 +359,8 @@ def test_default_args_match_the_cli_defaults():
         "tls-listen": "0.0.0.0:8443",
         "ingress-class": "routeid",
         "default-class": "true",
+        "gateway-http-ports": "80",
+        "gateway-https-ports": "443",
         "lease-namespace": "routeid",
         "drain-timeout": "30s",
         "client-header-timeout": "15s",
@@ -470,6 +491,7 @@ def test_sidecar_snippet():
     assert a["listen"] == "127.0.0.1:15001"
     assert a["ingress-class"] == "routeid-sidecar" and a["default-class"] == "false"
     assert a["watch-ingresses"] == "false", "a sidecar serves BalancerPools only"
+    assert a["watch-gateways"] == "false"
     assert "lifecycle" not in c  # the app's containers stop first; no endpoint to leave
     assert "kubectl -n demo get configmap routeid-sidecar-snippet" in rel.notes
 

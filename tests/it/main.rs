@@ -18,6 +18,7 @@ mod controller_scope;
 mod controller_status;
 mod crd;
 mod gateway;
+mod gateway_controller;
 mod health;
 mod hostile;
 mod ingress;

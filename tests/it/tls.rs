@@ -230,6 +230,7 @@ async fn a_catch_all_pool_cannot_put_its_certificate_on_another_tenants_host() {
         pools[0].tls = vec![routeid::core::config::TlsEntry {
             hosts: vec![routeid::core::config::HostMatch::Exact("bank.test".into())],
             secret_name: "evil-cert".into(),
+            namespace: None,
         }];
         let secrets = [("evil", "evil-cert", &evil), ("bank", "bank-cert", &bank)];
         let p = start_tls_pools(pools, settings(), &secrets, None).await;

@@ -176,6 +176,48 @@ app.kubernetes.io/part-of: routeid
 {{- and (ne .Values.mode "sidecar") (kindIs "bool" .Values.ingressClass.default) .Values.ingressClass.default }}
 {{- end }}
 
+{{/* Gateway API (namespaced kinds): read them, write the status of those routeid serves. */}}
+{{- define "routeid.gatewayRules" -}}
+{{- if .Values.gateway.enabled }}
+- apiGroups: [gateway.networking.k8s.io]  # Gateways, HTTPRoutes, ReferenceGrants
+  resources: [gateways, httproutes, referencegrants]
+  verbs: [get, list, watch]
+- apiGroups: [gateway.networking.k8s.io]  # status, written by the Lease holder
+  resources: [gateways/status, httproutes/status]
+  verbs: [update, patch]
+- apiGroups: [gateway.networking.x-k8s.io]  # sessionPersistence of XBackendTrafficPolicies
+  resources: [xbackendtrafficpolicies]
+  verbs: [get, list, watch]
+{{- end }}
+{{- end }}
+
+{{/* Gateway API (cluster-scoped): GatewayClasses and namespace labels (allowedRoutes Selector). */}}
+{{- define "routeid.gatewayClassRules" -}}
+{{- if .Values.gateway.enabled }}
+- apiGroups: [gateway.networking.k8s.io]  # which GatewayClasses name routeid's controller
+  resources: [gatewayclasses]
+  verbs: [get, list, watch]
+- apiGroups: [gateway.networking.k8s.io]  # their status (Accepted), written by the Lease holder
+  resources: [gatewayclasses/status]
+  verbs: [update, patch]
+- apiGroups: [""]                         # namespace labels, for allowedRoutes from: Selector
+  resources: [namespaces]
+  verbs: [get, list, watch]
+- apiGroups: [apiextensions.k8s.io]       # the installed Gateway API version (SupportedVersion)
+  resources: [customresourcedefinitions]
+  verbs: [get]
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the Gateway API session key, or "" when none is mounted. */}}
+{{- define "routeid.sessionKeySecret" -}}
+{{- if and (ne .Values.mode "sidecar") .Values.gateway.enabled }}
+{{- if .Values.gateway.sessionKey.existingSecret }}{{ .Values.gateway.sessionKey.existingSecret }}
+{{- else if .Values.gateway.sessionKey.createSecret }}{{ printf "%s-session-key" (include "routeid.fullname" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "routeid.leaseRules" -}}
 - apiGroups: [coordination.k8s.io]      # leader election (kube-lease-manager): the Lease routeid-status
   resources: [leases]
@@ -229,8 +271,22 @@ args:
   - --default-class={{ include "routeid.defaultClass" . }}
   {{- if $sidecar }}
   - --watch-ingresses=false
+  - --watch-gateways=false
   {{- else if eq (include "routeid.clusterDefaultIngressClass" .) "true" }}
   - --watch-ingress-without-class
+  {{- end }}
+  {{- if not $sidecar }}
+  {{- if .Values.gateway.enabled }}
+  - --gateway-http-ports={{ join "," (default (list .Values.service.port) .Values.gateway.httpPorts) }}
+  {{- if .Values.tls.enabled }}
+  - --gateway-https-ports={{ join "," (default (list .Values.tls.servicePort) .Values.gateway.httpsPorts) }}
+  {{- end }}
+  {{- if include "routeid.sessionKeySecret" . }}
+  - --session-key-file=/etc/routeid/session-key/{{ .Values.gateway.sessionKey.secretKey }}
+  {{- end }}
+  {{- else }}
+  - --watch-gateways=false
+  {{- end }}
   {{- end }}
   {{- if .Values.leaderElection.enabled }}
   - --lease-namespace={{ ternary "$(POD_NAMESPACE)" (include "routeid.leaseNamespace" .) $sidecar }}
@@ -301,4 +357,10 @@ resources:
   {{- toYaml (ternary .Values.sidecar.resources .Values.resources $sidecar) | nindent 2 }}
 securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
+{{- if include "routeid.sessionKeySecret" . }}
+volumeMounts:
+  - name: session-key                   # seals Gateway API sessions; the same in every replica
+    mountPath: /etc/routeid/session-key
+    readOnly: true
+{{- end }}
 {{- end }}

@@ -209,7 +209,7 @@ impl Loop {
     }
 
     /// The addresses `status.loadBalancer` lists; `None` when nothing is published.
-    fn published_addresses(&self) -> Option<Vec<IngressLoadBalancerIngress>> {
+    pub(crate) fn published_addresses(&self) -> Option<Vec<IngressLoadBalancerIngress>> {
         Some(match &self.opts.publish {
             Publish::Nothing => return None,
             Publish::Addresses(a) => a.iter().map(|a| lb_entry(a)).collect(),

@@ -45,6 +45,15 @@ impl Replica {
         Self::start_with_manager(api, opts, Manager::new(None, Persistence::InMemory)).await
     }
 
+    /// A replica whose proxy runs with `settings` (a session key, a manual wall clock).
+    pub async fn start_with_settings(api: &FakeApiServer, opts: ControllerOptions, settings: ProxySettings) -> Replica {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let admin = AdminState::new(Manager::new(None, Persistence::InMemory), false);
+        let (running, _) = Running::start_with_admin(settings, any, any, Vec::new(), admin).await.unwrap();
+        let controller = Controller::start(api.client(), opts, running.proxy.clone(), running.admin.clone());
+        Replica { running, controller }
+    }
+
     /// A replica whose balancer-manager is `manager`.
     pub async fn start_with_manager(api: &FakeApiServer, opts: ControllerOptions, manager: Manager) -> Replica {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();

@@ -17,7 +17,8 @@
 //!   without lists, like Leases); server-side apply treated as a merge patch that creates a
 //!   missing object, **plus** the one piece of field ownership leader election relies on: an
 //!   apply that changes a field another field manager owns fails with 409 Conflict unless forced;
-//! - the `/status` subresource for `balancerpools`, `ingresses` and `services`: the main endpoint ignores status, `/status`
+//! - the `/status` subresource for `balancerpools`, `ingresses`, `services` and the Gateway API's
+//!   `gatewayclasses`, `gateways` and `httproutes`: the main endpoint ignores status, `/status`
 //!   changes only status, and `metadata.generation` moves only when the spec (anything outside
 //!   metadata and status) changes;
 //! - works for any resource path, so Leases (coordination.k8s.io/v1) and Events (events.k8s.io/v1
@@ -28,6 +29,11 @@
 //! controller watches exactly the Secrets pools name), pagination (`limit` is ignored, everything comes in one
 //! page), JSON patch, real strategic-merge list semantics, `managedFields` in responses, garbage
 //! collection, finalizers, discovery documents, protobuf, HTTP/2, TLS.
+//!
+//! CRDs: every resource path exists, as if every CRD were installed, except the API groups
+//! [`FakeApiServer::uninstall_group`] hides: those answer 404 as a server without the CRDs does,
+//! until [`FakeApiServer::install_group`]. RBAC: [`FakeApiServer::forbid_group`] answers 403 for
+//! a whole API group (nothing finer).
 //!
 //! Failure injection: [`FakeApiServer::drop_watches`] breaks every open watch mid-stream (the
 //! client sees the stream cut off); [`FakeApiServer::set_unavailable`] closes every connection
@@ -56,7 +62,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
 
 /// Resources whose status is a subresource (the main endpoint ignores `status`).
-const STATUS_SUBRESOURCE: &[&str] = &["balancerpools", "ingresses", "services"];
+const STATUS_SUBRESOURCE: &[&str] =
+    &["balancerpools", "ingresses", "services", "gatewayclasses", "gateways", "httproutes"];
 /// How many events the watch history keeps before older resourceVersions become "too old".
 const HISTORY: usize = 10_000;
 
@@ -120,8 +127,13 @@ struct State {
     /// Bumped to end every open watch with an ERROR event `410 Gone`.
     expire_watches: watch::Sender<u64>,
     unavailable: AtomicBool,
+    /// API groups whose CRDs are "not installed": 404 for every request.
+    missing_groups: Mutex<std::collections::HashSet<String>>,
+    /// API groups the client may not read: 403 for every request (RBAC without them).
+    forbidden_groups: Mutex<std::collections::HashSet<String>>,
     open_watches: Mutex<u64>,
     gone_served: std::sync::atomic::AtomicU64,
+    missing_served: std::sync::atomic::AtomicU64,
 }
 
 /// A running fake API server; stops when dropped.
@@ -150,8 +162,11 @@ impl FakeApiServer {
             drop_watches: watch::channel(0).0,
             expire_watches: watch::channel(0).0,
             unavailable: AtomicBool::new(false),
+            missing_groups: Mutex::new(Default::default()),
+            forbidden_groups: Mutex::new(Default::default()),
             open_watches: Mutex::new(0),
             gone_served: std::sync::atomic::AtomicU64::new(0),
+            missing_served: std::sync::atomic::AtomicU64::new(0),
         });
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -196,6 +211,32 @@ impl FakeApiServer {
         if down {
             self.drop_watches();
         }
+    }
+
+    /// Makes every resource of `group` answer 404, as before its CRDs are installed.
+    pub fn uninstall_group(&self, group: &str) {
+        self.state.missing_groups.lock().unwrap().insert(group.to_owned());
+    }
+
+    /// Answers 403 Forbidden for every resource of `group` (a service account without RBAC
+    /// for it), until [`FakeApiServer::allow_group`].
+    pub fn forbid_group(&self, group: &str) {
+        self.state.forbidden_groups.lock().unwrap().insert(group.to_owned());
+    }
+
+    /// Lifts [`FakeApiServer::forbid_group`].
+    pub fn allow_group(&self, group: &str) {
+        self.state.forbidden_groups.lock().unwrap().remove(group);
+    }
+
+    /// Serves `group` again (its CRDs were installed).
+    pub fn install_group(&self, group: &str) {
+        self.state.missing_groups.lock().unwrap().remove(group);
+    }
+
+    /// How many 404s were answered for an uninstalled group.
+    pub fn missing_group_requests(&self) -> u64 {
+        self.state.missing_served.load(Ordering::SeqCst)
     }
 
     /// Forgets the event history: a watch from any earlier resourceVersion gets 410 Gone.
@@ -398,6 +439,11 @@ fn kind_of(resource: &str) -> String {
         "services" => "Service".into(),
         "ingresses" => "Ingress".into(),
         "ingressclasses" => "IngressClass".into(),
+        "gatewayclasses" => "GatewayClass".into(),
+        "httproutes" => "HTTPRoute".into(),
+        "referencegrants" => "ReferenceGrant".into(),
+        "xbackendtrafficpolicies" => "XBackendTrafficPolicy".into(),
+        "customresourcedefinitions" => "CustomResourceDefinition".into(),
         other => {
             let s = other.trim_end_matches('s');
             let mut c = s.chars();
@@ -523,6 +569,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Some(t) = parse_path(req.uri().path()) else {
         return status_error(StatusCode::NOT_FOUND, "NotFound", format!("no such path {}", req.uri().path()));
     };
+    if state.missing_groups.lock().unwrap().contains(&t.group) {
+        state.missing_served.fetch_add(1, Ordering::SeqCst);
+        return status_error(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
+    }
+    if state.forbidden_groups.lock().unwrap().contains(&t.group) {
+        return status_error(StatusCode::FORBIDDEN, "Forbidden", format!("{} is forbidden", t.resource));
+    }
     let q = query(&req);
     if q.get("fieldSelector").is_some_and(|f| !f.is_empty() && Selector::of(&q).name.is_none()) {
         return status_error(
