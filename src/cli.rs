@@ -69,6 +69,11 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Print the BalancerPool CustomResourceDefinition as YAML.
     Crd,
+    /// Validate pools without serving them (like `haproxy -c`, `nginx -t`): a pools file
+    /// exactly as `standalone` reads it, or with `--kubeconfig` the BalancerPools of a cluster
+    /// as the controller would serve them (only lists; nothing is written). Prints a summary
+    /// and exits 0, or prints every problem and exits 2.
+    Check(CheckArgs),
     /// List the Ingresses of a class (e.g. `nginx`) and, per annotation, whether routeid
     /// supports it, and which Ingresses routeid would refuse and why: what moving them to routeid
     /// means, before switching `ingressClassName`.
@@ -83,6 +88,30 @@ pub enum Command {
         #[arg(long, default_value = "nginx")]
         class: String,
     },
+}
+
+/// `routeid check` flags: a file or a cluster.
+#[derive(Debug, Args, Clone)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "kubeconfig"]))]
+pub struct CheckArgs {
+    /// The pools file to check.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Check the BalancerPools of the cluster this kubeconfig names.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, requires = "kubeconfig")]
+    pub context: Option<String>,
+    /// Only this namespace (default: all).
+    #[arg(short = 'n', long, requires = "kubeconfig")]
+    pub namespace: Option<String>,
+    /// Check the pools whose `spec.ingressClassName` is this.
+    #[arg(long, default_value = "routeid", requires = "kubeconfig")]
+    pub ingress_class: String,
+    /// Also check pools without `spec.ingressClassName` (as a default-class controller).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_class: bool,
 }
 
 /// Listener-wide proxy settings.
@@ -177,6 +206,9 @@ pub struct ControllerArgs {
     /// account are tried.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
     /// Watch only this namespace (sidecar mode, least privilege); all namespaces when absent.
     #[arg(long)]
     pub namespace: Option<String>,

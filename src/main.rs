@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use routeid::admin::AdminState;
 use routeid::admin::manager::{Manager, Persistence};
-use routeid::cli::{Cli, Command, ControllerArgs, LogFormat, TlsArgs};
+use routeid::cli::{CheckArgs, Cli, Command, ControllerArgs, LogFormat, TlsArgs};
 use routeid::proxy::ProxySettings;
 use routeid::runtime::{Running, TlsStart};
 use routeid::{api, demo, standalone};
@@ -80,7 +80,7 @@ async fn run(command: Command) -> ExitCode {
     let proxy = match &command {
         Command::Standalone { proxy, .. } => Some(proxy),
         Command::Controller(args) => Some(&args.proxy),
-        Command::Demo { .. } | Command::Crd | Command::IngressCheck { .. } => None,
+        Command::Demo { .. } | Command::Crd | Command::Check(_) | Command::IngressCheck { .. } => None,
     };
     if let Some(Err(e)) = proxy.map(|p| p.check()) {
         eprintln!("routeid: {e}");
@@ -93,17 +93,55 @@ async fn run(command: Command) -> ExitCode {
             run_standalone(&file, listen, admin_listen, tls, proxy.settings(), proxy.manager_token.clone()).await
         }
         Command::Controller(args) => run_controller(args).await,
+        Command::Check(args) => run_check(args).await,
         Command::IngressCheck { kubeconfig, namespace, class } => {
             run_ingress_check(kubeconfig.as_deref(), namespace, &class).await
         }
     }
 }
 
+/// `routeid check`: exit 0 when every pool would be served, 2 when any would not (or the
+/// cluster cannot be read).
+async fn run_check(args: CheckArgs) -> ExitCode {
+    let (source, report) = match &args.file {
+        Some(file) => (file.display().to_string(), routeid::check::file(file)),
+        None => {
+            let client = match kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("routeid check: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let filter = routeid::controller::index::ClassFilter {
+                ingress_class: args.ingress_class.clone(),
+                default_class: args.default_class,
+            };
+            match routeid::check::cluster(client, args.namespace.as_deref(), filter).await {
+                Ok(r) => ("the cluster's BalancerPools".to_owned(), r),
+                Err(e) => {
+                    eprintln!("routeid check: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    if report.problems.is_empty() {
+        print!("{source}: OK, {}", report.summary);
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{source}: {} problem(s), nothing would be served as it is:", report.problems.len());
+    for p in &report.problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::from(2)
+}
+
 /// `routeid ingress-check`: exit 0 when every annotation is supported and no Ingress would be
 /// refused, 1 otherwise, 2 when the cluster cannot be read.
 async fn run_ingress_check(kubeconfig: Option<&Path>, namespace: Option<String>, class: &str) -> ExitCode {
     use k8s_openapi::api::networking::v1::Ingress;
-    let client = match kube_client(kubeconfig).await {
+    let client = match kube_client(kubeconfig, None).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("routeid ingress-check: {e:#}");
@@ -251,16 +289,22 @@ fn standalone_tls(tls: &TlsArgs, loaded: &standalone::Loaded, file: &Path) -> Re
     Ok(Some(TlsStart { listen, secrets: loaded.secrets.clone(), default: tls.default_tls_secret.clone() }))
 }
 
-async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+/// A client from `kubeconfig` (or `KUBECONFIG`, `~/.kube/config`, in-cluster), with `context`
+/// instead of the kubeconfig's current one when given.
+async fn kube_client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<kube::Client> {
     use anyhow::Context;
+    let options = kube::config::KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
         }
+        None if context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("cannot use the kubeconfig (KUBECONFIG or ~/.kube/config) with --context")?,
         None => kube::Config::infer()
             .await
             .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?,
@@ -270,7 +314,7 @@ async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
 
 async fn run_controller(args: ControllerArgs) -> ExitCode {
     use routeid::controller::{Controller, ControllerOptions, index::ClassFilter};
-    let client = match kube_client(args.kubeconfig.as_deref()).await {
+    let client = match kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("routeid controller: {e:#}");
