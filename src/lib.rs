@@ -2,8 +2,8 @@
 //!
 //! The crate is a library with a thin binary (`src/main.rs`). The layout follows the
 //! architecture: [`api`] is the user-facing resource, [`core`] the kube-free, hyper-free model,
-//! [`proxy`] the data plane, [`admin`] the admin listener, [`standalone`] the YAML loader and
-//! [`demo`] the no-cluster demo.
+//! [`proxy`] the data plane, [`admin`] the admin listener, [`metrics`] the Prometheus series both
+//! of them share, [`standalone`] the YAML loader and [`demo`] the no-cluster demo.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -13,6 +13,7 @@ pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod standalone;

@@ -32,7 +32,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .thread_name("routeid-log")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let dropped = writer.error_counter();
-    routeid::admin::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
+    routeid::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // rustls logs a client's odd hello (an IP address as SNI, as wrk and curl send) at WARN, once
     // per connection: any client could flood the log. Failed handshakes are counted in

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::BalancerPool;
-use crate::core::config::{PoolConfig, PoolId, validate_static};
+use crate::api::validate::validate_static;
+use crate::core::config::{PoolConfig, PoolId};
 use crate::core::table::RoutingTable;
 use crate::proxy::tls::{CertError, SecretRef, TlsData};
 

@@ -3,13 +3,16 @@
 //!
 //! These types are the *raw* form — what a user writes. They are deliberately permissive (strings
 //! for durations and addresses) so that a mistake can be reported with its field path by
-//! [`crate::core::config`], which turns a spec into the validated model the proxy runs on.
+//! [`validate`], which turns a spec into the core's validated model the proxy runs on.
 
 pub mod ingress;
+pub mod validate;
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use crate::core::names::{CheckMethod, CookieMode, CookieSecure, LbMethodName, MemberStatus, SameSite};
 
 /// A sticky load-balanced pool: which requests it serves (`frontend`), which members serve them
 /// (`backend`), and how a member is chosen (`lbMethod`, `sticky`).
@@ -215,24 +218,6 @@ pub struct StaticMember {
     pub lb_set: Option<u32>,
 }
 
-/// The lb method (Apache `lbmethod`, plus `LeastLatency`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum LbMethodName {
-    /// Apache's weighted request counting.
-    #[default]
-    ByRequests,
-    /// Apache's weighted traffic counting: fewest bytes to and from the member per loadFactor.
-    ByTraffic,
-    /// Apache's busyness: fewest requests in flight, ties by request counting.
-    ByBusyness,
-    /// Spare capacity reported by members (`X-Heartbeat: ready=N` on health checks), like
-    /// Apache mod_heartmonitor; members that stop reporting fall back to loadFactor.
-    Heartbeat,
-    /// Power of two choices over latency × requests in flight (as linkerd2-proxy and Envoy):
-    /// keeps tail latency low when one member slows down.
-    LeastLatency,
-}
-
 /// Stickiness, with the semantics of Apache `stickysession` and HAProxy `cookie`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -328,64 +313,6 @@ pub struct RouteCookie {
     pub conditional_same_site_none: Option<bool>,
 }
 
-/// When the route cookie carries `Secure`.
-#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum CookieSecure {
-    /// When the client connection is TLS, or a trusted front proxy said `https`.
-    #[default]
-    Auto,
-    /// Always.
-    Always,
-    /// Never.
-    Never,
-}
-
-impl<'de> Deserialize<'de> for CookieSecure {
-    /// Also reads the older boolean form: `true` is `Always`, `false` is `Never`.
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bool(bool),
-            Name(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bool(true) => Ok(CookieSecure::Always),
-            Raw::Bool(false) => Ok(CookieSecure::Never),
-            Raw::Name(n) => match n.as_str() {
-                "Auto" => Ok(CookieSecure::Auto),
-                "Always" => Ok(CookieSecure::Always),
-                "Never" => Ok(CookieSecure::Never),
-                _ => Err(serde::de::Error::unknown_variant(&n, &["Auto", "Always", "Never"])),
-            },
-        }
-    }
-}
-
-/// HAProxy's cookie modes.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum CookieMode {
-    /// The proxy adds its own cookie `name=.route`.
-    #[default]
-    Insert,
-    /// The app's session cookie value is prefixed with `route~` on the way out, stripped on the
-    /// way in.
-    Prefix,
-    /// The app's session cookie value is replaced by `.route` on the way out.
-    Rewrite,
-}
-
-/// Cookie `SameSite` attribute.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum SameSite {
-    /// `SameSite=Strict`.
-    Strict,
-    /// `SameSite=Lax`.
-    Lax,
-    /// `SameSite=None` (requires `secure` other than `Never`).
-    None,
-}
-
 /// An administrative state and weight for one route, kept across pod restarts.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -403,22 +330,6 @@ pub struct MemberOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 99))]
     pub lb_set: Option<u32>,
-}
-
-/// Administrative member states, as in Apache's balancer-manager.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum MemberStatus {
-    /// Serves sticky and new traffic.
-    #[default]
-    Ok,
-    /// Keeps its sticky sessions, gets no new ones.
-    Drain,
-    /// Gets nothing; its sticky sessions fail over.
-    Disabled,
-    /// Used only when no normal member is usable.
-    HotStandby,
-    /// Gets nothing (an operator stopped it).
-    Stopped,
 }
 
 /// Failure handling.
@@ -473,18 +384,6 @@ pub struct ActiveHealth {
     /// A substring the response body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_body: Option<String>,
-}
-
-/// Health-check request methods.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
-pub enum CheckMethod {
-    /// `GET`.
-    #[default]
-    GET,
-    /// `HEAD`.
-    HEAD,
-    /// `OPTIONS`.
-    OPTIONS,
 }
 
 /// Passive failure detection (Apache `retry`, HAProxy `redispatch`).

@@ -28,9 +28,10 @@ use std::net::{IpAddr, SocketAddr};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::api::validate::validate_service_backed;
 use crate::api::{BalancerPoolSpec, MemberStatus, RouteFrom, ServiceRef};
 use crate::core::Route;
-use crate::core::config::{FieldError, MemberConfig, PoolConfig, PoolId, is_valid_route, validate_service_backed};
+use crate::core::config::{FieldError, MemberConfig, PoolConfig, PoolId, is_valid_route};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

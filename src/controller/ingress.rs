@@ -22,11 +22,12 @@ use crate::api::ingress::{
     CONTROLLER_NAME, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, NGINX_PREFIX, ROUTEID_PREFIX, Support,
     support_of,
 };
+use crate::api::validate::validate_service_backed;
 use crate::api::{
     ActiveHealth, BalancerPool, BalancerPoolSpec, CookieMode, CookieSecure, Frontend, FrontendTls, LbMethodName,
     PathType, RouteCookie, RouteFrom, SameSite, ServiceRef, Sticky,
 };
-use crate::core::config::{FieldError, PoolId, validate_service_backed};
+use crate::core::config::{FieldError, PoolId};
 
 /// `(namespace, name)` of an Ingress.
 pub type IngressKey = (String, String);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use super::config::MemberConfig;
-use crate::api::MemberStatus;
+use super::names::MemberStatus;
 
 /// Counters and health of one member that outlive table rebuilds.
 #[derive(Debug)]

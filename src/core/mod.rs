@@ -2,14 +2,19 @@
 //! extraction and lb methods. The standalone loader, the controller and the proxy are adapters
 //! around it, and its tests need neither a client nor a socket.
 
+#[cfg(test)]
+mod boundary;
 pub mod config;
 pub mod lb;
 pub mod member;
+pub mod names;
 pub mod path;
 pub mod pool;
 pub mod route;
 pub mod sticky;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use config::{PoolConfig, PoolId};
 pub use member::{BusyGuard, Clock, FailureKind, Member, MemberRuntime};

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use super::config::PoolConfig;
 use super::lb::{ByBusyness, ByRequests, ByTraffic, Heartbeat, LbContext, LbMethod, LeastLatency};
 use super::member::{Member, MemberRuntime};
+use super::names::{LbMethodName, MemberStatus};
 use super::route::Route;
-use crate::api::{LbMethodName, MemberStatus};
 use std::sync::atomic::Ordering;
 
 /// Why the lb method chose a member (the request is then a *route change* in a sticky pool).
@@ -336,7 +336,7 @@ pub(crate) fn test_members(spec: &[(&str, u32)]) -> Vec<Member> {
                 route: (*route).into(),
                 address: std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
                 load_factor: *lf,
-                status: crate::api::MemberStatus::Ok,
+                status: MemberStatus::Ok,
                 lb_set: 0,
             },
             runtime: Arc::default(),
@@ -347,38 +347,13 @@ pub(crate) fn test_members(spec: &[(&str, u32)]) -> Vec<Member> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{self, MemberStatus};
-    use crate::core::config::{PoolId, validate_static};
 
     fn pool(members: &[(&str, MemberStatus)], failover: bool) -> Pool {
-        let spec = api::BalancerPoolSpec {
-            backend: api::Backend {
-                members: members
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (r, _))| api::StaticMember {
-                        address: format!("127.0.0.1:{}", 20_000 + i),
-                        route: (*r).into(),
-                        load_factor: None,
-                        lb_set: None,
-                    })
-                    .collect(),
-                ..Default::default()
-            },
-            members: members
-                .iter()
-                .map(|(r, s)| api::MemberOverride {
-                    route: (*r).into(),
-                    load_factor: None,
-                    status: Some(*s),
-                    lb_set: None,
-                })
-                .collect(),
-            sticky: Some(api::Sticky { failover: Some(failover), ..Default::default() }),
-            ..Default::default()
-        };
-        let cfg = validate_static(PoolId { namespace: "default".into(), name: "p".into() }, &spec).unwrap();
-        Pool::new(cfg, None)
+        let mut b = PoolConfig::test("p").sticky(failover);
+        for (i, (r, s)) in members.iter().enumerate() {
+            b = b.member_at(r, &format!("127.0.0.1:{}", 20_000 + i)).status(*s);
+        }
+        Pool::new(b.build(), None)
     }
 
     use MemberStatus::*;
@@ -519,22 +494,11 @@ mod tests {
     }
 
     fn big(routes: &[String], port_of: impl Fn(&str) -> u16) -> PoolConfig {
-        let spec = api::BalancerPoolSpec {
-            backend: api::Backend {
-                members: routes
-                    .iter()
-                    .map(|r| api::StaticMember {
-                        address: format!("127.0.0.1:{}", port_of(r)),
-                        route: r.clone(),
-                        load_factor: None,
-                        lb_set: None,
-                    })
-                    .collect(),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        validate_static(PoolId { namespace: "default".into(), name: "big".into() }, &spec).unwrap()
+        let mut b = PoolConfig::test("big");
+        for r in routes {
+            b = b.member_at(r, &format!("127.0.0.1:{}", port_of(r)));
+        }
+        b.build()
     }
 
     #[test]

@@ -270,28 +270,13 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api;
-    use crate::core::config::validate_static;
 
     fn cfg(name: &str, hosts: &[&str], prefix: &str) -> PoolConfig {
-        let spec = api::BalancerPoolSpec {
-            frontend: api::Frontend {
-                hosts: hosts.iter().map(|h| (*h).into()).collect(),
-                path_prefix: Some(prefix.into()),
-                ..Default::default()
-            },
-            backend: api::Backend {
-                members: vec![api::StaticMember {
-                    address: "127.0.0.1:1".into(),
-                    route: "a".into(),
-                    load_factor: None,
-                    lb_set: None,
-                }],
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        validate_static(PoolId { namespace: "default".into(), name: name.into() }, &spec).unwrap()
+        let mut b = PoolConfig::test(name).prefix(prefix).member_at("a", "127.0.0.1:1");
+        for h in hosts {
+            b = b.host(h);
+        }
+        b.build()
     }
 
     fn name<'a>(t: &'a RoutingTable, host: Option<&str>, path: &str) -> Option<&'a str> {

@@ -20,7 +20,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::Proxy;
 use super::headers::ClientIp;
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// The peers whose `X-Forwarded-*` headers and PROXY protocol header are believed
 /// (`--trusted-proxies`); empty by default.

@@ -27,10 +27,10 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
 
-use crate::admin::metrics::{MemberMetrics, Metrics, PoolMetrics};
 use crate::core::config::{FieldError, MemberChange};
 use crate::core::table::Conflict;
 use crate::core::{Clock, PoolConfig, Route, RoutingTable};
+use crate::metrics::{MemberMetrics, Metrics, PoolMetrics};
 use upstream::MemberConns;
 
 /// The most a connection buffers in user space in each direction (hyper's read buffer and write

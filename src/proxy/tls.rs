@@ -26,9 +26,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::Proxy;
-use crate::admin::metrics::Metrics;
 use crate::core::config::HostMatch;
 use crate::core::{PoolId, RoutingTable};
+use crate::metrics::Metrics;
 
 /// A Secret by namespace and name (`--default-tls-secret web/default-cert`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 
 use super::config::{StickyConfig, is_valid_route};
-use crate::api::CookieMode;
+use crate::core::names::CookieMode;
 
 /// Where a session value was found; the access log's `BALANCER_SESSION_STICKY` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
