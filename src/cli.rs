@@ -10,13 +10,21 @@ use crate::proxy::ProxySettings;
 use crate::proxy::listener::TrustedProxies;
 use crate::proxy::tls::SecretRef;
 
+/// The version `--version` prints: the crate version and the git commit it was built from
+/// (`build.rs`; `ROUTEID_GIT_COMMIT` at build time where there is no `.git`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ROUTEID_GIT_COMMIT"), ")");
+
 /// routeid — a sticky-session load balancer for session-bound apps.
 #[derive(Debug, Parser)]
-#[command(name = "routeid", version, about)]
+#[command(name = "routeid", version = VERSION, about)]
 pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a filter such as `info,routeid=debug`.
+    /// Without it the `RUST_LOG` environment variable is read, and `info` is the default.
+    #[arg(long, global = true, value_parser = log_filter)]
+    pub log_level: Option<String>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -36,11 +44,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Three demo members behind the proxy on 127.0.0.1, with a guided tour.
     Demo {
-        /// Proxy listen address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Proxy listen address (`HOST:PORT`, `:PORT` or `PORT` for every IPv4 address).
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_addr)]
         listen: SocketAddr,
-        /// Admin listen address (/healthz, /readyz).
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        /// Admin listen address: /metrics, /healthz, /readyz, /balancer-manager and its JSON API
+        /// under /balancer-manager/api/pools.
+        #[arg(long, default_value = "127.0.0.1:9901", value_parser = listen_addr)]
         admin_listen: SocketAddr,
         /// Run the tour and exit (0 when stickiness worked) instead of serving until Ctrl-C.
         #[arg(long)]
@@ -51,11 +60,12 @@ pub enum Command {
         /// The pools file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Proxy listen address.
-        #[arg(long, default_value = "0.0.0.0:8080")]
+        /// Proxy listen address (`HOST:PORT`, `:PORT` or `PORT` for every IPv4 address).
+        #[arg(long, default_value = "0.0.0.0:8080", value_parser = listen_addr)]
         listen: SocketAddr,
-        /// Admin listen address (/healthz, /readyz); loopback by default.
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        /// Admin listen address, loopback by default: /metrics, /healthz, /readyz,
+        /// /balancer-manager and its JSON API under /balancer-manager/api/pools.
+        #[arg(long, default_value = "127.0.0.1:9901", value_parser = listen_addr)]
         admin_listen: SocketAddr,
         /// TLS listener.
         #[command(flatten)]
@@ -90,6 +100,35 @@ pub enum Command {
     },
 }
 
+/// A listen address as servers commonly take it: `HOST:PORT`, or `:PORT` / `PORT` for every
+/// IPv4 address (as HAProxy's `bind :8080`).
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let port = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?} is not a listen address like 0.0.0.0:8080, 127.0.0.1:8080, [::]:8080, :8080 or 8080")
+    })
+}
+
+/// A duration as the documentation writes them (`60s`, `500ms`, `1m30s`).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|_| format!("{s:?} is not a duration like 60s, 500ms or 1m30s"))
+}
+
+/// A log filter `tracing` understands (a level, or `RUST_LOG` syntax).
+fn log_filter(s: &str) -> Result<String, String> {
+    let is_level = s.parse::<tracing_subscriber::filter::LevelFilter>().is_ok();
+    if !is_level && !s.contains(['=', ',', '[']) {
+        // A bare word is a target name to tracing (`loud` would log the target `loud`): a typo.
+        return Err(format!("{s:?} is not a log level (error, warn, info, debug, trace) or filter"));
+    }
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{s:?} is not a log level (error, warn, info, debug, trace) or filter: {e}"))
+}
+
 /// `routeid check` flags: a file or a cluster.
 #[derive(Debug, Args, Clone)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["file", "kubeconfig"]))]
@@ -121,13 +160,13 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub via: bool,
     /// Time a client has to send request headers (also the keep-alive wait on HTTP/1.1).
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = duration)]
     pub client_header_timeout: Duration,
     /// Close a client connection idle for this long.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = duration)]
     pub client_idle_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = duration)]
     pub drain_timeout: Duration,
     /// Do not log one line per request.
     #[arg(long)]
@@ -152,7 +191,7 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub tls_proxy_protocol: bool,
     /// Time a client has for the PROXY header and the TLS handshake.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub handshake_timeout: Duration,
 }
 
@@ -160,7 +199,7 @@ pub struct ProxyArgs {
 #[derive(Debug, Args, Clone)]
 pub struct TlsArgs {
     /// Serve HTTPS here too (certificates from the pools' `frontend.tls` Secrets).
-    #[arg(long)]
+    #[arg(long, value_parser = listen_addr)]
     pub tls_listen: Option<SocketAddr>,
     /// The Secret (`namespace/name`) served to clients that send no server name or an unknown
     /// one; without it such handshakes fail.
@@ -235,11 +274,12 @@ pub struct ControllerArgs {
     /// Ingresses served.
     #[arg(long, value_delimiter = ',')]
     pub publish_status_address: Vec<String>,
-    /// Proxy listen address.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    /// Proxy listen address (`HOST:PORT`, `:PORT` or `PORT` for every IPv4 address).
+    #[arg(long, default_value = "0.0.0.0:8080", value_parser = listen_addr)]
     pub listen: SocketAddr,
-    /// Admin listen address (/healthz, /readyz).
-    #[arg(long, default_value = "0.0.0.0:9901")]
+    /// Admin listen address: /metrics, /healthz, /readyz, /balancer-manager and its JSON API
+    /// under /balancer-manager/api/pools.
+    #[arg(long, default_value = "0.0.0.0:9901", value_parser = listen_addr)]
     pub admin_listen: SocketAddr,
     /// TLS listener.
     #[command(flatten)]
@@ -268,6 +308,55 @@ mod tests {
             Ok(Command::Standalone { proxy, .. }) => proxy,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn listen_addresses_take_the_usual_short_forms() {
+        for (given, meant) in [
+            (":8080", "0.0.0.0:8080"),
+            ("8080", "0.0.0.0:8080"),
+            ("127.0.0.1:81", "127.0.0.1:81"),
+            ("[::]:82", "[::]:82"),
+        ] {
+            assert_eq!(listen_addr(given).unwrap().to_string(), meant);
+        }
+        for bad in ["", ":", "localhost:80", "99999", ":http"] {
+            let err = listen_addr(bad).unwrap_err();
+            assert!(err.contains("like 0.0.0.0:8080"), "{err}");
+        }
+        let cli = Cli::try_parse_from(["routeid", "standalone", "-f", "p.yaml", "--listen", ":8080"]).unwrap();
+        assert!(matches!(cli.command, Command::Standalone { listen, .. } if listen.to_string() == "0.0.0.0:8080"));
+    }
+
+    #[test]
+    fn durations_and_log_levels_say_what_they_take() {
+        let err = Cli::try_parse_from(["routeid", "standalone", "-f", "p", "--drain-timeout", "60"]).unwrap_err();
+        assert!(err.to_string().contains("\"60\" is not a duration like 60s, 500ms or 1m30s"), "{err}");
+        assert!(!err.to_string().contains("60sec"), "{err}");
+        let cli = Cli::try_parse_from(["routeid", "--log-level", "debug", "crd"]).unwrap();
+        assert_eq!(cli.log_level.as_deref(), Some("debug"));
+        let cli = Cli::try_parse_from(["routeid", "crd", "--log-level", "info,routeid=trace"]).unwrap();
+        assert_eq!(cli.log_level.as_deref(), Some("info,routeid=trace"));
+        assert!(Cli::try_parse_from(["routeid", "--log-level", "loud", "crd"]).is_err());
+    }
+
+    #[test]
+    fn help_names_every_admin_endpoint_and_rust_log() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd.find_subcommand_mut("standalone").unwrap().render_long_help().to_string();
+        for endpoint in ["/metrics", "/healthz", "/readyz", "/balancer-manager", "/balancer-manager/api/pools"] {
+            assert!(help.contains(endpoint), "{endpoint} missing from: {help}");
+        }
+        let help = cmd.render_long_help().to_string();
+        assert!(help.contains("--log-level") && help.contains("RUST_LOG"), "{help}");
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")) && VERSION.contains("(commit "), "{VERSION}");
+    }
+
+    #[test]
+    fn the_controller_takes_a_kubeconfig_context() {
+        let cli = Cli::try_parse_from(["routeid", "controller", "--context", "staging"]).unwrap();
+        assert!(matches!(cli.command, Command::Controller(a) if a.context.as_deref() == Some("staging")));
     }
 
     #[test]

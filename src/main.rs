@@ -24,7 +24,9 @@ use tracing_subscriber::EnvFilter;
 /// line and queues it (at most `LOG_QUEUE_LINES`; beyond that lines are dropped and counted in
 /// `routeid_log_lines_dropped_total` rather than slowing requests down), and the writer thread
 /// writes what has queued up in one batch. The guard flushes the queue when `main` returns.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+///
+/// The filter is `--log-level` when given, else `RUST_LOG`, else `info`.
+fn init_logging(format: LogFormat, level: Option<&str>) -> tracing_appender::non_blocking::WorkerGuard {
     const LOG_QUEUE_LINES: usize = 128 * 1024;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
@@ -33,11 +35,15 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let dropped = writer.error_counter();
     routeid::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     // rustls logs a client's odd hello (an IP address as SNI, as wrk and curl send) at WARN, once
     // per connection: any client could flood the log. Failed handshakes are counted in
     // routeid_tls_handshake_errors_total instead; RUST_LOG=rustls=... still turns them on.
-    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"))
+    let asked = level.map(str::to_owned).or_else(|| std::env::var("RUST_LOG").ok());
+    if !asked.is_some_and(|v| v.contains("rustls"))
         && let Ok(d) = "rustls=error".parse()
     {
         filter = filter.add_directive(d);
@@ -65,7 +71,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let _log_writer = init_logging(cli.log_format);
+    let _log_writer = init_logging(cli.log_format, cli.log_level.as_deref());
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -190,7 +196,13 @@ async fn run_demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAd
         return if toured.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     println!();
-    println!("Serving until Ctrl-C (admin: http://{}/readyz).", running.admin_addr);
+    println!(
+        "routeid {} (pid {}) serving http://{} until Ctrl-C (admin: http://{}/readyz, /metrics, /balancer-manager).",
+        routeid::cli::VERSION,
+        std::process::id(),
+        running.proxy_addr,
+        running.admin_addr
+    );
     wait_for_stop().await;
     running.shutdown().await;
     ExitCode::SUCCESS
@@ -252,7 +264,16 @@ async fn run_standalone(
             return ExitCode::from(2);
         }
     };
-    tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, pools = count, file = %file.display(), "routeid standalone serving");
+    tracing::info!(
+        version = routeid::cli::VERSION,
+        pid = std::process::id(),
+        proxy = %running.proxy_addr,
+        admin = %running.admin_addr,
+        tls = %running.tls_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        pools = count,
+        file = %file.display(),
+        "routeid standalone serving (kill -HUP <pid> reloads the file)"
+    );
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -380,8 +401,11 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     opts.default_tls_secret = args.tls.default_tls_secret.clone();
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
     tracing::info!(
+        version = routeid::cli::VERSION,
+        pid = std::process::id(),
         proxy = %running.proxy_addr,
         admin = %running.admin_addr,
+        tls = %running.tls_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         namespace = args.namespace.as_deref().unwrap_or("(all)"),
         ingress_class = %args.ingress_class,
         %identity,

@@ -305,6 +305,16 @@ spec:
     }
 
     #[test]
+    fn a_duration_error_shows_the_documented_form() {
+        let bad = GOOD.replace("  frontend: {hosts", "  timeouts: {connect: 60}\n  frontend: {hosts");
+        let errs = parse_pools(&bad).unwrap_err();
+        assert_eq!(
+            errs,
+            ["document 1 (shop): spec.timeouts.connect: \"60\" is not a duration like 60s, 500ms or 1m30s"]
+        );
+    }
+
+    #[test]
     fn every_problem_of_a_file_is_reported_in_one_pass() {
         let third = "---\napiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: other}\nspec:\n  frontend: {hosts: [shop.example.com], pathPrefix: /shop}\n  backend: {members: [{address: \"127.0.0.1:9\", route: o}]}\n";
         let dup = "---\napiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: api, namespace: web}\nspec: {backend: {members: [{address: \"127.0.0.1:9\", route: x}]}}\n";

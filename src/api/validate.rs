@@ -34,8 +34,8 @@ impl Problems {
                     self.add(path, "must be longer than zero");
                     default
                 }
-                Err(e) => {
-                    self.add(path, format!("{s:?} is not a duration like \"2s\" or \"1m30s\" ({e})"));
+                Err(_) => {
+                    self.add(path, format!("{s:?} is not a duration like 60s, 500ms or 1m30s"));
                     default
                 }
             },

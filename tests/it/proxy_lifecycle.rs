@@ -46,6 +46,11 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_table() {
         let file = temp_file("hup-pools.yaml", &pool_yaml("app", &[(a.addr, "a", 1)], ""));
         let mut proxy = spawn_standalone(&file, &["--no-access-log"]).await;
         assert_eq!(get(proxy.proxy_addr, "/", &[]).await.route(), "a");
+        // The startup line says what `kill -HUP <pid>` needs, the version and where it listens.
+        let started = proxy.stderr();
+        assert!(started.contains(&format!("pid={}", proxy.pid())), "{started}");
+        assert!(started.contains(&format!("version=\"{} (commit ", env!("CARGO_PKG_VERSION"))), "{started}");
+        assert!(started.contains(&format!("proxy={}", proxy.proxy_addr)), "{started}");
 
         std::fs::write(&file, pool_yaml("app", &[(b.addr, "b", 1)], "")).unwrap();
         proxy.signal("HUP");
