@@ -247,6 +247,42 @@ spec:
         assert_eq!(pools[1].id.to_string(), "web/api");
     }
 
+    /// Every field of the schema is shown in `examples/pools.yaml`: set in a document, or, for
+    /// the few a standalone file cannot use (a Service, a certificate), in a comment `# field:`.
+    #[test]
+    fn the_annotated_example_shows_every_field() {
+        let text = include_str!("../examples/pools.yaml");
+        let mut set = std::collections::BTreeSet::new();
+        for (_, doc) in documents(text) {
+            collect_paths(&doc.unwrap(), "", &mut set);
+        }
+        let commented: Vec<&str> = text.lines().filter_map(|l| l.split_once('#').map(|(_, c)| c)).collect();
+        let missing: Vec<String> = strict::spec_fields()
+            .unwrap()
+            .into_iter()
+            .filter(|f| !set.contains(f))
+            .filter(|f| {
+                let leaf = f.rsplit('.').next().unwrap_or(f);
+                !commented.iter().any(|c| c.contains(&format!("{leaf}:")))
+            })
+            .collect();
+        assert!(missing.is_empty(), "examples/pools.yaml lacks {missing:?}");
+    }
+
+    fn collect_paths(v: &Value, path: &str, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    out.insert(p.clone());
+                    collect_paths(v, &p, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| collect_paths(i, path, out)),
+            _ => {}
+        }
+    }
+
     #[test]
     fn loads_multi_document_files() {
         let pools = parse_pools(GOOD).unwrap();
