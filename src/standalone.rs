@@ -8,7 +8,6 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::BalancerPool;
@@ -119,21 +118,19 @@ fn parse_with(text: &str, need_secrets: bool) -> Result<Loaded, Vec<String>> {
     if problems.is_empty() { Ok(loaded) } else { Err(problems) }
 }
 
+/// Advice to the programmer in the YAML reader's duplicate-key error, not for a user.
+const LIBRARY_HINT: &str = ", set DuplicateKeyPolicy in Options if acceptable";
+
 /// The documents of a YAML stream, numbered from 1, empty ones left out. A syntax error ends
-/// the stream: YAML cannot be resynchronised after one.
+/// the stream (YAML cannot be resynchronised after one); a document that is not a tree of
+/// string-keyed maps is reported and the next one read.
 fn documents(text: &str) -> Vec<(usize, Result<Value, String>)> {
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => {}
-            Ok(v) => out.push((i + 1, serde_json::to_value(v).map_err(|e| e.to_string()))),
-            Err(e) => {
-                out.push((i + 1, Err(e.to_string())));
-                break;
-            }
-        }
-    }
-    out
+    let mut reader = text.as_bytes();
+    serde_saphyr::read::<_, Value>(&mut reader)
+        .enumerate()
+        .map(|(i, doc)| (i + 1, doc.map_err(|e| e.to_string().replace(LIBRARY_HINT, ""))))
+        .filter(|(_, doc)| !matches!(doc, Ok(Value::Null)))
+        .collect()
 }
 
 /// Reads one document: a BalancerPool (checked field by field against the schema, then
