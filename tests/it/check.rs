@@ -97,3 +97,68 @@ async fn the_cluster_is_checked_as_the_controller_would_and_nothing_is_written()
     })
     .await;
 }
+
+/// The README's controller quick start, step by step, against the fake API server: the objects
+/// of each file it applies, in its order, then `routeid check` serving the pool from the
+/// Service's EndpointSlice (which the cluster's EndpointSlice controller would write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_controller_quick_start_works_in_order() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    bounded(async {
+        let readme = include_str!("../../README.md");
+        let steps = [
+            "kubectl apply --server-side -f crds/",
+            "kubectl create namespace routeid",
+            "kubectl apply -f examples/controller-rbac.yaml",
+            "kubectl apply -f examples/shop-app.yaml",
+            "kubectl apply -f examples/cluster-pool.yaml",
+            "routeid check --kubeconfig ~/.kube/config",
+        ];
+        let at: Vec<usize> =
+            steps.iter().map(|s| readme.find(s).unwrap_or_else(|| panic!("README lacks {s}"))).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "the README's steps are out of order: {steps:?}");
+
+        let api = FakeApiServer::start().await;
+        let client = api.client();
+        let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "routeid"}});
+        let files = [
+            include_str!("../../examples/controller-rbac.yaml"),
+            include_str!("../../examples/shop-app.yaml"),
+            include_str!("../../examples/cluster-pool.yaml"),
+        ];
+        let docs = std::iter::once(namespace)
+            .chain(files.iter().flat_map(|f| serde_saphyr::from_multiple::<serde_json::Value>(f).unwrap()));
+        for doc in docs {
+            let obj: DynamicObject = serde_json::from_value(doc).unwrap();
+            let types = obj.types.clone().unwrap();
+            let (group, version) = types.api_version.split_once('/').unwrap_or(("", &types.api_version));
+            let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+            let api: kube::Api<DynamicObject> = match obj.metadata.namespace.as_deref() {
+                Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &ar),
+                None => kube::Api::all_with(client.clone(), &ar),
+            };
+            api.create(&PostParams::default(), &obj).await.unwrap_or_else(|e| panic!("{}: {e}", types.kind));
+        }
+        // What the EndpointSlice controller writes for the Service's two ready pods.
+        let (m0, m1) = (Member::start("shop-0").await, Member::start("shop-1").await);
+        let kube = Kube::new(&api);
+        kube.put_slice(&slice("shop", "shop-0", m0.addr, Cond::Ready)).await;
+        kube.put_slice(&slice("shop", "shop-1", m1.addr, Cond::Ready)).await;
+        let kubeconfig = temp_file(
+            "kubeconfig",
+            &format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+                api.addr
+            ),
+        );
+        let (code, out, err) = check(&["--kubeconfig".as_ref(), kubeconfig.as_os_str()]).await;
+        assert_eq!(code, Some(0), "{out}{err}");
+        let row = out.lines().find(|l| l.starts_with("web/shop")).unwrap_or_else(|| panic!("{out}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[1..4], ["shop.example.com", "/shop", "2"], "{out}");
+    })
+    .await;
+}
