@@ -1,10 +1,9 @@
 //! Spec → validated pool configuration.
 //!
 //! Every problem is reported with its field path (`spec.backend.members[1].address: ...`), all
-//! problems at once, so a user fixes a file in one pass. The result is a core
-//! [`PoolConfig`](crate::core::config::PoolConfig), which cannot hold an invalid value: the proxy
-//! never re-checks what was validated here. It lives in `api`, beside the spec it reads, so that
-//! the core depends on nothing user-facing.
+//! problems at once, so a user fixes a file in one pass. The result is a core [`PoolConfig`],
+//! which cannot hold an invalid value: the proxy never re-checks what was validated here. It
+//! lives in `api`, beside the spec it reads, so that the core depends on nothing user-facing.
 
 use std::net::SocketAddr;
 use std::time::Duration;

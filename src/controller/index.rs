@@ -95,6 +95,9 @@ pub struct Index {
     services: HashMap<ServiceKey, Arc<Service>>,
     dirty: BTreeSet<PoolId>,
     publish_needed: bool,
+    /// Pools removed since [`Index::take_removed`]: whatever removed them (a deletion, a
+    /// re-list that no longer holds them, a class change), the status writer must forget them.
+    removed: Vec<PoolId>,
 }
 
 /// The id of a pool object (`default` namespace when unset, as in standalone files).
@@ -131,6 +134,7 @@ impl Index {
             services: HashMap::new(),
             dirty: BTreeSet::new(),
             publish_needed: false,
+            removed: Vec::new(),
         }
     }
 
@@ -220,7 +224,13 @@ impl Index {
             if e.serving.is_some() {
                 self.publish_needed = true;
             }
+            self.removed.push(id.clone());
         }
+    }
+
+    /// The pools removed since the last call, however they went.
+    pub fn take_removed(&mut self) -> Vec<PoolId> {
+        std::mem::take(&mut self.removed)
     }
 
     /// Keeps only the pools whose ids are in `seen` (after a re-list).
@@ -648,6 +658,8 @@ mod tests {
         assert!(ix.take_publish_needed());
         let names: Vec<String> = ix.configs().into_iter().map(|c| c.id.name.clone()).collect();
         assert_eq!(names, ["young"]);
+        let removed: Vec<String> = ix.take_removed().into_iter().map(|id| id.name).collect();
+        assert_eq!(removed, ["old"], "a class change removes the pool: its status writes are forgotten");
     }
 
     #[test]
@@ -667,9 +679,12 @@ mod tests {
         let changes = ix.rederive();
         assert_eq!(changes[0].removed, ["a0@10.0.0.1:80"]);
         assert!(routes(&ix, "a").is_empty());
+        assert!(ix.take_removed().is_empty());
         ix.retain_pools(&HashSet::new());
         assert!(ix.configs().is_empty());
         assert_eq!(ix.slice_count(), 1);
+        assert_eq!(ix.take_removed(), [PoolId { namespace: "web".into(), name: "a".into() }], "forget it");
+        assert!(ix.take_removed().is_empty());
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //!
 //! Readiness: nothing is published and `/readyz` stays 503 until both watchers have completed
 //! their first list. After that a lost API server keeps the last table serving and `/readyz`
-//! ready while the watchers reconnect with kube-runtime's default backoff; a re-list replaces
-//! the index contents only once it is complete (objects that vanished meanwhile are dropped then).
+//! ready while the watchers reconnect ([`watches`]: at once after `410 Gone`, otherwise within
+//! 2 s); a re-list replaces the index contents only once it is complete (objects that vanished
+//! meanwhile are dropped then, and the status writer forgets them). When the loop ends, nothing
+//! watches any more and `/readyz` turns 503.
 //! The first `/readyz` also waits until every named TLS Secret's watch has listed once (at most
 //! [`TLS_READY_WAIT`]), so a new pod does not take HTTPS clients with an empty certificate store;
 //! until then such a Secret is `SecretPending` in status, never a false `SecretNotFound` Event.
@@ -26,6 +28,7 @@ pub mod leader;
 pub mod secrets;
 pub mod services;
 pub mod status;
+pub mod watches;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,7 +39,7 @@ use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::Reporter;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -50,6 +53,7 @@ use crate::proxy::tls::{CertError, SecretRef, TlsProblem};
 use index::{ClassFilter, Index, PoolChange, pool_id};
 use leader::LeaderOptions;
 use status::{Outbound, PoolEvent, Writer, WriterOptions, WriterStats};
+use watches::Events;
 
 /// Everything `routeid controller` can be told.
 #[derive(Debug, Clone)]
@@ -143,10 +147,13 @@ impl Controller {
     /// Starts watching and publishing into `proxy`; sets `admin.ready` after the first complete
     /// sync.
     pub fn start(client: Client, opts: ControllerOptions, proxy: Arc<Proxy>, admin: Arc<AdminState>) -> Controller {
+        if let Some(warning) = second_writer_warning(&opts) {
+            tracing::warn!(namespace = ?opts.namespace, class = %opts.filter.ingress_class, "{warning}");
+        }
         let stats = Arc::new(ControllerStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (leader_rx, leader_task) = leader::spawn(client.clone(), opts.leader.clone(), shutdown_rx.clone());
-        let (out, out_rx) = mpsc::unbounded_channel();
+        let (out, out_rx) = status::outbox();
         let writer = Writer::new(client.clone(), opts.writer.clone(), Arc::clone(&stats.writer));
         let writer_task = tokio::spawn(writer.run(out_rx, leader_rx.clone()));
         let index = Index::new(opts.filter.clone());
@@ -185,8 +192,8 @@ impl Controller {
         *self.leader.borrow()
     }
 
-    /// Stops watching, releases the Lease and waits for the tasks. The proxy keeps serving the
-    /// last table.
+    /// Stops watching (`/readyz` turns 503), releases the Lease and waits for the tasks. The
+    /// proxy keeps serving the last table.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -201,7 +208,7 @@ struct Loop {
     proxy: Arc<Proxy>,
     admin: Arc<AdminState>,
     stats: Arc<ControllerStats>,
-    out: mpsc::UnboundedSender<Outbound>,
+    out: status::Outbox,
     leader: watch::Receiver<bool>,
     index: Index,
     ingresses: ingress::Ingresses,
@@ -236,6 +243,23 @@ impl<K> Default for ListState<K> {
     }
 }
 
+/// Why this instance may become a second status writer for pools another instance also
+/// writes, if it may: a `--namespace` instance that serves the default class `routeid` elects
+/// its own writer (its Lease lives where it may write, its own namespace), so beside a
+/// cluster-wide installation of the same class both would write status and Events for that
+/// namespace's pools. routeid warns rather than refuses: a namespace-only installation with no
+/// cluster-wide one is legitimate (least privilege), and from inside one namespace it cannot
+/// tell whether a cluster-wide installation exists.
+pub fn second_writer_warning(opts: &ControllerOptions) -> Option<&'static str> {
+    let namespaced_default = opts.namespace.is_some() && opts.filter.ingress_class == "routeid";
+    namespaced_default.then_some(
+        "this --namespace instance serves the default class routeid and elects its own status writer: \
+         if a cluster-wide routeid of the same class runs too, both write status and Events for these \
+         pools; give this instance its own --ingress-class (and --default-class=false), as the \
+         chart's sidecar mode does with routeid-sidecar",
+    )
+}
+
 /// What an operator can do about a watch error: the two setup mistakes get named.
 fn watch_hint(e: &watcher::Error) -> &'static str {
     let code = match e {
@@ -259,191 +283,268 @@ const MAX_BATCH: usize = 4_096;
 /// service account may not read never lists: its watch error is logged, readiness goes on).
 pub const TLS_READY_WAIT: Duration = Duration::from_secs(10);
 
+/// The watch streams the loop reads, and where each is in its (re-)list.
+struct Watches {
+    pools: Events<BalancerPool>,
+    pools_state: ListState<PoolId>,
+    slices: Events<EndpointSlice>,
+    slices_state: ListState<(String, String)>,
+    services: Events<Service>,
+    services_state: ListState<(String, String)>,
+    ingresses: Events<k8s_openapi::api::networking::v1::Ingress>,
+    ingress_state: ListState<(String, String)>,
+    classes: Events<k8s_openapi::api::networking::v1::IngressClass>,
+    class_state: ListState<String>,
+    /// The `--publish-service` Service outside `--namespace`.
+    publish: Events<Service>,
+    publish_state: ListState<(String, String)>,
+}
+
+impl Watches {
+    /// Starts every watch, in `--namespace` or cluster wide.
+    fn start(client: &Client, opts: &ControllerOptions) -> Watches {
+        fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+            K::DynamicType: Default,
+        {
+            match ns {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        let ns = opts.namespace.as_deref();
+        let slice_labels = watcher::Config::default().labels(derive::SERVICE_NAME_LABEL);
+        let (ingresses, classes) = ingress::watch::streams(client, opts);
+        let mut w = Watches {
+            pools: watches::watch(api(client, ns), watcher::Config::default(), "balancerpools"),
+            pools_state: ListState::default(),
+            slices: watches::watch(api(client, ns), slice_labels, "endpointslices"),
+            slices_state: ListState::default(),
+            services: watches::watch(api(client, ns), watcher::Config::default(), "services"),
+            services_state: ListState::default(),
+            ingresses,
+            ingress_state: ListState::default(),
+            classes,
+            class_state: ListState::default(),
+            publish: ingress::watch::publish_service_stream(client, opts),
+            publish_state: ListState::default(),
+        };
+        if opts.ingress.is_none() {
+            w.ingress_state.synced = true;
+            w.class_state.synced = true;
+        }
+        w
+    }
+
+    /// Every watch that gates publication has completed its first list.
+    fn synced(&self) -> bool {
+        self.pools_state.synced
+            && self.slices_state.synced
+            && self.services_state.synced
+            && self.ingress_state.synced
+            && self.class_state.synced
+    }
+}
+
+/// When the loop publishes and refreshes statuses.
+struct Pace {
+    /// Statuses are recomputed on each tick (member health moves on its own).
+    resync: tokio::time::Interval,
+    last_publish: Option<tokio::time::Instant>,
+    /// A change arrived too soon after the last publication: publish it then.
+    publish_at: Option<tokio::time::Instant>,
+}
+
+impl Pace {
+    fn new(status_resync: Duration) -> Pace {
+        let mut resync = tokio::time::interval(status_resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pace { resync, last_publish: None, publish_at: None }
+    }
+}
+
+/// Resolves at `t`, never without one.
+async fn until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sets `/readyz` unready when the run loop ends, however it ends (shutdown, a panic).
+struct UnreadyOnExit(Arc<AdminState>);
+
+impl Drop for UnreadyOnExit {
+    fn drop(&mut self) {
+        self.0.ready.store(false, Ordering::Release);
+    }
+}
+
 impl Loop {
     async fn run(
         mut self,
         mut shutdown: watch::Receiver<bool>,
         mut secret_rx: mpsc::UnboundedReceiver<secrets::SecretEvent>,
     ) {
-        let (pools_api, slices_api): (Api<BalancerPool>, Api<EndpointSlice>) = match &self.opts.namespace {
-            Some(ns) => (Api::namespaced(self.client.clone(), ns), Api::namespaced(self.client.clone(), ns)),
-            None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
-        };
-        let pool_events = watcher(pools_api, watcher::Config::default()).default_backoff();
-        let slice_events =
-            watcher(slices_api, watcher::Config::default().labels(derive::SERVICE_NAME_LABEL)).default_backoff();
-        let services_api: Api<Service> = match &self.opts.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        let service_events = watcher(services_api, watcher::Config::default()).default_backoff();
-        let mut service_events = std::pin::pin!(service_events);
-        let mut services = ListState::<(String, String)>::default();
-        let (ingress_events, class_events) = ingress::watch::streams(&self.client, &self.opts);
-        let (mut ingress_events, mut class_events) = (ingress_events, class_events);
-        let mut publish_events = ingress::watch::publish_service_stream(&self.client, &self.opts);
-        let mut publish_state = ListState::<(String, String)>::default();
-        let mut ingress_state = ListState::<(String, String)>::default();
-        let mut class_state = ListState::<String>::default();
-        if self.opts.ingress.is_none() {
-            ingress_state.synced = true;
-            class_state.synced = true;
-        }
-        let mut pool_events = std::pin::pin!(pool_events);
-        let mut slice_events = std::pin::pin!(slice_events);
-        let mut pools = ListState::<PoolId>::default();
-        let mut slices = ListState::<(String, String)>::default();
-        let mut resync = tokio::time::interval(self.opts.status_resync);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_publish: Option<tokio::time::Instant> = None;
-        let mut publish_at: Option<tokio::time::Instant> = None;
+        // Whatever ends this loop, nothing watches any more: `/readyz` must not stay 200.
+        let _unready = UnreadyOnExit(Arc::clone(&self.admin));
+        let mut w = Watches::start(&self.client, &self.opts);
+        let mut pace = Pace::new(self.opts.status_resync);
         loop {
-            let mut status_due = false;
-            let publish_timer = async {
-                match publish_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
+            let Some(mut status_due) = self.next_event(&mut w, &mut pace, &mut shutdown, &mut secret_rx).await else {
+                return;
             };
-            let ready_timer = async {
-                match self.ready_by.filter(|_| !self.announced) {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = publish_timer => {}
-                () = ready_timer => {}
-                () = leader::stopped(&mut shutdown) => return,
-                ev = pool_events.next() => match ev {
-                    Some(ev) => self.on_pool(ev, &mut pools),
-                    None => {
-                        tracing::error!("the BalancerPool watch ended");
-                        return;
-                    }
-                },
-                ev = slice_events.next() => match ev {
-                    Some(ev) => self.on_slice(ev, &mut slices),
-                    None => {
-                        tracing::error!("the EndpointSlice watch ended");
-                        return;
-                    }
-                },
-                Some(ev) = ingress_events.next() => self.on_ingress(ev, &mut ingress_state),
-                Some(ev) = class_events.next() => self.on_ingress_class(ev, &mut class_state),
-                Some(ev) = publish_events.next() => {
-                    self.on_publish_service(ev, &mut publish_state);
-                    status_due = true;
-                }
-                ev = service_events.next() => match ev {
-                    Some(ev) => self.on_service(ev, &mut services),
-                    None => {
-                        tracing::error!("the Service watch ended");
-                        return;
-                    }
-                },
-                Some(ev) = secret_rx.recv() => {
-                    self.on_secrets(ev, &mut secret_rx);
-                    status_due = true;
-                }
-                _ = resync.tick() => status_due = true,
-                changed = self.leader.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if *self.leader.borrow() {
-                        // Events computed while another replica led were not written: repeat
-                        // the standing warnings about Ingresses.
-                        self.send_ingress_news(self.ingresses.standing_news());
-                        self.ingresses.reported_conflicts.clear();
-                        self.send_conflict_events();
-                    }
-                    status_due = true;
-                }
-            }
-            // Fold whatever else is already there into this batch: a burst of slice updates
-            // becomes one derivation per pool and one publication.
-            for _ in 0..MAX_BATCH {
-                let mut progressed = false;
-                if let Some(Some(ev)) = pool_events.next().now_or_never() {
-                    self.on_pool(ev, &mut pools);
-                    progressed = true;
-                }
-                if let Some(Some(ev)) = slice_events.next().now_or_never() {
-                    self.on_slice(ev, &mut slices);
-                    progressed = true;
-                }
-                if let Some(Some(ev)) = service_events.next().now_or_never() {
-                    self.on_service(ev, &mut services);
-                    progressed = true;
-                }
-                if let Some(Some(ev)) = ingress_events.next().now_or_never() {
-                    self.on_ingress(ev, &mut ingress_state);
-                    progressed = true;
-                }
-                if let Some(Some(ev)) = class_events.next().now_or_never() {
-                    self.on_ingress_class(ev, &mut class_state);
-                    progressed = true;
-                }
-                if !progressed {
-                    break;
-                }
-            }
+            self.fold_ready_events(&mut w);
+            self.forget_removed();
             self.announce_when_ready();
-            if !(pools.synced && slices.synced && services.synced && ingress_state.synced && class_state.synced) {
+            if !w.synced() {
                 continue;
             }
-            if self.index.has_work() || !self.ready {
-                let now = tokio::time::Instant::now();
-                let due = last_publish.map(|t| t + self.opts.min_publish_interval).filter(|t| *t > now && self.ready);
-                if let Some(t) = due {
-                    // Too soon after the last rebuild: fold this change into one at `t`.
-                    publish_at = Some(t);
-                    if status_due && *self.leader.borrow() {
-                        self.send_statuses();
-                    }
-                    continue;
-                }
-                publish_at = None;
-                last_publish = Some(now);
-                let changes = self.index.rederive();
-                let metrics = self.proxy.metrics();
-                let rejected = changes.iter().filter(|c| c.rejected.is_some()).count() as u64;
-                metrics.reconciles.with_label_values(&["error"]).inc_by(rejected);
-                metrics.reconciles.with_label_values(&["ok"]).inc_by(changes.len() as u64 - rejected);
-                if self.index.take_publish_needed() || !self.ready {
-                    let configs = self.index.configs();
-                    self.watch_secrets(&configs);
-                    self.conflicts = self.proxy.publish(configs);
-                    self.stats.publishes.fetch_add(1, Ordering::Relaxed);
-                    self.report_tls();
-                }
-                self.stats.derivations.fetch_add(changes.len() as u64, Ordering::Relaxed);
-                let unix_now =
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-                self.proxy.metrics().last_sync.set(unix_now);
-                self.send_events(changes);
-                self.send_conflict_events();
-                status_due = true;
-                if !self.ready {
-                    self.ready = true;
-                    self.ready_by = Some(tokio::time::Instant::now() + TLS_READY_WAIT);
-                    self.announce_when_ready();
-                }
-            }
+            status_due |= self.publish_when_due(&mut pace);
             if status_due && *self.leader.borrow() {
                 self.send_statuses();
             }
         }
     }
 
+    /// Waits for the next thing to do and does its part; `None` when the loop must stop, else
+    /// whether statuses are due.
+    async fn next_event(
+        &mut self,
+        w: &mut Watches,
+        pace: &mut Pace,
+        shutdown: &mut watch::Receiver<bool>,
+        secret_rx: &mut mpsc::UnboundedReceiver<secrets::SecretEvent>,
+    ) -> Option<bool> {
+        let publish_timer = until(pace.publish_at);
+        let ready_timer = until(self.ready_by.filter(|_| !self.announced));
+        tokio::select! {
+            () = publish_timer => {}
+            () = ready_timer => {}
+            () = leader::stopped(shutdown) => return None,
+            Some(ev) = w.pools.next() => self.on_pool(ev, &mut w.pools_state),
+            Some(ev) = w.slices.next() => self.on_slice(ev, &mut w.slices_state),
+            Some(ev) = w.services.next() => self.on_service(ev, &mut w.services_state),
+            Some(ev) = w.ingresses.next() => self.on_ingress(ev, &mut w.ingress_state),
+            Some(ev) = w.classes.next() => self.on_ingress_class(ev, &mut w.class_state),
+            Some(ev) = w.publish.next() => {
+                self.on_publish_service(ev, &mut w.publish_state);
+                return Some(true);
+            }
+            Some(ev) = secret_rx.recv() => {
+                self.on_secrets(ev, secret_rx);
+                return Some(true);
+            }
+            _ = pace.resync.tick() => return Some(true),
+            changed = self.leader.changed() => {
+                changed.ok()?;
+                self.on_leader_change();
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+
+    /// Folds whatever else is already there into this batch: a burst of slice updates becomes
+    /// one derivation per pool and one publication.
+    fn fold_ready_events(&mut self, w: &mut Watches) {
+        for _ in 0..MAX_BATCH {
+            let mut progressed = false;
+            if let Some(Some(ev)) = w.pools.next().now_or_never() {
+                self.on_pool(ev, &mut w.pools_state);
+                progressed = true;
+            }
+            if let Some(Some(ev)) = w.slices.next().now_or_never() {
+                self.on_slice(ev, &mut w.slices_state);
+                progressed = true;
+            }
+            if let Some(Some(ev)) = w.services.next().now_or_never() {
+                self.on_service(ev, &mut w.services_state);
+                progressed = true;
+            }
+            if let Some(Some(ev)) = w.ingresses.next().now_or_never() {
+                self.on_ingress(ev, &mut w.ingress_state);
+                progressed = true;
+            }
+            if let Some(Some(ev)) = w.classes.next().now_or_never() {
+                self.on_ingress_class(ev, &mut w.class_state);
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// This replica started or stopped leading.
+    fn on_leader_change(&mut self) {
+        if *self.leader.borrow() {
+            // Events computed while another replica led were not written: repeat the standing
+            // warnings about Ingresses.
+            self.send_ingress_news(self.ingresses.standing_news());
+            self.ingresses.reported_conflicts.clear();
+            self.send_conflict_events();
+        }
+    }
+
+    /// Tells the status writer to forget every pool the index dropped, however it went
+    /// (deletion, a re-list that no longer holds it, a class change).
+    fn forget_removed(&mut self) {
+        for id in self.index.take_removed() {
+            let _ = self.out.send(Outbound::Forget(id));
+        }
+    }
+
+    /// Re-derives and publishes when there is work, at most once per `min_publish_interval`
+    /// (a change within it is folded into one publication at its end); whether it did.
+    fn publish_when_due(&mut self, pace: &mut Pace) -> bool {
+        if !self.index.has_work() && self.ready {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let due = pace.last_publish.map(|t| t + self.opts.min_publish_interval).filter(|t| *t > now && self.ready);
+        if let Some(t) = due {
+            pace.publish_at = Some(t);
+            return false;
+        }
+        pace.publish_at = None;
+        pace.last_publish = Some(now);
+        self.rederive_and_publish();
+        true
+    }
+
+    /// One derivation of the changed pools, the table published if it changed, the Events.
+    fn rederive_and_publish(&mut self) {
+        let changes = self.index.rederive();
+        let metrics = self.proxy.metrics();
+        let rejected = changes.iter().filter(|c| c.rejected.is_some()).count() as u64;
+        metrics.reconciles.with_label_values(&["error"]).inc_by(rejected);
+        metrics.reconciles.with_label_values(&["ok"]).inc_by(changes.len() as u64 - rejected);
+        if self.index.take_publish_needed() || !self.ready {
+            let configs = self.index.configs();
+            self.watch_secrets(&configs);
+            self.conflicts = self.proxy.publish(configs);
+            self.stats.publishes.fetch_add(1, Ordering::Relaxed);
+            self.report_tls();
+        }
+        self.stats.derivations.fetch_add(changes.len() as u64, Ordering::Relaxed);
+        let unix_now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        self.proxy.metrics().last_sync.set(unix_now);
+        self.send_events(changes);
+        self.send_conflict_events();
+        if !self.ready {
+            self.ready = true;
+            self.ready_by = Some(tokio::time::Instant::now() + TLS_READY_WAIT);
+            self.announce_when_ready();
+        }
+    }
+
     fn on_pool(&mut self, ev: Result<watcher::Event<BalancerPool>, watcher::Error>, st: &mut ListState<PoolId>) {
         match ev {
             Ok(watcher::Event::Apply(p)) => self.index.apply_pool(p),
-            Ok(watcher::Event::Delete(p)) => {
-                self.index.delete_pool(&p);
-                let _ = self.out.send(Outbound::Forget(pool_id(&p)));
-            }
+            Ok(watcher::Event::Delete(p)) => self.index.delete_pool(&p),
             Ok(watcher::Event::Init) => st.seen = Some(HashSet::new()),
             Ok(watcher::Event::InitApply(p)) => {
                 if let Some(seen) = &mut st.seen {
@@ -684,5 +785,19 @@ mod lease_name_tests {
         };
         assert_eq!(opts("routeid").leader.name, "routeid-status");
         assert_eq!(opts("internal").leader.name, "routeid-status-internal");
+    }
+
+    #[test]
+    fn a_namespaced_instance_of_the_default_class_is_warned_about() {
+        let opts = |ns: Option<&str>, class: &str| {
+            let filter = ClassFilter { ingress_class: class.into(), default_class: true };
+            ControllerOptions::new(ns.map(Into::into), filter, "ns".into(), "me".into())
+        };
+        assert!(second_writer_warning(&opts(Some("web"), "routeid")).is_some_and(|w| w.contains("--ingress-class")));
+        assert_eq!(second_writer_warning(&opts(None, "routeid")), None, "cluster-wide: the one writer");
+        assert_eq!(second_writer_warning(&opts(Some("web"), "routeid-sidecar")), None, "its own class, its own Lease");
+        let mut single = opts(Some("web"), "routeid");
+        single.leader.enabled = false;
+        assert!(second_writer_warning(&single).is_some(), "without election it writes all the more");
     }
 }

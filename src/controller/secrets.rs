@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -93,7 +93,7 @@ pub fn named(configs: &[std::sync::Arc<PoolConfig>], default: Option<&SecretRef>
 async fn watch_one(client: Client, r: SecretRef, tx: mpsc::UnboundedSender<SecretEvent>) {
     let api: Api<Secret> = Api::namespaced(client, &r.namespace);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={}", r.name));
-    let mut events = std::pin::pin!(watcher(api, cfg).default_backoff());
+    let mut events = super::watches::watch(api, cfg, "secrets");
     let mut listed = false;
     let send = |data| tx.send(SecretEvent { secret: r.clone(), data }).is_ok();
     while let Some(ev) = events.next().await {

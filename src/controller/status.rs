@@ -6,12 +6,22 @@
 //! times make an unchanged status compare equal, the run loop skips pools whose status is
 //! already what the object holds.
 //!
-//! The [`Writer`] task does the API calls, off the run loop: only while this replica leads
-//! (every replica computes, one writes), coalesced per pool (the latest status wins), at most one
-//! write per pool per `min_interval`, and at most `rate` writes per second overall, so a storm
-//! of pod changes cannot turn into a storm of API writes. Events go the same way, capped.
+//! The [`Writer`] task does the API calls, off the run loop, fed through a bounded [`outbox`]:
+//! only while this replica leads (every replica computes, one writes), coalesced per pool (the
+//! latest status wins), at most one write per pool per `min_interval`, and at most `rate` writes
+//! per second overall, so a storm of pod changes cannot turn into a storm of API writes. Events
+//! go the same way, capped.
+//!
+//! Status reports what the **leader** sees. The spec-derived parts (members, `Accepted`,
+//! `Conflict`) are the same on every replica, but member health (`Error`, `Unhealthy`, hence
+//! `Degraded` and `readyMembers`) is each replica's own observation of the members it talks to;
+//! when leadership moves, status shows the new leader's view (a member one replica cannot reach
+//! may be fine from another). Events, too, are written only by the leader: while no replica
+//! leads (between a leader's exit and the next election) Events are not queued for the next
+//! leader, which writes the standing warnings (conflicts, Ingress problems) again when it takes
+//! over; per-member Normal Events of that gap are lost.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,7 +31,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::index::{PoolEntry, problems_message, truncate};
@@ -82,6 +92,31 @@ pub fn desired_status(
     now: &str,
 ) -> BalancerPoolStatus {
     let prev = entry.object.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let (members, in_error) = member_entries(entry, id, table, now_ms);
+    let ready_members = members.iter().filter(|m| m.ready).count();
+    let conditions = vec![
+        accepted(entry, prev, now),
+        ready(entry, prev, conflict, ready_members, members.len(), now),
+        degraded(prev, &in_error, now),
+        conflicted(prev, conflict, now),
+    ];
+    BalancerPoolStatus {
+        observed_generation: entry.object.metadata.generation,
+        member_count: Some(u32::try_from(members.len()).unwrap_or(u32::MAX)),
+        ready_members: Some(u32::try_from(ready_members).unwrap_or(u32::MAX)),
+        members,
+        conditions,
+    }
+}
+
+/// The members as the published table holds them (and which are unhealthy or in error); for a
+/// pool not in the table (a conflict loser), what would serve, none of it usable.
+fn member_entries(
+    entry: &PoolEntry,
+    id: &PoolId,
+    table: &RoutingTable,
+    now_ms: u64,
+) -> (Vec<MemberStatusEntry>, Vec<String>) {
     let mut members = Vec::new();
     let mut in_error = Vec::new();
     if let Some(pool) = table.pool(id) {
@@ -99,7 +134,6 @@ pub fn desired_status(
             });
         }
     } else if let Some(cfg) = &entry.serving {
-        // Not in the table (a conflict loser): report what would serve, none of it usable.
         for m in &cfg.members {
             members.push(MemberStatusEntry {
                 route: m.route.to_string(),
@@ -109,9 +143,12 @@ pub fn desired_status(
             });
         }
     }
-    let ready_members = members.iter().filter(|m| m.ready).count();
-    let mut conditions = Vec::with_capacity(4);
-    conditions.push(match &entry.result {
+    (members, in_error)
+}
+
+/// `Accepted`: the spec is valid, or its problems (and whether an older spec still serves).
+fn accepted(entry: &PoolEntry, prev: &[Condition], now: &str) -> Condition {
+    match &entry.result {
         Ok(_) => condition(prev, kinds::ACCEPTED, true, "Valid", "the spec is valid".into(), now),
         Err(problems) => {
             let serving = if entry.serving.is_some() {
@@ -119,34 +156,27 @@ pub fn desired_status(
             } else {
                 "; nothing is served for this pool"
             };
-            condition(
-                prev,
-                kinds::ACCEPTED,
-                false,
-                "InvalidSpec",
-                format!("{}{serving}", problems_message(problems)),
-                now,
-            )
+            let message = format!("{}{serving}", problems_message(problems));
+            condition(prev, kinds::ACCEPTED, false, "InvalidSpec", message, now)
         }
-    });
-    conditions.push(if let Some(c) = conflict {
-        condition(
-            prev,
-            kinds::READY,
-            false,
-            "Conflict",
-            format!("not served: {} claims the same host and prefix", c.winner),
-            now,
-        )
+    }
+}
+
+/// `Ready`: some member takes new sessions, or why none does.
+fn ready(
+    entry: &PoolEntry,
+    prev: &[Condition],
+    conflict: Option<&Conflict>,
+    ready_members: usize,
+    members: usize,
+    now: &str,
+) -> Condition {
+    if let Some(c) = conflict {
+        let message = format!("not served: {} claims the same host and prefix", c.winner);
+        condition(prev, kinds::READY, false, "Conflict", message, now)
     } else if ready_members > 0 {
-        condition(
-            prev,
-            kinds::READY,
-            true,
-            "MembersAvailable",
-            format!("{ready_members} of {} members take new sessions", members.len()),
-            now,
-        )
+        let message = format!("{ready_members} of {members} members take new sessions");
+        condition(prev, kinds::READY, true, "MembersAvailable", message, now)
     } else if entry.serving.is_none() {
         condition(prev, kinds::READY, false, "NotServed", "no valid spec has been served yet".into(), now)
     } else {
@@ -156,37 +186,30 @@ pub fn desired_status(
             format!(" ({})", entry.skipped.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         };
         condition(prev, kinds::READY, false, "NoReadyMembers", format!("no member takes new sessions{why}"), now)
-    });
-    conditions.push(if in_error.is_empty() {
+    }
+}
+
+/// `Degraded`: members unhealthy or in error, as this replica (the leader) sees them.
+fn degraded(prev: &[Condition], in_error: &[String], now: &str) -> Condition {
+    if in_error.is_empty() {
         condition(prev, kinds::DEGRADED, false, "AllHealthy", "no member is unhealthy or in error".into(), now)
     } else {
         let msg = format!("unhealthy or in error: {}", list_routes(in_error.iter().map(String::as_str)));
         condition(prev, kinds::DEGRADED, true, "MembersUnhealthy", msg, now)
-    });
-    conditions.push(match conflict {
-        Some(c) => condition(
-            prev,
-            kinds::CONFLICT,
-            true,
-            "HostPrefixClaimed",
-            format!("host {} prefix {} is served by the older pool {}", c.host, c.prefix, c.winner),
-            now,
-        ),
-        None => condition(
-            prev,
-            kinds::CONFLICT,
-            false,
-            "NoConflict",
-            "no older pool claims this host and prefix".into(),
-            now,
-        ),
-    });
-    BalancerPoolStatus {
-        observed_generation: entry.object.metadata.generation,
-        member_count: Some(u32::try_from(members.len()).unwrap_or(u32::MAX)),
-        ready_members: Some(u32::try_from(ready_members).unwrap_or(u32::MAX)),
-        members,
-        conditions,
+    }
+}
+
+/// `Conflict`: an older pool serves the same host and prefix.
+fn conflicted(prev: &[Condition], conflict: Option<&Conflict>, now: &str) -> Condition {
+    match conflict {
+        Some(c) => {
+            let message = format!("host {} prefix {} is served by the older pool {}", c.host, c.prefix, c.winner);
+            condition(prev, kinds::CONFLICT, true, "HostPrefixClaimed", message, now)
+        }
+        None => {
+            let message = "no older pool claims this host and prefix".into();
+            condition(prev, kinds::CONFLICT, false, "NoConflict", message, now)
+        }
     }
 }
 
@@ -224,6 +247,132 @@ pub enum Outbound {
     },
     /// An Event.
     Event(PoolEvent),
+}
+
+/// The hand-over from the run loop to the writer: bounded by what it holds, not by how often
+/// the loop sends. Statuses are kept per pool and Ingress (the latest wins: a writer busy with
+/// a slow API server never has more than one status per object waiting), removals as a set,
+/// Events up to 1,000 (beyond that they are dropped, logged and counted: they are advisory).
+/// The loop never waits on it.
+pub fn outbox() -> (Outbox, OutboxReceiver) {
+    let shared = Arc::new(Shared::default());
+    (Outbox { shared: Arc::clone(&shared) }, OutboxReceiver { shared })
+}
+
+/// The run loop's end of [`outbox`]; dropping it closes the outbox.
+#[derive(Debug)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+/// The writer's end of [`outbox`].
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    shared: Arc<Shared>,
+}
+
+/// The writer has stopped: nothing more is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterGone;
+
+#[derive(Debug, Default)]
+struct Shared {
+    held: std::sync::Mutex<Held>,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    forget: BTreeSet<PoolId>,
+    statuses: BTreeMap<PoolId, BalancerPoolStatus>,
+    ingress: BTreeMap<(String, String), k8s_openapi::api::networking::v1::IngressStatus>,
+    events: VecDeque<PoolEvent>,
+    dropped_events: u64,
+    sender_closed: bool,
+    receiver_closed: bool,
+}
+
+impl Shared {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // A panic while holding this lock leaves plain data behind: keep using it.
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Outbox {
+    /// Hands work to the writer, coalescing it with what waits there.
+    pub fn send(&self, o: Outbound) -> Result<(), WriterGone> {
+        let mut h = self.shared.held();
+        if h.receiver_closed {
+            return Err(WriterGone);
+        }
+        match o {
+            Outbound::Status { id, status } => {
+                h.statuses.insert(id, *status);
+            }
+            Outbound::Forget(id) => {
+                h.statuses.remove(&id);
+                h.forget.insert(id);
+            }
+            Outbound::IngressStatus { key, status } => {
+                h.ingress.insert(key, *status);
+            }
+            Outbound::Event(e) if h.events.len() >= MAX_QUEUED_EVENTS => {
+                h.dropped_events += 1;
+                tracing::warn!(reason = e.reason, dropped = h.dropped_events, "event queue full; event dropped");
+            }
+            Outbound::Event(e) => h.events.push_back(e),
+        }
+        drop(h);
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Statuses and removals waiting for the writer (for tests).
+    pub fn waiting(&self) -> (usize, usize, usize) {
+        let h = self.shared.held();
+        (h.statuses.len(), h.forget.len(), h.events.len())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shared.held().sender_closed = true;
+        self.shared.notify.notify_one();
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.shared.held().receiver_closed = true;
+    }
+}
+
+impl OutboxReceiver {
+    /// Waits for work; `None` once the loop's end is gone and nothing is left. Removals come
+    /// first, so a pool removed and then re-added gets its new status written.
+    pub async fn recv(&mut self) -> Option<Vec<Outbound>> {
+        loop {
+            {
+                let mut h = self.shared.held();
+                let forget = std::mem::take(&mut h.forget);
+                let statuses = std::mem::take(&mut h.statuses);
+                let ingress = std::mem::take(&mut h.ingress);
+                let events = std::mem::take(&mut h.events);
+                let mut out: Vec<Outbound> = forget.into_iter().map(Outbound::Forget).collect();
+                out.extend(statuses.into_iter().map(|(id, s)| Outbound::Status { id, status: Box::new(s) }));
+                out.extend(ingress.into_iter().map(|(key, s)| Outbound::IngressStatus { key, status: Box::new(s) }));
+                out.extend(events.into_iter().map(Outbound::Event));
+                if !out.is_empty() {
+                    return Some(out);
+                }
+                if h.sender_closed {
+                    return None;
+                }
+            }
+            self.shared.notify.notified().await;
+        }
+    }
 }
 
 /// Writer tuning.
@@ -432,8 +581,8 @@ impl Writer {
     }
 
     /// Runs until `rx` closes. Writes only while `leader` holds; a replica that does not lead
-    /// drops its work (the leader computes the same statuses).
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outbound>, mut leader: watch::Receiver<bool>) {
+    /// drops its work (the leader computes and writes its own).
+    pub async fn run(mut self, mut rx: OutboxReceiver, mut leader: watch::Receiver<bool>) {
         let recorder = Recorder::new(self.client.clone(), self.opts.reporter.clone());
         let mut wake: Option<Instant> = None;
         loop {
@@ -444,13 +593,8 @@ impl Writer {
                 }
             };
             tokio::select! {
-                o = rx.recv() => match o {
-                    Some(o) => {
-                        self.accept(o);
-                        while let Ok(o) = rx.try_recv() {
-                            self.accept(o);
-                        }
-                    }
+                work = rx.recv() => match work {
+                    Some(work) => work.into_iter().for_each(|o| self.accept(o)),
                     None => return,
                 },
                 changed = leader.changed() => {
@@ -544,6 +688,73 @@ mod tests {
         assert!(accepted.message.contains("spec.timeouts.idle") && accepted.message.contains("keeps serving"));
         let ready = second.conditions.iter().find(|c| c.type_ == kinds::READY).unwrap();
         assert_eq!(ready.last_transition_time.as_deref(), Some("T1"));
+    }
+
+    fn event(n: usize) -> Outbound {
+        Outbound::Event(PoolEvent {
+            reference: ObjectReference::default(),
+            warning: false,
+            reason: "MemberAdded",
+            note: format!("member {n} added"),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_outbox_holds_one_status_per_pool_and_a_bounded_number_of_events() {
+        let (out, mut rx) = outbox();
+        let pool = |n: usize| PoolId { namespace: "web".into(), name: format!("p{n}") };
+        for round in 0..1_000 {
+            for n in 0..3 {
+                let status = BalancerPoolStatus { observed_generation: Some(round), ..Default::default() };
+                out.send(Outbound::Status { id: pool(n), status: Box::new(status) }).unwrap();
+            }
+        }
+        for n in 0..MAX_QUEUED_EVENTS + 50 {
+            out.send(event(n)).unwrap();
+        }
+        out.send(Outbound::Forget(pool(1))).unwrap();
+        assert_eq!(out.waiting(), (2, 1, MAX_QUEUED_EVENTS), "the latest status per pool, a capped event queue");
+        let work = rx.recv().await.unwrap();
+        assert!(matches!(&work[0], Outbound::Forget(id) if *id == pool(1)), "removals first");
+        let statuses: Vec<_> = work
+            .iter()
+            .filter_map(|o| match o {
+                Outbound::Status { id, status } => Some((id.name.clone(), status.observed_generation)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, [("p0".to_owned(), Some(999)), ("p2".to_owned(), Some(999))]);
+        assert_eq!(out.waiting(), (0, 0, 0));
+        drop(out);
+        assert!(rx.recv().await.is_none(), "closed once the loop's end is gone");
+    }
+
+    #[test]
+    fn sending_to_a_stopped_writer_says_so() {
+        let (out, rx) = outbox();
+        drop(rx);
+        assert_eq!(out.send(event(0)).unwrap_err(), WriterGone);
+    }
+
+    #[test]
+    fn degraded_and_conflict_say_which_and_keep_their_times() {
+        let c = degraded(&[], &["shop-1 (Error)".to_owned()], "T1");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "MembersUnhealthy"));
+        assert!(c.message.contains("shop-1 (Error)"), "{}", c.message);
+        let healthy = degraded(std::slice::from_ref(&c), &[], "T2");
+        assert_eq!((healthy.status.as_str(), healthy.last_transition_time.as_deref()), ("False", Some("T2")));
+        let still = degraded(std::slice::from_ref(&c), &["shop-2 (Unhealthy)".to_owned()], "T3");
+        assert_eq!(still.last_transition_time.as_deref(), Some("T1"), "still degraded: the time holds");
+        let claim = Conflict {
+            host: "a.com".into(),
+            prefix: "/".into(),
+            winner: PoolId { namespace: "web".into(), name: "old".into() },
+            loser: id(),
+        };
+        let c = conflicted(&[], Some(&claim), "T1");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "HostPrefixClaimed"));
+        assert!(c.message.contains("web/old"), "{}", c.message);
+        assert_eq!(conflicted(&[], None, "T1").reason, "NoConflict");
     }
 
     #[test]

@@ -33,7 +33,8 @@ INGRESS_RULES = {
 INGRESS_CLASS_RULES = {("networking.k8s.io", "ingressclasses"): ["get", "list", "watch"]}
 # Ingress mode serves TLS: the Secrets pools name (one watch each, fieldSelector metadata.name).
 INGRESS_WATCH_RULES = {**WATCH_RULES, ("", "secrets"): ["get", "list", "watch"]}
-LEASE_RULES = {("coordination.k8s.io", "leases"): ["get", "create", "update", "patch"]}  # kube-lease-manager
+# kube-lease-manager; list + watch: a standby sees a released Lease at once.
+LEASE_RULES = {("coordination.k8s.io", "leases"): ["get", "list", "watch", "create", "update", "patch"]}
 
 
 def rules_of(role: dict) -> dict:

@@ -80,3 +80,35 @@ async fn two_replicas_serve_but_only_the_leader_writes_status() {
     })
     .await;
 }
+
+/// A leader that shuts down gracefully releases the Lease; the standby sees that on its watch of
+/// the Lease and takes over at once, not when the (here 30 s) lease would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_is_taken_over_at_once_not_at_expiry() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let long = |id: &str| {
+            let mut o = options(id);
+            o.leader.duration_secs = 30;
+            o.leader.grace_secs = 5;
+            o
+        };
+        let r1 = Replica::start(&api, long("replica-1")).await;
+        eventually(WAIT, "replica-1 leading", || async { r1.controller.is_leader() }).await;
+        let r2 = Replica::start(&api, long("replica-2")).await;
+        eventually(WAIT, "replica-2 synced", || async { r2.controller.stats.synced.load(Ordering::Acquire) }).await;
+        assert!(!r2.controller.is_leader());
+
+        r1.stop().await;
+        let released = tokio::time::Instant::now();
+        eventually(std::time::Duration::from_secs(5), "replica-2 leading within 5 s of the release", || async {
+            r2.controller.is_leader()
+        })
+        .await;
+        eprintln!("took over {:?} after the release", released.elapsed());
+        let lease = api.object("coordination.k8s.io", "v1", "leases", NS, "routeid-status").expect("a Lease");
+        assert_eq!(lease.pointer("/spec/holderIdentity").and_then(Value::as_str), Some("replica-2"));
+        r2.stop().await;
+    })
+    .await;
+}

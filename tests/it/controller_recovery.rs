@@ -117,3 +117,79 @@ async fn a_too_old_resource_version_means_a_full_relist_that_sees_deletions() {
     })
     .await;
 }
+
+fn slice_watch_errors(r: &Replica) -> u64 {
+    r.running.proxy.metrics().watch_restarts.with_label_values(&["endpointslices"]).get()
+}
+
+/// The outage: the API server is away long enough for the watches' backoff to grow,
+/// comes back with its watch cache restarted (every resumed watch gets 410 Gone), and a change
+/// made right after must be served within 5 s — not after a 30 s backoff for the outage plus
+/// another for the 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_and_410_gone_a_new_change_is_served_within_5_s() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, _a) = serving_pool(&api, &kube).await;
+
+        api.set_unavailable(true);
+        // Four failed reconnections: kube's default backoff would now wait 6.4–12.8 s.
+        eventually(WAIT, "four failed reconnections", || async { slice_watch_errors(&r) >= 4 }).await;
+        // It comes back with its watch cache restarted: every resumed watch gets 410 Gone.
+        let gone_before = api.gone_served();
+        api.expire_watches();
+        api.set_unavailable(false);
+        let b = Member::start("shop-1").await;
+        kube.put_slice(&slice("shop", "shop-1", b.addr, Cond::Ready)).await;
+        let changed = tokio::time::Instant::now();
+        eventually(Duration::from_secs(5), "the change after the outage served within 5 s", || async {
+            r.members("shop").len() == 2
+        })
+        .await;
+        let took = changed.elapsed();
+        assert_eq!(get(r.proxy(), "/", &[("cookie", "ROUTEID=.shop-1")]).await.route(), "shop-1");
+        assert!(api.gone_served() > gone_before, "the resumed watches were told 410 Gone");
+        eprintln!("served {took:?} after the change");
+        r.stop().await;
+    })
+    .await;
+}
+
+/// A healthy watch ended with 410 Gone re-lists at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_watch_ended_with_410_gone_relists_at_once() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, _a) = serving_pool(&api, &kube).await;
+        eventually(WAIT, "the watches open", || async { api.open_watches() >= 3 }).await;
+        api.expire_watches();
+        let b = Member::start("shop-1").await;
+        kube.put_slice(&slice("shop", "shop-1", b.addr, Cond::Ready)).await;
+        eventually(Duration::from_secs(2), "the change after 410 Gone within 2 s", || async {
+            r.members("shop").len() == 2
+        })
+        .await;
+        assert!(api.gone_served() >= 3, "every open watch was ended with 410 Gone");
+        r.stop().await;
+    })
+    .await;
+}
+
+/// Once the controller stops, nothing watches the API server: `/readyz` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_when_the_controller_stops_watching() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let (r, _a) = serving_pool(&api, &kube).await;
+        eventually(WAIT, "ready", || async { get(r.running.admin_addr, "/readyz", &[]).await.status == 200 }).await;
+        let Replica { running, controller } = r;
+        controller.shutdown().await;
+        assert_eq!(get(running.admin_addr, "/readyz", &[]).await.status, 503, "nothing watches any more");
+        assert_eq!(get(running.proxy_addr, "/", &[]).await.route(), "shop-0", "the last table still serves");
+        running.shutdown().await;
+    })
+    .await;
+}

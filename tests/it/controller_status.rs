@@ -202,3 +202,40 @@ async fn the_newer_of_two_pools_on_one_host_and_prefix_gets_conflict() {
     })
     .await;
 }
+
+/// A pool that leaves the index other than by deletion (here: moved to another ingress class)
+/// has its waiting status write dropped: routeid must not write the status of a pool another
+/// installation now owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_moved_to_another_class_gets_no_more_status_writes() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let a = Member::start("shop-0").await;
+        kube.put_slice(&slice("shop", "shop-0", a.addr, Cond::Ready)).await;
+        kube.create_pool(&pool("shop", "shop", json!({}))).await;
+        let mut opts = options("r1");
+        opts.writer.min_interval = std::time::Duration::from_millis(1_500);
+        let r = Replica::start(&api, opts).await;
+        eventually(WAIT, "the first status", || async {
+            kube.status("shop").await.is_some_and(|s| s.member_count == Some(1))
+        })
+        .await;
+        let shop_writes =
+            || api.writes().iter().filter(|w| w.name == "shop" && w.subresource.as_deref() == Some("status")).count();
+        let written = shop_writes();
+        // A change whose status must wait out the per-pool interval...
+        let b = Member::start("shop-1").await;
+        kube.put_slice(&slice("shop", "shop-1", b.addr, Cond::Ready)).await;
+        eventually(WAIT, "the change served", || async { r.members("shop").len() == 2 }).await;
+        // ...then the pool moves to another class before that interval is over.
+        kube.patch_pool("shop", json!({"spec": {"ingressClassName": "nginx"}})).await;
+        eventually(WAIT, "the pool dropped", || async { r.members("shop").is_empty() }).await;
+        // Absence can only be waited out: past the interval, nothing more was written for it.
+        tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+        assert_eq!(shop_writes(), written, "no status write for a pool of another class");
+        assert_eq!(kube.status("shop").await.unwrap().member_count, Some(1));
+        r.stop().await;
+    })
+    .await;
+}

@@ -179,7 +179,7 @@ app.kubernetes.io/part-of: routeid
 {{- define "routeid.leaseRules" -}}
 - apiGroups: [coordination.k8s.io]      # leader election (kube-lease-manager): the Lease routeid-status
   resources: [leases]
-  verbs: [get, create, update, patch]
+  verbs: [get, list, watch, create, update, patch]
 {{- end }}
 
 {{/* The routeid container, for the Deployment (ingress) and the sidecar snippet. */}}

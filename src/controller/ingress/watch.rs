@@ -6,19 +6,17 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{
     Ingress, IngressClass, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressPortStatus, IngressStatus,
 };
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::{IngressKey, IngressNews, Publish, ingress_of};
 use crate::controller::status::{Outbound, PoolEvent};
+use crate::controller::watches::{self, Events};
 use crate::controller::{ControllerOptions, ListState, Loop, watch_hint};
-
-type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
 
 /// The Ingress and IngressClass watch streams; streams that never yield when Ingresses are off.
 pub(crate) fn streams(client: &Client, opts: &ControllerOptions) -> (Events<Ingress>, Events<IngressClass>) {
@@ -31,8 +29,8 @@ pub(crate) fn streams(client: &Client, opts: &ControllerOptions) -> (Events<Ingr
     };
     let classes: Api<IngressClass> = Api::all(client.clone());
     (
-        watcher(ingresses, watcher::Config::default()).default_backoff().boxed(),
-        watcher(classes, watcher::Config::default()).default_backoff().boxed(),
+        watches::watch(ingresses, watcher::Config::default(), "ingresses"),
+        watches::watch(classes, watcher::Config::default(), "ingressclasses"),
     )
 }
 
@@ -45,7 +43,7 @@ pub(crate) fn publish_service_stream(client: &Client, opts: &ControllerOptions) 
             let api: Api<Service> = Api::namespaced(client.clone(), ns);
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
             tracing::info!(service = %format!("{ns}/{name}"), "watching the publish Service outside --namespace");
-            watcher(api, config).default_backoff().boxed()
+            watches::watch(api, config, "publish-service")
         }
         _ => futures_util::stream::pending().boxed(),
     }

@@ -32,7 +32,8 @@
 //! Failure injection: [`FakeApiServer::drop_watches`] breaks every open watch mid-stream (the
 //! client sees the stream cut off); [`FakeApiServer::set_unavailable`] closes every connection
 //! without an answer until it is lifted; [`FakeApiServer::compact`] forgets the event
-//! history, so a watch resuming from an old `resourceVersion` gets 410 Gone and must re-list.
+//! history, so a watch resuming from an old `resourceVersion` gets 410 Gone and must re-list;
+//! [`FakeApiServer::expire_watches`] also ends every open watch with 410 Gone.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -116,6 +117,8 @@ struct State {
     store: Mutex<Store>,
     events: broadcast::Sender<Arc<Event>>,
     drop_watches: watch::Sender<u64>,
+    /// Bumped to end every open watch with an ERROR event `410 Gone`.
+    expire_watches: watch::Sender<u64>,
     unavailable: AtomicBool,
     open_watches: Mutex<u64>,
     gone_served: std::sync::atomic::AtomicU64,
@@ -145,6 +148,7 @@ impl FakeApiServer {
             store: Mutex::new(Store::default()),
             events: broadcast::channel(16_384).0,
             drop_watches: watch::channel(0).0,
+            expire_watches: watch::channel(0).0,
             unavailable: AtomicBool::new(false),
             open_watches: Mutex::new(0),
             gone_served: std::sync::atomic::AtomicU64::new(0),
@@ -199,6 +203,14 @@ impl FakeApiServer {
         let mut s = self.state.store.lock().unwrap();
         s.history.clear();
         s.oldest_rv = s.rv;
+    }
+
+    /// What an API server whose watch cache restarted does (after an etcd or API-server
+    /// outage): forgets the history, so a watch resuming from an earlier resourceVersion gets
+    /// 410 Gone, and ends every open watch with an ERROR event `410 Gone`.
+    pub fn expire_watches(&self) {
+        self.compact();
+        self.state.expire_watches.send_modify(|g| *g += 1);
     }
 
     /// Deletes an object behind the clients' backs (works while the server is unavailable), as
@@ -759,6 +771,8 @@ fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<B
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(64);
     let mut drop_rx = state.drop_watches.subscribe();
     drop_rx.mark_unchanged();
+    let mut expire_rx = state.expire_watches.subscribe();
+    expire_rx.mark_unchanged();
     // Snapshot the backlog and subscribe under one lock, so no event falls in between.
     let (backlog, mut sub, current_rv) = {
         let s = state.store.lock().unwrap();
@@ -782,14 +796,7 @@ fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<B
     };
     let (backlog, gone) = match backlog {
         Ok(b) => (b, false),
-        Err(()) => {
-            state.gone_served.fetch_add(1, Ordering::SeqCst);
-            let gone = json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": "too old resource version", "reason": "Expired", "code": 410,
-            });
-            (vec![event_line("ERROR", &gone)], true)
-        }
+        Err(()) => (vec![gone_line(&state)], true),
     };
     let api_ver = api_version(&t.group, &t.version);
     let kind = kind_of(&t.resource);
@@ -820,6 +827,10 @@ fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<B
                     let _ = tx.send(Err("watch dropped by the fake API server".into())).await;
                     return;
                 }
+                _ = expire_rx.changed() => {
+                    let _ = tx.send(Ok(Frame::data(gone_line(&st)))).await;
+                    return;
+                }
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 ev = sub.recv() => match ev {
@@ -843,6 +854,16 @@ fn watch(state: Arc<State>, t: Target, q: HashMap<String, String>) -> Response<B
     let mut r = Response::new(StreamBody::new(stream).boxed());
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
+}
+
+/// The ERROR event `410 Gone` ("too old resource version"), counted.
+fn gone_line(state: &State) -> Bytes {
+    state.gone_served.fetch_add(1, Ordering::SeqCst);
+    let gone = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version", "reason": "Expired", "code": 410,
+    });
+    event_line("ERROR", &gone)
 }
 
 struct WatchGuard(Arc<State>);
