@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # routeid: one static-ish binary (glibc) on distroless, non-root, no shell.
 #
-#   docker build -t routeid:dev .
+#   docker build -t routeid:dev --build-arg ROUTEID_GIT_COMMIT="$(git rev-parse --short=12 HEAD)" .
 #   docker run --rm -p 8080:8080 routeid:dev demo --listen 0.0.0.0:8080 --admin-listen 0.0.0.0:9901
 #
 # The builder and the runtime share Debian 12 (bookworm), so the binary's glibc matches.
@@ -22,7 +22,11 @@ RUN mkdir -p src bench \
  && rm -rf src bench
 
 # The real sources. touch: their mtimes can be older than the stub build's, and cargo would
-# keep the stub binary.
+# keep the stub binary. There is no .git in the build: `routeid --version` takes the commit
+# from ROUTEID_GIT_COMMIT (build.rs).
+ARG ROUTEID_GIT_COMMIT=unknown
+ENV ROUTEID_GIT_COMMIT=${ROUTEID_GIT_COMMIT}
+COPY build.rs ./
 COPY src ./src
 COPY bench/derive.rs ./bench/derive.rs
 RUN touch src/main.rs src/lib.rs \

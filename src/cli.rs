@@ -10,13 +10,21 @@ use crate::proxy::ProxySettings;
 use crate::proxy::listener::TrustedProxies;
 use crate::proxy::tls::SecretRef;
 
+/// The version `--version` prints: the crate version and the git commit it was built from
+/// (`build.rs`; `ROUTEID_GIT_COMMIT` at build time where there is no `.git`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ROUTEID_GIT_COMMIT"), ")");
+
 /// routeid — a sticky-session load balancer for session-bound apps.
 #[derive(Debug, Parser)]
-#[command(name = "routeid", version, about)]
+#[command(name = "routeid", version = VERSION, about)]
 pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a filter such as `info,routeid=debug`.
+    /// Without it the `RUST_LOG` environment variable is read, and `info` is the default.
+    #[arg(long, global = true, value_parser = log_filter)]
+    pub log_level: Option<String>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -38,11 +46,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Three demo members behind the proxy on 127.0.0.1, with a guided tour.
     Demo {
-        /// Proxy listen address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Proxy listen address (`HOST:PORT`, `:PORT` or `PORT` for every IPv4 address).
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_addr)]
         listen: SocketAddr,
-        /// Admin listen address (/healthz, /readyz).
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        /// Admin listen address: /metrics, /healthz, /readyz, /balancer-manager and its JSON API
+        /// under /balancer-manager/api/pools.
+        #[arg(long, default_value = "127.0.0.1:9901", value_parser = listen_addr)]
         admin_listen: SocketAddr,
         /// Run the tour and exit (0 when stickiness worked) instead of serving until Ctrl-C.
         #[arg(long)]
@@ -53,11 +62,12 @@ pub enum Command {
         /// The pools file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Proxy listen address.
-        #[arg(long, default_value = "0.0.0.0:8080")]
+        /// Proxy listen address (`HOST:PORT`, `:PORT` or `PORT` for every IPv4 address).
+        #[arg(long, default_value = "0.0.0.0:8080", value_parser = listen_addr)]
         listen: SocketAddr,
-        /// Admin listen address (/healthz, /readyz); loopback by default.
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        /// Admin listen address, loopback by default: /metrics, /healthz, /readyz,
+        /// /balancer-manager and its JSON API under /balancer-manager/api/pools.
+        #[arg(long, default_value = "127.0.0.1:9901", value_parser = listen_addr)]
         admin_listen: SocketAddr,
         /// TLS listener.
         #[command(flatten)]
@@ -71,6 +81,11 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Print the BalancerPool CustomResourceDefinition as YAML.
     Crd,
+    /// Validate pools without serving them (like `haproxy -c`, `nginx -t`): a pools file
+    /// exactly as `standalone` reads it, or with `--kubeconfig` the BalancerPools of a cluster
+    /// as the controller would serve them (only lists; nothing is written). Prints a summary
+    /// and exits 0, or prints every problem and exits 2.
+    Check(CheckArgs),
     /// List the Ingresses of a class (e.g. `nginx`) and, per annotation, whether routeid
     /// supports it, and which Ingresses routeid would refuse and why: what moving them to routeid
     /// means, before switching `ingressClassName`.
@@ -87,6 +102,59 @@ pub enum Command {
     },
 }
 
+/// A listen address as servers commonly take it: `HOST:PORT`, or `:PORT` / `PORT` for every
+/// IPv4 address (as HAProxy's `bind :8080`).
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let port = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?} is not a listen address like 0.0.0.0:8080, 127.0.0.1:8080, [::]:8080, :8080 or 8080")
+    })
+}
+
+/// A duration as the documentation writes them (`60s`, `500ms`, `1m30s`).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|_| format!("{s:?} is not a duration like 60s, 500ms or 1m30s"))
+}
+
+/// A log filter `tracing` understands (a level, or `RUST_LOG` syntax).
+fn log_filter(s: &str) -> Result<String, String> {
+    let is_level = s.parse::<tracing_subscriber::filter::LevelFilter>().is_ok();
+    if !is_level && !s.contains(['=', ',', '[']) {
+        // A bare word is a target name to tracing (`loud` would log the target `loud`): a typo.
+        return Err(format!("{s:?} is not a log level (error, warn, info, debug, trace) or filter"));
+    }
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{s:?} is not a log level (error, warn, info, debug, trace) or filter: {e}"))
+}
+
+/// `routeid check` flags: a file or a cluster.
+#[derive(Debug, Args, Clone)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "kubeconfig"]))]
+pub struct CheckArgs {
+    /// The pools file to check.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Check the BalancerPools of the cluster this kubeconfig names.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, requires = "kubeconfig")]
+    pub context: Option<String>,
+    /// Only this namespace (default: all).
+    #[arg(short = 'n', long, requires = "kubeconfig")]
+    pub namespace: Option<String>,
+    /// Check the pools whose `spec.ingressClassName` is this.
+    #[arg(long, default_value = "routeid", requires = "kubeconfig")]
+    pub ingress_class: String,
+    /// Also check pools without `spec.ingressClassName` (as a default-class controller).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_class: bool,
+}
+
 /// Listener-wide proxy settings.
 #[derive(Debug, Args, Clone)]
 pub struct ProxyArgs {
@@ -94,13 +162,13 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub via: bool,
     /// Time a client has to send request headers (also the keep-alive wait on HTTP/1.1).
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = duration)]
     pub client_header_timeout: Duration,
     /// Close a client connection idle for this long.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = duration)]
     pub client_idle_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = duration)]
     pub drain_timeout: Duration,
     /// Do not log one line per request.
     #[arg(long)]
@@ -125,7 +193,7 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub tls_proxy_protocol: bool,
     /// Time a client has for the PROXY header and the TLS handshake.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub handshake_timeout: Duration,
     /// A file holding the key (at least 32 bytes) that seals Gateway API session values with an
     /// `absoluteTimeout`; every replica must read the same key (the chart mounts a Secret).
@@ -139,7 +207,7 @@ pub struct ProxyArgs {
 #[derive(Debug, Args, Clone)]
 pub struct TlsArgs {
     /// Serve HTTPS here too (certificates from the pools' `frontend.tls` Secrets).
-    #[arg(long)]
+    #[arg(long, value_parser = listen_addr)]
     pub tls_listen: Option<SocketAddr>,
     /// The Secret (`namespace/name`) served to clients that send no server name or an unknown
     /// one; without it such handshakes fail.
@@ -205,6 +273,9 @@ pub struct ControllerArgs {
     /// account are tried.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
     /// Watch only this namespace (sidecar mode, least privilege); all namespaces when absent.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -246,11 +317,12 @@ pub struct ControllerArgs {
     /// The Gateway listener ports `--tls-listen` serves; ignored without `--tls-listen`.
     #[arg(long, value_delimiter = ',', default_value = "443")]
     pub gateway_https_ports: Vec<i32>,
-    /// Proxy listen address.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    /// Proxy listen address (`HOST:PORT`, `:PORT` or `PORT` for every IPv4 address).
+    #[arg(long, default_value = "0.0.0.0:8080", value_parser = listen_addr)]
     pub listen: SocketAddr,
-    /// Admin listen address (/healthz, /readyz).
-    #[arg(long, default_value = "0.0.0.0:9901")]
+    /// Admin listen address: /metrics, /healthz, /readyz, /balancer-manager and its JSON API
+    /// under /balancer-manager/api/pools.
+    #[arg(long, default_value = "0.0.0.0:9901", value_parser = listen_addr)]
     pub admin_listen: SocketAddr,
     /// TLS listener.
     #[command(flatten)]
@@ -279,6 +351,55 @@ mod tests {
             Ok(Command::Standalone { proxy, .. }) => proxy,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn listen_addresses_take_the_usual_short_forms() {
+        for (given, meant) in [
+            (":8080", "0.0.0.0:8080"),
+            ("8080", "0.0.0.0:8080"),
+            ("127.0.0.1:81", "127.0.0.1:81"),
+            ("[::]:82", "[::]:82"),
+        ] {
+            assert_eq!(listen_addr(given).unwrap().to_string(), meant);
+        }
+        for bad in ["", ":", "localhost:80", "99999", ":http"] {
+            let err = listen_addr(bad).unwrap_err();
+            assert!(err.contains("like 0.0.0.0:8080"), "{err}");
+        }
+        let cli = Cli::try_parse_from(["routeid", "standalone", "-f", "p.yaml", "--listen", ":8080"]).unwrap();
+        assert!(matches!(cli.command, Command::Standalone { listen, .. } if listen.to_string() == "0.0.0.0:8080"));
+    }
+
+    #[test]
+    fn durations_and_log_levels_say_what_they_take() {
+        let err = Cli::try_parse_from(["routeid", "standalone", "-f", "p", "--drain-timeout", "60"]).unwrap_err();
+        assert!(err.to_string().contains("\"60\" is not a duration like 60s, 500ms or 1m30s"), "{err}");
+        assert!(!err.to_string().contains("60sec"), "{err}");
+        let cli = Cli::try_parse_from(["routeid", "--log-level", "debug", "crd"]).unwrap();
+        assert_eq!(cli.log_level.as_deref(), Some("debug"));
+        let cli = Cli::try_parse_from(["routeid", "crd", "--log-level", "info,routeid=trace"]).unwrap();
+        assert_eq!(cli.log_level.as_deref(), Some("info,routeid=trace"));
+        assert!(Cli::try_parse_from(["routeid", "--log-level", "loud", "crd"]).is_err());
+    }
+
+    #[test]
+    fn help_names_every_admin_endpoint_and_rust_log() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd.find_subcommand_mut("standalone").unwrap().render_long_help().to_string();
+        for endpoint in ["/metrics", "/healthz", "/readyz", "/balancer-manager", "/balancer-manager/api/pools"] {
+            assert!(help.contains(endpoint), "{endpoint} missing from: {help}");
+        }
+        let help = cmd.render_long_help().to_string();
+        assert!(help.contains("--log-level") && help.contains("RUST_LOG"), "{help}");
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")) && VERSION.contains("(commit "), "{VERSION}");
+    }
+
+    #[test]
+    fn the_controller_takes_a_kubeconfig_context() {
+        let cli = Cli::try_parse_from(["routeid", "controller", "--context", "staging"]).unwrap();
+        assert!(matches!(cli.command, Command::Controller(a) if a.context.as_deref() == Some("staging")));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use routeid::admin::AdminState;
 use routeid::admin::manager::{Manager, Persistence};
-use routeid::cli::{Cli, Command, ControllerArgs, LogFormat, TlsArgs};
+use routeid::cli::{CheckArgs, Cli, Command, ControllerArgs, LogFormat, TlsArgs};
 use routeid::proxy::ProxySettings;
 use routeid::runtime::{Running, TlsStart};
 use routeid::{api, demo, standalone};
@@ -24,7 +24,9 @@ use tracing_subscriber::EnvFilter;
 /// line and queues it (at most `LOG_QUEUE_LINES`; beyond that lines are dropped and counted in
 /// `routeid_log_lines_dropped_total` rather than slowing requests down), and the writer thread
 /// writes what has queued up in one batch. The guard flushes the queue when `main` returns.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+///
+/// The filter is `--log-level` when given, else `RUST_LOG`, else `info`.
+fn init_logging(format: LogFormat, level: Option<&str>) -> tracing_appender::non_blocking::WorkerGuard {
     const LOG_QUEUE_LINES: usize = 128 * 1024;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
@@ -33,11 +35,15 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let dropped = writer.error_counter();
     routeid::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     // rustls logs a client's odd hello (an IP address as SNI, as wrk and curl send) at WARN, once
     // per connection: any client could flood the log. Failed handshakes are counted in
     // routeid_tls_handshake_errors_total instead; RUST_LOG=rustls=... still turns them on.
-    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"))
+    let asked = level.map(str::to_owned).or_else(|| std::env::var("RUST_LOG").ok());
+    if !asked.is_some_and(|v| v.contains("rustls"))
         && let Ok(d) = "rustls=error".parse()
     {
         filter = filter.add_directive(d);
@@ -65,7 +71,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let _log_writer = init_logging(cli.log_format);
+    let _log_writer = init_logging(cli.log_format, cli.log_level.as_deref());
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -80,7 +86,7 @@ async fn run(command: Command) -> ExitCode {
     let proxy = match &command {
         Command::Standalone { proxy, .. } => Some(proxy),
         Command::Controller(args) => Some(&args.proxy),
-        Command::Demo { .. } | Command::Crd | Command::IngressCheck { .. } => None,
+        Command::Demo { .. } | Command::Crd | Command::Check(_) | Command::IngressCheck { .. } => None,
     };
     if let Some(Err(e)) = proxy.map(|p| p.check()) {
         eprintln!("routeid: {e}");
@@ -100,17 +106,55 @@ async fn run(command: Command) -> ExitCode {
             run_standalone(&file, listen, admin_listen, tls, settings, proxy.manager_token.clone()).await
         }
         Command::Controller(args) => run_controller(args).await,
+        Command::Check(args) => run_check(args).await,
         Command::IngressCheck { kubeconfig, namespace, class } => {
             run_ingress_check(kubeconfig.as_deref(), namespace, &class).await
         }
     }
 }
 
+/// `routeid check`: exit 0 when every pool would be served, 2 when any would not (or the
+/// cluster cannot be read).
+async fn run_check(args: CheckArgs) -> ExitCode {
+    let (source, report) = match &args.file {
+        Some(file) => (file.display().to_string(), routeid::check::file(file)),
+        None => {
+            let client = match kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("routeid check: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let filter = routeid::controller::index::ClassFilter {
+                ingress_class: args.ingress_class.clone(),
+                default_class: args.default_class,
+            };
+            match routeid::check::cluster(client, args.namespace.as_deref(), filter).await {
+                Ok(r) => ("the cluster's BalancerPools".to_owned(), r),
+                Err(e) => {
+                    eprintln!("routeid check: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    if report.problems.is_empty() {
+        print!("{source}: OK, {}", report.summary);
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{source}: {} problem(s), nothing would be served as it is:", report.problems.len());
+    for p in &report.problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::from(2)
+}
+
 /// `routeid ingress-check`: exit 0 when every annotation is supported and no Ingress would be
 /// refused, 1 otherwise, 2 when the cluster cannot be read.
 async fn run_ingress_check(kubeconfig: Option<&Path>, namespace: Option<String>, class: &str) -> ExitCode {
     use k8s_openapi::api::networking::v1::Ingress;
-    let client = match kube_client(kubeconfig).await {
+    let client = match kube_client(kubeconfig, None).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("routeid ingress-check: {e:#}");
@@ -159,7 +203,13 @@ async fn run_demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAd
         return if toured.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     println!();
-    println!("Serving until Ctrl-C (admin: http://{}/readyz).", running.admin_addr);
+    println!(
+        "routeid {} (pid {}) serving http://{} until Ctrl-C (admin: http://{}/readyz, /metrics, /balancer-manager).",
+        routeid::cli::VERSION,
+        std::process::id(),
+        running.proxy_addr,
+        running.admin_addr
+    );
     wait_for_stop().await;
     running.shutdown().await;
     ExitCode::SUCCESS
@@ -221,7 +271,16 @@ async fn run_standalone(
             return ExitCode::from(2);
         }
     };
-    tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, pools = count, file = %file.display(), "routeid standalone serving");
+    tracing::info!(
+        version = routeid::cli::VERSION,
+        pid = std::process::id(),
+        proxy = %running.proxy_addr,
+        admin = %running.admin_addr,
+        tls = %running.tls_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        pools = count,
+        file = %file.display(),
+        "routeid standalone serving (kill -HUP <pid> reloads the file)"
+    );
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -259,16 +318,22 @@ fn standalone_tls(tls: &TlsArgs, loaded: &standalone::Loaded, file: &Path) -> Re
     Ok(Some(TlsStart { listen, secrets: loaded.secrets.clone(), default: tls.default_tls_secret.clone() }))
 }
 
-async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+/// A client from `kubeconfig` (or `KUBECONFIG`, `~/.kube/config`, in-cluster), with `context`
+/// instead of the kubeconfig's current one when given.
+async fn kube_client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<kube::Client> {
     use anyhow::Context;
+    let options = kube::config::KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
         }
+        None if context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("cannot use the kubeconfig (KUBECONFIG or ~/.kube/config) with --context")?,
         None => kube::Config::infer()
             .await
             .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?,
@@ -278,7 +343,7 @@ async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
 
 async fn run_controller(args: ControllerArgs) -> ExitCode {
     use routeid::controller::{Controller, ControllerOptions, index::ClassFilter};
-    let client = match kube_client(args.kubeconfig.as_deref()).await {
+    let client = match kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("routeid controller: {e:#}");
@@ -358,8 +423,11 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     });
     let controller = Controller::start(client, opts, running.proxy.clone(), running.admin.clone());
     tracing::info!(
+        version = routeid::cli::VERSION,
+        pid = std::process::id(),
         proxy = %running.proxy_addr,
         admin = %running.admin_addr,
+        tls = %running.tls_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         namespace = args.namespace.as_deref().unwrap_or("(all)"),
         ingress_class = %args.ingress_class,
         %identity,

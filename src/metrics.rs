@@ -16,8 +16,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::core::{FailureKind, Pool, RoutingTable};
@@ -225,13 +225,25 @@ pub struct Metrics {
     /// Controller watch restarts by resource.
     pub watch_restarts: IntCounterVec,
     /// Unix time of the controller's last complete sync.
-    pub last_sync: Gauge,
+    pub last_sync: LastSync,
     /// Failed TLS handshakes by `reason` (a bounded set, see `proxy::tls`).
     pub tls_handshake_errors: IntCounterVec,
     /// `notAfter` of each Secret's certificate, by `namespace` and `secret`.
     pub tls_expiry: GaugeVec,
     /// Connections closed for their PROXY protocol header, by `reason`.
     pub proxy_protocol_rejected: IntCounterVec,
+}
+
+/// The controller's last sync time. It has no sample until the first sync, so demo and
+/// standalone runs (which have no controller) do not export a misleading `0`.
+#[derive(Clone, Debug)]
+pub struct LastSync(GaugeVec);
+
+impl LastSync {
+    /// Records a complete sync at `unix` seconds.
+    pub fn set(&self, unix: f64) {
+        self.0.with_label_values::<&str>(&[]).set(unix);
+    }
 }
 
 impl Default for Metrics {
@@ -306,10 +318,13 @@ impl Metrics {
             Opts::new("routeid_controller_watch_restarts_total", "Kubernetes watches restarted, by resource."),
             &["resource"],
         ));
-        let last_sync = must(Gauge::new(
-            "routeid_controller_last_sync_timestamp_seconds",
-            "Unix time of the controller's last complete sync.",
-        ));
+        let last_sync = LastSync(must(GaugeVec::new(
+            Opts::new(
+                "routeid_controller_last_sync_timestamp_seconds",
+                "Unix time of the controller's last complete sync.",
+            ),
+            &[],
+        )));
         let tls_handshake_errors = must(IntCounterVec::new(
             Opts::new("routeid_tls_handshake_errors_total", "TLS handshakes that failed, by reason."),
             &["reason"],
@@ -343,7 +358,7 @@ impl Metrics {
             Box::new(publication_seconds.clone()),
             Box::new(reconciles.clone()),
             Box::new(watch_restarts.clone()),
-            Box::new(last_sync.clone()),
+            Box::new(last_sync.0.clone()),
             Box::new(tls_handshake_errors.clone()),
             Box::new(tls_expiry.clone()),
             Box::new(proxy_protocol_rejected.clone()),
@@ -547,6 +562,16 @@ mod tests {
             .filter(|l| l.starts_with("routeid_member_requests_total{"))
             .map(|l| l.split_once("code=\"").map_or("", |(_, r)| &r[..3]).to_owned())
             .collect()
+    }
+
+    #[test]
+    fn last_sync_appears_with_the_first_sync_only() {
+        let m = Metrics::new();
+        let name = "routeid_controller_last_sync_timestamp_seconds";
+        assert!(!m.render(&RoutingTable::default(), 1).contains(name));
+        m.last_sync.set(1_700_000_000.0);
+        let text = m.render(&RoutingTable::default(), 1);
+        assert!(text.lines().any(|l| l == format!("{name} 1700000000")), "{text}");
     }
 
     #[test]

@@ -8,13 +8,15 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use crate::api::BalancerPool;
 use crate::api::validate::validate_static;
 use crate::core::config::{PoolConfig, PoolId};
 use crate::core::table::RoutingTable;
 use crate::proxy::tls::{CertError, SecretRef, TlsData};
+
+pub mod strict;
 
 /// What a pools file holds.
 #[derive(Debug, Default)]
@@ -64,9 +66,9 @@ pub fn parse_pools(text: &str) -> Result<Vec<PoolConfig>, Vec<String>> {
 }
 
 /// Reads a `kind: Secret` document: a `kubernetes.io/tls` Secret whose certificate serves.
-fn parse_secret(value: serde_yaml::Value, label: &str) -> Result<(SecretRef, Result<TlsData, CertError>), String> {
+fn parse_secret(value: Value, label: &str) -> Result<(SecretRef, Result<TlsData, CertError>), String> {
     let secret: k8s_openapi::api::core::v1::Secret =
-        serde_yaml::from_value(value).map_err(|e| format!("{label}: {}", strip_location(&e.to_string())))?;
+        serde_json::from_value(value).map_err(|e| format!("{label}: {e}"))?;
     let r = SecretRef::new(
         secret.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
         secret.metadata.name.clone().unwrap_or_default(),
@@ -91,75 +93,106 @@ pub fn parse(text: &str) -> Result<Loaded, Vec<String>> {
     parse_with(text, true)
 }
 
+/// Reads every document, then checks what needs them all (Secrets named, host and prefix
+/// conflicts), so one run reports every problem of the file.
 fn parse_with(text: &str, need_secrets: bool) -> Result<Loaded, Vec<String>> {
     let mut problems = Vec::new();
-    let mut pools = Vec::new();
-    let mut secrets: Vec<(SecretRef, Result<TlsData, CertError>)> = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let n = i + 1;
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => continue,
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(format!("document {n}: not valid YAML: {e}"));
-                // The YAML stream cannot be resynchronised after a syntax error.
-                break;
-            }
-        };
-        let name = value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_owned();
-        let label = if name.is_empty() { format!("document {n}") } else { format!("document {n} ({name})") };
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
-        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-        if name.is_empty() {
-            problems.push(format!("{label}: metadata.name: is required"));
-            continue;
-        }
-        if api_version == "v1" && kind == "Secret" {
-            match parse_secret(value, &label) {
-                Ok((r, _)) if secrets.iter().any(|(s, _)| *s == r) => {
-                    problems.push(format!("{label}: another document already defines Secret {r}"));
-                }
-                Ok(s) => secrets.push(s),
-                Err(p) => problems.push(p),
-            }
-            continue;
-        }
-        if api_version != "routeid.io/v1alpha1" || kind != "BalancerPool" {
-            problems.push(format!("{label}: expected apiVersion routeid.io/v1alpha1 and kind BalancerPool (or v1 Secret), found {api_version:?} / {kind:?}"));
-            continue;
-        }
-        // Re-read from text so serde_yaml reports the field path of a type error.
-        let pool: BalancerPool = match serde_yaml::to_string(&value)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_yaml::from_str(&t).map_err(|e| e.to_string()))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                problems.push(format!("{label}: {}", strip_location(&e)));
-                continue;
-            }
-        };
-        let id = PoolId { namespace: pool.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()), name };
-        if pools.iter().any(|p: &PoolConfig| p.id == id) {
-            problems.push(format!("{label}: another document already defines pool {id}"));
-            continue;
-        }
-        match validate_static(id, &pool.spec) {
-            Ok(cfg) => {
-                if cfg.members.is_empty() {
-                    problems
-                        .push(format!("{label}: spec.backend.members: a standalone pool needs at least one member"));
-                } else {
-                    pools.push(cfg);
-                }
-            }
-            Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{label}: {e}"))),
+    let mut loaded = Loaded::default();
+    let mut ids = Vec::new();
+    for (n, doc) in documents(text) {
+        match doc {
+            Ok(value) => read_document(n, value, &mut ids, &mut loaded, &mut problems),
+            Err(e) => problems.push(format!("document {n}: not valid YAML: {e}")),
         }
     }
-    if problems.is_empty() && pools.is_empty() {
+    if problems.is_empty() && loaded.pools.is_empty() {
         problems.push("no BalancerPool documents".to_owned());
     }
-    for p in pools.iter().filter(|_| need_secrets) {
+    if need_secrets {
+        missing_secrets(&loaded, &mut problems);
+    }
+    let (_, conflicts) = RoutingTable::build(loaded.pools.clone(), None);
+    problems.extend(conflicts.into_iter().map(|c| {
+        format!("pool {} claims host {} prefix {} already served by pool {}", c.loser, c.host, c.prefix, c.winner)
+    }));
+    if problems.is_empty() { Ok(loaded) } else { Err(problems) }
+}
+
+/// Advice to the programmer in the YAML reader's duplicate-key error, not for a user.
+const LIBRARY_HINT: &str = ", set DuplicateKeyPolicy in Options if acceptable";
+
+/// The documents of a YAML stream, numbered from 1, empty ones left out. A syntax error ends
+/// the stream (YAML cannot be resynchronised after one); a document that is not a tree of
+/// string-keyed maps is reported and the next one read.
+fn documents(text: &str) -> Vec<(usize, Result<Value, String>)> {
+    let mut reader = text.as_bytes();
+    serde_saphyr::read::<_, Value>(&mut reader)
+        .enumerate()
+        .map(|(i, doc)| (i + 1, doc.map_err(|e| e.to_string().replace(LIBRARY_HINT, ""))))
+        .filter(|(_, doc)| !matches!(doc, Ok(Value::Null)))
+        .collect()
+}
+
+/// Reads one document: a BalancerPool (checked field by field against the schema, then
+/// validated) or a TLS Secret.
+fn read_document(n: usize, mut value: Value, ids: &mut Vec<PoolId>, loaded: &mut Loaded, problems: &mut Vec<String>) {
+    let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned();
+    let label = if name.is_empty() { format!("document {n}") } else { format!("document {n} ({name})") };
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    if name.is_empty() {
+        problems.push(format!("{label}: metadata.name: is required"));
+        return;
+    }
+    if api_version == "v1" && kind == "Secret" {
+        match parse_secret(value, &label) {
+            Ok((r, _)) if loaded.secrets.iter().any(|(s, _)| *s == r) => {
+                problems.push(format!("{label}: another document already defines Secret {r}"));
+            }
+            Ok(s) => loaded.secrets.push(s),
+            Err(p) => problems.push(p),
+        }
+        return;
+    }
+    if api_version != "routeid.io/v1alpha1" || kind != "BalancerPool" {
+        problems.push(format!("{label}: expected apiVersion routeid.io/v1alpha1 and kind BalancerPool (or v1 Secret), found {api_version:?} / {kind:?}"));
+        return;
+    }
+    let namespace = value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+    let id = PoolId { namespace: namespace.to_owned(), name };
+    let duplicate = ids.contains(&id);
+    if duplicate {
+        problems.push(format!("{label}: another document already defines pool {id}"));
+    } else {
+        ids.push(id.clone());
+    }
+    let strict = strict::check_pool(&mut value);
+    problems.extend(strict.problems.iter().map(|p| format!("{label}: {p}")));
+    if strict.unreadable {
+        return;
+    }
+    let pool: BalancerPool = match serde_json::from_value(value) {
+        Ok(p) => p,
+        Err(e) => {
+            if strict.problems.is_empty() {
+                problems.push(format!("{label}: {e}"));
+            }
+            return;
+        }
+    };
+    match validate_static(id, &pool.spec) {
+        Ok(cfg) if cfg.members.is_empty() => {
+            problems.push(format!("{label}: spec.backend.members: a standalone pool needs at least one member"));
+        }
+        Ok(cfg) if strict.problems.is_empty() && !duplicate => loaded.pools.push(cfg),
+        Ok(_) => {}
+        Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{label}: {e}"))),
+    }
+}
+
+/// Every Secret a pool names must be in the file.
+fn missing_secrets(loaded: &Loaded, problems: &mut Vec<String>) {
+    for p in &loaded.pools {
         let ca = p.backend_tls.as_ref().and_then(|b| b.ca_secret_name.as_deref());
         let named = p
             .tls
@@ -168,28 +201,13 @@ fn parse_with(text: &str, need_secrets: bool) -> Result<Loaded, Vec<String>> {
             .map(|(i, t)| (format!("spec.frontend.tls[{i}].secretName"), t.secret_name.as_str()));
         for (field, name) in named.chain(ca.map(|n| ("spec.backend.tls.caSecretName".to_owned(), n))) {
             let r = SecretRef::new(&p.id.namespace, name);
-            if !secrets.iter().any(|(s, _)| *s == r) {
+            if !loaded.secrets.iter().any(|(s, _)| *s == r) {
                 problems.push(format!(
                     "pool {}: {field}: no Secret {r} in this file (a pool uses Secrets of its own namespace)",
                     p.id
                 ));
             }
         }
-    }
-    if problems.is_empty() {
-        let (_, conflicts) = RoutingTable::build(pools.clone(), None);
-        problems.extend(conflicts.into_iter().map(|c| {
-            format!("pool {} claims host {} prefix {} already served by pool {}", c.loser, c.host, c.prefix, c.winner)
-        }));
-    }
-    if problems.is_empty() { Ok(Loaded { pools, secrets }) } else { Err(problems) }
-}
-
-/// serde_yaml's line numbers refer to the re-serialised document, not the user's file: drop them.
-fn strip_location(e: &str) -> &str {
-    match e.find(" at line ") {
-        Some(i) => &e[..i],
-        None => e,
     }
 }
 
@@ -224,6 +242,42 @@ spec:
         assert_eq!(pools[0].members.len(), 3);
         assert!(pools[0].sticky.as_ref().and_then(|s| s.cookie.as_ref()).is_some());
         assert_eq!(pools[1].id.to_string(), "web/api");
+    }
+
+    /// Every field of the schema is shown in `examples/pools.yaml`: set in a document, or, for
+    /// the few a standalone file cannot use (a Service, a certificate), in a comment `# field:`.
+    #[test]
+    fn the_annotated_example_shows_every_field() {
+        let text = include_str!("../examples/pools.yaml");
+        let mut set = std::collections::BTreeSet::new();
+        for (_, doc) in documents(text) {
+            collect_paths(&doc.unwrap(), "", &mut set);
+        }
+        let commented: Vec<&str> = text.lines().filter_map(|l| l.split_once('#').map(|(_, c)| c)).collect();
+        let missing: Vec<String> = strict::spec_fields()
+            .unwrap()
+            .into_iter()
+            .filter(|f| !set.contains(f))
+            .filter(|f| {
+                let leaf = f.rsplit('.').next().unwrap_or(f);
+                !commented.iter().any(|c| c.contains(&format!("{leaf}:")))
+            })
+            .collect();
+        assert!(missing.is_empty(), "examples/pools.yaml lacks {missing:?}");
+    }
+
+    fn collect_paths(v: &Value, path: &str, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    out.insert(p.clone());
+                    collect_paths(v, &p, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| collect_paths(i, path, out)),
+            _ => {}
+        }
     }
 
     #[test]
@@ -281,5 +335,46 @@ spec:
             ),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn a_duration_error_shows_the_documented_form() {
+        let bad = GOOD.replace("  frontend: {hosts", "  timeouts: {connect: 60}\n  frontend: {hosts");
+        let errs = parse_pools(&bad).unwrap_err();
+        assert_eq!(
+            errs,
+            ["document 1 (shop): spec.timeouts.connect: \"60\" is not a duration like 60s, 500ms or 1m30s"]
+        );
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_in_one_pass() {
+        let third = "---\napiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: other}\nspec:\n  frontend: {hosts: [shop.example.com], pathPrefix: /shop}\n  backend: {members: [{address: \"127.0.0.1:9\", route: o}]}\n";
+        let dup = "---\napiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: api, namespace: web}\nspec: {backend: {members: [{address: \"127.0.0.1:9\", route: x}]}}\n";
+        let bad = GOOD
+            .replace("frontend: {hosts", "lbMethod: ByRequest\n  stiky: {names: [JSESSIONID]}\n  frontend: {hosts")
+            .replace("route: shop-1", "route: shop-0")
+            .replace("[::1]:9000\", route: api-0", "localhost\", route: api-0, loadFactr: 2")
+            + third
+            + dup;
+        let errs = parse_pools(&bad).unwrap_err();
+        let expected = [
+            "document 1 (shop): spec.stiky: unknown field, did you mean spec.sticky?",
+            "document 1 (shop): spec.lbMethod: \"ByRequest\" is not one of ByRequests, ByTraffic, ByBusyness, Heartbeat, LeastLatency; did you mean ByRequests?",
+            "document 1 (shop): spec.backend.members[1].route: \"shop-0\" is used by another member",
+            "document 2 (api): spec.backend.members[0].loadFactr: unknown field, did you mean spec.backend.members[0].loadFactor?",
+            "document 2 (api): spec.backend.members[0].address: \"localhost\"",
+            "document 4 (api): another document already defines pool web/api",
+        ];
+        for e in expected {
+            assert!(errs.iter().any(|x| x.starts_with(e)), "{e} not in {errs:#?}");
+        }
+        // The first document is refused, so `other` serves the host and prefix alone; a clean
+        // first document would have conflicted with it, reported in the same run:
+        let clash = format!("{GOOD}{third}{dup}");
+        let errs = parse_pools(&clash).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].contains("already defines pool web/api"), "{errs:#?}");
+        assert!(errs[1].contains("pool default/other claims host shop.example.com prefix /shop"), "{errs:#?}");
     }
 }

@@ -625,7 +625,7 @@ spec:
       cookieConfig: {lifetimeType: Permanent}
     timeouts: {request: 10s}
 "#;
-        let r: HTTPRoute = serde_yaml::from_str(yaml).unwrap();
+        let r: HTTPRoute = serde_saphyr::from_str(yaml).unwrap();
         let rule = &r.spec.rules[0];
         assert_eq!(r.spec.parent_refs[0].section_name.as_deref(), Some("http"));
         assert_eq!(rule.matches[0].query_params[0].name, "v");
@@ -639,7 +639,7 @@ spec:
 
     #[test]
     fn a_gateway_with_listeners_and_a_policy_read() {
-        let gw: Gateway = serde_yaml::from_str(
+        let gw: Gateway = serde_saphyr::from_str(
             r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -659,7 +659,7 @@ spec:
         assert_eq!(gw.spec.listeners[1].tls.as_ref().unwrap().certificate_refs[0].namespace.as_deref(), Some("certs"));
         let from = gw.spec.listeners[0].allowed_routes.as_ref().unwrap().namespaces.as_ref().unwrap();
         assert_eq!(from.from.as_deref(), Some("Selector"));
-        let p: XBackendTrafficPolicy = serde_yaml::from_str(
+        let p: XBackendTrafficPolicy = serde_saphyr::from_str(
             r#"
 apiVersion: gateway.networking.x-k8s.io/v1alpha1
 kind: XBackendTrafficPolicy

@@ -492,7 +492,12 @@ pub struct Condition {
 }
 
 /// The CRD as YAML, exactly what `routeid crd` prints and `crds/balancerpool.yaml` holds.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+/// Multi-line descriptions are `|-` blocks; long single-line ones stay on one line (no folded
+/// `>` blocks), so a change to one doc comment changes its own lines of the committed file.
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&BalancerPool::crd())
+    serde_saphyr::to_string_with_options(
+        &BalancerPool::crd(),
+        serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX },
+    )
 }

@@ -33,8 +33,8 @@ impl Problems {
                     self.add(path, "must be longer than zero");
                     default
                 }
-                Err(e) => {
-                    self.add(path, format!("{s:?} is not a duration like \"2s\" or \"1m30s\" ({e})"));
+                Err(_) => {
+                    self.add(path, format!("{s:?} is not a duration like 60s, 500ms or 1m30s"));
                     default
                 }
             },
@@ -728,7 +728,7 @@ mod tests {
 
     #[test]
     fn secure_auto_differs_by_scheme_and_the_old_bool_still_reads() {
-        let auto: api::RouteCookie = serde_yaml::from_str("{name: R}").unwrap();
+        let auto: api::RouteCookie = serde_saphyr::from_str("{name: R}").unwrap();
         assert_eq!(auto.secure, CookieSecure::Auto);
         let mut s = spec(&[("127.0.0.1:1", "a")]);
         s.sticky = Some(api::Sticky { cookie: Some(auto), ..Default::default() });
@@ -738,10 +738,10 @@ mod tests {
         for (yaml, want) in
             [("true", CookieSecure::Always), ("false", CookieSecure::Never), ("Never", CookieSecure::Never)]
         {
-            let c: api::RouteCookie = serde_yaml::from_str(&format!("{{name: R, secure: {yaml}}}")).unwrap();
+            let c: api::RouteCookie = serde_saphyr::from_str(&format!("{{name: R, secure: {yaml}}}")).unwrap();
             assert_eq!(c.secure, want, "{yaml}");
         }
-        assert!(serde_yaml::from_str::<api::RouteCookie>("{name: R, secure: Sometimes}").is_err());
+        assert!(serde_saphyr::from_str::<api::RouteCookie>("{name: R, secure: Sometimes}").is_err());
     }
 
     #[test]

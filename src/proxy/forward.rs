@@ -937,13 +937,40 @@ impl Outcome {
     }
 }
 
+/// An error and its sources in one line. Errors that already print their source (`connect to
+/// 10.0.0.1:80 failed: Connection refused`) do not get it twice.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("connect to 127.0.0.1:9 failed: {source}")]
+    struct Connect {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("attempt failed")]
+    struct Attempt(#[source] Connect);
+
+    #[test]
+    fn a_source_already_in_the_text_is_not_repeated() {
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = super::error_chain(&Connect { source: refused() });
+        assert_eq!(text, format!("connect to 127.0.0.1:9 failed: {}", refused()));
+        let text = super::error_chain(&Attempt(Connect { source: refused() }));
+        assert_eq!(text, format!("attempt failed: connect to 127.0.0.1:9 failed: {}", refused()));
+    }
 }

@@ -17,7 +17,7 @@ fn crd_carries_cel_rules_and_printer_columns() {
     ] {
         assert!(crd.contains(needle), "the CRD lacks {needle:?}");
     }
-    let v: serde_json::Value = serde_yaml::from_str(&crd).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&crd).unwrap();
     let columns: Vec<&str> = v["spec"]["versions"][0]["additionalPrinterColumns"]
         .as_array()
         .unwrap()
@@ -30,7 +30,7 @@ fn crd_carries_cel_rules_and_printer_columns() {
 #[test]
 fn the_cluster_example_is_a_valid_service_backed_pool() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster-pool.yaml")).unwrap();
-    let pool: BalancerPool = serde_yaml::from_str(&text).unwrap();
+    let pool: BalancerPool = serde_saphyr::from_str(&text).unwrap();
     let cfg = derive_pool(pool_id(&pool), &pool.spec, []).unwrap();
     assert_eq!(cfg.id.to_string(), "web/shop");
     assert!(cfg.members.is_empty(), "members come from slices, none given here");

@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod browser;
 mod chart;
+mod check;
 mod controller_binary;
 mod controller_crd;
 mod controller_fake_apiserver;

@@ -46,6 +46,11 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_table() {
         let file = temp_file("hup-pools.yaml", &pool_yaml("app", &[(a.addr, "a", 1)], ""));
         let mut proxy = spawn_standalone(&file, &["--no-access-log"]).await;
         assert_eq!(get(proxy.proxy_addr, "/", &[]).await.route(), "a");
+        // The startup line says what `kill -HUP <pid>` needs, the version and where it listens.
+        let started = proxy.stderr();
+        assert!(started.contains(&format!("pid={}", proxy.pid())), "{started}");
+        assert!(started.contains(&format!("version=\"{} (commit ", env!("CARGO_PKG_VERSION"))), "{started}");
+        assert!(started.contains(&format!("proxy={}", proxy.proxy_addr)), "{started}");
 
         std::fs::write(&file, pool_yaml("app", &[(b.addr, "b", 1)], "")).unwrap();
         proxy.signal("HUP");
@@ -61,7 +66,7 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_table() {
         }
 
         // An invalid file is refused whole; the previous table keeps serving.
-        std::fs::write(&file, "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: app}\nspec:\n  backend:\n    members:\n      - {address: localhost, route: c}\n").unwrap();
+        std::fs::write(&file, "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: app}\nspec:\n  stiky: {names: [JSESSIONID]}\n  backend:\n    members:\n      - {address: localhost, route: c}\n").unwrap();
         let hits_before = a.hits();
         proxy.signal("HUP");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -71,6 +76,7 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_table() {
         }
         let stderr = proxy.stderr();
         assert!(stderr.contains("spec.backend.members[0].address"), "{stderr}");
+        assert!(stderr.contains("spec.stiky: unknown field, did you mean spec.sticky?"), "{stderr}");
         assert!(proxy.child_running(), "the process survives a bad reload");
         for _ in 0..3 {
             let got = get(proxy.proxy_addr, "/", &[]).await;
@@ -87,7 +93,7 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_table() {
 #[tokio::test]
 async fn a_bad_file_exits_2_naming_document_field_and_reason() {
     bounded(async {
-        let yaml = "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: shop}\nspec:\n  backend:\n    members:\n      - {address: localhost, route: shop-0}\n";
+        let yaml = "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: shop}\nspec:\n  backend:\n    members:\n      - {address: localhost, route: shop-0, loadFactr: 2}\n";
         let file = temp_file("bad-pools.yaml", yaml);
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
             .arg("standalone")
@@ -105,6 +111,10 @@ async fn a_bad_file_exits_2_naming_document_field_and_reason() {
             stderr.contains(
                 "document 1 (shop): spec.backend.members[0].address: \"localhost\" is not an ip:port address"
             ),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("spec.backend.members[0].loadFactr: unknown field, did you mean spec.backend.members[0].loadFactor?"),
             "{stderr}"
         );
         let _ = std::fs::remove_file(file);

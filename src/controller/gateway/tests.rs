@@ -553,8 +553,7 @@ fn the_example_in_examples_is_accepted_with_its_sessions() {
     let mut w = World::new();
     w.add_service("web", "shop", &["shop-0"]);
     w.add_service("web", "shop-canary", &["canary-0"]);
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+    for v in serde_saphyr::from_multiple::<Value>(text).unwrap() {
         match v["kind"].as_str().unwrap() {
             "GatewayClass" => {
                 let c: GatewayClass = obj(v);

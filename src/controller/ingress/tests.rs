@@ -828,7 +828,7 @@ fn older_object_wins_a_conflict_with_a_balancer_pool() {
 /// The shipped example passes the whole translation, core validation included.
 #[test]
 fn the_example_ingress_is_accepted() {
-    let ing: Ingress = serde_yaml::from_str(include_str!("../../../examples/ingress.yaml")).unwrap();
+    let ing: Ingress = serde_saphyr::from_str(include_str!("../../../examples/ingress.yaml")).unwrap();
     let t = translate(&ing, "routeid").unwrap();
     assert_eq!(t.pools.len(), 1);
     assert!(t.unsupported.is_empty() && t.no_effect.is_empty(), "{t:?}");

@@ -641,7 +641,7 @@ fn list(state: &State, t: &Target, q: &HashMap<String, String>) -> Response<Body
 
 fn parse_body(body: &Bytes) -> Option<Value> {
     serde_json::from_slice::<Value>(body)
-        .or_else(|_| serde_yaml::from_slice::<Value>(body))
+        .or_else(|_| serde_saphyr::from_slice::<Value>(body))
         .ok()
         .filter(Value::is_object)
 }
