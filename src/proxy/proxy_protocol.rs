@@ -1,11 +1,11 @@
 //! The PROXY protocol (HAProxy's `proxy-protocol.txt`, v1 text and v2 binary), as AWS NLB and
 //! HAProxy send it in front of a connection: the client's address, before any byte of the
-//! client's own. This module parses both forms (a page of code: the `ppp` crate it replaces
-//! pulled in an old `thiserror` for it), reads exactly one header from a socket, bounded in size,
-//! and keeps whatever followed it for the next reader.
+//! client's own. Parsing is the `ppp` crate's; this module reads exactly one header from a
+//! socket, bounded in size, and keeps whatever followed it for the next reader.
 
 use std::net::SocketAddr;
 
+use ppp::{HeaderResult, PartialResult};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// A v2 header with TLVs can be long; nothing legitimate in front of us sends more than this.
@@ -55,93 +55,43 @@ pub enum Parsed {
     },
 }
 
-/// The v1 signature.
-const V1: &[u8] = b"PROXY ";
-/// The v2 signature.
-const V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
-/// The longest v1 line the specification allows, `\r\n` included.
-const V1_MAX: usize = 107;
-
-/// Parses the start of `buf` as a v1 or v2 header. Whatever cannot become a header is refused
-/// as soon as it shows, not when the buffer is full.
+/// Parses the start of `buf` as a v1 or v2 header.
 pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
-    if buf.len() >= V2.len() && buf.starts_with(V2) {
-        return parse_v2(buf);
-    }
-    let signature = if buf.first() == Some(&b'P') { V1 } else { V2 };
-    if !signature.starts_with(&buf[..buf.len().min(signature.len())]) {
+    // ppp reads a v1 prefix as incomplete even when it cannot become one: refuse early whatever
+    // starts with neither signature.
+    const V1: &[u8] = b"PROXY ";
+    const V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    let n = buf.len().min(V2.len());
+    if !V1.starts_with(&buf[..buf.len().min(V1.len())]) && !V2.starts_with(&buf[..n]) {
         return Err(ProxyHeaderError::Invalid);
     }
-    if signature == V2 || buf.len() < V1.len() {
+    let result = HeaderResult::parse(buf);
+    if result.is_incomplete() {
         return Ok(Parsed::Incomplete);
     }
-    parse_v1(buf)
-}
-
-/// `PROXY TCP4|TCP6 <src> <dst> <sport> <dport>\r\n` or `PROXY UNKNOWN ...\r\n`.
-fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
-    let window = &buf[..buf.len().min(V1_MAX)];
-    let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
-        return if buf.len() >= V1_MAX { Err(ProxyHeaderError::Invalid) } else { Ok(Parsed::Incomplete) };
-    };
-    let line = std::str::from_utf8(&buf[V1.len()..end]).map_err(|_| ProxyHeaderError::Invalid)?;
-    let fields: Vec<&str> = line.split(' ').collect();
-    let source = match fields.as_slice() {
-        ["UNKNOWN", ..] => None,
-        [proto @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
-            let (src, dst) = (ip(src)?, ip(dst)?);
-            if src.is_ipv4() != (*proto == "TCP4") || dst.is_ipv4() != src.is_ipv4() {
-                return Err(ProxyHeaderError::Invalid);
-            }
-            port(dport)?;
-            Some(SocketAddr::new(src, port(sport)?))
+    match result {
+        HeaderResult::V1(Ok(h)) => {
+            let source = match h.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                ppp::v1::Addresses::Unknown => None,
+            };
+            Ok(Parsed::Done { len: h.header.len(), source })
         }
-        _ => return Err(ProxyHeaderError::Invalid),
-    };
-    Ok(Parsed::Done { len: end + 2, source })
-}
-
-fn ip(s: &str) -> Result<std::net::IpAddr, ProxyHeaderError> {
-    s.parse().map_err(|_| ProxyHeaderError::Invalid)
-}
-
-fn port(s: &str) -> Result<u16, ProxyHeaderError> {
-    // Decimal digits only (`u16::from_str` would also take a `+`).
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ProxyHeaderError::Invalid);
+        HeaderResult::V2(Ok(h)) => {
+            let source = match (h.command, h.addresses) {
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
+                    Some(SocketAddr::new(a.source_address.into(), a.source_port))
+                }
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
+                    Some(SocketAddr::new(a.source_address.into(), a.source_port))
+                }
+                _ => None,
+            };
+            Ok(Parsed::Done { len: h.len(), source })
+        }
+        _ => Err(ProxyHeaderError::Invalid),
     }
-    s.parse().map_err(|_| ProxyHeaderError::Invalid)
-}
-
-/// The binary form: signature, version and command, family and protocol, length, addresses.
-fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
-    let Some(&[ver_cmd, family, hi, lo]) = buf.get(V2.len()..V2.len() + 4) else {
-        return Ok(Parsed::Incomplete);
-    };
-    if ver_cmd >> 4 != 2 || ver_cmd & 0x0f > 1 {
-        return Err(ProxyHeaderError::Invalid);
-    }
-    let len = V2.len() + 4 + usize::from(u16::from_be_bytes([hi, lo]));
-    let Some(header) = buf.get(..len) else { return Ok(Parsed::Incomplete) };
-    let addresses = &header[V2.len() + 4..];
-    let local = ver_cmd & 0x0f == 0;
-    let source = match family >> 4 {
-        _ if local => None,
-        1 => {
-            let a: [u8; 12] = addresses.get(..12).and_then(|a| a.try_into().ok()).ok_or(ProxyHeaderError::Invalid)?;
-            let ip = std::net::Ipv4Addr::from([a[0], a[1], a[2], a[3]]);
-            Some(SocketAddr::new(ip.into(), u16::from_be_bytes([a[8], a[9]])))
-        }
-        2 => {
-            let a: [u8; 36] = addresses.get(..36).and_then(|a| a.try_into().ok()).ok_or(ProxyHeaderError::Invalid)?;
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&a[..16]);
-            Some(SocketAddr::new(std::net::Ipv6Addr::from(src).into(), u16::from_be_bytes([a[32], a[33]])))
-        }
-        0 | 3 => None,
-        _ => return Err(ProxyHeaderError::Invalid),
-    };
-    Ok(Parsed::Done { len, source })
 }
 
 /// Reads one header from `io`. Returns the client address it carries and the bytes read past
@@ -219,55 +169,6 @@ mod tests {
         ] {
             assert!(matches!(parse(g), Err(ProxyHeaderError::Invalid)), "{g:?}");
         }
-    }
-
-    #[test]
-    fn v2_ipv6_unspec_and_what_is_refused() {
-        let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-        h.extend([0x21, 0x21, 0, 36]);
-        h.extend("2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        h.extend([0; 16]);
-        h.extend([0xc3, 0x50, 1, 187]);
-        let Parsed::Done { len, source } = parse(&h).unwrap() else { panic!() };
-        assert_eq!((len, source), (52, Some("[2001:db8::7]:50000".parse().unwrap())));
-        // TLVs after the addresses are part of the header.
-        let mut tlv = v2([1, 2, 3, 4], 5);
-        tlv[15] += 3;
-        tlv.extend([0x04, 0, 0, b'x']);
-        assert_eq!(
-            parse(&tlv).unwrap(),
-            Parsed::Done { len: tlv.len() - 1, source: Some("1.2.3.4:5".parse().unwrap()) }
-        );
-        let unspec = [b"\r\n\r\n\0\r\nQUIT\n".as_slice(), &[0x21, 0x00, 0, 0]].concat();
-        assert_eq!(parse(&unspec).unwrap(), Parsed::Done { len: 16, source: None });
-        let mut bad = v2([1, 2, 3, 4], 5);
-        bad[12] = 0x11; // version 1 in a v2 header
-        assert!(matches!(parse(&bad), Err(ProxyHeaderError::Invalid)));
-        let mut bad = v2([1, 2, 3, 4], 5);
-        bad[12] = 0x22; // command 2
-        assert!(matches!(parse(&bad), Err(ProxyHeaderError::Invalid)));
-        let mut short = v2([1, 2, 3, 4], 5);
-        short[15] = 4; // INET with 4 address bytes
-        short.truncate(20);
-        assert!(matches!(parse(&short), Err(ProxyHeaderError::Invalid)));
-    }
-
-    #[test]
-    fn v1_lines_that_are_not_headers() {
-        for g in [
-            &b"PROXY TCP4 203.0.113.7 10.0.0.1 +51000 443\r\n"[..],
-            b"PROXY TCP4 203.0.113.7 10.0.0.1 70000 443\r\n",
-            b"PROXY TCP4 2001:db8::7 10.0.0.1 1 2\r\n",
-            b"PROXY TCP6 2001:db8::7 10.0.0.1 1 2\r\n",
-            b"PROXY TCP4 203.0.113.7 10.0.0.1 1 2 3\r\n",
-            b"PROXY TCP4  203.0.113.7 10.0.0.1 1 2\r\n",
-            b"PROXY \xff\r\n",
-            b"PROXY\r\n",
-        ] {
-            assert!(matches!(parse(g), Err(ProxyHeaderError::Invalid)), "{g:?}");
-        }
-        let no_end = [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat();
-        assert!(matches!(parse(&no_end), Err(ProxyHeaderError::Invalid)));
     }
 
     #[tokio::test]
