@@ -75,6 +75,7 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
         let m = p.proxy.metrics();
         m.reconciles.with_label_values(&["ok"]).inc();
         m.watch_restarts.with_label_values(&["endpointslices"]).inc();
+        m.last_sync.set(1e9);
         m.tls_expiry.with_label_values(&["web", "shop-tls"]).set(2e9);
         m.tls_handshake_errors.with_label_values(&["no-certificate"]).inc();
         let text = get(p.admin_addr, "/metrics", &[]).await.body;
