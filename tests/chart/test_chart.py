@@ -232,7 +232,10 @@ def test_tls_can_be_switched_off():
     a = args_of(container(rel))
     assert "tls-listen" not in a and "default-tls-secret" not in a
     assert [p["name"] for p in rel.one("Service")["spec"]["ports"]] == ["http"]
-    assert rules_of(rel.one("ClusterRole")) == WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES, "no Secret access without TLS"
+    assert (
+        rules_of(rel.one("ClusterRole"))
+        == WATCH_RULES | INGRESS_RULES | INGRESS_CLASS_RULES | GATEWAY_RULES | GATEWAY_CLASS_RULES
+    ), "no Secret access without TLS"
 
 
 def test_rbac_and_service_account_can_be_left_out():
