@@ -181,7 +181,8 @@ pub struct Translation {
 }
 
 /// The id of rule `rule` of route `name`: a colon cannot be in a Kubernetes name, so it is no
-/// BalancerPool's.
+/// BalancerPool's. A rule that gets different hostnames through its HTTP and HTTPS listeners
+/// is two pools, this id with `:http` and with `:https` appended.
 pub fn pool_name(route: &str, rule: usize) -> String {
     format!("httproute:{route}:{rule}")
 }
@@ -471,11 +472,39 @@ pub fn translate(inputs: &Inputs<'_>) -> Translation {
     out
 }
 
-/// What a route got through its parents: hosts and certificates, or nothing (not attached).
+/// What a route got through its parents, per kind of listener: the hosts of its HTTP
+/// listeners, those of its HTTPS listeners with their certificates (`None`: none of that kind).
 #[derive(Default)]
 struct Attached {
-    hosts: Option<Hosts>,
+    plain: Option<Hosts>,
+    secure: Option<Hosts>,
     certificates: Vec<(String, String)>,
+}
+
+/// One pool a rule becomes: the hosts, the kind of connection, and the id suffix (`None`: the
+/// rule's own id; `http`/`https` when the rule gets different hostnames through the two kinds).
+struct Variant<'a> {
+    hosts: &'a Hosts,
+    served_on: core_gw::ServedOn,
+    suffix: Option<&'static str>,
+}
+
+impl Attached {
+    /// One pool served on both kinds when both give the same hostnames, else one per kind.
+    fn variants(&self) -> Vec<Variant<'_>> {
+        use core_gw::ServedOn;
+        let one = |hosts, served_on| Variant { hosts, served_on, suffix: None };
+        match (&self.plain, &self.secure) {
+            (Some(p), Some(s)) if hosts::same(p, s) => vec![one(p, ServedOn::Both)],
+            (Some(p), Some(s)) => vec![
+                Variant { hosts: p, served_on: ServedOn::Plain, suffix: Some("http") },
+                Variant { hosts: s, served_on: ServedOn::Secure, suffix: Some("https") },
+            ],
+            (Some(p), None) => vec![one(p, ServedOn::Plain)],
+            (None, Some(s)) => vec![one(s, ServedOn::Secure)],
+            (None, None) => Vec::new(),
+        }
+    }
 }
 
 /// Attaches a route to one parent; its `Accepted` condition.
@@ -512,7 +541,9 @@ fn attach(
     let mut matched = 0;
     for v in candidates {
         if let Some(h) = hosts::intersect(v.listener.hostname.as_deref(), &route.spec.hostnames) {
-            got.hosts = Some(hosts::union(got.hosts.take(), h));
+            // Only HTTP and HTTPS listeners are usable.
+            let kind = if v.listener.protocol == "HTTPS" { &mut got.secure } else { &mut got.plain };
+            *kind = Some(hosts::union(kind.take(), h));
             got.certificates.extend(v.certificates.iter().cloned());
             v.attached += 1;
             matched += 1;
@@ -568,37 +599,46 @@ fn route_pools(
         };
         reports.push(ParentReport { parent_ref: p.clone(), conditions: vec![accepted, refs.clone()] });
     }
-    if let Some(hosts) = &got.hosts {
-        match rule_configs(key, rules, hosts, &got.certificates) {
-            Ok(pools) => out.pools.extend(pools),
-            Err(msg) => {
-                for r in &mut reports {
-                    r.conditions[0] = Cond::no("Accepted", "UnsupportedValue", msg.clone());
-                }
+    let mut pools = Vec::new();
+    let made = got.variants().iter().try_for_each(|v| {
+        let certs = if v.served_on == core_gw::ServedOn::Plain { &[][..] } else { &got.certificates[..] };
+        rule_configs(key, &rules, v, certs).map(|p| pools.extend(p))
+    });
+    match made {
+        Ok(()) => out.pools.extend(pools),
+        Err(msg) => {
+            for r in &mut reports {
+                r.conditions[0] = Cond::no("Accepted", "UnsupportedValue", msg.clone());
             }
         }
     }
     out.routes.insert(key.clone(), reports);
 }
 
-/// The validated pools of a route's rules, or the first problem (the route is then not served).
+/// The validated pools of a route's rules for one [`Variant`], or the first problem (the route
+/// is then not served).
 fn rule_configs(
     key: &Key,
-    rules: Vec<RulePool>,
-    hosts: &Hosts,
+    rules: &[RulePool],
+    variant: &Variant<'_>,
     certs: &[(String, String)],
 ) -> Result<Vec<PoolConfig>, String> {
     let mut out = Vec::with_capacity(rules.len());
-    for RulePool { index: i, mut spec, members, rule, persistence } in rules {
-        if let Hosts::Some(h) = hosts {
+    for RulePool { index, spec, members, rule, persistence } in rules {
+        let (i, mut spec) = (*index, spec.clone());
+        if let Hosts::Some(h) = variant.hosts {
             spec.frontend.hosts = h.clone();
         }
-        let id = PoolId { namespace: key.0.clone(), name: pool_name(&key.1, i) };
-        match validate_service_backed(id, &spec, members) {
+        let name = match variant.suffix {
+            Some(kind) => format!("{}:{kind}", pool_name(&key.1, i)),
+            None => pool_name(&key.1, i),
+        };
+        let id = PoolId { namespace: key.0.clone(), name };
+        match validate_service_backed(id, &spec, members.clone()) {
             Ok(mut cfg) => {
-                cfg.tls = certificates(certs, hosts);
-                cfg.gateway = Some(rule);
-                cfg.sticky = persistence.map(StickyConfig::persistence);
+                cfg.tls = certificates(certs, variant.hosts);
+                cfg.gateway = Some(core_gw::GatewayRule { served_on: variant.served_on, ..rule.clone() });
+                cfg.sticky = persistence.clone().map(StickyConfig::persistence);
                 out.push(cfg);
             }
             Err(problems) => {
@@ -848,7 +888,9 @@ fn gateway_rule(route: &HTTPRoute, key: &Key, i: usize, rule: &HTTPRouteRule) ->
         route: format!("{}/{}", key.0, key.1),
         rule: u32::try_from(i).unwrap_or(u32::MAX),
     };
-    let out = core_gw::GatewayRule { matches, order, filters: filters(&rule.filters, &at)? };
+    // The kind of connection is the listeners' and is set per pool by `rule_configs`.
+    let served_on = core_gw::ServedOn::Both;
+    let out = core_gw::GatewayRule { matches, order, filters: filters(&rule.filters, &at)?, served_on };
     match out.validate(&at).first() {
         Some(e) => Err(e.to_string()),
         None => Ok(out),

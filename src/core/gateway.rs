@@ -24,6 +24,32 @@ pub struct GatewayRule {
     pub order: RouteOrder,
     /// The rule's filters.
     pub filters: Filters,
+    /// The kind of connection the rule is served on: that of the listeners it attached through.
+    pub served_on: ServedOn,
+}
+
+/// Which client connections a rule is served on, so a route attached only to an HTTPS listener
+/// is not reachable in clear text (and one attached only to an HTTP listener not over TLS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ServedOn {
+    /// Plain and secure connections (listeners of both kinds, with the same hostnames).
+    #[default]
+    Both,
+    /// Plain HTTP only (HTTP listeners).
+    Plain,
+    /// Secure only: TLS at routeid, or a trusted front proxy that says `https` (HTTPS listeners).
+    Secure,
+}
+
+impl ServedOn {
+    /// Whether a request on a connection that is `secure` (or not) is served.
+    pub fn serves(self, secure: bool) -> bool {
+        match self {
+            ServedOn::Both => true,
+            ServedOn::Plain => !secure,
+            ServedOn::Secure => secure,
+        }
+    }
 }
 
 /// How a request path is compared (HTTPRoute `path.type`).

@@ -88,6 +88,9 @@ pub struct RequestFacts<'a, H> {
     pub method: &'a str,
     /// The request's headers.
     pub headers: &'a H,
+    /// Whether the client's connection is secure: TLS at routeid, or a trusted front proxy said
+    /// `https`. A Gateway API rule served on the other kind only is skipped.
+    pub secure: bool,
 }
 
 /// Where the matcher reads request headers from (the proxy's header map; `()` for none), so
@@ -279,21 +282,23 @@ impl RoutingTable {
         self.frontends.by_id.get(id).copied()
     }
 
-    /// The pool for a `GET` with no query and no headers: `host` as sent (any case, with or
-    /// without port), `path` the request path without query.
+    /// The pool for a `GET` with no query and no headers over a secure connection (the
+    /// question the certificate store asks): `host` as sent (any case, with or without port),
+    /// `path` the request path without query.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
         self.find_index(host, path).map(|i| &self.pools[i])
     }
 
     /// Like [`RoutingTable::find`], giving the pool's index in [`RoutingTable::pools`].
     pub fn find_index(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        let req = RequestFacts { host, path, query: None, method: "GET", headers: &() };
+        let req = RequestFacts { host, path, query: None, method: "GET", headers: &(), secure: true };
         self.find_request(&req).map(|f| f.pool)
     }
 
     /// The pool for a request, by host first (exact, then the longest wildcard, then pools
-    /// for any host) and, among the pools of a host, by Gateway API match precedence. No
-    /// allocation unless the host has upper-case letters.
+    /// for any host) and, among the pools of a host, by Gateway API match precedence; a Gateway
+    /// API rule not served on this kind of connection is passed over as if it did not match.
+    /// No allocation unless the host has upper-case letters.
     pub fn find_request<'s, H: HeaderSource>(&'s self, req: &RequestFacts<'_, H>) -> Option<Found<'s>> {
         let host = req.host.map(strip_port).filter(|h| !h.is_empty());
         if let Some(host) = host {
@@ -323,6 +328,9 @@ impl RoutingTable {
         entries.iter().find_map(|e| {
             let c = &self.pools[e.pool as usize].config;
             let found = |rule_match| Some(Found { pool: e.pool as usize, rule_match });
+            if c.gateway.as_ref().is_some_and(|g| !g.served_on.serves(req.secure)) {
+                return None;
+            }
             match c.gateway.as_ref().and_then(|g| g.matches.get(e.rule_match as usize)) {
                 Some(m) => {
                     if request_matches(m, req) {
@@ -563,7 +571,7 @@ mod tests {
             Some((p, q)) => (p, Some(q)),
             None => (pq, None),
         };
-        let req = RequestFacts { host: Some(host), path, query, method, headers };
+        let req = RequestFacts { host: Some(host), path, query, method, headers, secure: false };
         t.find_request(&req).map(|f| t.pools()[f.pool].config.id.name.as_str())
     }
 
@@ -676,7 +684,7 @@ mod tests {
     #[test]
     fn a_rule_found_by_request_says_which_match_held() {
         let (t, _) = RoutingTable::build(vec![rule("r", &[], 1, "ns/r", 0, vec![exact("/a"), prefix("/b")])], None);
-        let req = RequestFacts { host: None, path: "/b/c", query: None, method: "GET", headers: &() };
+        let req = RequestFacts { host: None, path: "/b/c", query: None, method: "GET", headers: &(), secure: false };
         let found = t.find_request(&req).unwrap();
         assert_eq!(found.rule_match.map(|m| &m.path), Some(&PathMatch::Prefix("/b".into())));
         // BalancerPools keep their frontends beside rules; equal paths go to the BalancerPool.
@@ -689,6 +697,46 @@ mod tests {
         assert!(
             t.find_request(&RequestFacts { host: Some("a.com"), path: "/x/1", ..req }).unwrap().rule_match.is_none()
         );
+    }
+
+    #[test]
+    fn a_gateway_rule_is_served_only_on_its_kind_of_connection() {
+        use crate::core::gateway::ServedOn;
+        let on = |mut c: PoolConfig, served_on: ServedOn| {
+            if let Some(g) = c.gateway.as_mut() {
+                g.served_on = served_on;
+            }
+            c
+        };
+        let (t, c) = RoutingTable::build(
+            vec![
+                on(rule("tls-only", &["a.com"], 1, "ns/t", 0, vec![prefix("/x")]), ServedOn::Secure),
+                on(rule("both", &["a.com"], 1, "ns/b", 0, vec![prefix("/")]), ServedOn::Both),
+                on(rule("plain-only", &["p.com"], 1, "ns/p", 0, vec![]), ServedOn::Plain),
+                // One rule through an HTTP listener for h.com and an HTTPS one for s.com.
+                on(rule("split:http", &["h.com"], 1, "ns/s", 0, vec![prefix("/")]), ServedOn::Plain),
+                on(rule("split:https", &["s.com"], 1, "ns/s", 0, vec![prefix("/")]), ServedOn::Secure),
+                cfg("pool", &["q.com"], "/"),
+            ],
+            None,
+        );
+        assert!(c.is_empty());
+        let at = |host: &str, path: &str, secure: bool| {
+            let req = RequestFacts { host: Some(host), path, query: None, method: "GET", headers: &(), secure };
+            t.find_request(&req).map(|f| t.pools()[f.pool].config.id.name.as_str())
+        };
+        assert_eq!(at("a.com", "/x/1", true), Some("tls-only"));
+        assert_eq!(at("a.com", "/x/1", false), Some("both"), "skipped as if it did not match: the next wins");
+        assert_eq!(at("a.com", "/y", false), Some("both"));
+        assert_eq!(at("a.com", "/y", true), Some("both"));
+        assert_eq!(at("p.com", "/", false), Some("plain-only"));
+        assert_eq!(at("p.com", "/", true), None, "no other candidate: 404");
+        assert_eq!(at("h.com", "/", false), Some("split:http"));
+        assert_eq!(at("h.com", "/", true), None);
+        assert_eq!(at("s.com", "/", true), Some("split:https"));
+        assert_eq!(at("s.com", "/", false), None, "the HTTPS listener's host is not served in clear text");
+        assert_eq!(at("q.com", "/", false), Some("pool"), "BalancerPools serve both kinds");
+        assert_eq!(at("q.com", "/", true), Some("pool"));
     }
 
     /// Lookup cost of 200 BalancerPool frontends against 200 Gateway API rules on one host
@@ -711,8 +759,14 @@ mod tests {
         for (what, configs) in [("BalancerPool frontends", legacy), ("Gateway API rules", rules)] {
             let (t, _) = RoutingTable::build(configs, None);
             let path = format!("/p{}/x", n - 1);
-            let req =
-                RequestFacts { host: Some("a.com"), path: &path, query: Some("q=1"), method: "GET", headers: &headers };
+            let req = RequestFacts {
+                host: Some("a.com"),
+                path: &path,
+                query: Some("q=1"),
+                method: "GET",
+                headers: &headers,
+                secure: false,
+            };
             let rounds = 20_000;
             let started = std::time::Instant::now();
             for _ in 0..rounds {

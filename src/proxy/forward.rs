@@ -394,6 +394,7 @@ impl Proxy {
             query: req.uri().query(),
             method: req.method().as_str(),
             headers: req.headers(),
+            secure: fwd.https,
         };
         let Some(Found { pool: pi, rule_match }) = snap.table.find_request(&facts) else {
             if self.settings.metrics {

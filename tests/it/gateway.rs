@@ -26,6 +26,7 @@ fn rule(name: &str, members: &[(SocketAddr, &str, u32)], matches: Vec<RequestMat
         matches,
         order: RouteOrder { created_unix: 1, route: format!("default/{name}"), rule: 0 },
         filters: Filters::default(),
+        ..Default::default()
     });
     c
 }

@@ -68,6 +68,16 @@ pub fn union(acc: Option<Hosts>, more: Hosts) -> Hosts {
     }
 }
 
+/// Whether two listeners' hosts are the same set of names (order aside), so one pool can
+/// serve both.
+pub fn same(a: &Hosts, b: &Hosts) -> bool {
+    match (a, b) {
+        (Hosts::Any, Hosts::Any) => true,
+        (Hosts::Some(a), Hosts::Some(b)) => a.len() == b.len() && a.iter().all(|h| b.contains(h)),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +116,13 @@ mod tests {
     fn any_wins_a_union_and_names_are_not_repeated() {
         assert_eq!(union(some(&["a"]), Hosts::Any), Hosts::Any);
         assert_eq!(union(some(&["a"]), Hosts::Some(vec!["a".into(), "b".into()])), some(&["a", "b"]).unwrap());
+    }
+
+    #[test]
+    fn same_hosts_ignore_order() {
+        assert!(same(&some(&["a", "b"]).unwrap(), &some(&["b", "a"]).unwrap()));
+        assert!(!same(&some(&["a"]).unwrap(), &some(&["a", "b"]).unwrap()));
+        assert!(!same(&Hosts::Any, &some(&["a"]).unwrap()));
+        assert!(same(&Hosts::Any, &Hosts::Any));
     }
 }

@@ -643,3 +643,66 @@ fn a_broken_certificate_secret_makes_the_listener_refs_unresolved() {
     assert_eq!((c.ok, c.reason), (false, "InvalidCertificateRef"));
     assert!(c.message.contains("web/bad: tls.key is missing"), "{}", c.message);
 }
+
+#[test]
+fn a_rule_is_served_on_the_kinds_of_listener_it_attached_through_with_their_hostnames() {
+    use crate::core::config::HostMatch;
+    use crate::core::gateway::ServedOn;
+    let mut w = World::new();
+    let https = |name: &str, host: &str| {
+        json!({"name": name, "port": 443, "protocol": "HTTPS", "hostname": host,
+               "tls": {"certificateRefs": [{"name": format!("{name}-cert")}]}})
+    };
+    w.gateway(
+        "gw",
+        json!([
+            {"name": "http", "port": 80, "protocol": "HTTP", "hostname": "a.example"},
+            https("https", "b.example"),
+            {"name": "http-same", "port": 80, "protocol": "HTTP", "hostname": "same.example"},
+            https("https-same", "same.example"),
+        ]),
+    );
+    let through = |sections: &[&str]| {
+        let refs: Vec<Value> = sections.iter().map(|s| json!({"name": "gw", "sectionName": s})).collect();
+        simple_route(json!({"parentRefs": refs}))
+    };
+    w.route("plain", through(&["http"]));
+    w.route("secure", through(&["https"]));
+    w.route("split", through(&["http", "https"]));
+    w.route("both", through(&["http-same", "https-same"]));
+    let t = w.translate();
+    let pools: BTreeMap<&str, (ServedOn, &[HostMatch], Vec<&str>)> = t
+        .pools
+        .iter()
+        .map(|p| {
+            let certs = p.tls.iter().map(|c| c.secret_name.as_str()).collect();
+            (p.id.name.as_str(), (p.gateway.as_ref().unwrap().served_on, p.hosts.as_slice(), certs))
+        })
+        .collect();
+    let exact = |h: &str| vec![HostMatch::Exact(h.into())];
+    // (pool id, served on, hosts, certificates)
+    let want: &[(&str, ServedOn, Vec<HostMatch>, &[&str])] = &[
+        ("httproute:plain:0", ServedOn::Plain, exact("a.example"), &[]),
+        ("httproute:secure:0", ServedOn::Secure, exact("b.example"), &["https-cert"]),
+        ("httproute:split:0:http", ServedOn::Plain, exact("a.example"), &[]),
+        ("httproute:split:0:https", ServedOn::Secure, exact("b.example"), &["https-cert"]),
+        ("httproute:both:0", ServedOn::Both, exact("same.example"), &["https-same-cert"]),
+    ];
+    assert_eq!(pools.len(), want.len(), "{:?}", pools.keys());
+    for (id, on, hosts, certs) in want {
+        let got = &pools[id];
+        assert_eq!((got.0, got.1, got.2.as_slice()), (*on, hosts.as_slice(), *certs), "{id}");
+    }
+    for r in ["plain", "secure", "split", "both"] {
+        assert_eq!(accepted(&t, r), (true, "Accepted"), "{r}");
+    }
+    let attached = |l: &str| {
+        let g = &t.gateways[&(NS.to_owned(), "gw".to_owned())];
+        g.listeners.iter().find(|x| x.name == l).unwrap().attached_routes
+    };
+    assert_eq!((attached("http"), attached("https")), (2, 2), "attachment is counted once per listener");
+    // Pool ids are unique and the same on every translation.
+    let again: Vec<String> = w.translate().pools.iter().map(|p| p.id.name.clone()).collect();
+    assert_eq!(again, t.pools.iter().map(|p| p.id.name.clone()).collect::<Vec<_>>());
+    assert!(t.pools.iter().all(|p| is_route_pool(&p.id)));
+}
