@@ -590,3 +590,66 @@ async fn without_rbac_for_the_gateway_api_the_controller_is_ready_and_serves_bal
     })
     .await;
 }
+
+/// Route `name` attached through listener `section` only, serving `prefix` from Service `shop`.
+async fn route_through(kube: &Kube, name: &str, section: &str, prefix: &str) {
+    put(
+        Api::<HTTPRoute>::namespaced(kube.client.clone(), NS),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": name, "namespace": NS},
+               "spec": {"parentRefs": [{"name": "gw", "sectionName": section}],
+                        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                                   "backendRefs": [{"name": "shop", "port": 80}]}]}}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_is_reachable_only_on_the_kind_of_listener_it_attached_to() {
+    use crate::support::tls::{TestCert, https_get};
+    const HOST: &str = "shop.test";
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        let m = Member::start("shop-0").await;
+        gateway_basics(&kube).await;
+        put(
+            Api::<Gateway>::namespaced(kube.client.clone(), NS),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "gw", "namespace": NS},
+                   "spec": {"gatewayClassName": "routeid",
+                            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"},
+                                          {"name": "https", "port": 443, "protocol": "HTTPS", "hostname": HOST,
+                                           "tls": {"certificateRefs": [{"name": "shop-cert"}]}}]}}),
+        )
+        .await;
+        let cert = TestCert::new(&[HOST]);
+        kube.put_tls_secret(NS, "shop-cert", &cert.data).await;
+        members(&kube, &[("shop-0", &m)]).await;
+        route_through(&kube, "secure", "https", "/secure").await;
+        route_through(&kube, "plain", "http", "/plain").await;
+        let r = Replica::start_tls(&api, options("a")).await;
+        let tls_addr = r.running.tls_addr.expect("a TLS listener");
+        let over_tls = |path: &'static str| https_get(tls_addr, Some(HOST), &[b"http/1.1"], HOST, path, &[]);
+        eventually(WAIT, "the HTTPS-only route over TLS, with its listener's certificate", || async {
+            over_tls("/secure/x").await.is_ok_and(|s| s.cert == cert.der && s.status == 200)
+        })
+        .await;
+        eventually(WAIT, "the HTTP-only route in clear text", || async {
+            get(r.proxy(), "/plain/x", &[("host", HOST)]).await.status == 200
+        })
+        .await;
+        for route in ["secure", "plain"] {
+            assert_eq!(route_condition(&kube, route, "Accepted").await, Some(("True".into(), "Accepted".into())));
+        }
+        let shown = over_tls("/secure/x").await.unwrap();
+        assert!(shown.body.starts_with("route=shop-0"), "{}", shown.body);
+        let plain = get(r.proxy(), "/secure/x", &[("host", HOST)]).await;
+        assert_eq!(plain.status, 404, "an HTTPS-only route is not served in clear text");
+        assert_eq!(get(r.proxy(), "/secure/x", &[]).await.status, 404, "nor without a Host");
+        assert_eq!(over_tls("/plain/x").await.unwrap().status, 404, "an HTTP-only route is not served over TLS");
+        assert_eq!(get(r.proxy(), "/plain/x", &[("host", HOST)]).await.route(), "shop-0");
+        r.stop().await;
+    })
+    .await;
+}
