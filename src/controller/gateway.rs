@@ -11,9 +11,14 @@
 //!   replica of this installation; its listeners are served by routeid's own listeners, so a
 //!   listener port must be one the installation says it serves ([`Listening`]); any other gets
 //!   `Programmed=False` naming the flag and chart value that opens it;
-//! - a rule's pool serves the union of the hostnames its route gets through the listeners it
-//!   attached to, with the certificates of those listeners (routeid's listeners are shared, so a
-//!   pool is reachable on every port routeid listens on, not only its listeners' ports);
+//! - a rule is served only on the kind of connection of the listeners it attached through: its
+//!   pool's [`core_gw::ServedOn`] is plain for HTTP listeners, secure for HTTPS ones, both when
+//!   it attached through both kinds and they give it the same hostnames; when they give it
+//!   different hostnames the rule is two pools, one per kind (ids [`pool_name`] + `:http` /
+//!   `:https`), each with the hostnames of its kind. Within a kind routeid's listeners are
+//!   shared (every HTTP port leads to `--listen`, every HTTPS port to `--tls-listen`), so a pool
+//!   serves the union of the hostnames its route gets through the listeners of its kind, with
+//!   the certificates of its HTTPS listeners;
 //! - `backendRefs` weights are split over each Service's ready pods as member load factors
 //!   (weights decide where *new* sessions go: a session stays on its pod);
 //! - session persistence (the rule's, or else an XBackendTrafficPolicy's on a backend Service)
