@@ -737,6 +737,7 @@ mod tests {
         assert_eq!(at("s.com", "/", false), None, "the HTTPS listener's host is not served in clear text");
         assert_eq!(at("q.com", "/", false), Some("pool"), "BalancerPools serve both kinds");
         assert_eq!(at("q.com", "/", true), Some("pool"));
+        assert_eq!(name(&t, Some("s.com"), "/"), Some("split:https"), "find asks as the certificate store does");
     }
 
     /// Lookup cost of 200 BalancerPool frontends against 200 Gateway API rules on one host
