@@ -12,6 +12,7 @@ pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod demo;
+pub mod log_writer;
 pub mod proxy;
 pub mod runtime;
 pub mod standalone;

@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 
+use super::access_log::AccessLine;
 use super::body::{BodySlot, BodyState, ClientBodyError, UpstreamBody};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
 use super::upstream::{Failed, Limits, MemberBody};
@@ -809,30 +810,28 @@ impl Proxy {
             return;
         }
         let pool = pool.and_then(|p| p.to_str().ok()).unwrap_or("-");
-        tracing::info!(
-            target: "routeid::access",
-            method = req.method.as_str(),
-            host = req.host.unwrap_or("-"),
-            path = req.path,
-            status = out.status.as_u16(),
-            bytes_in = req.bytes_in,
-            bytes_out = out.bytes_out,
-            duration_us = req.started.elapsed().as_micros() as u64,
-            client = %req.client,
+        AccessLine {
+            method: req.method.as_str(),
+            host: req.host.unwrap_or("-"),
+            path: req.path,
+            status: out.status.as_u16(),
+            bytes_in: req.bytes_in,
+            bytes_out: out.bytes_out,
+            duration_us: req.started.elapsed().as_micros() as u64,
+            client: req.client,
             pool,
-            member_address = member.map(tracing::field::display),
-            attempts = out.attempts,
-            BALANCER_SESSION_STICKY = vars.session_sticky.unwrap_or("-"),
-            BALANCER_SESSION_ROUTE = vars.session_route.as_deref().unwrap_or("-"),
-            BALANCER_NAME = pool,
-            BALANCER_WORKER_NAME = vars.worker_name.and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            BALANCER_WORKER_ROUTE = vars.worker_route.unwrap_or("-"),
-            BALANCER_ROUTE_CHANGED = u8::from(vars.route_changed),
-            route_source = vars.source.map_or("-", RouteSource::as_str),
-            balanced = vars.balanced.map_or("-", Balanced::as_str),
-            malformed_route = vars.malformed,
-            "request"
-        );
+            member_address: member,
+            attempts: out.attempts,
+            session_sticky: vars.session_sticky.unwrap_or("-"),
+            session_route: vars.session_route.as_deref().unwrap_or("-"),
+            worker_name: vars.worker_name.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            worker_route: vars.worker_route.unwrap_or("-"),
+            route_changed: vars.route_changed,
+            route_source: vars.source.map_or("-", RouteSource::as_str),
+            balanced: vars.balanced.map_or("-", Balanced::as_str),
+            malformed_route: vars.malformed,
+        }
+        .log();
     }
 }
 
