@@ -18,14 +18,14 @@ use super::access_log::AccessLine;
 use super::body::{BodySlot, BodyState, ClientBodyError, UpstreamBody};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
 use super::upstream::{Failed, Limits, MemberBody};
-use super::{PoolExt, Proxy};
+use super::{MemberExt, PoolExt, Proxy, Snapshot};
 use crate::admin::metrics::{ClientError, FailoverReason, StickyOutcome};
 use crate::api::CookieMode;
 use crate::core::config::StickyConfig;
 use crate::core::sticky::{
     RouteSource, extract_route, rewrite_request_cookie, rewrite_set_cookie, same_site_none_compatible,
 };
-use crate::core::{Balanced, BusyGuard, Choice, FailureKind, Pool, Tried, Unavailable};
+use crate::core::{Balanced, BusyGuard, Choice, FailureKind, MemberRuntime, Pool, Tried, Unavailable};
 
 /// The response body: the member's streamed body, or a short body routeid wrote itself.
 pub type ProxyBody = Either<MemberBody, Full<Bytes>>;
@@ -202,6 +202,125 @@ enum Waited {
     ClientFault(ClientFault),
 }
 
+/// A request matched to its pool, with its session route read and its first member chosen:
+/// what the later stages share.
+struct Routed<'s> {
+    pool: &'s Pool,
+    ext: &'s PoolExt,
+    upstream_tls: &'s super::tls::UpstreamTls,
+    /// `Strict-Transport-Security` for HTTPS answers, when the pool sets it.
+    hsts: Option<&'s HeaderValue>,
+    vars: BalancerVars<'s>,
+    first: Choice,
+    /// The session's route names a member of this pool (a sticky hit, or a listed member that
+    /// cannot take it now), as opposed to no route or a route of a pod that left.
+    session_member_listed: bool,
+    /// The client's user agent accepts `SameSite=None` (or it does not matter).
+    same_site_none_ok: bool,
+}
+
+/// The request as it goes to members: the head rewritten once, the client's body, and a
+/// request a member handed back unsent.
+struct Outgoing {
+    headers: HeaderMap,
+    pq: PathAndQuery,
+    slot: Option<BodySlot>,
+    returned: Option<Request<UpstreamBody>>,
+}
+
+impl Outgoing {
+    /// The request for the next attempt: the one the last member handed back unsent, else a
+    /// new one from the head and the client's body (the head is copied only when `keep_copy`).
+    /// `None` when the body already went to a member that failed.
+    fn request_for(
+        &mut self,
+        method: &Method,
+        mext: &MemberExt,
+        runtime: &Arc<MemberRuntime>,
+        keep_copy: bool,
+    ) -> Option<Request<UpstreamBody>> {
+        // Origin-form, as an origin server expects; the client's Host is kept.
+        let uri = Uri::from(self.pq.clone());
+        if let Some(mut r) = self.returned.take() {
+            // The previous member never saw a byte of it: send it as it is.
+            *r.uri_mut() = uri;
+            r.body_mut().count_for(Arc::clone(runtime));
+            return Some(r);
+        }
+        let body = match &self.slot {
+            None => UpstreamBody::Empty,
+            Some(s) => UpstreamBody::streamed(s.take()?, Arc::clone(s), Arc::clone(runtime)),
+        };
+        let mut r = Request::new(body);
+        *r.method_mut() = method.clone();
+        *r.version_mut() = Version::HTTP_11;
+        *r.uri_mut() = uri;
+        *r.headers_mut() = if keep_copy { self.headers.clone() } else { std::mem::take(&mut self.headers) };
+        if !r.headers().contains_key(header::HOST) {
+            // An HTTP/1.0 client without Host: name the member.
+            if let Ok(h) = HeaderValue::from_str(mext.authority.as_str()) {
+                r.headers_mut().insert(header::HOST, h);
+            }
+        }
+        Some(r)
+    }
+
+    /// The body can be sent again (none, or not started).
+    fn body_replayable(&self) -> bool {
+        self.slot.as_ref().is_none_or(|s| s.replayable())
+    }
+}
+
+/// How one attempt at a member ended.
+enum Attempt {
+    /// The member answered; for a `101`, the guard that keeps it busy while the tunnel is open.
+    Answered(Response<ProxyBody>, Option<BusyGuard>),
+    /// The client's side failed: the member is not blamed, nothing is retried.
+    ClientFault(ClientFault),
+    /// No connection to the member became free in time (`backend.maxConnections`).
+    Saturated,
+    /// The member failed before answering; the request is handed back when it never left.
+    /// `connect`: the member never took it (the connection failed).
+    Failed { request: Option<Request<UpstreamBody>>, connect: bool },
+    /// No response head within the response timeout.
+    Slow,
+}
+
+/// The path and query members get: the client's, with the pool's prefix rewritten.
+fn member_path(pool: &Pool, uri: &Uri) -> PathAndQuery {
+    let orig = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match pool
+        .config
+        .rewrite_prefix
+        .as_deref()
+        .and_then(|rw| crate::core::table::rewrite_path(&pool.config.path_prefix, rw, orig.as_str()))
+    {
+        Some(new) => PathAndQuery::try_from(new).unwrap_or(orig),
+        None => orig,
+    }
+}
+
+/// Counts how the first choice went: the sticky outcome, and a failover away from the
+/// session's member.
+fn count_first_choice(ext: &PoolExt, sticky: bool, first: &Choice, vars: &BalancerVars<'_>) {
+    if sticky {
+        let outcome = match first {
+            _ if vars.malformed => StickyOutcome::Malformed,
+            Choice::StickyHit(_) => StickyOutcome::Hit,
+            Choice::Balanced(_, Balanced::UnknownRoute) => StickyOutcome::UnknownRoute,
+            Choice::Balanced(_, Balanced::Failover) | Choice::Unavailable(Unavailable::StickyMemberUnusable) => {
+                StickyOutcome::RouteChanged
+            }
+            _ if vars.source.is_none() => StickyOutcome::NewSession,
+            _ => StickyOutcome::NoRoute,
+        };
+        ext.metrics.sticky(outcome);
+    }
+    if matches!(first, Choice::Balanced(_, Balanced::Failover)) {
+        ext.metrics.failover(FailoverReason::MemberUnusable);
+    }
+}
+
 /// Why a request is refused before it is routed: a request two parties could read
 /// differently (RFC 9112 §3.2, RFC 9113 §8.3.1), or a tunnel routeid does not open.
 fn refusal(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
@@ -366,7 +485,10 @@ impl Proxy {
         }
     }
 
-    /// Serves one client request.
+    /// Serves one client request, in stages: refuse what two parties could read differently;
+    /// find the pool, read the session route and choose a member ([`Proxy::route`]); rewrite
+    /// the head once for the members ([`Proxy::member_head`]); one [`Proxy::attempt`] per
+    /// member until one answers or none is left; finish the answer ([`Proxy::finish`]) and log.
     pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: ClientIp) -> Response<ProxyBody> {
         let started = Instant::now();
         let bytes_in = req.body().size_hint().exact();
@@ -377,321 +499,332 @@ impl Proxy {
         let host = request_host(&req);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let fwd = super::headers::forwarded(req.headers(), &client);
-        let early = ReqInfo {
-            method: req.method(),
-            host: host_str,
-            path: req.uri().path(),
-            started,
-            bytes_in,
-            client: fwd.client,
+        let mut r = match self.route(&snap, &req, host_str, fwd.https) {
+            Ok(r) => r,
+            Err((pool, resp)) => {
+                let (method, path) = (req.method(), req.uri().path());
+                let early = ReqInfo { method, host: host_str, path, started, bytes_in, client: fwd.client };
+                return self.answer_early(&early, pool, resp);
+            }
         };
-        let Some(pi) = snap.table.find_index(host_str, req.uri().path()) else {
+        let upgrade = if req.version() == Version::HTTP_11 && wants_upgrade(req.headers()) {
+            Some(hyper::upgrade::on(&mut req))
+        } else {
+            None
+        };
+        let (mut parts, body) = req.into_parts();
+        let sticky = r.pool.config.sticky.as_ref();
+        self.member_head(&mut parts, &client, host.as_ref(), upgrade.is_some(), sticky);
+        let mut out = Outgoing {
+            headers: std::mem::take(&mut parts.headers),
+            pq: member_path(r.pool, &parts.uri),
+            slot: (!body.is_end_stream()).then(|| BodyState::new(body, parts.version == Version::HTTP_2)),
+            returned: None,
+        };
+        let method = &parts.method;
+        // From here on, a request whose client goes away before its answer is logged as 499.
+        let info = ReqInfo { method, host: host_str, path: parts.uri.path(), started, bytes_in, client: fwd.client };
+        let mut abandoned = LogIfAbandoned { proxy: &self, info, pool: &r.ext.balancer_name, armed: true };
+
+        let mut tried = Tried::default();
+        let mut choice = r.first;
+        // The last failed attempt reached its member (as opposed to failing to connect).
+        let mut last_taken = false;
+        let (resp, idx, mext, answer, tunnel_busy) = loop {
+            let idx = match choice {
+                Choice::StickyHit(i) => {
+                    r.vars.balanced = None;
+                    i
+                }
+                Choice::Balanced(i, why) => {
+                    r.vars.balanced = Some(why);
+                    i
+                }
+                Choice::Unavailable(why) => {
+                    abandoned.armed = false;
+                    let resp = self.no_member_left(&mut r, why, last_taken);
+                    let out = Outcome::of(&resp, tried.len());
+                    self.access_log(&abandoned.info, Some(&r.ext.balancer_name), None, &r.vars, out);
+                    return resp;
+                }
+            };
+            let Some(mext) = self.member_ext(r.pool, idx) else {
+                // Only the proxy fills the member's extension slot: unreachable, but answered,
+                // and logged as routeid's fault, not as a client that went away (499).
+                abandoned.armed = false;
+                let resp = plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n");
+                let out = Outcome::of(&resp, tried.len());
+                self.access_log(&abandoned.info, Some(&r.ext.balancer_name), None, &r.vars, out);
+                return resp;
+            };
+            tried.push(idx);
+            let member = &r.pool.members[idx];
+            r.vars.worker_route = Some(member.route());
+            r.vars.worker_name = Some(&mext.worker_name);
+            r.vars.route_changed = sticky.is_some() && r.vars.balanced.is_some();
+
+            let last_try = tried.len() >= r.pool.config.max_attempts as usize;
+            // A copy of the head is only needed to repeat an idempotent request that a member
+            // received but did not answer; a request that never left comes back.
+            let keep_copy = !last_try && out.slot.is_none() && is_idempotent(method) && upgrade.is_none();
+            let Some(mut up) = out.request_for(method, mext, &member.runtime, keep_copy) else {
+                let msg = "routeid: the request body was already sent to a member that failed\n";
+                break (plain(StatusCode::BAD_GATEWAY, msg), idx, mext, Answer::Proxy, None);
+            };
+            if sticky.is_some_and(|s| s.headers_to_member) {
+                put_debug_headers(up.headers_mut(), &r.vars, r.ext);
+            }
+            match self.attempt(r.pool, idx, mext, up, out.slot.as_ref(), r.upstream_tls).await {
+                Attempt::Answered(resp, busy) => break (resp, idx, mext, Answer::Member, busy),
+                Attempt::ClientFault(fault) => break (fault.response(), idx, mext, Answer::ClientFault, None),
+                Attempt::Saturated => {
+                    let msg = "routeid: every connection to the member stayed busy (backend.maxConnections)\n";
+                    break (plain(StatusCode::SERVICE_UNAVAILABLE, msg), idx, mext, Answer::Proxy, None);
+                }
+                Attempt::Slow => {
+                    let msg = "routeid: the member did not answer in time\n";
+                    break (plain(StatusCode::GATEWAY_TIMEOUT, msg), idx, mext, Answer::Proxy, None);
+                }
+                Attempt::Failed { request, connect } => {
+                    let repeatable = request.is_some()
+                        || (is_idempotent(method) && !out.headers.is_empty() && out.body_replayable());
+                    if last_try || upgrade.is_some() || !repeatable {
+                        if connect {
+                            // No member took it: the same answer as when none is usable.
+                            choice = Choice::Unavailable(Unavailable::NoUsableMember);
+                            last_taken = false;
+                            continue;
+                        }
+                        let msg = "routeid: the member failed before answering\n";
+                        break (plain(StatusCode::BAD_GATEWAY, msg), idx, mext, Answer::Proxy, None);
+                    }
+                    last_taken = !connect;
+                    out.returned = request;
+                    if self.settings.metrics {
+                        r.ext.metrics.failover(FailoverReason::Retry);
+                    }
+                    choice = r.pool.choose(r.vars.session_route.as_deref(), &tried, self.clock.now_ms());
+                }
+            }
+        };
+
+        let resp = self.finish(resp, answer, &r, idx, mext, (upgrade, tunnel_busy), fwd.https, started);
+        abandoned.armed = false;
+        let out = Outcome::of(&resp, tried.len());
+        let address = r.pool.members[idx].config.address;
+        self.access_log(&abandoned.info, Some(&r.ext.balancer_name), Some(address), &r.vars, out);
+        resp
+    }
+
+    /// Stage one: finds the pool, answers what is answered before any member is chosen (no
+    /// pool, TLS to the members not ready, HTTPS redirect: the pool's name, if any, and the
+    /// answer), reads the session route and makes the first choice.
+    fn route<'s>(
+        &self,
+        snap: &'s Snapshot,
+        req: &Request<Incoming>,
+        host: Option<&str>,
+        https: bool,
+    ) -> Result<Routed<'s>, (Option<&'s HeaderValue>, Response<ProxyBody>)> {
+        let Some(pi) = snap.table.find_index(host, req.uri().path()) else {
             if self.settings.metrics {
                 self.metrics().unmatched.inc();
             }
-            let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
-            return self.answer_early(&early, None, resp);
+            return Err((None, plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n")));
         };
         let pool: &Pool = &snap.table.pools()[pi];
         let ext = &snap.ext[pi];
         let upstream_tls = snap.tls.backend.get(pi).unwrap_or(&super::tls::UpstreamTls::Plain);
         if let super::tls::UpstreamTls::Unavailable = upstream_tls {
             let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "routeid: TLS to this pool's members is not ready\n");
-            return self.answer_early(&early, Some(&ext.balancer_name), resp);
+            return Err((Some(&ext.balancer_name), resp));
         }
         if pool.config.https_redirect
-            && !fwd.https
-            && let Some(resp) = super::tls::https_redirect(host_str, req.uri())
+            && !https
+            && let Some(resp) = super::tls::https_redirect(host, req.uri())
         {
-            return self.answer_early(&early, Some(&ext.balancer_name), resp);
+            return Err((Some(&ext.balancer_name), resp));
         }
         let sticky = pool.config.sticky.as_ref();
-        let now = self.clock.now_ms();
-
-        // The session route and the first choice, while the request is still borrowed.
         let mut vars = BalancerVars::default();
-        let first = {
-            let lookup = match sticky {
-                Some(cfg) => {
-                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                    let headers = req.headers();
-                    extract_route(cfg, pq, || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()))
-                }
-                None => Default::default(),
-            };
-            vars.malformed = lookup.malformed;
-            vars.source = lookup.source;
-            let choice = pool.choose(lookup.route.as_deref(), &Tried::default(), now);
-            // Keep the route beyond the borrow: borrowed from the pool on a hit, owned otherwise.
-            vars.session_route = match (&choice, lookup.route) {
-                (Choice::StickyHit(i), Some(_)) => Some(Cow::Borrowed(pool.members[*i].route())),
-                (_, r) => r.map(|r| Cow::Owned(r.into_owned())),
-            };
-            choice
+        let lookup = match sticky {
+            Some(cfg) => {
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let headers = req.headers();
+                extract_route(cfg, pq, || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()))
+            }
+            None => Default::default(),
+        };
+        vars.malformed = lookup.malformed;
+        vars.source = lookup.source;
+        let first = pool.choose(lookup.route.as_deref(), &Tried::default(), self.clock.now_ms());
+        // Keep the route beyond the request's borrow: borrowed from the pool on a hit, owned
+        // otherwise.
+        vars.session_route = match (&first, lookup.route) {
+            (Choice::StickyHit(i), Some(_)) => Some(Cow::Borrowed(pool.members[*i].route())),
+            (_, r) => r.map(|r| Cow::Owned(r.into_owned())),
         };
         if let (Some(cfg), Some(src)) = (sticky, vars.source) {
             vars.session_sticky = Some(session_name(cfg, src));
         }
-        // The session's route names a member of this pool (a sticky hit, or a listed member
-        // that cannot take it now), as opposed to no route or a route of a pod that left.
-        let session_member_listed = matches!(first, Choice::StickyHit(_) | Choice::Balanced(_, Balanced::Failover));
         // Read only when the pool asks for conditional `SameSite=None`.
         let same_site_none_ok = sticky.and_then(|c| c.cookie.as_ref()).is_none_or(|c| !c.conditional_same_site_none)
             || req.headers().get(header::USER_AGENT).is_none_or(|ua| same_site_none_compatible(ua.as_bytes()));
         if self.settings.metrics {
-            if sticky.is_some() {
-                let outcome = match first {
-                    _ if vars.malformed => StickyOutcome::Malformed,
-                    Choice::StickyHit(_) => StickyOutcome::Hit,
-                    Choice::Balanced(_, Balanced::UnknownRoute) => StickyOutcome::UnknownRoute,
-                    Choice::Balanced(_, Balanced::Failover)
-                    | Choice::Unavailable(Unavailable::StickyMemberUnusable) => StickyOutcome::RouteChanged,
-                    _ if vars.source.is_none() => StickyOutcome::NewSession,
-                    _ => StickyOutcome::NoRoute,
-                };
-                ext.metrics.sticky(outcome);
-            }
-            if matches!(first, Choice::Balanced(_, Balanced::Failover)) {
-                ext.metrics.failover(FailoverReason::MemberUnusable);
-            }
+            count_first_choice(ext, sticky.is_some(), &first, &vars);
         }
+        Ok(Routed {
+            pool,
+            ext,
+            upstream_tls,
+            hsts: snap.tls.hsts.get(pi).and_then(Option::as_ref),
+            session_member_listed: matches!(first, Choice::StickyHit(_) | Choice::Balanced(_, Balanced::Failover)),
+            first,
+            vars,
+            same_site_none_ok,
+        })
+    }
 
-        let upgrade = if req.version() == Version::HTTP_11 && wants_upgrade(req.headers()) {
-            Some(hyper::upgrade::on(&mut req))
-        } else {
-            None
-        };
-        let target_names_host = req.uri().authority().is_some();
-        let (parts, body) = req.into_parts();
-        let method = parts.method;
-        let client_version = parts.version;
-        let mut headers = parts.headers;
-        // From here on, a request whose client goes away before its answer is logged as 499.
-        let mut abandoned = LogIfAbandoned {
-            proxy: &self,
-            info: ReqInfo {
-                method: &method,
-                host: host_str,
-                path: parts.uri.path(),
-                started,
-                bytes_in,
-                client: fwd.client,
-            },
-            pool: &ext.balancer_name,
-            armed: true,
-        };
-        strip_hop_by_hop(&mut headers, upgrade.is_some());
-        set_forwarded(&mut headers, &client, host.as_ref());
+    /// Stage two: the request head as members get it, rewritten once for every attempt:
+    /// hop-by-hop headers gone, `X-Forwarded-*` set, the routed host in `Host`, `Via`, and the
+    /// cookies as the member must see them.
+    fn member_head(
+        &self,
+        head: &mut http::request::Parts,
+        client: &ClientIp,
+        host: Option<&HeaderValue>,
+        upgrade: bool,
+        sticky: Option<&StickyConfig>,
+    ) {
+        let headers = &mut head.headers;
+        strip_hop_by_hop(headers, upgrade);
+        set_forwarded(headers, client, host);
         // The member sees the host the request was routed by (RFC 9112 §3.2.2: an absolute-form
         // target's authority replaces Host).
-        if (target_names_host || !headers.contains_key(header::HOST))
-            && let Some(h) = &host
+        if (head.uri.authority().is_some() || !headers.contains_key(header::HOST))
+            && let Some(h) = host
         {
             headers.insert(header::HOST, h.clone());
         }
         if self.settings.via {
-            add_via(&mut headers, client_version);
+            add_via(headers, head.version);
         }
-        prepare_request_cookies(&mut headers, client_version == Version::HTTP_2, sticky);
-        let pq: PathAndQuery = {
-            let orig = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-            match pool
-                .config
-                .rewrite_prefix
-                .as_deref()
-                .and_then(|rw| crate::core::table::rewrite_path(&pool.config.path_prefix, rw, orig.as_str()))
-            {
-                Some(new) => PathAndQuery::try_from(new).unwrap_or(orig),
-                None => orig,
-            }
-        };
-        let slot: Option<BodySlot> =
-            if body.is_end_stream() { None } else { Some(BodyState::new(body, client_version == Version::HTTP_2)) };
-        let body_replayable = |slot: &Option<BodySlot>| slot.as_ref().is_none_or(|s| s.replayable());
+        prepare_request_cookies(headers, head.version == Version::HTTP_2, sticky);
+    }
 
-        let mut tried = Tried::default();
-        let mut tunnel_busy: Option<BusyGuard> = None;
-        let mut returned: Option<Request<UpstreamBody>> = None;
-        let mut choice = first;
-        let max_attempts = pool.config.max_attempts as usize;
-        let (resp, idx, mext, answer) = loop {
-            let idx = match choice {
-                Choice::StickyHit(i) => {
-                    vars.balanced = None;
-                    i
-                }
-                Choice::Balanced(i, why) => {
-                    vars.balanced = Some(why);
-                    i
-                }
-                Choice::Unavailable(why) => {
-                    if self.settings.metrics {
-                        ext.metrics.unavailable();
-                    }
-                    vars.route_changed = false;
-                    vars.worker_route = None;
-                    vars.worker_name = None;
-                    let resp = match why {
-                        Unavailable::NoUsableMember => plain(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("routeid: no usable member in pool {}\n", pool.config.id),
-                        ),
-                        Unavailable::StickyMemberUnusable => plain(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!(
-                                "routeid: the member for route {} of pool {} is unavailable and failover is off\n",
-                                vars.session_route.as_deref().unwrap_or("-"),
-                                pool.config.id
-                            ),
-                        ),
-                    };
-                    abandoned.armed = false;
-                    let out = Outcome::of(&resp, tried.len());
-                    self.access_log(&abandoned.info, Some(&ext.balancer_name), None, &vars, out);
-                    return resp;
-                }
-            };
-            let Some(mext) = self.member_ext(pool, idx) else {
-                // Only the proxy fills the member's extension slot: unreachable, but answered,
-                // and logged as routeid's fault, not as a client that went away (499).
-                abandoned.armed = false;
-                let resp = plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n");
-                let out = Outcome::of(&resp, tried.len());
-                self.access_log(&abandoned.info, Some(&ext.balancer_name), None, &vars, out);
-                return resp;
-            };
-            tried.push(idx);
-            let member = &pool.members[idx];
-            vars.worker_route = Some(member.route());
-            vars.worker_name = Some(&mext.worker_name);
-            vars.route_changed = sticky.is_some() && vars.balanced.is_some();
-
-            let last_try = tried.len() >= max_attempts;
-            // Origin-form, as an origin server expects; the client's Host is kept.
-            let uri = Uri::from(pq.clone());
-            let mut up = match returned.take() {
-                // The previous member never saw a byte of it: send it as it is.
-                Some(mut r) => {
-                    *r.uri_mut() = uri;
-                    r.body_mut().count_for(Arc::clone(&member.runtime));
-                    r
-                }
-                None => {
-                    let body = match &slot {
-                        None => UpstreamBody::Empty,
-                        Some(s) => match s.take() {
-                            Some(b) => UpstreamBody::streamed(b, Arc::clone(s), Arc::clone(&member.runtime)),
-                            None => {
-                                let msg = "routeid: the request body was already sent to a member that failed\n";
-                                break (plain(StatusCode::BAD_GATEWAY, msg), idx, mext, Answer::Proxy);
-                            }
-                        },
-                    };
-                    // A copy of the head is only needed to repeat an idempotent request that a
-                    // member received but did not answer; a request that never left comes back.
-                    let keep_copy = !last_try && slot.is_none() && is_idempotent(&method) && upgrade.is_none();
-                    let mut r = Request::new(body);
-                    *r.method_mut() = method.clone();
-                    *r.version_mut() = Version::HTTP_11;
-                    *r.uri_mut() = uri;
-                    *r.headers_mut() = if keep_copy { headers.clone() } else { std::mem::take(&mut headers) };
-                    if !r.headers().contains_key(header::HOST) {
-                        // An HTTP/1.0 client without Host: name the member.
-                        if let Ok(h) = HeaderValue::from_str(mext.authority.as_str()) {
-                            r.headers_mut().insert(header::HOST, h);
-                        }
-                    }
-                    r
-                }
-            };
-            if sticky.is_some_and(|s| s.headers_to_member) {
-                put_debug_headers(up.headers_mut(), &vars, ext);
-            }
-
-            let busy = BusyGuard::enter(&member.runtime);
-            let sent_at = Instant::now();
-            let t = pool.config.timeouts;
-            // Waiting for a free connection (maxConnections) ends within the response timeout.
-            let limits = Limits::of(&pool.config, Limits::deadline_in(t.response));
-            let exchange = mext.conns.send(up, &limits, upstream_tls);
-            match self.await_member(exchange, slot.as_ref(), t.response).await {
-                Waited::ClientFault(fault) => {
-                    // The client's side failed: the member is not to blame, nothing is retried.
-                    tracing::debug!(pool = %pool.config.id, member = member.route(), ?fault, "client side of the exchange failed");
-                    if self.settings.metrics {
-                        self.metrics().client_error(fault.reason());
-                    }
-                    break (fault.response(), idx, mext, Answer::ClientFault);
-                }
-                Waited::Answered(resp) => {
-                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
-                    if pool.config.health.fail_on_status.contains(&resp.status().as_u16()) {
-                        member.runtime.count_failure(FailureKind::Status);
-                        // Apache failonstatus: the member goes in error, the client still gets
-                        // the response.
-                        pool.member_failed(idx, self.clock.now_ms());
-                        tracing::warn!(pool = %pool.config.id, member = member.route(), status = resp.status().as_u16(), "failOnStatus: member put in error");
-                    }
-                    // The member stays busy until the body ends (or, upgraded, the tunnel closes).
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        tunnel_busy = Some(busy);
-                        break (resp.map(Either::Left), idx, mext, Answer::Member);
-                    }
-                    break (resp.map(|b| Either::Left(b.counting(busy))), idx, mext, Answer::Member);
-                }
-                Waited::Failed(failed) if failed.error.is_saturated() => {
-                    // The pool's cap, not a member failure: no error state, no retry elsewhere.
-                    tracing::warn!(pool = %pool.config.id, member = member.route(), error = %failed.error, "no free connection");
-                    let msg = "routeid: every connection to the member stayed busy (backend.maxConnections)\n";
-                    break (plain(StatusCode::SERVICE_UNAVAILABLE, msg), idx, mext, Answer::Proxy);
-                }
-                Waited::Failed(failed) => {
-                    let connect = failed.error.is_connect();
-                    member.runtime.count_failure(if connect { FailureKind::Connect } else { FailureKind::Exchange });
-                    if failed.error.is_keepalive_race() {
-                        member.runtime.errors.fetch_add(1, Relaxed);
-                    } else {
-                        // Refused, reset or closed without an answer: the member is in trouble.
-                        pool.member_failed(idx, self.clock.now_ms());
-                    }
-                    tracing::warn!(pool = %pool.config.id, member = member.route(), error = %error_chain(&failed.error), connect, "attempt failed");
-                    let repeatable = failed.request.is_some()
-                        || (is_idempotent(&method) && !headers.is_empty() && body_replayable(&slot));
-                    if last_try || upgrade.is_some() || !repeatable {
-                        break (
-                            plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n"),
-                            idx,
-                            mext,
-                            Answer::Proxy,
-                        );
-                    }
-                    returned = failed.request;
-                    if self.settings.metrics {
-                        ext.metrics.failover(FailoverReason::Retry);
-                    }
-                    choice = pool.choose(vars.session_route.as_deref(), &tried, self.clock.now_ms());
-                }
-                Waited::MemberSlow => {
-                    member.runtime.count_failure(FailureKind::Timeout);
-                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
-                    if pool.config.health.fail_on_timeout {
-                        pool.member_failed(idx, self.clock.now_ms());
-                    } else {
-                        member.runtime.errors.fetch_add(1, Relaxed);
-                    }
-                    tracing::warn!(pool = %pool.config.id, member = member.route(), "response timeout");
-                    break (
-                        plain(StatusCode::GATEWAY_TIMEOUT, "routeid: the member did not answer in time\n"),
-                        idx,
-                        mext,
-                        Answer::Proxy,
-                    );
-                }
-            }
-        };
-
-        let mut resp = resp;
+    /// Stage three: one attempt at member `idx`. Sends the request, waits for the head of the
+    /// answer, and does the member's bookkeeping for what happened (latency, failures, error
+    /// state); the caller decides what comes next from the outcome.
+    async fn attempt(
+        &self,
+        pool: &Pool,
+        idx: usize,
+        mext: &MemberExt,
+        up: Request<UpstreamBody>,
+        slot: Option<&BodySlot>,
+        upstream_tls: &super::tls::UpstreamTls,
+    ) -> Attempt {
         let member = &pool.members[idx];
+        let busy = BusyGuard::enter(&member.runtime);
+        let sent_at = Instant::now();
+        let t = pool.config.timeouts;
+        // Waiting for a free connection (maxConnections) ends within the response timeout.
+        let limits = Limits::of(&pool.config, Limits::deadline_in(t.response));
+        let exchange = mext.conns.send(up, &limits, upstream_tls);
+        match self.await_member(exchange, slot, t.response).await {
+            Waited::ClientFault(fault) => {
+                // The client's side failed: the member is not to blame, nothing is retried.
+                tracing::debug!(pool = %pool.config.id, member = member.route(), ?fault, "client side of the exchange failed");
+                if self.settings.metrics {
+                    self.metrics().client_error(fault.reason());
+                }
+                Attempt::ClientFault(fault)
+            }
+            Waited::Answered(resp) => {
+                member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
+                if pool.config.health.fail_on_status.contains(&resp.status().as_u16()) {
+                    member.runtime.count_failure(FailureKind::Status);
+                    // Apache failonstatus: the member goes in error, the client still gets the
+                    // response.
+                    pool.member_failed(idx, self.clock.now_ms());
+                    tracing::warn!(pool = %pool.config.id, member = member.route(), status = resp.status().as_u16(), "failOnStatus: member put in error");
+                }
+                // The member stays busy until the body ends (or, upgraded, the tunnel closes).
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return Attempt::Answered(resp.map(Either::Left), Some(busy));
+                }
+                Attempt::Answered(resp.map(|b| Either::Left(b.counting(busy))), None)
+            }
+            Waited::Failed(failed) if failed.error.is_saturated() => {
+                // The pool's cap, not a member failure: no error state, no retry elsewhere.
+                tracing::warn!(pool = %pool.config.id, member = member.route(), error = %failed.error, "no free connection");
+                Attempt::Saturated
+            }
+            Waited::Failed(failed) => {
+                let connect = failed.error.is_connect();
+                member.runtime.count_failure(if connect { FailureKind::Connect } else { FailureKind::Exchange });
+                if failed.error.is_keepalive_race() {
+                    member.runtime.errors.fetch_add(1, Relaxed);
+                } else {
+                    // Refused, reset or closed without an answer: the member is in trouble.
+                    pool.member_failed(idx, self.clock.now_ms());
+                }
+                tracing::warn!(pool = %pool.config.id, member = member.route(), error = %error_chain(&failed.error), connect, "attempt failed");
+                Attempt::Failed { request: failed.request, connect }
+            }
+            Waited::MemberSlow => {
+                member.runtime.count_failure(FailureKind::Timeout);
+                member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
+                if pool.config.health.fail_on_timeout {
+                    pool.member_failed(idx, self.clock.now_ms());
+                } else {
+                    member.runtime.errors.fetch_add(1, Relaxed);
+                }
+                tracing::warn!(pool = %pool.config.id, member = member.route(), "response timeout");
+                Attempt::Slow
+            }
+        }
+    }
+
+    /// routeid's answer when no member is left to take the request: `503` naming the pool when
+    /// none took it (none usable, or every attempt failed to connect), `502` when the last
+    /// member tried received it and failed before answering.
+    fn no_member_left(&self, r: &mut Routed<'_>, why: Unavailable, last_taken: bool) -> Response<ProxyBody> {
+        r.vars.route_changed = false;
+        r.vars.worker_route = None;
+        r.vars.worker_name = None;
+        if last_taken {
+            return plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n");
+        }
+        if self.settings.metrics {
+            r.ext.metrics.unavailable();
+        }
+        let id = &r.pool.config.id;
+        let text = match why {
+            Unavailable::NoUsableMember => format!("routeid: no usable member in pool {id}\n"),
+            Unavailable::StickyMemberUnusable => format!(
+                "routeid: the member for route {} of pool {id} is unavailable and failover is off\n",
+                r.vars.session_route.as_deref().unwrap_or("-"),
+            ),
+        };
+        plain(StatusCode::SERVICE_UNAVAILABLE, text)
+    }
+
+    /// Stage four: finishes the answer for the client — metrics, the tunnel of an upgrade,
+    /// hop-by-hop headers, the route cookie (only on a member's own answer), debug headers,
+    /// `Via` and HSTS.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        mut resp: Response<ProxyBody>,
+        answer: Answer,
+        r: &Routed<'_>,
+        idx: usize,
+        mext: &MemberExt,
+        (upgrade, tunnel_busy): (Option<hyper::upgrade::OnUpgrade>, Option<BusyGuard>),
+        https: bool,
+        started: Instant,
+    ) -> Response<ProxyBody> {
         if self.settings.metrics && answer != Answer::ClientFault {
             mext.metrics.observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
         }
@@ -699,7 +832,7 @@ impl Proxy {
             match upgrade {
                 Some(client_side) => {
                     let member_side = hyper::upgrade::on(&mut resp);
-                    self.tunnels.spawn(client_side, member_side, self.settings.client_idle_timeout, tunnel_busy.take());
+                    self.tunnels.spawn(client_side, member_side, self.settings.client_idle_timeout, tunnel_busy);
                 }
                 None => {
                     resp =
@@ -709,33 +842,29 @@ impl Proxy {
         } else {
             strip_hop_by_hop(resp.headers_mut(), false);
         }
-        if let Some(cfg) = sticky {
+        if let Some(cfg) = r.pool.config.sticky.as_ref() {
             // Only a member's own answer pins the session: a 502/504 routeid made after a failed
             // attempt must not send the client back to the member that failed.
             if answer == Answer::Member {
                 // ingress-nginx `change-on-failure: false`: a session whose member is still
                 // listed keeps its cookie when another member answered for it.
                 let keep = !cfg.change_on_failure
-                    && session_member_listed
-                    && matches!(vars.balanced, Some(Balanced::Failover | Balanced::Retry));
-                let cookie = CookieContext { same_site_none_ok, https: fwd.https };
-                self.sticky_response(cfg, resp.headers_mut(), member.route(), vars.route_changed && !keep, cookie);
+                    && r.session_member_listed
+                    && matches!(r.vars.balanced, Some(Balanced::Failover | Balanced::Retry));
+                let cookie = CookieContext { same_site_none_ok: r.same_site_none_ok, https };
+                let route = r.pool.members[idx].route();
+                self.sticky_response(cfg, resp.headers_mut(), route, r.vars.route_changed && !keep, cookie);
             }
             if cfg.headers_to_client {
-                put_debug_headers(resp.headers_mut(), &vars, ext);
+                put_debug_headers(resp.headers_mut(), &r.vars, r.ext);
             }
         }
         if self.settings.via {
             add_via(resp.headers_mut(), Version::HTTP_11);
         }
-        if fwd.https
-            && let Some(Some(v)) = snap.tls.hsts.get(pi)
-        {
+        if https && let Some(v) = r.hsts {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
-        abandoned.armed = false;
-        let out = Outcome::of(&resp, tried.len());
-        self.access_log(&abandoned.info, Some(&ext.balancer_name), Some(member.config.address), &vars, out);
         resp
     }
 
