@@ -438,7 +438,10 @@ fn state_families(table: &RoutingTable, now_ms: u64) -> Vec<prometheus::proto::M
         &["namespace", "pool", "member", "state"],
     ));
     let ewma = must(prometheus::GaugeVec::new(
-        Opts::new("routeid_member_latency_ewma_seconds", "Moving average of a member's response-head latency."),
+        Opts::new(
+            "routeid_member_latency_ewma_seconds",
+            "Moving average of a member's response-head latency, faded towards 1 ms since its last sample: what LeastLatency sees.",
+        ),
         &member,
     ));
     let pool_members =
@@ -478,7 +481,7 @@ fn state_families(table: &RoutingTable, now_ms: u64) -> Vec<prometheus::proto::M
             for s in STATES {
                 state.with_label_values(&[ns, name, m.route(), s]).set(i64::from(s == current));
             }
-            ewma.with_label_values(&l).set(rt.ewma_latency_us.load(Relaxed) as f64 / 1e6);
+            ewma.with_label_values(&l).set(rt.latency_estimate_us(now_ms) as f64 / 1e6);
         }
     }
     for c in [

@@ -226,15 +226,21 @@ impl LbMethod for Heartbeat {
 /// `latency × (in flight + 1) ÷ weight` wins. It needs no global ordering, so it scales, and a
 /// member that slows down is avoided within a few requests, which keeps tail latency low.
 ///
-/// The latency is the member's EWMA, decayed towards [`DEFAULT_LATENCY_US`] as its last sample
-/// ages over [`LATENCY_DECAY_MS`] (linkerd's "peak EWMA" decays the same way): a member that was
-/// slow and got no traffic since is probed again after a while instead of being shunned forever.
+/// The latency is the member's EWMA, faded towards [`DEFAULT_LATENCY_US`] as its last sample
+/// ages (exponentially, time constant [`LATENCY_FADE_TAU_MS`], all the way after
+/// [`LATENCY_DECAY_MS`]; linkerd's "peak EWMA" decays with time too): a member that was slow and
+/// got no traffic since is probed again after a while instead of being shunned forever, and a
+/// probe continues the fade rather than restarting it, so a recovered member is back to its
+/// share within about [`LATENCY_DECAY_MS`].
 /// A member without a sample costs the default, so a new member is tried as soon as the others
 /// are busy, but does not soak up traffic before its first answer.
 /// The latency assumed for a member without a (recent) sample: 1 ms.
 pub const DEFAULT_LATENCY_US: u64 = 1_000;
-/// How long a latency sample keeps its full weight in [`LeastLatency`]'s cost.
+/// After this long without a sample a member's latency is the default again.
 pub const LATENCY_DECAY_MS: u64 = 10_000;
+/// Time constant of a latency sample's fade towards the default: after 10 s, under 1 % of its
+/// distance from the default is left (and the rest is dropped at [`LATENCY_DECAY_MS`]).
+pub const LATENCY_FADE_TAU_MS: f64 = 2_000.0;
 
 #[derive(Debug)]
 pub struct LeastLatency {
@@ -266,14 +272,7 @@ impl LeastLatency {
     }
 
     fn cost(m: &Member, ctx: &LbContext) -> u128 {
-        let ewma = m.runtime.ewma_latency_us.load(Relaxed);
-        let latency = if ewma == 0 {
-            DEFAULT_LATENCY_US
-        } else {
-            let age = ctx.now_ms.saturating_sub(m.runtime.latency_at_ms.load(Relaxed)).min(LATENCY_DECAY_MS);
-            // Linear blend from the sample (age 0) to the default (age ≥ decay window).
-            (ewma * (LATENCY_DECAY_MS - age) + DEFAULT_LATENCY_US * age) / LATENCY_DECAY_MS
-        };
+        let latency = m.runtime.latency_estimate_us(ctx.now_ms);
         let busy = u128::from(m.runtime.busy.load(Relaxed)) + 1;
         u128::from(latency.max(1)) * busy * 10_000 / ctx.factor(m).max(1) as u128
     }
@@ -448,6 +447,48 @@ mod tests {
         assert!(cost(2, 1) > 100 * cost(0, 1));
         assert!(cost(2, 1 + LATENCY_DECAY_MS / 2) < cost(2, 1), "an old sample weighs less");
         assert_eq!(cost(2, 1 + LATENCY_DECAY_MS), unknown_idle, "a forgotten sample costs the default");
+    }
+
+    /// Issue 13: a member slowed to 200 ms and then restored to 5 ms got 3 requests in the next
+    /// 23 s, because each probe folded its 5 ms into the unfaded 200 ms and restarted the fade.
+    /// Here, on a clock the test drives (1,000 requests a second, each answered at once, the
+    /// others always one request busy), it is back to its share within about 10 s.
+    #[test]
+    fn least_latency_takes_a_recovered_member_back_within_about_ten_seconds() {
+        let members = test_members(&[("a", 1), ("b", 1), ("c", 1)]);
+        let lb = LeastLatency::with_seed(7);
+        let latency_of = |i: usize, now: u64| if i == 1 && now < 5_000 { 200_000 } else { 5_000 };
+        let mut share = [0u32; 3];
+        for now in 1..=25_000u64 {
+            let ctx = LbContext { now_ms: now, ..Default::default() };
+            let i = lb.choose(&members, &|_| true, &ctx).unwrap();
+            members[i].runtime.observe_latency(latency_of(i, now), now);
+            if now > 15_000 {
+                share[i] += 1;
+            }
+            if now == 15_000 {
+                let seen = members[1].runtime.latency_estimate_us(now);
+                assert!(seen < 10_000, "10 s after it recovered, b is seen at {seen} µs");
+            }
+        }
+        assert!(share[1] >= 2_500, "b's share of the last 10,000 requests: {share:?}");
+    }
+
+    #[test]
+    fn a_latency_sample_fades_exponentially_and_a_probe_continues_the_fade() {
+        let members = test_members(&[("m", 1)]);
+        let rt = &members[0].runtime;
+        assert_eq!(rt.latency_estimate_us(5), DEFAULT_LATENCY_US, "no sample: the default");
+        rt.observe_latency(201_000, 0);
+        assert_eq!(rt.latency_estimate_us(0), 201_000);
+        let after = |ms| rt.latency_estimate_us(ms);
+        assert_eq!(after(2_000), 1_000 + (200_000.0 * (-1f64).exp()).round() as u64, "one time constant");
+        assert!(after(9_999) < 2_400 && after(9_999) > DEFAULT_LATENCY_US);
+        assert_eq!(after(LATENCY_DECAY_MS), DEFAULT_LATENCY_US);
+        // A 5 ms probe after 6 s folds into what is left (about 11 ms), not into 201 ms.
+        let faded = after(6_000);
+        rt.observe_latency(5_000, 6_000);
+        assert_eq!(rt.latency_estimate_us(6_000), (faded * 3 + 5_000) / 4);
     }
 
     #[test]
