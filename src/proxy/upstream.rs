@@ -310,7 +310,13 @@ impl MemberConns {
                 // It went back to the pool when its last exchange ended whole; this only waits
                 // for the connection task to notice. Bounded all the same: a connection that
                 // does not get ready is closed, not waited on until the response deadline.
-                match tokio::time::timeout(limits.connect, conn.sender.ready()).await {
+                // Usually it is ready already: then no timer is made.
+                let ready = if conn.sender.is_ready() {
+                    Ok(Ok(()))
+                } else {
+                    tokio::time::timeout(limits.connect, conn.sender.ready()).await
+                };
+                match ready {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => continue,
                     Err(_) => {
