@@ -271,6 +271,16 @@ impl Outgoing {
     }
 }
 
+/// A member's answer, or routeid's after an attempt at a member: what [`Proxy::finish`] works on.
+struct Answered<'s> {
+    resp: Response<ProxyBody>,
+    idx: usize,
+    mext: &'s MemberExt,
+    answer: Answer,
+    /// For a `101`: keeps the member busy while the tunnel is open.
+    busy: Option<BusyGuard>,
+}
+
 /// How one attempt at a member ended.
 enum Attempt {
     /// The member answered; for a `101`, the guard that keeps it busy while the tunnel is open.
@@ -524,13 +534,39 @@ impl Proxy {
         let method = &parts.method;
         // From here on, a request whose client goes away before its answer is logged as 499.
         let info = ReqInfo { method, host: host_str, path: parts.uri.path(), started, bytes_in, client: fwd.client };
-        let mut abandoned = LogIfAbandoned { proxy: &self, info, pool: &r.ext.balancer_name, armed: true };
-
+        let ext = r.ext;
+        let mut abandoned = LogIfAbandoned { proxy: &self, info, pool: &ext.balancer_name, armed: true };
         let mut tried = Tried::default();
+        let done = self.attempts(&mut r, &mut out, method, upgrade.is_some(), &mut tried).await;
+        abandoned.armed = false;
+        let (resp, member) = match done {
+            Ok(a) => {
+                let resp = self.finish(a.resp, a.answer, &r, a.idx, a.mext, (upgrade, a.busy), fwd.https, started);
+                (resp, Some(r.pool.members[a.idx].config.address))
+            }
+            Err(resp) => (resp, None),
+        };
+        let out = Outcome::of(&resp, tried.len());
+        self.access_log(&abandoned.info, Some(&ext.balancer_name), member, &r.vars, out);
+        resp
+    }
+
+    /// Tries members one attempt at a time, from the first choice, until one answers, the
+    /// answer is routeid's (a `502`, `503` or `504` after an attempt, a client fault), or no
+    /// member is left (`Err`: the answer, with no member to name).
+    async fn attempts<'s>(
+        &self,
+        r: &mut Routed<'s>,
+        out: &mut Outgoing,
+        method: &Method,
+        upgrade: bool,
+        tried: &mut Tried,
+    ) -> Result<Answered<'s>, Response<ProxyBody>> {
+        let sticky = r.pool.config.sticky.as_ref();
         let mut choice = r.first;
         // The last failed attempt reached its member (as opposed to failing to connect).
         let mut last_taken = false;
-        let (resp, idx, mext, answer, tunnel_busy) = loop {
+        loop {
             let idx = match choice {
                 Choice::StickyHit(i) => {
                     r.vars.balanced = None;
@@ -540,80 +576,64 @@ impl Proxy {
                     r.vars.balanced = Some(why);
                     i
                 }
-                Choice::Unavailable(why) => {
-                    abandoned.armed = false;
-                    let resp = self.no_member_left(&mut r, why, last_taken);
-                    let out = Outcome::of(&resp, tried.len());
-                    self.access_log(&abandoned.info, Some(&r.ext.balancer_name), None, &r.vars, out);
-                    return resp;
-                }
+                Choice::Unavailable(why) => return Err(self.no_member_left(r, why, last_taken)),
             };
-            let Some(mext) = self.member_ext(r.pool, idx) else {
-                // Only the proxy fills the member's extension slot: unreachable, but answered,
-                // and logged as routeid's fault, not as a client that went away (499).
-                abandoned.armed = false;
-                let resp = plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n");
-                let out = Outcome::of(&resp, tried.len());
-                self.access_log(&abandoned.info, Some(&r.ext.balancer_name), None, &r.vars, out);
-                return resp;
-            };
+            // Only the proxy fills the member's extension slot: unreachable, but answered, and
+            // logged as routeid's fault, not as a client that went away (499).
+            let mext = self
+                .member_ext(r.pool, idx)
+                .ok_or_else(|| plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n"))?;
             tried.push(idx);
             let member = &r.pool.members[idx];
             r.vars.worker_route = Some(member.route());
             r.vars.worker_name = Some(&mext.worker_name);
             r.vars.route_changed = sticky.is_some() && r.vars.balanced.is_some();
+            let done = |resp, answer| Ok(Answered { resp, idx, mext, answer, busy: None });
 
             let last_try = tried.len() >= r.pool.config.max_attempts as usize;
             // A copy of the head is only needed to repeat an idempotent request that a member
             // received but did not answer; a request that never left comes back.
-            let keep_copy = !last_try && out.slot.is_none() && is_idempotent(method) && upgrade.is_none();
+            let keep_copy = !last_try && out.slot.is_none() && is_idempotent(method) && !upgrade;
             let Some(mut up) = out.request_for(method, mext, &member.runtime, keep_copy) else {
                 let msg = "routeid: the request body was already sent to a member that failed\n";
-                break (plain(StatusCode::BAD_GATEWAY, msg), idx, mext, Answer::Proxy, None);
+                return done(plain(StatusCode::BAD_GATEWAY, msg), Answer::Proxy);
             };
             if sticky.is_some_and(|s| s.headers_to_member) {
                 put_debug_headers(up.headers_mut(), &r.vars, r.ext);
             }
             match self.attempt(r.pool, idx, mext, up, out.slot.as_ref(), r.upstream_tls).await {
-                Attempt::Answered(resp, busy) => break (resp, idx, mext, Answer::Member, busy),
-                Attempt::ClientFault(fault) => break (fault.response(), idx, mext, Answer::ClientFault, None),
+                Attempt::Answered(resp, busy) => {
+                    return Ok(Answered { resp, idx, mext, answer: Answer::Member, busy });
+                }
+                Attempt::ClientFault(fault) => return done(fault.response(), Answer::ClientFault),
                 Attempt::Saturated => {
                     let msg = "routeid: every connection to the member stayed busy (backend.maxConnections)\n";
-                    break (plain(StatusCode::SERVICE_UNAVAILABLE, msg), idx, mext, Answer::Proxy, None);
+                    return done(plain(StatusCode::SERVICE_UNAVAILABLE, msg), Answer::Proxy);
                 }
                 Attempt::Slow => {
                     let msg = "routeid: the member did not answer in time\n";
-                    break (plain(StatusCode::GATEWAY_TIMEOUT, msg), idx, mext, Answer::Proxy, None);
+                    return done(plain(StatusCode::GATEWAY_TIMEOUT, msg), Answer::Proxy);
                 }
                 Attempt::Failed { request, connect } => {
                     let repeatable = request.is_some()
                         || (is_idempotent(method) && !out.headers.is_empty() && out.body_replayable());
-                    if last_try || upgrade.is_some() || !repeatable {
+                    if last_try || upgrade || !repeatable {
                         if connect {
                             // No member took it: the same answer as when none is usable.
-                            choice = Choice::Unavailable(Unavailable::NoUsableMember);
-                            last_taken = false;
-                            continue;
+                            return Err(self.no_member_left(r, Unavailable::NoUsableMember, false));
                         }
                         let msg = "routeid: the member failed before answering\n";
-                        break (plain(StatusCode::BAD_GATEWAY, msg), idx, mext, Answer::Proxy, None);
+                        return done(plain(StatusCode::BAD_GATEWAY, msg), Answer::Proxy);
                     }
                     last_taken = !connect;
                     out.returned = request;
                     if self.settings.metrics {
                         r.ext.metrics.failover(FailoverReason::Retry);
                     }
-                    choice = r.pool.choose(r.vars.session_route.as_deref(), &tried, self.clock.now_ms());
+                    choice = r.pool.choose(r.vars.session_route.as_deref(), tried, self.clock.now_ms());
                 }
             }
-        };
-
-        let resp = self.finish(resp, answer, &r, idx, mext, (upgrade, tunnel_busy), fwd.https, started);
-        abandoned.armed = false;
-        let out = Outcome::of(&resp, tried.len());
-        let address = r.pool.members[idx].config.address;
-        self.access_log(&abandoned.info, Some(&r.ext.balancer_name), Some(address), &r.vars, out);
-        resp
+        }
     }
 
     /// Stage one: finds the pool, answers what is answered before any member is chosen (no
