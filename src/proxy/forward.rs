@@ -271,6 +271,21 @@ impl Outgoing {
     }
 }
 
+/// How finding the pool ended: routed, or answered before any member is chosen (with the
+/// pool's name when a pool was found).
+enum Routing<'s> {
+    Routed(Routed<'s>),
+    /// Boxed: a rare path, and the routed variant is what every request moves.
+    Early(Option<&'s HeaderValue>, Box<Response<ProxyBody>>),
+}
+
+/// How the attempts ended: an answer after an attempt at a member, or routeid's answer with no
+/// member to name (none left, or none usable).
+enum Ended<'s> {
+    Answered(Answered<'s>),
+    NoMember(Response<ProxyBody>),
+}
+
 /// A member's answer, or routeid's after an attempt at a member: what [`Proxy::finish`] works on.
 struct Answered<'s> {
     resp: Response<ProxyBody>,
@@ -510,11 +525,11 @@ impl Proxy {
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let fwd = super::headers::forwarded(req.headers(), &client);
         let mut r = match self.route(&snap, &req, host_str, fwd.https) {
-            Ok(r) => r,
-            Err((pool, resp)) => {
+            Routing::Routed(r) => r,
+            Routing::Early(pool, resp) => {
                 let (method, path) = (req.method(), req.uri().path());
                 let early = ReqInfo { method, host: host_str, path, started, bytes_in, client: fwd.client };
-                return self.answer_early(&early, pool, resp);
+                return self.answer_early(&early, pool, *resp);
             }
         };
         let upgrade = if req.version() == Version::HTTP_11 && wants_upgrade(req.headers()) {
@@ -540,11 +555,11 @@ impl Proxy {
         let done = self.attempts(&mut r, &mut out, method, upgrade.is_some(), &mut tried).await;
         abandoned.armed = false;
         let (resp, member) = match done {
-            Ok(a) => {
+            Ended::Answered(a) => {
                 let resp = self.finish(a.resp, a.answer, &r, a.idx, a.mext, (upgrade, a.busy), fwd.https, started);
                 (resp, Some(r.pool.members[a.idx].config.address))
             }
-            Err(resp) => (resp, None),
+            Ended::NoMember(resp) => (resp, None),
         };
         let out = Outcome::of(&resp, tried.len());
         self.access_log(&abandoned.info, Some(&ext.balancer_name), member, &r.vars, out);
@@ -553,7 +568,7 @@ impl Proxy {
 
     /// Tries members one attempt at a time, from the first choice, until one answers, the
     /// answer is routeid's (a `502`, `503` or `504` after an attempt, a client fault), or no
-    /// member is left (`Err`: the answer, with no member to name).
+    /// member is left.
     async fn attempts<'s>(
         &self,
         r: &mut Routed<'s>,
@@ -561,7 +576,7 @@ impl Proxy {
         method: &Method,
         upgrade: bool,
         tried: &mut Tried,
-    ) -> Result<Answered<'s>, Response<ProxyBody>> {
+    ) -> Ended<'s> {
         let sticky = r.pool.config.sticky.as_ref();
         let mut choice = r.first;
         // The last failed attempt reached its member (as opposed to failing to connect).
@@ -576,19 +591,19 @@ impl Proxy {
                     r.vars.balanced = Some(why);
                     i
                 }
-                Choice::Unavailable(why) => return Err(self.no_member_left(r, why, last_taken)),
+                Choice::Unavailable(why) => return Ended::NoMember(self.no_member_left(r, why, last_taken)),
             };
             // Only the proxy fills the member's extension slot: unreachable, but answered, and
             // logged as routeid's fault, not as a client that went away (499).
-            let mext = self
-                .member_ext(r.pool, idx)
-                .ok_or_else(|| plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n"))?;
+            let Some(mext) = self.member_ext(r.pool, idx) else {
+                return Ended::NoMember(plain(StatusCode::BAD_GATEWAY, "routeid: member state unavailable\n"));
+            };
             tried.push(idx);
             let member = &r.pool.members[idx];
             r.vars.worker_route = Some(member.route());
             r.vars.worker_name = Some(&mext.worker_name);
             r.vars.route_changed = sticky.is_some() && r.vars.balanced.is_some();
-            let done = |resp, answer| Ok(Answered { resp, idx, mext, answer, busy: None });
+            let done = |resp, answer| Ended::Answered(Answered { resp, idx, mext, answer, busy: None });
 
             let last_try = tried.len() >= r.pool.config.max_attempts as usize;
             // A copy of the head is only needed to repeat an idempotent request that a member
@@ -603,7 +618,7 @@ impl Proxy {
             }
             match self.attempt(r.pool, idx, mext, up, out.slot.as_ref(), r.upstream_tls).await {
                 Attempt::Answered(resp, busy) => {
-                    return Ok(Answered { resp, idx, mext, answer: Answer::Member, busy });
+                    return Ended::Answered(Answered { resp, idx, mext, answer: Answer::Member, busy });
                 }
                 Attempt::ClientFault(fault) => return done(fault.response(), Answer::ClientFault),
                 Attempt::Saturated => {
@@ -620,7 +635,7 @@ impl Proxy {
                     if last_try || upgrade || !repeatable {
                         if connect {
                             // No member took it: the same answer as when none is usable.
-                            return Err(self.no_member_left(r, Unavailable::NoUsableMember, false));
+                            return Ended::NoMember(self.no_member_left(r, Unavailable::NoUsableMember, false));
                         }
                         let msg = "routeid: the member failed before answering\n";
                         return done(plain(StatusCode::BAD_GATEWAY, msg), Answer::Proxy);
@@ -637,33 +652,28 @@ impl Proxy {
     }
 
     /// Stage one: finds the pool, answers what is answered before any member is chosen (no
-    /// pool, TLS to the members not ready, HTTPS redirect: the pool's name, if any, and the
-    /// answer), reads the session route and makes the first choice.
-    fn route<'s>(
-        &self,
-        snap: &'s Snapshot,
-        req: &Request<Incoming>,
-        host: Option<&str>,
-        https: bool,
-    ) -> Result<Routed<'s>, (Option<&'s HeaderValue>, Response<ProxyBody>)> {
+    /// pool, TLS to the members not ready, HTTPS redirect), reads the session route and makes
+    /// the first choice.
+    fn route<'s>(&self, snap: &'s Snapshot, req: &Request<Incoming>, host: Option<&str>, https: bool) -> Routing<'s> {
         let Some(pi) = snap.table.find_index(host, req.uri().path()) else {
             if self.settings.metrics {
                 self.metrics().unmatched.inc();
             }
-            return Err((None, plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n")));
+            let resp = plain(StatusCode::NOT_FOUND, "routeid: no pool serves this host and path\n");
+            return Routing::Early(None, Box::new(resp));
         };
         let pool: &Pool = &snap.table.pools()[pi];
         let ext = &snap.ext[pi];
         let upstream_tls = snap.tls.backend.get(pi).unwrap_or(&super::tls::UpstreamTls::Plain);
         if let super::tls::UpstreamTls::Unavailable = upstream_tls {
             let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "routeid: TLS to this pool's members is not ready\n");
-            return Err((Some(&ext.balancer_name), resp));
+            return Routing::Early(Some(&ext.balancer_name), Box::new(resp));
         }
         if pool.config.https_redirect
             && !https
             && let Some(resp) = super::tls::https_redirect(host, req.uri())
         {
-            return Err((Some(&ext.balancer_name), resp));
+            return Routing::Early(Some(&ext.balancer_name), Box::new(resp));
         }
         let sticky = pool.config.sticky.as_ref();
         let mut vars = BalancerVars::default();
@@ -693,7 +703,7 @@ impl Proxy {
         if self.settings.metrics {
             count_first_choice(ext, sticky.is_some(), &first, &vars);
         }
-        Ok(Routed {
+        Routing::Routed(Routed {
             pool,
             ext,
             upstream_tls,

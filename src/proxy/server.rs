@@ -649,7 +649,7 @@ async fn serve_connection<I, H, F, B>(
             // Also while closing: a response a client stopped reading would hold the drain.
             _ = &mut ticks => {
                 let now = Instant::now();
-                ticks.as_mut().reset((now + tick).into());
+                ticks.as_mut().reset(now + tick);
                 match watch.tick(&activity, idle, now) {
                     Verdict::Busy => {}
                     Verdict::Idle if closing => {}
@@ -658,7 +658,7 @@ async fn serve_connection<I, H, F, B>(
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                         idle_closing = true;
-                        idle_close.as_mut().reset((now + idle).into());
+                        idle_close.as_mut().reset(now + idle);
                     }
                     Verdict::Stalled => {
                         tracing::debug!(listener = limits.name, %peer, "the client stopped reading its response: connection closed");
@@ -669,7 +669,7 @@ async fn serve_connection<I, H, F, B>(
             _ = &mut idle_close, if idle_closing => {
                 // A request that came in as it was closed is let finish.
                 if activity.in_flight.load(Relaxed) > 0 {
-                    idle_close.as_mut().reset((Instant::now() + idle).into());
+                    idle_close.as_mut().reset(Instant::now() + idle);
                     continue;
                 }
                 tracing::debug!(listener = limits.name, %peer, "idle client connection did not close: closed outright");
