@@ -446,6 +446,9 @@ impl MemberConns {
     {
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(super::MAX_BUF_PER_CONNECTION)
+            // One flat write buffer, as on the client side: a request head goes out in one
+            // plain `write` instead of a `writev`.
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
