@@ -278,26 +278,79 @@ impl LeastLatency {
     }
 }
 
-impl LbMethod for LeastLatency {
-    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+impl LeastLatency {
+    /// Two distinct eligible members drawn at random (at most [`DRAWS`] draws): uniform over
+    /// the eligible members and no scan of the pool when a fair share of it is eligible, so a
+    /// pick costs the same in a pool of 3 and of 10,000. `None` when the draws were unlucky.
+    /// The first two draws are those of [`LeastLatency::scan_two`], so when every member is
+    /// eligible the sequence is the one a scan gives.
+    fn draw_two(&self, len: usize, eligible: &dyn Fn(usize) -> bool) -> Option<(usize, usize)> {
+        const DRAWS: usize = 32;
+        if len < 2 {
+            return None;
+        }
+        let a = (self.next() % len as u64) as usize;
+        let mut b = (self.next() % (len as u64 - 1)) as usize;
+        if b >= a {
+            b += 1;
+        }
+        let (ea, eb) = (eligible(a), eligible(b));
+        if ea && eb {
+            return Some((a, b));
+        }
+        let mut first = if ea {
+            Some(a)
+        } else if eb {
+            Some(b)
+        } else {
+            None
+        };
+        for _ in 0..DRAWS {
+            let i = (self.next() % len as u64) as usize;
+            match first {
+                None if eligible(i) => first = Some(i),
+                Some(f) if i != f && eligible(i) => return Some((f, i)),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Two distinct eligible members by counting them: for pools where few are eligible.
+    fn scan_two(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool) -> Result<(usize, usize), Option<usize>> {
         let n = (0..members.len()).filter(|&i| eligible(i)).count();
         let nth = |k: usize| (0..members.len()).filter(|&i| eligible(i)).nth(k);
         match n {
-            0 => None,
-            1 => nth(0),
+            0 => Err(None),
+            1 => Err(nth(0)),
             _ => {
                 let a = (self.next() % n as u64) as usize;
                 let mut b = (self.next() % (n as u64 - 1)) as usize;
                 if b >= a {
                     b += 1;
                 }
-                let (a, b) = (nth(a)?, nth(b)?);
-                if LeastLatency::cost(&members[b], ctx) < LeastLatency::cost(&members[a], ctx) {
-                    Some(b)
-                } else {
-                    Some(a)
+                match (nth(a), nth(b)) {
+                    (Some(a), Some(b)) => Ok((a, b)),
+                    (a, _) => Err(a),
                 }
             }
+        }
+    }
+}
+
+impl LbMethod for LeastLatency {
+    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+        if members.is_empty() {
+            return None;
+        }
+        let drawn = match self.draw_two(members.len(), eligible) {
+            Some(two) => Ok(two),
+            None => self.scan_two(members, eligible),
+        };
+        match drawn {
+            Ok((a, b)) if LeastLatency::cost(&members[b], ctx) < LeastLatency::cost(&members[a], ctx) => Some(b),
+            Ok((a, _)) => Some(a),
+            Err(one) => one,
         }
     }
 
@@ -447,6 +500,31 @@ mod tests {
         assert!(cost(2, 1) > 100 * cost(0, 1));
         assert!(cost(2, 1 + LATENCY_DECAY_MS / 2) < cost(2, 1), "an old sample weighs less");
         assert_eq!(cost(2, 1 + LATENCY_DECAY_MS), unknown_idle, "a forgotten sample costs the default");
+    }
+
+    #[test]
+    fn least_latency_draws_without_scanning_a_large_pool() {
+        let spec: Vec<(String, u32)> = (0..10_000).map(|i| (format!("m{i}"), 1)).collect();
+        let spec: Vec<(&str, u32)> = spec.iter().map(|(r, w)| (r.as_str(), *w)).collect();
+        let members = test_members(&spec);
+        let lb = LeastLatency::with_seed(3);
+        let ctx = LbContext { now_ms: 1, ..Default::default() };
+        let calls = std::cell::Cell::new(0);
+        let counting = |i: usize| {
+            calls.set(calls.get() + 1);
+            i % 2 == 0
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1_000 {
+            let i = lb.choose(&members, &counting, &ctx).unwrap();
+            assert_eq!(i % 2, 0, "only eligible members");
+            seen.insert(i);
+        }
+        assert!(calls.get() < 1_000 * 10, "{} eligibility checks for 1,000 picks: no scans", calls.get());
+        assert!(seen.len() > 800, "spread over the pool: {}", seen.len());
+        // One eligible member in 10,000: found by the scan.
+        assert_eq!(lb.choose(&members, &|i| i == 4_321, &ctx), Some(4_321));
+        assert_eq!(lb.choose(&members, &|_| false, &ctx), None);
     }
 
     /// Issue 13: a member slowed to 200 ms and then restored to 5 ms got 3 requests in the next
