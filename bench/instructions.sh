@@ -29,14 +29,14 @@ measure() { # label cookie-header command...
     "$@" >"$TMP/$label.log" 2>&1 &
   local vg=$!
   for _ in $(seq 200); do curl -fs -o /dev/null http://127.0.0.1:18390/ 2>/dev/null && break; sleep 0.3; done
-  callgrind_control -i on "$vg" >/dev/null
+  callgrind_control -i on "$vg" >/dev/null 2>&1
   local h=()
   [[ -n $cookie ]] && h=(-H "Cookie: $cookie")
   wrk -t1 -c8 -d2s "${h[@]}" http://127.0.0.1:18390/ >/dev/null
-  callgrind_control -z "$vg" >/dev/null
+  callgrind_control -z "$vg" >/dev/null 2>&1
   local out
   out=$(wrk -t1 -c8 -d"$DURATION" "${h[@]}" http://127.0.0.1:18390/)
-  callgrind_control -d "$vg" >/dev/null
+  callgrind_control -d "$vg" >/dev/null 2>&1
   kill "$vg"; wait "$vg" 2>/dev/null || true
   local n ir
   n=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -48,8 +48,9 @@ measure() { # label cookie-header command...
     awk -v n="$n" -v top="$TOP" '
       /^-+$/ { dashes++; next }
       dashes >= 3 && $1 ~ /^[0-9,]+$/ && shown < top {
-        v = $1; gsub(/,/, "", v); $1 = ""; if ($2 ~ /^\(/) $2 = ""
-        sub(/^ +/, ""); printf "    %8.0f  %s\n", v / n, substr($0, 1, 110); shown++
+        if ($0 ~ /PROGRAM TOTALS/) next
+        v = $1; gsub(/,/, "", v); line = $0; sub(/^.*%\) +/, "", line)
+        printf "    %8.0f  %s\n", v / n, substr(line, 1, 110); shown++
       }' "bench/out/instructions-$label.txt"
   fi
 }
