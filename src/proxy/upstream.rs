@@ -340,10 +340,13 @@ impl MemberConns {
                     },
                 }
             }
+            // A new connection (TCP connect, maybe a TLS handshake) and a wait for a free one
+            // are boxed: their futures are large, and every request's future would carry them
+            // although most requests reuse a pooled connection.
             if let Some(slot) = self.reserve(limits.max_connections) {
-                return self.send_fresh(req, slot, limits, tls).await;
+                return Box::pin(self.send_fresh(req, slot, limits, tls)).await;
             }
-            if !self.wait_for_free(limits).await {
+            if !Box::pin(self.wait_for_free(limits)).await {
                 let max = limits.max_connections.unwrap_or(u32::MAX);
                 return Err(Failed { error: SendError::Saturated { addr: self.addr, max }, request: Some(req) });
             }
