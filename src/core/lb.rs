@@ -512,12 +512,12 @@ mod tests {
         let calls = std::cell::Cell::new(0);
         let counting = |i: usize| {
             calls.set(calls.get() + 1);
-            i % 2 == 0
+            i.is_multiple_of(2)
         };
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1_000 {
             let i = lb.choose(&members, &counting, &ctx).unwrap();
-            assert_eq!(i % 2, 0, "only eligible members");
+            assert!(i.is_multiple_of(2), "only eligible members");
             seen.insert(i);
         }
         assert!(calls.get() < 1_000 * 10, "{} eligibility checks for 1,000 picks: no scans", calls.get());
