@@ -41,41 +41,147 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) malformed_route: bool,
 }
 
-/// A value as the line writes it.
-enum V<'a> {
-    Str(&'a str),
-    U64(u64),
-    Bool(bool),
-    /// A `Display` value: quoted in JSON, bare in text (tracing's `%field`).
-    Ip(IpAddr),
-    Addr(SocketAddr),
+/// How one format writes a field: after the previous one, with its separator.
+trait Fields {
+    fn str(&mut self, name: &str, v: &str);
+    fn num(&mut self, name: &str, v: u64);
+    fn bool(&mut self, name: &str, v: bool);
+    /// A `Display` value (tracing's `%field`): quoted in JSON, bare in text.
+    fn ip(&mut self, name: &str, v: IpAddr);
+    fn addr(&mut self, name: &str, v: SocketAddr);
+}
+
+/// `,"name":value`
+struct Json<'a>(&'a mut Vec<u8>);
+/// ` name=value`
+struct Text<'a>(&'a mut Vec<u8>);
+
+impl Json<'_> {
+    fn name(&mut self, name: &str) {
+        self.0.extend_from_slice(b",\"");
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+}
+
+impl Fields for Json<'_> {
+    fn str(&mut self, name: &str, v: &str) {
+        self.name(name);
+        json_str(self.0, v);
+    }
+    fn num(&mut self, name: &str, v: u64) {
+        self.name(name);
+        self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+    fn bool(&mut self, name: &str, v: bool) {
+        self.name(name);
+        self.0.extend_from_slice(if v { b"true" } else { b"false" });
+    }
+    fn ip(&mut self, name: &str, v: IpAddr) {
+        self.name(name);
+        self.0.push(b'"');
+        write_ip(self.0, v);
+        self.0.push(b'"');
+    }
+    fn addr(&mut self, name: &str, v: SocketAddr) {
+        self.name(name);
+        self.0.push(b'"');
+        write_addr(self.0, v);
+        self.0.push(b'"');
+    }
+}
+
+impl Text<'_> {
+    fn name(&mut self, name: &str) {
+        self.0.push(b' ');
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.push(b'=');
+    }
+}
+
+impl Fields for Text<'_> {
+    fn str(&mut self, name: &str, v: &str) {
+        self.name(name);
+        debug_str(self.0, v);
+    }
+    fn num(&mut self, name: &str, v: u64) {
+        self.name(name);
+        self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+    fn bool(&mut self, name: &str, v: bool) {
+        self.name(name);
+        self.0.extend_from_slice(if v { b"true" } else { b"false" });
+    }
+    fn ip(&mut self, name: &str, v: IpAddr) {
+        self.name(name);
+        write_ip(self.0, v);
+    }
+    fn addr(&mut self, name: &str, v: SocketAddr) {
+        self.name(name);
+        write_addr(self.0, v);
+    }
+}
+
+/// An address as `Display` writes it; IPv4 without the formatting machinery.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, b) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa::Buffer::new().format(b).as_bytes());
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+fn write_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            write_ip(out, IpAddr::V4(*a.ip()));
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(a.port()).as_bytes());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
+    }
 }
 
 impl AccessLine<'_> {
-    /// The fields after `message`, `None` where tracing would record nothing.
-    fn fields(&self) -> [(&'static str, Option<V<'_>>); 20] {
-        [
-            ("method", Some(V::Str(self.method))),
-            ("host", Some(V::Str(self.host))),
-            ("path", Some(V::Str(self.path))),
-            ("status", Some(V::U64(u64::from(self.status)))),
-            ("bytes_in", self.bytes_in.map(V::U64)),
-            ("bytes_out", self.bytes_out.map(V::U64)),
-            ("duration_us", Some(V::U64(self.duration_us))),
-            ("client", Some(V::Ip(self.client))),
-            ("pool", Some(V::Str(self.pool))),
-            ("member_address", self.member_address.map(V::Addr)),
-            ("attempts", Some(V::U64(self.attempts as u64))),
-            ("BALANCER_SESSION_STICKY", Some(V::Str(self.session_sticky))),
-            ("BALANCER_SESSION_ROUTE", Some(V::Str(self.session_route))),
-            ("BALANCER_NAME", Some(V::Str(self.pool))),
-            ("BALANCER_WORKER_NAME", Some(V::Str(self.worker_name))),
-            ("BALANCER_WORKER_ROUTE", Some(V::Str(self.worker_route))),
-            ("BALANCER_ROUTE_CHANGED", Some(V::U64(u64::from(self.route_changed)))),
-            ("route_source", Some(V::Str(self.route_source))),
-            ("balanced", Some(V::Str(self.balanced))),
-            ("malformed_route", Some(V::Bool(self.malformed_route))),
-        ]
+    /// The fields after `message`, in the event's order; what tracing would record nothing for
+    /// (`None`) is left out.
+    fn fields(&self, f: &mut impl Fields) {
+        f.str("method", self.method);
+        f.str("host", self.host);
+        f.str("path", self.path);
+        f.num("status", u64::from(self.status));
+        if let Some(n) = self.bytes_in {
+            f.num("bytes_in", n);
+        }
+        if let Some(n) = self.bytes_out {
+            f.num("bytes_out", n);
+        }
+        f.num("duration_us", self.duration_us);
+        f.ip("client", self.client);
+        f.str("pool", self.pool);
+        if let Some(a) = self.member_address {
+            f.addr("member_address", a);
+        }
+        f.num("attempts", self.attempts as u64);
+        f.str("BALANCER_SESSION_STICKY", self.session_sticky);
+        f.str("BALANCER_SESSION_ROUTE", self.session_route);
+        f.str("BALANCER_NAME", self.pool);
+        f.str("BALANCER_WORKER_NAME", self.worker_name);
+        f.str("BALANCER_WORKER_ROUTE", self.worker_route);
+        f.num("BALANCER_ROUTE_CHANGED", u64::from(self.route_changed));
+        f.str("route_source", self.route_source);
+        f.str("balanced", self.balanced);
+        f.bool("malformed_route", self.malformed_route);
     }
 
     /// Appends the line (with its `\n`) to `out`, stamped `now`.
@@ -134,46 +240,14 @@ impl AccessLine<'_> {
         out.extend_from_slice(b"{\"timestamp\":\"");
         timestamp(out, now);
         out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
-        for (name, v) in &self.fields() {
-            let Some(v) = v else { continue };
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
-            match v {
-                V::Str(s) => json_str(out, s),
-                V::U64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
-                V::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-                V::Ip(ip) => {
-                    let _ = write!(out, "\"{ip}\"");
-                }
-                V::Addr(a) => {
-                    let _ = write!(out, "\"{a}\"");
-                }
-            }
-        }
+        self.fields(&mut Json(out));
         out.extend_from_slice(b",\"target\":\"routeid::access\"}\n");
     }
 
     fn write_text(&self, out: &mut Vec<u8>, now: SystemTime) {
         timestamp(out, now);
         out.extend_from_slice(b"  INFO routeid::access: request");
-        for (name, v) in &self.fields() {
-            let Some(v) = v else { continue };
-            out.push(b' ');
-            out.extend_from_slice(name.as_bytes());
-            out.push(b'=');
-            match v {
-                V::Str(s) => debug_str(out, s),
-                V::U64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
-                V::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-                V::Ip(ip) => {
-                    let _ = write!(out, "{ip}");
-                }
-                V::Addr(a) => {
-                    let _ = write!(out, "{a}");
-                }
-            }
-        }
+        self.fields(&mut Text(out));
         out.push(b'\n');
     }
 }
@@ -348,7 +422,17 @@ mod tests {
             malformed_route: true,
             ..sample()
         };
-        for l in [sample(), odd] {
+        let v6 = AccessLine {
+            client: "2001:db8::1".parse().unwrap(),
+            member_address: Some("[2001:db8::2]:80".parse().unwrap()),
+            ..sample()
+        };
+        let zeros = AccessLine {
+            client: "0.0.0.0".parse().unwrap(),
+            member_address: Some("255.255.255.255:65535".parse().unwrap()),
+            ..sample()
+        };
+        for l in [sample(), odd, v6, zeros] {
             for format in [LogFormat::Json, LogFormat::Text] {
                 let (want, got) = (by_tracing(&l, format), by_hand(&l, format));
                 assert_eq!(untimed(&got, format), untimed(&want, format), "{format:?}");
