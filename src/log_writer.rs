@@ -133,11 +133,25 @@ impl LogWriter {
         }
     }
 
-    /// Waits (at most `within`) until every line queued so far is written.
+    /// Waits (at most `within`, even when stderr blocks) until every line queued so far is
+    /// written.
     pub fn flush(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        if self.tx.send(Msg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(within);
+        let mut msg = Msg::Flush(ack_tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => {
+                    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+                    return;
+                }
+                // A full queue at exit: give the writer a moment, within the bound.
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
         }
     }
 }
