@@ -183,7 +183,7 @@ run_h2load() {
     taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$dur" --log-file="$lat" "$url" >"$raw" 2>&1 ||
         die "h2load failed: $(cat "$raw")"
     cat "$raw" >>"$OUT_DIR/latest-wrk.txt"
-    grep -q 'application protocol: h2' "$raw" || die "h2load did not negotiate h2 with $url: $(cat "$raw")"
+    grep -qi 'application protocol: h2' "$raw" || die "h2load did not negotiate h2 with $url: $(cat "$raw")"
     local p50 p99
     read -r p50 p99 < <(awk '{ print $3 }' "$lat" | sort -n | awk '{ v[NR] = $1 } END {
         if (NR == 0) { print "0 0"; exit }
@@ -204,9 +204,9 @@ run_h2load() {
 start_routeid() {
     local name=$1 port=$2 admin=$3 tls=$4 pid
     shift 4
-    TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$ROUTEID_BIN" "$@" standalone -f "$TMP/pools.yaml" \
+    TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$ROUTEID_BIN" standalone -f "$TMP/pools.yaml" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-        --tls-listen "127.0.0.1:$tls" --default-tls-secret default/bench-tls \
+        --tls-listen "127.0.0.1:$tls" --default-tls-secret default/bench-tls "$@" \
         >"$TMP/$name.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")

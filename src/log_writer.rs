@@ -10,9 +10,9 @@
 //!   (`routeid_log_lines_dropped_total`) instead of slowing requests down;
 //! - line buffers come back from the writer and are reused, so a steady stream of lines
 //!   allocates nothing;
-//! - after writing a batch the writer lets the next lines gather for [`BATCH_WAIT`] before it
-//!   looks again, so under load a sender finds it busy rather than asleep and does not pay for
-//!   waking it (a futex call) on every line.
+//! - after writing a batch the writer sleeps for [`BATCH_WAIT`] while the next lines gather,
+//!   not waiting on the queue, so under load a sender never pays for waking it (a futex call per
+//!   line); only when the queue is empty after the pause does it wait on the queue.
 //!
 //! One writer serves all lines, so lines from the access log and from other events never
 //! interleave mid-line.
@@ -20,7 +20,7 @@
 use std::io::Write;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -185,10 +185,14 @@ fn write_loop(rx: Receiver<Msg>, spare: SyncSender<Vec<u8>>, out: Box<dyn Write 
             msg = rx.try_recv().ok();
         }
         let _ = out.flush();
-        next = match rx.recv_timeout(BATCH_WAIT) {
+        // Not waiting on the queue while lines gather: a sender then finds nobody to wake (a
+        // waiting receiver costs every sender a futex call). Only an empty queue after the
+        // pause blocks on it.
+        std::thread::sleep(BATCH_WAIT);
+        next = match rx.try_recv() {
             Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => rx.recv().ok(),
-            Err(RecvTimeoutError::Disconnected) => None,
+            Err(TryRecvError::Empty) => rx.recv().ok(),
+            Err(TryRecvError::Disconnected) => None,
         };
     }
     let _ = out.flush();
