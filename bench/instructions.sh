@@ -3,7 +3,10 @@
 # a given binary and input, whatever else loads the machine — the figure to compare code paths
 # with on a shared 2-core box, where CPU-time measurements swing by 20 %. Loopback only.
 #
-#   bash bench/instructions.sh          # routeid plain / sticky / --no-metrics, HAProxy plain / sticky
+#   bash bench/instructions.sh          # routeid plain / sticky / --no-metrics / with its access log,
+#                                       # HAProxy plain / sticky
+#   ONLY="routeid-plain routeid-plain-log" ROUTEID_BIN=/tmp/routeid-old NO_BUILD=1 bash bench/instructions.sh
+#   TOP=20 bash bench/instructions.sh   # and each run's 20 costliest functions (self), per request
 #
 # "plain": no cookie, every request balanced and answered with a Set-Cookie; "sticky": every
 # request carries the route cookie. Kernel work (the same four socket calls per request for both
@@ -13,32 +16,50 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}
 source bench/common.sh
 bench_init ir wrk nginx valgrind haproxy
+BIN=${ROUTEID_BIN:-$BIN}
+TOP=${TOP:-0}
+mkdir -p bench/out
 start_backends 18381 18382
 sed -e "s|@PORT1@|18381|g" -e "s|@PORT2@|18382|g" -e "s|@LISTEN@|127.0.0.1:18390|g" bench/haproxy.cfg.tmpl >"$TMP/haproxy.cfg"
 
 measure() { # label cookie-header command...
   local label=$1 cookie=$2; shift 2
+  [[ -z ${ONLY:-} || " $ONLY " == *" $label "* ]] || return 0
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$label.out" --instr-atstart=no \
     "$@" >"$TMP/$label.log" 2>&1 &
   local vg=$!
   for _ in $(seq 200); do curl -fs -o /dev/null http://127.0.0.1:18390/ 2>/dev/null && break; sleep 0.3; done
-  callgrind_control -i on "$vg" >/dev/null
+  callgrind_control -i on "$vg" >/dev/null 2>&1
   local h=()
   [[ -n $cookie ]] && h=(-H "Cookie: $cookie")
   wrk -t1 -c8 -d2s "${h[@]}" http://127.0.0.1:18390/ >/dev/null
-  callgrind_control -z "$vg" >/dev/null
+  callgrind_control -z "$vg" >/dev/null 2>&1
   local out
   out=$(wrk -t1 -c8 -d"$DURATION" "${h[@]}" http://127.0.0.1:18390/)
-  callgrind_control -d "$vg" >/dev/null
+  callgrind_control -d "$vg" >/dev/null 2>&1
   kill "$vg"; wait "$vg" 2>/dev/null || true
   local n ir
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   ir=$(grep -h '^summary:' "$TMP/cg-$label.out.1" | awk '{print $2}')
   printf '%-22s %8d requests  %9d instructions/request\n' "$label" "$n" "$((ir / n))"
+  if ((TOP > 0)); then
+    # Self cost by function, per request; the whole annotation in bench/out/.
+    callgrind_annotate --inclusive=no "$TMP/cg-$label.out.1" >"bench/out/instructions-$label.txt" 2>/dev/null || true
+    awk -v n="$n" -v top="$TOP" '
+      /^-+$/ { dashes++; next }
+      dashes >= 3 && $1 ~ /^[0-9,]+$/ && shown < top {
+        if ($0 ~ /PROGRAM TOTALS/) next
+        v = $1; gsub(/,/, "", v); line = $0; sub(/^.*%\) +/, "", line)
+        printf "    %8.0f  %s\n", v / n, substr(line, 1, 110); shown++
+      }' "bench/out/instructions-$label.txt"
+  fi
 }
 R=("$BIN" standalone -f "$TMP/pools.yaml" --listen 127.0.0.1:18390 --admin-listen 127.0.0.1:18391 --no-access-log)
 measure routeid-plain "" "${R[@]}"
 measure routeid-sticky "ROUTEID=.s1" "${R[@]}"
 measure routeid-plain-nometrics "" "${R[@]}" --no-metrics
+L=("$BIN" standalone -f "$TMP/pools.yaml" --listen 127.0.0.1:18390 --admin-listen 127.0.0.1:18391)
+measure routeid-plain-log "" "${L[@]}"
+measure routeid-sticky-log "ROUTEID=.s1" "${L[@]}"
 measure haproxy-plain "" haproxy -f "$TMP/haproxy.cfg" -db
 measure haproxy-sticky "ROUTEID=s1" haproxy -f "$TMP/haproxy.cfg" -db

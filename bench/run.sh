@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/run.sh — compare direct (wrk -> nginx), routeid and HAProxy on loopback.
+# bench/run.sh — compare direct (wrk -> nginx), routeid (without and with its access log) and
+# HAProxy on loopback, then the cost of a balanced pick and a scrape by pool size.
 #
 # Usage:  bash bench/run.sh
 # Env:    DURATION=10s  wrk duration per run
@@ -10,13 +11,19 @@
 #         PROXY_CPU=0   CPU for the proxy under test
 #         LOAD_CPU=1    CPU for wrk and nginx
 #         NO_BUILD=1    skip `cargo build --release` (use the binary already built)
-#         ACCESS_LOG=1  run routeid with its access log on (written to a file), as users run it
+#         TARGETS="direct routeid routeid-log haproxy"  routeid-log: routeid with its access log
+#                       on (the default, as users run it), written to a file
+#         LOG_FORMAT=text  routeid-log's --log-format (text or json)
+#         H2_STREAMS=10 concurrent streams per connection in the h2 scenario (h2load -m)
+#         POOL_BENCH=1  also run `cargo bench --bench pool_size` (pick and scrape cost by pool size)
 #         CARGO_TARGET_DIR  honoured when locating target/release/routeid
 # Ports (all 127.0.0.1): BACKEND1_PORT=18081 BACKEND2_PORT=18082 ROUTEID_PORT=18090
 #         ROUTEID_ADMIN_PORT=18091 HAPROXY_PORT=18092 ROUTEID_TLS_PORT=18093 HAPROXY_TLS_PORT=18094
+#         ROUTEID_LOG_PORT=18095 ROUTEID_LOG_ADMIN_PORT=18096 ROUTEID_LOG_TLS_PORT=18097
 # Scenarios: plain, sticky (HTTP keep-alive); tls (HTTPS keep-alive) and handshake (HTTPS,
 #         `Connection: close`: one TLS handshake per request), both proxies with the same
-#         ECDSA P-256 certificate made by openssl for the run.
+#         ECDSA P-256 certificate made by openssl for the run; h2 (HTTP/2 over TLS by ALPN, with
+#         h2load: CONNS connections × H2_STREAMS streams).
 # Output: a table on stdout and in bench/out/latest.txt; per-run rows in bench/out/latest-runs.tsv.
 set -euo pipefail
 
@@ -38,7 +45,12 @@ ROUTEID_ADMIN_PORT=${ROUTEID_ADMIN_PORT:-18091}
 HAPROXY_PORT=${HAPROXY_PORT:-18092}
 ROUTEID_TLS_PORT=${ROUTEID_TLS_PORT:-18093}
 HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-18094}
-ACCESS_LOG=${ACCESS_LOG:-0}
+ROUTEID_LOG_PORT=${ROUTEID_LOG_PORT:-18095}
+ROUTEID_LOG_ADMIN_PORT=${ROUTEID_LOG_ADMIN_PORT:-18096}
+ROUTEID_LOG_TLS_PORT=${ROUTEID_LOG_TLS_PORT:-18097}
+LOG_FORMAT=${LOG_FORMAT:-text}
+H2_STREAMS=${H2_STREAMS:-10}
+POOL_BENCH=${POOL_BENCH:-1}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] FAIL: %s\n' "$*" >&2; exit 1; }
@@ -50,6 +62,7 @@ ensure_tools() {
     command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
     command -v curl >/dev/null || missing+=(curl)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v pgrep >/dev/null || missing+=(procps)
     if ((${#missing[@]})); then
@@ -91,6 +104,16 @@ cpu_ticks() {
     local -a f
     read -ra f <<<"$rest"
     echo $((f[11] + f[12])) # fields 14 and 15
+}
+
+# utime alone: the proxy's own code, without the kernel's work for its syscalls.
+user_ticks() {
+    local stat rest
+    read -r stat <"/proc/$1/stat" || return 1
+    rest=${stat##*) }
+    local -a f
+    read -ra f <<<"$rest"
+    echo "${f[11]}"
 }
 
 # CPU ticks of nginx: master plus its workers.
@@ -152,7 +175,48 @@ run_wrk() {
         }' "$raw" || die "cannot parse wrk output: $(cat "$raw")"
 }
 
+# run_h2load <label> <url> [duration]: HTTP/2 over TLS; prints the same fields as run_wrk, the
+# percentiles from h2load's per-request log.
+run_h2load() {
+    local label=$1 url=$2 dur=${3:-$DURATION}
+    local raw="$TMP/h2load-$label.txt" lat="$TMP/h2load-$label.lat"
+    taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$dur" --log-file="$lat" "$url" >"$raw" 2>&1 ||
+        die "h2load failed: $(cat "$raw")"
+    cat "$raw" >>"$OUT_DIR/latest-wrk.txt"
+    grep -qi 'application protocol: h2' "$raw" || die "h2load did not negotiate h2 with $url: $(cat "$raw")"
+    local p50 p99
+    read -r p50 p99 < <(awk '{ print $3 }' "$lat" | sort -n | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "0 0"; exit }
+        i50 = int(NR * 0.50); i99 = int(NR * 0.99); if (i50 < 1) i50 = 1; if (i99 < 1) i99 = 1
+        printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }')
+    awk -v p50="$p50" -v p99="$p99" '
+        /^finished in/ { rps = $4 }
+        /^requests:/ { reqs = $8; failed = $10 + $12 + $14 }
+        /^status codes:/ { gsub(/,/, ""); non2xx = $7 + $9 }
+        END {
+            if (rps == "" || reqs == "") exit 1
+            printf "%s %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, non2xx + 0, failed + 0
+        }' "$raw" || die "cannot parse h2load output: $(cat "$raw")"
+}
+
+# start_routeid <name> <port> <admin port> <tls port> [flags...]: routeid on the proxy CPU, one
+# tokio worker; its stderr (the access log, if on) goes to $TMP/<name>.log.
+start_routeid() {
+    local name=$1 port=$2 admin=$3 tls=$4 pid
+    shift 4
+    TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$ROUTEID_BIN" standalone -f "$TMP/pools.yaml" \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+        --tls-listen "127.0.0.1:$tls" --default-tls-secret default/bench-tls "$@" \
+        >"$TMP/$name.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_until "$name" "$pid" curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz" ||
+        die "$name not ready: $(cat "$TMP/$name.log")"
+    PID_OF[$name]=$pid
+}
+
 # ---------------------------------------------------------------- main
+declare -A PID_OF=([direct]="")
 main() {
     ensure_tools
     mkdir -p "$OUT_DIR"
@@ -160,7 +224,7 @@ main() {
 
     local p
     for p in "$BACKEND1_PORT" "$BACKEND2_PORT" "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$HAPROXY_PORT" \
-        "$ROUTEID_TLS_PORT" "$HAPROXY_TLS_PORT"; do
+        "$ROUTEID_TLS_PORT" "$HAPROXY_TLS_PORT" "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT"; do
         port_in_use "$p" && die "port 127.0.0.1:$p is in use; set the *_PORT variables to free ports"
     done
     local ncpu
@@ -209,16 +273,9 @@ main() {
         printf '  tls.key: |\n'
         sed 's/^/    /' "$TMP/tls.key"
     } >>"$TMP/pools.yaml"
-    local -a log_flag=(--no-access-log)
-    [[ $ACCESS_LOG = 1 ]] && log_flag=()
-    TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$ROUTEID_BIN" standalone -f "$TMP/pools.yaml" \
-        --listen "127.0.0.1:$ROUTEID_PORT" --admin-listen "127.0.0.1:$ROUTEID_ADMIN_PORT" "${log_flag[@]}" \
-        --tls-listen "127.0.0.1:$ROUTEID_TLS_PORT" --default-tls-secret default/bench-tls \
-        >"$TMP/routeid.log" 2>&1 &
-    ROUTEID_PID=$!
-    PIDS+=("$ROUTEID_PID")
-    wait_until routeid "$ROUTEID_PID" curl -fs -o /dev/null "http://127.0.0.1:$ROUTEID_ADMIN_PORT/readyz" ||
-        die "routeid not ready: $(cat "$TMP/routeid.log")"
+    start_routeid routeid "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$ROUTEID_TLS_PORT" --no-access-log
+    start_routeid routeid-log "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT" \
+        --log-format "$LOG_FORMAT"
 
     # HAProxy on the proxy CPU, nbthread 1, foreground.
     render "$BENCH_DIR/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
@@ -228,6 +285,7 @@ main() {
     taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
     HAPROXY_PID=$!
     PIDS+=("$HAPROXY_PID")
+    PID_OF[haproxy]=$HAPROXY_PID
     wait_until haproxy "$HAPROXY_PID" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_PORT/" ||
         die "haproxy not ready: $(cat "$TMP/haproxy.log")"
 
@@ -236,12 +294,13 @@ main() {
     local -A URL=(
         [direct]="http://127.0.0.1:$BACKEND1_PORT/"
         [routeid]="http://127.0.0.1:$ROUTEID_PORT/"
+        [routeid-log]="http://127.0.0.1:$ROUTEID_LOG_PORT/"
         [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
     )
-    local -A TLS_URL=([routeid]="https://127.0.0.1:$ROUTEID_TLS_PORT/" [haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/")
-    local -A STICKY_COOKIE=([direct]="ROUTEID=s1" [routeid]="ROUTEID=.s1" [haproxy]="ROUTEID=s1")
-    local -A PID_OF=([direct]="" [routeid]=$ROUTEID_PID [haproxy]=$HAPROXY_PID)
-    local -a TARGETS=(direct routeid haproxy) SCENARIOS=(${SCENARIOS:-plain sticky tls handshake})
+    local -A TLS_URL=([routeid]="https://127.0.0.1:$ROUTEID_TLS_PORT/"
+        [routeid-log]="https://127.0.0.1:$ROUTEID_LOG_TLS_PORT/" [haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/")
+    local -A STICKY_COOKIE=([direct]="ROUTEID=s1" [routeid]="ROUTEID=.s1" [routeid-log]="ROUTEID=.s1" [haproxy]="ROUTEID=s1")
+    local -a TARGETS=(${TARGETS:-direct routeid routeid-log haproxy}) SCENARIOS=(${SCENARIOS:-plain sticky tls handshake h2})
     local clk
     clk=$(getconf CLK_TCK)
 
@@ -254,14 +313,14 @@ main() {
     fi
 
     local runs="$OUT_DIR/latest-runs.tsv"
-    printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\n' >"$runs"
-    local r header url pid c0 c1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ncpu_req
+    printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\tuser_us_req\n' >"$runs"
+    local r header url pid c0 c1 u0 u1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ucpu ncpu_req
     for ((r = 1; r <= ROUNDS; r++)); do
         for s in "${SCENARIOS[@]}"; do
             for t in "${TARGETS[@]}"; do
                 header="" url=${URL[$t]}
                 [[ $s = sticky ]] && header="Cookie: ${STICKY_COOKIE[$t]}"
-                if [[ $s = tls || $s = handshake ]]; then
+                if [[ $s = tls || $s = handshake || $s = h2 ]]; then
                     [[ $t = direct ]] && continue # the nginx backends speak plain HTTP only
                     url=${TLS_URL[$t]}
                     [[ $s = handshake ]] && header="Connection: close"
@@ -270,20 +329,27 @@ main() {
                 if [[ -n $pid ]]; then
                     alive "$pid" || die "$t (pid $pid) died: $(tail -n 20 "$TMP/$t.log")"
                     c0=$(cpu_ticks "$pid")
+                    u0=$(user_ticks "$pid")
                 fi
                 n0=$(nginx_ticks)
-                line=$(run_wrk "$r-$s-$t" "$url" "$header")
+                if [[ $s = h2 ]]; then
+                    line=$(run_h2load "$r-$s-$t" "$url")
+                else
+                    line=$(run_wrk "$r-$s-$t" "$url" "$header")
+                fi
                 n1=$(nginx_ticks)
                 read -r rps p50 p99 reqs non2xx sockerr <<<"$line"
-                cpu="-"
+                cpu="-" ucpu="-"
                 if [[ -n $pid ]]; then
                     c1=$(cpu_ticks "$pid") || die "$t (pid $pid) died during the run"
+                    u1=$(user_ticks "$pid")
                     cpu=$(awk -v d=$((c1 - c0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
+                    ucpu=$(awk -v d=$((u1 - u0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
                 fi
                 ncpu_req=$(awk -v d=$((n1 - n0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
-                printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$t" "$rps" "$p50" "$p99" "$cpu" \
-                    "$ncpu_req" "$reqs" "$non2xx" "$sockerr" >>"$runs"
-                log "round $r/$ROUNDS $s $t: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, cpu/req ${cpu}us, nginx ${ncpu_req}us/req"
+                printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$t" "$rps" "$p50" "$p99" "$cpu" \
+                    "$ncpu_req" "$reqs" "$non2xx" "$sockerr" "$ucpu" >>"$runs"
+                log "round $r/$ROUNDS $s $t: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, cpu/req ${cpu}us (user ${ucpu}us), nginx ${ncpu_req}us/req"
                 if ((non2xx + sockerr)); then
                     log "WARNING $t ($s, round $r): $non2xx non-2xx/3xx responses, $sockerr socket errors (see bench/out/latest-wrk.txt)"
                 fi
@@ -294,15 +360,24 @@ main() {
     {
         report "$runs"
         local n
-        n=$(grep -cE '\b(WARN|ERROR)\b' "$TMP/routeid.log" || true)
-        ((n == 0)) || printf 'WARNING routeid logged %d WARN/ERROR lines (bench/out/latest-routeid.log)\n' "$n"
+        for t in routeid routeid-log; do
+            n=$(grep -cE '\b(WARN|ERROR)\b' "$TMP/$t.log" || true)
+            ((n == 0)) || printf 'WARNING %s logged %d WARN/ERROR lines (bench/out/latest-%s.log)\n' "$t" "$n" "$t"
+        done
         n=$(grep -cE '\[(WARNING|ALERT)\]' "$TMP/haproxy.log" || true)
         ((n == 0)) || printf 'WARNING haproxy logged %d WARNING/ALERT lines (bench/out/latest-haproxy.log)\n' "$n"
     } | tee "$OUT_DIR/latest.txt"
-    alive "$ROUTEID_PID" || log "warning: routeid exited"
+    alive "${PID_OF[routeid]}" || log "warning: routeid exited"
+    alive "${PID_OF[routeid-log]}" || log "warning: routeid-log exited"
     alive "$HAPROXY_PID" || log "warning: haproxy exited"
     cp "$TMP/routeid.log" "$OUT_DIR/latest-routeid.log"
+    tail -n 1000 "$TMP/routeid-log.log" >"$OUT_DIR/latest-routeid-log.log"
     cp "$TMP/haproxy.log" "$OUT_DIR/latest-haproxy.log"
+    if [[ $POOL_BENCH = 1 ]]; then
+        log "cargo bench --bench pool_size"
+        (cd "$ROOT" && taskset -c "$PROXY_CPU" cargo bench -q --bench pool_size 2>/dev/null) | tee -a "$OUT_DIR/latest.txt" ||
+            die "cargo bench --bench pool_size failed"
+    fi
 }
 
 # ---------------------------------------------------------------- correctness
@@ -340,6 +415,7 @@ check_one() { # check_one <proxy> <url> <set-cookie regex> <cookie to send> <rou
 
 check_correctness() {
     check_one routeid "http://127.0.0.1:$ROUTEID_PORT/" '^ROUTEID=\.s[12](;|$)' "ROUTEID=.s2" s2
+    check_one routeid-log "http://127.0.0.1:$ROUTEID_LOG_PORT/" '^ROUTEID=\.s[12](;|$)' "ROUTEID=.s2" s2
     check_one haproxy "http://127.0.0.1:$HAPROXY_PORT/" '^ROUTEID=s[12](;|$)' "ROUTEID=s2" s2
     log "correctness checks passed"
 }
@@ -365,35 +441,45 @@ report() {
         {
             k = $2 SUBSEP $3
             add(k SUBSEP "rps", $4); add(k SUBSEP "p50", $5); add(k SUBSEP "p99", $6)
-            add(k SUBSEP "cpu", $7); add(k SUBSEP "ncpu", $8)
+            add(k SUBSEP "cpu", $7); add(k SUBSEP "ncpu", $8); add(k SUBSEP "ucpu", $12)
             non2xx[$3] += $10; sockerr[$3] += $11
         }
         END {
-            ns = split("plain sticky tls handshake", S, " "); split("direct routeid haproxy", T, " ")
-            printf "%-9s %-8s %10s %7s %7s %11s %13s\n", "scenario", "target", "req/s", "p50ms", "p99ms", "cpu_us/req", "nginx_us/req"
-            for (i = 1; i <= ns; i++) for (j = 1; j <= 3; j++) {
+            ns = split("plain sticky tls handshake h2", S, " "); nt = split("direct routeid routeid-log haproxy", T, " ")
+            printf "%-9s %-11s %10s %7s %7s %11s %12s %13s\n", "scenario", "target", "req/s", "p50ms", "p99ms", "cpu_us/req", "user_us/req", "nginx_us/req"
+            for (i = 1; i <= ns; i++) for (j = 1; j <= nt; j++) {
                 k = S[i] SUBSEP T[j]
                 if (!((k SUBSEP "rps") in vals)) continue
                 m[k, "rps"] = median(k SUBSEP "rps"); m[k, "p50"] = median(k SUBSEP "p50")
                 m[k, "p99"] = median(k SUBSEP "p99"); m[k, "cpu"] = median(k SUBSEP "cpu")
-                m[k, "ncpu"] = median(k SUBSEP "ncpu")
+                m[k, "ncpu"] = median(k SUBSEP "ncpu"); m[k, "ucpu"] = median(k SUBSEP "ucpu")
                 cpu = m[k, "cpu"] == "-" ? "-" : sprintf("%.2f", m[k, "cpu"])
-                printf "%-9s %-8s %10.0f %7.3f %7.3f %11s %13.2f\n", S[i], T[j], m[k, "rps"], m[k, "p50"], m[k, "p99"], cpu, m[k, "ncpu"]
+                ucpu = m[k, "ucpu"] == "-" ? "-" : sprintf("%.2f", m[k, "ucpu"])
+                printf "%-9s %-11s %10.0f %7.3f %7.3f %11s %12s %13.2f\n", S[i], T[j], m[k, "rps"], m[k, "p50"], m[k, "p99"], cpu, ucpu, m[k, "ncpu"]
             }
             printf "\n(cpu_us/req: proxy process utime+stime per request; \"-\" for direct: no proxy.\n"
             printf " tls: HTTPS keep-alive; handshake: HTTPS with Connection: close, so cpu_us/req is the cost of a\n"
-            printf " handshake plus one request. nginx_us/req: both backends together, for reference.)\n\n"
-            print "ratios routeid/haproxy:"
+            printf " handshake plus one request. h2: HTTP/2 over TLS (h2load). user_us/req: utime alone, the proxy'"'"'s\n"
+            printf " own code. routeid-log: routeid with its access log on, to a file. nginx_us/req: both backends\n"
+            printf " together, for reference.)\n\n"
+            print "ratios to haproxy (req/s: above 1 is better; p99 and cpu: below 1 is better):"
+            for (v = 1; v <= 2; v++) for (i = 1; i <= ns; i++) {
+                rt = v == 1 ? "routeid" : "routeid-log"
+                r = S[i] SUBSEP rt; h = S[i] SUBSEP "haproxy"
+                if (!((r, "rps") in m) || !((h, "rps") in m)) continue
+                printf "  %-11s %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", rt, S[i], ratio(m[r, "rps"], m[h, "rps"]),
+                    ratio(m[r, "p99"], m[h, "p99"]), ratio(m[r, "cpu"], m[h, "cpu"]), ratio(m[r, "ucpu"], m[h, "ucpu"])
+            }
+            print "access log cost (routeid-log minus routeid, cpu us/req):"
             for (i = 1; i <= ns; i++) {
-                r = S[i] SUBSEP "routeid"; h = S[i] SUBSEP "haproxy"
-                if (!((r, "rps") in m)) continue
-                printf "  %-9s req/s %s, p99 %s, cpu/req %s\n", S[i], ratio(m[r, "rps"], m[h, "rps"]),
-                    ratio(m[r, "p99"], m[h, "p99"]), ratio(m[r, "cpu"], m[h, "cpu"])
+                r = S[i] SUBSEP "routeid"; l = S[i] SUBSEP "routeid-log"
+                if (!((r, "cpu") in m) || !((l, "cpu") in m)) continue
+                printf "  %-9s %+.2f (user %+.2f)\n", S[i], m[l, "cpu"] - m[r, "cpu"], m[l, "ucpu"] - m[r, "ucpu"]
             }
             printf "sticky/plain cpu/req: routeid %s, haproxy %s\n",
                 ratio(m["sticky", "routeid", "cpu"], m["plain", "routeid", "cpu"]),
                 ratio(m["sticky", "haproxy", "cpu"], m["plain", "haproxy", "cpu"])
-            for (j = 1; j <= 3; j++)
+            for (j = 1; j <= nt; j++)
                 if (non2xx[T[j]] + sockerr[T[j]] > 0)
                     printf "WARNING %s: %d non-2xx/3xx responses, %d socket errors over all runs\n", T[j], non2xx[T[j]], sockerr[T[j]]
         }' "$runs"

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod demo;
+pub mod log_writer;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -7,6 +7,7 @@ use clap::Parser;
 use routeid::admin::AdminState;
 use routeid::admin::manager::{Manager, Persistence};
 use routeid::cli::{CheckArgs, Cli, Command, ControllerArgs, LogFormat, TlsArgs};
+use routeid::log_writer::LogWriter;
 use routeid::proxy::ProxySettings;
 use routeid::runtime::{Running, TlsStart};
 use routeid::{api, demo, standalone};
@@ -20,21 +21,27 @@ use tokio::signal::unix::{SignalKind, signal};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
-/// Sets up logging to stderr through a writer thread: the request path formats its access-log
-/// line and queues it (at most `LOG_QUEUE_LINES`; beyond that lines are dropped and counted in
-/// `routeid_log_lines_dropped_total` rather than slowing requests down), and the writer thread
-/// writes what has queued up in one batch. The guard flushes the queue when `main` returns.
+/// Sets up logging to stderr through a writer thread ([`routeid::log_writer`]): the request
+/// path formats its access-log line itself and queues it (bounded; beyond that lines are dropped
+/// and counted in `routeid_log_lines_dropped_total` rather than slowing requests down), other
+/// events are formatted by tracing-subscriber into the same queue, and the writer thread writes
+/// what has queued up in batches. The guard flushes the queue when `main` returns.
 ///
 /// The filter is `--log-level` when given, else `RUST_LOG`, else `info`.
-fn init_logging(format: LogFormat, level: Option<&str>) -> tracing_appender::non_blocking::WorkerGuard {
-    const LOG_QUEUE_LINES: usize = 128 * 1024;
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(true)
-        .thread_name("routeid-log")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    let dropped = writer.error_counter();
-    routeid::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
+fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_writer::FlushGuard> {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // On a terminal tracing-subscriber colours its lines; the access log's own formatter
+    // writes plain lines only, so there access-log lines go through tracing too.
+    let (writer, guard) = match LogWriter::start(Box::new(std::io::stderr()), format, !ansi) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("routeid: cannot start the log writer thread: {e}");
+            return None;
+        }
+    };
+    writer.install();
+    let dropped = writer.clone();
+    routeid::metrics::count_dropped_log_lines(move || dropped.dropped());
     let mut filter = match level {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -48,13 +55,12 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> tracing_appender::non
     {
         filter = filter.add_directive(d);
     }
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-    guard
+    Some(guard)
 }
 
 fn main() -> ExitCode {

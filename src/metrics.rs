@@ -13,10 +13,12 @@
 //! series by construction, the event series by [`Metrics::remove_member`] and
 //! [`Metrics::remove_pool`] at publication.
 
+use std::borrow::Cow;
+use std::fmt::Display;
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -447,77 +449,119 @@ impl Metrics {
             let (dropped, shown) = (read(), self.log_lines_dropped.get());
             self.log_lines_dropped.inc_by(dropped.saturating_sub(shown));
         }
-        let mut families = self.registry.gather();
-        families.extend(state_families(table, now_ms));
-        families.sort_by(|a, b| a.name().cmp(b.name()));
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-            tracing::error!(error = %e, "cannot encode metrics");
+        let families = self.registry.gather();
+        let state = state_families(table, now_ms);
+        let mut out = String::with_capacity(state.iter().map(|f| f.text.len()).sum::<usize>() + 64 * 1024);
+        // Both lists are sorted by name: merge them, so every family comes in name order.
+        let mut state = state.into_iter().peekable();
+        for mf in &families {
+            while let Some(f) = state.next_if(|f| f.name < mf.name()) {
+                out.push_str(&f.text);
+            }
+            if let Err(e) = TextEncoder::new().encode_utf8(std::slice::from_ref(mf), &mut out) {
+                tracing::error!(error = %e, "cannot encode metrics");
+            }
         }
-        String::from_utf8(out).unwrap_or_default()
+        state.for_each(|f| out.push_str(&f.text));
+        out
     }
 }
 
 const STATES: [&str; 7] = ["ok", "error", "unhealthy", "drain", "disabled", "standby", "stopped"];
 
-/// Member state as metric families, from the table's atomics.
-fn state_families(table: &RoutingTable, now_ms: u64) -> Vec<prometheus::proto::MetricFamily> {
-    let r = Registry::new();
-    let member = ["namespace", "pool", "member"];
-    let in_flight =
-        must(IntGaugeVec::new(Opts::new("routeid_member_in_flight", "Requests in flight to a member."), &member));
-    let bytes_to = must(IntCounterVec::new(
-        Opts::new("routeid_member_sent_bytes_total", "Request body bytes sent to a member."),
-        &member,
-    ));
-    let bytes_from = must(IntCounterVec::new(
-        Opts::new("routeid_member_received_bytes_total", "Response body bytes received from a member."),
-        &member,
-    ));
-    let elected = must(IntCounterVec::new(
-        Opts::new("routeid_member_elected_total", "Attempts sent to a member (Apache elected)."),
-        &member,
-    ));
-    let failures = must(IntCounterVec::new(
-        Opts::new("routeid_member_failures_total", "Failed attempts on a member, by kind."),
-        &["namespace", "pool", "member", "kind"],
-    ));
-    let checks = must(IntCounterVec::new(
-        Opts::new("routeid_member_health_checks_total", "Active health checks of a member, by result."),
-        &["namespace", "pool", "member", "result"],
-    ));
-    let state = must(IntGaugeVec::new(
-        Opts::new("routeid_member_state", "1 for the member's current state."),
-        &["namespace", "pool", "member", "state"],
-    ));
-    let ewma = must(prometheus::GaugeVec::new(
-        Opts::new("routeid_member_latency_ewma_seconds", "Moving average of a member's response-head latency."),
-        &member,
-    ));
-    let pool_members =
-        must(IntGaugeVec::new(Opts::new("routeid_pool_members", "Members of a pool."), &["namespace", "pool"]));
-    let pool_usable = must(IntGaugeVec::new(
-        Opts::new("routeid_pool_members_usable", "Members of a pool that take new sessions now."),
-        &["namespace", "pool"],
-    ));
+/// One metric family written as text exposition.
+struct TextFamily {
+    name: &'static str,
+    text: String,
+    empty: bool,
+}
+
+impl TextFamily {
+    fn new(name: &'static str, kind: &str, help: &str) -> TextFamily {
+        TextFamily { name, text: format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"), empty: true }
+    }
+
+    /// One sample: `labels` are the sorted `name="value"` pairs already joined; `first` and
+    /// `last` an extra pair sorting before or after them.
+    fn sample(&mut self, first: Option<(&str, &str)>, labels: &str, last: Option<(&str, &str)>, value: impl Display) {
+        use std::fmt::Write;
+        self.empty = false;
+        let t = &mut self.text;
+        t.push_str(self.name);
+        t.push('{');
+        if let Some((n, v)) = first {
+            let _ = write!(t, "{n}=\"{v}\",");
+        }
+        t.push_str(labels);
+        if let Some((n, v)) = last {
+            let _ = write!(t, ",{n}=\"{v}\"");
+        }
+        let _ = writeln!(t, "}} {value}");
+    }
+}
+
+/// A label value as the text format escapes it (backslash, double quote, newline).
+fn label_value(v: &str) -> Cow<'_, str> {
+    if v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        Cow::Owned(v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    } else {
+        Cow::Borrowed(v)
+    }
+}
+
+/// Member and pool state read from the table's atomics, as text families sorted by name. Written
+/// straight as text: building a registry of twenty series per member at every scrape cost most
+/// of a scrape of a large pool.
+fn state_families(table: &RoutingTable, now_ms: u64) -> Vec<TextFamily> {
+    let mut in_flight = TextFamily::new("routeid_member_in_flight", "gauge", "Requests in flight to a member.");
+    let mut bytes_to =
+        TextFamily::new("routeid_member_sent_bytes_total", "counter", "Request body bytes sent to a member.");
+    let mut bytes_from = TextFamily::new(
+        "routeid_member_received_bytes_total",
+        "counter",
+        "Response body bytes received from a member.",
+    );
+    let mut elected =
+        TextFamily::new("routeid_member_elected_total", "counter", "Attempts sent to a member (Apache elected).");
+    let mut failures =
+        TextFamily::new("routeid_member_failures_total", "counter", "Failed attempts on a member, by kind.");
+    let mut checks = TextFamily::new(
+        "routeid_member_health_checks_total",
+        "counter",
+        "Active health checks of a member, by result.",
+    );
+    let mut state = TextFamily::new("routeid_member_state", "gauge", "1 for the member's current state.");
+    let mut ewma = TextFamily::new(
+        "routeid_member_latency_ewma_seconds",
+        "gauge",
+        "Moving average of a member's response-head latency, faded towards 1 ms since its last sample: what LeastLatency sees.",
+    );
+    let mut pool_members = TextFamily::new("routeid_pool_members", "gauge", "Members of a pool.");
+    let mut pool_usable =
+        TextFamily::new("routeid_pool_members_usable", "gauge", "Members of a pool that take new sessions now.");
+    let mut labels = String::new();
     for p in table.pools() {
-        let (ns, name) = (p.config.id.namespace.as_str(), p.config.id.name.as_str());
-        pool_members.with_label_values(&[ns, name]).set(p.members.len() as i64);
-        pool_usable.with_label_values(&[ns, name]).set(p.members.iter().filter(|m| m.takes_new(now_ms)).count() as i64);
+        let (ns, name) = (label_value(&p.config.id.namespace), label_value(&p.config.id.name));
+        let pool_labels = format!("namespace=\"{ns}\",pool=\"{name}\"");
+        pool_members.sample(None, &pool_labels, None, p.members.len());
+        pool_usable.sample(None, &pool_labels, None, p.members.iter().filter(|m| m.takes_new(now_ms)).count());
         for m in &p.members {
-            let l = [ns, name, m.route()];
+            labels.clear();
+            labels.push_str("member=\"");
+            labels.push_str(&label_value(m.route()));
+            labels.push_str("\",");
+            labels.push_str(&pool_labels);
+            let l = labels.as_str();
             let rt = &m.runtime;
-            in_flight.with_label_values(&l).set(rt.busy.load(Relaxed) as i64);
-            bytes_to.with_label_values(&l).inc_by(rt.bytes_to.load(Relaxed));
-            bytes_from.with_label_values(&l).inc_by(rt.bytes_from.load(Relaxed));
-            elected.with_label_values(&l).inc_by(rt.elected.load(Relaxed));
+            in_flight.sample(None, l, None, rt.busy.load(Relaxed));
+            bytes_to.sample(None, l, None, rt.bytes_to.load(Relaxed));
+            bytes_from.sample(None, l, None, rt.bytes_from.load(Relaxed));
+            elected.sample(None, l, None, rt.elected.load(Relaxed));
             for (kind, label) in FailureKind::ALL {
-                failures
-                    .with_label_values(&[ns, name, m.route(), label])
-                    .inc_by(rt.failures[kind as usize].load(Relaxed));
+                failures.sample(Some(("kind", label)), l, None, rt.failures[kind as usize].load(Relaxed));
             }
             for (i, result) in ["pass", "fail"].into_iter().enumerate() {
-                checks.with_label_values(&[ns, name, m.route(), result]).inc_by(rt.checks[i].load(Relaxed));
+                checks.sample(None, l, Some(("result", result)), rt.checks[i].load(Relaxed));
             }
             let current = match m.state_name(now_ms) {
                 "Error" => "error",
@@ -529,32 +573,50 @@ fn state_families(table: &RoutingTable, now_ms: u64) -> Vec<prometheus::proto::M
                 _ => "ok",
             };
             for s in STATES {
-                state.with_label_values(&[ns, name, m.route(), s]).set(i64::from(s == current));
+                state.sample(None, l, Some(("state", s)), u8::from(s == current));
             }
-            ewma.with_label_values(&l).set(rt.ewma_latency_us.load(Relaxed) as f64 / 1e6);
+            ewma.sample(None, l, None, rt.latency_estimate_us(now_ms) as f64 / 1e6);
         }
     }
-    for c in [
-        Box::new(in_flight) as Box<dyn prometheus::core::Collector>,
-        Box::new(bytes_to),
-        Box::new(bytes_from),
-        Box::new(elected),
-        Box::new(failures),
-        Box::new(checks),
-        Box::new(state),
-        Box::new(ewma),
-        Box::new(pool_members),
-        Box::new(pool_usable),
-    ] {
-        must(r.register(c));
-    }
-    r.gather()
+    let mut all =
+        vec![in_flight, bytes_to, bytes_from, elected, failures, checks, state, ewma, pool_members, pool_usable];
+    // As the registry does: no family without samples.
+    all.retain(|f| !f.empty);
+    all.sort_by(|a, b| a.name.cmp(b.name));
+    all
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::PoolId;
+
+    #[test]
+    fn member_state_is_written_as_the_text_format_with_families_in_name_order() {
+        let yaml = "apiVersion: routeid.io/v1alpha1\nkind: BalancerPool\nmetadata: {name: shop}\nspec:\n  backend:\n    members:\n      - {address: \"127.0.0.1:1\", route: a}\n      - {address: \"127.0.0.1:2\", route: b}\n";
+        let (table, _) = RoutingTable::build(crate::standalone::parse_pools(yaml).unwrap(), None);
+        table.pools()[0].members[1].runtime.bytes_to.store(1234, Relaxed);
+        let m = Metrics::new();
+        let text = m.render(&table, 1);
+        for want in [
+            "# HELP routeid_member_state 1 for the member's current state.\n# TYPE routeid_member_state gauge\n",
+            "routeid_member_state{member=\"a\",namespace=\"default\",pool=\"shop\",state=\"ok\"} 1\n",
+            "routeid_member_state{member=\"a\",namespace=\"default\",pool=\"shop\",state=\"error\"} 0\n",
+            "routeid_member_failures_total{kind=\"connect\",member=\"b\",namespace=\"default\",pool=\"shop\"} 0\n",
+            "routeid_member_health_checks_total{member=\"b\",namespace=\"default\",pool=\"shop\",result=\"pass\"} 0\n",
+            "routeid_member_sent_bytes_total{member=\"b\",namespace=\"default\",pool=\"shop\"} 1234\n",
+            "routeid_member_latency_ewma_seconds{member=\"a\",namespace=\"default\",pool=\"shop\"} 0.001\n",
+            "# TYPE routeid_pool_members gauge\nrouteid_pool_members{namespace=\"default\",pool=\"shop\"} 2\n",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted, "families in name order, registered and state ones merged");
+        assert!(names.iter().any(|n| n.starts_with("routeid_member_requests_total")) || names.len() > 10);
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     fn request_series(m: &Metrics) -> Vec<String> {
         m.render(&RoutingTable::default(), 1)

@@ -31,12 +31,6 @@ use crate::proxy::server::{self, ListenerLimits};
 pub mod live;
 pub mod manager;
 
-/// The metrics moved to [`crate::metrics`], below both the proxy and the admin listener. This
-/// alias only keeps `proxy/forward.rs` (being reworked on another branch) compiling until that
-/// branch merges and imports `crate::metrics` itself; then it goes.
-#[doc(hidden)]
-pub use crate::metrics;
-
 use manager::{Manager, Persistence, WriteError};
 
 /// What the admin endpoints report on. It is whole before the admin listener accepts: the

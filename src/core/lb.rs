@@ -226,15 +226,21 @@ impl LbMethod for Heartbeat {
 /// `latency × (in flight + 1) ÷ weight` wins. It needs no global ordering, so it scales, and a
 /// member that slows down is avoided within a few requests, which keeps tail latency low.
 ///
-/// The latency is the member's EWMA, decayed towards [`DEFAULT_LATENCY_US`] as its last sample
-/// ages over [`LATENCY_DECAY_MS`] (linkerd's "peak EWMA" decays the same way): a member that was
-/// slow and got no traffic since is probed again after a while instead of being shunned forever.
+/// The latency is the member's EWMA, faded towards [`DEFAULT_LATENCY_US`] as its last sample
+/// ages (exponentially, time constant [`LATENCY_FADE_TAU_MS`], all the way after
+/// [`LATENCY_DECAY_MS`]; linkerd's "peak EWMA" decays with time too): a member that was slow and
+/// got no traffic since is probed again after a while instead of being shunned forever, and a
+/// probe continues the fade rather than restarting it, so a recovered member is back to its
+/// share within about [`LATENCY_DECAY_MS`].
 /// A member without a sample costs the default, so a new member is tried as soon as the others
 /// are busy, but does not soak up traffic before its first answer.
 /// The latency assumed for a member without a (recent) sample: 1 ms.
 pub const DEFAULT_LATENCY_US: u64 = 1_000;
-/// How long a latency sample keeps its full weight in [`LeastLatency`]'s cost.
+/// After this long without a sample a member's latency is the default again.
 pub const LATENCY_DECAY_MS: u64 = 10_000;
+/// Time constant of a latency sample's fade towards the default: after 10 s, under 1 % of its
+/// distance from the default is left (and the rest is dropped at [`LATENCY_DECAY_MS`]).
+pub const LATENCY_FADE_TAU_MS: f64 = 2_000.0;
 
 #[derive(Debug)]
 pub struct LeastLatency {
@@ -266,39 +272,85 @@ impl LeastLatency {
     }
 
     fn cost(m: &Member, ctx: &LbContext) -> u128 {
-        let ewma = m.runtime.ewma_latency_us.load(Relaxed);
-        let latency = if ewma == 0 {
-            DEFAULT_LATENCY_US
-        } else {
-            let age = ctx.now_ms.saturating_sub(m.runtime.latency_at_ms.load(Relaxed)).min(LATENCY_DECAY_MS);
-            // Linear blend from the sample (age 0) to the default (age ≥ decay window).
-            (ewma * (LATENCY_DECAY_MS - age) + DEFAULT_LATENCY_US * age) / LATENCY_DECAY_MS
-        };
+        let latency = m.runtime.latency_estimate_us(ctx.now_ms);
         let busy = u128::from(m.runtime.busy.load(Relaxed)) + 1;
         u128::from(latency.max(1)) * busy * 10_000 / ctx.factor(m).max(1) as u128
     }
 }
 
-impl LbMethod for LeastLatency {
-    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+impl LeastLatency {
+    /// Two distinct eligible members drawn at random (at most [`DRAWS`] draws): uniform over
+    /// the eligible members and no scan of the pool when a fair share of it is eligible, so a
+    /// pick costs the same in a pool of 3 and of 10,000. `None` when the draws were unlucky.
+    /// The first two draws are those of [`LeastLatency::scan_two`], so when every member is
+    /// eligible the sequence is the one a scan gives.
+    fn draw_two(&self, len: usize, eligible: &dyn Fn(usize) -> bool) -> Option<(usize, usize)> {
+        const DRAWS: usize = 32;
+        if len < 2 {
+            return None;
+        }
+        let a = (self.next() % len as u64) as usize;
+        let mut b = (self.next() % (len as u64 - 1)) as usize;
+        if b >= a {
+            b += 1;
+        }
+        let (ea, eb) = (eligible(a), eligible(b));
+        if ea && eb {
+            return Some((a, b));
+        }
+        let mut first = if ea {
+            Some(a)
+        } else if eb {
+            Some(b)
+        } else {
+            None
+        };
+        for _ in 0..DRAWS {
+            let i = (self.next() % len as u64) as usize;
+            match first {
+                None if eligible(i) => first = Some(i),
+                Some(f) if i != f && eligible(i) => return Some((f, i)),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Two distinct eligible members by counting them: for pools where few are eligible.
+    fn scan_two(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool) -> Result<(usize, usize), Option<usize>> {
         let n = (0..members.len()).filter(|&i| eligible(i)).count();
         let nth = |k: usize| (0..members.len()).filter(|&i| eligible(i)).nth(k);
         match n {
-            0 => None,
-            1 => nth(0),
+            0 => Err(None),
+            1 => Err(nth(0)),
             _ => {
                 let a = (self.next() % n as u64) as usize;
                 let mut b = (self.next() % (n as u64 - 1)) as usize;
                 if b >= a {
                     b += 1;
                 }
-                let (a, b) = (nth(a)?, nth(b)?);
-                if LeastLatency::cost(&members[b], ctx) < LeastLatency::cost(&members[a], ctx) {
-                    Some(b)
-                } else {
-                    Some(a)
+                match (nth(a), nth(b)) {
+                    (Some(a), Some(b)) => Ok((a, b)),
+                    (a, _) => Err(a),
                 }
             }
+        }
+    }
+}
+
+impl LbMethod for LeastLatency {
+    fn choose(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, ctx: &LbContext) -> Option<usize> {
+        if members.is_empty() {
+            return None;
+        }
+        let drawn = match self.draw_two(members.len(), eligible) {
+            Some(two) => Ok(two),
+            None => self.scan_two(members, eligible),
+        };
+        match drawn {
+            Ok((a, b)) if LeastLatency::cost(&members[b], ctx) < LeastLatency::cost(&members[a], ctx) => Some(b),
+            Ok((a, _)) => Some(a),
+            Err(one) => one,
         }
     }
 
@@ -448,6 +500,73 @@ mod tests {
         assert!(cost(2, 1) > 100 * cost(0, 1));
         assert!(cost(2, 1 + LATENCY_DECAY_MS / 2) < cost(2, 1), "an old sample weighs less");
         assert_eq!(cost(2, 1 + LATENCY_DECAY_MS), unknown_idle, "a forgotten sample costs the default");
+    }
+
+    #[test]
+    fn least_latency_draws_without_scanning_a_large_pool() {
+        let spec: Vec<(String, u32)> = (0..10_000).map(|i| (format!("m{i}"), 1)).collect();
+        let spec: Vec<(&str, u32)> = spec.iter().map(|(r, w)| (r.as_str(), *w)).collect();
+        let members = test_members(&spec);
+        let lb = LeastLatency::with_seed(3);
+        let ctx = LbContext { now_ms: 1, ..Default::default() };
+        let calls = std::cell::Cell::new(0);
+        let counting = |i: usize| {
+            calls.set(calls.get() + 1);
+            i.is_multiple_of(2)
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1_000 {
+            let i = lb.choose(&members, &counting, &ctx).unwrap();
+            assert!(i.is_multiple_of(2), "only eligible members");
+            seen.insert(i);
+        }
+        assert!(calls.get() < 1_000 * 10, "{} eligibility checks for 1,000 picks: no scans", calls.get());
+        assert!(seen.len() > 800, "spread over the pool: {}", seen.len());
+        // One eligible member in 10,000: found by the scan.
+        assert_eq!(lb.choose(&members, &|i| i == 4_321, &ctx), Some(4_321));
+        assert_eq!(lb.choose(&members, &|_| false, &ctx), None);
+    }
+
+    /// Issue 13: a member slowed to 200 ms and then restored to 5 ms got 3 requests in the next
+    /// 23 s, because each probe folded its 5 ms into the unfaded 200 ms and restarted the fade.
+    /// Here, on a clock the test drives (1,000 requests a second, each answered at once, the
+    /// others always one request busy), it is back to its share within about 10 s.
+    #[test]
+    fn least_latency_takes_a_recovered_member_back_within_about_ten_seconds() {
+        let members = test_members(&[("a", 1), ("b", 1), ("c", 1)]);
+        let lb = LeastLatency::with_seed(7);
+        let latency_of = |i: usize, now: u64| if i == 1 && now < 5_000 { 200_000 } else { 5_000 };
+        let mut share = [0u32; 3];
+        for now in 1..=25_000u64 {
+            let ctx = LbContext { now_ms: now, ..Default::default() };
+            let i = lb.choose(&members, &|_| true, &ctx).unwrap();
+            members[i].runtime.observe_latency(latency_of(i, now), now);
+            if now > 15_000 {
+                share[i] += 1;
+            }
+            if now == 15_000 {
+                let seen = members[1].runtime.latency_estimate_us(now);
+                assert!(seen < 10_000, "10 s after it recovered, b is seen at {seen} µs");
+            }
+        }
+        assert!(share[1] >= 2_500, "b's share of the last 10,000 requests: {share:?}");
+    }
+
+    #[test]
+    fn a_latency_sample_fades_exponentially_and_a_probe_continues_the_fade() {
+        let members = test_members(&[("m", 1)]);
+        let rt = &members[0].runtime;
+        assert_eq!(rt.latency_estimate_us(5), DEFAULT_LATENCY_US, "no sample: the default");
+        rt.observe_latency(201_000, 0);
+        assert_eq!(rt.latency_estimate_us(0), 201_000);
+        let after = |ms| rt.latency_estimate_us(ms);
+        assert_eq!(after(2_000), 1_000 + (200_000.0 * (-1f64).exp()).round() as u64, "one time constant");
+        assert!(after(9_999) < 2_400 && after(9_999) > DEFAULT_LATENCY_US);
+        assert_eq!(after(LATENCY_DECAY_MS), DEFAULT_LATENCY_US);
+        // A 5 ms probe after 6 s folds into what is left (about 11 ms), not into 201 ms.
+        let faded = after(6_000);
+        rt.observe_latency(5_000, 6_000);
+        assert_eq!(rt.latency_estimate_us(6_000), (faded * 3 + 5_000) / 4);
     }
 
     #[test]

@@ -159,12 +159,30 @@ impl MemberRuntime {
     }
 
     /// Folds one response latency into the EWMA (the new sample weighs 1/4: a slowed member is
-    /// noticed within a few requests).
+    /// noticed within a few requests). The sample is folded into the estimate as it has faded
+    /// by now ([`MemberRuntime::latency_estimate_us`]), not into the last stored value, so a
+    /// probe of a recovered member continues its fade instead of restarting it.
     pub fn observe_latency(&self, micros: u64, now_ms: u64) {
         let old = self.ewma_latency_us.load(Relaxed);
-        let new = if old == 0 { micros } else { (old * 3 + micros) / 4 };
+        let new = if old == 0 { micros } else { (self.latency_estimate_us(now_ms) * 3 + micros) / 4 };
         self.ewma_latency_us.store(new.max(1), Relaxed);
         self.latency_at_ms.store(now_ms, Relaxed);
+    }
+
+    /// The latency LeastLatency sees now, in microseconds (and the gauge shows): the EWMA faded
+    /// towards [`super::lb::DEFAULT_LATENCY_US`] by the time since its last sample,
+    /// exponentially with time constant [`super::lb::LATENCY_FADE_TAU_MS`] and all the way after
+    /// [`super::lb::LATENCY_DECAY_MS`]; the default without a sample.
+    pub fn latency_estimate_us(&self, now_ms: u64) -> u64 {
+        use super::lb::{DEFAULT_LATENCY_US, LATENCY_DECAY_MS, LATENCY_FADE_TAU_MS};
+        let ewma = self.ewma_latency_us.load(Relaxed);
+        let age = now_ms.saturating_sub(self.latency_at_ms.load(Relaxed));
+        if ewma == 0 || age >= LATENCY_DECAY_MS {
+            return DEFAULT_LATENCY_US;
+        }
+        let left = (-(age as f64) / LATENCY_FADE_TAU_MS).exp();
+        let d = DEFAULT_LATENCY_US as f64;
+        (d + (ewma as f64 - d) * left).round().max(1.0) as u64
     }
 
     /// Counts a failed attempt of this kind.

@@ -21,12 +21,21 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers, including every header named in `Connection`. With
 /// `keep_upgrade`, `Upgrade` and `Connection: upgrade` survive so a WebSocket handshake can pass.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them: one pass over the names (cheap comparisons of standard
-    // names) spares a dozen hash-map removals per message.
-    if !keep_upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k) || k == PROXY_CONNECTION) {
+    // One pass over the names (cheap comparisons of standard names) finds which of them are
+    // there: most messages carry none, or only `Connection: keep-alive`, and each removal of an
+    // absent name would still hash it and probe the map.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        } else if k == PROXY_CONNECTION {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if !keep_upgrade && present == 0 {
         return;
     }
-    {
+    if present & 1 != 0 {
         // Every `Connection` header counts (a second one's tokens are as binding as the first's).
         // Named headers: only allocate when there are any besides the usual suspects.
         let named: Vec<HeaderName> = headers
@@ -46,13 +55,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        if keep_upgrade && (h == header::UPGRADE || h == header::CONNECTION) {
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0 || (keep_upgrade && (h == header::UPGRADE || h == header::CONNECTION)) {
             continue;
         }
         headers.remove(h);
     }
-    headers.remove(&PROXY_CONNECTION);
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }

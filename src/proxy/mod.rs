@@ -8,6 +8,7 @@
 //! - `tunnel` copies upgraded connections (WebSocket) and tracks them for the idle timeout and
 //!   the drain.
 
+pub(crate) mod access_log;
 pub mod body;
 pub mod forward;
 pub mod gateway;

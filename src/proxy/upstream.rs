@@ -310,7 +310,13 @@ impl MemberConns {
                 // It went back to the pool when its last exchange ended whole; this only waits
                 // for the connection task to notice. Bounded all the same: a connection that
                 // does not get ready is closed, not waited on until the response deadline.
-                match tokio::time::timeout(limits.connect, conn.sender.ready()).await {
+                // Usually it is ready already: then no timer is made.
+                let ready = if conn.sender.is_ready() {
+                    Ok(Ok(()))
+                } else {
+                    tokio::time::timeout(limits.connect, conn.sender.ready()).await
+                };
+                match ready {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => continue,
                     Err(_) => {
@@ -334,10 +340,13 @@ impl MemberConns {
                     },
                 }
             }
+            // A new connection (TCP connect, maybe a TLS handshake) and a wait for a free one
+            // are boxed: their futures are large, and every request's future would carry them
+            // although most requests reuse a pooled connection.
             if let Some(slot) = self.reserve(limits.max_connections) {
-                return self.send_fresh(req, slot, limits, tls).await;
+                return Box::pin(self.send_fresh(req, slot, limits, tls)).await;
             }
-            if !self.wait_for_free(limits).await {
+            if !Box::pin(self.wait_for_free(limits)).await {
                 let max = limits.max_connections.unwrap_or(u32::MAX);
                 return Err(Failed { error: SendError::Saturated { addr: self.addr, max }, request: Some(req) });
             }
@@ -440,6 +449,9 @@ impl MemberConns {
     {
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(super::MAX_BUF_PER_CONNECTION)
+            // One flat write buffer, as on the client side: a request head goes out in one
+            // plain `write` instead of a `writev`.
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;

@@ -230,3 +230,51 @@ async fn an_http10_request_without_host_cannot_forge_forwarded_host() {
     })
     .await;
 }
+
+/// One answer for "no member could take it": with every member refusing connections, a pool of
+/// one, two or three members (fewer, as many, or more members than `maxAttempts`) answers `503`
+/// naming the pool, counted as unavailable; a member that took the request and failed is a `502`.
+#[tokio::test]
+async fn every_member_refusing_is_a_503_whatever_the_pool_size() {
+    bounded(async {
+        let mut docs = Vec::new();
+        for n in 1..=4 {
+            let mut members = Vec::new();
+            for i in 0..n {
+                members.push((closed_port().await, format!("c{i}")));
+            }
+            let members: Vec<_> = members.iter().map(|(a, r)| (*a, r.as_str(), 1)).collect();
+            docs.push(pool_yaml(
+                &format!("closed{n}"),
+                &members,
+                &format!("  frontend: {{hosts: [closed{n}.test]}}\n"),
+            ));
+        }
+        // Members that read the request and close without an answer: they took it and failed.
+        let mut rude = Vec::new();
+        for _ in 0..3 {
+            rude.push(crate::support::raw::ScriptedMember::start(|s| async move { drop(s) }).await);
+        }
+        for n in 2..=3 {
+            let members: Vec<_> = rude[..n].iter().zip(["r0", "r1", "r2"]).map(|(m, r)| (m.addr, r, 1)).collect();
+            docs.push(pool_yaml(&format!("rude{n}"), &members, &format!("  frontend: {{hosts: [rude{n}.test]}}\n")));
+        }
+        let p = start_proxy(&docs.join("---\n")).await;
+        for n in 2..=3 {
+            let got = get(p.proxy_addr, "/x", &[("host", &format!("rude{n}.test"))]).await;
+            assert_eq!(got.status, 502, "{n} members that took the request and failed: {got:?}");
+        }
+        for n in 1..=4 {
+            let got = get(p.proxy_addr, "/x", &[("host", &format!("closed{n}.test"))]).await;
+            assert_eq!(got.status, 503, "{n} members: {got:?}");
+            assert!(got.body.contains(&format!("no usable member in pool default/closed{n}")), "{}", got.body);
+        }
+        let m = get(p.admin_addr, "/metrics", &[]).await.body;
+        for n in 1..=4 {
+            let line = format!("routeid_pool_unavailable_total{{namespace=\"default\",pool=\"closed{n}\"}} 1");
+            assert!(m.contains(&line), "{line} in\n{m}");
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
