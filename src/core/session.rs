@@ -24,6 +24,9 @@ use super::gateway::SessionPersistence;
 const MAC_LEN: usize = 16;
 /// Shortest key accepted from a file.
 pub const MIN_KEY_LEN: usize = 32;
+/// Seconds a replica's clock may run ahead of another's: a value made there may end this much
+/// later than `now + absoluteTimeout` here and still be honoured.
+const MAX_CLOCK_SKEW: u64 = 60;
 
 /// The HMAC key that seals session values. Every replica must hold the same one.
 #[derive(Clone)]
@@ -146,7 +149,12 @@ pub fn open<'a>(p: &SessionPersistence, key: Option<&SessionKey>, value: &'a str
     if !ok_len || !is_valid_route(route) || !same_mac(&got, &want) {
         return Opened::Forged;
     }
-    if now >= expires { Opened::Expired } else { Opened::Valid { route, expires: Some(expires) } }
+    // A genuine value that ends later than this rule would ever let a session run (made under
+    // a longer timeout since lowered, or by another rule with the same name and a longer one) is
+    // over too: the rule's own `absoluteTimeout` bounds what it honours.
+    let latest =
+        p.absolute_timeout.map_or(u64::MAX, |t| now.saturating_add(t.as_secs()).saturating_add(MAX_CLOCK_SKEW));
+    if now >= expires || expires > latest { Opened::Expired } else { Opened::Valid { route, expires: Some(expires) } }
 }
 
 /// Compares two MACs in time that does not depend on where they differ (ring's own helper for
@@ -218,6 +226,19 @@ mod tests {
         for junk in ["a", "a.1060", "a.x.AAAA", "", "..", "a.1060.!!!!", "a b.1060.AAAAAAAAAAAAAAAAAAAAAA"] {
             assert_eq!(open(&p, key(1).as_ref(), junk, 1000), Opened::Forged, "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_value_that_outlives_the_rules_timeout_is_over() {
+        // Sealed under a 1-day timeout; the rule now says 60 s (lowered, or another rule with
+        // the same session name): the value is not honoured for the rest of its day.
+        let long = persistence(Some(86_400));
+        let v = seal(&long, key(1).as_ref(), "a", expiry(&long, 1000)).unwrap();
+        let short = persistence(Some(60));
+        assert_eq!(open(&short, key(1).as_ref(), &v, 2000), Opened::Expired);
+        // A replica whose clock is a little ahead still makes values this one honours.
+        let ahead = seal(&short, key(1).as_ref(), "a", expiry(&short, 1030)).unwrap();
+        assert_eq!(open(&short, key(1).as_ref(), &ahead, 1000), Opened::Valid { route: "a", expires: Some(1090) });
     }
 
     #[test]
