@@ -590,3 +590,35 @@ async fn without_rbac_for_the_gateway_api_the_controller_is_ready_and_serves_bal
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_manager_drains_and_clears_a_member_of_an_httproute_pool_in_controller_mode() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        let _pods = shop_pods(&kube, 2).await;
+        route(&kube, "shop", json!([{"backendRefs": [{"name": "shop", "port": 80}]}])).await;
+        let manager = routeid::admin::manager::Manager::new(
+            Some("tok".into()),
+            routeid::admin::manager::Persistence::Kubernetes(api.client()),
+        );
+        let r = Replica::start_with_manager(&api, options("a"), manager).await;
+        served(&kube, &r, "shop", "/warmup").await;
+        let pool = routeid::controller::gateway::pool_name("shop", 0);
+        let member = format!("/balancer-manager/api/pools/{NS}/{pool}/members/shop-1");
+        let auth = [("authorization", "Bearer tok")];
+        let body = bytes::Bytes::from_static(br#"{"status": "Drain"}"#);
+        // An HTTPRoute pool has no BalancerPool to keep the change in: it stays in memory.
+        let patch = send(&client(), r.running.admin_addr, "PATCH", &member, &auth, body).await;
+        assert_eq!(patch.status, 200, "{}", patch.body);
+        assert!(r.members(&pool).iter().any(|(route, state)| route == "shop-1" && state == "Drain"));
+        let clear =
+            send(&client(), r.running.admin_addr, "DELETE", &format!("{member}/override"), &auth, bytes::Bytes::new())
+                .await;
+        assert_eq!(clear.status, 200, "{}", clear.body);
+        assert!(r.members(&pool).iter().any(|(route, state)| route == "shop-1" && state == "Ok"));
+        r.stop().await;
+    })
+    .await;
+}
