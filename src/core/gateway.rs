@@ -219,8 +219,11 @@ fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// An absolute path the proxy can put in a request target: no white space, controls, query or
+/// fragment, nor `<`, `>` and `` ` `` (which the HTTP library refuses in a URI, so a rewrite to
+/// such a path would silently keep the original one).
 fn is_path(s: &str) -> bool {
-    s.starts_with('/') && s.bytes().all(|b| b > 0x20 && b != 0x7f && b != b'?' && b != b'#')
+    s.starts_with('/') && s.bytes().all(|b| b > 0x20 && b != 0x7f && !b"?#<>`".contains(&b))
 }
 
 fn is_hostname(s: &str) -> bool {
@@ -392,6 +395,20 @@ impl SessionPersistence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rewrite_path_the_proxy_could_not_send_is_refused() {
+        for bad in ["/a<b>", "/a`b", "/a?b", "/a b"] {
+            let rule = GatewayRule {
+                filters: Filters {
+                    rewrite: Some(UrlRewrite { hostname: None, path: Some(PathModifier::ReplaceFullPath(bad.into())) }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            assert_eq!(rule.validate("r").len(), 1, "{bad}");
+        }
+    }
 
     #[test]
     fn framing_and_proxy_headers_are_neither_modified_nor_session_headers() {
