@@ -650,8 +650,9 @@ fn pool_html(h: &mut String, p: &PoolView, nonce: &str, read_only: bool, from: u
     }
     h.push_str("</table>");
     if p.members.len() > PAGE_MEMBERS {
-        let shown = p.members.len().min(from + PAGE_MEMBERS);
-        let _ = write!(h, "<p class=pager>Members {}–{shown} of {}.", (from + 1).min(shown), p.members.len());
+        let shown = p.members.len().min(from.saturating_add(PAGE_MEMBERS));
+        let _ =
+            write!(h, "<p class=pager>Members {}–{shown} of {}.", from.saturating_add(1).min(shown), p.members.len());
         if from > 0 {
             let _ =
                 write!(h, " <a href=\"/balancer-manager?from={}\">‹ previous</a>", from.saturating_sub(PAGE_MEMBERS));
