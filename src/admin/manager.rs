@@ -490,7 +490,8 @@ fn changes_go_to(manager: &Manager) -> &'static str {
     match manager.persistence {
         Persistence::InMemory => "memory: standalone mode, changes are lost on restart",
         Persistence::Kubernetes(_) => {
-            "the BalancerPool's spec.members in Kubernetes: every replica applies them and they survive restarts"
+            "the BalancerPool's spec.members in Kubernetes: every replica applies them and they survive restarts \
+             (pools made from an Ingress or HTTPRoute: this replica's memory, lost on restart)"
         }
     }
 }

@@ -613,6 +613,8 @@ async fn the_balancer_manager_drains_and_clears_a_member_of_an_httproute_pool_in
         let patch = send(&client(), r.running.admin_addr, "PATCH", &member, &auth, body).await;
         assert_eq!(patch.status, 200, "{}", patch.body);
         assert!(r.members(&pool).iter().any(|(route, state)| route == "shop-1" && state == "Drain"));
+        let page = get(r.running.admin_addr, "/balancer-manager", &[]).await;
+        assert!(page.body.contains("Ingress or HTTPRoute: this replica&#39;s memory"), "{}", page.body);
         let clear =
             send(&client(), r.running.admin_addr, "DELETE", &format!("{member}/override"), &auth, bytes::Bytes::new())
                 .await;
