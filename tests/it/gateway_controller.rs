@@ -615,8 +615,13 @@ async fn the_balancer_manager_drains_and_clears_a_member_of_an_httproute_pool_in
         assert!(r.members(&pool).iter().any(|(route, state)| route == "shop-1" && state == "Drain"));
         let page = get(r.running.admin_addr, "/balancer-manager", &[]).await;
         assert!(page.body.contains("Ingress or HTTPRoute: this replica&#39;s memory"), "{}", page.body);
+        // The live page encodes each segment (encodeURIComponent): `httproute%3Ashop%3A0`.
+        let encoded = member.replace(':', "%3A");
+        let body = bytes::Bytes::from_static(br#"{"loadFactor": 7}"#);
+        let patch = send(&client(), r.running.admin_addr, "PATCH", &encoded, &auth, body).await;
+        assert_eq!(patch.status, 200, "{}", patch.body);
         let clear =
-            send(&client(), r.running.admin_addr, "DELETE", &format!("{member}/override"), &auth, bytes::Bytes::new())
+            send(&client(), r.running.admin_addr, "DELETE", &format!("{encoded}/override"), &auth, bytes::Bytes::new())
                 .await;
         assert_eq!(clear.status, 200, "{}", clear.body);
         assert!(r.members(&pool).iter().any(|(route, state)| route == "shop-1" && state == "Ok"));
