@@ -216,10 +216,10 @@ impl Manager {
                 proxy.apply_change(pool, route, change, by).map_err(refused)?;
                 Ok("memory (standalone mode: lost on restart)")
             }
-            // A pool made from an Ingress has no object to keep the change in.
-            Persistence::Kubernetes(_) if crate::controller::ingress::ingress_of(pool).is_some() => {
+            // A pool made from an Ingress or an HTTPRoute has no object to keep the change in.
+            Persistence::Kubernetes(_) if !has_balancer_pool(pool) => {
                 proxy.apply_change(pool, route, change, by).map_err(refused)?;
-                Ok("this replica's memory (a pool made from an Ingress: lost on restart, not shared)")
+                Ok("this replica's memory (a pool made from an Ingress or HTTPRoute: lost on restart, not shared)")
             }
             Persistence::Kubernetes(client) => {
                 change.validate().map_err(|e| refused(ChangeError::Invalid(e)))?;
@@ -241,7 +241,7 @@ impl Manager {
         by: String,
     ) -> Result<&'static str, WriteError> {
         match &self.persistence {
-            Persistence::Kubernetes(client) if crate::controller::ingress::ingress_of(pool).is_none() => {
+            Persistence::Kubernetes(client) if has_balancer_pool(pool) => {
                 check_member(proxy, pool, route)?;
                 tracing::info!(pool = %pool, member = route, by, "balancer-manager override removed from spec.members");
                 patch_overrides(client.clone(), pool, route, None).await?;
@@ -254,6 +254,12 @@ impl Manager {
             }
         }
     }
+}
+
+/// Whether the pool is a BalancerPool object, where changes are kept in `spec.members` (pools
+/// made from Ingresses and HTTPRoutes are not).
+fn has_balancer_pool(pool: &PoolId) -> bool {
+    crate::controller::ingress::ingress_of(pool).is_none() && !crate::controller::gateway::is_route_pool(pool)
 }
 
 fn refusal(e: ChangeError, pool: &PoolId, route: &str) -> WriteError {
@@ -484,7 +490,8 @@ fn changes_go_to(manager: &Manager) -> &'static str {
     match manager.persistence {
         Persistence::InMemory => "memory: standalone mode, changes are lost on restart",
         Persistence::Kubernetes(_) => {
-            "the BalancerPool's spec.members in Kubernetes: every replica applies them and they survive restarts"
+            "the BalancerPool's spec.members in Kubernetes: every replica applies them and they survive restarts \
+             (pools made from an Ingress or HTTPRoute: this replica's memory, lost on restart)"
         }
     }
 }
@@ -644,8 +651,9 @@ fn pool_html(h: &mut String, p: &PoolView, nonce: &str, read_only: bool, from: u
     }
     h.push_str("</table>");
     if p.members.len() > PAGE_MEMBERS {
-        let shown = p.members.len().min(from + PAGE_MEMBERS);
-        let _ = write!(h, "<p class=pager>Members {}–{shown} of {}.", (from + 1).min(shown), p.members.len());
+        let shown = p.members.len().min(from.saturating_add(PAGE_MEMBERS));
+        let _ =
+            write!(h, "<p class=pager>Members {}–{shown} of {}.", from.saturating_add(1).min(shown), p.members.len());
         if from > 0 {
             let _ =
                 write!(h, " <a href=\"/balancer-manager?from={}\">‹ previous</a>", from.saturating_sub(PAGE_MEMBERS));

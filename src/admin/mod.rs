@@ -253,9 +253,15 @@ fn saved() -> AdminResponse {
     r
 }
 
-/// The `{namespace}/{pool}/members/{route}` (and what follows) of an API path.
+/// The `{namespace}/{pool}/members/{route}` (and what follows) of an API path, each segment
+/// percent-decoded (the live page encodes them: `ingress%3Ashop%3A0` is `ingress:shop:0`).
 fn member_path(path: &str) -> Option<(PoolId, String, Option<String>)> {
-    let parts: Vec<&str> = path.trim_start_matches("/balancer-manager/api/pools/").split('/').collect();
+    let parts: Vec<String> = path
+        .trim_start_matches("/balancer-manager/api/pools/")
+        .split('/')
+        .map(|s| String::from_utf8_lossy(&crate::core::sticky::percent_decode(s.as_bytes())).into_owned())
+        .collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     match parts.as_slice() {
         [ns, pool, "members", route] => {
             Some((PoolId { namespace: ns.to_string(), name: pool.to_string() }, route.to_string(), None))

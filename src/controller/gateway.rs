@@ -855,10 +855,7 @@ fn rule_pool(
     let persistence = match rule_persistence(inputs, &key.0, rule) {
         Some(sp) => {
             let p = persistence(sp, &format!("{at}.sessionPersistence"))?;
-            let cookie_path = match &first {
-                core_gw::PathMatch::Prefix(p) => p.clone(),
-                core_gw::PathMatch::Exact(_) => "/".to_owned(),
-            };
+            let cookie_path = cookie_path(&gw_rule.matches);
             let core = core_gw::SessionPersistence {
                 kind: if p.header { core_gw::SessionKind::Header } else { core_gw::SessionKind::Cookie },
                 name: p.name.clone().unwrap_or_else(|| generated_session_name(key, i)),
@@ -881,6 +878,25 @@ fn rule_pool(
     let first = rule.backend_refs.first().map_or_else(|| "none".to_owned(), |b| b.name.clone());
     spec.backend.service = Some(ServiceRef { name: first, port: IntOrString::Int(0) });
     Ok((RulePool { index: i, spec, members, rule: gw_rule, persistence }, problem))
+}
+
+/// The session cookie's `Path`: the path segments every match of the rule shares, so the
+/// cookie is sent on each of them (a `PathPrefix` counts as its value, an `Exact` as `/`); `/`
+/// for a rule without matches.
+fn cookie_path(matches: &[core_gw::RequestMatch]) -> String {
+    let paths = matches.iter().map(|m| match &m.path {
+        core_gw::PathMatch::Prefix(p) => p.as_str(),
+        core_gw::PathMatch::Exact(_) => "/",
+    });
+    let mut common: Option<Vec<&str>> = None;
+    for p in paths {
+        let segs: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+        common = Some(match common {
+            None => segs,
+            Some(c) => c.iter().zip(&segs).take_while(|(a, b)| a == b).map(|(a, _)| *a).collect(),
+        });
+    }
+    format!("/{}", common.unwrap_or_default().join("/"))
 }
 
 /// The core form of a rule's matches, precedence data and filters, checked.

@@ -228,12 +228,28 @@ pub struct SessionPersistence {
 /// Longest `sessionName` accepted (it travels in every request).
 pub const MAX_SESSION_NAME_LEN: usize = 128;
 
+/// Headers that frame a message or concern only one hop: a header modifier or a session header
+/// that wrote them would break the exchange instead of adding a field to it.
+const FRAMING_HEADERS: [&str; 8] =
+    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Headers a session header must not take over besides those: `Host` routes the request, and
+/// writing the session into `Set-Cookie` would drop the member's cookies.
+const NOT_A_SESSION_HEADER: [&str; 3] = ["host", "cookie", "set-cookie"];
+
+fn is_framing_header(name: &str) -> bool {
+    FRAMING_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// An absolute path the proxy can put in a request target: no white space, controls, query or
+/// fragment, nor `<`, `>` and `` ` `` (which the HTTP library refuses in a URI, so a rewrite to
+/// such a path would silently keep the original one).
 fn is_path(s: &str) -> bool {
-    s.starts_with('/') && s.bytes().all(|b| b > 0x20 && b != 0x7f && b != b'?' && b != b'#')
+    s.starts_with('/') && s.bytes().all(|b| b > 0x20 && b != 0x7f && !b"?#<>`".contains(&b))
 }
 
 fn is_hostname(s: &str) -> bool {
@@ -249,6 +265,11 @@ impl HeaderModifier {
         for n in names {
             if !is_token(n) || n.bytes().any(|b| b.is_ascii_uppercase()) {
                 out.push(FieldError { path: at.into(), reason: format!("{n:?} is not a lower-case header name") });
+            } else if is_framing_header(n) {
+                out.push(FieldError {
+                    path: at.into(),
+                    reason: format!("{n:?} frames the message; it is not modified"),
+                });
             }
         }
         for (n, v) in self.set.iter().chain(&self.add) {
@@ -369,6 +390,15 @@ impl SessionPersistence {
                 reason: format!("{:?} is not a cookie or header name", self.name),
             });
         }
+        if self.kind == SessionKind::Header
+            && (is_framing_header(&self.name)
+                || NOT_A_SESSION_HEADER.iter().any(|h| h.eq_ignore_ascii_case(&self.name)))
+        {
+            out.push(FieldError {
+                path: format!("{at}.sessionName"),
+                reason: format!("{:?} cannot carry a session (the proxy uses that header itself)", self.name),
+            });
+        }
         if !is_path(&self.cookie_path) || self.cookie_path.contains(';') {
             out.push(FieldError {
                 path: format!("{at}.cookiePath"),
@@ -391,6 +421,53 @@ impl SessionPersistence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rewrite_path_the_proxy_could_not_send_is_refused() {
+        for bad in ["/a<b>", "/a`b", "/a?b", "/a b"] {
+            let rule = GatewayRule {
+                filters: Filters {
+                    rewrite: Some(UrlRewrite { hostname: None, path: Some(PathModifier::ReplaceFullPath(bad.into())) }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            assert_eq!(rule.validate("r").len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn framing_and_proxy_headers_are_neither_modified_nor_session_headers() {
+        let rule = GatewayRule {
+            filters: Filters {
+                request_headers: Some(HeaderModifier {
+                    set: vec![("content-length".into(), "0".into())],
+                    add: vec![("x-ok".into(), "1".into())],
+                    remove: vec![],
+                }),
+                response_headers: Some(HeaderModifier {
+                    set: vec![],
+                    add: vec![("transfer-encoding".into(), "chunked".into())],
+                    remove: vec!["connection".into()],
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(rule.validate("r").len(), 3, "{:?}", rule.validate("r"));
+        let p = |kind, name: &str| SessionPersistence {
+            kind,
+            name: name.into(),
+            cookie_path: "/".into(),
+            lifetime: CookieLifetime::Session,
+            absolute_timeout: None,
+        };
+        for name in ["Set-Cookie", "Content-Length", "host", "Transfer-Encoding", "Connection"] {
+            assert_eq!(p(SessionKind::Header, name).validate("s").len(), 1, "{name}");
+        }
+        assert!(p(SessionKind::Header, "X-Session").validate("s").is_empty());
+        assert!(p(SessionKind::Cookie, "host").validate("s").is_empty(), "a cookie may have any token name");
+    }
 
     #[test]
     fn validation_names_the_field() {

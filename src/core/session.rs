@@ -24,6 +24,9 @@ use super::gateway::SessionPersistence;
 const MAC_LEN: usize = 16;
 /// Shortest key accepted from a file.
 pub const MIN_KEY_LEN: usize = 32;
+/// Seconds a replica's clock may run ahead of another's: a value made there may end this much
+/// later than `now + absoluteTimeout` here and still be honoured.
+const MAX_CLOCK_SKEW: u64 = 60;
 
 /// The HMAC key that seals session values. Every replica must hold the same one.
 #[derive(Clone)]
@@ -48,11 +51,14 @@ pub enum KeyError {
 
 impl SessionKey {
     /// A key from secret bytes (a mounted Secret's content; surrounding white space, such as a
-    /// trailing newline, is not part of it).
+    /// trailing newline, is not part of it — unless without it fewer than [`MIN_KEY_LEN`] bytes
+    /// would be left: 32 random bytes may well begin or end with a byte that looks like white
+    /// space, and are a good key as they are).
     pub fn from_bytes(bytes: &[u8]) -> Result<SessionKey, KeyError> {
-        let bytes = bytes.trim_ascii();
+        let trimmed = bytes.trim_ascii();
+        let bytes = if trimmed.len() >= MIN_KEY_LEN { trimmed } else { bytes };
         if bytes.len() < MIN_KEY_LEN {
-            return Err(KeyError::TooShort(bytes.len()));
+            return Err(KeyError::TooShort(trimmed.len()));
         }
         Ok(SessionKey(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
     }
@@ -146,7 +152,12 @@ pub fn open<'a>(p: &SessionPersistence, key: Option<&SessionKey>, value: &'a str
     if !ok_len || !is_valid_route(route) || !same_mac(&got, &want) {
         return Opened::Forged;
     }
-    if now >= expires { Opened::Expired } else { Opened::Valid { route, expires: Some(expires) } }
+    // A genuine value that ends later than this rule would ever let a session run (made under
+    // a longer timeout since lowered, or by another rule with the same name and a longer one) is
+    // over too: the rule's own `absoluteTimeout` bounds what it honours.
+    let latest =
+        p.absolute_timeout.map_or(u64::MAX, |t| now.saturating_add(t.as_secs()).saturating_add(MAX_CLOCK_SKEW));
+    if now >= expires || expires > latest { Opened::Expired } else { Opened::Valid { route, expires: Some(expires) } }
 }
 
 /// Compares two MACs in time that does not depend on where they differ (ring's own helper for
@@ -221,6 +232,19 @@ mod tests {
     }
 
     #[test]
+    fn a_value_that_outlives_the_rules_timeout_is_over() {
+        // Sealed under a 1-day timeout; the rule now says 60 s (lowered, or another rule with
+        // the same session name): the value is not honoured for the rest of its day.
+        let long = persistence(Some(86_400));
+        let v = seal(&long, key(1).as_ref(), "a", expiry(&long, 1000)).unwrap();
+        let short = persistence(Some(60));
+        assert_eq!(open(&short, key(1).as_ref(), &v, 2000), Opened::Expired);
+        // A replica whose clock is a little ahead still makes values this one honours.
+        let ahead = seal(&short, key(1).as_ref(), "a", expiry(&short, 1030)).unwrap();
+        assert_eq!(open(&short, key(1).as_ref(), &ahead, 1000), Opened::Valid { route: "a", expires: Some(1090) });
+    }
+
+    #[test]
     fn without_a_timeout_the_value_is_the_route() {
         let p = persistence(None);
         assert_eq!(seal(&p, key(1).as_ref(), "shop-0", None).as_deref(), Some("shop-0"));
@@ -243,5 +267,15 @@ mod tests {
             "replicas with the same Secret agree"
         );
         assert!(SessionKey::random().is_ok());
+    }
+
+    #[test]
+    fn thirty_two_random_bytes_that_end_in_a_newline_are_a_key() {
+        // `head -c 32 /dev/urandom > key` ends in a white-space byte about once in 40 tries.
+        let mut raw = [0x5a_u8; 32];
+        raw[31] = b'\n';
+        raw[0] = b' ';
+        assert!(SessionKey::from_bytes(&raw).is_ok());
+        assert!(matches!(SessionKey::from_bytes(&raw[..31]), Err(KeyError::TooShort(30))));
     }
 }

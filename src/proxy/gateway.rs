@@ -195,6 +195,11 @@ pub(crate) fn redirect(
     https: bool,
     uri: &Uri,
 ) -> http::Response<ProxyBody> {
+    // The client's Host becomes the target only when it is a plain host name: a Host such as
+    // `evil.example/x.example.com` (which a wildcard listener matches) must not redirect elsewhere.
+    if r.hostname.is_none() && !host.is_some_and(|h| super::tls::valid_redirect_host(split_host(h).0)) {
+        return plain(StatusCode::BAD_REQUEST, "routeid: the request has no valid Host to redirect to\n");
+    }
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
     let mut resp = plain(status, "");
     match HeaderValue::try_from(redirect_location(r, matched, host, https, uri)) {
@@ -356,6 +361,27 @@ mod tests {
         assert_eq!(loc(&full, "a.com", false), "http://a.com/new?x=1");
         let prefix = redirect_of(None, None, None, Some(PathModifier::ReplacePrefixMatch("/store".into())));
         assert_eq!(loc(&prefix, "[::1]:81", false), "http://[::1]:81/store/cart?x=1");
+    }
+
+    #[test]
+    fn a_redirect_never_sends_the_client_to_a_host_its_host_header_smuggled_in() {
+        let uri: Uri = "/a".parse().unwrap();
+        let r = redirect_of(Some("https"), None, None, None);
+        for host in ["evil.example/x.example.com", "evil.example?.example.com", "a@evil.example", "a b.example.com"] {
+            let resp = redirect(&r, None, Some(host), false, &uri);
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{host}");
+            assert!(resp.headers().get(header::LOCATION).is_none(), "{host}");
+        }
+        for host in ["a.example.com", "a.example.com:8080", "[::1]:81", "10.0.0.1"] {
+            assert_eq!(redirect(&r, None, Some(host), false, &uri).status(), StatusCode::FOUND, "{host}");
+        }
+        let fixed = redirect_of(Some("https"), Some("b.example.com"), None, None);
+        let resp = redirect(&fixed, None, Some("evil.example/x"), false, &uri);
+        assert_eq!(
+            resp.headers().get(header::LOCATION).unwrap(),
+            "https://b.example.com/a",
+            "the route names the host"
+        );
     }
 
     #[test]

@@ -693,7 +693,7 @@ fn redirect_host(host: &str) -> &str {
 }
 
 /// A DNS name or IPv4 address (`[A-Za-z0-9.-]+`), or a bracketed IPv6 literal.
-fn valid_redirect_host(h: &str) -> bool {
+pub(crate) fn valid_redirect_host(h: &str) -> bool {
     if let Some(inner) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return inner.parse::<std::net::Ipv6Addr>().is_ok();
     }

@@ -649,6 +649,41 @@ async fn a_route_is_reachable_only_on_the_kind_of_listener_it_attached_to() {
         assert_eq!(get(r.proxy(), "/secure/x", &[]).await.status, 404, "nor without a Host");
         assert_eq!(over_tls("/plain/x").await.unwrap().status, 404, "an HTTP-only route is not served over TLS");
         assert_eq!(get(r.proxy(), "/plain/x", &[("host", HOST)]).await.route(), "shop-0");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_manager_drains_and_clears_a_member_of_an_httproute_pool_in_controller_mode() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        let _pods = shop_pods(&kube, 2).await;
+        route(&kube, "shop", json!([{"backendRefs": [{"name": "shop", "port": 80}]}])).await;
+        let manager = routeid::admin::manager::Manager::new(
+            Some("tok".into()),
+            routeid::admin::manager::Persistence::Kubernetes(api.client()),
+        );
+        let r = Replica::start_with_manager(&api, options("a"), manager).await;
+        served(&kube, &r, "shop", "/warmup").await;
+        let pool = routeid::controller::gateway::pool_name("shop", 0);
+        let member = format!("/balancer-manager/api/pools/{NS}/{pool}/members/shop-1");
+        let auth = [("authorization", "Bearer tok")];
+        let body = bytes::Bytes::from_static(br#"{"status": "Drain"}"#);
+        // An HTTPRoute pool has no BalancerPool to keep the change in: it stays in memory.
+        let patch = send(&client(), r.running.admin_addr, "PATCH", &member, &auth, body).await;
+        assert_eq!(patch.status, 200, "{}", patch.body);
+        assert!(r.members(&pool).iter().any(|(route, state)| route == "shop-1" && state == "Drain"));
+        let page = get(r.running.admin_addr, "/balancer-manager", &[]).await;
+        assert!(page.body.contains("Ingress or HTTPRoute: this replica&#39;s memory"), "{}", page.body);
+        // The live page encodes each segment (encodeURIComponent): `httproute%3Ashop%3A0`.
+        let encoded = member.replace(':', "%3A");
+        let body = bytes::Bytes::from_static(br#"{"loadFactor": 7}"#);
+        let patch = send(&client(), r.running.admin_addr, "PATCH", &encoded, &auth, body).await;
+        assert_eq!(patch.status, 200, "{}", patch.body);
+        let clear =
+            send(&client(), r.running.admin_addr, "DELETE", &format!("{encoded}/override"), &auth, bytes::Bytes::new())
+                .await;
+        assert_eq!(clear.status, 200, "{}", clear.body);
+        assert!(r.members(&pool).iter().any(|(route, state)| route == "shop-1" && state == "Ok"));
         r.stop().await;
     })
     .await;

@@ -78,3 +78,19 @@ async fn live_figures_follow_the_traffic() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_huge_page_offset_is_an_empty_page_not_a_panic() {
+    bounded(async {
+        let members: Vec<(std::net::SocketAddr, String, u32)> =
+            (1..=101u16).map(|i| (std::net::SocketAddr::from(([127, 0, 0, 1], i)), format!("m{i}"), 1)).collect();
+        let members: Vec<(std::net::SocketAddr, &str, u32)> =
+            members.iter().map(|(a, r, l)| (*a, r.as_str(), *l)).collect();
+        let p = start_proxy(&pool_yaml("shop", &members, "")).await;
+        let got = get(p.admin_addr, &format!("/balancer-manager?from={}", usize::MAX), &[]).await;
+        assert_eq!(got.status, 200, "{}", got.body);
+        let got = get(p.admin_addr, "/balancer-manager?from=100", &[]).await;
+        assert!(got.body.contains("Members 101–101 of 101."), "{}", got.body);
+    })
+    .await;
+}

@@ -344,6 +344,32 @@ fn session_persistence_becomes_the_sticky_settings() {
 }
 
 #[test]
+fn the_session_cookie_path_covers_every_path_match_of_the_rule() {
+    // A cookie scoped to the first match only is never sent on the others: every request there
+    // would start a new session.
+    let mut w = World::new();
+    let prefix = |v: &str| json!({"path": {"type": "PathPrefix", "value": v}});
+    let rule = |matches: Value| {
+        json!({"matches": matches, "backendRefs": [{"name": "shop", "port": 80}],
+                                       "sessionPersistence": {"sessionName": "S"}})
+    };
+    w.route(
+        "shop",
+        simple_route(json!({"rules": [
+            rule(json!([prefix("/shop/cart"), prefix("/shop/checkout")])),
+            rule(json!([prefix("/a"), prefix("/b")])),
+            rule(json!([prefix("/x/y"), {"path": {"type": "Exact", "value": "/x/y/z"}}])),
+            rule(json!([prefix("/app")])),
+        ]})),
+    );
+    let t = w.translate();
+    assert_eq!(accepted(&t, "shop"), (true, "Accepted"));
+    let paths: Vec<String> =
+        t.pools.iter().map(|p| p.sticky.clone().unwrap().persistence.unwrap().cookie_path).collect();
+    assert_eq!(paths, ["/shop", "/", "/", "/app"]);
+}
+
+#[test]
 fn matches_filters_and_precedence_data_reach_the_pool() {
     let mut w = World::new();
     w.route(
