@@ -649,6 +649,10 @@ async fn a_route_is_reachable_only_on_the_kind_of_listener_it_attached_to() {
         assert_eq!(get(r.proxy(), "/secure/x", &[]).await.status, 404, "nor without a Host");
         assert_eq!(over_tls("/plain/x").await.unwrap().status, 404, "an HTTP-only route is not served over TLS");
         assert_eq!(get(r.proxy(), "/plain/x", &[("host", HOST)]).await.route(), "shop-0");
+        r.stop().await;
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balancer_manager_drains_and_clears_a_member_of_an_httproute_pool_in_controller_mode() {
