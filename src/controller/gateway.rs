@@ -1077,9 +1077,21 @@ fn backend<'a>(inputs: &'a Inputs<'_>, key: &Key, b: &HTTPBackendRef) -> Result<
     Ok(Backend { service: svc_key, weight, slices, port: resolved.slice_port().clone() })
 }
 
+/// The route of a pod of a backend outside the route's namespace: `<pod>~<namespace>`.
+/// Pod names are unique only within a namespace, so a rule reaching `a/web` and `b/web` would
+/// otherwise hold two `web-0`. Always qualified (not only on a collision), so a route never
+/// changes when a pod elsewhere comes or goes and sessions stay valid; `~` cannot occur in a
+/// pod or namespace name, so no qualified route equals a pod name of the route's namespace.
+/// `None` when the result is not a valid route (too long).
+fn qualified_route(pod: &crate::core::Route, namespace: &str) -> Option<crate::core::Route> {
+    let r = format!("{pod}~{namespace}");
+    crate::core::config::is_valid_route(&r).then(|| crate::core::Route::from(r))
+}
+
 /// The members of a rule: every backend's pods, each backend's weight split over its ready
 /// pods and scaled to load factors 1–100; a weight-0 backend's pods are `Drain` (their sessions
-/// stay, no new ones).
+/// stay, no new ones). A pod reached through two backendRefs is one member with the summed
+/// share; pods of a backend in another namespace get [`qualified_route`]s.
 fn weighted_members(
     inputs: &Inputs<'_>,
     cache: &MemberCache,
@@ -1099,8 +1111,17 @@ fn weighted_members(
         let derived = service_members(cache, &backend);
         let ready = derived.iter().filter(|m| m.status == MemberStatus::Ok).count().max(1);
         let share = f64::from(backend.weight) / ready as f64;
+        let qualify = backend.service.0 != key.0;
         for m in derived.iter() {
             let mut m = m.clone();
+            if qualify {
+                let Some(route) = qualified_route(&m.route, &backend.service.0) else {
+                    tracing::warn!(route = %m.route, namespace = %backend.service.0,
+                        "pod name too long to qualify with its namespace: left out of the rule");
+                    continue;
+                };
+                m.route = route;
+            }
             let s = if m.status == MemberStatus::Ok && backend.weight > 0 { share } else { 0.0 };
             if backend.weight == 0 {
                 m.status = MemberStatus::Drain;
