@@ -275,7 +275,7 @@ fn backend_refs_need_a_service_a_port_and_a_grant_across_namespaces() {
     assert_eq!(refs_reason("cross"), ("ResolvedRefs", false, "RefNotPermitted"));
     assert_eq!(refs_reason("noport"), ("ResolvedRefs", false, "BackendNotFound"));
     assert_eq!(refs_reason("badport"), ("ResolvedRefs", false, "BackendNotFound"));
-    // Still accepted: the rule is served, without members (503).
+    // Still accepted: the rule is served, and answers 500 (its only backendRef is invalid).
     assert_eq!(accepted(&t, "missing"), (true, "Accepted"));
     w.grant("other", "HTTPRoute", NS, "Service");
     let t = w.translate();
@@ -793,4 +793,24 @@ fn a_pod_behind_two_services_of_a_rule_is_one_member_with_the_summed_weight() {
     // shop-0 and shop-1: 1 + 1 each, solo-0: 1.
     assert_eq!(lf.len(), 3);
     assert_eq!((lf["shop-0"], lf["shop-1"], lf["solo-0"]), (100, 100, 50));
+}
+
+#[test]
+fn invalid_backend_refs_keep_their_share_for_the_spec_500() {
+    let mut w = World::new();
+    let rule = |refs: Value| simple_route(json!({"rules": [{"backendRefs": refs}]}));
+    w.route("half", rule(json!([{"name": "shop", "port": 80}, {"name": "nope", "port": 80}])));
+    w.route("none", rule(json!([{"name": "nope", "port": 80, "weight": 0}, {"name": "x", "kind": "ConfigMap"}])));
+    w.route("fine", rule(json!([{"name": "shop", "port": 80}, {"name": "nope", "port": 80, "weight": 0}])));
+    let t = w.translate();
+    let share = |n: &str| {
+        let p = t.pools.iter().find(|p| p.id.name == format!("httproute:{n}:0")).unwrap();
+        p.gateway.as_ref().unwrap().invalid.clone().map(|s| (s.weight, s.total, s.reason))
+    };
+    assert_eq!(share("half"), Some((1, 2, "Service web/nope not found".to_owned())));
+    let (w_, t_, reason) = share("none").unwrap();
+    assert_eq!((w_, t_), (1, 1), "no valid backendRef: every request, even at weight 0");
+    assert_eq!(reason, "Service web/nope not found; backendRef \"x\" is not a Service");
+    assert_eq!(share("fine"), None, "an invalid backendRef of weight 0 takes nothing");
+    assert_eq!(route_conds(&t, "half")[1], ("ResolvedRefs", false, "BackendNotFound"));
 }
