@@ -817,7 +817,7 @@ fn invalid_backend_refs_keep_their_share_for_the_spec_500() {
 
 #[test]
 fn a_qualified_route_too_long_for_a_route_is_refused() {
-    let pod = crate::core::Route::from("p".repeat(250));
+    let pod = crate::core::Route::from("p".repeat(251));
     assert_eq!(qualified_route(&pod, "ns"), None);
     assert_eq!(qualified_route(&crate::core::Route::from("web-0"), "b").unwrap(), "web-0~b");
 }
