@@ -168,6 +168,7 @@ pub struct PoolMetrics {
     sticky: [IntCounter; 7],
     failovers: [IntCounter; 2],
     unavailable: IntCounter,
+    invalid_backend: IntCounter,
 }
 
 impl PoolMetrics {
@@ -184,6 +185,11 @@ impl PoolMetrics {
     /// Counts a 503 for want of a usable member.
     pub fn unavailable(&self) {
         self.unavailable.inc();
+    }
+
+    /// Counts a 500 for a request of an HTTPRoute rule's invalid backendRefs' share.
+    pub fn invalid_backend(&self) {
+        self.invalid_backend.inc();
     }
 
     /// Sticky decisions so far, by [`StickyOutcome`], and the 503s for want of a member (read
@@ -212,6 +218,8 @@ pub struct Metrics {
     sticky: IntCounterVec,
     failovers: IntCounterVec,
     unavailable: IntCounterVec,
+    /// Requests of an HTTPRoute rule's invalid backendRefs' share (500).
+    invalid_backend: IntCounterVec,
     /// Requests no pool matched (404).
     pub unmatched: IntCounter,
     /// Client-side failures by [`ClientError`], made once.
@@ -294,6 +302,13 @@ impl Metrics {
             Opts::new("routeid_pool_unavailable_total", "Requests answered 503 because no member could take them."),
             &["namespace", "pool"],
         ));
+        let invalid_backend = must(IntCounterVec::new(
+            Opts::new(
+                "routeid_pool_invalid_backend_total",
+                "Requests answered 500 because they fell in an HTTPRoute rule's invalid backendRefs' share.",
+            ),
+            &["namespace", "pool"],
+        ));
         let unmatched = must(IntCounter::new("routeid_unmatched_requests_total", "Requests no pool matched (404)."));
         let client_error_vec = must(IntCounterVec::new(
             Opts::new(
@@ -353,6 +368,7 @@ impl Metrics {
             Box::new(sticky.clone()),
             Box::new(failovers.clone()),
             Box::new(unavailable.clone()),
+            Box::new(invalid_backend.clone()),
             Box::new(unmatched.clone()),
             Box::new(client_error_vec),
             Box::new(log_lines_dropped.clone()),
@@ -377,6 +393,7 @@ impl Metrics {
             sticky,
             failovers,
             unavailable,
+            invalid_backend,
             unmatched,
             client_errors,
             log_lines_dropped,
@@ -403,6 +420,7 @@ impl Metrics {
             sticky: STICKY_LABELS.map(|o| self.sticky.with_label_values(&[ns, name, o])),
             failovers: FAILOVER_LABELS.map(|r| self.failovers.with_label_values(&[ns, name, r])),
             unavailable: self.unavailable.with_label_values(&[ns, name]),
+            invalid_backend: self.invalid_backend.with_label_values(&[ns, name]),
         }
     }
 
@@ -441,6 +459,7 @@ impl Metrics {
             let _ = self.failovers.remove_label_values(&[ns, name, r]);
         }
         let _ = self.unavailable.remove_label_values(&[ns, name]);
+        let _ = self.invalid_backend.remove_label_values(&[ns, name]);
     }
 
     /// The text exposition: registered metrics plus member state read from `table` now.

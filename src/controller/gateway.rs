@@ -874,7 +874,9 @@ fn rule_pool(
         }
         None => None,
     };
-    let (members, problem) = weighted_members(inputs, cache, key, &rule.backend_refs);
+    let (members, problem, invalid) = weighted_members(inputs, cache, key, &rule.backend_refs);
+    let mut gw_rule = gw_rule;
+    gw_rule.invalid = invalid;
     let first = rule.backend_refs.first().map_or_else(|| "none".to_owned(), |b| b.name.clone());
     spec.backend.service = Some(ServiceRef { name: first, port: IntOrString::Int(0) });
     Ok((RulePool { index: i, spec, members, rule: gw_rule, persistence }, problem))
@@ -911,7 +913,7 @@ fn gateway_rule(route: &HTTPRoute, key: &Key, i: usize, rule: &HTTPRouteRule) ->
     };
     // The kind of connection is the listeners' and is set per pool by `rule_configs`.
     let served_on = core_gw::ServedOn::Both;
-    let out = core_gw::GatewayRule { matches, order, filters: filters(&rule.filters, &at)?, served_on };
+    let out = core_gw::GatewayRule { matches, order, filters: filters(&rule.filters, &at)?, served_on, invalid: None };
     match out.validate(&at).first() {
         Some(e) => Err(e.to_string()),
         None => Ok(out),
@@ -1077,30 +1079,59 @@ fn backend<'a>(inputs: &'a Inputs<'_>, key: &Key, b: &HTTPBackendRef) -> Result<
     Ok(Backend { service: svc_key, weight, slices, port: resolved.slice_port().clone() })
 }
 
+/// The route of a pod of a backend outside the route's namespace: `<pod>~<namespace>`.
+/// Pod names are unique only within a namespace, so a rule reaching `a/web` and `b/web` would
+/// otherwise hold two `web-0`. Always qualified (not only on a collision), so a route never
+/// changes when a pod elsewhere comes or goes and sessions stay valid; `~` cannot occur in a
+/// pod or namespace name, so no qualified route equals a pod name of the route's namespace.
+/// `None` when the result is not a valid route (too long).
+fn qualified_route(pod: &crate::core::Route, namespace: &str) -> Option<crate::core::Route> {
+    let r = format!("{pod}~{namespace}");
+    crate::core::config::is_valid_route(&r).then(|| crate::core::Route::from(r))
+}
+
 /// The members of a rule: every backend's pods, each backend's weight split over its ready
 /// pods and scaled to load factors 1–100; a weight-0 backend's pods are `Drain` (their sessions
-/// stay, no new ones).
+/// stay, no new ones). A pod reached through two backendRefs is one member with the summed
+/// share; pods of a backend in another namespace get [`qualified_route`]s.
 fn weighted_members(
     inputs: &Inputs<'_>,
     cache: &MemberCache,
     key: &Key,
     refs: &[HTTPBackendRef],
-) -> (Vec<MemberConfig>, Option<Cond>) {
+) -> (Vec<MemberConfig>, Option<Cond>, Option<core_gw::InvalidShare>) {
     let mut problem = None;
     let mut shares: BTreeMap<crate::core::Route, (MemberConfig, f64)> = BTreeMap::new();
+    let mut invalid = core_gw::InvalidShare::default();
+    let mut valid = 0_usize;
     for b in refs {
+        let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
+        invalid.total = invalid.total.saturating_add(weight);
         let backend = match backend(inputs, key, b) {
             Ok(b) => b,
             Err(c) => {
+                invalid.weight = invalid.weight.saturating_add(weight);
+                invalid.reason.push_str(if invalid.reason.is_empty() { "" } else { "; " });
+                invalid.reason.push_str(&c.message);
                 problem.get_or_insert(c);
                 continue;
             }
         };
+        valid += 1;
         let derived = service_members(cache, &backend);
         let ready = derived.iter().filter(|m| m.status == MemberStatus::Ok).count().max(1);
         let share = f64::from(backend.weight) / ready as f64;
+        let qualify = backend.service.0 != key.0;
         for m in derived.iter() {
             let mut m = m.clone();
+            if qualify {
+                let Some(route) = qualified_route(&m.route, &backend.service.0) else {
+                    tracing::warn!(route = %m.route, namespace = %backend.service.0,
+                        "pod name too long to qualify with its namespace: left out of the rule");
+                    continue;
+                };
+                m.route = route;
+            }
             let s = if m.status == MemberStatus::Ok && backend.weight > 0 { share } else { 0.0 };
             if backend.weight == 0 {
                 m.status = MemberStatus::Drain;
@@ -1117,5 +1148,17 @@ fn weighted_members(
             m
         })
         .collect();
-    (members, problem)
+    (members, problem, invalid_share(invalid, valid))
+}
+
+/// The invalid backendRefs' share of a rule, if it has any: all of it when no backendRef is
+/// valid (even at weight 0), as the spec answers such a rule `500`.
+fn invalid_share(mut share: core_gw::InvalidShare, valid: usize) -> Option<core_gw::InvalidShare> {
+    if share.reason.is_empty() {
+        return None;
+    }
+    if valid == 0 {
+        (share.weight, share.total) = (1, 1);
+    }
+    (share.weight > 0).then_some(share)
 }

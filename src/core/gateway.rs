@@ -26,6 +26,35 @@ pub struct GatewayRule {
     pub filters: Filters,
     /// The kind of connection the rule is served on: that of the listeners it attached through.
     pub served_on: ServedOn,
+    /// The share of new requests that belongs to invalid backendRefs: the spec answers them 500.
+    pub invalid: Option<InvalidShare>,
+}
+
+/// The weight of a rule's invalid backendRefs (Service not found, no ReferenceGrant, bad
+/// port…). The HTTPRoute spec answers the requests that would have gone to them with `500`,
+/// rather than moving their share onto the valid backends; so new requests (not those of a
+/// session pinned to a valid member) land in it in proportion to its weight.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InvalidShare {
+    /// The invalid backendRefs' weights, summed.
+    pub weight: u32,
+    /// Every backendRef's weight, summed (valid and invalid); the share is `weight / total`.
+    pub total: u32,
+    /// Why, for the `500`'s text: the invalid backendRefs' problems.
+    pub reason: String,
+}
+
+impl InvalidShare {
+    /// Whether the `n`th new request of the rule falls in the share: exactly `weight` of every
+    /// `total` consecutive requests, spread evenly (no random draw, nothing to allocate).
+    pub fn takes(&self, n: u64) -> bool {
+        if self.total == 0 {
+            return false;
+        }
+        let (w, t) = (u64::from(self.weight.min(self.total)), u64::from(self.total));
+        let k = n % t;
+        (k + 1) * w / t > k * w / t
+    }
 }
 
 /// Which client connections a rule is served on, so a route attached only to an HTTPS listener
@@ -516,5 +545,19 @@ mod tests {
         assert_eq!(p.validate("s").len(), 1);
         p.absolute_timeout = Some(Duration::from_secs(60));
         assert!(p.validate("s").is_empty());
+    }
+
+    #[test]
+    fn the_invalid_share_takes_exactly_its_weight_spread_evenly() {
+        let share = |weight, total| InvalidShare { weight, total, reason: String::new() };
+        let taken = |s: &InvalidShare, n: u64| (0..n).filter(|&i| s.takes(i)).count();
+        let half = share(1, 2);
+        assert_eq!((0..4).map(|i| half.takes(i)).collect::<Vec<_>>(), [false, true, false, true]);
+        assert_eq!(taken(&share(3, 10), 1000), 300);
+        assert_eq!(taken(&share(7, 7), 50), 50, "all invalid: every request");
+        assert_eq!(taken(&share(0, 5), 50), 0);
+        assert_eq!(taken(&share(9, 0), 50), 0, "no weight at all: nothing");
+        assert_eq!(taken(&share(u32::MAX, u32::MAX), 10), 10, "no overflow");
+        assert_eq!((u64::MAX - 2..u64::MAX).filter(|&i| share(1, 3).takes(i)).count(), 1, "any n");
     }
 }

@@ -13,7 +13,7 @@ use super::lb::{ByBusyness, ByRequests, ByTraffic, Heartbeat, LbContext, LbMetho
 use super::member::{Member, MemberRuntime};
 use super::names::{LbMethodName, MemberStatus};
 use super::route::Route;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why the lb method chose a member (the request is then a *route change* in a sticky pool).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,9 @@ pub enum Unavailable {
     NoUsableMember,
     /// `failover: false` and the routed member is unusable.
     StickyMemberUnusable,
+    /// A new request of an HTTPRoute rule fell in its invalid backendRefs' share
+    /// ([`super::gateway::InvalidShare`]): the spec's `500`, no member at fault.
+    InvalidBackend,
 }
 
 /// Members already attempted by one request, so a retry goes elsewhere. Fixed size: attempts
@@ -124,6 +127,8 @@ pub struct Pool {
     /// The distinct lbSets, lowest first.
     lb_sets: Vec<u32>,
     lb: Box<dyn LbMethod>,
+    /// New requests so far of a rule with an invalid backendRefs' share (only those count).
+    new_requests: AtomicU64,
 }
 
 impl Pool {
@@ -200,7 +205,7 @@ impl Pool {
             LbMethodName::Heartbeat => Box::new(Heartbeat),
             LbMethodName::LeastLatency => Box::new(LeastLatency::default()),
         };
-        Pool { config, members, carried, route_index, lb_sets, lb }
+        Pool { config, members, carried, route_index, lb_sets, lb, new_requests: AtomicU64::new(0) }
     }
 
     /// Where member `i` came from in the pool this one was built from: `Some(j)` when the
@@ -272,6 +277,9 @@ impl Pool {
                 None => {}
             }
         }
+        if tried.is_empty() && self.takes_invalid_share() {
+            return Choice::Unavailable(Unavailable::InvalidBackend);
+        }
         if let Some(i) = self.balance(tried, &ctx) {
             return Choice::Balanced(i, reason);
         }
@@ -284,6 +292,16 @@ impl Pool {
             return Choice::Balanced(i, reason);
         }
         Choice::Unavailable(Unavailable::NoUsableMember)
+    }
+
+    /// Whether this new request belongs to the rule's invalid backendRefs (one atomic add, and
+    /// only in a rule that has some; the lb method is not consulted, so its sequence over the
+    /// valid members is unchanged).
+    fn takes_invalid_share(&self) -> bool {
+        let Some(share) = self.config.gateway.as_ref().and_then(|g| g.invalid.as_ref()) else {
+            return false;
+        };
+        share.takes(self.new_requests.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Apache's order: lbSet 0's normal members, then its hot standbys, then lbSet 1's, ...
@@ -360,6 +378,51 @@ mod tests {
     }
 
     use MemberStatus::*;
+
+    fn with_invalid_share(members: &[&str], weight: u32, total: u32) -> Pool {
+        let mut b = PoolConfig::test("p").sticky(true);
+        for (i, r) in members.iter().enumerate() {
+            b = b.member_at(r, &format!("127.0.0.1:{}", 20_000 + i));
+        }
+        let mut cfg = b.build();
+        let invalid = super::super::gateway::InvalidShare { weight, total, reason: "Service x/y not found".into() };
+        cfg.gateway = Some(super::super::gateway::GatewayRule { invalid: Some(invalid), ..Default::default() });
+        Pool::new(cfg, None)
+    }
+
+    #[test]
+    fn new_requests_fall_in_the_invalid_share_sessions_and_retries_do_not() {
+        let p = with_invalid_share(&["a", "b"], 1, 2);
+        let new = |route| p.choose(route, &Tried::default(), 1);
+        let bad = Choice::Unavailable(Unavailable::InvalidBackend);
+        // Every other new request; the valid ones keep ByRequests' own sequence a, b, a, b.
+        let seq: Vec<Choice> = (0..8).map(|_| new(None)).collect();
+        let valid: Vec<Choice> = seq.iter().copied().filter(|c| *c != bad).collect();
+        assert_eq!(seq.iter().filter(|c| **c == bad).count(), 4);
+        assert_eq!(
+            valid,
+            [0, 1, 0, 1].map(|i| Choice::Balanced(i, Balanced::NoRoute)),
+            "the lb method is not consulted for the invalid share"
+        );
+        // A session on a valid member stays pinned, whatever the share.
+        for _ in 0..6 {
+            assert_eq!(new(Some("b")), Choice::StickyHit(1));
+        }
+        // A retry goes to another member, never to the invalid share.
+        let mut tried = Tried::default();
+        tried.push(0);
+        for _ in 0..6 {
+            assert_eq!(p.choose(None, &tried, 1), Choice::Balanced(1, Balanced::Retry));
+        }
+    }
+
+    #[test]
+    fn a_rule_whose_backends_are_all_invalid_answers_every_request_from_the_share() {
+        let p = with_invalid_share(&[], 2, 2);
+        for route in [None, Some("a"), None] {
+            assert_eq!(p.choose(route, &Tried::default(), 1), Choice::Unavailable(Unavailable::InvalidBackend));
+        }
+    }
 
     #[test]
     fn sticky_hit_on_usable_member() {

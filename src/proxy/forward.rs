@@ -887,6 +887,9 @@ impl Proxy {
         if last_taken {
             return plain(StatusCode::BAD_GATEWAY, "routeid: the member failed before answering\n");
         }
+        if why == Unavailable::InvalidBackend {
+            return self.invalid_backend(r);
+        }
         if self.settings.metrics {
             r.ext.metrics.unavailable();
         }
@@ -897,8 +900,21 @@ impl Proxy {
                 "routeid: the member for route {} of pool {id} is unavailable and failover is off\n",
                 r.vars.session_route.as_deref().unwrap_or("-"),
             ),
+            Unavailable::InvalidBackend => String::new(),
         };
         plain(StatusCode::SERVICE_UNAVAILABLE, text)
+    }
+
+    /// The HTTPRoute spec's `500` for a request that fell in the rule's invalid backendRefs'
+    /// share: counted per pool and in the access log (no member is at fault), and logged at
+    /// debug only, as the route's `ResolvedRefs=False` status already says why.
+    fn invalid_backend(&self, r: &mut Routed<'_>) -> Response<ProxyBody> {
+        if self.settings.metrics {
+            r.ext.metrics.invalid_backend();
+        }
+        let reason = r.pool.config.gateway.as_ref().and_then(|g| g.invalid.as_ref()).map_or("", |i| i.reason.as_str());
+        tracing::debug!(pool = %r.pool.config.id, reason, "request of an invalid backendRef's share: 500");
+        plain(StatusCode::INTERNAL_SERVER_ERROR, format!("routeid: invalid backendRef: {reason}\n"))
     }
 
     /// Stage four: finishes the answer for the client — metrics, the tunnel of an upgrade,

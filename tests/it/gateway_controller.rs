@@ -692,3 +692,58 @@ async fn the_balancer_manager_drains_and_clears_a_member_of_an_httproute_pool_in
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_invalid_backend_refs_share_of_new_requests_gets_500_and_an_all_invalid_rule_answers_500() {
+    bounded(async {
+        let api = FakeApiServer::start().await;
+        let kube = Kube::new(&api);
+        gateway_basics(&kube).await;
+        let pods = shop_pods(&kube, 1).await;
+        let half = json!({"matches": [{"path": {"type": "PathPrefix", "value": "/half"}}],
+                          "backendRefs": [{"name": "shop", "port": 80, "weight": 1},
+                                          {"name": "nope", "port": 80, "weight": 1}],
+                          "sessionPersistence": {"sessionName": "S"}});
+        let all = json!({"matches": [{"path": {"type": "PathPrefix", "value": "/all"}}],
+                         "backendRefs": [{"name": "nope", "port": 80}]});
+        route(&kube, "shop", json!([half, all])).await;
+        let r = Replica::start_with_settings(&api, options("a"), settings(&WallClock::manual(START))).await;
+        served(&kube, &r, "shop", "/half").await;
+        assert_eq!(
+            route_condition(&kube, "shop", "ResolvedRefs").await,
+            Some(("False".into(), "BackendNotFound".into()))
+        );
+        // New requests: the invalid backendRef's weight is half of the rule's. The share is
+        // spread evenly (exactly 1 of every 2), so the tolerance of ±5 of 100 is slack.
+        let mut five_hundreds = 0;
+        let mut session = None;
+        let before = pods[0].hits();
+        for _ in 0..100 {
+            let got = get(r.proxy(), "/half", &[]).await;
+            match got.status.as_u16() {
+                500 => {
+                    assert!(got.body.contains("Service web/nope not found"), "{}", got.body);
+                    assert!(got.set_cookies().is_empty(), "no session to an invalid backend");
+                    five_hundreds += 1;
+                }
+                200 => session = Some(cookie_pair(&got)),
+                other => panic!("unexpected {other}: {}", got.body),
+            }
+        }
+        assert!((45..=55).contains(&five_hundreds), "{five_hundreds} of 100 new requests got 500");
+        // A session on the valid pod stays pinned: none of its requests falls in the share.
+        let cookie = session.expect("some new requests reached shop-0");
+        for _ in 0..20 {
+            let got = get(r.proxy(), "/half", &[("cookie", &cookie)]).await;
+            assert_eq!((got.status.as_u16(), got.route()), (200, "shop-0"));
+        }
+        // Every backendRef invalid: every request 500, and the valid pod is not blamed.
+        for _ in 0..20 {
+            let got = get(r.proxy(), "/all", &[]).await;
+            assert_eq!(got.status.as_u16(), 500, "{}", got.body);
+        }
+        assert_eq!(pods[0].hits() - before, 100 - five_hundreds + 20, "only the valid share reached the pod");
+        r.stop().await;
+    })
+    .await;
+}

@@ -275,13 +275,13 @@ fn backend_refs_need_a_service_a_port_and_a_grant_across_namespaces() {
     assert_eq!(refs_reason("cross"), ("ResolvedRefs", false, "RefNotPermitted"));
     assert_eq!(refs_reason("noport"), ("ResolvedRefs", false, "BackendNotFound"));
     assert_eq!(refs_reason("badport"), ("ResolvedRefs", false, "BackendNotFound"));
-    // Still accepted: the rule is served, without members (503).
+    // Still accepted: the rule is served, and answers 500 (its only backendRef is invalid).
     assert_eq!(accepted(&t, "missing"), (true, "Accepted"));
     w.grant("other", "HTTPRoute", NS, "Service");
     let t = w.translate();
     assert_eq!(route_conds(&t, "cross")[1], ("ResolvedRefs", true, "ResolvedRefs"));
     let p = t.pools.iter().find(|p| p.id.name == "httproute:cross:0").unwrap();
-    assert_eq!(p.members[0].route.as_str(), "db-0");
+    assert_eq!(p.members[0].route.as_str(), "db-0~other");
 }
 
 #[test]
@@ -731,4 +731,93 @@ fn a_rule_is_served_on_the_kinds_of_listener_it_attached_through_with_their_host
     let again: Vec<String> = w.translate().pools.iter().map(|p| p.id.name.clone()).collect();
     assert_eq!(again, t.pools.iter().map(|p| p.id.name.clone()).collect::<Vec<_>>());
     assert!(t.pools.iter().all(|p| is_route_pool(&p.id)));
+}
+
+#[test]
+fn pods_of_the_same_name_in_two_namespaces_stay_two_members_with_exact_weights() {
+    let mut w = World::new();
+    w.add_service("a", "web", &["web-0"]);
+    w.add_service("b", "web", &["web-0"]);
+    w.add_service(NS, "web", &["web-0"]);
+    w.grant("a", "HTTPRoute", NS, "Service");
+    w.grant("b", "HTTPRoute", NS, "Service");
+    w.route(
+        "shop",
+        simple_route(json!({"rules": [{"backendRefs": [
+            {"name": "web", "namespace": "a", "port": 80, "weight": 1},
+            {"name": "web", "namespace": "b", "port": 80, "weight": 3},
+            {"name": "web", "port": 80, "weight": 2},
+        ]}]})),
+    );
+    let t = w.translate();
+    let members = &t.pools[0].members;
+    let lf: BTreeMap<&str, (u32, std::net::SocketAddr)> =
+        members.iter().map(|m| (m.route.as_str(), (m.load_factor, m.address))).collect();
+    // The route's own namespace keeps the pod name; the others are qualified, whether or not
+    // a name collides today, so a route never changes when a pod elsewhere comes or goes.
+    assert_eq!(lf.keys().copied().collect::<Vec<_>>(), ["web-0", "web-0~a", "web-0~b"]);
+    assert_eq!(lf["web-0~b"].0, 100);
+    assert_eq!(lf["web-0~a"].0, 33);
+    assert_eq!(lf["web-0"].0, 67);
+    let addrs: std::collections::HashSet<_> = lf.values().map(|v| v.1).collect();
+    assert_eq!(addrs.len(), 3, "each pod at its own address");
+    assert!(members.windows(2).all(|p| p[0].route < p[1].route), "sorted, unique routes");
+    assert!(members.iter().all(|m| crate::core::config::is_valid_route(&m.route)));
+    // A re-translation, and one without namespace b's Service, keep a's route.
+    assert_eq!(w.translate().pools[0].members, *members);
+    w.services.remove(&("b".to_owned(), "web".to_owned()));
+    let t = w.translate();
+    assert!(t.pools[0].members.iter().any(|m| m.route == "web-0~a"));
+}
+
+#[test]
+fn a_pod_behind_two_services_of_a_rule_is_one_member_with_the_summed_weight() {
+    let mut w = World::new();
+    w.add_service(NS, "solo", &["solo-0"]);
+    // `both` selects the pods of `shop`: same pod names, same addresses.
+    w.add_service(NS, "both", &["shop-0", "shop-1"]);
+    let shop_slice = w.slices[&(NS.to_owned(), "shop".to_owned())].clone();
+    let mut both = shop_slice.clone();
+    both[0].metadata.name = Some("both-abc".into());
+    w.slices.insert((NS.to_owned(), "both".to_owned()), both);
+    w.route(
+        "shop",
+        simple_route(json!({"rules": [{"backendRefs": [
+            {"name": "shop", "port": 80, "weight": 2},
+            {"name": "both", "port": 80, "weight": 2},
+            {"name": "solo", "port": 80, "weight": 1},
+        ]}]})),
+    );
+    let t = w.translate();
+    let lf: BTreeMap<&str, u32> = t.pools[0].members.iter().map(|m| (m.route.as_str(), m.load_factor)).collect();
+    // shop-0 and shop-1: 1 + 1 each, solo-0: 1.
+    assert_eq!(lf.len(), 3);
+    assert_eq!((lf["shop-0"], lf["shop-1"], lf["solo-0"]), (100, 100, 50));
+}
+
+#[test]
+fn invalid_backend_refs_keep_their_share_for_the_spec_500() {
+    let mut w = World::new();
+    let rule = |refs: Value| simple_route(json!({"rules": [{"backendRefs": refs}]}));
+    w.route("half", rule(json!([{"name": "shop", "port": 80}, {"name": "nope", "port": 80}])));
+    w.route("none", rule(json!([{"name": "nope", "port": 80, "weight": 0}, {"name": "x", "kind": "ConfigMap"}])));
+    w.route("fine", rule(json!([{"name": "shop", "port": 80}, {"name": "nope", "port": 80, "weight": 0}])));
+    let t = w.translate();
+    let share = |n: &str| {
+        let p = t.pools.iter().find(|p| p.id.name == format!("httproute:{n}:0")).unwrap();
+        p.gateway.as_ref().unwrap().invalid.clone().map(|s| (s.weight, s.total, s.reason))
+    };
+    assert_eq!(share("half"), Some((1, 2, "Service web/nope not found".to_owned())));
+    let (w_, t_, reason) = share("none").unwrap();
+    assert_eq!((w_, t_), (1, 1), "no valid backendRef: every request, even at weight 0");
+    assert_eq!(reason, "Service web/nope not found; backendRef \"x\" is not a Service");
+    assert_eq!(share("fine"), None, "an invalid backendRef of weight 0 takes nothing");
+    assert_eq!(route_conds(&t, "half")[1], ("ResolvedRefs", false, "BackendNotFound"));
+}
+
+#[test]
+fn a_qualified_route_too_long_for_a_route_is_refused() {
+    let pod = crate::core::Route::from("p".repeat(251));
+    assert_eq!(qualified_route(&pod, "ns"), None);
+    assert_eq!(qualified_route(&crate::core::Route::from("web-0"), "b").unwrap(), "web-0~b");
 }
