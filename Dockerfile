@@ -18,6 +18,7 @@ RUN mkdir -p src bench \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > bench/derive.rs \
+ && echo 'fn main() {}' > bench/pool_size.rs \
  && cargo build --release --locked --bin routeid \
  && rm -rf src bench
 
@@ -29,6 +30,7 @@ ENV ROUTEID_GIT_COMMIT=${ROUTEID_GIT_COMMIT}
 COPY build.rs ./
 COPY src ./src
 COPY bench/derive.rs ./bench/derive.rs
+COPY bench/pool_size.rs ./bench/pool_size.rs
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin routeid \
  && cp target/release/routeid /routeid \
