@@ -217,14 +217,16 @@ async fn a_pool_moved_to_another_class_gets_no_more_status_writes() {
         let mut opts = options("r1");
         // Long enough that the change and the class move below land inside it on a loaded
         // machine (they take well under a second); the test says so if they did not.
-        let interval = std::time::Duration::from_millis(4_000);
+        let interval = std::time::Duration::from_millis(6_000);
         opts.writer.min_interval = interval;
+        // The first write happens after this instant, so a second one is never due before
+        // `first_written + interval` (the test may see the first write late on a loaded machine).
+        let first_written = tokio::time::Instant::now();
         let r = Replica::start(&api, opts).await;
         eventually(WAIT, "the first status", || async {
             kube.status("shop").await.is_some_and(|s| s.member_count == Some(1))
         })
         .await;
-        let first_written = tokio::time::Instant::now();
         let shop_writes =
             || api.writes().iter().filter(|w| w.name == "shop" && w.subresource.as_deref() == Some("status")).count();
         let written = shop_writes();
