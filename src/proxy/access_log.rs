@@ -3,8 +3,8 @@
 //! A `tracing` event formatted by tracing-subscriber cost about 5 µs per request (field
 //! visitors, a `serde_json` serializer per event, a fresh timestamp string); this writes the
 //! same line — the same fields, order and escaping, in JSON and in plain text, as the
-//! `tracing` event it replaces (the tests compare the two) — straight into the line buffer
-//! that [`crate::log_writer`] queues. The timestamp's date and time of day are formatted once
+//! `tracing` event it replaces (the tests compare the two) — straight into the thread's chunk
+//! of lines that [`crate::log_writer`] writes. The timestamp's date and time of day are formatted once
 //! per second per thread.
 
 use std::cell::Cell;
@@ -227,9 +227,8 @@ impl AccessLine<'_> {
         match crate::log_writer::installed() {
             Some(w) => {
                 if tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
-                    let mut buf = w.buffer();
-                    self.write(&mut buf, w.format(), SystemTime::now());
-                    w.send(buf);
+                    let format = w.format();
+                    w.append(|chunk| self.write(chunk, format, SystemTime::now()));
                 }
             }
             None => self.emit(),
