@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::LogFormat;
 
@@ -253,12 +253,13 @@ impl AccessLine<'_> {
 
     /// Writes the line through routeid's log writer when one is installed (formatted here),
     /// else as a `tracing` event. Lines the log filter turns off (`RUST_LOG`) are not made.
-    pub(crate) fn log(&self) {
+    /// `now` is the request's end, which also stamps the line.
+    pub(crate) fn log(&self, now: Instant) {
         match crate::log_writer::installed() {
             Some(w) => {
                 if tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
                     let format = w.format();
-                    w.append(|chunk| self.write(chunk, format, SystemTime::now()));
+                    w.append(|chunk| self.write(chunk, format, wall_clock(now)));
                 }
             }
             None => self.emit(),
@@ -291,6 +292,25 @@ fn plain_ascii(s: &str) -> bool {
 thread_local! {
     /// The second last formatted and its `YYYY-MM-DDTHH:MM:SS`.
     static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+thread_local! {
+    /// A moment on both clocks, read together at most a second ago.
+    static ANCHOR: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+}
+
+/// The wall-clock time at `now` without a second clock read per line: the anchor plus the
+/// monotonic time since, re-read every second (so a step of the wall clock shows within one).
+fn wall_clock(now: Instant) -> SystemTime {
+    if let Some((at, wall)) = ANCHOR.get()
+        && let Some(since) = now.checked_duration_since(at)
+        && since < Duration::from_secs(1)
+    {
+        return wall + since;
+    }
+    let wall = SystemTime::now();
+    ANCHOR.set(Some((now, wall)));
+    wall
 }
 
 /// RFC 3339 in UTC with microseconds, as tracing-subscriber writes it
@@ -461,6 +481,20 @@ mod tests {
             write_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
         }
+    }
+
+    #[test]
+    fn the_timestamp_comes_from_the_requests_own_clock_read() {
+        let close = |a: SystemTime, b: SystemTime| {
+            a.duration_since(b).or_else(|e| Ok::<_, ()>(e.duration())).unwrap() < Duration::from_secs(1)
+        };
+        let now = Instant::now();
+        let wall = wall_clock(now);
+        assert!(close(wall, SystemTime::now()));
+        // Within the second: the anchor plus the monotonic time since, no second read.
+        assert_eq!(wall_clock(now + Duration::from_millis(500)), wall + Duration::from_millis(500));
+        // Past it: read again.
+        assert!(close(wall_clock(now + Duration::from_secs(3)), SystemTime::now()));
     }
 
     #[test]
