@@ -9,10 +9,11 @@
 //! - a thread formats its line straight into its chunk (no buffer per line, no queue node, no
 //!   second copy on the writer's side); the chunk's lock is that thread's alone and is taken by
 //!   the writer only to swap the full chunk for an empty one, so requests never contend on it;
-//! - the writer wakes when a chunk reaches [`CHUNK_BYTES`] or [`FLUSH_AFTER`] after the first
-//!   line of a quiet spell, whichever comes first, and writes each chunk with one `write`: under
-//!   load a few large writes a second instead of one per few lines, and `tail -f` still sees a
-//!   line within [`FLUSH_AFTER`]; idle, it sleeps until a line comes;
+//! - the writer writes the first line after a quiet spell at once; in a steady stream it lets
+//!   lines gather until a chunk reaches [`CHUNK_BYTES`] or [`FLUSH_AFTER`] has passed since its
+//!   last write, whichever comes first, and writes each chunk with one `write`: under load a few
+//!   large writes a second instead of one per few lines, and `tail -f` still sees a line within
+//!   [`FLUSH_AFTER`]; idle, it sleeps until a line comes;
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), a line
 //!   that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead of
 //!   slowing requests down;
@@ -34,7 +35,8 @@ use crate::cli::LogFormat;
 
 /// A chunk this large is written at once: one `write` per 64 KiB of lines under load.
 pub const CHUNK_BYTES: usize = 64 * 1024;
-/// Longest a line waits for the writer after a quiet spell (what `tail -f` sees).
+/// Longest a line waits for the writer in a steady stream (what `tail -f` sees); the first line
+/// after a quiet spell does not wait.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// Most bytes one thread's chunk holds while the writer is behind; a line beyond is dropped.
 pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
@@ -47,7 +49,8 @@ const WAKE_QUEUE: usize = 64;
 
 /// Why the writer is woken.
 enum Wake {
-    /// A chunk went from empty to holding a line: write it within [`FLUSH_AFTER`].
+    /// A chunk went from empty to holding a line: write it within [`FLUSH_AFTER`] of the last
+    /// write.
     Lines,
     /// A chunk reached [`CHUNK_BYTES`]: write now.
     Full,
@@ -223,16 +226,22 @@ pub fn installed() -> Option<&'static LogWriter> {
 }
 
 /// Sleeps until a line comes, lets lines gather until a chunk is full, a flush is asked for or
-/// [`FLUSH_AFTER`] has passed, then writes every thread's chunk. Ends when every [`LogWriter`]
+/// [`FLUSH_AFTER`] has passed since the last write, then writes every thread's chunk. Ends when every [`LogWriter`]
 /// is gone.
 fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write + Send>) {
     let mut spare = Vec::new();
+    let mut last_write: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
-        let (acks, gone) = gather(&rx, first);
+        // After a quiet spell the first line is written at once; in a steady stream lines gather
+        // until FLUSH_AFTER after the last write (or a full chunk).
+        let now = Instant::now();
+        let deadline = last_write.map_or(now, |at| (at + FLUSH_AFTER).max(now));
+        let (acks, gone) = gather(&rx, first, deadline);
         let Some(shared) = shared.upgrade() else { break };
         sweep(&shared, &mut out, &mut spare);
         // A failed write (stderr closed) has nowhere to be reported.
         let _ = out.flush();
+        last_write = Some(Instant::now());
         for ack in acks {
             let _ = ack.try_send(());
         }
@@ -244,14 +253,13 @@ fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write +
 
 /// Waits for a reason to write now; returns the flushes to answer and whether the senders are
 /// gone.
-fn gather(rx: &Receiver<Wake>, first: Wake) -> (Vec<SyncSender<()>>, bool) {
-    let deadline = Instant::now() + FLUSH_AFTER;
+fn gather(rx: &Receiver<Wake>, first: Wake, deadline: Instant) -> (Vec<SyncSender<()>>, bool) {
     let mut acks = Vec::new();
     let mut wake = first;
     loop {
         match wake {
-            Wake::Lines => {}
-            Wake::Full => return (acks, false),
+            Wake::Lines if Instant::now() < deadline => {}
+            Wake::Lines | Wake::Full => return (acks, false),
             Wake::Flush(ack) => {
                 acks.push(ack);
                 return (acks, false);
