@@ -1,59 +1,82 @@
-//! Log output off the request path: a bounded queue of finished lines to one writer thread.
+//! Log output off the request path: per-thread chunks of finished lines, written by one thread.
 //!
 //! Every log line — the access log's, formatted by the proxy itself
 //! ([`crate::proxy::access_log`]), and every other `tracing` event, formatted by
-//! tracing-subscriber — is handed to [`LogWriter::send`] as one buffer and written to stderr by
-//! a thread of its own, in batches. The request path never makes a write syscall, never waits
-//! for the writer and never takes a lock:
+//! tracing-subscriber — is appended by the thread that made it to a chunk of its own, and a
+//! writer thread of routeid's writes whole chunks to stderr. The request path never makes a
+//! write syscall, never waits for the writer, and copies each line once:
 //!
-//! - the queue is bounded in lines and in bytes; a line that does not fit is dropped and counted
-//!   (`routeid_log_lines_dropped_total`) instead of slowing requests down;
-//! - line buffers come back from the writer and are reused, so a steady stream of lines
-//!   allocates nothing;
-//! - after writing a batch the writer sleeps for [`BATCH_WAIT`] while the next lines gather,
-//!   not waiting on the queue, so under load a sender never pays for waking it (a futex call per
-//!   line); only when the queue is empty after the pause does it wait on the queue.
+//! - a thread formats its line straight into its chunk (no buffer per line, no queue node, no
+//!   second copy on the writer's side); the chunk's lock is that thread's alone and is taken by
+//!   the writer only to swap the full chunk for an empty one, so requests never contend on it;
+//! - the writer writes the first line after a quiet spell at once; in a steady stream it lets
+//!   lines gather until a chunk reaches [`CHUNK_BYTES`] or [`FLUSH_AFTER`] has passed since its
+//!   last write, whichever comes first, and writes each chunk with one `write`: under load a few
+//!   large writes a second instead of one per few lines, and `tail -f` still sees a line within
+//!   [`FLUSH_AFTER`]; idle, it sleeps until a line comes;
+//! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), a line
+//!   that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead of
+//!   slowing requests down;
+//! - the chunks come back from the writer and are reused, so a steady stream of lines allocates
+//!   nothing.
 //!
-//! One writer serves all lines, so lines from the access log and from other events never
-//! interleave mid-line.
+//! Lines are whole and, from one thread, in order; lines of different threads written within
+//! the same [`FLUSH_AFTER`] are grouped by thread (each line carries its own timestamp).
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use crate::cli::LogFormat;
 
-/// Most lines queued at once.
-pub const QUEUE_LINES: usize = 64 * 1024;
-/// Most bytes queued at once (a line holds a client's path, which may be long).
-pub const QUEUE_BYTES: usize = 16 * 1024 * 1024;
-/// How long the writer lets lines gather after writing a batch.
-pub const BATCH_WAIT: Duration = Duration::from_millis(2);
-/// A returned buffer larger than this is freed instead of kept for reuse.
-const REUSE_CAPACITY: usize = 4 * 1024;
-/// Most idle buffers kept for reuse.
-const SPARE_BUFFERS: usize = 1024;
+/// A chunk this large is written at once: one `write` per 64 KiB of lines under load.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Longest a line waits for the writer in a steady stream (what `tail -f` sees); the first line
+/// after a quiet spell does not wait.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
+/// Most bytes one thread's chunk holds while the writer is behind; a line beyond is dropped.
+pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
+/// Room past [`CHUNK_BYTES`] in a fresh chunk, so the line that fills it rarely reallocates.
+const LINE_ROOM: usize = 4 * 1024;
+/// A chunk grown larger than this (the writer fell behind) is freed instead of reused.
+const REUSE_CAPACITY: usize = 2 * CHUNK_BYTES;
+/// Wake-ups that may wait for the writer; beyond, one is pending and that is enough.
+const WAKE_QUEUE: usize = 64;
 
-enum Msg {
-    Line(Vec<u8>),
-    /// Write everything queued before this, then answer.
+/// Why the writer is woken.
+enum Wake {
+    /// A chunk went from empty to holding a line: write it within [`FLUSH_AFTER`] of the last
+    /// write.
+    Lines,
+    /// A chunk reached [`CHUNK_BYTES`]: write now.
+    Full,
+    /// Write everything appended before this, then answer.
     Flush(SyncSender<()>),
+}
+
+/// One thread's chunk of lines for one writer.
+#[derive(Debug, Default)]
+struct Slot {
+    chunk: Mutex<Vec<u8>>,
 }
 
 #[derive(Debug)]
 struct Shared {
-    queued_bytes: AtomicUsize,
-    dropped: std::sync::atomic::AtomicU64,
+    /// Tells this writer apart in a thread's list of slots (tests start several).
+    id: u64,
+    /// Every thread's slot; locked when a thread logs its first line and once per sweep.
+    slots: Mutex<Vec<Arc<Slot>>>,
+    dropped: AtomicU64,
+    wake: SyncSender<Wake>,
 }
 
-/// The sending side of the log queue; cheap to clone.
+/// The appending side of the log; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct LogWriter {
-    tx: SyncSender<Msg>,
-    spare: Arc<std::sync::Mutex<Receiver<Vec<u8>>>>,
     shared: Arc<Shared>,
     format: LogFormat,
     /// The access log formats its own lines (stderr is no terminal: no colours to match).
@@ -74,6 +97,17 @@ impl Drop for FlushGuard {
 }
 
 static INSTALLED: OnceLock<LogWriter> = OnceLock::new();
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's slot in each writer it has logged to (one, outside tests).
+    static SLOTS: RefCell<Vec<(u64, Arc<Slot>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A poisoned lock only means a panic elsewhere mid-append: the bytes are still there.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl LogWriter {
     /// Starts the writer thread on `out`. `direct_access_log` lets the proxy format access-log
@@ -83,15 +117,16 @@ impl LogWriter {
         format: LogFormat,
         direct_access_log: bool,
     ) -> std::io::Result<(LogWriter, FlushGuard)> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
-        let (spare_tx, spare_rx) = mpsc::sync_channel(SPARE_BUFFERS);
-        let shared = Arc::new(Shared { queued_bytes: AtomicUsize::new(0), dropped: Default::default() });
-        let thread_shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("routeid-log".into())
-            .spawn(move || write_loop(rx, spare_tx, out, &thread_shared))?;
-        let writer =
-            LogWriter { tx, spare: Arc::new(std::sync::Mutex::new(spare_rx)), shared, format, direct_access_log };
+        let (wake, rx) = mpsc::sync_channel(WAKE_QUEUE);
+        let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            slots: Mutex::default(),
+            dropped: AtomicU64::new(0),
+            wake,
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new().name("routeid-log".into()).spawn(move || write_loop(rx, weak, out))?;
+        let writer = LogWriter { shared, format, direct_access_log };
         Ok((writer.clone(), FlushGuard { writer }))
     }
 
@@ -101,7 +136,7 @@ impl LogWriter {
         let _ = INSTALLED.set(self.clone());
     }
 
-    /// Lines dropped so far because the queue was full.
+    /// Lines dropped so far because the writer was behind.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Relaxed)
     }
@@ -111,42 +146,71 @@ impl LogWriter {
         self.format
     }
 
-    /// A buffer for one line, empty, reused when one is spare.
-    pub fn buffer(&self) -> Vec<u8> {
-        // `try_lock`: never wait on another thread for a buffer; a new one is cheap enough.
-        let spare = self.spare.try_lock().ok().and_then(|rx| rx.try_recv().ok());
-        spare.unwrap_or_else(|| Vec::with_capacity(512))
+    /// Appends one line (ending in `\n`), which `line` writes into this thread's chunk, without
+    /// waiting for the writer; drops and counts it when the chunk is full.
+    pub fn append(&self, line: impl FnOnce(&mut Vec<u8>)) {
+        SLOTS.with(|slots| {
+            if let Ok(mine) = slots.try_borrow()
+                && let Some((_, slot)) = mine.iter().find(|(id, _)| *id == self.shared.id)
+            {
+                return self.append_to(slot, line);
+            }
+            let slot = self.register(slots);
+            self.append_to(&slot, line);
+        });
     }
 
-    /// Queues one finished line (ending in `\n`) without waiting; drops and counts it when the
-    /// queue is full.
-    pub fn send(&self, line: Vec<u8>) {
-        let len = line.len();
-        if self.shared.queued_bytes.fetch_add(len, Relaxed) + len > QUEUE_BYTES {
-            self.shared.queued_bytes.fetch_sub(len, Relaxed);
+    fn append_to(&self, slot: &Slot, line: impl FnOnce(&mut Vec<u8>)) {
+        let mut chunk = lock(&slot.chunk);
+        let before = chunk.len();
+        line(&mut chunk);
+        let wake = if chunk.len() > THREAD_BYTES {
+            chunk.truncate(before);
             self.shared.dropped.fetch_add(1, Relaxed);
             return;
-        }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(Msg::Line(line)) {
-            self.shared.queued_bytes.fetch_sub(len, Relaxed);
-            self.shared.dropped.fetch_add(1, Relaxed);
-        }
+        } else if before < CHUNK_BYTES && chunk.len() >= CHUNK_BYTES {
+            Wake::Full
+        } else if before == 0 {
+            Wake::Lines
+        } else {
+            return;
+        };
+        drop(chunk);
+        // Full: wake-ups are pending already, and one is all this would ask for.
+        let _ = self.shared.wake.try_send(wake);
     }
 
-    /// Waits (at most `within`, even when stderr blocks) until every line queued so far is
+    /// Queues one finished line (ending in `\n`); see [`LogWriter::append`].
+    pub fn send(&self, line: &[u8]) {
+        self.append(|chunk| chunk.extend_from_slice(line));
+    }
+
+    /// This thread's first line to this writer: a slot of its own.
+    fn register(&self, slots: &RefCell<Vec<(u64, Arc<Slot>)>>) -> Arc<Slot> {
+        let slot = Arc::new(Slot { chunk: Mutex::new(Vec::with_capacity(CHUNK_BYTES + LINE_ROOM)) });
+        lock(&self.shared.slots).push(Arc::clone(&slot));
+        // Already borrowed only when a line's formatting logs (it does not): then the slot
+        // serves this line alone and the writer forgets it once written.
+        if let Ok(mut mine) = slots.try_borrow_mut() {
+            mine.push((self.shared.id, Arc::clone(&slot)));
+        }
+        slot
+    }
+
+    /// Waits (at most `within`, even when stderr blocks) until every line appended so far is
     /// written.
     pub fn flush(&self, within: Duration) {
-        let deadline = std::time::Instant::now() + within;
+        let deadline = Instant::now() + within;
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        let mut msg = Msg::Flush(ack_tx);
+        let mut msg = Wake::Flush(ack_tx);
         loop {
-            match self.tx.try_send(msg) {
+            match self.shared.wake.try_send(msg) {
                 Ok(()) => {
-                    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+                    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
                     return;
                 }
-                // A full queue at exit: give the writer a moment, within the bound.
-                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                // Many wake-ups pending at exit: give the writer a moment, within the bound.
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
                     msg = m;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -161,44 +225,81 @@ pub fn installed() -> Option<&'static LogWriter> {
     INSTALLED.get().filter(|w| w.direct_access_log)
 }
 
-fn write_loop(rx: Receiver<Msg>, spare: SyncSender<Vec<u8>>, out: Box<dyn Write + Send>, shared: &Shared) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let mut next = rx.recv().ok();
-    while let Some(first) = next.take() {
-        let mut msg = Some(first);
-        while let Some(m) = msg {
-            match m {
-                Msg::Line(mut line) => {
-                    // A failed write (stderr closed) has nowhere to be reported.
-                    let _ = out.write_all(&line);
-                    shared.queued_bytes.fetch_sub(line.len(), Relaxed);
-                    if line.capacity() <= REUSE_CAPACITY {
-                        line.clear();
-                        let _ = spare.try_send(line);
-                    }
-                }
-                Msg::Flush(ack) => {
-                    let _ = out.flush();
-                    let _ = ack.try_send(());
-                }
-            }
-            msg = rx.try_recv().ok();
-        }
+/// Sleeps until a line comes, lets lines gather until a chunk is full, a flush is asked for or
+/// [`FLUSH_AFTER`] has passed since the last write, then writes every thread's chunk. Ends when every [`LogWriter`]
+/// is gone.
+fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write + Send>) {
+    let mut spare = Vec::new();
+    let mut last_write: Option<Instant> = None;
+    while let Ok(first) = rx.recv() {
+        // After a quiet spell the first line is written at once; in a steady stream lines gather
+        // until FLUSH_AFTER after the last write (or a full chunk).
+        let now = Instant::now();
+        let deadline = last_write.map_or(now, |at| (at + FLUSH_AFTER).max(now));
+        let (acks, gone) = gather(&rx, first, deadline);
+        let Some(shared) = shared.upgrade() else { break };
+        sweep(&shared, &mut out, &mut spare);
+        // A failed write (stderr closed) has nowhere to be reported.
         let _ = out.flush();
-        // Not waiting on the queue while lines gather: a sender then finds nobody to wake (a
-        // waiting receiver costs every sender a futex call). Only an empty queue after the
-        // pause blocks on it.
-        std::thread::sleep(BATCH_WAIT);
-        next = match rx.try_recv() {
-            Ok(m) => Some(m),
-            Err(TryRecvError::Empty) => rx.recv().ok(),
-            Err(TryRecvError::Disconnected) => None,
-        };
+        last_write = Some(Instant::now());
+        for ack in acks {
+            let _ = ack.try_send(());
+        }
+        if gone {
+            break;
+        }
     }
-    let _ = out.flush();
 }
 
-/// One line from tracing-subscriber: collected, then queued whole when dropped (the fmt layer
+/// Waits for a reason to write now; returns the flushes to answer and whether the senders are
+/// gone.
+fn gather(rx: &Receiver<Wake>, first: Wake, deadline: Instant) -> (Vec<SyncSender<()>>, bool) {
+    let mut acks = Vec::new();
+    let mut wake = first;
+    loop {
+        match wake {
+            Wake::Lines if Instant::now() < deadline => {}
+            Wake::Lines | Wake::Full => return (acks, false),
+            Wake::Flush(ack) => {
+                acks.push(ack);
+                return (acks, false);
+            }
+        }
+        wake = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(w) => w,
+            Err(RecvTimeoutError::Timeout) => return (acks, false),
+            Err(RecvTimeoutError::Disconnected) => return (acks, true),
+        };
+    }
+}
+
+/// Takes each thread's chunk (swapping in an empty one) and writes it whole; forgets the slots
+/// of threads that have ended once they are empty.
+fn sweep(shared: &Shared, out: &mut dyn Write, spare: &mut Vec<Vec<u8>>) {
+    let slots: Vec<Arc<Slot>> = {
+        let mut all = lock(&shared.slots);
+        all.retain(|s| Arc::strong_count(s) > 1 || !lock(&s.chunk).is_empty());
+        all.clone()
+    };
+    for slot in slots {
+        let mut chunk = spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES + LINE_ROOM));
+        {
+            let mut theirs = lock(&slot.chunk);
+            if theirs.is_empty() {
+                spare.push(chunk);
+                continue;
+            }
+            std::mem::swap(&mut *theirs, &mut chunk);
+        }
+        let _ = out.write_all(&chunk);
+        if chunk.capacity() <= REUSE_CAPACITY {
+            chunk.clear();
+            spare.push(chunk);
+        }
+    }
+}
+
+/// One line from tracing-subscriber: collected, then appended whole when dropped (the fmt layer
 /// writes an event with one `write_all`; collecting keeps a line whole whatever it does).
 #[derive(Debug)]
 pub struct EventLine<'a> {
@@ -220,7 +321,7 @@ impl Write for EventLine<'_> {
 impl Drop for EventLine<'_> {
     fn drop(&mut self) {
         if !self.buf.is_empty() {
-            self.writer.send(std::mem::take(&mut self.buf));
+            self.writer.send(&self.buf);
         }
     }
 }
@@ -229,7 +330,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     type Writer = EventLine<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        EventLine { writer: self, buf: self.buffer() }
+        EventLine { writer: self, buf: Vec::new() }
     }
 }
 
@@ -237,13 +338,21 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 mod tests {
     use super::*;
 
-    /// A `Write` that appends to a shared buffer, for reading what the thread wrote.
+    /// A `Write` that appends to a shared buffer, for reading what the thread wrote, and counts
+    /// its `write` calls.
     #[derive(Clone, Default)]
-    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    struct Sink(Arc<Mutex<Vec<u8>>>, Arc<AtomicU64>);
+
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
 
     impl Write for Sink {
         fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(data);
+            self.1.fetch_add(1, Relaxed);
             Ok(data.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -251,7 +360,7 @@ mod tests {
         }
     }
 
-    /// A `Write` that blocks until told to go on, to fill the queue.
+    /// A `Write` that blocks until told to go on, to fill the chunks.
     struct Stuck(Receiver<()>, Sink);
 
     impl Write for Stuck {
@@ -264,41 +373,94 @@ mod tests {
         }
     }
 
+    /// A `Write` that reports each write, to await a line without a flush.
+    struct Told(SyncSender<Vec<u8>>);
+
+    impl Write for Told {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.try_send(data.to_vec());
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn lines_arrive_whole_and_in_order() {
         let sink = Sink::default();
         let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Json, true).unwrap();
         for i in 0..1000 {
-            let mut b = w.buffer();
-            b.extend_from_slice(format!("line {i}\n").as_bytes());
-            w.send(b);
+            w.append(|b| b.extend_from_slice(format!("line {i}\n").as_bytes()));
         }
         drop(guard);
-        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let want: String = (0..1000).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(text, want);
+        assert_eq!(sink.text(), want);
         assert_eq!(w.dropped(), 0);
     }
 
     #[test]
-    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    fn lines_of_many_threads_all_arrive_in_each_threads_order() {
+        let sink = Sink::default();
+        let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let w = &w;
+                s.spawn(move || (0..2000).for_each(|i| w.send(format!("t{t} {i}\n").as_bytes())));
+            }
+        });
+        drop(guard);
+        let text = sink.text();
+        for t in 0..4 {
+            let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(&format!("t{t} "))).collect();
+            let want: Vec<String> = (0..2000).map(|i| format!("t{t} {i}")).collect();
+            assert_eq!(mine, want, "thread {t}");
+        }
+        assert_eq!(text.lines().count(), 8000);
+    }
+
+    #[test]
+    fn lines_are_written_in_large_chunks() {
+        let sink = Sink::default();
+        let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
+        let line = [b"x".repeat(299), b"\n".to_vec()].concat();
+        // Under THREAD_BYTES: none is dropped however far the writer falls behind.
+        for _ in 0..3_000 {
+            w.send(&line);
+        }
+        drop(guard);
+        assert_eq!((sink.text().len(), w.dropped()), (900_000, 0));
+        // 900 kB in 64 KiB chunks is 14 writes; a few more where FLUSH_AFTER cut a chunk short.
+        let writes = sink.1.load(Relaxed);
+        assert!(writes <= 40, "{writes} writes for 3,000 lines");
+    }
+
+    #[test]
+    fn a_line_reaches_the_output_without_a_flush() {
+        let (tx, rx) = mpsc::sync_channel(16);
+        let (w, _guard) = LogWriter::start(Box::new(Told(tx)), LogFormat::Text, true).unwrap();
+        w.send(b"tail -f sees me\n");
+        let got = rx.recv_timeout(Duration::from_secs(5)).expect("written within FLUSH_AFTER");
+        assert_eq!(got, b"tail -f sees me\n");
+    }
+
+    #[test]
+    fn a_full_chunk_drops_and_counts_instead_of_waiting() {
         let sink = Sink::default();
         let (go_tx, go_rx) = mpsc::channel();
         let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
-        // Lines larger than the BufWriter go straight to `Stuck`, which holds the writer there
-        // while the rest fill the byte budget.
-        let big = vec![b'x'; QUEUE_BYTES / 2];
-        w.send(big.clone());
-        w.send(big.clone());
-        w.send(big);
-        let started = std::time::Instant::now();
-        for _ in 0..10 {
-            w.send(b"small\n".to_vec());
+        // The writer takes at most one chunk before `Stuck` holds it; this thread's chunk then
+        // holds two of these lines at most: five cannot all fit.
+        let big = [vec![b'x'; THREAD_BYTES / 2 - 1], b"\n".to_vec()].concat();
+        let started = Instant::now();
+        for _ in 0..5 {
+            w.send(&big);
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "sending never waits");
-        assert!(w.dropped() >= 1, "the line over the byte budget is dropped and counted");
+        assert!(started.elapsed() < Duration::from_secs(1), "appending never waits");
+        assert!(w.dropped() >= 1, "the line over the bound is dropped and counted");
         drop(go_tx);
         drop(guard);
+        assert_eq!(sink.text().len() as u64, (5 - w.dropped()) * big.len() as u64, "the rest is written whole");
     }
 
     #[test]
@@ -308,7 +470,7 @@ mod tests {
         let sub = tracing_subscriber::fmt().with_writer(w.clone()).with_ansi(false).finish();
         tracing::subscriber::with_default(sub, || tracing::info!(answer = 42, "hello"));
         drop(guard);
-        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let text = sink.text();
         assert!(text.ends_with("hello answer=42\n"), "{text}");
     }
 }

@@ -3,14 +3,14 @@
 //! A `tracing` event formatted by tracing-subscriber cost about 5 µs per request (field
 //! visitors, a `serde_json` serializer per event, a fresh timestamp string); this writes the
 //! same line — the same fields, order and escaping, in JSON and in plain text, as the
-//! `tracing` event it replaces (the tests compare the two) — straight into the line buffer
-//! that [`crate::log_writer`] queues. The timestamp's date and time of day are formatted once
+//! `tracing` event it replaces (the tests compare the two) — straight into the thread's chunk
+//! of lines that [`crate::log_writer`] writes. The timestamp's date and time of day are formatted once
 //! per second per thread.
 
 use std::cell::Cell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::LogFormat;
 
@@ -41,14 +41,40 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) malformed_route: bool,
 }
 
+/// A field's name with the separator before it and after it, in each format, made at compile
+/// time so a field costs one copy for its name.
+struct Name {
+    /// ` name=`
+    text: &'static [u8],
+    /// ` name="`
+    text_quoted: &'static [u8],
+    /// `,"name":`
+    json: &'static [u8],
+    /// `,"name":"`
+    json_quoted: &'static [u8],
+}
+
+macro_rules! name {
+    ($n:literal) => {
+        const {
+            &Name {
+                text: concat!(" ", $n, "=").as_bytes(),
+                text_quoted: concat!(" ", $n, "=\"").as_bytes(),
+                json: concat!(",\"", $n, "\":").as_bytes(),
+                json_quoted: concat!(",\"", $n, "\":\"").as_bytes(),
+            }
+        }
+    };
+}
+
 /// How one format writes a field: after the previous one, with its separator.
 trait Fields {
-    fn str(&mut self, name: &str, v: &str);
-    fn num(&mut self, name: &str, v: u64);
-    fn bool(&mut self, name: &str, v: bool);
+    fn str(&mut self, name: &Name, v: &str);
+    fn num(&mut self, name: &Name, v: u64);
+    fn bool(&mut self, name: &Name, v: bool);
     /// A `Display` value (tracing's `%field`): quoted in JSON, bare in text.
-    fn ip(&mut self, name: &str, v: IpAddr);
-    fn addr(&mut self, name: &str, v: SocketAddr);
+    fn ip(&mut self, name: &Name, v: IpAddr);
+    fn addr(&mut self, name: &Name, v: SocketAddr);
 }
 
 /// `,"name":value`
@@ -56,68 +82,63 @@ struct Json<'a>(&'a mut Vec<u8>);
 /// ` name=value`
 struct Text<'a>(&'a mut Vec<u8>);
 
-impl Json<'_> {
-    fn name(&mut self, name: &str) {
-        self.0.extend_from_slice(b",\"");
-        self.0.extend_from_slice(name.as_bytes());
-        self.0.extend_from_slice(b"\":");
-    }
-}
-
 impl Fields for Json<'_> {
-    fn str(&mut self, name: &str, v: &str) {
-        self.name(name);
-        json_str(self.0, v);
+    fn str(&mut self, name: &Name, v: &str) {
+        if plain_ascii(v) {
+            self.0.extend_from_slice(name.json_quoted);
+            self.0.extend_from_slice(v.as_bytes());
+            self.0.push(b'"');
+        } else {
+            self.0.extend_from_slice(name.json);
+            // serde_json escapes exactly as tracing-subscriber's JSON formatter (it uses it).
+            let _ = serde_json::to_writer(&mut *self.0, v);
+        }
     }
-    fn num(&mut self, name: &str, v: u64) {
-        self.name(name);
+    fn num(&mut self, name: &Name, v: u64) {
+        self.0.extend_from_slice(name.json);
         self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
-    fn bool(&mut self, name: &str, v: bool) {
-        self.name(name);
+    fn bool(&mut self, name: &Name, v: bool) {
+        self.0.extend_from_slice(name.json);
         self.0.extend_from_slice(if v { b"true" } else { b"false" });
     }
-    fn ip(&mut self, name: &str, v: IpAddr) {
-        self.name(name);
-        self.0.push(b'"');
+    fn ip(&mut self, name: &Name, v: IpAddr) {
+        self.0.extend_from_slice(name.json_quoted);
         write_ip(self.0, v);
         self.0.push(b'"');
     }
-    fn addr(&mut self, name: &str, v: SocketAddr) {
-        self.name(name);
-        self.0.push(b'"');
+    fn addr(&mut self, name: &Name, v: SocketAddr) {
+        self.0.extend_from_slice(name.json_quoted);
         write_addr(self.0, v);
         self.0.push(b'"');
     }
 }
 
-impl Text<'_> {
-    fn name(&mut self, name: &str) {
-        self.0.push(b' ');
-        self.0.extend_from_slice(name.as_bytes());
-        self.0.push(b'=');
-    }
-}
-
 impl Fields for Text<'_> {
-    fn str(&mut self, name: &str, v: &str) {
-        self.name(name);
-        debug_str(self.0, v);
+    fn str(&mut self, name: &Name, v: &str) {
+        if plain_ascii(v) {
+            self.0.extend_from_slice(name.text_quoted);
+            self.0.extend_from_slice(v.as_bytes());
+            self.0.push(b'"');
+        } else {
+            self.0.extend_from_slice(name.text);
+            let _ = write!(self.0, "{v:?}");
+        }
     }
-    fn num(&mut self, name: &str, v: u64) {
-        self.name(name);
+    fn num(&mut self, name: &Name, v: u64) {
+        self.0.extend_from_slice(name.text);
         self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
-    fn bool(&mut self, name: &str, v: bool) {
-        self.name(name);
+    fn bool(&mut self, name: &Name, v: bool) {
+        self.0.extend_from_slice(name.text);
         self.0.extend_from_slice(if v { b"true" } else { b"false" });
     }
-    fn ip(&mut self, name: &str, v: IpAddr) {
-        self.name(name);
+    fn ip(&mut self, name: &Name, v: IpAddr) {
+        self.0.extend_from_slice(name.text);
         write_ip(self.0, v);
     }
-    fn addr(&mut self, name: &str, v: SocketAddr) {
-        self.name(name);
+    fn addr(&mut self, name: &Name, v: SocketAddr) {
+        self.0.extend_from_slice(name.text);
         write_addr(self.0, v);
     }
 }
@@ -126,12 +147,21 @@ impl Fields for Text<'_> {
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, b) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                out.extend_from_slice(itoa::Buffer::new().format(b).as_bytes());
+                for (digit, at_least) in [(b / 100, 100), (b / 10 % 10, 10), (b % 10, 0)] {
+                    if b >= at_least {
+                        text[n] = b'0' + digit;
+                        n += 1;
+                    }
+                }
             }
+            out.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(_) => {
             let _ = write!(out, "{ip}");
@@ -156,32 +186,32 @@ impl AccessLine<'_> {
     /// The fields after `message`, in the event's order; what tracing would record nothing for
     /// (`None`) is left out.
     fn fields(&self, f: &mut impl Fields) {
-        f.str("method", self.method);
-        f.str("host", self.host);
-        f.str("path", self.path);
-        f.num("status", u64::from(self.status));
+        f.str(name!("method"), self.method);
+        f.str(name!("host"), self.host);
+        f.str(name!("path"), self.path);
+        f.num(name!("status"), u64::from(self.status));
         if let Some(n) = self.bytes_in {
-            f.num("bytes_in", n);
+            f.num(name!("bytes_in"), n);
         }
         if let Some(n) = self.bytes_out {
-            f.num("bytes_out", n);
+            f.num(name!("bytes_out"), n);
         }
-        f.num("duration_us", self.duration_us);
-        f.ip("client", self.client);
-        f.str("pool", self.pool);
+        f.num(name!("duration_us"), self.duration_us);
+        f.ip(name!("client"), self.client);
+        f.str(name!("pool"), self.pool);
         if let Some(a) = self.member_address {
-            f.addr("member_address", a);
+            f.addr(name!("member_address"), a);
         }
-        f.num("attempts", self.attempts as u64);
-        f.str("BALANCER_SESSION_STICKY", self.session_sticky);
-        f.str("BALANCER_SESSION_ROUTE", self.session_route);
-        f.str("BALANCER_NAME", self.pool);
-        f.str("BALANCER_WORKER_NAME", self.worker_name);
-        f.str("BALANCER_WORKER_ROUTE", self.worker_route);
-        f.num("BALANCER_ROUTE_CHANGED", u64::from(self.route_changed));
-        f.str("route_source", self.route_source);
-        f.str("balanced", self.balanced);
-        f.bool("malformed_route", self.malformed_route);
+        f.num(name!("attempts"), self.attempts as u64);
+        f.str(name!("BALANCER_SESSION_STICKY"), self.session_sticky);
+        f.str(name!("BALANCER_SESSION_ROUTE"), self.session_route);
+        f.str(name!("BALANCER_NAME"), self.pool);
+        f.str(name!("BALANCER_WORKER_NAME"), self.worker_name);
+        f.str(name!("BALANCER_WORKER_ROUTE"), self.worker_route);
+        f.num(name!("BALANCER_ROUTE_CHANGED"), u64::from(self.route_changed));
+        f.str(name!("route_source"), self.route_source);
+        f.str(name!("balanced"), self.balanced);
+        f.bool(name!("malformed_route"), self.malformed_route);
     }
 
     /// Appends the line (with its `\n`) to `out`, stamped `now`.
@@ -223,13 +253,13 @@ impl AccessLine<'_> {
 
     /// Writes the line through routeid's log writer when one is installed (formatted here),
     /// else as a `tracing` event. Lines the log filter turns off (`RUST_LOG`) are not made.
-    pub(crate) fn log(&self) {
+    /// `now` is the request's end, which also stamps the line.
+    pub(crate) fn log(&self, now: Instant) {
         match crate::log_writer::installed() {
             Some(w) => {
                 if tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
-                    let mut buf = w.buffer();
-                    self.write(&mut buf, w.format(), SystemTime::now());
-                    w.send(buf);
+                    let format = w.format();
+                    w.append(|chunk| self.write(chunk, format, wall_clock(now)));
                 }
             }
             None => self.emit(),
@@ -253,35 +283,34 @@ impl AccessLine<'_> {
 }
 
 /// True when `s` needs no escaping in JSON nor in Rust's `Debug` (printable ASCII, no quote
-/// or backslash): the usual host, path and route.
+/// or backslash): the usual host, path and route. No early exit, so the compiler checks many
+/// bytes at once.
 fn plain_ascii(s: &str) -> bool {
-    s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-}
-
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    if plain_ascii(s) {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // serde_json escapes exactly as tracing-subscriber's JSON formatter (it uses it).
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
-fn debug_str(out: &mut Vec<u8>, s: &str) {
-    if plain_ascii(s) {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        let _ = write!(out, "{s:?}");
-    }
+    !s.bytes().fold(false, |odd, b| odd | !(0x20..0x7f).contains(&b) | (b == b'"') | (b == b'\\'))
 }
 
 thread_local! {
     /// The second last formatted and its `YYYY-MM-DDTHH:MM:SS`.
     static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+thread_local! {
+    /// A moment on both clocks, read together at most a second ago.
+    static ANCHOR: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+}
+
+/// The wall-clock time at `now` without a second clock read per line: the anchor plus the
+/// monotonic time since, re-read every second (so a step of the wall clock shows within one).
+fn wall_clock(now: Instant) -> SystemTime {
+    if let Some((at, wall)) = ANCHOR.get()
+        && let Some(since) = now.checked_duration_since(at)
+        && since < Duration::from_secs(1)
+    {
+        return wall + since;
+    }
+    let wall = SystemTime::now();
+    ANCHOR.set(Some((now, wall)));
+    wall
 }
 
 /// RFC 3339 in UTC with microseconds, as tracing-subscriber writes it
@@ -442,6 +471,30 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&by_hand(&sample(), LogFormat::Json)).unwrap();
         assert_eq!(json["BALANCER_ROUTE_CHANGED"], 0);
         assert_eq!(json["member_address"], "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn ipv4_addresses_are_written_as_display_writes_them() {
+        for b in 0..=255u8 {
+            let ip = IpAddr::from([b, 10, 100, 255 - b]);
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn the_timestamp_comes_from_the_requests_own_clock_read() {
+        let close = |a: SystemTime, b: SystemTime| {
+            a.duration_since(b).or_else(|e| Ok::<_, ()>(e.duration())).unwrap() < Duration::from_secs(1)
+        };
+        let now = Instant::now();
+        let wall = wall_clock(now);
+        assert!(close(wall, SystemTime::now()));
+        // Within the second: the anchor plus the monotonic time since, no second read.
+        assert_eq!(wall_clock(now + Duration::from_millis(500)), wall + Duration::from_millis(500));
+        // Past it: read again.
+        assert!(close(wall_clock(now + Duration::from_secs(3)), SystemTime::now()));
     }
 
     #[test]

@@ -1064,6 +1064,8 @@ impl Proxy {
             return;
         }
         let pool = pool.and_then(|p| p.to_str().ok()).unwrap_or("-");
+        // The one clock read of the line: its duration and (see `AccessLine::log`) its timestamp.
+        let now = Instant::now();
         AccessLine {
             method: req.method.as_str(),
             host: req.host.unwrap_or("-"),
@@ -1071,7 +1073,7 @@ impl Proxy {
             status: out.status.as_u16(),
             bytes_in: req.bytes_in,
             bytes_out: out.bytes_out,
-            duration_us: req.started.elapsed().as_micros() as u64,
+            duration_us: now.saturating_duration_since(req.started).as_micros() as u64,
             client: req.client,
             pool,
             member_address: member,
@@ -1085,7 +1087,7 @@ impl Proxy {
             balanced: vars.balanced.map_or("-", Balanced::as_str),
             malformed_route: vars.malformed,
         }
-        .log();
+        .log(now);
     }
 }
 
