@@ -64,16 +64,7 @@ async fn the_cluster_is_checked_as_the_controller_would_and_nothing_is_written()
         let m = Member::start("shop-0").await;
         kube.put_slice(&slice("shop", "shop-0", m.addr, Cond::Ready)).await;
         kube.create_pool(&pool("shop", "shop", json!({"frontend": {"hosts": ["shop.example.com"]}}))).await;
-        let kubeconfig = temp_file(
-            "kubeconfig",
-            &format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-                api.addr
-            ),
-        );
+        let kubeconfig = kubeconfig_file("kubeconfig", api.addr);
         let args = ["--kubeconfig".as_ref(), kubeconfig.as_os_str()];
         let (code, out, err) = check(&args).await;
         assert_eq!(code, Some(0), "{out}{err}");
@@ -144,16 +135,7 @@ async fn the_readme_controller_quick_start_works_in_order() {
         let kube = Kube::new(&api);
         kube.put_slice(&slice("shop", "shop-0", m0.addr, Cond::Ready)).await;
         kube.put_slice(&slice("shop", "shop-1", m1.addr, Cond::Ready)).await;
-        let kubeconfig = temp_file(
-            "kubeconfig",
-            &format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-                api.addr
-            ),
-        );
+        let kubeconfig = kubeconfig_file("kubeconfig", api.addr);
         let (code, out, err) = check(&["--kubeconfig".as_ref(), kubeconfig.as_os_str()]).await;
         assert_eq!(code, Some(0), "{out}{err}");
         let row = out.lines().find(|l| l.starts_with("web/shop")).unwrap_or_else(|| panic!("{out}"));

@@ -16,16 +16,7 @@ async fn the_binary_reads_a_kubeconfig_serves_the_pool_and_exits_cleanly() {
         let m = Member::start("shop-0").await;
         kube.put_slice(&slice("shop", "shop-0", m.addr, Cond::Ready)).await;
         kube.create_pool(&pool("shop", "shop", json!({"frontend": {"hosts": ["shop.example.com"]}}))).await;
-        let kubeconfig = temp_file(
-            "kubeconfig",
-            &format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-                api.addr
-            ),
-        );
+        let kubeconfig = kubeconfig_file("kubeconfig", api.addr);
         let args = ["controller", "--kubeconfig"].map(std::ffi::OsStr::new);
         let rest = ["--namespace", NS, "--identity", "bin-1"].map(std::ffi::OsStr::new);
         let mut p = spawn_routeid(&[&args[..], &[kubeconfig.as_os_str()], &rest[..]].concat()).await;

@@ -332,16 +332,7 @@ async fn status_address_is_written_by_the_leader_only() {
 
 /// Runs `routeid ingress-check --class nginx -n NS` against the fake API server: exit code, stdout.
 async fn ingress_check(api: &FakeApiServer, file: &str) -> (Option<i32>, String) {
-    let kubeconfig = temp_file(
-        file,
-        &format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-            api.addr
-        ),
-    );
+    let kubeconfig = kubeconfig_file(file, api.addr);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
         .args(["ingress-check", "--class", "nginx", "-n", NS, "--kubeconfig"])
         .arg(&kubeconfig)

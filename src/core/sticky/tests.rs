@@ -3,18 +3,7 @@ use crate::core::config::CookieConfig;
 use proptest::prelude::*;
 
 fn cfg() -> StickyConfig {
-    StickyConfig {
-        cookie_name: "JSESSIONID".into(),
-        param_name: "jsessionid".into(),
-        separator: Some(b'.'),
-        path_parameter: true,
-        cookie: None,
-        failover: true,
-        change_on_failure: true,
-        headers_to_member: false,
-        headers_to_client: false,
-        persistence: None,
-    }
+    crate::core::testing::default_sticky()
 }
 
 fn with_cookie(mut c: StickyConfig, name: &str, mode: CookieMode) -> StickyConfig {

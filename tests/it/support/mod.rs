@@ -372,6 +372,20 @@ pub fn temp_path(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{n}-{nanos}", std::process::id()))
 }
 
+/// A kubeconfig file (named after `name`) whose one context points at an API server on `addr`
+/// (the fake API server), for tests that run the binary against it.
+pub fn kubeconfig_file(name: &str, addr: std::net::SocketAddr) -> std::path::PathBuf {
+    temp_file(
+        name,
+        &format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
+        ),
+    )
+}
+
 /// Writes `text` to a fresh temporary file and returns its path.
 pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     let p = temp_path(name);
