@@ -6,7 +6,8 @@
 #   bash bench/instructions.sh          # routeid plain / sticky / --no-metrics / with its access log,
 #                                       # HAProxy plain / sticky
 #   ONLY="routeid-plain routeid-plain-log" ROUTEID_BIN=/tmp/routeid-old NO_BUILD=1 bash bench/instructions.sh
-#   TOP=20 bash bench/instructions.sh   # and each run's 20 costliest functions (self), per request
+#   TOP=20 bash bench/instructions.sh   # and each run's 20 costliest functions (self), per request;
+#                                       # the raw profile stays in bench/out/callgrind-<run>.out
 #
 # "plain": no cookie, every request balanced and answered with a Set-Cookie; "sticky": every
 # request carries the route cookie. Kernel work (the same four socket calls per request for both
@@ -25,7 +26,7 @@ sed -e "s|@PORT1@|18381|g" -e "s|@PORT2@|18382|g" -e "s|@LISTEN@|127.0.0.1:18390
 measure() { # label cookie-header command...
   local label=$1 cookie=$2; shift 2
   [[ -z ${ONLY:-} || " $ONLY " == *" $label "* ]] || return 0
-  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$label.out" --instr-atstart=no \
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind ${VG_OPTS:-} --callgrind-out-file="$TMP/cg-$label.out" --instr-atstart=no \
     "$@" >"$TMP/$label.log" 2>&1 &
   local vg=$!
   for _ in $(seq 200); do curl -fs -o /dev/null http://127.0.0.1:18390/ 2>/dev/null && break; sleep 0.3; done
@@ -45,6 +46,7 @@ measure() { # label cookie-header command...
   if ((TOP > 0)); then
     # Self cost by function, per request; the whole annotation in bench/out/.
     callgrind_annotate --inclusive=no "$TMP/cg-$label.out.1" >"bench/out/instructions-$label.txt" 2>/dev/null || true
+    cp "$TMP/cg-$label.out.1" "bench/out/callgrind-$label.out" # for callgrind_annotate --tree=caller
     awk -v n="$n" -v top="$TOP" '
       /^-+$/ { dashes++; next }
       dashes >= 3 && $1 ~ /^[0-9,]+$/ && shown < top {

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -483,11 +484,10 @@ impl Proxy {
     /// is bounded by the client idle timeout when it waits on the client (the client's fault,
     /// 408) and by the response timeout when it waits on the member; the response timeout
     /// proper starts once the body is fully sent.
-    async fn await_member<F>(&self, exchange: F, body: Option<&BodySlot>, response: Duration) -> Waited
+    async fn await_member<F>(&self, mut exchange: Pin<&mut F>, body: Option<&BodySlot>, response: Duration) -> Waited
     where
         F: Future<Output = Result<Response<MemberBody>, Failed>>,
     {
-        tokio::pin!(exchange);
         let done = |r: Result<Response<MemberBody>, Failed>| match (r, body.and_then(|b| b.client_error())) {
             (Err(_), Some(e)) => Waited::ClientFault(ClientFault::Body(e)),
             (Err(f), None) => Waited::Failed(f),
@@ -502,7 +502,7 @@ impl Proxy {
                 tokio::select! {
                     // An answer (or a maxConnections wait that ran out) wins a tie with a tick.
                     biased;
-                    r = &mut exchange => return done(r),
+                    r = exchange.as_mut() => return done(r),
                     _ = b.changed() => {}
                     _ = tokio::time::sleep(tick) => {
                         let now = b.frames();
@@ -821,7 +821,9 @@ impl Proxy {
         let t = pool.config.timeouts;
         // Waiting for a free connection (maxConnections) ends within the response timeout.
         let limits = Limits::of(&pool.config, Limits::deadline_in(t.response));
-        let exchange = mext.conns.send(up, &limits, upstream_tls);
+        // Pinned here and lent to `await_member`: moved into it, the exchange's future would be
+        // stored twice in this future (as its argument and as its pinned local).
+        let exchange = std::pin::pin!(mext.conns.send(up, &limits, upstream_tls));
         match self.await_member(exchange, slot, t.response).await {
             Waited::ClientFault(fault) => {
                 // The client's side failed: the member is not to blame, nothing is retried.
