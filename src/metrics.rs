@@ -19,7 +19,6 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
@@ -584,20 +583,56 @@ impl TextFamily {
 
     /// One sample: `labels` are the sorted `name="value"` pairs already joined; `first` and
     /// `last` an extra pair sorting before or after them.
-    fn sample(&mut self, first: Option<(&str, &str)>, labels: &str, last: Option<(&str, &str)>, value: impl Display) {
-        use std::fmt::Write;
+    fn sample(&mut self, first: Option<(&str, &str)>, labels: &str, last: Option<(&str, &str)>, value: impl Value) {
         self.empty = false;
         let t = &mut self.text;
         t.push_str(self.name);
         t.push('{');
         if let Some((n, v)) = first {
-            let _ = write!(t, "{n}=\"{v}\",");
+            for part in [n, "=\"", v, "\","] {
+                t.push_str(part);
+            }
         }
         t.push_str(labels);
         if let Some((n, v)) = last {
-            let _ = write!(t, ",{n}=\"{v}\"");
+            for part in [",", n, "=\"", v, "\""] {
+                t.push_str(part);
+            }
         }
-        let _ = writeln!(t, "}} {value}");
+        t.push_str("} ");
+        value.write_to(t);
+        t.push('\n');
+    }
+}
+
+/// A sample's value, written as the encoder writes it; integers without `fmt` (most of a
+/// large scrape's lines).
+trait Value {
+    fn write_to(self, out: &mut String);
+}
+
+impl Value for u64 {
+    fn write_to(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self));
+    }
+}
+
+impl Value for usize {
+    fn write_to(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self));
+    }
+}
+
+impl Value for u8 {
+    fn write_to(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self));
+    }
+}
+
+impl Value for f64 {
+    fn write_to(self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(out, "{self}");
     }
 }
 
