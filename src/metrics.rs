@@ -98,7 +98,7 @@ const CODES: [&str; 5] = ["code=\"1xx\",", "code=\"2xx\",", "code=\"3xx\",", "co
 /// them as text without building anything.
 #[derive(Debug, Clone)]
 pub struct MemberMetrics {
-    series: std::sync::Arc<MemberSeries>,
+    series: Arc<MemberSeries>,
 }
 
 /// A member's request counters and latency histogram, written straight as text at scrape (a
