@@ -1,10 +1,14 @@
 //! Prometheus metrics.
 //!
-//! Two kinds of series, so that the request path pays only atomic increments:
-//! - **Event counters and the latency histogram** (requests by status class, sticky decisions,
-//!   failovers, 503s) are `prometheus` vectors whose per-member and per-pool handles are looked
-//!   up once per routing-table publication and kept beside the table ([`PoolMetrics`],
-//!   [`MemberMetrics`]); a request increments a handle, no label hashing, no lock.
+//! Three kinds of series, so that the request path pays only atomic increments and a scrape of a
+//! large pool builds nothing:
+//! - **Per-pool event counters** (sticky decisions, failovers, 503s) and the process's own are
+//!   `prometheus` metrics; the per-pool handles are looked up once per routing-table publication
+//!   and kept beside the table ([`PoolMetrics`]); a request increments a handle, no label
+//!   hashing, no lock.
+//! - **Per-member request counters and latency histograms** are atomics of their own
+//!   ([`MemberMetrics`]), made with the member's handles at publication together with their
+//!   label text, and written straight as text at scrape.
 //! - **Member state** (in flight, bytes, elected, failures, health checks, state, latency) is
 //!   already kept in each member's atomics; it is read from the current table at scrape time.
 //!
@@ -14,12 +18,13 @@
 //! [`Metrics::remove_pool`] at publication.
 
 use std::borrow::Cow;
-use std::fmt::Display;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::core::{FailureKind, Pool, RoutingTable};
@@ -82,83 +87,74 @@ pub enum ClientError {
 
 const CLIENT_ERROR_LABELS: [&str; 4] = ["bad-request", "broken-body", "gone", "upload-stalled"];
 
-/// Status classes, the `code` label of `routeid_member_requests_total`.
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Status classes, the `code` label of `routeid_member_requests_total`, as the label pair that
+/// comes first (before `member`).
+const CODES: [&str; 5] = ["code=\"1xx\",", "code=\"2xx\",", "code=\"3xx\",", "code=\"4xx\",", "code=\"5xx\","];
 
 /// One member's handles, kept in its runtime.
 ///
-/// The 2xx counter and the latency histogram are made with the member; the other classes on
-/// their first response. A series costs about 1 KiB in the `prometheus` crate, and most
-/// members never answer 1xx and rarely 3xx–5xx: made eagerly they were about 25 MiB of a
-/// 10,000-member pool.
-#[derive(Debug)]
+/// The counts live in the member's own atomics ([`MemberSeries`], shared with the scrape): a
+/// response costs two or three atomic operations, no label hashing, no lock, and a scrape writes
+/// them as text without building anything.
+#[derive(Debug, Clone)]
 pub struct MemberMetrics {
-    ok: IntCounter,
-    /// 1xx, 3xx, 4xx, 5xx; `None` once the member has left (counted nowhere).
-    rare: [std::sync::OnceLock<Option<IntCounter>>; 4],
-    duration: Histogram,
-    /// Made on demand from these.
-    requests: IntCounterVec,
-    labels: Box<[String; 3]>,
-    /// Set when the member leaves its pool (before its series are removed), so a response still
-    /// in flight does not bring a removed series back.
-    retired: std::sync::atomic::AtomicBool,
+    series: Arc<MemberSeries>,
+}
+
+/// A member's request counters and latency histogram, written straight as text at scrape (a
+/// registry of twenty series per member cost most of a scrape of a large pool).
+#[derive(Debug)]
+struct MemberSeries {
+    /// `member="…",namespace="…",pool="…"`, escaped, made once with the handles.
+    labels: Box<str>,
+    /// Responses by status class, 1xx to 5xx. 2xx is always shown, the others once non-zero.
+    classes: [AtomicU64; 5],
+    /// Observations per bucket of [`LATENCY_BUCKETS`] (not cumulative); the last one holds
+    /// those above every bound. The count is their sum, so `+Inf` always equals `_count` and
+    /// the cumulative buckets never decrease, even read while a response is being counted.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of the observed seconds, as `f64` bits (added as the `prometheus` crate does).
+    sum: AtomicU64,
+}
+
+impl MemberSeries {
+    fn new(labels: String) -> MemberSeries {
+        MemberSeries {
+            labels: labels.into_boxed_str(),
+            classes: Default::default(),
+            buckets: Default::default(),
+            sum: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// The cumulative bucket counts, the last one (`+Inf`) the count.
+    fn cumulative(&self) -> [u64; LATENCY_BUCKETS.len() + 1] {
+        let mut total = 0;
+        self.buckets.each_ref().map(|b| {
+            total += b.load(Relaxed);
+            total
+        })
+    }
 }
 
 impl MemberMetrics {
     /// Counts a response of `status` that took `seconds` to its head.
     pub fn observe(&self, status: u16, seconds: f64) {
+        let s = &*self.series;
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        match class {
-            1 => self.ok.inc(),
-            _ => {
-                let slot = &self.rare[if class == 0 { 0 } else { class - 1 }];
-                if let Some(c) = slot.get_or_init(|| self.rare_counter(class)) {
-                    c.inc();
-                }
-            }
-        }
-        self.duration.observe(seconds);
-    }
-
-    fn rare_counter(&self, class: usize) -> Option<IntCounter> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.retired.load(SeqCst) {
-            return None;
-        }
-        let [ns, pool, route] = &*self.labels;
-        let values = [ns.as_str(), pool.as_str(), route.as_str(), STATUS_CLASSES[class]];
-        let counter = self.requests.with_label_values(&values);
-        // Retirement stores the flag, then removes the series; this made the series, then
-        // reads the flag again. One of the two removes it (SeqCst orders the flag, the
-        // vector's lock the series), so a retired member's series never outlives its removal.
-        if self.retired.load(SeqCst) {
-            let _ = self.requests.remove_label_values(&values);
-            return None;
-        }
-        Some(counter)
+        s.classes[class].fetch_add(1, Relaxed);
+        let bucket = LATENCY_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(LATENCY_BUCKETS.len());
+        s.buckets[bucket].fetch_add(1, Relaxed);
+        let _ = s.sum.fetch_update(Relaxed, Relaxed, |bits| Some((f64::from_bits(bits) + seconds).to_bits()));
     }
 
     /// Responses so far (all classes), the 5xx among them, and the latency histogram's
     /// cumulative bucket counts ([`LATENCY_BUCKETS`], then +Inf): what the balancer-manager's
     /// once-a-second sampler reads (never the request path).
     pub fn totals(&self) -> (u64, u64, [u64; LATENCY_BUCKETS.len() + 1]) {
-        use prometheus::core::Metric;
-        let rare = |i: usize| self.rare[i].get().and_then(Option::as_ref).map_or(0, IntCounter::get);
-        let all = self.ok.get() + (0..4).map(rare).sum::<u64>();
-        let proto = self.duration.metric();
-        let h = proto.get_histogram();
-        let mut buckets = [0u64; LATENCY_BUCKETS.len() + 1];
-        for (b, got) in buckets.iter_mut().zip(h.get_bucket()) {
-            *b = got.cumulative_count();
-        }
-        buckets[LATENCY_BUCKETS.len()] = h.get_sample_count();
-        (all, rare(3), buckets)
-    }
-
-    /// The member left its pool: series made from now on are removed at once.
-    pub fn retire(&self) {
-        self.retired.store(true, std::sync::atomic::Ordering::SeqCst);
+        let s = &*self.series;
+        let all = s.classes.iter().map(|c| c.load(Relaxed)).sum();
+        (all, s.classes[4].load(Relaxed), s.cumulative())
     }
 }
 
@@ -213,8 +209,11 @@ pub fn count_dropped_log_lines(read: impl Fn() -> u64 + Send + Sync + 'static) {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
+    /// Every member's request counters and latency histogram, by route, namespace and pool (the
+    /// order the encoder sorted them in): written as text at scrape, not registered.
+    members: Mutex<BTreeMap<[String; 3], Arc<MemberSeries>>>,
+    /// Length of the last exposition, to size the next one at once.
+    last_len: AtomicUsize,
     sticky: IntCounterVec,
     failovers: IntCounterVec,
     unavailable: IntCounterVec,
@@ -274,19 +273,6 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let member = ["namespace", "pool", "member"];
-        let requests = must(IntCounterVec::new(
-            Opts::new("routeid_member_requests_total", "Responses from a member, by status class (1xx-5xx)."),
-            &["namespace", "pool", "member", "code"],
-        ));
-        let duration = must(HistogramVec::new(
-            HistogramOpts::new(
-                "routeid_member_response_seconds",
-                "Time from sending a request to a member to its response head.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &member,
-        ));
         let sticky = must(IntCounterVec::new(
             Opts::new("routeid_sticky_decisions_total", "Requests to sticky pools, by how their member was found."),
             &["namespace", "pool", "outcome"],
@@ -363,9 +349,7 @@ impl Metrics {
         let build = must(IntGaugeVec::new(Opts::new("routeid_build_info", "Build information."), &["version"]));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(sticky.clone()),
+            Box::new(sticky.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failovers.clone()),
             Box::new(unavailable.clone()),
             Box::new(invalid_backend.clone()),
@@ -388,8 +372,8 @@ impl Metrics {
         must(registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())));
         Metrics {
             registry,
-            requests,
-            duration,
+            members: Mutex::default(),
+            last_len: AtomicUsize::new(0),
             sticky,
             failovers,
             unavailable,
@@ -425,25 +409,24 @@ impl Metrics {
     }
 
     /// Handles for one member (at publication, for a member new to its pool).
+    ///
+    /// A member that moved to a new address keeps its route, so it gets the same series back and
+    /// its counts go on.
     pub fn member_handles(&self, pool: &crate::core::PoolId, route: &str) -> MemberMetrics {
-        let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
-        MemberMetrics {
-            ok: self.requests.with_label_values(&[ns, name, route, STATUS_CLASSES[1]]),
-            rare: Default::default(),
-            duration: self.duration.with_label_values(&[ns, name, route]),
-            requests: self.requests.clone(),
-            labels: Box::new([ns.to_owned(), name.to_owned(), route.to_owned()]),
-            retired: Default::default(),
-        }
+        let key = [route.to_owned(), pool.namespace.clone(), pool.name.clone()];
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let series = members.entry(key).or_insert_with(|| {
+            let [r, ns, name] = [route, &pool.namespace, &pool.name].map(label_value);
+            Arc::new(MemberSeries::new(format!("member=\"{r}\",namespace=\"{ns}\",pool=\"{name}\"")))
+        });
+        MemberMetrics { series: Arc::clone(series) }
     }
 
-    /// Removes a member's event series (it left its pool).
+    /// Removes a member's event series (it left its pool). Its handles may still count a
+    /// response in flight: nobody shows it any more.
     pub fn remove_member(&self, pool: &crate::core::PoolId, route: &str) {
-        let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
-        for c in STATUS_CLASSES {
-            let _ = self.requests.remove_label_values(&[ns, name, route, c]);
-        }
-        let _ = self.duration.remove_label_values(&[ns, name, route]);
+        let key = [route.to_owned(), pool.namespace.clone(), pool.name.clone()];
+        self.members.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     }
 
     /// Removes a pool's event series, its members' included (the pool is gone).
@@ -462,27 +445,125 @@ impl Metrics {
         let _ = self.invalid_backend.remove_label_values(&[ns, name]);
     }
 
-    /// The text exposition: registered metrics plus member state read from `table` now.
+    /// The text exposition: registered metrics, the members' request counters and latency
+    /// histograms, and member state read from `table` now, families in name order.
     pub fn render(&self, table: &RoutingTable, now_ms: u64) -> String {
         if let Some(read) = DROPPED_LOG_LINES.get() {
             let (dropped, shown) = (read(), self.log_lines_dropped.get());
             self.log_lines_dropped.inc_by(dropped.saturating_sub(shown));
         }
         let families = self.registry.gather();
-        let state = state_families(table, now_ms);
-        let mut out = String::with_capacity(state.iter().map(|f| f.text.len()).sum::<usize>() + 64 * 1024);
+        let mut text: Vec<Written> = state_families(table, now_ms).into_iter().map(Written::State).collect();
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        if !members.is_empty() {
+            text.extend([Written::Requests, Written::Latency]);
+        }
+        text.sort_by(|a, b| a.name().cmp(b.name()));
+        let last = self.last_len.load(Relaxed);
+        let mut out = String::with_capacity(last + last / 16 + 64 * 1024);
         // Both lists are sorted by name: merge them, so every family comes in name order.
-        let mut state = state.into_iter().peekable();
+        let mut text = text.into_iter().peekable();
         for mf in &families {
-            while let Some(f) = state.next_if(|f| f.name < mf.name()) {
-                out.push_str(&f.text);
+            while let Some(f) = text.next_if(|f| f.name() < mf.name()) {
+                f.write(&members, &mut out);
             }
             if let Err(e) = TextEncoder::new().encode_utf8(std::slice::from_ref(mf), &mut out) {
                 tracing::error!(error = %e, "cannot encode metrics");
             }
         }
-        state.for_each(|f| out.push_str(&f.text));
+        text.for_each(|f| f.write(&members, &mut out));
+        self.last_len.store(out.len(), Relaxed);
         out
+    }
+}
+
+const REQUESTS: &str = "routeid_member_requests_total";
+const LATENCY: &str = "routeid_member_response_seconds";
+
+/// `,le="…"} ` of each bucket of [`LATENCY_BUCKETS`] and `+Inf`, as the encoder writes bounds.
+static LE: std::sync::LazyLock<[String; LATENCY_BUCKETS.len() + 1]> = std::sync::LazyLock::new(|| {
+    let mut le = [(); LATENCY_BUCKETS.len() + 1].map(|_| String::from(",le=\"+Inf\"} "));
+    for (l, b) in le.iter_mut().zip(LATENCY_BUCKETS) {
+        *l = format!(",le=\"{b}\"}} ");
+    }
+    le
+});
+
+/// A family written as text rather than by the encoder.
+enum Written {
+    /// Member or pool state, already written.
+    State(TextFamily),
+    /// `routeid_member_requests_total`, written from the members' atomics.
+    Requests,
+    /// `routeid_member_response_seconds`, written from the members' atomics.
+    Latency,
+}
+
+impl Written {
+    fn name(&self) -> &'static str {
+        match self {
+            Written::State(f) => f.name,
+            Written::Requests => REQUESTS,
+            Written::Latency => LATENCY,
+        }
+    }
+
+    fn write(&self, members: &BTreeMap<[String; 3], Arc<MemberSeries>>, out: &mut String) {
+        match self {
+            Written::State(f) => out.push_str(&f.text),
+            Written::Requests => write_requests(members.values(), out),
+            Written::Latency => write_latency(members.values(), out),
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    for part in ["# HELP ", name, " ", help, "\n# TYPE ", name, " ", kind, "\n"] {
+        out.push_str(part);
+    }
+}
+
+/// One sample line: `name{first labels last value`, `labels` joined and escaped, `last` ending
+/// with `} `.
+fn line(out: &mut String, name: &str, first: &str, labels: &str, last: &str, value: &str) {
+    for part in [name, "{", first, labels, last, value, "\n"] {
+        out.push_str(part);
+    }
+}
+
+/// The request counters, sorted as the encoder did (by class, then member): 2xx for every
+/// member, the other classes for members that had one.
+fn write_requests<'a>(members: impl Iterator<Item = &'a Arc<MemberSeries>> + Clone, out: &mut String) {
+    header(out, REQUESTS, "counter", "Responses from a member, by status class (1xx-5xx).");
+    let mut n = itoa::Buffer::new();
+    for (class, code) in CODES.into_iter().enumerate() {
+        for s in members.clone() {
+            let v = s.classes[class].load(Relaxed);
+            if v > 0 || class == 1 {
+                line(out, REQUESTS, code, &s.labels, "} ", n.format(v));
+            }
+        }
+    }
+}
+
+/// The latency histograms, one member after the other.
+fn write_latency<'a>(members: impl Iterator<Item = &'a Arc<MemberSeries>>, out: &mut String) {
+    use std::fmt::Write;
+    const BUCKET: &str = "routeid_member_response_seconds_bucket";
+    const SUM: &str = "routeid_member_response_seconds_sum";
+    const COUNT: &str = "routeid_member_response_seconds_count";
+    header(out, LATENCY, "histogram", "Time from sending a request to a member to its response head.");
+    let (mut n, mut sum) = (itoa::Buffer::new(), String::new());
+    for s in members {
+        let counts = s.cumulative();
+        for (c, le) in counts.iter().zip(LE.iter()) {
+            line(out, BUCKET, "", &s.labels, le, n.format(*c));
+        }
+        // A float is written as the encoder writes it (`Display`).
+        sum.clear();
+        let _ = write!(sum, "{}", f64::from_bits(s.sum.load(Relaxed)));
+        line(out, SUM, "", &s.labels, "} ", &sum);
+        line(out, COUNT, "", &s.labels, "} ", n.format(counts[LATENCY_BUCKETS.len()]));
     }
 }
 
@@ -502,20 +583,56 @@ impl TextFamily {
 
     /// One sample: `labels` are the sorted `name="value"` pairs already joined; `first` and
     /// `last` an extra pair sorting before or after them.
-    fn sample(&mut self, first: Option<(&str, &str)>, labels: &str, last: Option<(&str, &str)>, value: impl Display) {
-        use std::fmt::Write;
+    fn sample(&mut self, first: Option<(&str, &str)>, labels: &str, last: Option<(&str, &str)>, value: impl Value) {
         self.empty = false;
         let t = &mut self.text;
         t.push_str(self.name);
         t.push('{');
         if let Some((n, v)) = first {
-            let _ = write!(t, "{n}=\"{v}\",");
+            for part in [n, "=\"", v, "\","] {
+                t.push_str(part);
+            }
         }
         t.push_str(labels);
         if let Some((n, v)) = last {
-            let _ = write!(t, ",{n}=\"{v}\"");
+            for part in [",", n, "=\"", v, "\""] {
+                t.push_str(part);
+            }
         }
-        let _ = writeln!(t, "}} {value}");
+        t.push_str("} ");
+        value.write_to(t);
+        t.push('\n');
+    }
+}
+
+/// A sample's value, written as the encoder writes it; integers without `fmt` (most of a
+/// large scrape's lines).
+trait Value {
+    fn write_to(self, out: &mut String);
+}
+
+impl Value for u64 {
+    fn write_to(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self));
+    }
+}
+
+impl Value for usize {
+    fn write_to(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self));
+    }
+}
+
+impl Value for u8 {
+    fn write_to(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self));
+    }
+}
+
+impl Value for f64 {
+    fn write_to(self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(out, "{self}");
     }
 }
 
@@ -668,10 +785,65 @@ mod tests {
         let text = m.render(&RoutingTable::default(), 1);
         assert!(text.lines().any(|l| l.contains("code=\"5xx\"") && l.ends_with(" 2")), "{text}");
         // The member leaves; a response still in flight must not bring a series back.
-        h.retire();
         m.remove_member(&id, "pod-0");
         h.observe(404, 0.01);
         h.observe(503, 0.01);
         assert!(request_series(&m).is_empty(), "{:?}", request_series(&m));
+    }
+
+    #[test]
+    fn member_requests_and_latency_are_written_as_the_prometheus_encoder_wrote_them() {
+        let registry = Registry::new();
+        let help = "Responses from a member, by status class (1xx-5xx).";
+        let requests = IntCounterVec::new(Opts::new(REQUESTS, help), &["namespace", "pool", "member", "code"]).unwrap();
+        let help = "Time from sending a request to a member to its response head.";
+        let opts = HistogramOpts::new(LATENCY, help).buckets(LATENCY_BUCKETS.to_vec());
+        let latency = prometheus::HistogramVec::new(opts, &["namespace", "pool", "member"]).unwrap();
+        registry.register(Box::new(requests.clone())).unwrap();
+        registry.register(Box::new(latency.clone())).unwrap();
+        let m = Metrics::new();
+        // Not in sorted order, one label value to escape, bounds hit exactly and overflowed.
+        let members =
+            [("web", "shop", "pod-1"), ("web", "shop", "pod-0"), ("a\"b", "c\\d\ne", "x"), ("web", "cart", "pod-10")];
+        let seen =
+            [(200, 0.001), (200, 0.0011), (503, 75.0), (101, 0.0), (302, 2.5), (404, 0.3), (200, 60.0), (0, 1e-9)];
+        for (i, (ns, pool, route)) in members.into_iter().enumerate() {
+            let h = m.member_handles(&PoolId { namespace: ns.into(), name: pool.into() }, route);
+            requests.with_label_values(&[ns, pool, route, "2xx"]);
+            let histogram = latency.with_label_values(&[ns, pool, route]);
+            for &(status, seconds) in &seen[i..] {
+                h.observe(status, seconds);
+                let class = ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from(status / 100).clamp(1, 5) - 1];
+                requests.with_label_values(&[ns, pool, route, class]).inc();
+                histogram.observe(seconds);
+            }
+            let (all, errors, buckets) = h.totals();
+            assert_eq!(
+                (all, errors),
+                ((seen.len() - i) as u64, seen[i..].iter().filter(|s| s.0 >= 500).count() as u64)
+            );
+            assert_eq!(buckets[LATENCY_BUCKETS.len()], all);
+        }
+        let want = TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        let text = m.render(&RoutingTable::default(), 1);
+        let got: String =
+            text.lines().filter(|l| l.contains(REQUESTS) || l.contains(LATENCY)).flat_map(|l| [l, "\n"]).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_member_that_moved_keeps_its_series_and_one_that_left_loses_them() {
+        let m = Metrics::new();
+        let id = PoolId { namespace: "web".into(), name: "shop".into() };
+        let before = m.member_handles(&id, "pod-0");
+        before.observe(200, 0.01);
+        // Same route at a new address: new handles, the same counts.
+        let after = m.member_handles(&id, "pod-0");
+        after.observe(200, 0.01);
+        assert_eq!(after.totals().0, 2);
+        m.remove_member(&id, "pod-0");
+        assert!(!m.render(&RoutingTable::default(), 1).contains(LATENCY));
+        // Back later: a new series from zero.
+        assert_eq!(m.member_handles(&id, "pod-0").totals().0, 0);
     }
 }

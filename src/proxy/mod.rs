@@ -397,13 +397,11 @@ impl Proxy {
             for (m, _) in old.members.iter().zip(&kept).filter(|(_, k)| !**k) {
                 // A member that only moved to a new address keeps its route, and its series.
                 if p.member_index(m.route()).is_none() {
-                    retire(m);
                     self.metrics.remove_member(&old.config.id, m.route());
                 }
             }
         }
         for (old, _) in previous.table.pools().iter().zip(&survivors).filter(|(_, s)| !**s) {
-            old.members.iter().for_each(retire);
             self.metrics.remove_pool(old);
         }
         if previous.table.pools().is_empty() {
@@ -423,14 +421,6 @@ impl Proxy {
         self.metrics.publication_seconds.observe(started.elapsed().as_secs_f64());
         self.snapshot.store(Arc::new(Snapshot { table, ext, tls }));
         conflicts
-    }
-}
-
-/// Marks a member that left its pool, before its series are removed: a response still in flight
-/// to it then makes no new series.
-fn retire(m: &crate::core::Member) {
-    if let Some(ext) = m.runtime.extension.get::<MemberExt>() {
-        ext.metrics.retire();
     }
 }
 
