@@ -5,6 +5,8 @@
 #   docker run --rm -p 8080:8080 routeid:dev demo --listen 0.0.0.0:8080 --admin-listen 0.0.0.0:9901
 #
 # The builder and the runtime share Debian 12 (bookworm), so the binary's glibc matches.
+# The binary is optimised with the profile in pgo/ (profile-guided optimisation, made by
+# bench/pgo.sh with this Rust version; `--build-arg PGO_RUSTFLAGS=` builds without it).
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
@@ -14,7 +16,11 @@ ENV CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0
 # Dependencies first, against stub sources: this layer is rebuilt only when Cargo.toml or
 # Cargo.lock change, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src bench \
+COPY pgo/routeid.profdata.gz ./pgo/
+ARG PGO_RUSTFLAGS=-Cprofile-use=/src/pgo/routeid.profdata
+ENV RUSTFLAGS=${PGO_RUSTFLAGS}
+RUN gunzip pgo/routeid.profdata.gz \
+ && mkdir -p src bench \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > bench/derive.rs \

@@ -11,8 +11,16 @@ bench_init() {
   if ((${#missing[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
-  [[ -n ${NO_BUILD:-} ]] || cargo build --release -q
-  BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release/routeid")
+  # The release binary as the Docker image builds it (with the PGO profile; PGO=0: without).
+  if [[ -n ${ROUTEID_BIN:-} ]]; then
+    BIN=$ROUTEID_BIN
+  elif [[ -z ${NO_BUILD:-} ]]; then
+    BIN=$(bash scripts/build-release.sh)
+  elif [[ ${PGO:-1} == 0 ]]; then
+    BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release/routeid")
+  else
+    BIN=$(realpath "${CARGO_TARGET_DIR:-target}/pgo/release/routeid")
+  fi
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
   TMP=$(mktemp -d "/tmp/routeid-$tag.XXXXXX")
   chmod 755 "$TMP"

@@ -10,13 +10,17 @@
 #         WARMUP=2s     one warm-up wrk run per target before round 1 ("0" to skip)
 #         PROXY_CPU=0   CPU for the proxy under test
 #         LOAD_CPU=1    CPU for wrk and nginx
-#         NO_BUILD=1    skip `cargo build --release` (use the binary already built)
+#         NO_BUILD=1    skip the build (use the binary already built)
+#         PGO=0         measure the plain `cargo build --release` binary instead of the one
+#                       optimised with pgo/routeid.profdata.gz, as the Docker image is
+#                       (scripts/build-release.sh; target/pgo/release/routeid)
+#         ROUTEID_BIN   measure this binary (no build)
 #         TARGETS="direct routeid routeid-log haproxy"  routeid-log: routeid with its access log
 #                       on (the default, as users run it), written to a file
 #         LOG_FORMAT=text  routeid-log's --log-format (text or json)
 #         H2_STREAMS=10 concurrent streams per connection in the h2 scenario (h2load -m)
 #         POOL_BENCH=1  also run `cargo bench --bench pool_size` (pick and scrape cost by pool size)
-#         CARGO_TARGET_DIR  honoured when locating target/release/routeid
+#         CARGO_TARGET_DIR  honoured when locating the binary
 # Ports (all 127.0.0.1): BACKEND1_PORT=18081 BACKEND2_PORT=18082 ROUTEID_PORT=18090
 #         ROUTEID_ADMIN_PORT=18091 HAPROXY_PORT=18092 ROUTEID_TLS_PORT=18093 HAPROXY_TLS_PORT=18094
 #         ROUTEID_LOG_PORT=18095 ROUTEID_LOG_ADMIN_PORT=18096 ROUTEID_LOG_TLS_PORT=18097
@@ -232,12 +236,18 @@ main() {
     ((ncpu >= 2)) || log "warning: $ncpu CPU(s); proxy and load share a core"
 
     # Build routeid.
+    # As the Docker image builds it: with the PGO profile (scripts/build-release.sh).
     local target_dir=${CARGO_TARGET_DIR:-target}
     [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
-    ROUTEID_BIN="$target_dir/release/routeid"
-    if [[ -z ${NO_BUILD:-} ]]; then
-        log "cargo build --release"
-        (cd "$ROOT" && cargo build --release --bin routeid) || die "cargo build --release failed"
+    if [[ -n ${ROUTEID_BIN:-} ]]; then
+        :
+    elif [[ -z ${NO_BUILD:-} ]]; then
+        log "scripts/build-release.sh (PGO=${PGO:-1})"
+        ROUTEID_BIN=$(bash "$ROOT/scripts/build-release.sh") || die "the release build failed"
+    elif [[ ${PGO:-1} == 0 ]]; then
+        ROUTEID_BIN="$target_dir/release/routeid"
+    else
+        ROUTEID_BIN="$target_dir/pgo/release/routeid"
     fi
     [[ -x $ROUTEID_BIN ]] || die "no binary at $ROUTEID_BIN"
 

@@ -291,6 +291,12 @@ def test_dockerfile_shape():
         assert any(p == i[1:] or p.startswith(i[1:] + "/") for i in ignore if i.startswith("!")), p
     assert "COPY Cargo.toml Cargo.lock ./" in text
     assert text.index("COPY Cargo.toml Cargo.lock") < text.index("COPY src ")
+    # The PGO profile (bench/pgo.sh) goes into the build, before the dependency layer (the
+    # dependencies' hot code is in the profile too).
+    assert (ROOT / "pgo/routeid.profdata.gz").is_file()
+    assert "!pgo/routeid.profdata.gz" in ignore
+    assert text.index("COPY pgo/routeid.profdata.gz") < text.index("cargo build")
+    assert "-Cprofile-use=/src/pgo/routeid.profdata" in text
     # The chart runs the image's user.
     assert yaml.safe_load((ROOT / "charts/routeid/values.yaml").read_text())["securityContext"]["runAsUser"] == int(uid)
 
