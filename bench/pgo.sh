@@ -3,7 +3,8 @@
 #
 # Builds routeid instrumented (-Cprofile-generate) into target/pgo-gen, runs it under the
 # load of bench/run.sh (every scenario: plain, sticky, HTTPS keep-alive, handshakes, HTTP/2; with
-# and without the access log), merges what it recorded and writes pgo/routeid.profdata.gz, which
+# and without the access log), merges what it recorded (`--sparse`: code that never ran gets no
+# profile rather than a cold one) and writes pgo/routeid.profdata.gz, which
 # the Dockerfile, scripts/build-release.sh and so bench/run.sh build with (`-Cprofile-use`). Loopback only; needs what
 # bench/run.sh needs plus rustup's llvm-tools component (installed when missing).
 #
@@ -22,7 +23,7 @@ CARGO_TARGET_DIR=target/pgo-gen RUSTFLAGS="-Cprofile-generate=$RAW" cargo build 
 ROUTEID_BIN="$ROOT/target/pgo-gen/release/routeid" POOL_BENCH=0 DURATION=${DURATION:-4s} ROUNDS=1 WARMUP=0 \
     TARGETS="routeid routeid-log" bash bench/run.sh >/dev/null
 ls "$RAW"/*.profraw >/dev/null 2>&1 || { echo "pgo: no profile was written" >&2; exit 1; }
-"$TOOLS/llvm-profdata" merge -o "$RAW/routeid.profdata" "$RAW"/*.profraw
+"$TOOLS/llvm-profdata" merge --sparse -o "$RAW/routeid.profdata" "$RAW"/*.profraw
 mkdir -p pgo
 gzip -9 -c "$RAW/routeid.profdata" >pgo/routeid.profdata.gz
 echo "pgo: wrote pgo/routeid.profdata.gz ($(du -h pgo/routeid.profdata.gz | cut -f1)) with $(rustc -V)"
