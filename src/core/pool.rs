@@ -110,8 +110,9 @@ const NOT_CARRIED: u32 = u32::MAX;
 
 /// From this many members on, a ByRequests pool picks with a [`Schedule`] (O(distinct weights
 /// + log members) per pick under a short per-pool lock) instead of the lock-free scan of every
-/// member (measured in `bench/README.md`, "Pool size": the scan is cheaper below).
-const SCHEDULE_FROM: usize = 16;
+/// member (measured in `bench/README.md`, "Pool size": a schedule pick costs about as much
+/// as scanning six members, and nothing here locks below this size).
+const SCHEDULE_FROM: usize = 8;
 
 /// The [`Schedule`] of a large ByRequests pool, built on its first pick.
 #[derive(Debug)]

@@ -323,9 +323,14 @@ impl Schedule {
         let s = &mut slots[i];
         s.base -= total;
         if let Place::Class(c) = s.place {
+            let class = &mut groups[s.group as usize].classes[c as usize];
+            // A winner is usually the head of the run: drop its entry now rather than later.
+            if class.run.front().is_some_and(|e| e.idx.0 as usize == i && e.stamp == s.stamp) {
+                class.run.pop_front();
+            }
             s.stamp = s.stamp.wrapping_add(1);
             let e = Entry { base: s.base, idx: Reverse(i as u32), stamp: s.stamp };
-            groups[s.group as usize].classes[c as usize].push(e, slots);
+            class.push(e, slots);
         }
     }
 
@@ -366,6 +371,13 @@ impl Schedule {
     /// Apache's order: lbSet 0's normal members, then its hot standbys, then lbSet 1's, ...;
     /// `tried` members are left out of the pick and keep their credit.
     pub(super) fn balance(&mut self, members: &[Member], tried: &Tried, ctx: &LbContext) -> Option<usize> {
+        if tried.is_empty() {
+            return (0..self.groups.len()).find_map(|gid| {
+                let (total, winner) = self.round(gid, members, ctx)?;
+                self.pay(winner, total);
+                Some(winner)
+            });
+        }
         for gid in 0..self.groups.len() {
             let mut out = [(0u32, Place::Out); super::config::MAX_ATTEMPTS as usize];
             let mut n = 0;
