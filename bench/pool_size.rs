@@ -4,7 +4,8 @@
 //! for every new session, measured for each lb method over pools of 3, 1,000 and 10,000
 //! members (all usable, loadFactor 1). A scrape is `Metrics::render` of a proxy serving one pool
 //! of 10,000 members, the work behind one `GET /metrics`. Figures are thread CPU time
-//! (`CLOCK_THREAD_CPUTIME_ID`) per operation; `POOL_SIZES=3,1000` changes the sizes.
+//! (`CLOCK_THREAD_CPUTIME_ID`) per operation; `POOL_SIZES=3,1000` changes the sizes and
+//! `POOL_METHODS=ByRequests` the methods.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -83,7 +84,10 @@ fn main() {
         print!("{s:>12}");
     }
     println!("{:>14}", "largest/3");
-    for method in METHODS {
+    let methods: Vec<String> = std::env::var("POOL_METHODS")
+        .map(|s| s.split(',').map(|m| m.trim().to_owned()).collect())
+        .unwrap_or_else(|_| METHODS.map(str::to_owned).to_vec());
+    for method in methods.iter().map(String::as_str) {
         print!("{method:<14}");
         let ns: Vec<f64> = sizes.iter().map(|&s| pick_ns(s, method)).collect();
         for v in &ns {
