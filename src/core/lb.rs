@@ -107,7 +107,7 @@ fn account_requests(
 ///
 /// With factors 1, 2, 3 twelve requests go `n3 n2 n1 n3 n2 n3 n3 n2 n1 n3 n2 n3`, exactly as
 /// Apache 2.4. This is the plain form, O(members) per pick and per sticky request, used by
-/// pools below 16 members: each `lbstatus` is an atomic updated without a lock, and the
+/// pools below 8 members: each `lbstatus` is an atomic updated without a lock, and the
 /// sequence is exactly Apache's when requests are serialised; under concurrency two requests
 /// may read the same maximum before either pays — a transient skew that the zero-sum
 /// bookkeeping (the sum of all `lbstatus` stays zero) corrects on the next requests, at no lock

@@ -108,10 +108,10 @@ const SMALL_POOL: usize = 8;
 /// [`Pool::previous_index`] of a member that is new in this build.
 const NOT_CARRIED: u32 = u32::MAX;
 
-/// From this many members on, a ByRequests pool picks with a [`Schedule`] (O(distinct weights
-/// + log members) per pick under a short per-pool lock) instead of the lock-free scan of every
-/// member (measured in `bench/README.md`, "Pool size": a schedule pick costs about as much
-/// as scanning six members, and nothing here locks below this size).
+/// From this many members on, a ByRequests pool picks with a [`Schedule`] (O(distinct
+/// weights and log members) per pick under a short per-pool lock) instead of the lock-free
+/// scan of every member (measured in `bench/README.md`, "Pool size": a schedule pick costs
+/// about as much as scanning six members, and nothing here locks below this size).
 const SCHEDULE_FROM: usize = 8;
 
 /// The [`Schedule`] of a large ByRequests pool, built on its first pick.
