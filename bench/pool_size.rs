@@ -56,6 +56,30 @@ fn pick_ns(members: usize, method: &str) -> f64 {
     (cpu_time() - t0).as_nanos() as f64 / n as f64
 }
 
+/// CPU per sticky hit in a ByRequests pool, in nanoseconds: `Pool::choose` with the route of
+/// a member (cycling over up to 1,024 of them), which finds it and does Apache's accounting
+/// (every usable member gains its weight, the routed one pays).
+fn sticky_ns(members: usize) -> f64 {
+    let proxy = Proxy::new(ProxySettings { access_log: false, ..Default::default() });
+    proxy.publish(vec![pool(members, "ByRequests")]);
+    let snap = proxy.snapshot();
+    let p = &snap.table.pools()[0];
+    let now = proxy.clock().now_ms();
+    let tried = Tried::default();
+    let routes: Vec<String> = (0..members.min(1_024)).map(|i| format!("m{i}")).collect();
+    let (mut n, t0) = (0usize, cpu_time());
+    while cpu_time() - t0 < Duration::from_millis(20) || n < routes.len() {
+        black_box(p.choose(Some(&routes[n % routes.len()]), &tried, now));
+        n += 1;
+    }
+    let n = n * 10;
+    let t0 = cpu_time();
+    for i in 0..n {
+        black_box(p.choose(Some(&routes[i % routes.len()]), &tried, now));
+    }
+    (cpu_time() - t0).as_nanos() as f64 / n as f64
+}
+
 /// CPU per scrape of a 10,000-member pool, in milliseconds (median of 20).
 fn scrape_ms(members: usize) -> (f64, usize) {
     let proxy = Proxy::new(ProxySettings { access_log: false, ..Default::default() });
@@ -97,6 +121,17 @@ fn main() {
             (Some(a), Some(b)) if *a > 0.0 => println!("{:>13.0}×", b / a),
             _ => println!(),
         }
+    }
+    print!("{:<14}", "sticky hit");
+    let ns: Vec<f64> = sizes.iter().map(|&s| sticky_ns(s)).collect();
+    for v in &ns {
+        print!("{v:>12.0}");
+    }
+    match (ns.first(), ns.last()) {
+        (Some(a), Some(b)) if *a > 0.0 => {
+            println!("{:>13.1}×   (ByRequests, Pool::choose with a member's route)", b / a)
+        }
+        _ => println!(),
     }
     let big = sizes.iter().copied().max().unwrap_or(10_000);
     let (ms, bytes) = scrape_ms(big);

@@ -114,11 +114,20 @@ impl Class {
             self.heap.push(e);
         }
         if self.run.len() + self.heap.len() > 2 * self.live as usize + 32 {
-            self.compact(slots);
+            self.drop_stale(slots);
         }
     }
 
-    /// Drops stale entries and puts the rest in one sorted run.
+    /// Drops stale entries, keeping the run's order and re-heaping the rest: O(entries), so
+    /// O(1) amortised over the pushes that made them.
+    fn drop_stale(&mut self, slots: &[Slot]) {
+        self.run.retain(|e| e.live(slots));
+        let mut rest = std::mem::take(&mut self.heap).into_vec();
+        rest.retain(|e| e.live(slots));
+        self.heap = BinaryHeap::from(rest);
+    }
+
+    /// Drops stale entries and puts the rest in one sorted run (when a schedule is built).
     fn compact(&mut self, slots: &[Slot]) {
         let mut all: Vec<Entry> = self.run.drain(..).chain(self.heap.drain()).filter(|e| e.live(slots)).collect();
         all.sort_unstable_by(|a, b| b.cmp(a));
