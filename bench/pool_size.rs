@@ -4,7 +4,8 @@
 //! for every new session, measured for each lb method over pools of 3, 1,000 and 10,000
 //! members (all usable, loadFactor 1). A scrape is `Metrics::render` of a proxy serving one pool
 //! of 10,000 members, the work behind one `GET /metrics`. Figures are thread CPU time
-//! (`CLOCK_THREAD_CPUTIME_ID`) per operation; `POOL_SIZES=3,1000` changes the sizes.
+//! (`CLOCK_THREAD_CPUTIME_ID`) per operation; `POOL_SIZES=3,1000` changes the sizes and
+//! `POOL_METHODS=ByRequests` the methods.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -55,6 +56,30 @@ fn pick_ns(members: usize, method: &str) -> f64 {
     (cpu_time() - t0).as_nanos() as f64 / n as f64
 }
 
+/// CPU per sticky hit in a ByRequests pool, in nanoseconds: `Pool::choose` with the route of
+/// a member (cycling over up to 1,024 of them), which finds it and does Apache's accounting
+/// (every usable member gains its weight, the routed one pays).
+fn sticky_ns(members: usize) -> f64 {
+    let proxy = Proxy::new(ProxySettings { access_log: false, ..Default::default() });
+    proxy.publish(vec![pool(members, "ByRequests")]);
+    let snap = proxy.snapshot();
+    let p = &snap.table.pools()[0];
+    let now = proxy.clock().now_ms();
+    let tried = Tried::default();
+    let routes: Vec<String> = (0..members.min(1_024)).map(|i| format!("m{i}")).collect();
+    let (mut n, t0) = (0usize, cpu_time());
+    while cpu_time() - t0 < Duration::from_millis(20) || n < routes.len() {
+        black_box(p.choose(Some(&routes[n % routes.len()]), &tried, now));
+        n += 1;
+    }
+    let n = n * 10;
+    let t0 = cpu_time();
+    for i in 0..n {
+        black_box(p.choose(Some(&routes[i % routes.len()]), &tried, now));
+    }
+    (cpu_time() - t0).as_nanos() as f64 / n as f64
+}
+
 /// CPU per scrape of a 10,000-member pool, in milliseconds (median of 20).
 fn scrape_ms(members: usize) -> (f64, usize) {
     let proxy = Proxy::new(ProxySettings { access_log: false, ..Default::default() });
@@ -83,7 +108,10 @@ fn main() {
         print!("{s:>12}");
     }
     println!("{:>14}", "largest/3");
-    for method in METHODS {
+    let methods: Vec<String> = std::env::var("POOL_METHODS")
+        .map(|s| s.split(',').map(|m| m.trim().to_owned()).collect())
+        .unwrap_or_else(|_| METHODS.map(str::to_owned).to_vec());
+    for method in methods.iter().map(String::as_str) {
         print!("{method:<14}");
         let ns: Vec<f64> = sizes.iter().map(|&s| pick_ns(s, method)).collect();
         for v in &ns {
@@ -93,6 +121,17 @@ fn main() {
             (Some(a), Some(b)) if *a > 0.0 => println!("{:>13.0}×", b / a),
             _ => println!(),
         }
+    }
+    print!("{:<14}", "sticky hit");
+    let ns: Vec<f64> = sizes.iter().map(|&s| sticky_ns(s)).collect();
+    for v in &ns {
+        print!("{v:>12.0}");
+    }
+    match (ns.first(), ns.last()) {
+        (Some(a), Some(b)) if *a > 0.0 => {
+            println!("{:>13.1}×   (ByRequests, Pool::choose with a member's route)", b / a)
+        }
+        _ => println!(),
     }
     let big = sizes.iter().copied().max().unwrap_or(10_000);
     let (ms, bytes) = scrape_ms(big);

@@ -333,6 +333,8 @@ pub struct MemberView {
     load_factor: u32,
     lb_set: u32,
     elected: u64,
+    /// Apache's `lbstatus`: the request-counting credit (ByRequests, ByBusyness, Heartbeat).
+    lbstatus: i64,
     busy: u64,
     bytes_to: u64,
     bytes_from: u64,
@@ -399,6 +401,7 @@ pub struct ManagerView {
 fn member_view(
     proxy: &Proxy,
     p: &crate::core::Pool,
+    i: usize,
     m: &crate::core::Member,
     live: MemberFigures,
     now: u64,
@@ -428,6 +431,7 @@ fn member_view(
         load_factor: m.config.load_factor,
         lb_set: m.config.lb_set,
         elected: rt.elected.load(Relaxed),
+        lbstatus: p.lbstatus(i),
         busy: rt.busy.load(Relaxed),
         bytes_to: rt.bytes_to.load(Relaxed),
         bytes_from: rt.bytes_from.load(Relaxed),
@@ -471,7 +475,13 @@ pub fn view(proxy: &Proxy, manager: &Manager, live: &Live) -> ManagerView {
                     .and_then(|s| s.cookie.as_ref())
                     .map(|c| format!("{} ({:?})", c.name, c.mode)),
                 summary,
-                members: p.members.iter().zip(figures).map(|(m, f)| member_view(proxy, p, m, f, now)).collect(),
+                members: p
+                    .members
+                    .iter()
+                    .zip(figures)
+                    .enumerate()
+                    .map(|(i, (m, f))| member_view(proxy, p, i, m, f, now))
+                    .collect(),
             }
         })
         .collect();

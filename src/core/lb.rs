@@ -106,10 +106,14 @@ fn account_requests(
 /// Apache's `byrequests`: weighted request counting.
 ///
 /// With factors 1, 2, 3 twelve requests go `n3 n2 n1 n3 n2 n3 n3 n2 n1 n3 n2 n3`, exactly as
-/// Apache 2.4. Each `lbstatus` is an atomic updated without a lock: the sequence is exactly
-/// Apache's when requests are serialised; under concurrency two requests may read the same
-/// maximum before either pays — a transient skew that the zero-sum bookkeeping (the sum of all
-/// `lbstatus` stays zero) corrects on the next requests, at no lock per request.
+/// Apache 2.4. This is the plain form, O(members) per pick and per sticky request, used by
+/// pools below 8 members: each `lbstatus` is an atomic updated without a lock, and the
+/// sequence is exactly Apache's when requests are serialised; under concurrency two requests
+/// may read the same maximum before either pays — a transient skew that the zero-sum
+/// bookkeeping (the sum of all `lbstatus` stays zero) corrects on the next requests, at no lock
+/// per request. Larger pools give the same sequence through an ordered schedule
+/// (`Pool`'s `Schedule`, O(distinct weights + log members) per pick under a short per-pool
+/// lock, serialised and so exact under concurrency too).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ByRequests;
 
@@ -129,6 +133,11 @@ impl LbMethod for ByRequests {
 
 /// Apache's `bytraffic`: the member with the fewest bytes transferred (to it and from it) per
 /// unit of weight wins; ties go to the member listed first.
+///
+/// O(members) per pick, by need: every request moves the bytes of the member it went to,
+/// counted by the proxy as they flow without the pool knowing, so no order over the members
+/// stays valid from one pick to the next; keeping one would move work (and a lock) onto every
+/// body chunk of every request instead.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ByTraffic;
 
@@ -161,6 +170,11 @@ impl LbMethod for ByTraffic {
 
 /// Apache's `bybusyness`: the member with the fewest requests in flight wins; ties are broken by
 /// request counting (the highest `lbstatus`), as in Apache 2.4.
+///
+/// O(members) per pick, by need: the in-flight count of a member changes whenever one of its
+/// requests starts or ends (a [`super::member::BusyGuard`], which knows no pool), so the
+/// fewest-busy member must be looked for among all; the tie-break's request counting rides on
+/// that same pass (and on the sticky path, which is O(members) too for this method).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ByBusyness;
 
@@ -185,6 +199,10 @@ impl LbMethod for ByBusyness {
 /// the field Apache's mod_heartmonitor carries) and are chosen in proportion to it by request
 /// counting. A member without a fresh report weighs its loadFactor; a member reporting
 /// `ready=0` gets nothing while another has capacity; when none has, loadFactors decide.
+///
+/// O(members) per pick, by need: every member's weight is its latest report, which changes
+/// on each health check and goes stale with time, and whether anyone has capacity left is a
+/// question about all members.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Heartbeat;
 

@@ -11,6 +11,24 @@ use std::sync::{Arc, OnceLock};
 use super::config::MemberConfig;
 use super::names::MemberStatus;
 
+/// Counts changes of any member's eligibility that are not a matter of time passing (an error
+/// set or cleared, a health verdict, a join time). Large ByRequests pools keep their members
+/// in an ordered schedule ([`super::pool::Pool`]) and re-sync it when this moves, so whoever
+/// changes `error_until_ms`, `healthy`, `healthy_since_ms` or `joined_ms` does it through
+/// [`MemberRuntime`]'s methods, which move it. Process-wide: such changes are rare (per
+/// failure or health transition, not per request), and a pool re-syncs once per change.
+static ELIGIBILITY_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The current eligibility epoch (see [`ELIGIBILITY_EPOCH`]).
+pub fn eligibility_epoch() -> u64 {
+    ELIGIBILITY_EPOCH.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Tells the schedules that some member's eligibility changed (after the change is stored).
+pub fn eligibility_changed() {
+    ELIGIBILITY_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Release);
+}
+
 /// Counters and health of one member that outlive table rebuilds.
 #[derive(Debug)]
 pub struct MemberRuntime {
@@ -23,12 +41,14 @@ pub struct MemberRuntime {
     /// Failed attempts (connect refused, reset, timeout, failOnStatus).
     pub errors: AtomicU64,
     /// Milliseconds on the [`Clock`] until which the member is in error; 0 when it is not.
+    /// Written through [`MemberRuntime::set_error`] and [`MemberRuntime::clear_error`].
     pub error_until_ms: AtomicU64,
     /// Request bytes sent to the member.
     pub bytes_to: AtomicU64,
     /// Response bytes received from the member.
     pub bytes_from: AtomicU64,
-    /// Active health-check verdict (true until checks say otherwise).
+    /// Active health-check verdict (true until checks say otherwise); written through
+    /// [`MemberRuntime::set_healthy`].
     pub healthy: AtomicBool,
     /// When the member last became healthy again (0: never went down).
     pub healthy_since_ms: AtomicU64,
@@ -144,6 +164,35 @@ impl MemberRuntime {
     pub fn set_error(&self, now_ms: u64, retry_after_ms: u64) {
         self.errors.fetch_add(1, Relaxed);
         self.error_until_ms.store(now_ms.saturating_add(retry_after_ms).max(1), Relaxed);
+        eligibility_changed();
+    }
+
+    /// Ends the member's error period now (Apache `forcerecovery`).
+    pub fn clear_error(&self) {
+        self.error_until_ms.store(0, Relaxed);
+        eligibility_changed();
+    }
+
+    /// Records the active checks' verdict; a member that passes again starts its slow start
+    /// at `now_ms`. True when the verdict changed.
+    pub fn set_healthy(&self, healthy: bool, now_ms: u64) -> bool {
+        if healthy {
+            if self.healthy.load(Relaxed) {
+                return false;
+            }
+            self.healthy_since_ms.store(now_ms, Relaxed);
+        }
+        let changed = self.healthy.swap(healthy, Relaxed) != healthy;
+        if changed {
+            eligibility_changed();
+        }
+        changed
+    }
+
+    /// Sets when the member joined (slow start ramps from there).
+    pub fn set_joined(&self, ms: u64) {
+        self.joined_ms.store(ms, Relaxed);
+        eligibility_changed();
     }
 
     /// Not in error and not failed by health checks.

@@ -12,6 +12,7 @@ pub mod names;
 pub mod path;
 pub mod pool;
 pub mod route;
+mod schedule;
 pub mod session;
 pub mod sticky;
 pub mod table;

@@ -6,13 +6,14 @@
 //! sessions, then over hot standbys.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::config::PoolConfig;
 use super::lb::{ByBusyness, ByRequests, ByTraffic, Heartbeat, LbContext, LbMethod, LeastLatency};
-use super::member::{Member, MemberRuntime};
+use super::member::{Member, MemberRuntime, eligibility_epoch};
 use super::names::{LbMethodName, MemberStatus};
 use super::route::Route;
+use super::schedule::Schedule;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why the lb method chose a member (the request is then a *route change* in a sticky pool).
@@ -85,6 +86,11 @@ impl Tried {
         self.list[..self.len].contains(&(i as u32))
     }
 
+    /// The members attempted, in order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.list[..self.len].iter().map(|&i| i as usize)
+    }
+
     /// Number of attempts so far.
     pub fn len(&self) -> usize {
         self.len
@@ -101,6 +107,25 @@ const SMALL_POOL: usize = 8;
 
 /// [`Pool::previous_index`] of a member that is new in this build.
 const NOT_CARRIED: u32 = u32::MAX;
+
+/// From this many members on, a ByRequests pool picks with a [`Schedule`] (O(distinct
+/// weights and log members) per pick under a short per-pool lock) instead of the lock-free
+/// scan of every member (measured in `bench/README.md`, "Pool size": a schedule pick costs
+/// about as much as scanning three or four members, 29 ns, and the scan takes no lock).
+const SCHEDULE_FROM: usize = 8;
+
+/// The [`Schedule`] of a large ByRequests pool, built on its first pick.
+#[derive(Debug)]
+enum Scheduled {
+    /// A small pool or another lb method: the lb method's scan over the members' atomics.
+    Off,
+    /// Not built yet: the members' `lbstatus` atomics hold the credit.
+    Unbuilt,
+    Built(Box<Schedule>),
+    /// A newer pool took over (its `lbstatus` was written back to the atomics): picks made on
+    /// this superseded snapshot scan the atomics, exactly, as a small pool does.
+    Retired,
+}
 
 /// How a pool finds a member by route.
 #[derive(Debug)]
@@ -129,6 +154,9 @@ pub struct Pool {
     lb: Box<dyn LbMethod>,
     /// New requests so far of a rule with an invalid backendRefs' share (only those count).
     new_requests: AtomicU64,
+    /// Whether picks go through `schedule` (large ByRequests pools), so small pools never lock.
+    uses_schedule: bool,
+    schedule: Mutex<Scheduled>,
 }
 
 impl Pool {
@@ -139,7 +167,16 @@ impl Pool {
     /// both pools are sorted by route (derived pools): the controller republishes a pool on
     /// every EndpointSlice change.
     pub fn new(config: impl Into<Arc<PoolConfig>>, previous: Option<&Pool>) -> Pool {
+        Pool::with_schedule_from(config, previous, SCHEDULE_FROM)
+    }
+
+    /// [`Pool::new`], scheduling ByRequests picks from `schedule_from` members on (tests drive
+    /// the schedule and the scan side by side with it).
+    fn with_schedule_from(config: impl Into<Arc<PoolConfig>>, previous: Option<&Pool>, schedule_from: usize) -> Pool {
         let config: Arc<PoolConfig> = config.into();
+        if let Some(prev) = previous {
+            prev.retire_schedule();
+        }
         let n = config.members.len();
         let sorted = n > SMALL_POOL && config.members_sorted;
         let mut carried = Vec::new();
@@ -205,7 +242,74 @@ impl Pool {
             LbMethodName::Heartbeat => Box::new(Heartbeat),
             LbMethodName::LeastLatency => Box::new(LeastLatency::default()),
         };
-        Pool { config, members, carried, route_index, lb_sets, lb, new_requests: AtomicU64::new(0) }
+        let uses_schedule = config.lb_method == LbMethodName::ByRequests && n >= schedule_from;
+        let schedule = Mutex::new(if uses_schedule { Scheduled::Unbuilt } else { Scheduled::Off });
+        Pool {
+            config,
+            members,
+            carried,
+            route_index,
+            lb_sets,
+            lb,
+            new_requests: AtomicU64::new(0),
+            uses_schedule,
+            schedule,
+        }
+    }
+
+    /// Hands the request-counting state over to a pool built from this one: writes the
+    /// schedule's credit back to the members' `lbstatus`, where the new pool reads it.
+    fn retire_schedule(&self) {
+        if self.uses_schedule {
+            let mut s = self.lock_schedule();
+            if let Scheduled::Built(sched) = &*s {
+                sched.materialise(&self.members);
+            }
+            *s = Scheduled::Retired;
+        }
+    }
+
+    /// The schedule lock. A panic under it (a bug) leaves the schedule suspect: it is dropped
+    /// and rebuilt from the atomics, which hold the credit as of the last hand-over.
+    fn lock_schedule(&self) -> MutexGuard<'_, Scheduled> {
+        match self.schedule.lock() {
+            Ok(g) => g,
+            Err(poisoned) => {
+                let mut g = poisoned.into_inner();
+                *g = Scheduled::Unbuilt;
+                self.schedule.clear_poison();
+                g
+            }
+        }
+    }
+
+    /// Runs `f` on this pool's schedule brought up to `ctx`'s time, or returns `None` when the
+    /// pool picks by scanning (small pool, another method, superseded snapshot).
+    fn with_schedule<R>(&self, ctx: &LbContext, f: impl FnOnce(&mut Schedule, &LbContext) -> R) -> Option<R> {
+        if !self.uses_schedule {
+            return None;
+        }
+        let mut s = self.lock_schedule();
+        let epoch = eligibility_epoch();
+        if matches!(*s, Scheduled::Unbuilt) {
+            *s = Scheduled::Built(Box::new(Schedule::new(&self.members, &self.lb_sets, ctx, epoch)));
+        }
+        let Scheduled::Built(sched) = &mut *s else {
+            return None;
+        };
+        let ctx = sched.advance(&self.members, ctx, epoch);
+        Some(f(sched, &ctx))
+    }
+
+    /// Member `i`'s request-counting credit (Apache's `lbstatus`, the balancer-manager's
+    /// `lbstatus`), wherever it is kept.
+    pub fn lbstatus(&self, i: usize) -> i64 {
+        if self.uses_schedule
+            && let Scheduled::Built(sched) = &*self.lock_schedule()
+        {
+            return sched.lbstatus(i);
+        }
+        self.members[i].runtime.lbstatus.load(Ordering::Relaxed)
     }
 
     /// Where member `i` came from in the pool this one was built from: `Some(j)` when the
@@ -260,7 +364,13 @@ impl Pool {
                             |j: usize| self.members[j].config.lb_set == set && self.members[j].takes_new(now_ms);
                         // Gateway API session persistence: weights apply to new sessions only.
                         if self.config.sticky.as_ref().is_none_or(|s| s.persistence.is_none()) {
-                            self.lb.account_sticky(&self.members, &same_set, i, &ctx);
+                            let scheduled = self.with_schedule(&ctx, |sched, ctx| {
+                                let pos = self.lb_sets.binary_search(&set).unwrap_or_default();
+                                sched.account_sticky(&self.members, pos, i, ctx);
+                            });
+                            if scheduled.is_none() {
+                                self.lb.account_sticky(&self.members, &same_set, i, &ctx);
+                            }
                         }
                         return Choice::StickyHit(i);
                     }
@@ -305,7 +415,11 @@ impl Pool {
     }
 
     /// Apache's order: lbSet 0's normal members, then its hot standbys, then lbSet 1's, ...
+    /// A large ByRequests pool picks with its schedule, every other pool scans its members.
     fn balance(&self, tried: &Tried, ctx: &LbContext) -> Option<usize> {
+        if let Some(chosen) = self.with_schedule(ctx, |sched, ctx| sched.balance(&self.members, tried, ctx)) {
+            return chosen;
+        }
         let now = ctx.now_ms;
         for &set in &self.lb_sets {
             let in_set = |i: usize| !tried.contains(i) && self.members[i].config.lb_set == set;
@@ -330,7 +444,7 @@ impl Pool {
                 && m.runtime.healthy.load(Ordering::Relaxed)
                 && m.runtime.in_error(now_ms);
             if eligible && !tried.contains(i) {
-                m.runtime.error_until_ms.store(0, Ordering::Relaxed);
+                m.runtime.clear_error();
                 recovered = true;
             }
         }
@@ -368,6 +482,7 @@ pub(crate) fn test_members(spec: &[(&str, u32)]) -> Vec<Member> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn pool(members: &[(&str, MemberStatus)], failover: bool) -> Pool {
         let mut b = PoolConfig::test("p").sticky(failover);
@@ -600,5 +715,190 @@ mod tests {
             let j = p3.previous_index(i).expect("every member kept its route and address");
             assert!(Arc::ptr_eq(&p2.members[j].runtime, &m.runtime));
         }
+    }
+
+    /// xorshift64*: a seeded sequence for the randomised tests, no crate needed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    /// A random pool: 1–50 members with few or many distinct weights, some drained, disabled,
+    /// stopped or standing by, in one or two lbSets, with or without slow start.
+    fn random_config(rng: &mut Rng) -> PoolConfig {
+        let n = 1 + rng.below(50);
+        let mut b = PoolConfig::test("rand").sticky(rng.chance(80));
+        for i in 0..n {
+            b = b.member_at(&format!("m{i:02}"), &format!("127.0.0.1:{}", 20_000 + i));
+        }
+        let mut cfg = b.build();
+        let many_weights = rng.chance(40);
+        let two_sets = rng.chance(30);
+        for m in &mut cfg.members {
+            m.load_factor = if many_weights { 1 + rng.below(100) as u32 } else { 1 + rng.below(3) as u32 };
+            m.status = random_status(rng);
+            m.lb_set = if two_sets { rng.below(2) as u32 } else { 0 };
+        }
+        cfg.retry_after = Duration::from_millis(100);
+        cfg.health.slow_start = rng.chance(50).then(|| Duration::from_millis(300));
+        cfg.health.force_recovery = rng.chance(70);
+        cfg
+    }
+
+    fn random_status(rng: &mut Rng) -> MemberStatus {
+        match rng.below(20) {
+            0 => Drain,
+            1 => Disabled,
+            2 => Stopped,
+            3 | 4 => HotStandby,
+            _ => Ok,
+        }
+    }
+
+    /// The same pool twice: picks through the schedule (from 1 member on) and by the plain scan.
+    struct Twins {
+        fast: Pool,
+        plain: Pool,
+    }
+
+    impl Twins {
+        fn new(cfg: PoolConfig, previous: Option<&Twins>) -> Twins {
+            let cfg = Arc::new(cfg);
+            let fast = Pool::with_schedule_from(Arc::clone(&cfg), previous.map(|t| &t.fast), 0);
+            let plain = Pool::with_schedule_from(cfg, previous.map(|t| &t.plain), usize::MAX);
+            assert!(fast.uses_schedule && !plain.uses_schedule);
+            Twins { fast, plain }
+        }
+
+        /// Applies `f` to both pools' member `i`.
+        fn both(&self, i: usize, f: impl Fn(&MemberRuntime)) {
+            f(&self.fast.members[i].runtime);
+            f(&self.plain.members[i].runtime);
+        }
+
+        fn choose(&self, route: Option<&str>, tried: &Tried, now: u64, step: &str) {
+            let (a, b) = (self.fast.choose(route, tried, now), self.plain.choose(route, tried, now));
+            assert_eq!(a, b, "{step}: choice");
+            for i in 0..self.fast.members.len() {
+                assert_eq!(self.fast.lbstatus(i), self.plain.lbstatus(i), "{step}: lbstatus of member {i}");
+            }
+        }
+    }
+
+    /// Issue 13: the schedule of large ByRequests pools gives exactly the plain scan's choices
+    /// and `lbstatus` values through thousands of random steps: balanced picks, sticky hits,
+    /// unknown routes, retries with tried members, errors and their expiry, health checks,
+    /// forcerecovery, slow start, and rebuilds that change weights, states and lbSets.
+    #[test]
+    fn the_schedule_matches_the_plain_scan_step_for_step() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for case in 0..200 {
+            let mut twins = Twins::new(random_config(&mut rng), None);
+            let mut now = 10_000u64;
+            let n = twins.fast.members.len();
+            for i in 0..n {
+                let joined = if rng.chance(70) { 0 } else { now - 10 * rng.below(40) as u64 };
+                twins.both(i, |rt| rt.set_joined(joined));
+            }
+            // A third of the cases are mostly sticky hits, with no failure, health change or
+            // rebuild: long stretches without a re-sync, where stale queue entries pile up and
+            // get dropped.
+            let calm = case % 3 == 0;
+            for step in 0..1_500 {
+                let at = format!("case {case}, step {step}, now {now}, {n} members");
+                let route = |rng: &mut Rng| format!("m{:02}", rng.below(n));
+                let action = match rng.below(100) {
+                    a if !calm => a,
+                    0..10 => 0,
+                    10..80 => 40,
+                    80..88 => 68,
+                    _ => 99,
+                };
+                match action {
+                    0..40 => twins.choose(None, &Tried::default(), now, &at),
+                    40..65 => twins.choose(Some(&route(&mut rng)), &Tried::default(), now, &at),
+                    65..68 => twins.choose(Some("nobody"), &Tried::default(), now, &at),
+                    68..76 => {
+                        let mut tried = Tried::default();
+                        for _ in 0..1 + rng.below(3) {
+                            tried.push(rng.below(n));
+                        }
+                        let r = rng.chance(50).then(|| route(&mut rng));
+                        twins.choose(r.as_deref(), &tried, now, &at);
+                    }
+                    76..81 => {
+                        let i = rng.below(n);
+                        twins.fast.member_failed(i, now);
+                        twins.plain.member_failed(i, now);
+                    }
+                    81..85 => {
+                        let (i, up) = (rng.below(n), rng.chance(60));
+                        twins.both(i, |rt| {
+                            rt.set_healthy(up, now);
+                        });
+                    }
+                    85..86 => {
+                        let i = rng.below(n);
+                        twins.both(i, |rt| rt.set_joined(now));
+                    }
+                    86..88 => {
+                        let mut cfg = (*twins.fast.config).clone();
+                        let m = &mut cfg.members[rng.below(n)];
+                        match rng.below(3) {
+                            0 => m.load_factor = 1 + rng.below(100) as u32,
+                            1 => m.status = random_status(&mut rng),
+                            _ => m.lb_set = rng.below(2) as u32,
+                        }
+                        twins = Twins::new(cfg, Some(&twins));
+                    }
+                    // Mostly steps of 10 ms, so that picks land exactly on error ends (100 ms
+                    // after a failure) and ramp ends (300 ms after a member became usable).
+                    _ => now += [1, 10, 10, 50, 100, 300][rng.below(6)],
+                }
+            }
+            twins.choose(None, &Tried::default(), now, &format!("case {case}, last pick"));
+            assert!(matches!(*twins.fast.lock_schedule(), Scheduled::Built(_)), "case {case} used the schedule");
+        }
+    }
+
+    #[test]
+    fn the_schedule_gives_apaches_golden_sequence_and_sticky_accounting() {
+        let mut b = PoolConfig::test("golden");
+        for (i, r) in ["n1", "n2", "n3"].iter().enumerate() {
+            b = b.member_at(r, &format!("127.0.0.1:{}", 20_000 + i));
+        }
+        let mut cfg = b.build();
+        for (m, lf) in cfg.members.iter_mut().zip([1, 2, 3]) {
+            m.load_factor = lf;
+        }
+        let p = Pool::with_schedule_from(cfg, None, 0);
+        let got: Vec<&str> = (0..12)
+            .map(|_| match p.choose(None, &Tried::default(), 1) {
+                Choice::Balanced(i, _) => p.members[i].route(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, ["n3", "n2", "n1", "n3", "n2", "n3", "n3", "n2", "n1", "n3", "n2", "n3"]);
+        assert_eq!((0..3).map(|i| p.lbstatus(i)).collect::<Vec<_>>(), [0, 0, 0], "a full period ends where it began");
+        // A sticky request to n1 pays for itself: n1 gains 100, pays 600.
+        assert_eq!(p.choose(Some("n1"), &Tried::default(), 1), Choice::StickyHit(0));
+        assert_eq!((0..3).map(|i| p.lbstatus(i)).collect::<Vec<_>>(), [-500, 200, 300]);
+        // A newer pool takes the credit over.
+        let next = Pool::with_schedule_from(p.config.clone(), Some(&p), 0);
+        assert_eq!((0..3).map(|i| next.lbstatus(i)).collect::<Vec<_>>(), [-500, 200, 300]);
     }
 }

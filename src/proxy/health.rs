@@ -109,8 +109,8 @@ impl HealthChecks {
                 // runtime starts healthy: only checks that stopped can have left one unhealthy.
                 let checks_stopped = prev.is_none_or(|p| p.config.health.active.is_some());
                 for (j, m) in pool.members.iter().enumerate() {
-                    if (checks_stopped || pool.previous_index(j).is_none()) && !m.runtime.healthy.swap(true, Relaxed) {
-                        m.runtime.healthy_since_ms.store(Clock.now_ms(), Relaxed);
+                    if checks_stopped || pool.previous_index(j).is_none() {
+                        m.runtime.set_healthy(true, Clock.now_ms());
                     }
                 }
                 continue;
@@ -240,11 +240,10 @@ async fn check_loop(key: CheckKey, runtime: Arc<MemberRuntime>, budget: Arc<Sema
         }
         let healthy = runtime.healthy.load(Relaxed);
         if healthy && fails >= check.fails {
-            runtime.healthy.store(false, Relaxed);
+            runtime.set_healthy(false, now);
             tracing::warn!(pool = %key.pool, member = %key.route, address = %key.address, fails, "member failed its health checks");
         } else if !healthy && passes >= check.passes {
-            runtime.healthy_since_ms.store(now, Relaxed);
-            runtime.healthy.store(true, Relaxed);
+            runtime.set_healthy(true, now);
             tracing::info!(pool = %key.pool, member = %key.route, address = %key.address, passes, "member passes its health checks again");
         }
     }

@@ -407,7 +407,7 @@ impl Proxy {
         if previous.table.pools().is_empty() {
             // Members present at startup are not "joining": no slow start for them (HAProxy).
             for m in table.pools().iter().flat_map(|p| p.members.iter()) {
-                m.runtime.joined_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+                m.runtime.set_joined(0);
             }
         }
         if tokio::runtime::Handle::try_current().is_ok() {
