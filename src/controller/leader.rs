@@ -125,8 +125,11 @@ async fn elect(
                     break;
                 }
                 let leads = *lease_rx.borrow_and_update();
-                tracing::info!(identity = %opts.identity, leads, "leader election");
-                tx.send_replace(leads);
+                // Only a real change is passed on: a renewal that says "still leading" must not
+                // look like a new term (the status writer writes everything again on one).
+                if tx.send_if_modified(|v| std::mem::replace(v, leads) != leads) {
+                    tracing::info!(identity = %opts.identity, leads, "leader election");
+                }
             }
             _ = stopped(shutdown) => {
                 // Closing the channel makes the manager release the Lease.

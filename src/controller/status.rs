@@ -667,6 +667,7 @@ impl Writer {
     pub async fn run(mut self, mut rx: OutboxReceiver, mut leader: watch::Receiver<bool>) {
         let recorder = Recorder::new(self.client.clone(), self.opts.reporter.clone());
         let mut wake: Option<Instant> = None;
+        let mut leading = *leader.borrow_and_update();
         loop {
             let sleep = async {
                 match wake {
@@ -683,12 +684,20 @@ impl Writer {
                     if changed.is_err() {
                         return;
                     }
-                    // A new leader writes everything again: what the last leader wrote may be stale.
-                    self.written.clear();
                 }
                 () = sleep => {}
             }
-            if !*leader.borrow() {
+            // Read here, whichever branch woke the loop: a term that began while other work
+            // was taken is seen before anything is written in it.
+            let now_leading = *leader.borrow_and_update();
+            if now_leading && !leading {
+                // A new term writes everything again: what the last leader wrote may be stale.
+                // Only a new term: a notification that changes nothing must not undo the
+                // per-pool interval.
+                self.written.clear();
+            }
+            leading = now_leading;
+            if !leading {
                 self.pending.clear();
                 self.ingress_pending.clear();
                 self.gateway_pending.clear();

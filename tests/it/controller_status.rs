@@ -219,6 +219,11 @@ async fn a_pool_moved_to_another_class_gets_no_more_status_writes() {
         // machine (they take well under a second); the test says so if they did not.
         let interval = std::time::Duration::from_millis(6_000);
         opts.writer.min_interval = interval;
+        // A lease that cannot lapse within the test: a new term rightly writes every status
+        // again at once (what the last leader wrote may be stale), and the quick test lease
+        // (3 s) could lapse on a loaded machine and make that write inside the window.
+        opts.leader.duration_secs = 60;
+        opts.leader.grace_secs = 20;
         // The first write happens after this instant, so a second one is never due before
         // `first_written + interval` (the test may see the first write late on a loaded machine).
         let first_written = tokio::time::Instant::now();
@@ -240,7 +245,8 @@ async fn a_pool_moved_to_another_class_gets_no_more_status_writes() {
         assert!(first_written.elapsed() < interval, "the pool was dropped only after the status interval");
         // Absence can only be waited out: past the interval, nothing more was written for it.
         tokio::time::sleep_until(first_written + interval + std::time::Duration::from_millis(500)).await;
-        assert_eq!(shop_writes(), written, "no status write for a pool of another class");
+        let all: Vec<_> = api.writes().into_iter().filter(|w| w.name == "shop").collect();
+        assert_eq!(shop_writes(), written, "no status write for a pool of another class: {all:?}");
         assert_eq!(kube.status("shop").await.unwrap().member_count, Some(1));
         r.stop().await;
     })
