@@ -14,12 +14,8 @@ bench_init() {
   # The release binary as the Docker image builds it (with the PGO profile; PGO=0: without).
   if [[ -n ${ROUTEID_BIN:-} ]]; then
     BIN=$ROUTEID_BIN
-  elif [[ -z ${NO_BUILD:-} ]]; then
-    BIN=$(bash scripts/build-release.sh)
-  elif [[ ${PGO:-1} == 0 ]]; then
-    BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release/routeid")
   else
-    BIN=$(realpath "${CARGO_TARGET_DIR:-target}/pgo/release/routeid")
+    BIN=$(realpath "$(bash scripts/build-release.sh)")
   fi
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
   TMP=$(mktemp -d "/tmp/routeid-$tag.XXXXXX")

@@ -237,17 +237,9 @@ main() {
 
     # Build routeid.
     # As the Docker image builds it: with the PGO profile (scripts/build-release.sh).
-    local target_dir=${CARGO_TARGET_DIR:-target}
-    [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
-    if [[ -n ${ROUTEID_BIN:-} ]]; then
-        :
-    elif [[ -z ${NO_BUILD:-} ]]; then
-        log "scripts/build-release.sh (PGO=${PGO:-1})"
+    if [[ -z ${ROUTEID_BIN:-} ]]; then
+        [[ -n ${NO_BUILD:-} ]] || log "scripts/build-release.sh (PGO=${PGO:-1})"
         ROUTEID_BIN=$(bash "$ROOT/scripts/build-release.sh") || die "the release build failed"
-    elif [[ ${PGO:-1} == 0 ]]; then
-        ROUTEID_BIN="$target_dir/release/routeid"
-    else
-        ROUTEID_BIN="$target_dir/pgo/release/routeid"
     fi
     [[ -x $ROUTEID_BIN ]] || die "no binary at $ROUTEID_BIN"
 

@@ -6,6 +6,7 @@
 #
 #   bash scripts/build-release.sh        # prints the binary's path: target/pgo/release/routeid
 #   PGO=0 bash scripts/build-release.sh  # plain `cargo build --release`: target/release/routeid
+#   NO_BUILD=1 bash scripts/build-release.sh  # only the path (the benches' NO_BUILD)
 #
 # The PGO build has a target directory of its own (`$CARGO_TARGET_DIR/pgo`, default
 # target/pgo), so it does not throw away the plain release build's artifacts (RUSTFLAGS differ).
@@ -18,8 +19,12 @@ cd "$ROOT"
 TARGET=${CARGO_TARGET_DIR:-target}
 [[ $TARGET = /* ]] || TARGET="$ROOT/$TARGET"
 if [[ ${PGO:-1} == 0 || ! -f pgo/routeid.profdata.gz ]]; then
-    cargo build --release --bin routeid >&2
+    [[ -n ${NO_BUILD:-} ]] || cargo build --release --bin routeid >&2
     echo "$TARGET/release/routeid"
+    exit 0
+fi
+if [[ -n ${NO_BUILD:-} ]]; then
+    echo "$TARGET/pgo/release/routeid"
     exit 0
 fi
 mkdir -p "$TARGET/pgo"
