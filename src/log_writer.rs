@@ -8,12 +8,15 @@
 //!
 //! - a thread formats its line straight into its chunk (no buffer per line, no queue node, no
 //!   second copy on the writer's side); the chunk's lock is that thread's alone and is taken by
-//!   the writer only to swap the full chunk for an empty one, so requests never contend on it;
-//! - the writer writes the first line after a quiet spell at once; in a steady stream it lets
-//!   lines gather until a chunk reaches [`CHUNK_BYTES`] or [`FLUSH_AFTER`] has passed since its
-//!   last write, whichever comes first, and writes each chunk with one `write`: under load a few
-//!   large writes a second instead of one per few lines, and `tail -f` still sees a line within
-//!   [`FLUSH_AFTER`]; idle, it sleeps until a line comes;
+//!   the writer only to swap the chunk for an empty one, and only when it is free (`try_lock`:
+//!   a writer that preempted a thread mid-line takes that chunk next time instead of waiting), so
+//!   requests never wait on it;
+//! - the writer writes the first line after a quiet spell at once; in a steady stream it wakes
+//!   by itself every [`FLUSH_AFTER`] and writes what gathered, each chunk with one `write`, so
+//!   `tail -f` sees a line within [`FLUSH_AFTER`]. A steady stream costs the request path no
+//!   wake-up of the writer at all (a wake-up is a futex call, and on a busy core a context
+//!   switch away from requests): only a line that finds the writer asleep, or a chunk that
+//!   reaches [`WAKE_BYTES`] before the timer, wakes it. Idle, it sleeps until a line comes;
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), a line
 //!   that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead of
 //!   slowing requests down;
@@ -25,34 +28,36 @@
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::cli::LogFormat;
 
-/// A chunk this large is written at once: one `write` per 64 KiB of lines under load.
-pub const CHUNK_BYTES: usize = 64 * 1024;
-/// Longest a line waits for the writer in a steady stream (what `tail -f` sees); the first line
-/// after a quiet spell does not wait.
+/// How often the writer writes what gathered in a steady stream (what `tail -f` waits at most);
+/// the first line after a quiet spell does not wait.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
+/// A chunk this large wakes the writer before its timer (a stream of over 5 MB/s from one
+/// thread: 10,000 access-log lines a second): chunks stay far below [`THREAD_BYTES`], and the
+/// lines a thread has waiting stay small next to its CPU's cache (at 480 bytes a line, one
+/// wake-up per ~550 lines).
+pub const WAKE_BYTES: usize = 256 * 1024;
 /// Most bytes one thread's chunk holds while the writer is behind; a line beyond is dropped.
 pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
-/// Room past [`CHUNK_BYTES`] in a fresh chunk, so the line that fills it rarely reallocates.
-const LINE_ROOM: usize = 4 * 1024;
+/// A fresh chunk's room: a chunk grows to what one [`FLUSH_AFTER`] of lines needs, then is reused.
+const CHUNK_ROOM: usize = 64 * 1024;
 /// A chunk grown larger than this (the writer fell behind) is freed instead of reused.
-const REUSE_CAPACITY: usize = 2 * CHUNK_BYTES;
+const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
 /// Wake-ups that may wait for the writer; beyond, one is pending and that is enough.
 const WAKE_QUEUE: usize = 64;
 
 /// Why the writer is woken.
 enum Wake {
-    /// A chunk went from empty to holding a line: write it within [`FLUSH_AFTER`] of the last
-    /// write.
+    /// A line found the writer asleep: write it now.
     Lines,
-    /// A chunk reached [`CHUNK_BYTES`]: write now.
+    /// A chunk reached [`WAKE_BYTES`]: write now.
     Full,
     /// Write everything appended before this, then answer.
     Flush(SyncSender<()>),
@@ -71,6 +76,12 @@ struct Shared {
     /// Every thread's slot; locked when a thread logs its first line and once per sweep.
     slots: Mutex<Vec<Arc<Slot>>>,
     dropped: AtomicU64,
+    /// The writer sleeps until woken (it found every chunk empty): the next line must wake it.
+    /// Set by the writer only after it saw every chunk empty under its lock, and read by a
+    /// thread after appending under that lock, so no line is left behind unwritten.
+    asleep: AtomicBool,
+    /// Wake-ups sent (read by the tests: a steady stream sends none).
+    wakes: AtomicU64,
     wake: SyncSender<Wake>,
 }
 
@@ -122,6 +133,8 @@ impl LogWriter {
             id: NEXT_ID.fetch_add(1, Relaxed),
             slots: Mutex::default(),
             dropped: AtomicU64::new(0),
+            asleep: AtomicBool::new(true),
+            wakes: AtomicU64::new(0),
             wake,
         });
         let weak = Arc::downgrade(&shared);
@@ -164,18 +177,23 @@ impl LogWriter {
         let mut chunk = lock(&slot.chunk);
         let before = chunk.len();
         line(&mut chunk);
-        let wake = if chunk.len() > THREAD_BYTES {
+        let after = chunk.len();
+        if after > THREAD_BYTES {
             chunk.truncate(before);
             self.shared.dropped.fetch_add(1, Relaxed);
             return;
-        } else if before < CHUNK_BYTES && chunk.len() >= CHUNK_BYTES {
+        }
+        drop(chunk);
+        let wake = if before < WAKE_BYTES && after >= WAKE_BYTES {
             Wake::Full
-        } else if before == 0 {
+        } else if before == 0 && self.shared.asleep.load(SeqCst) {
+            // Read after this thread's lock of the chunk: a writer that went to sleep before
+            // saw the chunk empty has set `asleep` already (see `Shared::asleep`).
             Wake::Lines
         } else {
             return;
         };
-        drop(chunk);
+        self.shared.wakes.fetch_add(1, Relaxed);
         // Full: wake-ups are pending already, and one is all this would ask for.
         let _ = self.shared.wake.try_send(wake);
     }
@@ -187,7 +205,7 @@ impl LogWriter {
 
     /// This thread's first line to this writer: a slot of its own.
     fn register(&self, slots: &RefCell<Vec<(u64, Arc<Slot>)>>) -> Arc<Slot> {
-        let slot = Arc::new(Slot { chunk: Mutex::new(Vec::with_capacity(CHUNK_BYTES + LINE_ROOM)) });
+        let slot = Arc::new(Slot { chunk: Mutex::new(Vec::with_capacity(CHUNK_ROOM)) });
         lock(&self.shared.slots).push(Arc::clone(&slot));
         // Already borrowed only when a line's formatting logs (it does not): then the slot
         // serves this line alone and the writer forgets it once written.
@@ -225,23 +243,52 @@ pub fn installed() -> Option<&'static LogWriter> {
     INSTALLED.get().filter(|w| w.direct_access_log)
 }
 
-/// Sleeps until a line comes, lets lines gather until a chunk is full, a flush is asked for or
-/// [`FLUSH_AFTER`] has passed since the last write, then writes every thread's chunk. Ends when every [`LogWriter`]
-/// is gone.
+/// What one sweep found.
+#[derive(Debug, PartialEq)]
+enum Swept {
+    /// Every chunk was empty (and free): nothing to write.
+    Nothing,
+    /// Something was written, or a chunk was busy and is left for the next sweep.
+    Something,
+}
+
+/// Sleeps until a line comes and writes it; while lines keep coming, wakes every [`FLUSH_AFTER`]
+/// (sooner for a full chunk or a flush) and writes every thread's chunk; sleeps again once a
+/// sweep finds nothing. Ends when every [`LogWriter`] is gone.
 fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write + Send>) {
     let mut spare = Vec::new();
-    let mut last_write: Option<Instant> = None;
-    while let Ok(first) = rx.recv() {
-        // After a quiet spell the first line is written at once; in a steady stream lines gather
-        // until FLUSH_AFTER after the last write (or a full chunk).
-        let now = Instant::now();
-        let deadline = last_write.map_or(now, |at| (at + FLUSH_AFTER).max(now));
-        let (acks, gone) = gather(&rx, first, deadline);
+    let mut next: Option<Instant> = None;
+    loop {
+        // Asleep (`next` is None): until a line or a flush comes. Awake: until the next sweep.
+        let (acks, gone) = match next {
+            None => match rx.recv() {
+                Ok(first) => gather(&rx, first, Instant::now()),
+                Err(_) => break,
+            },
+            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(first) => gather(&rx, first, at),
+                Err(RecvTimeoutError::Timeout) => (Vec::new(), false),
+                Err(RecvTimeoutError::Disconnected) => (Vec::new(), true),
+            },
+        };
         let Some(shared) = shared.upgrade() else { break };
-        sweep(&shared, &mut out, &mut spare);
+        let flushing = !acks.is_empty() || gone;
+        let mut swept = sweep(&shared, &mut out, &mut spare, flushing);
+        if swept == Swept::Nothing {
+            // Going to sleep: say so first, then look once more, so a line appended meanwhile
+            // either is seen here or sees `asleep` and wakes the writer.
+            shared.asleep.store(true, SeqCst);
+            swept = sweep(&shared, &mut out, &mut spare, true);
+        }
         // A failed write (stderr closed) has nowhere to be reported.
         let _ = out.flush();
-        last_write = Some(Instant::now());
+        next = match swept {
+            Swept::Nothing => None,
+            Swept::Something => {
+                shared.asleep.store(false, SeqCst);
+                Some(Instant::now() + FLUSH_AFTER)
+            }
+        };
         for ack in acks {
             let _ = ack.try_send(());
         }
@@ -251,13 +298,14 @@ fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write +
     }
 }
 
-/// Waits for a reason to write now; returns the flushes to answer and whether the senders are
-/// gone.
+/// Waits (at most until `deadline`) for a reason to write now; returns the flushes to answer
+/// and whether the senders are gone.
 fn gather(rx: &Receiver<Wake>, first: Wake, deadline: Instant) -> (Vec<SyncSender<()>>, bool) {
     let mut acks = Vec::new();
     let mut wake = first;
     loop {
         match wake {
+            // A line that found the writer asleep just before it woke: the sweep is due anyway.
             Wake::Lines if Instant::now() < deadline => {}
             Wake::Lines | Wake::Full => return (acks, false),
             Wake::Flush(ack) => {
@@ -274,29 +322,42 @@ fn gather(rx: &Receiver<Wake>, first: Wake, deadline: Instant) -> (Vec<SyncSende
 }
 
 /// Takes each thread's chunk (swapping in an empty one) and writes it whole; forgets the slots
-/// of threads that have ended once they are empty.
-fn sweep(shared: &Shared, out: &mut dyn Write, spare: &mut Vec<Vec<u8>>) {
+/// of threads that have ended once they are empty. Without `all`, a chunk whose thread is
+/// appending right now is left for the next sweep instead of waited for.
+fn sweep(shared: &Shared, out: &mut dyn Write, spare: &mut Vec<Vec<u8>>, all: bool) -> Swept {
     let slots: Vec<Arc<Slot>> = {
         let mut all = lock(&shared.slots);
         all.retain(|s| Arc::strong_count(s) > 1 || !lock(&s.chunk).is_empty());
         all.clone()
     };
+    let mut swept = Swept::Nothing;
     for slot in slots {
-        let mut chunk = spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES + LINE_ROOM));
+        let mut chunk = spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_ROOM));
         {
-            let mut theirs = lock(&slot.chunk);
+            let mut theirs = match slot.chunk.try_lock() {
+                Ok(theirs) => theirs,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) if all => lock(&slot.chunk),
+                Err(TryLockError::WouldBlock) => {
+                    swept = Swept::Something;
+                    spare.push(chunk);
+                    continue;
+                }
+            };
             if theirs.is_empty() {
                 spare.push(chunk);
                 continue;
             }
             std::mem::swap(&mut *theirs, &mut chunk);
         }
+        swept = Swept::Something;
         let _ = out.write_all(&chunk);
         if chunk.capacity() <= REUSE_CAPACITY {
             chunk.clear();
             spare.push(chunk);
         }
     }
+    swept
 }
 
 /// One line from tracing-subscriber: collected, then appended whole when dropped (the fmt layer
@@ -430,7 +491,7 @@ mod tests {
         }
         drop(guard);
         assert_eq!((sink.text().len(), w.dropped()), (900_000, 0));
-        // 900 kB in 64 KiB chunks is 14 writes; a few more where FLUSH_AFTER cut a chunk short.
+        // 900 kB is a few writes (the first line, a 256 KiB chunk each, the rest at the flush).
         let writes = sink.1.load(Relaxed);
         assert!(writes <= 40, "{writes} writes for 3,000 lines");
     }
@@ -442,6 +503,49 @@ mod tests {
         w.send(b"tail -f sees me\n");
         let got = rx.recv_timeout(Duration::from_secs(5)).expect("written within FLUSH_AFTER");
         assert_eq!(got, b"tail -f sees me\n");
+    }
+
+    #[test]
+    fn a_steady_stream_never_wakes_the_writer() {
+        let sink = Sink::default();
+        let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
+        // A line every 2 ms for 400 ms: the writer wakes for the first and then by its timer.
+        // It can fall asleep (and need waking) only after FLUSH_AFTER without a line, so each
+        // longer gap of this thread (a loaded machine) allows one more wake-up.
+        let mut last = Instant::now();
+        let mut long_gaps = 0;
+        for i in 0..200 {
+            w.send(format!("line {i}\n").as_bytes());
+            std::thread::sleep(Duration::from_millis(2));
+            let now = Instant::now();
+            long_gaps += u64::from(now - last >= FLUSH_AFTER);
+            last = now;
+        }
+        let wakes = w.shared.wakes.load(Relaxed);
+        drop(guard);
+        assert_eq!(sink.text().lines().count(), 200);
+        assert!(wakes <= 1 + long_gaps, "{wakes} wake-ups for 200 lines ({long_gaps} gaps of FLUSH_AFTER)");
+        // Written by the timer, not line by line.
+        assert!(sink.1.load(Relaxed) <= 1 + 400 / 50 + long_gaps + 2);
+    }
+
+    #[test]
+    fn a_line_is_never_left_behind_when_the_writer_falls_asleep() {
+        let (tx, rx) = mpsc::sync_channel(64);
+        let (w, _guard) = LogWriter::start(Box::new(Told(tx)), LogFormat::Text, true).unwrap();
+        // Pauses around FLUSH_AFTER, so lines come as the writer goes to sleep; each line must be
+        // written without the next one (or a flush) to push it out.
+        let pauses = [0, 45, 49, 50, 51, 55, 60, 100];
+        let mut seen = String::new();
+        for i in 0..24 {
+            let line = format!("line {i}\n");
+            w.send(line.as_bytes());
+            while !seen.ends_with(&line) {
+                let got = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("{line:?} never written"));
+                seen.push_str(std::str::from_utf8(&got).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(pauses[i % pauses.len()]));
+        }
     }
 
     #[test]

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# bench/ab.sh — paired A/B of routeid configurations: CPU per proxied request, measured in
+# short interleaved rounds so the machine's drift cancels out of the differences. By default:
+# the access log's cost (off vs on, written to a file as users run it).
+#
+# bench/run.sh compares routeid with HAProxy; a small difference between two routeid runs (a
+# microsecond in twenty) drowns there in the VM's drift between runs. Here every round runs each
+# configuration once, back to back, and the figure is the median over rounds of the difference
+# to the first configuration in the same round.
+#
+# Usage:  bash bench/ab.sh
+# Env:    ROUNDS=9 DURATION=4s CONNS=32
+#         SCENARIO=plain  or sticky (every request carries the route cookie of member s1)
+#         CONFIGS         one configuration per line, "name|binary|flags" (binary empty: the
+#                         release build); default:
+#                           off||--no-access-log
+#                           on||
+#         ROUTEID_BIN     the release build to use (default: scripts/build-release.sh's)
+# Output: per configuration the medians of CPU, user and system µs per request and context
+#         switches per 1,000 requests (all the process's threads), then each configuration's
+#         median paired difference to the first, with the smallest and largest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-9}
+DURATION=${DURATION:-4s}
+CONNS=${CONNS:-32}
+SCENARIO=${SCENARIO:-plain}
+CONFIGS=${CONFIGS:-$'off||--no-access-log\non||'}
+source bench/common.sh
+bench_init ab wrk nginx
+start_backends 18381 18382 taskset -c 1
+case $SCENARIO in
+  plain) header=() ;;
+  sticky) header=(-H "Cookie: ROUTEID=.s1") ;;
+  *) echo "SCENARIO must be plain or sticky" >&2; exit 2 ;;
+esac
+
+names=() ports=() rpids=()
+port=18390
+while IFS='|' read -r name bin flags; do
+  [[ -n $name ]] || continue
+  # shellcheck disable=SC2086 # flags are words
+  TOKIO_WORKER_THREADS=1 taskset -c 0 "${bin:-$BIN}" standalone -f "$TMP/pools.yaml" \
+    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" $flags \
+    >"$TMP/routeid-$name.log" 2>&1 &
+  rpid=$!
+  pids+=("$rpid")
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$((port + 1))/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  names+=("$name") ports+=("$port") rpids+=("$rpid")
+  port=$((port + 2))
+done <<<"$CONFIGS"
+
+hz=$(getconf CLK_TCK)
+# ticks PID: "user system" clock ticks of the process.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# switches PID: context switches of all its threads so far.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
+# run PID PORT: "cpu user sys cs" per request (µs) and per 1,000 requests.
+run() {
+  local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 out n
+  read -r u0 s0 < <(ticks "$pid")
+  c0=$(switches "$pid")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" "${header[@]}" "http://127.0.0.1:$port/")
+  read -r u1 s1 < <(ticks "$pid")
+  c1=$(switches "$pid")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v hz="$hz" -v n="$n" \
+    'BEGIN { printf "%.3f %.3f %.3f %.2f\n", 1e6 * (u + s) / hz / n, 1e6 * u / hz / n, 1e6 * s / hz / n, 1000 * c / n }'
+}
+
+for i in "${!names[@]}"; do
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "${header[@]}" "http://127.0.0.1:${ports[$i]}/" >/dev/null
+done
+results="$TMP/results"
+: >"$results"
+for r in $(seq "$ROUNDS"); do
+  line="round $r:"
+  for i in "${!names[@]}"; do
+    read -r cpu user sys cs < <(run "${rpids[$i]}" "${ports[$i]}")
+    echo "$r ${names[$i]} $cpu $user $sys $cs" >>"$results"
+    line+=" ${names[$i]} $cpu"
+  done
+  echo "$line µs/req" >&2
+done
+
+echo "bench/ab.sh $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')," \
+  "$SCENARIO, wrk -c$CONNS -d$DURATION, $ROUNDS rounds; routeid on CPU 0 (1 worker), wrk+nginx on CPU 1"
+awk -v first="${names[0]}" '
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  function minmax(list,   n, a, i, lo, hi) {
+    n = split(list, a, " "); lo = hi = a[1]
+    for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
+    return sprintf("%+.2f..%+.2f", lo, hi)
+  }
+  { round[NR] = $1; name[NR] = $2; order[$2] = order[$2] ? order[$2] : ++k; names[order[$2]] = $2
+    cpu[$2] = cpu[$2] " " $3; user[$2] = user[$2] " " $4; sys[$2] = sys[$2] " " $5; cs[$2] = cs[$2] " " $6
+    c[$1, $2] = $3; u[$1, $2] = $4 }
+  END {
+    printf "%-12s %10s %10s %10s %12s\n", "config", "cpu_us/req", "user", "sys", "cswitch/kreq"
+    for (i = 1; i <= k; i++) { n = names[i]
+      printf "%-12s %10.2f %10.2f %10.2f %12.1f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(cs[n]) }
+    for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""
+      for (r = 1; r <= NR; r++) if (name[r] == n) { d = d " " (c[round[r], n] - c[round[r], first]); du = du " " (u[round[r], n] - u[round[r], first]) }
+      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (range %s), user %+.2f\n", n, first, median(d), minmax(d), median(du) }
+  }' "$results"
