@@ -11,8 +11,9 @@
 # Usage:  bash bench/ab.sh
 # Env:    ROUNDS=9 DURATION=4s CONNS=32
 #         SCENARIO=plain  or sticky (every request carries the route cookie of member s1)
-#         CONFIGS         one configuration per line, "name|binary|flags" (binary empty: the
-#                         release build); default:
+#         CONFIGS         one configuration per line, "name|binary|flags[|scenario]" (binary
+#                         empty: the release build; scenario: plain or sticky, default
+#                         SCENARIO); default:
 #                           off||--no-access-log
 #                           on||
 #         ROUTEID_BIN     the release build to use (default: scripts/build-release.sh's)
@@ -29,16 +30,20 @@ CONFIGS=${CONFIGS:-$'off||--no-access-log\non||'}
 source bench/common.sh
 bench_init ab wrk nginx
 start_backends 18381 18382 taskset -c 1
-case $SCENARIO in
-  plain) header=() ;;
-  sticky) header=(-H "Cookie: ROUTEID=.s1") ;;
-  *) echo "SCENARIO must be plain or sticky" >&2; exit 2 ;;
-esac
+# cookie SCENARIO: the request's Cookie header for wrk (none for plain).
+cookie() {
+  case $1 in
+    plain) echo "" ;;
+    sticky) echo "ROUTEID=.s1" ;;
+    *) echo "scenario must be plain or sticky, not '$1'" >&2; exit 2 ;;
+  esac
+}
 
-names=() ports=() rpids=()
+names=() ports=() rpids=() cookies=()
 port=18390
-while IFS='|' read -r name bin flags; do
+while IFS='|' read -r name bin flags scenario; do
   [[ -n $name ]] || continue
+  cookies+=("$(cookie "${scenario:-$SCENARIO}")") || exit 2
   # shellcheck disable=SC2086 # flags are words
   TOKIO_WORKER_THREADS=1 taskset -c 0 "${bin:-$BIN}" standalone -f "$TMP/pools.yaml" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" $flags \
@@ -55,9 +60,10 @@ hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 # switches PID: context switches of all its threads so far.
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
-# run PID PORT: "cpu user sys cs" per request (µs) and per 1,000 requests.
+# run PID PORT COOKIE: "cpu user sys cs" per request (µs) and per 1,000 requests.
 run() {
-  local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 out n
+  local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 out n header=()
+  [[ -z $3 ]] || header=(-H "Cookie: $3")
   read -r u0 s0 < <(ticks "$pid")
   c0=$(switches "$pid")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" "${header[@]}" "http://127.0.0.1:$port/")
@@ -69,14 +75,14 @@ run() {
 }
 
 for i in "${!names[@]}"; do
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "${header[@]}" "http://127.0.0.1:${ports[$i]}/" >/dev/null
+  run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}" >/dev/null # warm-up
 done
 results="$TMP/results"
 : >"$results"
 for r in $(seq "$ROUNDS"); do
   line="round $r:"
   for i in "${!names[@]}"; do
-    read -r cpu user sys cs < <(run "${rpids[$i]}" "${ports[$i]}")
+    read -r cpu user sys cs < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
     echo "$r ${names[$i]} $cpu $user $sys $cs" >>"$results"
     line+=" ${names[$i]} $cpu"
   done
