@@ -6,7 +6,8 @@
 # Env:    DURATION=10s  wrk duration per run
 #         CONNS=32      wrk connections
 #         THREADS=1     wrk threads
-#         ROUNDS=3      rounds; each round runs direct, routeid, haproxy per scenario
+#         ROUNDS=3      rounds; each round runs direct, routeid, routeid-log, haproxy per scenario
+#                       (every other round in reverse order)
 #         WARMUP=2s     one warm-up wrk run per target before round 1 ("0" to skip)
 #         PROXY_CPU=0   CPU for the proxy under test
 #         LOAD_CPU=1    CPU for wrk and nginx
@@ -317,9 +318,18 @@ main() {
     local runs="$OUT_DIR/latest-runs.tsv"
     printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\tuser_us_req\n' >"$runs"
     local r header url pid c0 c1 u0 u1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ucpu ncpu_req
+    local -a order
+    local i
     for ((r = 1; r <= ROUNDS; r++)); do
+        # Every other round runs the targets in reverse, so a drift of the machine within a
+        # round does not always favour the target that runs first.
+        order=("${TARGETS[@]}")
+        if ((r % 2 == 0)); then
+            order=()
+            for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[$i]}"); done
+        fi
         for s in "${SCENARIOS[@]}"; do
-            for t in "${TARGETS[@]}"; do
+            for t in "${order[@]}"; do
                 header="" url=${URL[$t]}
                 [[ $s = sticky ]] && header="Cookie: ${STICKY_COOKIE[$t]}"
                 if [[ $s = tls || $s = handshake || $s = h2 ]]; then
