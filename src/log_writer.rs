@@ -83,6 +83,22 @@ struct Shared {
     /// Wake-ups sent (read by the tests: a steady stream sends none).
     wakes: AtomicU64,
     wake: SyncSender<Wake>,
+    /// Run by the writer between a sweep that found nothing and its saying it is asleep: lets
+    /// a test append a line exactly there.
+    #[cfg(test)]
+    before_sleep: BeforeSleep,
+}
+
+/// A test's hook into the moment the writer decides to sleep.
+#[cfg(test)]
+#[derive(Default)]
+struct BeforeSleep(Mutex<Option<Box<dyn FnMut() + Send>>>);
+
+#[cfg(test)]
+impl std::fmt::Debug for BeforeSleep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeSleep")
+    }
 }
 
 /// The appending side of the log; cheap to clone.
@@ -136,6 +152,8 @@ impl LogWriter {
             asleep: AtomicBool::new(true),
             wakes: AtomicU64::new(0),
             wake,
+            #[cfg(test)]
+            before_sleep: BeforeSleep::default(),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new().name("routeid-log".into()).spawn(move || write_loop(rx, weak, out))?;
@@ -272,9 +290,18 @@ fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write +
             },
         };
         let Some(shared) = shared.upgrade() else { break };
+        if next.is_none() {
+            // Awake from here on: lines appended while this sweep writes need no wake-up (every
+            // way back to sleep says so again and looks once more).
+            shared.asleep.store(false, SeqCst);
+        }
         let flushing = !acks.is_empty() || gone;
         let mut swept = sweep(&shared, &mut out, &mut spare, flushing);
         if swept == Swept::Nothing {
+            #[cfg(test)]
+            if let Some(hook) = lock(&shared.before_sleep.0).as_mut() {
+                hook();
+            }
             // Going to sleep: say so first, then look once more, so a line appended meanwhile
             // either is seen here or sees `asleep` and wakes the writer.
             shared.asleep.store(true, SeqCst);
@@ -509,10 +536,11 @@ mod tests {
     fn a_steady_stream_never_wakes_the_writer() {
         let sink = Sink::default();
         let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
-        // A line every 2 ms for 400 ms: the writer wakes for the first and then by its timer.
-        // It can fall asleep (and need waking) only after FLUSH_AFTER without a line, so each
-        // longer gap of this thread (a loaded machine) allows one more wake-up.
-        let mut last = Instant::now();
+        // A line every 2 ms for about 400 ms: the writer wakes for the first and then by its
+        // timer. It can fall asleep (and need waking) only after FLUSH_AFTER without a line, so
+        // each longer gap of this thread (a loaded machine) allows one more wake-up.
+        let started = Instant::now();
+        let mut last = started;
         let mut long_gaps = 0;
         for i in 0..200 {
             w.send(format!("line {i}\n").as_bytes());
@@ -521,23 +549,50 @@ mod tests {
             long_gaps += u64::from(now - last >= FLUSH_AFTER);
             last = now;
         }
+        let took = started.elapsed();
         let wakes = w.shared.wakes.load(Relaxed);
         drop(guard);
         assert_eq!(sink.text().lines().count(), 200);
         assert!(wakes <= 1 + long_gaps, "{wakes} wake-ups for 200 lines ({long_gaps} gaps of FLUSH_AFTER)");
-        // Written by the timer, not line by line.
-        assert!(sink.1.load(Relaxed) <= 1 + 400 / 50 + long_gaps + 2);
+        // Written by the timer, not line by line: one write per FLUSH_AFTER of the stream.
+        let timer_writes = (took.as_millis() / FLUSH_AFTER.as_millis()) as u64;
+        let writes = sink.1.load(Relaxed);
+        assert!(writes <= timer_writes + long_gaps + 3, "{writes} writes in {took:?}");
     }
 
     #[test]
     fn a_line_is_never_left_behind_when_the_writer_falls_asleep() {
         let (tx, rx) = mpsc::sync_channel(64);
         let (w, _guard) = LogWriter::start(Box::new(Told(tx)), LogFormat::Text, true).unwrap();
-        // Pauses around FLUSH_AFTER, so lines come as the writer goes to sleep; each line must be
-        // written without the next one (or a flush) to push it out.
+        // The narrow moment: the writer has just found every chunk empty and not yet said it is
+        // asleep, when another thread appends (and, the writer being awake, sends no wake-up).
+        // The writer's last look before sleeping must write that line.
+        let (now_tx, now_rx) = mpsc::sync_channel::<()>(0);
+        let (done_tx, done_rx) = mpsc::sync_channel::<()>(0);
+        let mut once = Some((now_tx, done_rx));
+        *lock(&w.shared.before_sleep.0) = Some(Box::new(move || {
+            if let Some((now, done)) = once.take() {
+                let _ = now.send(());
+                let _ = done.recv_timeout(Duration::from_secs(5));
+            }
+        }));
+        w.send(b"first\n");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).expect("first written"), b"first\n");
+        let appender = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                now_rx.recv_timeout(Duration::from_secs(5)).expect("the writer went to sleep");
+                w.send(b"in the gap\n");
+                let _ = done_tx.send(());
+            })
+        };
+        let got = rx.recv_timeout(Duration::from_secs(5)).expect("the line appended in the gap is written");
+        assert_eq!(got, b"in the gap\n");
+        appender.join().unwrap();
+        // And lines timed around FLUSH_AFTER, as the writer goes to sleep, each arrive alone.
         let pauses = [0, 45, 49, 50, 51, 55, 60, 100];
         let mut seen = String::new();
-        for i in 0..24 {
+        for i in 0..16 {
             let line = format!("line {i}\n");
             w.send(line.as_bytes());
             while !seen.ends_with(&line) {
