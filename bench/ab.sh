@@ -45,13 +45,8 @@ while IFS='|' read -r name bin flags scenario; do
   [[ -n $name ]] || continue
   cookies+=("$(cookie "${scenario:-$SCENARIO}")") || exit 2
   # shellcheck disable=SC2086 # flags are words
-  TOKIO_WORKER_THREADS=1 taskset -c 0 "${bin:-$BIN}" standalone -f "$TMP/pools.yaml" \
-    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$((port + 1))" $flags \
-    >"$TMP/routeid-$name.log" 2>&1 &
-  rpid=$!
-  pids+=("$rpid")
-  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$((port + 1))/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  names+=("$name") ports+=("$port") rpids+=("$rpid")
+  start_routeid "${bin:-$BIN}" "$port" $((port + 1)) "$TMP/routeid-$name.log" $flags
+  names+=("$name") ports+=("$port") rpids+=("$RID")
   port=$((port + 2))
 done <<<"$CONFIGS"
 

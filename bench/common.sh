@@ -1,4 +1,4 @@
-# bench/common.sh — sourced by instructions.sh, metrics_overhead.sh and health_checks.sh: the
+# bench/common.sh — sourced by instructions.sh, ab.sh and health_checks.sh: the
 # tools a script needs (installed when missing), the release build, a temporary directory that
 # goes away with every process the script started, and the two nginx backends behind the
 # standalone pools file.
@@ -39,4 +39,17 @@ start_backends() {
   "$@" "$NGINX" -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>&1 &
   pids+=($!)
   sed -e "s|@PORT1@|$p1|g" -e "s|@PORT2@|$p2|g" bench/pools.yaml.tmpl >"$TMP/pools.yaml"
+}
+
+# start_routeid BIN PORT ADMIN LOG [FLAGS...]: `BIN standalone` on CPU 0 with one tokio worker,
+# serving $TMP/pools.yaml on 127.0.0.1:PORT (admin on ADMIN), output to LOG; sets RID to its pid
+# and returns once /readyz answers (10 s at most).
+start_routeid() {
+  local bin=$1 port=$2 admin=$3 log=$4
+  shift 4
+  TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin" standalone -f "$TMP/pools.yaml" --listen "127.0.0.1:$port" \
+    --admin-listen "127.0.0.1:$admin" "$@" >"$log" 2>&1 &
+  RID=$!
+  pids+=("$RID")
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
 }

@@ -54,11 +54,7 @@ pids+=($!)
 } >"$TMP/pools.yaml"
 
 for _ in $(seq 50); do curl -fs "http://127.0.0.1:$PORT/" >/dev/null 2>&1 && break; sleep 0.1; done
-TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" standalone -f "$TMP/pools.yaml" --listen "127.0.0.1:$LISTEN" \
-  --admin-listen "127.0.0.1:$ADMIN" --no-access-log >"$TMP/routeid.log" 2>&1 &
-RID=$!
-pids+=("$RID")
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+start_routeid "$BIN" "$LISTEN" "$ADMIN" "$TMP/routeid.log" --no-access-log
 sleep "$WARMUP"
 
 ticks() { awk '{print $14 + $15}' "/proc/$RID/stat"; }

@@ -275,28 +275,17 @@ enum Swept {
 /// sweep finds nothing. Ends when every [`LogWriter`] is gone.
 fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write + Send>) {
     let mut spare = Vec::new();
+    // The next sweep; `None` while asleep.
     let mut next: Option<Instant> = None;
-    loop {
-        // Asleep (`next` is None): until a line or a flush comes. Awake: until the next sweep.
-        let (acks, gone) = match next {
-            None => match rx.recv() {
-                Ok(first) => gather(&rx, first, Instant::now()),
-                Err(_) => break,
-            },
-            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Ok(first) => gather(&rx, first, at),
-                Err(RecvTimeoutError::Timeout) => (Vec::new(), false),
-                Err(RecvTimeoutError::Disconnected) => (Vec::new(), true),
-            },
-        };
+    // `None` once every sender is gone, with `Shared` (then there is nothing left to write).
+    while let Some(flush) = wait(&rx, next) {
         let Some(shared) = shared.upgrade() else { break };
         if next.is_none() {
             // Awake from here on: lines appended while this sweep writes need no wake-up (every
             // way back to sleep says so again and looks once more).
             shared.asleep.store(false, SeqCst);
         }
-        let flushing = !acks.is_empty() || gone;
-        let mut swept = sweep(&shared, &mut out, &mut spare, flushing);
+        let mut swept = sweep(&shared, &mut out, &mut spare, flush.is_some());
         if swept == Swept::Nothing {
             #[cfg(test)]
             if let Some(hook) = lock(&shared.before_sleep.0).as_mut() {
@@ -306,45 +295,35 @@ fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write +
             // either is seen here or sees `asleep` and wakes the writer.
             shared.asleep.store(true, SeqCst);
             swept = sweep(&shared, &mut out, &mut spare, true);
+            if swept == Swept::Something {
+                shared.asleep.store(false, SeqCst);
+            }
         }
         // A failed write (stderr closed) has nowhere to be reported.
         let _ = out.flush();
-        next = match swept {
-            Swept::Nothing => None,
-            Swept::Something => {
-                shared.asleep.store(false, SeqCst);
-                Some(Instant::now() + FLUSH_AFTER)
-            }
-        };
-        for ack in acks {
+        next = (swept == Swept::Something).then(|| Instant::now() + FLUSH_AFTER);
+        if let Some(ack) = flush {
             let _ = ack.try_send(());
-        }
-        if gone {
-            break;
         }
     }
 }
 
-/// Waits (at most until `deadline`) for a reason to write now; returns the flushes to answer
-/// and whether the senders are gone.
-fn gather(rx: &Receiver<Wake>, first: Wake, deadline: Instant) -> (Vec<SyncSender<()>>, bool) {
-    let mut acks = Vec::new();
-    let mut wake = first;
+/// Waits for the next sweep: asleep (`next` is `None`) until anything comes, awake until `next`
+/// or sooner for a full chunk or a flush. Returns the flush to answer, if that is why; `None`
+/// when every sender is gone.
+fn wait(rx: &Receiver<Wake>, next: Option<Instant>) -> Option<Option<SyncSender<()>>> {
     loop {
+        let wake = match next {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
         match wake {
             // A line that found the writer asleep just before it woke: the sweep is due anyway.
-            Wake::Lines if Instant::now() < deadline => {}
-            Wake::Lines | Wake::Full => return (acks, false),
-            Wake::Flush(ack) => {
-                acks.push(ack);
-                return (acks, false);
-            }
+            Ok(Wake::Lines) if next.is_some_and(|at| Instant::now() < at) => {}
+            Ok(Wake::Lines | Wake::Full) | Err(RecvTimeoutError::Timeout) => return Some(None),
+            Ok(Wake::Flush(ack)) => return Some(Some(ack)),
+            Err(RecvTimeoutError::Disconnected) => return None,
         }
-        wake = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(w) => w,
-            Err(RecvTimeoutError::Timeout) => return (acks, false),
-            Err(RecvTimeoutError::Disconnected) => return (acks, true),
-        };
     }
 }
 
@@ -353,9 +332,9 @@ fn gather(rx: &Receiver<Wake>, first: Wake, deadline: Instant) -> (Vec<SyncSende
 /// appending right now is left for the next sweep instead of waited for.
 fn sweep(shared: &Shared, out: &mut dyn Write, spare: &mut Vec<Vec<u8>>, all: bool) -> Swept {
     let slots: Vec<Arc<Slot>> = {
-        let mut all = lock(&shared.slots);
-        all.retain(|s| Arc::strong_count(s) > 1 || !lock(&s.chunk).is_empty());
-        all.clone()
+        let mut known = lock(&shared.slots);
+        known.retain(|s| Arc::strong_count(s) > 1 || !lock(&s.chunk).is_empty());
+        known.clone()
     };
     let mut swept = Swept::Nothing;
     for slot in slots {

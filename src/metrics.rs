@@ -413,7 +413,7 @@ impl Metrics {
     /// A member that moved to a new address keeps its route, so it gets the same series back and
     /// its counts go on.
     pub fn member_handles(&self, pool: &crate::core::PoolId, route: &str) -> MemberMetrics {
-        let key = [route.to_owned(), pool.namespace.clone(), pool.name.clone()];
+        let key = member_key(pool, route);
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         let series = members.entry(key).or_insert_with(|| {
             let [r, ns, name] = [route, &pool.namespace, &pool.name].map(label_value);
@@ -425,8 +425,7 @@ impl Metrics {
     /// Removes a member's event series (it left its pool). Its handles may still count a
     /// response in flight: nobody shows it any more.
     pub fn remove_member(&self, pool: &crate::core::PoolId, route: &str) {
-        let key = [route.to_owned(), pool.namespace.clone(), pool.name.clone()];
-        self.members.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.members.lock().unwrap_or_else(|e| e.into_inner()).remove(&member_key(pool, route));
     }
 
     /// Removes a pool's event series, its members' included (the pool is gone).
@@ -475,6 +474,11 @@ impl Metrics {
         self.last_len.store(out.len(), Relaxed);
         out
     }
+}
+
+/// A member's place in [`Metrics::members`]: route, namespace, pool (the encoder's order).
+fn member_key(pool: &crate::core::PoolId, route: &str) -> [String; 3] {
+    [route.to_owned(), pool.namespace.clone(), pool.name.clone()]
 }
 
 const REQUESTS: &str = "routeid_member_requests_total";
@@ -611,23 +615,17 @@ trait Value {
     fn write_to(self, out: &mut String);
 }
 
-impl Value for u64 {
-    fn write_to(self, out: &mut String) {
-        out.push_str(itoa::Buffer::new().format(self));
-    }
+macro_rules! integer_values {
+    ($($t:ty),*) => {$(
+        impl Value for $t {
+            fn write_to(self, out: &mut String) {
+                out.push_str(itoa::Buffer::new().format(self));
+            }
+        }
+    )*};
 }
 
-impl Value for usize {
-    fn write_to(self, out: &mut String) {
-        out.push_str(itoa::Buffer::new().format(self));
-    }
-}
-
-impl Value for u8 {
-    fn write_to(self, out: &mut String) {
-        out.push_str(itoa::Buffer::new().format(self));
-    }
-}
+integer_values!(u64, usize, u8);
 
 impl Value for f64 {
     fn write_to(self, out: &mut String) {
