@@ -248,8 +248,11 @@ impl FakeApiServer {
 
     /// What an API server whose watch cache restarted does (after an etcd or API-server
     /// outage): forgets the history, so a watch resuming from an earlier resourceVersion gets
-    /// 410 Gone, and ends every open watch with an ERROR event `410 Gone`.
+    /// 410 Gone, and ends every open watch with an ERROR event `410 Gone`. Its resourceVersion
+    /// has moved on past every one a client holds (else a client that had seen the last write
+    /// would resume without a 410, and the outage would not be the one asked for).
     pub fn expire_watches(&self) {
+        self.state.store.lock().unwrap().rv += 1;
         self.compact();
         self.state.expire_watches.send_modify(|g| *g += 1);
     }
