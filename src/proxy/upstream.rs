@@ -243,8 +243,9 @@ impl SendError {
 pub struct Failed {
     /// What went wrong.
     pub error: SendError,
-    /// The request, when the member never saw a byte of it.
-    pub request: Option<Request<UpstreamBody>>,
+    /// The request, when the member never saw a byte of it. Boxed: a rare path, and every
+    /// request's answer travels in a `Result` with this beside it.
+    pub request: Option<Box<Request<UpstreamBody>>>,
 }
 
 impl MemberConns {
@@ -328,7 +329,7 @@ impl MemberConns {
                 conn.idle_for = limits.idle;
                 conn.sending(&req);
                 match conn.sender.try_send_request(req).await {
-                    Ok(resp) => return self.answer(resp, conn, true).await,
+                    Ok(resp) => return self.answer(resp, conn, true),
                     Err(mut e) => match e.take_message() {
                         // Closed before our request was written: try the next connection.
                         Some(back) => req = back,
@@ -348,7 +349,10 @@ impl MemberConns {
             }
             if !Box::pin(self.wait_for_free(limits)).await {
                 let max = limits.max_connections.unwrap_or(u32::MAX);
-                return Err(Failed { error: SendError::Saturated { addr: self.addr, max }, request: Some(req) });
+                return Err(Failed {
+                    error: SendError::Saturated { addr: self.addr, max },
+                    request: Some(Box::new(req)),
+                });
             }
         }
     }
@@ -363,14 +367,17 @@ impl MemberConns {
         let mut conn = match self.connect(slot, limits, tls).await {
             Ok(c) => c,
             Err(source) => {
-                return Err(Failed { error: SendError::Connect { addr: self.addr, source }, request: Some(req) });
+                return Err(Failed {
+                    error: SendError::Connect { addr: self.addr, source },
+                    request: Some(Box::new(req)),
+                });
             }
         };
         conn.sending(&req);
         match conn.sender.try_send_request(req).await {
-            Ok(resp) => self.answer(resp, conn, false).await,
+            Ok(resp) => self.answer(resp, conn, false),
             Err(mut e) => {
-                let request = e.take_message();
+                let request = e.take_message().map(Box::new);
                 Err(Failed {
                     error: SendError::Exchange { addr: self.addr, source: e.into_error(), reused: false },
                     request,
@@ -465,8 +472,10 @@ impl MemberConns {
     }
 
     /// Checks the member's response head (and its first body frame when it came along) before
-    /// it goes to the client.
-    async fn answer(
+    /// it goes to the client. Not `async`: the first frame is taken only if it is already there
+    /// (polled with a no-op waker; the body's next poll registers the real one), so the
+    /// request's future carries no state for this step.
+    fn answer(
         self: &Arc<Self>,
         resp: Response<Incoming>,
         conn: Conn,
@@ -491,11 +500,16 @@ impl MemberConns {
         let (mut first, mut ended) = (None, false);
         if framed_body {
             // The first frame, if it came with the head: a broken one is still a clean 502.
-            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut inner).poll_frame(cx))).await {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match Pin::new(&mut inner).poll_frame(&mut cx) {
                 Poll::Ready(Some(Err(source))) => {
                     return Err(Failed { error: SendError::Body { addr: self.addr, source }, request: None });
                 }
-                Poll::Ready(Some(Ok(frame))) => first = Some(frame),
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are a body's last frame (a chunked body of trailers only).
+                    ended = frame.is_trailers();
+                    first = Some(First::from(frame));
+                }
                 Poll::Ready(None) => ended = true,
                 Poll::Pending => {}
             }
@@ -505,7 +519,7 @@ impl MemberConns {
             body.ended = true;
             self.checkin(conn);
         } else {
-            body.give_back = Some((conn, Arc::clone(self)));
+            body.give_back = Some(Box::new((conn, Arc::clone(self))));
         }
         Ok(Response::from_parts(parts, body))
     }
@@ -682,15 +696,53 @@ impl AsyncWrite for Metered {
 
 /// A member's response body; hands its connection back to the pool when it ends. A body
 /// dropped before its end closes the connection (its state is unknown).
+///
+/// Kept small (104 bytes; hyper's own `Incoming` is 40): every request moves its response
+/// several times on the way to the client, so what rarely matters here is boxed.
 pub struct MemberBody {
     inner: Incoming,
     /// The first frame, read with the head to check it, not yet passed on.
-    first: Option<Frame<Bytes>>,
+    first: Option<First>,
     /// `inner` has ended (never polled again).
     ended: bool,
-    give_back: Option<(Conn, Arc<MemberConns>)>,
+    /// The connection to give back when the body ends; boxed, as it is needed only for a body
+    /// that did not come whole with the head.
+    give_back: Option<Box<(Conn, Arc<MemberConns>)>>,
     /// The request's place in the member's busy count, released when the body ends or drops.
     busy: Option<BusyGuard>,
+}
+
+/// A body's first frame as [`MemberBody`] holds it: data, or (a body of trailers only) the
+/// trailers boxed, as a whole `Frame` would add 64 bytes to every response.
+enum First {
+    Data(Bytes),
+    Trailers(Box<http::HeaderMap>),
+}
+
+impl From<Frame<Bytes>> for First {
+    fn from(frame: Frame<Bytes>) -> Self {
+        match frame.into_data() {
+            Ok(data) => First::Data(data),
+            // A frame is data or trailers (hyper 1); anything else is passed on as no trailers.
+            Err(frame) => First::Trailers(Box::new(frame.into_trailers().unwrap_or_default())),
+        }
+    }
+}
+
+impl First {
+    fn into_frame(self) -> Frame<Bytes> {
+        match self {
+            First::Data(data) => Frame::data(data),
+            First::Trailers(trailers) => Frame::trailers(*trailers),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            First::Data(data) => data.remaining() as u64,
+            First::Trailers(_) => 0,
+        }
+    }
 }
 
 impl MemberBody {
@@ -715,7 +767,8 @@ impl MemberBody {
     fn finish(&mut self) {
         self.ended = true;
         self.busy = None;
-        if let Some((conn, pool)) = self.give_back.take() {
+        if let Some(back) = self.give_back.take() {
+            let (conn, pool) = *back;
             pool.checkin(conn);
         }
     }
@@ -733,7 +786,8 @@ impl Body for MemberBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        if let Some(frame) = this.first.take() {
+        if let Some(first) = this.first.take() {
+            let frame = first.into_frame();
             this.count(&frame);
             if this.ended || this.inner.is_end_stream() {
                 this.finish();
@@ -748,8 +802,9 @@ impl Body for MemberBody {
         match &r {
             Poll::Ready(Some(Ok(frame))) => {
                 this.count(frame);
-                // hyper stops polling once `is_end_stream` says so: check after every frame.
-                if this.inner.is_end_stream() {
+                // hyper stops polling once `is_end_stream` says so, and after trailers (a
+                // body's last frame, whatever `is_end_stream` says): check after every frame.
+                if frame.is_trailers() || this.inner.is_end_stream() {
                     this.finish();
                 }
             }
@@ -773,7 +828,7 @@ impl Body for MemberBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let first = self.first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.remaining() as u64);
+        let first = self.first.as_ref().map_or(0, First::len);
         if self.ended {
             return SizeHint::with_exact(first);
         }

@@ -249,6 +249,46 @@ async fn a_body_that_breaks_after_bytes_were_sent_aborts_the_client_response() {
 }
 
 #[tokio::test]
+async fn trailers_reach_the_client_and_the_connection_goes_back_to_the_pool() {
+    bounded(async {
+        // A chunked answer with trailers only, then one with data and trailers, on one
+        // keep-alive connection: the first frame the proxy reads with the head is the trailers,
+        // then data (passed on, the connection given back when the body ends).
+        let bad = raw_member(|mut s| async move {
+            let answers: [&[u8]; 2] = [
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n0\r\nx-sum: none\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 5\r\n\r\n",
+            ];
+            for (i, answer) in answers.iter().enumerate() {
+                if i > 0 && !read_head(&mut s).await {
+                    return;
+                }
+                let _ = s.write_all(answer).await;
+            }
+            closed_by_peer(&mut s, Duration::from_secs(5)).await;
+        })
+        .await;
+        let good = Member::start("good").await;
+        let p = proxy_for(bad.addr, &good, "").await;
+
+        let c = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+        for (body, sum) in [("", "none"), ("hello", "5")] {
+            let req = Request::get(format!("http://{}/", p.proxy_addr)).body(Full::new(Bytes::new())).unwrap();
+            let resp = c.request(req).await.expect("an answer");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let got = resp.into_body().collect().await.expect("a whole body");
+            let trailers = got.trailers().cloned().unwrap_or_default();
+            assert_eq!(got.to_bytes(), body.as_bytes());
+            assert_eq!(trailers.get("x-sum").map(|v| v.to_str().unwrap()), Some(sum));
+        }
+        assert_eq!(bad.accepted.load(Ordering::SeqCst), 1, "both answers came over one member connection");
+        assert!(!bad_member_in_error(&p));
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_http_1_0_member_response_reaches_the_client_as_http_1_1() {
     bounded(async {
         let old = raw_member(|mut s| async move {
