@@ -30,8 +30,10 @@ use routeid::proxy::{Proxy, ProxySettings};
 const ROUNDS: usize = 300;
 
 /// The allocator of the `routeid` binary (src/main.rs), so the figures are the binary's.
+#[path = "../src/alloc.rs"]
+mod alloc;
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 /// What differs in a slice from its all-ready form.
 #[derive(Clone, Copy)]

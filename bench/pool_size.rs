@@ -14,8 +14,10 @@ use routeid::core::{PoolConfig, Tried};
 use routeid::proxy::{Proxy, ProxySettings};
 
 /// The allocator of the `routeid` binary (src/main.rs), so the figures are the binary's.
+#[path = "../src/alloc.rs"]
+mod alloc;
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 const METHODS: [&str; 4] = ["ByRequests", "ByBusyness", "ByTraffic", "LeastLatency"];
 

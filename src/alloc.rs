@@ -1,0 +1,69 @@
+//! The process's allocator: mimalloc, called through its plain entry points for ordinary
+//! alignments.
+//!
+//! mimalloc instead of the system allocator: every republication frees the previous routing
+//! table and allocates the next (megabytes for a 10,000-member pool), and glibc hands such
+//! blocks back to the kernel only to fault them in again on the next change, which doubled the
+//! controller's cost per changed EndpointSlice (bench/README.md).
+//!
+//! Not the `mimalloc` crate's allocator: it sends every allocation through
+//! `mi_malloc_aligned`, whose fast path serves only blocks under 1 KiB that happen to be free
+//! and aligned. Any larger block whose size class is not a power of two (hyper's read buffer,
+//! a request's future) then took mimalloc's over-allocating path, four times per proxied
+//! request: about 1,000 of its 30,000 instructions (callgrind, bench/README.md). Every mimalloc
+//! block is aligned to the word (its sizes are whole words, its pages aligned), so an
+//! alignment up to the word needs no aligned call; larger ones still make it.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::c_void;
+
+use libmimalloc_sys as mi;
+
+/// The largest alignment every mimalloc block has.
+const WORD: usize = std::mem::size_of::<usize>();
+
+/// mimalloc as the global allocator.
+pub struct Allocator;
+
+// SAFETY: each method forwards to the mimalloc call with the same contract (the aligned one
+// whenever the alignment is above what every block has); `dealloc` and `realloc` take only
+// pointers these methods returned, which `mi_free` and `mi_realloc*` accept.
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: see the impl.
+        unsafe {
+            if layout.align() <= WORD {
+                mi::mi_malloc(layout.size()).cast()
+            } else {
+                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: see the impl.
+        unsafe {
+            if layout.align() <= WORD {
+                mi::mi_zalloc(layout.size()).cast()
+            } else {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: see the impl.
+        unsafe { mi::mi_free(ptr.cast::<c_void>()) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: see the impl.
+        unsafe {
+            if layout.align() <= WORD {
+                mi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+            } else {
+                mi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
