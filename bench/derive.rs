@@ -29,9 +29,9 @@ use routeid::proxy::{Proxy, ProxySettings};
 
 const ROUNDS: usize = 300;
 
-/// The allocator of the `routeid` binary (src/main.rs), so the figures are the binary's.
 #[path = "../src/alloc.rs"]
 mod alloc;
+/// The allocator of the `routeid` binary (src/main.rs), so the figures are the binary's.
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use routeid::core::{PoolConfig, Tried};
 use routeid::proxy::{Proxy, ProxySettings};
 
-/// The allocator of the `routeid` binary (src/main.rs), so the figures are the binary's.
 #[path = "../src/alloc.rs"]
 mod alloc;
+/// The allocator of the `routeid` binary (src/main.rs), so the figures are the binary's.
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 

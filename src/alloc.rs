@@ -7,13 +7,15 @@
 //! controller's cost per changed EndpointSlice (bench/README.md).
 //!
 //! Not the `mimalloc` crate's allocator: it sends every allocation through
-//! `mi_malloc_aligned`, whose fast path serves only blocks under 1 KiB that happen to be free
-//! and aligned. Any larger block whose size class is not a power of two (hyper's read buffer,
-//! a request's future) then took mimalloc's over-allocating path, about four times per proxied
-//! request; calling `mi_malloc` instead saves about 800 of a sticky request's 30,000
-//! user-space instructions (callgrind, bench/README.md). Every mimalloc block is aligned to
-//! the word (its sizes are whole words, its pages aligned), so an alignment up to the word
-//! needs no aligned call; larger ones still make it.
+//! `mi_malloc_aligned`, whose fast path serves only blocks up to 1 KiB whose page has a free,
+//! aligned block. Every other block except the 2 and 4 KiB classes (hyper's 8 KiB read
+//! buffer, a request's future, a small block whose page had none free) then took mimalloc's
+//! over-allocating path, about four times per proxied request; calling `mi_malloc` instead
+//! saves about 800 of a sticky request's 30,000 user-space instructions (callgrind,
+//! bench/README.md). Every mimalloc block is aligned to the word (its sizes are whole words,
+//! its pages aligned), so an alignment up to the word needs no aligned call; larger ones still
+//! make it. (Not 16: there are 24-byte blocks. mimalloc's guarded debug mode would break the
+//! word alignment too; it is built only with libmimalloc-sys's `debug` features, never here.)
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
