@@ -16,6 +16,9 @@
 //! its pages aligned), so an alignment up to the word needs no aligned call; larger ones still
 //! make it. (Not 16: there are 24-byte blocks. mimalloc's guarded debug mode would break the
 //! word alignment too; it is built only with libmimalloc-sys's `debug` features, never here.)
+//!
+//! Its test (`blocks_are_aligned_and_keep_their_bytes`) is in src/main.rs: the Rust benches
+//! include this file too, and a test module here would be an unused one there.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
