@@ -4,9 +4,11 @@
 //! knowledge), with upgrades. Instead of hyper-util's `GracefulShutdown`, each connection task
 //! runs its own small watchdog, so that one place decides when a connection closes:
 //! - **Header timeout.** A new connection must start its first request within the header
-//!   timeout. hyper's own `header_read_timeout` only starts once the protocol is known, that is
-//!   after the first bytes: a connection that never sends one would otherwise stay open until
-//!   the idle timeout. On HTTP/1.1 hyper then bounds every later request head itself.
+//!   timeout. On HTTP/1.1 every later request head, and the keep-alive wait for it, is bounded
+//!   the same way: with no request in flight, a connection that starts none for the header
+//!   timeout is closed gracefully. hyper's own `header_read_timeout` is not used: it starts
+//!   only once the protocol is known (a connection that never sends a byte would stay open
+//!   until the idle timeout), and it allocates and arms a timer for every request.
 //! - **Idle timeout.** Activity is counted in requests, not bytes: a request is in flight from
 //!   its head until its response body has been sent (or dropped). A connection with no request
 //!   in flight and none started for the idle timeout is closed gracefully (and outright if it is
@@ -29,12 +31,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -54,8 +56,8 @@ use super::listener::Edge;
 pub struct ListenerLimits {
     /// For logs: which listener.
     pub name: &'static str,
-    /// Time a new connection has to start its first request (on HTTP/1.1, hyper also bounds
-    /// every later request head, and the keep-alive wait for it, by this).
+    /// Time a new connection has to start its first request (on HTTP/1.1 also every later
+    /// request head, and the keep-alive wait for it).
     pub header_timeout: Duration,
     /// A connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
@@ -104,12 +106,12 @@ pub(crate) fn set_tcp_keepalive(stream: &TcpStream) {
 }
 
 /// The hyper builder both listeners use.
-fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
+fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // No timer, so no `header_read_timeout` (30 s by default once a timer is set): the
+        // connection's watchdog bounds request heads without a timer per request.
         .keep_alive(true)
         // One flat write buffer: a queue of member chunks would pin the member side's read
         // buffers behind a slow reader.
@@ -184,7 +186,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder(&limits);
+    let builder = builder();
     let limits = Arc::new(limits);
     let slots = Slots::new(&limits);
     let (tracker, abort) = (TaskTracker::new(), CancellationToken::new());
@@ -433,6 +435,9 @@ struct Activity {
     epoch: Option<Instant>,
     /// When a request last started or ended (or the connection was accepted).
     last_active_us: AtomicU64,
+    /// An HTTP/2 request came: the connection is multiplexed, its keep-alive wait is bounded
+    /// by the idle timeout alone (HTTP/2 has its own PINGs), not by the header timeout.
+    multiplexed: AtomicBool,
 }
 
 impl Activity {
@@ -449,7 +454,10 @@ impl Activity {
         }
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    fn begin(self: &Arc<Self>, version: Version) -> InFlight {
+        if version == Version::HTTP_2 {
+            self.multiplexed.store(true, Relaxed);
+        }
         self.started.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);
         self.stamp();
@@ -538,6 +546,9 @@ enum Verdict {
     Busy,
     /// No request in flight or started for the idle timeout.
     Idle,
+    /// HTTP/1.1: no request in flight or started for the header timeout (a keep-alive wait
+    /// for a head that did not come, or came too slowly).
+    NoHead,
     /// A response body has waited for the client to read it for the idle timeout.
     Stalled,
 }
@@ -546,36 +557,65 @@ enum Verdict {
 #[derive(Debug)]
 struct Watchdog {
     seen_started: u64,
-    quiet_since: Instant,
+    /// Since when no request has been in flight nor started, as the ticks saw it (never
+    /// earlier than it was so); `None` while one is in flight.
+    quiet_since: Option<Instant>,
     /// `written` when a body was first seen owed, and when.
     owed_since: Option<(u64, Instant)>,
 }
 
+/// How long a connection may stay quiet (no request in flight nor started).
+#[derive(Debug, Clone, Copy)]
+struct QuietLimits {
+    idle: Duration,
+    /// The header timeout, on a connection not (yet) known to be HTTP/2.
+    head: Duration,
+}
+
+impl QuietLimits {
+    /// The period of the watchdog's ticks: a limit is noticed at most a quarter of it late.
+    fn tick(&self) -> Duration {
+        (self.idle.min(self.head) / 4).max(Duration::from_millis(10))
+    }
+}
+
 impl Watchdog {
     fn new(now: Instant) -> Watchdog {
-        Watchdog { seen_started: 0, quiet_since: now, owed_since: None }
+        Watchdog { seen_started: 0, quiet_since: Some(now), owed_since: None }
     }
 
-    /// Idle between `idle` and `idle + tick` after the last request ended; stalled between
-    /// `idle` and `idle + tick` after the client last read.
-    fn tick(&mut self, a: &Activity, idle: Duration, now: Instant) -> Verdict {
+    /// Idle (or without a head) between the limit and the limit plus a tick after the last
+    /// request ended, never before; stalled between `idle` and `idle + tick` after the client
+    /// last read.
+    fn tick(&mut self, a: &Activity, limits: QuietLimits, now: Instant) -> Verdict {
         let written = a.written.load(Relaxed);
         match self.owed_since {
             _ if a.owed.load(Relaxed) == 0 => self.owed_since = None,
             Some((w, since)) if w == written => {
-                if now.duration_since(since) >= idle {
+                if now.duration_since(since) >= limits.idle {
                     return Verdict::Stalled;
                 }
             }
             _ => self.owed_since = Some((written, now)),
         }
         let started = a.started.load(Relaxed);
-        if started != self.seen_started || a.in_flight.load(Relaxed) > 0 {
-            (self.seen_started, self.quiet_since) = (started, now);
-        } else if now.duration_since(self.quiet_since) >= idle {
-            return Verdict::Idle;
+        if a.in_flight.load(Relaxed) > 0 {
+            (self.seen_started, self.quiet_since) = (started, None);
+            return Verdict::Busy;
         }
-        Verdict::Busy
+        if started != self.seen_started {
+            // Requests came and went since the last tick: quiet from some moment before now.
+            (self.seen_started, self.quiet_since) = (started, Some(now));
+            return Verdict::Busy;
+        }
+        let quiet = now.duration_since(*self.quiet_since.get_or_insert(now));
+        if quiet >= limits.idle {
+            Verdict::Idle
+        } else if quiet >= limits.head && !a.multiplexed.load(Relaxed) {
+            Verdict::NoHead
+        } else {
+            Verdict::Busy
+        }
     }
 }
 
@@ -601,7 +641,7 @@ async fn serve_connection<I, H, F, B>(
 {
     let act = Arc::clone(&activity);
     let svc = service_fn(move |req| {
-        let guard = act.begin();
+        let guard = act.begin(req.version());
         let resp = handler(req);
         async move { Ok::<_, Infallible>(resp.await.map(|inner| Tracked { inner, guard: Some(guard) })) }
     });
@@ -612,7 +652,8 @@ async fn serve_connection<I, H, F, B>(
         conn.as_mut().graceful_shutdown();
     }
     let idle = limits.idle_timeout;
-    let tick = (idle / 4).max(Duration::from_millis(10));
+    let quiet = QuietLimits { idle, head: limits.header_timeout };
+    let tick = quiet.tick();
     let mut watch = Watchdog::new(Instant::now());
     // Every future below is made once per connection, not once per wake-up: the loop wakes on
     // every request, and a new timer or waiter each time cost a timer-wheel insertion and
@@ -652,11 +693,15 @@ async fn serve_connection<I, H, F, B>(
             _ = &mut ticks => {
                 let now = Instant::now();
                 ticks.as_mut().reset(now + tick);
-                match watch.tick(&activity, idle, now) {
+                match watch.tick(&activity, quiet, now) {
                     Verdict::Busy => {}
-                    Verdict::Idle if closing => {}
-                    Verdict::Idle => {
-                        tracing::debug!(listener = limits.name, %peer, "closing idle client connection");
+                    Verdict::Idle | Verdict::NoHead if closing => {}
+                    verdict @ (Verdict::Idle | Verdict::NoHead) => {
+                        if verdict == Verdict::Idle {
+                            tracing::debug!(listener = limits.name, %peer, "closing idle client connection");
+                        } else {
+                            tracing::debug!(listener = limits.name, %peer, "no request head within the header timeout: closing the connection");
+                        }
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                         idle_closing = true;
@@ -754,7 +799,7 @@ mod tests {
         let other = admit(&slots, [10, 0, 0, 2]);
         assert_eq!(other.3, None, "2 of 3 slots were taken");
         // The listener's cap: a request in flight keeps `second` open; `third` is idle.
-        let busy = second.1.begin();
+        let busy = second.1.begin(Version::HTTP_11);
         let last = admit(&slots, [10, 0, 0, 3]);
         assert_eq!(last.3, Some(IpAddr::from([10, 0, 0, 1])));
         assert!(third.2.is_cancelled() && !second.2.is_cancelled() && !other.2.is_cancelled());
@@ -774,30 +819,86 @@ mod tests {
     #[test]
     fn a_body_hyper_stops_polling_after_data_is_a_write_stall() {
         let (a, idle) = (Arc::new(Activity::new(None)), Duration::from_secs(1));
+        let limits = QuietLimits { idle, head: idle };
         let mut now = Instant::now();
         let mut dog = Watchdog::new(now);
-        let mut req = a.begin();
+        let mut req = a.begin(Version::HTTP_11);
         // A long poll: in flight, nothing handed to hyper. Never idle, never stalled.
         for _ in 0..8 {
             now += idle / 2;
-            assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+            assert_eq!(dog.tick(&a, limits, now), Verdict::Busy);
         }
         // A client that reads: hyper polls again after each chunk.
         req.handed();
         for _ in 0..8 {
             now += idle / 2;
-            assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+            assert_eq!(dog.tick(&a, limits, now), Verdict::Busy);
             req.polled();
             req.handed();
         }
         // A client that stopped reading: no poll since the last chunk.
-        assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+        assert_eq!(dog.tick(&a, limits, now), Verdict::Busy);
         now += idle / 2;
-        assert_eq!(dog.tick(&a, idle, now), Verdict::Busy);
+        assert_eq!(dog.tick(&a, limits, now), Verdict::Busy);
         now += idle / 2;
-        assert_eq!(dog.tick(&a, idle, now), Verdict::Stalled);
+        assert_eq!(dog.tick(&a, limits, now), Verdict::Stalled);
         drop(req);
         assert_eq!(a.owed.load(Relaxed), 0, "a dropped body owes nothing");
+    }
+
+    /// Ticks every `step` from `now` until the verdict is not `Busy`; how long that took.
+    fn quiet_until_verdict(
+        dog: &mut Watchdog,
+        a: &Activity,
+        limits: QuietLimits,
+        now: &mut Instant,
+    ) -> (Verdict, Duration) {
+        let (start, step) = (*now, limits.tick());
+        loop {
+            *now += step;
+            let v = dog.tick(a, limits, *now);
+            if v != Verdict::Busy || *now - start > limits.idle * 2 {
+                return (v, *now - start);
+            }
+        }
+    }
+
+    #[test]
+    fn an_http1_keep_alive_wait_is_bounded_by_the_header_timeout_never_early() {
+        let a = Arc::new(Activity::new(None));
+        let limits = QuietLimits { idle: Duration::from_secs(60), head: Duration::from_secs(15) };
+        let mut now = Instant::now();
+        let mut dog = Watchdog::new(now);
+        // A request in flight across many ticks is never cut by either limit.
+        let req = a.begin(Version::HTTP_11);
+        for _ in 0..100 {
+            now += limits.tick();
+            assert_eq!(dog.tick(&a, limits, now), Verdict::Busy);
+        }
+        // It ends just after a tick: the wait for the next head counts from the next tick.
+        now += Duration::from_millis(1);
+        drop(req);
+        let (v, took) = quiet_until_verdict(&mut dog, &a, limits, &mut now);
+        assert_eq!(v, Verdict::NoHead);
+        assert!(took >= limits.head && took <= limits.head + 2 * limits.tick(), "{took:?}");
+        // Requests that come and go between two ticks: quiet from the tick that saw them.
+        let mut dog = Watchdog::new(now);
+        drop(a.begin(Version::HTTP_11));
+        let (v, took) = quiet_until_verdict(&mut dog, &a, limits, &mut now);
+        assert_eq!(v, Verdict::NoHead);
+        assert!(took >= limits.head + limits.tick() && took <= limits.head + 2 * limits.tick(), "{took:?}");
+    }
+
+    #[test]
+    fn an_http2_connection_waits_the_idle_timeout() {
+        let a = Arc::new(Activity::new(None));
+        let limits = QuietLimits { idle: Duration::from_secs(60), head: Duration::from_secs(15) };
+        let mut now = Instant::now();
+        let mut dog = Watchdog::new(now);
+        drop(a.begin(Version::HTTP_2));
+        let (v, took) = quiet_until_verdict(&mut dog, &a, limits, &mut now);
+        assert_eq!(v, Verdict::Idle);
+        assert!(took >= limits.idle && took <= limits.idle + 2 * limits.tick(), "{took:?}");
     }
 
     #[tokio::test]

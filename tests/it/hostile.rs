@@ -507,6 +507,54 @@ async fn slowloris_dribbling_its_head_is_closed_by_the_header_timeout() {
     .await;
 }
 
+/// On a kept-alive HTTP/1.1 connection the next head is bounded by the header timeout too,
+/// counted from the end of the last response: a client whose first request was served and who
+/// then dribbles its second is cut off, never before the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_a_kept_alive_connection_is_closed_by_the_header_timeout() {
+    bounded(async {
+        let s = Scene::start(None).await;
+        let mut c = RawConn::connect(s.addr()).await;
+        c.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert_eq!(c.response().await.unwrap().status, 200);
+        let started = Instant::now();
+        let head = format!("GET /second HTTP/1.1\r\nHost: x\r\nX-Slow: {}\r\n\r\n", "s".repeat(200));
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for byte in head.as_bytes() {
+            tick.tick().await;
+            if c.send(&[*byte]).await.is_err() || started.elapsed() > HEADER_TIMEOUT * 4 {
+                break;
+            }
+        }
+        assert!(c.closed_within(Duration::from_secs(3)).await, "never closed");
+        let took = started.elapsed();
+        assert!(took >= HEADER_TIMEOUT, "closed after {took:?}, before the header timeout {HEADER_TIMEOUT:?}");
+        assert!(took < HEADER_TIMEOUT * 4, "closed after {took:?}, header timeout {HEADER_TIMEOUT:?}");
+        let paths: Vec<String> = s.seen_by_shop().into_iter().map(|r| r.path_and_query).collect();
+        assert_eq!(paths, ["/first"]);
+        s.end().await;
+    })
+    .await;
+}
+
+/// A kept-alive HTTP/1.1 connection whose requests come more often than the header timeout
+/// stays open however long it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_with_steady_requests_stays_open_past_the_header_timeout() {
+    bounded(async {
+        let s = Scene::start(None).await;
+        let mut c = RawConn::connect(s.addr()).await;
+        let started = Instant::now();
+        while started.elapsed() < HEADER_TIMEOUT * 3 {
+            c.send(b"GET /steady HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            assert_eq!(c.response().await.unwrap().status, 200);
+            tokio::time::sleep(HEADER_TIMEOUT / 2).await;
+        }
+        s.end().await;
+    })
+    .await;
+}
+
 /// A connection that never sends a byte is closed by the header timeout too, not the (longer)
 /// idle timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
