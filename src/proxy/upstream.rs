@@ -300,59 +300,64 @@ impl MemberConns {
     /// Sends `req` over the newest idle connection made under `tls`, or a new one (made
     /// within `limits.connect`, with TLS when `tls` says so); at `limits.max_connections` it
     /// waits for one until `limits.deadline`.
-    pub async fn send(
+    #[expect(clippy::manual_async_fn, reason = "an async fn would hold its request twice")]
+    pub fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
         limits: &Limits,
         tls: &UpstreamTls,
-    ) -> Result<Response<MemberBody>, Failed> {
-        loop {
-            while let Some(mut conn) = self.pop_idle(tls) {
-                // It went back to the pool when its last exchange ended whole; this only waits
-                // for the connection task to notice. Bounded all the same: a connection that
-                // does not get ready is closed, not waited on until the response deadline.
-                // Usually it is ready already: then no timer is made.
-                let ready = if conn.sender.is_ready() {
-                    Ok(Ok(()))
-                } else {
-                    tokio::time::timeout(limits.connect, conn.sender.ready()).await
-                };
-                match ready {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => continue,
-                    Err(_) => {
-                        tracing::debug!(addr = %self.addr, "pooled member connection not ready in time; closed");
-                        conn.task.abort();
-                        continue;
+    ) -> impl Future<Output = Result<Response<MemberBody>, Failed>> + Send {
+        // An `async` block, not an `async fn`: the request is held once in the future, not
+        // also as a local copy of the argument.
+        async move {
+            loop {
+                while let Some(mut conn) = self.pop_idle(tls) {
+                    // It went back to the pool when its last exchange ended whole; this only waits
+                    // for the connection task to notice. Bounded all the same: a connection that
+                    // does not get ready is closed, not waited on until the response deadline.
+                    // Usually it is ready already: then no timer is made.
+                    let ready = if conn.sender.is_ready() {
+                        Ok(Ok(()))
+                    } else {
+                        tokio::time::timeout(limits.connect, conn.sender.ready()).await
+                    };
+                    match ready {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => continue,
+                        Err(_) => {
+                            tracing::debug!(addr = %self.addr, "pooled member connection not ready in time; closed");
+                            conn.task.abort();
+                            continue;
+                        }
+                    }
+                    conn.idle_for = limits.idle;
+                    conn.sending(&req);
+                    match conn.sender.try_send_request(req).await {
+                        Ok(resp) => return self.answer(resp, conn, true),
+                        Err(mut e) => match e.take_message() {
+                            // Closed before our request was written: try the next connection.
+                            Some(back) => req = back,
+                            None => {
+                                let source = e.into_error();
+                                let error = SendError::Exchange { addr: self.addr, source, reused: true };
+                                return Err(Failed { error, request: None });
+                            }
+                        },
                     }
                 }
-                conn.idle_for = limits.idle;
-                conn.sending(&req);
-                match conn.sender.try_send_request(req).await {
-                    Ok(resp) => return self.answer(resp, conn, true),
-                    Err(mut e) => match e.take_message() {
-                        // Closed before our request was written: try the next connection.
-                        Some(back) => req = back,
-                        None => {
-                            let source = e.into_error();
-                            let error = SendError::Exchange { addr: self.addr, source, reused: true };
-                            return Err(Failed { error, request: None });
-                        }
-                    },
+                // A new connection (TCP connect, maybe a TLS handshake) and a wait for a free one
+                // are boxed: their futures are large, and every request's future would carry them
+                // although most requests reuse a pooled connection.
+                if let Some(slot) = self.reserve(limits.max_connections) {
+                    return Box::pin(self.send_fresh(req, slot, limits, tls)).await;
                 }
-            }
-            // A new connection (TCP connect, maybe a TLS handshake) and a wait for a free one
-            // are boxed: their futures are large, and every request's future would carry them
-            // although most requests reuse a pooled connection.
-            if let Some(slot) = self.reserve(limits.max_connections) {
-                return Box::pin(self.send_fresh(req, slot, limits, tls)).await;
-            }
-            if !Box::pin(self.wait_for_free(limits)).await {
-                let max = limits.max_connections.unwrap_or(u32::MAX);
-                return Err(Failed {
-                    error: SendError::Saturated { addr: self.addr, max },
-                    request: Some(Box::new(req)),
-                });
+                if !Box::pin(self.wait_for_free(limits)).await {
+                    let max = limits.max_connections.unwrap_or(u32::MAX);
+                    return Err(Failed {
+                        error: SendError::Saturated { addr: self.addr, max },
+                        request: Some(Box::new(req)),
+                    });
+                }
             }
         }
     }
