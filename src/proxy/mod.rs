@@ -49,8 +49,8 @@ pub struct ProxySettings {
     /// Add `Via` to requests and responses.
     pub via: bool,
     /// Time a new connection has to start its first request, and a client to send a request
-    /// head; on HTTP/1.1 keep-alive it is also the wait for the next request (hyper restarts it
-    /// for every head), which closes silent and slowloris connections.
+    /// head; on HTTP/1.1 keep-alive it is also the wait for the next request (counted from the
+    /// end of the last one), which closes silent and slowloris connections.
     pub client_header_timeout: Duration,
     /// A client connection with no request in flight (HTTP/2 PINGs do not count) is closed after
     /// this, and so is an upgraded connection (WebSocket) with no byte either way.

@@ -110,8 +110,9 @@ fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        // No timer, so no `header_read_timeout` (30 s by default once a timer is set): the
+        // No `header_read_timeout` (hyper's default is 30 s once a timer is set): the
         // connection's watchdog bounds request heads without a timer per request.
+        .header_read_timeout(None)
         .keep_alive(true)
         // One flat write buffer: a queue of member chunks would pin the member side's read
         // buffers behind a slow reader.
@@ -697,15 +698,19 @@ async fn serve_connection<I, H, F, B>(
                     Verdict::Busy => {}
                     Verdict::Idle | Verdict::NoHead if closing => {}
                     verdict @ (Verdict::Idle | Verdict::NoHead) => {
-                        if verdict == Verdict::Idle {
+                        // Closed gracefully (hyper first writes out what it holds), and
+                        // outright once the same limit has passed again.
+                        let again = if verdict == Verdict::Idle {
                             tracing::debug!(listener = limits.name, %peer, "closing idle client connection");
+                            idle
                         } else {
                             tracing::debug!(listener = limits.name, %peer, "no request head within the header timeout: closing the connection");
-                        }
+                            limits.header_timeout
+                        };
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                         idle_closing = true;
-                        idle_close.as_mut().reset(now + idle);
+                        idle_close.as_mut().reset(now + again);
                     }
                     Verdict::Stalled => {
                         tracing::debug!(listener = limits.name, %peer, "the client stopped reading its response: connection closed");
