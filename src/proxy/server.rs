@@ -906,6 +906,58 @@ mod tests {
         assert!(took >= limits.idle && took <= limits.idle + 2 * limits.tick(), "{took:?}");
     }
 
+    /// One HTTP/1.1 request over an in-memory pipe of 1 KiB to `serve_connection`, answered with
+    /// 64 KiB; the client reads `read` bytes of the answer, then nothing, and sends nothing.
+    /// How long the connection lived. Paused time: the timers fire exactly when due.
+    async fn lifetime_after_one_answer(read: usize) -> Duration {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(1024);
+        let limits = Arc::new(ListenerLimits {
+            name: "test",
+            header_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(1),
+            max_connections: None,
+            max_connections_per_ip: None,
+        });
+        let (_shutdown, rx) = watch::channel(false);
+        let handler = |_req: Request<Incoming>| async {
+            Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 64 * 1024])))
+        };
+        let started = Instant::now();
+        let activity = Arc::new(Activity::new(None));
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = tokio::spawn(serve_connection(
+            builder(),
+            server,
+            peer,
+            handler,
+            activity,
+            limits,
+            rx,
+            CancellationToken::new(),
+        ));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut got = vec![0u8; read];
+        rd.read_exact(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+        conn.await.unwrap();
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_alive_connection_closes_a_header_timeout_after_its_answer() {
+        let (head, tick) = (Duration::from_secs(15), Duration::from_millis(3750));
+        // The client read the whole answer: the graceful close ends the connection.
+        let took = lifetime_after_one_answer(64 * 1024 + 40).await;
+        assert!(took >= head && took <= head + tick, "closed after {took:?}");
+        // It left the rest of the answer unread, so hyper cannot finish writing it: the
+        // connection is closed outright one header timeout after the graceful close.
+        let took = lifetime_after_one_answer(100).await;
+        assert!(took >= 2 * head && took <= 2 * head + tick, "closed after {took:?}");
+    }
+
     #[tokio::test]
     async fn sockets_get_tcp_keepalive() {
         let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
