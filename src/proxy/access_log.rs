@@ -283,10 +283,34 @@ impl AccessLine<'_> {
 }
 
 /// True when `s` needs no escaping in JSON nor in Rust's `Debug` (printable ASCII, no quote
-/// or backslash): the usual host, path and route. No early exit, so the compiler checks many
-/// bytes at once.
+/// or backslash): the usual host, path and route.
 fn plain_ascii(s: &str) -> bool {
-    !s.bytes().fold(false, |odd, b| odd | !(0x20..0x7f).contains(&b) | (b == b'"') | (b == b'\\'))
+    plain_bytes(s.as_bytes())
+}
+
+/// [`plain_ascii`] eight bytes at a time: a byte-by-byte check cost about 1,100 instructions
+/// per access-log line, a third of the line.
+fn plain_bytes(bytes: &[u8]) -> bool {
+    let (words, rest) = bytes.as_chunks::<8>();
+    let mut tail = [b'a'; 8];
+    tail[..rest.len()].copy_from_slice(rest);
+    let odd = words.iter().fold(0, |odd, w| odd | odd_bytes(u64::from_le_bytes(*w)));
+    odd | odd_bytes(u64::from_le_bytes(tail)) == 0
+}
+
+/// Non-zero when one of the eight bytes of `w` is below a space, above `~`, `"` or `\`. The
+/// classic tests (a borrow or carry marks a byte's high bit); one can also mark the byte after
+/// an odd one, never a word without one, which is all "is there any" needs.
+fn odd_bytes(w: u64) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v;
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    // 0x7f (DEL) plus one reaches the high bit; bytes from 0x80 have it already.
+    let high = w.wrapping_add(ONES) | w;
+    let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+    (control | high | quote | backslash) & HIGH
 }
 
 thread_local! {
@@ -471,6 +495,27 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&by_hand(&sample(), LogFormat::Json)).unwrap();
         assert_eq!(json["BALANCER_ROUTE_CHANGED"], 0);
         assert_eq!(json["member_address"], "127.0.0.1:8080");
+    }
+
+    /// Every byte value at every position of words and tails, against the byte-by-byte rule.
+    #[test]
+    fn plain_bytes_flags_exactly_the_bytes_that_need_escaping() {
+        let odd = |b: u8| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\';
+        for len in 1..=24 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(plain_bytes(&v), !odd(b), "byte {b:#x} at {at} of {len}");
+                    // With another odd byte next to it (a carry or borrow between them).
+                    v[(at + 1) % len] = 0xff;
+                    assert!(!plain_bytes(&v), "byte {b:#x} at {at} of {len}, 0xff after it");
+                }
+            }
+        }
+        assert!(plain_bytes(b""));
+        assert!(plain_bytes(b"GET /shop/cart;jsessionid=abc.pod-1?x=1 HTTP"));
+        assert!(!plain_bytes("caf\u{e9}".as_bytes()));
     }
 
     #[test]
