@@ -868,12 +868,16 @@ mod tests {
         }
     }
 
+    /// A new connection's activity and watchdog, with the default limits (idle 60 s, head 15 s).
+    fn defaults_watched() -> (Arc<Activity>, QuietLimits, Instant, Watchdog) {
+        let limits = QuietLimits { idle: Duration::from_secs(60), head: Duration::from_secs(15) };
+        let now = Instant::now();
+        (Arc::new(Activity::new(None)), limits, now, Watchdog::new(now))
+    }
+
     #[test]
     fn an_http1_keep_alive_wait_is_bounded_by_the_header_timeout_never_early() {
-        let a = Arc::new(Activity::new(None));
-        let limits = QuietLimits { idle: Duration::from_secs(60), head: Duration::from_secs(15) };
-        let mut now = Instant::now();
-        let mut dog = Watchdog::new(now);
+        let (a, limits, mut now, mut dog) = defaults_watched();
         // A request in flight across many ticks is never cut by either limit.
         let req = a.begin(Version::HTTP_11);
         for _ in 0..100 {
@@ -896,10 +900,7 @@ mod tests {
 
     #[test]
     fn an_http2_connection_waits_the_idle_timeout() {
-        let a = Arc::new(Activity::new(None));
-        let limits = QuietLimits { idle: Duration::from_secs(60), head: Duration::from_secs(15) };
-        let mut now = Instant::now();
-        let mut dog = Watchdog::new(now);
+        let (a, limits, mut now, mut dog) = defaults_watched();
         drop(a.begin(Version::HTTP_2));
         let (v, took) = quiet_until_verdict(&mut dog, &a, limits, &mut now);
         assert_eq!(v, Verdict::Idle);

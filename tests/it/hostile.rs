@@ -479,6 +479,22 @@ async fn http2_streams_beyond_the_limit_are_refused() {
 // Slow clients
 // ---------------------------------------------------------------------------------------------
 
+/// Sends a head for `path` one byte every 50 ms until the proxy stops taking bytes or four
+/// header timeouts have passed; asserts the proxy then closes, and returns how long that took.
+async fn dribble_until_closed(c: &mut RawConn, path: &str) -> Duration {
+    let started = Instant::now();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Slow: {}\r\n\r\n", "s".repeat(200));
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for byte in head.as_bytes() {
+        tick.tick().await;
+        if c.send(&[*byte]).await.is_err() || started.elapsed() > HEADER_TIMEOUT * 4 {
+            break;
+        }
+    }
+    assert!(c.closed_within(Duration::from_secs(3)).await, "never closed");
+    started.elapsed()
+}
+
 /// Slowloris: a head dribbled one byte at a time is cut off by the header timeout, however
 /// steadily the bytes come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,20 +502,7 @@ async fn slowloris_dribbling_its_head_is_closed_by_the_header_timeout() {
     bounded(async {
         let s = Scene::start(None).await;
         let mut c = RawConn::connect(s.addr()).await;
-        let started = Instant::now();
-        let head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Slow: {}\r\n\r\n", "s".repeat(200));
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        for byte in head.as_bytes() {
-            tick.tick().await;
-            if c.send(&[*byte]).await.is_err() {
-                break;
-            }
-            if started.elapsed() > HEADER_TIMEOUT * 4 {
-                break;
-            }
-        }
-        assert!(c.closed_within(Duration::from_secs(3)).await, "never closed");
-        let took = started.elapsed();
+        let took = dribble_until_closed(&mut c, "/").await;
         assert!(took < HEADER_TIMEOUT * 4, "closed after {took:?}, header timeout {HEADER_TIMEOUT:?}");
         assert!(s.seen_by_shop().is_empty());
         s.end().await;
@@ -517,17 +520,7 @@ async fn slowloris_on_a_kept_alive_connection_is_closed_by_the_header_timeout() 
         let mut c = RawConn::connect(s.addr()).await;
         c.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         assert_eq!(c.response().await.unwrap().status, 200);
-        let started = Instant::now();
-        let head = format!("GET /second HTTP/1.1\r\nHost: x\r\nX-Slow: {}\r\n\r\n", "s".repeat(200));
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        for byte in head.as_bytes() {
-            tick.tick().await;
-            if c.send(&[*byte]).await.is_err() || started.elapsed() > HEADER_TIMEOUT * 4 {
-                break;
-            }
-        }
-        assert!(c.closed_within(Duration::from_secs(3)).await, "never closed");
-        let took = started.elapsed();
+        let took = dribble_until_closed(&mut c, "/second").await;
         assert!(took >= HEADER_TIMEOUT, "closed after {took:?}, before the header timeout {HEADER_TIMEOUT:?}");
         assert!(took < HEADER_TIMEOUT * 4, "closed after {took:?}, header timeout {HEADER_TIMEOUT:?}");
         let paths: Vec<String> = s.seen_by_shop().into_iter().map(|r| r.path_and_query).collect();
