@@ -333,6 +333,31 @@ static PROCESS_START: OnceLock<std::time::Instant> = OnceLock::new();
 impl Clock {
     /// Milliseconds on the process timeline, at least 1.
     pub fn now_ms(&self) -> u64 {
-        PROCESS_START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+        self.ms_at(std::time::Instant::now())
+    }
+
+    /// `at` on the process timeline: for a caller that read the clock already (a request reads
+    /// it once for its timings and its member choice).
+    pub fn ms_at(&self, at: std::time::Instant) -> u64 {
+        at.saturating_duration_since(*PROCESS_START.get_or_init(|| at)).as_millis() as u64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clock;
+    use std::time::{Duration, Instant};
+
+    /// A time read once serves every use of it: the timeline puts it where `now_ms` would have,
+    /// and never before the timeline's start.
+    #[test]
+    fn an_instant_already_read_lands_on_the_process_timeline() {
+        let at = Instant::now();
+        let ms = Clock.ms_at(at);
+        assert!(ms >= 1);
+        assert_eq!(Clock.ms_at(at + Duration::from_millis(250)), ms + 250);
+        assert!(Clock.now_ms() >= ms);
+        let long_ago = at.checked_sub(Duration::from_secs(3600)).unwrap_or(at);
+        assert!(Clock.ms_at(long_ago) >= 1);
     }
 }

@@ -198,8 +198,8 @@ impl ClientFault {
 
 /// How waiting for a member's answer ended.
 enum Waited {
-    /// The member answered.
-    Answered(Response<MemberBody>),
+    /// The member answered; its head arrived at the instant given.
+    Answered(Response<MemberBody>, Instant),
     /// The attempt failed on the member's side (refused, reset, closed, bad response).
     Failed(Failed),
     /// No response head within the response timeout.
@@ -306,14 +306,17 @@ struct Answered<'s> {
     answer: Answer,
     /// For a `101`: keeps the member busy while the tunnel is open.
     busy: Option<BusyGuard>,
+    /// When a member's answer arrived (routeid's own answers are timed when finished).
+    at: Option<Instant>,
 }
 
 /// How one attempt at a member ended.
 // The answer is every request's case: boxing it would allocate per request.
 #[allow(clippy::large_enum_variant)]
 enum Attempt {
-    /// The member answered; for a `101`, the guard that keeps it busy while the tunnel is open.
-    Answered(Response<ProxyBody>, Option<BusyGuard>),
+    /// The member answered at the instant given; for a `101`, the guard that keeps it busy
+    /// while the tunnel is open.
+    Answered(Response<ProxyBody>, Option<BusyGuard>, Instant),
     /// The client's side failed: the member is not blamed, nothing is retried.
     ClientFault(ClientFault),
     /// No connection to the member became free in time (`backend.maxConnections`).
@@ -485,42 +488,53 @@ impl Proxy {
     /// Waits for the member's answer. While the request body is still being sent, the upload
     /// is bounded by the client idle timeout when it waits on the client (the client's fault,
     /// 408) and by the response timeout when it waits on the member; the response timeout
-    /// proper starts once the body is fully sent.
-    async fn await_member<F>(&self, mut exchange: Pin<&mut F>, body: Option<&BodySlot>, response: Duration) -> Waited
+    /// proper starts once the body is fully sent. Without a body the answer is due by
+    /// `deadline`, one response timeout after the request set out (no second clock read).
+    async fn await_member<F>(
+        &self,
+        mut exchange: Pin<&mut F>,
+        body: Option<&BodySlot>,
+        response: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Waited
     where
-        F: Future<Output = Result<Response<MemberBody>, Failed>>,
+        F: Future<Output = Result<(Response<MemberBody>, Instant), Failed>>,
     {
-        let done = |r: Result<Response<MemberBody>, Failed>| match (r, body.and_then(|b| b.client_error())) {
+        let done = |r: Result<(Response<MemberBody>, Instant), Failed>| match (r, body.and_then(|b| b.client_error())) {
             (Err(_), Some(e)) => Waited::ClientFault(ClientFault::Body(e)),
             (Err(f), None) => Waited::Failed(f),
-            (Ok(resp), _) => Waited::Answered(resp),
+            (Ok((resp, at)), _) => Waited::Answered(resp, at),
         };
-        if let Some(b) = body {
-            let idle = self.settings.client_idle_timeout;
-            // Checked a few times per period: a stall is noticed between `idle` and `idle * 1.25`.
-            let tick = (idle.min(response) / 4).max(Duration::from_millis(10));
-            let (mut seen, mut client_stall, mut member_stall) = (b.frames(), Duration::ZERO, Duration::ZERO);
-            while !b.complete() {
-                tokio::select! {
-                    // An answer (or a maxConnections wait that ran out) wins a tie with a tick.
-                    biased;
-                    r = exchange.as_mut() => return done(r),
-                    _ = b.changed() => {}
-                    _ = tokio::time::sleep(tick) => {
-                        let now = b.frames();
-                        if now != seen || b.complete() {
-                            (seen, client_stall, member_stall) = (now, Duration::ZERO, Duration::ZERO);
-                        } else if b.waiting_on_client() {
-                            client_stall += tick;
-                            if client_stall >= idle {
-                                return Waited::ClientFault(ClientFault::Stalled);
-                            }
-                        } else {
-                            // The member does not read the body: that time counts as its answering time.
-                            member_stall += tick;
-                            if member_stall >= response {
-                                return Waited::MemberSlow;
-                            }
+        let Some(b) = body else {
+            return match tokio::time::timeout_at(deadline, exchange).await {
+                Ok(r) => done(r),
+                Err(_) => Waited::MemberSlow,
+            };
+        };
+        let idle = self.settings.client_idle_timeout;
+        // Checked a few times per period: a stall is noticed between `idle` and `idle * 1.25`.
+        let tick = (idle.min(response) / 4).max(Duration::from_millis(10));
+        let (mut seen, mut client_stall, mut member_stall) = (b.frames(), Duration::ZERO, Duration::ZERO);
+        while !b.complete() {
+            tokio::select! {
+                // An answer (or a maxConnections wait that ran out) wins a tie with a tick.
+                biased;
+                r = exchange.as_mut() => return done(r),
+                _ = b.changed() => {}
+                _ = tokio::time::sleep(tick) => {
+                    let now = b.frames();
+                    if now != seen || b.complete() {
+                        (seen, client_stall, member_stall) = (now, Duration::ZERO, Duration::ZERO);
+                    } else if b.waiting_on_client() {
+                        client_stall += tick;
+                        if client_stall >= idle {
+                            return Waited::ClientFault(ClientFault::Stalled);
+                        }
+                    } else {
+                        // The member does not read the body: that time counts as its answering time.
+                        member_stall += tick;
+                        if member_stall >= response {
+                            return Waited::MemberSlow;
                         }
                     }
                 }
@@ -554,7 +568,7 @@ impl Proxy {
             let host = request_host(&req);
             let host_str = host.as_ref().and_then(|h| h.to_str().ok());
             let fwd = super::headers::forwarded(req.headers(), &client);
-            let mut r = match self.route(&snap, &req, host_str, fwd.https) {
+            let mut r = match self.route(&snap, &req, host_str, fwd.https, started) {
                 Routing::Routed(r) => r,
                 Routing::Early(pool, resp) => {
                     let (method, path) = (req.method(), req.uri().path());
@@ -587,7 +601,8 @@ impl Proxy {
             abandoned.armed = false;
             let (resp, member) = match done {
                 Ended::Answered(a) => {
-                    let resp = self.finish(a.resp, a.answer, &r, a.idx, a.mext, (upgrade, a.busy), fwd.https, started);
+                    let took = a.at.unwrap_or_else(Instant::now).saturating_duration_since(started);
+                    let resp = self.finish(a.resp, a.answer, &r, a.idx, a.mext, (upgrade, a.busy), fwd.https, took);
                     (resp, Some(r.pool.members[a.idx].config.address))
                 }
                 Ended::NoMember(resp) => (resp, None),
@@ -635,7 +650,7 @@ impl Proxy {
             r.vars.worker_route = Some(member.route());
             r.vars.worker_name = Some(&mext.worker_name);
             r.vars.route_changed = sticky.is_some() && r.vars.balanced.is_some();
-            let done = |resp, answer| Ended::Answered(Answered { resp, idx, mext, answer, busy: None });
+            let done = |resp, answer| Ended::Answered(Answered { resp, idx, mext, answer, busy: None, at: None });
 
             let last_try = tried.len() >= r.pool.config.max_attempts as usize;
             // A copy of the head is only needed to repeat an idempotent request that a member
@@ -649,8 +664,9 @@ impl Proxy {
                 put_debug_headers(up.headers_mut(), &r.vars, r.ext);
             }
             match self.attempt(r.pool, idx, mext, up, out.slot.as_ref(), r.upstream_tls).await {
-                Attempt::Answered(resp, busy) => {
-                    return Ended::Answered(Answered { resp, idx, mext, answer: Answer::Member, busy });
+                Attempt::Answered(resp, busy, at) => {
+                    let answer = Answer::Member;
+                    return Ended::Answered(Answered { resp, idx, mext, answer, busy, at: Some(at) });
                 }
                 Attempt::ClientFault(fault) => return done(fault.response(), Answer::ClientFault),
                 Attempt::Saturated => {
@@ -686,7 +702,15 @@ impl Proxy {
     /// Stage one: finds the pool, answers what is answered before any member is chosen (no
     /// pool, TLS to the members not ready, HTTPS redirect), reads the session route and makes
     /// the first choice.
-    fn route<'s>(&self, snap: &'s Snapshot, req: &Request<Incoming>, host: Option<&str>, https: bool) -> Routing<'s> {
+    /// `now` is the request's start (its one clock read so far).
+    fn route<'s>(
+        &self,
+        snap: &'s Snapshot,
+        req: &Request<Incoming>,
+        host: Option<&str>,
+        https: bool,
+        now: Instant,
+    ) -> Routing<'s> {
         let facts = RequestFacts {
             host,
             path: req.uri().path(),
@@ -748,7 +772,7 @@ impl Proxy {
         };
         vars.malformed = lookup.malformed;
         vars.source = lookup.source;
-        let first = pool.choose(lookup.route.as_deref(), &Tried::default(), self.clock.now_ms());
+        let first = pool.choose(lookup.route.as_deref(), &Tried::default(), self.clock.ms_at(now));
         // Keep the route beyond the request's borrow: borrowed from the pool on a hit, owned
         // otherwise.
         vars.session_route = match (&first, lookup.route) {
@@ -832,14 +856,17 @@ impl Proxy {
         async move {
             let member = &pool.members[idx];
             let busy = BusyGuard::enter(&member.runtime);
-            let sent_at = Instant::now();
+            // tokio's clock (paused in tests); the one clock read before the answer: the
+            // deadline, the idle connections' expiry and the member's latency all start here.
+            let sent = tokio::time::Instant::now();
+            let sent_at = sent.into_std();
             let t = pool.config.timeouts;
             // Waiting for a free connection (maxConnections) ends within the response timeout.
-            let limits = Limits::of(&pool.config, Limits::deadline_in(t.response));
+            let limits = Limits::of(&pool.config, sent);
             // Pinned here and lent to `await_member`: moved into it, the exchange's future would be
             // stored twice in this future (as its argument and as its pinned local).
             let exchange = std::pin::pin!(mext.conns.send(up, &limits, upstream_tls));
-            match self.await_member(exchange, slot, t.response).await {
+            match self.await_member(exchange, slot, t.response, limits.deadline).await {
                 Waited::ClientFault(fault) => {
                     // The client's side failed: the member is not to blame, nothing is retried.
                     tracing::debug!(pool = %pool.config.id, member = member.route(), ?fault, "client side of the exchange failed");
@@ -848,20 +875,21 @@ impl Proxy {
                     }
                     Attempt::ClientFault(fault)
                 }
-                Waited::Answered(resp) => {
-                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
+                Waited::Answered(resp, at) => {
+                    let latency = at.saturating_duration_since(sent_at).as_micros() as u64;
+                    member.runtime.observe_latency(latency, self.clock.ms_at(at));
                     if pool.config.health.fail_on_status.contains(&resp.status().as_u16()) {
                         member.runtime.count_failure(FailureKind::Status);
                         // Apache failonstatus: the member goes in error, the client still gets the
                         // response.
-                        pool.member_failed(idx, self.clock.now_ms());
+                        pool.member_failed(idx, self.clock.ms_at(at));
                         tracing::warn!(pool = %pool.config.id, member = member.route(), status = resp.status().as_u16(), "failOnStatus: member put in error");
                     }
                     // The member stays busy until the body ends (or, upgraded, the tunnel closes).
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        return Attempt::Answered(resp.map(Either::Left), Some(busy));
+                        return Attempt::Answered(resp.map(Either::Left), Some(busy), at);
                     }
-                    Attempt::Answered(resp.map(|b| Either::Left(b.counting(busy))), None)
+                    Attempt::Answered(resp.map(|b| Either::Left(b.counting(busy))), None, at)
                 }
                 Waited::Failed(failed) if failed.error.is_saturated() => {
                     // The pool's cap, not a member failure: no error state, no retry elsewhere.
@@ -948,10 +976,10 @@ impl Proxy {
         mext: &MemberExt,
         (upgrade, tunnel_busy): (Option<hyper::upgrade::OnUpgrade>, Option<BusyGuard>),
         https: bool,
-        started: Instant,
+        took: Duration,
     ) -> Response<ProxyBody> {
         if self.settings.metrics && answer != Answer::ClientFault {
-            mext.metrics.observe(resp.status().as_u16(), started.elapsed().as_secs_f64());
+            mext.metrics.observe(resp.status().as_u16(), took.as_secs_f64());
         }
         if answer == Answer::Member && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             match upgrade {

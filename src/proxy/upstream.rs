@@ -75,6 +75,9 @@ pub struct Limits {
     pub max_connections: Option<u32>,
     /// When waiting for a free connection gives up (the request's response deadline).
     pub deadline: tokio::time::Instant,
+    /// When the request set out: what idle connections' expiry is checked against, so a
+    /// request reads the clock once for its deadline and its connection.
+    pub sent: Instant,
 }
 
 /// Stands for "never" when a configured duration does not fit in an `Instant` (as tokio does).
@@ -84,17 +87,22 @@ impl Limits {
     /// `after` from now; a duration too long to represent (a huge configured timeout) is taken
     /// as 30 years instead of overflowing.
     pub fn deadline_in(after: Duration) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        now.checked_add(after).unwrap_or(now + FAR_FUTURE)
+        Self::deadline_after(tokio::time::Instant::now(), after)
     }
 
-    /// The limits of `pool` for a request whose response is due by `deadline`.
-    pub fn of(pool: &PoolConfig, deadline: tokio::time::Instant) -> Limits {
+    fn deadline_after(at: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+        at.checked_add(after).unwrap_or(at + FAR_FUTURE)
+    }
+
+    /// The limits of `pool` for a request sent at `sent` (tokio's clock: paused in tests), so
+    /// its response is due one response timeout later.
+    pub fn of(pool: &PoolConfig, sent: tokio::time::Instant) -> Limits {
         Limits {
             connect: pool.timeouts.connect,
             idle: pool.timeouts.idle,
             max_connections: pool.max_connections,
-            deadline,
+            deadline: Self::deadline_after(sent, pool.timeouts.response),
+            sent: sent.into_std(),
         }
     }
 }
@@ -277,13 +285,12 @@ impl MemberConns {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The newest idle connection still usable through `tls`; expired or closed ones, and
-    /// ones made under another TLS setting, met on the way are dropped (closed).
-    fn pop_idle(&self, tls: &UpstreamTls) -> Option<Conn> {
+    /// The newest idle connection still usable through `tls` at `now`; expired or closed
+    /// ones, and ones made under another TLS setting, met on the way are dropped (closed).
+    fn pop_idle(&self, tls: &UpstreamTls, now: Instant) -> Option<Conn> {
         if self.idle_len.load(Ordering::SeqCst) == 0 {
             return None;
         }
-        let now = Instant::now();
         let mut q = self.queue();
         let mut found = None;
         while let Some(idle) = q.pop_back() {
@@ -299,19 +306,20 @@ impl MemberConns {
 
     /// Sends `req` over the newest idle connection made under `tls`, or a new one (made
     /// within `limits.connect`, with TLS when `tls` says so); at `limits.max_connections` it
-    /// waits for one until `limits.deadline`.
+    /// waits for one until `limits.deadline`. The answer comes with when its head arrived.
     #[expect(clippy::manual_async_fn, reason = "an async fn would hold its request twice")]
     pub fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
         limits: &Limits,
         tls: &UpstreamTls,
-    ) -> impl Future<Output = Result<Response<MemberBody>, Failed>> + Send {
+    ) -> impl Future<Output = Result<(Response<MemberBody>, Instant), Failed>> + Send {
         // An `async` block, not an `async fn`: the request is held once in the future, not
         // also as a local copy of the argument.
         async move {
+            let mut now = limits.sent;
             loop {
-                while let Some(mut conn) = self.pop_idle(tls) {
+                while let Some(mut conn) = self.pop_idle(tls, now) {
                     // It went back to the pool when its last exchange ended whole; this only waits
                     // for the connection task to notice. Bounded all the same: a connection that
                     // does not get ready is closed, not waited on until the response deadline.
@@ -358,6 +366,8 @@ impl MemberConns {
                         request: Some(Box::new(req)),
                     });
                 }
+                // The wait may have lasted: idle connections are checked against its end.
+                now = Instant::now();
             }
         }
     }
@@ -368,7 +378,7 @@ impl MemberConns {
         slot: Slot,
         limits: &Limits,
         tls: &UpstreamTls,
-    ) -> Result<Response<MemberBody>, Failed> {
+    ) -> Result<(Response<MemberBody>, Instant), Failed> {
         let mut conn = match self.connect(slot, limits, tls).await {
             Ok(c) => c,
             Err(source) => {
@@ -477,22 +487,25 @@ impl MemberConns {
     }
 
     /// Checks the member's response head (and its first body frame when it came along) before
-    /// it goes to the client. Not `async`: the first frame is taken only if it is already there
-    /// (polled with a no-op waker; the body's next poll registers the real one), so the
-    /// request's future carries no state for this step.
+    /// it goes to the client, and says when it arrived (the one clock read of the answer: the
+    /// member's latency, and the idle time of a connection whose body came whole with it). Not
+    /// `async`: the first frame is taken only if it is already there (polled with a no-op
+    /// waker; the body's next poll registers the real one), so the request's future carries no
+    /// state for this step.
     fn answer(
         self: &Arc<Self>,
         resp: Response<Incoming>,
         conn: Conn,
         reused: bool,
-    ) -> Result<Response<MemberBody>, Failed> {
+    ) -> Result<(Response<MemberBody>, Instant), Failed> {
+        let at = Instant::now();
         conn.budget.disarm();
         let (mut parts, mut inner) = resp.into_parts();
         // A proxy answers with its own version, whatever the member spoke (RFC 9110 §6.2).
         parts.version = Version::HTTP_11;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // The connection becomes the tunnel; it never goes back to the pool.
-            return Ok(Response::from_parts(parts, MemberBody::new(inner)));
+            return Ok((Response::from_parts(parts, MemberBody::new(inner)), at));
         }
         let framed_body = !inner.is_end_stream(); // not HEAD, 204, 304 (RFC 9112 §6.3 rule 1)
         if framed_body && parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH) {
@@ -522,18 +535,18 @@ impl MemberConns {
         let mut body = MemberBody { first, ended, ..MemberBody::new(inner) };
         if body.ended || body.inner.is_end_stream() {
             body.ended = true;
-            self.checkin(conn);
+            self.checkin(conn, at);
         } else {
             body.give_back = Some(Box::new((conn, Arc::clone(self))));
         }
-        Ok(Response::from_parts(parts, body))
+        Ok((Response::from_parts(parts, body), at))
     }
 
     /// Gives a connection back once its response has ended. One whose request body did not go
     /// out whole (a member that answered an upload early) is closed instead: hyper cannot send
     /// on it before the rest of that upload, so the next request would wait on another
-    /// client's upload, and the member would be blamed for it.
-    fn checkin(self: &Arc<Self>, mut conn: Conn) {
+    /// client's upload, and the member would be blamed for it. Its idle time starts at `now`.
+    fn checkin(self: &Arc<Self>, mut conn: Conn, now: Instant) {
         if conn.sender.is_closed() {
             return;
         }
@@ -542,7 +555,6 @@ impl MemberConns {
             conn.task.abort();
             return;
         }
-        let now = Instant::now();
         let expires = now.checked_add(conn.idle_for).unwrap_or(now + FAR_FUTURE);
         {
             let mut q = self.queue();
@@ -774,7 +786,7 @@ impl MemberBody {
         self.busy = None;
         if let Some(back) = self.give_back.take() {
             let (conn, pool) = *back;
-            pool.checkin(conn);
+            pool.checkin(conn, Instant::now());
         }
     }
 }
@@ -871,6 +883,7 @@ mod tests {
             idle: Duration::from_secs(1),
             max_connections: max,
             deadline: Limits::deadline_in(wait),
+            sent: Instant::now(),
         }
     }
 
@@ -931,14 +944,17 @@ mod tests {
         let task = never.abort_handle();
         let budget = Arc::new(ReadBudget::new());
         let idle_for = Duration::from_secs(30);
-        pool.checkin(Conn { sender, budget, idle_for, tls: UpstreamTls::Plain, upload: None, task: task.clone() });
+        pool.checkin(
+            Conn { sender, budget, idle_for, tls: UpstreamTls::Plain, upload: None, task: task.clone() },
+            Instant::now(),
+        );
         assert_eq!(pool.idle_count(), 1);
         let limits = Limits { connect: Duration::from_millis(100), ..limits(None, Duration::from_secs(20)) };
         let send = pool.send(Request::new(UpstreamBody::Empty), &limits, &UpstreamTls::Plain);
         let resp =
             tokio::time::timeout(Duration::from_secs(5), send).await.expect("not held until the response deadline");
         assert_eq!(
-            resp.map(|r| r.status()).map_err(|f| f.error.to_string()),
+            resp.map(|(r, _)| r.status()).map_err(|f| f.error.to_string()),
             Ok(StatusCode::OK),
             "on a new connection"
         );
