@@ -41,8 +41,8 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) malformed_route: bool,
 }
 
-/// Room made for a line before its host and path: the JSON line of a request with the usual
-/// fields is about 450 bytes besides those two.
+/// Room made for a line besides its fields of any length (host, path, pool, session route,
+/// worker name): the rest of a JSON line is about 400 bytes.
 const USUAL_LINE: usize = 640;
 
 /// A field's name with the separator before it and after it, in each format, made at compile
@@ -263,7 +263,19 @@ impl AccessLine<'_> {
     /// first; a longer one is written a second time into exactly the room it needs.
     pub(crate) fn write(&self, out: &mut Vec<u8>, format: LogFormat, now: SystemTime) {
         let start = out.len();
-        let mut room = USUAL_LINE + self.host.len() + self.path.len();
+        // The fields of any length (the pool's name twice); a long route from a client's
+        // cookie must not make every line of that client a second pass.
+        let fields = [
+            self.host,
+            self.path,
+            self.pool,
+            self.pool,
+            self.session_sticky,
+            self.session_route,
+            self.worker_name,
+            self.worker_route,
+        ];
+        let mut room = USUAL_LINE + fields.iter().map(|f| f.len()).sum::<usize>();
         loop {
             out.resize(start + room, 0);
             let mut line = Line { room: &mut out[start..], len: 0 };
@@ -574,6 +586,8 @@ mod tests {
         let escaped = "\u{1}".repeat(400);
         let lines = [
             AccessLine { path: &long_path, ..sample() },
+            // Not in the first room's count: a second pass.
+            AccessLine { route_source: &long_route, balanced: &long_route, ..sample() },
             AccessLine { worker_name: &long_route, session_route: &long_route, ..sample() },
             AccessLine { pool: &escaped, route_source: &escaped, ..sample() },
             AccessLine { client: "2001:db8::1".parse().unwrap(), ..sample() },
@@ -592,7 +606,7 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        lines[2].write(&mut out, LogFormat::Json, now);
+        lines[3].write(&mut out, LogFormat::Json, now);
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&out).unwrap()["pool"], escaped);
     }
 

@@ -489,7 +489,8 @@ impl Proxy {
     /// is bounded by the client idle timeout when it waits on the client (the client's fault,
     /// 408) and by the response timeout when it waits on the member; the response timeout
     /// proper starts once the body is fully sent. Without a body the answer is due by
-    /// `deadline`, one response timeout after the request set out (no second clock read).
+    /// `deadline`, one response timeout after the attempt set out ([`Limits::of`]), so no
+    /// second clock read starts the timeout.
     async fn await_member<F>(
         &self,
         mut exchange: Pin<&mut F>,
@@ -702,7 +703,8 @@ impl Proxy {
     /// Stage one: finds the pool, answers what is answered before any member is chosen (no
     /// pool, TLS to the members not ready, HTTPS redirect), reads the session route and makes
     /// the first choice.
-    /// `now` is the request's start (its one clock read so far).
+    ///
+    /// `now` is the request's start: its member choice needs no clock read of its own.
     fn route<'s>(
         &self,
         snap: &'s Snapshot,
@@ -856,13 +858,11 @@ impl Proxy {
         async move {
             let member = &pool.members[idx];
             let busy = BusyGuard::enter(&member.runtime);
-            // tokio's clock (paused in tests); the one clock read before the answer: the
-            // deadline, the idle connections' expiry and the member's latency all start here.
-            let sent = tokio::time::Instant::now();
-            let sent_at = sent.into_std();
+            // One clock read (tokio's: paused in tests) for the response deadline, the idle
+            // connections' expiry and the start of the member's latency.
             let t = pool.config.timeouts;
             // Waiting for a free connection (maxConnections) ends within the response timeout.
-            let limits = Limits::of(&pool.config, sent);
+            let limits = Limits::of(&pool.config, tokio::time::Instant::now());
             // Pinned here and lent to `await_member`: moved into it, the exchange's future would be
             // stored twice in this future (as its argument and as its pinned local).
             let exchange = std::pin::pin!(mext.conns.send(up, &limits, upstream_tls));
@@ -876,7 +876,7 @@ impl Proxy {
                     Attempt::ClientFault(fault)
                 }
                 Waited::Answered(resp, at) => {
-                    let latency = at.saturating_duration_since(sent_at).as_micros() as u64;
+                    let latency = at.saturating_duration_since(limits.sent).as_micros() as u64;
                     member.runtime.observe_latency(latency, self.clock.ms_at(at));
                     if pool.config.health.fail_on_status.contains(&resp.status().as_u16()) {
                         member.runtime.count_failure(FailureKind::Status);
@@ -910,9 +910,11 @@ impl Proxy {
                 }
                 Waited::MemberSlow => {
                     member.runtime.count_failure(FailureKind::Timeout);
-                    member.runtime.observe_latency(sent_at.elapsed().as_micros() as u64, self.clock.now_ms());
+                    let now = super::upstream::now();
+                    let waited = now.saturating_duration_since(limits.sent).as_micros() as u64;
+                    member.runtime.observe_latency(waited, self.clock.ms_at(now));
                     if pool.config.health.fail_on_timeout {
-                        pool.member_failed(idx, self.clock.now_ms());
+                        pool.member_failed(idx, self.clock.ms_at(now));
                     } else {
                         member.runtime.errors.fetch_add(1, Relaxed);
                     }

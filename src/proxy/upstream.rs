@@ -75,9 +75,15 @@ pub struct Limits {
     pub max_connections: Option<u32>,
     /// When waiting for a free connection gives up (the request's response deadline).
     pub deadline: tokio::time::Instant,
-    /// When the request set out: what idle connections' expiry is checked against, so a
-    /// request reads the clock once for its deadline and its connection.
+    /// When this attempt set out ([`now`]): what idle connections' expiry is checked against,
+    /// so an attempt reads the clock once for its deadline and its connection.
     pub sent: Instant,
+}
+
+/// The clock of the pool's timings (idle expiry, answer times): tokio's, so that a test on
+/// paused time sees one clock; outside such a test it is `Instant::now()` itself.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Stands for "never" when a configured duration does not fit in an `Instant` (as tokio does).
@@ -327,7 +333,10 @@ impl MemberConns {
                     let ready = if conn.sender.is_ready() {
                         Ok(Ok(()))
                     } else {
-                        tokio::time::timeout(limits.connect, conn.sender.ready()).await
+                        let ready = tokio::time::timeout(limits.connect, conn.sender.ready()).await;
+                        // Waited: the next idle connection is checked against the wait's end.
+                        now = self::now();
+                        ready
                     };
                     match ready {
                         Ok(Ok(())) => {}
@@ -367,7 +376,7 @@ impl MemberConns {
                     });
                 }
                 // The wait may have lasted: idle connections are checked against its end.
-                now = Instant::now();
+                now = self::now();
             }
         }
     }
@@ -498,7 +507,7 @@ impl MemberConns {
         conn: Conn,
         reused: bool,
     ) -> Result<(Response<MemberBody>, Instant), Failed> {
-        let at = Instant::now();
+        let at = now();
         conn.budget.disarm();
         let (mut parts, mut inner) = resp.into_parts();
         // A proxy answers with its own version, whatever the member spoke (RFC 9110 §6.2).
@@ -604,7 +613,7 @@ impl MemberConns {
 async fn reap(pool: Weak<MemberConns>) {
     loop {
         let next = match pool.upgrade() {
-            Some(p) => p.reap_expired(Instant::now()),
+            Some(p) => p.reap_expired(now()),
             None => None,
         };
         let Some(next) = next else { return };
@@ -786,7 +795,7 @@ impl MemberBody {
         self.busy = None;
         if let Some(back) = self.give_back.take() {
             let (conn, pool) = *back;
-            pool.checkin(conn, Instant::now());
+            pool.checkin(conn, now());
         }
     }
 }
