@@ -20,6 +20,7 @@ use super::access_log::AccessLine;
 use super::body::{BodySlot, BodyState, ClientBodyError, UpstreamBody};
 use super::gateway::{NewSession, RuleExt, write_session};
 use super::headers::{ClientIp, add_via, set_forwarded, strip_hop_by_hop, wants_upgrade};
+use super::response_timer::ResponseTimer;
 use super::upstream::{Failed, Limits, MemberBody};
 use super::{MemberExt, PoolExt, Proxy, Snapshot};
 use crate::api::CookieMode;
@@ -229,6 +230,20 @@ struct Routed<'s> {
     /// read at (Unix seconds; 0 when the pool has no session persistence).
     session_end: Option<u64>,
     wall_now: u64,
+}
+
+/// What the requests of one client connection share, made once per connection: who the
+/// client is, and the response timer its requests reuse.
+#[derive(Debug)]
+pub struct ClientConn {
+    pub client: ClientIp,
+    pub timer: ResponseTimer,
+}
+
+impl ClientConn {
+    pub fn new(client: ClientIp) -> Arc<Self> {
+        Arc::new(ClientConn { client, timer: ResponseTimer::default() })
+    }
 }
 
 /// The request as it goes to members: the head rewritten once, the client's body, and a
@@ -490,11 +505,11 @@ impl Proxy {
     /// 408) and by the response timeout when it waits on the member; the response timeout
     /// proper starts once the body is fully sent. Without a body the answer is due by
     /// `deadline`, one response timeout after the attempt set out ([`Limits::of`]), so no
-    /// second clock read starts the timeout.
+    /// second clock read starts the timeout, on the connection's reused `timer`.
     async fn await_member<F>(
         &self,
         mut exchange: Pin<&mut F>,
-        body: Option<&BodySlot>,
+        (body, timer): (Option<&BodySlot>, &ResponseTimer),
         response: Duration,
         deadline: tokio::time::Instant,
     ) -> Waited
@@ -507,10 +522,14 @@ impl Proxy {
             (Ok((resp, at)), _) => Waited::Answered(resp, at),
         };
         let Some(b) = body else {
-            return match tokio::time::timeout_at(deadline, exchange).await {
-                Ok(r) => done(r),
-                Err(_) => Waited::MemberSlow,
+            let mut timeout = timer.start(deadline);
+            let waited = tokio::select! {
+                biased;
+                r = exchange => done(r),
+                () = timeout.as_mut() => Waited::MemberSlow,
             };
+            timer.put(timeout);
+            return waited;
         };
         let idle = self.settings.client_idle_timeout;
         // Checked a few times per period: a stall is noticed between `idle` and `idle * 1.25`.
@@ -555,20 +574,21 @@ impl Proxy {
     pub fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        client: ClientIp,
+        conn: Arc<ClientConn>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         // An `async` block, not an `async fn`: an `async fn` moves its arguments into locals
         // of its future, which then holds the request twice; the block uses them in place.
         async move {
+            let client = &conn.client;
             let started = Instant::now();
             let bytes_in = req.body().size_hint().exact();
             if let Some((status, why)) = refusal(&req).or_else(|| normalize_path(&mut req).err()) {
-                return self.refuse(&req, &client, status, why, started, bytes_in);
+                return self.refuse(&req, client, status, why, started, bytes_in);
             }
             let snap = self.snapshot();
             let host = request_host(&req);
             let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-            let fwd = super::headers::forwarded(req.headers(), &client);
+            let fwd = super::headers::forwarded(req.headers(), client);
             let mut r = match self.route(&snap, &req, host_str, fwd.https, started) {
                 Routing::Routed(r) => r,
                 Routing::Early(pool, resp) => {
@@ -584,7 +604,7 @@ impl Proxy {
             };
             let (mut parts, body) = req.into_parts();
             let sticky = r.pool.config.sticky.as_ref();
-            self.member_head(&mut parts, &client, host.as_ref(), upgrade.is_some(), sticky, r.ext.rule.as_ref());
+            self.member_head(&mut parts, client, host.as_ref(), upgrade.is_some(), sticky, r.ext.rule.as_ref());
             let mut out = Outgoing {
                 headers: std::mem::take(&mut parts.headers),
                 pq: member_path(r.pool, r.rule_match, &parts.uri),
@@ -598,7 +618,7 @@ impl Proxy {
             let ext = r.ext;
             let mut abandoned = LogIfAbandoned { proxy: &self, info, pool: &ext.balancer_name, armed: true };
             let mut tried = Tried::default();
-            let done = self.attempts(&mut r, &mut out, method, upgrade.is_some(), &mut tried).await;
+            let done = self.attempts(&mut r, &mut out, (method, upgrade.is_some()), &mut tried, &conn.timer).await;
             abandoned.armed = false;
             let (resp, member) = match done {
                 Ended::Answered(a) => {
@@ -621,9 +641,9 @@ impl Proxy {
         &self,
         r: &mut Routed<'s>,
         out: &mut Outgoing,
-        method: &Method,
-        upgrade: bool,
+        (method, upgrade): (&Method, bool),
         tried: &mut Tried,
+        timer: &ResponseTimer,
     ) -> Ended<'s> {
         let sticky = r.pool.config.sticky.as_ref();
         let mut choice = r.first;
@@ -664,7 +684,7 @@ impl Proxy {
             if sticky.is_some_and(|s| s.headers_to_member) {
                 put_debug_headers(up.headers_mut(), &r.vars, r.ext);
             }
-            match self.attempt(r.pool, idx, mext, up, out.slot.as_ref(), r.upstream_tls).await {
+            match self.attempt(r.pool, idx, mext, up, (out.slot.as_ref(), timer), r.upstream_tls).await {
                 Attempt::Answered(resp, busy, at) => {
                     let answer = Answer::Member;
                     return Ended::Answered(Answered { resp, idx, mext, answer, busy, at: Some(at) });
@@ -851,7 +871,7 @@ impl Proxy {
         idx: usize,
         mext: &MemberExt,
         up: Request<UpstreamBody>,
-        slot: Option<&BodySlot>,
+        (slot, timer): (Option<&BodySlot>, &ResponseTimer),
         upstream_tls: &super::tls::UpstreamTls,
     ) -> impl Future<Output = Attempt> + Send {
         // A block, as in `handle`: `up` is held once, not also as a local copy.
@@ -866,7 +886,7 @@ impl Proxy {
             // Pinned here and lent to `await_member`: moved into it, the exchange's future would be
             // stored twice in this future (as its argument and as its pinned local).
             let exchange = std::pin::pin!(mext.conns.send(up, &limits, upstream_tls));
-            match self.await_member(exchange, slot, t.response, limits.deadline).await {
+            match self.await_member(exchange, (slot, timer), t.response, limits.deadline).await {
                 Waited::ClientFault(fault) => {
                     // The client's side failed: the member is not to blame, nothing is retried.
                     tracing::debug!(pool = %pool.config.id, member = member.route(), ?fault, "client side of the exchange failed");
@@ -1222,7 +1242,7 @@ mod tests {
     /// for a free one) are boxed, and so is the future hyper gets. Sizes of the debug build.
     #[test]
     fn the_request_future_stays_small() {
-        fn handle<F: Future>(_: fn(Arc<Proxy>, Request<Incoming>, ClientIp) -> F) -> usize {
+        fn handle<F: Future>(_: fn(Arc<Proxy>, Request<Incoming>, Arc<ClientConn>) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         type Send<'a, F> = fn(&'a Arc<MemberConns>, Request<UpstreamBody>, &'a Limits, &'a UpstreamTls) -> F;
@@ -1230,7 +1250,7 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let (h, s) = (handle(Proxy::handle), send(MemberConns::send));
-        // 3,312 and 848 bytes: `handle`, `attempt` and `send` are `async` blocks, so each holds
+        // 3,328 and 864 bytes: `handle`, `attempt` and `send` are `async` blocks, so each holds
         // its request once (as `async fn`s they held 3,992 and 1,160).
         assert!(h <= 4 * 1024, "Proxy::handle's future is {h} bytes");
         assert!(s <= 1024, "MemberConns::send's future is {s} bytes");

@@ -17,6 +17,7 @@ pub mod health;
 pub mod listener;
 pub mod overrides;
 pub mod proxy_protocol;
+pub mod response_timer;
 pub mod server;
 pub mod tls;
 pub(crate) mod tunnel;

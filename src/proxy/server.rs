@@ -139,7 +139,8 @@ pub async fn serve(listener: TcpListener, edge: Edge, proxy: Arc<Proxy>, shutdow
             let (stream, client) = edge.accept(stream, peer).await?;
             // Boxed: the request's future is a few KiB, and hyper moves what the handler
             // returns (twice per request, measured with callgrind); a box moves as a pointer.
-            let handler = move |req| Box::pin(Arc::clone(&proxy).handle(req, client.clone()));
+            let conn = super::forward::ClientConn::new(client);
+            let handler = move |req| Box::pin(Arc::clone(&proxy).handle(req, Arc::clone(&conn)));
             Some((stream, peer, handler))
         }
     })

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::raw::RawConn;
 use crate::support::*;
 use routeid::proxy::ProxySettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -318,6 +319,45 @@ async fn a_response_body_waiting_for_its_member_is_not_a_write_stall() {
         let p = start_proxy_with(&pool_yaml("p", &[(member, "m", 1)], ""), settings()).await;
         let got = get(p.proxy_addr, "/poll", &[]).await;
         assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "xxx"));
+        p.shutdown().await;
+    })
+    .await;
+}
+
+/// The requests of one keep-alive connection share its response timer: each gets its own
+/// pool's response timeout whatever came before on the connection — a shorter one after a
+/// longer, a longer one after a shorter, again after one that fired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_of_a_connection_gets_its_own_response_timeout() {
+    bounded(async {
+        let m = Member::start("m").await;
+        let pool = |name: &str, prefix: &str, timeout: &str| {
+            let extra = format!(
+                "  frontend: {{pathPrefix: {prefix}, rewritePrefix: /}}\n  timeouts: {{response: {timeout}}}\n"
+            );
+            pool_yaml(name, &[(m.addr, "m", 1)], &extra)
+        };
+        let yaml = format!("{}---\n{}", pool("short", "/short", "300ms"), pool("long", "/long", "3s"));
+        let p = start_proxy(&yaml).await;
+        let mut c = RawConn::connect(p.proxy_addr).await;
+        // (path, status, at least, under)
+        let cases: [(&str, u16, u64, u64); 6] = [
+            ("/long/slow?ms=0", 200, 0, 2_000),
+            ("/short/slow?ms=5000", 504, 300, 2_000),
+            ("/long/slow?ms=1000", 200, 1_000, 2_900),
+            ("/short/slow?ms=5000", 504, 300, 2_000),
+            ("/short/slow?ms=0", 200, 0, 2_000),
+            ("/long/slow?ms=5000", 504, 3_000, 5_000),
+        ];
+        for (path, status, at_least, under) in cases {
+            let t = Instant::now();
+            c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let got = c.response().await.unwrap();
+            let took = t.elapsed();
+            assert_eq!(got.status, status, "{path}: {}", got.head);
+            let (at_least, under) = (Duration::from_millis(at_least), Duration::from_millis(under));
+            assert!(took >= at_least && took < under, "{path}: answered after {took:?}");
+        }
         p.shutdown().await;
     })
     .await;
