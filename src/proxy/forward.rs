@@ -1131,7 +1131,7 @@ impl Proxy {
         if sample > 1 && !self.log_counter.fetch_add(1, Relaxed).is_multiple_of(sample) {
             return;
         }
-        let pool = pool.and_then(|p| p.to_str().ok()).unwrap_or("-");
+        let pool = pool.map_or("-", log_text);
         // The one clock read of the line: its duration and (see `AccessLine::log`) its timestamp.
         let now = Instant::now();
         AccessLine {
@@ -1148,7 +1148,7 @@ impl Proxy {
             attempts: out.attempts,
             session_sticky: vars.session_sticky.unwrap_or("-"),
             session_route: vars.session_route.as_deref().unwrap_or("-"),
-            worker_name: vars.worker_name.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            worker_name: vars.worker_name.map_or("-", log_text),
             worker_route: vars.worker_route.unwrap_or("-"),
             route_changed: vars.route_changed,
             route_source: vars.source.map_or("-", RouteSource::as_str),
@@ -1159,7 +1159,14 @@ impl Proxy {
     }
 }
 
-/// The request facts the access log needs, kept past the moment the request is taken apart.
+/// A header value routeid made itself (a pool's name, a member's URL) as the access log's
+/// text. UTF-8's check, not `HeaderValue::to_str`'s: the same for these ASCII values, and it
+/// reads a word at a time where `to_str` tests each byte (about 90 instructions per value).
+/// Escaping is the log's job.
+fn log_text(v: &HeaderValue) -> &str {
+    std::str::from_utf8(v.as_bytes()).unwrap_or("-")
+}
+
 /// What the route cookie's attributes depend on in the request.
 #[derive(Clone, Copy)]
 struct CookieContext {
@@ -1169,6 +1176,7 @@ struct CookieContext {
     https: bool,
 }
 
+/// The request facts the access log needs, kept past the moment the request is taken apart.
 struct ReqInfo<'a> {
     method: &'a Method,
     host: Option<&'a str>,
