@@ -41,10 +41,6 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) malformed_route: bool,
 }
 
-/// Room made for a line besides its fields of any length (host, path, pool, session route,
-/// worker name): the rest of a JSON line is about 400 bytes.
-const USUAL_LINE: usize = 640;
-
 /// A field's name with the separator before it and after it, in each format, made at compile
 /// time so a field costs one copy for its name.
 struct Name {
@@ -81,114 +77,74 @@ trait Fields {
     fn addr(&mut self, name: &Name, v: SocketAddr);
 }
 
-/// Where a line is written: room made at the end of the log chunk, filled front to back.
-///
-/// Each field is a plain copy into a slice — no capacity check and possible growth per copy
-/// as `Vec::extend_from_slice` makes, which was a sixth of the line's cost. What does not fit
-/// is counted, not written; [`AccessLine::write`] then makes exactly that much room and writes
-/// the line again (the same line has the same length), so a long path or host is never cut.
-struct Line<'a> {
-    room: &'a mut [u8],
-    /// Bytes the line has so far, including any that did not fit.
-    len: usize,
-}
-
-impl Line<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        let end = self.len + bytes.len();
-        if let Some(to) = self.room.get_mut(self.len..end) {
-            to.copy_from_slice(bytes);
-        }
-        self.len = end;
-    }
-
-    fn byte(&mut self, b: u8) {
-        if let Some(to) = self.room.get_mut(self.len) {
-            *to = b;
-        }
-        self.len += 1;
-    }
-}
-
-/// For the rare field that needs escaping (`serde_json`, `Debug`) or an IPv6 address.
-impl Write for Line<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.put(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// `,"name":value`
-struct Json<'l, 'a>(&'l mut Line<'a>);
+struct Json<'a>(&'a mut Vec<u8>);
 /// ` name=value`
-struct Text<'l, 'a>(&'l mut Line<'a>);
+struct Text<'a>(&'a mut Vec<u8>);
 
-impl Fields for Json<'_, '_> {
+impl Fields for Json<'_> {
     fn str(&mut self, name: &Name, v: &str) {
         if plain_ascii(v) {
-            self.0.put(name.json_quoted);
-            self.0.put(v.as_bytes());
-            self.0.byte(b'"');
+            self.0.extend_from_slice(name.json_quoted);
+            self.0.extend_from_slice(v.as_bytes());
+            self.0.push(b'"');
         } else {
-            self.0.put(name.json);
+            self.0.extend_from_slice(name.json);
             // serde_json escapes exactly as tracing-subscriber's JSON formatter (it uses it).
             let _ = serde_json::to_writer(&mut *self.0, v);
         }
     }
     fn num(&mut self, name: &Name, v: u64) {
-        self.0.put(name.json);
-        self.0.put(itoa::Buffer::new().format(v).as_bytes());
+        self.0.extend_from_slice(name.json);
+        self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
     fn bool(&mut self, name: &Name, v: bool) {
-        self.0.put(name.json);
-        self.0.put(if v { b"true" } else { b"false" });
+        self.0.extend_from_slice(name.json);
+        self.0.extend_from_slice(if v { b"true" } else { b"false" });
     }
     fn ip(&mut self, name: &Name, v: IpAddr) {
-        self.0.put(name.json_quoted);
+        self.0.extend_from_slice(name.json_quoted);
         write_ip(self.0, v);
-        self.0.byte(b'"');
+        self.0.push(b'"');
     }
     fn addr(&mut self, name: &Name, v: SocketAddr) {
-        self.0.put(name.json_quoted);
+        self.0.extend_from_slice(name.json_quoted);
         write_addr(self.0, v);
-        self.0.byte(b'"');
+        self.0.push(b'"');
     }
 }
 
-impl Fields for Text<'_, '_> {
+impl Fields for Text<'_> {
     fn str(&mut self, name: &Name, v: &str) {
         if plain_ascii(v) {
-            self.0.put(name.text_quoted);
-            self.0.put(v.as_bytes());
-            self.0.byte(b'"');
+            self.0.extend_from_slice(name.text_quoted);
+            self.0.extend_from_slice(v.as_bytes());
+            self.0.push(b'"');
         } else {
-            self.0.put(name.text);
+            self.0.extend_from_slice(name.text);
             let _ = write!(self.0, "{v:?}");
         }
     }
     fn num(&mut self, name: &Name, v: u64) {
-        self.0.put(name.text);
-        self.0.put(itoa::Buffer::new().format(v).as_bytes());
+        self.0.extend_from_slice(name.text);
+        self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
     fn bool(&mut self, name: &Name, v: bool) {
-        self.0.put(name.text);
-        self.0.put(if v { b"true" } else { b"false" });
+        self.0.extend_from_slice(name.text);
+        self.0.extend_from_slice(if v { b"true" } else { b"false" });
     }
     fn ip(&mut self, name: &Name, v: IpAddr) {
-        self.0.put(name.text);
+        self.0.extend_from_slice(name.text);
         write_ip(self.0, v);
     }
     fn addr(&mut self, name: &Name, v: SocketAddr) {
-        self.0.put(name.text);
+        self.0.extend_from_slice(name.text);
         write_addr(self.0, v);
     }
 }
 
 /// An address as `Display` writes it; IPv4 without the formatting machinery.
-fn write_ip(out: &mut Line<'_>, ip: IpAddr) {
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             let mut text = [0u8; 15];
@@ -205,7 +161,7 @@ fn write_ip(out: &mut Line<'_>, ip: IpAddr) {
                     }
                 }
             }
-            out.put(&text[..n]);
+            out.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(_) => {
             let _ = write!(out, "{ip}");
@@ -213,12 +169,12 @@ fn write_ip(out: &mut Line<'_>, ip: IpAddr) {
     }
 }
 
-fn write_addr(out: &mut Line<'_>, addr: SocketAddr) {
+fn write_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(a) => {
             write_ip(out, IpAddr::V4(*a.ip()));
-            out.byte(b':');
-            out.put(itoa::Buffer::new().format(a.port()).as_bytes());
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(a.port()).as_bytes());
         }
         SocketAddr::V6(_) => {
             let _ = write!(out, "{addr}");
@@ -258,37 +214,11 @@ impl AccessLine<'_> {
         f.bool(name!("malformed_route"), self.malformed_route);
     }
 
-    /// Appends the line (with its `\n`) to `out`, stamped `now`: into room made at the end of
-    /// `out`, which is cut back to the line once written. Room for a usual line is made at
-    /// first; a longer one is written a second time into exactly the room it needs.
+    /// Appends the line (with its `\n`) to `out`, stamped `now`.
     pub(crate) fn write(&self, out: &mut Vec<u8>, format: LogFormat, now: SystemTime) {
-        let start = out.len();
-        // The fields of any length (the pool's name twice); a long route from a client's
-        // cookie must not make every line of that client a second pass.
-        let fields = [
-            self.host,
-            self.path,
-            self.pool,
-            self.pool,
-            self.session_sticky,
-            self.session_route,
-            self.worker_name,
-            self.worker_route,
-        ];
-        let mut room = USUAL_LINE + fields.iter().map(|f| f.len()).sum::<usize>();
-        loop {
-            out.resize(start + room, 0);
-            let mut line = Line { room: &mut out[start..], len: 0 };
-            match format {
-                LogFormat::Json => self.write_json(&mut line, now),
-                LogFormat::Text => self.write_text(&mut line, now),
-            }
-            let len = line.len;
-            if len <= room {
-                out.truncate(start + len);
-                return;
-            }
-            room = len;
+        match format {
+            LogFormat::Json => self.write_json(out, now),
+            LogFormat::Text => self.write_text(out, now),
         }
     }
 
@@ -336,19 +266,19 @@ impl AccessLine<'_> {
         }
     }
 
-    fn write_json(&self, out: &mut Line<'_>, now: SystemTime) {
-        out.put(b"{\"timestamp\":\"");
+    fn write_json(&self, out: &mut Vec<u8>, now: SystemTime) {
+        out.extend_from_slice(b"{\"timestamp\":\"");
         timestamp(out, now);
-        out.put(b"\",\"level\":\"INFO\",\"message\":\"request\"");
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
         self.fields(&mut Json(out));
-        out.put(b",\"target\":\"routeid::access\"}\n");
+        out.extend_from_slice(b",\"target\":\"routeid::access\"}\n");
     }
 
-    fn write_text(&self, out: &mut Line<'_>, now: SystemTime) {
+    fn write_text(&self, out: &mut Vec<u8>, now: SystemTime) {
         timestamp(out, now);
-        out.put(b"  INFO routeid::access: request");
+        out.extend_from_slice(b"  INFO routeid::access: request");
         self.fields(&mut Text(out));
-        out.byte(b'\n');
+        out.push(b'\n');
     }
 }
 
@@ -409,7 +339,7 @@ fn wall_clock(now: Instant) -> SystemTime {
 
 /// RFC 3339 in UTC with microseconds, as tracing-subscriber writes it
 /// (`2026-12-01T18:10:00.123456Z`).
-fn timestamp(out: &mut Line<'_>, now: SystemTime) {
+fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (cached, mut text) = SECOND.get();
@@ -417,7 +347,7 @@ fn timestamp(out: &mut Line<'_>, now: SystemTime) {
         text = date_time(secs);
         SECOND.set((secs, text));
     }
-    out.put(&text);
+    out.extend_from_slice(&text);
     let micros = since.subsec_micros();
     let mut frac = [b'.', 0, 0, 0, 0, 0, 0, b'Z'];
     let mut m = micros;
@@ -425,7 +355,7 @@ fn timestamp(out: &mut Line<'_>, now: SystemTime) {
         *d = b'0' + (m % 10) as u8;
         m /= 10;
     }
-    out.put(&frac);
+    out.extend_from_slice(&frac);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (Howard Hinnant's `civil_from_days`).
@@ -500,15 +430,6 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    /// What `write` puts in a line with ample room.
-    fn written(write: impl FnOnce(&mut Line<'_>)) -> String {
-        let mut room = [0u8; 256];
-        let mut line = Line { room: &mut room, len: 0 };
-        write(&mut line);
-        let len = line.len;
-        String::from_utf8(room[..len].to_vec()).unwrap()
-    }
-
     /// The lines without their timestamps (the two are made a moment apart).
     fn untimed(line: &str, format: LogFormat) -> String {
         match format {
@@ -576,17 +497,15 @@ mod tests {
         assert_eq!(json["member_address"], "127.0.0.1:8080");
     }
 
-    /// A line longer than the room first made for it (long fields, or short ones that escaping
-    /// makes six times longer) is written whole after what the chunk held, and the chunk keeps
-    /// no room beyond it.
+    /// Long fields, and short ones that escaping makes six times longer, are written whole,
+    /// after what the chunk held.
     #[test]
-    fn a_line_longer_than_its_first_room_is_written_whole() {
+    fn long_and_escaped_fields_are_written_whole_after_earlier_lines() {
         let long_path = format!("/{}", "p".repeat(5000));
         let long_route = "r".repeat(3000);
         let escaped = "\u{1}".repeat(400);
         let lines = [
             AccessLine { path: &long_path, ..sample() },
-            // Not in the first room's count: a second pass.
             AccessLine { route_source: &long_route, balanced: &long_route, ..sample() },
             AccessLine { worker_name: &long_route, session_route: &long_route, ..sample() },
             AccessLine { pool: &escaped, route_source: &escaped, ..sample() },
@@ -635,7 +554,9 @@ mod tests {
     fn ipv4_addresses_are_written_as_display_writes_them() {
         for b in 0..=255u8 {
             let ip = IpAddr::from([b, 10, 100, 255 - b]);
-            assert_eq!(written(|l| write_ip(l, ip)), ip.to_string());
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
         }
     }
 
@@ -656,7 +577,9 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
         let at = |secs: u64, micros: u32| {
-            written(|l| timestamp(l, UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000)))
+            let mut out = Vec::new();
+            timestamp(&mut out, UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000));
+            String::from_utf8(out).unwrap()
         };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");

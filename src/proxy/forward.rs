@@ -505,7 +505,8 @@ impl Proxy {
     /// 408) and by the response timeout when it waits on the member; the response timeout
     /// proper starts once the body is fully sent. Without a body the answer is due by
     /// `deadline`, one response timeout after the attempt set out ([`Limits::of`]), so no
-    /// second clock read starts the timeout, on the connection's reused `timer`.
+    /// second clock read starts the timeout. The timer is the connection's, reused
+    /// ([`ResponseTimer`]).
     async fn await_member<F>(
         &self,
         mut exchange: Pin<&mut F>,
@@ -1160,9 +1161,10 @@ impl Proxy {
 }
 
 /// A header value routeid made itself (a pool's name, a member's URL) as the access log's
-/// text. UTF-8's check, not `HeaderValue::to_str`'s: the same for these ASCII values, and it
-/// reads a word at a time where `to_str` tests each byte (about 90 instructions per value).
-/// Escaping is the log's job.
+/// text. UTF-8's check, not `HeaderValue::to_str`'s: it reads a word at a time where `to_str`
+/// tests each byte (about 90 instructions per value), and a pool named in non-ASCII letters
+/// (possible in standalone mode) is logged by its name, escaped as every field is, instead of
+/// as `-`.
 fn log_text(v: &HeaderValue) -> &str {
     std::str::from_utf8(v.as_bytes()).unwrap_or("-")
 }
@@ -1258,8 +1260,9 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let (h, s) = (handle(Proxy::handle), send(MemberConns::send));
-        // 3,328 and 864 bytes: `handle`, `attempt` and `send` are `async` blocks, so each holds
-        // its request once (as `async fn`s they held 3,992 and 1,160).
+        // 3,328 and 864 bytes (`send` also keeps the time its idle connections are checked
+        // against): `handle`, `attempt` and `send` are `async` blocks, so each holds its
+        // request once (as `async fn`s they held 3,992 and 1,160).
         assert!(h <= 4 * 1024, "Proxy::handle's future is {h} bytes");
         assert!(s <= 1024, "MemberConns::send's future is {s} bytes");
     }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::cluster::{WAIT, eventually};
 use crate::support::raw::RawConn;
 use crate::support::*;
 use routeid::proxy::ProxySettings;
@@ -324,6 +325,22 @@ async fn a_response_body_waiting_for_its_member_is_not_a_write_stall() {
     .await;
 }
 
+/// Two pools on one proxy: `/short` with a 300 ms response timeout, `/long` with 3 s.
+fn two_timeouts(m: &Member) -> String {
+    let pool = |name: &str, prefix: &str, timeout: &str| {
+        let extra =
+            format!("  frontend: {{pathPrefix: {prefix}, rewritePrefix: /}}\n  timeouts: {{response: {timeout}}}\n");
+        pool_yaml(name, &[(m.addr, "m", 1)], &extra)
+    };
+    format!("{}---\n{}", pool("short", "/short", "300ms"), pool("long", "/long", "3s"))
+}
+
+/// Asserts that `took` is within `[at_least, under)` milliseconds.
+fn within(what: &str, took: Duration, at_least: u64, under: u64) {
+    let (at_least, under) = (Duration::from_millis(at_least), Duration::from_millis(under));
+    assert!(took >= at_least && took < under, "{what}: answered after {took:?}");
+}
+
 /// The requests of one keep-alive connection share its response timer: each gets its own
 /// pool's response timeout whatever came before on the connection — a shorter one after a
 /// longer, a longer one after a shorter, again after one that fired.
@@ -331,16 +348,9 @@ async fn a_response_body_waiting_for_its_member_is_not_a_write_stall() {
 async fn each_request_of_a_connection_gets_its_own_response_timeout() {
     bounded(async {
         let m = Member::start("m").await;
-        let pool = |name: &str, prefix: &str, timeout: &str| {
-            let extra = format!(
-                "  frontend: {{pathPrefix: {prefix}, rewritePrefix: /}}\n  timeouts: {{response: {timeout}}}\n"
-            );
-            pool_yaml(name, &[(m.addr, "m", 1)], &extra)
-        };
-        let yaml = format!("{}---\n{}", pool("short", "/short", "300ms"), pool("long", "/long", "3s"));
-        let p = start_proxy(&yaml).await;
+        let p = start_proxy(&two_timeouts(&m)).await;
         let mut c = RawConn::connect(p.proxy_addr).await;
-        // (path, status, at least, under)
+        // (path, status, at least, under), in milliseconds.
         let cases: [(&str, u16, u64, u64); 6] = [
             ("/long/slow?ms=0", 200, 0, 2_000),
             ("/short/slow?ms=5000", 504, 300, 2_000),
@@ -353,11 +363,56 @@ async fn each_request_of_a_connection_gets_its_own_response_timeout() {
             let t = Instant::now();
             c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
             let got = c.response().await.unwrap();
-            let took = t.elapsed();
             assert_eq!(got.status, status, "{path}: {}", got.head);
-            let (at_least, under) = (Duration::from_millis(at_least), Duration::from_millis(under));
-            assert!(took >= at_least && took < under, "{path}: answered after {took:?}");
+            within(path, t.elapsed(), at_least, under);
         }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+/// Concurrent HTTP/2 streams of one connection cannot share one timer: each waits under its
+/// own pool's timeout, and a stream reset mid-wait leaves the next ones theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_http2_streams_each_get_their_own_response_timeout() {
+    bounded(async {
+        let m = Member::start("m").await;
+        let p = start_proxy(&two_timeouts(&m)).await;
+        let stream = TcpStream::connect(p.proxy_addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let ask = |path: &'static str| {
+            let mut sender = sender.clone();
+            let uri = format!("http://{}{path}", p.proxy_addr);
+            async move {
+                let t = Instant::now();
+                let req = http::Request::get(uri).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+                let status = sender.send_request(req).await.unwrap().status().as_u16();
+                (status, t.elapsed())
+            }
+        };
+        // A stream given up on while it waits: its timer goes with it.
+        let dropped = tokio::spawn(ask("/long/slow?ms=5000"));
+        let hits = std::sync::Arc::clone(&m.hits);
+        eventually(WAIT, "the member to get the request", || {
+            let hits = std::sync::Arc::clone(&hits);
+            async move { hits.load(std::sync::atomic::Ordering::SeqCst) == 1 }
+        })
+        .await;
+        dropped.abort();
+        let (short, long, short_again) =
+            tokio::join!(ask("/short/slow?ms=5000"), ask("/long/slow?ms=1000"), ask("/short/slow?ms=5000"));
+        assert_eq!(short.0, 504);
+        within("/short", short.1, 300, 2_000);
+        assert_eq!(long.0, 200);
+        within("/long", long.1, 1_000, 2_900);
+        assert_eq!(short_again.0, 504);
+        within("/short again", short_again.1, 300, 2_000);
         p.shutdown().await;
     })
     .await;
