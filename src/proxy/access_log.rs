@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::LogFormat;
@@ -39,6 +40,63 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) route_source: &'a str,
     pub(crate) balanced: &'a str,
     pub(crate) malformed_route: bool,
+    /// The answering member's fields formatted once ([`MemberFields`]), made at its first
+    /// line; `None` where no member answered.
+    pub(crate) member_fields: Option<&'a OnceLock<MemberFields>>,
+}
+
+/// The fields of a line that read the same on every line a member answers — `pool` and
+/// `member_address`, then `BALANCER_NAME`, `BALANCER_WORKER_NAME` and
+/// `BALANCER_WORKER_ROUTE` — formatted once, in the log's format, and copied whole after that:
+/// five fields and an address of the line's twenty. Kept with the member; used only for a line
+/// whose fields are these (checked per line).
+#[derive(Debug)]
+pub(crate) struct MemberFields {
+    format: LogFormat,
+    pool: Box<str>,
+    address: SocketAddr,
+    worker_name: Box<str>,
+    worker_route: Box<str>,
+    /// `pool` and `member_address`, each with its separator.
+    first: Box<[u8]>,
+    /// `BALANCER_NAME`, `BALANCER_WORKER_NAME` and `BALANCER_WORKER_ROUTE`.
+    second: Box<[u8]>,
+}
+
+impl MemberFields {
+    /// `line`'s member fields in `format`; `None` when the line names no member address.
+    fn of(line: &AccessLine<'_>, format: LogFormat) -> Option<MemberFields> {
+        let address = line.member_address?;
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        match format {
+            LogFormat::Json => {
+                line.first_group(&mut Json(&mut first), address);
+                line.second_group(&mut Json(&mut second));
+            }
+            LogFormat::Text => {
+                line.first_group(&mut Text(&mut first), address);
+                line.second_group(&mut Text(&mut second));
+            }
+        }
+        Some(MemberFields {
+            format,
+            pool: line.pool.into(),
+            address,
+            worker_name: line.worker_name.into(),
+            worker_route: line.worker_route.into(),
+            first: first.into(),
+            second: second.into(),
+        })
+    }
+
+    /// Whether these are `line`'s own fields in `format`.
+    fn fit(&self, line: &AccessLine<'_>, format: LogFormat) -> bool {
+        self.format == format
+            && line.member_address == Some(self.address)
+            && *self.pool == *line.pool
+            && *self.worker_route == *line.worker_route
+            && *self.worker_name == *line.worker_name
+    }
 }
 
 /// A field's name with the separator before it and after it, in each format, made at compile
@@ -75,6 +133,8 @@ trait Fields {
     /// A `Display` value (tracing's `%field`): quoted in JSON, bare in text.
     fn ip(&mut self, name: &Name, v: IpAddr);
     fn addr(&mut self, name: &Name, v: SocketAddr);
+    /// Fields formatted already, with their separators.
+    fn raw(&mut self, fields: &[u8]);
 }
 
 /// `,"name":value`
@@ -112,6 +172,9 @@ impl Fields for Json<'_> {
         write_addr(self.0, v);
         self.0.push(b'"');
     }
+    fn raw(&mut self, fields: &[u8]) {
+        self.0.extend_from_slice(fields);
+    }
 }
 
 impl Fields for Text<'_> {
@@ -140,6 +203,9 @@ impl Fields for Text<'_> {
     fn addr(&mut self, name: &Name, v: SocketAddr) {
         self.0.extend_from_slice(name.text);
         write_addr(self.0, v);
+    }
+    fn raw(&mut self, fields: &[u8]) {
+        self.0.extend_from_slice(fields);
     }
 }
 
@@ -184,8 +250,8 @@ fn write_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 
 impl AccessLine<'_> {
     /// The fields after `message`, in the event's order; what tracing would record nothing for
-    /// (`None`) is left out.
-    fn fields(&self, f: &mut impl Fields) {
+    /// (`None`) is left out. `member`: the member's fields, formatted once.
+    fn fields(&self, f: &mut impl Fields, member: Option<&MemberFields>) {
         f.str(name!("method"), self.method);
         f.str(name!("host"), self.host);
         f.str(name!("path"), self.path);
@@ -198,27 +264,58 @@ impl AccessLine<'_> {
         }
         f.num(name!("duration_us"), self.duration_us);
         f.ip(name!("client"), self.client);
-        f.str(name!("pool"), self.pool);
-        if let Some(a) = self.member_address {
-            f.addr(name!("member_address"), a);
+        match member {
+            Some(m) => f.raw(&m.first),
+            None => {
+                f.str(name!("pool"), self.pool);
+                if let Some(a) = self.member_address {
+                    f.addr(name!("member_address"), a);
+                }
+            }
         }
         f.num(name!("attempts"), self.attempts as u64);
         f.str(name!("BALANCER_SESSION_STICKY"), self.session_sticky);
         f.str(name!("BALANCER_SESSION_ROUTE"), self.session_route);
-        f.str(name!("BALANCER_NAME"), self.pool);
-        f.str(name!("BALANCER_WORKER_NAME"), self.worker_name);
-        f.str(name!("BALANCER_WORKER_ROUTE"), self.worker_route);
+        match member {
+            Some(m) => f.raw(&m.second),
+            None => self.second_group(f),
+        }
         f.num(name!("BALANCER_ROUTE_CHANGED"), u64::from(self.route_changed));
         f.str(name!("route_source"), self.route_source);
         f.str(name!("balanced"), self.balanced);
         f.bool(name!("malformed_route"), self.malformed_route);
     }
 
-    /// Appends the line (with its `\n`) to `out`, stamped `now`.
+    /// `pool` and `member_address` at `address`, as [`MemberFields`] keeps them.
+    fn first_group(&self, f: &mut impl Fields, address: SocketAddr) {
+        f.str(name!("pool"), self.pool);
+        f.addr(name!("member_address"), address);
+    }
+
+    /// `BALANCER_NAME` to `BALANCER_WORKER_ROUTE`.
+    fn second_group(&self, f: &mut impl Fields) {
+        f.str(name!("BALANCER_NAME"), self.pool);
+        f.str(name!("BALANCER_WORKER_NAME"), self.worker_name);
+        f.str(name!("BALANCER_WORKER_ROUTE"), self.worker_route);
+    }
+
+    /// Appends the line (with its `\n`) to `out`, stamped `now`; the member's fields are
+    /// copied from [`AccessLine::member_fields`] (made on the member's first line) when they
+    /// are this line's.
     pub(crate) fn write(&self, out: &mut Vec<u8>, format: LogFormat, now: SystemTime) {
+        let member = self.member_fields.and_then(|cell| {
+            let made = match cell.get() {
+                Some(m) => m,
+                None => {
+                    let m = MemberFields::of(self, format)?;
+                    cell.get_or_init(|| m)
+                }
+            };
+            made.fit(self, format).then_some(made)
+        });
         match format {
-            LogFormat::Json => self.write_json(out, now),
-            LogFormat::Text => self.write_text(out, now),
+            LogFormat::Json => self.write_json(out, now, member),
+            LogFormat::Text => self.write_text(out, now, member),
         }
     }
 
@@ -266,18 +363,18 @@ impl AccessLine<'_> {
         }
     }
 
-    fn write_json(&self, out: &mut Vec<u8>, now: SystemTime) {
+    fn write_json(&self, out: &mut Vec<u8>, now: SystemTime, member: Option<&MemberFields>) {
         out.extend_from_slice(b"{\"timestamp\":\"");
         timestamp(out, now);
         out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
-        self.fields(&mut Json(out));
+        self.fields(&mut Json(out), member);
         out.extend_from_slice(b",\"target\":\"routeid::access\"}\n");
     }
 
-    fn write_text(&self, out: &mut Vec<u8>, now: SystemTime) {
+    fn write_text(&self, out: &mut Vec<u8>, now: SystemTime, member: Option<&MemberFields>) {
         timestamp(out, now);
         out.extend_from_slice(b"  INFO routeid::access: request");
-        self.fields(&mut Text(out));
+        self.fields(&mut Text(out), member);
         out.push(b'\n');
     }
 }
@@ -459,7 +556,49 @@ mod tests {
             route_source: "session-cookie",
             balanced: "-",
             malformed_route: false,
+            member_fields: None,
         }
+    }
+
+    /// A member's fields formatted once are copied into its later lines, in either format; a
+    /// line they do not fit (another pool name, member, route or format, no member address) gets
+    /// its own, field by field. Every line is the one tracing writes.
+    #[test]
+    fn a_members_fields_formatted_once_serve_only_lines_they_fit() {
+        for format in [LogFormat::Json, LogFormat::Text] {
+            let cell = OnceLock::new();
+            let with = |l: AccessLine<'static>| AccessLine { member_fields: Some(&cell), ..l };
+            let lines = [
+                with(sample()),
+                with(AccessLine { path: "/second", status: 503, duration_us: 7, ..sample() }),
+                with(AccessLine { pool: "other/pool", ..sample() }),
+                with(AccessLine { worker_route: "n3", ..sample() }),
+                with(AccessLine { worker_name: "http://127.0.0.1:9", ..sample() }),
+                with(AccessLine { member_address: Some("127.0.0.1:9".parse().unwrap()), ..sample() }),
+                with(AccessLine { member_address: None, ..sample() }),
+            ];
+            for l in &lines {
+                let (want, got) = (by_tracing(l, format), by_hand(l, format));
+                assert_eq!(untimed(&got, format), untimed(&want, format), "{format:?}");
+            }
+            let made = cell.get().expect("made at the first line");
+            assert!(made.fit(&lines[1], format));
+            assert!(lines[2..].iter().all(|l| !made.fit(l, format)));
+            let other = match format {
+                LogFormat::Json => LogFormat::Text,
+                LogFormat::Text => LogFormat::Json,
+            };
+            assert!(!made.fit(&lines[0], other), "not for the other format");
+            assert_eq!(untimed(&by_hand(&lines[0], other), other), untimed(&by_tracing(&lines[0], other), other));
+        }
+        // A line without a member address makes none.
+        let cell = OnceLock::new();
+        let l = AccessLine { member_address: None, member_fields: Some(&cell), ..sample() };
+        assert_eq!(
+            untimed(&by_hand(&l, LogFormat::Json), LogFormat::Json),
+            untimed(&by_tracing(&l, LogFormat::Json), LogFormat::Json)
+        );
+        assert!(cell.get().is_none());
     }
 
     #[test]

@@ -625,7 +625,7 @@ impl Proxy {
                 Ended::Answered(a) => {
                     let took = a.at.unwrap_or_else(Instant::now).saturating_duration_since(started);
                     let resp = self.finish(a.resp, a.answer, &r, a.idx, a.mext, (upgrade, a.busy), fwd.https, took);
-                    (resp, Some(r.pool.members[a.idx].config.address))
+                    (resp, Some((r.pool.members[a.idx].config.address, a.mext)))
                 }
                 Ended::NoMember(resp) => (resp, None),
             };
@@ -1121,7 +1121,7 @@ impl Proxy {
         &self,
         req: &ReqInfo<'_>,
         pool: Option<&HeaderValue>,
-        member: Option<SocketAddr>,
+        member: Option<(SocketAddr, &MemberExt)>,
         vars: &BalancerVars<'_>,
         out: Outcome,
     ) {
@@ -1145,7 +1145,7 @@ impl Proxy {
             duration_us: now.saturating_duration_since(req.started).as_micros() as u64,
             client: req.client,
             pool,
-            member_address: member,
+            member_address: member.map(|(a, _)| a),
             attempts: out.attempts,
             session_sticky: vars.session_sticky.unwrap_or("-"),
             session_route: vars.session_route.as_deref().unwrap_or("-"),
@@ -1155,6 +1155,7 @@ impl Proxy {
             route_source: vars.source.map_or("-", RouteSource::as_str),
             balanced: vars.balanced.map_or("-", Balanced::as_str),
             malformed_route: vars.malformed,
+            member_fields: member.map(|(_, m)| &m.log_fields),
         }
         .log(now);
     }

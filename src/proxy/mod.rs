@@ -110,6 +110,8 @@ pub(crate) struct MemberExt {
     /// `BALANCER_WORKER_NAME` (`http://10.0.0.1:8080`).
     pub(crate) worker_name: HeaderValue,
     pub(crate) metrics: MemberMetrics,
+    /// Its access-log fields, formatted at its first logged answer.
+    pub(crate) log_fields: std::sync::OnceLock<access_log::MemberFields>,
 }
 
 /// What the proxy needs beside the core pool.
@@ -348,6 +350,7 @@ impl Proxy {
                     .unwrap_or_else(|_| Authority::from_static("invalid.invalid")),
                 worker_name: HeaderValue::try_from(format!("http://{addr}")).unwrap_or(HeaderValue::from_static("")),
                 metrics: self.metrics.member_handles(&pool.config.id, m.route()),
+                log_fields: std::sync::OnceLock::new(),
             }
         })
     }
