@@ -69,8 +69,8 @@ pub struct MemberRuntime {
     /// Sessions the member was given (answers of a sticky pool that chose it by the lb method:
     /// `BALANCER_ROUTE_CHANGED`), for the balancer-manager's share of new sessions.
     pub sessions_started: AtomicU64,
-    /// What an adapter keeps beside the member: the proxy's connection pool, parsed authority
-    /// and metric handles.
+    /// What an adapter keeps beside the member: the proxy's connection pool, parsed authority,
+    /// metric handles and access-log fields.
     pub extension: Extension,
 }
 

@@ -23,7 +23,7 @@ pub mod tls;
 pub(crate) mod tunnel;
 pub mod upstream;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -100,7 +100,7 @@ impl Default for ProxySettings {
 }
 
 /// What the proxy keeps per member beside the core member: its connection pool, its authority
-/// parsed once, and its metric handles. It lives in the member's runtime
+/// parsed once, its metric handles and its access-log fields. It lives in the member's runtime
 /// ([`crate::core::member::Extension`]), so it is made once per route and address and a
 /// republication does no per-member work for it.
 #[derive(Debug)]
@@ -110,8 +110,10 @@ pub(crate) struct MemberExt {
     /// `BALANCER_WORKER_NAME` (`http://10.0.0.1:8080`).
     pub(crate) worker_name: HeaderValue,
     pub(crate) metrics: MemberMetrics,
-    /// Its access-log fields, formatted at its first logged answer.
-    pub(crate) log_fields: std::sync::OnceLock<access_log::MemberFields>,
+    /// Its access-log fields, formatted at its first logged answer and never refreshed: what
+    /// they show (the pool's id, the member's route and address) is what a runtime is kept
+    /// for, so it cannot change under them (each line checks all the same).
+    pub(crate) log_fields: OnceLock<Box<access_log::MemberFields>>,
 }
 
 /// What the proxy needs beside the core pool.
@@ -350,7 +352,7 @@ impl Proxy {
                     .unwrap_or_else(|_| Authority::from_static("invalid.invalid")),
                 worker_name: HeaderValue::try_from(format!("http://{addr}")).unwrap_or(HeaderValue::from_static("")),
                 metrics: self.metrics.member_handles(&pool.config.id, m.route()),
-                log_fields: std::sync::OnceLock::new(),
+                log_fields: OnceLock::new(),
             }
         })
     }
