@@ -57,8 +57,7 @@ mod tests {
 
     /// Polls `timer` once, as a request waiting on its member does: it is then registered.
     async fn armed(mut timer: Pin<Box<Sleep>>) -> Pin<Box<Sleep>> {
-        let fired = std::future::poll_fn(|cx| Poll::Ready(timer.as_mut().poll(cx).is_ready())).await;
-        assert!(!fired);
+        assert!(!fired(&mut timer).await);
         timer
     }
 
