@@ -6,6 +6,8 @@
 #   bash bench/instructions.sh          # routeid plain / sticky / --no-metrics / with its access log,
 #                                       # HAProxy plain / sticky
 #   ONLY="routeid-plain routeid-plain-log" ROUTEID_BIN=/tmp/routeid-old NO_BUILD=1 bash bench/instructions.sh
+#   ONLY="routeid-h2 haproxy-h2" bash bench/instructions.sh  # HTTP/2 over TLS (h2load; only when named;
+#                                       # also routeid-h2-log)
 #   TOP=20 bash bench/instructions.sh   # and each run's 20 costliest functions (self), per request;
 #                                       # the raw profile stays in bench/out/callgrind-<run>.out
 #
@@ -31,16 +33,23 @@ measure() { # label cookie-header command...
   local vg=$!
   for _ in $(seq 200); do curl -fs -o /dev/null http://127.0.0.1:18390/ 2>/dev/null && break; sleep 0.3; done
   callgrind_control -i on "$vg" >/dev/null 2>&1
-  local h=()
+  local h=() out n ir
   [[ -n $cookie ]] && h=(-H "Cookie: $cookie")
-  wrk -t1 -c8 -d2s "${h[@]}" http://127.0.0.1:18390/ >/dev/null
-  callgrind_control -z "$vg" >/dev/null 2>&1
-  local out
-  out=$(wrk -t1 -c8 -d"$DURATION" "${h[@]}" http://127.0.0.1:18390/)
+  if [[ $label == *-h2 ]]; then
+    # HTTP/2 over TLS: 8 connections x 10 concurrent streams, as bench/run.sh's h2 scenario.
+    h2load -t1 -c8 -m10 -D2 "${h[@]}" https://127.0.0.1:18392/ >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
+    out=$(h2load -t1 -c8 -m10 -D"${DURATION%s}" "${h[@]}" https://127.0.0.1:18392/)
+    grep -qi 'application protocol: h2' <<<"$out" || { echo "$label: no h2: $out" >&2; exit 1; }
+    n=$(awk '/^requests:/ {print $8}' <<<"$out")
+  else
+    wrk -t1 -c8 -d2s "${h[@]}" http://127.0.0.1:18390/ >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
+    out=$(wrk -t1 -c8 -d"$DURATION" "${h[@]}" http://127.0.0.1:18390/)
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+  fi
   callgrind_control -d "$vg" >/dev/null 2>&1
   kill "$vg"; wait "$vg" 2>/dev/null || true
-  local n ir
-  n=$(awk '/requests in/ {print $1}' <<<"$out")
   ir=$(grep -h '^summary:' "$TMP/cg-$label.out.1" | awk '{print $2}')
   printf '%-22s %8d requests  %9d instructions/request\n' "$label" "$n" "$((ir / n))"
   if ((TOP > 0)); then
@@ -63,5 +72,23 @@ measure routeid-plain-nometrics "" "${R[@]}" --no-metrics
 L=("$BIN" standalone -f "$TMP/pools.yaml" --listen 127.0.0.1:18390 --admin-listen 127.0.0.1:18391)
 measure routeid-plain-log "" "${L[@]}"
 measure routeid-sticky-log "ROUTEID=.s1" "${L[@]}"
+if [[ " ${ONLY:-} " == *-h2\ * ]]; then
+  # HTTP/2 over TLS (h2load, from nghttp2-client): routeid's and HAProxy's h2 front ends with
+  # one ECDSA P-256 certificate, as bench/run.sh's h2 scenario. Only when ONLY names an h2 run.
+  command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test -keyout "$TMP/tls.key" -out "$TMP/tls.crt" 2>/dev/null
+  cat "$TMP/tls.crt" "$TMP/tls.key" >"$TMP/bench.pem"
+  {
+    printf -- '---\napiVersion: v1\nkind: Secret\nmetadata: {name: bench-tls}\ntype: kubernetes.io/tls\nstringData:\n'
+    printf '  tls.crt: |\n'; sed 's/^/    /' "$TMP/tls.crt"
+    printf '  tls.key: |\n'; sed 's/^/    /' "$TMP/tls.key"
+  } >>"$TMP/pools.yaml"
+  sed -e "s|@TLSLISTEN@|127.0.0.1:18392|g" -e "s|@TMP@|$TMP|g" bench/haproxy-tls.cfg.tmpl >>"$TMP/haproxy.cfg"
+  T=(--tls-listen 127.0.0.1:18392 --default-tls-secret default/bench-tls)
+  measure routeid-h2 "ROUTEID=.s1" "${R[@]}" "${T[@]}"
+  measure routeid-h2-log "ROUTEID=.s1" "${L[@]}" "${T[@]}"
+  measure haproxy-h2 "ROUTEID=s1" haproxy -f "$TMP/haproxy.cfg" -db
+fi
 measure haproxy-plain "" haproxy -f "$TMP/haproxy.cfg" -db
 measure haproxy-sticky "ROUTEID=s1" haproxy -f "$TMP/haproxy.cfg" -db

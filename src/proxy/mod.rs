@@ -10,6 +10,7 @@
 
 pub(crate) mod access_log;
 pub mod body;
+pub mod coalesce;
 pub mod forward;
 pub mod gateway;
 pub mod headers;

@@ -647,7 +647,8 @@ async fn serve_connection<I, H, F, B>(
         let resp = handler(req);
         async move { Ok::<_, Infallible>(resp.await.map(|inner| Tracked { inner, guard: Some(guard) })) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    // HTTP/2 connections send what their streams wrote once per scheduler round.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(super::coalesce::Coalesce::new(io)), svc);
     tokio::pin!(conn);
     let mut closing = *shutdown.borrow();
     if closing {
