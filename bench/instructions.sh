@@ -35,7 +35,7 @@ measure() { # label cookie-header command...
   callgrind_control -i on "$vg" >/dev/null 2>&1
   local h=() out n ir
   [[ -n $cookie ]] && h=(-H "Cookie: $cookie")
-  if [[ $label == *-h2 ]]; then
+  if [[ $label == *-h2 || $label == *-h2-* ]]; then
     # HTTP/2 over TLS: 8 connections x 10 concurrent streams, as bench/run.sh's h2 scenario.
     h2load -t1 -c8 -m10 -D2 "${h[@]}" https://127.0.0.1:18392/ >/dev/null
     callgrind_control -z "$vg" >/dev/null 2>&1
@@ -72,7 +72,7 @@ measure routeid-plain-nometrics "" "${R[@]}" --no-metrics
 L=("$BIN" standalone -f "$TMP/pools.yaml" --listen 127.0.0.1:18390 --admin-listen 127.0.0.1:18391)
 measure routeid-plain-log "" "${L[@]}"
 measure routeid-sticky-log "ROUTEID=.s1" "${L[@]}"
-if [[ " ${ONLY:-} " == *-h2\ * ]]; then
+if [[ " ${ONLY:-} " == *-h2\ * || " ${ONLY:-} " == *-h2-* ]]; then
   # HTTP/2 over TLS (h2load, from nghttp2-client): routeid's and HAProxy's h2 front ends with
   # one ECDSA P-256 certificate, as bench/run.sh's h2 scenario. Only when ONLY names an h2 run.
   command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }

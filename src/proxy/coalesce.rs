@@ -7,11 +7,16 @@
 //! costs a system call, the loopback's or NIC's work and a wake-up of the client.
 //!
 //! [`Coalesce`] keeps what an HTTP/2 connection writes, up to [`HELD_MAX`] bytes, and sends it
-//! when the runtime has run every task that was ready: a flush waits for tokio's `yield_now`,
-//! which wakes its task only after the scheduler's current round (the ready tasks, then a poll
-//! for I/O). The responses that members finish in one round then leave in one write. A
+//! at the end of the worker's scheduler round: a flush waits for tokio's `yield_now`, whose
+//! waker tokio keeps until the worker has no task left to run (or has run 61 in a row) and has
+//! polled for I/O. The responses that members finish in one round then leave in one write. A
 //! connection is HTTP/2 when it opens with the HTTP/2 preface, cleartext or TLS; any other
 //! connection (HTTP/1, one response at a time) is passed straight through.
+//!
+//! This leans on `yield_now` deferring its wake-up, which tokio does not promise: were it to
+//! wake at once (as it does outside a runtime worker, e.g. in `block_in_place`), each flush would
+//! simply send at once, as without this layer; a flush never waits for more than one round. The
+//! buffer exists only while something is held: an idle HTTP/2 connection keeps none.
 
 use std::future::Future;
 use std::io;
@@ -28,10 +33,10 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most an HTTP/2 connection holds between flushes. A write that would pass it sends what
 /// is held first; a write of this size or more goes out as it is, after what was held.
-pub const HELD_MAX: usize = 16 * 1024;
+pub(crate) const HELD_MAX: usize = 16 * 1024;
 
 /// A client connection whose writes, once it shows it is HTTP/2, leave once per round.
-pub struct Coalesce<S> {
+pub(crate) struct Coalesce<S> {
     io: S,
     mode: Mode,
     /// What was written and not sent yet; `held[sent..]` is still to go.
@@ -76,7 +81,7 @@ impl Wake for Ended {
 
 impl<S> Coalesce<S> {
     /// Wraps a client connection (nothing is held until it shows the HTTP/2 preface).
-    pub fn new(io: S) -> Coalesce<S> {
+    pub(crate) fn new(io: S) -> Coalesce<S> {
         Coalesce { io, mode: Mode::Sniffing(0), held: Vec::new(), sent: 0, round: None }
     }
 
@@ -103,11 +108,13 @@ impl Round {
     fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.ended.task.register(cx.waker());
         if !self.waiting {
+            // The wait belongs to the round of the first flush that finds something held:
+            // every stream that queues a frame polls the connection again, and those polls
+            // must not start (or end) a wait of their own.
             self.waiting = true;
             self.ended.done.store(false, Ordering::Release);
-            // Polled once, with `ended`'s waker: tokio keeps that waker until the round is
-            // over (or wakes it at once outside a runtime). A second poll would be ready at
-            // once, and the connection is polled again by every stream that queues a frame.
+            // A new `yield_now`, polled once with `ended`'s waker, which tokio keeps until the
+            // round is over (or wakes at once where it cannot defer).
             let yielded = std::pin::pin!(tokio::task::yield_now());
             if yielded.poll(&mut Context::from_waker(&self.waker)).is_ready() {
                 self.ended.done.store(true, Ordering::Release);
@@ -122,7 +129,9 @@ impl Round {
 }
 
 impl<S: AsyncWrite + Unpin> Coalesce<S> {
-    /// Sends everything held.
+    /// Sends everything held, then gives the buffer back. A wait for the round's end that was
+    /// running is over too: a round's end that comes after this must not let the next flush
+    /// out early.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.held.len() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held[self.sent..]))?;
@@ -131,8 +140,11 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
             }
             self.sent += n;
         }
-        self.held.clear();
+        self.held = Vec::new();
         self.sent = 0;
+        if let Some(round) = &mut self.round {
+            round.waiting = false;
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -142,7 +154,14 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
         if self.held.len() + len > HELD_MAX {
             ready!(self.poll_send_held(cx))?;
         }
-        Poll::Ready(Ok(len < HELD_MAX))
+        if len >= HELD_MAX {
+            return Poll::Ready(Ok(false));
+        }
+        if self.held.capacity() == 0 {
+            // Once per round, at its size: the buffer never grows past it.
+            self.held.reserve_exact(HELD_MAX);
+        }
+        Poll::Ready(Ok(true))
     }
 }
 
@@ -191,7 +210,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.sent < this.held.len() {
-            if let Some(round) = &mut this.round {
+            // Once sending has begun (the socket took part of it), the rest follows as the
+            // socket allows, without waiting for another round.
+            if this.sent == 0
+                && let Some(round) = &mut this.round
+            {
                 ready!(round.poll_end(cx));
             }
             ready!(this.poll_send_held(cx))?;
@@ -211,13 +234,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A connection that hands out `input` in the pieces given and records every write.
+    type Log = Arc<Mutex<Vec<Vec<u8>>>>;
+
+    /// A connection that hands out `input` in the pieces given and records every write; it
+    /// takes at most `limit` bytes per write (0: all), and answers `Pending` to every other
+    /// write when `stall` is set.
     #[derive(Default)]
     struct Recorder {
         input: Vec<Vec<u8>>,
-        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        writes: Log,
+        limit: usize,
+        stall: bool,
+        stalled: bool,
         shut: bool,
     }
 
@@ -232,9 +263,17 @@ mod tests {
     }
 
     impl AsyncWrite for Recorder {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-            self.writes.lock().unwrap_or_else(|e| e.into_inner()).push(data.to_vec());
-            Poll::Ready(Ok(data.len()))
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+            if self.stall {
+                self.stalled = !self.stalled;
+                if self.stalled {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            let n = if self.limit == 0 { data.len() } else { data.len().min(self.limit) };
+            self.writes.lock().unwrap_or_else(|e| e.into_inner()).push(data[..n].to_vec());
+            Poll::Ready(Ok(n))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
@@ -245,72 +284,175 @@ mod tests {
         }
     }
 
-    /// A wrapped connection that first reads `pieces`, and the log of what reached its socket.
-    async fn opened(pieces: &[&[u8]]) -> (Coalesce<Recorder>, Arc<Mutex<Vec<Vec<u8>>>>) {
-        let rec = Recorder { input: pieces.iter().map(|p| p.to_vec()).collect(), ..Recorder::default() };
-        let writes = Arc::clone(&rec.writes);
+    /// `rec` wrapped, after it read its input piece by piece.
+    async fn opened(rec: Recorder) -> Coalesce<Recorder> {
+        let pieces: Vec<usize> = rec.input.iter().map(Vec::len).collect();
         let mut c = Coalesce::new(rec);
         let mut buf = [0u8; 64];
-        for p in pieces {
-            assert_eq!(c.read(&mut buf).await.unwrap_or(0), p.len());
+        for len in pieces {
+            assert_eq!(c.read(&mut buf).await.ok(), Some(len));
         }
-        (c, writes)
+        c
     }
 
-    fn sent(writes: &Mutex<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+    fn reading(pieces: &[&[u8]]) -> Recorder {
+        Recorder { input: pieces.iter().map(|p| p.to_vec()).collect(), ..Recorder::default() }
+    }
+
+    fn sent(writes: &Log) -> Vec<Vec<u8>> {
         writes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Within a second: a wait for a round's end that never ends fails the test, not hangs it.
+    async fn soon<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(1), f).await.unwrap_or_else(|_| panic!("not within a second"))
+    }
+
+    fn poll_write(c: &mut Coalesce<Recorder>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(c).poll_write(&mut Context::from_waker(std::task::Waker::noop()), data)
+    }
+
+    fn poll_flush(c: &mut Coalesce<Recorder>) -> Poll<io::Result<()>> {
+        Pin::new(c).poll_flush(&mut Context::from_waker(std::task::Waker::noop()))
     }
 
     #[tokio::test]
     async fn an_http1_connections_writes_go_straight_out() {
-        let (mut c, writes) = opened(&[b"GET / HTTP/1.1\r\n"]).await;
-        c.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap_or(());
+        let mut c = opened(reading(&[b"GET / HTTP/1.1\r\n"])).await;
+        let writes = Arc::clone(&c.io.writes);
+        assert!(matches!(poll_write(&mut c, b"HTTP/1.1 200 OK\r\n"), Poll::Ready(Ok(17))));
         assert_eq!(sent(&writes), vec![b"HTTP/1.1 200 OK\r\n".to_vec()], "written before any flush");
         // Starts like the preface, then is not it.
-        let (mut c, writes) = opened(&[b"PRI * HTTP/1.1\r\n"]).await;
-        c.write_all(b"x").await.unwrap_or(());
-        assert_eq!(sent(&writes).len(), 1);
+        let mut c = opened(reading(&[b"PRI * HTTP/1.1\r\n"])).await;
+        assert!(matches!(poll_write(&mut c, b"x"), Poll::Ready(Ok(1))));
+        assert_eq!(sent(&c.io.writes).len(), 1);
     }
 
     #[tokio::test]
     async fn an_http2_connections_writes_of_one_round_leave_in_one_write() {
-        // The preface in three reads.
-        let (mut c, writes) = opened(&[&PREFACE[..3], &PREFACE[3..20], &PREFACE[20..]]).await;
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(matches!(Pin::new(&mut c).poll_write(&mut cx, b"a"), Poll::Ready(Ok(1))));
-        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending(), "the round is not over");
+        // The preface in three reads, the last with the client's first frame after it.
+        let last = [&PREFACE[20..], b"\0\0\0\x04"].concat();
+        let mut c = opened(reading(&[&PREFACE[..3], &PREFACE[3..20], &last])).await;
+        let writes = Arc::clone(&c.io.writes);
+        assert!(matches!(poll_write(&mut c, b"a"), Poll::Ready(Ok(1))));
+        assert!(poll_flush(&mut c).is_pending(), "the round is not over");
         // More streams queue frames in the same round, and the connection is polled again.
+        let two = [io::IoSlice::new(b"b"), io::IoSlice::new(b"c")];
+        let waker = std::task::Waker::noop();
         assert!(matches!(
-            Pin::new(&mut c).poll_write_vectored(&mut cx, &[io::IoSlice::new(b"b"), io::IoSlice::new(b"c")]),
+            Pin::new(&mut c).poll_write_vectored(&mut Context::from_waker(waker), &two),
             Poll::Ready(Ok(2))
         ));
-        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending(), "still the same round");
+        assert!(poll_flush(&mut c).is_pending(), "still the same round");
         assert!(sent(&writes).is_empty());
         // The round ends once this task, too, has yielded.
-        tokio::task::yield_now().await;
-        assert!(matches!(Pin::new(&mut c).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        soon(tokio::task::yield_now()).await;
+        assert!(matches!(poll_flush(&mut c), Poll::Ready(Ok(()))));
         assert_eq!(sent(&writes), vec![b"abc".to_vec()]);
-        // Nothing held: a flush is ready at once; the next round waits again.
-        assert!(matches!(Pin::new(&mut c).poll_flush(&mut cx), Poll::Ready(Ok(()))));
-        c.write_all(b"d").await.unwrap_or(());
-        c.flush().await.unwrap_or(());
+        // Nothing held: a flush is ready at once; the next round waits again, and its end
+        // wakes the connection's task.
+        assert!(matches!(poll_flush(&mut c), Poll::Ready(Ok(()))));
+        assert!(matches!(poll_write(&mut c, b"d"), Poll::Ready(Ok(1))));
+        assert!(poll_flush(&mut c).is_pending());
+        assert!(soon(c.flush()).await.is_ok());
         assert_eq!(sent(&writes), vec![b"abc".to_vec(), b"d".to_vec()]);
     }
 
     #[tokio::test]
     async fn a_large_write_goes_out_after_what_is_held_and_shutdown_sends_the_rest() {
-        let (mut c, writes) = opened(&[PREFACE]).await;
+        let mut c = opened(reading(&[PREFACE])).await;
+        let writes = Arc::clone(&c.io.writes);
         let big = vec![7u8; HELD_MAX];
-        c.write_all(b"head").await.unwrap_or(());
-        c.write_all(&big).await.unwrap_or(());
-        c.write_all(&big[..HELD_MAX - 1]).await.unwrap_or(());
-        c.write_all(b"tail").await.unwrap_or(());
+        assert!(matches!(poll_write(&mut c, b"head"), Poll::Ready(Ok(4))));
+        assert!(poll_flush(&mut c).is_pending(), "a wait for the round's end is running");
+        assert!(matches!(poll_write(&mut c, &big), Poll::Ready(Ok(HELD_MAX))));
+        assert!(matches!(poll_write(&mut c, &big[1..]), Poll::Ready(Ok(n)) if n == HELD_MAX - 1));
+        assert!(matches!(poll_write(&mut c, b"tail"), Poll::Ready(Ok(4))));
         let got = sent(&writes);
         assert_eq!(got.len(), 3, "held, the large write, then the held write that would pass the cap");
         assert_eq!((got[0].as_slice(), got[1].len(), got[2].len()), (&b"head"[..], HELD_MAX, HELD_MAX - 1));
-        c.shutdown().await.unwrap_or(());
+        assert!(c.held.capacity() <= HELD_MAX, "the buffer never grows past its size");
+        // The wait that was running ended with the held bytes that went out: a round's end
+        // arriving later does not let the next flush out at once.
+        soon(tokio::task::yield_now()).await;
+        assert!(poll_flush(&mut c).is_pending(), "the next flush waits for its own round");
+        assert!(soon(c.shutdown()).await.is_ok());
         assert_eq!(sent(&writes)[3], b"tail");
         assert!(c.io.shut);
+        assert_eq!(c.held.capacity(), 0, "nothing held, no buffer kept");
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_part_of_a_write_or_stalls_gets_every_byte_in_order() {
+        let mut rec = reading(&[PREFACE]);
+        (rec.limit, rec.stall) = (3, true);
+        let mut c = opened(rec).await;
+        let writes = Arc::clone(&c.io.writes);
+        for chunk in [&b"0123"[..], b"4567", b"89"] {
+            assert!(soon(c.write_all(chunk)).await.is_ok());
+        }
+        assert!(soon(c.flush()).await.is_ok());
+        let got = sent(&writes);
+        assert_eq!(got.concat(), b"0123456789");
+        assert!(got.iter().all(|w| w.len() <= 3));
+        assert!(c.held.is_empty());
+    }
+
+    /// A connection's side that counts its writes.
+    struct Counted {
+        io: tokio::io::DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.io).poll_write(cx, data)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// hyper's HTTP/2 server and client, ten concurrent streams, on the runtime the proxy runs
+    /// (multi-threaded, here with one worker): the ten responses leave in one write, where a
+    /// flush per stream made one write per response (10, measured with this test).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn ten_concurrent_http2_responses_share_their_writes() {
+        use http_body_util::{BodyExt, Empty, Full};
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server_io = Coalesce::new(Counted { io: server_io, writes: Arc::clone(&writes) });
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from_static(b"hello"))))
+        });
+        let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(server_io), svc);
+        tokio::spawn(server);
+        let (sender, conn) = soon(hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(conn);
+        let get = |sender: hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>| async move {
+            let req = http::Request::get("http://test/").body(Empty::new()).unwrap_or_else(|e| panic!("{e}"));
+            let resp = sender.clone().send_request(req).await.unwrap_or_else(|e| panic!("{e}"));
+            resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default()
+        };
+        assert_eq!(soon(get(sender.clone())).await, "hello", "settings exchanged");
+        let before = writes.load(Ordering::Relaxed);
+        let all = soon(futures_util::future::join_all((0..10).map(|_| get(sender.clone())))).await;
+        assert!(all.iter().all(|b| b == "hello"));
+        let used = writes.load(Ordering::Relaxed) - before;
+        assert!(used <= 3, "ten responses took {used} writes");
     }
 }

@@ -10,7 +10,7 @@
 
 pub(crate) mod access_log;
 pub mod body;
-pub mod coalesce;
+pub(crate) mod coalesce;
 pub mod forward;
 pub mod gateway;
 pub mod headers;

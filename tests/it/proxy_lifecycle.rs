@@ -47,6 +47,8 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_table() {
         let mut proxy = spawn_standalone(&file, &["--no-access-log"]).await;
         assert_eq!(get(proxy.proxy_addr, "/", &[]).await.route(), "a");
         // The startup line says what `kill -HUP <pid>` needs, the version and where it listens.
+        // It is written just after the listeners open (by the log's writer thread): awaited.
+        wait_for(Duration::from_secs(5), "the startup line", || proxy.stderr().contains("standalone serving")).await;
         let started = proxy.stderr();
         assert!(started.contains(&format!("pid={}", proxy.pid())), "{started}");
         assert!(started.contains(&format!("version=\"{} (commit ", env!("CARGO_PKG_VERSION"))), "{started}");
