@@ -8,8 +8,8 @@
 //!
 //! [`Coalesce`] keeps what an HTTP/2 connection writes, up to [`HELD_MAX`] bytes, and sends it
 //! at the end of the worker's scheduler round: a flush waits for tokio's `yield_now`, whose
-//! waker tokio keeps until the worker has no task left to run (or has run 61 in a row) and has
-//! polled for I/O. The responses that members finish in one round then leave in one write. A
+//! waker tokio keeps until the worker has no task left to run (or at its every 61st scheduler
+//! tick) and has polled for I/O. The responses that members finish in one round then leave in one write. A
 //! connection is HTTP/2 when it opens with the HTTP/2 preface, cleartext or TLS; any other
 //! connection (HTTP/1, one response at a time) is passed straight through.
 //!
@@ -114,24 +114,30 @@ impl Round {
             self.waiting = true;
             self.ended.done.store(false, Ordering::Release);
             // A new `yield_now`, polled once with `ended`'s waker, which tokio keeps until the
-            // round is over (or wakes at once where it cannot defer).
+            // round is over. Always `Pending`: where tokio cannot defer (outside a worker) it
+            // wakes `ended` at once, within this poll, which sets `done`.
             let yielded = std::pin::pin!(tokio::task::yield_now());
-            if yielded.poll(&mut Context::from_waker(&self.waker)).is_ready() {
-                self.ended.done.store(true, Ordering::Release);
-            }
+            let _ = yielded.poll(&mut Context::from_waker(&self.waker));
         }
-        if !self.ended.done.load(Ordering::Acquire) {
-            return Poll::Pending;
+        // The wait stays on (`done` set) until the held bytes are out: a socket too full to
+        // take them now does not make the flush wait for another round.
+        if self.ended.done.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// The held bytes went out: the wait, if one was on, is over. One whose round has not
+    /// ended yet (bytes sent because more came than fit) gets a new waker, so that round's
+    /// end, on whichever worker it comes, cannot end the next wait early.
+    fn end(&mut self) {
+        if self.waiting && !self.ended.done.load(Ordering::Acquire) {
+            self.ended = Arc::new(Ended::default());
+            self.waker = Waker::from(Arc::clone(&self.ended));
         }
         self.waiting = false;
-        Poll::Ready(())
     }
 }
 
 impl<S: AsyncWrite + Unpin> Coalesce<S> {
-    /// Sends everything held, then gives the buffer back. A wait for the round's end that was
-    /// running is over too: a round's end that comes after this must not let the next flush
-    /// out early.
+    /// Sends everything held; a wait for the round's end that was on is over with it.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.held.len() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held[self.sent..]))?;
@@ -140,12 +146,19 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
             }
             self.sent += n;
         }
-        self.held = Vec::new();
+        self.held.clear();
         self.sent = 0;
         if let Some(round) = &mut self.round {
-            round.waiting = false;
+            round.end();
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Gives the buffer back once nothing is held: an idle connection keeps none.
+    fn release(&mut self) {
+        if self.held.is_empty() && self.held.capacity() != 0 {
+            self.held = Vec::new();
+        }
     }
 
     /// Makes room for `len` more bytes: `Ready(true)` when they are to be held, `Ready(false)`
@@ -158,7 +171,7 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
             return Poll::Ready(Ok(false));
         }
         if self.held.capacity() == 0 {
-            // Once per round, at its size: the buffer never grows past it.
+            // At its full size: the buffer never grows past it.
             self.held.reserve_exact(HELD_MAX);
         }
         Poll::Ready(Ok(true))
@@ -219,6 +232,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
             }
             ready!(this.poll_send_held(cx))?;
         }
+        this.release();
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
@@ -226,6 +240,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send_held(cx))?;
+        this.release();
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
@@ -398,6 +413,20 @@ mod tests {
         assert!(c.held.is_empty());
     }
 
+    #[tokio::test]
+    async fn a_round_that_ended_is_not_waited_for_again_when_the_socket_was_full() {
+        let mut rec = reading(&[PREFACE]);
+        rec.stall = true;
+        let mut c = opened(rec).await;
+        let writes = Arc::clone(&c.io.writes);
+        assert!(matches!(poll_write(&mut c, b"a"), Poll::Ready(Ok(1))));
+        assert!(poll_flush(&mut c).is_pending(), "the round is not over");
+        soon(tokio::task::yield_now()).await;
+        assert!(poll_flush(&mut c).is_pending(), "the socket takes nothing this time");
+        assert!(matches!(poll_flush(&mut c), Poll::Ready(Ok(()))), "no second round");
+        assert_eq!(sent(&writes), vec![b"a".to_vec()]);
+    }
+
     /// A connection's side that counts its writes.
     struct Counted {
         io: tokio::io::DuplexStream,
@@ -450,7 +479,9 @@ mod tests {
         };
         assert_eq!(soon(get(sender.clone())).await, "hello", "settings exchanged");
         let before = writes.load(Ordering::Relaxed);
-        let all = soon(futures_util::future::join_all((0..10).map(|_| get(sender.clone())))).await;
+        // Sent from a task of the same worker, as a client's requests arrive together.
+        let ten = tokio::spawn(futures_util::future::join_all((0..10).map(|_| get(sender.clone()))));
+        let all = soon(ten).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(all.iter().all(|b| b == "hello"));
         let used = writes.load(Ordering::Relaxed) - before;
         assert!(used <= 3, "ten responses took {used} writes");
