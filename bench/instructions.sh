@@ -76,14 +76,8 @@ if [[ " ${ONLY:-} " == *-h2\ * || " ${ONLY:-} " == *-h2-* ]]; then
   # HTTP/2 over TLS (h2load, from nghttp2-client): routeid's and HAProxy's h2 front ends with
   # one ECDSA P-256 certificate, as bench/run.sh's h2 scenario. Only when ONLY names an h2 run.
   command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
-    -addext subjectAltName=DNS:bench.test -keyout "$TMP/tls.key" -out "$TMP/tls.crt" 2>/dev/null
-  cat "$TMP/tls.crt" "$TMP/tls.key" >"$TMP/bench.pem"
-  {
-    printf -- '---\napiVersion: v1\nkind: Secret\nmetadata: {name: bench-tls}\ntype: kubernetes.io/tls\nstringData:\n'
-    printf '  tls.crt: |\n'; sed 's/^/    /' "$TMP/tls.crt"
-    printf '  tls.key: |\n'; sed 's/^/    /' "$TMP/tls.key"
-  } >>"$TMP/pools.yaml"
+  source bench/tls.sh
+  bench_certificate "$TMP" >>"$TMP/pools.yaml"
   sed -e "s|@TLSLISTEN@|127.0.0.1:18392|g" -e "s|@TMP@|$TMP|g" bench/haproxy-tls.cfg.tmpl >>"$TMP/haproxy.cfg"
   T=(--tls-listen 127.0.0.1:18392 --default-tls-secret default/bench-tls)
   measure routeid-h2 "ROUTEID=.s1" "${R[@]}" "${T[@]}"

@@ -34,6 +34,8 @@ set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
+# shellcheck source=bench/tls.sh
+source "$BENCH_DIR/tls.sh"
 OUT_DIR="$BENCH_DIR/out"
 
 DURATION=${DURATION:-10s}
@@ -262,20 +264,12 @@ main() {
 
     # One ECDSA P-256 certificate for both proxies: a Secret document for routeid (the default
     # certificate, whatever name wrk sends), one PEM bundle for HAProxy.
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
-        -addext subjectAltName=DNS:bench.test -keyout "$TMP/tls.key" -out "$TMP/tls.crt" 2>/dev/null ||
-        die "openssl could not make the bench certificate"
-    cat "$TMP/tls.crt" "$TMP/tls.key" >"$TMP/bench.pem"
+    local secret
+    secret=$(bench_certificate "$TMP") || die "openssl could not make the bench certificate"
 
     # routeid on the proxy CPU, one tokio worker.
     render "$BENCH_DIR/pools.yaml.tmpl" "$TMP/pools.yaml"
-    {
-        printf -- '---\napiVersion: v1\nkind: Secret\nmetadata: {name: bench-tls}\ntype: kubernetes.io/tls\nstringData:\n'
-        printf '  tls.crt: |\n'
-        sed 's/^/    /' "$TMP/tls.crt"
-        printf '  tls.key: |\n'
-        sed 's/^/    /' "$TMP/tls.key"
-    } >>"$TMP/pools.yaml"
+    printf '%s\n' "$secret" >>"$TMP/pools.yaml"
     start_routeid routeid "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$ROUTEID_TLS_PORT" --no-access-log
     start_routeid routeid-log "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT" \
         --log-format "$LOG_FORMAT"

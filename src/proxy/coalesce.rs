@@ -9,9 +9,9 @@
 //! [`Coalesce`] keeps what an HTTP/2 connection writes, up to [`HELD_MAX`] bytes, and sends it
 //! at the end of the worker's scheduler round: a flush waits for tokio's `yield_now`, whose
 //! waker tokio keeps until the worker has no task left to run (or at its every 61st scheduler
-//! tick) and has polled for I/O. The responses that members finish in one round then leave in one write. A
-//! connection is HTTP/2 when it opens with the HTTP/2 preface, cleartext or TLS; any other
-//! connection (HTTP/1, one response at a time) is passed straight through.
+//! tick) and has polled for I/O. The responses that members finish in one round then leave in
+//! one write. A connection is HTTP/2 when it opens with the HTTP/2 preface, cleartext or TLS;
+//! any other connection (HTTP/1, one response at a time) is passed straight through.
 //!
 //! This leans on `yield_now` deferring its wake-up, which tokio does not promise: were it to
 //! wake at once (as it does outside a runtime worker, e.g. in `block_in_place`), each flush would
@@ -42,15 +42,14 @@ pub(crate) struct Coalesce<S> {
     /// What was written and not sent yet; `held[sent..]` is still to go.
     held: Vec<u8>,
     sent: usize,
-    /// Made when the connection turns out to be HTTP/2.
-    round: Option<Round>,
 }
 
 enum Mode {
     /// The first bytes read so far match this much of the preface.
     Sniffing(usize),
     Http1,
-    Http2,
+    /// Writes are held, and flushes wait for the round's end.
+    Http2(Round),
 }
 
 /// The wait for the end of a scheduler round.
@@ -82,7 +81,7 @@ impl Wake for Ended {
 impl<S> Coalesce<S> {
     /// Wraps a client connection (nothing is held until it shows the HTTP/2 preface).
     pub(crate) fn new(io: S) -> Coalesce<S> {
-        Coalesce { io, mode: Mode::Sniffing(0), held: Vec::new(), sent: 0, round: None }
+        Coalesce { io, mode: Mode::Sniffing(0), held: Vec::new(), sent: 0 }
     }
 
     /// Follows the preface through the first bytes read.
@@ -97,8 +96,7 @@ impl<S> Coalesce<S> {
         } else {
             let ended = Arc::new(Ended::default());
             let waker = Waker::from(Arc::clone(&ended));
-            self.round = Some(Round { ended, waker, waiting: false });
-            Mode::Http2
+            Mode::Http2(Round { ended, waker, waiting: false })
         };
     }
 }
@@ -148,7 +146,7 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
         }
         self.held.clear();
         self.sent = 0;
-        if let Some(round) = &mut self.round {
+        if let Mode::Http2(round) = &mut self.mode {
             round.end();
         }
         Poll::Ready(Ok(()))
@@ -193,7 +191,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if !matches!(this.mode, Mode::Http2) || !ready!(this.poll_room(cx, data.len()))? {
+        if !matches!(this.mode, Mode::Http2(_)) || !ready!(this.poll_room(cx, data.len()))? {
             return Pin::new(&mut this.io).poll_write(cx, data);
         }
         this.held.extend_from_slice(data);
@@ -207,7 +205,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let len = bufs.iter().map(|b| b.len()).sum();
-        if !matches!(this.mode, Mode::Http2) || !ready!(this.poll_room(cx, len))? {
+        if !matches!(this.mode, Mode::Http2(_)) || !ready!(this.poll_room(cx, len))? {
             return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         for b in bufs {
@@ -226,7 +224,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
             // Once sending has begun (the socket took part of it), the rest follows as the
             // socket allows, without waiting for another round.
             if this.sent == 0
-                && let Some(round) = &mut this.round
+                && let Mode::Http2(round) = &mut this.mode
             {
                 ready!(round.poll_end(cx));
             }
