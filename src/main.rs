@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         };
     }
     let _log_writer = init_logging(cli.log_format, cli.log_level.as_deref());
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match routeid::runtime::scheduler().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("routeid: cannot start the runtime: {e}");
