@@ -23,11 +23,12 @@ use crate::proxy::{Proxy, ProxySettings, server};
 /// HTTP/2 streams in flight: a task per stream and one per member connection), tokio moves the
 /// queue's older half to the shared queue, and by default takes one task from there only every
 /// 60 to 127 polls (it aims at one look per 200 µs). The tasks moved there waited while the
-/// others went round and round: with 64 clients × 10 HTTP/2 streams, routeid's p99 was 9×
-/// its median (HAProxy's 1.8×), and the shared queue held 130 tasks on average
-/// (`RuntimeMetrics::global_queue_depth`, sampled each millisecond). Every 4 polls, it halved
-/// the p99 at no measurable cost in CPU (bench/README.md). Below 256 ready tasks the shared
-/// queue is empty and a look is one atomic load.
+/// others went round and round: with 64 clients × 10 HTTP/2 streams, routeid's p99 was 8× its
+/// median (HAProxy's 1.7×), and the shared queue held 130 tasks on average
+/// (`RuntimeMetrics::global_queue_depth`, sampled each millisecond). A look every 4 polls
+/// about halved the p99 with 64 or 32 clients, for 1-9 % more CPU per request under that load
+/// (`bench/h2_tail.sh`, bench/README.md): fair turns cost a little locality. Below 256 ready
+/// tasks nothing changes: the shared queue stays empty, and a look is one atomic load.
 pub const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 
 /// The binary's tokio runtime, multi-threaded (one worker per core, or `TOKIO_WORKER_THREADS`),

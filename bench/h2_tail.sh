@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# HTTP/2 with many streams in flight: latency percentiles and CPU per request of routeid builds
+# and HAProxy, in interleaved rounds (every target in turn each round, so the machine's drift
+# hits all alike; ratios are taken within a round, then their median). Loopback only; each proxy
+# on CPU 0 (routeid with one tokio worker), h2load and the nginx members on CPU 1.
+#
+#   bash bench/h2_tail.sh                      # the release build, 64 connections x 10 streams
+#   BUILDS="old=/tmp/routeid-old new=target/pgo/release/routeid" C=32 ROUNDS=10 bash bench/h2_tail.sh
+#
+#   BUILDS  label=binary pairs (default: new=<the release build>); the first is the base of
+#           the ratios
+#   C, M    h2load connections and streams per connection (64, 10); ROUNDS (8); D seconds per
+#           measurement (2, after a 1 s warm-up)
+#   FLAGS   more routeid flags; by default it runs as users run it, its access log on (to a file)
+#
+# Prints one line per target and round (requests, CPU per request from /proc/PID/stat, p50 p90
+# p99 p99.9 max in µs from h2load's per-request log), then per target the medians of its CPU,
+# p99 and req/s over the base's, and of its own p99/p50. The rows stay in bench/out/h2_tail.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/common.sh
+source bench/tls.sh
+C=${C:-64} M=${M:-10} ROUNDS=${ROUNDS:-8} D=${D:-2}
+command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
+bench_init h2tail curl nginx haproxy python3
+BUILDS=${BUILDS:-new=$BIN}
+start_backends 18581 18582 taskset -c 1
+bench_certificate "$TMP" >>"$TMP/pools.yaml"
+sed -e "s|@PORT1@|18581|g" -e "s|@PORT2@|18582|g" -e "s|@LISTEN@|127.0.0.1:18590|g" bench/haproxy.cfg.tmpl >"$TMP/haproxy.cfg"
+sed -e "s|@TLSLISTEN@|127.0.0.1:18592|g" -e "s|@TMP@|$TMP|g" bench/haproxy-tls.cfg.tmpl >>"$TMP/haproxy.cfg"
+taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+pids+=($!)
+targets=("haproxy:18592:$!:s1")
+port=18600
+for b in $BUILDS; do
+    label=${b%%=*}
+    # shellcheck disable=SC2086 # FLAGS: words
+    start_routeid "${b#*=}" "$port" $((port + 1)) "$TMP/$label.log" ${FLAGS:-} \
+        --tls-listen 127.0.0.1:$((port + 2)) --default-tls-secret default/bench-tls
+    targets+=("$label:$((port + 2)):$RID:.s1")
+    port=$((port + 3))
+done
+for _ in $(seq 50); do curl -fsk -o /dev/null https://127.0.0.1:18592/ && break; sleep 0.1; done
+
+mkdir -p bench/out
+out=bench/out/h2_tail.txt
+: >"$out"
+for round in $(seq "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+        IFS=: read -r label port pid cookie <<<"$t"
+        load=(taskset -c 1 h2load -t1 -c"$C" -m"$M" -H "Cookie: ROUTEID=$cookie")
+        "${load[@]}" -D1 "https://127.0.0.1:$port/" >/dev/null
+        read -r u0 s0 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
+        rm -f "$TMP/lat"
+        n=$("${load[@]}" -D"$D" --log-file="$TMP/lat" "https://127.0.0.1:$port/" | awk '/^requests:/ {print $8}')
+        read -r u1 s1 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
+        pct=$(awk '{print $3}' "$TMP/lat" | sort -n | awk '{a[NR] = $1}
+            END {printf "p50 %6d p90 %6d p99 %6d p99.9 %6d max %6d", a[int(NR * .5)], a[int(NR * .9)], a[int(NR * .99)], a[int(NR * .999)], a[NR]}')
+        tick=$(getconf CLK_TCK)
+        awk -v n="$n" -v l="$label" -v c=$((u1 - u0 + s1 - s0)) -v t="$tick" -v p="$pct" -v r="$round" \
+            'BEGIN {printf "%-3d %-10s %7d req  cpu %6.2f us  %s\n", r, l, n, c * 1e6 / t / n, p}' | tee -a "$out"
+    done
+done
+python3 - "$out" "${BUILDS%%=*}" <<'EOF'
+import statistics as st, sys
+by = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    by.setdefault(f[1], {})[f[0]] = dict(req=int(f[2]), cpu=float(f[5]), p50=int(f[8]), p99=int(f[12]))
+base = by[sys.argv[2]]
+print(f"\nmedians over {len(base)} rounds, ratios to {sys.argv[2]} in the same round:")
+for label, rounds in by.items():
+    med = lambda key: st.median(rounds[r][key] / base[r][key] for r in rounds)
+    own = st.median(v["p99"] / v["p50"] for v in rounds.values())
+    print(f"{label:10s} cpu {med('cpu'):.3f}  p99 {med('p99'):.3f}  req/s {med('req'):.3f}   own p99/p50 {own:.2f}")
+EOF
