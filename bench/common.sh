@@ -1,4 +1,4 @@
-# bench/common.sh — sourced by instructions.sh, ab.sh and health_checks.sh: the
+# bench/common.sh — sourced by instructions.sh, ab.sh, h2_tail.sh and health_checks.sh: the
 # tools a script needs (installed when missing), the release build, a temporary directory that
 # goes away with every process the script started, and the two nginx backends behind the
 # standalone pools file.
@@ -43,7 +43,7 @@ start_backends() {
 
 # start_routeid BIN PORT ADMIN LOG [FLAGS...]: `BIN standalone` on CPU 0 with one tokio worker,
 # serving $TMP/pools.yaml on 127.0.0.1:PORT (admin on ADMIN), output to LOG; sets RID to its pid
-# and returns once /readyz answers (10 s at most).
+# and returns once /readyz answers; fails if it has not within 10 s.
 start_routeid() {
   local bin=$1 port=$2 admin=$3 log=$4
   shift 4
@@ -52,4 +52,6 @@ start_routeid() {
   RID=$!
   pids+=("$RID")
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "routeid ($bin) did not become ready: $(tail -5 "$log")" >&2
+  return 1
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP/2 with many streams in flight: latency percentiles and CPU per request of routeid builds
-# and HAProxy, in interleaved rounds (every target in turn each round, so the machine's drift
-# hits all alike; ratios are taken within a round, then their median). Loopback only; each proxy
+# and HAProxy, in interleaved rounds (every target in turn each round, starting one further on
+# each round, so the machine's drift hits all alike; ratios are taken within a round, then their
+# median). Loopback only; each proxy
 # on CPU 0 (routeid with one tokio worker), h2load and the nginx members on CPU 1.
 #
 #   bash bench/h2_tail.sh                      # the release build, 64 connections x 10 streams
@@ -11,7 +12,8 @@
 #           the ratios
 #   C, M    h2load connections and streams per connection (64, 10); ROUNDS (8); D seconds per
 #           measurement (2, after a 1 s warm-up)
-#   FLAGS   more routeid flags; by default it runs as users run it, its access log on (to a file)
+#   FLAGS   more routeid flags; by default it runs as users run it, its access log on (to a
+#           file); HAProxy logs nothing (bench/haproxy.cfg.tmpl), as in bench/run.sh
 #
 # Prints one line per target and round (requests, CPU per request from /proc/PID/stat, p50 p90
 # p99 p99.9 max in µs from h2load's per-request log), then per target the medians of its CPU,
@@ -31,37 +33,53 @@ sed -e "s|@TLSLISTEN@|127.0.0.1:18592|g" -e "s|@TMP@|$TMP|g" bench/haproxy-tls.c
 taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
 pids+=($!)
 targets=("haproxy:18592:$!:s1")
-port=18600
+port=18600 base=
 for b in $BUILDS; do
     label=${b%%=*}
+    [[ $label =~ ^[A-Za-z0-9_.-]+$ && $label != haproxy ]] || { echo "bad build label: $label" >&2; exit 1; }
+    base=${base:-$label}
     # shellcheck disable=SC2086 # FLAGS: words
     start_routeid "${b#*=}" "$port" $((port + 1)) "$TMP/$label.log" ${FLAGS:-} \
         --tls-listen 127.0.0.1:$((port + 2)) --default-tls-secret default/bench-tls
     targets+=("$label:$((port + 2)):$RID:.s1")
     port=$((port + 3))
 done
-for _ in $(seq 50); do curl -fsk -o /dev/null https://127.0.0.1:18592/ && break; sleep 0.1; done
+ok=
+for _ in $(seq 50); do curl -fsk -o /dev/null https://127.0.0.1:18592/ && ok=1 && break; sleep 0.1; done
+[[ -n $ok ]] || { echo "haproxy did not start: $(cat "$TMP/haproxy.log")" >&2; exit 1; }
+
+# measure LABEL PORT PID COOKIE ROUND: one warm-up and one measured h2load run; prints a row.
+measure() {
+    local label=$1 port=$2 pid=$3 cookie=$4 round=$5 u0 s0 u1 s1 raw n pct
+    local load=(taskset -c 1 h2load -t1 -c"$C" -m"$M" -H "Cookie: ROUTEID=$cookie" "https://127.0.0.1:$port/")
+    "${load[@]}" -D1 >/dev/null
+    read -r u0 s0 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
+    rm -f "$TMP/lat"
+    raw=$("${load[@]}" -D"$D" --log-file="$TMP/lat")
+    read -r u1 s1 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
+    grep -qi 'application protocol: h2' <<<"$raw" || { echo "$label: no h2: $raw" >&2; return 1; }
+    # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    n=$(awk '/^requests:/ {if ($10 + $12 + $14 > 0) print 0; else print $8}' <<<"$raw")
+    ((n > 0)) || { echo "$label: failed requests: $raw" >&2; return 1; }
+    # Nearest-rank percentiles over the requests answered 200, in µs.
+    pct=$(awk '$2 == 200 {print $3}' "$TMP/lat" | sort -n | awk '{a[NR] = $1}
+        function at(q,  i) { i = int(NR * q); if (i < NR * q) i++; return a[i < 1 ? 1 : i] }
+        END {printf "p50 %6d p90 %6d p99 %6d p99.9 %6d max %6d", at(.5), at(.9), at(.99), at(.999), a[NR]}')
+    awk -v n="$n" -v l="$label" -v c=$((u1 - u0 + s1 - s0)) -v t="$(getconf CLK_TCK)" -v p="$pct" -v r="$round" \
+        'BEGIN {printf "%-3d %-10s %7d req  cpu %6.2f us  %s\n", r, l, n, c * 1e6 / t / n, p}'
+}
 
 mkdir -p bench/out
 out=bench/out/h2_tail.txt
 : >"$out"
 for round in $(seq "$ROUNDS"); do
-    for t in "${targets[@]}"; do
-        IFS=: read -r label port pid cookie <<<"$t"
-        load=(taskset -c 1 h2load -t1 -c"$C" -m"$M" -H "Cookie: ROUTEID=$cookie")
-        "${load[@]}" -D1 "https://127.0.0.1:$port/" >/dev/null
-        read -r u0 s0 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
-        rm -f "$TMP/lat"
-        n=$("${load[@]}" -D"$D" --log-file="$TMP/lat" "https://127.0.0.1:$port/" | awk '/^requests:/ {print $8}')
-        read -r u1 s1 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
-        pct=$(awk '{print $3}' "$TMP/lat" | sort -n | awk '{a[NR] = $1}
-            END {printf "p50 %6d p90 %6d p99 %6d p99.9 %6d max %6d", a[int(NR * .5)], a[int(NR * .9)], a[int(NR * .99)], a[int(NR * .999)], a[NR]}')
-        tick=$(getconf CLK_TCK)
-        awk -v n="$n" -v l="$label" -v c=$((u1 - u0 + s1 - s0)) -v t="$tick" -v p="$pct" -v r="$round" \
-            'BEGIN {printf "%-3d %-10s %7d req  cpu %6.2f us  %s\n", r, l, n, c * 1e6 / t / n, p}' | tee -a "$out"
+    # Each round starts one target further on, so no target always follows the same one.
+    for ((i = 0; i < ${#targets[@]}; i++)); do
+        IFS=: read -r label port pid cookie <<<"${targets[(i + round) % ${#targets[@]}]}"
+        measure "$label" "$port" "$pid" "$cookie" "$round" | tee -a "$out"
     done
 done
-python3 - "$out" "${BUILDS%%=*}" <<'EOF'
+python3 - "$out" "$base" <<'EOF'
 import statistics as st, sys
 by = {}
 for line in open(sys.argv[1]):

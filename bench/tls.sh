@@ -1,5 +1,5 @@
-# bench/tls.sh — sourced by run.sh and instructions.sh: the one certificate both proxies serve
-# in the HTTPS and HTTP/2 scenarios, so neither script makes it its own way.
+# bench/tls.sh — sourced by run.sh, instructions.sh and h2_tail.sh: the one certificate both
+# proxies serve in the HTTPS and HTTP/2 scenarios, so no script makes it its own way.
 
 # bench_certificate DIR: an ECDSA P-256 certificate for bench.test, made by openssl, in
 # DIR/tls.crt and DIR/tls.key, and both in DIR/bench.pem (HAProxy's `crt`); prints the Secret

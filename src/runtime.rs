@@ -1,6 +1,6 @@
-//! The scheduler the binary runs on, and starting and stopping the proxy and admin listeners:
-//! shared by `standalone`, `demo` and the integration tests, so the tests run exactly what
-//! users run.
+//! The scheduler the binary runs on, and starting and stopping the proxy and admin listeners
+//! (shared by `standalone`, `demo` and the integration tests, so the tests run the listeners
+//! users run).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,18 +17,25 @@ use crate::proxy::listener::Edge;
 use crate::proxy::tls::{CertError, SecretRef, TlsData};
 use crate::proxy::{Proxy, ProxySettings, server};
 
-/// How many polls a tokio worker makes between two looks at the runtime's shared queue.
+/// How many scheduler ticks (task polls) a tokio worker makes between two looks at the
+/// runtime's shared queue.
 ///
-/// A worker's own run queue holds 256 tasks. With more than that ready at once (hundreds of
-/// HTTP/2 streams in flight: a task per stream and one per member connection), tokio moves the
-/// queue's older half to the shared queue, and by default takes one task from there only every
-/// 60 to 127 polls (it aims at one look per 200 µs). The tasks moved there waited while the
-/// others went round and round: with 64 clients × 10 HTTP/2 streams, routeid's p99 was 8× its
-/// median (HAProxy's 1.7×), and the shared queue held 130 tasks on average
-/// (`RuntimeMetrics::global_queue_depth`, sampled each millisecond). A look every 4 polls
-/// about halved the p99 with 64 or 32 clients, for 1-9 % more CPU per request under that load
-/// (`bench/h2_tail.sh`, bench/README.md): fair turns cost a little locality. Below 256 ready
-/// tasks nothing changes: the shared queue stays empty, and a look is one atomic load.
+/// A worker's own run queue holds 256 tasks. With more than that ready on one worker (hundreds
+/// of HTTP/2 streams in flight: a task per stream and one per member connection), tokio moves
+/// the queue's newer half (128 tasks, and the one being queued) to the back of the shared
+/// queue. By default a worker takes one task from there every 2 to 127 ticks, tuned to about
+/// 200 µs of polls (61 to start; near 127 for routeid's polls of a few µs), and a batch only
+/// when its own queue runs empty, which under such a load it never does. The tasks moved there
+/// waited while the others went round and round: with 64 clients × 10 HTTP/2 streams on one
+/// worker, routeid's p99 was 9.5× its median (HAProxy's 1.6×), and the shared queue held 130
+/// tasks on average (`RuntimeMetrics::global_queue_depth`, sampled each millisecond). A look
+/// every 4 ticks cut that p99 by 20-50 % with 64 or 32 clients, for 1-9 % more CPU per request
+/// under that load (`bench/h2_tail.sh`, one worker; bench/README.md): fair turns cost a little
+/// locality. Otherwise nothing changes: the shared queue is normally empty (it also takes
+/// wake-ups from threads outside the runtime), and a look at an empty one is one atomic load.
+/// With several workers, an idle one steals half of a full queue, so the queue overflows less;
+/// a look at a non-empty shared queue takes its lock. HTTP/2's gathering of writes
+/// (`proxy/coalesce.rs`) waits for tokio's I/O turn (every 61 ticks), not for this one.
 pub const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 
 /// The binary's tokio runtime, multi-threaded (one worker per core, or `TOKIO_WORKER_THREADS`),
@@ -221,11 +228,11 @@ mod scheduler_tests {
                     .map(|_| {
                         let polls = Arc::clone(&polls);
                         tokio::spawn(async move {
-                            let (mut last, mut worst) = (0, 0);
+                            let (mut last, mut worst) = (None, 0);
                             for _ in 0..60 {
                                 let now = polls.fetch_add(1, Relaxed);
-                                worst = worst.max(now - last);
-                                last = now;
+                                worst = last.map_or(worst, |l| worst.max(now - l));
+                                last = Some(now);
                                 requeue().await;
                             }
                             worst
@@ -245,9 +252,16 @@ mod scheduler_tests {
     #[test]
     fn tasks_past_a_workers_queue_wait_their_turn() {
         // 600 tasks always ready, more than a worker's queue of 256: a fair scheduler polls each
-        // once in every 600 polls or so. Measured: 1,888 polls at most with the interval of 4;
-        // 30,000 and more with tokio's own (those that went to the shared queue waited there).
+        // once in every 600 polls or so. A task sent to the back of the shared queue waits there
+        // behind the others sent before it, at most 600 - 128, taken one per `interval` ticks:
+        // about interval × 472 polls of others.
         let worst = worst_wait(scheduler(), 600);
         assert!(worst < 4 * 600, "a task waited {worst} polls of others");
+        // tokio's own interval (61 to start, tuned towards 127 for polls this short): an order
+        // of magnitude longer (measured: about 30,000).
+        let mut tokio_default = tokio::runtime::Builder::new_multi_thread();
+        tokio_default.enable_all().global_queue_interval(61);
+        let worst = worst_wait(tokio_default, 600);
+        assert!(worst > 4 * 600 * 5, "with an interval of 61 a task waited only {worst} polls");
     }
 }
