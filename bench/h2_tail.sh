@@ -8,8 +8,8 @@
 #   bash bench/h2_tail.sh                      # the release build, 64 connections x 10 streams
 #   BUILDS="old=/tmp/routeid-old new=target/pgo/release/routeid" C=32 ROUNDS=10 bash bench/h2_tail.sh
 #
-#   BUILDS  label=binary pairs (default: new=<the release build>); the first is the base of
-#           the ratios
+#   BUILDS  label=binary pairs (default: new=<the release build, built first>; given, nothing
+#           is built); the first is the base of the ratios
 #   C, M    h2load connections and streams per connection (64, 10); ROUNDS (8); D seconds per
 #           measurement (2, after a 1 s warm-up)
 #   FLAGS   more routeid flags; by default it runs as users run it, its access log on (to a
@@ -24,6 +24,12 @@ source bench/common.sh
 source bench/tls.sh
 C=${C:-64} M=${M:-10} ROUNDS=${ROUNDS:-8} D=${D:-2}
 command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
+# With BUILDS given, nothing is built (bench_init builds the release binary unless ROUTEID_BIN).
+if [[ -n ${BUILDS:-} ]]; then
+    first=${BUILDS#"${BUILDS%%[![:space:]]*}"}
+    first=${first%%[[:space:]]*}
+    ROUTEID_BIN=${first#*=}
+fi
 bench_init h2tail curl nginx haproxy python3
 BUILDS=${BUILDS:-new=$BIN}
 start_backends 18581 18582 taskset -c 1
