@@ -2,8 +2,8 @@
 # HTTP/2 with many streams in flight: latency percentiles and CPU per request of routeid builds
 # and HAProxy, in interleaved rounds (every target in turn each round, starting one further on
 # each round, so the machine's drift hits all alike; ratios are taken within a round, then their
-# median). Loopback only; each proxy
-# on CPU 0 (routeid with one tokio worker), h2load and the nginx members on CPU 1.
+# median). Loopback only; each proxy on CPU 0 (routeid with one tokio worker), h2load and the
+# nginx members on CPU 1.
 #
 #   bash bench/h2_tail.sh                      # the release build, 64 connections x 10 streams
 #   BUILDS="old=/tmp/routeid-old new=target/pgo/release/routeid" C=32 ROUNDS=10 bash bench/h2_tail.sh

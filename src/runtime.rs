@@ -27,8 +27,8 @@ use crate::proxy::{Proxy, ProxySettings, server};
 /// 200 µs of polls (61 to start; near 127 for routeid's polls of a few µs), and a batch only
 /// when its own queue runs empty, which under such a load it never does. The tasks moved there
 /// waited while the others went round and round: with 64 clients × 10 HTTP/2 streams on one
-/// worker, routeid's p99 was 9.5-12× its median (HAProxy's 1.6-1.9×), and the shared queue held 130
-/// tasks on average (`RuntimeMetrics::global_queue_depth`, sampled each millisecond). A look
+/// worker, routeid's p99 was 9.5-12× its median (HAProxy's 1.6-1.9×), and the shared queue
+/// held 130 tasks on average (`RuntimeMetrics::global_queue_depth`, sampled each ms). A look
 /// every 4 ticks cut that p99 by 20-50 % with 64 or 32 clients, for 1-10 % more CPU per request
 /// under that load (`bench/h2_tail.sh`, one worker; bench/README.md): fair turns cost a little
 /// locality. Otherwise nothing changes: the shared queue is normally empty (it also takes
