@@ -17,9 +17,10 @@
 #                           off||--no-access-log
 #                           on||
 #         ROUTEID_BIN     the release build to use (default: scripts/build-release.sh's)
-# Output: per configuration the medians of CPU, user and system µs per request and context
-#         switches per 1,000 requests (all the process's threads), then each configuration's
-#         median paired difference to the first, with the smallest and largest.
+# Output: per configuration the medians of CPU, user and system µs per request, context
+#         switches per 1,000 requests (all the process's threads) and wrk's p99 latency, then
+#         each configuration's median paired difference to the first (CPU, with the smallest and
+#         largest) and median paired ratio of p99s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-9}
@@ -55,18 +56,22 @@ hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 # switches PID: context switches of all its threads so far.
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
-# run PID PORT COOKIE: "cpu user sys cs" per request (µs) and per 1,000 requests.
+# run PID PORT COOKIE: "cpu user sys cs p99" per request (µs), per 1,000 requests, and wrk's
+# p99 latency in ms.
 run() {
   local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 out n header=()
   [[ -z $3 ]] || header=(-H "Cookie: $3")
   read -r u0 s0 < <(ticks "$pid")
   c0=$(switches "$pid")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" "${header[@]}" "http://127.0.0.1:$port/")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${header[@]}" "http://127.0.0.1:$port/")
   read -r u1 s1 < <(ticks "$pid")
   c1=$(switches "$pid")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
-  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v hz="$hz" -v n="$n" \
-    'BEGIN { printf "%.3f %.3f %.3f %.2f\n", 1e6 * (u + s) / hz / n, 1e6 * u / hz / n, 1e6 * s / hz / n, 1000 * c / n }'
+  p99=$(awk '/^ +99%/ { v = $2; f = 1; if (v ~ /us$/) f = 0.001; else if (v ~ /ms$/) f = 1; else if (v ~ /s$/) f = 1000
+    sub(/[a-z]+$/, "", v); print v * f }' <<<"$out")
+  [[ -n $n && -n $p99 ]] || { echo "cannot parse wrk output: $out" >&2; return 1; }
+  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v hz="$hz" -v n="$n" -v p99="$p99" \
+    'BEGIN { printf "%.3f %.3f %.3f %.2f %.3f\n", 1e6 * (u + s) / hz / n, 1e6 * u / hz / n, 1e6 * s / hz / n, 1000 * c / n, p99 }'
 }
 
 for i in "${!names[@]}"; do
@@ -77,8 +82,8 @@ results="$TMP/results"
 for r in $(seq "$ROUNDS"); do
   line="round $r:"
   for i in "${!names[@]}"; do
-    read -r cpu user sys cs < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
-    echo "$r ${names[$i]} $cpu $user $sys $cs" >>"$results"
+    read -r cpu user sys cs p99 < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
+    echo "$r ${names[$i]} $cpu $user $sys $cs $p99" >>"$results"
     line+=" ${names[$i]} $cpu"
   done
   echo "$line µs/req" >&2
@@ -99,12 +104,13 @@ awk -v first="${names[0]}" '
   }
   { round[NR] = $1; name[NR] = $2; order[$2] = order[$2] ? order[$2] : ++k; names[order[$2]] = $2
     cpu[$2] = cpu[$2] " " $3; user[$2] = user[$2] " " $4; sys[$2] = sys[$2] " " $5; cs[$2] = cs[$2] " " $6
-    c[$1, $2] = $3; u[$1, $2] = $4 }
+    p99[$2] = p99[$2] " " $7; c[$1, $2] = $3; u[$1, $2] = $4; p[$1, $2] = $7 }
   END {
-    printf "%-12s %10s %10s %10s %12s\n", "config", "cpu_us/req", "user", "sys", "cswitch/kreq"
+    printf "%-12s %10s %10s %10s %12s %8s\n", "config", "cpu_us/req", "user", "sys", "cswitch/kreq", "p99ms"
     for (i = 1; i <= k; i++) { n = names[i]
-      printf "%-12s %10.2f %10.2f %10.2f %12.1f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(cs[n]) }
-    for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""
-      for (r = 1; r <= NR; r++) if (name[r] == n) { d = d " " (c[round[r], n] - c[round[r], first]); du = du " " (u[round[r], n] - u[round[r], first]) }
-      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (range %s), user %+.2f\n", n, first, median(d), minmax(d), median(du) }
+      printf "%-12s %10.2f %10.2f %10.2f %12.1f %8.3f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(cs[n]), median(p99[n]) }
+    for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""; dp = ""
+      for (r = 1; r <= NR; r++) if (name[r] == n) { d = d " " (c[round[r], n] - c[round[r], first]); du = du " " (u[round[r], n] - u[round[r], first])
+        if (p[round[r], first] > 0) dp = dp " " (p[round[r], n] / p[round[r], first]) }
+      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (range %s), user %+.2f, p99 x%.2f\n", n, first, median(d), minmax(d), median(du), median(dp) }
   }' "$results"
