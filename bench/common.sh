@@ -1,7 +1,7 @@
-# bench/common.sh — sourced by instructions.sh, ab.sh, h2_tail.sh and health_checks.sh: the
-# tools a script needs (installed when missing), the release build, a temporary directory that
-# goes away with every process the script started, and the two nginx backends behind the
-# standalone pools file.
+# bench/common.sh — sourced by instructions.sh, ab.sh, h2_tail.sh, health_checks.sh,
+# perf_diff.sh and ipis.sh: the tools a script needs (installed when missing), the release build,
+# a temporary directory that goes away with every process the script started, the two nginx
+# backends behind the standalone pools file, and the proxies to compare in front of them.
 
 # bench_init TAG TOOL...: installs missing tools, builds, sets BIN, NGINX, TMP and pids.
 bench_init() {
@@ -39,6 +39,7 @@ start_backends() {
   "$@" "$NGINX" -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>&1 &
   pids+=($!)
   sed -e "s|@PORT1@|$p1|g" -e "s|@PORT2@|$p2|g" bench/pools.yaml.tmpl >"$TMP/pools.yaml"
+  BACKEND_PORTS=("$p1" "$p2")
 }
 
 # start_routeid BIN PORT ADMIN LOG [FLAGS...]: `BIN standalone` on CPU 0 with one tokio worker,
@@ -54,4 +55,62 @@ start_routeid() {
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "routeid ($bin) did not become ready: $(tail -5 "$log")" >&2
   return 1
+}
+
+# start_targets BASE TARGET...: each TARGET (`routeid`: without its access log; `routeid-log`:
+# with it, to a file; `haproxy`: no log) alone on CPU 0 in front of start_backends' two nginx
+# servers (run it first), plain HTTP on port BASE+3i and HTTPS (h2 and HTTP/1.1, bench/tls.sh's
+# certificate) on BASE+3i+2. Fills T_PID, T_URL, T_TLS_URL and T_COOKIE (the sticky cookie that
+# routes to member s1), keyed by target; returns once each answers.
+start_targets() {
+  local base=$1 i=0 t port ok
+  shift
+  source bench/tls.sh
+  declare -gA T_PID T_URL T_TLS_URL T_COOKIE
+  grep -q bench-tls "$TMP/pools.yaml" || bench_certificate "$TMP" >>"$TMP/pools.yaml"
+  for t in "$@"; do
+    port=$((base + 3 * i))
+    i=$((i + 1))
+    T_URL[$t]="http://127.0.0.1:$port/" T_TLS_URL[$t]="https://127.0.0.1:$((port + 2))/"
+    case $t in
+      routeid | routeid-log)
+        local flags=()
+        [[ $t == routeid ]] && flags=(--no-access-log)
+        start_routeid "$BIN" "$port" $((port + 1)) "$TMP/$t.log" "${flags[@]}" \
+          --tls-listen "127.0.0.1:$((port + 2))" --default-tls-secret default/bench-tls || return 1
+        T_PID[$t]=$RID T_COOKIE[$t]="ROUTEID=.s1"
+        ;;
+      haproxy)
+        sed -e "s|@PORT1@|${BACKEND_PORTS[0]}|g" -e "s|@PORT2@|${BACKEND_PORTS[1]}|g" \
+          -e "s|@LISTEN@|127.0.0.1:$port|g" bench/haproxy.cfg.tmpl >"$TMP/haproxy.cfg"
+        sed -e "s|@TLSLISTEN@|127.0.0.1:$((port + 2))|g" -e "s|@TMP@|$TMP|g" bench/haproxy-tls.cfg.tmpl >>"$TMP/haproxy.cfg"
+        taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+        T_PID[$t]=$! T_COOKIE[$t]="ROUTEID=s1"
+        pids+=($!)
+        ok=
+        for _ in $(seq 50); do curl -fs -o /dev/null "${T_URL[$t]}" && ok=1 && break; sleep 0.1; done
+        [[ -n $ok ]] || { echo "haproxy did not start: $(cat "$TMP/haproxy.log")" >&2; return 1; }
+        ;;
+      *) echo "unknown target '$t' (routeid, routeid-log or haproxy)" >&2; return 1 ;;
+    esac
+  done
+}
+
+# load_run TARGET SCENARIO SECONDS [CONNS] [STREAMS]: wrk (plain, sticky) or h2load (h2, over
+# TLS) against TARGET on CPU 1; prints the requests per second.
+load_run() {
+  local t=$1 scenario=$2 secs=$3 conns=${4:-32} streams=${5:-10} header=() out
+  [[ $scenario == plain ]] || header=(-H "Cookie: ${T_COOKIE[$t]}")
+  case $scenario in
+    plain | sticky)
+      out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" "${header[@]}" "${T_URL[$t]}")
+      awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+      ;;
+    h2)
+      out=$(taskset -c 1 h2load -t1 -c"$conns" -m"$streams" -D"$secs" "${header[@]}" "${T_TLS_URL[$t]}")
+      grep -qi 'application protocol: h2' <<<"$out" || { echo "$t: no h2: $out" >&2; return 1; }
+      awk '/^finished in/ {print $4}' <<<"$out"
+      ;;
+    *) echo "scenario must be plain, sticky or h2, not '$scenario'" >&2; return 1 ;;
+  esac
 }

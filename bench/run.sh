@@ -452,7 +452,7 @@ report() {
                 q = per[x, r, f] / per[x, h, f]; add("paired", q); n++
                 if (lo == "" || q < lo) lo = q; if (hi == "" || q > hi) hi = q
             }
-            return n ? sprintf("%.2f (%.2f-%.2f)", median("paired"), lo, hi) : "n/a"
+            return n ? sprintf("%.2f (%.2f-%.2f)%s", median("paired"), lo, hi, rounds_of(n)) : "n/a"
         }
         # pdiff(a, b, f): the same for the difference a - b within each round.
         function pdiff(a, b, f,   x, lo, hi, n, q) {
@@ -462,7 +462,13 @@ report() {
                 q = per[x, a, f] - per[x, b, f]; add("pdiff", q); n++
                 if (lo == "" || q < lo) lo = q; if (hi == "" || q > hi) hi = q
             }
-            return n ? sprintf("%+.2f (%+.2f..%+.2f)", median("pdiff"), lo, hi) : "n/a"
+            return n ? sprintf("%+.2f (%+.2f..%+.2f)%s", median("pdiff"), lo, hi, rounds_of(n)) : "n/a"
+        }
+        # rounds_of(n): " n of N rounds" when only n of the run'"'"'s N rounds could be paired.
+        function rounds_of(n,   x, all) {
+            all = 0
+            for (x in rnd) all++
+            return n < all ? sprintf(" %d of %d rounds", n, all) : ""
         }
         NR == 1 { next }
         {
