@@ -59,7 +59,7 @@ switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s 
 # run PID PORT COOKIE: "cpu user sys cs p99" per request (µs), per 1,000 requests, and wrk's
 # p99 latency in ms.
 run() {
-  local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 out n header=()
+  local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 out n p99 header=()
   [[ -z $3 ]] || header=(-H "Cookie: $3")
   read -r u0 s0 < <(ticks "$pid")
   c0=$(switches "$pid")

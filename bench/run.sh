@@ -442,7 +442,7 @@ report() {
             return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
         }
         function add(k, v) { vals[k] = (k in vals) ? vals[k] " " v : v }
-        function ratio(a, b) { return (a == "-" || b == "-" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
+        function ratio(a, b) { return (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
         # paired(r, h, f): the median over rounds of r/h for field f within each round, and the
         # range: the machine'"'"'s drift between rounds cancels out of it.
         function paired(r, h, f,   x, lo, hi, n, q) {
