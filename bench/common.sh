@@ -3,14 +3,28 @@
 # a temporary directory that goes away with every process the script started, the two nginx
 # backends behind the standalone pools file, and the proxies to compare in front of them.
 
-# bench_init TAG TOOL...: installs missing tools, builds, sets BIN, NGINX, TMP and pids.
-bench_init() {
-  local tag=$1 missing=()
-  shift
-  for c in "$@"; do command -v "$c" >/dev/null || missing+=("$c"); done
+# need_tools TOOL...: installs the Debian packages of the commands that are missing (h2load
+# comes with nghttp2-client, perf with linux-perf, the others with their own names).
+need_tools() {
+  local c missing=()
+  for c in "$@"; do
+    command -v "$c" >/dev/null && continue
+    case $c in
+      h2load) missing+=(nghttp2-client) ;;
+      perf) missing+=(linux-perf) ;;
+      *) missing+=("$c") ;;
+    esac
+  done
   if ((${#missing[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+}
+
+# bench_init TAG TOOL...: installs missing tools, builds, sets BIN, NGINX, TMP and pids.
+bench_init() {
+  local tag=$1
+  shift
+  need_tools "$@"
   # The release binary as the Docker image builds it (with the PGO profile; PGO=0: without).
   if [[ -n ${ROUTEID_BIN:-} ]]; then
     BIN=$ROUTEID_BIN

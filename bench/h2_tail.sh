@@ -21,24 +21,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
-source bench/tls.sh
 C=${C:-64} M=${M:-10} ROUNDS=${ROUNDS:-8} D=${D:-2}
-command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
 # With BUILDS given, nothing is built (bench_init builds the release binary unless ROUTEID_BIN).
 if [[ -n ${BUILDS:-} ]]; then
     first=${BUILDS#"${BUILDS%%[![:space:]]*}"}
     first=${first%%[[:space:]]*}
     ROUTEID_BIN=${first#*=}
 fi
-bench_init h2tail curl nginx haproxy python3
+bench_init h2tail curl nginx haproxy python3 h2load
 BUILDS=${BUILDS:-new=$BIN}
 start_backends 18581 18582 taskset -c 1
-bench_certificate "$TMP" >>"$TMP/pools.yaml"
-sed -e "s|@PORT1@|18581|g" -e "s|@PORT2@|18582|g" -e "s|@LISTEN@|127.0.0.1:18590|g" bench/haproxy.cfg.tmpl >"$TMP/haproxy.cfg"
-sed -e "s|@TLSLISTEN@|127.0.0.1:18592|g" -e "s|@TMP@|$TMP|g" bench/haproxy-tls.cfg.tmpl >>"$TMP/haproxy.cfg"
-taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
-pids+=($!)
-targets=("haproxy:18592:$!:s1")
+# HAProxy on 18590 (HTTPS with h2 on 18592), with the certificate routeid serves too.
+start_targets 18590 haproxy || exit 1
+targets=("haproxy:18592:${T_PID[haproxy]}:s1")
 port=18600 base=
 for b in $BUILDS; do
     label=${b%%=*}
@@ -50,9 +45,6 @@ for b in $BUILDS; do
     targets+=("$label:$((port + 2)):$RID:.s1")
     port=$((port + 3))
 done
-ok=
-for _ in $(seq 50); do curl -fsk -o /dev/null https://127.0.0.1:18592/ && ok=1 && break; sleep 0.1; done
-[[ -n $ok ]] || { echo "haproxy did not start: $(cat "$TMP/haproxy.log")" >&2; exit 1; }
 
 # measure LABEL PORT PID COOKIE ROUND: one warm-up and one measured h2load run; prints a row.
 measure() {

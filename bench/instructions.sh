@@ -75,7 +75,7 @@ measure routeid-sticky-log "ROUTEID=.s1" "${L[@]}"
 if [[ " ${ONLY:-} " == *-h2\ * || " ${ONLY:-} " == *-h2-* ]]; then
   # HTTP/2 over TLS (h2load, from nghttp2-client): routeid's and HAProxy's h2 front ends with
   # one ECDSA P-256 certificate, as bench/run.sh's h2 scenario. Only when ONLY names an h2 run.
-  command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
+  need_tools h2load
   source bench/tls.sh
   bench_certificate "$TMP" >>"$TMP/pools.yaml"
   sed -e "s|@TLSLISTEN@|127.0.0.1:18392|g" -e "s|@TMP@|$TMP|g" bench/haproxy-tls.cfg.tmpl >>"$TMP/haproxy.cfg"

@@ -17,10 +17,9 @@ cd "$(dirname "$0")/.."
 read -r -a TARGETS <<<"${TARGETS:-routeid routeid-log haproxy}"
 SCENARIO=${SCENARIO:-sticky} ROUNDS=${ROUNDS:-3} D=${D:-4} C=${C:-32}
 source bench/common.sh
-bench_init ipis wrk nginx curl haproxy
-if [[ $SCENARIO == h2 ]]; then
-  command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
-fi
+tools=(wrk nginx curl haproxy)
+[[ $SCENARIO != h2 ]] || tools+=(h2load)
+bench_init ipis "${tools[@]}"
 start_backends 18781 18782 taskset -c 1
 start_targets 18790 "${TARGETS[@]}"
 

@@ -25,12 +25,9 @@ SCENARIO=${SCENARIO:-sticky} D=${D:-6} C=${C:-32} M=${M:-10} TOP=${TOP:-30}
 ((${#TARGETS[@]} == 2)) || { echo "TARGETS: two targets, not '${TARGETS[*]}'" >&2; exit 2; }
 ((D >= 3)) || { echo "D: at least 3 seconds" >&2; exit 2; }
 source bench/common.sh
-tools=(wrk nginx curl python3 haproxy)
+tools=(wrk nginx curl python3 haproxy perf)
+[[ $SCENARIO != h2 ]] || tools+=(h2load)
 bench_init perfdiff "${tools[@]}"
-command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
-if [[ $SCENARIO == h2 ]]; then
-  command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
-fi
 mkdir -p bench/out
 start_backends 18681 18682 taskset -c 1
 start_targets 18690 "${TARGETS[@]}"

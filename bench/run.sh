@@ -443,38 +443,28 @@ report() {
         }
         function add(k, v) { vals[k] = (k in vals) ? vals[k] " " v : v }
         function ratio(a, b) { return (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
-        # paired(r, h, f): the median over rounds of r/h for field f within each round, and the
-        # range: the machine'"'"'s drift between rounds cancels out of it.
-        function paired(r, h, f,   x, lo, hi, n, q) {
+        # paired(a, b, f, op): the median over rounds of a/b (op "/") or a - b (op "-") for
+        # field f within each round, with the smallest and largest: the machine'"'"'s drift
+        # between rounds cancels out of it. Says how many rounds when not all could be paired.
+        function paired(a, b, f, op,   x, lo, hi, n, q, fmt) {
             n = 0; lo = ""; hi = ""; vals["paired"] = ""
             for (x in rnd) {
-                if (!((x, r, f) in per) || !((x, h, f) in per) || per[x, r, f] == "-" || per[x, h, f] + 0 == 0) continue
-                q = per[x, r, f] / per[x, h, f]; add("paired", q); n++
-                if (lo == "" || q < lo) lo = q; if (hi == "" || q > hi) hi = q
-            }
-            return n ? sprintf("%.2f (%.2f-%.2f)%s", median("paired"), lo, hi, rounds_of(n)) : "n/a"
-        }
-        # pdiff(a, b, f): the same for the difference a - b within each round.
-        function pdiff(a, b, f,   x, lo, hi, n, q) {
-            n = 0; lo = ""; hi = ""; vals["pdiff"] = ""
-            for (x in rnd) {
                 if (!((x, a, f) in per) || !((x, b, f) in per) || per[x, a, f] == "-" || per[x, b, f] == "-") continue
-                q = per[x, a, f] - per[x, b, f]; add("pdiff", q); n++
+                if (op == "/" && per[x, b, f] + 0 == 0) continue
+                q = op == "/" ? per[x, a, f] / per[x, b, f] : per[x, a, f] - per[x, b, f]
+                add("paired", q); n++
                 if (lo == "" || q < lo) lo = q; if (hi == "" || q > hi) hi = q
             }
-            return n ? sprintf("%+.2f (%+.2f..%+.2f)%s", median("pdiff"), lo, hi, rounds_of(n)) : "n/a"
-        }
-        # rounds_of(n): " n of N rounds" when only n of the run'"'"'s N rounds could be paired.
-        function rounds_of(n,   x, all) {
-            all = 0
-            for (x in rnd) all++
-            return n < all ? sprintf(" %d of %d rounds", n, all) : ""
+            if (!n) return "n/a"
+            fmt = op == "/" ? "%.2f (%.2f-%.2f)" : "%+.2f (%+.2f..%+.2f)"
+            return sprintf(fmt, median("paired"), lo, hi) (n < nrounds ? sprintf(" %d of %d rounds", n, nrounds) : "")
         }
         NR == 1 { next }
         {
             k = $2 SUBSEP $3
             add(k SUBSEP "rps", $4); add(k SUBSEP "p50", $5); add(k SUBSEP "p99", $6)
             add(k SUBSEP "cpu", $7); add(k SUBSEP "ncpu", $8); add(k SUBSEP "ucpu", $12)
+            if (!($1 in rnd)) nrounds++
             rnd[$1] = 1; per[$1, k, "rps"] = $4; per[$1, k, "p99"] = $6; per[$1, k, "cpu"] = $7; per[$1, k, "ucpu"] = $12
             non2xx[$3] += $10; sockerr[$3] += $11
         }
@@ -509,15 +499,15 @@ report() {
                 rt = v == 1 ? "routeid" : "routeid-log"
                 r = S[i] SUBSEP rt; h = S[i] SUBSEP "haproxy"
                 if (!((r, "rps") in m) || !((h, "rps") in m)) continue
-                printf "  %-11s %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", rt, S[i], paired(r, h, "rps"),
-                    paired(r, h, "p99"), paired(r, h, "cpu"), paired(r, h, "ucpu")
+                printf "  %-11s %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", rt, S[i], paired(r, h, "rps", "/"),
+                    paired(r, h, "p99", "/"), paired(r, h, "cpu", "/"), paired(r, h, "ucpu", "/")
             }
             print "access log cost (routeid-log minus routeid, cpu us/req):"
             for (i = 1; i <= ns; i++) {
                 r = S[i] SUBSEP "routeid"; l = S[i] SUBSEP "routeid-log"
                 if (!((r, "cpu") in m) || !((l, "cpu") in m)) continue
                 printf "  %-9s %+.2f (user %+.2f); paired: %s\n", S[i], m[l, "cpu"] - m[r, "cpu"], m[l, "ucpu"] - m[r, "ucpu"],
-                    pdiff(l, r, "cpu")
+                    paired(l, r, "cpu", "-")
             }
             printf "sticky/plain cpu/req: routeid %s, haproxy %s\n",
                 ratio(m["sticky", "routeid", "cpu"], m["plain", "routeid", "cpu"]),

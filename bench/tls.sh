@@ -1,5 +1,6 @@
-# bench/tls.sh — sourced by run.sh, instructions.sh and h2_tail.sh: the one certificate both
-# proxies serve in the HTTPS and HTTP/2 scenarios, so no script makes it its own way.
+# bench/tls.sh — sourced by run.sh, instructions.sh and common.sh's start_targets: the one
+# certificate both proxies serve in the HTTPS and HTTP/2 scenarios, so no script makes it its
+# own way.
 
 # bench_certificate DIR: an ECDSA P-256 certificate for bench.test, made by openssl, in
 # DIR/tls.crt and DIR/tls.key, and both in DIR/bench.pem (HAProxy's `crt`); prints the Secret
