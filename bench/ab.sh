@@ -5,11 +5,15 @@
 #
 # bench/run.sh compares routeid with HAProxy; a small difference between two routeid runs (a
 # microsecond in twenty) drowns there in the VM's drift between runs. Here every round runs each
-# configuration once, back to back, and the figure is the median over rounds of the difference
-# to the first configuration in the same round.
+# configuration once, back to back (every other round in reverse order), and the figure is the
+# median over rounds of the difference to the first configuration in the same round. Each round
+# starts a fresh process of each configuration: on this VM one process of a binary can run a few
+# per cent faster or slower than the next of the same binary for its whole life (two processes
+# of the same configuration differed by 0.7 µs per request over 16 paired rounds), so a process
+# kept for every round would put its own luck into every difference.
 #
 # Usage:  bash bench/ab.sh
-# Env:    ROUNDS=9 DURATION=4s CONNS=32
+# Env:    ROUNDS=9 DURATION=4s CONNS=32 WARMUP=1s (each fresh process's first run)
 #         SCENARIO=plain  or sticky (every request carries the route cookie of member s1)
 #         CONFIGS         one configuration per line, "name|binary|flags[|scenario]" (binary
 #                         empty: the release build; scenario: plain or sticky, default
@@ -17,6 +21,7 @@
 #                           off||--no-access-log
 #                           on||
 #         ROUTEID_BIN     the release build to use (default: scripts/build-release.sh's)
+#         RESTART=0       one process per configuration for all rounds (faster, less fair)
 # Output: per configuration the medians of CPU, user and system µs per request, context
 #         switches per 1,000 requests (all the process's threads) and wrk's p99 latency, then
 #         each configuration's median paired difference to the first (CPU, with the smallest and
@@ -28,6 +33,8 @@ DURATION=${DURATION:-4s}
 CONNS=${CONNS:-32}
 SCENARIO=${SCENARIO:-plain}
 CONFIGS=${CONFIGS:-$'off||--no-access-log\non||'}
+RESTART=${RESTART:-1}
+WARMUP=${WARMUP:-1s}
 source bench/common.sh
 bench_init ab wrk nginx
 start_backends 18381 18382 taskset -c 1
@@ -40,16 +47,33 @@ cookie() {
   esac
 }
 
-names=() ports=() rpids=() cookies=()
-port=18390
+names=() bins=() flagss=() cookies=()
 while IFS='|' read -r name bin flags scenario; do
   [[ -n $name ]] || continue
   cookies+=("$(cookie "${scenario:-$SCENARIO}")") || exit 2
-  # shellcheck disable=SC2086 # flags are words
-  start_routeid "${bin:-$BIN}" "$port" $((port + 1)) "$TMP/routeid-$name.log" $flags
-  names+=("$name") ports+=("$port") rpids+=("$RID")
-  port=$((port + 2))
+  names+=("$name") bins+=("${bin:-$BIN}") flagss+=("$flags")
 done <<<"$CONFIGS"
+
+# start_configs ROUND: a fresh process of every configuration (RESTART=0: the first round's
+# processes serve every round), each warmed up by one run; the two port ranges alternate so a
+# port is never rebound while the last round's process lets go of it. Fills ports and rpids.
+ports=() rpids=()
+start_configs() {
+  local round=$1 i port
+  [[ ${#rpids[@]} -eq 0 || $RESTART == 1 ]] || return 0
+  for i in "${!rpids[@]}"; do kill "${rpids[$i]}" 2>/dev/null || true; wait "${rpids[$i]}" 2>/dev/null || true; done
+  ports=() rpids=()
+  port=$((18390 + 40 * (round % 2)))
+  for i in "${!names[@]}"; do
+    # shellcheck disable=SC2086 # flags are words
+    start_routeid "${bins[$i]}" "$port" $((port + 1)) "$TMP/routeid-${names[$i]}.log" ${flagss[$i]}
+    ports+=("$port") rpids+=("$RID")
+    port=$((port + 2))
+  done
+  for i in "${!names[@]}"; do
+    DURATION=$WARMUP run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}" >/dev/null
+  done
+}
 
 hz=$(getconf CLK_TCK)
 # ticks PID: "user system" clock ticks of the process.
@@ -74,14 +98,15 @@ run() {
     'BEGIN { printf "%.3f %.3f %.3f %.2f %.3f\n", 1e6 * (u + s) / hz / n, 1e6 * u / hz / n, 1e6 * s / hz / n, 1000 * c / n, p99 }'
 }
 
-for i in "${!names[@]}"; do
-  run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}" >/dev/null # warm-up
-done
 results="$TMP/results"
 : >"$results"
 for r in $(seq "$ROUNDS"); do
+  start_configs "$r"
+  # Every other round in reverse order: what runs first or last in a round is no one's share.
+  order=("${!names[@]}")
+  ((r % 2)) || order=($(printf '%s\n' "${order[@]}" | sort -rn))
   line="round $r:"
-  for i in "${!names[@]}"; do
+  for i in "${order[@]}"; do
     read -r cpu user sys cs p99 < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
     echo "$r ${names[$i]} $cpu $user $sys $cs $p99" >>"$results"
     line+=" ${names[$i]} $cpu"

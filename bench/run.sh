@@ -8,7 +8,14 @@
 #         THREADS=1     wrk threads
 #         ROUNDS=3      rounds; each round runs direct, routeid, routeid-log, haproxy per scenario
 #                       (every other round in reverse order)
-#         WARMUP=2s     one warm-up wrk run per target before round 1 ("0" to skip)
+#         WARMUP=2s     one warm-up wrk run per target before round 1, and per proxy after
+#                       each restart ("0" to skip)
+#         RESTART=1     every round after the first starts fresh proxy processes: on this VM
+#                       one process can run a few per cent faster or slower than the next of
+#                       the same binary for its whole life (two routeid processes with the same
+#                       flags differed by 0.7 µs per request over 16 paired rounds), so one
+#                       process per target for all rounds puts its luck into every round;
+#                       RESTART=0 keeps the first processes
 #         PROXY_CPU=0   CPU for the proxy under test
 #         LOAD_CPU=1    CPU for wrk and nginx
 #         NO_BUILD=1    skip the build (use the binary already built)
@@ -43,6 +50,7 @@ CONNS=${CONNS:-32}
 THREADS=${THREADS:-1}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
+RESTART=${RESTART:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BACKEND1_PORT=${BACKEND1_PORT:-18081}
@@ -207,19 +215,42 @@ run_h2load() {
 }
 
 # start_routeid <name> <port> <admin port> <tls port> [flags...]: routeid on the proxy CPU, one
-# tokio worker; its stderr (the access log, if on) goes to $TMP/<name>.log.
+# tokio worker; its stderr (the access log, if on) is appended to $TMP/<name>.log.
 start_routeid() {
     local name=$1 port=$2 admin=$3 tls=$4 pid
     shift 4
     TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$ROUTEID_BIN" standalone -f "$TMP/pools.yaml" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
         --tls-listen "127.0.0.1:$tls" --default-tls-secret default/bench-tls "$@" \
-        >"$TMP/$name.log" 2>&1 &
+        >>"$TMP/$name.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_until "$name" "$pid" curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz" ||
         die "$name not ready: $(cat "$TMP/$name.log")"
     PID_OF[$name]=$pid
+}
+
+# start_proxies: routeid (without and with its access log) and HAProxy (nbthread 1, foreground)
+# on the proxy CPU, each a fresh process.
+start_proxies() {
+    start_routeid routeid "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$ROUTEID_TLS_PORT" --no-access-log
+    start_routeid routeid-log "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT" \
+        --log-format "$LOG_FORMAT"
+    taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >>"$TMP/haproxy.log" 2>&1 &
+    HAPROXY_PID=$!
+    PIDS+=("$HAPROXY_PID")
+    PID_OF[haproxy]=$HAPROXY_PID
+    wait_until haproxy "$HAPROXY_PID" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_PORT/" ||
+        die "haproxy not ready: $(cat "$TMP/haproxy.log")"
+}
+
+# stop_proxies: ends start_proxies' processes and waits until they are gone (their ports free).
+stop_proxies() {
+    local t
+    for t in routeid routeid-log haproxy; do
+        kill "${PID_OF[$t]}" 2>/dev/null || true
+        wait "${PID_OF[$t]}" 2>/dev/null || true
+    done
 }
 
 # ---------------------------------------------------------------- main
@@ -267,24 +298,13 @@ main() {
     local secret
     secret=$(bench_certificate "$TMP") || die "openssl could not make the bench certificate"
 
-    # routeid on the proxy CPU, one tokio worker.
     render "$BENCH_DIR/pools.yaml.tmpl" "$TMP/pools.yaml"
     printf '%s\n' "$secret" >>"$TMP/pools.yaml"
-    start_routeid routeid "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$ROUTEID_TLS_PORT" --no-access-log
-    start_routeid routeid-log "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT" \
-        --log-format "$LOG_FORMAT"
-
-    # HAProxy on the proxy CPU, nbthread 1, foreground.
     render "$BENCH_DIR/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
     render "$BENCH_DIR/haproxy-tls.cfg.tmpl" "$TMP/haproxy-tls.cfg"
     cat "$TMP/haproxy-tls.cfg" >>"$TMP/haproxy.cfg"
     haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy config check failed"
-    taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
-    HAPROXY_PID=$!
-    PIDS+=("$HAPROXY_PID")
-    PID_OF[haproxy]=$HAPROXY_PID
-    wait_until haproxy "$HAPROXY_PID" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_PORT/" ||
-        die "haproxy not ready: $(cat "$TMP/haproxy.log")"
+    start_proxies
 
     check_correctness
 
@@ -317,6 +337,13 @@ main() {
     for ((r = 1; r <= ROUNDS; r++)); do
         # Every other round runs the targets in reverse, so a drift of the machine within a
         # round does not always favour the target that runs first.
+        if ((r > 1)) && [[ $RESTART == 1 ]]; then
+            stop_proxies
+            start_proxies
+            [[ $WARMUP == 0 ]] || for t in "${TARGETS[@]}"; do
+                [[ $t == direct ]] || run_wrk "warmup-$r-$t" "${URL[$t]}" "" "$WARMUP" >/dev/null
+            done
+        fi
         order=("${TARGETS[@]}")
         if ((r % 2 == 0)); then
             order=()
