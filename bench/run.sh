@@ -226,7 +226,7 @@ start_routeid() {
     pid=$!
     PIDS+=("$pid")
     wait_until "$name" "$pid" curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz" ||
-        die "$name not ready: $(cat "$TMP/$name.log")"
+        die "$name not ready: $(tail -n 20 "$TMP/$name.log")"
     PID_OF[$name]=$pid
 }
 
@@ -246,11 +246,16 @@ start_proxies() {
 
 # stop_proxies: ends start_proxies' processes and waits until they are gone (their ports free).
 stop_proxies() {
-    local t
+    local t p live=()
     for t in routeid routeid-log haproxy; do
         kill "${PID_OF[$t]}" 2>/dev/null || true
         wait "${PID_OF[$t]}" 2>/dev/null || true
     done
+    # The exit trap signals only what still runs (a pid gone may be reused).
+    for p in "${PIDS[@]}"; do
+        [[ " ${PID_OF[routeid]} ${PID_OF[routeid-log]} ${PID_OF[haproxy]} " == *" $p "* ]] || live+=("$p")
+    done
+    PIDS=("${live[@]}")
 }
 
 # ---------------------------------------------------------------- main
@@ -335,15 +340,15 @@ main() {
     local -a order
     local i
     for ((r = 1; r <= ROUNDS; r++)); do
-        # Every other round runs the targets in reverse, so a drift of the machine within a
-        # round does not always favour the target that runs first.
-        if ((r > 1)) && [[ $RESTART == 1 ]]; then
+        if ((r > 1)) && [[ $RESTART != 0 ]]; then
             stop_proxies
             start_proxies
             [[ $WARMUP == 0 ]] || for t in "${TARGETS[@]}"; do
                 [[ $t == direct ]] || run_wrk "warmup-$r-$t" "${URL[$t]}" "" "$WARMUP" >/dev/null
             done
         fi
+        # Every other round runs the targets in reverse, so a drift of the machine within a
+        # round does not always favour the target that runs first.
         order=("${TARGETS[@]}")
         if ((r % 2 == 0)); then
             order=()
