@@ -241,7 +241,7 @@ start_proxies() {
     PIDS+=("$HAPROXY_PID")
     PID_OF[haproxy]=$HAPROXY_PID
     wait_until haproxy "$HAPROXY_PID" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_PORT/" ||
-        die "haproxy not ready: $(cat "$TMP/haproxy.log")"
+        die "haproxy not ready: $(tail -n 20 "$TMP/haproxy.log")"
 }
 
 # stop_proxies: ends start_proxies' processes and waits until they are gone (their ports free).
@@ -327,24 +327,25 @@ main() {
     clk=$(getconf CLK_TCK)
 
     local t s
-    if [[ $WARMUP != 0 ]]; then
-        log "warm-up ($WARMUP per target)"
-        for t in "${TARGETS[@]}"; do
-            run_wrk "warmup-$t" "${URL[$t]}" "" "$WARMUP" >/dev/null
-        done
-    fi
 
     local runs="$OUT_DIR/latest-runs.tsv"
     printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\tuser_us_req\n' >"$runs"
     local r header url pid c0 c1 u0 u1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ucpu ncpu_req
     local -a order
-    local i
+    local i fresh
     for ((r = 1; r <= ROUNDS; r++)); do
+        fresh=$((r == 1))
         if ((r > 1)) && [[ $RESTART != 0 ]]; then
             stop_proxies
             start_proxies
-            [[ $WARMUP == 0 ]] || for t in "${TARGETS[@]}"; do
-                [[ $t == direct ]] || run_wrk "warmup-$r-$t" "${URL[$t]}" "" "$WARMUP" >/dev/null
+            fresh=1
+        fi
+        # One warm-up run per fresh process (nginx, behind "direct", runs throughout).
+        if ((fresh)) && [[ $WARMUP != 0 ]]; then
+            log "warm-up ($WARMUP per target)"
+            for t in "${TARGETS[@]}"; do
+                [[ $t == direct ]] && ((r > 1)) && continue
+                run_wrk "warmup-$r-$t" "${URL[$t]}" "" "$WARMUP" >/dev/null
             done
         fi
         # Every other round runs the targets in reverse, so a drift of the machine within a
