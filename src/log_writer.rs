@@ -1,25 +1,30 @@
-//! Log output off the request path: per-thread chunks of finished lines, written by one thread.
+//! Log output off the request path: per-thread chunks of entries, turned into lines and
+//! written by one thread.
 //!
-//! Every log line — the access log's, formatted by the proxy itself
-//! ([`crate::proxy::access_log`]), and every other `tracing` event, formatted by
-//! tracing-subscriber — is appended by the thread that made it to a chunk of its own, and a
-//! writer thread of routeid's writes whole chunks to stderr. The request path never makes a
-//! write syscall, never waits for the writer, and copies each line once:
+//! Every log line — the access log's and every other `tracing` event's — is appended by the
+//! thread that made it to a chunk of its own, and a writer thread of routeid's writes what the
+//! chunks hold to stderr. The request path never makes a write syscall, never waits for the
+//! writer, and never formats an access-log line:
 //!
-//! - a thread formats its line straight into its chunk (no buffer per line, no queue node, no
-//!   second copy on the writer's side); the chunk's lock is that thread's alone and is taken by
-//!   the writer only to swap the chunk for an empty one, and only when it is free (`try_lock`:
-//!   a writer that preempted a thread mid-line takes that chunk next time instead of waiting), so
-//!   requests never wait on it;
+//! - an access-log line is appended as a compact record (its fields copied, nothing formatted:
+//!   [`crate::proxy::access_log`]) and the writer formats the records of a chunk one after the
+//!   other, with the formatting's code and data hot in its cache, where the request path would
+//!   run it cold between requests; a `tracing` event is appended as the finished line
+//!   tracing-subscriber formatted;
+//! - a thread writes straight into its chunk (no buffer per line, no queue node); the chunk's
+//!   lock is that thread's alone and is taken by the writer only to swap the chunk for an empty
+//!   one, and only when it is free (`try_lock`: a writer that preempted a thread mid-entry
+//!   takes that chunk next time instead of waiting), so requests never wait on it;
 //! - the writer writes the first line after a quiet spell at once; in a steady stream it wakes
-//!   by itself every [`FLUSH_AFTER`] and writes what gathered, each chunk with one `write`, so
-//!   `tail -f` sees a line within [`FLUSH_AFTER`]. A steady stream costs the request path no
-//!   wake-up of the writer at all (a wake-up is a futex call, and on a busy core a context
-//!   switch away from requests): only a line that finds the writer asleep, or a chunk that
-//!   reaches [`WAKE_BYTES`] before the timer, wakes it. Idle, it sleeps until a line comes;
-//! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), a line
-//!   that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead of
-//!   slowing requests down;
+//!   by itself every [`FLUSH_AFTER`] and writes what gathered, in writes of about
+//!   [`WAKE_BYTES`], so `tail -f` sees a line within [`FLUSH_AFTER`]. A steady stream costs the
+//!   request path no wake-up of the writer at all (a wake-up is a futex call, and on a busy core
+//!   a context switch away from requests): only an entry that finds the writer asleep, or a
+//!   chunk that reaches [`WAKE_BYTES`] before the timer, wakes it. Idle, it sleeps until an
+//!   entry comes;
+//! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
+//!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
+//!   of slowing requests down;
 //! - the chunks come back from the writer and are reused, so a steady stream of lines allocates
 //!   nothing.
 //!
@@ -40,11 +45,11 @@ use crate::cli::LogFormat;
 /// the first line after a quiet spell does not wait.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// A chunk this large wakes the writer before its timer (a stream of over 5 MB/s from one
-/// thread: 10,000 access-log lines a second): chunks stay far below [`THREAD_BYTES`], and the
-/// lines a thread has waiting stay small next to its CPU's cache (at 480 bytes a line, one
-/// wake-up per ~550 lines).
+/// thread: 25,000 access-log records a second): chunks stay far below [`THREAD_BYTES`], and the
+/// entries a thread has waiting stay small next to its CPU's cache (at about 200 bytes a
+/// record, one wake-up per ~1,300 records). Also the size of the writer's writes.
 pub const WAKE_BYTES: usize = 256 * 1024;
-/// Most bytes one thread's chunk holds while the writer is behind; a line beyond is dropped.
+/// Most bytes one thread's chunk holds while the writer is behind; an entry beyond is dropped.
 pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
 /// A fresh chunk's room: a chunk grows to what one [`FLUSH_AFTER`] of lines needs, then is reused.
 const CHUNK_ROOM: usize = 64 * 1024;
@@ -52,6 +57,22 @@ const CHUNK_ROOM: usize = 64 * 1024;
 const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
 /// Wake-ups that may wait for the writer; beyond, one is pending and that is enough.
 const WAKE_QUEUE: usize = 64;
+
+/// Records the writer formats before it steps aside (`sched_yield`) for the threads that
+/// serve requests: it may share their core, and formatting a busy [`FLUSH_AFTER`]'s records
+/// in one go (a thousand and more, a millisecond or more) would stall the requests waiting on
+/// that core, in their latency. 32 records are about 50 µs; a yield with nothing else to run
+/// costs a syscall.
+const YIELD_EVERY: u32 = 32;
+
+/// An entry in a chunk: its kind (one byte), its payload's length (4 bytes, little-endian),
+/// its payload.
+const FRAME: usize = 5;
+/// An entry's kind: a finished line, written as it is.
+const LINE: u8 = 0;
+/// An entry's kind: an access-log record, which the writer formats
+/// ([`crate::proxy::access_log::render`]).
+const RECORD: u8 = 1;
 
 /// Why the writer is woken.
 enum Wake {
@@ -63,7 +84,7 @@ enum Wake {
     Flush(SyncSender<()>),
 }
 
-/// One thread's chunk of lines for one writer.
+/// One thread's chunk of entries for one writer.
 #[derive(Debug, Default)]
 struct Slot {
     chunk: Mutex<Vec<u8>>,
@@ -105,7 +126,6 @@ impl std::fmt::Debug for BeforeSleep {
 #[derive(Clone, Debug)]
 pub struct LogWriter {
     shared: Arc<Shared>,
-    format: LogFormat,
     /// The access log formats its own lines (stderr is no terminal: no colours to match).
     direct_access_log: bool,
 }
@@ -137,8 +157,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LogWriter {
-    /// Starts the writer thread on `out`. `direct_access_log` lets the proxy format access-log
-    /// lines itself (it matches tracing-subscriber's output without colours only).
+    /// Starts the writer thread on `out`, which formats access-log records in `format`.
+    /// `direct_access_log` lets the proxy record access-log lines for it (its formatting
+    /// matches tracing-subscriber's output without colours only).
     pub fn start(
         out: Box<dyn Write + Send>,
         format: LogFormat,
@@ -156,8 +177,8 @@ impl LogWriter {
             before_sleep: BeforeSleep::default(),
         });
         let weak = Arc::downgrade(&shared);
-        std::thread::Builder::new().name("routeid-log".into()).spawn(move || write_loop(rx, weak, out))?;
-        let writer = LogWriter { shared, format, direct_access_log };
+        std::thread::Builder::new().name("routeid-log".into()).spawn(move || write_loop(rx, weak, out, format))?;
+        let writer = LogWriter { shared, direct_access_log };
         Ok((writer.clone(), FlushGuard { writer }))
     }
 
@@ -172,34 +193,49 @@ impl LogWriter {
         self.shared.dropped.load(Relaxed)
     }
 
-    /// The output format lines are written in.
-    pub fn format(&self) -> LogFormat {
-        self.format
+    /// Appends one access-log record, which `record` writes into this thread's chunk
+    /// ([`crate::proxy::access_log`] makes and formats them), without waiting for the writer;
+    /// drops and counts it when the chunk is full.
+    pub(crate) fn append_record(&self, record: impl FnOnce(&mut Vec<u8>)) {
+        self.append(RECORD, record);
     }
 
-    /// Appends one line (ending in `\n`), which `line` writes into this thread's chunk, without
-    /// waiting for the writer; drops and counts it when the chunk is full.
-    pub fn append(&self, line: impl FnOnce(&mut Vec<u8>)) {
+    /// Queues one finished line (ending in `\n`), as [`LogWriter::append_record`] does a record.
+    pub fn send(&self, line: &[u8]) {
+        self.append(LINE, |chunk| chunk.extend_from_slice(line));
+    }
+
+    /// Appends one entry of `kind`, whose payload `payload` writes into this thread's chunk.
+    fn append(&self, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
         SLOTS.with(|slots| {
             if let Ok(mine) = slots.try_borrow()
                 && let Some((_, slot)) = mine.iter().find(|(id, _)| *id == self.shared.id)
             {
-                return self.append_to(slot, line);
+                return self.append_to(slot, kind, payload);
             }
             let slot = self.register(slots);
-            self.append_to(&slot, line);
+            self.append_to(&slot, kind, payload);
         });
     }
 
-    fn append_to(&self, slot: &Slot, line: impl FnOnce(&mut Vec<u8>)) {
+    fn append_to(&self, slot: &Slot, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
         let mut chunk = lock(&slot.chunk);
         let before = chunk.len();
-        line(&mut chunk);
+        chunk.push(kind);
+        chunk.extend_from_slice(&[0; FRAME - 1]);
+        payload(&mut chunk);
         let after = chunk.len();
-        if after > THREAD_BYTES {
-            chunk.truncate(before);
-            self.shared.dropped.fetch_add(1, Relaxed);
-            return;
+        match u32::try_from(after - before - FRAME) {
+            Ok(len) if after <= THREAD_BYTES => {
+                if let Some(at) = chunk.get_mut(before + 1..before + FRAME) {
+                    at.copy_from_slice(&len.to_le_bytes());
+                }
+            }
+            _ => {
+                chunk.truncate(before);
+                self.shared.dropped.fetch_add(1, Relaxed);
+                return;
+            }
         }
         drop(chunk);
         let wake = if before < WAKE_BYTES && after >= WAKE_BYTES {
@@ -214,11 +250,6 @@ impl LogWriter {
         self.shared.wakes.fetch_add(1, Relaxed);
         // Full: wake-ups are pending already, and one is all this would ask for.
         let _ = self.shared.wake.try_send(wake);
-    }
-
-    /// Queues one finished line (ending in `\n`); see [`LogWriter::append`].
-    pub fn send(&self, line: &[u8]) {
-        self.append(|chunk| chunk.extend_from_slice(line));
     }
 
     /// This thread's first line to this writer: a slot of its own.
@@ -256,7 +287,7 @@ impl LogWriter {
     }
 }
 
-/// The installed writer when the access log may format its lines itself.
+/// The installed writer when the access log may record its lines for it.
 pub fn installed() -> Option<&'static LogWriter> {
     INSTALLED.get().filter(|w| w.direct_access_log)
 }
@@ -270,40 +301,102 @@ enum Swept {
     Something,
 }
 
-/// Sleeps until a line comes and writes it; while lines keep coming, wakes every [`FLUSH_AFTER`]
-/// (sooner for a full chunk or a flush) and writes every thread's chunk; sleeps again once a
-/// sweep finds nothing. Ends when every [`LogWriter`] is gone.
-fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Box<dyn Write + Send>) {
-    let mut spare = Vec::new();
+/// Sleeps until an entry comes and writes it; while entries keep coming, wakes every
+/// [`FLUSH_AFTER`] (sooner for a full chunk or a flush) and writes every thread's chunk; sleeps
+/// again once a sweep finds nothing. Ends when every [`LogWriter`] is gone.
+fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, out: Box<dyn Write + Send>, format: LogFormat) {
+    let mut out = Output { out, text: Vec::with_capacity(WAKE_BYTES), format, spare: Vec::new(), records: 0 };
     // The next sweep; `None` while asleep.
     let mut next: Option<Instant> = None;
     // `None` once every sender is gone, with `Shared` (then there is nothing left to write).
     while let Some(flush) = wait(&rx, next) {
         let Some(shared) = shared.upgrade() else { break };
         if next.is_none() {
-            // Awake from here on: lines appended while this sweep writes need no wake-up (every
-            // way back to sleep says so again and looks once more).
+            // Awake from here on: entries appended while this sweep writes need no wake-up
+            // (every way back to sleep says so again and looks once more).
             shared.asleep.store(false, SeqCst);
         }
-        let mut swept = sweep(&shared, &mut out, &mut spare, flush.is_some());
+        let mut swept = sweep(&shared, &mut out, flush.is_some());
         if swept == Swept::Nothing {
             #[cfg(test)]
             if let Some(hook) = lock(&shared.before_sleep.0).as_mut() {
                 hook();
             }
-            // Going to sleep: say so first, then look once more, so a line appended meanwhile
+            // Going to sleep: say so first, then look once more, so an entry appended meanwhile
             // either is seen here or sees `asleep` and wakes the writer.
             shared.asleep.store(true, SeqCst);
-            swept = sweep(&shared, &mut out, &mut spare, true);
+            swept = sweep(&shared, &mut out, true);
             if swept == Swept::Something {
                 shared.asleep.store(false, SeqCst);
             }
         }
+        out.write();
         // A failed write (stderr closed) has nowhere to be reported.
-        let _ = out.flush();
+        let _ = out.out.flush();
         next = (swept == Swept::Something).then(|| Instant::now() + FLUSH_AFTER);
         if let Some(ack) = flush {
             let _ = ack.try_send(());
+        }
+    }
+}
+
+/// The writer's side: the output, the lines formatted for it, and chunks for reuse.
+struct Output {
+    out: Box<dyn Write + Send>,
+    /// Lines not yet written: written at [`WAKE_BYTES`] and at the end of each sweep.
+    text: Vec<u8>,
+    format: LogFormat,
+    spare: Vec<Vec<u8>>,
+    /// Records formatted, for [`YIELD_EVERY`].
+    records: u32,
+}
+
+impl Output {
+    /// Turns a chunk's entries into lines, written [`WAKE_BYTES`] at a time. Returns how many
+    /// entries made no line (none: a thread appends only whole entries of known kinds).
+    fn lines(&mut self, chunk: &[u8]) -> u64 {
+        let mut rest = chunk;
+        let mut broken = 0;
+        while !rest.is_empty() {
+            let Some((&[kind, l0, l1, l2, l3], after)) = rest.split_first_chunk::<FRAME>() else {
+                return broken + 1;
+            };
+            let Some((payload, next)) = after.split_at_checked(u32::from_le_bytes([l0, l1, l2, l3]) as usize) else {
+                return broken + 1;
+            };
+            rest = next;
+            let made = match kind {
+                LINE => {
+                    self.text.extend_from_slice(payload);
+                    true
+                }
+                RECORD => {
+                    self.records = self.records.wrapping_add(1);
+                    if self.records.is_multiple_of(YIELD_EVERY) {
+                        std::thread::yield_now();
+                    }
+                    crate::proxy::access_log::render(payload, self.format, &mut self.text)
+                }
+                _ => false,
+            };
+            broken += u64::from(!made);
+            if self.text.len() >= WAKE_BYTES {
+                self.write();
+            }
+        }
+        broken
+    }
+
+    /// Writes the lines made so far.
+    fn write(&mut self) {
+        if self.text.is_empty() {
+            return;
+        }
+        let _ = self.out.write_all(&self.text);
+        if self.text.capacity() > REUSE_CAPACITY {
+            self.text = Vec::with_capacity(WAKE_BYTES);
+        } else {
+            self.text.clear();
         }
     }
 }
@@ -318,7 +411,7 @@ fn wait(rx: &Receiver<Wake>, next: Option<Instant>) -> Option<Option<SyncSender<
             Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
         };
         match wake {
-            // A line that found the writer asleep just before it woke: the sweep is due anyway.
+            // An entry that found the writer asleep just before it woke: the sweep is due anyway.
             Ok(Wake::Lines) if next.is_some_and(|at| Instant::now() < at) => {}
             Ok(Wake::Lines | Wake::Full) | Err(RecvTimeoutError::Timeout) => return Some(None),
             Ok(Wake::Flush(ack)) => return Some(Some(ack)),
@@ -327,10 +420,10 @@ fn wait(rx: &Receiver<Wake>, next: Option<Instant>) -> Option<Option<SyncSender<
     }
 }
 
-/// Takes each thread's chunk (swapping in an empty one) and writes it whole; forgets the slots
-/// of threads that have ended once they are empty. Without `all`, a chunk whose thread is
+/// Takes each thread's chunk (swapping in an empty one) and turns it into lines; forgets the
+/// slots of threads that have ended once they are empty. Without `all`, a chunk whose thread is
 /// appending right now is left for the next sweep instead of waited for.
-fn sweep(shared: &Shared, out: &mut dyn Write, spare: &mut Vec<Vec<u8>>, all: bool) -> Swept {
+fn sweep(shared: &Shared, out: &mut Output, all: bool) -> Swept {
     let slots: Vec<Arc<Slot>> = {
         let mut known = lock(&shared.slots);
         known.retain(|s| Arc::strong_count(s) > 1 || !lock(&s.chunk).is_empty());
@@ -338,7 +431,7 @@ fn sweep(shared: &Shared, out: &mut dyn Write, spare: &mut Vec<Vec<u8>>, all: bo
     };
     let mut swept = Swept::Nothing;
     for slot in slots {
-        let mut chunk = spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_ROOM));
+        let mut chunk = out.spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK_ROOM));
         {
             let mut theirs = match slot.chunk.try_lock() {
                 Ok(theirs) => theirs,
@@ -346,21 +439,22 @@ fn sweep(shared: &Shared, out: &mut dyn Write, spare: &mut Vec<Vec<u8>>, all: bo
                 Err(TryLockError::WouldBlock) if all => lock(&slot.chunk),
                 Err(TryLockError::WouldBlock) => {
                     swept = Swept::Something;
-                    spare.push(chunk);
+                    out.spare.push(chunk);
                     continue;
                 }
             };
             if theirs.is_empty() {
-                spare.push(chunk);
+                out.spare.push(chunk);
                 continue;
             }
             std::mem::swap(&mut *theirs, &mut chunk);
         }
         swept = Swept::Something;
-        let _ = out.write_all(&chunk);
+        let broken = out.lines(&chunk);
+        shared.dropped.fetch_add(broken, Relaxed);
         if chunk.capacity() <= REUSE_CAPACITY {
             chunk.clear();
-            spare.push(chunk);
+            out.spare.push(chunk);
         }
     }
     swept
@@ -404,6 +498,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     /// A `Write` that appends to a shared buffer, for reading what the thread wrote, and counts
     /// its `write` calls.
@@ -458,7 +553,7 @@ mod tests {
         let sink = Sink::default();
         let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Json, true).unwrap();
         for i in 0..1000 {
-            w.append(|b| b.extend_from_slice(format!("line {i}\n").as_bytes()));
+            w.send(format!("line {i}\n").as_bytes());
         }
         drop(guard);
         let want: String = (0..1000).map(|i| format!("line {i}\n")).collect();
@@ -599,6 +694,53 @@ mod tests {
         drop(go_tx);
         drop(guard);
         assert_eq!(sink.text().len() as u64, (5 - w.dropped()) * big.len() as u64, "the rest is written whole");
+    }
+
+    /// Access-log records come out as their lines, in order with the lines sent around them;
+    /// an entry that is no record is counted as dropped and the rest go on.
+    #[test]
+    fn records_become_lines_in_order_with_the_lines_around_them() {
+        use crate::proxy::access_log::AccessLine;
+        let line = |status| AccessLine {
+            method: "GET".as_bytes(),
+            host: "shop".as_bytes(),
+            path: "/cart".as_bytes(),
+            status,
+            bytes_in: Some(0),
+            bytes_out: Some(3),
+            duration_us: 812,
+            client: [10, 1, 2, 3].into(),
+            pool: "default/shop".as_bytes(),
+            member_address: Some(([127, 0, 0, 1], 8080).into()),
+            attempts: 1,
+            session_sticky: "JSESSIONID".as_bytes(),
+            session_route: "n2".as_bytes(),
+            worker_name: "http://127.0.0.1:8080".as_bytes(),
+            worker_route: "n2".as_bytes(),
+            route_changed: false,
+            route_source: "session-cookie".as_bytes(),
+            balanced: "-".as_bytes(),
+            malformed_route: false,
+        };
+        let sink = Sink::default();
+        let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Json, true).unwrap();
+        for status in 200..300 {
+            w.send(format!("before {status}\n").as_bytes());
+            w.append_record(|chunk| line(status).record(chunk, SystemTime::now()));
+        }
+        w.append_record(|chunk| chunk.extend_from_slice(b"no record"));
+        w.send(b"after\n");
+        drop(guard);
+        let text = sink.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 201);
+        for (pair, status) in lines.chunks(2).zip(200..300) {
+            assert_eq!(pair[0], format!("before {status}"));
+            let json: serde_json::Value = serde_json::from_str(pair[1]).unwrap();
+            assert_eq!((json["status"].as_u64(), json["BALANCER_WORKER_ROUTE"].as_str()), (Some(status), Some("n2")));
+        }
+        assert_eq!(lines[200], "after");
+        assert_eq!(w.dropped(), 1);
     }
 
     #[test]

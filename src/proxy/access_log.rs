@@ -1,27 +1,31 @@
-//! The access log line, formatted by hand into a reused buffer.
+//! The access log line: recorded on the request path, formatted by hand on the log's thread.
 //!
 //! A `tracing` event formatted by tracing-subscriber cost about 5 µs per request (field
-//! visitors, a `serde_json` serializer per event, a fresh timestamp string); this writes the
-//! same line — the same fields, order and escaping, in JSON and in plain text, as the
-//! `tracing` event it replaces (the tests compare the two) — straight into the thread's chunk
-//! of lines that [`crate::log_writer`] writes. The timestamp's date and time of day are formatted once
-//! per second per thread, and the fields of a member that stay the same from one of its answers
-//! to the next once per member ([`MemberFields`]).
+//! visitors, a `serde_json` serializer per event, a fresh timestamp string). The request path
+//! here only copies the line's fields into a compact record ([`AccessLine::record`]: one fixed
+//! header of numbers and addresses, then the strings as they are) in the thread's chunk of
+//! [`crate::log_writer`]; the log's writer thread turns each record back into an
+//! [`AccessLine`] and formats it ([`render`]) — the same fields, order and escaping, in JSON and
+//! in plain text, as the `tracing` event it replaces (the tests compare the two) — a chunk of
+//! records at a time, with its code and tables hot in the cache. The timestamp's date and time
+//! of day are formatted once per second, and the fields of a member that stay the same from one
+//! of its answers to the next once per member ([`MemberFields`]).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::LogFormat;
 
-/// One request's access-log fields, in the order they are written.
+/// One request's access-log fields, in the order they are written. Strings are bytes as the
+/// request had them: UTF-8 is checked only for a string that needs escaping, on the log's
+/// thread, and one that is not UTF-8 is logged as `-`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AccessLine<'a> {
-    pub(crate) method: &'a str,
-    pub(crate) host: &'a str,
-    pub(crate) path: &'a str,
+    pub(crate) method: &'a [u8],
+    pub(crate) host: &'a [u8],
+    pub(crate) path: &'a [u8],
     pub(crate) status: u16,
     /// Omitted when unknown.
     pub(crate) bytes_in: Option<u64>,
@@ -29,35 +33,33 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) bytes_out: Option<u64>,
     pub(crate) duration_us: u64,
     pub(crate) client: IpAddr,
-    pub(crate) pool: &'a str,
+    pub(crate) pool: &'a [u8],
     /// Omitted when no member was chosen.
     pub(crate) member_address: Option<SocketAddr>,
     pub(crate) attempts: usize,
-    pub(crate) session_sticky: &'a str,
-    pub(crate) session_route: &'a str,
-    pub(crate) worker_name: &'a str,
-    pub(crate) worker_route: &'a str,
+    pub(crate) session_sticky: &'a [u8],
+    pub(crate) session_route: &'a [u8],
+    pub(crate) worker_name: &'a [u8],
+    pub(crate) worker_route: &'a [u8],
     pub(crate) route_changed: bool,
-    pub(crate) route_source: &'a str,
-    pub(crate) balanced: &'a str,
+    pub(crate) route_source: &'a [u8],
+    pub(crate) balanced: &'a [u8],
     pub(crate) malformed_route: bool,
-    /// The answering member's fields formatted once ([`MemberFields`]), made at its first
-    /// line; `None` where no member answered.
-    pub(crate) member_fields: Option<&'a OnceLock<Box<MemberFields>>>,
 }
 
 /// The fields of a line that read the same on every line a member answers — `pool` and
 /// `member_address`, then `BALANCER_NAME`, `BALANCER_WORKER_NAME` and
 /// `BALANCER_WORKER_ROUTE` — formatted once, in the log's format, and copied whole after that:
-/// five of the line's twenty fields, about a fifth of its formatting. Kept with the member;
-/// used only for a line whose fields are these (checked per line: three short comparisons).
+/// five of the line's twenty fields, about a fifth of its formatting. Kept by the log's thread
+/// per member address ([`MemberCache`]); used only for a line whose fields are these (checked
+/// per line: three short comparisons).
 #[derive(Debug)]
 pub(crate) struct MemberFields {
     format: LogFormat,
-    pool: Box<str>,
+    pool: Box<[u8]>,
     address: SocketAddr,
-    worker_name: Box<str>,
-    worker_route: Box<str>,
+    worker_name: Box<[u8]>,
+    worker_route: Box<[u8]>,
     /// `pool` and `member_address` (`..split`), then `BALANCER_NAME`, `BALANCER_WORKER_NAME` and
     /// `BALANCER_WORKER_ROUTE`, each with its separator.
     text: Box<[u8]>,
@@ -66,7 +68,7 @@ pub(crate) struct MemberFields {
 
 impl MemberFields {
     /// `line`'s member fields in `format`; `None` when the line names no member address.
-    fn of(line: &AccessLine<'_>, format: LogFormat) -> Option<Box<MemberFields>> {
+    fn of(line: &AccessLine<'_>, format: LogFormat) -> Option<MemberFields> {
         let address = line.member_address?;
         let mut text = Vec::new();
         let split = match format {
@@ -83,7 +85,7 @@ impl MemberFields {
                 split
             }
         };
-        Some(Box::new(MemberFields {
+        Some(MemberFields {
             format,
             pool: line.pool.into(),
             address,
@@ -91,7 +93,7 @@ impl MemberFields {
             worker_route: line.worker_route.into(),
             text: text.into(),
             split,
-        }))
+        })
     }
 
     /// `pool` and `member_address`.
@@ -112,6 +114,51 @@ impl MemberFields {
             && *self.worker_route == *line.worker_route
             && *self.worker_name == *line.worker_name
     }
+}
+
+/// Slots of the log's thread's [`MemberCache`] (a power of two): members it keeps formatted,
+/// at most.
+const MEMBER_SLOTS: usize = 1024;
+
+/// The log's thread's [`MemberFields`], one slot per member address (by a hash of it): made at
+/// a member's first line, remade when the member at that address changed (an address reused).
+/// A member whose slot another holds has its lines formatted in full: a pool of many members
+/// costs a little more formatting, never an allocation per line.
+#[derive(Debug)]
+struct MemberCache(Box<[Option<MemberFields>]>);
+
+impl Default for MemberCache {
+    fn default() -> Self {
+        MemberCache((0..MEMBER_SLOTS).map(|_| None).collect())
+    }
+}
+
+impl MemberCache {
+    /// `line`'s member fields in `format`, when its member has (or gets) the slot; `None` when
+    /// the line names no member address.
+    fn fields(&mut self, line: &AccessLine<'_>, format: LogFormat) -> Option<&MemberFields> {
+        let address = line.member_address?;
+        let slot = self.0.get_mut(slot_of(address))?;
+        match slot {
+            Some(made) if made.fit(line, format) => {}
+            Some(made) if made.address != address => return None,
+            _ => *slot = Some(MemberFields::of(line, format)?),
+        }
+        slot.as_ref()
+    }
+}
+
+/// A member address's slot in [`MemberCache`]: Fibonacci hashing of its bits.
+fn slot_of(address: SocketAddr) -> usize {
+    let ip = match address.ip() {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    let h = (ip ^ (u64::from(address.port()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - MEMBER_SLOTS.trailing_zeros())) as usize
 }
 
 /// A field's name with the separator before it and after it, in each format, made at compile
@@ -142,7 +189,8 @@ macro_rules! name {
 
 /// How one format writes a field: after the previous one, with its separator.
 trait Fields {
-    fn str(&mut self, name: &Name, v: &str);
+    /// Quoted, escaped when it needs to be; `-` when it is not UTF-8.
+    fn str(&mut self, name: &Name, v: &[u8]);
     fn num(&mut self, name: &Name, v: u64);
     fn bool(&mut self, name: &Name, v: bool);
     /// A `Display` value (tracing's `%field`): quoted in JSON, bare in text.
@@ -158,15 +206,15 @@ struct Json<'a>(&'a mut Vec<u8>);
 struct Text<'a>(&'a mut Vec<u8>);
 
 impl Fields for Json<'_> {
-    fn str(&mut self, name: &Name, v: &str) {
-        if plain_ascii(v) {
+    fn str(&mut self, name: &Name, v: &[u8]) {
+        if plain_bytes(v) {
             self.0.extend_from_slice(name.json_quoted);
-            self.0.extend_from_slice(v.as_bytes());
+            self.0.extend_from_slice(v);
             self.0.push(b'"');
         } else {
             self.0.extend_from_slice(name.json);
             // serde_json escapes exactly as tracing-subscriber's JSON formatter (it uses it).
-            let _ = serde_json::to_writer(&mut *self.0, v);
+            let _ = serde_json::to_writer(&mut *self.0, text(v));
         }
     }
     fn num(&mut self, name: &Name, v: u64) {
@@ -193,14 +241,14 @@ impl Fields for Json<'_> {
 }
 
 impl Fields for Text<'_> {
-    fn str(&mut self, name: &Name, v: &str) {
-        if plain_ascii(v) {
+    fn str(&mut self, name: &Name, v: &[u8]) {
+        if plain_bytes(v) {
             self.0.extend_from_slice(name.text_quoted);
-            self.0.extend_from_slice(v.as_bytes());
+            self.0.extend_from_slice(v);
             self.0.push(b'"');
         } else {
             self.0.extend_from_slice(name.text);
-            let _ = write!(self.0, "{v:?}");
+            let _ = write!(self.0, "{:?}", text(v));
         }
     }
     fn num(&mut self, name: &Name, v: u64) {
@@ -314,20 +362,15 @@ impl AccessLine<'_> {
         f.str(name!("BALANCER_WORKER_ROUTE"), self.worker_route);
     }
 
-    /// Appends the line (with its `\n`) to `out`, stamped `now`; the member's fields are
-    /// copied from [`AccessLine::member_fields`] (made on the member's first line) when they
-    /// are this line's.
-    pub(crate) fn write(&self, out: &mut Vec<u8>, format: LogFormat, now: SystemTime) {
-        let member = self.member_fields.and_then(|cell| {
-            let made = match cell.get() {
-                Some(m) => m,
-                None => {
-                    let m = MemberFields::of(self, format)?;
-                    cell.get_or_init(|| m)
-                }
-            };
-            made.fit(self, format).then_some(&**made)
-        });
+    /// Appends the line (with its `\n`) to `out`, stamped `now`, every field formatted here.
+    #[cfg(test)]
+    fn write(&self, out: &mut Vec<u8>, format: LogFormat, now: SystemTime) {
+        self.write_with(out, format, now, None);
+    }
+
+    /// Appends the line (with its `\n`) to `out`, stamped `now`; `member`: the member's fields
+    /// formatted already, when they are this line's.
+    fn write_with(&self, out: &mut Vec<u8>, format: LogFormat, now: SystemTime, member: Option<&MemberFields>) {
         match format {
             LogFormat::Json => self.write_json(out, now, member),
             LogFormat::Text => self.write_text(out, now, member),
@@ -337,41 +380,42 @@ impl AccessLine<'_> {
     /// Emits the line as a `tracing` event: for an embedding without routeid's log writer, and
     /// where tracing-subscriber adds colours.
     pub(crate) fn emit(&self) {
+        let s = text;
         tracing::info!(
             target: "routeid::access",
-            method = self.method,
-            host = self.host,
-            path = self.path,
+            method = s(self.method),
+            host = s(self.host),
+            path = s(self.path),
             status = self.status,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
             duration_us = self.duration_us,
             client = %self.client,
-            pool = self.pool,
+            pool = s(self.pool),
             member_address = self.member_address.map(tracing::field::display),
             attempts = self.attempts,
-            BALANCER_SESSION_STICKY = self.session_sticky,
-            BALANCER_SESSION_ROUTE = self.session_route,
-            BALANCER_NAME = self.pool,
-            BALANCER_WORKER_NAME = self.worker_name,
-            BALANCER_WORKER_ROUTE = self.worker_route,
+            BALANCER_SESSION_STICKY = s(self.session_sticky),
+            BALANCER_SESSION_ROUTE = s(self.session_route),
+            BALANCER_NAME = s(self.pool),
+            BALANCER_WORKER_NAME = s(self.worker_name),
+            BALANCER_WORKER_ROUTE = s(self.worker_route),
             BALANCER_ROUTE_CHANGED = u8::from(self.route_changed),
-            route_source = self.route_source,
-            balanced = self.balanced,
+            route_source = s(self.route_source),
+            balanced = s(self.balanced),
             malformed_route = self.malformed_route,
             "request"
         );
     }
 
-    /// Writes the line through routeid's log writer when one is installed (formatted here),
-    /// else as a `tracing` event. Lines the log filter turns off (`RUST_LOG`) are not made.
-    /// `now` is the request's end, which also stamps the line.
+    /// Records the line for routeid's log writer when one is installed (which formats it on
+    /// its own thread, [`render`]), else emits it as a `tracing` event. Lines the log filter
+    /// turns off (`RUST_LOG`) are not made. `now` is the request's end, which also stamps the
+    /// line.
     pub(crate) fn log(&self, now: Instant) {
         match crate::log_writer::installed() {
             Some(w) => {
                 if tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
-                    let format = w.format();
-                    w.append(|chunk| self.write(chunk, format, wall_clock(now)));
+                    w.append_record(|chunk| self.record(chunk, wall_clock(now)));
                 }
             }
             None => self.emit(),
@@ -392,16 +436,209 @@ impl AccessLine<'_> {
         self.fields(&mut Text(out), member);
         out.push(b'\n');
     }
+
+    /// The line's strings, in a record's order.
+    fn strings(&self) -> [&[u8]; STRINGS] {
+        [
+            self.method,
+            self.host,
+            self.path,
+            self.pool,
+            self.session_sticky,
+            self.session_route,
+            self.worker_name,
+            self.worker_route,
+            self.route_source,
+            self.balanced,
+        ]
+    }
+
+    /// Appends the line, stamped `now`, as a record (see [`HEAD`]): copies, no formatting —
+    /// the request path's whole share of the access log. [`AccessLine::decode`] reads it back.
+    pub(crate) fn record(&self, out: &mut Vec<u8>, now: SystemTime) {
+        let strings = self.strings();
+        let micros = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let (client, client_v6) = ip_bytes(self.client);
+        let (member, member_v6) = self.member_address.map_or(([0; 16], false), |a| ip_bytes(a.ip()));
+        let flags = [
+            (self.bytes_in.is_some(), HAS_IN),
+            (self.bytes_out.is_some(), HAS_OUT),
+            (self.member_address.is_some(), HAS_MEMBER),
+            (self.route_changed, ROUTE_CHANGED),
+            (self.malformed_route, MALFORMED),
+            (client_v6, CLIENT_V6),
+            (member_v6, MEMBER_V6),
+        ]
+        .into_iter()
+        .fold(0, |flags, (set, flag)| if set { flags | flag } else { flags });
+        out.reserve(HEAD + strings.iter().map(|s| s.len()).sum::<usize>());
+        out.extend_from_slice(&micros.to_le_bytes());
+        out.extend_from_slice(&self.duration_us.to_le_bytes());
+        out.extend_from_slice(&self.bytes_in.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&self.bytes_out.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&(self.attempts as u64).to_le_bytes());
+        out.extend_from_slice(&self.status.to_le_bytes());
+        out.push(flags);
+        out.extend_from_slice(&client);
+        out.extend_from_slice(&member);
+        out.extend_from_slice(&self.member_address.map_or(0, |a| a.port()).to_le_bytes());
+        for s in strings {
+            // Longer than 4 GiB cannot be (requests are bounded far below): then the record
+            // does not read back and the writer counts it as dropped.
+            out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        for s in strings {
+            out.extend_from_slice(s);
+        }
+    }
+
+    /// The line and its stamp from a whole record made by [`AccessLine::record`]; `None` for
+    /// anything else (a record cut short or too long).
+    fn decode(record: &[u8]) -> Option<(AccessLine<'_>, SystemTime)> {
+        let mut r = Reader(record);
+        let micros = r.u64()?;
+        let duration_us = r.u64()?;
+        let bytes_in = r.u64()?;
+        let bytes_out = r.u64()?;
+        let attempts = usize::try_from(r.u64()?).ok()?;
+        let status = u16::from_le_bytes(r.take()?);
+        let [flags] = r.take()?;
+        let client = ip_from(r.take()?, flags & CLIENT_V6 != 0);
+        let member = ip_from(r.take()?, flags & MEMBER_V6 != 0);
+        let port = u16::from_le_bytes(r.take()?);
+        let mut lens = [0u32; STRINGS];
+        for len in &mut lens {
+            *len = u32::from_le_bytes(r.take()?);
+        }
+        let mut strings: [&[u8]; STRINGS] = [b""; STRINGS];
+        for (s, len) in strings.iter_mut().zip(lens) {
+            *s = r.bytes(usize::try_from(len).ok()?)?;
+        }
+        if !r.0.is_empty() {
+            return None;
+        }
+        let [
+            method,
+            host,
+            path,
+            pool,
+            session_sticky,
+            session_route,
+            worker_name,
+            worker_route,
+            route_source,
+            balanced,
+        ] = strings;
+        let line = AccessLine {
+            method,
+            host,
+            path,
+            status,
+            bytes_in: (flags & HAS_IN != 0).then_some(bytes_in),
+            bytes_out: (flags & HAS_OUT != 0).then_some(bytes_out),
+            duration_us,
+            client,
+            pool,
+            member_address: (flags & HAS_MEMBER != 0).then_some(SocketAddr::new(member, port)),
+            attempts,
+            session_sticky,
+            session_route,
+            worker_name,
+            worker_route,
+            route_changed: flags & ROUTE_CHANGED != 0,
+            route_source,
+            balanced,
+            malformed_route: flags & MALFORMED != 0,
+        };
+        Some((line, UNIX_EPOCH + Duration::from_micros(micros)))
+    }
 }
 
-/// True when `s` needs no escaping in JSON nor in Rust's `Debug` (printable ASCII, no quote
-/// or backslash): the usual host, path and route.
-fn plain_ascii(s: &str) -> bool {
-    plain_bytes(s.as_bytes())
+/// Strings in a record: `method`, `host`, `path`, `pool`, `BALANCER_SESSION_STICKY`,
+/// `BALANCER_SESSION_ROUTE`, `BALANCER_WORKER_NAME`, `BALANCER_WORKER_ROUTE`, `route_source`,
+/// `balanced` ([`AccessLine::strings`]).
+const STRINGS: usize = 10;
+
+/// A record's fixed part, little-endian: the stamp (microseconds since 1970), `duration_us`,
+/// `bytes_in`, `bytes_out` and `attempts` (8 bytes each), `status` (2), flags (1), the client's
+/// and the member's address (16 each: an IPv4 address in the first 4), the member's port (2),
+/// and each string's length (4 each). The strings follow, as they are.
+const HEAD: usize = 5 * 8 + 2 + 1 + 16 + 16 + 2 + 4 * STRINGS;
+
+/// A record's flags.
+const HAS_IN: u8 = 1;
+const HAS_OUT: u8 = 1 << 1;
+const HAS_MEMBER: u8 = 1 << 2;
+const ROUTE_CHANGED: u8 = 1 << 3;
+const MALFORMED: u8 = 1 << 4;
+const CLIENT_V6: u8 = 1 << 5;
+const MEMBER_V6: u8 = 1 << 6;
+
+/// An address's 16 bytes in a record, and whether it is IPv6.
+fn ip_bytes(ip: IpAddr) -> ([u8; 16], bool) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            (b, false)
+        }
+        IpAddr::V6(v6) => (v6.octets(), true),
+    }
 }
 
-/// [`plain_ascii`] eight bytes at a time: a byte-by-byte check cost about 1,100 instructions
-/// per access-log line, a third of the line.
+fn ip_from(b: [u8; 16], v6: bool) -> IpAddr {
+    if v6 { IpAddr::V6(Ipv6Addr::from(b)) } else { IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])) }
+}
+
+/// Reads a record from the front.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (first, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*first)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (first, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(first)
+    }
+}
+
+thread_local! {
+    /// The log's thread's member fields (one writer thread per [`crate::log_writer::LogWriter`]).
+    static MEMBERS: RefCell<MemberCache> = RefCell::default();
+}
+
+/// Formats one record made by [`AccessLine::record`] as its line, in `format`, onto `out`: the
+/// log's writer thread does this for each record it takes. False (and nothing written) when
+/// `record` is not one.
+pub(crate) fn render(record: &[u8], format: LogFormat, out: &mut Vec<u8>) -> bool {
+    let Some((line, now)) = AccessLine::decode(record) else {
+        return false;
+    };
+    MEMBERS.with(|members| match members.try_borrow_mut() {
+        Ok(mut members) => line.write_with(out, format, now, members.fields(&line, format)),
+        Err(_) => line.write_with(out, format, now, None),
+    });
+    true
+}
+
+/// A field's text: `-` for one that is not UTF-8 (as a `HeaderValue`'s `to_str` failing would
+/// log it).
+fn text(v: &[u8]) -> &str {
+    std::str::from_utf8(v).unwrap_or("-")
+}
+
+/// True when `bytes` need no escaping in JSON nor in Rust's `Debug` (printable ASCII, no quote
+/// or backslash): the usual host, path and route. Eight bytes at a time: a byte-by-byte check
+/// cost about 1,100 instructions per access-log line, a third of the line.
 fn plain_bytes(bytes: &[u8]) -> bool {
     let (words, rest) = bytes.as_chunks::<8>();
     let mut tail = [b'a'; 8];
@@ -552,90 +789,122 @@ mod tests {
 
     fn sample() -> AccessLine<'static> {
         AccessLine {
-            method: "GET",
-            host: "shop.example.com",
-            path: "/cart",
+            method: "GET".as_bytes(),
+            host: "shop.example.com".as_bytes(),
+            path: "/cart".as_bytes(),
             status: 200,
             bytes_in: Some(0),
             bytes_out: Some(3),
             duration_us: 812,
             client: "10.1.2.3".parse().unwrap(),
-            pool: "default/shop",
+            pool: "default/shop".as_bytes(),
             member_address: Some("127.0.0.1:8080".parse().unwrap()),
             attempts: 1,
-            session_sticky: "JSESSIONID",
-            session_route: "n2",
-            worker_name: "http://127.0.0.1:8080",
-            worker_route: "n2",
+            session_sticky: "JSESSIONID".as_bytes(),
+            session_route: "n2".as_bytes(),
+            worker_name: "http://127.0.0.1:8080".as_bytes(),
+            worker_route: "n2".as_bytes(),
             route_changed: false,
-            route_source: "session-cookie",
-            balanced: "-",
+            route_source: "session-cookie".as_bytes(),
+            balanced: "-".as_bytes(),
             malformed_route: false,
-            member_fields: None,
         }
+    }
+
+    /// The line as the log's thread makes it: recorded, then rendered, member fields cached.
+    fn by_record(l: &AccessLine<'_>, format: LogFormat) -> String {
+        let mut record = Vec::new();
+        l.record(&mut record, SystemTime::now());
+        let mut out = Vec::new();
+        assert!(render(&record, format, &mut out), "{l:?}");
+        String::from_utf8(out).unwrap()
     }
 
     /// A member's fields formatted once are copied into its later lines, in either format; a
     /// line they do not fit (another pool name, member, route or format, no member address) gets
-    /// its own, field by field. Every line is the one tracing writes.
+    /// its own, field by field, and a member's fields that change (its address reused) are
+    /// made again. Every line is the one tracing writes.
     #[test]
     fn a_members_fields_formatted_once_serve_only_lines_they_fit() {
         for format in [LogFormat::Json, LogFormat::Text] {
-            let cell = OnceLock::new();
-            let with = |l: AccessLine<'static>| AccessLine { member_fields: Some(&cell), ..l };
+            let mut cache = MemberCache::default();
             let lines = [
-                with(sample()),
-                with(AccessLine { path: "/second", status: 503, duration_us: 7, ..sample() }),
-                with(AccessLine { pool: "other/pool", ..sample() }),
-                with(AccessLine { worker_route: "n3", ..sample() }),
-                with(AccessLine { worker_name: "http://127.0.0.1:9", ..sample() }),
-                with(AccessLine { member_address: Some("127.0.0.1:9".parse().unwrap()), ..sample() }),
-                with(AccessLine { member_address: None, ..sample() }),
+                sample(),
+                AccessLine { path: "/second".as_bytes(), status: 503, duration_us: 7, ..sample() },
+                AccessLine { pool: "other/pool".as_bytes(), ..sample() },
+                AccessLine { worker_route: "n3".as_bytes(), ..sample() },
+                AccessLine { worker_name: "http://127.0.0.1:9".as_bytes(), ..sample() },
+                AccessLine { member_address: Some("127.0.0.1:9".parse().unwrap()), ..sample() },
+                AccessLine { member_address: None, ..sample() },
             ];
             for l in &lines {
-                let (want, got) = (by_tracing(l, format), by_hand(l, format));
+                let mut got = Vec::new();
+                l.write_with(&mut got, format, SystemTime::now(), cache.fields(l, format));
+                let (want, got) = (by_tracing(l, format), String::from_utf8(got).unwrap());
                 assert_eq!(untimed(&got, format), untimed(&want, format), "{format:?}");
             }
-            let made = cell.get().expect("made at the first line");
-            assert!(made.fit(&lines[1], format));
+            // The last line at this address (the worker name changed) made them again.
+            let made = cache.fields(&lines[4], format).unwrap();
+            assert!(made.fit(&lines[4], format) && !made.fit(&lines[0], format));
+            assert!(cache.fields(&lines[0], format).is_some_and(|m| m.fit(&lines[1], format)));
+            let made = cache.fields(&lines[0], format).unwrap();
             assert!(lines[2..].iter().all(|l| !made.fit(l, format)));
+            let address = sample().member_address.unwrap();
             let other = match format {
                 LogFormat::Json => LogFormat::Text,
                 LogFormat::Text => LogFormat::Json,
             };
-            assert!(!made.fit(&lines[0], other), "not for the other format");
+            assert!(!cache.fields(&lines[0], format).unwrap().fit(&lines[0], other), "not for the other format");
+            assert_eq!(cache.0.iter().flatten().filter(|m| m.address == address).count(), 1);
             assert_eq!(untimed(&by_hand(&lines[0], other), other), untimed(&by_tracing(&lines[0], other), other));
         }
         // Fields that need escaping, and an IPv6 member, copied as they were formatted.
         for format in [LogFormat::Json, LogFormat::Text] {
-            let cell = OnceLock::new();
+            let mut cache = MemberCache::default();
             let odd = AccessLine {
-                pool: "caf\u{e9}/\"p\"\\\u{1}",
-                worker_route: "r\u{2028}",
+                pool: "caf\u{e9}/\"p\"\\\u{1}".as_bytes(),
+                worker_route: "r\u{2028}".as_bytes(),
                 member_address: Some("[2001:db8::2]:8080".parse().unwrap()),
-                member_fields: Some(&cell),
                 ..sample()
             };
             for l in [odd, AccessLine { status: 502, ..odd }] {
-                assert_eq!(untimed(&by_hand(&l, format), format), untimed(&by_tracing(&l, format), format));
+                let mut got = Vec::new();
+                l.write_with(&mut got, format, SystemTime::now(), cache.fields(&l, format));
+                let got = String::from_utf8(got).unwrap();
+                assert_eq!(untimed(&got, format), untimed(&by_tracing(&l, format), format));
             }
-            assert!(cell.get().is_some_and(|m| m.fit(&odd, format)));
+            assert!(cache.fields(&odd, format).is_some_and(|m| m.fit(&odd, format)));
         }
         // A line without a member address makes none.
-        let cell = OnceLock::new();
-        let l = AccessLine { member_address: None, member_fields: Some(&cell), ..sample() };
-        assert_eq!(
-            untimed(&by_hand(&l, LogFormat::Json), LogFormat::Json),
-            untimed(&by_tracing(&l, LogFormat::Json), LogFormat::Json)
-        );
-        assert!(cell.get().is_none());
+        let mut cache = MemberCache::default();
+        assert!(cache.fields(&AccessLine { member_address: None, ..sample() }, LogFormat::Json).is_none());
+        assert!(cache.0.iter().all(Option::is_none));
+    }
+
+    /// The cache holds [`MEMBER_SLOTS`] members at most: a member whose slot another holds is
+    /// formatted in full, as the tracing event has it, and takes no slot from it.
+    #[test]
+    fn the_member_cache_is_bounded_and_keeps_its_members() {
+        let mut cache = MemberCache::default();
+        let line = |port| AccessLine { member_address: Some(SocketAddr::from(([10, 0, 0, 1], port))), ..sample() };
+        let kept: Vec<u16> = (0..5000).filter(|&p| cache.fields(&line(p), LogFormat::Text).is_some()).collect();
+        assert!(kept.len() <= MEMBER_SLOTS && kept.len() > MEMBER_SLOTS / 2, "{} kept", kept.len());
+        assert_eq!(cache.0.len(), MEMBER_SLOTS);
+        // The first ones keep their slots; the others' lines are still the tracing event's.
+        assert!(kept.iter().all(|&p| cache.fields(&line(p), LogFormat::Text).is_some()));
+        let other = (0..5000).find(|p| !kept.contains(p)).unwrap();
+        let mut got = Vec::new();
+        let l = line(other);
+        l.write_with(&mut got, LogFormat::Text, SystemTime::now(), cache.fields(&l, LogFormat::Text));
+        let got = String::from_utf8(got).unwrap();
+        assert_eq!(untimed(&got, LogFormat::Text), untimed(&by_tracing(&l, LogFormat::Text), LogFormat::Text));
     }
 
     #[test]
     fn the_line_is_the_one_tracing_wrote_in_both_formats() {
         let odd = AccessLine {
-            host: "h\u{e9}st\"\\",
-            path: "/a b/\u{1}\t\u{7f}/\u{2028}",
+            host: "h\u{e9}st\"\\".as_bytes(),
+            path: "/a b/\u{1}\t\u{7f}/\u{2028}".as_bytes(),
             bytes_in: None,
             bytes_out: None,
             member_address: None,
@@ -674,10 +943,10 @@ mod tests {
         let long_route = "r".repeat(3000);
         let escaped = "\u{1}".repeat(400);
         let lines = [
-            AccessLine { path: &long_path, ..sample() },
-            AccessLine { route_source: &long_route, balanced: &long_route, ..sample() },
-            AccessLine { worker_name: &long_route, session_route: &long_route, ..sample() },
-            AccessLine { pool: &escaped, route_source: &escaped, ..sample() },
+            AccessLine { path: long_path.as_bytes(), ..sample() },
+            AccessLine { route_source: long_route.as_bytes(), balanced: long_route.as_bytes(), ..sample() },
+            AccessLine { worker_name: long_route.as_bytes(), session_route: long_route.as_bytes(), ..sample() },
+            AccessLine { pool: escaped.as_bytes(), route_source: escaped.as_bytes(), ..sample() },
             AccessLine { client: "2001:db8::1".parse().unwrap(), ..sample() },
         ];
         let now = SystemTime::now();
@@ -696,6 +965,95 @@ mod tests {
         let mut out = Vec::new();
         lines[3].write(&mut out, LogFormat::Json, now);
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&out).unwrap()["pool"], escaped);
+    }
+
+    /// A line recorded on the request path and rendered by the log's thread is the line
+    /// tracing writes, whatever its fields (escaped, long, IPv6, absent), in either format,
+    /// and with the stamp it was recorded with.
+    #[test]
+    fn a_recorded_line_renders_as_tracing_writes_it() {
+        let long_path = format!("/{}", "p".repeat(70_000));
+        let escaped = "\u{1}\"\\caf\u{e9}\u{2028}".repeat(50);
+        let lines = [
+            sample(),
+            AccessLine {
+                host: "h\u{e9}st\"\\".as_bytes(),
+                path: "/a b/\u{1}\t\u{7f}/\u{2028}".as_bytes(),
+                bytes_in: None,
+                bytes_out: None,
+                member_address: None,
+                client: "::1".parse().unwrap(),
+                route_changed: true,
+                malformed_route: true,
+                ..sample()
+            },
+            AccessLine {
+                client: "2001:db8::1".parse().unwrap(),
+                member_address: Some("[2001:db8::2]:80".parse().unwrap()),
+                ..sample()
+            },
+            AccessLine {
+                client: "::ffff:10.1.2.3".parse().unwrap(),
+                member_address: Some("255.255.255.255:65535".parse().unwrap()),
+                bytes_in: Some(u64::MAX),
+                bytes_out: None,
+                status: 499,
+                attempts: 3,
+                duration_us: u64::MAX,
+                ..sample()
+            },
+            AccessLine {
+                path: long_path.as_bytes(),
+                pool: escaped.as_bytes(),
+                worker_route: "".as_bytes(),
+                session_route: "".as_bytes(),
+                ..sample()
+            },
+            // Not UTF-8: `-`, as the tracing event has it.
+            AccessLine { host: b"\xff\xfe", path: b"/caf\xe9", worker_route: b"\xc3", ..sample() },
+            AccessLine {
+                method: "".as_bytes(),
+                host: "".as_bytes(),
+                path: "".as_bytes(),
+                pool: "".as_bytes(),
+                worker_name: "".as_bytes(),
+                balanced: "".as_bytes(),
+                ..sample()
+            },
+        ];
+        for l in &lines {
+            for format in [LogFormat::Json, LogFormat::Text] {
+                let (want, got) = (by_tracing(l, format), by_record(l, format));
+                assert_eq!(untimed(&got, format), untimed(&want, format), "{format:?}");
+                assert_eq!(got.len() - untimed(&got, format).len(), want.len() - untimed(&want, format).len());
+            }
+        }
+        let at = UNIX_EPOCH + Duration::new(1_764_613_800, 123_456_789);
+        let mut record = Vec::new();
+        sample().record(&mut record, at);
+        let mut out = Vec::new();
+        assert!(render(&record, LogFormat::Text, &mut out));
+        assert!(out.starts_with(b"2025-12-01T18:30:00.123456Z  INFO routeid::access: request method="));
+    }
+
+    /// Anything but a whole record (cut short anywhere, a byte too many, a string longer than
+    /// the record) renders nothing and says so; nothing panics.
+    #[test]
+    fn a_broken_record_renders_nothing() {
+        let mut record = Vec::new();
+        sample().record(&mut record, SystemTime::now());
+        let mut out = Vec::new();
+        for cut in 0..record.len() {
+            assert!(!render(&record[..cut], LogFormat::Json, &mut out), "cut at {cut}");
+        }
+        let mut longer = record.clone();
+        longer.push(b'x');
+        assert!(!render(&longer, LogFormat::Json, &mut out));
+        let mut huge = record.clone();
+        huge[HEAD - 4..HEAD].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(!render(&huge, LogFormat::Text, &mut out));
+        assert!(out.is_empty());
+        assert!(render(&record, LogFormat::Json, &mut out));
     }
 
     /// Every byte value at every position of words and tails, against the byte-by-byte rule.

@@ -625,7 +625,7 @@ impl Proxy {
                 Ended::Answered(a) => {
                     let took = a.at.unwrap_or_else(Instant::now).saturating_duration_since(started);
                     let resp = self.finish(a.resp, a.answer, &r, a.idx, a.mext, (upgrade, a.busy), fwd.https, took);
-                    (resp, Some((r.pool.members[a.idx].config.address, a.mext)))
+                    (resp, Some(r.pool.members[a.idx].config.address))
                 }
                 Ended::NoMember(resp) => (resp, None),
             };
@@ -1121,7 +1121,7 @@ impl Proxy {
         &self,
         req: &ReqInfo<'_>,
         pool: Option<&HeaderValue>,
-        member: Option<(SocketAddr, &MemberExt)>,
+        member: Option<SocketAddr>,
         vars: &BalancerVars<'_>,
         out: Outcome,
     ) {
@@ -1132,42 +1132,35 @@ impl Proxy {
         if sample > 1 && !self.log_counter.fetch_add(1, Relaxed).is_multiple_of(sample) {
             return;
         }
-        let pool = pool.map_or("-", log_text);
+        // Routeid's own header values (a pool's name, a member's URL) as bytes: the log's thread
+        // checks UTF-8 only where a string needs escaping (a pool named in non-ASCII letters,
+        // possible in standalone mode, is logged by its name, escaped).
+        let pool = pool.map_or(b"-".as_slice(), HeaderValue::as_bytes);
         // The one clock read of the line: its duration and (see `AccessLine::log`) its timestamp.
         let now = Instant::now();
         AccessLine {
-            method: req.method.as_str(),
-            host: req.host.unwrap_or("-"),
-            path: req.path,
+            method: req.method.as_str().as_bytes(),
+            host: req.host.unwrap_or("-").as_bytes(),
+            path: req.path.as_bytes(),
             status: out.status.as_u16(),
             bytes_in: req.bytes_in,
             bytes_out: out.bytes_out,
             duration_us: now.saturating_duration_since(req.started).as_micros() as u64,
             client: req.client,
             pool,
-            member_address: member.map(|(a, _)| a),
+            member_address: member,
             attempts: out.attempts,
-            session_sticky: vars.session_sticky.unwrap_or("-"),
-            session_route: vars.session_route.as_deref().unwrap_or("-"),
-            worker_name: vars.worker_name.map_or("-", log_text),
-            worker_route: vars.worker_route.unwrap_or("-"),
+            session_sticky: vars.session_sticky.unwrap_or("-").as_bytes(),
+            session_route: vars.session_route.as_deref().unwrap_or("-").as_bytes(),
+            worker_name: vars.worker_name.map_or(b"-".as_slice(), HeaderValue::as_bytes),
+            worker_route: vars.worker_route.unwrap_or("-").as_bytes(),
             route_changed: vars.route_changed,
-            route_source: vars.source.map_or("-", RouteSource::as_str),
-            balanced: vars.balanced.map_or("-", Balanced::as_str),
+            route_source: vars.source.map_or("-", RouteSource::as_str).as_bytes(),
+            balanced: vars.balanced.map_or("-", Balanced::as_str).as_bytes(),
             malformed_route: vars.malformed,
-            member_fields: member.map(|(_, m)| &m.log_fields),
         }
         .log(now);
     }
-}
-
-/// A header value routeid made itself (a pool's name, a member's URL) as the access log's
-/// text. UTF-8's check, not `HeaderValue::to_str`'s: it reads a word at a time where `to_str`
-/// tests each byte (about 90 instructions per value), and a pool named in non-ASCII letters
-/// (possible in standalone mode) is logged by its name, escaped as every field is, instead of
-/// as `-`.
-fn log_text(v: &HeaderValue) -> &str {
-    std::str::from_utf8(v.as_bytes()).unwrap_or("-")
 }
 
 /// What the route cookie's attributes depend on in the request.

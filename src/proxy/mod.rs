@@ -24,7 +24,7 @@ pub mod tls;
 pub(crate) mod tunnel;
 pub mod upstream;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -111,10 +111,6 @@ pub(crate) struct MemberExt {
     /// `BALANCER_WORKER_NAME` (`http://10.0.0.1:8080`).
     pub(crate) worker_name: HeaderValue,
     pub(crate) metrics: MemberMetrics,
-    /// Its access-log fields, formatted at its first logged answer and never refreshed: what
-    /// they show (the pool's id, the member's route and address) is what a runtime is kept
-    /// for, so it cannot change under them (each line checks all the same).
-    pub(crate) log_fields: OnceLock<Box<access_log::MemberFields>>,
 }
 
 /// What the proxy needs beside the core pool.
@@ -353,7 +349,6 @@ impl Proxy {
                     .unwrap_or_else(|_| Authority::from_static("invalid.invalid")),
                 worker_name: HeaderValue::try_from(format!("http://{addr}")).unwrap_or(HeaderValue::from_static("")),
                 metrics: self.metrics.member_handles(&pool.config.id, m.route()),
-                log_fields: OnceLock::new(),
             }
         })
     }
