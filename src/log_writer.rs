@@ -76,7 +76,7 @@ const RECORD: u8 = 1;
 
 /// Why the writer is woken.
 enum Wake {
-    /// A line found the writer asleep: write it now.
+    /// An entry found the writer asleep: write it now.
     Lines,
     /// A chunk reached [`WAKE_BYTES`]: write now.
     Full,
@@ -126,7 +126,8 @@ impl std::fmt::Debug for BeforeSleep {
 #[derive(Clone, Debug)]
 pub struct LogWriter {
     shared: Arc<Shared>,
-    /// The access log formats its own lines (stderr is no terminal: no colours to match).
+    /// The access log records its lines for the writer to format (stderr is no terminal: no
+    /// colours to match).
     direct_access_log: bool,
 }
 
@@ -157,7 +158,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LogWriter {
-    /// Starts the writer thread on `out`, which formats access-log records in `format`.
+    /// Starts the writer thread, which writes to `out` and formats access-log records in
+    /// `format`.
     /// `direct_access_log` lets the proxy record access-log lines for it (its formatting
     /// matches tracing-subscriber's output without colours only).
     pub fn start(
@@ -188,13 +190,14 @@ impl LogWriter {
         let _ = INSTALLED.set(self.clone());
     }
 
-    /// Lines dropped so far because the writer was behind.
+    /// Entries dropped so far: the writer was behind (or, never seen, an entry made no line).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Relaxed)
     }
 
     /// Appends one access-log record, which `record` writes into this thread's chunk
-    /// ([`crate::proxy::access_log`] makes and formats them), without waiting for the writer;
+    /// ([`crate::proxy::access_log`] makes them and formats them on the writer's thread), without
+    /// waiting for the writer;
     /// drops and counts it when the chunk is full.
     pub(crate) fn append_record(&self, record: impl FnOnce(&mut Vec<u8>)) {
         self.append(RECORD, record);
@@ -206,8 +209,9 @@ impl LogWriter {
     }
 
     /// Appends one entry of `kind`, whose payload `payload` writes into this thread's chunk.
+    /// `payload` must not log (a nested append would find the chunk locked by its own thread).
     fn append(&self, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
-        SLOTS.with(|slots| {
+        let appended = SLOTS.try_with(|slots| {
             if let Ok(mine) = slots.try_borrow()
                 && let Some((_, slot)) = mine.iter().find(|(id, _)| *id == self.shared.id)
             {
@@ -216,6 +220,10 @@ impl LogWriter {
             let slot = self.register(slots);
             self.append_to(&slot, kind, payload);
         });
+        // A thread logging while it ends, after its thread-locals are gone.
+        if appended.is_err() {
+            self.shared.dropped.fetch_add(1, Relaxed);
+        }
     }
 
     fn append_to(&self, slot: &Slot, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
@@ -225,8 +233,8 @@ impl LogWriter {
         chunk.extend_from_slice(&[0; FRAME - 1]);
         payload(&mut chunk);
         let after = chunk.len();
-        match u32::try_from(after - before - FRAME) {
-            Ok(len) if after <= THREAD_BYTES => {
+        match after.checked_sub(before + FRAME).map(u32::try_from) {
+            Some(Ok(len)) if after <= THREAD_BYTES => {
                 if let Some(at) = chunk.get_mut(before + 1..before + FRAME) {
                     at.copy_from_slice(&len.to_le_bytes());
                 }
@@ -252,12 +260,12 @@ impl LogWriter {
         let _ = self.shared.wake.try_send(wake);
     }
 
-    /// This thread's first line to this writer: a slot of its own.
+    /// This thread's first entry to this writer: a slot of its own.
     fn register(&self, slots: &RefCell<Vec<(u64, Arc<Slot>)>>) -> Arc<Slot> {
         let slot = Arc::new(Slot { chunk: Mutex::new(Vec::with_capacity(CHUNK_ROOM)) });
         lock(&self.shared.slots).push(Arc::clone(&slot));
-        // Already borrowed only when a line's formatting logs (it does not): then the slot
-        // serves this line alone and the writer forgets it once written.
+        // Borrowed already only by an append whose payload appends (none does): then the slot
+        // serves this entry alone and the writer forgets it once written.
         if let Ok(mut mine) = slots.try_borrow_mut() {
             mine.push((self.shared.id, Arc::clone(&slot)));
         }
@@ -683,7 +691,7 @@ mod tests {
         let (go_tx, go_rx) = mpsc::channel();
         let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
         // The writer takes at most one chunk before `Stuck` holds it; this thread's chunk then
-        // holds two of these lines at most: five cannot all fit.
+        // holds one of these lines (two and their frames are over the bound): five cannot fit.
         let big = [vec![b'x'; THREAD_BYTES / 2 - 1], b"\n".to_vec()].concat();
         let started = Instant::now();
         for _ in 0..5 {
@@ -696,37 +704,39 @@ mod tests {
         assert_eq!(sink.text().len() as u64, (5 - w.dropped()) * big.len() as u64, "the rest is written whole");
     }
 
-    /// Access-log records come out as their lines, in order with the lines sent around them;
-    /// an entry that is no record is counted as dropped and the rest go on.
-    #[test]
-    fn records_become_lines_in_order_with_the_lines_around_them() {
-        use crate::proxy::access_log::AccessLine;
-        let line = |status| AccessLine {
-            method: "GET".as_bytes(),
-            host: "shop".as_bytes(),
-            path: "/cart".as_bytes(),
+    fn access_line(status: u16, path: &[u8]) -> crate::proxy::access_log::AccessLine<'_> {
+        crate::proxy::access_log::AccessLine {
+            method: b"GET",
+            host: b"shop",
+            path,
             status,
             bytes_in: Some(0),
             bytes_out: Some(3),
             duration_us: 812,
             client: [10, 1, 2, 3].into(),
-            pool: "default/shop".as_bytes(),
+            pool: b"default/shop",
             member_address: Some(([127, 0, 0, 1], 8080).into()),
             attempts: 1,
-            session_sticky: "JSESSIONID".as_bytes(),
-            session_route: "n2".as_bytes(),
-            worker_name: "http://127.0.0.1:8080".as_bytes(),
-            worker_route: "n2".as_bytes(),
+            session_sticky: b"JSESSIONID",
+            session_route: b"n2",
+            worker_name: b"http://127.0.0.1:8080",
+            worker_route: b"n2",
             route_changed: false,
-            route_source: "session-cookie".as_bytes(),
-            balanced: "-".as_bytes(),
+            route_source: b"session-cookie",
+            balanced: b"-",
             malformed_route: false,
-        };
+        }
+    }
+
+    /// Access-log records come out as their lines, in order with the lines sent around them;
+    /// an entry that is no record is counted as dropped and the rest go on.
+    #[test]
+    fn records_become_lines_in_order_with_the_lines_around_them() {
         let sink = Sink::default();
         let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Json, true).unwrap();
         for status in 200..300 {
             w.send(format!("before {status}\n").as_bytes());
-            w.append_record(|chunk| line(status).record(chunk, SystemTime::now()));
+            w.append_record(|chunk| access_line(status, b"/cart").record(chunk, SystemTime::now()));
         }
         w.append_record(|chunk| chunk.extend_from_slice(b"no record"));
         w.send(b"after\n");
@@ -741,6 +751,48 @@ mod tests {
         }
         assert_eq!(lines[200], "after");
         assert_eq!(w.dropped(), 1);
+    }
+
+    /// A record after a quiet spell wakes the writer and is written without a flush, in the
+    /// writer's format; a record over a chunk's bound is dropped and counted, and the next one
+    /// is written as usual.
+    #[test]
+    fn a_record_reaches_the_output_without_a_flush_and_one_too_big_is_dropped() {
+        let (tx, rx) = mpsc::sync_channel(16);
+        let (w, _guard) = LogWriter::start(Box::new(Told(tx)), LogFormat::Text, true).unwrap();
+        let huge = vec![b'p'; THREAD_BYTES];
+        w.append_record(|chunk| access_line(404, &huge).record(chunk, SystemTime::now()));
+        assert_eq!(w.dropped(), 1);
+        w.append_record(|chunk| access_line(200, b"/cart").record(chunk, SystemTime::now()));
+        let got = rx.recv_timeout(Duration::from_secs(5)).expect("written within FLUSH_AFTER");
+        let got = String::from_utf8(got).unwrap();
+        assert!(
+            got.contains("Z  INFO routeid::access: request method=\"GET\" host=\"shop\" path=\"/cart\" status=200"),
+            "{got}"
+        );
+        assert_eq!(got.lines().count(), 1);
+    }
+
+    /// The writer's reading of a chunk: an entry of no known kind, and a frame cut short, each
+    /// count once; the entries around the first are written.
+    #[test]
+    fn entries_that_make_no_line_are_counted_and_skipped() {
+        let sink = Sink::default();
+        let mut out = Output {
+            out: Box::new(sink.clone()),
+            text: Vec::new(),
+            format: LogFormat::Text,
+            spare: Vec::new(),
+            records: 0,
+        };
+        let frame = |kind: u8, payload: &[u8]| [&[kind][..], &(payload.len() as u32).to_le_bytes(), payload].concat();
+        let chunk = [frame(LINE, b"one\n"), frame(7, b"what"), frame(LINE, b"two\n")].concat();
+        assert_eq!(out.lines(&chunk), 1);
+        let cut = [frame(LINE, b"three\n"), frame(LINE, b"four\n")].concat();
+        assert_eq!(out.lines(&cut[..cut.len() - 2]), 1);
+        assert_eq!(out.lines(&cut[..cut.len() - 7]), 1, "a frame's header cut short");
+        out.write();
+        assert_eq!(sink.text(), "one\ntwo\nthree\nthree\n");
     }
 
     #[test]

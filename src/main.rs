@@ -23,10 +23,10 @@ static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 use tracing_subscriber::EnvFilter;
 
 /// Sets up logging to stderr through a writer thread ([`routeid::log_writer`]): the request
-/// path formats its access-log line itself and queues it (bounded; beyond that lines are dropped
-/// and counted in `routeid_log_lines_dropped_total` rather than slowing requests down), other
-/// events are formatted by tracing-subscriber into the same queue, and the writer thread writes
-/// what has queued up in batches. The guard flushes the queue when `main` returns.
+/// path queues its access-log line as a record of its fields (bounded; beyond that lines are
+/// dropped and counted in `routeid_log_lines_dropped_total` rather than slowing requests down),
+/// other events are formatted by tracing-subscriber into the same queue, and the writer thread
+/// formats the records and writes what has queued up in batches. The guard flushes the queue when `main` returns.
 ///
 /// The filter is `--log-level` when given, else `RUST_LOG`, else `info`.
 fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_writer::FlushGuard> {

@@ -13,7 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::LogFormat;
@@ -51,10 +51,10 @@ pub(crate) struct AccessLine<'a> {
 /// `member_address`, then `BALANCER_NAME`, `BALANCER_WORKER_NAME` and
 /// `BALANCER_WORKER_ROUTE` — formatted once, in the log's format, and copied whole after that:
 /// five of the line's twenty fields, about a fifth of its formatting. Kept by the log's thread
-/// per member address ([`MemberCache`]); used only for a line whose fields are these (checked
-/// per line: three short comparisons).
+/// ([`MemberCache`]); used only for a line whose fields are these (checked per line: five
+/// short comparisons).
 #[derive(Debug)]
-pub(crate) struct MemberFields {
+struct MemberFields {
     format: LogFormat,
     pool: Box<[u8]>,
     address: SocketAddr,
@@ -120,12 +120,21 @@ impl MemberFields {
 /// at most.
 const MEMBER_SLOTS: usize = 1024;
 
-/// The log's thread's [`MemberFields`], one slot per member address (by a hash of it): made at
-/// a member's first line, remade when the member at that address changed (an address reused).
-/// A member whose slot another holds has its lines formatted in full: a pool of many members
+/// The log's thread's [`MemberFields`], one slot per member address and pool (by a hash of
+/// both): made at a member's first line, remade when the member there changed. A member whose
+/// slot another holds takes it over when the other had no line since it was last passed over
+/// (a second chance: a member gone after a rollout frees its slot, two live ones do not take
+/// it from each other); until then its lines are formatted in full. So a pool of many members
 /// costs a little more formatting, never an allocation per line.
 #[derive(Debug)]
-struct MemberCache(Box<[Option<MemberFields>]>);
+struct MemberCache(Box<[Option<Cached>]>);
+
+#[derive(Debug)]
+struct Cached {
+    fields: MemberFields,
+    /// A line used these since another member's line was last turned away from the slot.
+    used: bool,
+}
 
 impl Default for MemberCache {
     fn default() -> Self {
@@ -138,18 +147,24 @@ impl MemberCache {
     /// the line names no member address.
     fn fields(&mut self, line: &AccessLine<'_>, format: LogFormat) -> Option<&MemberFields> {
         let address = line.member_address?;
-        let slot = self.0.get_mut(slot_of(address))?;
+        let slot = self.0.get_mut(slot_of(address, line.pool))?;
         match slot {
-            Some(made) if made.fit(line, format) => {}
-            Some(made) if made.address != address => return None,
-            _ => *slot = Some(MemberFields::of(line, format)?),
+            Some(c) if c.fields.fit(line, format) => c.used = true,
+            Some(c) if c.used && (c.fields.address != address || *c.fields.pool != *line.pool) => {
+                c.used = false;
+                return None;
+            }
+            _ => *slot = Some(Cached { fields: MemberFields::of(line, format)?, used: false }),
         }
-        slot.as_ref()
+        slot.as_ref().map(|c| &c.fields)
     }
 }
 
-/// A member address's slot in [`MemberCache`]: Fibonacci hashing of its bits.
-fn slot_of(address: SocketAddr) -> usize {
+/// A member's slot in [`MemberCache`]: its address and pool, hashed as FxHash does (a rotate,
+/// an xor and a multiply per word).
+fn slot_of(address: SocketAddr, pool: &[u8]) -> usize {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
     let ip = match address.ip() {
         IpAddr::V4(v4) => u64::from(u32::from(v4)),
         IpAddr::V6(v6) => {
@@ -157,8 +172,16 @@ fn slot_of(address: SocketAddr) -> usize {
             (bits as u64) ^ ((bits >> 64) as u64)
         }
     };
-    let h = (ip ^ (u64::from(address.port()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h >> (64 - MEMBER_SLOTS.trailing_zeros())) as usize
+    let mut h = mix(mix(0, ip), u64::from(address.port()));
+    let (words, rest) = pool.as_chunks::<8>();
+    for w in words {
+        h = mix(h, u64::from_le_bytes(*w));
+    }
+    let mut tail = [0u8; 8];
+    tail[..rest.len()].copy_from_slice(rest);
+    h = mix(h, u64::from_le_bytes(tail) ^ pool.len() as u64);
+    // The top bits are the best mixed.
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - MEMBER_SLOTS.trailing_zeros())) as usize
 }
 
 /// A field's name with the separator before it and after it, in each format, made at compile
@@ -415,7 +438,8 @@ impl AccessLine<'_> {
         match crate::log_writer::installed() {
             Some(w) => {
                 if tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
-                    w.append_record(|chunk| self.record(chunk, wall_clock(now)));
+                    let at = wall_clock(now);
+                    w.append_record(|chunk| self.record(chunk, at));
                 }
             }
             None => self.emit(),
@@ -460,33 +484,46 @@ impl AccessLine<'_> {
         let micros = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         let (client, client_v6) = ip_bytes(self.client);
         let (member, member_v6) = self.member_address.map_or(([0; 16], false), |a| ip_bytes(a.ip()));
-        let flags = [
-            (self.bytes_in.is_some(), HAS_IN),
-            (self.bytes_out.is_some(), HAS_OUT),
-            (self.member_address.is_some(), HAS_MEMBER),
-            (self.route_changed, ROUTE_CHANGED),
-            (self.malformed_route, MALFORMED),
-            (client_v6, CLIENT_V6),
-            (member_v6, MEMBER_V6),
-        ]
-        .into_iter()
-        .fold(0, |flags, (set, flag)| if set { flags | flag } else { flags });
-        out.reserve(HEAD + strings.iter().map(|s| s.len()).sum::<usize>());
-        out.extend_from_slice(&micros.to_le_bytes());
-        out.extend_from_slice(&self.duration_us.to_le_bytes());
-        out.extend_from_slice(&self.bytes_in.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&self.bytes_out.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&(self.attempts as u64).to_le_bytes());
-        out.extend_from_slice(&self.status.to_le_bytes());
-        out.push(flags);
-        out.extend_from_slice(&client);
-        out.extend_from_slice(&member);
-        out.extend_from_slice(&self.member_address.map_or(0, |a| a.port()).to_le_bytes());
+        let scope = match self.member_address {
+            Some(SocketAddr::V6(a)) => a.scope_id(),
+            _ => 0,
+        };
+        let flags = (u8::from(self.bytes_in.is_some()) * HAS_IN)
+            | (u8::from(self.bytes_out.is_some()) * HAS_OUT)
+            | (u8::from(self.member_address.is_some()) * HAS_MEMBER)
+            | (u8::from(self.route_changed) * ROUTE_CHANGED)
+            | (u8::from(self.malformed_route) * MALFORMED)
+            | (u8::from(client_v6) * CLIENT_V6)
+            | (u8::from(member_v6) * MEMBER_V6);
+        // The fixed part on the stack, then one copy (each field appended alone cost a length
+        // check and an update of the chunk's length).
+        let mut head = [0u8; HEAD];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(to) = head.get_mut(at..at + bytes.len()) {
+                to.copy_from_slice(bytes);
+            }
+            at += bytes.len();
+        };
+        put(&micros.to_le_bytes());
+        put(&self.duration_us.to_le_bytes());
+        put(&self.bytes_in.unwrap_or(0).to_le_bytes());
+        put(&self.bytes_out.unwrap_or(0).to_le_bytes());
+        put(&(self.attempts as u64).to_le_bytes());
+        put(&self.status.to_le_bytes());
+        put(&[flags]);
+        put(&client);
+        put(&member);
+        put(&self.member_address.map_or(0, |a| a.port()).to_le_bytes());
+        put(&scope.to_le_bytes());
         for s in strings {
-            // Longer than 4 GiB cannot be (requests are bounded far below): then the record
-            // does not read back and the writer counts it as dropped.
-            out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+            // Longer than 4 GiB cannot be (requests are bounded far below); if it were, the
+            // entry would be over the chunk's bound, and dropped and counted there.
+            put(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
         }
+        debug_assert_eq!(at, HEAD, "HEAD is the fixed part's size");
+        out.reserve(HEAD + strings.iter().map(|s| s.len()).sum::<usize>());
+        out.extend_from_slice(&head);
         for s in strings {
             out.extend_from_slice(s);
         }
@@ -506,6 +543,7 @@ impl AccessLine<'_> {
         let client = ip_from(r.take()?, flags & CLIENT_V6 != 0);
         let member = ip_from(r.take()?, flags & MEMBER_V6 != 0);
         let port = u16::from_le_bytes(r.take()?);
+        let scope = u32::from_le_bytes(r.take()?);
         let mut lens = [0u32; STRINGS];
         for len in &mut lens {
             *len = u32::from_le_bytes(r.take()?);
@@ -539,7 +577,10 @@ impl AccessLine<'_> {
             duration_us,
             client,
             pool,
-            member_address: (flags & HAS_MEMBER != 0).then_some(SocketAddr::new(member, port)),
+            member_address: (flags & HAS_MEMBER != 0).then_some(match member {
+                IpAddr::V6(v6) => SocketAddr::V6(SocketAddrV6::new(v6, port, 0, scope)),
+                IpAddr::V4(v4) => SocketAddr::from((v4, port)),
+            }),
             attempts,
             session_sticky,
             session_route,
@@ -561,9 +602,9 @@ const STRINGS: usize = 10;
 
 /// A record's fixed part, little-endian: the stamp (microseconds since 1970), `duration_us`,
 /// `bytes_in`, `bytes_out` and `attempts` (8 bytes each), `status` (2), flags (1), the client's
-/// and the member's address (16 each: an IPv4 address in the first 4), the member's port (2),
-/// and each string's length (4 each). The strings follow, as they are.
-const HEAD: usize = 5 * 8 + 2 + 1 + 16 + 16 + 2 + 4 * STRINGS;
+/// and the member's address (16 each: an IPv4 address in the first 4), the member's port (2)
+/// and IPv6 scope (4), and each string's length (4 each). The strings follow, as they are.
+const HEAD: usize = 5 * 8 + 2 + 1 + 16 + 16 + 2 + 4 + 4 * STRINGS;
 
 /// A record's flags.
 const HAS_IN: u8 = 1;
@@ -623,10 +664,14 @@ pub(crate) fn render(record: &[u8], format: LogFormat, out: &mut Vec<u8>) -> boo
     let Some((line, now)) = AccessLine::decode(record) else {
         return false;
     };
-    MEMBERS.with(|members| match members.try_borrow_mut() {
+    let cached = MEMBERS.try_with(|members| match members.try_borrow_mut() {
         Ok(mut members) => line.write_with(out, format, now, members.fields(&line, format)),
         Err(_) => line.write_with(out, format, now, None),
     });
+    // The thread is ending (its cache is gone): formatted in full.
+    if cached.is_err() {
+        line.write_with(out, format, now, None);
+    }
     true
 }
 
@@ -855,7 +900,7 @@ mod tests {
                 LogFormat::Text => LogFormat::Json,
             };
             assert!(!cache.fields(&lines[0], format).unwrap().fit(&lines[0], other), "not for the other format");
-            assert_eq!(cache.0.iter().flatten().filter(|m| m.address == address).count(), 1);
+            assert_eq!(cache.0.iter().flatten().filter(|c| c.fields.address == address).count(), 2, "one per pool");
             assert_eq!(untimed(&by_hand(&lines[0], other), other), untimed(&by_tracing(&lines[0], other), other));
         }
         // Fields that need escaping, and an IPv6 member, copied as they were formatted.
@@ -881,23 +926,61 @@ mod tests {
         assert!(cache.0.iter().all(Option::is_none));
     }
 
-    /// The cache holds [`MEMBER_SLOTS`] members at most: a member whose slot another holds is
-    /// formatted in full, as the tracing event has it, and takes no slot from it.
+    /// The text a line's member fields are copied from, to tell whether they were remade.
+    fn cached_at(cache: &mut MemberCache, l: &AccessLine<'_>) -> Option<*const u8> {
+        cache.fields(l, LogFormat::Text).map(|m| m.text.as_ptr())
+    }
+
+    fn at_port(port: u16) -> AccessLine<'static> {
+        AccessLine { member_address: Some(SocketAddr::from(([10, 0, 0, 1], port))), ..sample() }
+    }
+
+    /// The cache holds [`MEMBER_SLOTS`] members at most; a member whose slot another holds is
+    /// formatted in full, as the tracing event has it.
     #[test]
-    fn the_member_cache_is_bounded_and_keeps_its_members() {
+    fn the_member_cache_is_bounded() {
         let mut cache = MemberCache::default();
-        let line = |port| AccessLine { member_address: Some(SocketAddr::from(([10, 0, 0, 1], port))), ..sample() };
-        let kept: Vec<u16> = (0..5000).filter(|&p| cache.fields(&line(p), LogFormat::Text).is_some()).collect();
-        assert!(kept.len() <= MEMBER_SLOTS && kept.len() > MEMBER_SLOTS / 2, "{} kept", kept.len());
+        assert!((0..5000).all(|p| cache.fields(&at_port(p), LogFormat::Text).is_some()));
         assert_eq!(cache.0.len(), MEMBER_SLOTS);
-        // The first ones keep their slots; the others' lines are still the tracing event's.
-        assert!(kept.iter().all(|&p| cache.fields(&line(p), LogFormat::Text).is_some()));
-        let other = (0..5000).find(|p| !kept.contains(p)).unwrap();
-        let mut got = Vec::new();
-        let l = line(other);
-        l.write_with(&mut got, LogFormat::Text, SystemTime::now(), cache.fields(&l, LogFormat::Text));
-        let got = String::from_utf8(got).unwrap();
-        assert_eq!(untimed(&got, LogFormat::Text), untimed(&by_tracing(&l, LogFormat::Text), LogFormat::Text));
+        // A member kept busy keeps its slot against a stream of others.
+        let busy = at_port(1);
+        let kept = cached_at(&mut cache, &busy);
+        let mut turned_away = 0;
+        for p in 2..5000 {
+            assert_eq!(cached_at(&mut cache, &busy), kept);
+            let l = at_port(p);
+            let mut got = Vec::new();
+            let fields = cache.fields(&l, LogFormat::Text);
+            turned_away += usize::from(fields.is_none());
+            l.write_with(&mut got, LogFormat::Text, SystemTime::now(), fields);
+            let got = String::from_utf8(got).unwrap();
+            assert_eq!(untimed(&got, LogFormat::Text), untimed(&by_tracing(&l, LogFormat::Text), LogFormat::Text));
+        }
+        assert!(turned_away > 0);
+    }
+
+    /// A member gone quiet gives its slot up to another at the second line that wants it; two
+    /// pools on one address (a Service behind two routes) are two members, each kept.
+    #[test]
+    fn the_member_cache_keeps_live_members_and_frees_quiet_ones() {
+        let mut cache = MemberCache::default();
+        let quiet = at_port(1);
+        let slot = slot_of(quiet.member_address.unwrap(), quiet.pool);
+        let next = (2..u16::MAX).map(at_port).find(|l| slot_of(l.member_address.unwrap(), l.pool) == slot).unwrap();
+        let first = cached_at(&mut cache, &quiet);
+        assert_eq!(cached_at(&mut cache, &quiet), first, "used once more: a second chance");
+        assert_eq!(cached_at(&mut cache, &next), None, "turned away once");
+        let taken = cached_at(&mut cache, &next);
+        assert!(taken.is_some(), "the quiet member's slot is taken over");
+        assert_eq!(cached_at(&mut cache, &next), taken);
+
+        let one = sample();
+        let two = AccessLine { pool: b"other/pool", ..sample() };
+        assert_ne!(slot_of(one.member_address.unwrap(), one.pool), slot_of(two.member_address.unwrap(), two.pool));
+        let (a, b) = (cached_at(&mut cache, &one), cached_at(&mut cache, &two));
+        for _ in 0..10 {
+            assert_eq!((cached_at(&mut cache, &one), cached_at(&mut cache, &two)), (a, b));
+        }
     }
 
     #[test]
@@ -992,6 +1075,7 @@ mod tests {
                 member_address: Some("[2001:db8::2]:80".parse().unwrap()),
                 ..sample()
             },
+            AccessLine { member_address: Some("[fe80::1%2]:8080".parse().unwrap()), ..sample() },
             AccessLine {
                 client: "::ffff:10.1.2.3".parse().unwrap(),
                 member_address: Some("255.255.255.255:65535".parse().unwrap()),
