@@ -639,8 +639,13 @@ async fn a_route_is_reachable_only_on_the_kind_of_listener_it_attached_to() {
             get(r.proxy(), "/plain/x", &[("host", HOST)]).await.status == 200
         })
         .await;
+        // The status is written after the routing table is pushed: a route can serve before it
+        // says so.
         for route in ["secure", "plain"] {
-            assert_eq!(route_condition(&kube, route, "Accepted").await, Some(("True".into(), "Accepted".into())));
+            eventually(WAIT, "the route's Accepted condition", || async {
+                route_condition(&kube, route, "Accepted").await == Some(("True".into(), "Accepted".into()))
+            })
+            .await;
         }
         let shown = over_tls("/secure/x").await.unwrap();
         assert!(shown.body.starts_with("route=shop-0"), "{}", shown.body);
