@@ -22,6 +22,9 @@
 //!   a context switch away from requests): only an entry that finds the writer asleep, or a
 //!   chunk that reaches [`WAKE_BYTES`] before the timer, wakes it. Idle, it sleeps until an
 //!   entry comes;
+//! - the writer runs at a lower priority than the threads that serve requests
+//!   ([`WRITER_NICE`]) and steps aside every [`YIELD_EVERY`] records, so on a core it shares
+//!   with them a woken request does not wait for it to finish formatting;
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
 //!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
 //!   of slowing requests down;
