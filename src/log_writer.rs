@@ -122,7 +122,7 @@ struct Shared {
     #[cfg(test)]
     before_sleep: BeforeSleep,
     /// The writer thread's id and its `nice` value once lowered, for the tests.
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     writer_nice: OnceLock<(i32, Option<i32>)>,
 }
 
@@ -193,7 +193,7 @@ impl LogWriter {
             wake,
             #[cfg(test)]
             before_sleep: BeforeSleep::default(),
-            #[cfg(test)]
+            #[cfg(all(test, target_os = "linux"))]
             writer_nice: OnceLock::new(),
         });
         let weak = Arc::downgrade(&shared);
@@ -331,11 +331,13 @@ enum Swept {
 /// [`FLUSH_AFTER`] (sooner for a full chunk or a flush) and writes every thread's chunk; sleeps
 /// again once a sweep finds nothing. Ends when every [`LogWriter`] is gone.
 fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, out: Box<dyn Write + Send>, format: LogFormat) {
-    let _lowered = step_back();
-    #[cfg(test)]
+    let lowered = step_back();
+    #[cfg(all(test, target_os = "linux"))]
     if let Some(shared) = shared.upgrade() {
-        let _ = shared.writer_nice.set((rustix::process::Pid::as_raw(Some(rustix::thread::gettid())), _lowered));
+        let _ = shared.writer_nice.set((tests::current_tid(), lowered));
     }
+    #[cfg(not(all(test, target_os = "linux")))]
+    let _ = lowered;
     let mut out = Output { out, text: Vec::with_capacity(WAKE_BYTES), format, spare: Vec::new(), records: 0 };
     // The next sweep; `None` while asleep.
     let mut next: Option<Instant> = None;
@@ -597,7 +599,14 @@ mod tests {
         }
     }
 
+    /// The calling thread's id, as `/proc/self/task` names it.
+    #[cfg(target_os = "linux")]
+    pub(super) fn current_tid() -> i32 {
+        rustix::process::Pid::as_raw(Some(rustix::thread::gettid()))
+    }
+
     /// A thread's `nice` value as the kernel reports it (`/proc`), not as the code believes.
+    #[cfg(target_os = "linux")]
     fn nice_of(tid: i32) -> i32 {
         let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
         // After the name (which may hold spaces) in parentheses: state is field 3, nice 19.
@@ -608,7 +617,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_writer_runs_below_the_thread_that_started_it() {
-        let me = nice_of(rustix::process::Pid::as_raw(Some(rustix::thread::gettid())));
+        let me = nice_of(current_tid());
         let sink = Sink::default();
         let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
         w.send(b"a line\n");
@@ -618,7 +627,7 @@ mod tests {
         assert_eq!(lowered, Some(want));
         assert_eq!(nice_of(tid), want, "the writer thread's own nice value, per /proc");
         // The thread that started it keeps its own.
-        assert_eq!(nice_of(rustix::process::Pid::as_raw(Some(rustix::thread::gettid()))), me);
+        assert_eq!(nice_of(current_tid()), me);
         drop(guard);
         assert_eq!(sink.text(), "a line\n");
     }
