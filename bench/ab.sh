@@ -25,7 +25,8 @@
 # Output: per configuration the medians of CPU, user and system µs per request, context
 #         switches per 1,000 requests (all the process's threads) and wrk's p99 latency, then
 #         each configuration's median paired difference to the first (CPU, with the smallest and
-#         largest) and median paired ratio of p99s.
+#         largest) and median paired ratio of p99s; a warning for any configuration whose access
+#         log dropped lines (routeid_log_lines_dropped_total) during a measured run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-9}
@@ -84,22 +85,28 @@ hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 # switches PID: context switches of all its threads so far.
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
-# run PID PORT COOKIE: "cpu user sys cs p99" per request (µs), per 1,000 requests, and wrk's
-# p99 latency in ms.
+# dropped PORT: access-log lines the process on PORT (its admin port PORT+1) dropped so far.
+dropped() {
+  curl -fs "http://127.0.0.1:$(($1 + 1))/metrics" | awk '$1 == "routeid_log_lines_dropped_total" { d = $2 } END { print d + 0 }'
+}
+# run PID PORT COOKIE: "cpu user sys cs p99 dropped" per request (µs), per 1,000 requests,
+# wrk's p99 latency in ms, and the access-log lines dropped during the run.
 run() {
-  local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 out n p99 header=()
+  local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 d0 d1 out n p99 header=()
   [[ -z $3 ]] || header=(-H "Cookie: $3")
   read -r u0 s0 < <(ticks "$pid")
   c0=$(switches "$pid")
+  d0=$(dropped "$port")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${header[@]}" "http://127.0.0.1:$port/")
   read -r u1 s1 < <(ticks "$pid")
   c1=$(switches "$pid")
+  d1=$(dropped "$port")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(awk '/^ +99%/ { v = $2; f = 1; if (v ~ /us$/) f = 0.001; else if (v ~ /ms$/) f = 1; else if (v ~ /s$/) f = 1000
     sub(/[a-z]+$/, "", v); print v * f }' <<<"$out")
   [[ -n $n && -n $p99 ]] || { echo "cannot parse wrk output: $out" >&2; return 1; }
-  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v hz="$hz" -v n="$n" -v p99="$p99" \
-    'BEGIN { printf "%.3f %.3f %.3f %.2f %.3f\n", 1e6 * (u + s) / hz / n, 1e6 * u / hz / n, 1e6 * s / hz / n, 1000 * c / n, p99 }'
+  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v hz="$hz" -v n="$n" -v p99="$p99" -v d=$((d1 - d0)) \
+    'BEGIN { printf "%.3f %.3f %.3f %.2f %.3f %d\n", 1e6 * (u + s) / hz / n, 1e6 * u / hz / n, 1e6 * s / hz / n, 1000 * c / n, p99, d }'
 }
 
 results="$TMP/results"
@@ -111,8 +118,8 @@ for r in $(seq "$ROUNDS"); do
   ((r % 2)) || order=($(printf '%s\n' "${order[@]}" | sort -rn))
   line="round $r:"
   for i in "${order[@]}"; do
-    read -r cpu user sys cs p99 < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
-    echo "$r ${names[$i]} $cpu $user $sys $cs $p99" >>"$results"
+    read -r cpu user sys cs p99 dropped < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
+    echo "$r ${names[$i]} $cpu $user $sys $cs $p99 $dropped" >>"$results"
     line+=" ${names[$i]} $cpu"
   done
   echo "$line µs/req" >&2
@@ -133,11 +140,13 @@ awk -v first="${names[0]}" '
   }
   { round[NR] = $1; name[NR] = $2; order[$2] = order[$2] ? order[$2] : ++k; names[order[$2]] = $2
     cpu[$2] = cpu[$2] " " $3; user[$2] = user[$2] " " $4; sys[$2] = sys[$2] " " $5; cs[$2] = cs[$2] " " $6
-    p99[$2] = p99[$2] " " $7; c[$1, $2] = $3; u[$1, $2] = $4; p[$1, $2] = $7 }
+    p99[$2] = p99[$2] " " $7; c[$1, $2] = $3; u[$1, $2] = $4; p[$1, $2] = $7; drop[$2] += $8 }
   END {
     printf "%-12s %10s %10s %10s %12s %8s\n", "config", "cpu_us/req", "user", "sys", "cswitch/kreq", "p99ms"
     for (i = 1; i <= k; i++) { n = names[i]
       printf "%-12s %10.2f %10.2f %10.2f %12.1f %8.3f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(cs[n]), median(p99[n]) }
+    # A log that dropped lines did less work than a log that keeps up: its figures would flatter.
+    for (i = 1; i <= k; i++) if (drop[names[i]]) printf "WARNING %s dropped %d access-log lines: its figures are not valid\n", names[i], drop[names[i]]
     for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""; dp = ""
       for (r = 1; r <= NR; r++) if (name[r] == n) { d = d " " (c[round[r], n] - c[round[r], first]); du = du " " (u[round[r], n] - u[round[r], first])
         if (p[round[r], first] > 0) dp = dp " " (p[round[r], n] / p[round[r], first]) }
