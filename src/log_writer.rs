@@ -22,9 +22,12 @@
 //!   a context switch away from requests): only an entry that finds the writer asleep, or a
 //!   chunk that reaches [`WAKE_BYTES`] before the timer, wakes it. Idle, it sleeps until an
 //!   entry comes;
-//! - the writer runs at a lower priority than the threads that serve requests
-//!   ([`WRITER_NICE`]) and steps aside every [`YIELD_EVERY`] records, so on a core it shares
-//!   with them a woken request does not wait for it to finish formatting;
+//! - the writer runs at the priority of the threads that serve requests and never steps aside
+//!   while it has lines to make: on a core it shares with a busy worker, a thread that yields
+//!   or runs at a lower priority waits a whole time slice of the worker's each time and falls
+//!   behind until lines are dropped (measured: three lines in four at `nice` 10 with a
+//!   `sched_yield` every 32 records). What it costs requests on a shared core is one pause per
+//!   wake-up, as long as formatting one [`WAKE_BYTES`] of records takes (bench/README.md);
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
 //!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
 //!   of slowing requests down;
@@ -60,23 +63,6 @@ const CHUNK_ROOM: usize = 64 * 1024;
 const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
 /// Wake-ups that may wait for the writer; beyond, one is pending and that is enough.
 const WAKE_QUEUE: usize = 64;
-
-/// Records the writer formats before it steps aside (`sched_yield`) for the threads that
-/// serve requests: it may share their core, and formatting a busy [`FLUSH_AFTER`]'s records
-/// in one go (a thousand and more, a millisecond or more) would stall the requests waiting on
-/// that core, in their latency. 32 records are about 50 µs; a yield with nothing else to run
-/// costs a syscall.
-const YIELD_EVERY: u32 = 32;
-
-/// How much lower than the thread that starts it the writer's scheduling priority is (its
-/// `nice` value, Linux): on a core it shares with requests, a request woken while the writer
-/// formats gets the CPU first, and the writer takes what the requests leave. Against one thread
-/// that keeps a core busy it still gets about a tenth of that core, several times what
-/// formatting every line of that thread takes; past that (every core saturated) lines wait,
-/// and beyond [`THREAD_BYTES`] are dropped and counted rather than slowing requests down.
-/// Measured on one shared core: a third less CPU for the log and a lower p99 than at the same
-/// priority (bench/README.md).
-const WRITER_NICE: i32 = 10;
 
 /// An entry in a chunk: its kind (one byte), its payload's length (4 bytes, little-endian),
 /// its payload.
@@ -121,9 +107,6 @@ struct Shared {
     /// a test append a line exactly there.
     #[cfg(test)]
     before_sleep: BeforeSleep,
-    /// The writer thread's id and its `nice` value once lowered, for the tests.
-    #[cfg(all(test, target_os = "linux"))]
-    writer_nice: OnceLock<(i32, Option<i32>)>,
 }
 
 /// A test's hook into the moment the writer decides to sleep.
@@ -193,8 +176,6 @@ impl LogWriter {
             wake,
             #[cfg(test)]
             before_sleep: BeforeSleep::default(),
-            #[cfg(all(test, target_os = "linux"))]
-            writer_nice: OnceLock::new(),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new().name("routeid-log".into()).spawn(move || write_loop(rx, weak, out, format))?;
@@ -331,14 +312,7 @@ enum Swept {
 /// [`FLUSH_AFTER`] (sooner for a full chunk or a flush) and writes every thread's chunk; sleeps
 /// again once a sweep finds nothing. Ends when every [`LogWriter`] is gone.
 fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, out: Box<dyn Write + Send>, format: LogFormat) {
-    let lowered = step_back();
-    #[cfg(all(test, target_os = "linux"))]
-    if let Some(shared) = shared.upgrade() {
-        let _ = shared.writer_nice.set((tests::current_tid(), lowered));
-    }
-    #[cfg(not(all(test, target_os = "linux")))]
-    let _ = lowered;
-    let mut out = Output { out, text: Vec::with_capacity(WAKE_BYTES), format, spare: Vec::new(), records: 0 };
+    let mut out = Output { out, text: Vec::with_capacity(WAKE_BYTES), format, spare: Vec::new() };
     // The next sweep; `None` while asleep.
     let mut next: Option<Instant> = None;
     // `None` once every sender is gone, with `Shared` (then there is nothing left to write).
@@ -373,24 +347,6 @@ fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, out: Box<dyn Write + Sen
     }
 }
 
-/// Lowers the calling thread's priority by [`WRITER_NICE`] (at most to 19, the lowest) and
-/// returns its `nice` value after; `None` where that cannot be done, and the writer runs at the
-/// priority it was started with, as before. On Linux `nice` is the thread's own, not the
-/// process's.
-#[cfg(target_os = "linux")]
-fn step_back() -> Option<i32> {
-    use rustix::process::{getpriority_process, setpriority_process};
-    let me = Some(rustix::thread::gettid());
-    let lower = getpriority_process(me).ok()?.saturating_add(WRITER_NICE).min(19);
-    setpriority_process(me, lower).ok()?;
-    Some(lower)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn step_back() -> Option<i32> {
-    None
-}
-
 /// The writer's side: the output, the lines formatted for it, and chunks for reuse.
 struct Output {
     out: Box<dyn Write + Send>,
@@ -398,8 +354,6 @@ struct Output {
     text: Vec<u8>,
     format: LogFormat,
     spare: Vec<Vec<u8>>,
-    /// Records formatted, for [`YIELD_EVERY`].
-    records: u32,
 }
 
 impl Output {
@@ -421,13 +375,7 @@ impl Output {
                     self.text.extend_from_slice(payload);
                     true
                 }
-                RECORD => {
-                    self.records = self.records.wrapping_add(1);
-                    if self.records.is_multiple_of(YIELD_EVERY) {
-                        std::thread::yield_now();
-                    }
-                    crate::proxy::access_log::render(payload, self.format, &mut self.text)
-                }
+                RECORD => crate::proxy::access_log::render(payload, self.format, &mut self.text),
                 _ => false,
             };
             broken += u64::from(!made);
@@ -597,39 +545,6 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
-    }
-
-    /// The calling thread's id, as `/proc/self/task` names it.
-    #[cfg(target_os = "linux")]
-    pub(super) fn current_tid() -> i32 {
-        rustix::process::Pid::as_raw(Some(rustix::thread::gettid()))
-    }
-
-    /// A thread's `nice` value as the kernel reports it (`/proc`), not as the code believes.
-    #[cfg(target_os = "linux")]
-    fn nice_of(tid: i32) -> i32 {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
-        // After the name (which may hold spaces) in parentheses: state is field 3, nice 19.
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        after.split(' ').nth(19 - 3).unwrap().parse().unwrap()
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_writer_runs_below_the_thread_that_started_it() {
-        let me = nice_of(current_tid());
-        let sink = Sink::default();
-        let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
-        w.send(b"a line\n");
-        w.flush(Duration::from_secs(5));
-        let (tid, lowered) = *w.shared.writer_nice.get().expect("the writer has started");
-        let want = (me + WRITER_NICE).min(19);
-        assert_eq!(lowered, Some(want));
-        assert_eq!(nice_of(tid), want, "the writer thread's own nice value, per /proc");
-        // The thread that started it keeps its own.
-        assert_eq!(nice_of(current_tid()), me);
-        drop(guard);
-        assert_eq!(sink.text(), "a line\n");
     }
 
     #[test]
@@ -854,13 +769,8 @@ mod tests {
     #[test]
     fn entries_that_make_no_line_are_counted_and_skipped() {
         let sink = Sink::default();
-        let mut out = Output {
-            out: Box::new(sink.clone()),
-            text: Vec::new(),
-            format: LogFormat::Text,
-            spare: Vec::new(),
-            records: 0,
-        };
+        let mut out =
+            Output { out: Box::new(sink.clone()), text: Vec::new(), format: LogFormat::Text, spare: Vec::new() };
         let frame = |kind: u8, payload: &[u8]| [&[kind][..], &(payload.len() as u32).to_le_bytes(), payload].concat();
         let chunk = [frame(LINE, b"one\n"), frame(7, b"what"), frame(LINE, b"two\n")].concat();
         assert_eq!(out.lines(&chunk), 1);
