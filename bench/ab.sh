@@ -25,8 +25,8 @@
 # Output: per configuration the medians of CPU, user and system µs per request, context
 #         switches per 1,000 requests (all the process's threads) and wrk's p99 latency, then
 #         each configuration's median paired difference to the first (CPU, with the smallest and
-#         largest) and median paired ratio of p99s; a warning for any configuration whose access
-#         log dropped lines (routeid_log_lines_dropped_total) during a measured run.
+#         largest) and median paired ratio of p99s; a warning for any configuration whose log
+#         dropped lines (routeid_log_lines_dropped_total) during a measured run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-9}
@@ -85,18 +85,20 @@ hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 # switches PID: context switches of all its threads so far.
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
-# dropped PORT: access-log lines the process on PORT (its admin port PORT+1) dropped so far.
+# dropped PORT: log lines the process on PORT (its admin port PORT+1) dropped so far.
 dropped() {
-  curl -fs "http://127.0.0.1:$(($1 + 1))/metrics" | awk '$1 == "routeid_log_lines_dropped_total" { d = $2 } END { print d + 0 }'
+  curl -fsS "http://127.0.0.1:$(($1 + 1))/metrics" |
+    awk '$1 == "routeid_log_lines_dropped_total" { d = $2 } END { print d + 0 }' ||
+    { echo "cannot read the metrics of routeid on port $1 (admin $(($1 + 1)))" >&2; return 1; }
 }
 # run PID PORT COOKIE: "cpu user sys cs p99 dropped" per request (µs), per 1,000 requests,
-# wrk's p99 latency in ms, and the access-log lines dropped during the run.
+# wrk's p99 latency in ms, and the log lines dropped during the run.
 run() {
   local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 d0 d1 out n p99 header=()
   [[ -z $3 ]] || header=(-H "Cookie: $3")
+  d0=$(dropped "$port")
   read -r u0 s0 < <(ticks "$pid")
   c0=$(switches "$pid")
-  d0=$(dropped "$port")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${header[@]}" "http://127.0.0.1:$port/")
   read -r u1 s1 < <(ticks "$pid")
   c1=$(switches "$pid")
@@ -146,7 +148,7 @@ awk -v first="${names[0]}" '
     for (i = 1; i <= k; i++) { n = names[i]
       printf "%-12s %10.2f %10.2f %10.2f %12.1f %8.3f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(cs[n]), median(p99[n]) }
     # A log that dropped lines did less work than a log that keeps up: its figures would flatter.
-    for (i = 1; i <= k; i++) if (drop[names[i]]) printf "WARNING %s dropped %d access-log lines: its figures are not valid\n", names[i], drop[names[i]]
+    for (i = 1; i <= k; i++) if (drop[names[i]]) printf "WARNING %s dropped %d log lines: its figures are not valid\n", names[i], drop[names[i]]
     for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""; dp = ""
       for (r = 1; r <= NR; r++) if (name[r] == n) { d = d " " (c[round[r], n] - c[round[r], first]); du = du " " (u[round[r], n] - u[round[r], first])
         if (p[round[r], first] > 0) dp = dp " " (p[round[r], n] / p[round[r], first]) }
