@@ -50,11 +50,14 @@ use crate::cli::LogFormat;
 /// How often the writer writes what gathered in a steady stream (what `tail -f` waits at most);
 /// the first line after a quiet spell does not wait.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
-/// A chunk this large wakes the writer before its timer (a stream of over 5 MB/s from one
-/// thread: 25,000 access-log records a second): chunks stay far below [`THREAD_BYTES`], and the
-/// entries a thread has waiting stay small next to its CPU's cache (at about 200 bytes a
-/// record, one wake-up per ~1,300 records). Also the size of the writer's writes.
-pub const WAKE_BYTES: usize = 256 * 1024;
+/// A chunk this large wakes the writer before its timer (a stream of over 1.3 MB/s from one
+/// thread: about 6,500 access-log records a second): chunks stay far below [`THREAD_BYTES`],
+/// the entries a thread has waiting stay small next to its CPU's cache, and on a core shared
+/// with requests the writer's pause (formatting one wake-up's records, about 330 of them, some
+/// 0.1 ms) stays short next to a request's latency: at 256 KiB, ~0.35 ms, the access log's p99
+/// was 1.2x the log off's, at 64 KiB 0.94x, for the same CPU (bench/README.md). Also about the
+/// size of the writer's writes.
+pub const WAKE_BYTES: usize = 64 * 1024;
 /// Most bytes one thread's chunk holds while the writer is behind; an entry beyond is dropped.
 pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
 /// A fresh chunk's room: a chunk grows to what one [`FLUSH_AFTER`] of lines needs, then is reused.
@@ -591,7 +594,7 @@ mod tests {
         }
         drop(guard);
         assert_eq!((sink.text().len(), w.dropped()), (900_000, 0));
-        // 900 kB is a few writes (the first line, a 256 KiB chunk each, the rest at the flush).
+        // 900 kB is a few writes (the first line, a WAKE_BYTES chunk each, the rest at the flush).
         let writes = sink.1.load(Relaxed);
         assert!(writes <= 40, "{writes} writes for 3,000 lines");
     }
