@@ -24,8 +24,9 @@
 #         RESTART=0       one process per configuration for all rounds (faster, less fair)
 # Output: per configuration the medians of CPU, user and system µs per request, context
 #         switches per 1,000 requests (all the process's threads) and wrk's p99 latency, then
-#         each configuration's median paired difference to the first (CPU, with the smallest and
-#         largest) and median paired ratio of p99s; a warning for any configuration whose log
+#         each configuration's median paired difference to the first (CPU, with a 95 %
+#         confidence interval of that median and the smallest and largest; user, with its
+#         interval) and median paired ratio of p99s; a warning for any configuration whose log
 #         dropped lines (routeid_log_lines_dropped_total) during a measured run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -135,6 +136,16 @@ awk -v first="${names[0]}" '
     for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
+  # ci95(list): a 95 % confidence interval of the median, from order statistics alone (the k-th
+  # smallest and largest, k the largest with P(Binomial(n, 1/2) < k) <= 2.5 %: no assumption on
+  # the spread); "n/a" under 6 rounds, where no such interval exists.
+  function ci95(list,   n, a, i, j, t, k, pk, cdf) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    pk = 0.5 ^ n; cdf = pk; k = 0
+    for (i = 0; cdf <= 0.025 && i < n; i++) { k = i + 1; pk = pk * (n - i) / (i + 1); cdf += pk }
+    return k ? sprintf("%+.2f..%+.2f", a[k], a[n + 1 - k]) : "n/a"
+  }
   function minmax(list,   n, a, i, lo, hi) {
     n = split(list, a, " "); lo = hi = a[1]
     for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
@@ -152,5 +163,5 @@ awk -v first="${names[0]}" '
     for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""; dp = ""
       for (r = 1; r <= NR; r++) if (name[r] == n) { d = d " " (c[round[r], n] - c[round[r], first]); du = du " " (u[round[r], n] - u[round[r], first])
         if (p[round[r], first] > 0) dp = dp " " (p[round[r], n] / p[round[r], first]) }
-      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (range %s), user %+.2f, p99 x%.2f\n", n, first, median(d), minmax(d), median(du), median(dp) }
+      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (95%% CI %s, range %s), user %+.2f (95%% CI %s), p99 x%.2f\n", n, first, median(d), ci95(d), minmax(d), median(du), ci95(du), median(dp) }
   }' "$results"

@@ -488,6 +488,16 @@ report() {
             for (i = 2; i <= n; i++) { tmp = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > tmp + 0; j--) a[j + 1] = a[j]; a[j + 1] = tmp }
             return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
         }
+        # ci95(key): a 95 % confidence interval of vals[key]'"'"'s median from order statistics alone
+        # (the k-th smallest and largest, k the largest with P(Binomial(n, 1/2) < k) <= 2.5 %);
+        # "n/a" under 6 values, where no such interval exists.
+        function ci95(key, fmt,   n, i, j, tmp, a, k, pk, cdf) {
+            n = split(vals[key], a, " ")
+            for (i = 2; i <= n; i++) { tmp = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > tmp + 0; j--) a[j + 1] = a[j]; a[j + 1] = tmp }
+            pk = 0.5 ^ n; cdf = pk; k = 0
+            for (i = 0; cdf <= 0.025 && i < n; i++) { k = i + 1; pk = pk * (n - i) / (i + 1); cdf += pk }
+            return k ? sprintf(fmt, a[k], a[n + 1 - k]) : "n/a"
+        }
         function add(k, v) { vals[k] = (k in vals) ? vals[k] " " v : v }
         function ratio(a, b) { return (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
         # paired(a, b, f, op): the median over rounds of a/b (op "/") or a - b (op "-") for
@@ -503,8 +513,9 @@ report() {
                 if (lo == "" || q < lo) lo = q; if (hi == "" || q > hi) hi = q
             }
             if (!n) return "n/a"
-            fmt = op == "/" ? "%.2f (%.2f-%.2f)" : "%+.2f (%+.2f..%+.2f)"
-            return sprintf(fmt, median("paired"), lo, hi) (n < nrounds ? sprintf(" %d of %d rounds", n, nrounds) : "")
+            fmt = op == "/" ? "%.2f (%.2f-%.2f" : "%+.2f (%+.2f..%+.2f"
+            return sprintf(fmt, median("paired"), lo, hi) "; 95% CI " ci95("paired", op == "/" ? "%.2f-%.2f" : "%+.2f..%+.2f") ")" \
+                (n < nrounds ? sprintf(" %d of %d rounds", n, nrounds) : "")
         }
         NR == 1 { next }
         {
@@ -541,7 +552,7 @@ report() {
                 printf "  %-11s %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", rt, S[i], ratio(m[r, "rps"], m[h, "rps"]),
                     ratio(m[r, "p99"], m[h, "p99"]), ratio(m[r, "cpu"], m[h, "cpu"]), ratio(m[r, "ucpu"], m[h, "ucpu"])
             }
-            print "the same, paired: the median over rounds of each round'"'"'s ratio (smallest-largest):"
+            print "the same, paired: the median over rounds of each round'"'"'s ratio (smallest-largest; 95% confidence interval of the median):"
             for (v = 1; v <= 2; v++) for (i = 1; i <= ns; i++) {
                 rt = v == 1 ? "routeid" : "routeid-log"
                 r = S[i] SUBSEP rt; h = S[i] SUBSEP "haproxy"
