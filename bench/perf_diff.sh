@@ -11,7 +11,9 @@
 #
 # Env: TARGETS (two of routeid, routeid-log, haproxy), SCENARIO (plain, sticky, h2), D (6: load
 # seconds; perf records D-2 of them, from the second on), C (32 connections), M (10 h2 streams
-# per connection), TOP (30 functions each way), ROUTEID_BIN.
+# per connection), TOP (30 functions each way), ROUTEID_BIN, PERF_OPTS (more `perf record` options,
+# e.g. `--call-graph dwarf` to see who calls a function: `perf report -i bench/out/perf-<t>.data
+# --no-children -S <symbol> -G`).
 #
 # The proxy's core is saturated under this load, so a target's total is about 1 / req/s, perf's
 # own cost included (about 30 % above bench/run.sh's figures): read the split between kernel and
@@ -38,7 +40,7 @@ for t in "${TARGETS[@]}"; do
   load_run "$t" "$SCENARIO" "$D" "$C" "$M" >"$TMP/rate" &
   load=$!
   sleep 1
-  perf record -q -e cpu-clock -F 4999 -p "${T_PID[$t]}" -o "bench/out/perf-$t.data" -- sleep $((D - 2)) 2>/dev/null
+  perf record -q -e cpu-clock -F 4999 ${PERF_OPTS:-} -p "${T_PID[$t]}" -o "bench/out/perf-$t.data" -- sleep $((D - 2)) 2>/dev/null
   wait "$load"
   rates+=("$(cat "$TMP/rate")")
   perf report -i "bench/out/perf-$t.data" --no-children --sort sym -q -g none -F sample,sym 2>/dev/null >"$TMP/syms-$t"
