@@ -31,6 +31,8 @@
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
 //!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
 //!   of slowing requests down;
+//! - a full non-blocking stderr is waited for; a write that fails (a closed pipe) loses its
+//!   lines, counted as dropped, and the line it cut is ended before the next write;
 //! - the chunks come back from the writer and are reused, so a steady stream of lines allocates
 //!   nothing.
 //!
@@ -192,7 +194,8 @@ impl LogWriter {
         let _ = INSTALLED.set(self.clone());
     }
 
-    /// Entries dropped so far: the writer was behind (or, never seen, an entry made no line).
+    /// Entries dropped so far: the writer was behind, or a write to the output failed (or, never
+    /// seen, an entry made no line).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Relaxed)
     }
@@ -205,16 +208,24 @@ impl LogWriter {
         self.append(RECORD, record);
     }
 
+    /// Appends a line that `payload` writes: for a test of a payload that logs.
+    #[cfg(test)]
+    fn send_with_payload_for_test(&self, payload: impl FnOnce(&mut Vec<u8>)) {
+        self.append(LINE, payload);
+    }
+
     /// Queues one finished line (ending in `\n`), as [`LogWriter::append_record`] does a record.
     pub fn send(&self, line: &[u8]) {
         self.append(LINE, |chunk| chunk.extend_from_slice(line));
     }
 
     /// Appends one entry of `kind`, whose payload `payload` writes into this thread's chunk.
-    /// `payload` must not log (a nested append would find the chunk locked by its own thread).
+    /// The thread's slots stay borrowed, exclusively, for the append: a payload that logs (none
+    /// does) finds them borrowed and appends to a slot of its own ([`LogWriter::register`]),
+    /// instead of locking the chunk its own thread holds.
     fn append(&self, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
         let appended = SLOTS.try_with(|slots| {
-            if let Ok(mine) = slots.try_borrow()
+            if let Ok(mine) = slots.try_borrow_mut()
                 && let Some((_, slot)) = mine.iter().find(|(id, _)| *id == self.shared.id)
             {
                 return self.append_to(slot, kind, payload);
@@ -315,7 +326,7 @@ enum Swept {
 /// [`FLUSH_AFTER`] (sooner for a full chunk or a flush) and writes every thread's chunk; sleeps
 /// again once a sweep finds nothing. Ends when every [`LogWriter`] is gone.
 fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, out: Box<dyn Write + Send>, format: LogFormat) {
-    let mut out = Output { out, text: Vec::with_capacity(WAKE_BYTES), format, spare: Vec::new() };
+    let mut out = Output { out, text: Vec::with_capacity(WAKE_BYTES), format, spare: Vec::new(), lost: 0, cut: false };
     // The next sweep; `None` while asleep.
     let mut next: Option<Instant> = None;
     // `None` once every sender is gone, with `Shared` (then there is nothing left to write).
@@ -341,7 +352,8 @@ fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, out: Box<dyn Write + Sen
             }
         }
         out.write();
-        // A failed write (stderr closed) has nowhere to be reported.
+        shared.dropped.fetch_add(std::mem::take(&mut out.lost), Relaxed);
+        // A failed flush (stderr closed) has nowhere to be reported.
         let _ = out.out.flush();
         next = (swept == Swept::Something).then(|| Instant::now() + FLUSH_AFTER);
         if let Some(ack) = flush {
@@ -357,6 +369,10 @@ struct Output {
     text: Vec<u8>,
     format: LogFormat,
     spare: Vec<Vec<u8>>,
+    /// Lines a failed write lost since the sweep last counted them as dropped.
+    lost: u64,
+    /// A failed write left a line cut short on the output: the next write ends it first.
+    cut: bool,
 }
 
 impl Output {
@@ -389,18 +405,44 @@ impl Output {
         broken
     }
 
-    /// Writes the lines made so far.
+    /// Writes the lines made so far, whole: a non-blocking stderr's `WouldBlock` is waited out
+    /// (as a blocking one would block) and an interrupted write retried. Any other error loses
+    /// what is left, counted in [`Output::lost`] by its lines; a line cut short by it is ended
+    /// before the next write, so the lines after it start lines of their own.
     fn write(&mut self) {
         if self.text.is_empty() {
             return;
         }
-        let _ = self.out.write_all(&self.text);
+        let mut rest = self.text.as_slice();
+        if self.cut && write_whole(&mut *self.out, b"\n").is_ok() {
+            self.cut = false;
+        }
+        if let Err(left) = write_whole(&mut *self.out, rest) {
+            rest = rest.get(rest.len() - left..).unwrap_or_default();
+            self.lost += rest.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.cut |= left < self.text.len() && self.text.get(self.text.len() - left - 1) != Some(&b'\n');
+        }
         if self.text.capacity() > REUSE_CAPACITY {
             self.text = Vec::with_capacity(WAKE_BYTES);
         } else {
             self.text.clear();
         }
     }
+}
+
+/// Writes all of `bytes` to `out`, waiting out `WouldBlock` (1 ms at a time) and retrying
+/// `Interrupted`; on any other error (or a write of nothing), how many bytes were not written.
+fn write_whole(out: &mut dyn Write, mut bytes: &[u8]) -> Result<(), usize> {
+    while !bytes.is_empty() {
+        match out.write(bytes) {
+            Ok(0) => return Err(bytes.len()),
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return Err(bytes.len()),
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the next sweep: asleep (`next` is `None`) until anything comes, awake until `next`
@@ -452,7 +494,7 @@ fn sweep(shared: &Shared, out: &mut Output, all: bool) -> Swept {
             std::mem::swap(&mut *theirs, &mut chunk);
         }
         swept = Swept::Something;
-        let broken = out.lines(&chunk);
+        let broken = out.lines(&chunk) + std::mem::take(&mut out.lost);
         shared.dropped.fetch_add(broken, Relaxed);
         if chunk.capacity() <= REUSE_CAPACITY {
             chunk.clear();
@@ -501,6 +543,100 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 mod tests {
     use super::*;
     use std::time::SystemTime;
+
+    /// An output that answers each write as scripted (then takes everything): `Some(n)` takes
+    /// `n` bytes at most, `None` fails with `kind`.
+    #[derive(Clone)]
+    struct Scripted(Arc<Mutex<(Vec<u8>, Script)>>, std::io::ErrorKind);
+
+    /// Each write's answer, in turn.
+    type Script = std::collections::VecDeque<Option<usize>>;
+
+    impl Scripted {
+        fn new(script: &[Option<usize>], kind: std::io::ErrorKind) -> Scripted {
+            Scripted(Arc::new(Mutex::new((Vec::new(), script.iter().copied().collect()))), kind)
+        }
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&lock(&self.0).0).into_owned()
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            let mut g = lock(&self.0);
+            match g.1.pop_front() {
+                Some(None) => Err(self.1.into()),
+                Some(Some(n)) => {
+                    let n = n.min(data.len());
+                    g.0.extend_from_slice(&data[..n]);
+                    Ok(n)
+                }
+                None => {
+                    g.0.extend_from_slice(data);
+                    Ok(data.len())
+                }
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A non-blocking stderr (a pipe or terminal shared with another process) that is full for
+    /// a moment: the rest of the batch waits, nothing is lost or cut.
+    #[test]
+    fn a_full_non_blocking_output_is_waited_for() {
+        let sink = Scripted::new(&[Some(10), None, None], std::io::ErrorKind::WouldBlock);
+        let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
+        w.send(b"first line, cut by EAGAIN\n");
+        w.flush(Duration::from_secs(5));
+        w.send(b"second line\n");
+        drop(guard);
+        assert_eq!(sink.text(), "first line, cut by EAGAIN\nsecond line\n");
+        assert_eq!(w.dropped(), 0);
+    }
+
+    /// An output that fails (a closed pipe): what the write lost is counted by its lines, and
+    /// the line it cut is ended, so the next lines start lines of their own.
+    #[test]
+    fn a_failed_write_counts_its_lines_and_ends_the_line_it_cut() {
+        let sink = Scripted::new(&[Some(10), None], std::io::ErrorKind::BrokenPipe);
+        let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
+        w.send(b"first line, cut by EPIPE\n");
+        w.send(b"lost with it\n");
+        w.flush(Duration::from_secs(5));
+        assert_eq!(w.dropped(), 2, "the cut line and the one after it");
+        w.send(b"second line\n");
+        drop(guard);
+        assert_eq!(sink.text(), "first line\nsecond line\n");
+        assert_eq!(w.dropped(), 2);
+    }
+
+    /// A payload that logs (none does today: a debug line or a panic hook that logs would)
+    /// appends to a slot of its own instead of locking its thread's chunk a second time.
+    #[test]
+    fn an_append_whose_payload_logs_does_not_deadlock() {
+        let sink = Sink::default();
+        let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Text, true).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let w2 = w.clone();
+        std::thread::spawn(move || {
+            w2.send(b"registers this thread's slot\n");
+            let inner = w2.clone();
+            w2.send_with_payload_for_test(move |chunk| {
+                inner.send(b"nested\n");
+                chunk.extend_from_slice(b"outer\n");
+            });
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok(), "the nested append hung");
+        w.flush(Duration::from_secs(5));
+        drop(guard);
+        let text = sink.text();
+        assert!(text.starts_with("registers this thread's slot\n"), "{text:?}");
+        assert!(text.contains("nested\n") && text.contains("outer\n"), "{text:?}");
+        assert_eq!(w.dropped(), 0);
+    }
 
     /// A `Write` that appends to a shared buffer, for reading what the thread wrote, and counts
     /// its `write` calls.
@@ -772,8 +908,14 @@ mod tests {
     #[test]
     fn entries_that_make_no_line_are_counted_and_skipped() {
         let sink = Sink::default();
-        let mut out =
-            Output { out: Box::new(sink.clone()), text: Vec::new(), format: LogFormat::Text, spare: Vec::new() };
+        let mut out = Output {
+            out: Box::new(sink.clone()),
+            text: Vec::new(),
+            format: LogFormat::Text,
+            spare: Vec::new(),
+            lost: 0,
+            cut: false,
+        };
         let frame = |kind: u8, payload: &[u8]| [&[kind][..], &(payload.len() as u32).to_le_bytes(), payload].concat();
         let chunk = [frame(LINE, b"one\n"), frame(7, b"what"), frame(LINE, b"two\n")].concat();
         assert_eq!(out.lines(&chunk), 1);
