@@ -79,7 +79,8 @@ fn main() -> ExitCode {
         };
     }
     let _log_writer = init_logging(cli.log_format, cli.log_level.as_deref());
-    let rt = match routeid::runtime::scheduler().build() {
+    let built = routeid::runtime::scheduler().and_then(|mut b| b.build().map_err(|e| e.to_string()));
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("routeid: cannot start the runtime: {e}");

@@ -450,11 +450,21 @@ mod tests {
         }
     }
 
-    /// hyper's HTTP/2 server and client, ten concurrent streams, on the runtime the proxy runs
-    /// (multi-threaded, here with one worker): the ten responses leave in one write, where a
-    /// flush per stream made one write per response (10, measured with this test).
+    /// hyper's HTTP/2 server and client, ten concurrent streams, on the runtimes the proxy runs
+    /// (multi-threaded, here with one worker; single-threaded, as on one CPU): the ten responses
+    /// leave in one write, where a flush per stream made one write per response (10, measured
+    /// with this test).
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn ten_concurrent_http2_responses_share_their_writes() {
+        ten_responses_in_few_writes().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn ten_concurrent_http2_responses_share_their_writes_on_one_thread() {
+        ten_responses_in_few_writes().await;
+    }
+
+    async fn ten_responses_in_few_writes() {
         use http_body_util::{BodyExt, Empty, Full};
         use hyper_util::rt::{TokioExecutor, TokioIo};
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
