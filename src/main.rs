@@ -293,20 +293,34 @@ async fn run_standalone(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match standalone::load(file) {
-                Ok(loaded) => {
-                    let (n, s) = (loaded.pools.len(), loaded.secrets.len());
-                    running.proxy.publish_with_secrets(loaded.pools, &loaded.secrets);
-                    tracing::info!(pools = n, secrets = s, file = %file.display(), "reloaded");
-                    running.proxy.log_overrides();
-                }
-                Err(e) => tracing::error!(error = %e, "reload refused; the previous pools keep serving"),
-            },
+            _ = hup.recv() => reload(file, &running.proxy).await,
         }
     }
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Reloads the pools file on SIGHUP. Reading and parsing it (YAML, every Secret's PEM) and
+/// building the new table run on tokio's blocking pool: on one CPU the runtime has a single
+/// thread, which would otherwise stop serving every connection for the whole parse.
+async fn reload(file: &Path, proxy: &std::sync::Arc<routeid::proxy::Proxy>) {
+    let (path, target) = (file.to_path_buf(), std::sync::Arc::clone(proxy));
+    let done = tokio::task::spawn_blocking(move || {
+        let loaded = standalone::load(&path)?;
+        let (n, s) = (loaded.pools.len(), loaded.secrets.len());
+        target.publish_with_secrets(loaded.pools, &loaded.secrets);
+        Ok::<_, standalone::LoadError>((n, s))
+    })
+    .await;
+    match done {
+        Ok(Ok((n, s))) => {
+            tracing::info!(pools = n, secrets = s, file = %file.display(), "reloaded");
+            proxy.log_overrides();
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "reload refused; the previous pools keep serving"),
+        Err(e) => tracing::error!(error = %e, "reload failed; the previous pools keep serving"),
+    }
 }
 
 /// The TLS listener of a standalone run: it needs a certificate to serve, from the file.

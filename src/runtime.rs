@@ -56,10 +56,13 @@ pub fn scheduler() -> Result<tokio::runtime::Builder, String> {
 /// read, between other connections' reads, and each such write wakes the client's process
 /// alone; the single-threaded scheduler runs ready tasks in the order they became ready, and
 /// the writes of one turn go out together. Measured on one pinned core under a sticky load
-/// (`bench/ab.sh`, 12 paired rounds): 0.88 µs less CPU per request (of ~13.7, nearly all of it
-/// the kernel's wake-ups of the peers), p99 ×0.77. Nothing else differs for routeid: it never
-/// uses `block_in_place`, its threads outside the runtime only send to it, and HTTP/2's
-/// gathering of writes ([`crate::proxy::coalesce`]) waits for the end of a turn in both.
+/// (`bench/ab.sh`, 12 paired rounds, release builds): 1.0 µs less CPU per request (13.2 → 12.2,
+/// nearly all of it the kernel's wake-ups of the peers), p99 ×0.64. What changes besides: the
+/// future `block_on` runs (the binary's `main`) shares the one thread with the connections, so
+/// slow synchronous work there goes to the blocking pool (the standalone file's reload); a task
+/// woken by another waits its turn rather than running next. routeid never uses
+/// `block_in_place`, and HTTP/2's gathering of writes ([`crate::proxy::coalesce`]) waits for the
+/// end of a turn in both.
 pub fn scheduler_for(workers: usize) -> tokio::runtime::Builder {
     let mut builder = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -72,8 +75,9 @@ pub fn scheduler_for(workers: usize) -> tokio::runtime::Builder {
     builder
 }
 
-/// How many workers to start: `TOKIO_WORKER_THREADS` when set (as tokio reads it), else the
-/// CPUs this process may use.
+/// How many workers to start: `TOKIO_WORKER_THREADS` when set (a number above 0, as tokio
+/// reads it, surrounding spaces allowed), else the CPUs this process may use (a CPU quota
+/// rounded down, at least 1).
 fn workers(from_env: Option<std::ffi::OsString>) -> Result<usize, String> {
     let Some(v) = from_env else {
         return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
