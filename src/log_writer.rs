@@ -369,7 +369,8 @@ struct Output {
     text: Vec<u8>,
     format: LogFormat,
     spare: Vec<Vec<u8>>,
-    /// Lines a failed write lost since the sweep last counted them as dropped.
+    /// Lines failed writes lost since the writer's round last counted them as dropped (once,
+    /// after the round's last write).
     lost: u64,
     /// A failed write left a line cut short on the output: the next write ends it first.
     cut: bool,
@@ -420,7 +421,8 @@ impl Output {
         if let Err(left) = write_whole(&mut *self.out, rest) {
             rest = rest.get(rest.len() - left..).unwrap_or_default();
             self.lost += rest.iter().filter(|&&b| b == b'\n').count() as u64;
-            self.cut |= left < self.text.len() && self.text.get(self.text.len() - left - 1) != Some(&b'\n');
+            let written = self.text.get(..self.text.len() - left).unwrap_or_default();
+            self.cut |= written.last().is_some_and(|&b| b != b'\n');
         }
         if self.text.capacity() > REUSE_CAPACITY {
             self.text = Vec::with_capacity(WAKE_BYTES);
@@ -494,7 +496,7 @@ fn sweep(shared: &Shared, out: &mut Output, all: bool) -> Swept {
             std::mem::swap(&mut *theirs, &mut chunk);
         }
         swept = Swept::Something;
-        let broken = out.lines(&chunk) + std::mem::take(&mut out.lost);
+        let broken = out.lines(&chunk);
         shared.dropped.fetch_add(broken, Relaxed);
         if chunk.capacity() <= REUSE_CAPACITY {
             chunk.clear();
