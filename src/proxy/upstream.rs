@@ -22,7 +22,10 @@
 //!   sockets are not held open (and its keep-alive race is not lost) by a quiet proxy.
 //! - **A cap per member** (`backend.maxConnections`): at the cap a request waits for a
 //!   connection to come back or close, until its response deadline; then it gets
-//!   [`SendError::Saturated`], which is the pool being full, not the member failing.
+//!   [`SendError::Saturated`], which is the pool being full, not the member failing. Waiting
+//!   requests are served first come, first served, as in HAProxy's server queue: a connection
+//!   that comes back (or the place of one that closed) is handed straight to the oldest waiter,
+//!   so a request arriving meanwhile finds nothing free and queues behind it.
 //!
 //! A response is checked before it is handed on: conflicting framing (both `Content-Length`
 //! and `Transfer-Encoding`, RFC 9112 §6.3) and a first body frame that is already broken are
@@ -46,7 +49,6 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::body::{BodySlot, UpstreamBody};
@@ -157,21 +159,48 @@ struct Idle {
     expires: Instant,
 }
 
+/// What a member's pool keeps under its lock: one lock, so a connection coming back is either
+/// handed to a waiting request or put idle, and a request about to wait sees which.
+#[derive(Default)]
+struct Queues {
+    /// Idle connections, oldest first: requests take the newest (back), the reaper the expired.
+    idle: VecDeque<Idle>,
+    /// Requests waiting for a connection (at `maxConnections`), oldest first. Never both this
+    /// and `idle` non-empty: a connection coming back goes to the oldest waiter still there.
+    waiting: VecDeque<tokio::sync::oneshot::Sender<Freed>>,
+}
+
+/// What a waiting request is handed.
+enum Freed {
+    /// A connection that came back from its last exchange.
+    Conn(Conn),
+    /// The place of a connection that closed: the waiter opens a new one in it.
+    Slot(Slot),
+}
+
+/// How a wait for a free connection ended.
+enum Wait {
+    /// Handed a connection, or a place for a new one.
+    Freed(Freed),
+    /// One may be free now (nothing had to be waited for): look again.
+    Again,
+    /// The response deadline came first.
+    TimedOut,
+}
+
 /// The connection pool of one member (by address). Shared across routing tables so a reload
 /// keeps warm connections; the pool's limits come with each request, so a reload that
 /// changes them takes effect on the next one.
 pub struct MemberConns {
     addr: SocketAddr,
-    /// Idle connections, oldest first: requests take the newest (back), the reaper the expired.
-    idle: Mutex<VecDeque<Idle>>,
-    /// `idle.len()`, readable without the lock (a member with nothing idle is never locked).
+    /// Idle connections and waiting requests.
+    queues: Mutex<Queues>,
+    /// The number of idle connections, readable without the lock (a member with nothing idle is
+    /// never locked).
     idle_len: AtomicUsize,
-    /// Connections open now, idle or busy; a connection's task gives its slot back when it ends.
+    /// Connections open now, idle or busy; a connection's task gives its slot back when it ends
+    /// (lowered under the lock, so a request about to wait cannot miss it).
     open: AtomicUsize,
-    /// Requests waiting for a connection (at `maxConnections`).
-    queued: AtomicUsize,
-    /// Wakes a waiting request: a connection came back idle, or one closed.
-    freed: Notify,
     /// A reaper task is running.
     reaping: AtomicBool,
 }
@@ -267,11 +296,9 @@ impl MemberConns {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
         Arc::new(MemberConns {
             addr,
-            idle: Mutex::new(VecDeque::new()),
+            queues: Mutex::new(Queues::default()),
             idle_len: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
-            queued: AtomicUsize::new(0),
-            freed: Notify::new(),
             reaping: AtomicBool::new(false),
         })
     }
@@ -286,9 +313,9 @@ impl MemberConns {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queues> {
         // The critical sections cannot panic half-way; a poisoned queue is still consistent.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The newest idle connection still usable through `tls` at `now`; expired or closed
@@ -299,14 +326,14 @@ impl MemberConns {
         }
         let mut q = self.queue();
         let mut found = None;
-        while let Some(idle) = q.pop_back() {
+        while let Some(idle) = q.idle.pop_back() {
             if idle.expires > now && !idle.conn.sender.is_closed() && idle.conn.made_under(tls) {
                 found = Some(idle.conn);
                 break;
             }
             idle.conn.task.abort();
         }
-        self.idle_len.store(q.len(), Ordering::SeqCst);
+        self.idle_len.store(q.idle.len(), Ordering::SeqCst);
         found
     }
 
@@ -324,8 +351,11 @@ impl MemberConns {
         // also as a local copy of the argument.
         async move {
             let mut now = limits.sent;
+            // A connection handed over by the wait below, when it can serve this request; boxed
+            // (a rare path), as every request's future carries this.
+            let mut handed: Option<Box<Conn>> = None;
             loop {
-                while let Some(mut conn) = self.pop_idle(tls, now) {
+                while let Some(mut conn) = handed.take().map(|c| *c).or_else(|| self.pop_idle(tls, now)) {
                     // It went back to the pool when its last exchange ended whole; this only waits
                     // for the connection task to notice. Bounded all the same: a connection that
                     // does not get ready is closed, not waited on until the response deadline.
@@ -368,15 +398,31 @@ impl MemberConns {
                 if let Some(slot) = self.reserve(limits.max_connections) {
                     return Box::pin(self.send_fresh(req, slot, limits, tls)).await;
                 }
-                if !Box::pin(self.wait_for_free(limits)).await {
-                    let max = limits.max_connections.unwrap_or(u32::MAX);
-                    return Err(Failed {
-                        error: SendError::Saturated { addr: self.addr, max },
-                        request: Some(Box::new(req)),
-                    });
-                }
-                // The wait may have lasted: idle connections are checked against its end.
-                now = self::now();
+                // The slot is taken out before the await below: the wait's result is not held
+                // across it in every request's future.
+                let slot = match Box::pin(self.wait_for_free(limits)).await {
+                    Wait::Freed(Freed::Slot(slot)) => slot,
+                    // One made under another TLS setting (a reload changed it) is closed, which
+                    // hands its place to the next waiter; this request looks again.
+                    Wait::Freed(Freed::Conn(conn)) => {
+                        handed = conn.made_under(tls).then(|| Box::new(conn));
+                        now = self::now();
+                        continue;
+                    }
+                    // The wait may have lasted: idle connections are checked against its end.
+                    Wait::Again => {
+                        now = self::now();
+                        continue;
+                    }
+                    Wait::TimedOut => {
+                        let max = limits.max_connections.unwrap_or(u32::MAX);
+                        return Err(Failed {
+                            error: SendError::Saturated { addr: self.addr, max },
+                            request: Some(Box::new(req)),
+                        });
+                    }
+                };
+                return Box::pin(self.send_fresh(req, slot, limits, tls)).await;
             }
         }
     }
@@ -424,27 +470,54 @@ impl MemberConns {
         Some(Slot(Arc::downgrade(self)))
     }
 
-    /// Waits until a connection may be free (one came back idle, or one closed); false when
-    /// `limits.deadline` came first.
-    async fn wait_for_free(&self, limits: &Limits) -> bool {
+    /// Queues behind the requests already waiting until a connection comes back or closes
+    /// ([`Queues::waiting`]), or `limits.deadline` comes first.
+    async fn wait_for_free(self: &Arc<Self>, limits: &Limits) -> Wait {
         let max = limits.max_connections.map_or(usize::MAX, |m| m as usize);
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        let _queued = Dequeue(&self.queued);
-        let notified = self.freed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        // Checked after registering: a connection freed in between is not missed.
-        if self.idle_len.load(Ordering::SeqCst) > 0 || self.open.load(Ordering::SeqCst) < max {
-            return true;
+        let mut handed = {
+            let mut q = self.queue();
+            // Under the lock, where connections come back and places are given up: one freed
+            // since this request looked is not missed.
+            if !q.idle.is_empty() || self.open.load(Ordering::SeqCst) < max {
+                return Wait::Again;
+            }
+            // Waiters that gave up (timed out, or their client left) leave from the front
+            // here, or when a hand-over meets them.
+            while q.waiting.front().is_some_and(|w| w.is_closed()) {
+                q.waiting.pop_front();
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            q.waiting.push_back(tx);
+            rx
+        };
+        match tokio::time::timeout_at(limits.deadline, &mut handed).await {
+            Ok(Ok(freed)) => Wait::Freed(freed),
+            // The pool dropped its queue (never while a request holds the pool): look again.
+            Ok(Err(_)) => Wait::Again,
+            Err(_) => {
+                // What was handed over just as the deadline came goes on to the next waiter
+                // (or back idle), not closed with this request.
+                handed.close();
+                match handed.try_recv() {
+                    Ok(Freed::Conn(conn)) => self.checkin(conn, now()),
+                    Ok(Freed::Slot(slot)) => drop(slot),
+                    Err(_) => {}
+                }
+                Wait::TimedOut
+            }
         }
-        tokio::time::timeout_at(limits.deadline, notified).await.is_ok()
     }
 
-    /// Wakes one queued request, if any waits.
-    fn wake_one(&self) {
-        if self.queued.load(Ordering::SeqCst) > 0 {
-            self.freed.notify_one();
+    /// Hands `freed` to the oldest request still waiting; gives it back when none is.
+    fn hand_over(q: &mut Queues, mut freed: Freed) -> Option<Freed> {
+        while let Some(waiter) = q.waiting.pop_front() {
+            match waiter.send(freed) {
+                Ok(()) => return None,
+                // That one gave up; the next.
+                Err(back) => freed = back,
+            }
         }
+        Some(freed)
     }
 
     /// A new connection: TCP connect and, for `backend.tls`, the TLS handshake, both within
@@ -567,14 +640,18 @@ impl MemberConns {
         let expires = now.checked_add(conn.idle_for).unwrap_or(now + FAR_FUTURE);
         {
             let mut q = self.queue();
+            // A waiting request gets it first; only what it sent comes back.
+            let conn = match Self::hand_over(&mut q, Freed::Conn(conn)) {
+                None | Some(Freed::Slot(_)) => return,
+                Some(Freed::Conn(conn)) => conn,
+            };
             // Beyond the bound the oldest idle connection is dropped (closed).
-            if q.len() >= MAX_IDLE_PER_MEMBER {
-                q.pop_front();
+            if q.idle.len() >= MAX_IDLE_PER_MEMBER {
+                q.idle.pop_front();
             }
-            q.push_back(Idle { conn, expires });
-            self.idle_len.store(q.len(), Ordering::SeqCst);
+            q.idle.push_back(Idle { conn, expires });
+            self.idle_len.store(q.idle.len(), Ordering::SeqCst);
         }
-        self.wake_one();
         self.start_reaper();
     }
 
@@ -597,9 +674,9 @@ impl MemberConns {
     /// next one expires, or `None` — and the reaper stops — when nothing is idle.
     fn reap_expired(&self, now: Instant) -> Option<Instant> {
         let mut q = self.queue();
-        q.retain(|i| i.expires > now && !i.conn.sender.is_closed());
-        self.idle_len.store(q.len(), Ordering::SeqCst);
-        let next = q.iter().map(|i| i.expires).min();
+        q.idle.retain(|i| i.expires > now && !i.conn.sender.is_closed());
+        self.idle_len.store(q.idle.len(), Ordering::SeqCst);
+        let next = q.idle.iter().map(|i| i.expires).min();
         if next.is_none() {
             // Under the lock: a checkin after this sees the flag down and starts a new reaper.
             self.reaping.store(false, Ordering::SeqCst);
@@ -621,25 +698,27 @@ async fn reap(pool: Weak<MemberConns>) {
     }
 }
 
-/// Counts a request waiting for a connection for as long as it waits.
-struct Dequeue<'a>(&'a AtomicUsize);
-
-impl Drop for Dequeue<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// One open connection's place under `maxConnections`; held by its socket and given back
-/// (waking a queued request) when the socket closes.
+/// One open connection's place under `maxConnections`; held by its socket. When the socket
+/// closes, the place goes to the oldest waiting request (which opens a new connection in it), or
+/// is given back.
 struct Slot(Weak<MemberConns>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(pool) = self.0.upgrade() {
-            pool.open.fetch_sub(1, Ordering::SeqCst);
-            pool.wake_one();
+        let Some(pool) = self.0.upgrade() else { return };
+        let mut q = pool.queue();
+        if !q.waiting.is_empty() {
+            let place = Freed::Slot(Slot(std::mem::take(&mut self.0)));
+            match MemberConns::hand_over(&mut q, place) {
+                // Still taken, by the waiter.
+                None => return,
+                // Every waiter had given up: the place is given back below. Emptied first, so its
+                // own drop (here, under the lock) does nothing.
+                Some(Freed::Slot(mut place)) => drop(std::mem::take(&mut place.0)),
+                Some(Freed::Conn(_)) => {}
+            }
         }
+        pool.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -905,17 +984,90 @@ mod tests {
         assert_eq!(pool.open_count(), 1);
         assert!(pool.reserve(Some(1)).is_none(), "at the cap");
         assert!(pool.reserve(Some(2)).is_some(), "a reload that raises the cap applies at once");
-        assert!(!pool.wait_for_free(&limits(Some(1), Duration::from_millis(20))).await, "nothing freed");
+        let timed_out = pool.wait_for_free(&limits(Some(1), Duration::from_millis(20))).await;
+        assert!(matches!(timed_out, Wait::TimedOut), "nothing freed");
+        assert!(matches!(pool.wait_for_free(&limits(Some(2), Duration::ZERO)).await, Wait::Again), "below the cap");
         let waiter = {
             let pool = Arc::clone(&pool);
             tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
         };
-        while pool.queued.load(Ordering::SeqCst) == 0 {
+        waiting(&pool, 1).await;
+        drop(first);
+        let got = waiter.await.unwrap();
+        assert!(matches!(got, Wait::Freed(Freed::Slot(_))), "handed the place, long before its deadline");
+        assert_eq!(pool.open_count(), 1, "the place stayed taken: the waiter has it");
+        drop(got);
+        assert_eq!((pool.open_count(), pool.queue().waiting.len()), (0, 0));
+    }
+
+    /// Yields until `n` requests wait for a connection of `pool`.
+    async fn waiting(pool: &MemberConns, n: usize) {
+        while pool.queue().waiting.iter().filter(|w| !w.is_closed()).count() < n {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// At the cap, a connection that comes back goes to the oldest waiting request: one
+    /// arriving just then finds nothing free (it would otherwise take the connection the woken
+    /// waiter was about to, and that waiter would queue again behind it), and waiters are served
+    /// in their order.
+    #[tokio::test]
+    async fn at_the_cap_a_freed_connection_goes_to_the_oldest_waiter() {
+        let pool = MemberConns::new(ok_member().await);
+        let lim = limits(Some(1), Duration::from_secs(30));
+        let status = |r: Result<(Response<MemberBody>, Instant), Failed>| r.map(|(r, _)| r.status()).ok();
+        let first = pool.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await;
+        assert_eq!(status(first), Some(StatusCode::OK));
+        // Its one connection busy again, as a request in flight holds it.
+        let busy = pool.pop_idle(&UpstreamTls::Plain, Instant::now()).expect("back idle after its answer");
+        let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
+        for n in 0..3 {
+            let (p, done) = (Arc::clone(&pool), done.clone());
+            tokio::spawn(async move {
+                let r = p.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await;
+                let _ = done.send((n, status(r)));
+            });
+            waiting(&pool, n + 1).await;
+        }
+        pool.checkin(busy, Instant::now());
+        assert!(pool.pop_idle(&UpstreamTls::Plain, Instant::now()).is_none(), "a newcomer does not barge in");
+        for n in 0..3 {
+            assert_eq!(order.recv().await, Some((n, Some(StatusCode::OK))), "served in their order");
+        }
+        assert_eq!((pool.open_count(), pool.idle_count()), (1, 1), "one connection all along");
+    }
+
+    /// A waiter that gives up is skipped: the next one gets the connection, and a place handed
+    /// to nobody is given back.
+    #[tokio::test]
+    async fn a_waiter_that_gave_up_is_passed_over() {
+        let pool = MemberConns::new("127.0.0.1:9".parse().unwrap());
+        let first = pool.reserve(Some(1)).expect("below the cap");
+        let gave_up = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
+        };
+        waiting(&pool, 1).await;
+        let next = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
+        };
+        waiting(&pool, 2).await;
+        gave_up.abort();
+        assert!(gave_up.await.is_err_and(|e| e.is_cancelled()));
         drop(first);
-        assert!(waiter.await.unwrap(), "woken by the freed slot, long before its deadline");
-        assert_eq!((pool.open_count(), pool.queued.load(Ordering::SeqCst)), (0, 0));
+        assert!(matches!(next.await.unwrap(), Wait::Freed(Freed::Slot(_))), "the next waiter got the place");
+        assert_eq!(pool.open_count(), 0, "and gave it back when it dropped it");
+        let last = pool.reserve(Some(1)).expect("below the cap");
+        let alone = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
+        };
+        waiting(&pool, 1).await;
+        alone.abort();
+        assert!(alone.await.is_err());
+        drop(last);
+        assert_eq!(pool.open_count(), 0, "nobody waits any more: the place is given back");
     }
 
     /// A member that answers every request head with `200 ok`, on keep-alive connections.
