@@ -167,7 +167,17 @@ struct Queues {
     idle: VecDeque<Idle>,
     /// Requests waiting for a connection (at `maxConnections`), oldest first. Never both this
     /// and `idle` non-empty: a connection coming back goes to the oldest waiter still there.
-    waiting: VecDeque<tokio::sync::oneshot::Sender<Freed>>,
+    waiting: VecDeque<Waiter>,
+}
+
+/// A request waiting for a connection.
+struct Waiter {
+    /// Where it is handed one.
+    tx: tokio::sync::oneshot::Sender<Freed>,
+    /// The cap it waits under (its pool's `maxConnections` when it came): the place of a
+    /// closed connection goes to it only within that cap, so a reload that lowers the cap
+    /// takes effect while requests wait.
+    max: usize,
 }
 
 /// What a waiting request is handed.
@@ -395,7 +405,7 @@ impl MemberConns {
                 // A new connection (TCP connect, maybe a TLS handshake) and a wait for a free one
                 // are boxed: their futures are large, and every request's future would carry them
                 // although most requests reuse a pooled connection.
-                if let Some(slot) = self.reserve(limits.max_connections) {
+                if let Some(slot) = self.reserve(limits.max_connections).and_then(|s| self.first_in_line(s)) {
                     return Box::pin(self.send_fresh(req, slot, limits, tls)).await;
                 }
                 // The slot is taken out before the await below: the wait's result is not held
@@ -470,6 +480,27 @@ impl MemberConns {
         Some(Slot(Arc::downgrade(self)))
     }
 
+    /// A place just reserved, unless a request already waits (it queued under a lower cap,
+    /// before a reload raised it): then the place is its, and this request queues behind it.
+    /// Locks only when a new connection is about to be made.
+    fn first_in_line(&self, slot: Slot) -> Option<Slot> {
+        let mut q = self.queue();
+        if q.waiting.is_empty() {
+            return Some(slot);
+        }
+        // Within the cap this request brings (the newest configuration): any waiter may have it.
+        match Self::hand_over(&mut q, Freed::Slot(slot), 0) {
+            None => None,
+            Some(Freed::Slot(slot)) => Some(slot),
+            // Only what was handed comes back; never dropped under the lock all the same.
+            Some(Freed::Conn(conn)) => {
+                drop(q);
+                drop(conn);
+                None
+            }
+        }
+    }
+
     /// Queues behind the requests already waiting until a connection comes back or closes
     /// ([`Queues::waiting`]), or `limits.deadline` comes first.
     async fn wait_for_free(self: &Arc<Self>, limits: &Limits) -> Wait {
@@ -482,12 +513,16 @@ impl MemberConns {
                 return Wait::Again;
             }
             // Waiters that gave up (timed out, or their client left) leave from the front
-            // here, or when a hand-over meets them.
-            while q.waiting.front().is_some_and(|w| w.is_closed()) {
+            // here, or when a hand-over meets them; the whole queue is swept each time it
+            // doubles (a short deadline behind a long one), which keeps this O(1) on average.
+            while q.waiting.front().is_some_and(|w| w.tx.is_closed()) {
                 q.waiting.pop_front();
             }
+            if q.waiting.len() >= 64 && q.waiting.len().is_power_of_two() {
+                q.waiting.retain(|w| !w.tx.is_closed());
+            }
             let (tx, rx) = tokio::sync::oneshot::channel();
-            q.waiting.push_back(tx);
+            q.waiting.push_back(Waiter { tx, max });
             rx
         };
         match tokio::time::timeout_at(limits.deadline, &mut handed).await {
@@ -508,10 +543,17 @@ impl MemberConns {
         }
     }
 
-    /// Hands `freed` to the oldest request still waiting; gives it back when none is.
-    fn hand_over(q: &mut Queues, mut freed: Freed) -> Option<Freed> {
-        while let Some(waiter) = q.waiting.pop_front() {
-            match waiter.send(freed) {
+    /// Hands `freed` to the oldest request still waiting whose cap allows `open` connections
+    /// (a connection coming back: 0, any waiter); gives it back when none is.
+    fn hand_over(q: &mut Queues, mut freed: Freed, open: usize) -> Option<Freed> {
+        let mut i = 0;
+        while let Some(waiter) = q.waiting.get(i) {
+            if waiter.max < open {
+                i += 1;
+                continue;
+            }
+            let Some(waiter) = q.waiting.remove(i) else { break };
+            match waiter.tx.send(freed) {
                 Ok(()) => return None,
                 // That one gave up; the next.
                 Err(back) => freed = back,
@@ -640,10 +682,16 @@ impl MemberConns {
         let expires = now.checked_add(conn.idle_for).unwrap_or(now + FAR_FUTURE);
         {
             let mut q = self.queue();
-            // A waiting request gets it first; only what it sent comes back.
-            let conn = match Self::hand_over(&mut q, Freed::Conn(conn)) {
-                None | Some(Freed::Slot(_)) => return,
+            // A waiting request gets it first.
+            let conn = match Self::hand_over(&mut q, Freed::Conn(conn), 0) {
+                None => return,
                 Some(Freed::Conn(conn)) => conn,
+                // Only what was handed comes back; never dropped under the lock all the same.
+                Some(Freed::Slot(slot)) => {
+                    drop(q);
+                    drop(slot);
+                    return;
+                }
             };
             // Beyond the bound the oldest idle connection is dropped (closed).
             if q.idle.len() >= MAX_IDLE_PER_MEMBER {
@@ -709,11 +757,14 @@ impl Drop for Slot {
         let mut q = pool.queue();
         if !q.waiting.is_empty() {
             let place = Freed::Slot(Slot(std::mem::take(&mut self.0)));
-            match MemberConns::hand_over(&mut q, place) {
+            // Counted in `open` still: handed on, the count stays as it is.
+            let open = pool.open.load(Ordering::SeqCst);
+            match MemberConns::hand_over(&mut q, place, open) {
                 // Still taken, by the waiter.
                 None => return,
-                // Every waiter had given up: the place is given back below. Emptied first, so its
-                // own drop (here, under the lock) does nothing.
+                // Every waiter had given up, or waits under a lower cap (a reload lowered it): the
+                // place is given back below. Emptied first, so its own drop (here, under the
+                // lock) does nothing.
                 Some(Freed::Slot(mut place)) => drop(std::mem::take(&mut place.0)),
                 Some(Freed::Conn(_)) => {}
             }
@@ -1002,7 +1053,7 @@ mod tests {
 
     /// Yields until `n` requests wait for a connection of `pool`.
     async fn waiting(pool: &MemberConns, n: usize) {
-        while pool.queue().waiting.iter().filter(|w| !w.is_closed()).count() < n {
+        while pool.queue().waiting.iter().filter(|w| !w.tx.is_closed()).count() < n {
             tokio::task::yield_now().await;
         }
     }
@@ -1015,9 +1066,8 @@ mod tests {
     async fn at_the_cap_a_freed_connection_goes_to_the_oldest_waiter() {
         let pool = MemberConns::new(ok_member().await);
         let lim = limits(Some(1), Duration::from_secs(30));
-        let status = |r: Result<(Response<MemberBody>, Instant), Failed>| r.map(|(r, _)| r.status()).ok();
         let first = pool.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await;
-        assert_eq!(status(first), Some(StatusCode::OK));
+        assert_eq!(read_whole(first).await, Some(StatusCode::OK));
         // Its one connection busy again, as a request in flight holds it.
         let busy = pool.pop_idle(&UpstreamTls::Plain, Instant::now()).expect("back idle after its answer");
         let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
@@ -1025,7 +1075,7 @@ mod tests {
             let (p, done) = (Arc::clone(&pool), done.clone());
             tokio::spawn(async move {
                 let r = p.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await;
-                let _ = done.send((n, status(r)));
+                let _ = done.send((n, read_whole(r).await));
             });
             waiting(&pool, n + 1).await;
         }
@@ -1035,6 +1085,53 @@ mod tests {
             assert_eq!(order.recv().await, Some((n, Some(StatusCode::OK))), "served in their order");
         }
         assert_eq!((pool.open_count(), pool.idle_count()), (1, 1), "one connection all along");
+    }
+
+    /// The answer's status once its body was read to the end (its connection back in the pool).
+    async fn read_whole(r: Result<(Response<MemberBody>, Instant), Failed>) -> Option<StatusCode> {
+        use http_body_util::BodyExt;
+        let (resp, _) = r.ok()?;
+        let status = resp.status();
+        resp.into_body().collect().await.ok().map(|_| status)
+    }
+
+    /// Starts a request waiting for a place under `max` connections.
+    async fn wait_under(pool: &Arc<MemberConns>, max: u32) -> tokio::task::JoinHandle<Wait> {
+        let pool = Arc::clone(pool);
+        tokio::spawn(async move { pool.wait_for_free(&limits(Some(max), Duration::from_secs(30))).await })
+    }
+
+    /// A reload that lowers the cap applies while requests wait: a closed connection's place
+    /// goes to a waiter only within its cap.
+    #[tokio::test]
+    async fn a_lowered_cap_holds_while_requests_wait() {
+        let pool = MemberConns::new("127.0.0.1:9".parse().unwrap());
+        let (a, b) = (pool.reserve(Some(2)).unwrap(), pool.reserve(Some(2)).unwrap());
+        let waiter = wait_under(&pool, 1).await;
+        waiting(&pool, 1).await;
+        drop(a);
+        assert_eq!(pool.open_count(), 1, "two open are above the waiter's cap of one: given back");
+        assert!(!waiter.is_finished());
+        drop(b);
+        assert!(matches!(waiter.await.unwrap(), Wait::Freed(Freed::Slot(_))), "one open is within it");
+        assert_eq!(pool.open_count(), 0);
+    }
+
+    /// A reload that raises the cap does not let a newcomer pass a request already waiting:
+    /// the place it reserves goes to the waiter.
+    #[tokio::test]
+    async fn a_raised_cap_serves_the_waiting_first() {
+        let pool = MemberConns::new("127.0.0.1:9".parse().unwrap());
+        let busy = pool.reserve(Some(1)).unwrap();
+        let waiter = wait_under(&pool, 1).await;
+        waiting(&pool, 1).await;
+        let newcomer = pool.reserve(Some(2)).expect("below the raised cap");
+        assert!(pool.first_in_line(newcomer).is_none(), "the place went to the waiter");
+        let Wait::Freed(Freed::Slot(theirs)) = waiter.await.unwrap() else { panic!("handed a place") };
+        assert_eq!(pool.open_count(), 2);
+        let next = pool.reserve(Some(3)).expect("below the cap");
+        assert!(pool.first_in_line(next).is_some(), "nobody waits: the newcomer keeps it");
+        drop((busy, theirs));
     }
 
     /// A waiter that gives up is skipped: the next one gets the connection, and a place handed
