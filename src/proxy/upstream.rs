@@ -188,6 +188,26 @@ enum Freed {
     Slot(Slot),
 }
 
+/// A waiting request's end of its hand-over. When the wait ends without taking what was
+/// handed (the deadline came just then, or the client left and the request was dropped), a
+/// connection goes back through check-in (to the next waiter, or idle) rather than being
+/// closed, and a place goes to the next waiter as its slot drops.
+struct Handed<'a> {
+    rx: tokio::sync::oneshot::Receiver<Freed>,
+    pool: &'a Arc<MemberConns>,
+}
+
+impl Drop for Handed<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        match self.rx.try_recv() {
+            Ok(Freed::Conn(conn)) => self.pool.checkin(conn, now()),
+            Ok(Freed::Slot(slot)) => drop(slot),
+            Err(_) => {}
+        }
+    }
+}
+
 /// How a wait for a free connection ended.
 enum Wait {
     /// Handed a connection, or a place for a new one.
@@ -523,23 +543,13 @@ impl MemberConns {
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
             q.waiting.push_back(Waiter { tx, max });
-            rx
+            Handed { rx, pool: self }
         };
-        match tokio::time::timeout_at(limits.deadline, &mut handed).await {
+        match tokio::time::timeout_at(limits.deadline, &mut handed.rx).await {
             Ok(Ok(freed)) => Wait::Freed(freed),
             // The pool dropped its queue (never while a request holds the pool): look again.
             Ok(Err(_)) => Wait::Again,
-            Err(_) => {
-                // What was handed over just as the deadline came goes on to the next waiter
-                // (or back idle), not closed with this request.
-                handed.close();
-                match handed.try_recv() {
-                    Ok(Freed::Conn(conn)) => self.checkin(conn, now()),
-                    Ok(Freed::Slot(slot)) => drop(slot),
-                    Err(_) => {}
-                }
-                Wait::TimedOut
-            }
+            Err(_) => Wait::TimedOut,
         }
     }
 
@@ -1099,6 +1109,29 @@ mod tests {
     async fn wait_under(pool: &Arc<MemberConns>, max: u32) -> tokio::task::JoinHandle<Wait> {
         let pool = Arc::clone(pool);
         tokio::spawn(async move { pool.wait_for_free(&limits(Some(max), Duration::from_secs(30))).await })
+    }
+
+    /// A request dropped (its client left) after a connection was handed to it, before it ran,
+    /// gives the connection back: it is not closed with the request.
+    #[tokio::test]
+    async fn a_connection_handed_to_a_request_that_left_goes_back() {
+        let pool = MemberConns::new(ok_member().await);
+        let lim = limits(Some(1), Duration::from_secs(30));
+        let first = pool.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await;
+        assert_eq!(read_whole(first).await, Some(StatusCode::OK));
+        let busy = pool.pop_idle(&UpstreamTls::Plain, Instant::now()).expect("back idle after its answer");
+        let left = {
+            let p = Arc::clone(&pool);
+            tokio::spawn(async move {
+                read_whole(p.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await).await
+            })
+        };
+        waiting(&pool, 1).await;
+        pool.checkin(busy, Instant::now());
+        assert_eq!(pool.idle_count(), 0, "handed to the waiter");
+        left.abort();
+        assert!(left.await.is_err_and(|e| e.is_cancelled()), "dropped before it ran");
+        assert_eq!((pool.idle_count(), pool.open_count()), (1, 1), "back idle, still open");
     }
 
     /// A reload that lowers the cap applies while requests wait: a closed connection's place
