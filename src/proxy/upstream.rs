@@ -510,12 +510,11 @@ impl MemberConns {
         }
         // Within the cap this request brings (the newest configuration): any waiter may have it.
         match Self::hand_over(&mut q, Freed::Slot(slot), 0) {
-            None => None,
             Some(Freed::Slot(slot)) => Some(slot),
-            // Only what was handed comes back; never dropped under the lock all the same.
-            Some(Freed::Conn(conn)) => {
+            // Handed (or, never, something else back: not dropped under the lock all the same).
+            back => {
                 drop(q);
-                drop(conn);
+                drop(back);
                 None
             }
         }
@@ -694,12 +693,11 @@ impl MemberConns {
             let mut q = self.queue();
             // A waiting request gets it first.
             let conn = match Self::hand_over(&mut q, Freed::Conn(conn), 0) {
-                None => return,
                 Some(Freed::Conn(conn)) => conn,
-                // Only what was handed comes back; never dropped under the lock all the same.
-                Some(Freed::Slot(slot)) => {
+                // Handed (or, never, something else back: not dropped under the lock all the same).
+                back => {
                     drop(q);
-                    drop(slot);
+                    drop(back);
                     return;
                 }
             };
@@ -769,14 +767,13 @@ impl Drop for Slot {
             let place = Freed::Slot(Slot(std::mem::take(&mut self.0)));
             // Counted in `open` still: handed on, the count stays as it is.
             let open = pool.open.load(Ordering::SeqCst);
-            match MemberConns::hand_over(&mut q, place, open) {
-                // Still taken, by the waiter.
-                None => return,
-                // Every waiter had given up, or waits under a lower cap (a reload lowered it): the
-                // place is given back below. Emptied first, so its own drop (here, under the
-                // lock) does nothing.
-                Some(Freed::Slot(mut place)) => drop(std::mem::take(&mut place.0)),
-                Some(Freed::Conn(_)) => {}
+            // `None`: still taken, by the waiter.
+            let Some(back) = MemberConns::hand_over(&mut q, place, open) else { return };
+            // Every waiter had given up, or waits under a lower cap (a reload lowered it): the
+            // place is given back below. Emptied first, so its own drop (here, under the lock)
+            // does nothing.
+            if let Freed::Slot(mut place) = back {
+                drop(std::mem::take(&mut place.0));
             }
         }
         pool.open.fetch_sub(1, Ordering::SeqCst);
@@ -1048,10 +1045,7 @@ mod tests {
         let timed_out = pool.wait_for_free(&limits(Some(1), Duration::from_millis(20))).await;
         assert!(matches!(timed_out, Wait::TimedOut), "nothing freed");
         assert!(matches!(pool.wait_for_free(&limits(Some(2), Duration::ZERO)).await, Wait::Again), "below the cap");
-        let waiter = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
-        };
+        let waiter = wait_under_one(&pool);
         waiting(&pool, 1).await;
         drop(first);
         let got = waiter.await.unwrap();
@@ -1074,12 +1068,7 @@ mod tests {
     /// in their order.
     #[tokio::test]
     async fn at_the_cap_a_freed_connection_goes_to_the_oldest_waiter() {
-        let pool = MemberConns::new(ok_member().await);
-        let lim = limits(Some(1), Duration::from_secs(30));
-        let first = pool.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await;
-        assert_eq!(read_whole(first).await, Some(StatusCode::OK));
-        // Its one connection busy again, as a request in flight holds it.
-        let busy = pool.pop_idle(&UpstreamTls::Plain, Instant::now()).expect("back idle after its answer");
+        let (pool, lim, busy) = one_busy_connection().await;
         let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
         for n in 0..3 {
             let (p, done) = (Arc::clone(&pool), done.clone());
@@ -1097,6 +1086,17 @@ mod tests {
         assert_eq!((pool.open_count(), pool.idle_count()), (1, 1), "one connection all along");
     }
 
+    /// A pool capped at one connection, with that connection busy (taken out of the pool, as a
+    /// request in flight holds it), and the limits of the requests that will wait for it.
+    async fn one_busy_connection() -> (Arc<MemberConns>, Limits, Conn) {
+        let pool = MemberConns::new(ok_member().await);
+        let lim = limits(Some(1), Duration::from_secs(30));
+        let first = pool.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await;
+        assert_eq!(read_whole(first).await, Some(StatusCode::OK));
+        let busy = pool.pop_idle(&UpstreamTls::Plain, Instant::now()).expect("back idle after its answer");
+        (pool, lim, busy)
+    }
+
     /// The answer's status once its body was read to the end (its connection back in the pool).
     async fn read_whole(r: Result<(Response<MemberBody>, Instant), Failed>) -> Option<StatusCode> {
         use http_body_util::BodyExt;
@@ -1105,21 +1105,17 @@ mod tests {
         resp.into_body().collect().await.ok().map(|_| status)
     }
 
-    /// Starts a request waiting for a place under `max` connections.
-    async fn wait_under(pool: &Arc<MemberConns>, max: u32) -> tokio::task::JoinHandle<Wait> {
+    /// Starts a request waiting for a place under a cap of one connection.
+    fn wait_under_one(pool: &Arc<MemberConns>) -> tokio::task::JoinHandle<Wait> {
         let pool = Arc::clone(pool);
-        tokio::spawn(async move { pool.wait_for_free(&limits(Some(max), Duration::from_secs(30))).await })
+        tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
     }
 
     /// A request dropped (its client left) after a connection was handed to it, before it ran,
     /// gives the connection back: it is not closed with the request.
     #[tokio::test]
     async fn a_connection_handed_to_a_request_that_left_goes_back() {
-        let pool = MemberConns::new(ok_member().await);
-        let lim = limits(Some(1), Duration::from_secs(30));
-        let first = pool.send(Request::new(UpstreamBody::Empty), &lim, &UpstreamTls::Plain).await;
-        assert_eq!(read_whole(first).await, Some(StatusCode::OK));
-        let busy = pool.pop_idle(&UpstreamTls::Plain, Instant::now()).expect("back idle after its answer");
+        let (pool, lim, busy) = one_busy_connection().await;
         let left = {
             let p = Arc::clone(&pool);
             tokio::spawn(async move {
@@ -1140,7 +1136,7 @@ mod tests {
     async fn a_lowered_cap_holds_while_requests_wait() {
         let pool = MemberConns::new("127.0.0.1:9".parse().unwrap());
         let (a, b) = (pool.reserve(Some(2)).unwrap(), pool.reserve(Some(2)).unwrap());
-        let waiter = wait_under(&pool, 1).await;
+        let waiter = wait_under_one(&pool);
         waiting(&pool, 1).await;
         drop(a);
         assert_eq!(pool.open_count(), 1, "two open are above the waiter's cap of one: given back");
@@ -1156,7 +1152,7 @@ mod tests {
     async fn a_raised_cap_serves_the_waiting_first() {
         let pool = MemberConns::new("127.0.0.1:9".parse().unwrap());
         let busy = pool.reserve(Some(1)).unwrap();
-        let waiter = wait_under(&pool, 1).await;
+        let waiter = wait_under_one(&pool);
         waiting(&pool, 1).await;
         let newcomer = pool.reserve(Some(2)).expect("below the raised cap");
         assert!(pool.first_in_line(newcomer).is_none(), "the place went to the waiter");
@@ -1173,15 +1169,9 @@ mod tests {
     async fn a_waiter_that_gave_up_is_passed_over() {
         let pool = MemberConns::new("127.0.0.1:9".parse().unwrap());
         let first = pool.reserve(Some(1)).expect("below the cap");
-        let gave_up = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
-        };
+        let gave_up = wait_under_one(&pool);
         waiting(&pool, 1).await;
-        let next = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
-        };
+        let next = wait_under_one(&pool);
         waiting(&pool, 2).await;
         gave_up.abort();
         assert!(gave_up.await.is_err_and(|e| e.is_cancelled()));
@@ -1189,10 +1179,7 @@ mod tests {
         assert!(matches!(next.await.unwrap(), Wait::Freed(Freed::Slot(_))), "the next waiter got the place");
         assert_eq!(pool.open_count(), 0, "and gave it back when it dropped it");
         let last = pool.reserve(Some(1)).expect("below the cap");
-        let alone = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
-        };
+        let alone = wait_under_one(&pool);
         waiting(&pool, 1).await;
         alone.abort();
         assert!(alone.await.is_err());
