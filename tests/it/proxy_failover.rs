@@ -40,6 +40,7 @@ async fn closed_member_is_failed_over_put_in_error_and_retried_after_retry_after
         assert_eq!(errors, 1, "in error, the closed member is not even attempted again");
 
         // The member comes back on the very same port.
+        crate::support::release_port(dead_addr);
         let listener = TcpListener::bind(dead_addr).await.expect("rebind the closed member's port");
         let back = Member::start_on(listener, "dead");
 

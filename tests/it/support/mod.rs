@@ -232,12 +232,26 @@ pub fn stream_from<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// A port on 127.0.0.1 with nothing listening.
+/// A port on 127.0.0.1 with nothing listening: a connection to it is refused. The port stays
+/// bound (without `listen`) for the rest of the run, so no listener of a test running meanwhile
+/// can be given it (a port merely dropped can be: it then answers where a refusal was meant).
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let a = s.local_addr().unwrap();
+    held().push(s);
     a
+}
+
+/// Lets go of a port from [`closed_port`], for a test that listens on it next (a member coming
+/// back).
+pub fn release_port(addr: SocketAddr) {
+    held().retain(|s| s.local_addr().ok() != Some(addr));
+}
+
+fn held() -> std::sync::MutexGuard<'static, Vec<tokio::net::TcpSocket>> {
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A minimal pool document: `members` as `(address, route, loadFactor)`, `extra` spliced into
