@@ -544,6 +544,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::access_log::UnixMicros;
     use std::time::SystemTime;
 
     /// An output that answers each write as scripted (then takes everything): `Some(n)` takes
@@ -868,9 +869,7 @@ mod tests {
         let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Json, true).unwrap();
         for status in 200..300 {
             w.send(format!("before {status}\n").as_bytes());
-            w.append_record(|chunk| {
-                access_line(status, b"/cart").record(chunk, crate::proxy::access_log::UnixMicros::of(SystemTime::now()))
-            });
+            w.append_record(|chunk| access_line(status, b"/cart").record(chunk, UnixMicros::of(SystemTime::now())));
         }
         w.append_record(|chunk| chunk.extend_from_slice(b"no record"));
         w.send(b"after\n");
@@ -895,13 +894,9 @@ mod tests {
         let (tx, rx) = mpsc::sync_channel(16);
         let (w, _guard) = LogWriter::start(Box::new(Told(tx)), LogFormat::Text, true).unwrap();
         let huge = vec![b'p'; THREAD_BYTES];
-        w.append_record(|chunk| {
-            access_line(404, &huge).record(chunk, crate::proxy::access_log::UnixMicros::of(SystemTime::now()))
-        });
+        w.append_record(|chunk| access_line(404, &huge).record(chunk, UnixMicros::of(SystemTime::now())));
         assert_eq!(w.dropped(), 1);
-        w.append_record(|chunk| {
-            access_line(200, b"/cart").record(chunk, crate::proxy::access_log::UnixMicros::of(SystemTime::now()))
-        });
+        w.append_record(|chunk| access_line(200, b"/cart").record(chunk, UnixMicros::of(SystemTime::now())));
         let got = rx.recv_timeout(Duration::from_secs(5)).expect("written within FLUSH_AFTER");
         let got = String::from_utf8(got).unwrap();
         assert!(
