@@ -430,10 +430,9 @@ impl MemberConns {
                 }
                 // The slot is taken out before the await below: the wait's result is not held
                 // across it in every request's future.
-                let slot = match Box::pin(self.wait_for_free(limits)).await {
+                let slot = match Box::pin(self.wait_for_free(limits, tls)).await {
                     Wait::Freed(Freed::Slot(slot)) => slot,
-                    // One made under another TLS setting (a reload changed it) is closed, which
-                    // hands its place to the next waiter; this request looks again.
+                    // Made under `tls` (the wait closes any other, keeping this request's place).
                     Wait::Freed(Freed::Conn(conn)) => {
                         handed = conn.made_under(tls).then(|| Box::new(conn));
                         now = self::now();
@@ -521,14 +520,31 @@ impl MemberConns {
     }
 
     /// Queues behind the requests already waiting until a connection comes back or closes
-    /// ([`Queues::waiting`]), or `limits.deadline` comes first.
-    async fn wait_for_free(self: &Arc<Self>, limits: &Limits) -> Wait {
+    /// ([`Queues::waiting`]), or `limits.deadline` comes first. A connection handed over that
+    /// was made under another TLS setting than `tls` (a reload changed it) is closed, and this
+    /// request keeps its place: it queues again at the front before closing it, so that
+    /// connection's place comes to it.
+    async fn wait_for_free(self: &Arc<Self>, limits: &Limits, tls: &UpstreamTls) -> Wait {
+        let mut stale: Option<Conn> = None;
+        loop {
+            match self.wait_in_line(limits, stale.take()).await {
+                Wait::Freed(Freed::Conn(conn)) if !conn.made_under(tls) => stale = Some(conn),
+                wait => return wait,
+            }
+        }
+    }
+
+    /// One wait of [`MemberConns::wait_for_free`]: at the back of the queue, or at its front
+    /// when it closes `stale` (which it does once queued, outside the lock).
+    async fn wait_in_line(self: &Arc<Self>, limits: &Limits, stale: Option<Conn>) -> Wait {
         let max = limits.max_connections.map_or(usize::MAX, |m| m as usize);
         let mut handed = {
             let mut q = self.queue();
             // Under the lock, where connections come back and places are given up: one freed
             // since this request looked is not missed.
             if !q.idle.is_empty() || self.open.load(Ordering::SeqCst) < max {
+                drop(q);
+                drop(stale);
                 return Wait::Again;
             }
             // Waiters that gave up (timed out, or their client left) leave from the front
@@ -541,9 +557,16 @@ impl MemberConns {
                 q.waiting.retain(|w| !w.tx.is_closed());
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
-            q.waiting.push_back(Waiter { tx, max });
+            match stale {
+                Some(_) => q.waiting.push_front(Waiter { tx, max }),
+                None => q.waiting.push_back(Waiter { tx, max }),
+            }
             Handed { rx, pool: self }
         };
+        if let Some(conn) = stale {
+            // Its task ends and gives its place up, to this request, first in line now.
+            conn.task.abort();
+        }
         match tokio::time::timeout_at(limits.deadline, &mut handed.rx).await {
             Ok(Ok(freed)) => Wait::Freed(freed),
             // The pool dropped its queue (never while a request holds the pool): look again.
@@ -1042,9 +1065,12 @@ mod tests {
         assert_eq!(pool.open_count(), 1);
         assert!(pool.reserve(Some(1)).is_none(), "at the cap");
         assert!(pool.reserve(Some(2)).is_some(), "a reload that raises the cap applies at once");
-        let timed_out = pool.wait_for_free(&limits(Some(1), Duration::from_millis(20))).await;
+        let timed_out = pool.wait_for_free(&limits(Some(1), Duration::from_millis(20)), &UpstreamTls::Plain).await;
         assert!(matches!(timed_out, Wait::TimedOut), "nothing freed");
-        assert!(matches!(pool.wait_for_free(&limits(Some(2), Duration::ZERO)).await, Wait::Again), "below the cap");
+        assert!(
+            matches!(pool.wait_for_free(&limits(Some(2), Duration::ZERO), &UpstreamTls::Plain).await, Wait::Again),
+            "below the cap"
+        );
         let waiter = wait_under_one(&pool);
         waiting(&pool, 1).await;
         drop(first);
@@ -1108,7 +1134,9 @@ mod tests {
     /// Starts a request waiting for a place under a cap of one connection.
     fn wait_under_one(pool: &Arc<MemberConns>) -> tokio::task::JoinHandle<Wait> {
         let pool = Arc::clone(pool);
-        tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30))).await })
+        tokio::spawn(
+            async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30)), &UpstreamTls::Plain).await },
+        )
     }
 
     /// A request dropped (its client left) after a connection was handed to it, before it ran,
@@ -1128,6 +1156,33 @@ mod tests {
         left.abort();
         assert!(left.await.is_err_and(|e| e.is_cancelled()), "dropped before it ran");
         assert_eq!((pool.idle_count(), pool.open_count()), (1, 1), "back idle, still open");
+    }
+
+    /// A connection handed to a request that reaches the member under another TLS setting (a
+    /// reload switched the pool to `backend.tls`) is closed, and its place goes to that request,
+    /// not to the one queued behind it.
+    #[tokio::test]
+    async fn a_connection_of_another_tls_setting_is_closed_and_its_place_kept() {
+        let (pool, _, busy) = one_busy_connection().await;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let tls = UpstreamTls::Tls { config: Arc::new(config), server_name: None };
+        let first = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30)), &tls).await })
+        };
+        waiting(&pool, 1).await;
+        let behind = wait_under_one(&pool);
+        waiting(&pool, 2).await;
+        pool.checkin(busy, Instant::now());
+        let Wait::Freed(Freed::Slot(place)) = first.await.unwrap() else { panic!("handed the closed one's place") };
+        assert_eq!((pool.open_count(), pool.idle_count()), (1, 0), "the plain connection closed, its place taken");
+        assert!(!behind.is_finished(), "the request behind still waits");
+        drop(place);
+        assert!(matches!(behind.await.unwrap(), Wait::Freed(Freed::Slot(_))), "then it gets the place");
     }
 
     /// A reload that lowers the cap applies while requests wait: a closed connection's place
