@@ -1131,12 +1131,16 @@ mod tests {
         resp.into_body().collect().await.ok().map(|_| status)
     }
 
-    /// Starts a request waiting for a place under a cap of one connection.
+    /// Starts a request waiting for a place under a cap of one connection, in plain HTTP.
     fn wait_under_one(pool: &Arc<MemberConns>) -> tokio::task::JoinHandle<Wait> {
+        wait_under_one_with(pool, UpstreamTls::Plain)
+    }
+
+    /// Starts a request waiting for a place under a cap of one connection, reaching the member
+    /// through `tls`.
+    fn wait_under_one_with(pool: &Arc<MemberConns>, tls: UpstreamTls) -> tokio::task::JoinHandle<Wait> {
         let pool = Arc::clone(pool);
-        tokio::spawn(
-            async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30)), &UpstreamTls::Plain).await },
-        )
+        tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30)), &tls).await })
     }
 
     /// A request dropped (its client left) after a connection was handed to it, before it ran,
@@ -1170,10 +1174,7 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         let tls = UpstreamTls::Tls { config: Arc::new(config), server_name: None };
-        let first = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.wait_for_free(&limits(Some(1), Duration::from_secs(30)), &tls).await })
-        };
+        let first = wait_under_one_with(&pool, tls);
         waiting(&pool, 1).await;
         let behind = wait_under_one(&pool);
         waiting(&pool, 2).await;
