@@ -137,43 +137,49 @@ fn ended_early(e: &hyper::Error) -> bool {
     false
 }
 
-/// The body of a request sent to a member.
+/// The body of a request sent to a member. A streamed body is boxed: the request is moved a
+/// dozen times on its way through hyper's client, and a `Request` of at most 256 bytes is
+/// copied by `memcpy`'s short path (a body held inline made it 288).
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// No body: any attempt can be repeated.
     Empty,
     /// The client's streamed body, reclaimable until its first frame is read.
-    Streamed {
-        /// The body while this attempt owns it.
-        inner: Option<Incoming>,
-        /// Where it goes back if it was never read, and how the upload goes.
-        state: BodySlot,
-        /// A frame was read: the body cannot be replayed.
-        started: bool,
-        /// The member the bytes go to (ByTraffic, metrics).
-        counter: Arc<MemberRuntime>,
-    },
+    Streamed(Box<Streamed>),
+}
+
+/// The client's body for one attempt.
+#[derive(Debug)]
+pub struct Streamed {
+    /// The body while this attempt owns it.
+    inner: Option<Incoming>,
+    /// Where it goes back if it was never read, and how the upload goes.
+    pub(crate) state: BodySlot,
+    /// A frame was read: the body cannot be replayed.
+    started: bool,
+    /// The member the bytes go to (ByTraffic, metrics).
+    counter: Arc<MemberRuntime>,
 }
 
 impl UpstreamBody {
     /// Wraps a client body for one attempt.
     pub fn streamed(body: Incoming, state: BodySlot, counter: Arc<MemberRuntime>) -> Self {
-        UpstreamBody::Streamed { inner: Some(body), state, started: false, counter }
+        UpstreamBody::Streamed(Box::new(Streamed { inner: Some(body), state, started: false, counter }))
     }
 
     /// Counts the body's bytes for `member` (a request handed back goes to another member).
     pub fn count_for(&mut self, member: Arc<MemberRuntime>) {
-        if let UpstreamBody::Streamed { counter, .. } = self {
-            *counter = member;
+        if let UpstreamBody::Streamed(s) = self {
+            s.counter = member;
         }
     }
 }
 
-impl Drop for UpstreamBody {
+impl Drop for Streamed {
     fn drop(&mut self) {
-        if let UpstreamBody::Streamed { inner, state, started: false, .. } = self
-            && let Some(body) = inner.take()
-            && let Ok(mut s) = state.body.lock()
+        if !self.started
+            && let Some(body) = self.inner.take()
+            && let Ok(mut s) = self.state.body.lock()
         {
             *s = Some(body);
         }
@@ -185,9 +191,10 @@ impl Body for UpstreamBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let UpstreamBody::Streamed { inner, state, started, counter } = self.get_mut() else {
+        let UpstreamBody::Streamed(s) = self.get_mut() else {
             return Poll::Ready(None);
         };
+        let Streamed { inner, state, started, counter } = &mut **s;
         let Some(body) = inner.as_mut() else { return Poll::Ready(None) };
         let r = Pin::new(&mut *body).poll_frame(cx);
         state.waiting_on_client.store(r.is_pending(), Relaxed);
@@ -216,16 +223,33 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
-            UpstreamBody::Streamed { inner, .. } => inner.as_ref().is_none_or(|b| b.is_end_stream()),
+            UpstreamBody::Streamed(s) => s.inner.as_ref().is_none_or(|b| b.is_end_stream()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Streamed { inner, .. } => {
-                inner.as_ref().map(|b| b.size_hint()).unwrap_or_else(|| SizeHint::with_exact(0))
+            UpstreamBody::Streamed(s) => {
+                s.inner.as_ref().map(|b| b.size_hint()).unwrap_or_else(|| SizeHint::with_exact(0))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request to a member and its answer are moved many times inside hyper's client; at
+    /// 256 bytes or less each move takes `memcpy`'s short path (bench/README.md, "A request
+    /// small enough for memcpy's short path").
+    #[test]
+    fn a_member_request_and_its_answer_fit_memcpys_short_path() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<UpstreamBody>(), size_of::<usize>());
+        assert!(size_of::<http::Request<UpstreamBody>>() <= 256, "{}", size_of::<http::Request<UpstreamBody>>());
+        let answer = size_of::<http::Response<crate::proxy::upstream::MemberBody>>();
+        assert!(answer <= 256, "{answer}");
     }
 }

@@ -282,7 +282,15 @@ impl Outgoing {
         *r.method_mut() = method.clone();
         *r.version_mut() = Version::HTTP_11;
         *r.uri_mut() = uri;
-        *r.headers_mut() = if keep_copy { self.headers.clone() } else { std::mem::take(&mut self.headers) };
+        *r.headers_mut() = if keep_copy {
+            // The map with room goes to the member, the copy (sized to its entries) stays for
+            // a retry: hyper parses the member's answer into the map it sent, and into a copy
+            // it had to grow it once per request.
+            let copy = self.headers.clone();
+            std::mem::replace(&mut self.headers, copy)
+        } else {
+            std::mem::take(&mut self.headers)
+        };
         if !r.headers().contains_key(header::HOST) {
             // An HTTP/1.0 client without Host: name the member.
             if let Ok(h) = HeaderValue::from_str(mext.authority.as_str()) {

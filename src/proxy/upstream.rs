@@ -148,7 +148,7 @@ impl Conn {
     fn sending(&mut self, req: &Request<UpstreamBody>) {
         self.budget.arm();
         self.upload = match req.body() {
-            UpstreamBody::Streamed { state, .. } => Some(Arc::clone(state)),
+            UpstreamBody::Streamed(s) => Some(Arc::clone(&s.state)),
             UpstreamBody::Empty => None,
         };
     }
@@ -432,9 +432,9 @@ impl MemberConns {
                 // across it in every request's future.
                 let slot = match Box::pin(self.wait_for_free(limits, tls)).await {
                     Wait::Freed(Freed::Slot(slot)) => slot,
-                    // Made under `tls` (the wait closes any other, keeping this request's place).
+                    // Made under `tls`: the wait closes any other, keeping this request's place.
                     Wait::Freed(Freed::Conn(conn)) => {
-                        handed = conn.made_under(tls).then(|| Box::new(conn));
+                        handed = Some(Box::new(conn));
                         now = self::now();
                         continue;
                     }

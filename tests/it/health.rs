@@ -170,6 +170,30 @@ async fn a_reset_is_retried_for_get_but_not_for_a_streamed_post() {
     .await;
 }
 
+/// The retried GET is the client's request as it was: the head kept for a retry is a copy of
+/// what went to the first member, not what hyper left of it.
+#[tokio::test]
+async fn a_get_retried_after_a_reset_carries_the_clients_headers() {
+    bounded(async {
+        let mut a = Switchable::start("a").await;
+        a.set(Mode::Reset).await;
+        let b = Member::start("b").await;
+        let ms = vec![(a.addr, "a", 1), (b.addr, "b", 1)];
+        let p = start_proxy(&pool_yaml("p", &ms, "")).await;
+        let got = get(p.proxy_addr, "/page?q=1", &[("x-test", "one"), ("accept", "text/html")]).await;
+        assert_eq!((got.status.as_u16(), got.route()), (200, "b"));
+        assert_eq!(a.requests(), 1, "the first member read the request before it reset");
+        let seen = b.last_seen();
+        assert_eq!((seen.method.as_str(), seen.path_and_query.as_str()), ("GET", "/page?q=1"));
+        for (name, value) in [("x-test", "one"), ("accept", "text/html"), ("x-forwarded-for", "127.0.0.1")] {
+            assert_eq!(seen.headers.get(name).and_then(|v| v.to_str().ok()), Some(value), "{name}");
+        }
+        assert!(seen.headers.contains_key("host"));
+        p.shutdown().await;
+    })
+    .await;
+}
+
 /// 2,000 sticky GETs at concurrency 32 over three members; one member dies after 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_under_load_costs_no_request_and_its_sessions_move_once() {
