@@ -248,7 +248,8 @@ mod tests {
     fn a_member_request_and_its_answer_fit_memcpys_short_path() {
         use std::mem::size_of;
         assert_eq!(size_of::<UpstreamBody>(), size_of::<usize>());
-        assert!(size_of::<http::Request<UpstreamBody>>() <= 256, "{}", size_of::<http::Request<UpstreamBody>>());
+        let request = size_of::<http::Request<UpstreamBody>>();
+        assert!(request <= 256, "{request}");
         let answer = size_of::<http::Response<crate::proxy::upstream::MemberBody>>();
         assert!(answer <= 256, "{answer}");
     }

@@ -283,9 +283,9 @@ impl Outgoing {
         *r.version_mut() = Version::HTTP_11;
         *r.uri_mut() = uri;
         *r.headers_mut() = if keep_copy {
-            // The map with room goes to the member, the copy (sized to its entries) stays for
-            // a retry: hyper parses the member's answer into the map it sent, and into a copy
-            // it had to grow it once per request.
+            // The map with room goes to the member and the copy (sized to its entries) stays
+            // for a retry: hyper parses the member's answer into the map it sent, and a copy
+            // sent instead had to grow once per request.
             let copy = self.headers.clone();
             std::mem::replace(&mut self.headers, copy)
         } else {
