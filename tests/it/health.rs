@@ -201,7 +201,9 @@ async fn a_member_killed_under_load_costs_no_request_and_its_sessions_move_once(
         let a = Switchable::start("n1").await;
         let b = Switchable::start("n2").await;
         let mut c = Switchable::start("n3").await;
-        let extra = "  sticky:\n    cookie: {name: ROUTEID}\n";
+        // A member exchange that hangs ends in a 504 at 15 s, which the client below reports
+        // before its own bound (20 s): so a hang says which side it was on.
+        let extra = "  sticky:\n    cookie: {name: ROUTEID}\n  timeouts: {response: 15s}\n";
         let p = start_proxy(&pool_yaml("p", &members(&[&a, &b, &c]), extra)).await;
         let done = Arc::new(AtomicU64::new(0));
         let proxy = p.proxy_addr;
@@ -214,14 +216,19 @@ async fn a_member_killed_under_load_costs_no_request_and_its_sessions_move_once(
                     let mut first_route = String::new();
                     let mut routes_seen = Vec::new();
                     let mut changes_after_first = 0;
-                    let mut errors = 0;
+                    let mut errors = Vec::new();
                     for i in 0..(2000 / 32 + usize::from(w < 2000 % 32)) {
                         let headers: Vec<(&str, &str)> =
                             if cookie.is_empty() { vec![] } else { vec![("cookie", cookie.as_str())] };
-                        let got = send(&client, proxy, "GET", "/", &headers, Bytes::new()).await;
+                        // A bound per request, well under the proxy's 60 s response timeout and
+                        // the test's: a request that hangs is named, with what it carried.
+                        let sent = send(&client, proxy, "GET", "/", &headers, Bytes::new());
+                        let Ok(got) = tokio::time::timeout(Duration::from_secs(20), sent).await else {
+                            panic!("client {w}, request {i} (cookie {cookie:?}, routes so far {routes_seen:?}): no answer in 20 s");
+                        };
                         done.fetch_add(1, SeqCst);
                         if got.status != 200 {
-                            errors += 1;
+                            errors.push((i, got.status, got.body));
                             continue;
                         }
                         if let Some(set) = got.set_cookies().first() {
@@ -240,11 +247,12 @@ async fn a_member_killed_under_load_costs_no_request_and_its_sessions_move_once(
             })
             .collect();
         until("500 requests done", || done.load(SeqCst) >= 500).await;
-        c.set(Mode::Closed).await;
+        let closing = tokio::time::timeout(Duration::from_secs(20), c.set(Mode::Closed));
+        closing.await.expect("member c closes its port within 20 s");
         let mut moved = 0;
         for w in workers {
             let (first, changes, errors, routes) = w.await.unwrap();
-            assert_eq!(errors, 0, "no client-visible error");
+            assert!(errors.is_empty(), "no client-visible error: {errors:?}");
             if first == "n3" {
                 assert_eq!(changes, 1, "a session of the dead member moves exactly once: {routes:?}");
                 let last = routes.last().unwrap();
@@ -260,7 +268,8 @@ async fn a_member_killed_under_load_costs_no_request_and_its_sessions_move_once(
         assert!(moved > 0, "some sessions lived on the killed member");
         assert_eq!(done.load(SeqCst), 2000);
         assert!(in_error(&p, 2), "the dead member is out");
-        p.shutdown().await;
+        let drained = tokio::time::timeout(Duration::from_secs(20), p.shutdown());
+        drained.await.expect("the proxy shuts down within 20 s (its drain timeout is 5 s)");
     })
     .await;
 }

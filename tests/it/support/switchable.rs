@@ -78,26 +78,23 @@ impl Switchable {
     }
 
     /// Switches the behaviour. Open connections are cut, so the next request meets the new
-    /// mode on a new connection (as when a pod restarts or hangs).
+    /// mode on a new connection (as when a pod restarts or hangs). Closing the port stops the
+    /// listener before the connections are cut: one accepted in between would live on.
     pub async fn set(&mut self, mode: Mode) {
         let was = self.mode();
         *self.shared.mode.lock().unwrap() = Some(mode);
+        if mode == Mode::Closed
+            && let Some(l) = self.listener.take()
+        {
+            l.abort();
+            let _ = l.await;
+        }
         for c in self.shared.conns.lock().unwrap().drain(..) {
             c.abort();
         }
-        match (was, mode) {
-            (Mode::Closed, Mode::Closed) => {}
-            (_, Mode::Closed) => {
-                if let Some(l) = self.listener.take() {
-                    l.abort();
-                    let _ = l.await;
-                }
-            }
-            (Mode::Closed, _) => {
-                let listener = TcpListener::bind(self.addr).await.expect("re-bind the member's port");
-                self.listen(listener);
-            }
-            _ => {}
+        if was == Mode::Closed && mode != Mode::Closed {
+            let listener = TcpListener::bind(self.addr).await.expect("re-bind the member's port");
+            self.listen(listener);
         }
     }
 
