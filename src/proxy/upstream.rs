@@ -154,6 +154,26 @@ impl Conn {
     }
 }
 
+/// hyper's answer to one request on a connection, or the request it hands back unsent.
+type Exchanged = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>>;
+
+/// Sends `req` on `conn` and waits for the answer's head; `conn` comes back unless it was
+/// closing. hyper queues the request for the connection's task, whose queue is drained once
+/// when that task ends; a request queued at that very instant can land after the drain, and
+/// only dropping the sender (the queue's last holder) then frees it: until then no answer comes,
+/// and the request waited out the response timeout. A connection seen closing right after the
+/// send (the task's end marks it before the drain) is dropped at once, so such a request comes
+/// back unsent; one not closing then is drained, or answered, as usual. A closing connection
+/// would not have gone back to the pool anyway.
+///
+/// Returns the wait for the answer (the request is sent already) and the connection, apart:
+/// held as one future, the connection was stored twice in every request's future.
+fn exchange(mut conn: Conn, req: Request<UpstreamBody>) -> (impl Future<Output = Exchanged>, Option<Conn>) {
+    conn.sending(&req);
+    let answer = conn.sender.try_send_request(req);
+    (answer, (!conn.sender.is_closed()).then_some(conn))
+}
+
 struct Idle {
     conn: Conn,
     expires: Instant,
@@ -408,10 +428,10 @@ impl MemberConns {
                         }
                     }
                     conn.idle_for = limits.idle;
-                    conn.sending(&req);
-                    match conn.sender.try_send_request(req).await {
-                        Ok(resp) => return self.answer(resp, conn, true),
-                        Err(mut e) => match e.take_message() {
+                    let (answer, conn) = exchange(conn, req);
+                    match (answer.await, conn) {
+                        (Ok(resp), conn) => return self.answer(resp, conn, true),
+                        (Err(mut e), _) => match e.take_message() {
                             // Closed before our request was written: try the next connection.
                             Some(back) => req = back,
                             None => {
@@ -463,7 +483,7 @@ impl MemberConns {
         limits: &Limits,
         tls: &UpstreamTls,
     ) -> Result<(Response<MemberBody>, Instant), Failed> {
-        let mut conn = match self.connect(slot, limits, tls).await {
+        let conn = match self.connect(slot, limits, tls).await {
             Ok(c) => c,
             Err(source) => {
                 return Err(Failed {
@@ -472,10 +492,10 @@ impl MemberConns {
                 });
             }
         };
-        conn.sending(&req);
-        match conn.sender.try_send_request(req).await {
-            Ok(resp) => self.answer(resp, conn, false),
-            Err(mut e) => {
+        let (answer, conn) = exchange(conn, req);
+        match (answer.await, conn) {
+            (Ok(resp), conn) => self.answer(resp, conn, false),
+            (Err(mut e), _) => {
                 let request = e.take_message().map(Box::new);
                 Err(Failed {
                     error: SendError::Exchange { addr: self.addr, source: e.into_error(), reused: false },
@@ -651,11 +671,13 @@ impl MemberConns {
     fn answer(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        conn: Conn,
+        conn: Option<Conn>,
         reused: bool,
     ) -> Result<(Response<MemberBody>, Instant), Failed> {
         let at = now();
-        conn.budget.disarm();
+        if let Some(c) = &conn {
+            c.budget.disarm();
+        }
         let (mut parts, mut inner) = resp.into_parts();
         // A proxy answers with its own version, whatever the member spoke (RFC 9110 §6.2).
         parts.version = Version::HTTP_11;
@@ -689,11 +711,14 @@ impl MemberConns {
             }
         }
         let mut body = MemberBody { first, ended, ..MemberBody::new(inner) };
-        if body.ended || body.inner.is_end_stream() {
-            body.ended = true;
-            self.checkin(conn, at);
-        } else {
-            body.give_back = Some(Box::new((conn, Arc::clone(self))));
+        // A connection that was closing (see `exchange`) has nothing to go back to the pool.
+        match conn {
+            Some(conn) if body.ended || body.inner.is_end_stream() => {
+                body.ended = true;
+                self.checkin(conn, at);
+            }
+            Some(conn) => body.give_back = Some(Box::new((conn, Arc::clone(self)))),
+            None => body.ended |= body.inner.is_end_stream(),
         }
         Ok((Response::from_parts(parts, body), at))
     }
@@ -1295,6 +1320,43 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(5), never).await.expect("the stuck connection is closed");
         assert!(ended.is_err_and(|e| e.is_cancelled()));
         drop(stuck);
+    }
+
+    /// A connection closing as a request is sent to it gives the request back unsent and is
+    /// not kept; one that is open answers and comes back. (The race this guards against, a
+    /// request queued just after hyper drained the closing connection's queue, cannot be made
+    /// to happen on purpose: this covers the branch it takes.)
+    #[tokio::test]
+    async fn a_request_sent_as_its_connection_closes_comes_back_unsent() {
+        let addr = ok_member().await;
+        let conn_to = |sender, task: &tokio::task::JoinHandle<()>| Conn {
+            sender,
+            budget: Arc::new(ReadBudget::new()),
+            idle_for: Duration::from_secs(30),
+            tls: UpstreamTls::Plain,
+            upload: None,
+            task: task.abort_handle(),
+        };
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, closing) = http1::Builder::new().handshake::<_, UpstreamBody>(TokioIo::new(stream)).await.unwrap();
+        drop(closing);
+        let none = tokio::spawn(async {});
+        let (sent, conn) = exchange(conn_to(sender, &none), Request::new(UpstreamBody::Empty));
+        let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("not held");
+        assert!(conn.is_none(), "a closing connection is not kept");
+        assert!(answer.is_err_and(|mut e| e.take_message().is_some()), "the request comes back unsent");
+
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, open) = http1::Builder::new().handshake::<_, UpstreamBody>(TokioIo::new(stream)).await.unwrap();
+        let task = tokio::spawn(async move {
+            let _ = open.await;
+        });
+        let mut req = Request::new(UpstreamBody::Empty);
+        req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("m"));
+        let (sent, conn) = exchange(conn_to(sender, &task), req);
+        let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered");
+        assert_eq!(answer.map(|r| r.status()).ok(), Some(StatusCode::OK));
+        assert!(conn.is_some(), "an open connection comes back");
     }
 
     #[tokio::test]
