@@ -249,12 +249,7 @@ impl ClientConn {
 /// The request as it goes to members: the head rewritten once, the client's body, and a
 /// request a member handed back unsent.
 struct Outgoing {
-    /// The head's headers, until the first attempt takes them.
-    headers: Option<HeaderMap>,
-    /// A copy of them for a retry, when the last attempt kept one: a list (one allocation, no
-    /// index to copy, a third of a `HeaderMap` clone's instructions), made into a map again
-    /// only for a retry, which is rare.
-    copy: Option<Vec<(HeaderName, HeaderValue)>>,
+    headers: HeaderMap,
     pq: PathAndQuery,
     slot: Option<BodySlot>,
     returned: Option<Box<Request<UpstreamBody>>>,
@@ -287,7 +282,15 @@ impl Outgoing {
         *r.method_mut() = method.clone();
         *r.version_mut() = Version::HTTP_11;
         *r.uri_mut() = uri;
-        *r.headers_mut() = self.head(keep_copy)?;
+        *r.headers_mut() = if keep_copy {
+            // The map with room goes to the member and the copy (sized to its entries) stays
+            // for a retry: hyper parses the member's answer into the map it sent, and a copy
+            // sent instead had to grow once per request.
+            let copy = self.headers.clone();
+            std::mem::replace(&mut self.headers, copy)
+        } else {
+            std::mem::take(&mut self.headers)
+        };
         if !r.headers().contains_key(header::HOST) {
             // An HTTP/1.0 client without Host: name the member.
             if let Ok(h) = HeaderValue::from_str(mext.authority.as_str()) {
@@ -295,36 +298,6 @@ impl Outgoing {
             }
         }
         Some(r)
-    }
-
-    /// The headers for the next attempt, keeping a copy when `keep_copy`: the client's map
-    /// on the first attempt (the member gets the map with room: hyper parses its answer into
-    /// the map it sent), else a map made from the copy. `None` when neither is left.
-    fn head(&mut self, keep_copy: bool) -> Option<HeaderMap> {
-        if let Some(h) = self.headers.take() {
-            if keep_copy {
-                self.copy = Some(h.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-            }
-            return Some(h);
-        }
-        let copy = self.copy.take()?;
-        let mut h = HeaderMap::with_capacity(copy.len());
-        if keep_copy {
-            for (k, v) in &copy {
-                h.append(k.clone(), v.clone());
-            }
-            self.copy = Some(copy);
-        } else {
-            for (k, v) in copy {
-                h.append(k, v);
-            }
-        }
-        Some(h)
-    }
-
-    /// A head is left for another attempt: the client's, or a copy of it.
-    fn has_head(&self) -> bool {
-        self.headers.is_some() || self.copy.is_some()
     }
 
     /// The body can be sent again (none, or not started).
@@ -642,8 +615,7 @@ impl Proxy {
             let sticky = r.pool.config.sticky.as_ref();
             self.member_head(&mut parts, client, host.as_ref(), upgrade.is_some(), sticky, r.ext.rule.as_ref());
             let mut out = Outgoing {
-                headers: Some(std::mem::take(&mut parts.headers)),
-                copy: None,
+                headers: std::mem::take(&mut parts.headers),
                 pq: member_path(r.pool, r.rule_match, &parts.uri),
                 slot: (!body.is_end_stream()).then(|| BodyState::new(body, parts.version == Version::HTTP_2)),
                 returned: None,
@@ -715,7 +687,6 @@ impl Proxy {
             // received but did not answer; a request that never left comes back.
             let keep_copy = !last_try && out.slot.is_none() && is_idempotent(method) && !upgrade;
             let Some(mut up) = out.request_for(method, mext, &member.runtime, keep_copy) else {
-                // The body (or, unreachable, the head) already went to a member that failed.
                 let msg = "routeid: the request body was already sent to a member that failed\n";
                 return done(plain(StatusCode::BAD_GATEWAY, msg), Answer::Proxy);
             };
@@ -737,8 +708,8 @@ impl Proxy {
                     return done(plain(StatusCode::GATEWAY_TIMEOUT, msg), Answer::Proxy);
                 }
                 Attempt::Failed { request, connect } => {
-                    let repeatable =
-                        request.is_some() || (is_idempotent(method) && out.has_head() && out.body_replayable());
+                    let repeatable = request.is_some()
+                        || (is_idempotent(method) && !out.headers.is_empty() && out.body_replayable());
                     if last_try || upgrade || !repeatable {
                         if connect {
                             // No member took it: the same answer as when none is usable.
@@ -1301,28 +1272,6 @@ mod tests {
     /// A member's answer is moved from the connection pool up through every stage to hyper,
     /// each move a memcpy of the whole value: what is rare in it (the connection to give back,
     /// a request handed back unsent, trailers) is boxed. Before, a response was 376 bytes.
-    /// A retry's head is the first attempt's, value for value and in order (a name's values
-    /// stay together and in theirs), kept as long as another attempt may need it.
-    #[test]
-    fn a_retry_gets_the_head_the_first_attempt_had() {
-        let mut h = HeaderMap::new();
-        h.append(header::HOST, HeaderValue::from_static("shop"));
-        h.append("x-a", HeaderValue::from_static("1"));
-        h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
-        h.append("x-a", HeaderValue::from_static("2"));
-        let seq = |m: &HeaderMap| m.iter().map(|(k, v)| format!("{k}: {v:?}")).collect::<Vec<_>>();
-        let want = seq(&h);
-        let pq = PathAndQuery::from_static("/");
-        let mut out = Outgoing { headers: Some(h), copy: None, pq, slot: None, returned: None };
-        assert_eq!(out.head(true).map(|m| seq(&m)), Some(want.clone()), "the first attempt: the client's map");
-        assert!(out.has_head());
-        assert_eq!(out.head(true).map(|m| seq(&m)), Some(want.clone()), "a retry that may be retried");
-        assert_eq!(out.head(false).map(|m| seq(&m)), Some(want), "the last retry");
-        assert!(!out.has_head() && out.head(false).is_none(), "nothing kept after the last");
-        let mut once = Outgoing { headers: Some(HeaderMap::new()), copy: None, ..out };
-        assert!(once.head(false).is_some() && !once.has_head(), "no copy unless asked");
-    }
-
     #[test]
     fn a_member_answer_stays_small() {
         use super::super::upstream::Failed;

@@ -154,24 +154,15 @@ impl Conn {
     }
 }
 
-/// hyper's answer to one request on a connection, or the request it hands back unsent.
-type Exchanged = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>>;
-
-/// Sends `req` on `conn` and waits for the answer's head; `conn` comes back unless it was
-/// closing. hyper queues the request for the connection's task, whose queue is drained once
-/// when that task ends; a request queued at that very instant can land after the drain, and
-/// only dropping the sender (the queue's last holder) then frees it: until then no answer comes,
-/// and the request waited out the response timeout. A connection seen closing right after the
-/// send (the task's end marks it before the drain) is dropped at once, so such a request comes
-/// back unsent; one not closing then is drained, or answered, as usual. A closing connection
-/// would not have gone back to the pool anyway.
-///
-/// Returns the wait for the answer (the request is sent already) and the connection, apart:
-/// held as one future, the connection was stored twice in every request's future.
-fn exchange(mut conn: Conn, req: Request<UpstreamBody>) -> (impl Future<Output = Exchanged>, Option<Conn>) {
-    conn.sending(&req);
-    let answer = conn.sender.try_send_request(req);
-    (answer, (!conn.sender.is_closed()).then_some(conn))
+/// `conn`, just sent a request, unless it is closing. hyper queues a request for the
+/// connection's task, whose queue is drained once when that task ends; a request queued at that
+/// very instant can land after the drain, and only dropping the sender (the queue's last
+/// holder) frees it: until then no answer comes, and the request waited out the response
+/// timeout. A connection seen closing right after the send (the task's end marks it before
+/// the drain) is dropped at once, so such a request comes back unsent; one not closing then is
+/// drained, or answered, as usual. A closing connection would not go back to the pool anyway.
+fn unless_closing(conn: Conn) -> Option<Conn> {
+    (!conn.sender.is_closed()).then_some(conn)
 }
 
 struct Idle {
@@ -428,10 +419,12 @@ impl MemberConns {
                         }
                     }
                     conn.idle_for = limits.idle;
-                    let (answer, conn) = exchange(conn, req);
-                    match (answer.await, conn) {
-                        (Ok(resp), conn) => return self.answer(resp, conn, true),
-                        (Err(mut e), _) => match e.take_message() {
+                    conn.sending(&req);
+                    let answer = conn.sender.try_send_request(req);
+                    let conn = unless_closing(conn);
+                    match answer.await {
+                        Ok(resp) => return self.answer(resp, conn, true),
+                        Err(mut e) => match e.take_message() {
                             // Closed before our request was written: try the next connection.
                             Some(back) => req = back,
                             None => {
@@ -483,7 +476,7 @@ impl MemberConns {
         limits: &Limits,
         tls: &UpstreamTls,
     ) -> Result<(Response<MemberBody>, Instant), Failed> {
-        let conn = match self.connect(slot, limits, tls).await {
+        let mut conn = match self.connect(slot, limits, tls).await {
             Ok(c) => c,
             Err(source) => {
                 return Err(Failed {
@@ -492,10 +485,12 @@ impl MemberConns {
                 });
             }
         };
-        let (answer, conn) = exchange(conn, req);
-        match (answer.await, conn) {
-            (Ok(resp), conn) => self.answer(resp, conn, false),
-            (Err(mut e), _) => {
+        conn.sending(&req);
+        let answer = conn.sender.try_send_request(req);
+        let conn = unless_closing(conn);
+        match answer.await {
+            Ok(resp) => self.answer(resp, conn, false),
+            Err(mut e) => {
                 let request = e.take_message().map(Box::new);
                 Err(Failed {
                     error: SendError::Exchange { addr: self.addr, source: e.into_error(), reused: false },
@@ -1341,7 +1336,9 @@ mod tests {
         let (sender, closing) = http1::Builder::new().handshake::<_, UpstreamBody>(TokioIo::new(stream)).await.unwrap();
         drop(closing);
         let none = tokio::spawn(async {});
-        let (sent, conn) = exchange(conn_to(sender, &none), Request::new(UpstreamBody::Empty));
+        let mut conn = conn_to(sender, &none);
+        let sent = conn.sender.try_send_request(Request::new(UpstreamBody::Empty));
+        let conn = unless_closing(conn);
         let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("not held");
         assert!(conn.is_none(), "a closing connection is not kept");
         assert!(answer.is_err_and(|mut e| e.take_message().is_some()), "the request comes back unsent");
@@ -1353,7 +1350,9 @@ mod tests {
         });
         let mut req = Request::new(UpstreamBody::Empty);
         req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("m"));
-        let (sent, conn) = exchange(conn_to(sender, &task), req);
+        let mut conn = conn_to(sender, &task);
+        let sent = conn.sender.try_send_request(req);
+        let conn = unless_closing(conn);
         let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered");
         assert_eq!(answer.map(|r| r.status()).ok(), Some(StatusCode::OK));
         assert!(conn.is_some(), "an open connection comes back");
