@@ -160,7 +160,9 @@ impl Conn {
 /// holder) frees it: until then no answer comes, and the request waited out the response
 /// timeout. A connection seen closing right after the send (the task's end marks it before
 /// the drain) is dropped at once, so such a request comes back unsent; one not closing then is
-/// drained, or answered, as usual. A closing connection would not go back to the pool anyway.
+/// drained, or answered, as usual (on x86-64 and AArch64, whose ordering of the send and the
+/// check makes the drain see the request; were it missed, the request would wait as before).
+/// A closing connection would not go back to the pool anyway.
 fn unless_closing(conn: Conn) -> Option<Conn> {
     (!conn.sender.is_closed()).then_some(conn)
 }
@@ -706,7 +708,7 @@ impl MemberConns {
             }
         }
         let mut body = MemberBody { first, ended, ..MemberBody::new(inner) };
-        // A connection that was closing (see `exchange`) has nothing to go back to the pool.
+        // A connection that was closing (see [`unless_closing`]) does not go back to the pool.
         match conn {
             Some(conn) if body.ended || body.inner.is_end_stream() => {
                 body.ended = true;
@@ -1317,10 +1319,10 @@ mod tests {
         drop(stuck);
     }
 
-    /// A connection closing as a request is sent to it gives the request back unsent and is
-    /// not kept; one that is open answers and comes back. (The race this guards against, a
-    /// request queued just after hyper drained the closing connection's queue, cannot be made
-    /// to happen on purpose: this covers the branch it takes.)
+    /// [`unless_closing`] drops a connection seen closing right after a send, and keeps an open
+    /// one, which answers. (The race it guards against, a request queued just after hyper
+    /// drained the closing connection's queue, cannot be made to happen on purpose: here hyper
+    /// refuses the send to a closed connection and hands the request back itself.)
     #[tokio::test]
     async fn a_request_sent_as_its_connection_closes_comes_back_unsent() {
         let addr = ok_member().await;
@@ -1354,8 +1356,17 @@ mod tests {
         let sent = conn.sender.try_send_request(req);
         let conn = unless_closing(conn);
         let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered");
-        assert_eq!(answer.map(|r| r.status()).ok(), Some(StatusCode::OK));
+        assert_eq!(answer.as_ref().map(|r| r.status()).ok(), Some(StatusCode::OK));
         assert!(conn.is_some(), "an open connection comes back");
+
+        // An answer that came on a connection dropped as closing goes to the client whole, and
+        // no connection goes back to the pool.
+        let pool = MemberConns::new(addr);
+        let resp = answer.expect("answered");
+        let (resp, _) = pool.answer(resp, None, false).map_err(|f| f.error.to_string()).expect("answer");
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(pool.idle_count(), 0);
     }
 
     #[tokio::test]

@@ -220,8 +220,9 @@ async fn a_member_killed_under_load_costs_no_request_and_its_sessions_move_once(
                     for i in 0..(2000 / 32 + usize::from(w < 2000 % 32)) {
                         let headers: Vec<(&str, &str)> =
                             if cookie.is_empty() { vec![] } else { vec![("cookie", cookie.as_str())] };
-                        // A bound per request, well under the proxy's 60 s response timeout and
-                        // the test's: a request that hangs is named, with what it carried.
+                        // Above the proxy's response timeout here (15 s), so a hung member
+                        // exchange shows as a 504 first; below the test's 60 s bound: a request
+                        // that hangs on the proxy's side is named, with what it carried.
                         let sent = send(&client, proxy, "GET", "/", &headers, Bytes::new());
                         let Ok(got) = tokio::time::timeout(Duration::from_secs(20), sent).await else {
                             panic!("client {w}, request {i} (cookie {cookie:?}, routes so far {routes_seen:?}): no answer in 20 s");
