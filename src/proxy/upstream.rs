@@ -664,7 +664,8 @@ impl MemberConns {
     /// member's latency, and the idle time of a connection whose body came whole with it). Not
     /// `async`: the first frame is taken only if it is already there (polled with a no-op
     /// waker; the body's next poll registers the real one), so the request's future carries no
-    /// state for this step.
+    /// state for this step. `conn`, the connection it came on, goes back to the pool once the
+    /// body has ended; `None` when it was closing ([`unless_closing`]).
     fn answer(
         self: &Arc<Self>,
         resp: Response<Incoming>,
@@ -1337,8 +1338,8 @@ mod tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (sender, closing) = http1::Builder::new().handshake::<_, UpstreamBody>(TokioIo::new(stream)).await.unwrap();
         drop(closing);
-        let none = tokio::spawn(async {});
-        let mut conn = conn_to(sender, &none);
+        let no_task = tokio::spawn(async {});
+        let mut conn = conn_to(sender, &no_task);
         let sent = conn.sender.try_send_request(Request::new(UpstreamBody::Empty));
         let conn = unless_closing(conn);
         let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("not held");
