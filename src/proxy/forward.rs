@@ -1262,7 +1262,7 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let (h, s) = (handle(Proxy::handle), send(MemberConns::send));
-        // 3,336 and 872 bytes (`send` also keeps the time its idle connections are checked
+        // 3,216 and 864 bytes (`send` also keeps the time its idle connections are checked
         // against): `handle`, `attempt` and `send` are `async` blocks, so each holds its
         // request once (as `async fn`s they held 3,992 and 1,160).
         assert!(h <= 4 * 1024, "Proxy::handle's future is {h} bytes");
