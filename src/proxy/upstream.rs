@@ -708,15 +708,13 @@ impl MemberConns {
                 Poll::Pending => {}
             }
         }
+        let ended = ended || inner.is_end_stream();
         let mut body = MemberBody { first, ended, ..MemberBody::new(inner) };
         // A connection that was closing (see [`unless_closing`]) does not go back to the pool.
         match conn {
-            Some(conn) if body.ended || body.inner.is_end_stream() => {
-                body.ended = true;
-                self.checkin(conn, at);
-            }
+            Some(conn) if ended => self.checkin(conn, at),
             Some(conn) => body.give_back = Some(Box::new((conn, Arc::clone(self)))),
-            None => body.ended |= body.inner.is_end_stream(),
+            None => {}
         }
         Ok((Response::from_parts(parts, body), at))
     }
@@ -1290,6 +1288,12 @@ mod tests {
         addr
     }
 
+    /// A plain connection as the pool holds it, around `sender`, closed through `task`.
+    fn conn_of(sender: SendRequest<UpstreamBody>, task: AbortHandle) -> Conn {
+        let budget = Arc::new(ReadBudget::new());
+        Conn { sender, budget, idle_for: Duration::from_secs(30), tls: UpstreamTls::Plain, upload: None, task }
+    }
+
     #[tokio::test]
     async fn a_pooled_connection_that_does_not_get_ready_is_closed_not_waited_on() {
         let addr = ok_member().await;
@@ -1298,13 +1302,7 @@ mod tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (sender, stuck) = http1::Builder::new().handshake::<_, UpstreamBody>(TokioIo::new(stream)).await.unwrap();
         let never = tokio::spawn(std::future::pending::<()>());
-        let task = never.abort_handle();
-        let budget = Arc::new(ReadBudget::new());
-        let idle_for = Duration::from_secs(30);
-        pool.checkin(
-            Conn { sender, budget, idle_for, tls: UpstreamTls::Plain, upload: None, task: task.clone() },
-            Instant::now(),
-        );
+        pool.checkin(conn_of(sender, never.abort_handle()), Instant::now());
         assert_eq!(pool.idle_count(), 1);
         let limits = Limits { connect: Duration::from_millis(100), ..limits(None, Duration::from_secs(20)) };
         let send = pool.send(Request::new(UpstreamBody::Empty), &limits, &UpstreamTls::Plain);
@@ -1327,19 +1325,11 @@ mod tests {
     #[tokio::test]
     async fn a_request_sent_as_its_connection_closes_comes_back_unsent() {
         let addr = ok_member().await;
-        let conn_to = |sender, task: &tokio::task::JoinHandle<()>| Conn {
-            sender,
-            budget: Arc::new(ReadBudget::new()),
-            idle_for: Duration::from_secs(30),
-            tls: UpstreamTls::Plain,
-            upload: None,
-            task: task.abort_handle(),
-        };
         let stream = TcpStream::connect(addr).await.unwrap();
         let (sender, closing) = http1::Builder::new().handshake::<_, UpstreamBody>(TokioIo::new(stream)).await.unwrap();
         drop(closing);
         let no_task = tokio::spawn(async {});
-        let mut conn = conn_to(sender, &no_task);
+        let mut conn = conn_of(sender, no_task.abort_handle());
         let sent = conn.sender.try_send_request(Request::new(UpstreamBody::Empty));
         let conn = unless_closing(conn);
         let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("not held");
@@ -1353,7 +1343,7 @@ mod tests {
         });
         let mut req = Request::new(UpstreamBody::Empty);
         req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("m"));
-        let mut conn = conn_to(sender, &task);
+        let mut conn = conn_of(sender, task.abort_handle());
         let sent = conn.sender.try_send_request(req);
         let conn = unless_closing(conn);
         let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered");
