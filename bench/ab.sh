@@ -104,6 +104,7 @@ run() {
   read -r u1 s1 < <(ticks "$pid")
   c1=$(switches "$pid")
   d1=$(dropped "$port")
+  settle_logs
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(awk '/^ +99%/ { v = $2; f = 1; if (v ~ /us$/) f = 0.001; else if (v ~ /ms$/) f = 1; else if (v ~ /s$/) f = 1000
     sub(/[a-z]+$/, "", v); print v * f }' <<<"$out")

@@ -44,6 +44,14 @@ bench_cleanup() {
   rm -rf "$TMP"
 }
 
+# settle_logs: has the logs in $TMP written to disk now, between measured runs. An access log
+# under load leaves hundreds of MB for the kernel to write back up to 30 s later
+# (vm.dirty_expire_centisecs), all at once, in whatever measured run is going on then; bench/run.sh
+# does the same (bench/README.md, 2026-12-04 morning).
+settle_logs() {
+  sync -d "$TMP"/*.log 2>/dev/null || sync
+}
+
 # start_backends PORT1 PORT2 [PREFIX...]: nginx on both ports (run under PREFIX, e.g.
 # `taskset -c 1`), and $TMP/pools.yaml balancing over them.
 start_backends() {

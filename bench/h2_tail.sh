@@ -55,6 +55,7 @@ measure() {
     rm -f "$TMP/lat"
     raw=$("${load[@]}" -D"$D" --log-file="$TMP/lat")
     read -r u1 s1 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
+    settle_logs
     grep -qi 'application protocol: h2' <<<"$raw" || { echo "$label: no h2: $raw" >&2; return 1; }
     # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
     n=$(awk '/^requests:/ {if ($10 + $12 + $14 > 0) print 0; else print $8}' <<<"$raw")

@@ -140,6 +140,14 @@ log_dropped() {
         die "cannot read routeid-log's metrics on port $ROUTEID_LOG_ADMIN_PORT"
 }
 
+# settle_log: has routeid-log's access log written to disk now, between measured runs. Left to
+# the kernel, it is written back up to 30 s later (vm.dirty_expire_centisecs), hundreds of MB at
+# once, in whichever target's measured run is going on then (a routeid run's p99 at 202 ms, and
+# HAProxy's at 0.66-0.94 ms against 0.45-0.54, in the runs such a write-back overlapped).
+settle_log() {
+    sync -d "$TMP/routeid-log.log" 2>/dev/null || sync
+}
+
 # CPU ticks of nginx: master plus its workers.
 nginx_ticks() {
     local total=0 pid t
@@ -355,6 +363,7 @@ main() {
             for t in "${TARGETS[@]}"; do
                 [[ $t == direct ]] && ((r > 1)) && continue
                 run_wrk "warmup-$r-$t" "${URL[$t]}" "" "$WARMUP" >/dev/null
+                [[ $t != routeid-log ]] || settle_log
             done
         fi
         # Every other round runs the targets in reverse, so a drift of the machine within a
@@ -388,6 +397,7 @@ main() {
                 fi
                 n1=$(nginx_ticks)
                 [[ $t != routeid-log ]] || LOG_DROPPED=$((LOG_DROPPED + $(log_dropped) - d0))
+                [[ $t != routeid-log ]] || settle_log
                 read -r rps p50 p99 reqs non2xx sockerr <<<"$line"
                 cpu="-" ucpu="-"
                 if [[ -n $pid ]]; then
