@@ -22,8 +22,9 @@
 #                           on||
 #         ROUTEID_BIN     the release build to use (default: scripts/build-release.sh's)
 #         RESTART=0       one process per configuration for all rounds (faster, less fair)
-# Output: per configuration the medians of CPU, user and system µs per request, context
-#         switches per 1,000 requests (all the process's threads) and wrk's p99 latency, then
+# Output: per configuration the medians of CPU, user and system µs per request, the log writer
+#         thread's share of that CPU (log_thread), context switches per 1,000 requests (all the
+#         process's threads) and wrk's p99 latency, then
 #         each configuration's median paired difference to the first (CPU, with a 95 %
 #         confidence interval of that median and the smallest and largest; user, with its
 #         interval) and median paired ratio of p99s; a warning for any configuration whose log
@@ -84,6 +85,15 @@ start_configs() {
 hz=$(getconf CLK_TCK)
 # ticks PID: "user system" clock ticks of the process.
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# writer_ticks PID: user + system clock ticks of its log writer thread (named routeid-log), 0
+# without one.
+writer_ticks() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    [[ $(cat "$t/comm" 2>/dev/null) == routeid-log ]] && { awk '{print $14 + $15}' "$t/stat"; return; }
+  done
+  echo 0
+}
 # switches PID: context switches of all its threads so far.
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 # dropped PORT: log lines the process on PORT (its admin port PORT+1) dropped so far.
@@ -92,16 +102,19 @@ dropped() {
     awk '$1 == "routeid_log_lines_dropped_total" { d = $2 } END { print d + 0 }' ||
     { echo "cannot read the metrics of routeid on port $1 (admin $(($1 + 1)))" >&2; return 1; }
 }
-# run PID PORT COOKIE: "cpu user sys cs p99 dropped" per request (µs), per 1,000 requests,
-# wrk's p99 latency in ms, and the log lines dropped during the run.
+# run PID PORT COOKIE: "cpu user sys writer cs p99 dropped" per request (µs; writer: the log
+# writer thread's share of cpu), per 1,000 requests, wrk's p99 latency in ms, and the log lines
+# dropped during the run.
 run() {
-  local pid=$1 port=$2 u0 s0 u1 s1 c0 c1 d0 d1 out n p99 header=()
+  local pid=$1 port=$2 u0 s0 u1 s1 w0 w1 c0 c1 d0 d1 out n p99 header=()
   [[ -z $3 ]] || header=(-H "Cookie: $3")
   d0=$(dropped "$port")
   read -r u0 s0 < <(ticks "$pid")
+  w0=$(writer_ticks "$pid")
   c0=$(switches "$pid")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${header[@]}" "http://127.0.0.1:$port/")
   read -r u1 s1 < <(ticks "$pid")
+  w1=$(writer_ticks "$pid")
   c1=$(switches "$pid")
   d1=$(dropped "$port")
   settle_logs
@@ -109,8 +122,8 @@ run() {
   p99=$(awk '/^ +99%/ { v = $2; f = 1; if (v ~ /us$/) f = 0.001; else if (v ~ /ms$/) f = 1; else if (v ~ /s$/) f = 1000
     sub(/[a-z]+$/, "", v); print v * f }' <<<"$out")
   [[ -n $n && -n $p99 ]] || { echo "cannot parse wrk output: $out" >&2; return 1; }
-  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v hz="$hz" -v n="$n" -v p99="$p99" -v d=$((d1 - d0)) \
-    'BEGIN { printf "%.3f %.3f %.3f %.2f %.3f %d\n", 1e6 * (u + s) / hz / n, 1e6 * u / hz / n, 1e6 * s / hz / n, 1000 * c / n, p99, d }'
+  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v w=$((w1 - w0)) -v c=$((c1 - c0)) -v hz="$hz" -v n="$n" -v p99="$p99" -v d=$((d1 - d0)) \
+    'BEGIN { printf "%.3f %.3f %.3f %.3f %.2f %.3f %d\n", 1e6 * (u + s) / hz / n, 1e6 * u / hz / n, 1e6 * s / hz / n, 1e6 * w / hz / n, 1000 * c / n, p99, d }'
 }
 
 results="$TMP/results"
@@ -122,8 +135,8 @@ for r in $(seq "$ROUNDS"); do
   ((r % 2)) || order=($(printf '%s\n' "${order[@]}" | sort -rn))
   line="round $r:"
   for i in "${order[@]}"; do
-    read -r cpu user sys cs p99 dropped < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
-    echo "$r ${names[$i]} $cpu $user $sys $cs $p99 $dropped" >>"$results"
+    read -r cpu user sys writer cs p99 dropped < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
+    echo "$r ${names[$i]} $cpu $user $sys $writer $cs $p99 $dropped" >>"$results"
     line+=" ${names[$i]} $cpu"
   done
   echo "$line µs/req" >&2
@@ -153,12 +166,12 @@ awk -v first="${names[0]}" '
     return sprintf("%+.2f..%+.2f", lo, hi)
   }
   { round[NR] = $1; name[NR] = $2; order[$2] = order[$2] ? order[$2] : ++k; names[order[$2]] = $2
-    cpu[$2] = cpu[$2] " " $3; user[$2] = user[$2] " " $4; sys[$2] = sys[$2] " " $5; cs[$2] = cs[$2] " " $6
-    p99[$2] = p99[$2] " " $7; c[$1, $2] = $3; u[$1, $2] = $4; p[$1, $2] = $7; drop[$2] += $8 }
+    cpu[$2] = cpu[$2] " " $3; user[$2] = user[$2] " " $4; sys[$2] = sys[$2] " " $5; wr[$2] = wr[$2] " " $6
+    cs[$2] = cs[$2] " " $7; p99[$2] = p99[$2] " " $8; c[$1, $2] = $3; u[$1, $2] = $4; p[$1, $2] = $8; drop[$2] += $9 }
   END {
-    printf "%-12s %10s %10s %10s %12s %8s\n", "config", "cpu_us/req", "user", "sys", "cswitch/kreq", "p99ms"
+    printf "%-12s %10s %10s %10s %10s %12s %8s\n", "config", "cpu_us/req", "user", "sys", "log_thread", "cswitch/kreq", "p99ms"
     for (i = 1; i <= k; i++) { n = names[i]
-      printf "%-12s %10.2f %10.2f %10.2f %12.1f %8.3f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(cs[n]), median(p99[n]) }
+      printf "%-12s %10.2f %10.2f %10.2f %10.2f %12.1f %8.3f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(wr[n]), median(cs[n]), median(p99[n]) }
     # A log that dropped lines did less work than a log that keeps up: its figures would flatter.
     for (i = 1; i <= k; i++) if (drop[names[i]]) printf "WARNING %s dropped %d log lines: its figures are not valid\n", names[i], drop[names[i]]
     for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""; dp = ""
