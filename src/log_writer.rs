@@ -56,9 +56,10 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// thread: about 6,500 access-log records a second): chunks stay far below [`THREAD_BYTES`],
 /// the entries a thread has waiting stay small next to its CPU's cache, and on a core shared
 /// with requests the writer's pause (formatting and writing one wake-up's records, about 385
-/// of them at 0.35 µs each, some 0.13 ms) stays short next to a request's latency: at 256 KiB the access log's p99 was 1.2x
-/// the log off's, at 64 KiB 0.94x, for the same CPU; at 16 KiB it was no better than at 64 and
-/// cost more context switches (bench/README.md). Also about the size of the writer's writes.
+/// of them at 0.35 µs each, some 0.13 ms) stays short next to a request's latency: at 256 KiB
+/// the access log's p99 was 1.2x the log off's, at 64 KiB 0.94x, for the same CPU; at 16 KiB it
+/// was no better than at 64 and cost more context switches (bench/README.md). Also about the
+/// size of the writer's writes.
 pub const WAKE_BYTES: usize = 64 * 1024;
 /// Most bytes one thread's chunk holds while the writer is behind; an entry beyond is dropped.
 pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
