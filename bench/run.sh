@@ -24,7 +24,9 @@
 #                       (scripts/build-release.sh; target/pgo/release/routeid)
 #         ROUTEID_BIN   measure this binary (no build)
 #         TARGETS="direct routeid routeid-log haproxy"  routeid-log: routeid with its access log
-#                       on (the default, as users run it), written to a file
+#                       on (the default, as users run it), written to a file; haproxy-log (not
+#                       in the default): HAProxy with `option httplog` to stdout (`log stdout`),
+#                       written to a file, for the two proxies' logs side by side
 #         LOG_FORMAT=text  routeid-log's --log-format (text or json)
 #         H2_STREAMS=10 concurrent streams per connection in the h2 scenario (h2load -m)
 #         POOL_BENCH=1  also run `cargo bench --bench pool_size` (pick and scrape cost by pool size)
@@ -32,6 +34,7 @@
 # Ports (all 127.0.0.1): BACKEND1_PORT=18081 BACKEND2_PORT=18082 ROUTEID_PORT=18090
 #         ROUTEID_ADMIN_PORT=18091 HAPROXY_PORT=18092 ROUTEID_TLS_PORT=18093 HAPROXY_TLS_PORT=18094
 #         ROUTEID_LOG_PORT=18095 ROUTEID_LOG_ADMIN_PORT=18096 ROUTEID_LOG_TLS_PORT=18097
+#         HAPROXY_LOG_PORT=18098 HAPROXY_LOG_TLS_PORT=18099
 # Scenarios: plain, sticky (HTTP keep-alive); tls (HTTPS keep-alive) and handshake (HTTPS,
 #         `Connection: close`: one TLS handshake per request), both proxies with the same
 #         ECDSA P-256 certificate made by openssl for the run; h2 (HTTP/2 over TLS by ALPN, with
@@ -63,6 +66,11 @@ HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-18094}
 ROUTEID_LOG_PORT=${ROUTEID_LOG_PORT:-18095}
 ROUTEID_LOG_ADMIN_PORT=${ROUTEID_LOG_ADMIN_PORT:-18096}
 ROUTEID_LOG_TLS_PORT=${ROUTEID_LOG_TLS_PORT:-18097}
+HAPROXY_LOG_PORT=${HAPROXY_LOG_PORT:-18098}
+HAPROXY_LOG_TLS_PORT=${HAPROXY_LOG_TLS_PORT:-18099}
+# HAProxy with its access log runs only when asked for.
+HAPROXY_LOG=0
+[[ " ${TARGETS:-} " != *" haproxy-log "* ]] || HAPROXY_LOG=1
 LOG_FORMAT=${LOG_FORMAT:-text}
 H2_STREAMS=${H2_STREAMS:-10}
 POOL_BENCH=${POOL_BENCH:-1}
@@ -140,12 +148,13 @@ log_dropped() {
         die "cannot read routeid-log's metrics on port $ROUTEID_LOG_ADMIN_PORT"
 }
 
-# settle_log: has routeid-log's access log written to disk now, between measured runs. Left to
-# the kernel, it is written back up to 30 s later (vm.dirty_expire_centisecs), hundreds of MB at
-# once, in whichever target's measured run is going on then (a routeid run's p99 at 202 ms, and
-# HAProxy's at 0.66-0.94 ms against 0.45-0.54, in the runs such a write-back overlapped).
+# settle_log TARGET: has TARGET's access log ($TMP/TARGET.log) written to disk now, between
+# measured runs. Left to the kernel, it is written back up to 30 s later
+# (vm.dirty_expire_centisecs), hundreds of MB at once, in whichever target's measured run is going
+# on then (a routeid run's p99 at 202 ms, and HAProxy's at 0.66-0.94 ms against 0.45-0.54, in the
+# runs such a write-back overlapped).
 settle_log() {
-    sync -d "$TMP/routeid-log.log" 2>/dev/null || sync
+    sync -d "$TMP/$1.log" 2>/dev/null || sync
 }
 
 # CPU ticks of nginx: master plus its workers.
@@ -259,18 +268,26 @@ start_proxies() {
     PID_OF[haproxy]=$HAPROXY_PID
     wait_until haproxy "$HAPROXY_PID" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_PORT/" ||
         die "haproxy not ready: $(tail -n 20 "$TMP/haproxy.log")"
+    ((HAPROXY_LOG)) || return 0
+    taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy-log.cfg" -db >>"$TMP/haproxy-log.log" 2>&1 &
+    PID_OF[haproxy-log]=$!
+    PIDS+=("${PID_OF[haproxy-log]}")
+    wait_until haproxy-log "${PID_OF[haproxy-log]}" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_LOG_PORT/" ||
+        die "haproxy-log not ready: $(tail -n 20 "$TMP/haproxy-log.log")"
 }
 
 # stop_proxies: ends start_proxies' processes and waits until they are gone (their ports free).
 stop_proxies() {
     local t p live=()
-    for t in routeid routeid-log haproxy; do
+    for t in routeid routeid-log haproxy haproxy-log; do
+        [[ -n ${PID_OF[$t]:-} ]] || continue
         kill "${PID_OF[$t]}" 2>/dev/null || true
         wait "${PID_OF[$t]}" 2>/dev/null || true
     done
     # The exit trap signals only what still runs (a pid gone may be reused).
     for p in "${PIDS[@]}"; do
-        [[ " ${PID_OF[routeid]} ${PID_OF[routeid-log]} ${PID_OF[haproxy]} " == *" $p "* ]] || live+=("$p")
+        [[ " ${PID_OF[routeid]} ${PID_OF[routeid-log]} ${PID_OF[haproxy]} ${PID_OF[haproxy-log]:-} " == *" $p "* ]] ||
+            live+=("$p")
     done
     PIDS=("${live[@]}")
 }
@@ -284,7 +301,8 @@ main() {
 
     local p
     for p in "$BACKEND1_PORT" "$BACKEND2_PORT" "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$HAPROXY_PORT" \
-        "$ROUTEID_TLS_PORT" "$HAPROXY_TLS_PORT" "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT"; do
+        "$ROUTEID_TLS_PORT" "$HAPROXY_TLS_PORT" "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT" \
+        "$HAPROXY_LOG_PORT" "$HAPROXY_LOG_TLS_PORT"; do
         port_in_use "$p" && die "port 127.0.0.1:$p is in use; set the *_PORT variables to free ports"
     done
     local ncpu
@@ -326,6 +344,12 @@ main() {
     render "$BENCH_DIR/haproxy-tls.cfg.tmpl" "$TMP/haproxy-tls.cfg"
     cat "$TMP/haproxy-tls.cfg" >>"$TMP/haproxy.cfg"
     haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy config check failed"
+    # The same with HAProxy's access log (its usual HTTP format) to stdout, on ports of its own.
+    sed -e "s|127.0.0.1:$HAPROXY_PORT\$|127.0.0.1:$HAPROXY_LOG_PORT|" \
+        -e "s|127.0.0.1:$HAPROXY_TLS_PORT |127.0.0.1:$HAPROXY_LOG_TLS_PORT |" \
+        -e 's|^global$|global\n    log stdout format raw local0|' \
+        -e 's|^defaults$|defaults\n    log global\n    option httplog|' "$TMP/haproxy.cfg" >"$TMP/haproxy-log.cfg"
+    haproxy -c -q -f "$TMP/haproxy-log.cfg" || die "haproxy-log config check failed"
     start_proxies
 
     check_correctness
@@ -335,10 +359,13 @@ main() {
         [routeid]="http://127.0.0.1:$ROUTEID_PORT/"
         [routeid-log]="http://127.0.0.1:$ROUTEID_LOG_PORT/"
         [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
+        [haproxy-log]="http://127.0.0.1:$HAPROXY_LOG_PORT/"
     )
     local -A TLS_URL=([routeid]="https://127.0.0.1:$ROUTEID_TLS_PORT/"
-        [routeid-log]="https://127.0.0.1:$ROUTEID_LOG_TLS_PORT/" [haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/")
-    local -A STICKY_COOKIE=([direct]="ROUTEID=s1" [routeid]="ROUTEID=.s1" [routeid-log]="ROUTEID=.s1" [haproxy]="ROUTEID=s1")
+        [routeid-log]="https://127.0.0.1:$ROUTEID_LOG_TLS_PORT/" [haproxy]="https://127.0.0.1:$HAPROXY_TLS_PORT/"
+        [haproxy-log]="https://127.0.0.1:$HAPROXY_LOG_TLS_PORT/")
+    local -A STICKY_COOKIE=([direct]="ROUTEID=s1" [routeid]="ROUTEID=.s1" [routeid-log]="ROUTEID=.s1" [haproxy]="ROUTEID=s1"
+        [haproxy-log]="ROUTEID=s1")
     local -a TARGETS=(${TARGETS:-direct routeid routeid-log haproxy}) SCENARIOS=(${SCENARIOS:-plain sticky tls handshake h2})
     local clk
     clk=$(getconf CLK_TCK)
@@ -363,7 +390,7 @@ main() {
             for t in "${TARGETS[@]}"; do
                 [[ $t == direct ]] && ((r > 1)) && continue
                 run_wrk "warmup-$r-$t" "${URL[$t]}" "" "$WARMUP" >/dev/null
-                [[ $t != routeid-log ]] || settle_log
+                [[ $t != *-log ]] || settle_log "$t"
             done
         fi
         # Every other round runs the targets in reverse, so a drift of the machine within a
@@ -397,7 +424,7 @@ main() {
                 fi
                 n1=$(nginx_ticks)
                 [[ $t != routeid-log ]] || LOG_DROPPED=$((LOG_DROPPED + $(log_dropped) - d0))
-                [[ $t != routeid-log ]] || settle_log
+                [[ $t != *-log ]] || settle_log "$t"
                 read -r rps p50 p99 reqs non2xx sockerr <<<"$line"
                 cpu="-" ucpu="-"
                 if [[ -n $pid ]]; then
@@ -429,10 +456,15 @@ main() {
         done
         n=$(grep -cE '\[(WARNING|ALERT)\]' "$TMP/haproxy.log" || true)
         ((n == 0)) || printf 'WARNING haproxy logged %d WARNING/ALERT lines (bench/out/latest-haproxy.log)\n' "$n"
+        if ((HAPROXY_LOG)); then
+            n=$(grep -cE '\[(WARNING|ALERT)\]' "$TMP/haproxy-log.log" || true)
+            ((n == 0)) || printf 'WARNING haproxy-log logged %d WARNING/ALERT lines\n' "$n"
+        fi
     } | tee "$OUT_DIR/latest.txt"
     alive "${PID_OF[routeid]}" || log "warning: routeid exited"
     alive "${PID_OF[routeid-log]}" || log "warning: routeid-log exited"
     alive "$HAPROXY_PID" || log "warning: haproxy exited"
+    ((HAPROXY_LOG == 0)) || alive "${PID_OF[haproxy-log]}" || log "warning: haproxy-log exited"
     cp "$TMP/routeid.log" "$OUT_DIR/latest-routeid.log"
     tail -n 1000 "$TMP/routeid-log.log" >"$OUT_DIR/latest-routeid-log.log"
     cp "$TMP/haproxy.log" "$OUT_DIR/latest-haproxy.log"
@@ -480,6 +512,7 @@ check_correctness() {
     check_one routeid "http://127.0.0.1:$ROUTEID_PORT/" '^ROUTEID=\.s[12](;|$)' "ROUTEID=.s2" s2
     check_one routeid-log "http://127.0.0.1:$ROUTEID_LOG_PORT/" '^ROUTEID=\.s[12](;|$)' "ROUTEID=.s2" s2
     check_one haproxy "http://127.0.0.1:$HAPROXY_PORT/" '^ROUTEID=s[12](;|$)' "ROUTEID=s2" s2
+    ((HAPROXY_LOG == 0)) || check_one haproxy-log "http://127.0.0.1:$HAPROXY_LOG_PORT/" '^ROUTEID=s[12](;|$)' "ROUTEID=s2" s2
     log "correctness checks passed"
 }
 
@@ -537,7 +570,7 @@ report() {
             non2xx[$3] += $10; sockerr[$3] += $11
         }
         END {
-            ns = split("plain sticky tls handshake h2", S, " "); nt = split("direct routeid routeid-log haproxy", T, " ")
+            ns = split("plain sticky tls handshake h2", S, " "); nt = split("direct routeid routeid-log haproxy haproxy-log", T, " ")
             printf "%-9s %-11s %10s %7s %7s %11s %12s %13s\n", "scenario", "target", "req/s", "p50ms", "p99ms", "cpu_us/req", "user_us/req", "nginx_us/req"
             for (i = 1; i <= ns; i++) for (j = 1; j <= nt; j++) {
                 k = S[i] SUBSEP T[j]
@@ -552,30 +585,41 @@ report() {
             printf "\n(cpu_us/req: proxy process utime+stime per request; \"-\" for direct: no proxy.\n"
             printf " tls: HTTPS keep-alive; handshake: HTTPS with Connection: close, so cpu_us/req is the cost of a\n"
             printf " handshake plus one request. h2: HTTP/2 over TLS (h2load). user_us/req: utime alone, the proxy'"'"'s\n"
-            printf " own code. routeid-log: routeid with its access log on, to a file. nginx_us/req: both backends\n"
-            printf " together, for reference.)\n\n"
+            printf " own code. routeid-log: routeid with its access log on, to a file; haproxy-log: HAProxy with\n"
+            printf " option httplog to stdout, to a file. nginx_us/req: both backends together, for reference.)\n\n"
             print "ratios to haproxy (req/s: above 1 is better; p99 and cpu: below 1 is better):"
-            for (v = 1; v <= 2; v++) for (i = 1; i <= ns; i++) {
-                rt = v == 1 ? "routeid" : "routeid-log"
+            for (v = 1; v <= 3; v++) for (i = 1; i <= ns; i++) {
+                rt = v == 1 ? "routeid" : v == 2 ? "routeid-log" : "haproxy-log"
                 r = S[i] SUBSEP rt; h = S[i] SUBSEP "haproxy"
                 if (!((r, "rps") in m) || !((h, "rps") in m)) continue
                 printf "  %-11s %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", rt, S[i], ratio(m[r, "rps"], m[h, "rps"]),
                     ratio(m[r, "p99"], m[h, "p99"]), ratio(m[r, "cpu"], m[h, "cpu"]), ratio(m[r, "ucpu"], m[h, "ucpu"])
             }
             print "the same, paired: the median over rounds of each round'"'"'s ratio (smallest-largest; 95% confidence interval of the median):"
-            for (v = 1; v <= 2; v++) for (i = 1; i <= ns; i++) {
-                rt = v == 1 ? "routeid" : "routeid-log"
+            for (v = 1; v <= 3; v++) for (i = 1; i <= ns; i++) {
+                rt = v == 1 ? "routeid" : v == 2 ? "routeid-log" : "haproxy-log"
                 r = S[i] SUBSEP rt; h = S[i] SUBSEP "haproxy"
                 if (!((r, "rps") in m) || !((h, "rps") in m)) continue
                 printf "  %-11s %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", rt, S[i], paired(r, h, "rps", "/"),
                     paired(r, h, "p99", "/"), paired(r, h, "cpu", "/"), paired(r, h, "ucpu", "/")
             }
-            print "access log cost (routeid-log minus routeid, cpu us/req):"
+            for (v = 1; v <= 2; v++) {
+                px = v == 1 ? "routeid" : "haproxy"; head = 0
+                for (i = 1; i <= ns; i++) {
+                    r = S[i] SUBSEP px; l = S[i] SUBSEP px "-log"
+                    if (!((r, "cpu") in m) || !((l, "cpu") in m)) continue
+                    if (!head++) printf "access log cost (%s-log minus %s, cpu us/req):\n", px, px
+                    printf "  %-9s %+.2f (user %+.2f); paired: %s\n", S[i], m[l, "cpu"] - m[r, "cpu"], m[l, "ucpu"] - m[r, "ucpu"],
+                        paired(l, r, "cpu", "-")
+                }
+            }
+            head = 0
             for (i = 1; i <= ns; i++) {
-                r = S[i] SUBSEP "routeid"; l = S[i] SUBSEP "routeid-log"
-                if (!((r, "cpu") in m) || !((l, "cpu") in m)) continue
-                printf "  %-9s %+.2f (user %+.2f); paired: %s\n", S[i], m[l, "cpu"] - m[r, "cpu"], m[l, "ucpu"] - m[r, "ucpu"],
-                    paired(l, r, "cpu", "-")
+                r = S[i] SUBSEP "routeid-log"; h = S[i] SUBSEP "haproxy-log"
+                if (!((r, "rps") in m) || !((h, "rps") in m)) continue
+                if (!head++) print "both with their access logs, paired ratios of routeid-log to haproxy-log:"
+                printf "  %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", S[i], paired(r, h, "rps", "/"),
+                    paired(r, h, "p99", "/"), paired(r, h, "cpu", "/"), paired(r, h, "ucpu", "/")
             }
             printf "sticky/plain cpu/req: routeid %s, haproxy %s\n",
                 ratio(m["sticky", "routeid", "cpu"], m["plain", "routeid", "cpu"]),
