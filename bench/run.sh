@@ -256,38 +256,38 @@ start_routeid() {
     PID_OF[$name]=$pid
 }
 
-# start_proxies: routeid (without and with its access log) and HAProxy (nbthread 1, foreground)
-# on the proxy CPU, each a fresh process.
+# start_haproxy <name> <port>: HAProxy (nbthread 1, foreground) with $TMP/<name>.cfg on the proxy
+# CPU, its output appended to $TMP/<name>.log; returns once it answers on <port>.
+start_haproxy() {
+    local name=$1 port=$2
+    taskset -c "$PROXY_CPU" haproxy -f "$TMP/$name.cfg" -db >>"$TMP/$name.log" 2>&1 &
+    PID_OF[$name]=$!
+    PIDS+=("${PID_OF[$name]}")
+    wait_until "$name" "${PID_OF[$name]}" curl -fs -o /dev/null "http://127.0.0.1:$port/" ||
+        die "$name not ready: $(tail -n 20 "$TMP/$name.log")"
+}
+
+# start_proxies: routeid (without and with its access log) and HAProxy (and, when asked for,
+# HAProxy with its access log) on the proxy CPU, each a fresh process.
 start_proxies() {
     start_routeid routeid "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$ROUTEID_TLS_PORT" --no-access-log
     start_routeid routeid-log "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT" \
         --log-format "$LOG_FORMAT"
-    taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >>"$TMP/haproxy.log" 2>&1 &
-    HAPROXY_PID=$!
-    PIDS+=("$HAPROXY_PID")
-    PID_OF[haproxy]=$HAPROXY_PID
-    wait_until haproxy "$HAPROXY_PID" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_PORT/" ||
-        die "haproxy not ready: $(tail -n 20 "$TMP/haproxy.log")"
-    ((HAPROXY_LOG)) || return 0
-    taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy-log.cfg" -db >>"$TMP/haproxy-log.log" 2>&1 &
-    PID_OF[haproxy-log]=$!
-    PIDS+=("${PID_OF[haproxy-log]}")
-    wait_until haproxy-log "${PID_OF[haproxy-log]}" curl -fs -o /dev/null "http://127.0.0.1:$HAPROXY_LOG_PORT/" ||
-        die "haproxy-log not ready: $(tail -n 20 "$TMP/haproxy-log.log")"
+    start_haproxy haproxy "$HAPROXY_PORT"
+    ((HAPROXY_LOG == 0)) || start_haproxy haproxy-log "$HAPROXY_LOG_PORT"
 }
 
 # stop_proxies: ends start_proxies' processes and waits until they are gone (their ports free).
 stop_proxies() {
     local t p live=()
-    for t in routeid routeid-log haproxy haproxy-log; do
-        [[ -n ${PID_OF[$t]:-} ]] || continue
+    for t in "${!PID_OF[@]}"; do
+        [[ -n ${PID_OF[$t]} ]] || continue # direct: no proxy
         kill "${PID_OF[$t]}" 2>/dev/null || true
         wait "${PID_OF[$t]}" 2>/dev/null || true
     done
     # The exit trap signals only what still runs (a pid gone may be reused).
     for p in "${PIDS[@]}"; do
-        [[ " ${PID_OF[routeid]} ${PID_OF[routeid-log]} ${PID_OF[haproxy]} ${PID_OF[haproxy-log]:-} " == *" $p "* ]] ||
-            live+=("$p")
+        [[ " ${PID_OF[*]} " == *" $p "* ]] || live+=("$p")
     done
     PIDS=("${live[@]}")
 }
@@ -300,15 +300,12 @@ main() {
     : >"$OUT_DIR/latest-wrk.txt"
 
     local p
-    for p in "$BACKEND1_PORT" "$BACKEND2_PORT" "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$HAPROXY_PORT" \
-        "$ROUTEID_TLS_PORT" "$HAPROXY_TLS_PORT" "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT"; do
+    local -a ports=("$BACKEND1_PORT" "$BACKEND2_PORT" "$ROUTEID_PORT" "$ROUTEID_ADMIN_PORT" "$HAPROXY_PORT"
+        "$ROUTEID_TLS_PORT" "$HAPROXY_TLS_PORT" "$ROUTEID_LOG_PORT" "$ROUTEID_LOG_ADMIN_PORT" "$ROUTEID_LOG_TLS_PORT")
+    ((HAPROXY_LOG == 0)) || ports+=("$HAPROXY_LOG_PORT" "$HAPROXY_LOG_TLS_PORT")
+    for p in "${ports[@]}"; do
         port_in_use "$p" && die "port 127.0.0.1:$p is in use; set the *_PORT variables to free ports"
     done
-    if ((HAPROXY_LOG)); then
-        for p in "$HAPROXY_LOG_PORT" "$HAPROXY_LOG_TLS_PORT"; do
-            port_in_use "$p" && die "port 127.0.0.1:$p is in use; set the *_PORT variables to free ports"
-        done
-    fi
     local ncpu
     ncpu=$(nproc)
     ((ncpu >= 2)) || log "warning: $ncpu CPU(s); proxy and load share a core"
@@ -462,17 +459,15 @@ main() {
             n=$(grep -cE '\b(WARN|ERROR)\b' "$TMP/$t.log" || true)
             ((n == 0)) || printf 'WARNING %s logged %d WARN/ERROR lines (bench/out/latest-%s.log)\n' "$t" "$n" "$t"
         done
-        n=$(grep -cE '\[(WARNING|ALERT)\]' "$TMP/haproxy.log" || true)
-        ((n == 0)) || printf 'WARNING haproxy logged %d WARNING/ALERT lines (bench/out/latest-haproxy.log)\n' "$n"
-        if ((HAPROXY_LOG)); then
-            n=$(grep -cE '\[(WARNING|ALERT)\]' "$TMP/haproxy-log.log" || true)
-            ((n == 0)) || printf 'WARNING haproxy-log logged %d WARNING/ALERT lines\n' "$n"
-        fi
+        for t in haproxy haproxy-log; do
+            [[ -n ${PID_OF[$t]:-} ]] || continue
+            n=$(grep -cE '\[(WARNING|ALERT)\]' "$TMP/$t.log" || true)
+            ((n == 0)) || printf 'WARNING %s logged %d WARNING/ALERT lines (bench/out/latest-%s.log)\n' "$t" "$n" "$t"
+        done
     } | tee "$OUT_DIR/latest.txt"
-    alive "${PID_OF[routeid]}" || log "warning: routeid exited"
-    alive "${PID_OF[routeid-log]}" || log "warning: routeid-log exited"
-    alive "$HAPROXY_PID" || log "warning: haproxy exited"
-    ((HAPROXY_LOG == 0)) || alive "${PID_OF[haproxy-log]}" || log "warning: haproxy-log exited"
+    for t in "${!PID_OF[@]}"; do
+        [[ -z ${PID_OF[$t]} ]] || alive "${PID_OF[$t]}" || log "warning: $t exited"
+    done
     cp "$TMP/routeid.log" "$OUT_DIR/latest-routeid.log"
     tail -n 1000 "$TMP/routeid-log.log" >"$OUT_DIR/latest-routeid-log.log"
     cp "$TMP/haproxy.log" "$OUT_DIR/latest-haproxy.log"
@@ -596,23 +591,26 @@ report() {
             printf " own code. routeid-log: routeid with its access log on, to a file; haproxy-log: HAProxy with\n"
             printf " option httplog to stdout, to a file. nginx_us/req: both backends together, for reference.)\n\n"
             print "ratios to haproxy (req/s: above 1 is better; p99 and cpu: below 1 is better):"
-            for (v = 1; v <= 3; v++) for (i = 1; i <= ns; i++) {
-                rt = v == 1 ? "routeid" : v == 2 ? "routeid-log" : "haproxy-log"
+            # The rows compared with haproxy.
+            nr = split("routeid routeid-log haproxy-log", R, " ")
+            for (v = 1; v <= nr; v++) for (i = 1; i <= ns; i++) {
+                rt = R[v]
                 r = S[i] SUBSEP rt; h = S[i] SUBSEP "haproxy"
                 if (!((r, "rps") in m) || !((h, "rps") in m)) continue
                 printf "  %-11s %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", rt, S[i], ratio(m[r, "rps"], m[h, "rps"]),
                     ratio(m[r, "p99"], m[h, "p99"]), ratio(m[r, "cpu"], m[h, "cpu"]), ratio(m[r, "ucpu"], m[h, "ucpu"])
             }
             print "the same, paired: the median over rounds of each round'"'"'s ratio (smallest-largest; 95% confidence interval of the median):"
-            for (v = 1; v <= 3; v++) for (i = 1; i <= ns; i++) {
-                rt = v == 1 ? "routeid" : v == 2 ? "routeid-log" : "haproxy-log"
+            for (v = 1; v <= nr; v++) for (i = 1; i <= ns; i++) {
+                rt = R[v]
                 r = S[i] SUBSEP rt; h = S[i] SUBSEP "haproxy"
                 if (!((r, "rps") in m) || !((h, "rps") in m)) continue
                 printf "  %-11s %-9s req/s %s, p99 %s, cpu/req %s, user/req %s\n", rt, S[i], paired(r, h, "rps", "/"),
                     paired(r, h, "p99", "/"), paired(r, h, "cpu", "/"), paired(r, h, "ucpu", "/")
             }
+            split("routeid haproxy", P, " ")
             for (v = 1; v <= 2; v++) {
-                px = v == 1 ? "routeid" : "haproxy"; head = 0
+                px = P[v]; head = 0
                 for (i = 1; i <= ns; i++) {
                     r = S[i] SUBSEP px; l = S[i] SUBSEP px "-log"
                     if (!((r, "cpu") in m) || !((l, "cpu") in m)) continue
