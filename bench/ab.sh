@@ -26,8 +26,8 @@
 #         thread's share of that CPU (log_thread), context switches per 1,000 requests (all the
 #         process's threads) and wrk's p99 latency, then
 #         each configuration's median paired difference to the first (CPU, with a 95 %
-#         confidence interval of that median and the smallest and largest; user, with its
-#         interval) and median paired ratio of p99s; a warning for any configuration whose log
+#         confidence interval of that median and the smallest and largest; user and log_thread,
+#         each with its interval) and median paired ratio of p99s; a warning for any configuration whose log
 #         dropped lines (routeid_log_lines_dropped_total) during a measured run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -167,15 +167,16 @@ awk -v first="${names[0]}" '
   }
   { round[NR] = $1; name[NR] = $2; order[$2] = order[$2] ? order[$2] : ++k; names[order[$2]] = $2
     cpu[$2] = cpu[$2] " " $3; user[$2] = user[$2] " " $4; sys[$2] = sys[$2] " " $5; wr[$2] = wr[$2] " " $6
-    cs[$2] = cs[$2] " " $7; p99[$2] = p99[$2] " " $8; c[$1, $2] = $3; u[$1, $2] = $4; p[$1, $2] = $8; drop[$2] += $9 }
+    cs[$2] = cs[$2] " " $7; p99[$2] = p99[$2] " " $8; c[$1, $2] = $3; u[$1, $2] = $4; w[$1, $2] = $6; p[$1, $2] = $8; drop[$2] += $9 }
   END {
     printf "%-12s %10s %10s %10s %10s %12s %8s\n", "config", "cpu_us/req", "user", "sys", "log_thread", "cswitch/kreq", "p99ms"
     for (i = 1; i <= k; i++) { n = names[i]
       printf "%-12s %10.2f %10.2f %10.2f %10.2f %12.1f %8.3f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(wr[n]), median(cs[n]), median(p99[n]) }
     # A log that dropped lines did less work than a log that keeps up: its figures would flatter.
     for (i = 1; i <= k; i++) if (drop[names[i]]) printf "WARNING %s dropped %d log lines: its figures are not valid\n", names[i], drop[names[i]]
-    for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""; dp = ""
+    for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""; dw = ""; dp = ""
       for (r = 1; r <= NR; r++) if (name[r] == n) { d = d " " (c[round[r], n] - c[round[r], first]); du = du " " (u[round[r], n] - u[round[r], first])
+        dw = dw " " (w[round[r], n] - w[round[r], first])
         if (p[round[r], first] > 0) dp = dp " " (p[round[r], n] / p[round[r], first]) }
-      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (95%% CI %s, range %s), user %+.2f (95%% CI %s), p99 x%.2f\n", n, first, median(d), ci95(d), minmax(d), median(du), ci95(du), median(dp) }
+      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (95%% CI %s, range %s), user %+.2f (95%% CI %s), log_thread %+.3f (95%% CI %s), p99 x%.2f\n", n, first, median(d), ci95(d), minmax(d), median(du), ci95(du), median(dw), ci95(dw), median(dp) }
   }' "$results"

@@ -33,7 +33,7 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_w
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // On a terminal tracing-subscriber colours its lines; the access log's own formatter
     // writes plain lines only, so there access-log lines go through tracing too.
-    let (writer, guard) = match LogWriter::start(Box::new(std::io::stderr()), format, !ansi) {
+    let (writer, guard) = match LogWriter::start_stderr(format, !ansi) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("routeid: cannot start the log writer thread: {e}");

@@ -88,3 +88,46 @@ async fn the_access_log_is_written_off_the_request_path_and_drops_are_counted() 
     })
     .await;
 }
+
+/// A steady access log to a file (stderr redirected, as `2>routeid.log` does): the writer ends
+/// its writes on the file's 64 KiB boundaries, inside lines; the file still holds every line
+/// once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_access_log_to_a_file_holds_every_line_whole() {
+    bounded(async {
+        const CLIENTS: usize = 16;
+        const EACH: usize = 200;
+        let m = Member::start("m").await;
+        let file = temp_file("steady-log.yaml", &pool_yaml("log", &[(m.addr, "m", 1)], ""));
+        let p = spawn_standalone(&file, &[]).await;
+        // Lines of over 2 KB: several MB a second even from a debug build, a steady stream
+        // whose writes end inside lines.
+        let long = "p".repeat(2000);
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (addr, long) = (p.proxy_addr, long.clone());
+                tokio::spawn(async move {
+                    for i in 0..EACH {
+                        assert_eq!(get(addr, &format!("/hit-{c}-{i}-{long}"), &[]).await.status, 200);
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.unwrap();
+        }
+        wait_for(Duration::from_secs(10), "every access-log line", || {
+            p.stderr().matches("path=\"/hit-").count() >= CLIENTS * EACH
+        })
+        .await;
+        let log = p.stderr();
+        let mut seen = std::collections::HashSet::new();
+        for line in log.lines().filter(|l| l.contains("/hit-")) {
+            assert!(line.starts_with("20") && line.ends_with("malformed_route=false"), "a broken line: {line}");
+            let path = line.split(" path=\"").nth(1).and_then(|r| r.split('"').next());
+            assert!(path.is_some_and(|p| seen.insert(p.to_owned())), "a line twice or without its path: {line}");
+        }
+        assert_eq!(seen.len(), CLIENTS * EACH);
+    })
+    .await;
+}
