@@ -30,10 +30,9 @@
 //!   wake-up, as long as formatting one [`WAKE_BYTES`] of records takes (bench/README.md);
 //! - to a regular file, a steady stream's writes end on the file's [`WAKE_BYTES`] boundaries,
 //!   inside a line where one falls (the next write goes on with it): the kernel then fills the
-//!   page cache in large pages, about 30 % less system time per byte than writes that end at
-//!   the last whole line (`bench/page_cache_writes.py`). Lines past the last boundary wait for
-//!   the next sweep, which in such a stream comes sooner than [`FLUSH_AFTER`]; a pipe or a
-//!   terminal gets whole lines in every write;
+//!   page cache in large folios, about 30 % less system time per byte than writes that end
+//!   off them (`bench/page_cache_writes.py`). The bytes past the last boundary wait for the next
+//!   sweep (within [`FLUSH_AFTER`]); a pipe or a terminal gets whole lines in every write;
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
 //!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
 //!   of slowing requests down;
@@ -42,8 +41,11 @@
 //! - the chunks come back from the writer and are reused, so a steady stream of lines allocates
 //!   nothing.
 //!
-//! Lines are whole (in a file that routeid alone writes to) and, from one thread, in order; lines of different threads written within
-//! the same [`FLUSH_AFTER`] are grouped by thread (each line carries its own timestamp).
+//! Lines are whole and, from one thread, in order; lines of different threads written within
+//! the same [`FLUSH_AFTER`] are grouped by thread (each line carries its own timestamp). In a
+//! file, what another writer writes to it while a write of routeid's has ended inside a line
+//! (another process appending to it, or a panic's message, which goes to stderr directly)
+//! lands inside that line.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -468,10 +470,11 @@ impl Output {
     /// How many of the lines' bytes end a write on a [`WAKE_BYTES`] boundary of the output file
     /// (0: none within them); `None` when the output is no regular file or its offset cannot be
     /// read. Writes that fill the page cache a [`WAKE_BYTES`] at a time, on its boundaries, let
-    /// the kernel give the file large pages (ext4 on Linux 6.x): about 30 % less system time per
-    /// byte than writes ending at the last whole line (`bench/page_cache_writes.py`). The offset
-    /// is the open file's, shared with stderr (a file opened to append reads 0 until its first
-    /// write: that write is simply not placed).
+    /// the kernel give the file large folios (ext4 on a kernel that has them for it, as Linux
+    /// 6.18 does; elsewhere this gains and costs nothing): about 30 % less system time per byte
+    /// than writes ending off them (`bench/page_cache_writes.py`). The offset is the open
+    /// file's, shared with stderr (a file opened to append reads 0 until its first write: that
+    /// write is simply not placed), read with one `lseek`.
     fn aligned_len(&self) -> Option<usize> {
         let at = self.file.as_ref()?.stream_position().ok()?;
         let over = (at + self.text.len() as u64) % WAKE_BYTES as u64;
@@ -483,10 +486,8 @@ impl Output {
     /// the bytes past the file's last boundary wait for the next sweep: never longer, since that
     /// one either writes a [`WAKE_BYTES`] again, which takes them along, or writes everything.
     fn end_sweep(&mut self, awake: bool) {
-        let n = match self.aligned_len() {
-            Some(n) if awake && self.steady && n >= self.held => n,
-            _ => self.text.len(),
-        };
+        let aligned = if awake && self.steady { self.aligned_len() } else { None };
+        let n = aligned.filter(|&n| n >= self.held).unwrap_or(self.text.len());
         self.write_front(n);
         self.held = self.text.len();
         self.steady = false;
