@@ -27,8 +27,9 @@
 #         process's threads) and wrk's p99 latency, then
 #         each configuration's median paired difference to the first (CPU, with a 95 %
 #         confidence interval of that median and the smallest and largest; user and log_thread,
-#         each with its interval) and median paired ratio of p99s; a warning for any configuration whose log
-#         dropped lines (routeid_log_lines_dropped_total) during a measured run.
+#         each with its interval) and median paired ratio of p99s; a warning for any
+#         configuration whose log dropped lines (routeid_log_lines_dropped_total) during a
+#         measured run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-9}
@@ -160,6 +161,11 @@ awk -v first="${names[0]}" '
     for (i = 0; cdf <= 0.025 && i < n; i++) { k = i + 1; pk = pk * (n - i) / (i + 1); cdf += pk }
     return k ? sprintf("%+.2f..%+.2f", a[k], a[n + 1 - k]) : "n/a"
   }
+  # paired(a, n): per round, a[round, n] minus a[round, first], as a list.
+  function paired(a, n,   r, out) {
+    for (r = 1; r <= NR; r++) if (name[r] == n) out = out " " (a[round[r], n] - a[round[r], first])
+    return out
+  }
   function minmax(list,   n, a, i, lo, hi) {
     n = split(list, a, " "); lo = hi = a[1]
     for (i = 2; i <= n; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
@@ -174,9 +180,7 @@ awk -v first="${names[0]}" '
       printf "%-12s %10.2f %10.2f %10.2f %10.2f %12.1f %8.3f\n", n, median(cpu[n]), median(user[n]), median(sys[n]), median(wr[n]), median(cs[n]), median(p99[n]) }
     # A log that dropped lines did less work than a log that keeps up: its figures would flatter.
     for (i = 1; i <= k; i++) if (drop[names[i]]) printf "WARNING %s dropped %d log lines: its figures are not valid\n", names[i], drop[names[i]]
-    for (i = 2; i <= k; i++) { n = names[i]; d = ""; du = ""; dw = ""; dp = ""
-      for (r = 1; r <= NR; r++) if (name[r] == n) { d = d " " (c[round[r], n] - c[round[r], first]); du = du " " (u[round[r], n] - u[round[r], first])
-        dw = dw " " (w[round[r], n] - w[round[r], first])
-        if (p[round[r], first] > 0) dp = dp " " (p[round[r], n] / p[round[r], first]) }
+    for (i = 2; i <= k; i++) { n = names[i]; d = paired(c, n); du = paired(u, n); dw = paired(w, n); dp = ""
+      for (r = 1; r <= NR; r++) if (name[r] == n && p[round[r], first] > 0) dp = dp " " (p[round[r], n] / p[round[r], first])
       printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (95%% CI %s, range %s), user %+.2f (95%% CI %s), log_thread %+.3f (95%% CI %s), p99 x%.2f\n", n, first, median(d), ci95(d), minmax(d), median(du), ci95(du), median(dw), ci95(dw), median(dp) }
   }' "$results"

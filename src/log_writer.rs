@@ -459,7 +459,8 @@ impl Output {
             };
             broken += u64::from(!made);
             if self.text.len() >= WAKE_BYTES {
-                let n = self.aligned_len().filter(|&n| n > 0).unwrap_or(self.text.len());
+                // To a file, a boundary always falls within a WAKE_BYTES of lines.
+                let n = self.aligned_len().unwrap_or(self.text.len());
                 self.write_front(n);
                 self.steady = true;
             }
