@@ -223,8 +223,9 @@ impl LogWriter {
         Ok((writer.clone(), FlushGuard { writer }))
     }
 
-    /// Makes `self` the process's log writer, which the access log finds with [`installed`].
-    /// The first call wins.
+    /// Makes `self` the process's log writer, which the access log finds with [`installed`] and
+    /// records its lines for without asking the log filter: install it only when the filter,
+    /// fixed from then on, lets `routeid::access` lines through. The first call wins.
     pub fn install(&self) {
         let _ = INSTALLED.set(self.clone());
     }

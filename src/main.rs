@@ -40,7 +40,6 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_w
             return None;
         }
     };
-    writer.install();
     let dropped = writer.clone();
     routeid::metrics::count_dropped_log_lines(move || dropped.dropped());
     let mut filter = match level {
@@ -56,10 +55,16 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_w
     {
         filter = filter.add_directive(d);
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone()).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
+    }
+    // The filter is fixed from here on (nothing reloads it): asked once whether access-log lines
+    // pass, not per request. When they do not, requests emit their events to the filter, which
+    // turns them away at their call site.
+    if tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
+        writer.install();
     }
     Some(guard)
 }

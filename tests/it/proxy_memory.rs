@@ -89,6 +89,32 @@ async fn the_access_log_is_written_off_the_request_path_and_drops_are_counted() 
     .await;
 }
 
+/// A log filter that turns `routeid::access` off (`--log-level`, as `RUST_LOG` would) keeps the
+/// access log off, while the other lines at its level stay on: the binary asks the filter once,
+/// at start, instead of per request. The exit writes every line made before it, so the file is
+/// whole when read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_filter_that_turns_the_access_target_off_keeps_the_access_log_off() {
+    bounded(async {
+        let m = Member::start("m").await;
+        let file = temp_file("access-off.yaml", &pool_yaml("quiet", &[(m.addr, "m", 1)], ""));
+        let mut p = spawn_standalone(&file, &["--log-level", "info,routeid::access=off"]).await;
+        for i in 0..20 {
+            assert_eq!(get(p.proxy_addr, &format!("/unlogged-{i}"), &[]).await.status, 200);
+        }
+        p.signal("TERM");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while p.child.try_wait().unwrap().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no exit after SIGTERM: {}", p.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = p.stderr();
+        assert!(!log.contains("/unlogged-") && !log.contains("routeid::access"), "access lines: {log}");
+        assert!(log.contains(" INFO "), "the other INFO lines are gone too: {log}");
+    })
+    .await;
+}
+
 /// A steady access log to a file (stderr redirected, as `2>routeid.log` does): the writer ends
 /// its writes on the file's 64 KiB boundaries, inside lines (the unit tests in
 /// `src/log_writer.rs` check where the writes end); the file still holds every line once, whole,
