@@ -699,19 +699,33 @@ fn text(v: &[u8]) -> &str {
 fn plain_bytes(bytes: &[u8]) -> bool {
     let (words, rest) = bytes.as_chunks::<8>();
     let odd = words.iter().fold(0, |odd, w| odd | odd_bytes(u64::from_le_bytes(*w)));
-    // The bytes past the last whole word without copying them to a padded word (a `memcpy`
-    // call each): from 8 bytes on, the last eight (some checked twice); below, shifted into a
-    // word of plain bytes.
+    // The bytes past the last whole word, without copying them to a padded word (a `memcpy`
+    // call per field): from 8 bytes on, the last eight (some checked twice).
     let tail = match bytes.last_chunk::<8>() {
         Some(last) if !rest.is_empty() => u64::from_le_bytes(*last),
         Some(_) => PLAIN_WORD,
-        None => rest.iter().rev().fold(PLAIN_WORD, |w, &b| (w << 8) | u64::from(b)),
+        None => short_word(rest),
     };
     odd | odd_bytes(tail) == 0
 }
 
 /// Eight plain bytes (`a`): what a short string's word is padded with.
 const PLAIN_WORD: u64 = u64::from_le_bytes([b'a'; 8]);
+
+/// A word holding every byte of `short` (under 8 bytes), some twice, the rest plain: with 4 to
+/// 7 bytes its first four and its last four; with 1 to 3, its first, middle and last byte. The
+/// same few operations whatever the length (a loop over the bytes cost more than the copy).
+fn short_word(short: &[u8]) -> u64 {
+    let word = |b: Option<&[u8; 4]>| u64::from(b.map_or(u32::from_le_bytes(*b"aaaa"), |b| u32::from_le_bytes(*b)));
+    if short.len() >= 4 {
+        return word(short.first_chunk::<4>()) | (word(short.last_chunk::<4>()) << 32);
+    }
+    let (Some(&first), Some(&last)) = (short.first(), short.last()) else {
+        return PLAIN_WORD;
+    };
+    let middle = short.get(short.len() / 2).copied().unwrap_or(first);
+    (PLAIN_WORD << 24) | u64::from(first) | (u64::from(middle) << 8) | (u64::from(last) << 16)
+}
 
 /// Non-zero when one of the eight bytes of `w` is below a space, above `~`, `"` or `\`. The
 /// classic tests (a borrow or carry marks a byte's high bit); one can also mark the byte after
