@@ -144,6 +144,8 @@ pub struct LogWriter {
     /// The access log records its lines for the writer to format (stderr is no terminal: no
     /// colours to match).
     direct_access_log: bool,
+    /// The log filter is asked for each access-log line ([`LogWriter::install`]).
+    pub(crate) filter_per_line: bool,
 }
 
 /// Flushes the queue when dropped (at the end of `main`).
@@ -219,15 +221,17 @@ impl LogWriter {
         std::thread::Builder::new()
             .name("routeid-log".into())
             .spawn(move || write_loop(rx, weak, Output::new(out, file, format)))?;
-        let writer = LogWriter { shared, direct_access_log };
+        let writer = LogWriter { shared, direct_access_log, filter_per_line: false };
         Ok((writer.clone(), FlushGuard { writer }))
     }
 
-    /// Makes `self` the process's log writer, which the access log finds with [`installed`] and
-    /// records its lines for without asking the log filter: install it only when the filter,
-    /// fixed from then on, lets `routeid::access` lines through. The first call wins.
-    pub fn install(&self) {
-        let _ = INSTALLED.set(self.clone());
+    /// Makes `self` the process's log writer, which the access log finds with [`installed`].
+    /// With `filter_per_line` false the access log records its lines without asking the log
+    /// filter (about 100 instructions a line): install it so only when the filter, fixed from
+    /// then on, lets every `routeid::access` line through (target and level directives only).
+    /// The first call wins.
+    pub fn install(&self, filter_per_line: bool) {
+        let _ = INSTALLED.set(LogWriter { filter_per_line, ..self.clone() });
     }
 
     /// Entries dropped so far: the writer was behind, or a write to the output failed (or, never

@@ -50,6 +50,9 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_w
     // per connection: any client could flood the log. Failed handshakes are counted in
     // routeid_tls_handshake_errors_total instead; RUST_LOG=rustls=... still turns them on.
     let asked = level.map(str::to_owned).or_else(|| std::env::var("RUST_LOG").ok());
+    // A span or field directive (`[...]`) may answer line by line (by the span a line is made
+    // in); target and level directives answer the same for every line.
+    let per_line = asked.as_deref().is_some_and(|v| v.contains('['));
     if !asked.is_some_and(|v| v.contains("rustls"))
         && let Ok(d) = "rustls=error".parse()
     {
@@ -60,11 +63,11 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_w
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-    // The filter is fixed from here on (nothing reloads it): asked once whether access-log lines
-    // pass, not per request. When they do not, requests emit their events to the filter, which
-    // turns them away at their call site.
-    if tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
-        writer.install();
+    // The filter is fixed from here on (nothing reloads it): with target and level directives
+    // only, asked once whether access-log lines pass, not per request. When they do not,
+    // requests emit their events to the filter, which turns them away at their call site.
+    if per_line || tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
+        writer.install(per_line);
     }
     Some(guard)
 }

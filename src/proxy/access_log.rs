@@ -443,14 +443,19 @@ impl AccessLine<'_> {
     }
 
     /// Records the line for routeid's log writer when one is installed (which formats it on
-    /// its own thread, [`render`]), else emits it as a `tracing` event. The binary installs its
-    /// writer only when the log filter (`RUST_LOG`, `--log-level`), which is fixed for the
-    /// process's life, lets `routeid::access` lines through: asking the filter per line cost
-    /// about 100 instructions. A filtered-out event costs next to nothing (tracing caches
-    /// that its call site is off). `now` is the request's end, which also stamps the line.
+    /// its own thread, [`render`]), else emits it as a `tracing` event. The binary's log filter
+    /// (`RUST_LOG`, `--log-level`) is fixed for the process's life: with target and level
+    /// directives only, the binary installs its writer only when the filter lets
+    /// `routeid::access` lines through, and the filter is not asked per line (that cost about
+    /// 100 instructions); a filtered-out event costs next to nothing (tracing caches that its
+    /// call site is off). With span or field directives it is asked per line. `now` is the
+    /// request's end, which also stamps the line.
     pub(crate) fn log(&self, now: Instant) {
         match crate::log_writer::installed() {
             Some(w) => {
+                if w.filter_per_line && !tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
+                    return;
+                }
                 let at = wall_clock(now);
                 w.append_record(|chunk| self.record(chunk, at));
             }
@@ -712,13 +717,14 @@ fn plain_bytes(bytes: &[u8]) -> bool {
 /// Eight plain bytes (`a`): what a short string's word is padded with.
 const PLAIN_WORD: u64 = u64::from_le_bytes([b'a'; 8]);
 
-/// A word holding every byte of `short` (under 8 bytes), some twice, the rest plain: with 4 to
-/// 7 bytes its first four and its last four; with 1 to 3, its first, middle and last byte. The
-/// same few operations whatever the length (a loop over the bytes cost more than the copy).
+/// A word holding every byte of `short` (under 8 bytes), some more than once, the rest plain:
+/// with 4 to 7 bytes its first four and its last four; with 1 to 3, its first, middle and last
+/// byte. The same few operations whatever the length (a loop over the bytes cost more than the
+/// copy).
 fn short_word(short: &[u8]) -> u64 {
-    let word = |b: Option<&[u8; 4]>| u64::from(b.map_or(u32::from_le_bytes(*b"aaaa"), |b| u32::from_le_bytes(*b)));
-    if short.len() >= 4 {
-        return word(short.first_chunk::<4>()) | (word(short.last_chunk::<4>()) << 32);
+    debug_assert!(short.len() < 8, "a word's worth or more: {} bytes", short.len());
+    if let (Some(first), Some(last)) = (short.first_chunk::<4>(), short.last_chunk::<4>()) {
+        return u64::from(u32::from_le_bytes(*first)) | (u64::from(u32::from_le_bytes(*last)) << 32);
     }
     let (Some(&first), Some(&last)) = (short.first(), short.last()) else {
         return PLAIN_WORD;
