@@ -51,8 +51,8 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
@@ -77,8 +77,6 @@ pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
 const CHUNK_ROOM: usize = 64 * 1024;
 /// A chunk grown larger than this (the writer fell behind) is freed instead of reused.
 const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
-/// Wake-ups that may wait for the writer; beyond, one is pending and that is enough.
-const WAKE_QUEUE: usize = 64;
 
 /// An entry in a chunk: its kind (one byte), its payload's length (4 bytes, little-endian),
 /// its payload.
@@ -89,15 +87,13 @@ const LINE: u8 = 0;
 /// ([`crate::proxy::access_log::render`]).
 const RECORD: u8 = 1;
 
-/// Why the writer is woken.
-enum Wake {
-    /// An entry found the writer asleep: write it now.
-    Lines,
-    /// A chunk reached [`WAKE_BYTES`]: write now.
-    Full,
-    /// Write everything appended before this, then answer.
-    Flush(SyncSender<()>),
-}
+/// Why the writer is woken: bits of [`Shared::bell`], set by the threads that append (and by a
+/// flush), taken all at once by the writer. An entry found the writer asleep: write it now.
+const RING_LINES: u8 = 1;
+/// A chunk reached [`WAKE_BYTES`]: write now.
+const RING_FULL: u8 = 1 << 1;
+/// A flush waits in [`Shared::flushes`]: write everything appended before it, then answer.
+const RING_FLUSH: u8 = 1 << 2;
 
 /// One thread's chunk of entries for one writer.
 #[derive(Debug, Default)]
@@ -118,7 +114,16 @@ struct Shared {
     asleep: AtomicBool,
     /// Wake-ups sent (read by the tests: a steady stream sends none).
     wakes: AtomicU64,
-    wake: SyncSender<Wake>,
+    /// Why the writer was woken since it last looked (`RING_*` bits).
+    bell: AtomicU8,
+    /// Flushes waiting for their answer.
+    flushes: Mutex<Vec<SyncSender<()>>>,
+    /// The writer thread, unparked to wake it (set as it starts). A wake-up is an atomic `or`
+    /// and the unpark (a futex call when it sleeps), no lock held: a channel's send held the
+    /// channel's lock while it woke the writer, and on a core the two share the writer ran its
+    /// whole sweep before the sender let go of the lock, then blocked on it, which cost two
+    /// more context switches and futex calls per wake-up, one of each on the request path.
+    writer: OnceLock<std::thread::Thread>,
     /// Run by the writer between a sweep that found nothing and its saying it is asleep: lets
     /// a test append a line exactly there.
     #[cfg(test)]
@@ -134,6 +139,25 @@ struct BeforeSleep(Mutex<Option<Box<dyn FnMut() + Send>>>);
 impl std::fmt::Debug for BeforeSleep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BeforeSleep")
+    }
+}
+
+impl Shared {
+    /// Wakes the writer, saying why (`RING_*`).
+    fn ring(&self, why: u8) {
+        self.bell.fetch_or(why, SeqCst);
+        if let Some(w) = self.writer.get() {
+            w.unpark();
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// The last [`LogWriter`] is gone: the writer wakes, finds nothing to write for, and ends.
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.get() {
+            w.unpark();
+        }
     }
 }
 
@@ -206,21 +230,23 @@ impl LogWriter {
         format: LogFormat,
         direct_access_log: bool,
     ) -> std::io::Result<(LogWriter, FlushGuard)> {
-        let (wake, rx) = mpsc::sync_channel(WAKE_QUEUE);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Relaxed),
             slots: Mutex::default(),
             dropped: AtomicU64::new(0),
             asleep: AtomicBool::new(true),
             wakes: AtomicU64::new(0),
-            wake,
+            bell: AtomicU8::new(0),
+            flushes: Mutex::default(),
+            writer: OnceLock::new(),
             #[cfg(test)]
             before_sleep: BeforeSleep::default(),
         });
         let weak = Arc::downgrade(&shared);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("routeid-log".into())
-            .spawn(move || write_loop(rx, weak, Output::new(out, file, format)))?;
+            .spawn(move || write_loop(weak, Output::new(out, file, format)))?;
+        let _ = shared.writer.set(thread.thread().clone());
         let writer = LogWriter { shared, direct_access_log, filter_per_line: false };
         Ok((writer.clone(), FlushGuard { writer }))
     }
@@ -299,18 +325,17 @@ impl LogWriter {
             }
         }
         drop(chunk);
-        let wake = if before < WAKE_BYTES && after >= WAKE_BYTES {
-            Wake::Full
+        let why = if before < WAKE_BYTES && after >= WAKE_BYTES {
+            RING_FULL
         } else if before == 0 && self.shared.asleep.load(SeqCst) {
             // Read after this thread's lock of the chunk: a writer that went to sleep before
             // saw the chunk empty has set `asleep` already (see `Shared::asleep`).
-            Wake::Lines
+            RING_LINES
         } else {
             return;
         };
         self.shared.wakes.fetch_add(1, Relaxed);
-        // Full: wake-ups are pending already, and one is all this would ask for.
-        let _ = self.shared.wake.try_send(wake);
+        self.shared.ring(why);
     }
 
     /// This thread's first entry to this writer: a slot of its own.
@@ -328,23 +353,10 @@ impl LogWriter {
     /// Waits (at most `within`, even when stderr blocks) until every line appended so far is
     /// written.
     pub fn flush(&self, within: Duration) {
-        let deadline = Instant::now() + within;
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        let mut msg = Wake::Flush(ack_tx);
-        loop {
-            match self.shared.wake.try_send(msg) {
-                Ok(()) => {
-                    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-                    return;
-                }
-                // Many wake-ups pending at exit: give the writer a moment, within the bound.
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return,
-            }
-        }
+        lock(&self.shared.flushes).push(ack_tx);
+        self.shared.ring(RING_FLUSH);
+        let _ = ack_rx.recv_timeout(within);
     }
 }
 
@@ -365,18 +377,19 @@ enum Swept {
 /// Sleeps until an entry comes and writes it; while entries keep coming, wakes every
 /// [`FLUSH_AFTER`] (sooner for a full chunk or a flush) and writes every thread's chunk; sleeps
 /// again once a sweep finds nothing. Ends when every [`LogWriter`] is gone.
-fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Output) {
+fn write_loop(weak: Weak<Shared>, mut out: Output) {
     // The next sweep; `None` while asleep.
     let mut next: Option<Instant> = None;
-    // `None` once every sender is gone, with `Shared` (then there is nothing left to write).
-    while let Some(flush) = wait(&rx, next) {
-        let Some(shared) = shared.upgrade() else { break };
+    // `None` once every `LogWriter` is gone, with `Shared` (then there is nothing left to write).
+    while let Some(flushes) = wait(&weak, next) {
+        let Some(shared) = weak.upgrade() else { break };
+        let flush = !flushes.is_empty();
         if next.is_none() {
             // Awake from here on: entries appended while this sweep writes need no wake-up
             // (every way back to sleep says so again and looks once more).
             shared.asleep.store(false, SeqCst);
         }
-        let mut swept = sweep(&shared, &mut out, flush.is_some());
+        let mut swept = sweep(&shared, &mut out, flush);
         if swept == Swept::Nothing {
             #[cfg(test)]
             if let Some(hook) = lock(&shared.before_sleep.0).as_mut() {
@@ -390,12 +403,12 @@ fn write_loop(rx: Receiver<Wake>, shared: Weak<Shared>, mut out: Output) {
                 shared.asleep.store(false, SeqCst);
             }
         }
-        out.end_sweep(swept == Swept::Something && flush.is_none());
+        out.end_sweep(swept == Swept::Something && !flush);
         shared.dropped.fetch_add(std::mem::take(&mut out.lost), Relaxed);
         // A failed flush (stderr closed) has nowhere to be reported.
         let _ = out.out.flush();
         next = (swept == Swept::Something).then(|| Instant::now() + FLUSH_AFTER);
-        if let Some(ack) = flush {
+        for ack in flushes {
             let _ = ack.try_send(());
         }
     }
@@ -556,20 +569,26 @@ fn write_whole(out: &mut dyn Write, mut bytes: &[u8]) -> Result<(), usize> {
 }
 
 /// Waits for the next sweep: asleep (`next` is `None`) until anything comes, awake until `next`
-/// or sooner for a full chunk or a flush. Returns the flush to answer, if that is why; `None`
-/// when every sender is gone.
-fn wait(rx: &Receiver<Wake>, next: Option<Instant>) -> Option<Option<SyncSender<()>>> {
+/// or sooner for a full chunk or a flush. Returns the flushes to answer after the sweep (none
+/// when that is not why); `None` once every [`LogWriter`] is gone. Holds `Shared` only while it
+/// looks, so the last `LogWriter` going drops it (and unparks this thread).
+fn wait(weak: &Weak<Shared>, next: Option<Instant>) -> Option<Vec<SyncSender<()>>> {
     loop {
-        let wake = match next {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-        };
-        match wake {
-            // An entry that found the writer asleep just before it woke: the sweep is due anyway.
-            Ok(Wake::Lines) if next.is_some_and(|at| Instant::now() < at) => {}
-            Ok(Wake::Lines | Wake::Full) | Err(RecvTimeoutError::Timeout) => return Some(None),
-            Ok(Wake::Flush(ack)) => return Some(Some(ack)),
-            Err(RecvTimeoutError::Disconnected) => return None,
+        let shared = weak.upgrade()?;
+        let why = shared.bell.swap(0, SeqCst);
+        let flushes = if why & RING_FLUSH != 0 { std::mem::take(&mut *lock(&shared.flushes)) } else { Vec::new() };
+        let now = Instant::now();
+        // An entry that found the writer asleep just before it woke is no reason to sweep
+        // before `next`.
+        let lines = why & RING_LINES != 0 && next.is_none();
+        if why & (RING_FULL | RING_FLUSH) != 0 || lines || next.is_some_and(|at| now >= at) {
+            return Some(flushes);
+        }
+        drop(shared);
+        // A ring between the swap above and here leaves the unpark's token: no sleep then.
+        match next {
+            None => std::thread::park(),
+            Some(at) => std::thread::park_timeout(at.saturating_duration_since(now)),
         }
     }
 }
@@ -653,6 +672,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 mod tests {
     use super::*;
     use crate::proxy::access_log::UnixMicros;
+    use std::sync::mpsc::Receiver;
     use std::time::SystemTime;
 
     /// An output that answers each write as scripted (then takes everything): `Some(n)` takes
@@ -844,6 +864,52 @@ mod tests {
         // 900 kB is a few writes (the first line, a WAKE_BYTES chunk each, the rest at the flush).
         let writes = sink.1.load(Relaxed);
         assert!(writes <= 40, "{writes} writes for 3,000 lines");
+    }
+
+    /// A `Write` that says when it is dropped: the writer thread, which owns it, has ended.
+    struct Ends(Sink, SyncSender<()>);
+
+    impl Write for Ends {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.write(data)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            let _ = self.1.try_send(());
+        }
+    }
+
+    #[test]
+    fn the_writer_ends_when_the_last_handle_goes_and_flushes_from_many_threads_are_answered() {
+        let sink = Sink::default();
+        let (tx, ended) = mpsc::sync_channel(1);
+        let (w, guard) = LogWriter::start(Box::new(Ends(sink.clone(), tx)), LogFormat::Text, true).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (w, sink) = (w.clone(), sink.clone());
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let line = format!("{t} {i}\n");
+                        w.send(line.as_bytes());
+                        w.flush(Duration::from_secs(10));
+                        assert!(sink.text().contains(&line), "{line:?} not out after its flush");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(sink.text().lines().count(), 200);
+        assert!(ended.try_recv().is_err(), "the writer ended while handles were left");
+        drop(w);
+        drop(guard);
+        assert!(ended.recv_timeout(Duration::from_secs(10)).is_ok(), "the writer thread did not end");
     }
 
     #[test]
