@@ -87,8 +87,8 @@ const LINE: u8 = 0;
 /// ([`crate::proxy::access_log::render`]).
 const RECORD: u8 = 1;
 
-/// Why the writer is woken: bits of [`Shared::bell`], set by the threads that append (and by a
-/// flush), taken all at once by the writer. An entry found the writer asleep: write it now.
+/// A reason to wake the writer ([`Shared::bell`]): an entry found the writer asleep: write it
+/// now.
 const RING_LINES: u8 = 1;
 /// A chunk reached [`WAKE_BYTES`]: write now.
 const RING_FULL: u8 = 1 << 1;
@@ -114,15 +114,17 @@ struct Shared {
     asleep: AtomicBool,
     /// Wake-ups sent (read by the tests: a steady stream sends none).
     wakes: AtomicU64,
-    /// Why the writer was woken since it last looked (`RING_*` bits).
+    /// Why the writer was woken since it last looked: `RING_*` bits, set by the threads that
+    /// append (and by a flush), then the writer's unpark; taken all at once by the writer. A
+    /// wake-up so holds no lock: a channel's send holds the channel's lock while it wakes the
+    /// receiver, and on a core the two share the writer ran its whole sweep before the sender
+    /// let go of it, then blocked on it (two more context switches per wake-up).
     bell: AtomicU8,
-    /// Flushes waiting for their answer.
-    flushes: Mutex<Vec<SyncSender<()>>>,
-    /// The writer thread, unparked to wake it (set as it starts). A wake-up is an atomic `or`
-    /// and the unpark (a futex call when it sleeps), no lock held: a channel's send held the
-    /// channel's lock while it woke the writer, and on a core the two share the writer ran its
-    /// whole sweep before the sender let go of the lock, then blocked on it, which cost two
-    /// more context switches and futex calls per wake-up, one of each on the request path.
+    /// Flushes waiting for their answer; `None` once the writer thread has ended (a flush then
+    /// returns at once).
+    flushes: Mutex<Option<Vec<SyncSender<()>>>>,
+    /// The writer thread, unparked to wake it: set by [`LogWriter::spawn`] right after the
+    /// thread starts, before any handle exists, so every ring finds it.
     writer: OnceLock<std::thread::Thread>,
     /// Run by the writer between a sweep that found nothing and its saying it is asleep: lets
     /// a test append a line exactly there.
@@ -237,7 +239,7 @@ impl LogWriter {
             asleep: AtomicBool::new(true),
             wakes: AtomicU64::new(0),
             bell: AtomicU8::new(0),
-            flushes: Mutex::default(),
+            flushes: Mutex::new(Some(Vec::new())),
             writer: OnceLock::new(),
             #[cfg(test)]
             before_sleep: BeforeSleep::default(),
@@ -354,7 +356,11 @@ impl LogWriter {
     /// written.
     pub fn flush(&self, within: Duration) {
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        lock(&self.shared.flushes).push(ack_tx);
+        match lock(&self.shared.flushes).as_mut() {
+            Some(waiting) => waiting.push(ack_tx),
+            // The writer thread has ended (only a bug could end it): nothing will be written.
+            None => return,
+        }
         self.shared.ring(RING_FLUSH);
         let _ = ack_rx.recv_timeout(within);
     }
@@ -374,10 +380,23 @@ enum Swept {
     Something,
 }
 
+/// Marks the writer thread ended, however it ends (a panic too): waiting flushes are answered
+/// (their senders dropped) and later ones return at once instead of waiting out their bound.
+struct Ended(Weak<Shared>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            *lock(&shared.flushes) = None;
+        }
+    }
+}
+
 /// Sleeps until an entry comes and writes it; while entries keep coming, wakes every
 /// [`FLUSH_AFTER`] (sooner for a full chunk or a flush) and writes every thread's chunk; sleeps
 /// again once a sweep finds nothing. Ends when every [`LogWriter`] is gone.
 fn write_loop(weak: Weak<Shared>, mut out: Output) {
+    let _ended = Ended(weak.clone());
     // The next sweep; `None` while asleep.
     let mut next: Option<Instant> = None;
     // `None` once every `LogWriter` is gone, with `Shared` (then there is nothing left to write).
@@ -576,7 +595,10 @@ fn wait(weak: &Weak<Shared>, next: Option<Instant>) -> Option<Vec<SyncSender<()>
     loop {
         let shared = weak.upgrade()?;
         let why = shared.bell.swap(0, SeqCst);
-        let flushes = if why & RING_FLUSH != 0 { std::mem::take(&mut *lock(&shared.flushes)) } else { Vec::new() };
+        let flushes = match lock(&shared.flushes).as_mut() {
+            Some(waiting) if why & RING_FLUSH != 0 => std::mem::take(waiting),
+            _ => Vec::new(),
+        };
         let now = Instant::now();
         // An entry that found the writer asleep just before it woke is no reason to sweep
         // before `next`.
@@ -585,7 +607,8 @@ fn wait(weak: &Weak<Shared>, next: Option<Instant>) -> Option<Vec<SyncSender<()>
             return Some(flushes);
         }
         drop(shared);
-        // A ring between the swap above and here leaves the unpark's token: no sleep then.
+        // A ring between the swap above and here, or the drop of `Shared` (maybe the one just
+        // above), leaves the unpark's token: no sleep then.
         match next {
             None => std::thread::park(),
             Some(at) => std::thread::park_timeout(at.saturating_duration_since(now)),
@@ -910,6 +933,29 @@ mod tests {
         drop(w);
         drop(guard);
         assert!(ended.recv_timeout(Duration::from_secs(10)).is_ok(), "the writer thread did not end");
+    }
+
+    /// A `Write` that panics: a bug in the writer thread, which then ends.
+    struct Panics;
+
+    impl Write for Panics {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            panic!("the writer thread's output panics (a test)")
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flush_does_not_wait_out_its_bound_for_a_writer_that_ended() {
+        let (w, _guard) = LogWriter::start(Box::new(Panics), LogFormat::Text, true).unwrap();
+        w.send(b"ends the writer\n");
+        for _ in 0..2 {
+            let started = Instant::now();
+            w.flush(Duration::from_secs(60));
+            assert!(started.elapsed() < Duration::from_secs(30), "a flush waited for an ended writer");
+        }
     }
 
     #[test]
