@@ -595,9 +595,9 @@ fn wait(weak: &Weak<Shared>, next: Option<Instant>) -> Option<Vec<SyncSender<()>
     loop {
         let shared = weak.upgrade()?;
         let why = shared.bell.swap(0, SeqCst);
-        let flushes = match lock(&shared.flushes).as_mut() {
-            Some(waiting) if why & RING_FLUSH != 0 => std::mem::take(waiting),
-            _ => Vec::new(),
+        let flushes = match why & RING_FLUSH {
+            0 => Vec::new(),
+            _ => lock(&shared.flushes).as_mut().map(std::mem::take).unwrap_or_default(),
         };
         let now = Instant::now();
         // An entry that found the writer asleep just before it woke is no reason to sweep
