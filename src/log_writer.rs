@@ -148,6 +148,10 @@ impl Shared {
     /// Wakes the writer, saying why (`RING_*`).
     fn ring(&self, why: u8) {
         self.bell.fetch_or(why, SeqCst);
+        self.unpark_writer();
+    }
+
+    fn unpark_writer(&self) {
         if let Some(w) = self.writer.get() {
             w.unpark();
         }
@@ -157,9 +161,7 @@ impl Shared {
 impl Drop for Shared {
     /// The last [`LogWriter`] is gone: the writer wakes, finds nothing to write for, and ends.
     fn drop(&mut self) {
-        if let Some(w) = self.writer.get() {
-            w.unpark();
-        }
+        self.unpark_writer();
     }
 }
 

@@ -1,8 +1,6 @@
 //! `routeid controller` as users run it: the real binary, a kubeconfig file pointing at the fake
 //! API server, traffic through it, a clean exit on SIGTERM.
 
-use std::time::Duration;
-
 use crate::support::cluster::*;
 use crate::support::fake_apiserver::FakeApiServer;
 use crate::support::*;
@@ -27,15 +25,7 @@ async fn the_binary_reads_a_kubeconfig_serves_the_pool_and_exits_cleanly() {
             kube.status("shop").await.is_some_and(|s| s.member_count == Some(1))
         })
         .await;
-        p.signal("TERM");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(st) = p.child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no exit after SIGTERM: {}", p.stderr());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let status = p.terminate().await;
         assert!(status.success(), "{status}: {}", p.stderr());
         // The Lease was released on the way out.
         let lease = api.object("coordination.k8s.io", "v1", "leases", NS, "routeid-status").unwrap();

@@ -104,15 +104,7 @@ async fn a_log_filter_that_turns_the_access_target_off_keeps_the_access_log_off(
             for i in 0..20 {
                 assert_eq!(get(p.proxy_addr, &format!("/filtered-{i}"), &[]).await.status, 200);
             }
-            p.signal("TERM");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            let status = loop {
-                if let Some(st) = p.child.try_wait().unwrap() {
-                    break st;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "no exit after SIGTERM: {}", p.stderr());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+            let status = p.terminate().await;
             let log = p.stderr();
             // A clean exit, its last line written: every line made before it is in the file.
             assert!(status.success() && log.contains("shutting down"), "{filter}: {status}: {log}");

@@ -436,6 +436,20 @@ impl ProxyProcess {
         assert!(st.expect("kill(1) runs").success(), "kill -{sig} {} failed", self.pid());
     }
 
+    /// Sends `SIGTERM` and waits (at most 10 s, else the test fails with its stderr) for the
+    /// child to exit; its exit status. A std child cannot be awaited, so it is polled.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no exit after SIGTERM: {}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The peak resident set size (`VmHWM`) of the child, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
