@@ -39,7 +39,10 @@
 #         `Connection: close`: one TLS handshake per request), both proxies with the same
 #         ECDSA P-256 certificate made by openssl for the run; h2 (HTTP/2 over TLS by ALPN, with
 #         h2load: CONNS connections × H2_STREAMS streams).
-# Output: a table on stdout and in bench/out/latest.txt; per-run rows in bench/out/latest-runs.tsv.
+# Output: a table on stdout and in bench/out/latest.txt; per-run rows in bench/out/latest-runs.tsv
+#         (routeid-log's rows also carry its log writer thread's CPU per request, and the table
+#         its median and range over the rounds: a round far above the others is this VM's, see
+#         bench/README.md).
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -137,6 +140,23 @@ user_ticks() {
     local -a f
     read -ra f <<<"$rest"
     echo "${f[11]}"
+}
+
+# utime+stime in clock ticks of routeid's log writer thread (named routeid-log) in process $1; 0
+# without one. Its share of routeid-log's CPU, round by round, shows the spells in which this VM
+# makes the log's new pages dear (bench/README.md, 2026-12-04 late evening).
+writer_ticks() {
+    local t stat rest
+    for t in /proc/"$1"/task/*; do
+        [[ $(cat "$t/comm" 2>/dev/null) == routeid-log ]] || continue
+        read -r stat <"$t/stat" || return 1
+        rest=${stat##*) }
+        local -a f
+        read -ra f <<<"$rest"
+        echo $((f[11] + f[12]))
+        return 0
+    done
+    echo 0
 }
 
 # Log lines routeid-log dropped so far (routeid_log_lines_dropped_total): a log that drops
@@ -378,7 +398,7 @@ main() {
     local t s
 
     local runs="$OUT_DIR/latest-runs.tsv"
-    printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\tuser_us_req\n' >"$runs"
+    printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\tuser_us_req\tlog_thread_us_req\n' >"$runs"
     local r header url pid c0 c1 u0 u1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ucpu ncpu_req
     local -a order
     local i fresh
@@ -420,6 +440,7 @@ main() {
                     alive "$pid" || die "$t (pid $pid) died: $(tail -n 20 "$TMP/$t.log")"
                     c0=$(cpu_ticks "$pid")
                     u0=$(user_ticks "$pid")
+                    [[ $t != routeid-log ]] || w0=$(writer_ticks "$pid")
                 fi
                 n0=$(nginx_ticks)
                 if [[ $s = h2 ]]; then
@@ -431,17 +452,21 @@ main() {
                 [[ $t != routeid-log ]] || LOG_DROPPED=$((LOG_DROPPED + $(log_dropped) - d0))
                 [[ $t != *-log ]] || settle_log "$t"
                 read -r rps p50 p99 reqs non2xx sockerr <<<"$line"
-                cpu="-" ucpu="-"
+                cpu="-" ucpu="-" wcpu="-"
                 if [[ -n $pid ]]; then
                     c1=$(cpu_ticks "$pid") || die "$t (pid $pid) died during the run"
                     u1=$(user_ticks "$pid")
                     cpu=$(awk -v d=$((c1 - c0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
                     ucpu=$(awk -v d=$((u1 - u0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
+                    if [[ $t == routeid-log ]]; then
+                        w1=$(writer_ticks "$pid")
+                        wcpu=$(awk -v d=$((w1 - w0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
+                    fi
                 fi
                 ncpu_req=$(awk -v d=$((n1 - n0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
-                printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$t" "$rps" "$p50" "$p99" "$cpu" \
-                    "$ncpu_req" "$reqs" "$non2xx" "$sockerr" "$ucpu" >>"$runs"
-                log "round $r/$ROUNDS $s $t: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, cpu/req ${cpu}us (user ${ucpu}us), nginx ${ncpu_req}us/req"
+                printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$t" "$rps" "$p50" "$p99" "$cpu" \
+                    "$ncpu_req" "$reqs" "$non2xx" "$sockerr" "$ucpu" "$wcpu" >>"$runs"
+                log "round $r/$ROUNDS $s $t: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, cpu/req ${cpu}us (user ${ucpu}us$([[ $wcpu == - ]] || echo ", log thread ${wcpu}us")), nginx ${ncpu_req}us/req"
                 if ((non2xx + sockerr)); then
                     log "WARNING $t ($s, round $r): $non2xx non-2xx/3xx responses, $sockerr socket errors (see bench/out/latest-wrk.txt)"
                 fi
@@ -568,6 +593,7 @@ report() {
             k = $2 SUBSEP $3
             add(k SUBSEP "rps", $4); add(k SUBSEP "p50", $5); add(k SUBSEP "p99", $6)
             add(k SUBSEP "cpu", $7); add(k SUBSEP "ncpu", $8); add(k SUBSEP "ucpu", $12)
+            if ($13 != "" && $13 != "-") { add(k SUBSEP "wcpu", $13); if (!((k, "wlo") in w) || $13 + 0 < w[k, "wlo"]) w[k, "wlo"] = $13; if (!((k, "whi") in w) || $13 + 0 > w[k, "whi"]) w[k, "whi"] = $13 }
             if (!($1 in rnd)) nrounds++
             rnd[$1] = 1; per[$1, k, "rps"] = $4; per[$1, k, "p99"] = $6; per[$1, k, "cpu"] = $7; per[$1, k, "ucpu"] = $12
             non2xx[$3] += $10; sockerr[$3] += $11
@@ -617,6 +643,8 @@ report() {
                     if (!head++) printf "access log cost (%s-log minus %s, cpu us/req):\n", px, px
                     printf "  %-9s %+.2f (user %+.2f); paired: %s\n", S[i], m[l, "cpu"] - m[r, "cpu"], m[l, "ucpu"] - m[r, "ucpu"],
                         paired(l, r, "cpu", "-")
+                    if ((l SUBSEP "wcpu") in vals)
+                        printf "  %-9s the log writer thread: %.2f us/req (rounds %.2f-%.2f)\n", "", median(l SUBSEP "wcpu"), w[l, "wlo"], w[l, "whi"]
                 }
             }
             head = 0
