@@ -146,17 +146,18 @@ user_ticks() {
 # without one. Its share of routeid-log's CPU, round by round, shows the spells in which this VM
 # makes the log's new pages dear (bench/README.md, 2026-12-04 late evening).
 writer_ticks() {
-    local t stat rest
+    local t
     for t in /proc/"$1"/task/*; do
         [[ $(cat "$t/comm" 2>/dev/null) == routeid-log ]] || continue
-        read -r stat <"$t/stat" || return 1
-        rest=${stat##*) }
-        local -a f
-        read -ra f <<<"$rest"
-        echo $((f[11] + f[12]))
-        return 0
+        cpu_ticks "$1/task/${t##*/}"
+        return
     done
     echo 0
+}
+
+# per_req TICKS: TICKS of CPU over the run's $reqs requests, in µs per request.
+per_req() {
+    awk -v d="$1" -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }'
 }
 
 # Log lines routeid-log dropped so far (routeid_log_lines_dropped_total): a log that drops
@@ -399,7 +400,7 @@ main() {
 
     local runs="$OUT_DIR/latest-runs.tsv"
     printf 'round\tscenario\ttarget\treq_s\tp50_ms\tp99_ms\tcpu_us_req\tnginx_us_req\trequests\tnon2xx\tsocket_errors\tuser_us_req\tlog_thread_us_req\n' >"$runs"
-    local r header url pid c0 c1 u0 u1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ucpu ncpu_req
+    local r header url pid c0 c1 u0 u1 w0 w1 n0 n1 line rps p50 p99 reqs non2xx sockerr cpu ucpu wcpu ncpu_req
     local -a order
     local i fresh
     for ((r = 1; r <= ROUNDS; r++)); do
@@ -456,14 +457,14 @@ main() {
                 if [[ -n $pid ]]; then
                     c1=$(cpu_ticks "$pid") || die "$t (pid $pid) died during the run"
                     u1=$(user_ticks "$pid")
-                    cpu=$(awk -v d=$((c1 - c0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
-                    ucpu=$(awk -v d=$((u1 - u0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
+                    cpu=$(per_req $((c1 - c0)))
+                    ucpu=$(per_req $((u1 - u0)))
                     if [[ $t == routeid-log ]]; then
                         w1=$(writer_ticks "$pid")
-                        wcpu=$(awk -v d=$((w1 - w0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
+                        wcpu=$(per_req $((w1 - w0)))
                     fi
                 fi
-                ncpu_req=$(awk -v d=$((n1 - n0)) -v clk="$clk" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / clk * 1e6 / n : 0 }')
+                ncpu_req=$(per_req $((n1 - n0)))
                 printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$t" "$rps" "$p50" "$p99" "$cpu" \
                     "$ncpu_req" "$reqs" "$non2xx" "$sockerr" "$ucpu" "$wcpu" >>"$runs"
                 log "round $r/$ROUNDS $s $t: $rps req/s, p50 ${p50}ms, p99 ${p99}ms, cpu/req ${cpu}us (user ${ucpu}us$([[ $wcpu == - ]] || echo ", log thread ${wcpu}us")), nginx ${ncpu_req}us/req"
