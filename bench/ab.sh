@@ -22,7 +22,8 @@
 #                           on||
 #         ROUTEID_BIN     the release build to use (default: scripts/build-release.sh's)
 #         RESTART=0       one process per configuration for all rounds (faster, less fair)
-# Output: per configuration the medians of CPU, user and system µs per request, the log writer
+# Output: per round each configuration's CPU per request (and its log writer thread's share);
+#         per configuration the medians of CPU, user and system µs per request, the log writer
 #         thread's share of that CPU (log_thread), context switches per 1,000 requests (all the
 #         process's threads) and wrk's p99 latency, then
 #         each configuration's median paired difference to the first (CPU, with a 95 %
@@ -139,6 +140,8 @@ for r in $(seq "$ROUNDS"); do
     read -r cpu user sys writer cs p99 dropped < <(run "${rpids[$i]}" "${ports[$i]}" "${cookies[$i]}")
     echo "$r ${names[$i]} $cpu $user $sys $writer $cs $p99 $dropped" >>"$results"
     line+=" ${names[$i]} $cpu"
+    # The log writer's share, per round: a spell in which the VM makes its pages dear shows.
+    [[ $writer == 0.000 ]] || line+=" (writer $writer)"
   done
   echo "$line µs/req" >&2
 done
