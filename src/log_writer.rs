@@ -34,7 +34,7 @@
 //!   off them (`bench/page_cache_writes.py`). The bytes past the last boundary wait for the next
 //!   sweep (within [`FLUSH_AFTER`]); a pipe or a terminal gets whole lines in every write;
 //! - to a regular file, the writer lets go of the file's page cache behind what it wrote
-//!   ([`LetGo`]): the log keeps a few MiB of memory, reused, however much it writes, instead of
+//!   ([`LetGo`]): the log keeps some 18 MB of memory, reused, however much it writes, instead of
 //!   filling the page cache (and a container's memory cgroup) with lines nobody reads again;
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
 //!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
@@ -82,11 +82,15 @@ const CHUNK_ROOM: usize = 64 * 1024;
 const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
 
 /// How many bytes the writer writes to a regular file between two calls letting go of its page
-/// cache ([`LetGo`]): one `fadvise` a MiB, some 15 a second at 50,000 requests a second.
+/// cache ([`LetGo`]): about 35 `fadvise` calls a second at 80,000 requests a second. Most of a
+/// call is starting the write-back (ext4's block allocation, the disk's queue), with a cost per
+/// call as well as per byte: under `bench/ab.sh`'s load a call took 160 µs at a MiB and 190 at
+/// 256 KiB (`strace -T` of the writer thread), so larger steps cost less in all.
 const LET_GO_EVERY: u64 = 1024 * 1024;
 /// How much of the file's end the writer leaves in the page cache: what `tail -f` or a log
-/// shipper reading just behind it finds there instead of on disk.
-const LET_GO_KEEP: u64 = 4 * 1024 * 1024;
+/// shipper reading behind it finds there instead of on disk (half a second of the busiest log
+/// measured, 80,000 lines and 35 MB a second; over half a minute of one at 1,000 lines).
+const LET_GO_KEEP: u64 = 16 * 1024 * 1024;
 
 /// An entry in a chunk: its kind (one byte), its payload's length (4 bytes, little-endian),
 /// its payload.
@@ -596,8 +600,8 @@ impl Output {
 /// Without it, every line stays in the page cache until memory runs short: a busy log fills
 /// gigabytes with lines nobody reads again, counted in a container's memory cgroup, and every
 /// 4 KiB it writes lands in a page of memory it has not used before. With it, the pages it
-/// drops go back to the CPU's free list and are the next ones the file is given: the log
-/// reuses a few MiB. On a VM whose host takes freed memory back (free page reporting,
+/// drops go back to the free lists and are soon given to the file again: the log reuses some
+/// 18 MB. On a VM whose host takes freed memory back (free page reporting,
 /// balloons), fresh pages are dear: measured on one, copying the lines into them took 80 % of
 /// the writer's time (bench/README.md).
 ///
@@ -614,8 +618,9 @@ struct LetGo {
 }
 
 /// How far back each call of [`LetGo`] reaches before its range's end: the pages in it whose
-/// writeback an earlier call started are done by now and are dropped.
-const LET_GO_BEHIND: u64 = 4 * LET_GO_EVERY;
+/// writeback an earlier call started are done by now and are dropped (pages already dropped
+/// cost the call next to nothing).
+const LET_GO_BEHIND: u64 = 4 * 1024 * 1024;
 
 impl LetGo {
     /// Counts `n` bytes written to `file`; after each [`LET_GO_EVERY`] lets go of the file's
@@ -1395,7 +1400,7 @@ mod tests {
     }
 
     #[test]
-    fn a_log_file_keeps_only_its_last_few_mib_in_the_page_cache_and_starts_over_when_truncated() {
+    fn a_log_file_keeps_only_its_last_mib_in_the_page_cache_and_starts_over_when_truncated() {
         // Next to the test binary, on the build's disk: tmpfs would keep every page (they are
         // the file's only copy), and the temp directory may be one.
         let path = std::env::current_exe().unwrap().with_file_name(format!("routeid-let-go-{}", std::process::id()));
@@ -1407,20 +1412,23 @@ mod tests {
         assert_ne!(fs_type, Some(TMPFS_MAGIC), "{:?} is on tmpfs: build in a directory on disk", file.0);
         let mut out = Output::new(Box::new(writer.try_clone().unwrap()), Some(writer), LogFormat::Text);
         const MIB: u64 = 1024 * 1024;
-        write_mib(&mut out, &reader, 16);
-        let page = 4096;
-        for at in [0, 6 * MIB, 12 * MIB - page] {
-            assert!(!cached(&reader, at), "byte {at} of 16 MiB is still cached");
-        }
-        for at in [12 * MIB, 16 * MIB - 1] {
-            assert!(cached(&reader, at), "byte {at} of 16 MiB was dropped");
-        }
+        let (keep, page) = (LET_GO_KEEP, 4096);
+        // What a file of `len` bytes must hold in memory and must not, after the writes above.
+        let check = |len: u64| {
+            for at in [0, (len - keep) / 2, len - keep - page] {
+                assert!(!cached(&reader, at), "byte {at} of {len} is still cached");
+            }
+            for at in [len - keep, len - 1] {
+                assert!(cached(&reader, at), "byte {at} of {len} was dropped");
+            }
+        };
+        write_mib(&mut out, &reader, (keep / MIB) as usize + 12);
+        check(keep + 12 * MIB);
         // Truncated under the writer (`copytruncate`): it appends from 0 again and lets go of
         // the new file's pages behind its last few MiB in the same way.
         std::fs::OpenOptions::new().write(true).open(&file.0).unwrap().set_len(0).unwrap();
-        write_mib(&mut out, &reader, 8);
-        assert_eq!(reader.metadata().unwrap().len(), 8 * MIB);
-        assert!(!cached(&reader, 0) && !cached(&reader, 4 * MIB - page), "the start of the new file is still cached");
-        assert!(cached(&reader, 4 * MIB) && cached(&reader, 8 * MIB - 1), "the new file's last 4 MiB were dropped");
+        write_mib(&mut out, &reader, (keep / MIB) as usize + 4);
+        assert_eq!(reader.metadata().unwrap().len(), keep + 4 * MIB);
+        check(keep + 4 * MIB);
     }
 }
