@@ -601,9 +601,10 @@ impl Output {
 /// gigabytes with lines nobody reads again, counted in a container's memory cgroup, and every
 /// 4 KiB it writes lands in a page of memory it has not used before. With it, the pages it
 /// drops go back to the free lists and are soon given to the file again: the log reuses some
-/// 18 MB. On a VM whose host takes freed memory back (free page reporting,
-/// balloons), fresh pages are dear: measured on one, copying the lines into them took 80 % of
-/// the writer's time (bench/README.md).
+/// 18 MB. That may matter most on a VM whose host takes freed memory back (free page reporting,
+/// balloons): on the test VM, in spells, copying the lines into the page cache took 80 % of the
+/// writer's time, which fits pages the host backs again as they are written (bench/README.md;
+/// not yet measured with this in place).
 ///
 /// `POSIX_FADV_DONTNEED` starts the writeback of a range's dirty pages and drops its clean ones,
 /// so each call covers the [`LET_GO_BEHIND`] before its end again: pages whose writeback an
@@ -1400,7 +1401,7 @@ mod tests {
     }
 
     #[test]
-    fn a_log_file_keeps_only_its_last_mib_in_the_page_cache_and_starts_over_when_truncated() {
+    fn a_log_file_keeps_only_its_end_in_the_page_cache_and_starts_over_when_truncated() {
         // Next to the test binary, on the build's disk: tmpfs would keep every page (they are
         // the file's only copy), and the temp directory may be one.
         let path = std::env::current_exe().unwrap().with_file_name(format!("routeid-let-go-{}", std::process::id()));
