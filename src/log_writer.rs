@@ -91,6 +91,10 @@ const LET_GO_EVERY: u64 = 1024 * 1024;
 /// shipper reading behind it finds there instead of on disk (half a second of the busiest log
 /// measured, 80,000 lines and 35 MB a second; over half a minute of one at 1,000 lines).
 const LET_GO_KEEP: u64 = 16 * 1024 * 1024;
+/// How far back each call of [`LetGo`] reaches before its range's end: the pages in it whose
+/// writeback an earlier call started are done by now and are dropped (pages already dropped
+/// cost the call next to nothing).
+const LET_GO_BEHIND: u64 = 4 * 1024 * 1024;
 
 /// An entry in a chunk: its kind (one byte), its payload's length (4 bytes, little-endian),
 /// its payload.
@@ -618,11 +622,6 @@ struct LetGo {
     since: u64,
 }
 
-/// How far back each call of [`LetGo`] reaches before its range's end: the pages in it whose
-/// writeback an earlier call started are done by now and are dropped (pages already dropped
-/// cost the call next to nothing).
-const LET_GO_BEHIND: u64 = 4 * 1024 * 1024;
-
 impl LetGo {
     /// Counts `n` bytes written to `file`; after each [`LET_GO_EVERY`] lets go of the file's
     /// pages up to [`LET_GO_KEEP`] before its offset. A file truncated under the writer
@@ -635,10 +634,8 @@ impl LetGo {
         self.since = 0;
         let Ok(at) = (&*file).stream_position() else { return };
         let end = at.saturating_sub(LET_GO_KEEP);
-        if end < self.upto {
-            self.upto = end;
-        }
-        let from = self.upto.saturating_sub(LET_GO_BEHIND);
+        // Below the last range's end only when the file was truncated: then from its new end.
+        let from = self.upto.min(end).saturating_sub(LET_GO_BEHIND);
         if let Some(len) = std::num::NonZeroU64::new(end - from) {
             let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
         }
