@@ -28,7 +28,7 @@
 #         process's threads) and wrk's p99 latency, then
 #         each configuration's median paired difference to the first (CPU, with a 95 %
 #         confidence interval of that median and the smallest and largest; user and log_thread,
-#         each with its interval) and median paired ratio of p99s; a warning for any
+#         each with its interval) and median paired ratio of p99s (with its interval); a warning for any
 #         configuration whose log dropped lines (routeid_log_lines_dropped_total) during a
 #         measured run.
 set -euo pipefail
@@ -157,12 +157,13 @@ awk -v first="${names[0]}" '
   # ci95(list): a 95 % confidence interval of the median, from order statistics alone (the k-th
   # smallest and largest, k the largest with P(Binomial(n, 1/2) < k) <= 2.5 %: no assumption on
   # the spread); "n/a" under 6 rounds, where no such interval exists.
-  function ci95(list,   n, a, i, j, t, k, pk, cdf) {
+  function ci95(list) { return ci95f(list, "%+.2f..%+.2f") }
+  function ci95f(list, fmt,   n, a, i, j, t, k, pk, cdf) {
     n = split(list, a, " ")
     for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
     pk = 0.5 ^ n; cdf = pk; k = 0
     for (i = 0; cdf <= 0.025 && i < n; i++) { k = i + 1; pk = pk * (n - i) / (i + 1); cdf += pk }
-    return k ? sprintf("%+.2f..%+.2f", a[k], a[n + 1 - k]) : "n/a"
+    return k ? sprintf(fmt, a[k], a[n + 1 - k]) : "n/a"
   }
   # paired(a, n): per round, a[round, n] minus a[round, first], as a list.
   function paired(a, n,   r, out) {
@@ -185,5 +186,5 @@ awk -v first="${names[0]}" '
     for (i = 1; i <= k; i++) if (drop[names[i]]) printf "WARNING %s dropped %d log lines: its figures are not valid\n", names[i], drop[names[i]]
     for (i = 2; i <= k; i++) { n = names[i]; d = paired(c, n); du = paired(u, n); dw = paired(w, n); dp = ""
       for (r = 1; r <= NR; r++) if (name[r] == n && p[round[r], first] > 0) dp = dp " " (p[round[r], n] / p[round[r], first])
-      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (95%% CI %s, range %s), user %+.2f (95%% CI %s), log_thread %+.3f (95%% CI %s), p99 x%.2f\n", n, first, median(d), ci95(d), minmax(d), median(du), ci95(du), median(dw), ci95(dw), median(dp) }
+      printf "%s minus %s, median of paired rounds: cpu %+.2f us/req (95%% CI %s, range %s), user %+.2f (95%% CI %s), log_thread %+.3f (95%% CI %s), p99 x%.2f (95%% CI %s)\n", n, first, median(d), ci95(d), minmax(d), median(du), ci95(du), median(dw), ci95(dw), median(dp), ci95f(dp, "%.2f..%.2f") }
   }' "$results"

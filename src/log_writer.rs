@@ -36,6 +36,9 @@
 //! - to a regular file, the writer lets go of the file's page cache behind what it wrote
 //!   ([`LetGo`]): the log keeps some 18 MB of memory, reused, however much it writes, instead of
 //!   filling the page cache (and a container's memory cgroup) with lines nobody reads again;
+//! - to a pipe (a container's stderr, read by the container runtime), the writer widens the
+//!   pipe to [`PIPE_BYTES`] at start ([`widen_pipe`]): in a pipe of the default 64 KiB each of
+//!   its writes would fill the pipe and wait for the reader;
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
 //!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
 //!   of slowing requests down;
@@ -87,6 +90,16 @@ const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
 /// call as well as per byte: under `bench/ab.sh`'s load a call took 160 µs at a MiB and 190 at
 /// 256 KiB (`strace -T` of the writer thread), so larger steps cost less in all.
 const LET_GO_EVERY: u64 = 1024 * 1024;
+/// How large a pipe on stderr is made ([`widen_pipe`]), when the system lets an unprivileged
+/// process (`/proc/sys/fs/pipe-max-size`, 1 MiB by default): some 3,400 access-log lines, 40 ms
+/// of the busiest log measured. A pipe's default 64 KiB fills with each of the writer's writes,
+/// so the writer waits for the reader (in Kubernetes, the container runtime) and is woken again
+/// for every write: under `bench/ab.sh`'s load with stderr to a pipe read by `cat`, 1 MiB halved
+/// the writer's CPU per line and the process's context switches (bench/README.md).
+const PIPE_BYTES: usize = 1024 * 1024;
+/// A smaller size to ask for when [`PIPE_BYTES`] is refused (a lower `pipe-max-size`, or the
+/// user's pipes over `pipe-user-pages-soft`).
+const PIPE_BYTES_FALLBACK: usize = 256 * 1024;
 /// How much of the file's end the writer leaves in the page cache: what `tail -f` or a log
 /// shipper reading behind it finds there instead of on disk (half a second of the busiest log
 /// measured, 80,000 lines and 35 MB a second; over half a minute of one at 1,000 lines).
@@ -241,6 +254,7 @@ impl LogWriter {
         use std::os::fd::AsFd;
         let file = std::io::stderr().as_fd().try_clone_to_owned().map(File::from).ok();
         let file = file.filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+        widen_pipe(std::io::stderr().as_fd());
         Self::spawn(Box::new(std::io::stderr()), file, format, direct_access_log)
     }
 
@@ -641,6 +655,19 @@ impl LetGo {
         }
         self.upto = end;
     }
+}
+
+/// Makes `fd` a pipe of [`PIPE_BYTES`] (else [`PIPE_BYTES_FALLBACK`]) when it is a smaller
+/// pipe; a pipe the system will not widen stays as it is (the log works the same, with more
+/// wake-ups). Returns the pipe's size after; `None` when `fd` is not a pipe.
+fn widen_pipe(fd: std::os::fd::BorrowedFd<'_>) -> Option<usize> {
+    let stat = rustix::fs::fstat(fd).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
+        return None;
+    }
+    let size = rustix::pipe::fcntl_getpipe_size(fd).ok()?;
+    let larger = [PIPE_BYTES, PIPE_BYTES_FALLBACK].into_iter().filter(|&want| want > size);
+    Some(larger.map(|want| rustix::pipe::fcntl_setpipe_size(fd, want)).find_map(Result::ok).unwrap_or(size))
 }
 
 /// Writes all of `bytes` to `out`, waiting out `WouldBlock` (1 ms at a time) and retrying
@@ -1221,6 +1248,25 @@ mod tests {
         drop(guard);
         let text = sink.text();
         assert!(text.ends_with("hello answer=42\n"), "{text}");
+    }
+
+    #[test]
+    fn a_pipe_on_stderr_is_widened_and_nothing_else_is_touched() {
+        use std::os::fd::AsFd;
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        let before = rustix::pipe::fcntl_getpipe_size(&writer).unwrap();
+        assert!(before < PIPE_BYTES, "a new pipe holds {before} bytes");
+        assert_eq!(widen_pipe(writer.as_fd()), Some(PIPE_BYTES));
+        assert_eq!(rustix::pipe::fcntl_getpipe_size(&reader).unwrap(), PIPE_BYTES);
+        let text = b"a line\n";
+        assert_eq!(rustix::io::write(&writer, text).unwrap(), text.len());
+        let mut back = [0; 16];
+        assert_eq!(rustix::io::read(&reader, &mut back).unwrap(), text.len());
+        // A pipe as large already is left as it is.
+        assert_eq!(widen_pipe(reader.as_fd()), Some(PIPE_BYTES));
+        // A regular file is left alone.
+        let file = TempFile::new("not-a-pipe");
+        assert_eq!(widen_pipe(file.open().as_fd()), None);
     }
 
     /// A file of its own in the temp directory, removed when dropped.

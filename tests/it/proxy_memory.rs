@@ -158,3 +158,53 @@ async fn a_steady_access_log_to_a_file_holds_every_line_whole() {
     })
     .await;
 }
+
+/// With stderr a pipe (a container's, read by its runtime), routeid widens the pipe to 1 MiB at
+/// start, so the log writer's 64 KiB writes do not each wait for the reader; every access line
+/// still arrives once and whole, and the last ones at a clean exit.
+#[tokio::test]
+async fn a_pipe_on_stderr_is_widened_and_carries_every_access_line() {
+    bounded(async {
+        let m = Member::start("m").await;
+        let file = temp_file("pipe-log.yaml", &pool_yaml("piped", &[(m.addr, "m", 1)], ""));
+        let (proxy, admin) = (free_port(), free_port());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
+            .args(["standalone", "-f"])
+            .arg(&file)
+            .args(["--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
+            .env("RUST_LOG", "info")
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !matches!(try_get(admin, "/readyz", &[]).await, Ok(g) if g.status == 200) {
+            assert!(child.try_wait().unwrap().is_none(), "routeid exited early");
+            assert!(tokio::time::Instant::now() < deadline, "routeid never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(rustix::pipe::fcntl_getpipe_size(&stderr).unwrap(), 1024 * 1024);
+        for i in 0..50 {
+            assert_eq!(get(proxy, &format!("/piped-{i}"), &[]).await.status, 200);
+        }
+        let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(term.success());
+        let log = tokio::task::spawn_blocking(move || {
+            let mut log = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+            log
+        })
+        .await
+        .unwrap();
+        assert!(child.wait().unwrap().success(), "{log}");
+        for i in 0..50 {
+            let needle = format!("/piped-{i}\"");
+            assert_eq!(log.lines().filter(|l| l.contains(&needle)).count(), 1, "{needle}: {log}");
+        }
+        assert!(log.contains("shutting down"), "{log}");
+    })
+    .await;
+}
