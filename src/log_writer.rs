@@ -90,9 +90,15 @@ const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
 /// Room past [`THREAD_BYTES`] in a chunk at its largest: the entry that fills the chunk fits
 /// without reallocating it (one longer than this still may).
 const ENTRY_ROOM: usize = 64 * 1024;
-/// A chunk with less room left than this doubles before the next entry, up to
-/// [`THREAD_BYTES`] and [`ENTRY_ROOM`], so it never grows past them by `Vec`'s own doubling.
+/// A chunk with less room left than this doubles before the next entry ([`doubled`]), so it
+/// never grows past its bound by `Vec`'s own doubling.
 const GROW_AT: usize = 4 * 1024;
+
+/// The room a chunk of `n` bytes grows to: twice as much, up to [`THREAD_BYTES`] and
+/// [`ENTRY_ROOM`].
+fn doubled(n: usize) -> usize {
+    (2 * n).min(THREAD_BYTES + ENTRY_ROOM)
+}
 
 /// How many bytes the writer writes to a regular file between two calls letting go of its page
 /// cache ([`LetGo`]): about 35 `fadvise` calls a second at 80,000 requests a second. Most of a
@@ -362,7 +368,7 @@ impl LogWriter {
             return;
         }
         if chunk.capacity() - before < GROW_AT {
-            let room = (2 * chunk.capacity()).min(THREAD_BYTES + ENTRY_ROOM);
+            let room = doubled(chunk.capacity());
             chunk.reserve_exact(room.saturating_sub(before));
         }
         chunk.push(kind);
@@ -762,12 +768,11 @@ fn sweep(shared: &Shared, out: &mut Output, all: bool) -> Swept {
                 out.spare.push(chunk);
                 continue;
             }
-            if theirs.len() > REUSE_CAPACITY && chunk.capacity() < 2 * theirs.len() {
-                // Behind this thread: its next chunk comes as large as it will need, so the
-                // thread does not grow it by reallocating, a copy of up to megabytes (and a
-                // page fault for each page of the copy) inside one request.
-                let room = (2 * theirs.len()).min(THREAD_BYTES + ENTRY_ROOM);
-                out.spare.push(std::mem::replace(&mut chunk, Vec::with_capacity(room)));
+            // Behind this thread: its next chunk comes as large as it will need, so the thread
+            // does not grow it by reallocating, a copy of up to megabytes (and a page fault for
+            // each page of the copy) inside one request.
+            if theirs.len() > REUSE_CAPACITY && chunk.capacity() < doubled(theirs.len()) {
+                out.spare.push(std::mem::replace(&mut chunk, Vec::with_capacity(doubled(theirs.len()))));
             }
             std::mem::swap(&mut *theirs, &mut chunk);
         }

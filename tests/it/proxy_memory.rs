@@ -168,17 +168,8 @@ async fn a_pipe_on_stderr_is_widened_and_carries_every_access_line() {
         let m = Member::start("m").await;
         let file = temp_file("pipe-log.yaml", &pool_yaml("piped", &[(m.addr, "m", 1)], ""));
         let (proxy, admin) = (free_port(), free_port());
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
-            .args(["standalone", "-f"])
-            .arg(&file)
-            .args(["--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
-            .env("RUST_LOG", "info")
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let args = ["standalone".as_ref(), "-f".as_ref(), file.as_os_str()];
+        let mut child = routeid_command(&args, proxy, admin).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while !matches!(try_get(admin, "/readyz", &[]).await, Ok(g) if g.status == 200) {

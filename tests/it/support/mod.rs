@@ -477,6 +477,25 @@ pub async fn spawn_standalone(file: &std::path::Path, extra: &[&str]) -> ProxyPr
     spawn_routeid(&args).await
 }
 
+/// The routeid binary with `args` (a subcommand and its flags) on `proxy_addr` and
+/// `admin_addr`, at log level info, without `KUBECONFIG` from the environment, stdin and stdout
+/// null; the caller picks stderr.
+pub fn routeid_command(
+    args: &[&std::ffi::OsStr],
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"));
+    command
+        .args(args)
+        .args(["--listen", &proxy_addr.to_string(), "--admin-listen", &admin_addr.to_string()])
+        .env("RUST_LOG", "info")
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    command
+}
+
 /// Starts the routeid binary with `args` (a subcommand and its flags) on free ports, without
 /// `KUBECONFIG` from the environment, and waits until `/readyz` answers 200. Retries with new
 /// ports when it loses the race for one.
@@ -484,13 +503,7 @@ pub async fn spawn_routeid(args: &[&std::ffi::OsStr]) -> ProxyProcess {
     for _ in 0..3 {
         let (proxy_addr, admin_addr) = (free_port(), free_port());
         let stderr_path = temp_path("routeid-stderr");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_routeid"))
-            .args(args)
-            .args(["--listen", &proxy_addr.to_string(), "--admin-listen", &admin_addr.to_string()])
-            .env("RUST_LOG", "info")
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+        let child = routeid_command(args, proxy_addr, admin_addr)
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .expect("the routeid binary starts");
