@@ -114,7 +114,8 @@ const LET_GO_EVERY: u64 = 1024 * 1024;
 /// the writer's CPU per line and the process's context switches (bench/README.md).
 const PIPE_BYTES: usize = 1024 * 1024;
 /// A smaller size to ask for when [`PIPE_BYTES`] is refused (a lower `pipe-max-size`, or the
-/// user's pipes over `pipe-user-pages-soft`).
+/// pipes of the user who made this one, the container runtime's, over `pipe-user-pages-soft`:
+/// the kernel charges a pipe's pages to its creator).
 const PIPE_BYTES_FALLBACK: usize = 256 * 1024;
 /// How much of the file's end the writer leaves in the page cache: what `tail -f` or a log
 /// shipper reading behind it finds there instead of on disk (half a second of the busiest log
