@@ -35,21 +35,31 @@
 //!   sweep (within [`FLUSH_AFTER`]); a pipe or a terminal gets whole lines in every write;
 //! - to a regular file, the writer lets go of the file's page cache behind what it wrote
 //!   ([`LetGo`]): the log keeps some 18 MB of memory, reused, however much it writes, instead of
-//!   filling the page cache (and a container's memory cgroup) with lines nobody reads again;
+//!   filling the page cache (and a container's memory cgroup) with lines nobody reads again
+//!   (on a disk that writes back more slowly than the log grows, the pages still being written
+//!   are left to the kernel's own reclaim);
+//! - a file truncated under the writer (`logrotate`'s `copytruncate`) just after a write that
+//!   ended inside a line: the rest of that line is dropped and counted, so the new file starts
+//!   with a whole line (the old one ends with the line's start, as `copytruncate` leaves any
+//!   writer's). Such a file is best opened to append (`2>>`, systemd's `append:`): a descriptor
+//!   that does not append goes on writing at its old offset, past a hole;
 //! - to a pipe (a container's stderr, read by the container runtime), the writer widens the
 //!   pipe to [`PIPE_BYTES`] at start ([`widen_pipe`]): in a pipe of the default 64 KiB each of
 //!   its writes would fill the pipe and wait for the reader;
 //! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
 //!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
-//!   of slowing requests down. A chunk grows by doubling, never past that bound; a thread the
-//!   writer is behind gets its next chunk from the writer as large as the one it filled, so
-//!   a stderr read slowly (a lagging log reader) costs requests no reallocation of megabytes
-//!   (with stderr to a pipe read at 2 MB/s, the p99 went from 4.7x the log off's to 2.0x:
-//!   bench/README.md);
+//!   of slowing requests down. A chunk grows by doubling before an entry that would not fit
+//!   (each entry's length is known first), never past that bound; a thread the writer is behind
+//!   gets its next chunk from the writer as large as the one it filled (made while the thread's
+//!   lock is free), so a stderr read slowly (a lagging log reader) costs requests no
+//!   reallocation of megabytes (with stderr to a pipe read at 2 MB/s, the p99 went from 4.7x the
+//!   log off's to 2.0x: bench/README.md). A thread that goes quiet gives such a chunk back at
+//!   the next sweep;
 //! - a full non-blocking stderr is waited for; a write that fails (a closed pipe) loses its
 //!   lines, counted as dropped, and the line it cut is ended before the next write;
 //! - the chunks come back from the writer and are reused, so a steady stream of lines allocates
-//!   nothing.
+//!   nothing (unless a thread makes more than [`REUSE_CAPACITY`] of lines between two sweeps:
+//!   then its chunks are made for it and freed after).
 //!
 //! Lines are whole and, from one thread, in order; lines of different threads written within
 //! the same [`FLUSH_AFTER`] are grouped by thread (each line carries its own timestamp). In a
@@ -85,19 +95,15 @@ pub const WAKE_BYTES: usize = 64 * 1024;
 pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
 /// A fresh chunk's room: a chunk grows to what one [`FLUSH_AFTER`] of lines needs, then is reused.
 const CHUNK_ROOM: usize = 64 * 1024;
-/// A chunk grown larger than this (the writer fell behind) is freed instead of reused.
+/// A chunk grown larger than this (the writer fell behind) is freed instead of reused, and
+/// one left this large by a thread that went quiet is taken back.
 const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
-/// Room past [`THREAD_BYTES`] in a chunk at its largest: the entry that fills the chunk fits
-/// without reallocating it (one longer than this still may).
-const ENTRY_ROOM: usize = 64 * 1024;
-/// A chunk with less room left than this doubles before the next entry ([`doubled`]), so it
-/// never grows past its bound by `Vec`'s own doubling.
-const GROW_AT: usize = 4 * 1024;
 
-/// The room a chunk of `n` bytes grows to: twice as much, up to [`THREAD_BYTES`] and
-/// [`ENTRY_ROOM`].
+/// The room a chunk of `n` bytes grows to: twice as much, up to [`THREAD_BYTES`]. A chunk
+/// grows only by this, before an entry that would not fit ([`LogWriter::append_to`]), never by
+/// `Vec`'s own doubling, which would take it past its bound.
 fn doubled(n: usize) -> usize {
-    (2 * n).min(THREAD_BYTES + ENTRY_ROOM)
+    (2 * n).min(THREAD_BYTES)
 }
 
 /// How many bytes the writer writes to a regular file between two calls letting go of its page
@@ -319,38 +325,38 @@ impl LogWriter {
         self.shared.dropped.load(Relaxed)
     }
 
-    /// Appends one access-log record, which `record` writes into this thread's chunk
-    /// ([`crate::proxy::access_log`] makes them and formats them on the writer's thread), without
-    /// waiting for the writer;
-    /// drops and counts it when the chunk is full.
-    pub(crate) fn append_record(&self, record: impl FnOnce(&mut Vec<u8>)) {
-        self.append(RECORD, record);
+    /// Appends one access-log record of `len` bytes, which `record` writes into this thread's
+    /// chunk ([`crate::proxy::access_log`] makes them and formats them on the writer's thread),
+    /// without waiting for the writer; drops and counts it when the chunk is full.
+    pub(crate) fn append_record(&self, len: usize, record: impl FnOnce(&mut Vec<u8>)) {
+        self.append(RECORD, len, record);
     }
 
-    /// Appends a line that `payload` writes: for a test of a payload that logs.
+    /// Appends a line of `len` bytes that `payload` writes: for a test of a payload that logs.
     #[cfg(test)]
-    fn send_with_payload_for_test(&self, payload: impl FnOnce(&mut Vec<u8>)) {
-        self.append(LINE, payload);
+    fn send_with_payload_for_test(&self, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
+        self.append(LINE, len, payload);
     }
 
     /// Queues one finished line (ending in `\n`), as [`LogWriter::append_record`] does a record.
     pub fn send(&self, line: &[u8]) {
-        self.append(LINE, |chunk| chunk.extend_from_slice(line));
+        self.append(LINE, line.len(), |chunk| chunk.extend_from_slice(line));
     }
 
-    /// Appends one entry of `kind`, whose payload `payload` writes into this thread's chunk.
-    /// The thread's slots stay borrowed, exclusively, for the append: a payload that logs (none
-    /// does) finds them borrowed and appends to a slot of its own ([`LogWriter::register`]),
-    /// instead of locking the chunk its own thread holds.
-    fn append(&self, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
+    /// Appends one entry of `kind`, whose payload `payload` writes into this thread's chunk:
+    /// `len` bytes, which the chunk makes room for first. The thread's slots stay borrowed,
+    /// exclusively, for the append: a payload that logs (none does) finds them borrowed and
+    /// appends to a slot of its own ([`LogWriter::register`]), instead of locking the chunk its
+    /// own thread holds.
+    fn append(&self, kind: u8, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
         let appended = SLOTS.try_with(|slots| {
             if let Ok(mine) = slots.try_borrow_mut()
                 && let Some((_, slot)) = mine.iter().find(|(id, _)| *id == self.shared.id)
             {
-                return self.append_to(slot, kind, payload);
+                return self.append_to(slot, kind, len, payload);
             }
             let slot = self.register(slots);
-            self.append_to(&slot, kind, payload);
+            self.append_to(&slot, kind, len, payload);
         });
         // A thread logging while it ends, after its thread-locals are gone.
         if appended.is_err() {
@@ -358,28 +364,29 @@ impl LogWriter {
         }
     }
 
-    fn append_to(&self, slot: &Slot, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
+    fn append_to(&self, slot: &Slot, kind: u8, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
         let mut chunk = lock(&slot.chunk);
         let before = chunk.len();
-        // Full (the writer is behind): dropped before anything is written, so the chunk never
-        // grows past its bound.
-        if before >= THREAD_BYTES {
+        let end = before.saturating_add(FRAME).saturating_add(len);
+        // Full, or too full for this entry (the writer is behind): dropped before anything is
+        // written, so the chunk never grows past its bound.
+        if end > THREAD_BYTES {
             drop(chunk);
             self.shared.dropped.fetch_add(1, Relaxed);
             return;
         }
-        if chunk.capacity() - before < GROW_AT {
-            let room = doubled(chunk.capacity());
-            chunk.reserve_exact(room.saturating_sub(before));
+        if chunk.capacity() < end {
+            let room = doubled(chunk.capacity()).max(end);
+            chunk.reserve_exact(room - before);
         }
         chunk.push(kind);
         chunk.extend_from_slice(&[0; FRAME - 1]);
         payload(&mut chunk);
         let after = chunk.len();
         match after.checked_sub(before + FRAME).map(u32::try_from) {
-            Some(Ok(len)) if after <= THREAD_BYTES => {
+            Some(Ok(wrote)) if after <= THREAD_BYTES => {
                 if let Some(at) = chunk.get_mut(before + 1..before + FRAME) {
-                    at.copy_from_slice(&len.to_le_bytes());
+                    at.copy_from_slice(&wrote.to_le_bytes());
                 }
             }
             _ => {
@@ -518,6 +525,9 @@ struct Output {
     /// The output ends inside a line on purpose (a write ended on a boundary of the file): the
     /// next write goes on with it.
     open: bool,
+    /// The file's offset after the write that left it [`Output::open`]: a file found shorter
+    /// than this was truncated since ([`Output::drop_cut_line`]).
+    mark: u64,
 }
 
 impl Output {
@@ -534,6 +544,7 @@ impl Output {
             lost: 0,
             cut: false,
             open: false,
+            mark: 0,
         }
     }
 
@@ -607,16 +618,24 @@ impl Output {
     /// error loses all that is left, counted in [`Output::lost`] by its lines; a line cut short
     /// by it is ended before the next write, so the lines after it start lines of their own.
     fn write_front(&mut self, n: usize) {
+        let gone = self.drop_cut_line();
+        self.held = self.held.saturating_sub(gone);
+        let n = n.saturating_sub(gone);
         let Some(front) = self.text.get(..n).filter(|f| !f.is_empty()) else {
             return;
         };
-        if self.cut && write_whole(&mut *self.out, b"\n").is_ok() {
-            self.cut = false;
-        }
-        match write_whole(&mut *self.out, front) {
+        // The line a failed write cut is ended first; while that fails too, nothing goes after
+        // it (the next line would go on the cut one).
+        let ended = !self.cut || write_whole(&mut *self.out, b"\n").is_ok();
+        self.cut &= !ended;
+        let wrote = if ended { write_whole(&mut *self.out, front) } else { Err(n) };
+        match wrote {
             Ok(()) => {
                 self.open = front.last() != Some(&b'\n');
                 if let Some(file) = &self.file {
+                    if self.open {
+                        self.mark = (&*file).stream_position().unwrap_or(0);
+                    }
                     self.let_go.wrote(file, n);
                 }
                 self.text.drain(..n);
@@ -637,6 +656,25 @@ impl Output {
         if self.text.is_empty() && self.text.capacity() > REUSE_CAPACITY {
             self.text = Vec::with_capacity(WAKE_BYTES);
         }
+    }
+
+    /// When the last write ended inside a line and the file has been truncated since
+    /// (`logrotate`'s `copytruncate`), drops the rest of that line, counted as lost: its start
+    /// went with the old file, and its rest would begin the new one as a fragment (a broken
+    /// JSON line for whatever reads the log). Returns how many bytes it dropped from the front
+    /// of the lines.
+    fn drop_cut_line(&mut self) -> usize {
+        let Some(file) = self.file.as_ref().filter(|_| self.open) else {
+            return 0;
+        };
+        if !file.metadata().is_ok_and(|m| m.len() < self.mark) {
+            return 0;
+        }
+        let rest = self.text.iter().position(|&b| b == b'\n').map_or(self.text.len(), |i| i + 1);
+        self.text.drain(..rest);
+        self.open = false;
+        self.lost += 1;
+        rest
     }
 }
 
@@ -667,7 +705,8 @@ struct LetGo {
 impl LetGo {
     /// Counts `n` bytes written to `file`; after each [`LET_GO_EVERY`] lets go of the file's
     /// pages up to [`LET_GO_KEEP`] before its offset. A file truncated under the writer
-    /// (`logrotate`'s `copytruncate`) starts over from its new end.
+    /// (`logrotate`'s `copytruncate`) starts over from its new end (when it is open to append:
+    /// else the offset, and these ranges, go on from where they were).
     fn wrote(&mut self, file: &File, n: usize) {
         self.since += n as u64;
         if self.since < LET_GO_EVERY {
@@ -766,14 +805,24 @@ fn sweep(shared: &Shared, out: &mut Output, all: bool) -> Swept {
                 }
             };
             if theirs.is_empty() {
-                out.spare.push(chunk);
+                // A thread that went quiet after a burst gives back the large chunk it was
+                // handed (freed below, once its lock is let go).
+                if theirs.capacity() > REUSE_CAPACITY {
+                    std::mem::swap(&mut *theirs, &mut chunk);
+                } else {
+                    out.spare.push(chunk);
+                }
                 continue;
             }
             // Behind this thread: its next chunk comes as large as it will need, so the thread
             // does not grow it by reallocating, a copy of up to megabytes (and a page fault for
-            // each page of the copy) inside one request.
-            if theirs.len() > REUSE_CAPACITY && chunk.capacity() < doubled(theirs.len()) {
-                out.spare.push(std::mem::replace(&mut chunk, Vec::with_capacity(doubled(theirs.len()))));
+            // each page of the copy) inside one request. Made with the lock let go: the thread
+            // may be waiting for it.
+            let want = doubled(theirs.len());
+            if theirs.len() > REUSE_CAPACITY && chunk.capacity() < want {
+                drop(theirs);
+                out.spare.push(std::mem::replace(&mut chunk, Vec::with_capacity(want)));
+                theirs = lock(&slot.chunk);
             }
             std::mem::swap(&mut *theirs, &mut chunk);
         }
@@ -909,7 +958,7 @@ mod tests {
         std::thread::spawn(move || {
             w2.send(b"registers this thread's slot\n");
             let inner = w2.clone();
-            w2.send_with_payload_for_test(move |chunk| {
+            w2.send_with_payload_for_test(6, move |chunk| {
                 inner.send(b"nested\n");
                 chunk.extend_from_slice(b"outer\n");
             });
@@ -1205,7 +1254,7 @@ mod tests {
         while w.dropped() == 0 {
             w.send(&line);
             sent += 1;
-            assert!(room() <= THREAD_BYTES + ENTRY_ROOM, "a full chunk is never grown past its bound");
+            assert!(room() <= THREAD_BYTES, "a full chunk is never grown past its bound");
         }
         let full = lock(&slot().chunk).len();
         assert!(full > THREAD_BYTES - line.len() - FRAME && full <= THREAD_BYTES, "{full}");
@@ -1222,6 +1271,69 @@ mod tests {
         drop(guard);
         let written = sink.text().len() as u64;
         assert_eq!(written, (sent - w.dropped()) * line.len() as u64, "every line kept is written whole");
+    }
+
+    /// The slot of the one thread that has logged to `w`.
+    fn only_slot(w: &LogWriter) -> Arc<Slot> {
+        Arc::clone(lock(&w.shared.slots).first().unwrap())
+    }
+
+    /// An entry longer than the room a chunk has left makes room by the chunk's rule (twice,
+    /// up to the bound), not by `Vec`'s doubling, which would take a chunk near its bound to
+    /// twice the bound (a reallocation of megabytes inside a request); one that would overfill
+    /// the chunk is dropped before it is written.
+    #[test]
+    fn an_entry_longer_than_the_room_left_never_grows_a_chunk_past_its_bound() {
+        let sink = Sink::default();
+        let (go_tx, go_rx) = mpsc::channel();
+        let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
+        let small = [vec![b's'; 999], b"\n".to_vec()].concat();
+        let large = [vec![b'L'; 100 * 1024 - 1], b"\n".to_vec()].concat();
+        // Until a small line is dropped too: the writer sits in its first write.
+        let (mut kept, mut larges, mut full) = (0, 0, false);
+        while !full {
+            for line in [&small, &large] {
+                let dropped = w.dropped();
+                w.send(line);
+                let room = lock(&only_slot(&w).chunk).capacity();
+                assert!(room <= THREAD_BYTES, "a chunk of {room} bytes, past its bound");
+                if w.dropped() == dropped {
+                    kept += line.len();
+                    larges += usize::from(line.len() == large.len());
+                } else {
+                    full |= line.len() == small.len();
+                }
+            }
+        }
+        drop(go_tx);
+        drop(guard);
+        assert!(larges > 1);
+        assert_eq!(sink.text().len(), kept, "every line kept is written whole");
+    }
+
+    /// A thread the writer handed a large chunk (it was behind) and that then logs nothing
+    /// more gives that chunk back at the next sweep: the memory of a burst returns.
+    #[test]
+    fn a_thread_that_goes_quiet_after_a_burst_gives_its_large_chunk_back() {
+        let sink = Sink::default();
+        let (go_tx, go_rx) = mpsc::channel();
+        let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
+        let line = [vec![b'x'; 999], b"\n".to_vec()].concat();
+        // The writer takes the first line and sits in its write; the rest gather, past what a
+        // chunk is reused at, so the writer hands this thread a chunk twice as large.
+        for _ in 0..300 {
+            w.send(&line);
+        }
+        assert!(lock(&only_slot(&w).chunk).len() > REUSE_CAPACITY);
+        drop(go_tx);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&only_slot(&w).chunk).capacity() > REUSE_CAPACITY {
+            assert!(Instant::now() < deadline, "the quiet thread still holds a large chunk");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(guard);
+        assert_eq!(sink.text().len(), 300 * line.len());
+        assert_eq!(w.dropped(), 0);
     }
 
     fn access_line(status: u16, path: &[u8]) -> crate::proxy::access_log::AccessLine<'_> {
@@ -1256,9 +1368,10 @@ mod tests {
         let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Json, true).unwrap();
         for status in 200..300 {
             w.send(format!("before {status}\n").as_bytes());
-            w.append_record(|chunk| access_line(status, b"/cart").record(chunk, UnixMicros::of(SystemTime::now())));
+            let line = access_line(status, b"/cart");
+            w.append_record(line.record_len(), |chunk| line.record(chunk, UnixMicros::of(SystemTime::now())));
         }
-        w.append_record(|chunk| chunk.extend_from_slice(b"no record"));
+        w.append_record(9, |chunk| chunk.extend_from_slice(b"no record"));
         w.send(b"after\n");
         drop(guard);
         let text = sink.text();
@@ -1281,9 +1394,10 @@ mod tests {
         let (tx, rx) = mpsc::sync_channel(16);
         let (w, _guard) = LogWriter::start(Box::new(Told(tx)), LogFormat::Text, true).unwrap();
         let huge = vec![b'p'; THREAD_BYTES];
-        w.append_record(|chunk| access_line(404, &huge).record(chunk, UnixMicros::of(SystemTime::now())));
+        let (huge, cart) = (access_line(404, &huge), access_line(200, b"/cart"));
+        w.append_record(huge.record_len(), |chunk| huge.record(chunk, UnixMicros::of(SystemTime::now())));
         assert_eq!(w.dropped(), 1);
-        w.append_record(|chunk| access_line(200, b"/cart").record(chunk, UnixMicros::of(SystemTime::now())));
+        w.append_record(cart.record_len(), |chunk| cart.record(chunk, UnixMicros::of(SystemTime::now())));
         let got = rx.recv_timeout(Duration::from_secs(5)).expect("written within FLUSH_AFTER");
         let got = String::from_utf8(got).unwrap();
         assert!(
@@ -1443,6 +1557,50 @@ mod tests {
         out.end_sweep(false);
         let all = numbered(0..300);
         assert_eq!(sink.text(), format!("{}\nafter\n", &all[..first]));
+    }
+
+    /// A write that fails after one that cut a line: the cut line is ended first, and while
+    /// that fails too nothing is written after it (the next line would go on the cut one).
+    #[test]
+    fn a_cut_line_that_cannot_be_ended_takes_nothing_after_it() {
+        let sink = Scripted::new(&[Some(10), None, None], std::io::ErrorKind::BrokenPipe);
+        let mut out = Output::new(Box::new(sink.clone()), None, LogFormat::Text);
+        out.lines(&frame(LINE, b"first line, cut here\n"));
+        out.end_sweep(false);
+        assert_eq!((out.lost, out.cut), (1, true));
+        // Ending the cut line fails: the next line is lost with it, not written onto it.
+        out.lines(&frame(LINE, b"second\n"));
+        out.end_sweep(false);
+        assert_eq!((out.lost, out.cut), (2, true));
+        out.lines(&frame(LINE, b"third\n"));
+        out.end_sweep(false);
+        assert_eq!(sink.text(), "first line\nthird\n");
+        assert_eq!((out.lost, out.cut), (2, false));
+    }
+
+    /// `logrotate`'s `copytruncate` after a write that ended inside a line (on a boundary of
+    /// the file): the rest of that line is dropped and counted, so the new file starts with a
+    /// whole line.
+    #[test]
+    fn a_file_truncated_after_a_write_inside_a_line_starts_with_a_whole_line() {
+        let f = TempFile::new("truncated.log");
+        let mut file = f.open();
+        file.write_all(b"before\n").unwrap();
+        let mut out = Output::new(Box::new(file.try_clone().unwrap()), Some(file), LogFormat::Text);
+        assert_eq!(out.lines(&chunk(0..333)), 0);
+        // Up to the file's first boundary: lines 0 to 217 whole, 218 cut.
+        assert_eq!(std::fs::metadata(&f.0).unwrap().len(), WAKE_BYTES as u64);
+        assert!(out.open);
+        std::fs::OpenOptions::new().write(true).open(&f.0).unwrap().set_len(0).unwrap();
+        out.end_sweep(false);
+        assert_eq!(f.text(), numbered(219..333));
+        assert_eq!(out.lost, 1, "the cut line");
+        // Not truncated: a write that ended inside a line goes on with it.
+        assert_eq!(out.lines(&chunk(333..666)), 0);
+        assert!(out.open);
+        out.end_sweep(false);
+        assert_eq!(f.text(), numbered(219..666));
+        assert_eq!(out.lost, 1);
     }
 
     /// The writer's own thread, fed faster than it writes, to a file: the file holds every line

@@ -457,7 +457,7 @@ impl AccessLine<'_> {
                     return;
                 }
                 let at = wall_clock(now);
-                w.append_record(|chunk| self.record(chunk, at));
+                w.append_record(self.record_len(), |chunk| self.record(chunk, at));
             }
             None => self.emit(),
         }
@@ -494,8 +494,14 @@ impl AccessLine<'_> {
         ]
     }
 
+    /// How many bytes [`AccessLine::record`] appends: the log writer makes room for them first.
+    pub(crate) fn record_len(&self) -> usize {
+        HEAD + self.strings().iter().map(|s| s.len()).sum::<usize>()
+    }
+
     /// Appends the line, stamped `now`, as a record (see [`HEAD`]): copies, no formatting —
     /// the request path's whole share of the access log. [`AccessLine::decode`] reads it back.
+    /// Room is made by the caller (the log writer's chunk grows by its own rule).
     pub(crate) fn record(&self, out: &mut Vec<u8>, now: UnixMicros) {
         let strings = self.strings();
         let micros = now.0;
@@ -539,7 +545,6 @@ impl AccessLine<'_> {
             put(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
         }
         debug_assert_eq!(at, HEAD, "HEAD is the fixed part's size");
-        out.reserve(HEAD + strings.iter().map(|s| s.len()).sum::<usize>());
         out.extend_from_slice(&head);
         for s in strings {
             out.extend_from_slice(s);
@@ -914,6 +919,7 @@ mod tests {
     fn by_record(l: &AccessLine<'_>, format: LogFormat) -> String {
         let mut record = Vec::new();
         l.record(&mut record, UnixMicros::of(SystemTime::now()));
+        assert_eq!(record.len(), l.record_len(), "the room the log writer makes is the record's");
         let mut out = Vec::new();
         assert!(render(&record, format, &mut out), "{l:?}");
         String::from_utf8(out).unwrap()
