@@ -1180,6 +1180,30 @@ mod tests {
         assert!(out.starts_with(b"2025-12-01T18:30:00.123456Z  INFO routeid::access: request method="));
     }
 
+    proptest::proptest! {
+        /// Whatever bytes a client puts in the fields it controls (host, path, a route from a
+        /// cookie: control characters, quotes, backslashes, invalid UTF-8), the line recorded
+        /// and rendered by the log's thread is the one tracing writes, whole, on one line.
+        #[test]
+        fn any_client_bytes_render_as_tracing_writes_them(
+            host in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            path in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            route in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            ascii in proptest::prelude::any::<bool>(),
+        ) {
+            // Half the cases in ASCII only, where the escaping rather than the `-` of invalid
+            // UTF-8 decides the line.
+            let fit = |v: &Vec<u8>| if ascii { v.iter().map(|b| b & 0x7f).collect() } else { v.clone() };
+            let (host, path, route) = (fit(&host), fit(&path), fit(&route));
+            let l = AccessLine { host: &host, path: &path, session_route: &route, ..sample() };
+            for format in [LogFormat::Json, LogFormat::Text] {
+                let (want, got) = (by_tracing(&l, format), by_record(&l, format));
+                proptest::prop_assert_eq!(untimed(&got, format), untimed(&want, format));
+                proptest::prop_assert_eq!(got.matches('\n').count(), 1);
+            }
+        }
+    }
+
     /// Anything but a whole record (cut short anywhere, a byte too many, a string longer than
     /// the record) renders nothing and says so; nothing panics.
     #[test]
