@@ -223,7 +223,8 @@ pub struct Metrics {
     pub unmatched: IntCounter,
     /// Client-side failures by [`ClientError`], made once.
     client_errors: [IntCounter; 4],
-    /// Log lines dropped because the log writer fell behind (brought up to date at scrape).
+    /// Log lines the log writer dropped: it fell behind, a write to stderr failed, or a log file
+    /// truncated under it cut one (brought up to date at scrape).
     log_lines_dropped: IntCounter,
     /// Routing tables published.
     pub publications: IntCounter,
@@ -306,7 +307,7 @@ impl Metrics {
         let client_errors = CLIENT_ERROR_LABELS.map(|l| client_error_vec.with_label_values(&[l]));
         let log_lines_dropped = must(IntCounter::new(
             "routeid_log_lines_dropped_total",
-            "Log lines (access log included) dropped because the log writer fell behind.",
+            "Log lines (access log included) dropped: the log writer fell behind, a write to stderr failed, or a log file truncated under it cut one.",
         ));
         let publications = must(IntCounter::new("routeid_table_publications_total", "Routing tables published."));
         let publication_seconds = must(Histogram::with_opts(
