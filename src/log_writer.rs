@@ -1244,10 +1244,7 @@ mod tests {
         let (go_tx, go_rx) = mpsc::channel();
         let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
         let line = [vec![b'x'; 999], b"\n".to_vec()].concat();
-        let slot = || {
-            let slots = lock(&w.shared.slots);
-            Arc::clone(slots.first().unwrap())
-        };
+        let slot = || only_slot(&w);
         let room = || lock(&slot().chunk).capacity();
         // Until the chunk is full and lines are dropped; the writer sits in its first write.
         let mut sent = 0;
