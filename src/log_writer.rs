@@ -1219,14 +1219,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_chunk_drops_and_counts_instead_of_waiting() {
+    /// A writer whose output holds each write until `go` is sent (or dropped), the lines it
+    /// wrote, and `go`.
+    fn stuck_writer() -> (LogWriter, FlushGuard, Sink, mpsc::Sender<()>) {
         let sink = Sink::default();
         let (go_tx, go_rx) = mpsc::channel();
         let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
+        (w, guard, sink, go_tx)
+    }
+
+    /// A line of `len` bytes: `byte` repeated, then a newline.
+    fn line_of(byte: u8, len: usize) -> Vec<u8> {
+        [vec![byte; len - 1], b"\n".to_vec()].concat()
+    }
+
+    #[test]
+    fn a_full_chunk_drops_and_counts_instead_of_waiting() {
+        let (w, guard, sink, go_tx) = stuck_writer();
         // The writer takes at most one chunk before `Stuck` holds it; this thread's chunk then
         // holds one of these lines (two and their frames are over the bound): five cannot fit.
-        let big = [vec![b'x'; THREAD_BYTES / 2 - 1], b"\n".to_vec()].concat();
+        let big = line_of(b'x', THREAD_BYTES / 2);
         let started = Instant::now();
         for _ in 0..5 {
             w.send(&big);
@@ -1240,10 +1252,8 @@ mod tests {
 
     #[test]
     fn a_thread_the_writer_is_behind_gets_a_chunk_it_need_not_grow() {
-        let sink = Sink::default();
-        let (go_tx, go_rx) = mpsc::channel();
-        let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
-        let line = [vec![b'x'; 999], b"\n".to_vec()].concat();
+        let (w, guard, sink, go_tx) = stuck_writer();
+        let line = line_of(b'x', 1000);
         let slot = || only_slot(&w);
         let room = || lock(&slot().chunk).capacity();
         // Until the chunk is full and lines are dropped; the writer sits in its first write.
@@ -1281,11 +1291,9 @@ mod tests {
     /// the chunk is dropped before it is written.
     #[test]
     fn an_entry_longer_than_the_room_left_never_grows_a_chunk_past_its_bound() {
-        let sink = Sink::default();
-        let (go_tx, go_rx) = mpsc::channel();
-        let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
-        let small = [vec![b's'; 999], b"\n".to_vec()].concat();
-        let large = [vec![b'L'; 100 * 1024 - 1], b"\n".to_vec()].concat();
+        let (w, guard, sink, go_tx) = stuck_writer();
+        let small = line_of(b's', 1000);
+        let large = line_of(b'L', 100 * 1024);
         // Until a small line is dropped too: the writer sits in its first write.
         let (mut kept, mut larges, mut full) = (0, 0, false);
         while !full {
@@ -1312,10 +1320,8 @@ mod tests {
     /// more gives that chunk back at the next sweep: the memory of a burst returns.
     #[test]
     fn a_thread_that_goes_quiet_after_a_burst_gives_its_large_chunk_back() {
-        let sink = Sink::default();
-        let (go_tx, go_rx) = mpsc::channel();
-        let (w, guard) = LogWriter::start(Box::new(Stuck(go_rx, sink.clone())), LogFormat::Text, true).unwrap();
-        let line = [vec![b'x'; 999], b"\n".to_vec()].concat();
+        let (w, guard, sink, go_tx) = stuck_writer();
+        let line = line_of(b'x', 1000);
         // The writer takes the first line and sits in its write; the rest gather, past what a
         // chunk is reused at, so the writer hands this thread a chunk twice as large.
         for _ in 0..300 {
