@@ -17,13 +17,30 @@
 //! make it. (Not 16: there are 24-byte blocks. mimalloc's guarded debug mode would break the
 //! word alignment too; it is built only with libmimalloc-sys's `debug` features, never here.)
 //!
-//! Its test (`blocks_are_aligned_and_keep_their_bytes`) is in src/main.rs: the Rust benches
+//! And no transparent huge pages for the process ([`no_huge_pages`]), which mimalloc would
+//! otherwise ask for.
+//!
+//! Its tests (`blocks_are_aligned_and_keep_their_bytes`,
+//! `huge_pages_are_off_unless_mimalloc_is_asked_for_them`) are in src/main.rs: the Rust benches
 //! include this file too, and a test module here would be an unused one there.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
 
 use libmimalloc_sys as mi;
+
+/// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` is set (then
+/// mimalloc's own setting rules). mimalloc asks the kernel for 2 MiB pages for its arenas, and
+/// the kernel clears each such page in one go at its first touch, inside whatever request or
+/// log write touched it: on a VM whose host backs memory lazily that took 10-25 ms, during
+/// which every connection the worker serves waited (bench/README.md, 2026-12-05). A proxy's
+/// heap is tens of MB, small enough that 4 KiB pages cost no measurable CPU.
+pub fn no_huge_pages(mimalloc_allow_thp: Option<&std::ffi::OsStr>) {
+    if mimalloc_allow_thp.is_none() {
+        // Refused only by kernels before 3.15, which then keep their own policy.
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
+}
 
 /// The largest alignment every mimalloc block has.
 const WORD: usize = std::mem::size_of::<usize>();

@@ -73,6 +73,7 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_w
 }
 
 fn main() -> ExitCode {
+    alloc::no_huge_pages(std::env::var_os("MIMALLOC_ALLOW_THP").as_deref());
     let cli = Cli::parse();
     if matches!(cli.command, Command::Crd) {
         return match api::crd_yaml() {
@@ -478,6 +479,18 @@ mod tests {
     use std::alloc::{GlobalAlloc, Layout};
 
     use super::alloc::Allocator;
+
+    /// With `MIMALLOC_ALLOW_THP` set the kernel's setting is left alone; without it the
+    /// process takes no huge pages.
+    #[test]
+    fn huge_pages_are_off_unless_mimalloc_is_asked_for_them() {
+        let disabled = || rustix::thread::transparent_huge_pages_are_disabled().unwrap();
+        let before = disabled();
+        super::alloc::no_huge_pages(Some(std::ffi::OsStr::new("1")));
+        assert_eq!(disabled(), before);
+        super::alloc::no_huge_pages(None);
+        assert!(disabled());
+    }
 
     /// Every size class the request path uses, at every alignment: aligned, usable, zeroed
     /// when asked, and kept across a `realloc` that grows and one that shrinks.
