@@ -1,5 +1,5 @@
 # bench/common.sh — sourced by instructions.sh, ab.sh, h2_tail.sh, health_checks.sh,
-# perf_diff.sh and ipis.sh: the tools a script needs (installed when missing), the release build,
+# perf_diff.sh, ipis.sh and first_seconds.sh: the tools a script needs (installed when missing), the release build,
 # a temporary directory that goes away with every process the script started, the two nginx
 # backends behind the standalone pools file, and the proxies to compare in front of them.
 

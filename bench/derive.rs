@@ -247,7 +247,7 @@ fn rounds(index: &mut Index, proxy: &Proxy, change: impl Fn(usize) -> (EndpointS
 }
 
 fn main() {
-    alloc::no_huge_pages(std::env::var_os("MIMALLOC_ALLOW_THP").as_deref());
+    alloc::no_huge_pages();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = rt.enter();
     let filter = ClassFilter { ingress_class: "routeid".into(), default_class: true };

@@ -11,7 +11,8 @@
 #   TARGETS="routeid-log routeid haproxy" STARTS=6 WINDOWS=8 ROUTEID_BIN=<bin> NO_BUILD=1 bash bench/first_seconds.sh
 #
 # Targets as in bench/run.sh (routeid: without its access log; routeid-log: with it, to a file;
-# haproxy). A `ROUTEID_BIN` may be a wrapper script that sets the environment and execs the binary.
+# haproxy). A `ROUTEID_BIN` may be a wrapper script that sets the environment and execs the binary
+# (`exec`: the pid measured and stopped is the wrapper's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
@@ -29,6 +30,8 @@ for s in $(seq "$STARTS"); do
     h0=$(thp) k=$((k + 1))
     start_targets $((18500 + 3 * k)) "$t" # ports of their own: no wait for the last ones to close
     p=${T_PID[$t]} line=""
+    # A wrapper must exec the binary: its pid is the one measured and stopped here.
+    [[ $t == haproxy || $(cat "/proc/$p/comm") != *sh ]] || { echo "$t: ROUTEID_BIN must exec the binary" >&2; exit 1; }
     for _ in $(seq "$WINDOWS"); do
       a=$(faults "$p")
       out=$(taskset -c 1 wrk -t1 -c32 -d1s --latency -H "Cookie: ${T_COOKIE[$t]}" "${T_URL[$t]}")
@@ -37,5 +40,8 @@ for s in $(seq "$STARTS"); do
     printf '%-12s start %d:%s  huge pages %d\n' "$t" "$s" "$line" $(($(thp) - h0))
     kill "$p"
     wait "$p" 2>/dev/null || true
+    live=() # a pid gone may be reused: bench_cleanup must not kill it
+    for q in "${pids[@]}"; do [[ $q == "$p" ]] || live+=("$q"); done
+    pids=("${live[@]}")
   done
 done

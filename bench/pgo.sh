@@ -12,7 +12,7 @@
 #
 # Rerun it after changes to the request path: functions changed since the profile was made
 # lose their profile (the build still works, they are optimised as without PGO). Rerun it too
-# after any change to Cargo.toml's dependencies or their features, even one the request path
+# after any change to Cargo.lock or to the dependencies' features, even one the request path
 # never calls: the change renames the symbols of every crate built on the changed one, routeid's
 # own included, so all of them lose their profile, without a warning (2026-12-05: rustix's
 # `thread` feature, 26,909 → 32,627 instructions per sticky request until the profile was remade).

@@ -100,7 +100,7 @@ fn scrape_ms(members: usize) -> (f64, usize) {
 }
 
 fn main() {
-    alloc::no_huge_pages(std::env::var_os("MIMALLOC_ALLOW_THP").as_deref());
+    alloc::no_huge_pages();
     let sizes: Vec<usize> = std::env::var("POOL_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|v| v.trim().parse().ok()).collect())

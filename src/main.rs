@@ -73,7 +73,7 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_w
 }
 
 fn main() -> ExitCode {
-    alloc::no_huge_pages(std::env::var_os("MIMALLOC_ALLOW_THP").as_deref());
+    alloc::no_huge_pages();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Crd) {
         return match api::crd_yaml() {
@@ -481,15 +481,18 @@ mod tests {
     use super::alloc::Allocator;
 
     /// With `MIMALLOC_ALLOW_THP` set the kernel's setting is left alone; without it the
-    /// process takes no huge pages.
+    /// process takes no huge pages. Starts from huge pages allowed, whatever the process
+    /// inherited, and puts back what it found.
     #[test]
     fn huge_pages_are_off_unless_mimalloc_is_asked_for_them() {
-        let disabled = || rustix::thread::transparent_huge_pages_are_disabled().unwrap();
-        let before = disabled();
-        super::alloc::no_huge_pages(Some(std::ffi::OsStr::new("1")));
-        assert_eq!(disabled(), before);
-        super::alloc::no_huge_pages(None);
-        assert!(disabled());
+        use rustix::thread::{disable_transparent_huge_pages, transparent_huge_pages_are_disabled};
+        let before = transparent_huge_pages_are_disabled().unwrap();
+        disable_transparent_huge_pages(false).unwrap();
+        super::alloc::no_huge_pages_unless(Some(std::ffi::OsStr::new("1")));
+        assert!(!transparent_huge_pages_are_disabled().unwrap());
+        super::alloc::no_huge_pages_unless(None);
+        assert!(transparent_huge_pages_are_disabled().unwrap());
+        disable_transparent_huge_pages(before).unwrap();
     }
 
     /// Every size class the request path uses, at every alignment: aligned, usable, zeroed
