@@ -247,7 +247,14 @@ fn rounds(index: &mut Index, proxy: &Proxy, change: impl Fn(usize) -> (EndpointS
 }
 
 fn main() {
-    alloc::no_huge_pages();
+    // As the binary does; the figures say when huge pages were not turned off.
+    match alloc::no_huge_pages() {
+        alloc::HugePages::Off => {}
+        alloc::HugePages::LeftToMimalloc(v) => {
+            println!("(transparent huge pages left to mimalloc: MIMALLOC_ALLOW_THP={v:?})")
+        }
+        alloc::HugePages::Refused(e) => println!("(transparent huge pages not turned off: {e})"),
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = rt.enter();
     let filter = ClassFilter { ingress_class: "routeid".into(), default_class: true };

@@ -100,7 +100,14 @@ fn scrape_ms(members: usize) -> (f64, usize) {
 }
 
 fn main() {
-    alloc::no_huge_pages();
+    // As the binary does; the figures say when huge pages were not turned off.
+    match alloc::no_huge_pages() {
+        alloc::HugePages::Off => {}
+        alloc::HugePages::LeftToMimalloc(v) => {
+            println!("(transparent huge pages left to mimalloc: MIMALLOC_ALLOW_THP={v:?})")
+        }
+        alloc::HugePages::Refused(e) => println!("(transparent huge pages not turned off: {e})"),
+    }
     let sizes: Vec<usize> = std::env::var("POOL_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|v| v.trim().parse().ok()).collect())

@@ -29,24 +29,40 @@ use std::ffi::c_void;
 
 use libmimalloc_sys as mi;
 
-/// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` (upper case)
-/// is set: then mimalloc's own reading of it rules. mimalloc asks the kernel for 2 MiB pages for
-/// its arenas, and the kernel clears each such page in one go at its first touch, inside
-/// whatever request or log write touched it, while every connection on the worker waits: tens
-/// of milliseconds in a fresh process's first seconds on the test VM (bench/README.md,
-/// 2026-12-05). A proxy's heap is tens of MB, small enough that 4 KiB pages cost no measurable
-/// CPU there. Called first in `main`, and in the Rust benches so their figures stay the binary's.
-pub fn no_huge_pages() {
-    no_huge_pages_unless(std::env::var_os("MIMALLOC_ALLOW_THP").as_deref());
+/// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` is set (its
+/// name in any case, as mimalloc reads it): then mimalloc's own reading of it rules. mimalloc
+/// asks the kernel for 2 MiB pages for its arenas, and the kernel clears each such page in one
+/// go at its first touch, inside whatever request or log write touched it, while every
+/// connection on the worker waits: tens of milliseconds in a fresh process's first seconds on
+/// the test VM (bench/README.md, 2026-12-05). A proxy's heap is tens of MB, small enough that
+/// 4 KiB pages cost no measurable CPU there. Called first in `main`, which logs what it did once
+/// logging is up, and in the Rust benches so their figures stay the binary's.
+pub fn no_huge_pages() -> HugePages {
+    let asked = std::env::vars_os().find(|(k, _)| k.eq_ignore_ascii_case("MIMALLOC_ALLOW_THP"));
+    no_huge_pages_unless(asked.as_ref().map(|(_, v)| v.as_os_str()))
+}
+
+/// What [`no_huge_pages`] did.
+#[derive(Debug)]
+pub enum HugePages {
+    /// Off for the process.
+    Off,
+    /// Left to mimalloc: `MIMALLOC_ALLOW_THP` was set, to this.
+    LeftToMimalloc(std::ffi::OsString),
+    /// The kernel refused (before 3.15, or a sandbox that filters prctl): its own policy stays.
+    Refused(std::io::Error),
 }
 
 /// [`no_huge_pages`] with the variable's value given, for its test.
-pub fn no_huge_pages_unless(mimalloc_allow_thp: Option<&std::ffi::OsStr>) {
-    if mimalloc_allow_thp.is_none() {
-        // Best effort: kernels before 3.15 and sandboxes that filter prctl refuse it, and the
-        // kernel's own policy then stays, as without the call. (3.15-4.12 accept it but let a
-        // later madvise(MADV_HUGEPAGE) of mimalloc's win; 4.13 and later do not.)
-        let _ = rustix::thread::disable_transparent_huge_pages(true);
+pub fn no_huge_pages_unless(mimalloc_allow_thp: Option<&std::ffi::OsStr>) -> HugePages {
+    if let Some(v) = mimalloc_allow_thp {
+        return HugePages::LeftToMimalloc(v.to_owned());
+    }
+    // (3.15-4.12 accept it but let a later madvise(MADV_HUGEPAGE) of mimalloc's win; 4.13 and
+    // later do not.)
+    match rustix::thread::disable_transparent_huge_pages(true) {
+        Ok(()) => HugePages::Off,
+        Err(e) => HugePages::Refused(e.into()),
     }
 }
 

@@ -73,7 +73,7 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_w
 }
 
 fn main() -> ExitCode {
-    alloc::no_huge_pages();
+    let huge_pages = alloc::no_huge_pages();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Crd) {
         return match api::crd_yaml() {
@@ -88,6 +88,15 @@ fn main() -> ExitCode {
         };
     }
     let _log_writer = init_logging(cli.log_format, cli.log_level.as_deref());
+    match huge_pages {
+        alloc::HugePages::Off => {}
+        alloc::HugePages::LeftToMimalloc(v) => {
+            tracing::info!(MIMALLOC_ALLOW_THP = ?v, "transparent huge pages left to mimalloc")
+        }
+        alloc::HugePages::Refused(e) => {
+            tracing::warn!(error = %e, "cannot turn transparent huge pages off; the kernel's policy stays")
+        }
+    }
     let built = routeid::runtime::scheduler().and_then(|mut b| b.build().map_err(|e| e.to_string()));
     let rt = match built {
         Ok(rt) => rt,
@@ -488,9 +497,11 @@ mod tests {
         use rustix::thread::{disable_transparent_huge_pages, transparent_huge_pages_are_disabled};
         let before = transparent_huge_pages_are_disabled().unwrap();
         disable_transparent_huge_pages(false).unwrap();
-        super::alloc::no_huge_pages_unless(Some(std::ffi::OsStr::new("1")));
+        let left = super::alloc::no_huge_pages_unless(Some(std::ffi::OsStr::new("1")));
+        assert!(matches!(left, super::alloc::HugePages::LeftToMimalloc(v) if v == "1"));
         assert!(!transparent_huge_pages_are_disabled().unwrap());
-        super::alloc::no_huge_pages_unless(None);
+        let off = super::alloc::no_huge_pages_unless(None);
+        assert!(matches!(off, super::alloc::HugePages::Off));
         assert!(transparent_huge_pages_are_disabled().unwrap());
         disable_transparent_huge_pages(before).unwrap();
     }
