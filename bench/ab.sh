@@ -66,11 +66,7 @@ ports=() rpids=()
 start_configs() {
   local round=$1 i port
   [[ ${#rpids[@]} -eq 0 || $RESTART != 0 ]] || return 0
-  for i in "${!rpids[@]}"; do kill "${rpids[$i]}" 2>/dev/null || true; wait "${rpids[$i]}" 2>/dev/null || true; done
-  # The exit trap signals only what still runs (a pid gone may be reused).
-  local p live=()
-  for p in "${pids[@]}"; do [[ " ${rpids[*]} " == *" $p "* ]] || live+=("$p"); done
-  pids=("${live[@]}")
+  stop_pids "${rpids[@]}"
   ports=() rpids=()
   port=$((18390 + 40 * (round % 2)))
   for i in "${!names[@]}"; do

@@ -44,6 +44,18 @@ bench_cleanup() {
   rm -rf "$TMP"
 }
 
+# stop_pids PID...: stops these processes started here and forgets them, so the exit trap
+# signals only what still runs (a pid gone may be reused by another process).
+stop_pids() {
+  local p q live=()
+  for p in "$@"; do
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  for q in "${pids[@]}"; do [[ " $* " == *" $q "* ]] || live+=("$q"); done
+  pids=("${live[@]}")
+}
+
 # settle_logs: has the logs in $TMP written to disk now, between measured runs. An access log
 # under load leaves hundreds of MB for the kernel to write back up to 30 s later
 # (vm.dirty_expire_centisecs), all at once, in whatever measured run is going on then; bench/run.sh

@@ -248,12 +248,9 @@ fn rounds(index: &mut Index, proxy: &Proxy, change: impl Fn(usize) -> (EndpointS
 
 fn main() {
     // As the binary does; the figures say when huge pages were not turned off.
-    match alloc::no_huge_pages() {
-        alloc::HugePages::Off => {}
-        alloc::HugePages::LeftToMimalloc(v) => {
-            println!("(transparent huge pages left to mimalloc: MIMALLOC_ALLOW_THP={v:?})")
-        }
-        alloc::HugePages::Refused(e) => println!("(transparent huge pages not turned off: {e})"),
+    let huge_pages = alloc::no_huge_pages();
+    if !matches!(huge_pages, alloc::HugePages::Off) {
+        println!("(transparent huge pages {huge_pages})");
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = rt.enter();

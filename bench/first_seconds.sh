@@ -38,10 +38,6 @@ for s in $(seq "$STARTS"); do
       line+=" $(awk '$1 == "99%" {print $2}' <<<"$out")/$(($(faults "$p") - a))"
     done
     printf '%-12s start %d:%s  huge pages %d\n' "$t" "$s" "$line" $(($(thp) - h0))
-    kill "$p"
-    wait "$p" 2>/dev/null || true
-    live=() # a pid gone may be reused: bench_cleanup must not kill it
-    for q in "${pids[@]}"; do [[ $q == "$p" ]] || live+=("$q"); done
-    pids=("${live[@]}")
+    stop_pids "$p"
   done
 done

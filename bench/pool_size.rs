@@ -101,12 +101,9 @@ fn scrape_ms(members: usize) -> (f64, usize) {
 
 fn main() {
     // As the binary does; the figures say when huge pages were not turned off.
-    match alloc::no_huge_pages() {
-        alloc::HugePages::Off => {}
-        alloc::HugePages::LeftToMimalloc(v) => {
-            println!("(transparent huge pages left to mimalloc: MIMALLOC_ALLOW_THP={v:?})")
-        }
-        alloc::HugePages::Refused(e) => println!("(transparent huge pages not turned off: {e})"),
+    let huge_pages = alloc::no_huge_pages();
+    if !matches!(huge_pages, alloc::HugePages::Off) {
+        println!("(transparent huge pages {huge_pages})");
     }
     let sizes: Vec<usize> = std::env::var("POOL_SIZES")
         .ok()

@@ -53,6 +53,17 @@ pub enum HugePages {
     Refused(std::io::Error),
 }
 
+/// In words, after "transparent huge pages": for the benches' output.
+impl std::fmt::Display for HugePages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HugePages::Off => f.write_str("off"),
+            HugePages::LeftToMimalloc(v) => write!(f, "left to mimalloc: MIMALLOC_ALLOW_THP={v:?}"),
+            HugePages::Refused(e) => write!(f, "not turned off: {e}"),
+        }
+    }
+}
+
 /// [`no_huge_pages`] with the variable's value given, for its test.
 pub fn no_huge_pages_unless(mimalloc_allow_thp: Option<&std::ffi::OsStr>) -> HugePages {
     if let Some(v) = mimalloc_allow_thp {
