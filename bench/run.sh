@@ -31,6 +31,10 @@
 #         H2_STREAMS=10 concurrent streams per connection in the h2 scenario (h2load -m)
 #         POOL_BENCH=1  also run `cargo bench --bench pool_size` (pick and scrape cost by pool size)
 #         CARGO_TARGET_DIR  honoured when locating the binary
+#         REPORT_FROM="a.tsv b.tsv"  measure nothing: report the rounds of earlier runs pooled
+#                       (each run's rows, kept as bench/out/runs-<time>.tsv beside its table,
+#                       runs-<time>.txt, which names its commit and binary; a round is paired
+#                       only within its own run), for intervals narrower than one run's
 # Ports (all 127.0.0.1): BACKEND1_PORT=18081 BACKEND2_PORT=18082 ROUTEID_PORT=18090
 #         ROUTEID_ADMIN_PORT=18091 HAPROXY_PORT=18092 ROUTEID_TLS_PORT=18093 HAPROXY_TLS_PORT=18094
 #         ROUTEID_LOG_PORT=18095 ROUTEID_LOG_ADMIN_PORT=18096 ROUTEID_LOG_TLS_PORT=18097
@@ -40,6 +44,7 @@
 #         ECDSA P-256 certificate made by openssl for the run; h2 (HTTP/2 over TLS by ALPN, with
 #         h2load: CONNS connections × H2_STREAMS streams).
 # Output: a table on stdout and in bench/out/latest.txt; per-run rows in bench/out/latest-runs.tsv
+#         and copies of both that the next run keeps, bench/out/runs-<UTC time>.{txt,tsv}
 #         (routeid-log's rows also carry its log writer thread's CPU per request, and the table
 #         its median and range over the rounds: a round far above the others is this VM's, see
 #         bench/README.md).
@@ -315,7 +320,27 @@ stop_proxies() {
 
 # ---------------------------------------------------------------- main
 declare -A PID_OF=([direct]="")
+# pooled_report: the report of REPORT_FROM's runs together. Each file's rounds are numbered
+# apart (file n's round r becomes n * 10000 + r), so a paired ratio still compares the targets
+# of one round of one run.
+pooled_report() {
+    local -a files
+    read -r -a files <<<"$REPORT_FROM"
+    local f pooled
+    for f in "${files[@]}"; do [[ -r $f ]] || die "REPORT_FROM: cannot read $f"; done
+    pooled=$(mktemp /tmp/routeid-pooled.XXXXXX)
+    awk -F'\t' -v OFS='\t' 'FNR == 1 { file++; if (file == 1) print; next } { $1 = file * 10000 + $1; print }' \
+        "${files[@]}" >"$pooled"
+    ROUNDS=$(awk -F'\t' 'NR > 1 { r[$1] } END { print length(r) }' "$pooled")
+    report "$pooled"
+    rm -f "$pooled"
+}
+
 main() {
+    if [[ -n ${REPORT_FROM:-} ]]; then
+        pooled_report
+        return
+    fi
     ensure_tools
     mkdir -p "$OUT_DIR"
     : >"$OUT_DIR/latest-wrk.txt"
@@ -491,6 +516,10 @@ main() {
             ((n == 0)) || printf 'WARNING %s logged %d WARNING/ALERT lines (bench/out/latest-%s.log)\n' "$t" "$n" "$t"
         done
     } | tee "$OUT_DIR/latest.txt"
+    local stamp
+    stamp=$(date -u +%Y%m%dT%H%M%SZ)
+    cp "$runs" "$OUT_DIR/runs-$stamp.tsv"
+    cp "$OUT_DIR/latest.txt" "$OUT_DIR/runs-$stamp.txt"
     for t in "${!PID_OF[@]}"; do
         [[ -z ${PID_OF[$t]} ]] || alive "${PID_OF[$t]}" || log "warning: $t exited"
     done
@@ -548,9 +577,14 @@ check_correctness() {
 # ---------------------------------------------------------------- report
 report() {
     local runs=$1 rev
-    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    echo "routeid bench $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $rev$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
-    echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS round(s), medians; proxy on CPU $PROXY_CPU (1 thread), wrk+nginx on CPU $LOAD_CPU; $(nproc) CPUs"
+    if [[ -n ${REPORT_FROM:-} ]]; then
+        echo "routeid bench report $(date -u +%Y-%m-%dT%H:%M:%SZ): $ROUNDS round(s), medians, pooled from"
+        echo "  $REPORT_FROM (each run's commit and binary: the .txt beside its .tsv)"
+    else
+        rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+        echo "routeid bench $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $rev$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)'), binary $ROUTEID_BIN"
+        echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS round(s), medians; proxy on CPU $PROXY_CPU (1 thread), wrk+nginx on CPU $LOAD_CPU; $(nproc) CPUs"
+    fi
     echo "$(haproxy -v 2>/dev/null | head -n 1 | cut -d' ' -f1-3); $(nginx -v 2>&1 | head -n 1)"
     echo
     awk -F'\t' '
