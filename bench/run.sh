@@ -320,20 +320,25 @@ stop_proxies() {
 
 # ---------------------------------------------------------------- main
 declare -A PID_OF=([direct]="")
-# pooled_report: the report of REPORT_FROM's runs together. Each file's rounds are numbered
-# apart (file n's round r becomes n * 10000 + r), so a paired ratio still compares the targets
-# of one round of one run.
+# pooled_report: the report of REPORT_FROM's runs together (files separated by spaces or
+# newlines). Each file's rounds are numbered apart (file n's round r becomes n * 10000 + r), so a
+# paired ratio still compares the targets of one round of one run. Files must have the same
+# columns: the report reads them by position.
 pooled_report() {
-    local -a files
-    read -r -a files <<<"$REPORT_FROM"
-    local f pooled
-    for f in "${files[@]}"; do [[ -r $f ]] || die "REPORT_FROM: cannot read $f"; done
-    pooled=$(mktemp /tmp/routeid-pooled.XXXXXX)
-    awk -F'\t' -v OFS='\t' 'FNR == 1 { file++; if (file == 1) print; next } { $1 = file * 10000 + $1; print }' \
-        "${files[@]}" >"$pooled"
-    ROUNDS=$(awk -F'\t' 'NR > 1 { r[$1] } END { print length(r) }' "$pooled")
-    report "$pooled"
-    rm -f "$pooled"
+    local -a files=()
+    read -r -d '' -a files <<<"$REPORT_FROM" || true
+    ((${#files[@]} > 0)) || die "REPORT_FROM names no file"
+    local f
+    for f in "${files[@]}"; do
+        [[ -r $f ]] || die "REPORT_FROM: cannot read $f"
+        [[ $(head -n 1 "$f") == "$(head -n 1 "${files[0]}")" ]] || die "REPORT_FROM: $f has other columns than ${files[0]}"
+    done
+    TMP=$(mktemp -d /tmp/routeid-pooled.XXXXXX) # removed by the exit trap
+    awk -F'\t' -v OFS='\t' 'FNR == 1 { file++; if (file == 1) print; next } NF { $1 = file * 10000 + $1; print }' \
+        "${files[@]}" >"$TMP/pooled.tsv"
+    ROUNDS=$(awk -F'\t' 'NR > 1 { r[$1] } END { print length(r) }' "$TMP/pooled.tsv")
+    REPORT_FROM="${files[*]}"
+    report "$TMP/pooled.tsv"
 }
 
 main() {
@@ -519,7 +524,6 @@ main() {
     local stamp
     stamp=$(date -u +%Y%m%dT%H%M%SZ)
     cp "$runs" "$OUT_DIR/runs-$stamp.tsv"
-    cp "$OUT_DIR/latest.txt" "$OUT_DIR/runs-$stamp.txt"
     for t in "${!PID_OF[@]}"; do
         [[ -z ${PID_OF[$t]} ]] || alive "${PID_OF[$t]}" || log "warning: $t exited"
     done
@@ -531,6 +535,7 @@ main() {
         (cd "$ROOT" && taskset -c "$PROXY_CPU" cargo bench -q --bench pool_size 2>/dev/null) | tee -a "$OUT_DIR/latest.txt" ||
             die "cargo bench --bench pool_size failed"
     fi
+    cp "$OUT_DIR/latest.txt" "$OUT_DIR/runs-$stamp.txt"
 }
 
 # ---------------------------------------------------------------- correctness
@@ -678,6 +683,7 @@ report() {
                     if (!head++) printf "access log cost (%s-log minus %s, cpu us/req):\n", px, px
                     printf "  %-9s %+.2f (user %+.2f); paired: %s\n", S[i], m[l, "cpu"] - m[r, "cpu"], m[l, "ucpu"] - m[r, "ucpu"],
                         paired(l, r, "cpu", "-")
+                    printf "  %-9s p99 with the log over without it, paired: %s\n", "", paired(l, r, "p99", "/")
                     if ((l SUBSEP "wcpu") in vals)
                         printf "  %-9s the log writer thread: %.2f us/req (rounds %.2f-%.2f)\n", "", median(l SUBSEP "wcpu"), w[l, "wlo"], w[l, "whi"]
                 }
