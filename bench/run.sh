@@ -328,10 +328,11 @@ pooled_report() {
     local -a files=()
     read -r -d '' -a files <<<"$REPORT_FROM" || true
     ((${#files[@]} > 0)) || die "REPORT_FROM names no file"
-    local f
+    local f header=""
     for f in "${files[@]}"; do
         [[ -r $f ]] || die "REPORT_FROM: cannot read $f"
-        [[ $(head -n 1 "$f") == "$(head -n 1 "${files[0]}")" ]] || die "REPORT_FROM: $f has other columns than ${files[0]}"
+        [[ -n $header ]] || header=$(head -n 1 "$f")
+        [[ $(head -n 1 "$f") == "$header" ]] || die "REPORT_FROM: $f has other columns than ${files[0]}"
     done
     TMP=$(mktemp -d /tmp/routeid-pooled.XXXXXX) # removed by the exit trap
     awk -F'\t' -v OFS='\t' 'FNR == 1 { file++; if (file == 1) print; next } NF { $1 = file * 10000 + $1; print }' \
