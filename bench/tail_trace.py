@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """bench/tail_trace.py — the analysis half of bench/tail_trace.sh.
 
-  tail_trace.py round ROUND TARGET OFFSET WRITER_TID REQUESTS SCHED
+  tail_trace.py round ROUND TARGET OFFSET LOG_TIDS REQUESTS SCHED
       One measured run: REQUESTS is h2load's --log-file (start in µs since 1970, status, µs to
       the end of the answer), SCHED the run's `perf script -F cpu,time,trace` of
       sched:sched_switch on every CPU, stamped on the monotonic clock; OFFSET (seconds) turns
       those stamps into the wall clock's. Prints one tab-separated row: round, target, requests
-      per second, p50, p90 and p99 (µs), the p99 of each request's latency less the time the log
-      writer thread (WRITER_TID, `none` for a proxy without one) ran during it, the share of
-      requests that overlap a run of the writer (% of all, % of those at or over the p99), and
-      the writer's CPU time per request (µs).
+      per second, p50, p90 and p99 (µs), the p99 of each request's latency less the time the
+      log's threads (LOG_TIDS, comma-separated: routeid's writer, and any other thread of the
+      log's; `none` for a proxy without them) ran during it, the share of
+      requests that overlap a run of those threads (% of all, % of those at or over the p99), and
+      their CPU time per request (µs).
   tail_trace.py report ROWS
       Medians over rounds of paired ratios between the targets of one round.
 """
@@ -21,12 +22,12 @@ import sys
 SWITCH = re.compile(
     r"\s*\[(\d+)\]\s+([0-9.]+): prev_comm=.*? prev_pid=(\d+) .*==> next_comm=.*? next_pid=(\d+)"
 )
-COLUMNS = ["round", "target", "rps", "p50", "p90", "p99", "p99_less_writer", "overlap_pct",
-           "overlap_pct_tail", "writer_us_req"]
+COLUMNS = ["round", "target", "rps", "p50", "p90", "p99", "p99_less_log", "overlap_pct",
+           "overlap_pct_tail", "log_us_req"]
 
 
-def runs_of(sched_path, offset, tid):
-    """The intervals (µs since 1970) in which thread `tid` was on a CPU."""
+def runs_of(sched_path, offset, tids):
+    """The intervals (µs since 1970) in which any of the threads `tids` was on a CPU."""
     on = {}  # cpu -> (pid on it, since)
     runs = []
     for line in open(sched_path):
@@ -35,7 +36,7 @@ def runs_of(sched_path, offset, tid):
             continue
         cpu, at = int(m.group(1)), (float(m.group(2)) + offset) * 1e6
         prev, nxt = m.group(3), m.group(4)
-        if cpu in on and on[cpu][0] == prev == tid:
+        if cpu in on and on[cpu][0] == prev and prev in tids:
             runs.append((on[cpu][1], at))
         on[cpu] = (nxt, at)
     return sorted(runs)
@@ -60,7 +61,7 @@ def pct(sorted_values, q):
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-def one_round(rnd, target, offset, tid, requests_path, sched_path):
+def one_round(rnd, target, offset, tids, requests_path, sched_path):
     requests = []
     for line in open(requests_path):
         start, _status, took = line.split("\t")
@@ -72,16 +73,16 @@ def one_round(rnd, target, offset, tid, requests_path, sched_path):
     took = [e - s for s, e in requests]
     by_took = sorted(took)
     p99 = pct(by_took, 0.99)
-    runs = runs_of(sched_path, float(offset), tid) if tid != "none" else []
+    runs = runs_of(sched_path, float(offset), set(tids.split(","))) if tids != "none" else []
     inside = overlaps(requests, runs)
     less = sorted(t - o for t, o in zip(took, inside))
     hit = [o > 0 for o in inside]
     tail = [h for h, t in zip(hit, took) if t >= p99]
     t0, t1 = requests[0][0], max(e for _, e in requests)
-    writer = sum(max(0, min(b, t1) - max(a, t0)) for a, b in runs)
+    log = sum(max(0, min(b, t1) - max(a, t0)) for a, b in runs)
     row = [rnd, target, f"{len(requests) / span * 1e6:.0f}", pct(by_took, 0.5), pct(by_took, 0.9), p99,
            pct(less, 0.99), f"{100 * sum(hit) / len(hit):.1f}", f"{100 * sum(tail) / len(tail):.1f}",
-           f"{writer / len(requests):.3f}"]
+           f"{log / len(requests):.3f}"]
     print("\t".join(str(v) for v in row), flush=True)
 
 
@@ -93,12 +94,12 @@ def report(rows_path):
             rows[(f[0], f[1])] = dict(zip(COLUMNS, f))
     rounds = sorted({r for r, _ in rows}, key=int)
     targets = sorted({t for _, t in rows})
-    print("target        rps    p50    p90    p99  p99 less writer  overlap %  of the tail %  writer us/req")
+    print("target        rps    p50    p90    p99  p99 less log  overlap %  of the tail %  log threads us/req")
     for t in targets:
         med = lambda c: statistics.median(float(rows[(r, t)][c]) for r in rounds if (r, t) in rows)
         print(f"{t:12s} {med('rps'):6.0f} {med('p50'):6.0f} {med('p90'):6.0f} {med('p99'):6.0f} "
-              f"{med('p99_less_writer'):16.0f} {med('overlap_pct'):10.1f} {med('overlap_pct_tail'):14.1f} "
-              f"{med('writer_us_req'):14.3f}")
+              f"{med('p99_less_log'):13.0f} {med('overlap_pct'):10.1f} {med('overlap_pct_tail'):14.1f} "
+              f"{med('log_us_req'):19.3f}")
 
     def paired(a, b, ca, cb, what):
         v = sorted(float(rows[(r, a)][ca]) / float(rows[(r, b)][cb])
@@ -111,14 +112,16 @@ def report(rows_path):
     if "routeid-log" in targets and "routeid" in targets:
         for c in ("p50", "p99", "rps"):
             paired("routeid-log", "routeid", c, c, f"  routeid-log / routeid, {c}")
+        paired("routeid-log", "routeid", "p99_less_log", "p99",
+               "  routeid-log less its log threads' runs / routeid, p99")
     if "haproxy" in targets:
         for t in targets:
             if t != "haproxy":
                 paired(t, "haproxy", "p99", "p99", f"  {t} / haproxy, p99")
                 paired(t, "haproxy", "rps", "rps", f"  {t} / haproxy, rps")
         if "routeid-log" in targets:
-            paired("routeid-log", "haproxy", "p99_less_writer", "p99",
-                   "  routeid-log less its writer's runs / haproxy, p99")
+            paired("routeid-log", "haproxy", "p99_less_log", "p99",
+                   "  routeid-log less its log threads' runs / haproxy, p99")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 # bench/tail_trace.sh — what the latency tail is made of: every request's latency (h2load over
 # HTTP/1.1, --log-file) beside a scheduler trace of both CPUs (perf, sched:sched_switch), so each
 # request can be set against what ran on the proxy's CPU while it was in flight. For routeid with
-# its access log it says how much of the p99 the log writer's runs on the core it shares with
-# requests make: the p99 of each request's latency less the time the writer ran during it.
+# its access log it says how much of the p99 the log's threads (its writer, `routeid-log`, and a
+# thread named `routeid-letgo` where a build has one, as an experimental one had) make by their
+# runs on the core they share with requests: the p99 of each request's latency less the time
+# those threads ran during it.
 #
 # Usage:  bash bench/tail_trace.sh
 # Env:    ROUNDS=8 DURATION=4 (seconds of h2load per run) CONNS=32
@@ -26,7 +28,7 @@ mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 start_backends 19081 19082 taskset -c 1
 rows="$TMP/rows.tsv"
 echo "binary $BIN, commit $(git rev-parse --short HEAD), h2load --h1 -c$CONNS -D$DURATION, $ROUNDS rounds"
-printf 'round\ttarget\trps\tp50\tp90\tp99\tp99_less_writer\toverlap_pct\toverlap_pct_tail\twriter_us_req\n'
+printf 'round\ttarget\trps\tp50\tp90\tp99\tp99_less_log\toverlap_pct\toverlap_pct_tail\tlog_us_req\n'
 for r in $(seq "$ROUNDS"); do
   order=("${targets[@]}")
   ((r % 2)) || mapfile -t order < <(printf '%s\n' "${targets[@]}" | tac)
@@ -37,7 +39,7 @@ for r in $(seq "$ROUNDS"); do
     pid=${T_PID[$t]}
     taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H "Cookie: ${T_COOKIE[$t]}" "${T_URL[$t]}" >/dev/null
     settle_logs
-    writer=$(grep -lx routeid-log /proc/"$pid"/task/*/comm 2>/dev/null | head -1 | cut -d/ -f5 || true)
+    log_tids=$(grep -lxE 'routeid-(log|letgo)' /proc/"$pid"/task/*/comm 2>/dev/null | cut -d/ -f5 | paste -sd, || true)
     offset=$(python3 -c 'import time; print(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC))')
     taskset -c 1 perf record -q -k mono -e sched:sched_switch -a -o "$TMP/sched.data" \
       -- sleep $((DURATION + 1)) 2>/dev/null &
@@ -49,7 +51,7 @@ for r in $(seq "$ROUNDS"); do
     wait "$perf_pid"
     stop_pids "$pid"
     perf script -i "$TMP/sched.data" -F cpu,time,trace >"$TMP/sched.txt" 2>/dev/null
-    python3 bench/tail_trace.py round "$r" "$t" "$offset" "${writer:-none}" "$TMP/requests.tsv" \
+    python3 bench/tail_trace.py round "$r" "$t" "$offset" "${log_tids:-none}" "$TMP/requests.tsv" \
       "$TMP/sched.txt" | tee -a "$rows"
   done
 done
