@@ -69,7 +69,7 @@ def one_round(rnd, target, offset, tids, requests_path, sched_path):
     if not requests:
         sys.exit(f"{requests_path}: no requests")
     requests.sort()
-    span = max(e for _, e in requests) - requests[0][0]
+    t0, t1 = requests[0][0], max(e for _, e in requests)
     took = [e - s for s, e in requests]
     by_took = sorted(took)
     p99 = pct(by_took, 0.99)
@@ -78,9 +78,8 @@ def one_round(rnd, target, offset, tids, requests_path, sched_path):
     less = sorted(t - o for t, o in zip(took, inside))
     hit = [o > 0 for o in inside]
     tail = [h for h, t in zip(hit, took) if t >= p99]
-    t0, t1 = requests[0][0], max(e for _, e in requests)
     log = sum(max(0, min(b, t1) - max(a, t0)) for a, b in runs)
-    row = [rnd, target, f"{len(requests) / span * 1e6:.0f}", pct(by_took, 0.5), pct(by_took, 0.9), p99,
+    row = [rnd, target, f"{len(requests) / (t1 - t0) * 1e6:.0f}", pct(by_took, 0.5), pct(by_took, 0.9), p99,
            pct(less, 0.99), f"{100 * sum(hit) / len(hit):.1f}", f"{100 * sum(tail) / len(tail):.1f}",
            f"{log / len(requests):.3f}"]
     print("\t".join(str(v) for v in row), flush=True)

@@ -37,7 +37,7 @@ for r in $(seq "$ROUNDS"); do
     # A port of its own for every process: none is rebound while the last one lets go of it.
     start_targets $((19100 + 3 * (r * ${#targets[@]} + k))) "$t"
     pid=${T_PID[$t]}
-    taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H "Cookie: ${T_COOKIE[$t]}" "${T_URL[$t]}" >/dev/null
+    load_run "$t" sticky 2 "$CONNS" >/dev/null # warm-up
     settle_logs
     log_tids=$(grep -lxE 'routeid-(log|letgo)' /proc/"$pid"/task/*/comm 2>/dev/null | cut -d/ -f5 | paste -sd, || true)
     offset=$(python3 -c 'import time; print(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC))')
