@@ -11,6 +11,8 @@
       log's; `none` for a proxy without them) ran during it, the share of
       requests that overlap a run of those threads (% of all, % of those at or over the p99), and
       their CPU time per request (µs).
+  tail_trace.py header
+      The rows' column names, tab-separated.
   tail_trace.py report ROWS
       Medians over rounds of paired ratios between the targets of one round.
 """
@@ -68,8 +70,7 @@ def one_round(rnd, target, offset, tids, requests_path, sched_path):
         requests.append((int(start), int(start) + int(took)))
     if not requests:
         sys.exit(f"{requests_path}: no requests")
-    requests.sort()
-    t0, t1 = requests[0][0], max(e for _, e in requests)
+    t0, t1 = min(s for s, _ in requests), max(e for _, e in requests)
     took = [e - s for s, e in requests]
     by_took = sorted(took)
     p99 = pct(by_took, 0.99)
@@ -126,6 +127,8 @@ def report(rows_path):
 if __name__ == "__main__":
     if len(sys.argv) == 8 and sys.argv[1] == "round":
         one_round(*sys.argv[2:])
+    elif len(sys.argv) == 2 and sys.argv[1] == "header":
+        print("\t".join(COLUMNS))
     elif len(sys.argv) == 3 and sys.argv[1] == "report":
         report(sys.argv[2])
     else:

@@ -28,7 +28,7 @@ mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 start_backends 19081 19082 taskset -c 1
 rows="$TMP/rows.tsv"
 echo "binary $BIN, commit $(git rev-parse --short HEAD), h2load --h1 -c$CONNS -D$DURATION, $ROUNDS rounds"
-printf 'round\ttarget\trps\tp50\tp90\tp99\tp99_less_log\toverlap_pct\toverlap_pct_tail\tlog_us_req\n'
+python3 bench/tail_trace.py header
 for r in $(seq "$ROUNDS"); do
   order=("${targets[@]}")
   ((r % 2)) || mapfile -t order < <(printf '%s\n' "${targets[@]}" | tac)
