@@ -10,7 +10,7 @@
       log's threads (LOG_TIDS, comma-separated: routeid's writer, and any other thread of the
       log's; `none` for a proxy without them) ran during it, the share of
       requests that overlap a run of those threads (% of all, % of those at or over the p99), and
-      their CPU time per request (µs).
+      their CPU time per request (µs). Exits with an error when any answer was not a 200.
   tail_trace.py header
       The rows' column names, tab-separated.
   tail_trace.py report ROWS
@@ -64,12 +64,16 @@ def pct(sorted_values, q):
 
 
 def one_round(rnd, target, offset, tids, requests_path, sched_path):
-    requests = []
+    requests, other = [], 0
     for line in open(requests_path):
-        start, _status, took = line.split("\t")
+        start, status, took = line.split("\t")
         requests.append((int(start), int(start) + int(took)))
+        other += status != "200"
     if not requests:
         sys.exit(f"{requests_path}: no requests")
+    if other:
+        # A proxy that answers some requests with errors is not measured by their latency.
+        sys.exit(f"{requests_path}: {other} of {len(requests)} answers were not 200")
     t0, t1 = min(s for s, _ in requests), max(e for _, e in requests)
     took = [e - s for s, e in requests]
     by_took = sorted(took)
