@@ -44,6 +44,13 @@ bench_cleanup() {
   rm -rf "$TMP"
 }
 
+# h2load_succeeded SUMMARY: the requests h2load's SUMMARY (its stdout) counts as succeeded, or 0
+# when any failed, errored or timed out ("requests: N total, N started, N done, N succeeded, N
+# failed, N errored, N timeout"): such requests are not in its log file, so the run is not measured.
+h2load_succeeded() {
+  awk '/^requests:/ {if ($10 + $12 + $14 > 0) print 0; else print $8}' <<<"$1"
+}
+
 # stop_pids PID...: stops these processes started here and forgets them, so the exit trap
 # signals only what still runs (a pid gone may be reused by another process).
 stop_pids() {

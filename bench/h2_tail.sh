@@ -57,8 +57,7 @@ measure() {
     read -r u1 s1 < <(cut -d' ' -f14,15 "/proc/$pid/stat")
     settle_logs
     grep -qi 'application protocol: h2' <<<"$raw" || { echo "$label: no h2: $raw" >&2; return 1; }
-    # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
-    n=$(awk '/^requests:/ {if ($10 + $12 + $14 > 0) print 0; else print $8}' <<<"$raw")
+    n=$(h2load_succeeded "$raw")
     ((n > 0)) || { echo "$label: failed requests: $raw" >&2; return 1; }
     # Nearest-rank percentiles over the requests answered 200, in µs.
     pct=$(awk '$2 == 200 {print $3}' "$TMP/lat" | sort -n | awk '{a[NR] = $1}

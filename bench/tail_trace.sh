@@ -48,12 +48,10 @@ for r in $(seq "$ROUNDS"); do
     rm -f "$TMP/requests.tsv" # h2load appends to its log file
     summary=$(taskset -c 1 h2load --h1 -t1 -c"$CONNS" -D "$DURATION" -H "Cookie: ${T_COOKIE[$t]}" \
       --log-file="$TMP/requests.tsv" "${T_URL[$t]}")
-    # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout": a
-    # request that failed is not in the log file, so a run with any is not measured.
-    awk '/^requests:/ {bad = $10 + $12 + $14} END {exit !(bad == 0)}' <<<"$summary" ||
-      { echo "$t: failed requests: $summary" >&2; exit 1; }
     wait "$perf_pid"
     stop_pids "$pid"
+    n=$(h2load_succeeded "$summary")
+    ((n > 0)) || { echo "$t: failed requests: $summary" >&2; exit 1; }
     perf script -i "$TMP/sched.data" -F cpu,time,trace >"$TMP/sched.txt" 2>/dev/null
     python3 bench/tail_trace.py round "$r" "$t" "$offset" "${log_tids:-none}" "$TMP/requests.tsv" \
       "$TMP/sched.txt" | tee -a "$rows"
