@@ -3,14 +3,15 @@
 //!
 //! Every log line — the access log's and every other `tracing` event's — is appended by the
 //! thread that made it to a chunk of its own, and a writer thread of routeid's writes what the
-//! chunks hold to stderr. The request path never makes a write syscall, never waits for the
-//! writer, and never formats an access-log line:
+//! chunks hold to stderr. The request path never makes a write syscall and never waits for the
+//! writer:
 //!
-//! - an access-log line is appended as a compact record (its fields copied, nothing formatted:
-//!   [`crate::proxy::access_log`]) and the writer formats the records of a chunk one after the
-//!   other, with the formatting's code and data hot in its cache, where the request path would
-//!   run it cold between requests; a `tracing` event is appended as the finished line
-//!   tracing-subscriber formatted;
+//! - an access-log line is formatted by the thread that served the request, straight into its
+//!   chunk ([`crate::proxy::access_log`]); a `tracing` event is appended as the finished line
+//!   tracing-subscriber formatted. The writer only copies lines and writes them: on a core it
+//!   shares with requests, a writer that formatted a wake-up's worth of records at a time paused
+//!   the requests in flight for as long as that took, and the log's p99 was 1.11-1.15x the log
+//!   off's where, formatted per request, it is 1.04x (bench/README.md);
 //! - a thread writes straight into its chunk (no buffer per line, no queue node); the chunk's
 //!   lock is that thread's alone and is taken by the writer only to swap the chunk for an empty
 //!   one, and only when it is free (`try_lock`: a writer that preempted a thread mid-entry
@@ -27,17 +28,20 @@
 //!   or runs at a lower priority waits a whole time slice of the worker's each time and falls
 //!   behind until lines are dropped (measured: three lines in four at `nice` 10 with a
 //!   `sched_yield` every 32 records). What it costs requests on a shared core is one pause per
-//!   wake-up, as long as formatting one [`WAKE_BYTES`] of records takes (bench/README.md);
+//!   wake-up, as long as copying and writing one [`WAKE_BYTES`] of lines takes;
 //! - to a regular file, a steady stream's writes end on the file's [`WAKE_BYTES`] boundaries,
 //!   inside a line where one falls (the next write goes on with it): the kernel then fills the
 //!   page cache in large folios, about 30 % less system time per byte than writes that end
 //!   off them (`bench/page_cache_writes.py`). The bytes past the last boundary wait for the next
 //!   sweep (within [`FLUSH_AFTER`]); a pipe or a terminal gets whole lines in every write;
-//! - to a regular file, the writer lets go of the file's page cache behind what it wrote
-//!   ([`LetGo`]): the log keeps some 18 MB of memory, reused, however much it writes, instead of
-//!   filling the page cache (and a container's memory cgroup) with lines nobody reads again
-//!   (on a disk that writes back more slowly than the log grows, the pages still being written
-//!   are left to the kernel's own reclaim);
+//! - to a regular file, in a process under a memory limit (a cgroup's: a container's, a
+//!   systemd unit's `MemoryMax=`), the writer lets go of the file's page cache behind what it
+//!   wrote ([`LetGo`]): the log keeps some 18 MB of memory, reused, however much it writes,
+//!   instead of filling the limit with lines nobody reads again, where reclaiming them would
+//!   fall on the threads that serve requests (on a disk that writes back more slowly than the
+//!   log grows, the pages still being written are left to the kernel's own reclaim). Without a
+//!   limit the file's pages are left to the kernel, as any program's writes are: the calls cost
+//!   the writer's core about 0.03-0.1 µs a request and long pauses (bench/README.md);
 //! - a file truncated under the writer (`logrotate`'s `copytruncate`) just after a write that
 //!   ended inside a line: the rest of that line is dropped and counted, so the new file starts
 //!   with a whole line (the old one ends with the line's start, as `copytruncate` leaves any
@@ -85,11 +89,11 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// A chunk this large wakes the writer before its timer (a stream of over 1.3 MB/s from one
 /// thread: about 7,700 access-log records a second): chunks stay far below [`THREAD_BYTES`],
 /// the entries a thread has waiting stay small next to its CPU's cache, and on a core shared
-/// with requests the writer's pause (formatting and writing one wake-up's records, about 385
-/// of them at 0.35 µs each, some 0.13 ms) stays short next to a request's latency: at 256 KiB
-/// the access log's p99 was 1.2x the log off's, at 64 KiB 0.94x, for the same CPU; at 16 KiB it
-/// was no better than at 64 and cost more context switches (bench/README.md). Also about the
-/// size of the writer's writes.
+/// with requests the writer's pause (copying and writing one wake-up's lines, about 170 access
+/// lines) stays short next to a request's latency: with the writer formatting records, at 256
+/// KiB the access log's p99 was 1.2x the log off's, at 64 KiB 0.94x, for the same CPU; at 16 KiB
+/// it was no better than at 64 and cost more context switches (bench/README.md). Also about
+/// the size of the writer's writes.
 pub const WAKE_BYTES: usize = 64 * 1024;
 /// Most bytes one thread's chunk holds while the writer is behind; an entry beyond is dropped.
 pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
@@ -132,14 +136,12 @@ const LET_GO_KEEP: u64 = 16 * 1024 * 1024;
 /// cost the call next to nothing).
 const LET_GO_BEHIND: u64 = 4 * 1024 * 1024;
 
-/// An entry in a chunk: its kind (one byte), its payload's length (4 bytes, little-endian),
+/// An entry in a chunk: its kind (one byte: an entry of another is a broken chunk, counted),
+/// its payload's length (4 bytes, little-endian),
 /// its payload.
 const FRAME: usize = 5;
 /// An entry's kind: a finished line, written as it is.
 const LINE: u8 = 0;
-/// An entry's kind: an access-log record, which the writer formats
-/// ([`crate::proxy::access_log::render`]).
-const RECORD: u8 = 1;
 
 /// A reason to wake the writer ([`Shared::bell`]): an entry found the writer asleep: write it
 /// now.
@@ -228,6 +230,8 @@ pub struct LogWriter {
     direct_access_log: bool,
     /// The log filter is asked for each access-log line ([`LogWriter::install`]).
     pub(crate) filter_per_line: bool,
+    /// The format access-log lines are written in by the threads that log them.
+    format: LogFormat,
 }
 
 /// Flushes the queue when dropped (at the end of `main`).
@@ -257,7 +261,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LogWriter {
-    /// Starts the writer thread, which writes to `out` and formats access-log records in
+    /// Starts the writer thread, which writes to `out`; access-log lines are formatted in
     /// `format`.
     /// `direct_access_log` lets the proxy record access-log lines for it (its formatting
     /// matches tracing-subscriber's output without colours only).
@@ -302,11 +306,12 @@ impl LogWriter {
             before_sleep: BeforeSleep::default(),
         });
         let weak = Arc::downgrade(&shared);
+        let let_go = file.is_some() && memory_limited();
         let thread = std::thread::Builder::new()
             .name("routeid-log".into())
-            .spawn(move || write_loop(weak, Output::new(out, file, format)))?;
+            .spawn(move || write_loop(weak, Output::new(out, file, let_go)))?;
         let _ = shared.writer.set(thread.thread().clone());
-        let writer = LogWriter { shared, direct_access_log, filter_per_line: false };
+        let writer = LogWriter { shared, direct_access_log, filter_per_line: false, format };
         Ok((writer.clone(), FlushGuard { writer }))
     }
 
@@ -325,11 +330,16 @@ impl LogWriter {
         self.shared.dropped.load(Relaxed)
     }
 
-    /// Appends one access-log record of `len` bytes, which `record` writes into this thread's
-    /// chunk ([`crate::proxy::access_log`] makes them and formats them on the writer's thread),
+    /// The format access-log lines are written in.
+    pub(crate) fn format(&self) -> LogFormat {
+        self.format
+    }
+
+    /// Appends one line of at most `len` bytes, which `line` writes (with its `\n`) straight
+    /// into this thread's chunk ([`crate::proxy::access_log`] formats access-log lines so),
     /// without waiting for the writer; drops and counts it when the chunk is full.
-    pub(crate) fn append_record(&self, len: usize, record: impl FnOnce(&mut Vec<u8>)) {
-        self.append(RECORD, len, record);
+    pub(crate) fn append_line(&self, len: usize, line: impl FnOnce(&mut Vec<u8>)) {
+        self.append(LINE, len, line);
     }
 
     /// Appends a line of `len` bytes that `payload` writes: for a test of a payload that logs.
@@ -338,7 +348,7 @@ impl LogWriter {
         self.append(LINE, len, payload);
     }
 
-    /// Queues one finished line (ending in `\n`), as [`LogWriter::append_record`] does a record.
+    /// Queues one finished line (ending in `\n`).
     pub fn send(&self, line: &[u8]) {
         self.append(LINE, line.len(), |chunk| chunk.extend_from_slice(line));
     }
@@ -502,20 +512,19 @@ fn write_loop(weak: Weak<Shared>, mut out: Output) {
     }
 }
 
-/// The writer's side: the output, the lines formatted for it, and chunks for reuse.
+/// The writer's side: the output, the lines taken for it, and chunks for reuse.
 struct Output {
     out: Box<dyn Write + Send>,
     /// The same open file as `out` when that is a regular file: its offset places writes, and
-    /// the page cache behind them is let go of ([`LetGo`]).
+    /// the page cache behind them is let go of ([`LetGo`]) when the process has a memory limit.
     file: Option<File>,
-    let_go: LetGo,
+    let_go: Option<LetGo>,
     /// Lines not yet written: written at [`WAKE_BYTES`] and at the end of each sweep.
     text: Vec<u8>,
     /// How many bytes at the front of `text` the last sweep held back ([`Output::end_sweep`]).
     held: usize,
     /// This sweep wrote a [`WAKE_BYTES`] of lines: the stream is a steady one.
     steady: bool,
-    format: LogFormat,
     spare: Vec<Vec<u8>>,
     /// Lines failed writes lost since the writer's round last counted them as dropped (once,
     /// after the round's last write).
@@ -531,15 +540,15 @@ struct Output {
 }
 
 impl Output {
-    fn new(out: Box<dyn Write + Send>, file: Option<File>, format: LogFormat) -> Output {
+    /// `let_go`: let go of `file`'s page cache behind the writes ([`LetGo`]).
+    fn new(out: Box<dyn Write + Send>, file: Option<File>, let_go: bool) -> Output {
         Output {
             out,
             file,
-            let_go: LetGo::default(),
+            let_go: let_go.then(LetGo::default),
             text: Vec::with_capacity(WAKE_BYTES),
             held: 0,
             steady: false,
-            format,
             spare: Vec::new(),
             lost: 0,
             cut: false,
@@ -567,7 +576,6 @@ impl Output {
                     self.text.extend_from_slice(payload);
                     true
                 }
-                RECORD => crate::proxy::access_log::render(payload, self.format, &mut self.text),
                 _ => false,
             };
             broken += u64::from(!made);
@@ -636,7 +644,9 @@ impl Output {
                     if self.open {
                         self.mark = (&*file).stream_position().unwrap_or(0);
                     }
-                    self.let_go.wrote(file, n);
+                    if let Some(let_go) = &mut self.let_go {
+                        let_go.wrote(file, n);
+                    }
                 }
                 self.text.drain(..n);
             }
@@ -680,6 +690,12 @@ impl Output {
 
 /// Lets go of a log file's page cache behind the writer: what the log wrote more than
 /// [`LET_GO_KEEP`] ago is written back and dropped from memory, a [`LET_GO_EVERY`] at a time.
+/// Only in a process under a memory limit ([`memory_limited`]): there the page cache counts
+/// against the limit, and when the limit is reached the kernel reclaims it from whichever of
+/// the process's threads allocates, requests included. Without a limit the pages are left to
+/// the kernel, which reclaims clean ones in the background as it does any program's writes:
+/// the calls cost the writer 0.03-0.1 µs a request, and their runs of up to 0.7 ms on the core
+/// the writer shares with requests show in the log's p99 (bench/README.md).
 ///
 /// Without it, every line stays in the page cache until memory runs short: a busy log fills
 /// gigabytes with lines nobody reads again, counted in a container's memory cgroup, and every
@@ -724,6 +740,50 @@ impl LetGo {
         }
         self.upto = end;
     }
+}
+
+/// Whether a memory limit applies to this process: a cgroup of its, or an ancestor of that
+/// cgroup, with `memory.max` or `memory.high` set (cgroup v2) or `memory.limit_in_bytes`
+/// (cgroup v1). There a log file's page cache counts against the limit ([`LetGo`]). Read once,
+/// when the writer starts; a hierarchy it cannot read counts as no limit.
+fn memory_limited() -> bool {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .is_ok_and(|cgroups| limited_in(std::path::Path::new("/sys/fs/cgroup"), &cgroups))
+}
+
+/// [`memory_limited`] for `/proc/self/cgroup`'s text `cgroups`, with the hierarchies mounted
+/// under `root`: the v2 one at `root` itself, v1's memory controller at `root/memory`. From
+/// the process's cgroup up to the hierarchy's root (in a container with a cgroup namespace of
+/// its own the cgroup reads `/` and the root is its own; without one, a path not found there is
+/// looked for higher up).
+fn limited_in(root: &std::path::Path, cgroups: &str) -> bool {
+    cgroups.lines().any(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let (top, files): (std::path::PathBuf, &[&str]) = match controllers {
+            "" => (root.to_path_buf(), &["memory.max", "memory.high"]),
+            c if c.split(',').any(|c| c == "memory") => (root.join("memory"), &["memory.limit_in_bytes"]),
+            _ => return false,
+        };
+        let mut dir = top.join(path.trim_start_matches('/'));
+        loop {
+            let set = |f: &&str| std::fs::read_to_string(dir.join(f)).is_ok_and(|v| is_limit(v.trim()));
+            if files.iter().any(set) {
+                return true;
+            }
+            if dir == top || !dir.pop() || !dir.starts_with(&top) {
+                return false;
+            }
+        }
+    })
+}
+
+/// A limit file's value that limits: not `max` (v2's none), and under 2^62 bytes (v1 writes
+/// its none as the largest page-aligned `i64`).
+fn is_limit(value: &str) -> bool {
+    value.parse::<u64>().is_ok_and(|bytes| bytes < 1 << 62)
 }
 
 /// Makes `fd` a pipe of [`PIPE_BYTES`] (else [`PIPE_BYTES_FALLBACK`]) when it is a smaller
@@ -1365,18 +1425,16 @@ mod tests {
         }
     }
 
-    /// Access-log records come out as their lines, in order with the lines sent around them;
-    /// an entry that is no record is counted as dropped and the rest go on.
+    /// Access-log lines appended by a thread come out in the writer's format, in order with
+    /// the lines it sent around them.
     #[test]
-    fn records_become_lines_in_order_with_the_lines_around_them() {
+    fn access_lines_come_out_in_order_with_the_lines_around_them() {
         let sink = Sink::default();
         let (w, guard) = LogWriter::start(Box::new(sink.clone()), LogFormat::Json, true).unwrap();
         for status in 200..300 {
             w.send(format!("before {status}\n").as_bytes());
-            let line = access_line(status, b"/cart");
-            w.append_record(line.record_len(), |chunk| line.record(chunk, UnixMicros::of(SystemTime::now())));
+            access_line(status, b"/cart").append_to(&w, UnixMicros::of(SystemTime::now()));
         }
-        w.append_record(9, |chunk| chunk.extend_from_slice(b"no record"));
         w.send(b"after\n");
         drop(guard);
         let text = sink.text();
@@ -1388,21 +1446,21 @@ mod tests {
             assert_eq!((json["status"].as_u64(), json["BALANCER_WORKER_ROUTE"].as_str()), (Some(status), Some("n2")));
         }
         assert_eq!(lines[200], "after");
-        assert_eq!(w.dropped(), 1);
+        assert_eq!(w.dropped(), 0);
     }
 
-    /// A record after a quiet spell wakes the writer and is written without a flush, in the
-    /// writer's format; a record over a chunk's bound is dropped and counted, and the next one
+    /// An access line after a quiet spell wakes the writer and is written without a flush, in
+    /// the writer's format; a line over a chunk's bound is dropped and counted, and the next one
     /// is written as usual.
     #[test]
-    fn a_record_reaches_the_output_without_a_flush_and_one_too_big_is_dropped() {
+    fn an_access_line_reaches_the_output_without_a_flush_and_one_too_big_is_dropped() {
         let (tx, rx) = mpsc::sync_channel(16);
         let (w, _guard) = LogWriter::start(Box::new(Told(tx)), LogFormat::Text, true).unwrap();
         let huge = vec![b'p'; THREAD_BYTES];
         let (huge, cart) = (access_line(404, &huge), access_line(200, b"/cart"));
-        w.append_record(huge.record_len(), |chunk| huge.record(chunk, UnixMicros::of(SystemTime::now())));
+        huge.append_to(&w, UnixMicros::of(SystemTime::now()));
         assert_eq!(w.dropped(), 1);
-        w.append_record(cart.record_len(), |chunk| cart.record(chunk, UnixMicros::of(SystemTime::now())));
+        cart.append_to(&w, UnixMicros::of(SystemTime::now()));
         let got = rx.recv_timeout(Duration::from_secs(5)).expect("written within FLUSH_AFTER");
         let got = String::from_utf8(got).unwrap();
         assert!(
@@ -1417,7 +1475,7 @@ mod tests {
     #[test]
     fn entries_that_make_no_line_are_counted_and_skipped() {
         let sink = Sink::default();
-        let mut out = Output::new(Box::new(sink.clone()), None, LogFormat::Text);
+        let mut out = Output::new(Box::new(sink.clone()), None, false);
         let chunk = [frame(LINE, b"one\n"), frame(7, b"what"), frame(LINE, b"two\n")].concat();
         assert_eq!(out.lines(&chunk), 1);
         let cut = [frame(LINE, b"three\n"), frame(LINE, b"four\n")].concat();
@@ -1506,7 +1564,7 @@ mod tests {
         // The writer's output and its offset: one open file (stderr and its copy), appending.
         let mut file = f.open();
         file.write_all(b"before\n").unwrap();
-        let mut out = Output::new(Box::new(file.try_clone().unwrap()), Some(file), LogFormat::Text);
+        let mut out = Output::new(Box::new(file.try_clone().unwrap()), Some(file), false);
         let len = || std::fs::metadata(&f.0).unwrap().len();
         // 100 KB: one write up to the first boundary; the rest held for the next sweep.
         assert_eq!(out.lines(&chunk(0..333)), 0);
@@ -1536,7 +1594,7 @@ mod tests {
     #[test]
     fn a_stream_to_no_file_is_written_whole_at_every_sweep() {
         let sink = Sink::default();
-        let mut out = Output::new(Box::new(sink.clone()), None, LogFormat::Text);
+        let mut out = Output::new(Box::new(sink.clone()), None, false);
         assert_eq!(out.lines(&chunk(0..333)), 0);
         assert_eq!(sink.text(), numbered(0..219), "the first WAKE_BYTES of whole lines");
         out.end_sweep(true);
@@ -1552,7 +1610,7 @@ mod tests {
         let mut at = f.open();
         at.write_all(&[b'.'; 100]).unwrap();
         let sink = Scripted::new(&[Some(usize::MAX), None], std::io::ErrorKind::BrokenPipe);
-        let mut out = Output::new(Box::new(sink.clone()), Some(at), LogFormat::Text);
+        let mut out = Output::new(Box::new(sink.clone()), Some(at), false);
         assert_eq!(out.lines(&chunk(0..300)), 0);
         let first = WAKE_BYTES - 100;
         assert_eq!(sink.text().len(), first, "up to the file's boundary, inside line {}", first / 300);
@@ -1569,7 +1627,7 @@ mod tests {
     #[test]
     fn a_cut_line_that_cannot_be_ended_takes_nothing_after_it() {
         let sink = Scripted::new(&[Some(10), None, None], std::io::ErrorKind::BrokenPipe);
-        let mut out = Output::new(Box::new(sink.clone()), None, LogFormat::Text);
+        let mut out = Output::new(Box::new(sink.clone()), None, false);
         out.lines(&frame(LINE, b"first line, cut here\n"));
         out.end_sweep(false);
         assert_eq!((out.lost, out.cut), (1, true));
@@ -1591,7 +1649,7 @@ mod tests {
         let f = TempFile::new("truncated.log");
         let mut file = f.open();
         file.write_all(b"before\n").unwrap();
-        let mut out = Output::new(Box::new(file.try_clone().unwrap()), Some(file), LogFormat::Text);
+        let mut out = Output::new(Box::new(file.try_clone().unwrap()), Some(file), false);
         assert_eq!(out.lines(&chunk(0..333)), 0);
         // Up to the file's first boundary: lines 0 to 217 whole, 218 cut.
         assert_eq!(std::fs::metadata(&f.0).unwrap().len(), WAKE_BYTES as u64);
@@ -1650,6 +1708,48 @@ mod tests {
         assert!(on_boundary >= 45 && on_boundary * 10 >= writes * 8, "{on_boundary} of {writes} writes on a boundary");
     }
 
+    /// A memory limit is found in cgroup v2 (`memory.max`, `memory.high`) or v1
+    /// (`memory.limit_in_bytes`), on the process's cgroup or an ancestor's, or where a
+    /// container's namespace mounts its own cgroup at the root; `max`, v1's unlimited value,
+    /// anything unreadable and other controllers' lines are no limit.
+    #[test]
+    fn a_memory_limit_is_found_in_either_cgroup_version_and_its_ancestors() {
+        let root = std::env::temp_dir().join(format!("routeid-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let put = |rel: &str, value: &str| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, value).unwrap();
+        };
+        put("memory.max", "max\n");
+        put("kubepods/pod1/memory.max", "max\n");
+        put("kubepods/pod1/memory.high", "max\n");
+        put("memory/memory.limit_in_bytes", "9223372036854771712\n");
+        put("memory/docker/abc/memory.limit_in_bytes", "9223372036854771712\n");
+        let v2 = "0::/kubepods/pod1/ctr\n";
+        let v1 = "9:name=systemd:/\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n0::/\n";
+        assert!(!limited_in(&root, v2));
+        assert!(!limited_in(&root, v1));
+        assert!(!limited_in(&root, ""));
+        assert!(!limited_in(&root, "garbage\n4:memory\n"));
+        put("kubepods/pod1/ctr/memory.max", "536870912\n");
+        assert!(limited_in(&root, v2), "the cgroup's own memory.max");
+        put("kubepods/pod1/ctr/memory.max", "max\n");
+        put("kubepods/memory.high", "1073741824\n");
+        assert!(limited_in(&root, v2), "an ancestor's memory.high");
+        assert!(!limited_in(&root, "0::/elsewhere\n"), "not an ancestor");
+        put("memory/memory.limit_in_bytes", "268435456\n");
+        assert!(limited_in(&root, v1), "v1, the limit above the process's cgroup");
+        assert!(limited_in(&root, "4:memory:/not/mounted/here\n"), "a namespace's own cgroup at the root");
+        assert!(!limited_in(&root, "1:cpu,cpuacct:/\n"), "another controller");
+        std::fs::remove_dir_all(&root).unwrap();
+        for (value, limits) in
+            [("max", false), ("0", true), ("536870912", true), ("9223372036854771712", false), ("", false)]
+        {
+            assert_eq!(is_limit(value), limits, "{value:?}");
+        }
+    }
+
     /// Whether the page holding byte `at` of `file` is in the page cache: a read that may not
     /// wait for the disk (`RWF_NOWAIT`) fails with `EAGAIN` for a page that is not.
     fn cached(file: &File, at: u64) -> bool {
@@ -1686,7 +1786,7 @@ mod tests {
         const TMPFS_MAGIC: u64 = 0x0102_1994;
         let fs_type = u64::try_from(rustix::fs::fstatfs(&reader).unwrap().f_type).ok();
         assert_ne!(fs_type, Some(TMPFS_MAGIC), "{:?} is on tmpfs: build in a directory on disk", file.0);
-        let mut out = Output::new(Box::new(writer.try_clone().unwrap()), Some(writer), LogFormat::Text);
+        let mut out = Output::new(Box::new(writer.try_clone().unwrap()), Some(writer), true);
         const MIB: u64 = 1024 * 1024;
         let (keep, page) = (LET_GO_KEEP, 4096);
         // What a file of `len` bytes must hold in memory and must not, after the writes above.

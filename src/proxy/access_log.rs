@@ -1,26 +1,28 @@
-//! The access log line: recorded on the request path, formatted by hand on the log's thread.
+//! The access log line: formatted by hand, by the thread that served the request, straight into
+//! its chunk of [`crate::log_writer`].
 //!
 //! A `tracing` event formatted by tracing-subscriber cost about 5 µs per request (field
-//! visitors, a `serde_json` serializer per event, a fresh timestamp string). The request path
-//! here only copies the line's fields into a compact record ([`AccessLine::record`]: one fixed
-//! header of numbers and addresses, then the strings as they are) in the thread's chunk of
-//! [`crate::log_writer`]; the log's writer thread turns each record back into an
-//! [`AccessLine`] and formats it ([`render`]) — the same fields, order and escaping, in JSON and
-//! in plain text, as the `tracing` event it replaces (the tests compare the two) — a chunk of
-//! records at a time, with its code and tables hot in the cache. The timestamp's date and time
-//! of day are formatted once per second, and the fields of a member that stay the same from one
-//! of its answers to the next once per member ([`MemberFields`]).
+//! visitors, a `serde_json` serializer per event, a fresh timestamp string). Here the line is
+//! written field by field into the thread's chunk ([`AccessLine::append_to`]) — the same fields,
+//! order and escaping, in JSON and in plain text, as the `tracing` event it replaces (the tests
+//! compare the two) — and the log's writer thread only copies the chunks' lines and writes them.
+//! Formatting where the request was served costs each request the same small amount, where a
+//! writer that formatted a chunk of lines at a time paused requests on a shared core for as long
+//! as that took, which showed in the tail (bench/README.md). The timestamp's date and time of
+//! day are formatted once per second, and the fields of a member that stay the same from one of
+//! its answers to the next once per member and thread ([`MemberFields`]).
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::LogFormat;
+use crate::log_writer::LogWriter;
 
 /// One request's access-log fields, in the order they are written. Strings are bytes as the
-/// request had them: UTF-8 is checked only for a string that needs escaping, on the log's
-/// thread, and one that is not UTF-8 is logged as `-`.
+/// request had them: UTF-8 is checked only for a string that needs escaping, and one that is
+/// not UTF-8 is logged as `-`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AccessLine<'a> {
     pub(crate) method: &'a [u8],
@@ -50,8 +52,8 @@ pub(crate) struct AccessLine<'a> {
 /// The fields of a line that read the same on every line a member answers — `pool` and
 /// `member_address`, then `BALANCER_NAME`, `BALANCER_WORKER_NAME` and
 /// `BALANCER_WORKER_ROUTE` — formatted once, in the log's format, and copied whole after that:
-/// five of the line's twenty fields, about a fifth of its formatting. Kept by the log's thread
-/// ([`MemberCache`]); used only for a line whose fields are these (checked per line: five
+/// five of the line's twenty fields, about a fifth of its formatting. Kept by each thread that
+/// logs ([`MemberCache`]); used only for a line whose fields are these (checked per line: five
 /// short comparisons).
 #[derive(Debug)]
 struct MemberFields {
@@ -120,7 +122,7 @@ impl MemberFields {
 /// at most.
 const MEMBER_SLOTS: usize = 1024;
 
-/// The log's thread's [`MemberFields`], one slot per member address and pool (by a hash of
+/// A logging thread's [`MemberFields`], one slot per member address and pool (by a hash of
 /// both): made at a member's first line, remade when the member there changed. A member whose
 /// slot another holds takes it over when the other had no line since it was last passed over
 /// (a second chance: a member gone after a rollout frees its slot, two live ones do not take
@@ -442,8 +444,8 @@ impl AccessLine<'_> {
         );
     }
 
-    /// Records the line for routeid's log writer when one is installed (which formats it on
-    /// its own thread, [`render`]), else emits it as a `tracing` event. The binary's log filter
+    /// Appends the line to routeid's log writer when one is installed
+    /// ([`AccessLine::append_to`]), else emits it as a `tracing` event. The binary's log filter
     /// (`RUST_LOG`, `--log-level`) is fixed for the process's life: with target and level
     /// directives only, the binary installs its writer only when the filter lets
     /// `routeid::access` lines through, and the filter is not asked per line (that cost about
@@ -456,11 +458,52 @@ impl AccessLine<'_> {
                 if w.filter_per_line && !tracing::enabled!(target: "routeid::access", tracing::Level::INFO) {
                     return;
                 }
-                let at = wall_clock(now);
-                w.append_record(self.record_len(), |chunk| self.record(chunk, at));
+                self.append_to(w, wall_clock(now));
             }
             None => self.emit(),
         }
+    }
+
+    /// Formats the line, stamped `now`, in `w`'s format straight into this thread's chunk of
+    /// `w`, with the member's fields this thread formatted already ([`MemberCache`]); the
+    /// writer only copies it out. Dropped and counted when the chunk is full.
+    pub(crate) fn append_to(&self, w: &LogWriter, now: UnixMicros) {
+        w.append_line(self.max_len(), |chunk| self.write_cached(chunk, w.format(), now));
+    }
+
+    /// Appends the line (with its `\n`) to `out`, stamped `now`, with this thread's member
+    /// fields ([`MemberCache`]).
+    fn write_cached(&self, out: &mut Vec<u8>, format: LogFormat, now: UnixMicros) {
+        let cached = MEMBERS.try_with(|members| match members.try_borrow_mut() {
+            Ok(mut members) => self.write_with(out, format, now, members.fields(self, format)),
+            Err(_) => self.write_with(out, format, now, None),
+        });
+        // The thread is ending (its cache is gone): formatted in full.
+        if cached.is_err() {
+            self.write_with(out, format, now, None);
+        }
+    }
+
+    /// The most bytes the line can take, in either format: the chunk makes room for them first.
+    /// Escaped, a byte takes at most six (`\u001f` in JSON, `\u{1f}` in text; a character of
+    /// two to four bytes at most ten); the pool's name is written twice. Everything else — the
+    /// names, the numbers at their longest, two IPv6 addresses with a scope, the stamp — takes
+    /// under [`FIXED_MAX`].
+    fn max_len(&self) -> usize {
+        let strings = [
+            self.method,
+            self.host,
+            self.path,
+            self.pool,
+            self.pool,
+            self.session_sticky,
+            self.session_route,
+            self.worker_name,
+            self.worker_route,
+            self.route_source,
+            self.balanced,
+        ];
+        FIXED_MAX + 6 * strings.iter().map(|s| s.len()).sum::<usize>()
     }
 
     fn write_json(&self, out: &mut Vec<u8>, now: UnixMicros, member: Option<&MemberFields>) {
@@ -477,224 +520,14 @@ impl AccessLine<'_> {
         self.fields(&mut Text(out), member);
         out.push(b'\n');
     }
-
-    /// The line's strings, in a record's order.
-    fn strings(&self) -> [&[u8]; STRINGS] {
-        [
-            self.method,
-            self.host,
-            self.path,
-            self.pool,
-            self.session_sticky,
-            self.session_route,
-            self.worker_name,
-            self.worker_route,
-            self.route_source,
-            self.balanced,
-        ]
-    }
-
-    /// How many bytes [`AccessLine::record`] appends: the log writer makes room for them first.
-    pub(crate) fn record_len(&self) -> usize {
-        HEAD + self.strings().iter().map(|s| s.len()).sum::<usize>()
-    }
-
-    /// Appends the line, stamped `now`, as a record (see [`HEAD`]): copies, no formatting —
-    /// the request path's whole share of the access log. [`AccessLine::decode`] reads it back.
-    /// Room is made by the caller (the log writer's chunk grows by its own rule).
-    pub(crate) fn record(&self, out: &mut Vec<u8>, now: UnixMicros) {
-        let strings = self.strings();
-        let micros = now.0;
-        let (client, client_v6) = ip_bytes(self.client);
-        let (member, member_v6) = self.member_address.map_or(([0; 16], false), |a| ip_bytes(a.ip()));
-        let scope = match self.member_address {
-            Some(SocketAddr::V6(a)) => a.scope_id(),
-            _ => 0,
-        };
-        let flags = (u8::from(self.bytes_in.is_some()) * HAS_IN)
-            | (u8::from(self.bytes_out.is_some()) * HAS_OUT)
-            | (u8::from(self.member_address.is_some()) * HAS_MEMBER)
-            | (u8::from(self.route_changed) * ROUTE_CHANGED)
-            | (u8::from(self.malformed_route) * MALFORMED)
-            | (u8::from(client_v6) * CLIENT_V6)
-            | (u8::from(member_v6) * MEMBER_V6);
-        // The fixed part on the stack, then one copy (each field appended alone cost a length
-        // check and an update of the chunk's length).
-        let mut head = [0u8; HEAD];
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            if let Some(to) = head.get_mut(at..at + bytes.len()) {
-                to.copy_from_slice(bytes);
-            }
-            at += bytes.len();
-        };
-        put(&micros.to_le_bytes());
-        put(&self.duration_us.to_le_bytes());
-        put(&self.bytes_in.unwrap_or(0).to_le_bytes());
-        put(&self.bytes_out.unwrap_or(0).to_le_bytes());
-        put(&(self.attempts as u64).to_le_bytes());
-        put(&self.status.to_le_bytes());
-        put(&[flags]);
-        put(&client);
-        put(&member);
-        put(&self.member_address.map_or(0, |a| a.port()).to_le_bytes());
-        put(&scope.to_le_bytes());
-        for s in strings {
-            // Longer than 4 GiB cannot be (requests are bounded far below); if it were, the
-            // entry would be over the chunk's bound, and dropped and counted there.
-            put(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
-        }
-        debug_assert_eq!(at, HEAD, "HEAD is the fixed part's size");
-        out.extend_from_slice(&head);
-        for s in strings {
-            out.extend_from_slice(s);
-        }
-    }
-
-    /// The line and its stamp from a whole record made by [`AccessLine::record`]; `None` for
-    /// anything else (a record cut short or too long).
-    fn decode(record: &[u8]) -> Option<(AccessLine<'_>, UnixMicros)> {
-        let mut r = Reader(record);
-        let micros = r.u64()?;
-        let duration_us = r.u64()?;
-        let bytes_in = r.u64()?;
-        let bytes_out = r.u64()?;
-        let attempts = usize::try_from(r.u64()?).ok()?;
-        let status = u16::from_le_bytes(r.take()?);
-        let [flags] = r.take()?;
-        let client = ip_from(r.take()?, flags & CLIENT_V6 != 0);
-        let member = ip_from(r.take()?, flags & MEMBER_V6 != 0);
-        let port = u16::from_le_bytes(r.take()?);
-        let scope = u32::from_le_bytes(r.take()?);
-        let mut lens = [0u32; STRINGS];
-        for len in &mut lens {
-            *len = u32::from_le_bytes(r.take()?);
-        }
-        let mut strings: [&[u8]; STRINGS] = [b""; STRINGS];
-        for (s, len) in strings.iter_mut().zip(lens) {
-            *s = r.bytes(usize::try_from(len).ok()?)?;
-        }
-        if !r.0.is_empty() {
-            return None;
-        }
-        let [
-            method,
-            host,
-            path,
-            pool,
-            session_sticky,
-            session_route,
-            worker_name,
-            worker_route,
-            route_source,
-            balanced,
-        ] = strings;
-        let line = AccessLine {
-            method,
-            host,
-            path,
-            status,
-            bytes_in: (flags & HAS_IN != 0).then_some(bytes_in),
-            bytes_out: (flags & HAS_OUT != 0).then_some(bytes_out),
-            duration_us,
-            client,
-            pool,
-            member_address: (flags & HAS_MEMBER != 0).then_some(match member {
-                IpAddr::V6(v6) => SocketAddr::V6(SocketAddrV6::new(v6, port, 0, scope)),
-                IpAddr::V4(v4) => SocketAddr::from((v4, port)),
-            }),
-            attempts,
-            session_sticky,
-            session_route,
-            worker_name,
-            worker_route,
-            route_changed: flags & ROUTE_CHANGED != 0,
-            route_source,
-            balanced,
-            malformed_route: flags & MALFORMED != 0,
-        };
-        Some((line, UnixMicros(micros)))
-    }
 }
 
-/// Strings in a record: `method`, `host`, `path`, `pool`, `BALANCER_SESSION_STICKY`,
-/// `BALANCER_SESSION_ROUTE`, `BALANCER_WORKER_NAME`, `BALANCER_WORKER_ROUTE`, `route_source`,
-/// `balanced` ([`AccessLine::strings`]).
-const STRINGS: usize = 10;
-
-/// A record's fixed part, little-endian: the stamp (microseconds since 1970), `duration_us`,
-/// `bytes_in`, `bytes_out` and `attempts` (8 bytes each), `status` (2), flags (1), the client's
-/// and the member's address (16 each: an IPv4 address in the first 4), the member's port (2)
-/// and IPv6 scope (4), and each string's length (4 each). The strings follow, as they are.
-const HEAD: usize = 5 * 8 + 2 + 1 + 16 + 16 + 2 + 4 + 4 * STRINGS;
-
-/// A record's flags.
-const HAS_IN: u8 = 1;
-const HAS_OUT: u8 = 1 << 1;
-const HAS_MEMBER: u8 = 1 << 2;
-const ROUTE_CHANGED: u8 = 1 << 3;
-const MALFORMED: u8 = 1 << 4;
-const CLIENT_V6: u8 = 1 << 5;
-const MEMBER_V6: u8 = 1 << 6;
-
-/// An address's 16 bytes in a record, and whether it is IPv6.
-fn ip_bytes(ip: IpAddr) -> ([u8; 16], bool) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&v4.octets());
-            (b, false)
-        }
-        IpAddr::V6(v6) => (v6.octets(), true),
-    }
-}
-
-fn ip_from(b: [u8; 16], v6: bool) -> IpAddr {
-    if v6 { IpAddr::V6(Ipv6Addr::from(b)) } else { IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])) }
-}
-
-/// Reads a record from the front.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (first, rest) = self.0.split_first_chunk::<N>()?;
-        self.0 = rest;
-        Some(*first)
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        self.take().map(u64::from_le_bytes)
-    }
-
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (first, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(first)
-    }
-}
+/// A bound on everything in a line but its strings, quotes included ([`AccessLine::max_len`]).
+const FIXED_MAX: usize = 2048;
 
 thread_local! {
-    /// The log's thread's member fields (one writer thread per [`crate::log_writer::LogWriter`]).
+    /// This thread's member fields, formatted for the lines it logs.
     static MEMBERS: RefCell<MemberCache> = RefCell::default();
-}
-
-/// Formats one record made by [`AccessLine::record`] as its line, in `format`, onto `out`: the
-/// log's writer thread does this for each record it takes. False (and nothing written) when
-/// `record` is not one.
-pub(crate) fn render(record: &[u8], format: LogFormat, out: &mut Vec<u8>) -> bool {
-    let Some((line, now)) = AccessLine::decode(record) else {
-        return false;
-    };
-    let cached = MEMBERS.try_with(|members| match members.try_borrow_mut() {
-        Ok(mut members) => line.write_with(out, format, now, members.fields(&line, format)),
-        Err(_) => line.write_with(out, format, now, None),
-    });
-    // The thread is ending (its cache is gone): formatted in full.
-    if cached.is_err() {
-        line.write_with(out, format, now, None);
-    }
-    true
 }
 
 /// A field's text: `-` for one that is not UTF-8 (as a `HeaderValue`'s `to_str` failing would
@@ -764,8 +597,8 @@ thread_local! {
 }
 
 /// A moment in microseconds since 1970, UTC: how a line's stamp is kept from the request's clock
-/// read to its text (a record holds it so), without `SystemTime` arithmetic on the way (about 300
-/// instructions a line did that, a tenth of the log's cost).
+/// read to its text, without `SystemTime` arithmetic on the way (about 300 instructions a line
+/// did that, a tenth of the log's cost).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct UnixMicros(u64);
 
@@ -915,13 +748,12 @@ mod tests {
         }
     }
 
-    /// The line as the log's thread makes it: recorded, then rendered, member fields cached.
-    fn by_record(l: &AccessLine<'_>, format: LogFormat) -> String {
-        let mut record = Vec::new();
-        l.record(&mut record, UnixMicros::of(SystemTime::now()));
-        assert_eq!(record.len(), l.record_len(), "the room the log writer makes is the record's");
+    /// The line as a logging thread appends it, member fields cached; never longer than the
+    /// room made for it.
+    fn by_line(l: &AccessLine<'_>, format: LogFormat) -> String {
         let mut out = Vec::new();
-        assert!(render(&record, format, &mut out), "{l:?}");
+        l.write_cached(&mut out, format, UnixMicros::of(SystemTime::now()));
+        assert!(out.len() <= l.max_len(), "{} bytes, room for {}: {l:?}", out.len(), l.max_len());
         String::from_utf8(out).unwrap()
     }
 
@@ -1110,11 +942,11 @@ mod tests {
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&out).unwrap()["pool"], escaped);
     }
 
-    /// A line recorded on the request path and rendered by the log's thread is the line
-    /// tracing writes, whatever its fields (escaped, long, IPv6, absent), in either format,
-    /// and with the stamp it was recorded with.
+    /// A line as a logging thread appends it is the line tracing writes, whatever its fields
+    /// (escaped, long, IPv6, absent), in either format, with the stamp it was given, and within
+    /// the room made for it.
     #[test]
-    fn a_recorded_line_renders_as_tracing_writes_it() {
+    fn an_appended_line_is_the_one_tracing_writes() {
         let long_path = format!("/{}", "p".repeat(70_000));
         let escaped = "\u{1}\"\\caf\u{e9}\u{2028}".repeat(50);
         let lines = [
@@ -1167,25 +999,23 @@ mod tests {
         ];
         for l in &lines {
             for format in [LogFormat::Json, LogFormat::Text] {
-                let (want, got) = (by_tracing(l, format), by_record(l, format));
+                let (want, got) = (by_tracing(l, format), by_line(l, format));
                 assert_eq!(untimed(&got, format), untimed(&want, format), "{format:?}");
                 assert_eq!(got.len() - untimed(&got, format).len(), want.len() - untimed(&want, format).len());
             }
         }
         let at = UNIX_EPOCH + Duration::new(1_764_613_800, 123_456_789);
-        let mut record = Vec::new();
-        sample().record(&mut record, UnixMicros::of(at));
         let mut out = Vec::new();
-        assert!(render(&record, LogFormat::Text, &mut out));
+        sample().write_cached(&mut out, LogFormat::Text, UnixMicros::of(at));
         assert!(out.starts_with(b"2025-12-01T18:30:00.123456Z  INFO routeid::access: request method="));
     }
 
     proptest::proptest! {
         /// Whatever bytes a client puts in the fields it controls (host, path, a route from a
-        /// cookie: control characters, quotes, backslashes, invalid UTF-8), the line recorded
-        /// and rendered by the log's thread is the one tracing writes, whole, on one line.
+        /// cookie: control characters, quotes, backslashes, invalid UTF-8), the line a logging
+        /// thread appends is the one tracing writes, whole, on one line, within its room.
         #[test]
-        fn any_client_bytes_render_as_tracing_writes_them(
+        fn any_client_bytes_are_written_as_tracing_writes_them(
             host in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
             path in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
             route in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
@@ -1197,31 +1027,45 @@ mod tests {
             let (host, path, route) = (fit(&host), fit(&path), fit(&route));
             let l = AccessLine { host: &host, path: &path, session_route: &route, ..sample() };
             for format in [LogFormat::Json, LogFormat::Text] {
-                let (want, got) = (by_tracing(&l, format), by_record(&l, format));
+                let (want, got) = (by_tracing(&l, format), by_line(&l, format));
                 proptest::prop_assert_eq!(untimed(&got, format), untimed(&want, format));
                 proptest::prop_assert_eq!(got.matches('\n').count(), 1);
             }
         }
     }
 
-    /// Anything but a whole record (cut short anywhere, a byte too many, a string longer than
-    /// the record) renders nothing and says so; nothing panics.
+    /// The room made for a line holds it at its longest: every string made of the bytes that
+    /// escape longest, every number at its largest, IPv6 addresses with a scope.
     #[test]
-    fn a_broken_record_renders_nothing() {
-        let mut record = Vec::new();
-        sample().record(&mut record, UnixMicros::of(SystemTime::now()));
-        let mut out = Vec::new();
-        for cut in 0..record.len() {
-            assert!(!render(&record[..cut], LogFormat::Json, &mut out), "cut at {cut}");
+    fn the_room_made_for_a_line_holds_it_at_its_longest() {
+        let control = vec![0x1f_u8; 300];
+        let wide = "\u{2028}\u{10ffff}\u{85}".repeat(40);
+        for s in [control.as_slice(), wide.as_bytes()] {
+            let l = AccessLine {
+                method: s,
+                host: s,
+                path: s,
+                pool: s,
+                session_sticky: s,
+                session_route: s,
+                worker_name: s,
+                worker_route: s,
+                route_source: s,
+                balanced: s,
+                status: u16::MAX,
+                bytes_in: Some(u64::MAX),
+                bytes_out: Some(u64::MAX),
+                duration_us: u64::MAX,
+                attempts: usize::MAX,
+                client: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+                member_address: Some("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535".parse().unwrap()),
+                route_changed: true,
+                malformed_route: true,
+            };
+            for format in [LogFormat::Json, LogFormat::Text] {
+                by_line(&l, format);
+            }
         }
-        let mut longer = record.clone();
-        longer.push(b'x');
-        assert!(!render(&longer, LogFormat::Json, &mut out));
-        let mut huge = record.clone();
-        huge[HEAD - 4..HEAD].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(!render(&huge, LogFormat::Text, &mut out));
-        assert!(out.is_empty());
-        assert!(render(&record, LogFormat::Json, &mut out));
     }
 
     /// Every byte value at every position of words and tails, against the byte-by-byte rule.
