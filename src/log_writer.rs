@@ -10,8 +10,9 @@
 //!   chunk ([`crate::proxy::access_log`]); a `tracing` event is appended as the finished line
 //!   tracing-subscriber formatted. The writer only copies lines and writes them: on a core it
 //!   shares with requests, a writer that formatted a wake-up's worth of records at a time paused
-//!   the requests in flight for as long as that took, and the log's p99 was 1.11-1.15x the log
-//!   off's where, formatted per request, it is 1.04x (bench/README.md);
+//!   the requests in flight for as long as that took: in 40 paired rounds the log's p99 was
+//!   1.15x the log off's that way and 1.04x formatted per request, for the same CPU
+//!   (bench/README.md);
 //! - a thread writes straight into its chunk (no buffer per line, no queue node); the chunk's
 //!   lock is that thread's alone and is taken by the writer only to swap the chunk for an empty
 //!   one, and only when it is free (`try_lock`: a writer that preempted a thread mid-entry
@@ -87,16 +88,21 @@ use crate::cli::LogFormat;
 /// sweep, another [`FLUSH_AFTER`] at most); the first line after a quiet spell does not wait.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// A chunk this large wakes the writer before its timer (a stream of over 1.3 MB/s from one
-/// thread: about 7,700 access-log records a second): chunks stay far below [`THREAD_BYTES`],
+/// thread: about 2,700 access-log lines a second): chunks stay far below [`THREAD_BYTES`],
 /// the entries a thread has waiting stay small next to its CPU's cache, and on a core shared
-/// with requests the writer's pause (copying and writing one wake-up's lines, about 170 access
+/// with requests the writer's pause (copying and writing one wake-up's lines, about 130 access
 /// lines) stays short next to a request's latency: with the writer formatting records, at 256
 /// KiB the access log's p99 was 1.2x the log off's, at 64 KiB 0.94x, for the same CPU; at 16 KiB
 /// it was no better than at 64 and cost more context switches (bench/README.md). Also about
 /// the size of the writer's writes.
 pub const WAKE_BYTES: usize = 64 * 1024;
 /// Most bytes one thread's chunk holds while the writer is behind; an entry beyond is dropped.
-pub const THREAD_BYTES: usize = 4 * 1024 * 1024;
+/// About 21,000 access-log lines of some 490 bytes: a third of a second of the busiest thread
+/// measured (60,000 requests a second). At 4 MiB (8,500 lines) the writer's stalls under
+/// `bench/ab.sh`'s load dropped lines (735 in 20 rounds); at 10 MiB none in 20 rounds of
+/// `bench/ab.sh` and 41 of `bench/run.sh` (bench/README.md). Memory only while the writer is
+/// behind: a chunk grows to it by doubling and is freed once the thread goes quiet.
+pub const THREAD_BYTES: usize = 10 * 1024 * 1024;
 /// A fresh chunk's room: a chunk grows to what one [`FLUSH_AFTER`] of lines needs, then is reused.
 const CHUNK_ROOM: usize = 64 * 1024;
 /// A chunk grown larger than this (the writer fell behind) is freed instead of reused, and
@@ -225,8 +231,8 @@ impl Drop for Shared {
 #[derive(Clone, Debug)]
 pub struct LogWriter {
     shared: Arc<Shared>,
-    /// The access log records its lines for the writer to format (stderr is no terminal: no
-    /// colours to match).
+    /// The access log formats its lines itself, straight into the chunks (stderr is no terminal:
+    /// no colours to match).
     direct_access_log: bool,
     /// The log filter is asked for each access-log line ([`LogWriter::install`]).
     pub(crate) filter_per_line: bool,
@@ -263,7 +269,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl LogWriter {
     /// Starts the writer thread, which writes to `out`; access-log lines are formatted in
     /// `format`.
-    /// `direct_access_log` lets the proxy record access-log lines for it (its formatting
+    /// `direct_access_log` lets the proxy format access-log lines into it itself (its formatting
     /// matches tracing-subscriber's output without colours only).
     pub fn start(
         out: Box<dyn Write + Send>,
@@ -316,7 +322,7 @@ impl LogWriter {
     }
 
     /// Makes `self` the process's log writer, which the access log finds with [`installed`].
-    /// With `filter_per_line` false the access log records its lines without asking the log
+    /// With `filter_per_line` false the access log writes its lines without asking the log
     /// filter (about 100 instructions a line): install it so only when the filter, fixed from
     /// then on, lets every `routeid::access` line through (target and level directives only).
     /// The first call wins.
@@ -445,7 +451,7 @@ impl LogWriter {
     }
 }
 
-/// The installed writer when the access log may record its lines for it.
+/// The installed writer when the access log may format its lines into it itself.
 pub fn installed() -> Option<&'static LogWriter> {
     INSTALLED.get().filter(|w| w.direct_access_log)
 }
