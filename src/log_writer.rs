@@ -10,9 +10,9 @@
 //!   chunk ([`crate::proxy::access_log`]); a `tracing` event is appended as the finished line
 //!   tracing-subscriber formatted. The writer only copies lines and writes them: on a core it
 //!   shares with requests, a writer that formatted a wake-up's worth of records at a time paused
-//!   the requests in flight for as long as that took: in 40 paired rounds the log's p99 was
-//!   1.15x the log off's that way and 1.04x formatted per request, for the same CPU
-//!   (bench/README.md);
+//!   the requests in flight for as long as that took. In 40 paired rounds the log's p99 was
+//!   1.15x the log off's with that writer (and the page-cache calls below made for every file)
+//!   and 1.04x with this one, for the same CPU (bench/README.md);
 //! - a thread writes straight into its chunk (no buffer per line, no queue node); the chunk's
 //!   lock is that thread's alone and is taken by the writer only to swap the chunk for an empty
 //!   one, and only when it is free (`try_lock`: a writer that preempted a thread mid-entry
@@ -42,7 +42,7 @@
 //!   fall on the threads that serve requests (on a disk that writes back more slowly than the
 //!   log grows, the pages still being written are left to the kernel's own reclaim). Without a
 //!   limit the file's pages are left to the kernel, as any program's writes are: the calls cost
-//!   the writer's core about 0.03-0.1 µs a request and long pauses (bench/README.md);
+//!   the writer's core about 0.1 µs a request and long pauses (bench/README.md);
 //! - a file truncated under the writer (`logrotate`'s `copytruncate`) just after a write that
 //!   ended inside a line: the rest of that line is dropped and counted, so the new file starts
 //!   with a whole line (the old one ends with the line's start, as `copytruncate` leaves any
@@ -97,11 +97,12 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// the size of the writer's writes.
 pub const WAKE_BYTES: usize = 64 * 1024;
 /// Most bytes one thread's chunk holds while the writer is behind; an entry beyond is dropped.
-/// About 21,000 access-log lines of some 490 bytes: a third of a second of the busiest thread
-/// measured (60,000 requests a second). At 4 MiB (8,500 lines) the writer's stalls under
-/// `bench/ab.sh`'s load dropped lines (735 in 20 rounds); at 10 MiB none in 20 rounds of
-/// `bench/ab.sh` and 41 of `bench/run.sh` (bench/README.md). Memory only while the writer is
-/// behind: a chunk grows to it by doubling and is freed once the thread goes quiet.
+/// About 21,000 access-log lines of some 490 bytes: a quarter of a second of the busiest thread
+/// measured (88,000 requests a second). At 4 MiB (8,500 lines) the writer fell behind far enough
+/// under `bench/ab.sh`'s load to drop lines (735 in 20 rounds, cause not found); at 10 MiB none
+/// in 100 rounds of `bench/ab.sh` and 82 of `bench/run.sh` (bench/README.md). Memory only while
+/// the writer is behind (this per thread, plus the chunk the writer is writing): a chunk grows
+/// to it by doubling and is freed once the thread goes quiet.
 pub const THREAD_BYTES: usize = 10 * 1024 * 1024;
 /// A fresh chunk's room: a chunk grows to what one [`FLUSH_AFTER`] of lines needs, then is reused.
 const CHUNK_ROOM: usize = 64 * 1024;
@@ -700,7 +701,7 @@ impl Output {
 /// against the limit, and when the limit is reached the kernel reclaims it from whichever of
 /// the process's threads allocates, requests included. Without a limit the pages are left to
 /// the kernel, which reclaims clean ones in the background as it does any program's writes:
-/// the calls cost the writer 0.03-0.1 µs a request, and their runs of up to 0.7 ms on the core
+/// the calls cost the writer about 0.1 µs a request, and their runs of up to 0.7 ms on the core
 /// the writer shares with requests show in the log's p99 (bench/README.md).
 ///
 /// Without it, every line stays in the page cache until memory runs short: a busy log fills
