@@ -100,21 +100,37 @@ pub const WAKE_BYTES: usize = 64 * 1024;
 /// About 21,000 access-log lines of some 490 bytes: a quarter of a second of the busiest thread
 /// measured (88,000 requests a second). At 4 MiB (8,500 lines) the writer fell behind far enough
 /// under `bench/ab.sh`'s load to drop lines (735 in 20 rounds, cause not found); at 10 MiB none
-/// in 100 rounds of `bench/ab.sh` and 82 of `bench/run.sh` (bench/README.md). Memory only while
-/// the writer is behind (this per thread, plus the chunk the writer is writing): a chunk grows
-/// to it by doubling and is freed once the thread goes quiet.
+/// in 100 rounds of `bench/ab.sh` and 82 of `bench/run.sh` (bench/README.md). With many workers
+/// each gets less ([`thread_bytes`]). Memory only while the writer is behind: a chunk grows to
+/// its bound by doubling (or comes that large from the writer) and is freed once the thread has
+/// caught up.
 pub const THREAD_BYTES: usize = 10 * 1024 * 1024;
+/// Most bytes the log holds, over all its threads' chunks, while the writer is behind (on a
+/// node of many cores, 10 MiB for each worker would outgrow a container's memory limit: the
+/// Helm chart's is 256 MiB). A worker's share shrinks with their number, never below
+/// [`MIN_THREAD_BYTES`]: with more than 47 workers the log may hold one MiB per worker and one.
+pub const LOG_BYTES: usize = 48 * 1024 * 1024;
+/// The least a thread's chunk holds however many workers share [`LOG_BYTES`]: some 2,100 lines.
+pub const MIN_THREAD_BYTES: usize = 1024 * 1024;
+
+/// The bound of each thread's chunk for a process of `workers` worker threads: [`LOG_BYTES`]
+/// shared by the workers and the one chunk the writer may be writing while a worker fills its
+/// next, between [`MIN_THREAD_BYTES`] and [`THREAD_BYTES`]. A request rate split over more
+/// workers fills each worker's chunk more slowly, so the share lasts about as long.
+pub fn thread_bytes(workers: usize) -> usize {
+    (LOG_BYTES / workers.saturating_add(1)).clamp(MIN_THREAD_BYTES, THREAD_BYTES)
+}
 /// A fresh chunk's room: a chunk grows to what one [`FLUSH_AFTER`] of lines needs, then is reused.
 const CHUNK_ROOM: usize = 64 * 1024;
 /// A chunk grown larger than this (the writer fell behind) is freed instead of reused, and
 /// one left this large by a thread that went quiet is taken back.
 const REUSE_CAPACITY: usize = 2 * WAKE_BYTES;
 
-/// The room a chunk of `n` bytes grows to: twice as much, up to [`THREAD_BYTES`]. A chunk
+/// The room a chunk of `n` bytes grows to: twice as much, up to its `bound`. A chunk
 /// grows only by this, before an entry that would not fit ([`LogWriter::append_to`]), never by
 /// `Vec`'s own doubling, which would take it past its bound.
-fn doubled(n: usize) -> usize {
-    (2 * n).min(THREAD_BYTES)
+fn doubled(n: usize, bound: usize) -> usize {
+    (2 * n).min(bound)
 }
 
 /// How many bytes the writer writes to a regular file between two calls letting go of its page
@@ -171,6 +187,8 @@ struct Shared {
     /// Every thread's slot; locked when a thread logs its first line and once per sweep.
     slots: Mutex<Vec<Arc<Slot>>>,
     dropped: AtomicU64,
+    /// Most bytes a thread's chunk holds ([`thread_bytes`]).
+    bound: usize,
     /// The writer sleeps until woken (it found every chunk empty): the next line must wake it.
     /// Set by the writer only after it saw every chunk empty under its lock, and read by a
     /// thread after appending under that lock, so no line is left behind unwritten.
@@ -277,33 +295,40 @@ impl LogWriter {
         format: LogFormat,
         direct_access_log: bool,
     ) -> std::io::Result<(LogWriter, FlushGuard)> {
-        Self::spawn(out, None, format, direct_access_log)
+        Self::spawn(out, None, format, direct_access_log, THREAD_BYTES)
     }
 
     /// Starts the writer thread on stderr. When stderr is a regular file (`2>routeid.log`,
     /// systemd's `StandardError=append:`), a descriptor of its own on the same open file tells
     /// the writer the file's offset, so a steady stream's writes end on [`WAKE_BYTES`]
-    /// boundaries of the file ([`Output::aligned_len`]).
-    pub fn start_stderr(format: LogFormat, direct_access_log: bool) -> std::io::Result<(LogWriter, FlushGuard)> {
+    /// boundaries of the file ([`Output::aligned_len`]). `workers`: the runtime's worker threads,
+    /// which share [`LOG_BYTES`] ([`thread_bytes`]).
+    pub fn start_stderr(
+        format: LogFormat,
+        direct_access_log: bool,
+        workers: usize,
+    ) -> std::io::Result<(LogWriter, FlushGuard)> {
         use std::os::fd::AsFd;
         let file = std::io::stderr().as_fd().try_clone_to_owned().map(File::from).ok();
         let file = file.filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
         widen_pipe(std::io::stderr().as_fd());
-        Self::spawn(Box::new(std::io::stderr()), file, format, direct_access_log)
+        Self::spawn(Box::new(std::io::stderr()), file, format, direct_access_log, thread_bytes(workers))
     }
 
     /// Starts the writer thread on `out`; `file`: the same open file as `out`, when it is a
-    /// regular file.
+    /// regular file; `bound`: most bytes a thread's chunk holds.
     fn spawn(
         out: Box<dyn Write + Send>,
         file: Option<File>,
         format: LogFormat,
         direct_access_log: bool,
+        bound: usize,
     ) -> std::io::Result<(LogWriter, FlushGuard)> {
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Relaxed),
             slots: Mutex::default(),
             dropped: AtomicU64::new(0),
+            bound,
             asleep: AtomicBool::new(true),
             wakes: AtomicU64::new(0),
             bell: AtomicU8::new(0),
@@ -387,13 +412,13 @@ impl LogWriter {
         let end = before.saturating_add(FRAME).saturating_add(len);
         // Full, or too full for this entry (the writer is behind): dropped before anything is
         // written, so the chunk never grows past its bound.
-        if end > THREAD_BYTES {
+        if end > self.shared.bound {
             drop(chunk);
             self.shared.dropped.fetch_add(1, Relaxed);
             return;
         }
         if chunk.capacity() < end {
-            let room = doubled(chunk.capacity()).max(end);
+            let room = doubled(chunk.capacity(), self.shared.bound).max(end);
             chunk.reserve_exact(room - before);
         }
         chunk.push(kind);
@@ -401,7 +426,7 @@ impl LogWriter {
         payload(&mut chunk);
         let after = chunk.len();
         match after.checked_sub(before + FRAME).map(u32::try_from) {
-            Some(Ok(wrote)) if after <= THREAD_BYTES => {
+            Some(Ok(wrote)) if after <= self.shared.bound => {
                 if let Some(at) = chunk.get_mut(before + 1..before + FRAME) {
                     at.copy_from_slice(&wrote.to_le_bytes());
                 }
@@ -774,13 +799,16 @@ fn limited_in(root: &std::path::Path, cgroups: &str) -> bool {
             c if c.split(',').any(|c| c == "memory") => (root.join("memory"), &["memory.limit_in_bytes"]),
             _ => return false,
         };
-        let mut dir = top.join(path.trim_start_matches('/'));
+        // A cgroup outside this process's cgroup namespace reads `/../..`: only the root of
+        // the hierarchy mounted here is known to be this process's then.
+        let outside = std::path::Path::new(path).components().any(|c| c == std::path::Component::ParentDir);
+        let mut dir = if outside { top.clone() } else { top.join(path.trim_start_matches('/')) };
         loop {
             let set = |f: &&str| std::fs::read_to_string(dir.join(f)).is_ok_and(|v| is_limit(v.trim()));
             if files.iter().any(set) {
                 return true;
             }
-            if dir == top || !dir.pop() || !dir.starts_with(&top) {
+            if dir == top || !dir.pop() {
                 return false;
             }
         }
@@ -887,7 +915,7 @@ fn sweep(shared: &Shared, out: &mut Output, all: bool) -> Swept {
             // does not grow it by reallocating, a copy of up to megabytes (and a page fault for
             // each page of the copy) inside one request. Made with the lock let go: the thread
             // may be waiting for it.
-            let want = doubled(theirs.len());
+            let want = doubled(theirs.len(), shared.bound);
             if theirs.len() > REUSE_CAPACITY && chunk.capacity() < want {
                 drop(theirs);
                 out.spare.push(std::mem::replace(&mut chunk, Vec::with_capacity(want)));
@@ -1302,6 +1330,47 @@ mod tests {
         [vec![byte; len - 1], b"\n".to_vec()].concat()
     }
 
+    /// A worker's share of the log's bytes: the whole bound for a few workers, less with more,
+    /// never under its floor; the chunks of all workers and the one the writer is writing stay
+    /// within `LOG_BYTES` until the floor takes over.
+    #[test]
+    fn a_workers_share_of_the_logs_bytes_shrinks_with_their_number_within_its_bounds() {
+        for few in [0, 1, 2, 3] {
+            assert_eq!(thread_bytes(few), THREAD_BYTES, "{few} workers");
+        }
+        assert_eq!(thread_bytes(7), LOG_BYTES / 8);
+        assert_eq!(thread_bytes(47), MIN_THREAD_BYTES);
+        assert_eq!(thread_bytes(1000), MIN_THREAD_BYTES);
+        assert_eq!(thread_bytes(usize::MAX), MIN_THREAD_BYTES);
+        for workers in 1..=200 {
+            let all = (workers + 1) * thread_bytes(workers);
+            assert!(all <= LOG_BYTES.max((workers + 1) * MIN_THREAD_BYTES), "{workers} workers: {all}");
+        }
+    }
+
+    /// A writer started for many workers drops a thread's lines at that thread's share, not at
+    /// `THREAD_BYTES`.
+    #[test]
+    fn a_chunk_is_bounded_by_the_share_the_writer_was_started_with() {
+        let sink = Sink::default();
+        let (go_tx, go_rx) = mpsc::channel();
+        let bound = thread_bytes(64);
+        let stuck = Box::new(Stuck(go_rx, sink.clone()));
+        let (w, guard) = LogWriter::spawn(stuck, None, LogFormat::Text, true, bound).unwrap();
+        let line = line_of(b'x', 1000);
+        let mut sent = 0;
+        while w.dropped() == 0 && sent < 10 * bound / line.len() {
+            w.send(&line);
+            sent += 1;
+        }
+        assert!(w.dropped() > 0, "lines dropped before {sent} of them");
+        // At most two chunks' worth went in: the one the stuck writer took and this thread's.
+        assert!(sent * (line.len() + FRAME) <= 2 * bound + line.len(), "{sent} lines in a bound of {bound}");
+        assert!(lock(&only_slot(&w).chunk).capacity() <= bound, "a chunk never grows past its share");
+        drop(go_tx);
+        drop(guard);
+    }
+
     #[test]
     fn a_full_chunk_drops_and_counts_instead_of_waiting() {
         let (w, guard, sink, go_tx) = stuck_writer();
@@ -1701,7 +1770,7 @@ mod tests {
         let file = f.open();
         let (open, gate) = mpsc::channel();
         let out = Box::new(Counted(file.try_clone().unwrap(), Arc::clone(&counts), Some(gate)));
-        let (w, guard) = LogWriter::spawn(out, Some(file), LogFormat::Text, true).unwrap();
+        let (w, guard) = LogWriter::spawn(out, Some(file), LogFormat::Text, true, THREAD_BYTES).unwrap();
         // 3.6 MB, under THREAD_BYTES: nothing is dropped however far behind the writer falls.
         let lines = numbered(0..12_000);
         for line in lines.split_inclusive('\n') {
@@ -1749,6 +1818,11 @@ mod tests {
         assert!(limited_in(&root, v1), "v1, the limit above the process's cgroup");
         assert!(limited_in(&root, "4:memory:/not/mounted/here\n"), "a namespace's own cgroup at the root");
         assert!(!limited_in(&root, "1:cpu,cpuacct:/\n"), "another controller");
+        assert!(limited_in(&root, "4:cpu,memory:/docker/abc\n"), "memory mounted with another");
+        assert!(limited_in(&root, "4:memory:/../../x\n"), "outside the namespace: the root's limit");
+        assert!(!limited_in(&root, "0::/../../kubepods/pod1/ctr\n"), "outside the namespace: not the path");
+        put("a:b/memory.max", "536870912\n");
+        assert!(limited_in(&root, "0::/a:b\n"), "a cgroup with a colon in its name");
         std::fs::remove_dir_all(&root).unwrap();
         for (value, limits) in
             [("max", false), ("0", true), ("536870912", true), ("9223372036854771712", false), ("", false)]

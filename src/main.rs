@@ -23,17 +23,17 @@ static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 use tracing_subscriber::EnvFilter;
 
 /// Sets up logging to stderr through a writer thread ([`routeid::log_writer`]): the request
-/// path queues its access-log line as a record of its fields (bounded; beyond that lines are
+/// path formats its access-log line into its thread's chunk (bounded; beyond that lines are
 /// dropped and counted in `routeid_log_lines_dropped_total` rather than slowing requests down),
-/// other events are formatted by tracing-subscriber into the same queue, and the writer thread
-/// formats the records and writes what has queued up in batches. The guard flushes the queue when `main` returns.
+/// other events are formatted by tracing-subscriber into the same chunks, and the writer thread
+/// writes what has gathered in batches. The guard flushes the chunks when `main` returns.
 ///
 /// The filter is `--log-level` when given, else `RUST_LOG`, else `info`.
 fn init_logging(format: LogFormat, level: Option<&str>) -> Option<routeid::log_writer::FlushGuard> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // On a terminal tracing-subscriber colours its lines; the access log's own formatter
     // writes plain lines only, so there access-log lines go through tracing too.
-    let (writer, guard) = match LogWriter::start_stderr(format, !ansi) {
+    let (writer, guard) = match LogWriter::start_stderr(format, !ansi, routeid::runtime::worker_count()) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("routeid: cannot start the log writer thread: {e}");

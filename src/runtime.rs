@@ -75,6 +75,14 @@ pub fn scheduler_for(workers: usize) -> tokio::runtime::Builder {
     builder
 }
 
+/// How many workers [`scheduler`] starts, for what is sized by them before the runtime exists
+/// (the log's memory: [`crate::log_writer::thread_bytes`]); an invalid `TOKIO_WORKER_THREADS`,
+/// which [`scheduler`] refuses, counts as the CPUs this process may use.
+pub fn worker_count() -> usize {
+    workers(std::env::var_os("TOKIO_WORKER_THREADS"))
+        .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// How many workers to start: `TOKIO_WORKER_THREADS` when set (a number above 0, as tokio
 /// reads it, surrounding spaces allowed), else the CPUs this process may use (a CPU quota
 /// rounded down, at least 1).
