@@ -51,7 +51,7 @@
 //! - to a pipe (a container's stderr, read by the container runtime), the writer widens the
 //!   pipe to [`PIPE_BYTES`] at start ([`widen_pipe`]): in a pipe of the default 64 KiB each of
 //!   its writes would fill the pipe and wait for the reader;
-//! - a chunk is bounded ([`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
+//! - a chunk is bounded ([`thread_bytes`], at most [`THREAD_BYTES`]): when the writer falls behind (stderr blocks), an
 //!   entry that does not fit is dropped and counted (`routeid_log_lines_dropped_total`) instead
 //!   of slowing requests down. A chunk grows by doubling before an entry that would not fit
 //!   (each entry's length is known first), never past that bound; a thread the writer is behind
@@ -88,7 +88,7 @@ use crate::cli::LogFormat;
 /// sweep, another [`FLUSH_AFTER`] at most); the first line after a quiet spell does not wait.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// A chunk this large wakes the writer before its timer (a stream of over 1.3 MB/s from one
-/// thread: about 2,700 access-log lines a second): chunks stay far below [`THREAD_BYTES`],
+/// thread: about 2,700 access-log lines a second): chunks stay far below their bound (1 MiB at least),
 /// the entries a thread has waiting stay small next to its CPU's cache, and on a core shared
 /// with requests the writer's pause (copying and writing one wake-up's lines, about 130 access
 /// lines) stays short next to a request's latency: with the writer formatting records, at 256
@@ -105,7 +105,8 @@ pub const WAKE_BYTES: usize = 64 * 1024;
 /// its bound by doubling (or comes that large from the writer) and is freed once the thread has
 /// caught up.
 pub const THREAD_BYTES: usize = 10 * 1024 * 1024;
-/// Most bytes the log holds, over all its threads' chunks, while the writer is behind (on a
+/// Most bytes the workers' chunks hold, together, while the writer is behind (other threads that
+/// log a few lines hold a chunk of the same bound, which stays small; on a
 /// node of many cores, 10 MiB for each worker would outgrow a container's memory limit: the
 /// Helm chart's is 256 MiB). A worker's share shrinks with their number, never below
 /// [`MIN_THREAD_BYTES`]: with more than 47 workers the log may hold one MiB per worker and one.
@@ -116,7 +117,8 @@ pub const MIN_THREAD_BYTES: usize = 1024 * 1024;
 /// The bound of each thread's chunk for a process of `workers` worker threads: [`LOG_BYTES`]
 /// shared by the workers and the one chunk the writer may be writing while a worker fills its
 /// next, between [`MIN_THREAD_BYTES`] and [`THREAD_BYTES`]. A request rate split over more
-/// workers fills each worker's chunk more slowly, so the share lasts about as long.
+/// workers fills each worker's chunk more slowly, so at the same total rate the share lasts about
+/// as long (many workers each as busy as one alone drop lines after shorter stalls).
 pub fn thread_bytes(workers: usize) -> usize {
     (LOG_BYTES / workers.saturating_add(1)).clamp(MIN_THREAD_BYTES, THREAD_BYTES)
 }
@@ -286,8 +288,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LogWriter {
-    /// Starts the writer thread, which writes to `out`; access-log lines are formatted in
-    /// `format`.
+    /// Starts the writer thread, which writes to `out`, each thread's chunk bounded by the whole
+    /// [`THREAD_BYTES`] (the process's own log sizes it by its workers: [`LogWriter::start_stderr`]);
+    /// access-log lines are formatted in `format`.
     /// `direct_access_log` lets the proxy format access-log lines into it itself (its formatting
     /// matches tracing-subscriber's output without colours only).
     pub fn start(
@@ -799,8 +802,8 @@ fn limited_in(root: &std::path::Path, cgroups: &str) -> bool {
             c if c.split(',').any(|c| c == "memory") => (root.join("memory"), &["memory.limit_in_bytes"]),
             _ => return false,
         };
-        // A cgroup outside this process's cgroup namespace reads `/../..`: only the root of
-        // the hierarchy mounted here is known to be this process's then.
+        // A cgroup outside this process's cgroup namespace reads `/../..`: the root of the
+        // hierarchy mounted here (the namespace's, not an ancestor) is taken as the container's.
         let outside = std::path::Path::new(path).components().any(|c| c == std::path::Component::ParentDir);
         let mut dir = if outside { top.clone() } else { top.join(path.trim_start_matches('/')) };
         loop {
@@ -1338,7 +1341,9 @@ mod tests {
         for few in [0, 1, 2, 3] {
             assert_eq!(thread_bytes(few), THREAD_BYTES, "{few} workers");
         }
+        assert!(thread_bytes(4) < THREAD_BYTES, "more than 3 workers share");
         assert_eq!(thread_bytes(7), LOG_BYTES / 8);
+        assert!(49 * thread_bytes(48) > LOG_BYTES, "more than 47 workers: the floor holds");
         assert_eq!(thread_bytes(47), MIN_THREAD_BYTES);
         assert_eq!(thread_bytes(1000), MIN_THREAD_BYTES);
         assert_eq!(thread_bytes(usize::MAX), MIN_THREAD_BYTES);
