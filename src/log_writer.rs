@@ -161,9 +161,8 @@ const LET_GO_KEEP: u64 = 16 * 1024 * 1024;
 /// cost the call next to nothing).
 const LET_GO_BEHIND: u64 = 4 * 1024 * 1024;
 
-/// An entry in a chunk: its kind (one byte: an entry of another is a broken chunk, counted),
-/// its payload's length (4 bytes, little-endian),
-/// its payload.
+/// An entry in a chunk: its kind (one byte, always [`LINE`]: an entry of another kind is a
+/// broken chunk, counted), its payload's length (4 bytes, little-endian), its payload.
 const FRAME: usize = 5;
 /// An entry's kind: a finished line, written as it is.
 const LINE: u8 = 0;
@@ -374,34 +373,28 @@ impl LogWriter {
     /// into this thread's chunk ([`crate::proxy::access_log`] formats access-log lines so),
     /// without waiting for the writer; drops and counts it when the chunk is full.
     pub(crate) fn append_line(&self, len: usize, line: impl FnOnce(&mut Vec<u8>)) {
-        self.append(LINE, len, line);
-    }
-
-    /// Appends a line of `len` bytes that `payload` writes: for a test of a payload that logs.
-    #[cfg(test)]
-    fn send_with_payload_for_test(&self, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
-        self.append(LINE, len, payload);
+        self.append(len, line);
     }
 
     /// Queues one finished line (ending in `\n`).
     pub fn send(&self, line: &[u8]) {
-        self.append(LINE, line.len(), |chunk| chunk.extend_from_slice(line));
+        self.append(line.len(), |chunk| chunk.extend_from_slice(line));
     }
 
-    /// Appends one entry of `kind`, whose payload `payload` writes into this thread's chunk:
+    /// Appends one line, which `payload` writes into this thread's chunk:
     /// `len` bytes, which the chunk makes room for first. The thread's slots stay borrowed,
     /// exclusively, for the append: a payload that logs (none does) finds them borrowed and
     /// appends to a slot of its own ([`LogWriter::register`]), instead of locking the chunk its
     /// own thread holds.
-    fn append(&self, kind: u8, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
+    fn append(&self, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
         let appended = SLOTS.try_with(|slots| {
             if let Ok(mine) = slots.try_borrow_mut()
                 && let Some((_, slot)) = mine.iter().find(|(id, _)| *id == self.shared.id)
             {
-                return self.append_to(slot, kind, len, payload);
+                return self.append_to(slot, len, payload);
             }
             let slot = self.register(slots);
-            self.append_to(&slot, kind, len, payload);
+            self.append_to(&slot, len, payload);
         });
         // A thread logging while it ends, after its thread-locals are gone.
         if appended.is_err() {
@@ -409,7 +402,7 @@ impl LogWriter {
         }
     }
 
-    fn append_to(&self, slot: &Slot, kind: u8, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
+    fn append_to(&self, slot: &Slot, len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
         let mut chunk = lock(&slot.chunk);
         let before = chunk.len();
         let end = before.saturating_add(FRAME).saturating_add(len);
@@ -424,7 +417,7 @@ impl LogWriter {
             let room = doubled(chunk.capacity(), self.shared.bound).max(end);
             chunk.reserve_exact(room - before);
         }
-        chunk.push(kind);
+        chunk.push(LINE);
         chunk.extend_from_slice(&[0; FRAME - 1]);
         payload(&mut chunk);
         let after = chunk.len();
@@ -1058,7 +1051,7 @@ mod tests {
         std::thread::spawn(move || {
             w2.send(b"registers this thread's slot\n");
             let inner = w2.clone();
-            w2.send_with_payload_for_test(6, move |chunk| {
+            w2.append_line(6, move |chunk| {
                 inner.send(b"nested\n");
                 chunk.extend_from_slice(b"outer\n");
             });

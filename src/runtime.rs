@@ -79,8 +79,12 @@ pub fn scheduler_for(workers: usize) -> tokio::runtime::Builder {
 /// (the log's memory: [`crate::log_writer::thread_bytes`]); an invalid `TOKIO_WORKER_THREADS`,
 /// which [`scheduler`] refuses, counts as the CPUs this process may use.
 pub fn worker_count() -> usize {
-    workers(std::env::var_os("TOKIO_WORKER_THREADS"))
-        .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    workers(std::env::var_os("TOKIO_WORKER_THREADS")).unwrap_or_else(|_| cpus())
+}
+
+/// The CPUs this process may use (its affinity and its cgroup's CPU quota), at least 1.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// How many workers to start: `TOKIO_WORKER_THREADS` when set (a number above 0, as tokio
@@ -88,7 +92,7 @@ pub fn worker_count() -> usize {
 /// rounded down, at least 1).
 fn workers(from_env: Option<std::ffi::OsString>) -> Result<usize, String> {
     let Some(v) = from_env else {
-        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        return Ok(cpus());
     };
     match v.to_str().and_then(|s| s.trim().parse::<usize>().ok()) {
         Some(n) if n > 0 => Ok(n),
